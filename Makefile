@@ -1,0 +1,57 @@
+# The single entry point: `make run` starts the service locally, `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test lint typecheck template-checks unit integration e2e bench build wheel openapi clean
+
+$(STAMP): pyproject.toml requirements-dev.txt layers/common/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (the Lambda runtime is python3.11)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/txguard local $(ARGS)
+
+test: lint typecheck template-checks
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy layers/common/txguard
+
+template-checks: $(STAMP)
+	AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 $(BIN)/sam validate --lint --template template.yaml
+	$(BIN)/cfn-lint template.yaml
+	SAM_CLI_TELEMETRY=0 $(BIN)/sam build --template template.yaml --build-dir .aws-sam/build --cached --cache-dir .aws-sam/cache
+	$(BIN)/python -c "import sys; sys.path.insert(0, '.aws-sam/build/CommonLayer/python'); import txguard, psycopg2, pydantic, aws_lambda_powertools; print('layer ok:', txguard.__file__)"
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q tests/e2e
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
+wheel: $(STAMP)
+	$(BIN)/python -m build --wheel --outdir dist .
+
+openapi: $(STAMP)
+	$(BIN)/txguard openapi --out docs/openapi.json
+
+clean:
+	rm -rf $(VENV) .aws-sam dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,46 @@
+"""The `txguard` command: one subcommand per module, each registering its own arguments.
+
+Subcommand modules are imported only when their command runs, so `txguard db migrate` does not pay for
+the local server's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module providing `register(parser)` and `run(args) -> int`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "db": ("txguard.commands.db", "database setup: migrate, status"),
+    "rules": ("txguard.commands.rules", "rule sets: list, apply, disable, history"),
+    "local": ("txguard.local.command", "run the whole service locally (API, scheduler, database)"),
+    "invoke": ("txguard.local.invoke_command", "invoke one function of the template in-process"),
+}
+
+
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
+    parser = argparse.ArgumentParser(prog="txguard", description="Transaction fraud detection")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = None
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text)
+        if name == wanted:
+            chosen = importlib.import_module(module_name)
+            chosen.register(command_parser)
+    return parser, chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, module = build_parser(argv)
+    args = parser.parse_args(argv)
+    if module is None:
+        parser.print_help()
+        return 2
+    return int(module.run(args) or 0)  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

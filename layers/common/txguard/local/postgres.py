@@ -1,0 +1,103 @@
+"""Finding a PostgreSQL server for local runs and tests, and making a database on it.
+
+Order: DATABASE_URL when set; else the server on 127.0.0.1:5432; else an embedded server (pgserver)
+started in a directory of ours and stopped when we are done.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+from psycopg2 import sql
+
+LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class Server:
+    """A reachable server: `admin_url` points at its maintenance database with rights to create databases."""
+
+    admin_url: str
+    embedded: bool
+
+    def database_url(self, database: str, user: str | None = None) -> str:
+        return with_database(self.admin_url, database, user)
+
+
+def with_database(url: str, database: str, user: str | None = None) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if user is not None:
+        host = netloc.rsplit("@", 1)[-1]
+        netloc = f"{user}@{host}"
+    return urlunsplit((parts.scheme, netloc, "/" + database, parts.query, parts.fragment))
+
+
+def reachable(url: str) -> bool:
+    try:
+        psycopg2.connect(url, connect_timeout=2).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
+@contextmanager
+def find_or_start_server(data_dir: Path | None = None) -> Iterator[Server]:
+    """Yield a server; an embedded one started here is stopped (and its files removed) on exit."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield Server(admin_url=url, embedded=False)
+        return
+    if reachable(LOCAL_SERVER_URL):
+        yield Server(admin_url=LOCAL_SERVER_URL, embedded=False)
+        return
+    with embedded_server(data_dir) as server:
+        yield server
+
+
+@contextmanager
+def embedded_server(data_dir: Path | None = None) -> Iterator[Server]:
+    import pgserver  # only needed on machines with no PostgreSQL running
+
+    owned = data_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="txguard-pg-")) if data_dir is None else data_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    instance = pgserver.get_server(directory, cleanup_mode="stop")
+    try:
+        yield Server(admin_url=instance.get_uri(), embedded=True)
+    finally:
+        instance.cleanup()
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def create_database(server: Server, prefix: str = "txguard") -> str:
+    """Create a uniquely named database and return its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(server.admin_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    return name
+
+
+def drop_database(server: Server, name: str) -> None:
+    conn = psycopg2.connect(server.admin_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        conn.close()

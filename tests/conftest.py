@@ -1,0 +1,80 @@
+"""Shared fixtures: a real PostgreSQL database of this run's own, migrated once and emptied per test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from txguard import db
+from txguard.local.postgres import Server, create_database, drop_database, find_or_start_server
+from txguard.migrate import migrate
+from txguard.settings import SERVICE_ROLE
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS_DIR = ROOT / "events"
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """A sample event from events/, the same files `sam local invoke -e` and `txguard invoke` take."""
+    return json.loads((EVENTS_DIR / name).read_text())
+
+
+@dataclass(frozen=True)
+class Database:
+    server: Server
+    name: str
+    admin_url: str
+    service_url: str
+
+    def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read with the administrative connection, outside the code under test."""
+        conn = psycopg2.connect(self.admin_url)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(statement, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def execute(self, statement: str, params: tuple[Any, ...] = ()) -> None:
+        self.query(statement, params)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    with find_or_start_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def migrated_database(pg_server: Server) -> Iterator[Database]:
+    name = create_database(pg_server, prefix="txguard_test")
+    admin_url = pg_server.database_url(name)
+    try:
+        migrate(admin_url, SERVICE_ROLE)
+        yield Database(pg_server, name, admin_url, pg_server.database_url(name, user=SERVICE_ROLE))
+    finally:
+        db.reset_connection()
+        drop_database(pg_server, name)
+
+
+_TABLES_TO_EMPTY = ("transactions", "account_stats", "rule_sets")
+
+
+@pytest.fixture
+def database(migrated_database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
+    """An empty, migrated database with the default rule set; the code under test connects as the service role."""
+    present = {row[0] for row in migrated_database.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    tables = [t for t in (*_TABLES_TO_EMPTY, "fraud_labels") if t in present]
+    migrated_database.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+    migrate(migrated_database.admin_url, SERVICE_ROLE)  # re-seeds the default rule set
+    monkeypatch.setenv("DATABASE_URL", migrated_database.service_url)
+    db.reset_connection()
+    yield migrated_database
+    db.reset_connection()
