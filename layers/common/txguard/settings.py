@@ -70,3 +70,19 @@ class ServiceSettings:
 
 
 SERVICE_ROLE = os.environ.get("TXGUARD_DB_ROLE", "txguard_app")
+
+
+_service_settings: ServiceSettings | None = None
+
+
+def service_settings() -> ServiceSettings:
+    """Read once per execution environment; `reload_settings()` re-reads (tests, local runtime)."""
+    global _service_settings
+    if _service_settings is None:
+        _service_settings = ServiceSettings.from_env()
+    return _service_settings
+
+
+def reload_settings() -> None:
+    global _service_settings
+    _service_settings = None

@@ -60,3 +60,11 @@ GRANT USAGE ON SCHEMA public TO txguard_service;
 GRANT SELECT, INSERT ON transactions TO txguard_service;
 GRANT SELECT, INSERT, UPDATE ON account_stats TO txguard_service;
 GRANT SELECT ON rule_sets TO txguard_service;
+
+-- Millisecond epoch <-> timestamptz, exactly (integer interval arithmetic, no floating point).
+CREATE FUNCTION txguard_ms_to_ts(ms bigint) RETURNS timestamptz
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN timestamptz 'epoch' + ms * interval '1 millisecond';
+CREATE FUNCTION txguard_ts_to_ms(ts timestamptz) RETURNS bigint
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN (extract(epoch FROM ts) * 1000)::bigint;

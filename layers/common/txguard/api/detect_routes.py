@@ -1,0 +1,65 @@
+"""GET /is_fraud/{account} and GET /openapi.json, served by the detect function."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+
+from txguard import service
+from txguard.api.errors import ApiError
+from txguard.api.presenters import fraud_event_json
+from txguard.api.resolver import build_resolver
+from txguard.models import ErrorResponse, IsFraudResponse
+from txguard.observability import logger
+
+router = Router()
+INT64_MAX = 2**63 - 1
+
+
+@router.get(
+    "/is_fraud/<account>",
+    summary="An account's flagged transactions, newest first, with scores and reasons",
+    responses={
+        200: {"description": "the account", "content": {"application/json": {"model": IsFraudResponse}}},
+        404: {"description": "no transactions for this account",
+              "content": {"application/json": {"model": ErrorResponse}}},
+        422: {"description": "account is not a positive 64-bit integer",
+              "content": {"application/json": {"model": ErrorResponse}}},
+        503: {"description": "database unavailable", "content": {"application/json": {"model": ErrorResponse}}},
+    },
+)
+def is_fraud(
+    account: Annotated[int, Path(gt=0, le=INT64_MAX, description="account id")],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    recompute: Annotated[bool, Query(description="re-decide the history with the current rules")] = False,
+) -> Response[dict[str, Any]]:
+    logger.append_keys(account_id=account)
+    try:
+        view = service.account_view(account, limit, cursor, recompute)
+    except service.AccountNotFound as missing:
+        raise ApiError(404, "account_not_found", str(missing)) from None
+    return Response(
+        status_code=200,
+        content_type=content_types.APPLICATION_JSON,
+        body={
+            "account_id": account,
+            "fraud": view.fraud,
+            "events": [fraud_event_json(j) for j in view.page.items],
+            "next_cursor": view.page.next_cursor,
+            "recomputed": recompute,
+        },
+    )
+
+
+@router.get("/openapi.json", summary="This API's OpenAPI 3 document", include_in_schema=False)
+def openapi_document() -> Response[str]:
+    from txguard.api.openapi import openapi_json
+
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=openapi_json())
+
+
+app = build_resolver(router)

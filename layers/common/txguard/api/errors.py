@@ -1,0 +1,98 @@
+"""The one error shape of the API, and the mapping from every failure to it.
+
+Every 4xx/5xx body is {"error": {"code", "message", "details": [{"index", "field", "value", "reason"}]}}.
+No stack trace, SQL or internal name ever reaches a client; the full story goes to the log.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+
+MAX_ECHOED_VALUE = 200  # characters of a rejected value echoed back in `details`
+
+
+class ApiError(Exception):
+    """A request we refuse, with its status, code and details."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+    def response(self) -> Response[str]:
+        return error_response(self.status, self.code, self.message, self.details, self.headers)
+
+    def as_proxy_response(self) -> dict[str, Any]:
+        return {
+            "statusCode": self.status,
+            "headers": {"Content-Type": content_types.APPLICATION_JSON, **self.headers},
+            "body": error_body(self.code, self.message, self.details),
+            "isBase64Encoded": False,
+        }
+
+
+def error_body(code: str, message: str, details: list[dict[str, Any]]) -> str:
+    return json.dumps({"error": {"code": code, "message": message, "details": details}}, default=str)
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=error_body(code, message, details or []),
+        headers=headers or {},
+    )
+
+
+def echo(value: Any) -> Any:
+    """A rejected value as it may be shown back: JSON-safe and short."""
+    if isinstance(value, Decimal):
+        value = str(value)
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, default=str)
+        return text if len(text) <= MAX_ECHOED_VALUE else text[:MAX_ECHOED_VALUE] + "…"
+    if isinstance(value, str) and len(value) > MAX_ECHOED_VALUE:
+        return value[:MAX_ECHOED_VALUE] + "…"
+    return value
+
+
+def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
+    """pydantic/Powertools errors to {"index", "field", "value", "reason"}, one per problem."""
+    details = []
+    for error in errors:
+        loc = [part for part in error.get("loc", ()) if part not in ("transaction", "batch")]
+        source = loc[0] if loc and loc[0] in ("body", "query", "path", "header") else None
+        if source:
+            loc = loc[1:]
+        index = None
+        if len(loc) >= 2 and loc[0] == "transactions" and isinstance(loc[1], int):
+            index = loc[1]
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc if not str(part).startswith("function-")) or None
+        if source in ("query", "path") and field is None:
+            field = source
+        reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        value = error.get("input")
+        if error.get("type") == "missing":
+            value = None
+            reason = "is required"
+        elif error.get("type") == "extra_forbidden":
+            reason = f"unknown field {field!r}"
+        details.append({"index": index, "field": field, "value": echo(value), "reason": reason})
+    return details

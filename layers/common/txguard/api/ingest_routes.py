@@ -1,0 +1,124 @@
+"""POST /store_data (one transaction or a batch) and GET /store_data (listing), served by the ingest function."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+from pydantic import Discriminator, Tag
+
+from txguard import service
+from txguard.api.errors import ApiError
+from txguard.api.presenters import listed_json, store_result_json
+from txguard.api.resolver import build_resolver
+from txguard.detection import Transaction
+from txguard.models import (
+    ErrorResponse,
+    ListResponse,
+    StoreResponse,
+    TransactionBatch,
+    TransactionIn,
+    parse_timestamp_ms,
+)
+from txguard.observability import logger
+from txguard.settings import service_settings
+
+router = Router()
+
+
+def _kind(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "transactions" in value else "transaction"
+
+
+StoreBody = Annotated[
+    Annotated[TransactionIn, Tag("transaction")] | Annotated[TransactionBatch, Tag("batch")],
+    Discriminator(_kind),
+]
+
+_ERRORS: dict[int | str, Any] = {
+    code: {"description": text, "content": {"application/json": {"model": ErrorResponse}}}
+    for code, text in {
+        400: "malformed JSON, empty body or bad cursor",
+        401: "no API key",
+        403: "wrong API key",
+        413: "body too large",
+        415: "not application/json",
+        422: "invalid fields (every invalid item by index, field and reason); nothing stored",
+        503: "database unavailable; nothing stored; retry after Retry-After seconds",
+    }.items()
+}
+
+
+@router.post(
+    "/store_data",
+    summary="Store one transaction or a batch, each with its fraud decision",
+    description=(
+        "All or nothing: if any item is invalid, nothing is stored. Retrying is safe: a transaction_id already "
+        "stored with the same content is answered as `duplicate` with its original decision; with different "
+        "content the request is refused with 409."
+    ),
+    responses={
+        201: {"description": "stored", "content": {"application/json": {"model": StoreResponse}}},
+        409: {"description": "transaction_id already stored with different content; nothing stored",
+              "content": {"application/json": {"model": ErrorResponse}}},
+        **_ERRORS,
+    },
+)
+def store_data(body: Annotated[StoreBody, Body()]) -> Response[dict[str, Any]]:
+    items = body.transactions if isinstance(body, TransactionBatch) else [body]
+    limit = service_settings().max_batch_size
+    if len(items) > limit:
+        raise ApiError(
+            422, "batch_too_large", f"a batch holds at most {limit} transactions; this one has {len(items)}",
+            [{"index": None, "field": "transactions", "value": len(items), "reason": f"at most {limit} items"}],
+        )
+    accounts = sorted({t.account_id for t in items})
+    logger.append_keys(account_id=accounts[0] if len(accounts) == 1 else accounts[:20])
+    results = service.store([_transaction(t) for t in items])
+    return Response(
+        status_code=201,
+        content_type=content_types.APPLICATION_JSON,
+        body={"results": [store_result_json(r) for r in results]},
+    )
+
+
+def _transaction(t: TransactionIn) -> Transaction:
+    assert isinstance(t.timestamp, int) and isinstance(t.amount, Decimal) and t.currency is not None
+    return Transaction(t.transaction_id, t.account_id, t.timestamp, t.amount, t.currency, t.merchant_id)
+
+
+@router.get(
+    "/store_data",
+    summary="List stored transactions with their decisions, oldest first",
+    responses={200: {"description": "a page", "content": {"application/json": {"model": ListResponse}}}, **_ERRORS},
+)
+def list_data(
+    account_id: Annotated[int | None, Query(gt=0, le=2**63 - 1, description="only this account")] = None,
+    from_: Annotated[str | None, Query(alias="from", description="epoch ms or ISO-8601, inclusive")] = None,
+    to: Annotated[str | None, Query(description="epoch ms or ISO-8601, exclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+) -> Response[dict[str, Any]]:
+    bounds = {name: _time_param(name, value) for name, value in (("from", from_), ("to", to))}
+    page = service.listing(account_id, bounds["from"], bounds["to"], limit, cursor)
+    return Response(
+        status_code=200,
+        content_type=content_types.APPLICATION_JSON,
+        body={"transactions": [listed_json(j) for j in page.items], "next_cursor": page.next_cursor},
+    )
+
+
+def _time_param(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_timestamp_ms(int(value) if value.lstrip("-").isdigit() else value)
+    except ValueError as exc:
+        raise ApiError(422, "validation_error", f"query parameter {name!r} is invalid",
+                       [{"index": None, "field": name, "value": value, "reason": str(exc)}]) from None
+
+
+app = build_resolver(router)

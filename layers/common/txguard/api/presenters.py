@@ -1,0 +1,59 @@
+"""Domain objects to the JSON the API returns (amounts in the currency's decimal places)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from txguard.currencies import MINOR_UNITS
+from txguard.detection import Transaction
+from txguard.ingest import StoreResult
+from txguard.queries import Judged
+from txguard.rule_engine import Decision
+
+
+def money(amount: Decimal, currency: str) -> str:
+    places = MINOR_UNITS.get(currency, 4)
+    return str(amount.quantize(Decimal(1).scaleb(-places)))
+
+
+def transaction_json(t: Transaction) -> dict[str, Any]:
+    return {
+        "account_id": t.account_id,
+        "transaction_id": t.transaction_id,
+        "timestamp": t.ts,
+        "amount": money(t.amount, t.currency),
+        "currency": t.currency,
+        "merchant_id": t.merchant_id,
+    }
+
+
+def decision_json(d: Decision) -> dict[str, Any]:
+    return {"fraud": d.fraud, "score": str(d.score), "reasons": d.reasons_json(), "rule_set_version": d.rule_set_version}
+
+
+def store_result_json(r: StoreResult) -> dict[str, Any]:
+    return {
+        "transaction_id": r.transaction.transaction_id,
+        "status": r.status,
+        "transaction": transaction_json(r.transaction),
+        "decision": decision_json(r.decision),
+    }
+
+
+def listed_json(j: Judged) -> dict[str, Any]:
+    return {**transaction_json(j.transaction), "decision": decision_json(j.decision)}
+
+
+def fraud_event_json(j: Judged) -> dict[str, Any]:
+    t, d = j.transaction, j.decision
+    return {
+        "transaction_id": t.transaction_id,
+        "timestamp": t.ts,
+        "amount": money(t.amount, t.currency),
+        "currency": t.currency,
+        "merchant_id": t.merchant_id,
+        "score": str(d.score),
+        "reasons": d.reasons_json(),
+        "rule_set_version": d.rule_set_version,
+    }

@@ -1,0 +1,70 @@
+"""Deciding transactions in time order against an account's (and merchant's) history.
+
+One loop serves every path that decides: ingest (new transactions against the stored history),
+`?recompute=true` and backtests (a whole stored history replayed from nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from itertools import groupby
+
+from txguard.features import AccountHistory, Timeline, merchant_features, to_units
+from txguard.rule_engine import CompiledRuleSet, Decision
+
+@dataclass(frozen=True)
+class Transaction:
+    """A validated transaction, timestamps in epoch milliseconds."""
+
+    transaction_id: int
+    account_id: int
+    ts: int
+    amount: Decimal
+    currency: str
+    merchant_id: str | None = None
+
+    def same_content(self, other: Transaction) -> list[str]:
+        """Names of the fields that differ (empty when the two are the same transaction)."""
+        fields = ("account_id", "ts", "amount", "currency", "merchant_id")
+        return [name if name != "ts" else "timestamp" for name in fields if getattr(self, name) != getattr(other, name)]
+
+
+def empty_history() -> AccountHistory:
+    """An account with nothing stored yet, whose tail is complete from the beginning of time."""
+    return AccountHistory(
+        count=0,
+        sum_units=0,
+        sum_sq_units=0,
+        max_units=None,
+        max_ts=None,
+        first_ts=None,
+        last_ts=None,
+        tail=Timeline(complete_from=-(2**62)),
+        last_before_tail=None,
+        prefix_max=lambda: None,
+    )
+
+
+def decide_in_time_order(
+    transactions: list[Transaction],
+    histories: dict[int, AccountHistory],
+    merchants: dict[str, Timeline],
+    rules: CompiledRuleSet,
+) -> dict[int, Decision]:
+    """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
+
+    Transactions sharing a timestamp are not "before" each other: the whole group is decided first.
+    """
+    decisions: dict[int, Decision] = {}
+    for _, same_time in groupby(transactions, key=lambda t: t.ts):
+        group = [(t, to_units(t.amount)) for t in same_time]
+        for t, units in group:
+            features = histories[t.account_id].features(t.ts, units)
+            features.update(merchant_features(merchants.get(t.merchant_id) if t.merchant_id else None, t.ts))
+            decisions[t.transaction_id] = rules.decide(features, t.merchant_id)
+        for t, units in group:
+            histories[t.account_id].add(t.ts, units)
+            if t.merchant_id is not None:
+                merchants[t.merchant_id].add(t.ts, units)
+    return decisions

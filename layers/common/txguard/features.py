@@ -1,0 +1,216 @@
+"""Point-in-time features: what was known of an account (and its merchant) before a transaction.
+
+"Before" means a strictly earlier timestamp; a window of width W at time t covers (t - W, t).
+The same definitions are written in SQL in migrations/0002_detect_fraud.sql (transaction_features);
+tests check that both give the same decisions.
+
+Amounts are carried as integer ten-thousandths ("units") so that sums and sums of squares are exact.
+The history of an account is held as running totals over all its stored transactions plus a sorted
+"tail" of its recent transactions; a new transaction costs a few bisections, not a scan of the history.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Context, Decimal
+
+UNITS_PER_AMOUNT = 10_000
+_EXACT = Context(prec=60, rounding=ROUND_HALF_UP)
+_SIX_PLACES = Decimal("0.000001")
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+WINDOWS: tuple[tuple[str, int], ...] = (("1m", MINUTE_MS), ("1h", HOUR_MS), ("24h", DAY_MS))
+LONGEST_WINDOW_MS = DAY_MS
+
+FeatureValue = Decimal | int | None
+Features = dict[str, FeatureValue]
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """How a feature reads in a decision's explanation; `{count}` and `{merchant_id}` are filled in."""
+
+    label: str
+    money: bool = False
+
+
+FEATURES: dict[str, FeatureInfo] = {
+    "amount": FeatureInfo("amount", money=True),
+    "count": FeatureInfo("the number of previous transactions"),
+    "mean_amount": FeatureInfo("the mean of the {count} previous transactions", money=True),
+    "std_amount": FeatureInfo("the standard deviation of the {count} previous amounts", money=True),
+    "max_amount": FeatureInfo("the largest of the {count} previous amounts", money=True),
+    "seconds_since_previous": FeatureInfo("the seconds since the previous transaction"),
+    "account_age_seconds": FeatureInfo("the seconds since the account's first transaction"),
+    "is_first_transaction": FeatureInfo("first transaction of the account (1 = yes)"),
+    "count_1m": FeatureInfo("the number of transactions in the previous minute"),
+    "sum_1m": FeatureInfo("the amount spent in the previous minute", money=True),
+    "count_1h": FeatureInfo("the number of transactions in the previous hour"),
+    "sum_1h": FeatureInfo("the amount spent in the previous hour", money=True),
+    "count_24h": FeatureInfo("the number of transactions in the previous 24 hours"),
+    "sum_24h": FeatureInfo("the amount spent in the previous 24 hours", money=True),
+    "merchant_count_1m": FeatureInfo("the number of transactions at merchant {merchant_id} in the previous minute"),
+    "merchant_sum_1m": FeatureInfo("the amount spent at merchant {merchant_id} in the previous minute", money=True),
+    "merchant_count_1h": FeatureInfo("the number of transactions at merchant {merchant_id} in the previous hour"),
+    "merchant_sum_1h": FeatureInfo("the amount spent at merchant {merchant_id} in the previous hour", money=True),
+    "merchant_count_24h": FeatureInfo(
+        "the number of transactions at merchant {merchant_id} in the previous 24 hours"
+    ),
+    "merchant_sum_24h": FeatureInfo(
+        "the amount spent at merchant {merchant_id} in the previous 24 hours", money=True
+    ),
+}
+
+
+def to_units(amount: Decimal) -> int:
+    """Exact conversion; amounts are validated to at most four decimal places before they get here."""
+    units = amount.scaleb(4)
+    if units != units.to_integral_value():
+        raise ValueError(f"amount {amount} has more than four decimal places")
+    return int(units)
+
+
+def from_units(units: int) -> Decimal:
+    return Decimal(units).scaleb(-4)
+
+
+@dataclass
+class Timeline:
+    """Sorted timestamps (ms) with amounts and prefix sums, complete from `complete_from` onwards."""
+
+    complete_from: int
+    ts: list[int] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)
+    _prefix: list[int] = field(default_factory=lambda: [0])
+
+    @classmethod
+    def of(cls, complete_from: int, rows: list[tuple[int, int]]) -> Timeline:
+        timeline = cls(complete_from)
+        for ts, units in sorted(rows):
+            timeline.ts.append(ts)
+            timeline.units.append(units)
+            timeline._prefix.append(timeline._prefix[-1] + units)
+        return timeline
+
+    def add(self, ts: int, units: int) -> None:
+        if not self.ts or ts >= self.ts[-1]:
+            self.ts.append(ts)
+            self.units.append(units)
+            self._prefix.append(self._prefix[-1] + units)
+            return
+        position = bisect_left(self.ts, ts)
+        self.ts.insert(position, ts)
+        self.units.insert(position, units)
+        self._prefix[position + 1 :] = [self._prefix[position]]
+        for value in self.units[position:]:
+            self._prefix.append(self._prefix[-1] + value)
+
+    def before(self, t: int) -> int:
+        """Index one past the last entry strictly before t."""
+        return bisect_left(self.ts, t)
+
+    def window(self, t: int, width_ms: int) -> tuple[int, int]:
+        """Count and sum (units) of the entries in (t - width, t)."""
+        end = bisect_left(self.ts, t)
+        start = bisect_left(self.ts, t - width_ms + 1)
+        return end - start, self._prefix[end] - self._prefix[start]
+
+
+@dataclass
+class AccountHistory:
+    """Running totals over all of an account's stored transactions, plus its recent tail.
+
+    `prefix_max` answers "largest amount strictly before the tail" from the database, only in the rare
+    case a transaction arrives before the account's largest amount was made.
+    """
+
+    count: int
+    sum_units: int
+    sum_sq_units: int
+    max_units: int | None
+    max_ts: int | None
+    first_ts: int | None
+    last_ts: int | None
+    tail: Timeline
+    last_before_tail: int | None
+    prefix_max: Callable[[], int | None]
+
+    def features(self, t: int, units: int) -> Features:
+        tail = self.tail
+        if t - LONGEST_WINDOW_MS + 1 < tail.complete_from:
+            raise ValueError("the account's tail does not reach back far enough for this transaction")
+        end = tail.before(t)
+        # Totals cover every stored transaction; take away those at or after t (normally none).
+        later_count = len(tail.ts) - end
+        count, total, total_sq = self.count, self.sum_units, self.sum_sq_units
+        if later_count:
+            later = tail.units[end:]
+            count -= later_count
+            total -= sum(later)
+            total_sq -= sum(u * u for u in later)
+        previous_ts = tail.ts[end - 1] if end else self.last_before_tail
+
+        result: Features = {"amount": from_units(units), "count": count}
+        if count:
+            result["mean_amount"] = _mean(total, count)
+            result["std_amount"] = _std(total, total_sq, count)
+            result["max_amount"] = from_units(self._max_before(t, end))
+            assert previous_ts is not None and self.first_ts is not None
+            result["seconds_since_previous"] = Decimal(t - previous_ts).scaleb(-3)
+            result["account_age_seconds"] = Decimal(t - self.first_ts).scaleb(-3)
+            result["is_first_transaction"] = 0
+        else:
+            result["mean_amount"] = result["std_amount"] = result["max_amount"] = None
+            result["seconds_since_previous"] = None
+            result["account_age_seconds"] = Decimal(0)
+            result["is_first_transaction"] = 1
+        for name, width in WINDOWS:
+            n, s = tail.window(t, width)
+            result[f"count_{name}"] = n
+            result[f"sum_{name}"] = from_units(s)
+        return result
+
+    def _max_before(self, t: int, end: int) -> int:
+        if self.max_ts is not None and self.max_ts < t:
+            assert self.max_units is not None
+            return self.max_units
+        candidates = [u for u in (max(self.tail.units[:end], default=None), self.prefix_max()) if u is not None]
+        return max(candidates)
+
+    def add(self, t: int, units: int) -> None:
+        self.tail.add(t, units)
+        self.count += 1
+        self.sum_units += units
+        self.sum_sq_units += units * units
+        if self.max_units is None or units > self.max_units or (units == self.max_units and t < (self.max_ts or t)):
+            self.max_units, self.max_ts = units, t
+        self.first_ts = t if self.first_ts is None else min(self.first_ts, t)
+        self.last_ts = t if self.last_ts is None else max(self.last_ts, t)
+
+
+def merchant_features(merchant: Timeline | None, t: int) -> Features:
+    result: Features = {}
+    for name, width in WINDOWS:
+        if merchant is None:
+            result[f"merchant_count_{name}"] = result[f"merchant_sum_{name}"] = None
+        else:
+            n, s = merchant.window(t, width)
+            result[f"merchant_count_{name}"] = n
+            result[f"merchant_sum_{name}"] = from_units(s)
+    return result
+
+
+def _mean(total_units: int, count: int) -> Decimal:
+    return _EXACT.divide(Decimal(total_units), Decimal(count * UNITS_PER_AMOUNT)).quantize(_SIX_PLACES, context=_EXACT)
+
+
+def _std(total_units: int, total_sq_units: int, count: int) -> Decimal:
+    # Population standard deviation, sqrt((n*sum(x^2) - sum(x)^2) / n^2), exact until the square root.
+    spread = count * total_sq_units - total_units * total_units
+    root = _EXACT.sqrt(Decimal(max(spread, 0)))
+    return _EXACT.divide(root, Decimal(count * UNITS_PER_AMOUNT)).quantize(_SIX_PLACES, context=_EXACT)
+

@@ -1,0 +1,302 @@
+"""Storing transactions, each with the decision taken on what came before it, in one database transaction.
+
+For a batch: lock the accounts' running totals (and the merchants), find which ids are already stored,
+read only the recent tail of each account and merchant, decide every new transaction in time order in
+memory, then COPY the new rows in and write the new totals. Nothing is written if anything conflicts.
+Cost per transaction does not grow with the account's history; see features.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+import psycopg2.extensions
+
+from txguard.detection import Transaction, decide_in_time_order
+from txguard.features import LONGEST_WINDOW_MS, AccountHistory, Timeline, from_units, to_units
+from txguard.rule_engine import CompiledRuleSet, Decision, Reason
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    transaction: Transaction
+    status: Literal["stored", "duplicate"]
+    decision: Decision
+
+
+class DuplicateIdConflict(Exception):
+    """Ids already stored (or repeated in the request) with different content; nothing was stored."""
+
+    def __init__(self, conflicts: list[tuple[int, int, list[str]]], in_request: bool = False) -> None:
+        # (index in the request, transaction id, differing fields)
+        self.conflicts = conflicts
+        self.in_request = in_request
+        ids = ", ".join(str(tid) for _, tid, _ in conflicts[:5])
+        super().__init__(f"transaction ids already used with different content: {ids}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_COLUMNS = (
+    "transaction_id",
+    "account_id",
+    "ts",
+    "amount",
+    "currency",
+    "merchant_id",
+    "fraud",
+    "score",
+    "reasons",
+    "rule_set_version",
+)
+
+
+def store_transactions(
+    cur: psycopg2.extensions.cursor, batch: Sequence[Transaction], rules: CompiledRuleSet
+) -> list[StoreResult]:
+    """Store each transaction exactly once with its decision; results in request order."""
+    first_index, repeats, in_request_conflicts = _index_request(batch)
+    if in_request_conflicts:
+        raise DuplicateIdConflict(in_request_conflicts, in_request=True)
+
+    accounts = sorted({t.account_id for t in batch})
+    stats = _lock_accounts(cur, accounts)
+    _lock_merchants(cur, sorted({t.merchant_id for t in batch if t.merchant_id is not None}))
+
+    stored = _already_stored(cur, [t.transaction_id for t in batch])
+    conflicts = [
+        (index, t.transaction_id, t.same_content(stored[t.transaction_id][0]))
+        for index, t in enumerate(batch)
+        if t.transaction_id in stored and t.same_content(stored[t.transaction_id][0])
+    ]
+    if conflicts:
+        raise DuplicateIdConflict(conflicts)
+
+    new = sorted(
+        (batch[i] for i in first_index.values() if batch[i].transaction_id not in stored),
+        key=lambda t: (t.ts, t.transaction_id),
+    )
+    decisions = _decide(cur, new, stats, rules) if new else {}
+    if new:
+        _copy_in(cur, new, decisions)
+        _write_totals(cur, stats, {t.account_id for t in new})
+
+    results = []
+    for index, t in enumerate(batch):
+        if t.transaction_id in stored:
+            original, decision = stored[t.transaction_id]
+            results.append(StoreResult(original, "duplicate", decision))
+        elif index in repeats:
+            results.append(StoreResult(t, "duplicate", decisions[t.transaction_id]))
+        else:
+            results.append(StoreResult(t, "stored", decisions[t.transaction_id]))
+    return results
+
+
+def _index_request(
+    batch: Sequence[Transaction],
+) -> tuple[dict[int, int], set[int], list[tuple[int, int, list[str]]]]:
+    first_index: dict[int, int] = {}
+    repeats: set[int] = set()
+    conflicts = []
+    for index, t in enumerate(batch):
+        seen = first_index.get(t.transaction_id)
+        if seen is None:
+            first_index[t.transaction_id] = index
+            continue
+        differing = t.same_content(batch[seen])
+        if differing:
+            conflicts.append((index, t.transaction_id, differing))
+        else:
+            repeats.add(index)
+    return first_index, repeats, conflicts
+
+
+def _lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict[int, AccountHistory]:
+    # Rows are locked in account order by every writer, so concurrent batches cannot deadlock.
+    cur.execute(
+        "INSERT INTO account_stats (account_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING", (accounts,)
+    )
+    cur.execute(
+        """SELECT account_id, tx_count, amount_sum, amount_sum_sq, amount_max,
+                  txguard_ts_to_ms(amount_max_ts), txguard_ts_to_ms(first_ts), txguard_ts_to_ms(last_ts)
+           FROM account_stats WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE""",
+        (accounts,),
+    )
+    histories = {}
+    for account_id, count, total, total_sq, max_amount, max_ts, first_ts, last_ts in cur.fetchall():
+        histories[account_id] = AccountHistory(
+            count=count,
+            sum_units=int(total.scaleb(4)),
+            sum_sq_units=int(total_sq.scaleb(8)),
+            max_units=None if max_amount is None else to_units(max_amount),
+            max_ts=max_ts,
+            first_ts=first_ts,
+            last_ts=last_ts,
+            tail=Timeline(complete_from=0),
+            last_before_tail=last_ts,
+            prefix_max=lambda: None,
+        )
+    return histories
+
+
+def _lock_merchants(cur: psycopg2.extensions.cursor, merchants: list[str]) -> None:
+    """Merchant windows span accounts: writers touching the same merchant take turns (in a fixed order)."""
+    if merchants:
+        cur.execute(
+            """SELECT pg_advisory_xact_lock(h) FROM (
+                   SELECT DISTINCT hashtextextended(m, 7) AS h FROM unnest(%s::text[]) AS m ORDER BY 1) AS keys""",
+            (merchants,),
+        )
+
+
+def _already_stored(cur: psycopg2.extensions.cursor, ids: list[int]) -> dict[int, tuple[Transaction, Decision]]:
+    cur.execute(
+        """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
+                  fraud, score, reasons, rule_set_version
+           FROM transactions WHERE transaction_id = ANY(%s)""",
+        (ids,),
+    )
+    return {row[0]: (transaction_from_row(row), decision_from_row(row[6:])) for row in cur.fetchall()}
+
+
+def transaction_from_row(row: Sequence[Any]) -> Transaction:
+    tid, account_id, ts, amount, currency, merchant_id = row[:6]
+    return Transaction(tid, account_id, ts, amount, currency, merchant_id)
+
+
+def decision_from_row(row: Sequence[Any]) -> Decision:
+    fraud, score, reasons, version = row
+    return Decision(
+        fraud,
+        score,
+        tuple(Reason(r["rule_id"], r["mode"], Decimal(r["weight"]), r["explanation"]) for r in reasons),
+        version,
+    )
+
+
+def _decide(
+    cur: psycopg2.extensions.cursor,
+    new: list[Transaction],
+    histories: dict[int, AccountHistory],
+    rules: CompiledRuleSet,
+) -> dict[int, Decision]:
+    _load_account_tails(cur, new, histories)
+    merchants = _load_merchant_tails(cur, new)
+    return decide_in_time_order(new, histories, merchants, rules)
+
+
+def _load_account_tails(
+    cur: psycopg2.extensions.cursor, new: list[Transaction], histories: dict[int, AccountHistory]
+) -> None:
+    """Read each account's stored transactions from 24 hours before its earliest new one onwards."""
+    since: dict[int, int] = {}
+    for t in new:  # sorted by time: the first seen is the earliest
+        since.setdefault(t.account_id, t.ts - LONGEST_WINDOW_MS + 1)
+    for account_id, start in since.items():
+        histories[account_id].tail = Timeline(complete_from=start)
+    # Accounts whose last stored transaction is older than that have an empty tail: no query needed.
+    to_read = [a for a, start in since.items() if (histories[a].last_ts or start - 1) >= start]
+    if not to_read:
+        return
+    starts = [since[a] for a in to_read]
+    cur.execute(
+        """SELECT b.account_id, txguard_ts_to_ms(t.ts), t.amount
+           FROM unnest(%s::bigint[], %s::bigint[]) AS b(account_id, since)
+           JOIN transactions t ON t.account_id = b.account_id AND t.ts >= txguard_ms_to_ts(b.since)""",
+        (to_read, starts),
+    )
+    rows: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for account_id, ts, amount in cur.fetchall():
+        rows[account_id].append((ts, to_units(amount)))
+    cur.execute(
+        """SELECT b.account_id,
+                  (SELECT txguard_ts_to_ms(max(t.ts)) FROM transactions t
+                   WHERE t.account_id = b.account_id AND t.ts < txguard_ms_to_ts(b.since))
+           FROM unnest(%s::bigint[], %s::bigint[]) AS b(account_id, since)""",
+        (to_read, starts),
+    )
+    for account_id, last_before in cur.fetchall():
+        history = histories[account_id]
+        start = since[account_id]
+        history.tail = Timeline.of(start, rows[account_id])
+        history.last_before_tail = last_before
+        history.prefix_max = _prefix_max_reader(cur, account_id, start)
+
+
+def _prefix_max_reader(cur: psycopg2.extensions.cursor, account_id: int, before: int) -> Any:
+    def read() -> int | None:
+        cur.execute(
+            "SELECT max(amount) FROM transactions WHERE account_id = %s AND ts < txguard_ms_to_ts(%s)",
+            (account_id, before),
+        )
+        row = cur.fetchone()
+        return None if row is None or row[0] is None else to_units(row[0])
+
+    return read
+
+
+def _load_merchant_tails(cur: psycopg2.extensions.cursor, new: list[Transaction]) -> dict[str, Timeline]:
+    since: dict[str, int] = {}
+    for t in new:
+        if t.merchant_id is not None:
+            since.setdefault(t.merchant_id, t.ts - LONGEST_WINDOW_MS + 1)
+    if not since:
+        return {}
+    names = list(since)
+    cur.execute(
+        """SELECT b.merchant_id, txguard_ts_to_ms(t.ts), t.amount
+           FROM unnest(%s::text[], %s::bigint[]) AS b(merchant_id, since)
+           JOIN transactions t ON t.merchant_id = b.merchant_id AND t.ts >= txguard_ms_to_ts(b.since)""",
+        (names, [since[m] for m in names]),
+    )
+    rows: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for merchant_id, ts, amount in cur.fetchall():
+        rows[merchant_id].append((ts, to_units(amount)))
+    return {m: Timeline.of(since[m], rows[m]) for m in names}
+
+
+def _copy_in(cur: psycopg2.extensions.cursor, new: list[Transaction], decisions: dict[int, Decision]) -> None:
+    buffer = io.StringIO()
+    write = buffer.write
+    for t in new:
+        d = decisions[t.transaction_id]
+        reasons = json.dumps(d.reasons_json(), ensure_ascii=False).replace("\\", "\\\\") if d.reasons else "[]"
+        write(
+            f"{t.transaction_id}\t{t.account_id}\t{(_EPOCH + timedelta(milliseconds=t.ts)).isoformat()}\t"
+            f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else chr(92) + 'N'}\t"
+            f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\n"
+        )
+    buffer.seek(0)
+    cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", buffer)
+
+
+def _write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountHistory], changed: set[int]) -> None:
+    accounts = sorted(changed)
+    h = [histories[a] for a in accounts]
+    cur.execute(
+        """UPDATE account_stats AS a SET
+               tx_count = v.tx_count, amount_sum = v.amount_sum, amount_sum_sq = v.amount_sum_sq,
+               amount_max = v.amount_max, amount_max_ts = txguard_ms_to_ts(v.amount_max_ts),
+               first_ts = txguard_ms_to_ts(v.first_ts), last_ts = txguard_ms_to_ts(v.last_ts)
+           FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
+                       %s::bigint[], %s::bigint[], %s::bigint[])
+                AS v(account_id, tx_count, amount_sum, amount_sum_sq, amount_max, amount_max_ts, first_ts, last_ts)
+           WHERE a.account_id = v.account_id""",
+        (
+            accounts,
+            [x.count for x in h],
+            [from_units(x.sum_units) for x in h],
+            [Decimal(x.sum_sq_units).scaleb(-8) for x in h],
+            [None if x.max_units is None else from_units(x.max_units) for x in h],
+            [x.max_ts for x in h],
+            [x.first_ts for x in h],
+            [x.last_ts for x in h],
+        ),
+    )

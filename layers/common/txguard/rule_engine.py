@@ -1,0 +1,185 @@
+"""Where rules are evaluated: a rule set compiled once into predicates, applied to a transaction's features.
+
+score = 1 - product(1 - weight) over the active rules that fire, rounded to four places;
+fraud = score >= the rule set's threshold. Shadow rules are evaluated and explained but never count.
+The SQL function detect_fraud (migrations/0002_detect_fraud.sql) implements the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from txguard.features import FEATURES, Features, FeatureValue
+from txguard.rule_language import AllOf, AnyOf, Comparison, Condition, RuleSet
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "=": operator.eq,
+    "!=": operator.ne,
+}
+_OPERATOR_WORDS = {
+    "<": "is less than",
+    "<=": "is at most",
+    ">": "is more than",
+    ">=": "is at least",
+    "=": "equals",
+    "!=": "differs from",
+}
+_FOUR_PLACES = Decimal("0.0001")
+
+# A compiled condition returns None when it does not hold, else the sentences explaining why it does.
+Explainer = Callable[[Features, str | None], list[str] | None]
+
+
+@dataclass(frozen=True)
+class Reason:
+    rule_id: str
+    mode: str
+    weight: Decimal
+    explanation: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rule_id": self.rule_id, "mode": self.mode, "weight": str(self.weight), "explanation": self.explanation}
+
+
+@dataclass(frozen=True)
+class Decision:
+    fraud: bool
+    score: Decimal
+    reasons: tuple[Reason, ...]
+    rule_set_version: int
+
+    def reasons_json(self) -> list[dict[str, Any]]:
+        return [reason.as_json() for reason in self.reasons]
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    id: str
+    mode: str
+    weight: Decimal
+    explain: Explainer
+
+
+class CompiledRuleSet:
+    """A rule set ready to evaluate; built once per version and cached by the rule store."""
+
+    def __init__(self, version: int, rule_set: RuleSet) -> None:
+        self.version = version
+        self.rule_set = rule_set
+        self.threshold = rule_set.threshold
+        self._rules = tuple(
+            _CompiledRule(rule.id, rule.mode, rule.score, _compile(rule.condition))
+            for rule in sorted(rule_set.rules, key=lambda r: r.id)
+            if rule.enabled and rule.condition is not None
+        )
+
+    def decide(self, features: Features, merchant_id: str | None = None) -> Decision:
+        reasons: list[Reason] = []
+        keep = Decimal(1)  # product of (1 - weight) over the active rules that fired
+        for rule in self._rules:
+            sentences = rule.explain(features, merchant_id)
+            if sentences is None:
+                continue
+            reasons.append(Reason(rule.id, rule.mode, rule.weight, "; ".join(sentences)))
+            if rule.mode == "active":
+                keep *= 1 - rule.weight
+        score = (1 - keep).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
+        return Decision(score >= self.threshold, score, tuple(reasons), self.version)
+
+
+def _compile(condition: Condition) -> Explainer:
+    if isinstance(condition, AllOf):
+        parts = [_compile(c) for c in condition.all]
+
+        def all_hold(features: Features, merchant_id: str | None) -> list[str] | None:
+            sentences: list[str] = []
+            for part in parts:
+                found = part(features, merchant_id)
+                if found is None:
+                    return None
+                sentences.extend(found)
+            return sentences
+
+        return all_hold
+    if isinstance(condition, AnyOf):
+        choices = [_compile(c) for c in condition.any]
+
+        def any_holds(features: Features, merchant_id: str | None) -> list[str] | None:
+            for choice in choices:
+                found = choice(features, merchant_id)
+                if found is not None:
+                    return found
+            return None
+
+        return any_holds
+    return _compile_comparison(condition)
+
+
+def _compile_comparison(comparison: Comparison) -> Explainer:
+    compare = _OPERATORS[comparison.op]
+    feature, other, factor, constant = comparison.feature, comparison.other, comparison.factor, comparison.value
+
+    def holds(features: Features, merchant_id: str | None) -> list[str] | None:
+        left = features.get(feature)
+        if left is None:
+            return None
+        if other is not None:
+            other_value = features.get(other)
+            if other_value is None:
+                return None
+            right = (factor or Decimal(1)) * other_value
+        else:
+            right = constant
+        if right is None or not compare(left, right):
+            return None
+        return [_sentence(comparison, features, merchant_id)]
+
+    return holds
+
+
+def _sentence(comparison: Comparison, features: Features, merchant_id: str | None) -> str:
+    """e.g. "amount 912.00 is more than 3 × the mean of the 48 previous transactions (41.20)"."""
+    left = _describe(comparison.feature, features, merchant_id)
+    words = _OPERATOR_WORDS[comparison.op]
+    if comparison.other is None:
+        return f"{left} {words} {_plain(comparison.value)}"
+    label = _label(comparison.other, features, merchant_id)
+    value = _format(comparison.other, features.get(comparison.other))
+    factor = "" if comparison.factor == 1 else f"{_plain(comparison.factor)} × "
+    return f"{left} {words} {factor}{label} ({value})"
+
+
+def _describe(name: str, features: Features, merchant_id: str | None) -> str:
+    value = _format(name, features.get(name))
+    if name == "amount":
+        return f"amount {value}"
+    return f"{_label(name, features, merchant_id)} ({value})"
+
+
+def _label(name: str, features: Features, merchant_id: str | None) -> str:
+    return FEATURES[name].label.format(count=features.get("count"), merchant_id=merchant_id)
+
+
+def _format(name: str, value: FeatureValue) -> str:
+    if value is None:
+        return "none"
+    if FEATURES[name].money and isinstance(value, Decimal):
+        return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+    return _plain(value)
+
+
+def _plain(value: Decimal | int | None) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, int):
+        return str(value)
+    normalized = value.normalize()
+    return format(normalized, "f")

@@ -1,0 +1,238 @@
+"""The rule language: rule sets as validated data, conditions parsed from a small grammar.
+
+    condition  := conjunction ("OR" conjunction)*
+    conjunction:= term ("AND" term)*
+    term       := "(" condition ")" | comparison
+    comparison := FEATURE OP NUMBER | FEATURE OP [NUMBER "*"] FEATURE
+    OP         := "<" | "<=" | ">" | ">=" | "=" | "!="
+
+Examples: `amount < 0.9 * mean_amount`, `amount > 3 * mean_amount AND count >= 5`, `count_1m > 5`.
+User text is tokenised and parsed, never evaluated. The parsed form is stored next to the text
+(rule_sets.document) and is what both the Python engine and the SQL function read.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from txguard.features import FEATURES
+
+Operator = Literal["<", "<=", ">", ">=", "=", "!="]
+
+
+class Comparison(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feature: str
+    op: Operator
+    value: Decimal | None = None  # compare with a constant ...
+    factor: Decimal | None = None  # ... or with factor * other
+    other: str | None = None
+
+
+class AllOf(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    all: list[Condition]
+
+
+class AnyOf(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    any: list[Condition]
+
+
+Condition = Comparison | AllOf | AnyOf
+AllOf.model_rebuild()
+AnyOf.model_rebuild()
+
+RULE_ID = r"^[a-z][a-z0-9_]{0,62}$"
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(pattern=RULE_ID, description="lower-case letters, digits and underscores")]
+    description: Annotated[str, Field(min_length=1, max_length=500)]
+    when: Annotated[str, Field(min_length=1, max_length=2000)]
+    score: Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)]
+    enabled: bool = True
+    mode: Literal["active", "shadow"] = "active"
+    condition: Condition | None = None
+
+    @model_validator(mode="after")
+    def _parse_when(self) -> Rule:
+        parsed = parse_condition(self.when)
+        if self.condition is not None and self.condition != parsed:
+            raise ValueError("condition does not match `when`; give `when` only")
+        self.condition = parsed
+        return self
+
+
+class RuleSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)] = Decimal("0.5")
+    rules: Annotated[list[Rule], Field(max_length=200)]
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_ids(cls, rules: list[Rule]) -> list[Rule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} is used twice")
+            seen.add(rule.id)
+        return rules
+
+    def document(self) -> dict[str, Any]:
+        """The stored form: JSON-safe, decimals as strings, each rule with its parsed condition."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class RuleSetError(ValueError):
+    """A rule set that cannot be applied; `problems` name each rule and what is wrong with it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def validate_rule_set(data: Any) -> RuleSet:
+    """Validate a whole rule set, or raise RuleSetError naming every broken rule. Nothing is half-applied."""
+    try:
+        return RuleSet.model_validate(data)
+    except ValidationError as exc:
+        raise RuleSetError([_describe(error, data) for error in exc.errors()]) from None
+
+
+def _describe(error: Any, data: Any) -> str:
+    loc = list(error["loc"])
+    where = "rule set"
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        index = loc[1]
+        rules = data.get("rules") if isinstance(data, dict) else None
+        rule_id = rules[index].get("id") if isinstance(rules, list) and isinstance(rules[index], dict) else None
+        where = f"rule {rule_id!r} (#{index + 1})" if rule_id else f"rule #{index + 1}"
+        loc = loc[2:]
+    field = ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {field + ': ' if field else ''}{message}"
+
+
+# --- the parser -------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<number>\d+(?:\.\d+)?|\.\d+)|(?P<op><=|>=|!=|==|<|>|=)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<punct>[()*]))"
+)
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[tuple[str, str, int]] = []
+        position = 0
+        while position < len(text):
+            if text[position:].strip() == "":
+                break
+            match = _TOKEN.match(text, position)
+            if not match:
+                raise ValueError(f"unexpected character {text[position:].lstrip()[0]!r} at position {position + 1}")
+            kind = match.lastgroup or ""
+            value = match.group(kind)
+            start = match.start(kind)
+            if kind == "word" and value.upper() in ("AND", "OR"):
+                kind, value = "keyword", value.upper()
+            if kind == "op" and value == "==":
+                value = "="
+            self.tokens.append((kind, value, start + 1))
+            position = match.end()
+        self.index = 0
+
+    def peek(self) -> tuple[str, str, int] | None:
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
+
+    def take(self, kind: str, value: str | None = None) -> tuple[str, str, int]:
+        token = self.peek()
+        if token is None or token[0] != kind or (value is not None and token[1] != value):
+            expected = value or kind
+            found = f"{token[1]!r} at position {token[2]}" if token else "the end of the condition"
+            raise ValueError(f"expected {expected} but found {found}")
+        self.index += 1
+        return token
+
+    def condition(self) -> Condition:
+        parts = [self.conjunction()]
+        while (token := self.peek()) and token[:2] == ("keyword", "OR"):
+            self.index += 1
+            parts.append(self.conjunction())
+        return parts[0] if len(parts) == 1 else AnyOf(any=_flatten(parts, AnyOf))
+
+    def conjunction(self) -> Condition:
+        parts = [self.term()]
+        while (token := self.peek()) and token[:2] == ("keyword", "AND"):
+            self.index += 1
+            parts.append(self.term())
+        return parts[0] if len(parts) == 1 else AllOf(all=_flatten(parts, AllOf))
+
+    def term(self) -> Condition:
+        token = self.peek()
+        if token and token[:2] == ("punct", "("):
+            self.index += 1
+            inner = self.condition()
+            self.take("punct", ")")
+            return inner
+        return self.comparison()
+
+    def feature(self) -> str:
+        kind, name, position = self.take("word")
+        if name not in FEATURES:
+            raise ValueError(f"unknown feature {name!r} at position {position}; known: {', '.join(FEATURES)}")
+        return name
+
+    def comparison(self) -> Comparison:
+        left = self.feature()
+        op = self.take("op")[1]
+        token = self.peek()
+        if token and token[0] == "number":
+            number = _decimal(self.take("number")[1])
+            following = self.peek()
+            if following and following[:2] == ("punct", "*"):
+                self.index += 1
+                return Comparison(feature=left, op=op, factor=number, other=self.feature())  # type: ignore[arg-type]
+            return Comparison(feature=left, op=op, value=number)  # type: ignore[arg-type]
+        return Comparison(feature=left, op=op, factor=Decimal(1), other=self.feature())  # type: ignore[arg-type]
+
+
+def _flatten(parts: list[Condition], kind: type[AllOf] | type[AnyOf]) -> list[Condition]:
+    flat: list[Condition] = []
+    for part in parts:
+        if isinstance(part, AllOf) and kind is AllOf:
+            flat.extend(part.all)
+        elif isinstance(part, AnyOf) and kind is AnyOf:
+            flat.extend(part.any)
+        else:
+            flat.append(part)
+    return flat
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # the tokenizer only lets digits through; kept for clarity
+        raise ValueError(f"{text!r} is not a number") from exc
+
+
+def parse_condition(text: str) -> Condition:
+    parser = _Parser(text)
+    if not parser.tokens:
+        raise ValueError("the condition is empty")
+    condition = parser.condition()
+    if parser.peek() is not None:
+        token = parser.peek()
+        assert token is not None
+        raise ValueError(f"unexpected {token[1]!r} at position {token[2]}")
+    return condition
