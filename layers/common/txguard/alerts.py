@@ -40,7 +40,12 @@ def publish_fraud_detected(events: list[dict[str, Any]]) -> int:
     for start in range(0, len(events), _ENTRIES_PER_CALL):
         chunk = events[start : start + _ENTRIES_PER_CALL]
         entries = [
-            {"Source": "txguard", "DetailType": "FraudDetected", "Detail": json.dumps(e, default=str), "EventBusName": bus}
+            {
+                "Source": "txguard",
+                "DetailType": "FraudDetected",
+                "Detail": json.dumps(e, default=str),
+                "EventBusName": bus,
+            }
             for e in chunk
         ]
         try:

@@ -13,6 +13,7 @@ from itertools import groupby
 from txguard.features import AccountHistory, Timeline, merchant_features, to_units
 from txguard.rule_engine import CompiledRuleSet, Decision
 
+
 @dataclass(frozen=True)
 class Transaction:
     """A validated transaction, timestamps in epoch milliseconds."""

@@ -57,12 +57,8 @@ FEATURES: dict[str, FeatureInfo] = {
     "merchant_sum_1m": FeatureInfo("the amount spent at merchant {merchant_id} in the previous minute", money=True),
     "merchant_count_1h": FeatureInfo("the number of transactions at merchant {merchant_id} in the previous hour"),
     "merchant_sum_1h": FeatureInfo("the amount spent at merchant {merchant_id} in the previous hour", money=True),
-    "merchant_count_24h": FeatureInfo(
-        "the number of transactions at merchant {merchant_id} in the previous 24 hours"
-    ),
-    "merchant_sum_24h": FeatureInfo(
-        "the amount spent at merchant {merchant_id} in the previous 24 hours", money=True
-    ),
+    "merchant_count_24h": FeatureInfo("the number of transactions at merchant {merchant_id} in the previous 24 hours"),
+    "merchant_sum_24h": FeatureInfo("the amount spent at merchant {merchant_id} in the previous 24 hours", money=True),
 }
 
 
@@ -105,7 +101,7 @@ class Timeline:
         position = bisect_left(self.ts, ts)
         self.ts.insert(position, ts)
         self.units.insert(position, units)
-        self._prefix[position + 1 :] = [self._prefix[position]]
+        del self._prefix[position + 1 :]
         for value in self.units[position:]:
             self._prefix.append(self._prefix[-1] + value)
 
@@ -213,4 +209,3 @@ def _std(total_units: int, total_sq_units: int, count: int) -> Decimal:
     spread = count * total_sq_units - total_units * total_units
     root = _EXACT.sqrt(Decimal(max(spread, 0)))
     return _EXACT.divide(root, Decimal(count * UNITS_PER_AMOUNT)).quantize(_SIX_PLACES, context=_EXACT)
-

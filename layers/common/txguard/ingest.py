@@ -121,7 +121,8 @@ def _index_request(
 def _lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict[int, AccountHistory]:
     # Rows are locked in account order by every writer, so concurrent batches cannot deadlock.
     cur.execute(
-        "INSERT INTO account_stats (account_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING", (accounts,)
+        "INSERT INTO account_stats (account_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
+        (accounts,),
     )
     cur.execute(
         """SELECT account_id, tx_count, amount_sum, amount_sum_sq, amount_max,

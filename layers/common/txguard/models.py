@@ -57,7 +57,7 @@ _ONE_MS = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC) - datetime(1970, 1, 1,
 
 
 def parse_amount(value: Any) -> Decimal:
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise ValueError("amount must be a decimal number (JSON number or string)")
     if isinstance(value, int):
         amount = Decimal(value)
@@ -86,7 +86,8 @@ class TransactionIn(BaseModel):
 
     account_id: Annotated[int, Field(strict=True, gt=0, le=INT64_MAX, description="positive 64-bit integer")]
     transaction_id: Annotated[
-        int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX, description="64-bit integer, unique per transaction")
+        int,
+        Field(strict=True, ge=INT64_MIN, le=INT64_MAX, description="64-bit integer, unique per transaction"),
     ]
     timestamp: Annotated[
         int | str,

@@ -67,9 +67,7 @@ def any_flagged(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
     return bool(row and row[0])
 
 
-def flagged_transactions(
-    cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None
-) -> Page:
+def flagged_transactions(cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None) -> Page:
     """The account's stored decisions that flagged fraud, newest first."""
     condition, params = "", [account_id]
     if cursor:
@@ -125,9 +123,7 @@ def newest_first_page(judged: list[Judged], limit: int, cursor: str | None) -> P
     return _page(judged, limit)
 
 
-def recompute_account(
-    cur: psycopg2.extensions.cursor, account_id: int, rules: CompiledRuleSet
-) -> list[Judged]:
+def recompute_account(cur: psycopg2.extensions.cursor, account_id: int, rules: CompiledRuleSet) -> list[Judged]:
     """Every transaction of the account re-decided with `rules`, each on what came before it; nothing is written."""
     cur.execute(_SELECT + " WHERE account_id = %s ORDER BY ts, transaction_id", (account_id,))
     history = [transaction_from_row(row) for row in cur.fetchall()]

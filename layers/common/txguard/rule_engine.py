@@ -46,7 +46,12 @@ class Reason:
     explanation: str
 
     def as_json(self) -> dict[str, Any]:
-        return {"rule_id": self.rule_id, "mode": self.mode, "weight": str(self.weight), "explanation": self.explanation}
+        return {
+            "rule_id": self.rule_id,
+            "mode": self.mode,
+            "weight": str(self.weight),
+            "explanation": self.explanation,
+        }
 
 
 @dataclass(frozen=True)
@@ -125,12 +130,18 @@ def _compile(condition: Condition) -> Explainer:
 
 def _compile_comparison(comparison: Comparison) -> Explainer:
     compare = _OPERATORS[comparison.op]
-    feature, other, factor, constant = comparison.feature, comparison.other, comparison.factor, comparison.value
+    feature, other, factor, constant = (
+        comparison.feature,
+        comparison.other,
+        comparison.factor,
+        comparison.value,
+    )
 
     def holds(features: Features, merchant_id: str | None) -> list[str] | None:
         left = features.get(feature)
         if left is None:
             return None
+        right: Decimal | int | None
         if other is not None:
             other_value = features.get(other)
             if other_value is None:

@@ -64,7 +64,10 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _parse_when(self) -> Rule:
-        parsed = parse_condition(self.when)
+        try:
+            parsed = parse_condition(self.when)
+        except ValueError as exc:
+            raise ValueError(f"when: {exc}") from None
         if self.condition is not None and self.condition != parsed:
             raise ValueError("condition does not match `when`; give `when` only")
         self.condition = parsed
@@ -188,7 +191,7 @@ class _Parser:
         return self.comparison()
 
     def feature(self) -> str:
-        kind, name, position = self.take("word")
+        _, name, position = self.take("word")
         if name not in FEATURES:
             raise ValueError(f"unknown feature {name!r} at position {position}; known: {', '.join(FEATURES)}")
         return name
@@ -202,9 +205,9 @@ class _Parser:
             following = self.peek()
             if following and following[:2] == ("punct", "*"):
                 self.index += 1
-                return Comparison(feature=left, op=op, factor=number, other=self.feature())  # type: ignore[arg-type]
-            return Comparison(feature=left, op=op, value=number)  # type: ignore[arg-type]
-        return Comparison(feature=left, op=op, factor=Decimal(1), other=self.feature())  # type: ignore[arg-type]
+                return Comparison(feature=left, op=op, factor=number, other=self.feature())
+            return Comparison(feature=left, op=op, value=number)
+        return Comparison(feature=left, op=op, factor=Decimal(1), other=self.feature())
 
 
 def _flatten(parts: list[Condition], kind: type[AllOf] | type[AnyOf]) -> list[Condition]:

@@ -84,7 +84,8 @@ def latest(cur: psycopg2.extensions.cursor) -> StoredRuleSet | None:
 
 def version(cur: psycopg2.extensions.cursor, number: int) -> StoredRuleSet | None:
     cur.execute(
-        "SELECT version, document, comment, created_at, created_by FROM rule_sets WHERE version = %s", (number,)
+        "SELECT version, document, comment, created_at, created_by FROM rule_sets WHERE version = %s",
+        (number,),
     )
     row = cur.fetchone()
     return None if row is None else _stored(row)

@@ -24,11 +24,18 @@ INT64_MAX = 2**63 - 1
     summary="An account's flagged transactions, newest first, with scores and reasons",
     responses={
         200: {"description": "the account", "content": {"application/json": {"model": IsFraudResponse}}},
-        404: {"description": "no transactions for this account",
-              "content": {"application/json": {"model": ErrorResponse}}},
-        422: {"description": "account is not a positive 64-bit integer",
-              "content": {"application/json": {"model": ErrorResponse}}},
-        503: {"description": "database unavailable", "content": {"application/json": {"model": ErrorResponse}}},
+        404: {
+            "description": "no transactions for this account",
+            "content": {"application/json": {"model": ErrorResponse}},
+        },
+        422: {
+            "description": "account is not a positive 64-bit integer",
+            "content": {"application/json": {"model": ErrorResponse}},
+        },
+        503: {
+            "description": "database unavailable",
+            "content": {"application/json": {"model": ErrorResponse}},
+        },
     },
 )
 def is_fraud(

@@ -50,7 +50,11 @@ def error_body(code: str, message: str, details: list[dict[str, Any]]) -> str:
 
 
 def error_response(
-    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[str]:
     return Response(
         status_code=status,

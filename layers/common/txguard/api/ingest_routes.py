@@ -38,7 +38,7 @@ StoreBody = Annotated[
     Discriminator(_kind),
 ]
 
-_ERRORS: dict[int | str, Any] = {
+_ERRORS: dict[int, Any] = {
     code: {"description": text, "content": {"application/json": {"model": ErrorResponse}}}
     for code, text in {
         400: "malformed JSON, empty body or bad cursor",
@@ -62,8 +62,10 @@ _ERRORS: dict[int | str, Any] = {
     ),
     responses={
         201: {"description": "stored", "content": {"application/json": {"model": StoreResponse}}},
-        409: {"description": "transaction_id already stored with different content; nothing stored",
-              "content": {"application/json": {"model": ErrorResponse}}},
+        409: {
+            "description": "transaction_id already stored with different content; nothing stored",
+            "content": {"application/json": {"model": ErrorResponse}},
+        },
         **_ERRORS,
     },
 )
@@ -72,8 +74,17 @@ def store_data(body: Annotated[StoreBody, Body()]) -> Response[dict[str, Any]]:
     limit = service_settings().max_batch_size
     if len(items) > limit:
         raise ApiError(
-            422, "batch_too_large", f"a batch holds at most {limit} transactions; this one has {len(items)}",
-            [{"index": None, "field": "transactions", "value": len(items), "reason": f"at most {limit} items"}],
+            422,
+            "batch_too_large",
+            f"a batch holds at most {limit} transactions; this one has {len(items)}",
+            [
+                {
+                    "index": None,
+                    "field": "transactions",
+                    "value": len(items),
+                    "reason": f"at most {limit} items",
+                }
+            ],
         )
     accounts = sorted({t.account_id for t in items})
     logger.append_keys(account_id=accounts[0] if len(accounts) == 1 else accounts[:20])
@@ -93,7 +104,10 @@ def _transaction(t: TransactionIn) -> Transaction:
 @router.get(
     "/store_data",
     summary="List stored transactions with their decisions, oldest first",
-    responses={200: {"description": "a page", "content": {"application/json": {"model": ListResponse}}}, **_ERRORS},
+    responses={
+        200: {"description": "a page", "content": {"application/json": {"model": ListResponse}}},
+        **_ERRORS,
+    },
 )
 def list_data(
     account_id: Annotated[int | None, Query(gt=0, le=2**63 - 1, description="only this account")] = None,
@@ -117,8 +131,12 @@ def _time_param(name: str, value: str | None) -> int | None:
     try:
         return parse_timestamp_ms(int(value) if value.lstrip("-").isdigit() else value)
     except ValueError as exc:
-        raise ApiError(422, "validation_error", f"query parameter {name!r} is invalid",
-                       [{"index": None, "field": name, "value": value, "reason": str(exc)}]) from None
+        raise ApiError(
+            422,
+            "validation_error",
+            f"query parameter {name!r} is invalid",
+            [{"index": None, "field": name, "value": value, "reason": str(exc)}],
+        ) from None
 
 
 app = build_resolver(router)

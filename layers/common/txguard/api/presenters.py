@@ -29,7 +29,12 @@ def transaction_json(t: Transaction) -> dict[str, Any]:
 
 
 def decision_json(d: Decision) -> dict[str, Any]:
-    return {"fraud": d.fraud, "score": str(d.score), "reasons": d.reasons_json(), "rule_set_version": d.rule_set_version}
+    return {
+        "fraud": d.fraud,
+        "score": str(d.score),
+        "reasons": d.reasons_json(),
+        "rule_set_version": d.rule_set_version,
+    }
 
 
 def store_result_json(r: StoreResult) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from decimal import Decimal
+from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
@@ -62,14 +63,19 @@ def parse_json(text: str) -> Any:
     except _BodyRejected:
         raise
     except json.JSONDecodeError as exc:
-        raise _BodyRejected("malformed_json", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                            exc.doc, exc.pos) from None
+        raise _BodyRejected(
+            "malformed_json",
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            exc.doc,
+            exc.pos,
+        ) from None
 
 
 class TxguardResolver(APIGatewayRestResolver):
     """Checks what Powertools validation cannot see before routing: size, content type, encoding."""
 
-    def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+    def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        event = dict(event)
         try:
             _check_body(event)
         except ApiError as refused:
@@ -90,7 +96,9 @@ def _check_body(event: dict[str, Any]) -> None:
     content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(
-            415, "unsupported_content_type", f"content type {content_type!r} is not supported; send application/json"
+            415,
+            "unsupported_content_type",
+            f"content type {content_type!r} is not supported; send application/json",
         )
     if event.get("isBase64Encoded"):
         try:
@@ -118,9 +126,7 @@ def _register_error_handlers(app: TxguardResolver) -> None:
         details = validation_details(list(error.errors()))
         items = sorted({d["index"] for d in details if d["index"] is not None})
         message = (
-            f"{len(items)} of the transactions are invalid; nothing was stored"
-            if items
-            else "the request is invalid"
+            f"{len(items)} of the transactions are invalid; nothing was stored" if items else "the request is invalid"
         )
         logger.info("invalid request", extra={"details": details[:20]})
         return error_response(422, "validation_error", message, details)
@@ -132,18 +138,28 @@ def _register_error_handlers(app: TxguardResolver) -> None:
     @app.exception_handler(DuplicateIdConflict)
     def conflict(error: DuplicateIdConflict) -> Response[str]:
         details = [
-            {"index": index, "field": "transaction_id", "value": tid, "reason": f"differs in {', '.join(fields)}"}
+            {
+                "index": index,
+                "field": "transaction_id",
+                "value": tid,
+                "reason": f"differs in {', '.join(fields)}",
+            }
             for index, tid, fields in error.conflicts
         ]
         if error.in_request:
             metrics.add_metric(name="ValidationErrors", unit=MetricUnit.Count, value=1)
             return error_response(
-                422, "validation_error", "the same transaction_id appears twice with different content", details
+                422,
+                "validation_error",
+                "the same transaction_id appears twice with different content",
+                details,
             )
         ids = ", ".join(str(tid) for _, tid, _ in error.conflicts[:10])
         return error_response(
-            409, "transaction_id_conflict",
-            f"transaction_id {ids} is already stored with different content; nothing was stored", details,
+            409,
+            "transaction_id_conflict",
+            f"transaction_id {ids} is already stored with different content; nothing was stored",
+            details,
         )
 
     @app.exception_handler(InvalidCursor)
@@ -154,16 +170,16 @@ def _register_error_handlers(app: TxguardResolver) -> None:
     def unavailable(error: DatabaseUnavailable) -> Response[str]:
         logger.warning("database unavailable", extra={"reason": str(error)})
         return error_response(
-            503, "database_unavailable", "the database is unavailable; nothing was stored, retry later",
+            503,
+            "database_unavailable",
+            "the database is unavailable; nothing was stored, retry later",
             headers={"Retry-After": str(error.retry_after_s)},
         )
 
     @app.not_found
     def not_found(error: NotFoundError) -> Response[str]:
         event = app.current_event
-        return error_response(
-            404, "not_found", f"no route for {event.http_method} {event.path}"
-        )
+        return error_response(404, "not_found", f"no route for {event.http_method} {event.path}")
 
     @app.exception_handler(Exception)
     def internal(error: Exception) -> Response[str]:

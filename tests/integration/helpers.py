@@ -1,0 +1,72 @@
+"""Small builders shared by the integration tests."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+from typing import Any
+
+from txguard import db
+from txguard.detection import Transaction
+from txguard.ingest import StoreResult, store_transactions
+from txguard.queries import Judged, recompute_account
+from txguard.rule_store import apply_rule_set, rule_cache
+
+T0 = 1_700_000_000_000
+_ids = itertools.count(1)
+
+
+def tx(account_id: int, ts: int, amount: str, merchant_id: str | None = None, tid: int | None = None) -> Transaction:
+    return Transaction(next(_ids) if tid is None else tid, account_id, ts, Decimal(amount), "EUR", merchant_id)
+
+
+def store(batch: list[Transaction]) -> list[StoreResult]:
+    return db.run_in_transaction(lambda cur: store_transactions(cur, batch, rule_cache.current(cur, 0)))
+
+
+def recompute(account_id: int) -> list[Judged]:
+    return db.run_in_transaction(lambda cur: recompute_account(cur, account_id, rule_cache.current(cur, 0)))
+
+
+def apply_rules(database: Any, rules: list[dict[str, Any]], threshold: str = "0.5") -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(database.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            apply_rule_set(cur, {"threshold": threshold, "rules": rules}, "test")
+    finally:
+        conn.close()
+    rule_cache.clear()
+
+
+def rule(rule_id: str, when: str, score: str = "1", **extra: Any) -> dict[str, Any]:
+    return {"id": rule_id, "description": rule_id, "when": when, "score": score, **extra}
+
+
+def stats(database: Any, account_id: int) -> tuple[Any, ...]:
+    rows = database.query(
+        "SELECT tx_count, amount_sum, amount_sum_sq, amount_max, amount_max_ts, first_ts, last_ts "
+        "FROM account_stats WHERE account_id = %s",
+        (account_id,),
+    )
+    return rows[0] if rows else ()
+
+
+def sql_decisions(database: Any, account_id: int) -> dict[int, tuple[bool, Decimal, list[str], list[str]]]:
+    rows = database.query(
+        "SELECT transaction_id, fraud, score, rule_ids, shadow_rule_ids FROM detect_fraud(%s)", (account_id,)
+    )
+    return {r[0]: (r[1], r[2], sorted(r[3]), sorted(r[4])) for r in rows}
+
+
+def python_decisions(judged: list[Judged]) -> dict[int, tuple[bool, Decimal, list[str], list[str]]]:
+    return {
+        j.transaction.transaction_id: (
+            j.decision.fraud,
+            j.decision.score,
+            sorted(r.rule_id for r in j.decision.reasons if r.mode == "active"),
+            sorted(r.rule_id for r in j.decision.reasons if r.mode == "shadow"),
+        )
+        for j in judged
+    }

@@ -1,0 +1,137 @@
+"""Storing transactions: exactly once, decided on the history before each, atomically."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+import pytest
+
+from tests.conftest import Database
+from tests.integration.helpers import T0, apply_rules, recompute, rule, stats, store, tx
+from txguard.ingest import DuplicateIdConflict
+
+pytestmark = pytest.mark.integration
+
+SEED = [rule("below_account_mean", "amount < 0.9 * mean_amount")]
+
+
+def test_each_transaction_is_decided_on_the_history_before_it(database: Database) -> None:
+    apply_rules(database, SEED)
+    results = store([tx(1, T0, "100.00"), tx(1, T0 + 1000, "100.00"), tx(1, T0 + 2000, "80.00")])
+    assert [r.decision.fraud for r in results] == [False, False, True]
+    assert results[2].decision.reasons[0].explanation == (
+        "amount 80.00 is less than 0.9 × the mean of the 2 previous transactions (100.00)"
+    )
+    stored = database.query("SELECT fraud, reasons->0->>'rule_id' FROM transactions ORDER BY ts")
+    assert stored == [(False, None), (False, None), (True, "below_account_mean")]
+
+
+def test_a_replayed_transaction_is_a_duplicate_with_its_original_decision_and_changes_nothing(
+    database: Database,
+) -> None:
+    apply_rules(database, SEED)
+    first = store([tx(1, T0, "100.00"), tx(1, T0 + 1000, "10.00", tid=555)])
+    before = stats(database, 1)
+    apply_rules(database, [rule("never", "amount > 1000000")])  # new rules must not re-decide a replay
+    again = store([tx(1, T0 + 1000, "10.00", tid=555)])
+    assert again[0].status == "duplicate"
+    assert again[0].decision == first[1].decision
+    assert stats(database, 1) == before
+    assert database.query("SELECT count(*) FROM transactions") == [(2,)]
+
+
+def test_the_same_id_with_other_content_is_refused_and_the_whole_batch_stores_nothing(
+    database: Database,
+) -> None:
+    store([tx(1, T0, "100.00", tid=77)])
+    before = stats(database, 1)
+    with pytest.raises(DuplicateIdConflict) as refused:
+        store([tx(2, T0, "5.00", tid=78), tx(1, T0, "100.01", tid=77)])
+    assert refused.value.conflicts == [(1, 77, ["amount"])]
+    assert not refused.value.in_request
+    assert database.query("SELECT transaction_id FROM transactions") == [(77,)]
+    assert stats(database, 1) == before and stats(database, 2) == ()
+
+
+def test_a_repeated_id_inside_one_request_is_stored_once_or_refused_if_it_differs(database: Database) -> None:
+    same = tx(1, T0, "10.00", tid=90)
+    results = store([same, same])
+    assert [r.status for r in results] == ["stored", "duplicate"]
+    with pytest.raises(DuplicateIdConflict) as refused:
+        store([tx(2, T0, "1.00", tid=91), tx(2, T0 + 5, "1.00", tid=91)])
+    assert refused.value.in_request and refused.value.conflicts == [(1, 91, ["timestamp"])]
+    assert database.query("SELECT count(*) FROM transactions") == [(1,)]
+
+
+def test_a_late_transaction_is_judged_on_the_history_before_its_own_timestamp(database: Database) -> None:
+    apply_rules(database, [rule("big", "amount > 3 * mean_amount"), rule("fast", "seconds_since_previous < 2")])
+    store([tx(1, T0, "10.00"), tx(1, T0 + 10_000, "1000.00"), tx(1, T0 + 20_000, "1000.00")])
+    late = store([tx(1, T0 + 5_000, "40.00")])[0]  # before both large ones: mean 10, previous 5 s earlier
+    assert [r.rule_id for r in late.decision.reasons] == ["big"]
+    assert "the mean of the 1 previous transactions (10.00)" in late.decision.reasons[0].explanation
+    # and the totals equal those of the same transactions stored in time order
+    store(
+        [
+            tx(2, T0, "10.00"),
+            tx(2, T0 + 5_000, "40.00"),
+            tx(2, T0 + 10_000, "1000.00"),
+            tx(2, T0 + 20_000, "1000.00"),
+        ]
+    )
+    assert stats(database, 1) == stats(database, 2)
+
+
+def test_a_late_transaction_before_the_largest_amount_sees_only_earlier_maxima(database: Database) -> None:
+    apply_rules(database, [rule("record", "amount > max_amount")])
+    day = 86_400_000
+    store([tx(1, T0, "50.00"), tx(1, T0 + 3 * day, "900.00")])
+    late = store([tx(1, T0 + 2 * day, "60.00")])[0]
+    assert [r.rule_id for r in late.decision.reasons] == ["record"]
+    assert "(50.00)" in late.decision.reasons[0].explanation
+
+
+def test_concurrent_batches_for_one_account_give_the_totals_of_serial_ones(database: Database) -> None:
+    batches = [[tx(1, T0 + 1000 * (10 * b + i), f"{10 + b + i}.00") for i in range(10)] for b in range(8)]
+    errors: list[BaseException] = []
+
+    def ingest(batch: list) -> None:
+        from txguard import db
+
+        try:
+            # each thread its own connection, as separate Lambda execution environments have
+            holder = db.ConnectionHolder()
+            from txguard.ingest import store_transactions
+            from txguard.rule_store import RuleCache
+
+            with holder.transaction() as cur:
+                store_transactions(cur, batch, RuleCache().current(cur, 0))
+            holder.reset()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest, args=(b,)) for b in reversed(batches)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    store([t.__class__(t.transaction_id + 10_000_000, 2, t.ts, t.amount, t.currency) for b in batches for t in b])
+    assert stats(database, 1) == stats(database, 2)
+    assert stats(database, 1)[0] == 80
+
+
+def test_merchant_windows_count_other_accounts_at_the_same_merchant(database: Database) -> None:
+    apply_rules(database, [rule("hot_merchant", "merchant_count_1h >= 2")])
+    results = store([tx(1, T0, "5.00", "m1"), tx(2, T0 + 1000, "5.00", "m1"), tx(3, T0 + 2000, "5.00", "m1")])
+    assert [r.decision.fraud for r in results] == [False, False, True]
+    assert "merchant m1" in results[2].decision.reasons[0].explanation
+    assert [j.decision.fraud for j in recompute(3)] == [True]
+
+
+def test_amounts_are_stored_exactly(database: Database) -> None:
+    store([tx(1, T0, "0.01"), tx(1, T0 + 1, "999999999999.99")])
+    assert database.query("SELECT amount FROM transactions ORDER BY ts") == [
+        (Decimal("0.0100"),),
+        (Decimal("999999999999.9900"),),
+    ]

@@ -1,0 +1,99 @@
+"""Point-in-time features from running totals and a tail, checked against a brute-force definition."""
+
+from decimal import Decimal
+from random import Random
+
+from txguard.detection import Transaction, decide_in_time_order, empty_history
+from txguard.features import DAY_MS, AccountHistory, Timeline, to_units
+from txguard.rule_engine import CompiledRuleSet
+from txguard.rule_language import validate_rule_set
+
+
+def brute_force(history: list[tuple[int, int]], t: int, units: int) -> dict[str, object]:
+    """The definition, straight: everything strictly before t."""
+    before = [(ts, u) for ts, u in history if ts < t]
+    n = len(before)
+    result: dict[str, object] = {"count": n, "amount": Decimal(units).scaleb(-4)}
+    if n:
+        result["max_amount"] = Decimal(max(u for _, u in before)).scaleb(-4)
+        result["seconds_since_previous"] = Decimal(t - max(ts for ts, _ in before)).scaleb(-3)
+    for name, width in (("1m", 60_000), ("1h", 3_600_000), ("24h", DAY_MS)):
+        inside = [u for ts, u in before if ts > t - width]
+        result[f"count_{name}"] = len(inside)
+        result[f"sum_{name}"] = Decimal(sum(inside)).scaleb(-4)
+    return result
+
+
+def history_of(rows: list[tuple[int, int]], tail_from: int) -> AccountHistory:
+    """Totals over all rows, tail from `tail_from`, the way ingest loads an account."""
+    units = [u for _, u in rows]
+    max_units = max(units)
+    return AccountHistory(
+        count=len(rows),
+        sum_units=sum(units),
+        sum_sq_units=sum(u * u for u in units),
+        max_units=max_units,
+        max_ts=min(ts for ts, u in rows if u == max_units),
+        first_ts=min(ts for ts, _ in rows),
+        last_ts=max(ts for ts, _ in rows),
+        tail=Timeline.of(tail_from, [(ts, u) for ts, u in rows if ts >= tail_from]),
+        last_before_tail=max((ts for ts, _ in rows if ts < tail_from), default=None),
+        prefix_max=lambda: max((u for ts, u in rows if ts < tail_from), default=None),
+    )
+
+
+def test_features_match_the_definition_for_late_and_on_time_arrivals() -> None:
+    rng = Random(7)
+    for _ in range(200):
+        rows = []
+        ts = 1_700_000_000_000
+        for _ in range(rng.randint(1, 40)):
+            ts += rng.choice([0, 1, 500, 59_999, 60_000, 60_001, 3_600_000, DAY_MS, 2 * DAY_MS])
+            rows.append((ts, rng.randint(1, 5_000_000)))
+        t = rng.choice([ts + rng.randint(0, 100_000), rng.choice(rows)[0], rows[0][0] + rng.randint(-5, 5)])
+        units = rng.randint(1, 5_000_000)
+        history = history_of(rows, tail_from=min(t, max(ts for ts, _ in rows)) - DAY_MS + 1)
+        got = history.features(t, units)
+        expected = brute_force(rows, t, units)
+        for name, value in expected.items():
+            assert got[name] == value, (name, rows, t)
+
+
+def test_the_mean_and_standard_deviation_are_exact_to_six_places() -> None:
+    history = history_of(
+        [(1, to_units(Decimal("10"))), (2, to_units(Decimal("20"))), (3, to_units(Decimal("31")))], -DAY_MS
+    )
+    got = history.features(10, 1)
+    assert got["mean_amount"] == Decimal("20.333333")
+    assert got["std_amount"] == Decimal("8.576454")  # population standard deviation of 10, 20, 31
+
+
+def test_transactions_sharing_a_timestamp_do_not_see_each_other() -> None:
+    rules = CompiledRuleSet(
+        1,
+        validate_rule_set({"rules": [{"id": "seen", "description": "d", "when": "count >= 1", "score": "1"}]}),
+    )
+    same_time = [Transaction(i, 1, 5_000, Decimal("1.00"), "EUR") for i in (1, 2, 3)]
+    decisions = decide_in_time_order(same_time, {1: empty_history()}, {}, rules)
+    assert not any(d.fraud for d in decisions.values())
+    later = decide_in_time_order([Transaction(4, 1, 5_001, Decimal("1.00"), "EUR")], {1: empty_history()}, {}, rules)
+    assert not later[4].fraud
+
+
+def test_timeline_windows_are_open_at_both_ends() -> None:
+    timeline = Timeline.of(0, [(1_000, 1), (40_000, 2), (61_000, 4)])
+    assert timeline.window(61_000, 60_000) == (1, 2)  # 1_000 is exactly 60 s before: outside
+    assert timeline.window(61_001, 60_000) == (2, 6)
+
+
+def test_a_timeline_stays_correct_when_entries_arrive_out_of_order() -> None:
+    rng = Random(3)
+    timeline = Timeline.of(0, [])
+    entries: list[tuple[int, int]] = []
+    for _ in range(300):
+        entry = (rng.randint(0, 10_000), rng.randint(1, 1_000))
+        timeline.add(*entry)
+        entries.append(entry)
+        t, width = rng.randint(0, 11_000), rng.randint(1, 5_000)
+        inside = [u for ts, u in entries if t - width < ts < t]
+        assert timeline.window(t, width) == (len(inside), sum(inside))
