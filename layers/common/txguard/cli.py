@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("txguard.commands.db", "database setup: migrate, status"),
     "rules": ("txguard.commands.rules", "rule sets: list, apply, disable, history"),
+    "backtest": ("txguard.commands.backtest", "evaluate a candidate rule set on stored history"),
     "local": ("txguard.local.command", "run the whole service locally (API, scheduler, database)"),
     "invoke": ("txguard.local.invoke_command", "invoke one function of the template in-process"),
 }

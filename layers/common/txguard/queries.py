@@ -47,7 +47,7 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
         raise InvalidCursor(f"cursor {cursor!r} is not one this API returned") from None
 
 
-_SELECT = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
+SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
                     fraud, score, reasons, rule_set_version FROM transactions"""
 
 
@@ -74,7 +74,10 @@ def flagged_transactions(cur: psycopg2.extensions.cursor, account_id: int, limit
         condition = " AND (ts, transaction_id) < (txguard_ms_to_ts(%s), %s)"
         params.extend(decode_cursor(cursor))
     cur.execute(
-        _SELECT + " WHERE account_id = %s AND fraud" + condition + " ORDER BY ts DESC, transaction_id DESC LIMIT %s",
+        SELECT_TRANSACTIONS
+        + " WHERE account_id = %s AND fraud"
+        + condition
+        + " ORDER BY ts DESC, transaction_id DESC LIMIT %s",
         (*params, limit + 1),
     )
     return _page([_judged(row) for row in cur.fetchall()], limit)
@@ -104,7 +107,7 @@ def list_transactions(
         conditions.append("(ts, transaction_id) > (txguard_ms_to_ts(%s), %s)")
         params.extend(after)
     where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
-    cur.execute(_SELECT + where + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit + 1))
+    cur.execute(SELECT_TRANSACTIONS + where + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit + 1))
     return _page([_judged(row) for row in cur.fetchall()], limit)
 
 
@@ -125,7 +128,7 @@ def newest_first_page(judged: list[Judged], limit: int, cursor: str | None) -> P
 
 def recompute_account(cur: psycopg2.extensions.cursor, account_id: int, rules: CompiledRuleSet) -> list[Judged]:
     """Every transaction of the account re-decided with `rules`, each on what came before it; nothing is written."""
-    cur.execute(_SELECT + " WHERE account_id = %s ORDER BY ts, transaction_id", (account_id,))
+    cur.execute(SELECT_TRANSACTIONS + " WHERE account_id = %s ORDER BY ts, transaction_id", (account_id,))
     history = [transaction_from_row(row) for row in cur.fetchall()]
     if not history:
         return []

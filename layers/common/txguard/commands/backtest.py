@@ -1,0 +1,80 @@
+"""`txguard backtest --rules FILE [--from T] [--to T]`: what a candidate rule set would have done."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import psycopg2
+
+from txguard.backtest import Scores, backtest, load_labels
+from txguard.commands.common import add_database_argument, database_url
+from txguard.models import parse_timestamp_ms
+from txguard.rule_engine import CompiledRuleSet
+from txguard.rule_language import RuleSetError, validate_rule_set
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    add_database_argument(parser)
+    parser.add_argument("--rules", type=Path, required=True, help="candidate rule set (JSON)")
+    parser.add_argument("--from", dest="from_", default=None, help="first timestamp evaluated (ms or ISO-8601)")
+    parser.add_argument("--to", default=None, help="end of the evaluated period, exclusive (ms or ISO-8601)")
+
+
+def _time(value: str | None) -> int | None:
+    if value is None:
+        return None
+    return parse_timestamp_ms(int(value) if value.lstrip("-").isdigit() else value)
+
+
+def _ratio(value: float | None) -> str:
+    return "   -  " if value is None else f"{value:6.3f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        rule_set = validate_rule_set(json.loads(args.rules.read_text(encoding="utf-8")))
+        from_ms, to_ms = _time(args.from_), _time(args.to)
+    except RuleSetError as exc:
+        print("rule set rejected:", *[f"  - {p}" for p in exc.problems], sep="\n", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"cannot backtest: {exc}", file=sys.stderr)
+        return 2
+    rules = CompiledRuleSet(0, rule_set)
+    conn = psycopg2.connect(database_url(args))
+    try:
+        with conn, conn.cursor() as cur:
+            labels = load_labels(cur)
+            report = backtest(cur, rules, from_ms, to_ms, labels)
+    finally:
+        conn.close()
+    print(f"transactions evaluated   {report.evaluated}")
+    print(f"flagged (candidate)      {report.flagged}   (stored decisions: {report.stored_flagged})")
+    print(
+        f"decisions that change    {report.changed}   (+{report.newly_flagged} flagged, "
+        f"-{report.no_longer_flagged} cleared)"
+    )
+    print()
+    header = f"{'rule':<28} {'mode':<7} {'fires':>7}"
+    if labels is not None:
+        header += f" {'precision':>9} {'recall':>7} {'F1':>7}"
+    print(header)
+    for rule in rule_set.rules:
+        line = f"{rule.id:<28} {rule.mode if rule.enabled else 'off':<7} {report.fired[rule.id]:>7}"
+        if labels is not None:
+            s = report.per_rule.get(rule.id, Scores())
+            line += f" {_ratio(s.precision):>9} {_ratio(s.recall):>7} {_ratio(s.f1):>7}"
+        print(line)
+    if labels is None:
+        print("\nno labels stored: precision, recall and F1 need the fraud_labels table")
+    else:
+        o = report.overall
+        print(
+            f"\noverall on {report.labelled} labelled: precision {_ratio(o.precision)}  recall {_ratio(o.recall)}"
+            f"  F1 {_ratio(o.f1)}  (tp {o.true_positive}, fp {o.false_positive}, fn {o.false_negative}, "
+            f"tn {o.true_negative})"
+        )
+    return 0

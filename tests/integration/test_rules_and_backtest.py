@@ -1,0 +1,82 @@
+"""Rules as versioned data through the CLI, and backtests of candidate rule sets on stored history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Database
+from tests.integration.helpers import T0, apply_rules, rule, store, tx
+from txguard import db
+from txguard.backtest import backtest
+from txguard.cli import main
+from txguard.queries import flagged_transactions
+from txguard.rule_engine import CompiledRuleSet
+from txguard.rule_language import validate_rule_set
+from txguard.rule_store import rule_cache
+
+pytestmark = pytest.mark.integration
+
+
+def cli(database: Database, *args: str) -> int:
+    return main([*args[:2], "--database-url", database.admin_url, *args[2:]])
+
+
+def test_the_seed_rule_file_applied_through_the_cli_shows_in_the_reasons(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    apply_rules(database, [rule("never", "amount > 1000000")])
+    assert cli(database, "rules", "apply", str(ROOT / "rules" / "seed.json")) == 0
+    assert "is now active" in capsys.readouterr().out
+    rule_cache.clear()
+    store([tx(5, T0, "100.00"), tx(5, T0 + 1000, "50.00")])
+    page = db.run_in_transaction(lambda cur: flagged_transactions(cur, 5, 10, None))
+    (flagged,) = page.items
+    assert flagged.decision.reasons[0].rule_id == "below_account_mean"
+    assert (
+        flagged.decision.reasons[0].explanation
+    ) == "amount 50.00 is less than 0.9 × the mean of the 1 previous transactions (100.00)"
+
+
+def test_every_change_is_a_new_version_and_decisions_record_theirs(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = store([tx(6, T0, "10.00")])[0].decision.rule_set_version
+    assert cli(database, "rules", "disable", "below_account_mean") == 0
+    rule_cache.clear()
+    second = store([tx(6, T0 + 1, "1.00")])[0]
+    assert second.decision.rule_set_version == first + 1 and not second.decision.fraud
+    capsys.readouterr()
+    assert cli(database, "rules", "history") == 0
+    out = capsys.readouterr().out
+    assert f"v{first} " in out and f"v{first + 1} " in out and "disable below_account_mean" in out
+    assert cli(database, "rules", "list") == 0
+    assert "disabled" in capsys.readouterr().out
+
+
+def test_a_malformed_rule_file_is_rejected_whole_naming_the_rule(
+    database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    versions = database.query("SELECT count(*) FROM rule_sets")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rules": [rule("ok", "amount > 1"), rule("broken", "amount > 2 * nothing")]}))
+    assert cli(database, "rules", "apply", str(bad)) == 1
+    assert "rule 'broken' (#2): when: unknown feature 'nothing'" in capsys.readouterr().err
+    assert database.query("SELECT count(*) FROM rule_sets") == versions
+
+
+def test_a_backtest_counts_flags_changes_and_scores_against_labels(database: Database) -> None:
+    apply_rules(database, [rule("low", "amount < 0.9 * mean_amount")])
+    history = [tx(8, T0 + i * 1000, amount) for i, amount in enumerate(["100.00", "100.00", "20.00", "900.00"])]
+    store(history)
+    candidate = CompiledRuleSet(0, validate_rule_set({"rules": [rule("spike", "amount > 3 * mean_amount")]}))
+    labels = {history[3].transaction_id: "amount_spike"}
+    report = db.run_in_transaction(lambda cur: backtest(cur, candidate, labels=labels))
+    assert report.evaluated == 4
+    assert (report.flagged, report.stored_flagged, report.changed) == (1, 1, 2)
+    assert report.fired["spike"] == 1
+    assert (report.overall.precision, report.overall.recall) == (1.0, 1.0)
+    window = db.run_in_transaction(lambda cur: backtest(cur, candidate, from_ms=T0 + 3000, to_ms=T0 + 3001))
+    assert window.evaluated == 1 and window.flagged == 1
