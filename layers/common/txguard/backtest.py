@@ -76,7 +76,7 @@ def replay(
     merchants: dict[str, Timeline] = {}
     after: tuple[int, int] | None = None
     while True:
-        condition, params = "", []
+        condition, params = "", list[int]()
         if after is not None:
             condition = " WHERE (ts, transaction_id) > (txguard_ms_to_ts(%s), %s)"
             params.extend(after)

@@ -71,12 +71,13 @@ def dsn_from_settings(settings: DatabaseSettings) -> str:
 
 def connect(dsn: str, settings: DatabaseSettings | None = None) -> psycopg2.extensions.connection:
     settings = settings or DatabaseSettings.from_env()
+    timeout = settings.statement_timeout_ms
     try:
         conn = psycopg2.connect(
             dsn,
             connect_timeout=settings.connect_timeout_s,
             application_name="txguard",
-            options=f"-c statement_timeout={settings.statement_timeout_ms} -c lock_timeout={settings.statement_timeout_ms}",
+            options=f"-c statement_timeout={timeout} -c lock_timeout={timeout}",
             keepalives=1,
             keepalives_idle=30,
         )
