@@ -58,11 +58,15 @@ def decide_in_time_order(
     Transactions sharing a timestamp are not "before" each other: the whole group is decided first.
     """
     decisions: dict[int, Decision] = {}
+    needed = rules.needed_features
+    wants_merchant = any(name.startswith("merchant_") for name in needed)
     for _, same_time in groupby(transactions, key=lambda t: t.ts):
         group = [(t, to_units(t.amount)) for t in same_time]
         for t, units in group:
-            features = histories[t.account_id].features(t.ts, units)
-            features.update(merchant_features(merchants.get(t.merchant_id) if t.merchant_id else None, t.ts))
+            features = histories[t.account_id].features(t.ts, units, needed)
+            if wants_merchant:
+                merchant = merchants.get(t.merchant_id) if t.merchant_id else None
+                features.update(merchant_features(merchant, t.ts, needed))
             decisions[t.transaction_id] = rules.decide(features, t.merchant_id)
         for t, units in group:
             histories[t.account_id].add(t.ts, units)

@@ -61,6 +61,8 @@ FEATURES: dict[str, FeatureInfo] = {
     "merchant_sum_24h": FeatureInfo("the amount spent at merchant {merchant_id} in the previous 24 hours", money=True),
 }
 
+ALL_FEATURES = frozenset(FEATURES)
+
 
 def to_units(amount: Decimal) -> int:
     """Exact conversion; amounts are validated to at most four decimal places before they get here."""
@@ -135,7 +137,8 @@ class AccountHistory:
     last_before_tail: int | None
     prefix_max: Callable[[], int | None]
 
-    def features(self, t: int, units: int) -> Features:
+    def features(self, t: int, units: int, needed: frozenset[str] = ALL_FEATURES) -> Features:
+        """The account's features for a transaction at t; only those in `needed` (plus amount and count)."""
         tail = self.tail
         if t - LONGEST_WINDOW_MS + 1 < tail.complete_from:
             raise ValueError("the account's tail does not reach back far enough for this transaction")
@@ -148,26 +151,31 @@ class AccountHistory:
             count -= later_count
             total -= sum(later)
             total_sq -= sum(u * u for u in later)
-        previous_ts = tail.ts[end - 1] if end else self.last_before_tail
 
         result: Features = {"amount": from_units(units), "count": count}
         if count:
-            result["mean_amount"] = _mean(total, count)
-            result["std_amount"] = _std(total, total_sq, count)
-            result["max_amount"] = from_units(self._max_before(t, end))
-            assert previous_ts is not None and self.first_ts is not None
-            result["seconds_since_previous"] = Decimal(t - previous_ts).scaleb(-3)
-            result["account_age_seconds"] = Decimal(t - self.first_ts).scaleb(-3)
+            if "mean_amount" in needed:
+                result["mean_amount"] = _mean(total, count)
+            if "std_amount" in needed:
+                result["std_amount"] = _std(total, total_sq, count)
+            if "max_amount" in needed:
+                result["max_amount"] = from_units(self._max_before(t, end))
+            if "seconds_since_previous" in needed:
+                previous_ts = tail.ts[end - 1] if end else self.last_before_tail
+                assert previous_ts is not None
+                result["seconds_since_previous"] = Decimal(t - previous_ts).scaleb(-3)
+            if "account_age_seconds" in needed:
+                assert self.first_ts is not None
+                result["account_age_seconds"] = Decimal(t - self.first_ts).scaleb(-3)
             result["is_first_transaction"] = 0
         else:
-            result["mean_amount"] = result["std_amount"] = result["max_amount"] = None
-            result["seconds_since_previous"] = None
             result["account_age_seconds"] = Decimal(0)
             result["is_first_transaction"] = 1
         for name, width in WINDOWS:
-            n, s = tail.window(t, width)
-            result[f"count_{name}"] = n
-            result[f"sum_{name}"] = from_units(s)
+            if f"count_{name}" in needed or f"sum_{name}" in needed:
+                n, s = tail.window(t, width)
+                result[f"count_{name}"] = n
+                result[f"sum_{name}"] = from_units(s)
         return result
 
     def _max_before(self, t: int, end: int) -> int:
@@ -188,9 +196,11 @@ class AccountHistory:
         self.last_ts = t if self.last_ts is None else max(self.last_ts, t)
 
 
-def merchant_features(merchant: Timeline | None, t: int) -> Features:
+def merchant_features(merchant: Timeline | None, t: int, needed: frozenset[str] = ALL_FEATURES) -> Features:
     result: Features = {}
     for name, width in WINDOWS:
+        if f"merchant_count_{name}" not in needed and f"merchant_sum_{name}" not in needed:
+            continue
         if merchant is None:
             result[f"merchant_count_{name}"] = result[f"merchant_sum_{name}"] = None
         else:

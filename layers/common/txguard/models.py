@@ -154,6 +154,10 @@ class TransactionBatch(BaseModel):
 
     transactions: Annotated[list[TransactionIn], Field(min_length=1)]
 
+    def __repr__(self) -> str:
+        # Request routers log their arguments; a batch of thousands would be rendered whole each time.
+        return f"TransactionBatch(<{len(self.transactions)} transactions>)"
+
 
 class ReasonOut(BaseModel):
     rule_id: str

@@ -11,6 +11,8 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
+from json.encoder import encode_basestring as _quote
 from typing import Any
 
 from txguard.features import FEATURES, Features, FeatureValue
@@ -53,6 +55,13 @@ class Reason:
             "explanation": self.explanation,
         }
 
+    def json_text(self) -> str:
+        """as_json() serialised, without building the dict (ingest writes one per flagged transaction)."""
+        return (
+            f'{{"rule_id":{_quote(self.rule_id)},"mode":{_quote(self.mode)},'
+            f'"weight":{_quote(str(self.weight))},"explanation":{_quote(self.explanation)}}}'
+        )
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -61,7 +70,14 @@ class Decision:
     reasons: tuple[Reason, ...]
     rule_set_version: int
 
+    @cached_property
+    def reasons_text(self) -> str:
+        """reasons_json as JSON text."""
+        return "[" + ",".join(reason.json_text() for reason in self.reasons) + "]"
+
+    @cached_property
     def reasons_json(self) -> list[dict[str, Any]]:
+        """The reasons as stored and returned (computed once per decision)."""
         return [reason.as_json() for reason in self.reasons]
 
 
@@ -80,6 +96,9 @@ class CompiledRuleSet:
         self.version = version
         self.rule_set = rule_set
         self.threshold = rule_set.threshold
+        enabled = [rule for rule in rule_set.rules if rule.enabled and rule.condition is not None]
+        # Only these are computed per transaction; "count" also appears in the explanations.
+        self.needed_features = frozenset({"count"}.union(*(_features_of(rule.condition) for rule in enabled)))
         self._rules = tuple(
             _CompiledRule(rule.id, rule.mode, rule.score, _compile(rule.condition))
             for rule in sorted(rule_set.rules, key=lambda r: r.id)
@@ -98,6 +117,16 @@ class CompiledRuleSet:
                 keep *= 1 - rule.weight
         score = (1 - keep).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
         return Decision(score >= self.threshold, score, tuple(reasons), self.version)
+
+
+def _features_of(condition: Condition | None) -> set[str]:
+    if isinstance(condition, AllOf):
+        return set().union(*(_features_of(c) for c in condition.all))
+    if isinstance(condition, AnyOf):
+        return set().union(*(_features_of(c) for c in condition.any))
+    if condition is None:
+        return set()
+    return {condition.feature} | ({condition.other} if condition.other else set())
 
 
 def _compile(condition: Condition) -> Explainer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
 from txguard import service
 from txguard.api.errors import ApiError
-from txguard.api.presenters import fraud_event_json
+from txguard.api.presenters import fraud_event_json, json_response
 from txguard.api.resolver import build_resolver
 from txguard.models import ErrorResponse, IsFraudResponse
 from txguard.observability import logger
@@ -43,16 +43,15 @@ def is_fraud(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     recompute: Annotated[bool, Query(description="re-decide the history with the current rules")] = False,
-) -> Response[dict[str, Any]]:
+) -> Response[str]:
     logger.append_keys(account_id=account)
     try:
         view = service.account_view(account, limit, cursor, recompute)
     except service.AccountNotFound as missing:
         raise ApiError(404, "account_not_found", str(missing)) from None
-    return Response(
-        status_code=200,
-        content_type=content_types.APPLICATION_JSON,
-        body={
+    return json_response(
+        200,
+        {
             "account_id": account,
             "fraud": view.fraud,
             "events": [fraud_event_json(j) for j in view.page.items],

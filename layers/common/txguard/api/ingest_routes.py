@@ -5,14 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from pydantic import Discriminator, Tag
 
 from txguard import service
 from txguard.api.errors import ApiError
-from txguard.api.presenters import listed_json, store_result_json
+from txguard.api.presenters import json_response, listed_json, store_result_json
 from txguard.api.resolver import build_resolver
 from txguard.detection import Transaction
 from txguard.models import (
@@ -69,7 +69,7 @@ _ERRORS: dict[int, Any] = {
         **_ERRORS,
     },
 )
-def store_data(body: Annotated[StoreBody, Body()]) -> Response[dict[str, Any]]:
+def store_data(body: Annotated[StoreBody, Body()]) -> Response[str]:
     items = body.transactions if isinstance(body, TransactionBatch) else [body]
     limit = service_settings().max_batch_size
     if len(items) > limit:
@@ -89,11 +89,7 @@ def store_data(body: Annotated[StoreBody, Body()]) -> Response[dict[str, Any]]:
     accounts = sorted({t.account_id for t in items})
     logger.append_keys(account_id=accounts[0] if len(accounts) == 1 else accounts[:20])
     results = service.store([_transaction(t) for t in items])
-    return Response(
-        status_code=201,
-        content_type=content_types.APPLICATION_JSON,
-        body={"results": [store_result_json(r) for r in results]},
-    )
+    return json_response(201, {"results": [store_result_json(r) for r in results]})
 
 
 def _transaction(t: TransactionIn) -> Transaction:
@@ -115,14 +111,10 @@ def list_data(
     to: Annotated[str | None, Query(description="epoch ms or ISO-8601, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
-) -> Response[dict[str, Any]]:
+) -> Response[str]:
     bounds = {name: _time_param(name, value) for name, value in (("from", from_), ("to", to))}
     page = service.listing(account_id, bounds["from"], bounds["to"], limit, cursor)
-    return Response(
-        status_code=200,
-        content_type=content_types.APPLICATION_JSON,
-        body={"transactions": [listed_json(j) for j in page.items], "next_cursor": page.next_cursor},
-    )
+    return json_response(200, {"transactions": [listed_json(j) for j in page.items], "next_cursor": page.next_cursor})
 
 
 def _time_param(name: str, value: str | None) -> int | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
 
 from txguard.currencies import MINOR_UNITS
 from txguard.detection import Transaction
@@ -32,7 +35,7 @@ def decision_json(d: Decision) -> dict[str, Any]:
     return {
         "fraud": d.fraud,
         "score": str(d.score),
-        "reasons": d.reasons_json(),
+        "reasons": d.reasons_json,
         "rule_set_version": d.rule_set_version,
     }
 
@@ -59,6 +62,15 @@ def fraud_event_json(j: Judged) -> dict[str, Any]:
         "currency": t.currency,
         "merchant_id": t.merchant_id,
         "score": str(d.score),
-        "reasons": d.reasons_json(),
+        "reasons": d.reasons_json,
         "rule_set_version": d.rule_set_version,
     }
+
+
+def json_response(status: int, body: dict[str, Any]) -> Response[str]:
+    """Serialised here, once: Powertools would otherwise walk a large result through pydantic again."""
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+    )

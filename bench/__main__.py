@@ -1,0 +1,72 @@
+"""Run every benchmark; write bench/results/latest.json and bench/results/latest.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import detection_bench, ingest_bench
+from bench.harness import bench_database
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {about['date']} on {about['cpus']} CPUs, Python {about['python']}, {about['platform']}.",
+        "",
+        "| benchmark | baseline | measured | ratio | target |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        unit = "rows/s" if "baseline_rows_per_s" in r else "ms p50"
+        base = r.get("baseline_rows_per_s", r.get("baseline_p50_ms"))
+        got = r.get("measured_rows_per_s", r.get("measured_p50_ms"))
+        target = r.get("target", "")
+        if "met" in r:
+            target += " ✔" if r["met"] else " ✘"
+        lines.append(f"| {r['name']} | {base} {unit} | {got} {unit} | {r['ratio']} | {target} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="make bench")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
+    parser.add_argument("--only", choices=["ingest", "detection"], default=None)
+    args = parser.parse_args()
+    results: list[dict[str, Any]] = []
+    suites = {"ingest": ingest_bench.run, "detection": detection_bench.run}
+    for name, suite in suites.items():
+        if args.only not in (None, name):
+            continue
+        with bench_database() as database:
+            outcome = suite(database, args.scale)
+        results.extend(outcome if isinstance(outcome, list) else [outcome])
+        print(json.dumps(results[-1], indent=2), flush=True)
+    about = machine()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(
+        json.dumps({"machine": about, "scale": args.scale, "results": results}, indent=2) + "\n"
+    )
+    table = markdown(results, about)
+    (RESULTS / "latest.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

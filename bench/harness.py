@@ -1,0 +1,80 @@
+"""Timing helpers and the scratch database every benchmark runs in."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg2
+
+from txguard import db
+from txguard.local.postgres import Server, create_database, drop_database, find_or_start_server
+from txguard.migrate import migrate
+from txguard.rule_store import rule_cache
+from txguard.settings import SERVICE_ROLE, reload_settings
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    server: Server
+    name: str
+    admin_url: str
+
+    def execute(self, statement: str) -> None:
+        conn = psycopg2.connect(self.admin_url)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
+
+@contextmanager
+def bench_database() -> Iterator[BenchDatabase]:
+    with find_or_start_server() as server:
+        name = create_database(server, prefix="txguard_bench")
+        admin_url = server.database_url(name)
+        previous = os.environ.get("DATABASE_URL")
+        try:
+            migrate(admin_url, SERVICE_ROLE)
+            os.environ["DATABASE_URL"] = server.database_url(name, user=SERVICE_ROLE)
+            db.reset_connection()
+            rule_cache.clear()
+            reload_settings()
+            yield BenchDatabase(server, name, admin_url)
+        finally:
+            db.reset_connection()
+            if previous is None:
+                os.environ.pop("DATABASE_URL", None)
+            else:
+                os.environ["DATABASE_URL"] = previous
+            drop_database(server, name)
+
+
+def timed(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def samples(work: Callable[[], object], count: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        work()
+    return [timed(work) for _ in range(count)]
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+# Metrics would otherwise be buffered for every call made outside a handler and printed in bulk.
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")

@@ -1,0 +1,93 @@
+"""Batch ingest through the ingest function (validation, decisions, COPY) vs raw idempotent COPY.
+
+Baseline, from the measured limits of these machines: COPY into a temporary table, then
+INSERT ... ON CONFLICT DO NOTHING into a bare four-column table with one index.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from bench.harness import BenchDatabase, timed
+from txguard.local.runner import FunctionRunner, Template
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = 1_700_000_000_000
+
+
+def rows(count: int, first_id: int, accounts: int, seed: int) -> list[tuple[int, int, int, str]]:
+    rng = random.Random(seed)
+    clock = [T0 + rng.randint(0, 3_600_000) for _ in range(accounts)]
+    out = []
+    for i in range(count):
+        account = rng.randrange(accounts)
+        clock[account] += int(rng.expovariate(1 / 600_000)) + 1
+        out.append((first_id + i, account + 1, clock[account], f"{rng.lognormvariate(3.5, 0.8):.2f}"))
+    return out
+
+
+def raw_copy_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]]) -> float:
+    conn = psycopg2.connect(database.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "CREATE TABLE bench_raw (account_id bigint, transaction_id bigint PRIMARY KEY, ts bigint, "
+                "amount numeric(14,2)); CREATE INDEX ON bench_raw (account_id, ts)"
+            )
+        buffer = io.StringIO("".join(f"{a}\t{t}\t{ts}\t{amt}\n" for t, a, ts, amt in data))
+
+        def load() -> None:
+            with conn, conn.cursor() as cur:
+                cur.execute("CREATE TEMP TABLE staging (LIKE bench_raw) ON COMMIT DROP")
+                cur.copy_expert("COPY staging (account_id, transaction_id, ts, amount) FROM STDIN", buffer)
+                cur.execute("INSERT INTO bench_raw SELECT * FROM staging ON CONFLICT DO NOTHING")
+
+        return len(data) / timed(load)
+    finally:
+        conn.close()
+
+
+def handler_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]], batch_size: int) -> float:
+    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=None)
+    template = json.loads((ROOT / "events" / "store_data_batch.json").read_text())
+    events: list[dict[str, Any]] = []
+    for start in range(0, len(data), batch_size):
+        body = {
+            "transactions": [
+                {"account_id": a, "transaction_id": t, "timestamp": ts, "amount": amt}
+                for t, a, ts, amt in data[start : start + batch_size]
+            ]
+        }
+        events.append({**template, "body": json.dumps(body)})
+    runner.call("IngestFunction", {**events[0], "body": json.dumps({"transactions": [body["transactions"][0]]})})
+
+    def ingest_all() -> None:
+        for event in events:
+            result = runner.call("IngestFunction", event)
+            if result.failed or json.loads(result.output)["statusCode"] != 201:
+                raise RuntimeError(f"ingest failed: {result.output[:300]}")
+
+    return len(data) / timed(ingest_all)
+
+
+def run(database: BenchDatabase, scale: float) -> dict[str, Any]:
+    count = int(50_000 * scale)
+    baseline = raw_copy_rate(database, rows(count, 1, 1000, seed=1))
+    batch_size = 5000
+    measured = handler_rate(database, rows(count, 10_000_000, 1000, seed=2), batch_size)
+    return {
+        "name": "batch ingest through the ingest handler vs raw idempotent COPY",
+        "rows": count,
+        "batch_size": batch_size,
+        "baseline_rows_per_s": round(baseline),
+        "measured_rows_per_s": round(measured),
+        "ratio": round(measured / baseline, 3),
+        "target": ">= 0.25",
+        "met": measured / baseline >= 0.25,
+    }
