@@ -61,7 +61,7 @@ def fraud_event(result: StoreResult) -> dict[str, Any]:
         "merchant_id": t.merchant_id,
         "score": str(d.score),
         "rule_set_version": d.rule_set_version,
-        "reasons": d.reasons_json(),
+        "reasons": d.reasons_json,
     }
 
 
