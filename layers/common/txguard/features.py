@@ -12,6 +12,7 @@ The history of an account is held as running totals over all its stored transact
 from __future__ import annotations
 
 from bisect import bisect_left
+from itertools import accumulate
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal
@@ -66,10 +67,11 @@ ALL_FEATURES = frozenset(FEATURES)
 
 def to_units(amount: Decimal) -> int:
     """Exact conversion; amounts are validated to at most four decimal places before they get here."""
-    units = amount.scaleb(4)
-    if units != units.to_integral_value():
+    scaled = amount.scaleb(4)
+    units = int(scaled)
+    if units != scaled:
         raise ValueError(f"amount {amount} has more than four decimal places")
-    return int(units)
+    return units
 
 
 def from_units(units: int) -> Decimal:
@@ -93,6 +95,10 @@ class Timeline:
             timeline.units.append(units)
             timeline._prefix.append(timeline._prefix[-1] + units)
         return timeline
+
+    @classmethod
+    def from_sorted(cls, complete_from: int, ts: list[int], units: list[int]) -> Timeline:
+        return cls(complete_from, ts, units, [0, *accumulate(units)])
 
     def add(self, ts: int, units: int) -> None:
         if not self.ts or ts >= self.ts[-1]:

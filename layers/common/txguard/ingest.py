@@ -9,7 +9,6 @@ Cost per transaction does not grow with the account's history; see features.py.
 from __future__ import annotations
 
 import io
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -192,6 +191,26 @@ def _decide(
     return decide_in_time_order(new, histories, merchants, rules)
 
 
+# Each key's stored transactions from `since` on, as two sorted arrays (ms, amount in 1/10000 units), plus the
+# timestamp of the last one before `since`. Arrays of integers keep the transfer and the parsing cheap.
+_ACCOUNT_TAILS = """
+    SELECT b.key, tail.ts, tail.units,
+           (SELECT txguard_ts_to_ms(max(t.ts)) FROM transactions t
+            WHERE t.account_id = b.key AND t.ts < txguard_ms_to_ts(b.since))
+    FROM unnest(%s::bigint[], %s::bigint[]) AS b(key, since)
+    CROSS JOIN LATERAL (
+        SELECT array_agg(txguard_ts_to_ms(t.ts) ORDER BY t.ts) AS ts,
+               array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units
+        FROM transactions t WHERE t.account_id = b.key AND t.ts >= txguard_ms_to_ts(b.since)) AS tail"""
+_MERCHANT_TAILS = """
+    SELECT b.key, tail.ts, tail.units, NULL
+    FROM unnest(%s::text[], %s::bigint[]) AS b(key, since)
+    CROSS JOIN LATERAL (
+        SELECT array_agg(txguard_ts_to_ms(t.ts) ORDER BY t.ts) AS ts,
+               array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units
+        FROM transactions t WHERE t.merchant_id = b.key AND t.ts >= txguard_ms_to_ts(b.since)) AS tail"""
+
+
 def _load_account_tails(
     cur: psycopg2.extensions.cursor, new: list[Transaction], histories: dict[int, AccountHistory]
 ) -> None:
@@ -205,27 +224,11 @@ def _load_account_tails(
     to_read = [a for a, start in since.items() if (histories[a].last_ts or start - 1) >= start]
     if not to_read:
         return
-    starts = [since[a] for a in to_read]
-    cur.execute(
-        """SELECT b.account_id, txguard_ts_to_ms(t.ts), t.amount
-           FROM unnest(%s::bigint[], %s::bigint[]) AS b(account_id, since)
-           JOIN transactions t ON t.account_id = b.account_id AND t.ts >= txguard_ms_to_ts(b.since)""",
-        (to_read, starts),
-    )
-    rows: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for account_id, ts, amount in cur.fetchall():
-        rows[account_id].append((ts, to_units(amount)))
-    cur.execute(
-        """SELECT b.account_id,
-                  (SELECT txguard_ts_to_ms(max(t.ts)) FROM transactions t
-                   WHERE t.account_id = b.account_id AND t.ts < txguard_ms_to_ts(b.since))
-           FROM unnest(%s::bigint[], %s::bigint[]) AS b(account_id, since)""",
-        (to_read, starts),
-    )
-    for account_id, last_before in cur.fetchall():
+    cur.execute(_ACCOUNT_TAILS, (to_read, [since[a] for a in to_read]))
+    for account_id, ts, units, last_before in cur.fetchall():
         history = histories[account_id]
         start = since[account_id]
-        history.tail = Timeline.of(start, rows[account_id])
+        history.tail = Timeline.from_sorted(start, ts or [], units or [])
         history.last_before_tail = last_before
         history.prefix_max = _prefix_max_reader(cur, account_id, start)
 
@@ -250,16 +253,8 @@ def _load_merchant_tails(cur: psycopg2.extensions.cursor, new: list[Transaction]
     if not since:
         return {}
     names = list(since)
-    cur.execute(
-        """SELECT b.merchant_id, txguard_ts_to_ms(t.ts), t.amount
-           FROM unnest(%s::text[], %s::bigint[]) AS b(merchant_id, since)
-           JOIN transactions t ON t.merchant_id = b.merchant_id AND t.ts >= txguard_ms_to_ts(b.since)""",
-        (names, [since[m] for m in names]),
-    )
-    rows: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for merchant_id, ts, amount in cur.fetchall():
-        rows[merchant_id].append((ts, to_units(amount)))
-    return {m: Timeline.of(since[m], rows[m]) for m in names}
+    cur.execute(_MERCHANT_TAILS, (names, [since[m] for m in names]))
+    return {m: Timeline.from_sorted(since[m], ts or [], units or []) for m, ts, units, _ in cur.fetchall()}
 
 
 _DAYS: dict[int, str] = {}
