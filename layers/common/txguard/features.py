@@ -12,10 +12,10 @@ The history of an account is held as running totals over all its stored transact
 from __future__ import annotations
 
 from bisect import bisect_left
-from itertools import accumulate
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal
+from itertools import accumulate
 
 UNITS_PER_AMOUNT = 10_000
 _EXACT = Context(prec=60, rounding=ROUND_HALF_UP)
