@@ -9,6 +9,8 @@ from txguard import __version__
 
 @cache
 def openapi_json() -> str:
+    from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+
     from txguard.api import detect_routes, ingest_routes
     from txguard.api.resolver import build_resolver
 
@@ -16,5 +18,11 @@ def openapi_json() -> str:
     return whole.get_openapi_json_schema(
         title="txguard",
         version=__version__,
-        description="Transaction fraud detection: store transactions, ask which are fraud.",
+        description=(
+            "Transaction fraud detection: store transactions (each decided when stored, with a score and the "
+            "reasons), and ask which of an account's transactions are fraud. Every error has the shape "
+            '{"error": {"code", "message", "details": [{"index", "field", "value", "reason"}]}}.'
+        ),
+        security_schemes={"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header, description="API key")},
+        security=[{"apiKey": []}],
     )
