@@ -70,9 +70,11 @@ class TxguardResolver(APIGatewayRestResolver):
 
 
 def _check_body(event: dict[str, Any]) -> None:
-    body = event.get("body")
-    if body is None or event.get("httpMethod", "GET") in ("GET", "HEAD", "OPTIONS"):
+    if event.get("httpMethod", "GET") not in ("POST", "PUT", "PATCH"):
         return
+    body = event.get("body")
+    if body is None or not body.strip():
+        raise ApiError(400, "empty_body", "the request body is empty; send a JSON object")
     size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode("utf-8", "surrogatepass"))
     if size > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"the request body is {size} bytes; the limit is {MAX_BODY_BYTES}")
