@@ -11,7 +11,7 @@ from txguard.alerts import publish_fraud_detected
 from txguard.db import run_in_transaction
 from txguard.detection import Transaction
 from txguard.ingest import StoreResult, store_transactions
-from txguard.observability import metrics, tracer
+from txguard.observability import logger, metrics, tracer
 from txguard.queries import (
     Page,
     account_exists,
@@ -46,6 +46,10 @@ def store(batch: list[Transaction]) -> list[StoreResult]:
     metrics.add_metric(name="TransactionsStored", unit=MetricUnit.Count, value=len(stored))
     metrics.add_metric(name="DuplicateTransactions", unit=MetricUnit.Count, value=len(results) - len(stored))
     metrics.add_metric(name="FraudDetected", unit=MetricUnit.Count, value=len(flagged))
+    logger.info(
+        "transactions stored",
+        extra={"stored": len(stored), "duplicates": len(results) - len(stored), "flagged": len(flagged)},
+    )
     publish_fraud_detected([fraud_event(r) for r in flagged])
     return results
 
@@ -79,7 +83,9 @@ def account_view(account_id: int, limit: int, cursor: str | None, recompute: boo
         judged.sort(key=lambda j: (j.transaction.ts, j.transaction.transaction_id), reverse=True)
         return AccountView(bool(judged), newest_first_page(judged, limit, cursor))
 
-    return run_in_transaction(read)
+    view = run_in_transaction(read)
+    logger.info("account read", extra={"fraud": view.fraud, "events": len(view.page.items), "recompute": recompute})
+    return view
 
 
 @tracer.capture_method

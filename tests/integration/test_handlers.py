@@ -1,0 +1,112 @@
+"""The functions as Lambda runs them, fed the sample events in events/: responses, metrics and log lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Database, load_event
+from txguard.local.runner import FunctionRunner, Template
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def runner(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[FunctionRunner]:
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    yield FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+
+
+def invoke(runner: FunctionRunner, function: str, event: dict[str, Any]) -> dict[str, Any]:
+    result = runner.call(function, event)
+    assert not result.failed, result.output
+    response: dict[str, Any] = json.loads(result.output)
+    return response
+
+
+def emitted(out: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metric totals (CloudWatch embedded metric format) and structured log lines printed by the function."""
+    metrics: dict[str, float] = {}
+    logs = []
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if "_aws" in record:
+            for definition in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+                values = record[definition["Name"]]
+                metrics[definition["Name"]] = metrics.get(definition["Name"], 0) + sum(
+                    values if isinstance(values, list) else [values]
+                )
+        elif "level" in record:
+            logs.append(record)
+    return metrics, logs
+
+
+def test_the_sample_store_event_stores_and_emits_metrics_and_correlated_logs(
+    runner: FunctionRunner, database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    event = load_event("store_data.json")
+    response = invoke(runner, "IngestFunction", event)
+    assert response["statusCode"] == 201
+    body = json.loads(response["body"])
+    assert body["results"][0]["status"] == "stored"
+    assert database.query("SELECT account_id, amount::text FROM transactions") == [(42, "129.9000")]
+    metrics, logs = emitted(capsys.readouterr().out)
+    assert metrics["TransactionsStored"] == 1 and metrics["DuplicateTransactions"] == 0
+    assert "FraudDetected" in metrics
+    assert logs, "the function logged nothing"
+    for line in logs:
+        assert line["correlation_id"] == event["requestContext"]["requestId"]
+        assert line["account_id"] == 42
+
+
+def test_the_sample_batch_then_its_replay_counts_duplicates(
+    runner: FunctionRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    event = load_event("store_data_batch.json")
+    assert invoke(runner, "IngestFunction", event)["statusCode"] == 201
+    capsys.readouterr()
+    replay = json.loads(invoke(runner, "IngestFunction", event)["body"])
+    assert {r["status"] for r in replay["results"]} == {"duplicate"}
+    metrics, _ = emitted(capsys.readouterr().out)
+    assert metrics["TransactionsStored"] == 0 and metrics["DuplicateTransactions"] == 4
+
+
+def test_the_sample_invalid_event_is_422_counts_a_validation_error_and_stores_nothing(
+    runner: FunctionRunner, database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    response = invoke(runner, "IngestFunction", load_event("store_data_invalid.json"))
+    assert response["statusCode"] == 422
+    details = json.loads(response["body"])["error"]["details"]
+    assert {(d["index"], d["field"]) for d in details} >= {(1, "account_id"), (1, "colour"), (2, "timestamp")}
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]
+    metrics, _ = emitted(capsys.readouterr().out)
+    assert metrics["ValidationErrors"] == 1
+
+
+def test_the_sample_list_and_is_fraud_events_read_what_was_stored(runner: FunctionRunner) -> None:
+    invoke(runner, "IngestFunction", load_event("store_data_batch.json"))
+    listing = json.loads(invoke(runner, "IngestFunction", load_event("store_data_list.json"))["body"])
+    assert [t["transaction_id"] for t in listing["transactions"]] == [9101, 9102, 9103]
+    answer = invoke(runner, "DetectFunction", load_event("is_fraud.json"))
+    assert answer["statusCode"] == 200
+    body = json.loads(answer["body"])
+    assert body["account_id"] == 42 and isinstance(body["fraud"], bool)
+    flagged = {t["transaction_id"] for t in listing["transactions"] if t["decision"]["fraud"]}
+    assert {e["transaction_id"] for e in body["events"]} == flagged
+
+
+def test_an_unreachable_database_is_a_503_with_retry_after(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = FunctionRunner(Template(ROOT / "template.yaml"), database_url="postgresql://nobody@127.0.0.1:1/none")
+    from txguard import db
+
+    db.reset_connection()
+    response = invoke(closed, "IngestFunction", load_event("store_data.json"))
+    assert response["statusCode"] == 503
+    assert response["multiValueHeaders"]["Retry-After"] == ["2"]
+    assert json.loads(response["body"])["error"]["code"] == "database_unavailable"
+    db.reset_connection()
