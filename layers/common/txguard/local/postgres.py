@@ -11,12 +11,13 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -71,13 +72,59 @@ def embedded_server(data_dir: Path | None = None) -> Iterator[Server]:
     owned = data_dir is None
     directory = Path(tempfile.mkdtemp(prefix="txguard-pg-")) if data_dir is None else data_dir
     directory.mkdir(parents=True, exist_ok=True)
-    instance = pgserver.get_server(directory, cleanup_mode="stop")
+    instance = pgserver.get_server(directory, cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         yield Server(admin_url=instance.get_uri(), embedded=True)
     finally:
         instance.cleanup()
         if owned:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def database_in_url(url: str) -> str | None:
+    return urlsplit(url).path.lstrip("/") or None
+
+
+def ensure_database(server: Server, name: str) -> None:
+    """Create the database unless it exists."""
+    conn = psycopg2.connect(server.admin_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                # Another local run may create it meanwhile.
+                with suppress(psycopg2.errors.DuplicateDatabase):
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+@contextmanager
+def service_database(name: str | None = None, default_name: str = "txguard") -> Iterator[str]:
+    """The database the local runtime uses, migrated; yields its URL for the service role.
+
+    `name` if given; else the database DATABASE_URL names, as given; else `default_name`, created if missing,
+    on the server `find_or_start_server` finds (an embedded one is stopped on exit).
+    """
+    from txguard.migrate import migrate
+    from txguard.settings import SERVICE_ROLE
+
+    with find_or_start_server() as server:
+        database = name or database_in_url(os.environ.get("DATABASE_URL") or "") or default_name
+        ensure_database(server, database)
+        migrate(server.database_url(database), SERVICE_ROLE)
+        yield server.database_url(database, user=SERVICE_ROLE)
+
+
+def without_password(url: str) -> str:
+    """The URL fit for printing."""
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if not password:
+        return url
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def create_database(server: Server, prefix: str = "txguard") -> str:
