@@ -29,11 +29,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy layers/common/txguard
 
+# checkov runs from a venv of its own, inside .venv so that `make clean` and .gitignore cover it:
+# its pins (boto3, pydantic, ...) conflict with requirements-dev.txt.
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+LAYER_BUILD := .aws-sam/build/CommonLayer/python
+
 template-checks: $(STAMP)
 	AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 $(BIN)/sam validate --lint --template template.yaml
-	$(BIN)/cfn-lint template.yaml
+	$(BIN)/cfn-lint template.yaml && echo "cfn-lint: 0 findings"
+	@[ $(CHECKOV_STAMP) -nt requirements-checkov.txt ] || { $(PYTHON) -m venv $(CHECKOV_VENV) \
+		&& $(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt && touch $(CHECKOV_STAMP); }
+	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml
 	SAM_CLI_TELEMETRY=0 $(BIN)/sam build --template template.yaml --build-dir .aws-sam/build --cached --cache-dir .aws-sam/cache
-	$(BIN)/python -c "import sys; sys.path.insert(0, '.aws-sam/build/CommonLayer/python'); import txguard, psycopg2, pydantic, aws_lambda_powertools; print('layer ok:', txguard.__file__)"
+	$(BIN)/python -c "import sys; sys.path.insert(0, '$(LAYER_BUILD)'); import txguard, psycopg2, pydantic, aws_lambda_powertools; \
+		assert psycopg2.__file__.startswith('$(CURDIR)/$(LAYER_BUILD)/'), psycopg2.__file__; \
+		print('layer ok:', txguard.__file__, '| psycopg2', psycopg2.__version__, 'libpq', psycopg2.extensions.libpq_version())"
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

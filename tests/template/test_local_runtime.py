@@ -1,0 +1,57 @@
+"""The template as `txguard local` reads it: SAM CLI's own providers, with local code paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.template.stack import ROOT, TEMPLATE
+
+# SAM CLI's providers validate with aws-sam-translator, which still uses deprecated jsonschema APIs.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:samtranslator.*")
+
+
+def _stacks(overrides: dict[str, str] | None = None) -> list[object]:
+    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+
+    stacks, _ = SamLocalStackProvider.get_stacks(str(TEMPLATE), parameter_overrides=overrides or {})
+    return list(stacks)
+
+
+def test_the_providers_find_each_function_with_its_code_layer_and_handler() -> None:
+    from samcli.lib.providers.sam_function_provider import SamFunctionProvider
+
+    functions = {f.name: f for f in SamFunctionProvider(_stacks()).get_all()}
+    assert set(functions) == {"IngestFunction", "DetectFunction", "GenerateFunction", "MigrateFunction"}
+    for name, function in functions.items():
+        assert function.handler == "app.lambda_handler"
+        assert Path(function.codeuri).parent == ROOT / "functions", name
+        assert (Path(function.codeuri) / "app.py").is_file(), name
+        assert [Path(layer.codeuri) for layer in function.layers] == [ROOT / "layers" / "common"]
+
+
+def test_the_providers_find_every_route() -> None:
+    from samcli.lib.providers.api_provider import ApiProvider
+
+    routes = ApiProvider(_stacks(), cwd=str(ROOT)).api.routes
+    found = {(method, route.path, route.function_name) for route in routes for method in route.methods}
+    assert found == {
+        ("POST", "/store_data", "IngestFunction"),
+        ("GET", "/store_data", "IngestFunction"),
+        ("GET", "/is_fraud/{account}", "DetectFunction"),
+        ("GET", "/openapi.json", "DetectFunction"),
+    }
+
+
+def test_parameter_overrides_reach_the_generators_environment_and_schedule() -> None:
+    from samcli.lib.providers.sam_function_provider import SamFunctionProvider
+
+    overrides = {"GenerateNumTransactions": "7", "GenerateFraudRate": "0.5", "GenerateSchedule": "rate(1 minute)"}
+    generator = SamFunctionProvider(_stacks(overrides)).get("GenerateFunction")
+    assert generator is not None
+    variables = generator.environment["Variables"]
+    assert str(variables["TXGUARD_GENERATE_NUM_TRANSACTIONS"]) == "7"
+    assert variables["TXGUARD_GENERATE_FRAUD_RATE"] == "0.5"
+    events = generator.events or {}
+    assert [(e["Type"], e["Properties"]["Schedule"]) for e in events.values()] == [("Schedule", "rate(1 minute)")]
