@@ -69,13 +69,19 @@ class LocalService:
         return Response(status, json.loads(raw) if raw else None, answer_headers)
 
 
-def start_local(args: list[str], database_url: str, log_path: Path, timeout_s: float = 60) -> LocalService:
-    """Start `txguard local` on a free port and wait until it says it is ready."""
-    env = {k: v for k, v in os.environ.items() if k not in {"TXGUARD_API_KEY", "PORT"}}
-    env |= {"DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
+def start_local(
+    args: list[str],
+    database_url: str | None,
+    log_path: Path,
+    timeout_s: float = 60,
+    launcher: list[str] | None = None,
+) -> LocalService:
+    """Start `txguard local` on a free port and wait until it says it is ready (no DATABASE_URL for None)."""
+    env = {k: v for k, v in os.environ.items() if k not in {"TXGUARD_API_KEY", "PORT", "DATABASE_URL"}}
+    env |= {"PYTHONUNBUFFERED": "1"} | ({} if database_url is None else {"DATABASE_URL": database_url})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(TXGUARD), "local", "--port", "0", *args],
+            [*(launcher or [str(TXGUARD)]), "local", "--port", "0", *args],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -105,12 +111,12 @@ def stop_local(service: LocalService, timeout_s: float = 30) -> int:
         service.process.kill()
         service.process.wait()
         raise AssertionError(f"txguard local ignored SIGTERM for {timeout_s} s:\n{service.log()}") from None
-    left = [child for child in service.children if _alive(child)]
+    left = [child for child in service.children if alive(child)]
     assert not left, f"txguard local left processes running: {left}"
     return code
 
 
-def _alive(process: psutil.Process) -> bool:
+def alive(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:

@@ -7,13 +7,15 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.e2e.conftest import ROOT, TXGUARD, LocalService, start_local, stop_local
+from tests.e2e.conftest import ROOT, TXGUARD, LocalService, alive, start_local, stop_local
 from txguard.local.runner import Template
 
 pytestmark = pytest.mark.e2e
@@ -139,6 +141,36 @@ def test_sigterm_stops_the_server_and_leaves_nothing_running(tiny_service: Local
     assert tiny_service.log().rstrip().endswith("stopped")
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+# `txguard local` as on a machine with no PostgreSQL: 127.0.0.1:5432 made unreachable, nothing else changed.
+NO_LOCAL_SERVER = """
+import sys
+import txguard.local.postgres as postgres
+postgres.LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:1/postgres"
+from txguard.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_also_stops_the_embedded_postgresql_it_started(tiny_template: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pgserver")
+    service = start_local(
+        ["--template", str(tiny_template), "--no-schedule", "--no-auth"],
+        None,
+        tmp_path / "local.log",
+        launcher=[sys.executable, "-c", NO_LOCAL_SERVER],
+    )
+    data_dir = re.search(r"host=(\S+)", service.log())
+    assert data_dir, service.log()
+    embedded = [p for p in psutil.process_iter(["cmdline"]) if data_dir[1] in " ".join(p.info["cmdline"] or [])]
+    assert embedded, "an embedded PostgreSQL is serving"
+    assert service.request("GET", "/hello/pg").status == 200
+
+    assert stop_local(service) == 0, service.log()
+
+    assert not [p for p in embedded if alive(p)]
+    assert not Path(data_dir[1]).exists()
 
 
 # --- txguard invoke ---------------------------------------------------------------------------------------
