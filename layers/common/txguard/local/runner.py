@@ -1,10 +1,9 @@
 """Runs the template's functions inside this process, the way the Lambda runtime would run them.
 
 `FunctionRunner` is the `lambda_runner` that SAM CLI's API Gateway emulator (`LocalApigwService`) calls:
-`is_debugging()` and `invoke(name, event_json, stdout=StreamWriter, ...)`, the result written to stdout
-as JSON.
-That entry point serves API requests only, so it is where the API key is checked. The scheduler and
-`txguard invoke` call `call(name, event)` directly.
+`is_debugging()`, and `invoke(name, event_json, stdout=StreamWriter, ...)` with the result written to
+stdout as JSON. That entry point serves API requests only, so it is where the API key is checked.
+The scheduler and `txguard invoke` call `call(name, event)` directly.
 """
 
 from __future__ import annotations
