@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("txguard.commands.db", "database setup: migrate, status"),
     "rules": ("txguard.commands.rules", "rule sets: list, apply, disable, history"),
     "backtest": ("txguard.commands.backtest", "evaluate a candidate rule set on stored history"),
+    "generate": ("txguard.commands.generate", "labelled synthetic transactions: to the API, the database or a file"),
+    "evaluate": ("txguard.commands.evaluate", "precision, recall and F1 of stored decisions against generated labels"),
     "local": ("txguard.local.command", "run the whole service locally (API, scheduler, database)"),
     "invoke": ("txguard.local.invoke_command", "invoke one function of the template in-process"),
 }

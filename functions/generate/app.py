@@ -1,0 +1,13 @@
+"""Scheduled: generates a run of labelled transactions and stores it (directly, or through the API)."""
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from txguard.generator.scheduled import run_scheduled
+from txguard.observability import logger, metrics, tracer
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return run_scheduled(event)

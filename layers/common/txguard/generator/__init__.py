@@ -1,0 +1,20 @@
+"""Labelled synthetic traffic: a population of accounts, genuine spending, injected fraud patterns, and sinks.
+
+One implementation used three ways: this library, `txguard generate`, and the scheduled generate function.
+`generate(params)` is the in-memory core (also what the benchmark measures); `sinks` sends a run somewhere.
+"""
+
+from txguard.generator.params import GenerateParams, ParameterError, parse_params
+from txguard.generator.patterns import GENUINE, PATTERN_NAMES
+from txguard.generator.traffic import GeneratedRun, Labelled, generate
+
+__all__ = [
+    "GENUINE",
+    "PATTERN_NAMES",
+    "GenerateParams",
+    "GeneratedRun",
+    "Labelled",
+    "ParameterError",
+    "generate",
+    "parse_params",
+]

@@ -1,0 +1,91 @@
+"""Where the truth about generated traffic is kept: the fraud_labels table or a labels file.
+
+Every generated transaction gets a label, "genuine" included, so an evaluation covers exactly the
+generated transactions and nothing else that may be stored. Labels never travel with the transactions
+and the detector never reads them (migrations/0003_fraud_labels.sql).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2.extensions
+
+from txguard.generator.traffic import Labelled
+
+LABEL_FIELDS = ("transaction_id", "pattern", "run_id")
+
+_INSERT_LABELS = """
+    INSERT INTO fraud_labels (transaction_id, pattern, run_id)
+    SELECT unnest(%s::bigint[]), unnest(%s::text[]), %s
+    ON CONFLICT (transaction_id) DO NOTHING
+"""
+
+
+@dataclass(frozen=True)
+class Label:
+    transaction_id: int
+    pattern: str
+    run_id: int
+
+
+def insert_labels(cur: psycopg2.extensions.cursor, run_id: int, items: Sequence[Labelled]) -> None:
+    """Idempotent: sending a run again (same run id) keeps the labels written the first time."""
+    cur.execute(
+        _INSERT_LABELS,
+        ([item.transaction.transaction_id for item in items], [item.pattern for item in items], run_id),
+    )
+
+
+def is_csv(path: str | Path) -> bool:
+    return str(path).lower().endswith(".csv")
+
+
+class LabelsFile:
+    """Appends labels to a file: CSV when its name ends in .csv, else JSON lines."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._csv = is_csv(self.path)
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = self.path.open("a", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._file) if self._csv else None
+        if self._writer is not None and fresh:
+            self._writer.writerow(LABEL_FIELDS)
+
+    def write(self, run_id: int, items: Iterable[Labelled]) -> None:
+        if self._writer is not None:
+            self._writer.writerows((item.transaction.transaction_id, item.pattern, run_id) for item in items)
+        else:
+            self._file.writelines(
+                f'{{"transaction_id": {item.transaction.transaction_id}, '
+                f'"pattern": {json.dumps(item.pattern)}, "run_id": {run_id}}}\n'
+                for item in items
+            )
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+def read_labels(path: str | Path) -> dict[int, Label]:
+    """Labels by transaction id; a transaction labelled twice keeps its last label."""
+    labels: dict[int, Label] = {}
+    with Path(path).open(encoding="utf-8", newline="") as file:
+        if is_csv(path):
+            rows: Iterable[dict[str, object]] = csv.DictReader(file)
+        else:
+            rows = (json.loads(line) for line in file if line.strip())
+        for number, row in enumerate(rows, start=1):
+            try:
+                label = Label(int(str(row["transaction_id"])), str(row["pattern"]), int(str(row["run_id"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: label {number} is not {{transaction_id, pattern, run_id}}: {exc}") from None
+            labels[label.transaction_id] = label
+    return labels

@@ -1,0 +1,184 @@
+"""Generated traffic stored for real: `--direct` through the ingest code, the scheduled function, evaluation."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EVENTS_DIR, ROOT, Database, load_event
+from txguard.cli import main
+from txguard.generator import PATTERN_NAMES
+
+pytestmark = pytest.mark.integration
+
+START = "2026-01-01T00:00:00Z"
+
+
+def txguard(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        status = main(list(argv))
+    return status, out.getvalue()
+
+
+def generate_direct(*extra: str, n: int = 600, seed: int = 5) -> tuple[int, str]:
+    return txguard(
+        "generate", "--direct", "--num-transactions", str(n), "--num-accounts", "40",
+        "--seed", str(seed), "--start", START, "--no-progress", *extra,
+    )  # fmt: skip
+
+
+def run_ids(database: Database) -> list[int]:
+    return [row[0] for row in database.query("SELECT DISTINCT run_id FROM fraud_labels ORDER BY 1")]
+
+
+def test_direct_stores_exactly_n_each_with_its_decision_and_label(database: Database) -> None:
+    status, output = generate_direct(n=600)
+    assert status == 0, output
+    ((stored, decided, labelled, fraud_labels),) = database.query(
+        """SELECT count(*), count(t.rule_set_version), count(l.transaction_id),
+                  count(*) FILTER (WHERE l.pattern <> 'genuine')
+           FROM transactions t LEFT JOIN fraud_labels l USING (transaction_id)"""
+    )
+    assert (stored, decided, labelled) == (600, 600, 600)
+    assert fraud_labels == 12  # 2 % of 600
+    assert database.query("SELECT count(*) FROM fraud_labels")[0][0] == 600
+    assert "600 stored, 0 duplicates" in output
+
+
+def test_direct_runs_with_the_same_seed_store_the_same_traffic_under_new_ids(database: Database) -> None:
+    assert generate_direct(n=300)[0] == 0
+    assert generate_direct(n=300)[0] == 0
+    first, second = run_ids(database)
+    contents = [
+        database.query(
+            """SELECT t.account_id, t.ts, t.amount, t.merchant_id, l.pattern
+               FROM transactions t JOIN fraud_labels l USING (transaction_id)
+               WHERE l.run_id = %s ORDER BY t.ts, t.account_id, t.amount""",
+            (run_id,),
+        )
+        for run_id in (first, second)
+    ]
+    assert len(contents[0]) == 300 and contents[0] == contents[1]
+    assert database.query("SELECT count(DISTINCT transaction_id) FROM transactions")[0][0] == 600
+
+
+def test_sending_a_run_again_with_its_run_id_stores_nothing_twice(database: Database) -> None:
+    assert generate_direct("--run-id", "424242", n=200)[0] == 0
+    status, output = generate_direct("--run-id", "424242", n=200)
+    assert status == 0
+    assert "0 stored, 200 duplicates" in output
+    assert database.query("SELECT count(*), count(DISTINCT run_id) FROM fraud_labels")[0] == (200, 1)
+
+
+def test_evaluate_reports_the_matrix_and_every_pattern_from_the_labels_table(database: Database) -> None:
+    assert generate_direct(n=2000, seed=8)[0] == 0
+    status, output = txguard("evaluate", "--format", "json")
+    assert status == 0
+    report = json.loads(output)
+    matrix = report["confusion_matrix"]
+    assert report["evaluated"] == sum(matrix.values()) == 2000
+    assert matrix["tp"] + matrix["fn"] == 40
+    assert set(report["patterns"]) == set(PATTERN_NAMES)
+    flagged = database.query("SELECT count(*) FROM transactions WHERE fraud")[0][0]
+    assert matrix["tp"] + matrix["fp"] == flagged
+    status, text = txguard("evaluate", "--run-id", str(run_ids(database)[0]))
+    assert status == 0 and "Evaluated 2,000 generated transactions" in text and "card_testing" in text
+
+
+def test_evaluate_reads_a_labels_file_the_same_way(database: Database, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    assert generate_direct("--labels-out", str(labels), n=500, seed=9)[0] == 0
+    from_table = json.loads(txguard("evaluate", "--format", "json")[1])
+    from_file = json.loads(txguard("evaluate", "--format", "json", "--labels", str(labels))[1])
+    assert from_file["confusion_matrix"] == from_table["confusion_matrix"]
+    assert from_file["evaluated"] == 500
+
+
+def test_evaluate_leaves_out_labels_whose_transactions_are_not_stored(database: Database) -> None:
+    assert generate_direct(n=100)[0] == 0
+    database.execute("INSERT INTO fraud_labels (transaction_id, pattern, run_id) VALUES (1, 'burst', 1)")
+    report = json.loads(txguard("evaluate", "--format", "json")[1])
+    assert (report["evaluated"], report["labelled_not_stored"]) == (100, 1)
+
+
+# --- the scheduled function, in-process -------------------------------------------------------------
+
+
+@dataclass
+class FakeContext:
+    function_name: str = "GenerateFunction"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:GenerateFunction"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+def generate_handler() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    spec = importlib.util.spec_from_file_location("generate_function_app", ROOT / "functions/generate/app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler: Callable[[dict[str, Any], Any], dict[str, Any]] = module.lambda_handler
+    return handler
+
+
+def scheduled_event() -> dict[str, Any]:
+    if (EVENTS_DIR / "scheduled.json").exists():
+        return load_event("scheduled.json")
+    # What `sam local generate-event cloudwatch scheduled-event` gives.
+    return {
+        "id": "cdc73f9d-aea9-11e3-9d5a-835b769c0d9c",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "1970-01-01T00:00:00Z",
+        "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/ExampleRule"],
+        "detail": {},
+    }
+
+
+def test_the_scheduled_function_stores_the_configured_count_ending_now(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TXGUARD_GENERATE_NUM_TRANSACTIONS", "150")
+    monkeypatch.setenv("TXGUARD_GENERATE_NUM_ACCOUNTS", "3000")
+    before = int(time.time() * 1000)
+    result = generate_handler()(scheduled_event(), FakeContext())
+    after = int(time.time() * 1000)
+    assert (result["mode"], result["generated"], result["stored"]) == ("direct", 150, 150)
+    ((count, first, last),) = database.query(
+        "SELECT count(*), txguard_ts_to_ms(min(ts)), txguard_ts_to_ms(max(ts)) FROM transactions"
+    )
+    assert count == 150
+    assert before - 3_600_000 < first and before <= last <= after  # near the invocation, never in the future
+    assert database.query("SELECT count(*) FROM fraud_labels WHERE run_id = %s", (result["run_id"],))[0][0] == 150
+
+
+def test_the_scheduled_events_detail_overrides_the_environment(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TXGUARD_GENERATE_NUM_TRANSACTIONS", "150")
+    event = {**scheduled_event(), "detail": {"num_transactions": 20, "seed": 3}}
+    result = generate_handler()(event, FakeContext())
+    assert result["stored"] == 20 and result["seed"] == 3
+    assert database.query("SELECT count(*) FROM transactions")[0][0] == 20
+
+
+def test_scheduled_runs_never_reuse_an_id(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TXGUARD_GENERATE_NUM_TRANSACTIONS", "50")
+    monkeypatch.setenv("TXGUARD_GENERATE_SEED", "1")  # the same traffic each time: only the ids tell runs apart
+    handler = generate_handler()
+    results = [handler(scheduled_event(), FakeContext()) for _ in range(3)]
+    assert [r["stored"] for r in results] == [50, 50, 50]
+    assert database.query("SELECT count(DISTINCT transaction_id) FROM transactions")[0][0] == 150

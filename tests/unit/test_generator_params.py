@@ -1,0 +1,117 @@
+"""One set of parameter names for the CLI, the scheduled function's environment and its event."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from txguard.commands import generate as generate_command
+from txguard.generator.params import GenerateParams, ParameterError, params_from_env, parse_params
+from txguard.generator.scheduled import scheduled_params
+from txguard.generator.sinks import Backoff
+
+
+def test_the_environment_sets_parameters_by_their_upper_case_names() -> None:
+    params = params_from_env(
+        {
+            "TXGUARD_GENERATE_NUM_TRANSACTIONS": "250",
+            "TXGUARD_GENERATE_NUM_ACCOUNTS": "40",
+            "TXGUARD_GENERATE_FRAUD_RATE": "0.05",
+            "TXGUARD_GENERATE_START": "2026-01-01T00:00:00Z",
+            "TXGUARD_GENERATE_MEAN_GAP": "600",
+            "TXGUARD_GENERATE_SEED": "9",
+            "TXGUARD_GENERATE_BATCH_SIZE": "100",
+            "TXGUARD_GENERATE_POST_URL": "https://api.example.com/v1/store_data",
+            "TXGUARD_GENERATE_MODE": "api",
+        }
+    )
+    assert params == GenerateParams(
+        num_transactions=250,
+        num_accounts=40,
+        fraud_rate=0.05,
+        start=1_767_225_600_000,
+        mean_gap=600.0,
+        seed=9,
+        batch_size=100,
+        post_url="https://api.example.com/v1/store_data",
+        mode="api",
+    )
+
+
+def test_unset_or_empty_variables_keep_the_defaults() -> None:
+    assert params_from_env({"TXGUARD_GENERATE_SEED": ""}) == GenerateParams()
+
+
+def test_the_scheduled_events_detail_overrides_the_environment() -> None:
+    env = {"TXGUARD_GENERATE_NUM_TRANSACTIONS": "100", "TXGUARD_GENERATE_SEED": "1"}
+    event = {"detail-type": "Scheduled Event", "detail": {"num_transactions": 7, "fraud_rate": 0.1}}
+    params = scheduled_params(event, env)
+    assert (params.num_transactions, params.fraud_rate, params.seed) == (7, 0.1, 1)
+
+
+def test_an_empty_detail_changes_nothing() -> None:
+    assert scheduled_params({"detail": {}}, {}) == GenerateParams()
+
+
+def test_the_scheduled_function_refuses_to_only_write_a_file() -> None:
+    with pytest.raises(ParameterError, match="direct or api"):
+        scheduled_params({"detail": {"mode": "file"}}, {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"num_transactions": 0}, "num_transactions"),
+        ({"fraud_rate": "lots"}, "fraud_rate"),
+        ({"batch_size": 5001}, "batch_size"),
+        ({"start": "1999-12-31T23:59:59Z"}, "start"),
+        ({"start": "2026-01-01T00:00:00"}, "time zone"),
+        ({"mode": "api"}, "post_url"),
+        ({"num_transaction": 5}, "unknown"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_parameter(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        parse_params(raw)
+
+
+def test_start_takes_epoch_milliseconds_or_a_date() -> None:
+    assert parse_params({"start": "1767225600000"}).start == 1_767_225_600_000
+    assert parse_params({"start": "2026-01-01"}).start == 1_767_225_600_000
+    assert parse_params({"start": "2026-01-01T01:00:00+01:00"}).start == 1_767_225_600_000
+
+
+def cli(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    generate_command.register(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_flags_use_the_same_names() -> None:
+    args = cli("--num-transactions", "12", "--mean-gap", "60", "--post-url", "http://127.0.0.1:3000/store_data")
+    params = generate_command.params_from_args(args)
+    assert (params.num_transactions, params.mean_gap, params.mode) == (12, 60.0, "api")
+
+
+@pytest.mark.parametrize(
+    ("argv", "mode"),
+    [(("--direct",), "direct"), (("--out", "x.jsonl"), "file"), (("--direct", "--out", "x.csv"), "direct")],
+)
+def test_the_sink_flags_imply_the_mode(argv: tuple[str, ...], mode: str) -> None:
+    assert generate_command.params_from_args(cli(*argv)).mode == mode
+
+
+def test_the_cli_needs_a_destination_and_only_one_store() -> None:
+    with pytest.raises(ParameterError, match="where the transactions go"):
+        generate_command.params_from_args(cli())
+    with pytest.raises(ParameterError, match="one of"):
+        generate_command.params_from_args(cli("--direct", "--post-url", "http://x/store_data"))
+
+
+def test_backoff_grows_is_capped_and_follows_retry_after() -> None:
+    backoff = Backoff(attempts=8, base_s=0.5, cap_s=4.0)
+    assert [backoff.delay(n, None, jitter=1.0) for n in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert backoff.delay(0, None, jitter=0.0) == 0.25
+    assert backoff.delay(3, 1.5, jitter=1.0) == 1.5
+    assert backoff.delay(3, 120.0, jitter=1.0) == 4.0
