@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,13 +12,21 @@ import pytest
 
 from tests.conftest import ROOT, Database, load_event
 from txguard.local.runner import FunctionRunner, Template
+from txguard.observability import metrics
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def runner(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[FunctionRunner]:
+def runner(
+    database: Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[FunctionRunner]:
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    # The Powertools Logger keeps the stdout it was created with; point it at this test's captured stdout.
+    for handler in logging.getLogger("txguard").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            monkeypatch.setattr(handler, "stream", sys.stdout)
+    metrics.clear_metrics()  # what earlier tests' direct calls buffered is not this function's
     yield FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
 
 

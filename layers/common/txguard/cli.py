@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backtest": ("txguard.commands.backtest", "evaluate a candidate rule set on stored history"),
     "generate": ("txguard.commands.generate", "labelled synthetic transactions: to the API, the database or a file"),
     "evaluate": ("txguard.commands.evaluate", "precision, recall and F1 of stored decisions against generated labels"),
+    "openapi": ("txguard.commands.openapi", "print or write the API's OpenAPI document"),
     "local": ("txguard.local.command", "run the whole service locally (API, scheduler, database)"),
     "invoke": ("txguard.local.invoke_command", "invoke one function of the template in-process"),
 }
@@ -42,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 2
-    return int(module.run(args) or 0)  # type: ignore[attr-defined]
+    try:
+        return int(module.run(args) or 0)  # type: ignore[attr-defined]
+    except BrokenPipeError:  # `txguard ... | head`: the reader is gone, nothing to report
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
