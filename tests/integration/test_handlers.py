@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,14 +18,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def runner(
-    database: Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[FunctionRunner]:
-    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
-    # The Powertools Logger keeps the stdout it was created with; point it at this test's captured stdout.
+def log_lines(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """What the service's Powertools Logger writes (it keeps the stdout it was created with)."""
+    buffer = io.StringIO()
     for handler in logging.getLogger("txguard").handlers:
         if isinstance(handler, logging.StreamHandler):
-            monkeypatch.setattr(handler, "stream", sys.stdout)
+            monkeypatch.setattr(handler, "stream", buffer)
+    return buffer
+
+
+@pytest.fixture
+def runner(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[FunctionRunner]:
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     metrics.clear_metrics()  # what earlier tests' direct calls buffered is not this function's
     yield FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
 
@@ -57,7 +61,7 @@ def emitted(out: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
 
 
 def test_the_sample_store_event_stores_and_emits_metrics_and_correlated_logs(
-    runner: FunctionRunner, database: Database, capsys: pytest.CaptureFixture[str]
+    runner: FunctionRunner, database: Database, capsys: pytest.CaptureFixture[str], log_lines: io.StringIO
 ) -> None:
     event = load_event("store_data.json")
     response = invoke(runner, "IngestFunction", event)
@@ -65,7 +69,8 @@ def test_the_sample_store_event_stores_and_emits_metrics_and_correlated_logs(
     body = json.loads(response["body"])
     assert body["results"][0]["status"] == "stored"
     assert database.query("SELECT account_id, amount::text FROM transactions") == [(42, "129.9000")]
-    metrics, logs = emitted(capsys.readouterr().out)
+    metrics, _ = emitted(capsys.readouterr().out)
+    _, logs = emitted(log_lines.getvalue())
     assert metrics["TransactionsStored"] == 1 and metrics["DuplicateTransactions"] == 0
     assert "FraudDetected" in metrics
     assert logs, "the function logged nothing"
