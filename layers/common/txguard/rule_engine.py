@@ -159,12 +159,16 @@ def _compile(condition: Condition) -> Explainer:
 
 def _compile_comparison(comparison: Comparison) -> Explainer:
     compare = _OPERATORS[comparison.op]
-    feature, other, factor, constant = (
-        comparison.feature,
-        comparison.other,
-        comparison.factor,
-        comparison.value,
-    )
+    feature, other, constant = comparison.feature, comparison.other, comparison.value
+    factor = comparison.factor if comparison.factor is not None else Decimal(1)
+    # Everything in the explanation that does not depend on the transaction is prepared here, once.
+    describe_left = _describer(feature)
+    if other is None:
+        tail = f" {_OPERATOR_WORDS[comparison.op]} {_plain(constant)}"
+    else:
+        times = "" if factor == 1 else f"{_plain(factor)} × "
+        tail = f" {_OPERATOR_WORDS[comparison.op]} {times}"
+        describe_right = _describer(other, left=False)
 
     def holds(features: Features, merchant_id: str | None) -> list[str] | None:
         left = features.get(feature)
@@ -175,44 +179,42 @@ def _compile_comparison(comparison: Comparison) -> Explainer:
             other_value = features.get(other)
             if other_value is None:
                 return None
-            right = (factor or Decimal(1)) * other_value
+            right = factor * other_value
         else:
             right = constant
         if right is None or not compare(left, right):
             return None
-        return [_sentence(comparison, features, merchant_id)]
+        sentence = describe_left(features, merchant_id) + tail
+        if other is not None:
+            sentence += describe_right(features, merchant_id)
+        return [sentence]
 
     return holds
 
 
-def _sentence(comparison: Comparison, features: Features, merchant_id: str | None) -> str:
-    """e.g. "amount 912.00 is more than 3 × the mean of the 48 previous transactions (41.20)"."""
-    left = _describe(comparison.feature, features, merchant_id)
-    words = _OPERATOR_WORDS[comparison.op]
-    if comparison.other is None:
-        return f"{left} {words} {_plain(comparison.value)}"
-    label = _label(comparison.other, features, merchant_id)
-    value = _format(comparison.other, features.get(comparison.other))
-    factor = "" if comparison.factor == 1 else f"{_plain(comparison.factor)} × "
-    return f"{left} {words} {factor}{label} ({value})"
+def _describer(name: str, left: bool = True) -> Callable[[Features, str | None], str]:
+    """How a feature and its value read: "amount 912.00" on the left, "the mean of the 48 previous
+    transactions (41.20)" on either side, e.g. "amount 912.00 is more than 3 × the mean of ... (41.20)"."""
+    info = FEATURES[name]
+    fmt = _money if info.money else _plain
+    label = info.label
+    needs_format = "{" in label
+    if name == "amount" and left:
+        return lambda features, merchant_id: f"amount {fmt(features.get(name))}"
+
+    def describe(features: Features, merchant_id: str | None) -> str:
+        text = label.format(count=features.get("count"), merchant_id=merchant_id) if needs_format else label
+        return f"{text} ({fmt(features.get(name))})"
+
+    return describe
 
 
-def _describe(name: str, features: Features, merchant_id: str | None) -> str:
-    value = _format(name, features.get(name))
-    if name == "amount":
-        return f"amount {value}"
-    return f"{_label(name, features, merchant_id)} ({value})"
+_CENTS = Decimal("0.01")
 
 
-def _label(name: str, features: Features, merchant_id: str | None) -> str:
-    return FEATURES[name].label.format(count=features.get("count"), merchant_id=merchant_id)
-
-
-def _format(name: str, value: FeatureValue) -> str:
-    if value is None:
-        return "none"
-    if FEATURES[name].money and isinstance(value, Decimal):
-        return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+def _money(value: FeatureValue) -> str:
+    if isinstance(value, Decimal):
+        return str(value.quantize(_CENTS, rounding=ROUND_HALF_UP))
     return _plain(value)
 
 
@@ -221,5 +223,4 @@ def _plain(value: Decimal | int | None) -> str:
         return "none"
     if isinstance(value, int):
         return str(value)
-    normalized = value.normalize()
-    return format(normalized, "f")
+    return format(value.normalize(), "f")
