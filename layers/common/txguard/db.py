@@ -18,6 +18,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from txguard.observability import tracer
 from txguard.settings import DatabaseSettings
 
 T = TypeVar("T")
@@ -147,6 +148,7 @@ def _rollback_quietly(conn: psycopg2.extensions.connection) -> None:
 _holder = ConnectionHolder()
 
 
+@tracer.capture_method(capture_response=False)
 def run_in_transaction(work: Callable[[psycopg2.extensions.cursor], T], attempts: int = 3) -> T:
     """Run `work` in one database transaction on the shared connection.
 
