@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def cli(database: Database, *args: str) -> int:
-    return main([*args[:2], "--database-url", database.admin_url, *args[2:]])
+    return main([*args, "--database-url", database.admin_url])
 
 
 def test_the_seed_rule_file_applied_through_the_cli_shows_in_the_reasons(
@@ -80,3 +80,22 @@ def test_a_backtest_counts_flags_changes_and_scores_against_labels(database: Dat
     assert (report.overall.precision, report.overall.recall) == (1.0, 1.0)
     window = db.run_in_transaction(lambda cur: backtest(cur, candidate, from_ms=T0 + 3000, to_ms=T0 + 3001))
     assert window.evaluated == 1 and window.flagged == 1
+
+
+def test_the_backtest_command_prints_per_rule_counts_and_scores(
+    database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store([tx(9, T0, "100.00"), tx(9, T0 + 1000, "100.00"), tx(9, T0 + 2000, "900.00")])
+    candidate = tmp_path / "candidate.json"
+    candidate.write_text(json.dumps({"rules": [rule("spike", "amount > 3 * mean_amount")]}))
+    assert cli(database, "backtest", "--rules", str(candidate)) == 0
+    out = capsys.readouterr().out
+    assert "transactions evaluated   3" in out
+    assert any(line.split()[:3] == ["spike", "active", "1"] for line in out.splitlines())
+
+
+def test_db_status_lists_every_migration_as_applied(database: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(database, "db", "status") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all("applied" in line for line in lines)
+    assert lines[0].startswith("0001_core_schema")
