@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
@@ -181,12 +183,28 @@ def test_alarms_notify_the_given_topic_and_only_when_one_is_given() -> None:
     assert all("AlarmActions" not in a["Properties"] for a in without.values())
 
 
-def test_a_dashboard_shows_every_function_and_the_proxy() -> None:
+def test_api_alarms_watch_the_api_by_the_name_it_is_given() -> None:
+    deployed = stack()
+    (api,) = deployed.of_type("AWS::ApiGateway::RestApi").values()
+    watched = {
+        d["Value"]
+        for alarm in deployed.of_type("AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"].get("Namespace") == "AWS/ApiGateway"
+        for d in alarm["Properties"]["Dimensions"]
+        if d["Name"] == "ApiName"
+    }
+    assert watched == {api["Properties"]["Name"]}
+
+
+def test_the_dashboard_is_valid_json_showing_every_function_the_api_and_the_proxy() -> None:
     deployed = stack()
     (dashboard,) = deployed.of_type("AWS::CloudWatch::Dashboard").values()
-    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"][0]
-    for name in ("${IngestFunction}", "${DetectFunction}", "${GenerateFunction}", "${DatabaseProxy}", "${ApiName}"):
-        assert name in body
+    body, variables = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    names = set(re.findall(r"\$\{([A-Za-z0-9:]+)\}", body))
+    assert {"IngestFunction", "DetectFunction", "GenerateFunction", "DatabaseProxy", "ApiName"} <= names
+    assert names - set(variables) <= set(deployed.resources) | set(deployed.parameters)
+    widgets = json.loads(re.sub(r"\$\{([A-Za-z0-9:]+)\}", "1", body))["widgets"]
+    assert len(widgets) >= 6
 
 
 # ---------------------------------------------------------------------------------------- outputs ----
