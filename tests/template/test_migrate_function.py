@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 
 from tests.template.stack import ROOT
+from txguard import deploy_migrations
 from txguard.local.postgres import Server, create_database, drop_database
 from txguard.settings import SERVICE_ROLE
 
@@ -259,8 +260,7 @@ def test_a_missing_administrator_secret_fails_the_deploy_with_the_reason(
 def test_a_run_that_outlives_its_time_answers_failed_once(
     deployment: Deployment, cloudformation: CloudFormation
 ) -> None:
-    app = deployment.app
-    answer = app.CloudFormationAnswer(cloudformation.request("Create"), "txguard-migrations:x", "stream")
+    answer = deploy_migrations.CloudFormationAnswer(cloudformation.request("Create"), "txguard-migrations:x", "stream")
 
     answer.failed("timed out")
     answer.succeeded("finished after all")

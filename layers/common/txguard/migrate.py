@@ -52,7 +52,7 @@ def available_migrations() -> list[Migration]:
 
 def migrate(admin_dsn: str, service_role: str, service_password: str | None = None) -> list[Migration]:
     """Apply pending migrations and (re)grant the service role. Returns the migrations applied now."""
-    conn = psycopg2.connect(admin_dsn, application_name="txguard-migrate")
+    conn = psycopg2.connect(admin_dsn, application_name="txguard-migrate", connect_timeout=10)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
