@@ -77,7 +77,7 @@ def test_a_backtest_counts_flags_changes_and_scores_against_labels(database: Dat
     assert report.evaluated == 4
     assert (report.flagged, report.stored_flagged, report.changed) == (1, 1, 2)
     assert report.fired["spike"] == 1
-    assert (report.overall.precision, report.overall.recall) == (1.0, 1.0)
+    assert (report.overall.metrics.precision, report.overall.metrics.recall) == (1.0, 1.0)
     window = db.run_in_transaction(lambda cur: backtest(cur, candidate, from_ms=T0 + 3000, to_ms=T0 + 3001))
     assert window.evaluated == 1 and window.flagged == 1
 

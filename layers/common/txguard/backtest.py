@@ -17,6 +17,7 @@ from txguard.features import AccountHistory, Timeline
 from txguard.ingest import decision_from_row, transaction_from_row
 from txguard.queries import SELECT_TRANSACTIONS
 from txguard.rule_engine import CompiledRuleSet, Decision
+from txguard.scoring import Metrics, metrics
 
 _CHUNK = 20_000
 
@@ -39,19 +40,8 @@ class Scores:
             self.true_negative += 1
 
     @property
-    def precision(self) -> float | None:
-        flagged = self.true_positive + self.false_positive
-        return self.true_positive / flagged if flagged else None
-
-    @property
-    def recall(self) -> float | None:
-        fraud = self.true_positive + self.false_negative
-        return self.true_positive / fraud if fraud else None
-
-    @property
-    def f1(self) -> float | None:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p is not None and r is not None and p + r else None
+    def metrics(self) -> Metrics:
+        return metrics(self.true_positive, self.false_positive, self.false_negative)
 
 
 @dataclass

@@ -29,8 +29,8 @@ def _time(value: str | None) -> int | None:
     return parse_timestamp_ms(int(value) if value.lstrip("-").isdigit() else value)
 
 
-def _ratio(value: float | None) -> str:
-    return "   -  " if value is None else f"{value:6.3f}"
+def _ratio(value: float) -> str:
+    return f"{value:6.3f}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,15 +66,16 @@ def run(args: argparse.Namespace) -> int:
         line = f"{rule.id:<28} {rule.mode if rule.enabled else 'off':<7} {report.fired[rule.id]:>7}"
         if labels is not None:
             s = report.per_rule.get(rule.id, Scores())
-            line += f" {_ratio(s.precision):>9} {_ratio(s.recall):>7} {_ratio(s.f1):>7}"
+            m = s.metrics
+            line += f" {_ratio(m.precision):>9} {_ratio(m.recall):>7} {_ratio(m.f1):>7}"
         print(line)
     if labels is None:
         print("\nno labels stored: precision, recall and F1 need the fraud_labels table")
     else:
-        o = report.overall
+        o, m = report.overall, report.overall.metrics
         print(
-            f"\noverall on {report.labelled} labelled: precision {_ratio(o.precision)}  recall {_ratio(o.recall)}"
-            f"  F1 {_ratio(o.f1)}  (tp {o.true_positive}, fp {o.false_positive}, fn {o.false_negative}, "
+            f"\noverall on {report.labelled} labelled: precision {_ratio(m.precision)}  recall {_ratio(m.recall)}"
+            f"  F1 {_ratio(m.f1)}  (tp {o.true_positive}, fp {o.false_positive}, fn {o.false_negative}, "
             f"tn {o.true_negative})"
         )
     return 0

@@ -18,6 +18,7 @@ import psycopg2.extensions
 
 from txguard.generator.labels import Label
 from txguard.generator.patterns import GENUINE
+from txguard.scoring import Metrics, harmonic, metrics
 
 _CHUNK = 10_000
 
@@ -29,23 +30,6 @@ _COUNT_FROM_TABLE = """
     GROUP BY 1, 2, 3
 """
 _DECISIONS = "SELECT transaction_id, fraud, rule_set_version FROM transactions WHERE transaction_id = ANY(%s::bigint[])"
-
-
-@dataclass(frozen=True)
-class Metrics:
-    precision: float
-    recall: float
-    f1: float
-
-
-def metrics(tp: int, fp: int, fn: int) -> Metrics:
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    return Metrics(precision, recall, harmonic(precision, recall))
-
-
-def harmonic(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b else 0.0
 
 
 @dataclass
