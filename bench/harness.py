@@ -74,7 +74,3 @@ def p50(values: list[float]) -> float:
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-
-
-# Metrics would otherwise be buffered for every call made outside a handler and printed in bulk.
-os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
