@@ -1,0 +1,126 @@
+"""What the reliability tests share: their sizes, a `txguard local` of each test's own on a database of its
+own, an embedded PostgreSQL that a test may kill, and plain HTTP for bodies no JSON encoder would write.
+
+Sizes fit `make test`; TXGUARD_LOAD_SCALE=full runs the sizes the issue names (16 clients × 5,000
+transactions, a longer and randomised fuzz).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pgserver
+import psycopg2
+import pytest
+
+from tests.e2e.conftest import LocalService, start_local, stop_local
+from txguard.local.postgres import Server, create_database, drop_database
+
+FULL_SCALE = os.environ.get("TXGUARD_LOAD_SCALE", "").lower() == "full"
+NOW_MS = int(time.time() * 1000)
+
+
+def admin_query(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read or change the database as its administrator, outside the code under test."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+@contextmanager
+def scratch_database(server: Server) -> Iterator[str]:
+    """The administrative URL of an empty database; `txguard local` migrates it when it starts."""
+    name = create_database(server, prefix="txguard_rel")
+    try:
+        yield server.database_url(name)
+    finally:
+        drop_database(server, name)
+
+
+@pytest.fixture
+def fresh_database_url(pg_server: Server) -> Iterator[str]:
+    with scratch_database(pg_server) as url:
+        yield url
+
+
+def serve(database_url: str, log_path: Path, *args: str) -> LocalService:
+    """`txguard local` with schedules off, as a developer starts it."""
+    return start_local(["--no-schedule", *args], database_url, log_path)
+
+
+def stop(service: LocalService) -> None:
+    assert stop_local(service) == 0, service.log()
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server of the test's own, which it may stop and start again on the same files."""
+
+    directory: Path
+    instance: Any
+
+    @property
+    def url(self) -> str:
+        return str(self.instance.get_uri())
+
+    def stop(self) -> None:
+        self.instance.cleanup()
+
+    def start(self) -> None:
+        self.instance = pgserver.get_server(self.directory, cleanup_mode="stop")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    directory = Path(tempfile.mkdtemp(prefix="txg-pg-"))  # short: the Unix socket path has a length limit
+    server = EmbeddedPostgres(directory, pgserver.get_server(directory, cleanup_mode="stop"))
+    try:
+        yield server
+    finally:
+        pgserver.get_server(directory, cleanup_mode="stop").cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    seconds: float
+
+
+def send_bytes(
+    service: LocalService,
+    method: str,
+    path: str,
+    data: bytes | None = None,
+    content_type: str | None = "application/json",
+    api_key: str | None = "default",
+) -> RawAnswer:
+    """One request with exactly these bytes; the answer unparsed, with the time it took."""
+    headers = {"content-type": content_type} if content_type else {}
+    key = service.api_key if api_key == "default" else api_key
+    if key is not None:
+        headers["x-api-key"] = key
+    request = urllib.request.Request(service.url + path, data=data, method=method, headers=headers)
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            status, body, answer_headers = answer.status, answer.read(), dict(answer.headers)
+    except urllib.error.HTTPError as error:
+        status, body, answer_headers = error.code, error.read(), dict(error.headers)
+    return RawAnswer(status, body, answer_headers, time.perf_counter() - started)
