@@ -20,10 +20,7 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
     rate_in_memory = in_memory / timed(lambda: len(generate(params).items))
 
     run = generate(GenerateParams(num_transactions=direct, num_accounts=500, seed=2, start=1_700_000_000_000))
-    rows = [
-        (t.transaction_id, t.account_id, t.ts, str(t.amount))
-        for t in (item.transaction for item in run.items)
-    ]
+    rows = [(t.transaction_id, t.account_id, t.ts, str(t.amount)) for t in (item.transaction for item in run.items)]
     baseline = raw_copy_rate(database, rows)
     started = time.perf_counter()
     deliver(run, [DirectSink(keep_metrics=False)], [], batch_size=500)
