@@ -38,13 +38,21 @@ def encode_cursor(ts: int, transaction_id: int) -> str:
     return base64.urlsafe_b64encode(f"{ts}:{transaction_id}".encode()).decode().rstrip("=")
 
 
+# Bounds of what a cursor may carry: stored timestamps (ms) and transaction ids are within these.
+_CURSOR_TS = range(0, 10**14)
+_CURSOR_ID = range(-(2**63), 2**63)
+
+
 def decode_cursor(cursor: str) -> tuple[int, int]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        ts, tid = text.split(":")
-        return int(ts), int(tid)
+        ts_text, tid_text = text.split(":")
+        ts, tid = int(ts_text), int(tid_text)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursor(f"cursor {cursor!r} is not one this API returned") from None
+        raise InvalidCursor(f"cursor {cursor[:100]!r} is not one this API returned") from None
+    if ts not in _CURSOR_TS or tid not in _CURSOR_ID:
+        raise InvalidCursor(f"cursor {cursor[:100]!r} is not one this API returned")
+    return ts, tid
 
 
 SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,

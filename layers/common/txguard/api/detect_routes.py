@@ -9,10 +9,10 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
 from txguard import service
-from txguard.api.errors import ApiError
+from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import fraud_event_json, json_response
 from txguard.api.resolver import build_resolver
-from txguard.models import ErrorResponse, IsFraudResponse
+from txguard.models import IsFraudResponse
 from txguard.observability import logger
 
 router = Router()
@@ -24,18 +24,13 @@ INT64_MAX = 2**63 - 1
     summary="An account's flagged transactions, newest first, with scores and reasons",
     responses={
         200: {"description": "the account", "content": {"application/json": {"model": IsFraudResponse}}},
-        404: {
-            "description": "no transactions for this account",
-            "content": {"application/json": {"model": ErrorResponse}},
-        },
-        422: {
-            "description": "account is not a positive 64-bit integer",
-            "content": {"application/json": {"model": ErrorResponse}},
-        },
-        503: {
-            "description": "database unavailable",
-            "content": {"application/json": {"model": ErrorResponse}},
-        },
+        **documented_errors(
+            {
+                **COMMON_ERRORS,
+                404: "no transactions for this account",
+                422: "account is not a positive 64-bit integer, or a bad query parameter",
+            }
+        ),
     },
 )
 def is_fraud(

@@ -64,6 +64,10 @@ def error_response(
     )
 
 
+def shorten(text: str) -> str:
+    return text if len(text) <= MAX_ECHOED_VALUE else text[:MAX_ECHOED_VALUE] + "…"
+
+
 def echo(value: Any) -> Any:
     """A rejected value as it may be shown back: JSON-safe and short."""
     if isinstance(value, Decimal):
@@ -97,6 +101,32 @@ def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
             value = None
             reason = "is required"
         elif error.get("type") == "extra_forbidden":
-            reason = f"unknown field {field!r}"
-        details.append({"index": index, "field": field, "value": echo(value), "reason": reason})
+            reason = f"unknown field {shorten(field or '')!r}"
+        details.append(
+            {
+                "index": index,
+                "field": None if field is None else shorten(field),
+                "value": echo(value),
+                "reason": shorten(reason),
+            }
+        )
     return details
+
+
+# Statuses every route may answer, for the OpenAPI document (each route adds its own).
+COMMON_ERRORS = {
+    400: "malformed request (bad JSON, empty body, bad cursor)",
+    401: "no API key",
+    403: "wrong API key",
+    503: "database unavailable; nothing stored; retry after Retry-After seconds",
+}
+
+
+def documented_errors(descriptions: dict[int, str]) -> dict[int, Any]:
+    """OpenAPI `responses` entries for these statuses, all with the one error shape."""
+    from txguard.models import ErrorResponse
+
+    return {
+        status: {"description": text, "content": {"application/json": {"model": ErrorResponse}}}
+        for status, text in descriptions.items()
+    }

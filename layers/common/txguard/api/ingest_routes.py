@@ -11,12 +11,11 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from pydantic import Discriminator, Tag
 
 from txguard import service
-from txguard.api.errors import ApiError
+from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors, shorten
 from txguard.api.presenters import json_response, listed_json, store_result_json
 from txguard.api.resolver import build_resolver
 from txguard.detection import Transaction
 from txguard.models import (
-    ErrorResponse,
     ListResponse,
     StoreResponse,
     TransactionBatch,
@@ -38,18 +37,16 @@ StoreBody = Annotated[
     Discriminator(_kind),
 ]
 
-_ERRORS: dict[int, Any] = {
-    code: {"description": text, "content": {"application/json": {"model": ErrorResponse}}}
-    for code, text in {
-        400: "malformed JSON, empty body or bad cursor",
-        401: "no API key",
-        403: "wrong API key",
+_STORE_ERRORS = documented_errors(
+    {
+        **COMMON_ERRORS,
+        409: "transaction_id already stored with different content; nothing stored",
         413: "body too large",
         415: "not application/json",
         422: "invalid fields (every invalid item by index, field and reason); nothing stored",
-        503: "database unavailable; nothing stored; retry after Retry-After seconds",
-    }.items()
-}
+    }
+)
+_LIST_ERRORS = documented_errors({**COMMON_ERRORS, 422: "a query parameter is invalid"})
 
 
 @router.post(
@@ -62,11 +59,7 @@ _ERRORS: dict[int, Any] = {
     ),
     responses={
         201: {"description": "stored", "content": {"application/json": {"model": StoreResponse}}},
-        409: {
-            "description": "transaction_id already stored with different content; nothing stored",
-            "content": {"application/json": {"model": ErrorResponse}},
-        },
-        **_ERRORS,
+        **_STORE_ERRORS,
     },
 )
 def store_data(body: Annotated[StoreBody, Body()]) -> Response[str]:
@@ -102,13 +95,15 @@ def _transaction(t: TransactionIn) -> Transaction:
     summary="List stored transactions with their decisions, oldest first",
     responses={
         200: {"description": "a page", "content": {"application/json": {"model": ListResponse}}},
-        **_ERRORS,
+        **_LIST_ERRORS,
     },
 )
 def list_data(
     account_id: Annotated[int | None, Query(gt=0, le=2**63 - 1, description="only this account")] = None,
-    from_: Annotated[str | None, Query(alias="from", description="epoch ms or ISO-8601, inclusive")] = None,
-    to: Annotated[str | None, Query(description="epoch ms or ISO-8601, exclusive")] = None,
+    from_: Annotated[
+        str | None, Query(alias="from", max_length=40, description="epoch ms or ISO-8601, inclusive")
+    ] = None,
+    to: Annotated[str | None, Query(max_length=40, description="epoch ms or ISO-8601, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:
@@ -127,7 +122,7 @@ def _time_param(name: str, value: str | None) -> int | None:
             422,
             "validation_error",
             f"query parameter {name!r} is invalid",
-            [{"index": None, "field": name, "value": value, "reason": str(exc)}],
+            [{"index": None, "field": name, "value": value, "reason": shorten(str(exc))}],
         ) from None
 
 

@@ -46,6 +46,8 @@ def parse_json(text: str) -> Any:
         raise
     except RecursionError:
         raise _BodyRejected("malformed_json", "JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise _BodyRejected("malformed_json", f"malformed JSON: {str(exc)[:200]}") from None
     except json.JSONDecodeError as exc:
         raise _BodyRejected(
             "malformed_json",
