@@ -36,11 +36,25 @@ class DatabaseUnavailable(Exception):
         self.retry_after_s = retry_after_s
 
 
-def _secret_credentials(settings: DatabaseSettings) -> dict[str, Any]:
-    # Imported here: boto3 costs ~120 ms of cold start and only the AWS path needs it.
-    from aws_lambda_powertools.utilities import parameters
+_secrets: Any = None
 
-    secret = parameters.get_secret(settings.secret_arn or "", transform="json", max_age=settings.secret_max_age_s)
+
+def _secret_credentials(settings: DatabaseSettings) -> dict[str, Any]:
+    """The database secret through Powertools parameters (cached for TXGUARD_DB_SECRET_MAX_AGE seconds).
+
+    The client answers within a few seconds or fails: a Secrets Manager endpoint that never answers must
+    give the caller a 503, not hold the request until the function times out.
+    """
+    global _secrets
+    if _secrets is None:
+        # Imported here: boto3 costs ~120 ms of cold start and only the AWS path needs it.
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
+        from botocore.config import Config
+
+        _secrets = SecretsProvider(
+            boto_config=Config(connect_timeout=2, read_timeout=2, retries={"total_max_attempts": 1})
+        )
+    secret = _secrets.get(settings.secret_arn or "", transform="json", max_age=settings.secret_max_age_s)
     if not isinstance(secret, dict) or "username" not in secret or "password" not in secret:
         raise DatabaseUnavailable("database secret has no username/password", retry_after_s=30)
     return secret
@@ -59,7 +73,8 @@ def dsn_from_settings(settings: DatabaseSettings) -> str:
     except DatabaseUnavailable:
         raise
     except Exception as exc:  # any failure to read the secret is a retryable outage, not a crash
-        raise DatabaseUnavailable(f"could not read the database secret: {type(exc).__name__}") from exc
+        # retry_after_s >= 5: run_in_transaction does not try again at once (the client already retried).
+        raise DatabaseUnavailable(f"could not read the database secret: {type(exc).__name__}", 10) from exc
     user = quote(str(secret["username"]), safe="")
     password = quote(str(secret["password"]), safe="")
     dsn = f"postgresql://{user}:{password}@{settings.host}:{settings.port}/{settings.name}"
