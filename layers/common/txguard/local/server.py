@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,37 @@ class _RequestLog(WSGIRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.info('%s "%s" %s', self.address_string(), self.requestline, code)
+
+
+def _refuse_undecodable_bodies(app: Any) -> Any:
+    """The emulator answers 502 for a body that is not UTF-8 before any function runs; answer as the
+    functions do for malformed JSON instead: 400 in the one error shape."""
+
+    def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length:
+            body = environ["wsgi.input"].read(length)
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                payload = json.dumps(
+                    {
+                        "error": {
+                            "code": "malformed_json",
+                            "message": "the request body is not UTF-8 text",
+                            "details": [],
+                        }
+                    }
+                ).encode()
+                start_response(
+                    "400 BAD REQUEST",
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+                )
+                return [payload]
+            environ["wsgi.input"] = io.BytesIO(body)
+        return app(environ, start_response)
+
+    return middleware
 
 
 @dataclass(frozen=True, order=True)
@@ -37,7 +70,8 @@ class ApiServer:
             Route(method, route.path, route.function_name) for route in api.routes for method in route.methods
         )
         self.host = host
-        self._server: Any = make_server(host, port, service._app, threaded=True, request_handler=_RequestLog)
+        app = _refuse_undecodable_bodies(service._app)
+        self._server: Any = make_server(host, port, app, threaded=True, request_handler=_RequestLog)
         self.port: int = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name="txguard-api", daemon=True)
 
