@@ -350,12 +350,6 @@ os._exit(0)
 UNANSWERED_FETCH_BUDGET_S = 5.0  # the database itself gets TXGUARD_CONNECT_TIMEOUT (5 s by default)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="txguard/db.py _secret_credentials calls parameters.get_secret with botocore's default client "
-    "(60 s connect and read timeouts, retried), and run_in_transaction retries it twice more: a Secrets Manager "
-    "endpoint that does not answer holds the invocation until the function's 30 s timeout instead of a 503",
-)
 def test_a_secret_endpoint_that_never_answers_is_a_503_within_the_connect_budget(tmp_path: Path) -> None:
     function = Template(ROOT / "template.yaml").function("IngestFunction")
     script = _UNANSWERED_FETCH.format(
