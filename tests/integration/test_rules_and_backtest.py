@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Database
+from tests.conftest import ROOT, Database, load_event
 from tests.integration.helpers import T0, apply_rules, rule, store, tx
 from txguard import db
 from txguard.backtest import backtest
 from txguard.cli import main
+from txguard.local.runner import FunctionRunner, Template
 from txguard.queries import flagged_transactions
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import validate_rule_set
@@ -35,9 +36,13 @@ def test_the_seed_rule_file_applied_through_the_cli_shows_in_the_reasons(
     page = db.run_in_transaction(lambda cur: flagged_transactions(cur, 5, 10, None))
     (flagged,) = page.items
     assert flagged.decision.reasons[0].rule_id == "below_account_mean"
-    assert (
-        flagged.decision.reasons[0].explanation
-    ) == "amount 50.00 is less than 0.9 × the mean of the 1 previous transactions (100.00)"
+    # ... and through the API, as GET /is_fraud/5 answers it
+    event = load_event("is_fraud.json") | {"path": "/is_fraud/5", "pathParameters": {"account": "5"}}
+    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    answer = json.loads(json.loads(runner.call("DetectFunction", event).output)["body"])
+    (reason,) = answer["events"][0]["reasons"]
+    assert answer["fraud"] is True and reason["rule_id"] == "below_account_mean"
+    assert reason["explanation"] == "amount 50.00 is less than 0.9 × the mean of the 1 previous transactions (100.00)"
 
 
 def test_every_change_is_a_new_version_and_decisions_record_theirs(
