@@ -272,20 +272,23 @@ def _timestamp_text(ms: int) -> str:
     return f"{date} {hour:02d}:{minute:02d}:{second:02d}.{millis:03d}+00"
 
 
-def _copy_in(cur: psycopg2.extensions.cursor, new: list[Transaction], decisions: dict[int, Decision]) -> None:
-    buffer = io.StringIO()
-    write = buffer.write
+def copy_text(new: list[Transaction], decisions: dict[int, Decision]) -> str:
+    """The new rows with their decisions in COPY's text format."""
+    lines = []
     for t in new:
         d = decisions[t.transaction_id]
         # COPY's text format: backslashes in the JSON must be doubled.
         reasons = d.reasons_text.replace("\\", "\\\\") if d.reasons else "[]"
-        write(
+        lines.append(
             f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
             f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else chr(92) + 'N'}\t"
             f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\n"
         )
-    buffer.seek(0)
-    cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", buffer)
+    return "".join(lines)
+
+
+def _copy_in(cur: psycopg2.extensions.cursor, new: list[Transaction], decisions: dict[int, Decision]) -> None:
+    cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", io.StringIO(copy_text(new, decisions)))
 
 
 def _write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountHistory], changed: set[int]) -> None:
