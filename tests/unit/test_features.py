@@ -3,8 +3,10 @@
 from decimal import Decimal
 from random import Random
 
+import pytest
+
 from txguard.detection import Transaction, decide_in_time_order, empty_history
-from txguard.features import DAY_MS, AccountHistory, Timeline, to_units
+from txguard.features import DAY_MS, AccountHistory, Timeline, to_units, window_reach_ms
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import validate_rule_set
 
@@ -88,7 +90,7 @@ def test_timeline_windows_are_open_at_both_ends() -> None:
 
 def test_a_timeline_stays_correct_when_entries_arrive_out_of_order() -> None:
     rng = Random(3)
-    timeline = Timeline.of(0, [])
+    timeline = Timeline.of(-(10**9), [])  # complete for every window asked below
     entries: list[tuple[int, int]] = []
     for _ in range(300):
         entry = (rng.randint(0, 10_000), rng.randint(1, 1_000))
@@ -97,3 +99,17 @@ def test_a_timeline_stays_correct_when_entries_arrive_out_of_order() -> None:
         t, width = rng.randint(0, 11_000), rng.randint(1, 5_000)
         inside = [u for ts, u in entries if t - width < ts < t]
         assert timeline.window(t, width) == (len(inside), sum(inside))
+
+
+def test_a_window_wider_than_the_loaded_tail_is_refused_rather_than_undercounted() -> None:
+    timeline = Timeline.of(50_000, [(55_000, 1)])
+    assert timeline.window(100_000, 50_000) == (1, 1)
+    with pytest.raises(ValueError, match="does not reach back"):
+        timeline.window(100_000, 60_000)
+
+
+def test_the_tail_reaches_only_as_far_back_as_the_rules_read() -> None:
+    assert window_reach_ms(frozenset({"amount", "count"})) == 1
+    assert window_reach_ms(frozenset({"count_1m"})) == 60_000
+    assert window_reach_ms(frozenset({"count_1m", "merchant_sum_1h"})) == 3_600_000
+    assert window_reach_ms(frozenset({"sum_24h"})) == DAY_MS

@@ -27,6 +27,13 @@ DAY_MS = 86_400_000
 WINDOWS: tuple[tuple[str, int], ...] = (("1m", MINUTE_MS), ("1h", HOUR_MS), ("24h", DAY_MS))
 LONGEST_WINDOW_MS = DAY_MS
 
+
+def window_reach_ms(needed: frozenset[str]) -> int:
+    """How far back before a transaction the account's and merchant's tails must reach for these features."""
+    widths = [width for name, width in WINDOWS if any(feature.endswith(f"_{name}") for feature in needed)]
+    return max(widths, default=1)
+
+
 FeatureValue = Decimal | int | None
 Features = dict[str, FeatureValue]
 
@@ -119,6 +126,8 @@ class Timeline:
 
     def window(self, t: int, width_ms: int) -> tuple[int, int]:
         """Count and sum (units) of the entries in (t - width, t)."""
+        if t - width_ms + 1 < self.complete_from:
+            raise ValueError(f"this timeline does not reach back {width_ms} ms before {t}")
         end = bisect_left(self.ts, t)
         start = bisect_left(self.ts, t - width_ms + 1)
         return end - start, self._prefix[end] - self._prefix[start]
@@ -146,8 +155,8 @@ class AccountHistory:
     def features(self, t: int, units: int, needed: frozenset[str] = ALL_FEATURES) -> Features:
         """The account's features for a transaction at t; only those in `needed` (plus amount and count)."""
         tail = self.tail
-        if t - LONGEST_WINDOW_MS + 1 < tail.complete_from:
-            raise ValueError("the account's tail does not reach back far enough for this transaction")
+        if t < tail.complete_from:
+            raise ValueError("the account's tail does not reach back to this transaction")
         end = tail.before(t)
         # Totals cover every stored transaction; take away those at or after t (normally none).
         later_count = len(tail.ts) - end

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import psycopg2.extensions
 
 from txguard.detection import Transaction, decide_in_time_order
-from txguard.features import LONGEST_WINDOW_MS, AccountHistory, Timeline, from_units, to_units
+from txguard.features import AccountHistory, Timeline, from_units, to_units
 from txguard.rule_engine import CompiledRuleSet, Decision, Reason
 
 
@@ -186,8 +186,8 @@ def _decide(
     histories: dict[int, AccountHistory],
     rules: CompiledRuleSet,
 ) -> dict[int, Decision]:
-    _load_account_tails(cur, new, histories)
-    merchants = _load_merchant_tails(cur, new)
+    _load_account_tails(cur, new, histories, rules.window_reach_ms)
+    merchants = _load_merchant_tails(cur, new, rules.window_reach_ms)
     return decide_in_time_order(new, histories, merchants, rules)
 
 
@@ -212,12 +212,13 @@ _MERCHANT_TAILS = """
 
 
 def _load_account_tails(
-    cur: psycopg2.extensions.cursor, new: list[Transaction], histories: dict[int, AccountHistory]
+    cur: psycopg2.extensions.cursor, new: list[Transaction], histories: dict[int, AccountHistory], reach_ms: int
 ) -> None:
-    """Read each account's stored transactions from 24 hours before its earliest new one onwards."""
+    """Read each account's stored transactions from `reach_ms` (the widest window the rules read) before its
+    earliest new one onwards."""
     since: dict[int, int] = {}
     for t in new:  # sorted by time: the first seen is the earliest
-        since.setdefault(t.account_id, t.ts - LONGEST_WINDOW_MS + 1)
+        since.setdefault(t.account_id, t.ts - reach_ms + 1)
     for account_id, start in since.items():
         histories[account_id].tail = Timeline(complete_from=start)
     # Accounts whose last stored transaction is older than that have an empty tail: no query needed.
@@ -245,11 +246,11 @@ def _prefix_max_reader(cur: psycopg2.extensions.cursor, account_id: int, before:
     return read
 
 
-def _load_merchant_tails(cur: psycopg2.extensions.cursor, new: list[Transaction]) -> dict[str, Timeline]:
+def _load_merchant_tails(cur: psycopg2.extensions.cursor, new: list[Transaction], reach_ms: int) -> dict[str, Timeline]:
     since: dict[str, int] = {}
     for t in new:
         if t.merchant_id is not None:
-            since.setdefault(t.merchant_id, t.ts - LONGEST_WINDOW_MS + 1)
+            since.setdefault(t.merchant_id, t.ts - reach_ms + 1)
     if not since:
         return {}
     names = list(since)

@@ -15,7 +15,7 @@ from functools import cached_property
 from json.encoder import encode_basestring as _quote
 from typing import Any
 
-from txguard.features import FEATURES, Features, FeatureValue
+from txguard.features import FEATURES, Features, FeatureValue, window_reach_ms
 from txguard.rule_language import AllOf, AnyOf, Comparison, Condition, RuleSet
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -99,6 +99,8 @@ class CompiledRuleSet:
         enabled = [rule for rule in rule_set.rules if rule.enabled and rule.condition is not None]
         # Only these are computed per transaction; "count" also appears in the explanations.
         self.needed_features = frozenset({"count"}.union(*(_features_of(rule.condition) for rule in enabled)))
+        # Ingest reads only this much of each account's and merchant's recent history.
+        self.window_reach_ms = window_reach_ms(self.needed_features)
         self._rules = tuple(
             _CompiledRule(rule.id, rule.mode, rule.score, _compile(rule.condition))
             for rule in sorted(rule_set.rules, key=lambda r: r.id)
