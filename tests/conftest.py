@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pgserver
 import psycopg2
 import pytest
 
@@ -62,6 +65,36 @@ def migrated_database(pg_server: Server) -> Iterator[Database]:
     finally:
         db.reset_connection()
         drop_database(pg_server, name)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server of the test's own, which it may stop and start again on the same files."""
+
+    directory: Path
+    instance: Any
+
+    @property
+    def url(self) -> str:
+        return str(self.instance.get_uri())
+
+    def stop(self) -> None:
+        self.instance.cleanup()
+
+    def start(self) -> None:
+        self.instance = pgserver.get_server(self.directory, cleanup_mode="stop")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server (embedded) of this test's own, which it may stop and start: never the shared one."""
+    directory = Path(tempfile.mkdtemp(prefix="txg-pg-"))  # short: the Unix socket path has a length limit
+    server = EmbeddedPostgres(directory, pgserver.get_server(directory, cleanup_mode="stop"))
+    try:
+        yield server
+    finally:
+        pgserver.get_server(directory, cleanup_mode="stop").cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 _TABLES_TO_EMPTY = ("transactions", "account_stats", "rule_sets")

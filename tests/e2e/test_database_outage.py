@@ -3,17 +3,14 @@ the functions reconnect by themselves."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pgserver
 import psycopg2
 import pytest
 
+from tests.conftest import EmbeddedPostgres
 from tests.e2e.conftest import LocalService, start_local, stop_local
 
 pytestmark = pytest.mark.e2e
@@ -21,39 +18,26 @@ pytestmark = pytest.mark.e2e
 NOW_MS = int(time.time() * 1000)
 
 
-@pytest.fixture
-def own_postgres() -> Iterator[tuple[Path, Any]]:
-    """A PostgreSQL server of this test's own (embedded), which the test may stop and start."""
-    directory = Path(tempfile.mkdtemp(prefix="txg-pg-"))  # short: the socket path has a length limit
-    server = pgserver.get_server(directory, cleanup_mode="stop")
-    try:
-        yield directory, server
-    finally:
-        pgserver.get_server(directory, cleanup_mode="stop").cleanup()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def transaction(tid: int) -> dict[str, Any]:
     return {"account_id": 9, "transaction_id": tid, "timestamp": NOW_MS - 60_000 + tid, "amount": "12.50"}
 
 
 def test_postgresql_down_gives_503_with_retry_after_and_the_service_recovers_alone(
-    own_postgres: tuple[Path, Any], tmp_path: Path
+    own_postgres: EmbeddedPostgres, tmp_path: Path
 ) -> None:
-    directory, server = own_postgres
-    url = server.get_uri()
+    url = own_postgres.url
     service: LocalService = start_local(["--no-schedule", "--no-auth"], url, tmp_path / "local.log")
     try:
         assert service.request("POST", "/store_data", transaction(1)).status == 201
 
-        server.cleanup()  # PostgreSQL stops
+        own_postgres.stop()
         down = service.request("POST", "/store_data", transaction(2))
         assert down.status == 503, down.body
         assert down.body["error"]["code"] == "database_unavailable"
         assert int(down.headers["Retry-After"]) >= 1
         assert service.request("GET", "/is_fraud/9").status == 503
 
-        pgserver.get_server(directory, cleanup_mode="stop")  # PostgreSQL is back
+        own_postgres.start()
         back = service.request("POST", "/store_data", transaction(3))
         assert back.status == 201, back.body
         conn = psycopg2.connect(url)

@@ -8,8 +8,6 @@ transactions, a longer and randomised fuzz).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pgserver
 import psycopg2
 import pytest
 
@@ -64,35 +61,6 @@ def serve(database_url: str, log_path: Path, *args: str) -> LocalService:
 
 def stop(service: LocalService) -> None:
     assert stop_local(service) == 0, service.log()
-
-
-@dataclass
-class EmbeddedPostgres:
-    """A PostgreSQL server of the test's own, which it may stop and start again on the same files."""
-
-    directory: Path
-    instance: Any
-
-    @property
-    def url(self) -> str:
-        return str(self.instance.get_uri())
-
-    def stop(self) -> None:
-        self.instance.cleanup()
-
-    def start(self) -> None:
-        self.instance = pgserver.get_server(self.directory, cleanup_mode="stop")
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    directory = Path(tempfile.mkdtemp(prefix="txg-pg-"))  # short: the Unix socket path has a length limit
-    server = EmbeddedPostgres(directory, pgserver.get_server(directory, cleanup_mode="stop"))
-    try:
-        yield server
-    finally:
-        pgserver.get_server(directory, cleanup_mode="stop").cleanup()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @dataclass(frozen=True)
