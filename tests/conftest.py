@@ -28,6 +28,17 @@ def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS_DIR / name).read_text())
 
 
+def admin_query(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read or change a database as its administrator, outside the code under test."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
 @dataclass(frozen=True)
 class Database:
     server: Server
@@ -37,13 +48,7 @@ class Database:
 
     def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read with the administrative connection, outside the code under test."""
-        conn = psycopg2.connect(self.admin_url)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(statement, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return admin_query(self.admin_url, statement, params)
 
     def execute(self, statement: str, params: tuple[Any, ...] = ()) -> None:
         self.query(statement, params)

@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import psycopg2
 import pytest
 
 from tests.e2e.conftest import LocalService, start_local, stop_local
@@ -25,17 +23,6 @@ from txguard.local.postgres import Server, create_database, drop_database
 
 FULL_SCALE = os.environ.get("TXGUARD_LOAD_SCALE", "").lower() == "full"
 NOW_MS = int(time.time() * 1000)
-
-
-def admin_query(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read or change the database as its administrator, outside the code under test."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 @contextmanager
