@@ -24,9 +24,9 @@ import psycopg2
 import pytest
 from moto import mock_aws
 
-from tests.conftest import ROOT, EmbeddedPostgres, load_event
+from tests.conftest import ROOT, EmbeddedPostgres, admin_query, load_event
 from tests.e2e.conftest import LocalService
-from tests.reliability.conftest import NOW_MS, admin_query, serve, stop
+from tests.reliability.conftest import NOW_MS, serve, stop
 from txguard import db
 from txguard.local.runner import LambdaContext, Template, load_module
 from txguard.settings import reload_settings

@@ -16,12 +16,11 @@ from hypothesis import HealthCheck, assume, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, admin_query
 from tests.e2e.conftest import LocalService
 from tests.reliability.conftest import (
     FULL_SCALE,
     NOW_MS,
-    admin_query,
     scratch_database,
     send_bytes,
     serve,

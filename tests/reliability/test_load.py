@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import admin_query
 from tests.e2e.conftest import LocalService
-from tests.reliability.conftest import FULL_SCALE, NOW_MS, admin_query, serve, stop
+from tests.reliability.conftest import FULL_SCALE, NOW_MS, serve, stop
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
