@@ -6,6 +6,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,16 @@ class Database:
 
     def execute(self, statement: str, params: tuple[Any, ...] = ()) -> None:
         self.query(statement, params)
+
+
+@contextmanager
+def scratch_database(server: Server, prefix: str) -> Iterator[str]:
+    """The administrative URL of an empty database of this run's own, dropped afterwards."""
+    name = create_database(server, prefix=prefix)
+    try:
+        yield server.database_url(name)
+    finally:
+        drop_database(server, name)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from txguard.local.postgres import Server, create_database, drop_database
+from tests.conftest import scratch_database
+from txguard.local.postgres import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 TXGUARD = Path(sys.executable).with_name("txguard")
@@ -126,11 +127,8 @@ def alive(process: psutil.Process) -> bool:
 @pytest.fixture(scope="session")
 def e2e_database_url(pg_server: Server) -> Iterator[str]:
     """An empty database: `txguard local` migrates it itself, as it does a developer's."""
-    name = create_database(pg_server, prefix="txguard_e2e")
-    try:
-        yield pg_server.database_url(name)
-    finally:
-        drop_database(pg_server, name)
+    with scratch_database(pg_server, "txguard_e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

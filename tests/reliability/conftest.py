@@ -12,32 +12,22 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import scratch_database
 from tests.e2e.conftest import LocalService, start_local, stop_local
-from txguard.local.postgres import Server, create_database, drop_database
+from txguard.local.postgres import Server
 
 FULL_SCALE = os.environ.get("TXGUARD_LOAD_SCALE", "").lower() == "full"
 NOW_MS = int(time.time() * 1000)
 
 
-@contextmanager
-def scratch_database(server: Server) -> Iterator[str]:
-    """The administrative URL of an empty database; `txguard local` migrates it when it starts."""
-    name = create_database(server, prefix="txguard_rel")
-    try:
-        yield server.database_url(name)
-    finally:
-        drop_database(server, name)
-
-
 @pytest.fixture
 def fresh_database_url(pg_server: Server) -> Iterator[str]:
-    with scratch_database(pg_server) as url:
+    with scratch_database(pg_server, "txguard_rel") as url:
         yield url
 
 

@@ -16,12 +16,11 @@ from hypothesis import HealthCheck, assume, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.conftest import ROOT, admin_query
+from tests.conftest import ROOT, admin_query, scratch_database
 from tests.e2e.conftest import LocalService
 from tests.reliability.conftest import (
     FULL_SCALE,
     NOW_MS,
-    scratch_database,
     send_bytes,
     serve,
     stop,
@@ -36,7 +35,7 @@ FAST_S = 2.0  # generous: refusals take milliseconds; the bound is there to catc
 
 @pytest.fixture(scope="module")
 def hostile_database_url(pg_server: Server) -> Iterator[str]:
-    with scratch_database(pg_server) as url:
+    with scratch_database(pg_server, "txguard_rel") as url:
         yield url
 
 
