@@ -125,3 +125,9 @@ def test_an_unreachable_database_is_a_503_with_retry_after(database: Database, m
     assert response["multiValueHeaders"]["Retry-After"] == ["2"]
     assert json.loads(response["body"])["error"]["code"] == "database_unavailable"
     db.reset_connection()
+
+
+def test_the_sample_openapi_event_returns_the_committed_document(runner: FunctionRunner) -> None:
+    response = invoke(runner, "DetectFunction", load_event("openapi.json"))
+    assert response["statusCode"] == 200
+    assert json.loads(response["body"]) == json.loads((ROOT / "docs" / "openapi.json").read_text())
