@@ -31,9 +31,12 @@ _RETRYABLE_PGCODES = {"40001", "40P01"}
 class DatabaseUnavailable(Exception):
     """The database could not be reached or did not answer in time; the request changed nothing."""
 
-    def __init__(self, message: str, retry_after_s: int = 2) -> None:
+    def __init__(self, message: str, retry_after_s: int = 2, retry_now: bool | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        # Whether run_in_transaction should try again at once on a new connection: yes for a dropped or
+        # refused connection, no for timeouts and configuration problems, where it would not help.
+        self.retry_now = retry_after_s < 5 if retry_now is None else retry_now
 
 
 _secrets: Any = None
@@ -73,8 +76,10 @@ def dsn_from_settings(settings: DatabaseSettings) -> str:
     except DatabaseUnavailable:
         raise
     except Exception as exc:  # any failure to read the secret is a retryable outage, not a crash
-        # retry_after_s >= 5: run_in_transaction does not try again at once (the client already retried).
-        raise DatabaseUnavailable(f"could not read the database secret: {type(exc).__name__}", 10) from exc
+        # Not retried at once: the client has already retried within its own short timeouts.
+        raise DatabaseUnavailable(
+            f"could not read the database secret: {type(exc).__name__}", 10, retry_now=False
+        ) from exc
     user = quote(str(secret["username"]), safe="")
     password = quote(str(secret["password"]), safe="")
     dsn = f"postgresql://{user}:{password}@{settings.host}:{settings.port}/{settings.name}"
@@ -177,7 +182,7 @@ def run_in_transaction(work: Callable[[psycopg2.extensions.cursor], T], attempts
             with _holder.transaction() as cur:
                 return work(cur)
         except DatabaseUnavailable as exc:
-            if exc.retry_after_s >= 5:  # timeouts and configuration problems: retrying now would not help
+            if not exc.retry_now:
                 raise
             last = exc
         except psycopg2.Error as exc:

@@ -96,12 +96,8 @@ class Timeline:
 
     @classmethod
     def of(cls, complete_from: int, rows: list[tuple[int, int]]) -> Timeline:
-        timeline = cls(complete_from)
-        for ts, units in sorted(rows):
-            timeline.ts.append(ts)
-            timeline.units.append(units)
-            timeline._prefix.append(timeline._prefix[-1] + units)
-        return timeline
+        ordered = sorted(rows)
+        return cls.from_sorted(complete_from, [ts for ts, _ in ordered], [units for _, units in ordered])
 
     @classmethod
     def from_sorted(cls, complete_from: int, ts: list[int], units: list[int]) -> Timeline:

@@ -69,9 +69,9 @@ def store_transactions(
 
     stored = _already_stored(cur, [t.transaction_id for t in batch])
     conflicts = [
-        (index, t.transaction_id, t.same_content(stored[t.transaction_id][0]))
+        (index, t.transaction_id, differing)
         for index, t in enumerate(batch)
-        if t.transaction_id in stored and t.same_content(stored[t.transaction_id][0])
+        if t.transaction_id in stored and (differing := t.same_content(stored[t.transaction_id][0]))
     ]
     if conflicts:
         raise DuplicateIdConflict(conflicts)

@@ -11,17 +11,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from txguard.currencies import MINOR_UNITS
-from txguard.settings import ServiceSettings, service_settings
+from txguard.settings import service_settings
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 EARLIEST_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_AMOUNT = Decimal("1000000000000")  # 10^12 in any currency's major unit
 MERCHANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
-
-
-def _settings() -> ServiceSettings:
-    return service_settings()
 
 
 def parse_timestamp_ms(value: Any) -> int:
@@ -44,11 +40,11 @@ def parse_timestamp_ms(value: Any) -> int:
         ms = (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // _ONE_MS
     else:
         raise ValueError("timestamp must be epoch milliseconds (integer) or an ISO-8601 string with a zone")
-    latest = int(time.time() * 1000) + _settings().max_future_skew_s * 1000
+    latest = int(time.time() * 1000) + service_settings().max_future_skew_s * 1000
     if not EARLIEST_TIMESTAMP_MS <= ms <= latest:
         raise ValueError(
             f"timestamp {ms} is outside the accepted range: from 2000-01-01T00:00:00Z "
-            f"to {_settings().max_future_skew_s} seconds from now"
+            f"to {service_settings().max_future_skew_s} seconds from now"
         )
     return ms
 
@@ -129,7 +125,7 @@ class TransactionIn(BaseModel):
     @classmethod
     def _currency(cls, value: Any) -> str:
         if value is None:
-            return _settings().default_currency
+            return service_settings().default_currency
         if not isinstance(value, str) or value.upper() not in MINOR_UNITS:
             raise ValueError(f"{value!r} is not an ISO 4217 currency code")
         return value.upper()
