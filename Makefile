@@ -42,8 +42,8 @@ template-checks: $(STAMP)
 		&& $(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt && touch $(CHECKOV_STAMP); }
 	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml
 	SAM_CLI_TELEMETRY=0 $(BIN)/sam build --template template.yaml --build-dir .aws-sam/build --cached --cache-dir .aws-sam/cache
-	$(BIN)/python -c "import sys; sys.path.insert(0, '$(LAYER_BUILD)'); import txguard, psycopg2, pydantic, aws_lambda_powertools; \
-		assert psycopg2.__file__.startswith('$(CURDIR)/$(LAYER_BUILD)/'), psycopg2.__file__; \
+	$(BIN)/python -c "import sys; sys.path.insert(0, '$(LAYER_BUILD)'); import txguard, psycopg2, pydantic, orjson, aws_lambda_powertools; \
+		assert all(m.__file__.startswith('$(CURDIR)/$(LAYER_BUILD)/') for m in (psycopg2, orjson)), (psycopg2.__file__, orjson.__file__); \
 		print('layer ok:', txguard.__file__, '| psycopg2', psycopg2.__version__, 'libpq', psycopg2.extensions.libpq_version())"
 
 unit: $(STAMP)

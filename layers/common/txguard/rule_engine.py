@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
 from json.encoder import encode_basestring as _quote
-from typing import Any
+from typing import Any, NamedTuple
 
 from txguard.features import FEATURES, Features, FeatureValue, window_reach_ms
 from txguard.rule_language import AllOf, AnyOf, Comparison, Condition, RuleSet
@@ -40,8 +40,7 @@ _FOUR_PLACES = Decimal("0.0001")
 Explainer = Callable[[Features, str | None], list[str] | None]
 
 
-@dataclass(frozen=True)
-class Reason:
+class Reason(NamedTuple):
     rule_id: str
     mode: str
     weight: Decimal
@@ -106,6 +105,8 @@ class CompiledRuleSet:
             for rule in sorted(rule_set.rules, key=lambda r: r.id)
             if rule.enabled and rule.condition is not None
         )
+        # Most transactions meet no rule: they all share this one decision (and its serialised forms).
+        self._nothing_found = Decision(False, Decimal(0).quantize(_FOUR_PLACES), (), version)
 
     def decide(self, features: Features, merchant_id: str | None = None) -> Decision:
         reasons: list[Reason] = []
@@ -117,6 +118,8 @@ class CompiledRuleSet:
             reasons.append(Reason(rule.id, rule.mode, rule.weight, "; ".join(sentences)))
             if rule.mode == "active":
                 keep *= 1 - rule.weight
+        if not reasons:
+            return self._nothing_found
         score = (1 - keep).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
         return Decision(score >= self.threshold, score, tuple(reasons), self.version)
 

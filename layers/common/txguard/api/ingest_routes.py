@@ -12,7 +12,7 @@ from pydantic import Discriminator, Tag
 
 from txguard import service
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors, shorten
-from txguard.api.presenters import json_response, listed_json, store_result_json
+from txguard.api.presenters import json_response, listed_json, store_results_json
 from txguard.api.resolver import build_resolver
 from txguard.detection import Transaction
 from txguard.models import (
@@ -82,7 +82,7 @@ def store_data(body: Annotated[StoreBody, Body()]) -> Response[str]:
     accounts = sorted({t.account_id for t in items})
     logger.append_keys(account_id=accounts[0] if len(accounts) == 1 else accounts[:20])
     results = service.store([_transaction(t) for t in items])
-    return json_response(201, {"results": [store_result_json(r) for r in results]})
+    return json_response(201, {"results": store_results_json(results)})
 
 
 def _transaction(t: TransactionIn) -> Transaction:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from aws_lambda_powertools.event_handler import Response, content_types
 
 from txguard.currencies import MINOR_UNITS
@@ -14,10 +14,12 @@ from txguard.ingest import StoreResult
 from txguard.queries import Judged
 from txguard.rule_engine import Decision
 
+_QUANTUM = {currency: Decimal(1).scaleb(-places) for currency, places in MINOR_UNITS.items()}
+_FOUR_PLACES = Decimal("0.0001")
+
 
 def money(amount: Decimal, currency: str) -> str:
-    places = MINOR_UNITS.get(currency, 4)
-    return str(amount.quantize(Decimal(1).scaleb(-places)))
+    return str(amount.quantize(_QUANTUM.get(currency, _FOUR_PLACES)))
 
 
 def transaction_json(t: Transaction) -> dict[str, Any]:
@@ -35,18 +37,28 @@ def decision_json(d: Decision) -> dict[str, Any]:
     return {
         "fraud": d.fraud,
         "score": str(d.score),
-        "reasons": d.reasons_json,
+        "reasons": orjson.Fragment(d.reasons_text),  # the JSON text the decision was stored with
         "rule_set_version": d.rule_set_version,
     }
 
 
-def store_result_json(r: StoreResult) -> dict[str, Any]:
-    return {
-        "transaction_id": r.transaction.transaction_id,
-        "status": r.status,
-        "transaction": transaction_json(r.transaction),
-        "decision": decision_json(r.decision),
-    }
+def store_results_json(results: list[StoreResult]) -> list[dict[str, Any]]:
+    """One item per result; transactions decided alike share one decision object, and its JSON."""
+    decisions: dict[int, dict[str, Any]] = {}
+    items = []
+    for r in results:
+        decision = decisions.get(id(r.decision))
+        if decision is None:
+            decision = decisions[id(r.decision)] = decision_json(r.decision)
+        items.append(
+            {
+                "transaction_id": r.transaction.transaction_id,
+                "status": r.status,
+                "transaction": transaction_json(r.transaction),
+                "decision": decision,
+            }
+        )
+    return items
 
 
 def listed_json(j: Judged) -> dict[str, Any]:
@@ -62,7 +74,7 @@ def fraud_event_json(j: Judged) -> dict[str, Any]:
         "currency": t.currency,
         "merchant_id": t.merchant_id,
         "score": str(d.score),
-        "reasons": d.reasons_json,
+        "reasons": orjson.Fragment(d.reasons_text),
         "rule_set_version": d.rule_set_version,
     }
 
@@ -72,5 +84,5 @@ def json_response(status: int, body: dict[str, Any]) -> Response[str]:
     return Response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
-        body=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        body=orjson.dumps(body).decode(),
     )
