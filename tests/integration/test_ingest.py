@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -135,3 +136,34 @@ def test_amounts_are_stored_exactly(database: Database) -> None:
         (Decimal("0.0100"),),
         (Decimal("999999999999.9900"),),
     ]
+
+
+def test_a_failure_while_rows_stream_in_is_raised_as_itself_and_stores_nothing(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are decided while COPY runs; a bug there must not pass for a (retryable) database error."""
+    import txguard.ingest
+
+    real = txguard.ingest.decisions_in_time_order
+
+    def fails_after_the_first(*args: object) -> object:
+        decided = real(*args)  # type: ignore[arg-type]
+        yield next(decided)
+        raise RuntimeError("deciding failed")
+
+    monkeypatch.setattr(txguard.ingest, "decisions_in_time_order", fails_after_the_first)
+    with pytest.raises(RuntimeError, match="deciding failed"):
+        store([tx(1, T0 + i, "10.00") for i in range(3)])
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]
+    assert stats(database, 1) in ((), (0, Decimal(0), Decimal(0), None, None, None, None))
+
+
+def test_the_service_connection_bounds_statements_and_never_jit_compiles(database: Database) -> None:
+    """Batch statements are estimated expensive enough to trigger JIT, which costs more than it saves."""
+    from txguard import db
+
+    def settings(cur: Any) -> list[Any]:
+        cur.execute("SELECT current_setting('jit'), current_setting('statement_timeout') <> '0'")
+        return list(cur.fetchone())
+
+    assert db.run_in_transaction(settings) == ["off", True]

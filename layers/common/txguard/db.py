@@ -98,7 +98,9 @@ def connect(dsn: str, settings: DatabaseSettings | None = None) -> psycopg2.exte
             dsn,
             connect_timeout=settings.connect_timeout_s,
             application_name="txguard",
-            options=f"-c statement_timeout={timeout} -c lock_timeout={timeout}",
+            # JIT compilation costs tens of milliseconds and pays off only for long analytical queries; the
+            # planner's estimates for the batch statements (unnest joined to index scans) would trigger it.
+            options=f"-c statement_timeout={timeout} -c lock_timeout={timeout} -c jit=off",
             keepalives=1,
             keepalives_idle=30,
         )

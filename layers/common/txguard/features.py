@@ -14,12 +14,11 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Context, Decimal
+from decimal import Decimal
 from itertools import accumulate
+from math import isqrt
 
 UNITS_PER_AMOUNT = 10_000
-_EXACT = Context(prec=60, rounding=ROUND_HALF_UP)
-_SIX_PLACES = Decimal("0.000001")
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -222,11 +221,25 @@ def merchant_features(merchant: Timeline | None, t: int, needed: frozenset[str] 
 
 
 def _mean(total_units: int, count: int) -> Decimal:
-    return _EXACT.divide(Decimal(total_units), Decimal(count * UNITS_PER_AMOUNT)).quantize(_SIX_PLACES, context=_EXACT)
+    """total / count, rounded half up to six places, in exact integer arithmetic."""
+    return _six_places(abs(total_units) * 100, count, negative=total_units < 0)
 
 
 def _std(total_units: int, total_sq_units: int, count: int) -> Decimal:
-    # Population standard deviation, sqrt((n*sum(x^2) - sum(x)^2) / n^2), exact until the square root.
-    spread = count * total_sq_units - total_units * total_units
-    root = _EXACT.sqrt(Decimal(max(spread, 0)))
-    return _EXACT.divide(root, Decimal(count * UNITS_PER_AMOUNT)).quantize(_SIX_PLACES, context=_EXACT)
+    """Population standard deviation, sqrt((n*sum(x^2) - sum(x)^2) / n^2), rounded half up to six places.
+
+    200 * sqrt(spread) is floored exactly with isqrt; flooring before the halving division changes nothing.
+    """
+    spread = max(count * total_sq_units - total_units * total_units, 0)
+    return _six_places_of_floor(isqrt(40_000 * spread), count)
+
+
+def _six_places(numerator: int, count: int, negative: bool = False) -> Decimal:
+    """numerator / count (both >= 0, the numerator in millionths) rounded half up, as a six-place decimal."""
+    millionths = (2 * numerator + count) // (2 * count)
+    return Decimal(-millionths if negative else millionths).scaleb(-6)
+
+
+def _six_places_of_floor(doubled_floor: int, count: int) -> Decimal:
+    """Rounded half up from floor(2 * count * x), where x (in millionths) is the value wanted."""
+    return Decimal((doubled_floor + count) // (2 * count)).scaleb(-6)

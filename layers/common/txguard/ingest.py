@@ -1,23 +1,24 @@
 """Storing transactions, each with the decision taken on what came before it, in one database transaction.
 
 For a batch: lock the accounts' running totals (and the merchants), find which ids are already stored,
-read only the recent tail of each account and merchant, decide every new transaction in time order in
-memory, then COPY the new rows in and write the new totals. Nothing is written if anything conflicts.
+read only the recent tail of each account and merchant, then decide every new transaction in time order
+in memory while COPY streams the decided rows in (PostgreSQL stores one chunk while the next is being
+decided), and write the new totals. Nothing is written if anything conflicts.
 Cost per transaction does not grow with the account's history; see features.py.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+import psycopg2
 import psycopg2.extensions
 
-from txguard.detection import Transaction, decide_in_time_order
+from txguard.detection import Transaction, decisions_in_time_order
 from txguard.features import AccountHistory, Timeline, from_units, to_units
 from txguard.rule_engine import CompiledRuleSet, Decision, Reason
 
@@ -80,9 +81,11 @@ def store_transactions(
         (batch[i] for i in first_index.values() if batch[i].transaction_id not in stored),
         key=lambda t: (t.ts, t.transaction_id),
     )
-    decisions = _decide(cur, new, stats, rules) if new else {}
+    decisions: dict[int, Decision] = {}
     if new:
-        _copy_in(cur, new, decisions)
+        _load_account_tails(cur, new, stats, rules)
+        merchants = _load_merchant_tails(cur, new, rules.window_reach_ms)
+        _copy_in(cur, decisions_in_time_order(new, stats, merchants, rules), decisions)
         _write_totals(cur, stats, {t.account_id for t in new})
 
     results = []
@@ -180,24 +183,17 @@ def decision_from_row(row: Sequence[Any]) -> Decision:
     )
 
 
-def _decide(
-    cur: psycopg2.extensions.cursor,
-    new: list[Transaction],
-    histories: dict[int, AccountHistory],
-    rules: CompiledRuleSet,
-) -> dict[int, Decision]:
-    _load_account_tails(cur, new, histories, rules.window_reach_ms)
-    merchants = _load_merchant_tails(cur, new, rules.window_reach_ms)
-    return decide_in_time_order(new, histories, merchants, rules)
-
-
 # Each key's stored transactions from `since` on, as two sorted arrays (ms, amount in 1/10000 units), plus the
-# timestamp of the last one before `since`. Arrays of integers keep the transfer and the parsing cheap.
+# timestamp of the last one before `since` and, where asked for, the largest amount before `since`.
+# Arrays of integers keep the transfer and the parsing cheap.
 _ACCOUNT_TAILS = """
     SELECT b.key, tail.ts, tail.units,
            (SELECT txguard_ts_to_ms(max(t.ts)) FROM transactions t
-            WHERE t.account_id = b.key AND t.ts < txguard_ms_to_ts(b.since))
-    FROM unnest(%s::bigint[], %s::bigint[]) AS b(key, since)
+            WHERE t.account_id = b.key AND t.ts < txguard_ms_to_ts(b.since)),
+           CASE WHEN b.wants_max THEN
+               (SELECT (max(t.amount) * 10000)::bigint FROM transactions t
+                WHERE t.account_id = b.key AND t.ts < txguard_ms_to_ts(b.since)) END
+    FROM unnest(%s::bigint[], %s::bigint[], %s::boolean[]) AS b(key, since, wants_max)
     CROSS JOIN LATERAL (
         SELECT array_agg(txguard_ts_to_ms(t.ts) ORDER BY t.ts) AS ts,
                array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units
@@ -212,38 +208,37 @@ _MERCHANT_TAILS = """
 
 
 def _load_account_tails(
-    cur: psycopg2.extensions.cursor, new: list[Transaction], histories: dict[int, AccountHistory], reach_ms: int
+    cur: psycopg2.extensions.cursor,
+    new: list[Transaction],
+    histories: dict[int, AccountHistory],
+    rules: CompiledRuleSet,
 ) -> None:
-    """Read each account's stored transactions from `reach_ms` (the widest window the rules read) before its
-    earliest new one onwards."""
+    """Read each account's stored transactions from the rules' widest window before its earliest new one onwards.
+
+    Everything the decisions need is read here, before COPY starts: the largest amount before the tail is
+    read only for an account whose stored maximum is not strictly before its earliest new transaction
+    (a late arrival), and only when a rule uses max_amount.
+    """
     since: dict[int, int] = {}
+    earliest: dict[int, int] = {}
     for t in new:  # sorted by time: the first seen is the earliest
-        since.setdefault(t.account_id, t.ts - reach_ms + 1)
+        if t.account_id not in since:
+            since[t.account_id] = t.ts - rules.window_reach_ms + 1
+            earliest[t.account_id] = t.ts
     for account_id, start in since.items():
         histories[account_id].tail = Timeline(complete_from=start)
     # Accounts whose last stored transaction is older than that have an empty tail: no query needed.
     to_read = [a for a, start in since.items() if (histories[a].last_ts or start - 1) >= start]
     if not to_read:
         return
-    cur.execute(_ACCOUNT_TAILS, (to_read, [since[a] for a in to_read]))
-    for account_id, ts, units, last_before in cur.fetchall():
+    uses_max = "max_amount" in rules.needed_features
+    wants_max = [uses_max and (max_ts := histories[a].max_ts) is not None and max_ts >= earliest[a] for a in to_read]
+    cur.execute(_ACCOUNT_TAILS, (to_read, [since[a] for a in to_read], wants_max))
+    for account_id, ts, units, last_before, max_before in cur.fetchall():
         history = histories[account_id]
-        start = since[account_id]
-        history.tail = Timeline.from_sorted(start, ts or [], units or [])
+        history.tail = Timeline.from_sorted(since[account_id], ts or [], units or [])
         history.last_before_tail = last_before
-        history.prefix_max = _prefix_max_reader(cur, account_id, start)
-
-
-def _prefix_max_reader(cur: psycopg2.extensions.cursor, account_id: int, before: int) -> Any:
-    def read() -> int | None:
-        cur.execute(
-            "SELECT max(amount) FROM transactions WHERE account_id = %s AND ts < txguard_ms_to_ts(%s)",
-            (account_id, before),
-        )
-        row = cur.fetchone()
-        return None if row is None or row[0] is None else to_units(row[0])
-
-    return read
+        history.prefix_max = _constant(max_before)
 
 
 def _load_merchant_tails(cur: psycopg2.extensions.cursor, new: list[Transaction], reach_ms: int) -> dict[str, Timeline]:
@@ -256,6 +251,10 @@ def _load_merchant_tails(cur: psycopg2.extensions.cursor, new: list[Transaction]
     names = list(since)
     cur.execute(_MERCHANT_TAILS, (names, [since[m] for m in names]))
     return {m: Timeline.from_sorted(since[m], ts or [], units or []) for m, ts, units, _ in cur.fetchall()}
+
+
+def _constant(value: int | None) -> Callable[[], int | None]:
+    return lambda: value
 
 
 _DAYS: dict[int, str] = {}
@@ -273,23 +272,57 @@ def _timestamp_text(ms: int) -> str:
     return f"{date} {hour:02d}:{minute:02d}:{second:02d}.{millis:03d}+00"
 
 
-def copy_text(new: list[Transaction], decisions: dict[int, Decision]) -> str:
-    """The new rows with their decisions in COPY's text format."""
-    lines = []
-    for t in new:
-        d = decisions[t.transaction_id]
-        # COPY's text format: backslashes in the JSON must be doubled.
-        reasons = d.reasons_text.replace("\\", "\\\\") if d.reasons else "[]"
-        lines.append(
-            f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
-            f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else chr(92) + 'N'}\t"
-            f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\n"
-        )
-    return "".join(lines)
+def copy_line(t: Transaction, d: Decision) -> str:
+    """A new row with its decision in COPY's text format."""
+    # COPY's text format: backslashes in the JSON must be doubled.
+    reasons = d.reasons_text.replace("\\", "\\\\") if d.reasons else "[]"
+    return (
+        f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
+        f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else chr(92) + 'N'}\t"
+        f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\n"
+    )
 
 
-def _copy_in(cur: psycopg2.extensions.cursor, new: list[Transaction], decisions: dict[int, Decision]) -> None:
-    cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", io.StringIO(copy_text(new, decisions)))
+class _DecidedRows:
+    """What COPY reads: rows decided on demand, a chunk per read, each decision also kept in `decisions`."""
+
+    def __init__(self, decided: Iterator[tuple[Transaction, Decision]], decisions: dict[int, Decision]) -> None:
+        self._decided = decided
+        self._decisions = decisions
+        self.failure: Exception | None = None
+
+    def read(self, size: int = -1) -> str:
+        lines = []
+        length = 0
+        try:
+            for t, d in self._decided:
+                self._decisions[t.transaction_id] = d
+                line = copy_line(t, d)
+                lines.append(line)
+                length += len(line)
+                if 0 < size <= length:
+                    break
+        except Exception as exc:
+            self.failure = exc  # psycopg2 reports it as a cancelled COPY; the caller raises the original
+            raise
+        return "".join(lines)
+
+
+def _copy_in(
+    cur: psycopg2.extensions.cursor, decided: Iterator[tuple[Transaction, Decision]], decisions: dict[int, Decision]
+) -> None:
+    rows = _DecidedRows(decided, decisions)
+    try:
+        cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", rows, size=_COPY_CHUNK)
+    except psycopg2.Error:
+        # A failure while deciding is not a database problem (which clients would be told to retry).
+        if rows.failure is not None:
+            raise rows.failure from None
+        raise
+
+
+# Bytes per COPY message: small enough that the server starts storing early, large enough to keep calls few.
+_COPY_CHUNK = 32_768
 
 
 def _write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountHistory], changed: set[int]) -> None:
