@@ -113,3 +113,22 @@ def test_the_tail_reaches_only_as_far_back_as_the_rules_read() -> None:
     assert window_reach_ms(frozenset({"count_1m"})) == 60_000
     assert window_reach_ms(frozenset({"count_1m", "merchant_sum_1h"})) == 3_600_000
     assert window_reach_ms(frozenset({"sum_24h"})) == DAY_MS
+
+
+def test_mean_and_standard_deviation_round_exactly_like_the_decimal_definition() -> None:
+    """Integer arithmetic (isqrt) against the definition: 60-digit decimals, rounded half up to six places."""
+    from decimal import ROUND_HALF_UP, Context
+
+    from txguard.features import _mean, _std
+
+    exact, six = Context(prec=60, rounding=ROUND_HALF_UP), Decimal("0.000001")
+    rng = Random(11)
+    for _ in range(20_000):
+        amounts = [
+            rng.choice([rng.randint(1, 10 ** rng.randint(1, 12)), 5_000, 15_000]) for _ in range(rng.randint(1, 40))
+        ]
+        n, total, total_sq = len(amounts), sum(amounts), sum(u * u for u in amounts)
+        mean = exact.divide(Decimal(total), Decimal(n * 10_000)).quantize(six, context=exact)
+        spread = Decimal(n * total_sq - total * total)
+        std = exact.divide(exact.sqrt(spread), Decimal(n * 10_000)).quantize(six, context=exact)
+        assert (str(_mean(total, n)), str(_std(total, total_sq, n))) == (str(mean), str(std)), amounts
