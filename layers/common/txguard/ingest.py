@@ -9,7 +9,7 @@ Cost per transaction does not grow with the account's history; see features.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,7 +19,7 @@ import psycopg2
 import psycopg2.extensions
 
 from txguard.detection import Transaction, decisions_in_time_order
-from txguard.features import AccountHistory, Timeline, from_units, to_units
+from txguard.features import AccountHistory, Timeline, to_units
 from txguard.rule_engine import CompiledRuleSet, Decision, Reason
 
 
@@ -123,13 +123,13 @@ def _lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict
     # Rows are locked in account order by every writer, so concurrent batches cannot deadlock.
     cur.execute(
         "INSERT INTO account_stats (account_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
-        (accounts,),
+        (_array(accounts),),
     )
     cur.execute(
         """SELECT account_id, tx_count, amount_sum, amount_sum_sq, amount_max,
                   txguard_ts_to_ms(amount_max_ts), txguard_ts_to_ms(first_ts), txguard_ts_to_ms(last_ts)
-           FROM account_stats WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE""",
-        (accounts,),
+           FROM account_stats WHERE account_id = ANY(%s::bigint[]) ORDER BY account_id FOR UPDATE""",
+        (_array(accounts),),
     )
     histories = {}
     for account_id, count, total, total_sq, max_amount, max_ts, first_ts, last_ts in cur.fetchall():
@@ -162,8 +162,8 @@ def _already_stored(cur: psycopg2.extensions.cursor, ids: list[int]) -> dict[int
     cur.execute(
         """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
                   fraud, score, reasons, rule_set_version
-           FROM transactions WHERE transaction_id = ANY(%s)""",
-        (ids,),
+           FROM transactions WHERE transaction_id = ANY(%s::bigint[])""",
+        (_array(ids),),
     )
     return {row[0]: (transaction_from_row(row), decision_from_row(row[6:])) for row in cur.fetchall()}
 
@@ -233,7 +233,7 @@ def _load_account_tails(
         return
     uses_max = "max_amount" in rules.needed_features
     wants_max = [uses_max and (max_ts := histories[a].max_ts) is not None and max_ts >= earliest[a] for a in to_read]
-    cur.execute(_ACCOUNT_TAILS, (to_read, [since[a] for a in to_read], wants_max))
+    cur.execute(_ACCOUNT_TAILS, (_array(to_read), _array(since[a] for a in to_read), _array(wants_max)))
     for account_id, ts, units, last_before, max_before in cur.fetchall():
         history = histories[account_id]
         history.tail = Timeline.from_sorted(since[account_id], ts or [], units or [])
@@ -249,7 +249,7 @@ def _load_merchant_tails(cur: psycopg2.extensions.cursor, new: list[Transaction]
     if not since:
         return {}
     names = list(since)
-    cur.execute(_MERCHANT_TAILS, (names, [since[m] for m in names]))
+    cur.execute(_MERCHANT_TAILS, (names, _array(since[m] for m in names)))
     return {m: Timeline.from_sorted(since[m], ts or [], units or []) for m, ts, units, _ in cur.fetchall()}
 
 
@@ -330,21 +330,27 @@ def _write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountH
     h = [histories[a] for a in accounts]
     cur.execute(
         """UPDATE account_stats AS a SET
-               tx_count = v.tx_count, amount_sum = v.amount_sum, amount_sum_sq = v.amount_sum_sq,
-               amount_max = v.amount_max, amount_max_ts = txguard_ms_to_ts(v.amount_max_ts),
+               tx_count = v.tx_count, amount_sum = v.sum_units * 0.0001, amount_sum_sq = v.sum_sq_units * 0.00000001,
+               amount_max = v.max_units * 0.0001, amount_max_ts = txguard_ms_to_ts(v.amount_max_ts),
                first_ts = txguard_ms_to_ts(v.first_ts), last_ts = txguard_ms_to_ts(v.last_ts)
            FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
                        %s::bigint[], %s::bigint[], %s::bigint[])
-                AS v(account_id, tx_count, amount_sum, amount_sum_sq, amount_max, amount_max_ts, first_ts, last_ts)
+                AS v(account_id, tx_count, sum_units, sum_sq_units, max_units, amount_max_ts, first_ts, last_ts)
            WHERE a.account_id = v.account_id""",
         (
-            accounts,
-            [x.count for x in h],
-            [from_units(x.sum_units) for x in h],
-            [Decimal(x.sum_sq_units).scaleb(-8) for x in h],
-            [None if x.max_units is None else from_units(x.max_units) for x in h],
-            [x.max_ts for x in h],
-            [x.first_ts for x in h],
-            [x.last_ts for x in h],
+            _array(accounts),
+            _array(x.count for x in h),
+            _array(x.sum_units for x in h),
+            _array(x.sum_sq_units for x in h),
+            _array(x.max_units for x in h),
+            _array(x.max_ts for x in h),
+            _array(x.first_ts for x in h),
+            _array(x.last_ts for x in h),
         ),
     )
+
+
+def _array(values: Iterable[int | bool | None]) -> str:
+    """An array parameter as one literal ("{1,2,NULL}") the server parses at once; a Python list would be sent as
+    an ARRAY[...] expression of one constant per element, costly to adapt here and to parse there."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
