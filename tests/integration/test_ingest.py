@@ -167,3 +167,34 @@ def test_the_service_connection_bounds_statements_and_never_jit_compiles(databas
         return list(cur.fetchone())
 
     assert db.run_in_transaction(settings) == ["off", True]
+
+
+def test_deciding_inside_copy_is_not_cut_short_by_the_statement_timeout(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are decided while COPY runs; the timeout bounds the database's work, not the deciding."""
+    import time
+
+    import txguard.ingest
+    from txguard import db
+    from txguard.rule_store import rule_cache
+
+    monkeypatch.setenv("TXGUARD_STATEMENT_TIMEOUT_MS", "100")
+    db.reset_connection()
+    real = txguard.ingest.decisions_in_time_order
+
+    def slow(*args: object) -> object:
+        for decided in real(*args):  # type: ignore[arg-type]
+            time.sleep(0.0002)  # 1,000 rows: 0.2 s of deciding, twice the statement timeout
+            yield decided
+
+    monkeypatch.setattr(txguard.ingest, "decisions_in_time_order", slow)
+    batch = [tx(1, T0 + 1000 * i, "10.00") for i in range(1000)]
+
+    def store_then_read_timeout(cur: Any) -> tuple[int, str]:
+        results = txguard.ingest.store_transactions(cur, batch, rule_cache.current(cur, 0))
+        cur.execute("SELECT current_setting('statement_timeout')")
+        return len(results), cur.fetchone()[0]
+
+    assert db.run_in_transaction(store_then_read_timeout) == (1000, "100ms")
+    assert database.query("SELECT count(*) FROM transactions") == [(1000,)]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from math import ceil
 from typing import Any, Literal
 
 import psycopg2
@@ -21,6 +22,7 @@ import psycopg2.extensions
 from txguard.detection import Transaction, decisions_in_time_order
 from txguard.features import AccountHistory, Timeline, to_units
 from txguard.rule_engine import CompiledRuleSet, Decision, Reason
+from txguard.settings import DatabaseSettings
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def store_transactions(
     if new:
         _load_account_tails(cur, new, stats, rules)
         merchants = _load_merchant_tails(cur, new, rules.window_reach_ms)
-        _copy_in(cur, decisions_in_time_order(new, stats, merchants, rules), decisions)
+        _copy_in(cur, decisions_in_time_order(new, stats, merchants, rules), len(new), decisions)
         _write_totals(cur, stats, {t.account_id for t in new})
 
     results = []
@@ -289,7 +291,7 @@ class _DecidedRows:
     def __init__(self, decided: Iterator[tuple[Transaction, Decision]], decisions: dict[int, Decision]) -> None:
         self._decided = decided
         self._decisions = decisions
-        self.failure: Exception | None = None
+        self.failure: BaseException | None = None
 
     def read(self, size: int = -1) -> str:
         lines = []
@@ -302,15 +304,27 @@ class _DecidedRows:
                 length += len(line)
                 if 0 < size <= length:
                     break
-        except Exception as exc:
+        except BaseException as exc:
             self.failure = exc  # psycopg2 reports it as a cancelled COPY; the caller raises the original
             raise
         return "".join(lines)
 
 
 def _copy_in(
-    cur: psycopg2.extensions.cursor, decided: Iterator[tuple[Transaction, Decision]], decisions: dict[int, Decision]
+    cur: psycopg2.extensions.cursor,
+    decided: Iterator[tuple[Transaction, Decision]],
+    count: int,
+    decisions: dict[int, Decision],
 ) -> None:
+    """COPY the rows in as they are decided.
+
+    The deciding happens inside the COPY statement, and statement_timeout is there to bound the database's
+    own work. So this one statement gets the configured timeout plus an allowance per row decided, and the
+    timeout is set back afterwards. lock_timeout still bounds every wait on another transaction.
+    """
+    timeout_ms = DatabaseSettings.from_env().statement_timeout_ms
+    if timeout_ms > 0:
+        _set_statement_timeout(cur, timeout_ms + ceil(count * _DECIDING_ALLOWANCE_MS_PER_ROW))
     rows = _DecidedRows(decided, decisions)
     try:
         cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", rows, size=_COPY_CHUNK)
@@ -319,6 +333,16 @@ def _copy_in(
         if rows.failure is not None:
             raise rows.failure from None
         raise
+    if timeout_ms > 0:
+        _set_statement_timeout(cur, timeout_ms)
+
+
+def _set_statement_timeout(cur: psycopg2.extensions.cursor, milliseconds: int) -> None:
+    cur.execute("SELECT set_config('statement_timeout', %s, true)", (f"{milliseconds}ms",))
+
+
+# About ten times what deciding a transaction takes on one full vCPU: room for a small function's share of one.
+_DECIDING_ALLOWANCE_MS_PER_ROW = 0.5
 
 
 # Bytes per COPY message: small enough that the server starts storing early, large enough to keep calls few.
