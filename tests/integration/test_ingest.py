@@ -198,3 +198,14 @@ def test_deciding_inside_copy_is_not_cut_short_by_the_statement_timeout(
 
     assert db.run_in_transaction(store_then_read_timeout) == (1000, "100ms")
     assert database.query("SELECT count(*) FROM transactions") == [(1000,)]
+
+
+def test_running_totals_of_very_large_amounts_stay_exact(database: Database) -> None:
+    """A sum of squares past 28 significant digits is read back and written again without rounding."""
+    store([tx(1, T0, "99999999999.9999")])  # its square has 30 significant digits
+    store([tx(1, T0 + 1000, "12345678901.2345")])
+    store([tx(1, T0 + 2000, "0.0001")])
+    assert database.query(
+        "SELECT s.amount_sum_sq = t.sq AND s.amount_sum = t.total FROM account_stats s, "
+        "(SELECT sum(amount * amount) AS sq, sum(amount) AS total FROM transactions) t WHERE s.account_id = 1"
+    ) == [(True,)]

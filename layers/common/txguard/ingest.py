@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from math import ceil
 from typing import Any, Literal
 
@@ -44,6 +44,9 @@ class DuplicateIdConflict(Exception):
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Running totals exceed the default 28 significant digits (a sum of squared amounts in 1/10^8 units):
+# read them back exactly.
+_WIDE = Context(prec=100)
 _COLUMNS = (
     "transaction_id",
     "account_id",
@@ -137,8 +140,8 @@ def _lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict
     for account_id, count, total, total_sq, max_amount, max_ts, first_ts, last_ts in cur.fetchall():
         histories[account_id] = AccountHistory(
             count=count,
-            sum_units=int(total.scaleb(4)),
-            sum_sq_units=int(total_sq.scaleb(8)),
+            sum_units=int(total.scaleb(4, _WIDE)),
+            sum_sq_units=int(total_sq.scaleb(8, _WIDE)),
             max_units=None if max_amount is None else to_units(max_amount),
             max_ts=max_ts,
             first_ts=first_ts,
