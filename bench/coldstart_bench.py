@@ -87,6 +87,7 @@ import pydantic
 class Model(pydantic.BaseModel):
     value: int
 import psycopg2, psycopg2.extras
+import orjson
 import aws_xray_sdk.core
 imported = served = time.perf_counter()
 response = None
