@@ -224,12 +224,10 @@ def _load_account_tails(
     read only for an account whose stored maximum is not strictly before its earliest new transaction
     (a late arrival), and only when a rule uses max_amount.
     """
+    reach = rules.window_reach_ms
     since: dict[int, int] = {}
-    earliest: dict[int, int] = {}
     for t in new:  # sorted by time: the first seen is the earliest
-        if t.account_id not in since:
-            since[t.account_id] = t.ts - rules.window_reach_ms + 1
-            earliest[t.account_id] = t.ts
+        since.setdefault(t.account_id, t.ts - reach + 1)
     for account_id, start in since.items():
         histories[account_id].tail = Timeline(complete_from=start)
     # Accounts whose last stored transaction is older than that have an empty tail: no query needed.
@@ -237,7 +235,10 @@ def _load_account_tails(
     if not to_read:
         return
     uses_max = "max_amount" in rules.needed_features
-    wants_max = [uses_max and (max_ts := histories[a].max_ts) is not None and max_ts >= earliest[a] for a in to_read]
+    # since + reach - 1 is the account's earliest new transaction
+    wants_max = [
+        uses_max and (max_ts := histories[a].max_ts) is not None and max_ts >= since[a] + reach - 1 for a in to_read
+    ]
     cur.execute(_ACCOUNT_TAILS, (_array(to_read), _array(since[a] for a in to_read), _array(wants_max)))
     for account_id, ts, units, last_before, max_before in cur.fetchall():
         history = histories[account_id]
