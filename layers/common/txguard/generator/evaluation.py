@@ -77,9 +77,14 @@ class Evaluation:
     def overall(self) -> Metrics:
         return metrics(self.tp, self.fp, self.fn)
 
+    def counts(self, pattern: str) -> tuple[int, int]:
+        """The pattern's labelled transactions, and how many of them were flagged."""
+        flagged = self.flagged.get(pattern, 0)
+        return flagged + self.missed.get(pattern, 0), flagged
+
     def pattern_metrics(self, pattern: str) -> Metrics:
-        flagged, missed = self.flagged.get(pattern, 0), self.missed.get(pattern, 0)
-        recall = flagged / (flagged + missed) if flagged + missed else 0.0
+        total, flagged = self.counts(pattern)
+        recall = flagged / total if total else 0.0
         precision = self.overall.precision
         return Metrics(precision, recall, harmonic(precision, recall))
 
@@ -95,8 +100,8 @@ class Evaluation:
             "overall": {"precision": overall.precision, "recall": overall.recall, "f1": overall.f1},
             "patterns": {
                 p: {
-                    "transactions": self.flagged.get(p, 0) + self.missed.get(p, 0),
-                    "flagged": self.flagged.get(p, 0),
+                    "transactions": self.counts(p)[0],
+                    "flagged": self.counts(p)[1],
                     "recall": self.pattern_metrics(p).recall,
                     "f1": self.pattern_metrics(p).f1,
                 }
@@ -158,7 +163,7 @@ def render_text(e: Evaluation) -> str:
     ]
     for pattern in e.patterns:
         m = e.pattern_metrics(pattern)
-        flagged, total = e.flagged.get(pattern, 0), e.flagged.get(pattern, 0) + e.missed.get(pattern, 0)
+        total, flagged = e.counts(pattern)
         lines.append(f"{pattern:<{width}}  {total:>12,}  {flagged:>7,}  {m.recall:>6.3f}  {m.f1:>6.3f}")
     genuine = e.fp + e.tn
     rate = e.fp / genuine if genuine else 0.0
@@ -177,7 +182,7 @@ def render_markdown(e: Evaluation) -> str:
     ]
     for pattern in e.patterns:
         m = e.pattern_metrics(pattern)
-        flagged, total = e.flagged.get(pattern, 0), e.flagged.get(pattern, 0) + e.missed.get(pattern, 0)
+        total, flagged = e.counts(pattern)
         rows.append(f"| {pattern} | {total:,} | {flagged:,} | ({m.precision:.3f}) | {m.recall:.3f} | {m.f1:.3f} |")
     rows.append(f"| genuine | {e.fp + e.tn:,} | {e.fp:,} | | | |")
     rows += [
