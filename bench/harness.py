@@ -13,9 +13,9 @@ import psycopg2
 
 from txguard import db
 from txguard.local.postgres import Server, create_database, drop_database, find_or_start_server
-from txguard.migrate import migrate
+from txguard.migrate import migrate, service_login_role
 from txguard.rule_store import rule_cache
-from txguard.settings import SERVICE_ROLE, reload_settings
+from txguard.settings import reload_settings
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ def bench_database() -> Iterator[BenchDatabase]:
         admin_url = server.database_url(name)
         previous = os.environ.get("DATABASE_URL")
         try:
-            migrate(admin_url, SERVICE_ROLE)
-            os.environ["DATABASE_URL"] = server.database_url(name, user=SERVICE_ROLE)
+            migrate(admin_url, service_login_role(name))
+            os.environ["DATABASE_URL"] = server.database_url(name, user=service_login_role(name))
             db.reset_connection()
             rule_cache.clear()
             reload_settings()

@@ -17,8 +17,7 @@ import pytest
 
 from txguard import db
 from txguard.local.postgres import Server, create_database, drop_database, find_or_start_server
-from txguard.migrate import migrate
-from txguard.settings import SERVICE_ROLE
+from txguard.migrate import migrate, service_login_role
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS_DIR = ROOT / "events"
@@ -76,8 +75,8 @@ def migrated_database(pg_server: Server) -> Iterator[Database]:
     name = create_database(pg_server, prefix="txguard_test")
     admin_url = pg_server.database_url(name)
     try:
-        migrate(admin_url, SERVICE_ROLE)
-        yield Database(pg_server, name, admin_url, pg_server.database_url(name, user=SERVICE_ROLE))
+        migrate(admin_url, service_login_role(name))
+        yield Database(pg_server, name, admin_url, pg_server.database_url(name, user=service_login_role(name)))
     finally:
         db.reset_connection()
         drop_database(pg_server, name)
@@ -122,7 +121,7 @@ def database(migrated_database: Database, monkeypatch: pytest.MonkeyPatch) -> It
     present = {row[0] for row in migrated_database.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     tables = [t for t in (*_TABLES_TO_EMPTY, "fraud_labels") if t in present]
     migrated_database.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
-    migrate(migrated_database.admin_url, SERVICE_ROLE)  # re-seeds the default rule set
+    migrate(migrated_database.admin_url, service_login_role(migrated_database.name))  # re-seeds the default rule set
     monkeypatch.setenv("DATABASE_URL", migrated_database.service_url)
     db.reset_connection()
     yield migrated_database

@@ -1,17 +1,59 @@
-"""Migrations: applied once each, safe to run again and from several processes at once."""
+"""Migrations: applied once each, safe to run again and from several processes at once; and the roles they
+leave: each database's privileges belong to that database's own roles alone."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import psycopg2
+import psycopg2.errors
+import psycopg2.extras
 import pytest
 
-from tests.conftest import scratch_database
-from txguard.local.postgres import Server
-from txguard.migrate import available_migrations, migrate
-from txguard.settings import SERVICE_ROLE
+from tests.conftest import EmbeddedPostgres, admin_query, scratch_database
+from txguard.local.postgres import Server, create_database, database_in_url, with_database
+from txguard.migrate import (
+    NOT_FOR_THE_SERVICE,
+    SERVICE_GRANTS,
+    SHARED_ROLE,
+    MigrationError,
+    available_migrations,
+    drop_service_roles,
+    migrate,
+    role_name,
+    service_group_role,
+    service_login_role,
+)
 
 pytestmark = pytest.mark.integration
+
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+
+def _login(url: str) -> str:
+    database = database_in_url(url)
+    assert database is not None
+    return service_login_role(database)
+
+
+def _as(url: str, user: str) -> str:
+    database = database_in_url(url)
+    assert database is not None
+    return with_database(url, database, user)
+
+
+@contextmanager
+def _migrated(server: Server, prefix: str = "txguard_iso") -> Iterator[str]:
+    with scratch_database(server, prefix) as url:
+        migrate(url)
+        yield url
 
 
 def test_concurrent_migrate_runs_apply_each_migration_exactly_once(pg_server: Server) -> None:
@@ -21,7 +63,7 @@ def test_concurrent_migrate_runs_apply_each_migration_exactly_once(pg_server: Se
 
         def run() -> None:
             try:
-                applied.append([m.version for m in migrate(url, SERVICE_ROLE)])
+                applied.append([m.version for m in migrate(url, _login(url))])
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
@@ -34,9 +76,7 @@ def test_concurrent_migrate_runs_apply_each_migration_exactly_once(pg_server: Se
         assert errors == []
         every_version = [m.version for m in available_migrations()]
         assert sorted(v for versions in applied for v in versions) == every_version
-        assert migrate(url, SERVICE_ROLE) == []  # and once more: nothing to do
-
-        import psycopg2
+        assert migrate(url, _login(url)) == []  # and once more: nothing to do
 
         conn = psycopg2.connect(url)
         try:
@@ -45,7 +85,262 @@ def test_concurrent_migrate_runs_apply_each_migration_exactly_once(pg_server: Se
                 assert [row[0] for row in cur.fetchall()] == every_version
                 cur.execute("SELECT count(*) FROM rule_sets")
                 assert cur.fetchone() == (1,)  # the default rule set, seeded once
-                cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (SERVICE_ROLE,))
+                cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (_login(url),))
                 assert cur.fetchone() == (False,)
         finally:
             conn.close()
+
+
+def test_two_databases_on_one_server_each_login_reaches_only_its_own(pg_server: Server) -> None:
+    with _migrated(pg_server) as first, _migrated(pg_server) as second:
+        for own, other in ((first, second), (second, first)):
+            login = _login(own)
+            assert admin_query(_as(own, login), "SELECT count(*) FROM rule_sets") == [(1,)]
+
+            with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
+                psycopg2.connect(_as(other, login)).close()
+            # Nor would it read anything there if it were let in.
+            (granted,) = admin_query(
+                other,
+                "SELECT array_agg(c.relname) FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
+                "AND c.relkind = 'r' AND has_table_privilege(%s, c.oid, 'SELECT, INSERT, UPDATE')",
+                (login,),
+            )[0]
+            assert granted is None
+
+
+def test_a_login_of_another_database_is_refused_and_left_as_it_was(pg_server: Server) -> None:
+    with _migrated(pg_server) as first, scratch_database(pg_server, "txguard_iso") as second:
+        login = _login(first)
+        migrate(first, login, "first-stack-password")
+        password_before = admin_query(first, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (login,))
+
+        with pytest.raises(MigrationError) as refused:
+            migrate(second, login, "second-stack-password")
+
+        assert login in str(refused.value) and repr(database_in_url(first)) in str(refused.value)
+        assert admin_query(first, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (login,)) == password_before
+        assert admin_query(second, "SELECT to_regclass('schema_migrations')") == [(None,)]  # nothing applied
+        assert admin_query(_as(first, login), "SELECT count(*) FROM rule_sets") == [(1,)]
+
+
+def test_a_role_that_is_not_txguards_is_refused(pg_server: Server) -> None:
+    with scratch_database(pg_server, "txguard_iso") as url:
+        stranger = f"someone_{uuid.uuid4().hex[:8]}"
+        admin_query(url, f'CREATE ROLE "{stranger}" LOGIN')
+        try:
+            with pytest.raises(MigrationError, match=f"role '{stranger}' exists and is not a txguard role"):
+                migrate(url, stranger, "taken-over")
+            (admin,) = admin_query(url, "SELECT current_user")[0]
+            with pytest.raises(MigrationError, match="superuser or the administrator"):
+                migrate(url, admin, "taken-over")
+            assert admin_query(url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (stranger,)) == [(None,)]
+        finally:
+            admin_query(url, f'DROP ROLE "{stranger}"')
+
+
+def test_the_group_role_name_of_a_database_held_by_another_role_is_refused(pg_server: Server) -> None:
+    with scratch_database(pg_server, "txguard_iso") as url:
+        group = service_group_role(database_in_url(url) or "")
+        admin_query(url, f'CREATE ROLE "{group}"')
+        try:
+            with pytest.raises(MigrationError, match=f"role '{group}' exists and is not a txguard role"):
+                migrate(url)
+        finally:
+            admin_query(url, f'DROP ROLE "{group}"')
+
+
+def test_a_login_made_when_every_database_shared_one_group_role_is_adopted_and_leaves_it(
+    pg_server: Server,
+) -> None:
+    with scratch_database(pg_server, "txguard_iso") as url:
+        login = _login(url)
+        admin_query(url, f'CREATE ROLE "{login}" LOGIN')
+        admin_query(url, f'GRANT "{SHARED_ROLE}" TO "{login}"')  # txguard_service exists: roles are cluster-wide
+
+        migrate(url, login)
+
+        assert admin_query(
+            url,
+            "SELECT pg_has_role(%s, %s, 'MEMBER'), pg_has_role(%s, %s, 'MEMBER')",
+            (login, SHARED_ROLE, login, service_group_role(database_in_url(url) or "")),
+        ) == [(False, True)]
+        # The shared role keeps nothing in this database.
+        assert admin_query(
+            url,
+            "SELECT count(*) FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
+            "AND has_table_privilege(%s, c.oid, 'SELECT, INSERT, UPDATE, DELETE')",
+            (SHARED_ROLE,),
+        ) == [(0,)]
+
+
+def test_what_a_migration_grants_to_the_shared_role_reaches_the_databases_own_group(pg_server: Server) -> None:
+    with _migrated(pg_server) as url:
+        # What a migration written for the shared role does.
+        admin_query(url, "CREATE TABLE outbox_example (id bigint PRIMARY KEY)")
+        admin_query(url, f'GRANT SELECT, INSERT, DELETE ON outbox_example TO "{SHARED_ROLE}"')
+
+        migrate(url)
+
+        login = _login(url)
+        admin_query(_as(url, login), "INSERT INTO outbox_example VALUES (1)")
+        assert admin_query(_as(url, login), "DELETE FROM outbox_example RETURNING id") == [(1,)]
+        assert admin_query(
+            url, "SELECT has_table_privilege(%s, 'outbox_example', 'SELECT, INSERT, DELETE')", (SHARED_ROLE,)
+        ) == [(False,)]
+
+
+def test_every_table_is_listed_and_the_login_has_exactly_the_listed_privileges(pg_server: Server) -> None:
+    with _migrated(pg_server) as url:
+        login = _login(url)
+        tables = {t for (t,) in admin_query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+        assert tables <= set(SERVICE_GRANTS) | NOT_FOR_THE_SERVICE, "list every new table in SERVICE_GRANTS"
+        for table in tables:
+            held = {
+                p
+                for p in TABLE_PRIVILEGES
+                if admin_query(url, "SELECT has_table_privilege(%s, %s, %s)", (login, f"public.{table}", p))[0][0]
+            }
+            assert held == set(SERVICE_GRANTS.get(table, ())), table
+
+
+def test_the_login_cannot_create_in_schema_public_even_where_public_may(pg_server: Server) -> None:
+    with scratch_database(pg_server, "txguard_iso") as url:
+        # PostgreSQL 14 and older grant this by default.
+        admin_query(url, "GRANT CREATE ON SCHEMA public TO PUBLIC")
+
+        migrate(url)
+
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            admin_query(_as(url, _login(url)), "CREATE TABLE public.planted (id int)")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            admin_query(_as(url, _login(url)), "CREATE FUNCTION public.planted() RETURNS int LANGUAGE sql RETURN 1")
+
+
+def test_a_login_outlives_its_dropped_database_until_another_takes_it_and_is_dropped_with_that_one(
+    pg_server: Server,
+) -> None:
+    login = f"txguard_moving_{uuid.uuid4().hex[:8]}"
+    first = create_database(pg_server, prefix="txguard_iso")
+    migrate(pg_server.database_url(first), login)
+    # Dropped behind txguard's back: its roles stay (they are cluster-wide), marked for a database gone.
+    _drop_database_only(pg_server, first)
+
+    with scratch_database(pg_server, "txguard_iso") as url:
+        migrate(url, login)
+        assert admin_query(_as(url, login), "SELECT count(*) FROM rule_sets") == [(1,)]
+        second = database_in_url(url) or ""
+
+    assert (
+        admin_query(
+            pg_server.admin_url,
+            "SELECT rolname FROM pg_roles WHERE rolname IN (%s, %s)",
+            (login, service_group_role(second)),
+        )
+        == []
+    )
+    assert drop_service_roles(pg_server.admin_url, first) == [service_group_role(first)]
+
+
+def _drop_database_only(server: Server, name: str) -> None:
+    conn = psycopg2.connect(server.admin_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+def test_role_names_fit_postgresql_and_stay_distinct() -> None:
+    long_a, long_b = "d" * 63, "d" * 62 + "e"
+
+    assert service_login_role("txguard") == "txguard_app"
+    assert service_group_role("txguard") == "txguard_access"
+    for name in (role_name(long_a, "_app"), role_name(long_b, "_app"), role_name("é" * 31 + "x", "_access")):
+        assert len(name.encode()) <= 63
+    assert role_name(long_a, "_app") != role_name(long_b, "_app")
+
+
+# --- the service password: never in clear ------------------------------------------------------------------
+
+
+def _scram_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """RFC 5802 / 7677: StoredKey and ServerKey, from the standard library alone."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    return hashlib.sha256(client_key).digest(), server_key
+
+
+@pytest.fixture
+def scram_server(own_postgres: EmbeddedPostgres) -> Iterator[tuple[EmbeddedPostgres, Path]]:
+    """The test's own server, logging every statement, and its log file."""
+    url = own_postgres.url
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("ALTER SYSTEM SET log_statement = 'all'")
+        cur.execute("SELECT pg_reload_conf()")
+    conn.close()
+    yield own_postgres, Path(own_postgres.instance.log)
+
+
+def test_the_password_is_sent_as_a_scram_verifier_and_logs_in_over_scram(
+    scram_server: tuple[EmbeddedPostgres, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, log = scram_server
+    password = f"Clear-{uuid.uuid4().hex}"
+    admin_url = with_database(server.url, "postgres")
+    url = with_database(server.url, create_database(Server(admin_url, embedded=True), prefix="txguard_scram"))
+    login = _login(url)
+
+    sent: list[str] = []
+    connect = psycopg2.connect
+
+    def capturing(*args: object, **kwargs: object) -> psycopg2.extensions.connection:
+        conn = connect(*args, connection_factory=psycopg2.extras.LoggingConnection, **kwargs)  # type: ignore[misc]
+        conn.initialize(_Sink(sent))
+        return conn
+
+    monkeypatch.setattr(psycopg2, "connect", capturing)
+    migrate(url, login, password)
+    monkeypatch.undo()
+
+    assert any("ALTER ROLE" in statement for statement in sent)
+    assert not [statement for statement in sent if password in statement]
+    assert password not in log.read_text(errors="replace")
+    assert any("SCRAM-SHA-256$" in line for line in log.read_text(errors="replace").splitlines())
+
+    (stored,) = admin_query(url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (login,))[0]
+    method, iterations_salt, keys = stored.split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key, server_key = keys.split(":")
+    assert (method, int(iterations)) == ("SCRAM-SHA-256", 4096)
+    expected = _scram_keys(password, base64.b64decode(salt), 4096)
+    assert (base64.b64decode(stored_key), base64.b64decode(server_key)) == expected
+
+    # Only SCRAM for this login from now on: the password must do, and the wrong one must not.
+    hba = Path(server.directory) / "pg_hba.conf"
+    hba.write_text(f"local all {login} scram-sha-256\n" + hba.read_text())
+    admin_query(admin_url, "SELECT pg_reload_conf()")
+    service = psycopg2.connect(_as(url, login), password=password)
+    try:
+        with service.cursor() as cur:
+            cur.execute("SELECT system_user, (SELECT count(*) FROM rule_sets)")
+            assert cur.fetchone() == (f"scram-sha-256:{login}", 1)
+    finally:
+        service.close()
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(_as(url, login), password="not-" + password).close()
+
+
+class _Sink:
+    """A file for LoggingConnection: keeps each statement as sent."""
+
+    def __init__(self, into: list[str]) -> None:
+        self._into = into
+
+    def write(self, text: str | bytes) -> None:
+        self._into.append(text.decode() if isinstance(text, bytes) else text)

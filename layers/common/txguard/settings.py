@@ -69,9 +69,6 @@ class ServiceSettings:
         )
 
 
-SERVICE_ROLE = os.environ.get("TXGUARD_DB_ROLE", "txguard_app")
-
-
 _service_settings: ServiceSettings | None = None
 
 

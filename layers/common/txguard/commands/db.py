@@ -10,14 +10,18 @@ import psycopg2
 
 from txguard.commands.common import add_database_argument, database_url
 from txguard.migrate import available_migrations, migrate
-from txguard.settings import SERVICE_ROLE
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="db_command", required=True)
     up = sub.add_parser("migrate", help="apply pending migrations, create the service role, seed the rules")
     add_database_argument(up)
-    up.add_argument("--role", default=SERVICE_ROLE, help="the service's login role (default: %(default)s)")
+    up.add_argument(
+        "--role",
+        default=None,
+        help="the service's login role (default: TXGUARD_DB_ROLE, else <database>_app); "
+        "refused when it belongs to another database",
+    )
     up.add_argument(
         "--password-env",
         default=None,
@@ -32,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     url = database_url(args)
     if args.db_command == "migrate":
         password = os.environ[args.password_env] if args.password_env else None
-        applied = migrate(url, args.role, password)
+        applied = migrate(url, args.role or os.environ.get("TXGUARD_DB_ROLE"), password)
         if applied:
             for migration in applied:
                 print(f"applied {migration.version:04d}_{migration.name}")

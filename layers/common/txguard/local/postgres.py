@@ -107,14 +107,14 @@ def service_database(name: str | None = None, default_name: str = "txguard") -> 
     `name` if given; else the database DATABASE_URL names, as given; else `default_name`, created if missing,
     on the server `find_or_start_server` finds (an embedded one is stopped on exit).
     """
-    from txguard.migrate import migrate
-    from txguard.settings import SERVICE_ROLE
+    from txguard.migrate import migrate, service_login_role
 
     with find_or_start_server() as server:
         database = name or database_in_url(os.environ.get("DATABASE_URL") or "") or default_name
         ensure_database(server, database)
-        migrate(server.database_url(database), SERVICE_ROLE)
-        yield server.database_url(database, user=SERVICE_ROLE)
+        login = os.environ.get("TXGUARD_DB_ROLE") or service_login_role(database)
+        migrate(server.database_url(database), login)
+        yield server.database_url(database, user=login)
 
 
 def without_password(url: str) -> str:
@@ -141,6 +141,9 @@ def create_database(server: Server, prefix: str = "txguard") -> str:
 
 
 def drop_database(server: Server, name: str) -> None:
+    """Drop the database and the roles migrate made for it (roles are cluster-wide: they would stay)."""
+    from txguard.migrate import drop_service_roles
+
     conn = psycopg2.connect(server.admin_url)
     try:
         conn.autocommit = True
@@ -148,3 +151,4 @@ def drop_database(server: Server, name: str) -> None:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     finally:
         conn.close()
+    drop_service_roles(server.admin_url, name)
