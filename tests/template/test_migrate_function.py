@@ -22,7 +22,7 @@ import pytest
 from tests.template.stack import ROOT
 from txguard import deploy_migrations
 from txguard.local.postgres import Server, create_database, drop_database
-from txguard.settings import SERVICE_ROLE
+from txguard.migrate import service_group_role, service_login_role
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +102,10 @@ class Deployment:
     database: str
     admin_url: str
 
+    @property
+    def login(self) -> str:
+        return service_login_role(self.database)
+
 
 @pytest.fixture
 def deployment(pg_server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
@@ -133,7 +137,8 @@ def deployment(pg_server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[D
             Name="admin", SecretString=json.dumps({"username": server.username, "password": server.password or "x"})
         )
         service = secrets.create_secret(
-            Name="service", SecretString=json.dumps({"username": SERVICE_ROLE, "password": "s3rvice-Passw0rd"})
+            Name="service",
+            SecretString=json.dumps({"username": service_login_role(database), "password": "s3rvice-Passw0rd"}),
         )
         monkeypatch.setenv("TXGUARD_MIGRATE_ADMIN_SECRET_ARN", admin["ARN"])
         monkeypatch.setenv("TXGUARD_DB_SECRET_ARN", service["ARN"])
@@ -182,13 +187,76 @@ def test_the_service_role_gets_the_password_held_in_its_secret(
     try:
         with conn, conn.cursor() as cur:
             cur.execute(
-                "SELECT rolpassword IS NOT NULL, rolcanlogin FROM pg_authid WHERE rolname = %s", (SERVICE_ROLE,)
+                "SELECT rolpassword IS NOT NULL, rolcanlogin FROM pg_authid WHERE rolname = %s", (deployment.login,)
             )
             assert cur.fetchone() == (True, True)
-            cur.execute("SELECT pg_has_role(%s, 'txguard_service', 'member')", (SERVICE_ROLE,))
+            cur.execute(
+                "SELECT pg_has_role(%s, %s, 'member')", (deployment.login, service_group_role(deployment.database))
+            )
             assert cur.fetchone() == (True,)
     finally:
         conn.close()
+
+
+def test_the_password_is_stored_as_a_scram_verifier_never_in_clear(
+    deployment: Deployment, cloudformation: CloudFormation
+) -> None:
+    deployment.app.lambda_handler(cloudformation.request("Create"), Context())
+
+    conn = psycopg2.connect(deployment.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (deployment.login,))
+            (stored,) = cur.fetchone()
+    finally:
+        conn.close()
+    assert stored.startswith("SCRAM-SHA-256$4096:") and "s3rvice-Passw0rd" not in stored
+    service = psycopg2.connect(deployment.admin_url, user=deployment.login, password="s3rvice-Passw0rd")
+    service.close()
+
+
+def test_a_second_stack_with_the_first_stacks_login_fails_and_leaves_it_alone(
+    deployment: Deployment, cloudformation: CloudFormation, pg_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stacks on one server: the second one's deploy is refused, not handed the first one's login."""
+    import boto3
+    from aws_lambda_powertools.utilities import parameters
+
+    deployment.app.lambda_handler(cloudformation.request("Create"), Context())
+    password_of = "SELECT rolpassword FROM pg_authid WHERE rolname = %s"
+    conn = psycopg2.connect(deployment.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(password_of, (deployment.login,))
+            before = cur.fetchone()
+    finally:
+        conn.close()
+    second = create_database(pg_server, prefix="txguard_cr_test")
+    try:
+        secret = boto3.client("secretsmanager").create_secret(
+            Name="second-service",
+            SecretString=json.dumps({"username": deployment.login, "password": "an0ther-Passw0rd"}),
+        )
+        monkeypatch.setenv("TXGUARD_DB_NAME", second)
+        monkeypatch.setenv("TXGUARD_DB_SECRET_ARN", secret["ARN"])
+        parameters.clear_caches()
+
+        deployment.app.lambda_handler(cloudformation.request("Create"), Context())
+
+        answer = cloudformation.answers[1]
+        assert answer["Status"] == "FAILED"
+        assert "MigrationError" in answer["Reason"] and deployment.login in answer["Reason"]
+        assert repr(deployment.database) in answer["Reason"]
+        assert _applied_versions(pg_server.database_url(second)) == []
+        conn = psycopg2.connect(deployment.admin_url)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(password_of, (deployment.login,))
+                assert cur.fetchone() == before
+        finally:
+            conn.close()
+    finally:
+        drop_database(pg_server, second)
 
 
 def test_an_update_with_nothing_new_applies_nothing_and_succeeds(
