@@ -334,3 +334,24 @@ def test_a_run_that_outlives_its_time_answers_failed_once(
     answer.succeeded("finished after all")
 
     assert [a["Status"] for a in cloudformation.answers] == ["FAILED"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "login"),
+    [
+        ({}, "txguard_app"),
+        ({"DatabaseName": "staging"}, "staging_app"),
+        ({"DatabaseName": "staging", "DatabaseServiceRole": "fraud_svc"}, "fraud_svc"),
+    ],
+)
+def test_the_stacks_login_defaults_to_its_databases_own(overrides: dict[str, str], login: str) -> None:
+    """Two stacks on one server have two databases, so by default two logins: neither is refused."""
+    from tests.template.stack import stack
+
+    deployed = stack(overrides)
+
+    secret = deployed.properties("ServiceSecret")["GenerateSecretString"]["SecretStringTemplate"]
+    assert json.loads(secret) == {"username": login}
+    assert login == (
+        overrides.get("DatabaseServiceRole") or service_login_role(overrides.get("DatabaseName", "txguard"))
+    )
