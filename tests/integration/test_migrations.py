@@ -18,6 +18,7 @@ import psycopg2.extras
 import pytest
 
 from tests.conftest import EmbeddedPostgres, admin_query, scratch_database
+from txguard.cli import main
 from txguard.local.postgres import Server, create_database, database_in_url, with_database
 from txguard.migrate import (
     NOT_FOR_THE_SERVICE,
@@ -122,6 +123,18 @@ def test_a_login_of_another_database_is_refused_and_left_as_it_was(pg_server: Se
         assert admin_query(first, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (login,)) == password_before
         assert admin_query(second, "SELECT to_regclass('schema_migrations')") == [(None,)]  # nothing applied
         assert admin_query(_as(first, login), "SELECT count(*) FROM rule_sets") == [(1,)]
+
+
+def test_the_command_line_reports_a_refused_login_in_one_line(
+    pg_server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _migrated(pg_server) as first, scratch_database(pg_server, "txguard_iso") as second:
+        code = main(["db", "migrate", "--database-url", second, "--role", _login(first)])
+
+        assert code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"txguard db migrate: role '{_login(first)}' is the login role of database")
+        assert "Traceback" not in err
 
 
 def test_a_role_that_is_not_txguards_is_refused(pg_server: Server) -> None:

@@ -9,7 +9,7 @@ import sys
 import psycopg2
 
 from txguard.commands.common import add_database_argument, database_url
-from txguard.migrate import available_migrations, migrate
+from txguard.migrate import MigrationError, available_migrations, migrate
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     url = database_url(args)
     if args.db_command == "migrate":
         password = os.environ[args.password_env] if args.password_env else None
-        applied = migrate(url, args.role or os.environ.get("TXGUARD_DB_ROLE"), password)
+        try:
+            applied = migrate(url, args.role or os.environ.get("TXGUARD_DB_ROLE"), password)
+        except MigrationError as exc:
+            print(f"txguard db migrate: {exc}", file=sys.stderr)
+            return 1
         if applied:
             for migration in applied:
                 print(f"applied {migration.version:04d}_{migration.name}")
