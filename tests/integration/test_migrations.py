@@ -125,6 +125,35 @@ def test_a_login_of_another_database_is_refused_and_left_as_it_was(pg_server: Se
         assert admin_query(_as(first, login), "SELECT count(*) FROM rule_sets") == [(1,)]
 
 
+def test_two_databases_racing_for_one_new_login_give_it_to_exactly_one(pg_server: Server) -> None:
+    login = f"txguard_raced_{uuid.uuid4().hex[:8]}"
+    with scratch_database(pg_server, "txguard_iso") as first, scratch_database(pg_server, "txguard_iso") as second:
+        outcomes: dict[str, BaseException | None] = {}
+        start = threading.Barrier(2)
+
+        def run(url: str) -> None:
+            start.wait()
+            try:
+                migrate(url, login, "raced-password")
+                outcomes[url] = None
+            except BaseException as exc:  # reported below
+                outcomes[url] = exc
+
+        threads = [threading.Thread(target=run, args=(url,)) for url in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        winners = [url for url, error in outcomes.items() if error is None]
+        (loser_error,) = [error for error in outcomes.values() if error is not None]
+        assert len(winners) == 1 and isinstance(loser_error, MigrationError), outcomes
+        (winner,) = winners
+        assert repr(database_in_url(winner)) in str(loser_error)
+        assert admin_query(_as(winner, login), "SELECT count(*) FROM rule_sets") == [(1,)]
+    assert admin_query(pg_server.admin_url, "SELECT count(*) FROM pg_roles WHERE rolname = %s", (login,)) == [(0,)]
+
+
 def test_the_command_line_reports_a_refused_login_in_one_line(
     pg_server: Server, capsys: pytest.CaptureFixture[str]
 ) -> None:
