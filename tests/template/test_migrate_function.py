@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
+from tests.conftest import admin_query
 from tests.template.stack import ROOT
 from txguard import deploy_migrations
 from txguard.local.postgres import Server, create_database, drop_database
@@ -26,6 +27,7 @@ from txguard.migrate import service_group_role, service_login_role
 
 pytestmark = pytest.mark.integration
 
+PASSWORD_OF = "SELECT rolpassword FROM pg_authid WHERE rolname = %s"
 STACK_ID = "arn:aws:cloudformation:us-east-1:123456789012:stack/txguard/1"
 
 
@@ -203,13 +205,7 @@ def test_the_password_is_stored_as_a_scram_verifier_never_in_clear(
 ) -> None:
     deployment.app.lambda_handler(cloudformation.request("Create"), Context())
 
-    conn = psycopg2.connect(deployment.admin_url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (deployment.login,))
-            (stored,) = cur.fetchone()
-    finally:
-        conn.close()
+    ((stored,),) = admin_query(deployment.admin_url, PASSWORD_OF, (deployment.login,))
     assert stored.startswith("SCRAM-SHA-256$4096:") and "s3rvice-Passw0rd" not in stored
     service = psycopg2.connect(deployment.admin_url, user=deployment.login, password="s3rvice-Passw0rd")
     service.close()
@@ -223,14 +219,7 @@ def test_a_second_stack_with_the_first_stacks_login_fails_and_leaves_it_alone(
     from aws_lambda_powertools.utilities import parameters
 
     deployment.app.lambda_handler(cloudformation.request("Create"), Context())
-    password_of = "SELECT rolpassword FROM pg_authid WHERE rolname = %s"
-    conn = psycopg2.connect(deployment.admin_url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(password_of, (deployment.login,))
-            before = cur.fetchone()
-    finally:
-        conn.close()
+    before = admin_query(deployment.admin_url, PASSWORD_OF, (deployment.login,))
     second = create_database(pg_server, prefix="txguard_cr_test")
     try:
         secret = boto3.client("secretsmanager").create_secret(
@@ -248,13 +237,7 @@ def test_a_second_stack_with_the_first_stacks_login_fails_and_leaves_it_alone(
         assert "MigrationError" in answer["Reason"] and deployment.login in answer["Reason"]
         assert repr(deployment.database) in answer["Reason"]
         assert _applied_versions(pg_server.database_url(second)) == []
-        conn = psycopg2.connect(deployment.admin_url)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(password_of, (deployment.login,))
-                assert cur.fetchone() == before
-        finally:
-            conn.close()
+        assert admin_query(deployment.admin_url, PASSWORD_OF, (deployment.login,)) == before
     finally:
         drop_database(pg_server, second)
 
