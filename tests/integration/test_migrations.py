@@ -122,6 +122,8 @@ def test_a_login_of_another_database_is_refused_and_left_as_it_was(pg_server: Se
         assert login in str(refused.value) and repr(database_in_url(first)) in str(refused.value)
         assert admin_query(first, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (login,)) == password_before
         assert admin_query(second, "SELECT to_regclass('schema_migrations')") == [(None,)]  # nothing applied
+        group = service_group_role(database_in_url(second) or "")
+        assert admin_query(second, "SELECT count(*) FROM pg_roles WHERE rolname = %s", (group,)) == [(0,)]
         assert admin_query(_as(first, login), "SELECT count(*) FROM rule_sets") == [(1,)]
 
 
