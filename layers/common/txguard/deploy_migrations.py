@@ -1,7 +1,9 @@
 """CloudFormation custom resource `Migrations`: the schema is ready when `sam deploy` finishes.
 
 Create and Update apply the pending migrations with the administrative secret and (re)set the service
-role's password from the service secret, both through RDS Proxy. Delete answers SUCCESS and touches
+login's password from the service secret (sent as a SCRAM-SHA-256 verifier, never in clear), both through
+RDS Proxy. A login that belongs to another database on the same server fails the deploy with a
+MigrationError naming it and that database, and changes nothing. Delete answers SUCCESS and touches
 nothing: deleting the stack never drops data. Every run is safe to repeat (see txguard.migrate).
 
 CloudFormation learns the outcome from a PUT of a small JSON document to a presigned URL. It is written
