@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2
 
 from txguard import db
 from txguard.local.postgres import Server, create_database, drop_database, find_or_start_server
 from txguard.migrate import migrate, service_login_role
-from txguard.rule_store import rule_cache
+from txguard.rule_store import apply_rule_set, rule_cache
 from txguard.settings import reload_settings
 
 
@@ -31,6 +32,16 @@ class BenchDatabase:
                 cur.execute(statement)
         finally:
             conn.close()
+
+    def apply_rules(self, document: dict[str, Any], comment: str) -> None:
+        """Store a rule set as the newest version, as `txguard rules apply` does, and drop the cached one."""
+        conn = psycopg2.connect(self.admin_url)
+        try:
+            with conn, conn.cursor() as cur:
+                apply_rule_set(cur, document, comment)
+        finally:
+            conn.close()
+        rule_cache.clear()
 
 
 @contextmanager

@@ -17,7 +17,6 @@ import psycopg2
 
 from bench.harness import BenchDatabase, timed
 from txguard.local.runner import FunctionRunner, Template
-from txguard.rule_store import apply_rule_set, rule_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000_000
@@ -122,13 +121,7 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
 
 
 def apply_empty_rule_set(database: BenchDatabase) -> None:
-    conn = psycopg2.connect(database.admin_url)
-    try:
-        with conn, conn.cursor() as cur:
-            apply_rule_set(cur, {"rules": []}, "bench: the write path without detection")
-    finally:
-        conn.close()
-    rule_cache.clear()
+    database.apply_rules({"rules": []}, "bench: the write path without detection")
 
 
 ROUNDS = 3

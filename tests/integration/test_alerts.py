@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import boto3
@@ -13,6 +14,8 @@ from moto import mock_aws
 from tests.conftest import Database
 from tests.integration.helpers import T0, apply_rules, rule, tx
 from txguard import alerts, service
+from txguard.currencies import money
+from txguard.detection import Transaction
 from txguard.settings import reload_settings
 
 pytestmark = pytest.mark.integration
@@ -65,3 +68,26 @@ def test_a_failure_to_publish_keeps_the_transaction_and_its_decision(
     results = service.store([tx(3, T0, "900.00")])
     assert results[0].decision.fraud
     assert database.query("SELECT account_id, fraud FROM transactions") == [(3, True)]
+
+
+@pytest.mark.parametrize(
+    ("currency", "given", "published"),
+    [("BHD", "600.1", "600.100"), ("JPY", "6E+2", "600"), ("EUR", "600.5", "600.50")],
+)
+def test_the_event_s_amount_and_explanations_have_the_currency_s_decimal_places(
+    database: Database, aws: Any, monkeypatch: pytest.MonkeyPatch, currency: str, given: str, published: str
+) -> None:
+    queue_url = bus_to_queue(aws, "txguard-fraud")
+    monkeypatch.setenv("TXGUARD_EVENT_BUS_NAME", "txguard-fraud")
+    reload_settings()
+    apply_rules(database, [rule("big", "amount > 500 AND amount >= max_amount")])
+    first = Transaction(4100, 4, T0, Decimal("1.5"), currency)
+    service.store([first, Transaction(4101, 4, T0 + 1, Decimal(given), currency)])
+    (message,) = aws.client("sqs").receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    detail = json.loads(message["Body"])["detail"]
+    assert (detail["amount"], detail["currency"]) == (published, currency)
+    largest = money(Decimal("1.5"), currency)
+    assert detail["reasons"][0]["explanation"] == (
+        f"amount {published} is more than 500; amount {published} is at least the largest of the 1 previous amounts "
+        f"({largest})"
+    )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Database, load_event
+from tests.integration.helpers import apply_rules, rule
 from txguard.local.runner import FunctionRunner, Template
 from txguard.observability import metrics
 
@@ -131,3 +132,46 @@ def test_the_sample_openapi_event_returns_the_committed_document(runner: Functio
     response = invoke(runner, "DetectFunction", load_event("openapi.json"))
     assert response["statusCode"] == 200
     assert json.loads(response["body"]) == json.loads((ROOT / "docs" / "openapi.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("currency", "amounts", "shown", "explanation"),
+    [
+        (
+            "BHD",
+            ["0.125"] * 5 + ["0.004"],
+            "0.004",
+            "amount 0.004 is less than 0.9 × the mean of the 5 previous transactions (0.125)",
+        ),
+        (
+            "JPY",
+            ["1200.0", 1201, 900],
+            "900",
+            "amount 900 is less than 0.9 × the mean of the 2 previous transactions (1201)",
+        ),
+        (
+            "EUR",
+            ["10.00", "10.05", 7.1],
+            "7.10",
+            "amount 7.10 is less than 0.9 × the mean of the 2 previous transactions (10.03)",
+        ),
+    ],
+)
+def test_amounts_in_responses_and_explanations_have_the_currency_s_decimal_places(
+    runner: FunctionRunner, database: Database, currency: str, amounts: list[object], shown: str, explanation: str
+) -> None:
+    apply_rules(database, [rule("below_mean", "amount < 0.9 * mean_amount")])
+    batch = [
+        {"account_id": 77, "transaction_id": 7700 + i, "timestamp": 1714564800000 + i * 1000, "amount": amount}
+        | {"currency": currency}
+        for i, amount in enumerate(amounts)
+    ]
+    stored = invoke(
+        runner, "IngestFunction", load_event("store_data.json") | {"body": json.dumps({"transactions": batch})}
+    )
+    last = json.loads(stored["body"])["results"][-1]
+    assert last["transaction"]["amount"] == shown
+    assert [r["explanation"] for r in last["decision"]["reasons"]] == [explanation]
+    event = load_event("is_fraud.json") | {"path": "/is_fraud/77", "pathParameters": {"account": "77"}}
+    (flagged,) = json.loads(invoke(runner, "DetectFunction", event)["body"])["events"]
+    assert flagged["amount"] == shown and [r["explanation"] for r in flagged["reasons"]] == [explanation]

@@ -1,7 +1,9 @@
 """The Python engine and the SQL function detect_fraud flag exactly the same transactions with the same rules.
 
-Random histories (Hypothesis) with bursts, equal timestamps, several accounts sharing merchants, and random
-rule sets drawn from the grammar; stored in random batches and, separately, in shuffled order.
+Random histories (Hypothesis) with bursts, equal timestamps, several accounts (in EUR, BHD and JPY) sharing
+merchants, and random rule sets drawn from the grammar; stored in random batches and, separately, in shuffled
+order. Constants with many digits, far below one or far above any amount, mean the same number in both, or the
+rule set is refused when applied.
 """
 
 from __future__ import annotations
@@ -10,28 +12,69 @@ import itertools
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Database
-from tests.integration.helpers import T0, apply_rules, python_decisions, recompute, sql_decisions, store
+from tests.integration.helpers import T0, apply_rules, python_decisions, recompute, rule, sql_decisions, store
+from txguard.currencies import MINOR_UNITS
 from txguard.detection import Transaction
 from txguard.features import FEATURES
+from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, RuleSetError
 
 pytestmark = pytest.mark.integration
 
 _example = itertools.count(1)
 
 gaps = st.sampled_from([0, 1, 400, 1_999, 2_000, 59_999, 60_000, 61_000, 3_599_999, 3_600_000, 86_400_000, 90_000_000])
-amounts = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("5000"), places=2)
+currencies = ["EUR", "BHD", "JPY"]
 comparable = sorted(set(FEATURES) - {"amount"})
 operators = st.sampled_from(["<", "<=", ">", ">=", "=", "!="])
 constants = st.sampled_from(["0", "1", "2", "5", "10", "60", "100", "1000"])
 factors = st.sampled_from(["0.5", "0.9", "1", "2", "3"])
 
 
+def amounts(currency: str) -> st.SearchStrategy[Decimal]:
+    places = MINOR_UNITS[currency]
+    return st.decimals(min_value=Decimal(1).scaleb(-places), max_value=Decimal("5000"), places=places)
+
+
 @st.composite
-def comparisons(draw: st.DrawFn) -> str:
+def extreme_constants(draw: st.DrawFn) -> str:
+    """A plain decimal of up to 35 digits scaled from 10^-46 to 10^23: within the limits and beyond them."""
+    coefficient = draw(st.integers(1, 10 ** draw(st.integers(1, 35))))
+    return format(Decimal(f"{coefficient}E{draw(st.integers(-46, 3))}"), "f")  # the constructor never rounds
+
+
+@st.composite
+def near_constants(draw: st.DrawFn) -> str:
+    """Many digits just around the features' values (1/3, 0.9, 1, 2, 3): where rounding would change a verdict."""
+    digits = draw(st.integers(1, MAX_DECIMAL_PLACES + 3))
+    return draw(
+        st.sampled_from(
+            [
+                "0." + "3" * digits,
+                "0." + "9" * digits,
+                "1." + "0" * (digits - 1) + "1",
+                "2." + "9" * digits,
+                "3" * min(digits, MAX_INTEGER_DIGITS + 2),
+            ]
+        )
+    )
+
+
+long_constants = st.one_of(extreme_constants(), near_constants())
+
+
+def beyond_the_limits(constant: str) -> bool:
+    whole, _, fraction = constant.partition(".")
+    return len(whole.lstrip("0")) > MAX_INTEGER_DIGITS or len(fraction.rstrip("0")) > MAX_DECIMAL_PLACES
+
+
+@st.composite
+def comparisons(
+    draw: st.DrawFn, constants: st.SearchStrategy[str] = constants, factors: st.SearchStrategy[str] = factors
+) -> str:
     left = draw(st.sampled_from(["amount", *comparable]))
     if draw(st.booleans()):
         return f"{left} {draw(operators)} {draw(constants)}"
@@ -39,21 +82,21 @@ def comparisons(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def conditions(draw: st.DrawFn) -> str:
-    parts = draw(st.lists(comparisons(), min_size=1, max_size=3))
+def conditions(draw: st.DrawFn, **numbers: st.SearchStrategy[str]) -> str:
+    parts = draw(st.lists(comparisons(**numbers), min_size=1, max_size=3))
     joiners = [draw(st.sampled_from([" AND ", " OR "])) for _ in parts[1:]]
     return parts[0] + "".join(j + p for j, p in zip(joiners, parts[1:], strict=True))
 
 
 @st.composite
-def rule_sets(draw: st.DrawFn) -> list[dict[str, object]]:
+def rule_sets(draw: st.DrawFn, **numbers: st.SearchStrategy[str]) -> list[dict[str, object]]:
     rules = []
     for index in range(draw(st.integers(1, 4))):
         rules.append(
             {
                 "id": f"r{index}",
                 "description": "generated",
-                "when": draw(conditions()),
+                "when": draw(conditions(**numbers)),
                 "score": draw(st.sampled_from(["0.2", "0.5", "0.75", "1"])),
                 "mode": draw(st.sampled_from(["active", "active", "shadow"])),
                 "enabled": draw(st.booleans()) or index == 0,
@@ -62,24 +105,30 @@ def rule_sets(draw: st.DrawFn) -> list[dict[str, object]]:
     return rules
 
 
+Row = tuple[int, int, Decimal, str, str | None]
+
+
 @st.composite
-def histories(draw: st.DrawFn) -> list[tuple[int, int, Decimal, str | None]]:
-    """(account slot 0-2, timestamp, amount, merchant slot) in time order."""
+def histories(draw: st.DrawFn) -> list[Row]:
+    """(account slot 0-2, timestamp, amount, currency, merchant slot) in time order; one currency per account."""
+    account_currency = draw(st.lists(st.sampled_from(currencies), min_size=3, max_size=3))
     ts = T0
     rows = []
     for _ in range(draw(st.integers(1, 30))):
         ts += draw(gaps)
         merchant = draw(st.sampled_from([None, "a", "b"]))
-        rows.append((draw(st.integers(0, 2)), ts, draw(amounts), merchant))
+        slot = draw(st.integers(0, 2))
+        currency = account_currency[slot]
+        rows.append((slot, ts, draw(amounts(currency)), currency, merchant))
     return rows
 
 
-def materialise(rows: list[tuple[int, int, Decimal, str | None]]) -> tuple[list[Transaction], list[int]]:
+def materialise(rows: list[Row]) -> tuple[list[Transaction], list[int]]:
     example = next(_example)  # fresh accounts and merchants per example: no clean-up needed between them
     accounts = [example * 10 + slot for slot in range(3)]
     batch = [
-        Transaction(example * 1000 + i, accounts[slot], ts, amount, "EUR", None if m is None else f"m{example}{m}")
-        for i, (slot, ts, amount, m) in enumerate(rows)
+        Transaction(example * 1000 + i, accounts[slot], ts, amount, currency, None if m is None else f"m{example}{m}")
+        for i, (slot, ts, amount, currency, m) in enumerate(rows)
     ]
     return batch, accounts
 
@@ -88,7 +137,7 @@ def materialise(rows: list[tuple[int, int, Decimal, str | None]]) -> tuple[list[
 @given(rows=histories(), rules=rule_sets(), cuts=st.lists(st.integers(1, 30), max_size=4))
 def test_stored_decisions_python_and_sql_agree_for_histories_stored_in_order(
     database: Database,
-    rows: list[tuple[int, int, Decimal, str | None]],
+    rows: list[Row],
     rules: list[dict[str, object]],
     cuts: list[int],
 ) -> None:
@@ -114,7 +163,7 @@ def test_stored_decisions_python_and_sql_agree_for_histories_stored_in_order(
 @given(rows=histories(), rules=rule_sets(), order=st.randoms(use_true_random=False))
 def test_python_and_sql_agree_whatever_order_the_history_arrived_in(
     database: Database,
-    rows: list[tuple[int, int, Decimal, str | None]],
+    rows: list[Row],
     rules: list[dict[str, object]],
     order: object,
 ) -> None:
@@ -125,3 +174,44 @@ def test_python_and_sql_agree_whatever_order_the_history_arrived_in(
         store(batch[start : start + 4])
     for account in accounts:
         assert python_decisions(recompute(account)) == sql_decisions(database, account)
+
+
+def test_a_constant_with_more_digits_than_python_s_default_precision_means_the_same_in_sql(
+    database: Database,
+) -> None:
+    # 0.333...3 (31 digits) × the mean 3.00 is just below 1.00: rounded to 28 digits it was 1, and not exceeded.
+    apply_rules(database, [rule("third", "amount > 0.3333333333333333333333333333333 * mean_amount", "0.9")])
+    stored = store(
+        [Transaction(1210, 121, T0, Decimal("3.00"), "EUR"), Transaction(1211, 121, T0 + 1000, Decimal("1.00"), "EUR")]
+    )
+    assert [(r.decision.fraud, r.decision.score) for r in stored] == [(False, Decimal("0")), (True, Decimal("0.9"))]
+    assert sql_decisions(database, 121)[1211] == (True, Decimal("0.9000"), ["third"], [])
+    assert python_decisions(recompute(121)) == sql_decisions(database, 121)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=histories(), rules=rule_sets(constants=long_constants, factors=long_constants))
+def test_long_and_extreme_constants_mean_the_same_in_python_and_sql_or_are_refused_when_applied(
+    database: Database, rows: list[Row], rules: list[dict[str, object]]
+) -> None:
+    numbers = [token for r in rules for token in str(r["when"]).replace("*", " ").split() if token[0].isdigit()]
+    too_long = [number for number in numbers if beyond_the_limits(number)]
+    event("refused" if too_long else "applied")
+    if too_long:
+        versions = database.query("SELECT max(version) FROM rule_sets")
+        with pytest.raises(RuleSetError) as refused:
+            apply_rules(database, rules)
+        shown = too_long[0] if len(too_long[0]) <= 60 else f"{too_long[0][:28]}...{too_long[0][-28:]}"
+        assert f"the constant {shown} at position" in str(refused.value)
+        assert "at most" in str(refused.value)
+        assert database.query("SELECT max(version) FROM rule_sets") == versions
+        return
+    apply_rules(database, rules)
+    batch, accounts = materialise(rows)
+    stored = {r.transaction.transaction_id: r.decision for r in store(batch)}
+    for account in accounts:
+        in_python = python_decisions(recompute(account))
+        assert in_python == sql_decisions(database, account)
+        assert {tid: (d.fraud, d.score) for tid, d in stored.items() if tid in in_python} == {
+            tid: (fraud, score) for tid, (fraud, score, _, _) in in_python.items()
+        }

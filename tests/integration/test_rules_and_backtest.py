@@ -15,7 +15,7 @@ from txguard.cli import main
 from txguard.local.runner import FunctionRunner, Template
 from txguard.queries import flagged_transactions
 from txguard.rule_engine import CompiledRuleSet
-from txguard.rule_language import validate_rule_set
+from txguard.rule_language import MAX_COMPARISONS, MAX_NESTING_DEPTH, MAX_RULES, RuleSetError, validate_rule_set
 from txguard.rule_store import rule_cache
 
 pytestmark = pytest.mark.integration
@@ -104,3 +104,97 @@ def test_db_status_lists_every_migration_as_applied(database: Database, capsys: 
     lines = capsys.readouterr().out.splitlines()
     assert lines and all("applied" in line for line in lines)
     assert lines[0].startswith("0001_core_schema")
+
+
+# --- rule sets beyond the cost limits: refused on every path, nothing stored ---------------------------
+
+_COSTLY = {
+    "nested": (
+        {"rules": [rule("deep", "(" * 330 + "amount > 1" + ")" * 330)]},
+        f"rule 'deep' (#1): when: nested too deeply at position {MAX_NESTING_DEPTH + 1}: "
+        f"at most {MAX_NESTING_DEPTH} levels of parentheses",
+    ),
+    "comparisons": (
+        {"rules": [rule(f"r{i}", " AND ".join(["count > 1"] * 10)) for i in range(11)]},
+        f"rule set: rules: 110 comparisons in all, at most {MAX_COMPARISONS}",
+    ),
+    "rules": (
+        {"rules": [rule(f"r{i}", "amount > 1") for i in range(MAX_RULES + 1)]},
+        f"rule set: rules: List should have at most {MAX_RULES} items",
+    ),
+    "constant": (
+        {"rules": [rule("third", "amount > 0." + "3" * 41 + " * mean_amount")]},
+        f"rule 'third' (#1): when: the constant 0.{'3' * 41} at position 10 has 41 decimal places, at most 40",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_COSTLY))
+def test_rules_apply_refuses_a_costly_rule_set_naming_the_limit_and_stores_nothing(
+    database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    document, complaint = _COSTLY[kind]
+    versions = database.query("SELECT version, document FROM rule_sets ORDER BY version")
+    path = tmp_path / "costly.json"
+    path.write_text(json.dumps(document))
+    assert cli(database, "rules", "apply", str(path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rule set rejected, nothing changed:") and complaint in err
+    assert "Traceback" not in err
+    assert database.query("SELECT version, document FROM rule_sets ORDER BY version") == versions
+
+
+@pytest.mark.parametrize("kind", sorted(_COSTLY))
+def test_backtest_refuses_a_costly_rule_set_naming_the_limit(
+    database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    document, complaint = _COSTLY[kind]
+    store([tx(11, T0, "10.00")])
+    path = tmp_path / "costly.json"
+    path.write_text(json.dumps(document))
+    assert cli(database, "backtest", "--rules", str(path)) == 1
+    captured = capsys.readouterr()
+    assert complaint in captured.err and "Traceback" not in captured.err
+    assert "transactions evaluated" not in captured.out
+
+
+@pytest.mark.parametrize("command", [["rules", "apply"], ["backtest", "--rules"]])
+def test_a_rules_file_nested_too_deeply_for_json_is_refused_and_nothing_stored(
+    database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    versions = database.query("SELECT count(*) FROM rule_sets")
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    assert cli(database, *command, str(path)) == 2
+    assert capsys.readouterr().err.strip().endswith(f"cannot read {path}: its JSON is nested too deeply")
+    assert database.query("SELECT count(*) FROM rule_sets") == versions
+
+
+def _store_unchecked(database: Database, document: dict[str, object]) -> int:
+    """A version written straight into the table, as one stored before today's limits would be."""
+    rows = database.query(
+        "INSERT INTO rule_sets (version, document, comment) SELECT max(version) + 1, %s, 'by hand' FROM rule_sets "
+        "RETURNING version",
+        (json.dumps(document),),
+    )
+    return int(rows[0][0])
+
+
+def test_a_stored_version_beyond_the_limits_is_refused_by_the_loader_and_the_api_answers_503(
+    database: Database,
+) -> None:
+    costly = validate_rule_set({"rules": [rule("big", " AND ".join(["count >= 0"] * 60))]}).document()
+    costly["rules"].append({**costly["rules"][0], "id": "big2"})  # 120 comparisons: over the budget
+    version = _store_unchecked(database, costly)
+    rule_cache.clear()
+    with pytest.raises(RuleSetError) as refused:
+        store([tx(12, T0, "10.00")])
+    assert refused.value.problems == [
+        f"stored version {version}: rule set: rules: 120 comparisons in all, at most {MAX_COMPARISONS} "
+        "(the largest rules: 'big2' 60, 'big' 60)"
+    ]
+    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    answer = json.loads(runner.call("IngestFunction", load_event("store_data.json")).output)
+    assert answer["statusCode"] == 503
+    assert json.loads(answer["body"])["error"]["code"] == "rules_unavailable"
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]

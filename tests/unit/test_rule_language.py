@@ -4,7 +4,21 @@ from decimal import Decimal
 
 import pytest
 
-from txguard.rule_language import AllOf, AnyOf, Comparison, RuleSetError, parse_condition, validate_rule_set
+from txguard.rule_language import (
+    MAX_COMPARISONS,
+    MAX_DECIMAL_PLACES,
+    MAX_INTEGER_DIGITS,
+    MAX_NESTING_DEPTH,
+    MAX_RULES,
+    MAX_WHEN_LENGTH,
+    AllOf,
+    AnyOf,
+    Comparison,
+    RuleSetError,
+    comparison_count,
+    parse_condition,
+    validate_rule_set,
+)
 
 
 def rule(rule_id: str = "r", when: str = "amount > 100", **extra: object) -> dict[str, object]:
@@ -109,3 +123,88 @@ def test_the_stored_document_round_trips_with_its_parsed_condition() -> None:
         ]
     }
     assert validate_rule_set(document) == rule_set
+
+
+# --- what a rule set may cost: refused when validated, with the limit named ---------------------------
+
+
+def test_parentheses_nested_beyond_the_limit_are_refused_naming_the_limit() -> None:
+    deepest = "(" * MAX_NESTING_DEPTH + "amount > 1" + ")" * MAX_NESTING_DEPTH
+    assert parse_condition(deepest) == Comparison(feature="amount", op=">", value=Decimal(1))
+    for levels in (MAX_NESTING_DEPTH + 1, 330, 5000):
+        text = "(" * levels + "amount > 1" + ")" * levels
+        with pytest.raises(RuleSetError) as refused:
+            validate_rule_set({"rules": [rule("deep", text[:MAX_WHEN_LENGTH])]})
+        assert refused.value.problems == [
+            f"rule 'deep' (#1): when: nested too deeply at position {MAX_NESTING_DEPTH + 1}: "
+            f"at most {MAX_NESTING_DEPTH} levels of parentheses"
+        ]
+
+
+def test_a_rule_set_over_the_comparison_budget_is_refused_naming_the_largest_rules() -> None:
+    def chain(count: int) -> str:
+        return " AND ".join(["count > 1"] * count)
+
+    at_the_limit = [rule("a", chain(MAX_COMPARISONS - 1)), rule("b", "amount > 1")]
+    assert (
+        sum(comparison_count(r.condition) for r in validate_rule_set({"rules": at_the_limit}).rules) == MAX_COMPARISONS
+    )
+    with pytest.raises(RuleSetError) as refused:
+        validate_rule_set({"rules": [rule("a", chain(MAX_COMPARISONS - 1)), rule("b", "amount > 1 OR count > 2")]})
+    assert refused.value.problems == [
+        f"rule set: rules: {MAX_COMPARISONS + 1} comparisons in all, at most {MAX_COMPARISONS} "
+        f"(the largest rules: 'a' {MAX_COMPARISONS - 1}, 'b' 2)"
+    ]
+
+
+def test_more_rules_than_the_limit_are_refused() -> None:
+    assert len(validate_rule_set({"rules": [rule(f"r{i}") for i in range(MAX_RULES)]}).rules) == MAX_RULES
+    with pytest.raises(RuleSetError, match=f"rule set: rules: List should have at most {MAX_RULES} items"):
+        validate_rule_set({"rules": [rule(f"r{i}") for i in range(MAX_RULES + 1)]})
+
+
+def test_a_when_longer_than_the_limit_is_refused() -> None:
+    padded = "amount > 1" + " " * (MAX_WHEN_LENGTH - len("amount > 1"))
+    assert validate_rule_set({"rules": [rule("long", padded)]}).rules[0].when == padded
+    with pytest.raises(RuleSetError, match=f"rule 'long' \\(#1\\): when: .* at most {MAX_WHEN_LENGTH} characters"):
+        validate_rule_set({"rules": [rule("long", padded + " ")]})
+
+
+@pytest.mark.parametrize(
+    "constant",
+    [
+        "0.3333333333333333333333333333333",
+        "9" * MAX_INTEGER_DIGITS,
+        "9" * MAX_INTEGER_DIGITS + "." + "9" * MAX_DECIMAL_PLACES,
+        "0." + "0" * (MAX_DECIMAL_PLACES - 1) + "1",
+        "000000000000000000000000000042",  # leading zeros are not digits of the number
+        "1." + "0" * 100,  # nor are trailing zeros
+    ],
+)
+def test_constants_within_the_limits_keep_every_digit(constant: str) -> None:
+    rule_set = validate_rule_set(
+        {"rules": [rule("c", f"amount > {constant}"), rule("f", f"amount > {constant} * count")]}
+    )
+    assert [r.condition for r in rule_set.rules] == [
+        Comparison(feature="amount", op=">", value=Decimal(constant)),
+        Comparison(feature="amount", op=">", factor=Decimal(constant), other="count"),
+    ]
+    stored = rule_set.document()["rules"][0]["condition"]["value"]
+    assert Decimal(stored).compare_total(Decimal(constant)) == 0  # the same number, to the last digit
+
+
+@pytest.mark.parametrize(
+    ("constant", "complaint"),
+    [
+        ("1" + "0" * MAX_INTEGER_DIGITS, f"has {MAX_INTEGER_DIGITS + 1} digits before the decimal point, at most 18"),
+        ("0." + "0" * MAX_DECIMAL_PLACES + "1", f"has {MAX_DECIMAL_PLACES + 1} decimal places, at most 40"),
+        ("0." + "3" * 500, "has 500 decimal places, at most 40"),
+        ("7" * 1000, "has 1000 digits before the decimal point, at most 18"),
+    ],
+)
+def test_constants_beyond_the_limits_are_refused_naming_rule_constant_and_limit(constant: str, complaint: str) -> None:
+    with pytest.raises(RuleSetError) as refused:
+        validate_rule_set({"rules": [rule("ok"), rule("long", f"amount > {constant} * mean_amount")]})
+    (problem,) = refused.value.problems
+    shown = constant if len(constant) <= 60 else f"{constant[:28]}...{constant[-28:]}"
+    assert problem == f"rule 'long' (#2): when: the constant {shown} at position 10 {complaint}"

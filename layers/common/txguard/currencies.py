@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
+
 _ZERO = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX VND VUV XAF XOF XPF"
 _THREE = "BHD IQD JOD KWD LYD OMR TND"
 _FOUR = "CLF UYW"
@@ -20,3 +22,15 @@ MINOR_UNITS: dict[str, int] = {
     **dict.fromkeys(_THREE.split(), 3),
     **dict.fromkeys(_FOUR.split(), 4),
 }
+
+_QUANTUM = {currency: Decimal(1).scaleb(-places) for currency, places in MINOR_UNITS.items()}
+_FOUR_PLACES = Decimal("0.0001")  # the most any currency has
+
+
+def money(amount: Decimal, currency: str) -> str:
+    """An amount as text in the currency's minor units, rounded half up: BHD "0.125", JPY "129", EUR "41.20".
+
+    Every amount the service shows (responses, explanations, events) is written through this function.
+    A currency not in MINOR_UNITS gets four places.
+    """
+    return str(amount.quantize(_QUANTUM.get(currency, _FOUR_PLACES), rounding=ROUND_HALF_UP))

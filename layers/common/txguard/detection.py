@@ -78,7 +78,7 @@ def decisions_in_time_order(
             if wants_merchant:
                 merchant = merchants.get(t.merchant_id) if t.merchant_id else None
                 features.update(merchant_features(merchant, t.ts, needed))
-            decided.append((t, rules.decide(features, t.merchant_id)))
+            decided.append((t, rules.decide(features, t.merchant_id, t.currency)))
         for t, units in group:
             histories[t.account_id].add(t.ts, units)
             if t.merchant_id is not None:

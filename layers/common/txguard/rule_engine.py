@@ -2,7 +2,9 @@
 
 score = 1 - product(1 - weight) over the active rules that fire, rounded to four places;
 fraud = score >= the rule set's threshold. Shadow rules are evaluated and explained but never count.
-The SQL function detect_fraud (migrations/0002_detect_fraud.sql) implements the same arithmetic.
+The SQL function detect_fraud (migrations/0002_detect_fraud.sql) implements the same arithmetic: exact,
+so a constant of a rule means the same number here as in SQL (rule_language bounds its digits).
+Amounts in explanations are written in the transaction currency's minor units (BHD 0.125, JPY 129, EUR 41.20).
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from functools import cached_property
 from json.encoder import encode_basestring as _quote
 from typing import Any, NamedTuple
 
+from txguard.currencies import money
 from txguard.features import FEATURES, Features, FeatureValue, window_reach_ms
-from txguard.rule_language import AllOf, AnyOf, Comparison, Condition, RuleSet
+from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, AllOf, AnyOf, Comparison, Condition, RuleSet
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
@@ -35,9 +38,14 @@ _OPERATOR_WORDS = {
     "!=": "differs from",
 }
 _FOUR_PLACES = Decimal("0.0001")
+# factor × feature, exactly as PostgreSQL's numeric computes it: a factor has at most 58 significant digits
+# (rule_language's limits) and a feature far fewer than 40 (amounts up to 10^12 with four places, sums of
+# them, six-place means), so their product always fits; the default 28 digits would round it.
+_EXACT = Context(prec=MAX_INTEGER_DIGITS + MAX_DECIMAL_PLACES + 40)
 
-# A compiled condition returns None when it does not hold, else the sentences explaining why it does.
-Explainer = Callable[[Features, str | None], list[str] | None]
+# A compiled condition returns None when it does not hold, else the sentences explaining why it does;
+# it is given the features, the merchant id and the currency of the transaction.
+Explainer = Callable[[Features, str | None, str], list[str] | None]
 
 
 class Reason(NamedTuple):
@@ -108,11 +116,12 @@ class CompiledRuleSet:
         # Most transactions meet no rule: they all share this one decision (and its serialised forms).
         self._nothing_found = Decision(False, Decimal(0).quantize(_FOUR_PLACES), (), version)
 
-    def decide(self, features: Features, merchant_id: str | None = None) -> Decision:
+    def decide(self, features: Features, merchant_id: str | None, currency: str) -> Decision:
+        """The decision for one transaction's features; amounts in its explanations in `currency`'s minor units."""
         reasons: list[Reason] = []
         keep = Decimal(1)  # product of (1 - weight) over the active rules that fired
         for rule in self._rules:
-            sentences = rule.explain(features, merchant_id)
+            sentences = rule.explain(features, merchant_id, currency)
             if sentences is None:
                 continue
             reasons.append(Reason(rule.id, rule.mode, rule.weight, "; ".join(sentences)))
@@ -138,10 +147,10 @@ def _compile(condition: Condition) -> Explainer:
     if isinstance(condition, AllOf):
         parts = [_compile(c) for c in condition.all]
 
-        def all_hold(features: Features, merchant_id: str | None) -> list[str] | None:
+        def all_hold(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
             sentences: list[str] = []
             for part in parts:
-                found = part(features, merchant_id)
+                found = part(features, merchant_id, currency)
                 if found is None:
                     return None
                 sentences.extend(found)
@@ -151,9 +160,9 @@ def _compile(condition: Condition) -> Explainer:
     if isinstance(condition, AnyOf):
         choices = [_compile(c) for c in condition.any]
 
-        def any_holds(features: Features, merchant_id: str | None) -> list[str] | None:
+        def any_holds(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
             for choice in choices:
-                found = choice(features, merchant_id)
+                found = choice(features, merchant_id, currency)
                 if found is not None:
                     return found
             return None
@@ -164,6 +173,7 @@ def _compile(condition: Condition) -> Explainer:
 
 def _compile_comparison(comparison: Comparison) -> Explainer:
     compare = _OPERATORS[comparison.op]
+    multiply = _EXACT.multiply
     feature, other, constant = comparison.feature, comparison.other, comparison.value
     factor = comparison.factor if comparison.factor is not None else Decimal(1)
     # Everything in the explanation that does not depend on the transaction is prepared here, once.
@@ -175,7 +185,7 @@ def _compile_comparison(comparison: Comparison) -> Explainer:
         tail = f" {_OPERATOR_WORDS[comparison.op]} {times}"
         describe_right = _describer(other, left=False)
 
-    def holds(features: Features, merchant_id: str | None) -> list[str] | None:
+    def holds(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
         left = features.get(feature)
         if left is None:
             return None
@@ -184,42 +194,44 @@ def _compile_comparison(comparison: Comparison) -> Explainer:
             other_value = features.get(other)
             if other_value is None:
                 return None
-            right = factor * other_value
+            right = multiply(factor, other_value)
         else:
             right = constant
         if right is None or not compare(left, right):
             return None
-        sentence = describe_left(features, merchant_id) + tail
+        sentence = describe_left(features, merchant_id, currency) + tail
         if other is not None:
-            sentence += describe_right(features, merchant_id)
+            sentence += describe_right(features, merchant_id, currency)
         return [sentence]
 
     return holds
 
 
-def _describer(name: str, left: bool = True) -> Callable[[Features, str | None], str]:
+def _describer(name: str, left: bool = True) -> Callable[[Features, str | None, str], str]:
     """How a feature and its value read: "amount 912.00" on the left, "the mean of the 48 previous
-    transactions (41.20)" on either side, e.g. "amount 912.00 is more than 3 × the mean of ... (41.20)"."""
+    transactions (41.20)" on either side, e.g. "amount 912.00 is more than 3 × the mean of ... (41.20)";
+    amounts in the currency's minor units."""
     info = FEATURES[name]
-    fmt = _money if info.money else _plain
     label = info.label
     needs_format = "{" in label
+    show = _amount if info.money else _number
     if name == "amount" and left:
-        return lambda features, merchant_id: f"amount {fmt(features.get(name))}"
+        return lambda features, merchant_id, currency: f"amount {show(features.get(name), currency)}"
 
-    def describe(features: Features, merchant_id: str | None) -> str:
+    def describe(features: Features, merchant_id: str | None, currency: str) -> str:
         text = label.format(count=features.get("count"), merchant_id=merchant_id) if needs_format else label
-        return f"{text} ({fmt(features.get(name))})"
+        return f"{text} ({show(features.get(name), currency)})"
 
     return describe
 
 
-_CENTS = Decimal("0.01")
-
-
-def _money(value: FeatureValue) -> str:
+def _amount(value: FeatureValue, currency: str) -> str:
     if isinstance(value, Decimal):
-        return str(value.quantize(_CENTS, rounding=ROUND_HALF_UP))
+        return money(value, currency)
+    return _plain(value)
+
+
+def _number(value: FeatureValue, currency: str) -> str:
     return _plain(value)
 
 
@@ -228,4 +240,4 @@ def _plain(value: Decimal | int | None) -> str:
         return "none"
     if isinstance(value, int):
         return str(value)
-    return format(value.normalize(), "f")
+    return format(value.normalize(_EXACT), "f")  # the default context would round a long constant

@@ -9,6 +9,18 @@
 Examples: `amount < 0.9 * mean_amount`, `amount > 3 * mean_amount AND count >= 5`, `count_1m > 5`.
 User text is tokenised and parsed, never evaluated. The parsed form is stored next to the text
 (rule_sets.document) and is what both the Python engine and the SQL function read.
+
+What a rule set may cost is bounded when it is validated (applied, backtested, or loaded from the database),
+so that no rule set can make deciding a transaction slow or crash the parser:
+
+| limit | value | why |
+| --- | ---: | --- |
+| rules in a set | MAX_RULES = 50 | a rule that fires costs the most: its reason is built and stored |
+| comparisons in the whole set | MAX_COMPARISONS = 100 | each is evaluated, and explained when it holds |
+| characters in a `when` | MAX_WHEN_LENGTH = 2,000 | |
+| levels of parentheses in a `when` | MAX_NESTING_DEPTH = 10 | parsing and evaluating recurse per level |
+| digits of a constant before the point | MAX_INTEGER_DIGITS = 18 | numbers stay exact in Python and SQL alike |
+| decimal places of a constant | MAX_DECIMAL_PLACES = 40 | |
 """
 
 from __future__ import annotations
@@ -22,6 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from txguard.features import FEATURES
 
 Operator = Literal["<", "<=", ">", ">=", "=", "!="]
+
+MAX_RULES = 50
+MAX_COMPARISONS = 100
+MAX_WHEN_LENGTH = 2000
+MAX_NESTING_DEPTH = 10
+MAX_INTEGER_DIGITS = 18
+MAX_DECIMAL_PLACES = 40
 
 
 class Comparison(BaseModel):
@@ -56,7 +75,7 @@ class Rule(BaseModel):
 
     id: Annotated[str, Field(pattern=RULE_ID, description="lower-case letters, digits and underscores")]
     description: Annotated[str, Field(min_length=1, max_length=500)]
-    when: Annotated[str, Field(min_length=1, max_length=2000)]
+    when: Annotated[str, Field(min_length=1, max_length=MAX_WHEN_LENGTH)]
     score: Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)]
     enabled: bool = True
     mode: Literal["active", "shadow"] = "active"
@@ -78,7 +97,7 @@ class RuleSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)] = Decimal("0.5")
-    rules: Annotated[list[Rule], Field(max_length=200)]
+    rules: Annotated[list[Rule], Field(max_length=MAX_RULES)]
 
     @field_validator("rules")
     @classmethod
@@ -88,6 +107,17 @@ class RuleSet(BaseModel):
             if rule.id in seen:
                 raise ValueError(f"rule id {rule.id!r} is used twice")
             seen.add(rule.id)
+        return rules
+
+    @field_validator("rules")
+    @classmethod
+    def _within_the_cost_budget(cls, rules: list[Rule]) -> list[Rule]:
+        # Disabled rules count too: they are one `rules apply` of an edited file away from being evaluated.
+        sizes = sorted(((comparison_count(rule.condition), rule.id) for rule in rules), reverse=True)
+        total = sum(size for size, _ in sizes)
+        if total > MAX_COMPARISONS:
+            largest = ", ".join(f"{rule_id!r} {size}" for size, rule_id in sizes[:3])
+            raise ValueError(f"{total} comparisons in all, at most {MAX_COMPARISONS} (the largest rules: {largest})")
         return rules
 
     def document(self) -> dict[str, Any]:
@@ -133,9 +163,22 @@ _TOKEN = re.compile(
 )
 
 
+def comparison_count(condition: Condition | None) -> int:
+    """How many comparisons a condition holds: what evaluating it costs, at most."""
+    count, pending = 0, [condition]
+    while pending:  # a loop, not recursion: a stored document may be deeper than the parser allows
+        item = pending.pop()
+        if isinstance(item, Comparison):
+            count += 1
+        elif isinstance(item, AllOf | AnyOf):
+            pending.extend(item.all if isinstance(item, AllOf) else item.any)
+    return count
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
+        self.depth = 0
         self.tokens: list[tuple[str, str, int]] = []
         position = 0
         while position < len(text):
@@ -184,9 +227,16 @@ class _Parser:
     def term(self) -> Condition:
         token = self.peek()
         if token and token[:2] == ("punct", "("):
+            # Checked before descending: each level costs the parser (and the evaluators) stack frames.
+            if self.depth == MAX_NESTING_DEPTH:
+                raise ValueError(
+                    f"nested too deeply at position {token[2]}: at most {MAX_NESTING_DEPTH} levels of parentheses"
+                )
             self.index += 1
+            self.depth += 1
             inner = self.condition()
             self.take("punct", ")")
+            self.depth -= 1
             return inner
         return self.comparison()
 
@@ -201,7 +251,7 @@ class _Parser:
         op = self.take("op")[1]
         token = self.peek()
         if token and token[0] == "number":
-            number = _decimal(self.take("number")[1])
+            number = _constant(*self.take("number")[1:])
             following = self.peek()
             if following and following[:2] == ("punct", "*"):
                 self.index += 1
@@ -222,11 +272,28 @@ def _flatten(parts: list[Condition], kind: type[AllOf] | type[AnyOf]) -> list[Co
     return flat
 
 
-def _decimal(text: str) -> Decimal:
+def _constant(text: str, position: int) -> Decimal:
+    """A constant of the grammar, refused beyond the digits that Python and SQL both hold exactly."""
     try:
-        return Decimal(text)
+        number = Decimal(text)
     except InvalidOperation as exc:  # the tokenizer only lets digits through; kept for clarity
         raise ValueError(f"{text!r} is not a number") from exc
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # digits only: never NaN or infinite
+    significant = len("".join(map(str, digits)).lstrip("0"))
+    integer_digits = max(significant + exponent, 0)
+    places = len(text.partition(".")[2].rstrip("0"))
+    shown = text if len(text) <= 60 else f"{text[:28]}...{text[-28:]}"
+    if integer_digits > MAX_INTEGER_DIGITS:
+        raise ValueError(
+            f"the constant {shown} at position {position} has {integer_digits} digits before the decimal point, "
+            f"at most {MAX_INTEGER_DIGITS}"
+        )
+    if places > MAX_DECIMAL_PLACES:
+        raise ValueError(
+            f"the constant {shown} at position {position} has {places} decimal places, at most {MAX_DECIMAL_PLACES}"
+        )
+    return number
 
 
 def parse_condition(text: str) -> Condition:

@@ -97,8 +97,16 @@ def history(cur: psycopg2.extensions.cursor) -> list[StoredRuleSet]:
 
 
 def _stored(row: tuple[Any, ...]) -> StoredRuleSet:
+    """A stored version, validated like one being applied: the limits hold for versions stored before them too.
+
+    Raises RuleSetError naming the version and each problem.
+    """
     version_number, document, comment, created_at, created_by = row
-    return StoredRuleSet(int(version_number), RuleSet.model_validate(document), comment, created_at, created_by)
+    try:
+        rule_set = validate_rule_set(document)
+    except RuleSetError as exc:
+        raise RuleSetError([f"stored version {version_number}: {problem}" for problem in exc.problems]) from None
+    return StoredRuleSet(int(version_number), rule_set, comment, created_at, created_by)
 
 
 class RuleCache:

@@ -8,6 +8,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from txguard.alerts import publish_fraud_detected
+from txguard.currencies import money
 from txguard.db import run_in_transaction
 from txguard.detection import Transaction
 from txguard.ingest import StoreResult, store_transactions
@@ -55,12 +56,13 @@ def store(batch: list[Transaction]) -> list[StoreResult]:
 
 
 def fraud_event(result: StoreResult) -> dict[str, Any]:
+    """The FraudDetected event's detail: amount in the currency's minor units, score 0-1 as text."""
     t, d = result.transaction, result.decision
     return {
         "account_id": t.account_id,
         "transaction_id": t.transaction_id,
         "timestamp": t.ts,
-        "amount": str(t.amount),
+        "amount": money(t.amount, t.currency),
         "currency": t.currency,
         "merchant_id": t.merchant_id,
         "score": str(d.score),

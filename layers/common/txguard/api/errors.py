@@ -118,7 +118,7 @@ COMMON_ERRORS = {
     400: "malformed request (bad JSON, empty body, bad cursor)",
     401: "no API key",
     403: "wrong API key",
-    503: "database unavailable; nothing stored; retry after Retry-After seconds",
+    503: "database unavailable (retry after Retry-After seconds) or stored rule set unusable; nothing stored",
 }
 
 

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import orjson
 from aws_lambda_powertools.event_handler import Response, content_types
 
-from txguard.currencies import MINOR_UNITS
+from txguard.currencies import money
 from txguard.detection import Transaction
 from txguard.ingest import StoreResult
 from txguard.queries import Judged
 from txguard.rule_engine import Decision
-
-_QUANTUM = {currency: Decimal(1).scaleb(-places) for currency, places in MINOR_UNITS.items()}
-_FOUR_PLACES = Decimal("0.0001")
-
-
-def money(amount: Decimal, currency: str) -> str:
-    return str(amount.quantize(_QUANTUM.get(currency, _FOUR_PLACES)))
 
 
 def transaction_json(t: Transaction) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from txguard.db import DatabaseUnavailable
 from txguard.ingest import DuplicateIdConflict
 from txguard.observability import logger, metrics
 from txguard.queries import InvalidCursor
+from txguard.rule_language import RuleSetError
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 
@@ -162,6 +163,17 @@ def _register_error_handlers(app: TxguardResolver) -> None:
             "database_unavailable",
             "the database is unavailable; nothing was stored, retry later",
             headers={"Retry-After": str(error.retry_after_s)},
+        )
+
+    @app.exception_handler(RuleSetError)
+    def rules_unusable(error: RuleSetError) -> Response[str]:
+        # The newest stored version fails validation (stored before today's limits, or written by hand):
+        # nothing can be decided until an operator applies a valid rule set.
+        logger.error("the stored rule set cannot be used", extra={"problems": error.problems[:20]})
+        return error_response(
+            503,
+            "rules_unavailable",
+            "the stored rule set cannot be used; nothing was stored, retry after a valid rule set is applied",
         )
 
     @app.not_found
