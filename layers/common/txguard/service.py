@@ -37,7 +37,7 @@ class AccountNotFound(Exception):
         self.account_id = account_id
 
 
-@tracer.capture_method
+@tracer.capture_method(capture_response=False, capture_error=False)
 def store(batch: list[Transaction]) -> list[StoreResult]:
     max_age = service_settings().rules_cache_seconds
     results = run_in_transaction(lambda cur: store_transactions(cur, batch, rule_cache.current(cur, max_age)))
@@ -69,7 +69,7 @@ def fraud_event(result: StoreResult) -> dict[str, Any]:
     }
 
 
-@tracer.capture_method
+@tracer.capture_method(capture_response=False, capture_error=False)
 def account_view(account_id: int, limit: int, cursor: str | None, recompute: bool) -> AccountView:
     """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules."""
 
@@ -88,6 +88,6 @@ def account_view(account_id: int, limit: int, cursor: str | None, recompute: boo
     return view
 
 
-@tracer.capture_method
+@tracer.capture_method(capture_response=False, capture_error=False)
 def listing(account_id: int | None, from_ms: int | None, to_ms: int | None, limit: int, cursor: str | None) -> Page:
     return run_in_transaction(lambda cur: list_transactions(cur, account_id, from_ms, to_ms, limit, cursor))
