@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from txguard.alerts import publish_fraud_detected
+from txguard import outbox
 from txguard.db import run_in_transaction
 from txguard.detection import Transaction
 from txguard.ingest import StoreResult, store_transactions
@@ -38,19 +39,33 @@ class AccountNotFound(Exception):
 
 
 @tracer.capture_method(capture_response=False, capture_error=False)
-def store(batch: list[Transaction]) -> list[StoreResult]:
+def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = None) -> list[StoreResult]:
+    """Store a batch exactly once with its decisions; results in request order.
+
+    The FraudDetected alerts of newly flagged transactions are committed with them (the outbox), then
+    published within the call's budget (`remaining_ms`: the invocation's remaining time in ms, if any).
+    Raises DuplicateIdConflict (nothing stored) and DatabaseUnavailable (nothing stored, retry); a failure
+    to publish is never raised: the alert stays in the outbox for a later drain.
+    """
     max_age = service_settings().rules_cache_seconds
-    results = run_in_transaction(lambda cur: store_transactions(cur, batch, rule_cache.current(cur, max_age)))
+
+    def work(cur: Any) -> tuple[list[StoreResult], list[outbox.Claimed]]:
+        results = store_transactions(cur, batch, rule_cache.current(cur, max_age))
+        flagged = [fraud_event(r) for r in results if r.status == "stored" and r.decision.fraud]
+        return results, outbox.enqueue(cur, flagged)
+
+    results, claimed = run_in_transaction(work)
     stored = [r for r in results if r.status == "stored"]
-    flagged = [r for r in stored if r.decision.fraud]
+    flagged = sum(1 for r in stored if r.decision.fraud)
     metrics.add_metric(name="TransactionsStored", unit=MetricUnit.Count, value=len(stored))
     metrics.add_metric(name="DuplicateTransactions", unit=MetricUnit.Count, value=len(results) - len(stored))
-    metrics.add_metric(name="FraudDetected", unit=MetricUnit.Count, value=len(flagged))
+    metrics.add_metric(name="FraudDetected", unit=MetricUnit.Count, value=flagged)
     logger.info(
         "transactions stored",
-        extra={"stored": len(stored), "duplicates": len(results) - len(stored), "flagged": len(flagged)},
+        extra={"stored": len(stored), "duplicates": len(results) - len(stored), "flagged": flagged},
     )
-    publish_fraud_detected([fraud_event(r) for r in flagged])
+    if claimed:
+        outbox.publish(claimed, remaining_ms)
     return results
 
 

@@ -66,6 +66,7 @@ class ServiceSettings:
     max_future_skew_s: int
     event_bus_name: str | None
     list_max_limit: int
+    alert_publish_budget_ms: int  # the most an ingest call spends publishing alerts after its commit
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -76,6 +77,7 @@ class ServiceSettings:
             max_future_skew_s=_int("TXGUARD_MAX_FUTURE_SKEW_SECONDS", 86_400),
             event_bus_name=os.environ.get("TXGUARD_EVENT_BUS_NAME") or None,
             list_max_limit=_int("TXGUARD_LIST_MAX_LIMIT", 1000),
+            alert_publish_budget_ms=_int("TXGUARD_ALERT_PUBLISH_BUDGET_MS", 3000),
         )
 
 
