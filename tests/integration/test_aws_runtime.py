@@ -69,10 +69,10 @@ def conflicting_store_event(tmp_path: Path) -> Path:
     return path
 
 
-def test_the_handlers_answer_with_tracing_on_and_the_built_layer(
-    built_layer: Path, database: Database, conflicting_store_event: Path
-) -> None:
-    report = run_as_in_aws(
+@pytest.fixture
+def report(built_layer: Path, database: Database, conflicting_store_event: Path) -> dict[str, Any]:
+    """POST the sample transaction, POST its id again with other content, GET the account: as in AWS."""
+    return run_as_in_aws(
         built_layer,
         database,
         [
@@ -81,6 +81,11 @@ def test_the_handlers_answer_with_tracing_on_and_the_built_layer(
             ("functions/detect", EVENTS_DIR / "is_fraud.json"),
         ],
     )
+
+
+def test_the_handlers_answer_with_tracing_on_and_the_built_layer(
+    report: dict[str, Any], built_layer: Path, database: Database
+) -> None:
     assert [r["statusCode"] for r in report["responses"]] == [201, 409, 200], report["responses"]
     assert report["modules"]["txguard"].startswith(str(built_layer))
     assert report["modules"]["psycopg2"].startswith(str(built_layer))
@@ -88,18 +93,7 @@ def test_the_handlers_answer_with_tracing_on_and_the_built_layer(
     assert database.query("SELECT transaction_id FROM transactions") == [(stored["transaction_id"],)]
 
 
-def test_traces_carry_no_transaction_data_neither_responses_nor_error_messages(
-    built_layer: Path, database: Database, conflicting_store_event: Path
-) -> None:
-    report = run_as_in_aws(
-        built_layer,
-        database,
-        [
-            ("functions/ingest", EVENTS_DIR / "store_data.json"),
-            ("functions/ingest", conflicting_store_event),
-            ("functions/detect", EVENTS_DIR / "is_fraud.json"),
-        ],
-    )
+def test_traces_carry_no_transaction_data_neither_responses_nor_error_messages(report: dict[str, Any]) -> None:
     entities = [json.loads(line) for line in report["segments"]]
     names = {e["name"] for e in entities}
     # The decorators did record: the absence of data below is not the absence of traces.
