@@ -205,6 +205,7 @@ def test_alarms_cover_errors_throttles_api_5xx_and_latency_and_database_connecti
         ("AWS/ApiGateway", "Latency", "txguard-api,v1"),
         ("AWS/RDS", "DatabaseConnections", "DatabaseProxy"),
         ("AWS/RDS", "MaxDatabaseConnectionsAllowed", "DatabaseProxy"),
+        ("txguard", "AlertPublishFailures", "txguard"),
     }
     assert expected <= alarmed
 
