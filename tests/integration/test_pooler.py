@@ -7,12 +7,14 @@ jit=off must be set per transaction, and no session state may be relied on.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from typing import Any
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
 from tests.conftest import ROOT, Database, Pooler, load_event
 from tests.integration.helpers import T0, tx
@@ -99,3 +101,28 @@ def test_a_wait_on_another_transactions_lock_answers_busy_before_the_statement_t
         holder.rollback()
         holder.close()
     assert [r.status for r in service.store([tx(61, T0 + 1, "11.00")])] == ["stored"]
+
+
+@pytest.mark.parametrize("form", ["text", "bytes", "composed", "copy"])
+def test_the_settings_come_with_the_first_statement_whatever_its_form(
+    through_pooler: str, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    monkeypatch.setenv("TXGUARD_STATEMENT_TIMEOUT_MS", "4000")
+    db.reset_connection()
+    query = "SELECT current_setting('lock_timeout')"
+
+    def first_statement(cur: Any) -> str:
+        if form == "text":
+            cur.execute(query)
+        elif form == "bytes":
+            cur.execute(query.encode())
+        elif form == "composed":
+            cur.execute(sql.SQL("SELECT current_setting({})").format(sql.Literal("lock_timeout")))
+        else:
+            out = io.StringIO()
+            cur.copy_expert(f"COPY ({query}) TO STDOUT", out)
+            return out.getvalue().strip()
+        value: str = cur.fetchone()[0]
+        return value
+
+    assert db.run_in_transaction(first_statement) == "2s"
