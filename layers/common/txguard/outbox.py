@@ -57,8 +57,9 @@ class DrainResult:
     left: int  # claimed but not attempted for want of time; retried once their lease ends
 
 
-# One statement: insert the new alerts (already claimed by this caller) and claim up to %(claim)s due ones.
-# Data-modifying CTEs share one snapshot, so `due` never sees the rows `new` inserts.
+# One statement: insert the new alerts and claim up to %(claim)s due ones. With %(claim)s > 0 the new rows
+# are claimed by this caller too (attempts 1, leased) and returned; with 0 they are due at once for the
+# scheduled drain and not returned. Data-modifying CTEs share one snapshot: `due` never sees `new`'s rows.
 _ENQUEUE_AND_CLAIM = """
 WITH new AS (
     INSERT INTO alert_outbox (transaction_id, detail, attempts, next_attempt_at)
@@ -78,7 +79,7 @@ WITH new AS (
     )
     RETURNING o.id, o.detail
 )
-SELECT id, detail FROM new UNION ALL SELECT id, detail FROM due
+SELECT id, detail FROM new WHERE %(attempts)s > 0 UNION ALL SELECT id, detail FROM due
 """
 
 
