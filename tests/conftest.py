@@ -165,6 +165,8 @@ unix_socket_dir =
 auth_type = trust
 auth_file = {directory / "users.txt"}
 pool_mode = transaction
+log_connections = 0
+log_disconnections = 0
 default_pool_size = 2
 max_client_conn = 200
 ignore_startup_parameters = extra_float_digits
@@ -175,7 +177,9 @@ ignore_startup_parameters = extra_float_digits
         nobody = pwd.getpwnam("nobody")
         os.chown(directory, nobody.pw_uid, nobody.pw_gid)
         command[1:1] = ["-u", "nobody"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_path = directory / "pgbouncer.log"  # a file, not a pipe: an unread pipe would block it once full
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -184,8 +188,7 @@ ignore_startup_parameters = extra_float_digits
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    output = process.stdout.read() if process.stdout else ""
-                    pytest.fail(f"pgbouncer did not start: {output}")
+                    pytest.fail(f"pgbouncer did not start: {log_path.read_text()}")
                 time.sleep(0.05)
         yield Pooler("127.0.0.1", port)
     finally:
