@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint typecheck template-checks unit integration e2e bench build wheel openapi clean
+.PHONY: run test lint typecheck template-checks pgbouncer unit integration e2e bench build wheel openapi clean
 
 $(STAMP): pyproject.toml requirements-dev.txt layers/common/requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (the Lambda runtime is python3.11)"; exit 1; }
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements-dev.txt layers/common/requirements.txt
 run: $(STAMP)
 	$(BIN)/txguard local $(ARGS)
 
-test: lint typecheck template-checks
+test: lint typecheck template-checks pgbouncer
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -46,10 +46,17 @@ template-checks: $(STAMP)
 		assert all(m.__file__.startswith('$(CURDIR)/$(LAYER_BUILD)/') for m in (psycopg2, orjson)), (psycopg2.__file__, orjson.__file__); \
 		print('layer ok:', txguard.__file__, '| psycopg2', psycopg2.__version__, 'libpq', psycopg2.extensions.libpq_version())"
 
+# The tests run the service through PgBouncer in transaction mode, a pooler that refuses startup options
+# the way RDS Proxy does (tests/integration/test_pooler.py). Debian's package, installed once when missing.
+pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
+		echo "installing pgbouncer (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) pgbouncer
 	$(BIN)/python -m pytest -q tests/integration
 
 e2e: $(STAMP)

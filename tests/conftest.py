@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,7 +117,91 @@ def own_postgres() -> Iterator[EmbeddedPostgres]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-_TABLES_TO_EMPTY = ("transactions", "account_stats", "rule_sets")
+@dataclass(frozen=True)
+class Pooler:
+    """PgBouncer in transaction mode in front of the test server, as RDS Proxy sits in front of Aurora."""
+
+    host: str
+    port: int
+
+    def url(self, database: str, user: str | None = None) -> str:
+        """A URL through the pooler; by default as the database's own service login."""
+        return f"postgresql://{user or service_login_role(database)}@{self.host}:{self.port}/{database}"
+
+
+def _pgbouncer_binary() -> str:
+    found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None)
+    if found is None:
+        pytest.fail("pgbouncer is not installed: `make pgbouncer` installs Debian's package")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pooler(pg_server: Server, migrated_database: Database) -> Iterator[Pooler]:
+    """PgBouncer (pool_mode=transaction) started on a free port with an ini of its own, stopped at the end.
+
+    It refuses startup parameters it does not know ("unsupported startup parameter: options") the way
+    RDS Proxy refuses command-line options, and hands each transaction to whichever server connection is
+    free, so nothing set outside a transaction may be relied on.
+    """
+    target = psycopg2.extensions.parse_dsn(pg_server.admin_url)
+    directory = Path(tempfile.mkdtemp(prefix="txg-pgb-"))
+    users = {service_login_role(migrated_database.name): "", target.get("user", "postgres"): target.get("password", "")}
+    (directory / "users.txt").write_text("".join(f'"{u}" "{p}"\n' for u, p in users.items()))
+    port = _free_port()
+    (directory / "pgbouncer.ini").write_text(
+        f"""[databases]
+* = host={target.get("host", "127.0.0.1")} port={target.get("port", "5432")}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {directory / "users.txt"}
+pool_mode = transaction
+log_connections = 0
+log_disconnections = 0
+default_pool_size = 2
+max_client_conn = 200
+ignore_startup_parameters = extra_float_digits
+"""
+    )
+    command = [_pgbouncer_binary(), str(directory / "pgbouncer.ini")]
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        nobody = pwd.getpwnam("nobody")
+        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+        command[1:1] = ["-u", "nobody"]
+    log_path = directory / "pgbouncer.log"  # a file, not a pipe: an unread pipe would block it once full
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"pgbouncer did not start: {log_path.read_text()}")
+                time.sleep(0.05)
+        yield Pooler("127.0.0.1", port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+_TABLES_TO_EMPTY = ("transactions", "account_stats", "rule_sets", "alert_outbox")
 
 
 @pytest.fixture

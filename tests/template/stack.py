@@ -330,6 +330,7 @@ def encryption_violations(stack: Stack) -> list[str]:
         ("AWS::SecretsManager::Secret", "KmsKeyId"),
         ("AWS::Logs::LogGroup", "KmsKeyId"),
         ("AWS::SQS::Queue", "KmsMasterKeyId"),
+        ("AWS::Events::EventBus", "KmsKeyIdentifier"),
     ):
         for name, resource in stack.of_type(kind).items():
             if not resource["Properties"].get(key):
@@ -342,3 +343,49 @@ def encryption_violations(stack: Stack) -> list[str]:
         if env.get("TXGUARD_DB_HOST") and env.get("TXGUARD_DB_SSLMODE") != "verify-full":
             found.append(f"{name}: database connection does not verify the server certificate")
     return found
+
+
+def log_groups_left_to_aws(stack: Stack) -> list[str]:
+    """Log groups AWS would create on its own (no key, kept forever): not defined in the template with a
+    retention, or not there before their first line is written."""
+    defined = {
+        str(group["Properties"].get("LogGroupName", {}).get("Fn::Sub", "")): (name, group)
+        for name, group in stack.of_type("AWS::Logs::LogGroup").items()
+        if isinstance(group["Properties"].get("LogGroupName"), dict)
+    }
+    expected: list[tuple[str, str, list[str]]] = []  # (name, for what, resources that must wait for it)
+    for cluster, resource in stack.of_type("AWS::RDS::DBCluster").items():
+        instances = [
+            name
+            for name, instance in stack.of_type("AWS::RDS::DBInstance").items()
+            if instance["Properties"].get("DBClusterIdentifier") == {"Ref": cluster}
+        ]
+        for log in resource["Properties"].get("EnableCloudwatchLogsExports", []):
+            expected.append((f"/aws/rds/cluster/${{{cluster}}}/{log}", f"{cluster}'s {log} log", instances))
+    for stage_name, stage in stack.of_type("AWS::ApiGateway::Stage").items():
+        levels = {m.get("LoggingLevel", "OFF") for m in stage["Properties"].get("MethodSettings", [])}
+        if levels - {"OFF"}:
+            api = stage["Properties"]["RestApiId"]["Ref"]
+            name = f"API-Gateway-Execution-Logs_${{{api}}}/{stage['Properties']['StageName']}"
+            expected.append((name, f"{stage_name}'s execution log", []))
+    found = []
+    for name, what, waiting in expected:
+        if name not in defined:
+            found.append(f"{what}: log group {name} is left to AWS")
+            continue
+        group_name, group = defined[name]
+        if int(group["Properties"].get("RetentionInDays", 0)) <= 0:
+            found.append(f"{what}: {group_name} has no retention")
+        for resource in waiting:
+            depends = stack.resources[resource].get("DependsOn", [])
+            depends = [depends] if isinstance(depends, str) else depends
+            upstream = {d for r in depends for d in [r, *_depends_on(stack, r)]}
+            if group_name not in upstream:
+                found.append(f"{what}: {resource} may write before {group_name} exists")
+    return found
+
+
+def _depends_on(stack: Stack, name: str) -> list[str]:
+    depends = stack.resources.get(name, {}).get("DependsOn", [])
+    depends = [depends] if isinstance(depends, str) else list(depends)
+    return [d for r in depends for d in [r, *_depends_on(stack, r)]]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.template.stack import load_sam_template, reference, stack
+from tests.template.stack import load_sam_template, log_groups_left_to_aws, reference, stack
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:oncall"
 # max_connections of Aurora PostgreSQL Serverless v2 with a capacity range of 0.5-1 ACU, the smallest
@@ -111,6 +111,30 @@ def test_every_function_logs_json_to_a_log_group_of_its_own_with_a_retention() -
     assert len(set(groups)) == len(groups) == 4
 
 
+@pytest.mark.parametrize("overrides", [{}, {"DatabaseReaderInstance": "true"}], ids=["writer", "writer and reader"])
+def test_the_databases_log_and_the_apis_execution_log_are_ours_with_key_and_retention(
+    overrides: dict[str, str],
+) -> None:
+    deployed = stack(overrides)
+    assert deployed.properties("DatabaseCluster")["EnableCloudwatchLogsExports"] == ["postgresql"]
+    assert log_groups_left_to_aws(deployed) == []
+    for group in ("DatabaseLogGroup", "ApiExecutionLogGroup"):
+        assert deployed.properties(group)["KmsKeyId"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+
+
+def test_a_log_group_left_to_aws_or_created_too_late_is_caught() -> None:
+    def weaken(template: dict[str, Any]) -> None:
+        del template["Resources"]["ApiExecutionLogGroup"]
+        del template["Resources"]["DatabaseWriter"]["DependsOn"]
+
+    found = log_groups_left_to_aws(stack(mutate=weaken))
+    assert (
+        "TxguardApiv1Stage's execution log: log group API-Gateway-Execution-Logs_${TxguardApi}/v1 is left to AWS"
+        in found
+    )
+    assert "DatabaseCluster's postgresql log: DatabaseWriter may write before DatabaseLogGroup exists" in found
+
+
 def test_functions_and_the_api_are_traced_with_x_ray() -> None:
     deployed = stack()
     assert all(f["Properties"]["TracingConfig"] == {"Mode": "Active"} for f in deployed.functions.values())
@@ -123,9 +147,26 @@ def test_a_failed_scheduled_generation_lands_in_a_dead_letter_queue() -> None:
     deployed = stack()
     generator = deployed.properties("GenerateFunction")
     assert generator["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": ["GenerateDeadLetterQueue", "Arn"]}}
-    (rule,) = deployed.of_type("AWS::Events::Rule").values()
-    assert rule["Properties"]["ScheduleExpression"] == "rate(5 minutes)"
-    assert rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["GenerateFunction", "Arn"]}
+    (rule,) = schedules_of(deployed, "GenerateFunction")
+    assert rule["ScheduleExpression"] == "rate(5 minutes)"
+
+
+def schedules_of(deployed: Any, function: str) -> list[dict[str, Any]]:
+    """The properties of the EventBridge rules that invoke `function`."""
+    return [
+        rule["Properties"]
+        for rule in deployed.of_type("AWS::Events::Rule").values()
+        if rule["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [function, "Arn"]}
+    ]
+
+
+def test_alerts_left_in_the_outbox_are_drained_every_minute_by_the_ingest_function() -> None:
+    deployed = stack()
+    (rule,) = schedules_of(deployed, "IngestFunction")
+    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    assert rule.get("State", "ENABLED") == "ENABLED"
+    # The ingest function's own role already allows publishing to the bus: the drain needs nothing more.
+    assert deployed.properties("IngestFunction")["Role"] == {"Fn::GetAtt": ["IngestFunctionRole", "Arn"]}
 
 
 def test_the_generator_is_configured_through_its_environment() -> None:
@@ -164,6 +205,7 @@ def test_alarms_cover_errors_throttles_api_5xx_and_latency_and_database_connecti
         ("AWS/ApiGateway", "Latency", "txguard-api,v1"),
         ("AWS/RDS", "DatabaseConnections", "DatabaseProxy"),
         ("AWS/RDS", "MaxDatabaseConnectionsAllowed", "DatabaseProxy"),
+        ("txguard", "AlertPublishFailures", "txguard"),
     }
     assert expected <= alarmed
 

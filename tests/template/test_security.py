@@ -334,6 +334,26 @@ def test_unencrypted_storage_or_unverified_tls_is_caught() -> None:
     assert "IngestFunction: database connection does not verify the server certificate" in found
 
 
+def test_the_fraud_event_bus_is_encrypted_with_the_stacks_key_usable_by_eventbridge_for_that_bus_only() -> None:
+    deployed = stack()
+    assert deployed.properties("FraudEventBus")["KmsKeyIdentifier"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+    (statement,) = [
+        s
+        for s in deployed.properties("DataKey")["KeyPolicy"]["Statement"]
+        if s["Principal"] == {"Service": "events.amazonaws.com"}
+    ]
+    bus_arn = "arn:aws:events:us-east-1:123456789012:event-bus/" + deployed.properties("FraudEventBus")["Name"]
+    assert statement["Condition"]["StringEquals"]["aws:SourceArn"] in (bus_arn, {"Fn::Sub": bus_arn})
+    assert sorted(statement["Action"]) == ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"]
+
+
+def test_an_event_bus_on_an_aws_owned_key_is_caught() -> None:
+    def weaken(template: dict[str, Any]) -> None:
+        del template["Resources"]["FraudEventBus"]["Properties"]["KmsKeyIdentifier"]
+
+    assert "FraudEventBus: no KMS key" in encryption_violations(stack(mutate=weaken))
+
+
 def test_functions_verify_the_proxy_certificate_against_a_ca_bundle() -> None:
     env = stack().environment("DetectFunction")
     assert env["TXGUARD_DB_SSLMODE"] == "verify-full"

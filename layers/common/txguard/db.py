@@ -91,23 +91,79 @@ def dsn_from_settings(settings: DatabaseSettings) -> str:
 
 
 def connect(dsn: str, settings: DatabaseSettings | None = None) -> psycopg2.extensions.connection:
+    """A new connection with txguard's client settings; its cursors start each transaction with its timeouts.
+
+    No startup `options`: RDS Proxy and PgBouncer refuse them ("RDS Proxy currently doesn't support
+    command-line options"), and a session-level SET would not survive a transaction-mode pooler handing the
+    next transaction to another server connection. The timeouts and jit=off are transaction-local instead
+    (`UnitOfWorkCursor`). Raises DatabaseUnavailable when the server cannot be reached.
+    """
     settings = settings or DatabaseSettings.from_env()
-    timeout = settings.statement_timeout_ms
     try:
         conn = psycopg2.connect(
             dsn,
             connect_timeout=settings.connect_timeout_s,
             application_name="txguard",
-            # JIT compilation costs tens of milliseconds and pays off only for long analytical queries; the
-            # planner's estimates for the batch statements (unnest joined to index scans) would trigger it.
-            options=f"-c statement_timeout={timeout} -c lock_timeout={timeout} -c jit=off",
             keepalives=1,
             keepalives_idle=30,
         )
     except psycopg2.OperationalError as exc:
         raise DatabaseUnavailable(f"could not connect to the database: {_first_line(exc)}") from exc
-    psycopg2.extras.register_default_jsonb(conn, loads=json.loads)
+    # By keyword: X-Ray's psycopg2 patch unwraps its connection proxy only from `conn_or_curs=`.
+    psycopg2.extras.register_default_jsonb(conn_or_curs=conn, loads=json.loads)
     return conn
+
+
+def transaction_settings(settings: DatabaseSettings) -> str:
+    """The SET LOCAL statements that open every unit of work (valid until its COMMIT or ROLLBACK).
+
+    lock_timeout stays below statement_timeout so that a wait on another transaction's lock is reported
+    as "busy" (55P03), not as a slow statement (57014). JIT compilation costs tens of milliseconds and pays
+    off only for long analytical queries; the planner's estimates for the batch statements (unnest joined
+    to index scans) would trigger it.
+    """
+    return (
+        f"SET LOCAL statement_timeout = {int(settings.statement_timeout_ms)}; "
+        f"SET LOCAL lock_timeout = {int(settings.lock_timeout_ms)}; "
+        "SET LOCAL jit = off; "
+    )
+
+
+class UnitOfWorkCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
+    """A cursor whose first statement also sends the transaction's SET LOCAL settings, in the same round trip.
+
+    psycopg2 sends a query string as one simple-protocol message, so "SET LOCAL ...; <statement>" costs no
+    extra round trip, and the statement's result is the one the cursor returns.
+    """
+
+    prelude: str = ""
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        if self.prelude:
+            prelude, self.prelude = self.prelude, ""
+            if not isinstance(query, str | bytes):  # a psycopg2.sql.Composable
+                query = query.as_string(self)
+            if isinstance(query, bytes):
+                query = query.decode()
+            query = prelude + query  # the prelude holds no "%": safe with parameters
+        super().execute(query, vars)
+
+    def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
+        self._send_prelude()
+        super().copy_expert(sql, file, size)
+
+    def executemany(self, query: Any, vars_list: Any) -> None:
+        self._send_prelude()
+        super().executemany(query, vars_list)
+
+    def callproc(self, procname: Any, parameters: Any = None) -> Any:
+        self._send_prelude()
+        return super().callproc(procname, parameters)
+
+    def _send_prelude(self) -> None:
+        if self.prelude:
+            prelude, self.prelude = self.prelude, ""
+            super().execute(prelude)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -120,6 +176,7 @@ class ConnectionHolder:
 
     def __init__(self) -> None:
         self._conn: psycopg2.extensions.connection | None = None
+        self._prelude = ""
         self._lock = threading.RLock()
 
     def reset(self) -> None:
@@ -138,9 +195,11 @@ class ConnectionHolder:
             if self._conn is None or self._conn.closed:
                 settings = DatabaseSettings.from_env()
                 self._conn = connect(dsn_from_settings(settings), settings)
+                self._prelude = transaction_settings(settings)
             conn = self._conn
             try:
-                with conn.cursor() as cur:
+                with conn.cursor(cursor_factory=UnitOfWorkCursor) as cur:
+                    cur.prelude = self._prelude
                     yield cur
                 conn.commit()
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
@@ -170,7 +229,7 @@ def _rollback_quietly(conn: psycopg2.extensions.connection) -> None:
 _holder = ConnectionHolder()
 
 
-@tracer.capture_method(capture_response=False)
+@tracer.capture_method(capture_response=False, capture_error=False)
 def run_in_transaction(work: Callable[[psycopg2.extensions.cursor], T], attempts: int = 3) -> T:
     """Run `work` in one database transaction on the shared connection.
 

@@ -40,6 +40,7 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "account_stats": ("SELECT", "INSERT", "UPDATE"),
     "rule_sets": ("SELECT",),
     "fraud_labels": ("SELECT", "INSERT"),
+    "alert_outbox": ("SELECT", "INSERT", "UPDATE", "DELETE"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})

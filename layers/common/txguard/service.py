@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from txguard.alerts import publish_fraud_detected
+from txguard import outbox
 from txguard.currencies import money
 from txguard.db import run_in_transaction
 from txguard.detection import Transaction
@@ -38,20 +39,34 @@ class AccountNotFound(Exception):
         self.account_id = account_id
 
 
-@tracer.capture_method
-def store(batch: list[Transaction]) -> list[StoreResult]:
+@tracer.capture_method(capture_response=False, capture_error=False)
+def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = None) -> list[StoreResult]:
+    """Store a batch exactly once with its decisions; results in request order.
+
+    The FraudDetected alerts of newly flagged transactions are committed with them (the outbox), then
+    published within the call's budget (`remaining_ms`: the invocation's remaining time in ms, if any).
+    Raises DuplicateIdConflict (nothing stored) and DatabaseUnavailable (nothing stored, retry); a failure
+    to publish is never raised: the alert stays in the outbox for a later drain.
+    """
     max_age = service_settings().rules_cache_seconds
-    results = run_in_transaction(lambda cur: store_transactions(cur, batch, rule_cache.current(cur, max_age)))
+
+    def work(cur: Any) -> tuple[list[StoreResult], list[outbox.Claimed]]:
+        results = store_transactions(cur, batch, rule_cache.current(cur, max_age))
+        flagged = [fraud_event(r) for r in results if r.status == "stored" and r.decision.fraud]
+        return results, outbox.enqueue(cur, flagged)
+
+    results, claimed = run_in_transaction(work)
     stored = [r for r in results if r.status == "stored"]
-    flagged = [r for r in stored if r.decision.fraud]
+    flagged = sum(1 for r in stored if r.decision.fraud)
     metrics.add_metric(name="TransactionsStored", unit=MetricUnit.Count, value=len(stored))
     metrics.add_metric(name="DuplicateTransactions", unit=MetricUnit.Count, value=len(results) - len(stored))
-    metrics.add_metric(name="FraudDetected", unit=MetricUnit.Count, value=len(flagged))
+    metrics.add_metric(name="FraudDetected", unit=MetricUnit.Count, value=flagged)
     logger.info(
         "transactions stored",
-        extra={"stored": len(stored), "duplicates": len(results) - len(stored), "flagged": len(flagged)},
+        extra={"stored": len(stored), "duplicates": len(results) - len(stored), "flagged": flagged},
     )
-    publish_fraud_detected([fraud_event(r) for r in flagged])
+    if claimed:
+        outbox.publish(claimed, remaining_ms)
     return results
 
 
@@ -71,7 +86,7 @@ def fraud_event(result: StoreResult) -> dict[str, Any]:
     }
 
 
-@tracer.capture_method
+@tracer.capture_method(capture_response=False, capture_error=False)
 def account_view(account_id: int, limit: int, cursor: str | None, recompute: bool) -> AccountView:
     """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules."""
 
@@ -90,6 +105,6 @@ def account_view(account_id: int, limit: int, cursor: str | None, recompute: boo
     return view
 
 
-@tracer.capture_method
+@tracer.capture_method(capture_response=False, capture_error=False)
 def listing(account_id: int | None, from_ms: int | None, to_ms: int | None, limit: int, cursor: str | None) -> Page:
     return run_in_transaction(lambda cur: list_transactions(cur, account_id, from_ms, to_ms, limit, cursor))

@@ -28,12 +28,21 @@ class DatabaseSettings:
     secret_arn: str | None
     secret_max_age_s: int
     statement_timeout_ms: int
+    lock_timeout_ms: int
     connect_timeout_s: int
     sslmode: str | None
     sslrootcert: str | None
 
     @classmethod
     def from_env(cls) -> DatabaseSettings:
+        statement_timeout_ms = _int("TXGUARD_STATEMENT_TIMEOUT_MS", 5000)
+        # Below the statement timeout, so that waiting on another transaction's lock answers "busy".
+        lock_timeout_ms = _int("TXGUARD_LOCK_TIMEOUT_MS", statement_timeout_ms // 2)
+        if statement_timeout_ms > 0 and not 0 < lock_timeout_ms < statement_timeout_ms:
+            raise ValueError(
+                f"TXGUARD_LOCK_TIMEOUT_MS={lock_timeout_ms} must be above 0 and below "
+                f"TXGUARD_STATEMENT_TIMEOUT_MS={statement_timeout_ms}"
+            )
         return cls(
             url=os.environ.get("DATABASE_URL") or None,
             host=os.environ.get("TXGUARD_DB_HOST") or None,
@@ -41,7 +50,8 @@ class DatabaseSettings:
             name=os.environ.get("TXGUARD_DB_NAME", "txguard"),
             secret_arn=os.environ.get("TXGUARD_DB_SECRET_ARN") or None,
             secret_max_age_s=_int("TXGUARD_DB_SECRET_MAX_AGE", 300),
-            statement_timeout_ms=_int("TXGUARD_STATEMENT_TIMEOUT_MS", 5000),
+            statement_timeout_ms=statement_timeout_ms,
+            lock_timeout_ms=lock_timeout_ms,
             connect_timeout_s=_int("TXGUARD_CONNECT_TIMEOUT", 5),
             sslmode=os.environ.get("TXGUARD_DB_SSLMODE") or None,
             sslrootcert=os.environ.get("TXGUARD_DB_SSLROOTCERT") or None,
@@ -56,6 +66,7 @@ class ServiceSettings:
     max_future_skew_s: int
     event_bus_name: str | None
     list_max_limit: int
+    alert_publish_budget_ms: int  # the most an ingest call spends publishing alerts after its commit
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -66,6 +77,7 @@ class ServiceSettings:
             max_future_skew_s=_int("TXGUARD_MAX_FUTURE_SKEW_SECONDS", 86_400),
             event_bus_name=os.environ.get("TXGUARD_EVENT_BUS_NAME") or None,
             list_max_limit=_int("TXGUARD_LIST_MAX_LIMIT", 1000),
+            alert_publish_budget_ms=_int("TXGUARD_ALERT_PUBLISH_BUDGET_MS", 3000),
         )
 
 

@@ -81,7 +81,9 @@ def store_data(body: Annotated[StoreBody, Body()]) -> Response[str]:
         )
     accounts = sorted({t.account_id for t in items})
     logger.append_keys(account_id=accounts[0] if len(accounts) == 1 else accounts[:20])
-    results = service.store([_transaction(t) for t in items])
+    # Publishing alerts after the commit stops short of the invocation's end (None outside Lambda).
+    remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
+    results = service.store([_transaction(t) for t in items], remaining_ms)
     return json_response(201, {"results": store_results_json(results)})
 
 
