@@ -40,6 +40,14 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     reload_settings()
 
 
+@pytest.fixture(autouse=True)
+def publishing_resumed() -> Iterator[None]:
+    """No test inherits the pause a failed publish in an earlier test started."""
+    outbox.resume()
+    yield
+    outbox.resume()
+
+
 def bus_to_queue(aws: Any, bus: str) -> str:
     events, sqs = aws.client("events"), aws.client("sqs")
     events.create_event_bus(Name=bus)
@@ -109,9 +117,7 @@ def fraud_bus(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     monkeypatch.setenv("TXGUARD_EVENT_BUS_NAME", "txguard-fraud")
     reload_settings()
     apply_rules(database, [rule("big", "amount > 500")])
-    outbox.resume()
     yield
-    outbox.resume()
     reload_settings()
 
 
