@@ -84,6 +84,41 @@ def api() -> Iterator[FakeApi]:
     server.server_close()
 
 
+@pytest.fixture
+def redirecting_server(api: FakeApi) -> Iterator[str]:
+    """A /store_data that answers every POST with a redirect to the fake API (which records any key it gets)."""
+    status_cycle = iter([302, 307, 301, 308, 303] * 10)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(next(status_cycle))
+            self.send_header("Location", api.url)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/store_data"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_redirect_is_not_followed_and_its_target_never_sees_the_key(api: FakeApi, redirecting_server: str) -> None:
+    sink = HttpSink(redirecting_server, api_key="secret-key", backoff=Backoff(attempts=1))
+    batch = [item.transaction for item in small_run(3)]
+    for status in (302, 307, 301, 308, 303):  # the order the redirecting server answers in
+        with pytest.raises(DeliveryError, match=f"answered {status} .*redirects are not followed"):
+            sink.send(batch)
+    assert api.requests == 0 and api.api_keys == set()
+    assert HttpSink(api.url, api_key="secret-key").send(batch).stored == 3  # the target itself works
+    assert api.api_keys == {"secret-key"}
+
+
 def small_run(n: int = 250) -> Any:
     return generate(GenerateParams(num_transactions=n, num_accounts=20, seed=4, start=1_767_225_600_000), run_id=77)
 
