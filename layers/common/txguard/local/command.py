@@ -101,6 +101,15 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
+def chosen_jobs(args: argparse.Namespace, template: Template) -> list[Job]:
+    """The scheduled runs to fire: none unless --schedule or --schedule-every asked for them."""
+    from txguard.local.schedule import scheduled_jobs
+
+    if not args.schedule and args.schedule_every is None:
+        return []
+    return scheduled_jobs(template, args.schedule_every)
+
+
 def configure_logging() -> None:
     """The runtime's lines and the request log on stderr; the functions' Powertools logs are left alone."""
     handler = logging.StreamHandler(sys.stderr)
@@ -126,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     from txguard import db
     from txguard.local.postgres import service_database
-    from txguard.local.schedule import Scheduler, scheduled_jobs
+    from txguard.local.schedule import Scheduler
     from txguard.local.server import ApiServer
 
     configure_logging()
@@ -136,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         template = Template(find_template(args.template), parse_overrides(args.parameter_overrides))
-        wanted = args.schedule or args.schedule_every is not None
-        jobs = scheduled_jobs(template, args.schedule_every) if wanted else []
+        jobs = chosen_jobs(args, template)
         with ExitStack() as stack:
             database_url = stack.enter_context(service_database(args.database_name))
             stack.callback(db.reset_connection)  # before an embedded server stops
