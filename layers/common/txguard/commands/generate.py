@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from txguard.commands.common import check_database, service_database_url
 from txguard.generator.params import API_KEY_ENV, MODES, GenerateParams, ParameterError, parse_params
 
 
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     except (ParameterError, ValueError) as exc:
         print(f"txguard generate: {exc}", file=sys.stderr)
         return 2
+    if params.mode == "direct" or (params.mode == "api" and database_configured()):
+        check_database(service_database_url())  # before anything is generated, sent or written
 
     run_ = generate(params, run_id=args.run_id)
     sinks: list[Sink] = []
