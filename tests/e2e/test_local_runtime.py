@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import pytest
 from tests.conftest import admin_query
 from tests.e2e.conftest import ROOT, TXGUARD, LocalService, alive, start_local, stop_local
 from txguard.generator.accounts import SYNTHETIC_ACCOUNT_BASE
+from txguard.local.postgres import Server, drop_database
 from txguard.local.runner import Template
+from txguard.settings import SERVICE_ROLE
 
 pytestmark = pytest.mark.e2e
 
@@ -187,6 +190,20 @@ def test_sigterm_also_stops_the_embedded_postgresql_it_started(tiny_template: Pa
 
     assert not [p for p in embedded if alive(p)]
     assert not Path(data_dir[1]).exists()
+
+
+def test_database_url_naming_a_missing_database_gets_it_created_and_migrated(
+    tiny_template: Path, pg_server: Server, tmp_path: Path
+) -> None:
+    missing = f"txguard_new_{uuid.uuid4().hex[:12]}"
+    url = pg_server.database_url(missing)
+    try:
+        service = start_local(["--template", str(tiny_template), "--no-auth"], url, tmp_path / "local.log")
+        assert stop_local(service) == 0, service.log()
+        assert f"database  {pg_server.database_url(missing, user=SERVICE_ROLE)}" in service.log()
+        assert admin_query(url, "SELECT count(*) FROM schema_migrations")[0][0] > 0
+    finally:
+        drop_database(pg_server, missing)
 
 
 # --- txguard invoke ---------------------------------------------------------------------------------------

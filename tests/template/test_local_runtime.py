@@ -76,3 +76,23 @@ def test_txguard_local_runs_the_generator_only_when_asked(flags: list[str], expe
     parser, _ = build_parser(argv)
     jobs = chosen_jobs(parser.parse_args(argv), Template(TEMPLATE))
     assert [(job.function_name, job.every_s) for job in jobs] == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("", True),
+        ("https://api.example.com/v1/store_data", True),
+        ("http://api.example.com/v1/store_data", False),
+        ("http://127.0.0.1:3000/store_data", False),  # no loopback in AWS: nothing listens there
+        ("ftp://api.example.com/store_data", False),
+        ("https://api.example.com/a b", False),
+    ],
+)
+def test_a_deployment_sends_the_generators_key_over_https_only(url: str, allowed: bool) -> None:
+    import re
+
+    from tests.template.stack import load_sam_template
+
+    pattern = load_sam_template()["Parameters"]["GeneratePostUrl"]["AllowedPattern"]
+    assert (re.fullmatch(pattern, url) is not None) == allowed
