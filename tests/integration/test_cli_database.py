@@ -82,7 +82,7 @@ def test_every_command_on_an_unmigrated_database_says_to_migrate_and_changes_not
 ) -> None:
     code, out, err = txguard(capsys, *COMMANDS[command](tmp_path))
 
-    name = command.split()[0]
+    name = command if command.startswith("rules") else command.split()[0]
     pending = len(available_migrations())
     assert code == 1, (out, err)
     assert err.startswith(f"txguard {name}: the database {unmigrated} is not migrated ({pending} pending: 0001_")
@@ -118,7 +118,7 @@ def test_an_unreachable_database_is_one_clear_line(capsys: pytest.CaptureFixture
     code, _, err = txguard(capsys, "rules", "list", "--database-url", "postgresql://nobody@127.0.0.1:9/none")
 
     assert code == 1
-    assert err.startswith("txguard rules: cannot connect to postgresql://nobody@127.0.0.1:9/none: ")
+    assert err.startswith("txguard rules list: cannot connect to postgresql://nobody@127.0.0.1:9/none: ")
     assert "Traceback" not in err
 
 
@@ -203,7 +203,7 @@ def test_reset_without_yes_refuses_with_a_usage_error_and_changes_nothing(
     code, out, err = txguard(capsys, "db", "reset", "--database-url", with_data)
 
     assert code == 2
-    assert err.strip() == f"txguard db: this drops every table and row of {with_data}; add --yes to confirm"
+    assert err.strip() == f"txguard db reset: this drops every table and row of {with_data}; add --yes to confirm"
     assert out == ""
     assert _snapshot(with_data) == before
 
@@ -217,7 +217,7 @@ def test_reset_refuses_a_database_not_marked_for_development_and_changes_nothing
     code, _, err = txguard(capsys, "db", "reset", "--yes", "--database-url", with_data)
 
     assert code == 1
-    assert err.startswith(f"txguard db: refusing to reset {with_data}: it is not marked as a development database")
+    assert err.startswith(f"txguard db reset: refusing to reset {with_data}: it is not marked as a development")
     assert _snapshot(with_data) == before
 
 

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)  # type: ignore[attr-defined]
     except CommandError as exc:
-        print(f"txguard {args.command}: {exc}", file=sys.stderr)
+        subcommand = getattr(args, f"{args.command}_command", None)  # `db reset`, `rules apply`
+        print(f"txguard {args.command}{' ' + subcommand if subcommand else ''}: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # `txguard ... | head`: the reader is gone, nothing to report
         sys.stderr.close()
