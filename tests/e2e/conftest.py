@@ -133,10 +133,10 @@ def e2e_database_url(pg_server: Server) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def local_service(e2e_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    """The project's template served by `txguard local`, with an API key, schedules off."""
+    """The project's template served by `txguard local` as `make run` starts it (schedules off), with an API key."""
     log_path = tmp_path_factory.mktemp("txguard-local") / "local.log"
     api_key = secrets.token_urlsafe(16)
-    service = start_local(["--no-schedule", "--api-key", api_key], e2e_database_url, log_path)
+    service = start_local(["--api-key", api_key], e2e_database_url, log_path)
     yield service
     assert stop_local(service) == 0, service.log()
 

@@ -9,14 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.conftest import admin_query
 from tests.e2e.conftest import ROOT, TXGUARD, LocalService, alive, start_local, stop_local
+from txguard.generator.accounts import SYNTHETIC_ACCOUNT_BASE
+from txguard.local.postgres import Server, drop_database
 from txguard.local.runner import Template
+from txguard.migrate import service_login_role
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +81,13 @@ def test_a_stored_transaction_can_be_asked_about(local_service: LocalService) ->
     assert answer.status == 200, answer.body
 
 
+def test_plain_txguard_local_says_the_generator_is_off_and_how_to_turn_it_on(local_service: LocalService) -> None:
+    log = local_service.log()
+    assert "schedule  off: GenerateFunction run only with --schedule or --schedule-every SECONDS" in log
+    assert "schedule  GenerateFunction every" not in log
+    assert "scheduled run of" not in log
+
+
 def test_the_generate_function_runs_on_the_schedule(e2e_database_url: str, tmp_path: Path) -> None:
     if not (ROOT / "functions" / "generate" / "app.py").exists():
         pytest.skip("functions/generate/app.py is not there yet")
@@ -84,6 +96,13 @@ def test_the_generate_function_runs_on_the_schedule(e2e_database_url: str, tmp_p
         service.wait_for_log("scheduled run of GenerateFunction done", timeout_s=60)
     finally:
         assert stop_local(service) == 0, service.log()
+    ((generated, outside),) = admin_query(
+        e2e_database_url,
+        "SELECT count(*), count(*) FILTER (WHERE t.account_id <= %s) FROM transactions t "
+        "JOIN fraud_labels l USING (transaction_id)",
+        (SYNTHETIC_ACCOUNT_BASE,),
+    )
+    assert generated > 0 and outside == 0  # labelled as generated, and only on reserved accounts
 
 
 # --- the runtime on a template of its own -------------------------------------------------------------------
@@ -171,6 +190,20 @@ def test_sigterm_also_stops_the_embedded_postgresql_it_started(tiny_template: Pa
 
     assert not [p for p in embedded if alive(p)]
     assert not Path(data_dir[1]).exists()
+
+
+def test_database_url_naming_a_missing_database_gets_it_created_and_migrated(
+    tiny_template: Path, pg_server: Server, tmp_path: Path
+) -> None:
+    missing = f"txguard_new_{uuid.uuid4().hex[:12]}"
+    url = pg_server.database_url(missing)
+    try:
+        service = start_local(["--template", str(tiny_template), "--no-auth"], url, tmp_path / "local.log")
+        assert stop_local(service) == 0, service.log()
+        assert f"database  {pg_server.database_url(missing, user=service_login_role(missing))}" in service.log()
+        assert admin_query(url, "SELECT count(*) FROM schema_migrations")[0][0] > 0
+    finally:
+        drop_database(pg_server, missing)
 
 
 # --- txguard invoke ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,6 +55,19 @@ class FakeApi:
             return 201, {"results": results}
 
 
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback HTTP server with `handler` in a thread; yields its /store_data URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/store_data"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def api() -> Iterator[FakeApi]:
     fake = FakeApi()
@@ -75,13 +88,40 @@ def api() -> Iterator[FakeApi]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}/store_data"
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        fake.url = url
+        yield fake
+
+
+@pytest.fixture
+def redirecting_server(api: FakeApi) -> Iterator[str]:
+    """A /store_data that answers every POST with a redirect to the fake API (which records any key it gets)."""
+    status_cycle = iter([302, 307, 301, 308, 303] * 10)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(next(status_cycle))
+            self.send_header("Location", api.url)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with serving(Handler) as url:
+        yield url
+
+
+def test_a_redirect_is_not_followed_and_its_target_never_sees_the_key(api: FakeApi, redirecting_server: str) -> None:
+    sink = HttpSink(redirecting_server, api_key="secret-key", backoff=Backoff(attempts=1))
+    batch = [item.transaction for item in small_run(3)]
+    for status in (302, 307, 301, 308, 303):  # the order the redirecting server answers in
+        with pytest.raises(DeliveryError, match=f"answered {status} .*redirects are not followed"):
+            sink.send(batch)
+    assert api.requests == 0 and api.api_keys == set()
+    assert HttpSink(api.url, api_key="secret-key").send(batch).stored == 3  # the target itself works
+    assert api.api_keys == {"secret-key"}
 
 
 def small_run(n: int = 250) -> Any:

@@ -55,3 +55,44 @@ def test_parameter_overrides_reach_the_generators_environment_and_schedule() -> 
     assert variables["TXGUARD_GENERATE_FRAUD_RATE"] == "0.5"
     events = generator.events or {}
     assert [(e["Type"], e["Properties"]["Schedule"]) for e in events.values()] == [("Schedule", "rate(1 minute)")]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], []),
+        (["--no-schedule"], []),
+        (["--schedule"], [("GenerateFunction", 300.0)]),
+        (["--schedule-every", "5"], [("GenerateFunction", 5.0)]),
+    ],
+)
+def test_txguard_local_runs_the_generator_only_when_asked(flags: list[str], expected: list[tuple[str, float]]) -> None:
+    # Plain `make run` must not write synthetic transactions into the database it is given.
+    from txguard.cli import build_parser
+    from txguard.local.command import chosen_jobs
+    from txguard.local.runner import Template
+
+    argv = ["local", *flags]
+    parser, _ = build_parser(argv)
+    jobs = chosen_jobs(parser.parse_args(argv), Template(TEMPLATE))
+    assert [(job.function_name, job.every_s) for job in jobs] == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("", True),
+        ("https://api.example.com/v1/store_data", True),
+        ("http://api.example.com/v1/store_data", False),
+        ("http://127.0.0.1:3000/store_data", False),  # no loopback in AWS: nothing listens there
+        ("ftp://api.example.com/store_data", False),
+        ("https://api.example.com/a b", False),
+    ],
+)
+def test_a_deployment_sends_the_generators_key_over_https_only(url: str, allowed: bool) -> None:
+    import re
+
+    from tests.template.stack import load_sam_template
+
+    pattern = load_sam_template()["Parameters"]["GeneratePostUrl"]["AllowedPattern"]
+    assert (re.fullmatch(pattern, url) is not None) == allowed

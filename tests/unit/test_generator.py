@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from txguard.generator import GENUINE, PATTERN_NAMES, GeneratedRun, GenerateParams, generate
+from txguard.generator.accounts import SYNTHETIC_ACCOUNT_BASE, synthetic_account_id
 from txguard.generator.ids import MAX_TRANSACTIONS_PER_RUN, id_range, new_run_id, run_of, transaction_id
-from txguard.generator.params import EARLIEST_START_MS
+from txguard.generator.params import EARLIEST_START_MS, MAX_ACCOUNTS
 from txguard.generator.sinks import FileSink, transaction_record
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -125,11 +126,33 @@ def test_the_last_index_of_a_run_stays_inside_its_range() -> None:
     assert transaction_id(6, 0) == high and transaction_id(5, 0) == low
 
 
-def test_without_a_start_the_run_ends_now_and_stays_in_the_apis_range() -> None:
+def test_without_a_start_the_run_ends_in_the_day_before_now_and_stays_in_the_apis_range() -> None:
     r = generate(GenerateParams(num_transactions=3000, num_accounts=300, seed=1), run_id=1, now_ms=NOW)
     timestamps = [i.transaction.ts for i in r]
-    assert max(timestamps) == NOW  # continues "now"
+    assert NOW - DAY_MS < max(timestamps) <= NOW  # continues "now", never in the future
     assert min(timestamps) >= EARLIEST_START_MS
+
+
+@pytest.mark.parametrize("later_ms", [61_000, 3_600_000 + 17, 5 * DAY_MS + 12_345_678, 400 * DAY_MS + 1])
+def test_the_same_seed_without_a_start_gives_the_same_run_whatever_the_clock(later_ms: int) -> None:
+    # `txguard generate --num-transactions 3000 --seed 7` run now and again later: only a whole-day shift.
+    params = GenerateParams(num_transactions=3000, num_accounts=500, seed=7)
+    first = generate(params, run_id=1, now_ms=NOW)
+    second = generate(params, run_id=1, now_ms=NOW + later_ms)
+    shift = second.items[0].transaction.ts - first.items[0].transaction.ts
+    assert shift % DAY_MS == 0 and 0 <= shift <= later_ms
+    assert [i.transaction._replace(ts=i.transaction.ts + shift) for i in first] == [i.transaction for i in second]
+    assert [i.pattern for i in first] == [i.pattern for i in second]
+    assert second.start_ms == first.start_ms + shift
+    assert NOW + later_ms - DAY_MS < second.items[-1].transaction.ts <= NOW + later_ms
+
+
+def test_generated_accounts_are_in_the_reserved_range_apart_from_real_ones() -> None:
+    r = run(num_transactions=3000, num_accounts=200)
+    accounts = {i.transaction.account_id for i in r}
+    assert accounts <= set(range(SYNTHETIC_ACCOUNT_BASE + 1, SYNTHETIC_ACCOUNT_BASE + 201))
+    assert len(accounts) > 150
+    assert synthetic_account_id(MAX_ACCOUNTS) < 2**63  # the largest population still fits the API's ids
 
 
 def test_a_small_scheduled_run_covers_minutes_not_days() -> None:

@@ -53,7 +53,7 @@ def test_nothing_flagged_gives_zeros_not_a_division_error() -> None:
 
 def test_reports_show_the_matrix_and_every_pattern() -> None:
     text = render_text(evaluation())
-    assert "Evaluated 1,000 generated transactions" in text
+    assert "Evaluated 1,000 stored transactions against the labels in the file test " in text
     assert "Left out: 5" in text
     assert "amount_spike" in text and "burst" in text and "0.900" in text
     assert "| burst | 10 | 8 |" in render_markdown(evaluation())

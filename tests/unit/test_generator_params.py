@@ -9,7 +9,7 @@ import pytest
 from txguard.commands import generate as generate_command
 from txguard.generator.params import GenerateParams, ParameterError, params_from_env, parse_params
 from txguard.generator.scheduled import scheduled_params
-from txguard.generator.sinks import Backoff
+from txguard.generator.sinks import Backoff, HttpSink
 
 
 def test_the_environment_sets_parameters_by_their_upper_case_names() -> None:
@@ -74,6 +74,55 @@ def test_the_scheduled_function_refuses_to_only_write_a_file() -> None:
 def test_bad_values_are_refused_naming_the_parameter(raw: dict[str, object], message: str) -> None:
     with pytest.raises(ParameterError, match=message):
         parse_params(raw)
+
+
+def test_an_events_post_url_is_refused_so_the_key_goes_only_where_the_deployment_says() -> None:
+    env = {"TXGUARD_GENERATE_MODE": "api", "TXGUARD_GENERATE_POST_URL": "https://api.example.com/v1/store_data"}
+    event = {"detail": {"post_url": "https://collector.example.net/steal"}}
+    with pytest.raises(ParameterError, match="post_url comes from the deployment"):
+        scheduled_params(event, env)
+    assert scheduled_params({"detail": {"num_transactions": 5}}, env).post_url == env["TXGUARD_GENERATE_POST_URL"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://api.example.com/v1/store_data",
+        "http://10.0.0.5:3000/store_data",
+        "http://localhost.example.com/store_data",
+        "ftp://api.example.com/store_data",
+        "https:///store_data",
+        "api.example.com/store_data",
+    ],
+)
+def test_a_url_the_key_would_leak_to_is_refused_with_a_clear_error(url: str) -> None:
+    with pytest.raises(ParameterError, match="post_url") as refused:
+        parse_params({"post_url": url, "mode": "api"})
+    assert "https://" in str(refused.value)
+    with pytest.raises(ParameterError, match="post_url"):
+        HttpSink(url, "key")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.example.com/v1/store_data",
+        "http://127.0.0.1:3000/store_data",
+        "http://127.8.9.10/store_data",
+        "http://localhost:3000/store_data",
+        "http://[::1]:3000/store_data",
+    ],
+)
+def test_https_anywhere_and_http_to_this_machine_are_accepted(url: str) -> None:
+    assert parse_params({"post_url": url, "mode": "api"}).post_url == url
+
+
+def test_cli_refuses_http_to_another_host(capsys: pytest.CaptureFixture[str]) -> None:
+    from txguard.cli import main
+
+    code = main(["generate", "--post-url", "http://api.example.com/store_data", "--api-key", "k"])
+    assert code == 2
+    assert "http:// is accepted only for this machine" in capsys.readouterr().err
 
 
 def test_start_takes_epoch_milliseconds_or_a_date() -> None:

@@ -10,9 +10,11 @@ import argparse
 import importlib
 import sys
 
+from txguard.commands.common import CommandError
+
 # command name -> (module providing `register(parser)` and `run(args) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "db": ("txguard.commands.db", "database setup: migrate, status"),
+    "db": ("txguard.commands.db", "database setup: migrate, status, reset (development only)"),
     "rules": ("txguard.commands.rules", "rule sets: list, apply, disable, history"),
     "backtest": ("txguard.commands.backtest", "evaluate a candidate rule set on stored history"),
     "generate": ("txguard.commands.generate", "labelled synthetic transactions: to the API, the database or a file"),
@@ -45,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(module.run(args) or 0)  # type: ignore[attr-defined]
+    except CommandError as exc:
+        subcommand = getattr(args, f"{args.command}_command", None)  # `db reset`, `rules apply`
+        print(f"txguard {args.command}{' ' + subcommand if subcommand else ''}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except BrokenPipeError:  # `txguard ... | head`: the reader is gone, nothing to report
         sys.stderr.close()
         return 0

@@ -6,10 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import psycopg2
-
 from txguard.backtest import Scores, backtest, load_labels
-from txguard.commands.common import add_database_argument, database_url, read_json_file
+from txguard.commands.common import add_database_argument, database_url, open_database, read_json_file
 from txguard.models import parse_timestamp_ms
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
@@ -43,13 +41,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"cannot backtest: {exc}", file=sys.stderr)
         return 2
     rules = CompiledRuleSet(0, rule_set)
-    conn = psycopg2.connect(database_url(args))
-    try:
-        with conn, conn.cursor() as cur:
-            labels = load_labels(cur)
-            report = backtest(cur, rules, from_ms, to_ms, labels)
-    finally:
-        conn.close()
+    with open_database(database_url(args)) as conn, conn, conn.cursor() as cur:
+        labels = load_labels(cur)
+        report = backtest(cur, rules, from_ms, to_ms, labels)
     print(f"transactions evaluated   {report.evaluated}")
     print(f"flagged (candidate)      {report.flagged}   (stored decisions: {report.stored_flagged})")
     print(

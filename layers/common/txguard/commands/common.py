@@ -1,15 +1,37 @@
-"""What the administrative commands share: which database they talk to."""
+"""What the administrative commands share: which database they talk to, how they open it, how they fail.
+
+Every command that reads or writes the service's tables opens the database through `open_database`, which
+refuses a database the migrations have not (all) been applied to with one message naming the fix, instead
+of each command failing on whichever table it touches first. A command stops with CommandError; `txguard`
+prints its message and exits with its code (see cli.main), so each failure is reported the same way.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psycopg2.extensions
 
 # The database `txguard local` creates on the local server.
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/txguard"
+
+EXIT_FAILURE = 1  # the command could not do its work (database unreachable or not migrated, refused, ...)
+EXIT_USAGE = 2  # the command line itself is wrong or incomplete
+
+
+class CommandError(Exception):
+    """A command cannot go on; the message says why and what to do, `exit_code` is the process's status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def add_database_argument(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +44,83 @@ def add_database_argument(parser: argparse.ArgumentParser) -> None:
 
 def database_url(args: argparse.Namespace) -> str:
     return str(args.database_url or os.environ.get("DATABASE_URL") or LOCAL_DATABASE_URL)
+
+
+def service_database_url() -> str:
+    """The database the service's own code connects to (DATABASE_URL, or TXGUARD_DB_HOST and its secret).
+
+    For the commands that run the service's code (generate, evaluate). Raises CommandError when none is
+    configured or its secret cannot be read.
+    """
+    from txguard.db import DatabaseUnavailable, dsn_from_settings
+    from txguard.settings import DatabaseSettings
+
+    try:
+        return dsn_from_settings(DatabaseSettings.from_env())
+    except DatabaseUnavailable as exc:
+        raise CommandError(str(exc)) from None
+
+
+def pending_migrations(cur: psycopg2.extensions.cursor) -> list[str]:
+    """Names (`0003_fraud_labels`) of the migrations not applied to the connected database, oldest first.
+
+    The service role may not read schema_migrations (the migrations grant it only what the functions need):
+    for it, a database whose schema_migrations exists counts as migrated.
+    """
+    from txguard.migrate import available_migrations
+
+    cur.execute(
+        """SELECT to_regclass('schema_migrations') IS NOT NULL,
+                  to_regclass('schema_migrations') IS NOT NULL
+                  AND has_table_privilege('schema_migrations', 'SELECT')"""
+    )
+    row = cur.fetchone()
+    exists, readable = (bool(row[0]), bool(row[1])) if row else (False, False)
+    migrations = available_migrations()
+    if exists and not readable:
+        return []
+    applied: set[int] = set()
+    if exists:
+        cur.execute("SELECT version FROM schema_migrations")
+        applied = {version for (version,) in cur.fetchall()}
+    return [f"{m.version:04d}_{m.name}" for m in migrations if m.version not in applied]
+
+
+@contextmanager
+def open_database(url: str, *, migrated: bool = True) -> Iterator[psycopg2.extensions.connection]:
+    """A connection to `url`, closed on exit; with `migrated`, only to a database with every migration applied.
+
+    Raises CommandError (exit 1) when the database cannot be reached, or is not migrated: the message
+    names the database and says to run `txguard db migrate`.
+    """
+    import psycopg2
+
+    from txguard.local.postgres import without_password
+
+    shown = without_password(url)
+    try:
+        conn = psycopg2.connect(url, connect_timeout=10, application_name="txguard-cli")
+    except psycopg2.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CommandError(f"cannot connect to {shown}: {reason}") from None
+    try:
+        if migrated:
+            with conn, conn.cursor() as cur:
+                pending = pending_migrations(cur)
+            if pending:
+                raise CommandError(
+                    f"the database {shown} is not migrated ({len(pending)} pending: {', '.join(pending)}); "
+                    "run `txguard db migrate` first"
+                )
+        yield conn
+    finally:
+        conn.close()
+
+
+def check_database(url: str) -> None:
+    """Raise CommandError unless `url` is a reachable, migrated database (for code that opens its own)."""
+    with open_database(url):
+        pass
 
 
 def read_json_file(path: Path) -> Any:

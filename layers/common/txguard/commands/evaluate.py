@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from txguard.commands.common import EXIT_USAGE, CommandError, open_database, service_database_url
 from txguard.generator.evaluation import RENDERERS
 
 
@@ -27,30 +28,25 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from txguard.db import DatabaseUnavailable, run_in_transaction
     from txguard.generator.delivery import database_configured
-    from txguard.generator.evaluation import Evaluation, from_labels, from_table
+    from txguard.generator.evaluation import from_labels, from_table
     from txguard.generator.labels import read_labels
 
     if not database_configured():
-        print("txguard evaluate: set DATABASE_URL to the database holding the decisions", file=sys.stderr)
-        return 2
+        raise CommandError("set DATABASE_URL to the database holding the decisions", exit_code=EXIT_USAGE)
     try:
         labels = read_labels(args.labels) if args.labels else None
     except (OSError, ValueError) as exc:
-        print(f"txguard evaluate: {exc}", file=sys.stderr)
-        return 2
-
-    def evaluate(cur: psycopg2.extensions.cursor) -> Evaluation:
-        if labels is None:
-            return from_table(cur, args.run_id)
-        return from_labels(cur, labels, args.run_id, args.labels)
+        raise CommandError(str(exc), exit_code=EXIT_USAGE) from None
 
     try:
-        evaluation = run_in_transaction(evaluate)
-    except (DatabaseUnavailable, psycopg2.Error) as exc:
-        print(f"txguard evaluate: {exc}", file=sys.stderr)
-        return 1
+        with open_database(service_database_url()) as conn, conn, conn.cursor() as cur:
+            if labels is None:
+                evaluation = from_table(cur, args.run_id)
+            else:
+                evaluation = from_labels(cur, labels, args.run_id, args.labels)
+    except psycopg2.Error as exc:
+        raise CommandError(str(exc).strip()) from None
     if evaluation.evaluated == 0:
         print("txguard evaluate: no labelled transaction is stored (nothing to evaluate)", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from txguard.commands.common import check_database, service_database_url
 from txguard.generator.params import API_KEY_ENV, MODES, GenerateParams, ParameterError, parse_params
 
 
@@ -21,7 +22,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     defaults = GenerateParams()
     what = parser.add_argument_group("what to generate")
     what.add_argument("--num-transactions", type=int, help=f"default {defaults.num_transactions}")
-    what.add_argument("--num-accounts", type=int, help=f"accounts 1..N (default {defaults.num_accounts})")
+    what.add_argument(
+        "--num-accounts",
+        type=int,
+        help=f"accounts 1..N, with the reserved ids 9000000000000000000 + n (default {defaults.num_accounts})",
+    )
     what.add_argument(
         "--fraud-rate", type=float, help=f"share of transactions from fraud patterns (default {defaults.fraud_rate})"
     )
@@ -35,7 +40,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--run-id", type=int, help="fix the run id, hence the transaction ids (default: from the clock)")
 
     where = parser.add_argument_group("where it goes")
-    where.add_argument("--post-url", help="POST batches to this /store_data URL (mode api)")
+    where.add_argument(
+        "--post-url", help="POST batches to this /store_data URL: https://, or http:// to this machine (mode api)"
+    )
     where.add_argument(
         "--direct", action="store_true", help="store with the ingest code into DATABASE_URL (mode direct)"
     )
@@ -103,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     except (ParameterError, ValueError) as exc:
         print(f"txguard generate: {exc}", file=sys.stderr)
         return 2
+    if params.mode == "direct" or (params.mode == "api" and database_configured()):
+        check_database(service_database_url())  # before anything is generated, sent or written
 
     run_ = generate(params, run_id=args.run_id)
     sinks: list[Sink] = []

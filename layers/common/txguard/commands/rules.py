@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg2
 
 from txguard import rule_store
-from txguard.commands.common import add_database_argument, database_url, read_json_file
+from txguard.commands.common import add_database_argument, database_url, open_database, read_json_file
 from txguard.rule_language import RuleSetError
 
 
@@ -37,31 +37,29 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(exc, file=sys.stderr)
             return 2
-    conn = psycopg2.connect(database_url(args))
-    try:
-        with conn, conn.cursor() as cur:
-            if args.rules_command == "apply":
-                version = rule_store.apply_rule_set(cur, data, args.comment or f"applied {args.file.name}")
-                print(f"rule set version {version} is now active")
-            elif args.rules_command == "disable":
-                version = rule_store.disable_rule(cur, args.rule_id)
-                print(f"rule {args.rule_id} disabled in version {version}")
-            elif args.rules_command == "list":
-                _print_latest(cur, as_json=args.json)
-            else:
-                for stored in rule_store.history(cur):
-                    enabled = sum(rule.enabled for rule in stored.rule_set.rules)
-                    print(
-                        f"v{stored.version:<4} {stored.created_at:%Y-%m-%d %H:%M:%S} {stored.created_by:<12} "
-                        f"{enabled}/{len(stored.rule_set.rules)} rules enabled  {stored.comment}"
-                    )
-    except RuleSetError as exc:
-        print("rule set rejected, nothing changed:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
-        return 1
-    finally:
-        conn.close()
+    with open_database(database_url(args)) as conn:
+        try:
+            with conn, conn.cursor() as cur:
+                if args.rules_command == "apply":
+                    version = rule_store.apply_rule_set(cur, data, args.comment or f"applied {args.file.name}")
+                    print(f"rule set version {version} is now active")
+                elif args.rules_command == "disable":
+                    version = rule_store.disable_rule(cur, args.rule_id)
+                    print(f"rule {args.rule_id} disabled in version {version}")
+                elif args.rules_command == "list":
+                    _print_latest(cur, as_json=args.json)
+                else:
+                    for stored in rule_store.history(cur):
+                        enabled = sum(rule.enabled for rule in stored.rule_set.rules)
+                        print(
+                            f"v{stored.version:<4} {stored.created_at:%Y-%m-%d %H:%M:%S} {stored.created_by:<12} "
+                            f"{enabled}/{len(stored.rule_set.rules)} rules enabled  {stored.comment}"
+                        )
+        except RuleSetError as exc:
+            print("rule set rejected, nothing changed:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  - {problem}", file=sys.stderr)
+            return 1
     return 0
 
 

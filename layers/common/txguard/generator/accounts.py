@@ -1,7 +1,12 @@
 """Accounts and merchants of the simulated population, and how each account spends.
 
-An account's profile depends only on its id (and the size of the merchant pool), never on the run's seed:
-account 17 is the same customer in every run, so scheduled runs keep adding to a consistent history.
+Generated accounts live in a reserved range, apart from any real account: the n-th generated account has
+the id SYNTHETIC_ACCOUNT_BASE + n (9,000,000,000,000,000,001 and up; `num_accounts` is at most 10,000,000).
+Real accounts must not use ids above SYNTHETIC_ACCOUNT_BASE; generated traffic then never adds to a real
+account's history, and `account_id > 9000000000000000000` selects it in SQL.
+
+An account's profile depends only on its number n (and the size of the merchant pool), never on the run's
+seed: account n is the same customer in every run, so scheduled runs keep adding to a consistent history.
 
 - Amounts: log-normal around the account's own median (medians themselves log-normal across accounts,
   around 40.00), each account with its own spread.
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 DAY_MS = 86_400_000
+SYNTHETIC_ACCOUNT_BASE = 9_000_000_000_000_000_000
 MEDIAN_AMOUNT_CENTS = 4000
 MEDIAN_SPREAD = 0.8  # log-scale spread of account medians across the population
 GAP_SPREAD = 0.6  # log-scale spread of accounts' mean gaps around `mean_gap`
@@ -50,12 +56,18 @@ def merchant_id(index: int) -> str:
     return f"M{index:05d}"
 
 
+def synthetic_account_id(number: int) -> int:
+    """The id of generated account `number` (1-based), inside the reserved range."""
+    return SYNTHETIC_ACCOUNT_BASE + number
+
+
 @lru_cache(maxsize=65_536)
-def profile(account_id: int, pool_size: int) -> AccountProfile:
-    rng = random.Random(f"txguard-account-{account_id}")
+def profile(number: int, pool_size: int) -> AccountProfile:
+    """Generated account `number` (1-based): its id and how it spends."""
+    rng = random.Random(f"txguard-account-{number}")
     favourites = tuple(sorted({merchant_id(_popular_index(rng, pool_size)) for _ in range(rng.randint(2, 6))}))
     return AccountProfile(
-        account_id=account_id,
+        account_id=synthetic_account_id(number),
         log_median_cents=math.log(MEDIAN_AMOUNT_CENTS) + rng.gauss(0, MEDIAN_SPREAD),
         sigma=rng.uniform(0.25, 0.55),
         gap_scale=math.exp(rng.gauss(-GAP_SPREAD * GAP_SPREAD / 2, GAP_SPREAD)),
@@ -66,9 +78,9 @@ def profile(account_id: int, pool_size: int) -> AccountProfile:
 
 
 def population(num_accounts: int) -> list[AccountProfile]:
-    """Accounts 1..num_accounts."""
+    """Generated accounts 1..num_accounts (ids SYNTHETIC_ACCOUNT_BASE + 1 and up)."""
     pool = merchant_pool_size(num_accounts)
-    return [profile(account_id, pool) for account_id in range(1, num_accounts + 1)]
+    return [profile(number, pool) for number in range(1, num_accounts + 1)]
 
 
 def _popular_index(rng: random.Random, pool_size: int) -> int:

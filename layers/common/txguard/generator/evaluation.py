@@ -115,8 +115,11 @@ class Evaluation:
         }
 
 
+TABLE_SOURCE = "fraud_labels table"
+
+
 def from_table(cur: psycopg2.extensions.cursor, run_ids: Sequence[int]) -> Evaluation:
-    evaluation = Evaluation("fraud_labels table", list(run_ids))
+    evaluation = Evaluation(TABLE_SOURCE, list(run_ids))
     cur.execute(_COUNT_FROM_TABLE, {"runs": list(run_ids)})
     for pattern, fraud, version, count in cur.fetchall():
         evaluation.add(pattern, fraud, version, count)
@@ -144,9 +147,14 @@ def render_text(e: Evaluation) -> str:
     runs = ", ".join(str(r) for r in e.run_ids) or "all"
     versions = ", ".join(str(v) for v in sorted(e.rule_set_versions)) or "-"
     width = max([len(p) for p in e.patterns] + [len("compromised_merchant")])
+    # A labels file may hold any labelled traffic, not only generated runs: say where the truth came from.
+    where = (
+        "the labels txguard generate wrote to the fraud_labels table"
+        if e.source == TABLE_SOURCE
+        else f"the labels in the file {e.source}"
+    )
     lines = [
-        f"Evaluated {e.evaluated:,} generated transactions (labels: {e.source}; runs: {runs}; "
-        f"rule set version {versions})",
+        f"Evaluated {e.evaluated:,} stored transactions against {where} (runs: {runs}; rule set version {versions})",
     ]
     if e.not_stored:
         lines.append(f"Left out: {e.not_stored:,} labelled transactions that are not stored")

@@ -7,10 +7,12 @@ Every source goes through `parse_params`, so a value means the same wherever it 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from txguard.generator.ids import MAX_TRANSACTIONS_PER_RUN
 
@@ -63,8 +65,40 @@ class GenerateParams:
             raise ParameterError(f"mode must be one of {', '.join(MODES)}")
         if self.mode == "api" and not self.post_url:
             raise ParameterError("mode api needs post_url (the URL of POST /store_data)")
-        if self.post_url is not None and not self.post_url.startswith(("http://", "https://")):
-            raise ParameterError("post_url must be an http:// or https:// URL")
+        if self.post_url is not None:
+            check_post_url(self.post_url)
+
+
+def check_post_url(url: str) -> None:
+    """Refuse a URL the API key must not be sent to: anything but https://, or http:// to this machine.
+
+    Raises ParameterError naming post_url.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 (a malformed port raises here)
+    except ValueError as exc:
+        raise ParameterError(f"post_url {url!r} is not a URL: {exc}") from None
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme == "http" and host:
+        if _is_loopback(host):
+            return
+        raise ParameterError(
+            f"post_url {url!r}: http:// is accepted only for this machine (localhost, 127.0.0.0/8, ::1); "
+            "the API key would cross the network in clear text, use https://"
+        )
+    raise ParameterError(f"post_url must be an https:// URL (or http:// to this machine), not {url!r}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerateParams))

@@ -3,6 +3,10 @@
 `direct` (the default) stores through the same code as the ingest function; `api` posts to the API with
 the key read from the SSM parameter (or Secrets Manager secret, by ARN) named in
 TXGUARD_GENERATE_API_KEY_PARAMETER. Labels go to the fraud_labels table whenever a database is configured.
+
+Where the key is sent comes from the deployment only (TXGUARD_GENERATE_POST_URL): an event's detail may tune
+the run but may not name a URL, since anyone who can put an event on the schedule's bus could otherwise
+collect the key.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ def scheduled_params(event: Mapping[str, Any], environ: Mapping[str, str]) -> Ge
     detail = event.get("detail")
     if detail is not None and not isinstance(detail, Mapping):
         raise ParameterError("the event's detail must be an object of parameters")
+    if detail and "post_url" in detail:
+        raise ParameterError(
+            "post_url comes from the deployment (TXGUARD_GENERATE_POST_URL), not from the event's detail"
+        )
     params = parse_params(detail or {}, params)
     if params.mode == "file":
         raise ParameterError("the scheduled function stores what it generates: mode must be direct or api")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from txguard.detection import Transaction
+from txguard.generator.params import check_post_url
 
 USER_AGENT = "txguard-generate"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -138,8 +139,21 @@ class Backoff:
         return ceiling / 2 + jitter * ceiling / 2
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect surfaces as the 3xx it is: following it would send the API key to wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
 class HttpSink:
-    """POST /store_data in batches; retries 429/5xx and lost connections, never a request the API refused."""
+    """POST /store_data in batches; retries 429/5xx and lost connections, never a request the API refused.
+
+    Redirects are not followed (the key goes to the configured URL or nowhere): a 3xx is a DeliveryError.
+    """
 
     def __init__(
         self,
@@ -150,6 +164,7 @@ class HttpSink:
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
+        check_post_url(url)
         self.url = url
         self.description = url
         self._api_key = api_key
@@ -171,10 +186,15 @@ class HttpSink:
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             retry_after: float | None = None
             try:
-                with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+                with _OPENER.open(request, timeout=self._timeout_s) as response:
                     return _outcome(json.loads(response.read()), len(batch))
             except urllib.error.HTTPError as error:
                 text = error.read().decode("utf-8", "replace")
+                if 300 <= error.code < 400:
+                    raise DeliveryError(
+                        f"POST {self.url} answered {error.code} (a redirect to {error.headers.get('Location')!r}); "
+                        "redirects are not followed: configure the final URL"
+                    ) from None
                 if error.code not in RETRY_STATUSES:
                     raise DeliveryError(f"POST {self.url} answered {error.code}: {_error_message(text)}") from None
                 problem = f"{error.code}: {_error_message(text)}"

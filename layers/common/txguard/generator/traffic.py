@@ -30,6 +30,9 @@ from txguard.generator.params import EARLIEST_START_MS, GenerateParams
 from txguard.generator.patterns import GENUINE, Scene, inject
 
 CURRENCY = "EUR"
+# Where a run without a start is drawn before it is moved to the present: midnight UTC, the earliest
+# timestamp the API accepts.
+CANONICAL_START_MS = EARLIEST_START_MS
 # Incidents start after this share of the run, so their victims usually have some history already.
 HISTORY_SHARE = 0.15
 _TWO_PI_PER_DAY = 2 * math.pi / DAY_MS
@@ -67,8 +70,11 @@ def new_seed() -> int:
 def generate(params: GenerateParams, run_id: int | None = None, now_ms: int | None = None) -> GeneratedRun:
     """`params.num_transactions` labelled transactions in time order, ids derived from the run id.
 
-    The same seed and start give the same transactions (ids aside, unless the run id is the same too).
-    Without a start, the run is placed so that its last transaction is at `now_ms` (default: the current time).
+    The same seed and parameters give the same transactions whenever the run happens (ids aside, unless the
+    run id is the same too). Without a start, the run is drawn on a fixed calendar (from CANONICAL_START_MS)
+    and moved by whole days so that its last transaction falls in the day up to `now_ms` (epoch ms; default:
+    the current time): two runs at different times differ only by that whole-day shift, which keeps every
+    account's daily rhythm at its hour.
     """
     with _collector_paused():
         return _generate(params, run_id, now_ms)
@@ -98,11 +104,8 @@ def _generate(params: GenerateParams, run_id: int | None, now_ms: int | None) ->
     fraud_count = round(params.num_transactions * params.fraud_rate)
     genuine_count = params.num_transactions - fraud_count
     mean_gap_ms = params.mean_gap * 1000
-    if params.start is None:
-        rate_per_ms = sum(1 / (a.gap_scale * mean_gap_ms) for a in accounts)
-        start = max(EARLIEST_START_MS, now - int(genuine_count / rate_per_ms))
-    else:
-        start = params.start
+    # The draw must not depend on the clock: the daily cycle makes it depend on the start's time of day.
+    start = CANONICAL_START_MS if params.start is None else params.start
 
     events = _genuine(rng, accounts, genuine_count, float(start), mean_gap_ms)
     end = events[-1][0] if events else float(start)
@@ -114,9 +117,9 @@ def _generate(params: GenerateParams, run_id: int | None, now_ms: int | None) ->
         events.sort(key=lambda e: e[0])  # stable and nearly sorted already: cheap
     shift = 0
     if params.start is None and events:
-        # The estimated start rarely makes the run end exactly now (randomness, the daily cycle): move it
-        # so that it does, keeping it after the earliest timestamp the API accepts.
-        shift = max(now - int(events[-1][0]), EARLIEST_START_MS - int(events[0][0]))
+        # Whole days only, so that the same seed gives the same traffic, at the same hours, on any day;
+        # never before the canonical start (a run longer than the years since then would end in the future).
+        shift = max(0, (now - int(events[-1][0])) // DAY_MS) * DAY_MS
 
     scale = Decimal(1).scaleb(-2)
     items = [

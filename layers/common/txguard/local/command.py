@@ -63,14 +63,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3000), help="default: $PORT or 3000")
     add_template_arguments(parser)
+    # Off unless asked for: the template's scheduled generator writes synthetic transactions into the database.
     schedule = parser.add_mutually_exclusive_group()
+    schedule.add_argument(
+        "--schedule",
+        action="store_true",
+        help="run the scheduled functions at the template's rates (the generator writes synthetic transactions)",
+    )
     schedule.add_argument(
         "--schedule-every",
         type=_positive_seconds,
         metavar="SECONDS",
-        help="run every scheduled function this often instead",
+        help="run the scheduled functions this often (implies --schedule)",
     )
-    schedule.add_argument("--no-schedule", action="store_true", help="do not run scheduled functions")
+    schedule.add_argument("--no-schedule", action="store_true", help="run no scheduled function (the default)")
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--api-key", default=None, help="default: $TXGUARD_API_KEY, else a generated one")
     auth.add_argument("--no-auth", action="store_true", help="accept requests without an API key")
@@ -93,6 +99,15 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
             raise ValueError(f"--parameter-overrides takes KEY=VALUE, not {pair!r}")
         overrides[key] = value
     return overrides
+
+
+def chosen_jobs(args: argparse.Namespace, template: Template) -> list[Job]:
+    """The scheduled runs to fire: none unless --schedule or --schedule-every asked for them."""
+    from txguard.local.schedule import scheduled_jobs
+
+    if not args.schedule and args.schedule_every is None:
+        return []
+    return scheduled_jobs(template, args.schedule_every)
 
 
 def configure_logging() -> None:
@@ -120,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     from txguard import db
     from txguard.local.postgres import service_database
-    from txguard.local.schedule import Scheduler, scheduled_jobs
+    from txguard.local.schedule import Scheduler
     from txguard.local.server import ApiServer
 
     configure_logging()
@@ -130,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         template = Template(find_template(args.template), parse_overrides(args.parameter_overrides))
-        jobs = [] if args.no_schedule else scheduled_jobs(template, args.schedule_every)
+        jobs = chosen_jobs(args, template)
         with ExitStack() as stack:
             database_url = stack.enter_context(service_database(args.database_name))
             stack.callback(db.reset_connection)  # before an embedded server stops
@@ -166,6 +181,9 @@ def print_banner(runner: FunctionRunner, api: ApiServer, jobs: list[Job], genera
         print(f"API key   {runner.api_key}{how}")
     for job in jobs:
         print(f"schedule  {job.function_name} every {job.every_s:g} s")
+    scheduled = sorted(function.name for function in runner.template.functions.values() if function.schedules)
+    if scheduled and not jobs:
+        print(f"schedule  off: {', '.join(scheduled)} run only with --schedule or --schedule-every SECONDS")
     samples = sample_requests(runner.template.path.parent / "events")
     print()
     for route in api.routes:

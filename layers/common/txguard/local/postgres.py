@@ -2,6 +2,10 @@
 
 Order: DATABASE_URL when set; else the server on 127.0.0.1:5432; else an embedded server (pgserver)
 started in a directory of ours and stopped when we are done.
+
+A database created here is marked as a development one (`ALTER DATABASE ... SET txguard.environment =
+'development'`, kept by the server beside the database, not in its schema): `txguard db reset` refuses any
+database without the mark, so it can never wipe one it did not make for development.
 """
 
 from __future__ import annotations
@@ -11,16 +15,20 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 from psycopg2 import sql
 
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+MAINTENANCE_DATABASE = "postgres"
+DEVELOPMENT_SETTING = "txguard.environment"
+DEVELOPMENT_VALUE = "development"
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,8 @@ def find_or_start_server(data_dir: Path | None = None) -> Iterator[Server]:
     """Yield a server; an embedded one started here is stopped (and its files removed) on exit."""
     url = os.environ.get("DATABASE_URL")
     if url:
-        yield Server(admin_url=url, embedded=False)
+        # The database DATABASE_URL names may not exist yet: administer the server through its maintenance one.
+        yield Server(admin_url=with_database(url, MAINTENANCE_DATABASE), embedded=False)
         return
     if reachable(LOCAL_SERVER_URL):
         yield Server(admin_url=LOCAL_SERVER_URL, embedded=False)
@@ -85,19 +94,58 @@ def database_in_url(url: str) -> str | None:
     return urlsplit(url).path.lstrip("/") or None
 
 
-def ensure_database(server: Server, name: str) -> None:
-    """Create the database unless it exists."""
-    conn = psycopg2.connect(server.admin_url)
+def ensure_database(server: Server, name: str) -> bool:
+    """Create the database unless it exists; True when it was created here (and marked for development).
+
+    A database that accepts a connection is used as it is, so a user who may not reach the maintenance
+    database still works with an existing one. Raises psycopg2.OperationalError when the server cannot
+    be reached, or the database exists and still refuses the connection (e.g. a wrong password).
+    """
+    try:
+        psycopg2.connect(server.database_url(name), connect_timeout=10).close()
+        return False
+    except psycopg2.OperationalError as exc:
+        refused = exc
+    conn = psycopg2.connect(server.admin_url, connect_timeout=10)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone() is None:
-                # Another local run may create it meanwhile.
-                with suppress(psycopg2.errors.DuplicateDatabase):
-                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            if cur.fetchone() is not None:
+                raise refused
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except psycopg2.errors.DuplicateDatabase:
+                return False  # another local run created it meanwhile
+            mark_development(cur, name)
     finally:
         conn.close()
+    return True
+
+
+def mark_development(cur: psycopg2.extensions.cursor, name: str) -> None:
+    """Mark database `name` as a development one (the cursor's role must own it or be a superuser)."""
+    cur.execute(
+        sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+            sql.Identifier(name), sql.SQL(DEVELOPMENT_SETTING), sql.Literal(DEVELOPMENT_VALUE)
+        )
+    )
+
+
+def is_development(cur: psycopg2.extensions.cursor) -> bool:
+    """Whether the connected database carries the development mark.
+
+    Read from the catalog, not from current_setting(): a session or role setting (PGOPTIONS) must not pass
+    for the database's own mark.
+    """
+    cur.execute(
+        """SELECT EXISTS (
+               SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+               WHERE d.datname = current_database() AND s.setrole = 0 AND %s = ANY (s.setconfig))""",
+        (f"{DEVELOPMENT_SETTING}={DEVELOPMENT_VALUE}",),
+    )
+    row = cur.fetchone()
+    return bool(row and row[0])
 
 
 @contextmanager
@@ -128,13 +176,14 @@ def without_password(url: str) -> str:
 
 
 def create_database(server: Server, prefix: str = "txguard") -> str:
-    """Create a uniquely named database and return its name."""
+    """Create a uniquely named database, marked for development, and return its name."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     conn = psycopg2.connect(server.admin_url)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            mark_development(cur, name)
     finally:
         conn.close()
     return name
