@@ -9,6 +9,7 @@ Cost per transaction does not grow with the account's history; see features.py.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,18 +70,18 @@ def store_transactions(
     if in_request_conflicts:
         raise DuplicateIdConflict(in_request_conflicts, in_request=True)
 
-    accounts = sorted({t.account_id for t in batch})
-    stats = _lock_accounts(cur, accounts)
-    _lock_merchants(cur, sorted({t.merchant_id for t in batch if t.merchant_id is not None}))
-
-    stored = _already_stored(cur, [t.transaction_id for t in batch])
-    conflicts = [
-        (index, t.transaction_id, differing)
-        for index, t in enumerate(batch)
-        if t.transaction_id in stored and (differing := t.same_content(stored[t.transaction_id][0]))
-    ]
-    if conflicts:
-        raise DuplicateIdConflict(conflicts)
+    # Stored transactions never change, so what this read finds needs no lock: a batch of replays is answered
+    # without waiting for any writer, and a conflict is refused before taking any lock.
+    stored = _already_stored(cur, list(first_index))
+    _refuse_conflicts(batch, stored)
+    stats: dict[int, AccountHistory] = {}
+    if len(stored) < len(first_index):
+        pending = [batch[i] for i in first_index.values() if batch[i].transaction_id not in stored]
+        stats = _lock_accounts(cur, sorted({t.account_id for t in pending}))
+        _lock_merchants(cur, {t.merchant_id for t in pending if t.merchant_id is not None})
+        # Under the locks, look again for the rest: a batch for the same accounts may have stored them meanwhile.
+        stored.update(_already_stored(cur, [t.transaction_id for t in pending]))
+        _refuse_conflicts(batch, stored)
 
     new = sorted(
         (batch[i] for i in first_index.values() if batch[i].transaction_id not in stored),
@@ -103,6 +104,16 @@ def store_transactions(
         else:
             results.append(StoreResult(t, "stored", decisions[t.transaction_id]))
     return results
+
+
+def _refuse_conflicts(batch: Sequence[Transaction], stored: dict[int, tuple[Transaction, Decision]]) -> None:
+    conflicts = [
+        (index, t.transaction_id, differing)
+        for index, t in enumerate(batch)
+        if t.transaction_id in stored and (differing := t.same_content(stored[t.transaction_id][0]))
+    ]
+    if conflicts:
+        raise DuplicateIdConflict(conflicts)
 
 
 def _index_request(
@@ -153,13 +164,29 @@ def _lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict
     return histories
 
 
-def _lock_merchants(cur: psycopg2.extensions.cursor, merchants: list[str]) -> None:
-    """Merchant windows span accounts: writers touching the same merchant take turns (in a fixed order)."""
+# Merchants share this many advisory locks: a batch holds at most this many, whatever it contains, so a batch
+# naming 5,000 merchants cannot exhaust the server's lock table (shared by every database on the server).
+MERCHANT_LOCK_SLOTS = 64
+_MERCHANT_LOCK_SPACE = 0x7478  # the first key of the two-key advisory locks: this service's merchants
+
+
+def merchant_lock_slot(merchant_id: str) -> int:
+    """The lock slot (0 to MERCHANT_LOCK_SLOTS - 1) of a merchant, the same in every process."""
+    return zlib.crc32(merchant_id.encode()) % MERCHANT_LOCK_SLOTS
+
+
+def _lock_merchants(cur: psycopg2.extensions.cursor, merchants: set[str]) -> None:
+    """Merchant windows span accounts: writers touching the same merchant take turns.
+
+    Merchants are hashed onto a fixed set of slots, taken in slot order by every writer (no deadlock); two
+    merchants sharing a slot only make their writers take turns.
+    """
     if merchants:
+        slots = sorted({merchant_lock_slot(m) for m in merchants})
         cur.execute(
-            """SELECT pg_advisory_xact_lock(h) FROM (
-                   SELECT DISTINCT hashtextextended(m, 7) AS h FROM unnest(%s::text[]) AS m ORDER BY 1) AS keys""",
-            (merchants,),
+            """SELECT pg_advisory_xact_lock(%s, slot) FROM (
+                   SELECT slot FROM unnest(%s::int[]) AS slot ORDER BY slot) AS slots""",
+            (_MERCHANT_LOCK_SPACE, _array(slots)),
         )
 
 
