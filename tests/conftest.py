@@ -113,7 +113,7 @@ def own_postgres() -> Iterator[EmbeddedPostgres]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-_TABLES_TO_EMPTY = ("transactions", "account_stats", "rule_sets")
+_TABLES_TO_EMPTY = ("transactions", "account_stats", "account_daily", "rule_sets")
 
 
 @pytest.fixture

@@ -1,0 +1,165 @@
+"""Reading the stored history that point-in-time features need, in bounded pieces, and keeping per-day totals.
+
+Every read here is bounded by the rules' widest window (or one day) around the transactions being decided,
+through the (account_id, ts) and (merchant_id, ts) indexes, plus at most one row per day of an account's
+life from account_daily: never by the length of the history.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from decimal import Context
+from typing import TypeVar
+
+import psycopg2.extensions
+
+from txguard.detection import Transaction
+from txguard.features import DAY_MS, Prior, Timeline, to_units
+
+# Totals exceed the default 28 significant digits (a sum of squared amounts in 1/10^8 units): read them exactly.
+WIDE = Context(prec=100)
+
+Span = tuple[int, int]  # [low, high) in epoch milliseconds
+K = TypeVar("K", int, str)
+
+
+def spans_before(times: Sequence[int], reach_ms: int, from_day_start: bool = False) -> list[Span]:
+    """The merged spans [t - reach + 1, t) (from the start of t's UTC day too, if asked) for sorted times."""
+    spans: list[Span] = []
+    for t in times:
+        low = t - reach_ms + 1
+        if from_day_start:
+            low = min(low, t - t % DAY_MS)
+        if spans and low <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], t))
+        else:
+            spans.append((low, t))
+    return spans
+
+
+_ROWS_IN_SPANS = """
+    SELECT b.key, b.low, rows.ts, rows.units
+    FROM unnest(%s::{key_type}[], %s::bigint[], %s::bigint[]) AS b(key, low, high)
+    CROSS JOIN LATERAL (
+        SELECT array_agg(txguard_ts_to_ms(t.ts) ORDER BY t.ts) AS ts,
+               array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units
+        FROM transactions t
+        WHERE t.{key_column} = b.key AND t.ts >= txguard_ms_to_ts(b.low) AND t.ts < txguard_ms_to_ts(b.high)
+              {extra}) AS rows"""
+_ACCOUNT_ROWS = _ROWS_IN_SPANS.format(key_type="bigint", key_column="account_id", extra="")
+# An account being re-decided adds its own transactions from `since` on as it goes: leave those out.
+_MERCHANT_ROWS = _ROWS_IN_SPANS.format(
+    key_type="text", key_column="merchant_id", extra="AND (t.account_id <> %s OR t.ts < txguard_ms_to_ts(%s))"
+)
+
+
+def account_rows(cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]) -> dict[int, Timeline]:
+    """Each account's stored transactions inside its spans, as one sorted Timeline per account."""
+    keys, lows, highs = _flatten(spans)
+    if not keys:
+        return {}
+    cur.execute(_ACCOUNT_ROWS, (array_literal(keys), array_literal(lows), array_literal(highs)))
+    return _timelines(cur.fetchall(), spans)
+
+
+def merchant_rows(
+    cur: psycopg2.extensions.cursor, spans: dict[str, list[Span]], skip_account_from: tuple[int, int] = (0, 0)
+) -> dict[str, Timeline]:
+    """Each merchant's stored transactions (every account's) inside its spans, one sorted Timeline per merchant.
+
+    skip_account_from = (account, ms) leaves out that account's transactions from ms on (0: none left out).
+    """
+    keys, lows, highs = _flatten(spans)
+    if not keys:
+        return {}
+    cur.execute(_MERCHANT_ROWS, (keys, array_literal(lows), array_literal(highs), *skip_account_from))
+    return _timelines(cur.fetchall(), spans)
+
+
+def _flatten(spans: dict[K, list[Span]]) -> tuple[list[K], list[int], list[int]]:
+    keys, lows, highs = [], [], []
+    for key, key_spans in spans.items():
+        for low, high in key_spans:
+            keys.append(key)
+            lows.append(low)
+            highs.append(high)
+    return keys, lows, highs
+
+
+def _timelines(
+    rows: Iterable[tuple[K, int, list[int] | None, list[int] | None]], spans: dict[K, list[Span]]
+) -> dict[K, Timeline]:
+    pieces: dict[K, list[tuple[int, list[int], list[int]]]] = defaultdict(list)
+    for key, low, ts, units in rows:
+        pieces[key].append((low, ts or [], units or []))
+    timelines = {}
+    for key, key_spans in spans.items():
+        ordered = sorted(pieces.get(key, []), key=lambda piece: piece[0])  # spans are disjoint: concatenating sorts
+        timelines[key] = Timeline.from_sorted(
+            key_spans[0][0], [t for _, ts, _ in ordered for t in ts], [u for _, _, us in ordered for u in us]
+        )
+    return timelines
+
+
+def daily_totals(cur: psycopg2.extensions.cursor, until_day: dict[int, int]) -> dict[int, list[tuple[int, Prior]]]:
+    """Each account's per-day totals for the days before until_day[account] (UTC day numbers), oldest first."""
+    if not until_day:
+        return {}
+    accounts = list(until_day)
+    cur.execute(
+        """SELECT d.account_id, d.day, d.tx_count, d.amount_sum, d.amount_sum_sq, d.amount_max,
+                  txguard_ts_to_ms(d.last_ts)
+           FROM unnest(%s::bigint[], %s::int[]) AS b(account_id, until_day)
+           JOIN account_daily d ON d.account_id = b.account_id AND d.day < b.until_day
+           ORDER BY d.account_id, d.day""",
+        (array_literal(accounts), array_literal(until_day[a] for a in accounts)),
+    )
+    days: dict[int, list[tuple[int, Prior]]] = defaultdict(list)
+    for account_id, day, count, total, total_sq, largest, last_ts in cur.fetchall():
+        days[account_id].append(
+            (day, Prior(count, int(total.scaleb(4, WIDE)), int(total_sq.scaleb(8, WIDE)), to_units(largest), last_ts))
+        )
+    return days
+
+
+def add_to_daily_totals(cur: psycopg2.extensions.cursor, new: Iterable[Transaction]) -> None:
+    """Add newly stored transactions to account_daily (in the same database transaction as their insert).
+
+    Callers hold the accounts' account_stats row locks, so no two writers update one account's days at once.
+    """
+    days: dict[tuple[int, int], Prior] = {}
+    for t in new:
+        key = (t.account_id, t.ts // DAY_MS)
+        days[key] = days.get(key, Prior()).plus((t.ts,), (to_units(t.amount),))
+    if not days:
+        return
+    keys = sorted(days)
+    totals = [days[k] for k in keys]
+    cur.execute(
+        """INSERT INTO account_daily AS d (account_id, day, tx_count, amount_sum, amount_sum_sq, amount_max, last_ts)
+           SELECT account_id, day, n, s * 0.0001, s2 * 0.00000001, m * 0.0001, txguard_ms_to_ts(l)
+           FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
+                       %s::bigint[]) AS v(account_id, day, n, s, s2, m, l)
+           ON CONFLICT (account_id, day) DO UPDATE SET
+               tx_count = d.tx_count + excluded.tx_count,
+               amount_sum = d.amount_sum + excluded.amount_sum,
+               amount_sum_sq = d.amount_sum_sq + excluded.amount_sum_sq,
+               amount_max = greatest(d.amount_max, excluded.amount_max),
+               last_ts = greatest(d.last_ts, excluded.last_ts)""",
+        (
+            array_literal(a for a, _ in keys),
+            array_literal(d for _, d in keys),
+            array_literal(p.count for p in totals),
+            array_literal(p.sum_units for p in totals),
+            array_literal(p.sum_sq_units for p in totals),
+            array_literal(p.max_units for p in totals),
+            array_literal(p.last_ts for p in totals),
+        ),
+    )
+
+
+def array_literal(values: Iterable[int | bool | None]) -> str:
+    """An array parameter as one literal ("{1,2,NULL}") the server parses at once; a Python list would be sent as
+    an ARRAY[...] expression of one constant per element, costly to adapt here and to parse there."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
