@@ -164,12 +164,14 @@ def recompute_window(
     the account's first transaction. The history before the window comes from per-day totals and the stored
     transactions within a day of its start: reads are bounded by `size`, not by the history's length.
     """
-    # Constant statements: a NULL bound folds away when the planner sees the parameters.
+    # Constant statements: a NULL bound folds away when the planner sees the parameters. The window starts at
+    # the timestamp of the size-th newest transaction, found in the (account_id, ts) index order; all of the
+    # transactions sharing that timestamp are in the window.
     bound = (None, None) if before is None else before
     cur.execute(
         """SELECT txguard_ts_to_ms(ts) FROM transactions
            WHERE account_id = %s AND (%s::bigint IS NULL OR (ts, transaction_id) < (txguard_ms_to_ts(%s), %s))
-           ORDER BY ts DESC, transaction_id DESC OFFSET %s LIMIT 1""",
+           ORDER BY ts DESC OFFSET %s LIMIT 1""",
         (account_id, bound[0], bound[0], bound[1], size - 1),
     )
     oldest = cur.fetchone()
