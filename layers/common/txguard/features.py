@@ -178,17 +178,33 @@ class DailyTotals:
                     _larger(last.last_ts, totals.last_ts),
                 )
             )
-        self._near = near
+        # Over the near transactions: running count, sum and sum of squares, and the largest amount since the start
+        # of each one's day, so that a day's part before t costs two bisections.
+        self._near_ts = near.ts
+        self._near_from = near.complete_from
+        self._sums = [0, *accumulate(near.units)]
+        self._squares = [0, *accumulate(u * u for u in near.units)]
+        self._day_max: list[int] = []
+        for i, (ts, units) in enumerate(zip(near.ts, near.units, strict=True)):
+            same_day = i > 0 and ts // DAY_MS == near.ts[i - 1] // DAY_MS
+            self._day_max.append(max(units, self._day_max[-1]) if same_day else units)
 
     def before(self, t: int) -> Prior:
         """The stored transactions strictly before t; t's day must be covered by the near transactions."""
         day_start = t - t % DAY_MS
-        if day_start < self._near.complete_from:
+        if day_start < self._near_from:
             raise ValueError("the stored transactions loaded do not cover the start of this day")
         prior = self._cumulative[bisect_left(self._days, day_start // DAY_MS)]
-        near = self._near
-        first, end = near.before(day_start), near.before(t)
-        return prior.plus(near.ts[first:end], near.units[first:end])
+        first, end = bisect_left(self._near_ts, day_start), bisect_left(self._near_ts, t)
+        if first == end:
+            return prior
+        return Prior(
+            prior.count + end - first,
+            prior.sum_units + self._sums[end] - self._sums[first],
+            prior.sum_sq_units + self._squares[end] - self._squares[first],
+            _larger(prior.max_units, self._day_max[end - 1]),
+            self._near_ts[end - 1],
+        )
 
 
 NOTHING = Prior()
