@@ -174,12 +174,16 @@ def _replays(database: BenchDatabase) -> list[dict[str, Any]]:
         serial.append(timed(lambda: [replay() for _ in range(20)]))
         parallel.append(concurrent(20))
 
-    alone = samples(replay, 5, warmup=1)
+    # Interleaved: each replay alone, then one while another transaction holds the batch's account locks.
+    alone, behind = [], []
     blocker = psycopg2.connect(database.admin_url)
     try:
-        with blocker.cursor() as cur:  # a writer in the middle of a batch for the same accounts
-            cur.execute("SELECT * FROM account_stats WHERE account_id BETWEEN 100 AND 599 FOR UPDATE")
-        behind = samples(replay, 5, warmup=1)
+        for _ in range(7):
+            alone.append(timed(replay))
+            with blocker.cursor() as cur:
+                cur.execute("SELECT * FROM account_stats WHERE account_id BETWEEN 100 AND 599 FOR UPDATE")
+            behind.append(timed(replay))
+            blocker.rollback()
     finally:
         blocker.close()
     return [

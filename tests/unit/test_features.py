@@ -41,7 +41,19 @@ def history_of(rows: list[tuple[int, int]], t: int) -> AccountHistory:
         for ts, u in sorted(rows):
             days[ts // DAY_MS] = days.get(ts // DAY_MS, Prior()).plus((ts,), (u,))
         stored = Timeline.of(near_from, [(ts, u) for ts, u in rows if near_from <= ts < t])
-        stored_before = DailyTotals(sorted(days.items()), stored).before
+        # part of the days summed up front, the rest one by one, as ingest reads them
+        ordered = sorted(days.items())
+        first = min(t // DAY_MS, ordered[len(ordered) // 2][0])
+        before = Prior()
+        for _, day in [(d, p) for d, p in ordered if d < first]:
+            before = Prior(
+                before.count + day.count,
+                before.sum_units + day.sum_units,
+                before.sum_sq_units + day.sum_sq_units,
+                max(before.max_units or 0, day.max_units or 0),
+                day.last_ts,
+            )
+        stored_before = DailyTotals(before, [(d, p) for d, p in ordered if first <= d < t // DAY_MS], stored).before
     return AccountHistory(
         count=len(rows),
         sum_units=sum(units),

@@ -163,10 +163,11 @@ class DailyTotals:
     bounded: timestamps start in 2000) plus one day of transactions.
     """
 
-    def __init__(self, days: Sequence[tuple[int, Prior]], near: Timeline) -> None:
-        # days: (day number, totals of that day), sorted; near: the stored transactions around the times asked for.
+    def __init__(self, before: Prior, days: Sequence[tuple[int, Prior]], near: Timeline) -> None:
+        # before: the totals of every day before the first of `days`; days: (day number, totals of that day),
+        # sorted; near: the stored transactions around the times asked for.
         self._days = [day for day, _ in days]
-        self._cumulative = [Prior()]
+        self._cumulative = [before]
         for _, totals in days:
             last = self._cumulative[-1]
             self._cumulative.append(

@@ -102,25 +102,49 @@ def _timelines(
     return timelines
 
 
-def daily_totals(cur: psycopg2.extensions.cursor, until_day: dict[int, int]) -> dict[int, list[tuple[int, Prior]]]:
-    """Each account's per-day totals for the days before until_day[account] (UTC day numbers), oldest first."""
-    if not until_day:
+def daily_totals(
+    cur: psycopg2.extensions.cursor, days: dict[int, tuple[int, int]]
+) -> dict[int, tuple[Prior, list[tuple[int, Prior]]]]:
+    """Per account, for days[account] = (first, until) in UTC day numbers: the totals of every day before `first`
+    (summed by the server) and each day's totals from `first` up to `until` (excluded), oldest first."""
+    if not days:
         return {}
-    accounts = list(until_day)
-    cur.execute(
-        """SELECT d.account_id, d.day, d.tx_count, d.amount_sum, d.amount_sum_sq, d.amount_max,
-                  txguard_ts_to_ms(d.last_ts)
-           FROM unnest(%s::bigint[], %s::int[]) AS b(account_id, until_day)
-           JOIN account_daily d ON d.account_id = b.account_id AND d.day < b.until_day
-           ORDER BY d.account_id, d.day""",
-        (array_literal(accounts), array_literal(until_day[a] for a in accounts)),
+    accounts = list(days)
+    params = (
+        array_literal(accounts),
+        array_literal(days[a][0] for a in accounts),
+        array_literal(days[a][1] for a in accounts),
     )
-    days: dict[int, list[tuple[int, Prior]]] = defaultdict(list)
+    cur.execute(
+        """SELECT b.account_id, NULL, p.n, p.s, p.s2, p.m, p.last_ms
+           FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS b(account_id, first_day, until_day)
+           CROSS JOIN LATERAL (
+               SELECT coalesce(sum(tx_count), 0) AS n, coalesce(sum(amount_sum), 0) AS s,
+                      coalesce(sum(amount_sum_sq), 0) AS s2, max(amount_max) AS m,
+                      txguard_ts_to_ms(max(last_ts)) AS last_ms
+               FROM account_daily d WHERE d.account_id = b.account_id AND d.day < b.first_day) AS p
+           UNION ALL
+           SELECT d.account_id, d.day, d.tx_count, d.amount_sum, d.amount_sum_sq, d.amount_max,
+                  txguard_ts_to_ms(d.last_ts)
+           FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS b(account_id, first_day, until_day)
+           JOIN account_daily d ON d.account_id = b.account_id AND d.day >= b.first_day AND d.day < b.until_day
+           ORDER BY 1, 2 NULLS FIRST""",
+        params + params,
+    )
+    result: dict[int, tuple[Prior, list[tuple[int, Prior]]]] = {}
     for account_id, day, count, total, total_sq, largest, last_ts in cur.fetchall():
-        days[account_id].append(
-            (day, Prior(count, int(total.scaleb(4, WIDE)), int(total_sq.scaleb(8, WIDE)), to_units(largest), last_ts))
+        totals = Prior(
+            int(count),
+            int(total.scaleb(4, WIDE)),
+            int(total_sq.scaleb(8, WIDE)),
+            None if largest is None else to_units(largest),
+            last_ts,
         )
-    return days
+        if day is None:
+            result[account_id] = (totals, [])
+        else:
+            result[account_id][1].append((day, totals))
+    return result
 
 
 def add_to_daily_totals(cur: psycopg2.extensions.cursor, new: Iterable[Transaction]) -> None:

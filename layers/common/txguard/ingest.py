@@ -242,11 +242,11 @@ def _load_histories(
     for t in new:  # sorted by time
         times[t.account_id].append(t.ts)
     spans: dict[int, list[Span]] = {}
-    late: dict[int, int] = {}
+    late: dict[int, tuple[int, int]] = {}
     for account_id, account_times in times.items():
         history, earliest = histories[account_id], account_times[0]
         if history.last_ts is not None and history.last_ts >= earliest:
-            late[account_id] = account_times[-1] // DAY_MS
+            late[account_id] = (earliest // DAY_MS, account_times[-1] // DAY_MS)
             spans[account_id] = spans_before(account_times, reach_ms, from_day_start=True)
         else:
             totals = Prior(history.count, history.sum_units, history.sum_sq_units, history.max_units, history.last_ts)
@@ -261,7 +261,7 @@ def _load_histories(
         history = histories[account_id]
         if account_id in late:
             stored = Timeline.from_sorted(timeline.complete_from, list(timeline.ts), list(timeline.units))
-            history.stored_before = DailyTotals(days.get(account_id, []), stored).before
+            history.stored_before = DailyTotals(*days[account_id], stored).before
         history.tail = timeline
 
 

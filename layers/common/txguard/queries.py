@@ -202,7 +202,8 @@ def _history_before(cur: psycopg2.extensions.cursor, account_id: int, since: int
     low = min(since - reach_ms + 1, since - since % DAY_MS)
     near = account_rows(cur, {account_id: [(low, since)]})[account_id]
     stored = Timeline.from_sorted(near.complete_from, list(near.ts), list(near.units))
-    prior = DailyTotals(daily_totals(cur, {account_id: since // DAY_MS}).get(account_id, []), stored).before(since)
+    day = since // DAY_MS
+    prior = DailyTotals(*daily_totals(cur, {account_id: (day, day)})[account_id], stored).before(since)
     cur.execute("SELECT txguard_ts_to_ms(first_ts) FROM account_stats WHERE account_id = %s", (account_id,))
     first = cur.fetchone()
     return AccountHistory(
