@@ -209,3 +209,31 @@ def test_every_database_error_is_a_database_unavailable_never_a_raw_error(
         db.run_in_transaction(lambda cur: cur.execute(statement))
     assert failed.value.retry_after_s == retry_after_s
     assert db.run_in_transaction(lambda cur: cur.execute("SELECT 1") or "usable") == "usable"
+
+
+def test_two_batches_sent_at_once_that_reuse_an_id_store_it_once_and_refuse_the_other(database: Database) -> None:
+    # No forced order: ten rounds of the race as clients produce it, each batch on its own connection.
+    for round_ in range(10):
+        shared = 10_000 + round_
+        batches = [
+            [tx(100 + round_, T0 + i, "10.00", tid=20_000 + 100 * round_ + i) for i in range(50)]
+            + [tx(100 + round_, T0 + 60, "10.00", tid=shared)],
+            [tx(200 + round_, T0 + i, "20.00", tid=30_000 + 100 * round_ + i) for i in range(50)]
+            + [tx(200 + round_, T0 + 60, "20.00", tid=shared)],
+        ]
+        start = threading.Barrier(2)
+
+        def send(batch: list[Transaction], start: threading.Barrier = start) -> list[StoreResult]:
+            start.wait()
+            return store_on_own_connection(batch)
+
+        racing = [Outcome(lambda b=b: send(b)) for b in batches]
+        outcomes = []
+        for outcome in racing:
+            try:
+                outcomes.append(("stored", outcome.result()))
+            except DuplicateIdConflict as refused:
+                outcomes.append(("conflict", refused.conflicts))
+        assert sorted(kind for kind, _ in outcomes) == ["conflict", "stored"], round_
+        assert database.query("SELECT count(*) FROM transactions WHERE transaction_id = %s", (shared,)) == [(1,)]
+    assert database.query("SELECT count(*) FROM transactions") == [(10 * 51,)]
