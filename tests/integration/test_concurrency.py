@@ -212,14 +212,16 @@ def test_every_database_error_is_a_database_unavailable_never_a_raw_error(
 
 
 def test_two_batches_sent_at_once_that_reuse_an_id_store_it_once_and_refuse_the_other(database: Database) -> None:
-    # No forced order: ten rounds of the race as clients produce it, each batch on its own connection.
+    # No forced order: ten rounds of the race as clients produce it, each batch on its own connection. The
+    # batches are large enough that both look for the shared id before either has committed.
+    big = 999
     for round_ in range(10):
         shared = 10_000 + round_
         batches = [
-            [tx(100 + round_, T0 + i, "10.00", tid=20_000 + 100 * round_ + i) for i in range(50)]
-            + [tx(100 + round_, T0 + 60, "10.00", tid=shared)],
-            [tx(200 + round_, T0 + i, "20.00", tid=30_000 + 100 * round_ + i) for i in range(50)]
-            + [tx(200 + round_, T0 + 60, "20.00", tid=shared)],
+            [tx(100 + round_, T0 + i, "10.00", tid=100_000 + 1000 * round_ + i) for i in range(big)]
+            + [tx(100 + round_, T0 + big, "10.00", tid=shared)],
+            [tx(200 + round_, T0 + i, "20.00", tid=200_000 + 1000 * round_ + i) for i in range(big)]
+            + [tx(200 + round_, T0 + big, "20.00", tid=shared)],
         ]
         start = threading.Barrier(2)
 
@@ -236,4 +238,4 @@ def test_two_batches_sent_at_once_that_reuse_an_id_store_it_once_and_refuse_the_
                 outcomes.append(("conflict", refused.conflicts))
         assert sorted(kind for kind, _ in outcomes) == ["conflict", "stored"], round_
         assert database.query("SELECT count(*) FROM transactions WHERE transaction_id = %s", (shared,)) == [(1,)]
-    assert database.query("SELECT count(*) FROM transactions") == [(10 * 51,)]
+    assert database.query("SELECT count(*) FROM transactions") == [(10 * (big + 1),)]
