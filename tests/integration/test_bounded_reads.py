@@ -167,3 +167,15 @@ def test_recompute_reads_a_bounded_window_and_its_pages_give_the_whole_history(
     assert seen == expected
     # a window of 400, its day before, and the merchant's windows around each: far below the 6,000 stored
     assert max(reads) <= 2_500, reads
+
+
+def test_a_merchant_is_read_only_as_far_back_as_the_merchant_rules_look(database: Database, reads: list[int]) -> None:
+    # The account's windows reach a day, the merchant's a minute: a merchant busy all day is read for a minute.
+    apply_rules(database, [rule("busy_day", "count_24h >= 0"), rule("busy_minute", "merchant_count_1m >= 0")])
+    busy = [tx(1, T0 + i * 29_000, "10.00", merchant_id="m-busy") for i in range(HISTORY)]  # a day of it
+    for i in range(0, HISTORY, 1000):
+        store(busy[i : i + 1000])
+    results = service.store([tx(2, T0 + HISTORY * 29_000, "30.00", merchant_id="m-busy")])
+    assert reads[-1] <= 5, f"{reads[-1]} rows read"  # the merchant's last minute: two or three
+    assert "merchant m-busy in the previous minute (2)" in " ".join(r.explanation for r in results[0].decision.reasons)
+    assert_decided_like_a_replay(results, 2)

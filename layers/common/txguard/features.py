@@ -34,6 +34,12 @@ def window_reach_ms(needed: frozenset[str]) -> int:
     return max(widths, default=1)
 
 
+def merchant_reach_ms(needed: frozenset[str]) -> int:
+    """How far back a merchant's tail must reach for these features: 0 when none is about merchants."""
+    merchant = frozenset(feature for feature in needed if feature.startswith("merchant_"))
+    return window_reach_ms(merchant) if merchant else 0
+
+
 FeatureValue = Decimal | int | None
 Features = dict[str, FeatureValue]
 

@@ -63,13 +63,25 @@ def account_rows(cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]) 
     return _timelines(cur.fetchall(), spans)
 
 
-def merchant_rows(
-    cur: psycopg2.extensions.cursor, spans: dict[str, list[Span]], skip_account_from: tuple[int, int] = (0, 0)
+def merchant_windows(
+    cur: psycopg2.extensions.cursor,
+    transactions: Iterable[Transaction],
+    reach_ms: int,
+    skip_account_from: tuple[int, int] = (0, 0),
 ) -> dict[str, Timeline]:
-    """Each merchant's stored transactions (every account's) inside its spans, one sorted Timeline per merchant.
+    """For the merchants of these transactions (sorted by time), their stored transactions (every account's)
+    within reach_ms before each one, as one sorted Timeline per merchant; empty ones, read from nowhere, when no
+    rule looks at merchants (reach_ms 0).
 
     skip_account_from = (account, ms) leaves out that account's transactions from ms on (0: none left out).
     """
+    times: dict[str, list[int]] = defaultdict(list)
+    for t in transactions:
+        if t.merchant_id is not None:
+            times[t.merchant_id].append(t.ts)
+    if reach_ms <= 0:
+        return {m: Timeline(complete_from=0) for m in times}
+    spans = {m: spans_before(ts, reach_ms) for m, ts in times.items()}
     keys, lows, highs = _flatten(spans)
     if not keys:
         return {}

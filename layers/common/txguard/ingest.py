@@ -22,7 +22,7 @@ import psycopg2
 import psycopg2.extensions
 
 from txguard.detection import Transaction, decisions_in_time_order
-from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Timeline, to_units
+from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Timeline, merchant_reach_ms, to_units
 from txguard.history import (
     WIDE,
     Span,
@@ -30,7 +30,7 @@ from txguard.history import (
     add_to_daily_totals,
     array_literal,
     daily_totals,
-    merchant_rows,
+    merchant_windows,
     spans_before,
 )
 from txguard.rule_engine import CompiledRuleSet, Decision, Reason
@@ -98,7 +98,7 @@ def store_transactions(
     decisions: dict[int, Decision] = {}
     if new:
         _load_histories(cur, new, stats, rules.window_reach_ms)
-        merchants = _load_merchant_windows(cur, new, rules.window_reach_ms)
+        merchants = merchant_windows(cur, new, merchant_reach_ms(rules.needed_features))
         _copy_in(cur, decisions_in_time_order(new, stats, merchants, rules), len(new), decisions)
         _write_totals(cur, stats, {t.account_id for t in new})
         add_to_daily_totals(cur, new)
@@ -263,17 +263,6 @@ def _load_histories(
             stored = Timeline.from_sorted(timeline.complete_from, list(timeline.ts), list(timeline.units))
             history.stored_before = DailyTotals(*days[account_id], stored).before
         history.tail = timeline
-
-
-def _load_merchant_windows(
-    cur: psycopg2.extensions.cursor, new: list[Transaction], reach_ms: int
-) -> dict[str, Timeline]:
-    """Each merchant's stored transactions within the rules' widest window before each new one there."""
-    times: dict[str, list[int]] = defaultdict(list)
-    for t in new:
-        if t.merchant_id is not None:
-            times[t.merchant_id].append(t.ts)
-    return merchant_rows(cur, {m: spans_before(ts, reach_ms) for m, ts in times.items()})
 
 
 def _constant(value: Prior) -> Callable[[int], Prior]:

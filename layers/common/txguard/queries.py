@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +12,8 @@ from typing import Any
 import psycopg2.extensions
 
 from txguard.detection import Transaction, decide_in_time_order, empty_history
-from txguard.features import DAY_MS, AccountHistory, DailyTotals, Timeline
-from txguard.history import account_rows, daily_totals, merchant_rows, spans_before
+from txguard.features import DAY_MS, AccountHistory, DailyTotals, Timeline, merchant_reach_ms
+from txguard.history import account_rows, daily_totals, merchant_windows
 from txguard.ingest import decision_from_row, transaction_from_row
 from txguard.rule_engine import CompiledRuleSet, Decision
 
@@ -186,12 +185,7 @@ def recompute_window(
     if not window:
         return [], None
     history = empty_history() if since is None else _history_before(cur, account_id, since, rules.window_reach_ms)
-    reach = rules.window_reach_ms
-    times: dict[str, list[int]] = defaultdict(list)
-    for t in window:
-        if t.merchant_id is not None:
-            times[t.merchant_id].append(t.ts)
-    merchants = merchant_rows(cur, {m: spans_before(ts, reach) for m, ts in times.items()}, (account_id, window[0].ts))
+    merchants = merchant_windows(cur, window, merchant_reach_ms(rules.needed_features), (account_id, window[0].ts))
     decisions = decide_in_time_order(window, {account_id: history}, merchants, rules)
     judged = [Judged(t, decisions[t.transaction_id]) for t in window]
     return judged, (None if since is None else (window[0].ts, window[0].transaction_id))
