@@ -214,9 +214,6 @@ class DailyTotals:
         )
 
 
-NOTHING = Prior()
-
-
 def _larger(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
 
@@ -226,8 +223,8 @@ class AccountHistory:
     """What is known of an account before each transaction to decide, which come in time order.
 
     `stored_before(t)` gives the account's stored transactions strictly before t: the running totals when every
-    transaction to decide is newer than all stored ones, DailyTotals for late arrivals. `added` accumulates the
-    transactions decided since (all before the next one, because decisions are taken in time order). The tail
+    transaction to decide is newer than all stored ones, DailyTotals for late arrivals. The `added_*` fields
+    accumulate the transactions decided since (all before the next one: decisions are taken in time order). The tail
     holds the stored transactions within the windows' reach of each transaction to decide, and the added ones.
     The totals (count ... last_ts) cover everything, stored and added: they are written back to account_stats.
     """
@@ -241,20 +238,24 @@ class AccountHistory:
     last_ts: int | None
     tail: Timeline
     stored_before: Callable[[int], Prior]
-    added: Prior = NOTHING
+    # The transactions added so far (plain fields: updated once per transaction decided).
+    added_count: int = 0
+    added_sum_units: int = 0
+    added_sum_sq_units: int = 0
+    added_max_units: int | None = None
+    added_last_ts: int | None = None
 
     def features(self, t: int, units: int, needed: frozenset[str] = ALL_FEATURES) -> Features:
         """The account's features for a transaction at t; only those in `needed` (plus amount and count).
 
         Raises ValueError for a t not after every transaction added so far, or outside what was loaded.
         """
-        added = self.added
-        if added.last_ts is not None and added.last_ts >= t:
+        if self.added_last_ts is not None and self.added_last_ts >= t:
             raise ValueError("transactions must be decided in time order")
         stored = self.stored_before(t)
-        count = stored.count + added.count
-        total = stored.sum_units + added.sum_units
-        total_sq = stored.sum_sq_units + added.sum_sq_units
+        count = stored.count + self.added_count
+        total = stored.sum_units + self.added_sum_units
+        total_sq = stored.sum_sq_units + self.added_sum_sq_units
 
         result: Features = {"amount": from_units(units), "count": count}
         if count:
@@ -263,7 +264,7 @@ class AccountHistory:
             if "std_amount" in needed:
                 result["std_amount"] = _std(total, total_sq, count)
             if "max_amount" in needed:
-                largest = _larger(stored.max_units, added.max_units)
+                largest = _larger(stored.max_units, self.added_max_units)
                 assert largest is not None
                 result["max_amount"] = from_units(largest)
             if "seconds_since_previous" in needed:
@@ -287,7 +288,12 @@ class AccountHistory:
 
     def add(self, t: int, units: int) -> None:
         self.tail.add(t, units)
-        self.added = self.added.plus((t,), (units,))
+        self.added_count += 1
+        self.added_sum_units += units
+        self.added_sum_sq_units += units * units
+        if self.added_max_units is None or units > self.added_max_units:
+            self.added_max_units = units
+        self.added_last_ts = t  # added in time order
         self.count += 1
         self.sum_units += units
         self.sum_sq_units += units * units

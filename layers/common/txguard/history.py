@@ -164,14 +164,22 @@ def add_to_daily_totals(cur: psycopg2.extensions.cursor, new: Iterable[Transacti
 
     Callers hold the accounts' account_stats row locks, so no two writers update one account's days at once.
     """
-    days: dict[tuple[int, int], Prior] = {}
+    days: dict[tuple[int, int], list[int]] = {}  # [count, sum, sum of squares, max, last timestamp]
     for t in new:
-        key = (t.account_id, t.ts // DAY_MS)
-        days[key] = days.get(key, Prior()).plus((t.ts,), (to_units(t.amount),))
+        key, units = (t.account_id, t.ts // DAY_MS), to_units(t.amount)
+        day = days.get(key)
+        if day is None:
+            days[key] = [1, units, units * units, units, t.ts]
+        else:
+            day[0] += 1
+            day[1] += units
+            day[2] += units * units
+            day[3] = max(day[3], units)
+            day[4] = max(day[4], t.ts)
     if not days:
         return
     keys = sorted(days)
-    totals = [days[k] for k in keys]
+    totals = [Prior(*days[k]) for k in keys]
     cur.execute(
         """INSERT INTO account_daily AS d (account_id, day, tx_count, amount_sum, amount_sum_sq, amount_max, last_ts)
            SELECT account_id, day, n, s * 0.0001, s2 * 0.00000001, m * 0.0001, txguard_ms_to_ts(l)
