@@ -15,6 +15,8 @@ import json
 import random
 import threading
 import time
+import tracemalloc
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -64,13 +66,25 @@ def _recompute(hot_size: int) -> dict[str, Any]:
 
     small = samples(lambda: get(WINDOW_SIZED), 15, warmup=2)
     large = samples(lambda: get(HOT), 15, warmup=2)
-    return _row(
+    row = _row(
         f"GET /is_fraud?recompute=true: {hot_size:,}-transaction account vs one of "
         f"{queries.RECOMPUTE_WINDOW:,} (one recompute window)",
         small,
         large,
         at_most=2,
     )
+    # Memory: the peak of Python allocations during one request, measured apart (tracing slows the timing).
+    row["python_peak_mb"] = {"baseline": _peak_mb(lambda: get(WINDOW_SIZED)), "measured": _peak_mb(lambda: get(HOT))}
+    return row
+
+
+def _peak_mb(work: Callable[[], object]) -> float:
+    tracemalloc.start()
+    try:
+        work()
+        return round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+    finally:
+        tracemalloc.stop()
 
 
 def _row(name: str, baseline: list[float], measured: list[float], at_most: float) -> dict[str, Any]:
