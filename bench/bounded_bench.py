@@ -192,7 +192,7 @@ def _replays(database: BenchDatabase) -> list[dict[str, Any]]:
     alone, behind = [], []
     blocker = psycopg2.connect(database.admin_url)
     try:
-        for _ in range(7):
+        for _ in range(15):
             alone.append(timed(replay))
             with blocker.cursor() as cur:
                 cur.execute("SELECT * FROM account_stats WHERE account_id BETWEEN 100 AND 599 FOR UPDATE")
