@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart_bench, detection_bench, generator_bench, ingest_bench, rules_bench
+from bench import bounded_bench, coldstart_bench, detection_bench, generator_bench, ingest_bench, rules_bench
 from bench.harness import bench_database
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,13 +46,16 @@ def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
-    parser.add_argument("--only", choices=["ingest", "detection", "rules", "generator", "coldstart"], default=None)
+    parser.add_argument(
+        "--only", choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart"], default=None
+    )
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
     suites = {
         "ingest": ingest_bench.run,
         "detection": detection_bench.run,
         "rules": rules_bench.run,
+        "bounded": bounded_bench.run,
         "generator": generator_bench.run,
         "coldstart": coldstart_bench.run,
     }

@@ -201,7 +201,7 @@ ignore_startup_parameters = extra_float_digits
         shutil.rmtree(directory, ignore_errors=True)
 
 
-_TABLES_TO_EMPTY = ("transactions", "account_stats", "rule_sets", "alert_outbox")
+_TABLES_TO_EMPTY = ("transactions", "account_stats", "account_daily", "rule_sets", "alert_outbox")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any
 from txguard import db
 from txguard.detection import Transaction
 from txguard.ingest import StoreResult, store_transactions
-from txguard.queries import Judged, recompute_account
+from txguard.queries import Judged, recompute_window
 from txguard.rule_store import apply_rule_set, rule_cache
 
 T0 = 1_700_000_000_000
@@ -25,7 +25,10 @@ def store(batch: list[Transaction]) -> list[StoreResult]:
 
 
 def recompute(account_id: int) -> list[Judged]:
-    return db.run_in_transaction(lambda cur: recompute_account(cur, account_id, rule_cache.current(cur, 0)))
+    """The account's whole history re-decided, in time order."""
+    return db.run_in_transaction(
+        lambda cur: recompute_window(cur, account_id, rule_cache.current(cur, 0), None, 10**9)[0]
+    )
 
 
 def apply_rules(database: Any, rules: list[dict[str, Any]], threshold: str = "0.5") -> None:

@@ -6,7 +6,7 @@ from random import Random
 import pytest
 
 from txguard.detection import Transaction, decide_in_time_order, empty_history
-from txguard.features import DAY_MS, AccountHistory, Timeline, to_units, window_reach_ms
+from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Timeline, to_units, window_reach_ms
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import validate_rule_set
 
@@ -26,10 +26,34 @@ def brute_force(history: list[tuple[int, int]], t: int, units: int) -> dict[str,
     return result
 
 
-def history_of(rows: list[tuple[int, int]], tail_from: int) -> AccountHistory:
-    """Totals over all rows, tail from `tail_from`, the way ingest loads an account."""
+def history_of(rows: list[tuple[int, int]], t: int) -> AccountHistory:
+    """The account as ingest loads it for a transaction at t: running totals when t is newer than every row;
+    otherwise per-day totals plus the rows from the start of t's day and within a day before t."""
     units = [u for _, u in rows]
-    max_units = max(units)
+    max_units, last_ts = max(units), max(ts for ts, _ in rows)
+    near_from = min(t - DAY_MS + 1, t - t % DAY_MS)
+    near = Timeline.of(near_from, [(ts, u) for ts, u in rows if near_from <= ts < t])
+    if t > last_ts:
+        totals = Prior(len(rows), sum(units), sum(u * u for u in units), max_units, last_ts)
+        stored_before = lambda _t: totals  # noqa: E731
+    else:
+        days: dict[int, Prior] = {}
+        for ts, u in sorted(rows):
+            days[ts // DAY_MS] = days.get(ts // DAY_MS, Prior()).plus((ts,), (u,))
+        stored = Timeline.of(near_from, [(ts, u) for ts, u in rows if near_from <= ts < t])
+        # part of the days summed up front, the rest one by one, as ingest reads them
+        ordered = sorted(days.items())
+        first = min(t // DAY_MS, ordered[len(ordered) // 2][0])
+        before = Prior()
+        for _, day in [(d, p) for d, p in ordered if d < first]:
+            before = Prior(
+                before.count + day.count,
+                before.sum_units + day.sum_units,
+                before.sum_sq_units + day.sum_sq_units,
+                max(before.max_units or 0, day.max_units or 0),
+                day.last_ts,
+            )
+        stored_before = DailyTotals(before, [(d, p) for d, p in ordered if first <= d < t // DAY_MS], stored).before
     return AccountHistory(
         count=len(rows),
         sum_units=sum(units),
@@ -37,10 +61,9 @@ def history_of(rows: list[tuple[int, int]], tail_from: int) -> AccountHistory:
         max_units=max_units,
         max_ts=min(ts for ts, u in rows if u == max_units),
         first_ts=min(ts for ts, _ in rows),
-        last_ts=max(ts for ts, _ in rows),
-        tail=Timeline.of(tail_from, [(ts, u) for ts, u in rows if ts >= tail_from]),
-        last_before_tail=max((ts for ts, _ in rows if ts < tail_from), default=None),
-        prefix_max=lambda: max((u for ts, u in rows if ts < tail_from), default=None),
+        last_ts=last_ts,
+        tail=near,
+        stored_before=stored_before,
     )
 
 
@@ -50,11 +73,11 @@ def test_features_match_the_definition_for_late_and_on_time_arrivals() -> None:
         rows = []
         ts = 1_700_000_000_000
         for _ in range(rng.randint(1, 40)):
-            ts += rng.choice([0, 1, 500, 59_999, 60_000, 60_001, 3_600_000, DAY_MS, 2 * DAY_MS])
+            ts += rng.choice([0, 1, 500, 59_999, 60_000, 60_001, 3_600_000, DAY_MS, 2 * DAY_MS, 400 * DAY_MS])
             rows.append((ts, rng.randint(1, 5_000_000)))
         t = rng.choice([ts + rng.randint(0, 100_000), rng.choice(rows)[0], rows[0][0] + rng.randint(-5, 5)])
         units = rng.randint(1, 5_000_000)
-        history = history_of(rows, tail_from=min(t, max(ts for ts, _ in rows)) - DAY_MS + 1)
+        history = history_of(rows, t)
         got = history.features(t, units)
         expected = brute_force(rows, t, units)
         for name, value in expected.items():
@@ -62,9 +85,7 @@ def test_features_match_the_definition_for_late_and_on_time_arrivals() -> None:
 
 
 def test_the_mean_and_standard_deviation_are_exact_to_six_places() -> None:
-    history = history_of(
-        [(1, to_units(Decimal("10"))), (2, to_units(Decimal("20"))), (3, to_units(Decimal("31")))], -DAY_MS
-    )
+    history = history_of([(1, to_units(Decimal("10"))), (2, to_units(Decimal("20"))), (3, to_units(Decimal("31")))], 10)
     got = history.features(10, 1)
     assert got["mean_amount"] == Decimal("20.333333")
     assert got["std_amount"] == Decimal("8.576454")  # population standard deviation of 10, 20, 31

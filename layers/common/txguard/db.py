@@ -8,7 +8,9 @@ in one database transaction: it commits whole or not at all.
 from __future__ import annotations
 
 import json
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -23,20 +25,49 @@ from txguard.settings import DatabaseSettings
 
 T = TypeVar("T")
 
-# Transient failures: the connection or the server went away, or a statement ran out of time.
-# Serialization failures and deadlocks are retried inside run_in_transaction before they surface.
-_RETRYABLE_PGCODES = {"40001", "40P01"}
-
 
 class DatabaseUnavailable(Exception):
-    """The database could not be reached or did not answer in time; the request changed nothing."""
+    """The database could not be reached, was too busy or did not answer in time; the request changed nothing."""
 
-    def __init__(self, message: str, retry_after_s: int = 2, retry_now: bool | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: int = 2, retry_now: bool | None = None, connection_lost: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-        # Whether run_in_transaction should try again at once on a new connection: yes for a dropped or
-        # refused connection, no for timeouts and configuration problems, where it would not help.
+        # Whether run_in_transaction should try again at once: yes for a dropped or refused connection and for
+        # a transaction that lost a race with another one, no for timeouts and configuration problems, where
+        # it would not help.
         self.retry_now = retry_after_s < 5 if retry_now is None else retry_now
+        # The connection is unusable and must be replaced before the next try.
+        self.connection_lost = connection_lost
+
+
+def database_failure(exc: psycopg2.Error) -> DatabaseUnavailable:
+    """What a database error means for the caller, by SQLSTATE class; the one place errors are classified.
+
+    - 23505 unique_violation: a concurrent transaction committed the same key after this one looked for it
+      (every insert here checks for existing keys first). Re-running the whole unit of work sees that row and
+      answers by content: a duplicate, or 409 transaction_id_conflict.
+    - class 40 (serialization failure, deadlock) and class 53 (out of memory, out of shared memory, too many
+      connections): the server is busy. Retried at once, then 503 after 1 s.
+    - 55P03 lock_not_available (lock_timeout) and 57014 query_canceled (statement_timeout): the request has
+      already waited its whole allowance, so it is not retried at once; 503 after 1 s and 5 s.
+    - class 08, 57P01-57P03 and errors without SQLSTATE: the connection is gone. Replaced and retried.
+    - anything else (a data or program error the validation should have caught, an internal server error):
+      not retried; 503 with a long Retry-After, logged with its SQLSTATE for the operator. Never a 500.
+    """
+    code = getattr(exc, "pgcode", None) or ""
+    if code == "23505":
+        return DatabaseUnavailable("the database is busy (a concurrent write of the same key)", retry_after_s=1)
+    if code[:2] in ("40", "53"):
+        return DatabaseUnavailable(f"the database is busy ({_first_line(exc)})", retry_after_s=1)
+    if code == "55P03":
+        return DatabaseUnavailable("the database is busy (lock timeout)", retry_after_s=1, retry_now=False)
+    if code == "57014":
+        return DatabaseUnavailable("the database did not answer in time", retry_after_s=5)
+    if not code or code[:2] == "08" or code in ("57P01", "57P02", "57P03"):
+        return DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}", connection_lost=True)
+    return DatabaseUnavailable(f"the database refused the request (SQLSTATE {code})", retry_after_s=30)
 
 
 _secrets: Any = None
@@ -202,16 +233,13 @@ class ConnectionHolder:
                     cur.prelude = self._prelude
                     yield cur
                 conn.commit()
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                pgcode = getattr(exc, "pgcode", None)
-                if pgcode == "57014":  # query_canceled: statement_timeout; the connection itself is fine
+            except psycopg2.Error as exc:
+                failure = database_failure(exc)
+                if not failure.connection_lost:
                     _rollback_quietly(conn)
-                    raise DatabaseUnavailable("the database did not answer in time", retry_after_s=5) from exc
-                if pgcode == "55P03":  # lock_not_available: lock_timeout
-                    _rollback_quietly(conn)
-                    raise DatabaseUnavailable("the database is busy (lock timeout)", retry_after_s=1) from exc
-                self.reset()
-                raise DatabaseUnavailable(f"lost the database connection: {_first_line(exc)}") from exc
+                if failure.connection_lost or conn.closed:
+                    self.reset()
+                raise failure from exc
             except BaseException:
                 _rollback_quietly(conn)
                 if conn.closed:
@@ -230,29 +258,28 @@ _holder = ConnectionHolder()
 
 
 @tracer.capture_method(capture_response=False, capture_error=False)
-def run_in_transaction(work: Callable[[psycopg2.extensions.cursor], T], attempts: int = 3) -> T:
-    """Run `work` in one database transaction on the shared connection.
+def run_in_transaction(
+    work: Callable[[psycopg2.extensions.cursor], T], attempts: int = 4, holder: ConnectionHolder | None = None
+) -> T:
+    """Run `work` in one database transaction on the shared connection (or `holder`'s).
 
-    A connection found dead (the server restarted, a proxy dropped it) is replaced and the work retried,
-    as are serialization failures and deadlocks: `work` is always a whole transaction, so re-running it is
-    safe. Anything still failing is raised as DatabaseUnavailable, which the API turns into a 503.
+    Every database error is classified by database_failure. A connection found dead (the server restarted,
+    a proxy dropped it) is replaced and the work retried, as are the busy cases (deadlocks, serialization
+    failures, lock exhaustion, a key committed concurrently): `work` is always a whole transaction, so
+    re-running it is safe; a short random pause lets the transaction it collided with finish. Anything still
+    failing is raised as DatabaseUnavailable, which the API turns into a 503.
     """
-    last: Exception | None = None
-    for _ in range(attempts):
+    holder = holder or _holder
+    for attempt in range(attempts):
         try:
-            with _holder.transaction() as cur:
+            with holder.transaction() as cur:
                 return work(cur)
         except DatabaseUnavailable as exc:
-            if not exc.retry_now:
+            if not exc.retry_now or attempt == attempts - 1:
                 raise
-            last = exc
-        except psycopg2.Error as exc:
-            if getattr(exc, "pgcode", None) not in _RETRYABLE_PGCODES:
-                raise
-            last = exc
-    if isinstance(last, DatabaseUnavailable):
-        raise last
-    raise DatabaseUnavailable("the database kept aborting the transaction; retry") from last
+            if not exc.connection_lost:
+                time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def reset_connection() -> None:

@@ -11,7 +11,7 @@ from decimal import Decimal
 from itertools import groupby
 from typing import NamedTuple
 
-from txguard.features import AccountHistory, Timeline, merchant_features, to_units
+from txguard.features import AccountHistory, Prior, Timeline, merchant_features, to_units
 from txguard.rule_engine import CompiledRuleSet, Decision
 
 
@@ -42,8 +42,7 @@ def empty_history() -> AccountHistory:
         first_ts=None,
         last_ts=None,
         tail=Timeline(complete_from=-(2**62)),
-        last_before_tail=None,
-        prefix_max=lambda: None,
+        stored_before=lambda _t: Prior(),
     )
 
 

@@ -5,14 +5,15 @@ The same definitions are written in SQL in migrations/0002_detect_fraud.sql (tra
 tests check that both give the same decisions.
 
 Amounts are carried as integer ten-thousandths ("units") so that sums and sums of squares are exact.
-The history of an account is held as running totals over all its stored transactions plus a sorted
-"tail" of its recent transactions; a new transaction costs a few bisections, not a scan of the history.
+The history of an account is held as aggregates of its stored transactions before a time (running totals, or
+per-day totals for late arrivals) plus a sorted "tail" of the transactions within the windows' reach; a new
+transaction costs a few bisections, not a scan of the history, whatever its timestamp.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import accumulate
@@ -31,6 +32,12 @@ def window_reach_ms(needed: frozenset[str]) -> int:
     """How far back before a transaction the account's and merchant's tails must reach for these features."""
     widths = [width for name, width in WINDOWS if any(feature.endswith(f"_{name}") for feature in needed)]
     return max(widths, default=1)
+
+
+def merchant_reach_ms(needed: frozenset[str]) -> int:
+    """How far back a merchant's tail must reach for these features: 0 when none is about merchants."""
+    merchant = frozenset(feature for feature in needed if feature.startswith("merchant_"))
+    return window_reach_ms(merchant) if merchant else 0
 
 
 FeatureValue = Decimal | int | None
@@ -128,12 +135,98 @@ class Timeline:
         return end - start, self._prefix[end] - self._prefix[start]
 
 
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """Aggregates of transactions strictly before some time: count, sums (units), largest amount (units) and the
+    latest timestamp (ms); None where there are none."""
+
+    count: int = 0
+    sum_units: int = 0
+    sum_sq_units: int = 0
+    max_units: int | None = None
+    last_ts: int | None = None
+
+    def plus(self, ts: Sequence[int], units: Sequence[int]) -> Prior:
+        """These aggregates with more transactions (timestamps sorted) added."""
+        if not units:
+            return self
+        largest = max(units)
+        return Prior(
+            self.count + len(units),
+            self.sum_units + sum(units),
+            self.sum_sq_units + sum(u * u for u in units),
+            largest if self.max_units is None else max(self.max_units, largest),
+            ts[-1] if self.last_ts is None else max(self.last_ts, ts[-1]),
+        )
+
+
+class DailyTotals:
+    """An account's stored history before any time t, read without scanning it.
+
+    Per-day totals (the account_daily table, maintained on insert) give everything before t's day; the stored
+    transactions from the start of t's day up to t, loaded for every t that will be asked about, give the rest.
+    So the history before an old timestamp costs at most one row per day of the account's life (days are
+    bounded: timestamps start in 2000) plus one day of transactions.
+    """
+
+    def __init__(self, before: Prior, days: Sequence[tuple[int, Prior]], near: Timeline) -> None:
+        # before: the totals of every day before the first of `days`; days: (day number, totals of that day),
+        # sorted; near: the stored transactions around the times asked for.
+        self._days = [day for day, _ in days]
+        self._cumulative = [before]
+        for _, totals in days:
+            last = self._cumulative[-1]
+            self._cumulative.append(
+                Prior(
+                    last.count + totals.count,
+                    last.sum_units + totals.sum_units,
+                    last.sum_sq_units + totals.sum_sq_units,
+                    _larger(last.max_units, totals.max_units),
+                    _larger(last.last_ts, totals.last_ts),
+                )
+            )
+        # Over the near transactions: running count, sum and sum of squares, and the largest amount since the start
+        # of each one's day, so that a day's part before t costs two bisections.
+        self._near_ts = near.ts
+        self._near_from = near.complete_from
+        self._sums = [0, *accumulate(near.units)]
+        self._squares = [0, *accumulate(u * u for u in near.units)]
+        self._day_max: list[int] = []
+        for i, (ts, units) in enumerate(zip(near.ts, near.units, strict=True)):
+            same_day = i > 0 and ts // DAY_MS == near.ts[i - 1] // DAY_MS
+            self._day_max.append(max(units, self._day_max[-1]) if same_day else units)
+
+    def before(self, t: int) -> Prior:
+        """The stored transactions strictly before t; t's day must be covered by the near transactions."""
+        day_start = t - t % DAY_MS
+        if day_start < self._near_from:
+            raise ValueError("the stored transactions loaded do not cover the start of this day")
+        prior = self._cumulative[bisect_left(self._days, day_start // DAY_MS)]
+        first, end = bisect_left(self._near_ts, day_start), bisect_left(self._near_ts, t)
+        if first == end:
+            return prior
+        return Prior(
+            prior.count + end - first,
+            prior.sum_units + self._sums[end] - self._sums[first],
+            prior.sum_sq_units + self._squares[end] - self._squares[first],
+            _larger(prior.max_units, self._day_max[end - 1]),
+            self._near_ts[end - 1],
+        )
+
+
+def _larger(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
 @dataclass
 class AccountHistory:
-    """Running totals over all of an account's stored transactions, plus its recent tail.
+    """What is known of an account before each transaction to decide, which come in time order.
 
-    `prefix_max` answers "largest amount strictly before the tail" from the database, only in the rare
-    case a transaction arrives before the account's largest amount was made.
+    `stored_before(t)` gives the account's stored transactions strictly before t: the running totals when every
+    transaction to decide is newer than all stored ones, DailyTotals for late arrivals. The `added_*` fields
+    accumulate the transactions decided since (all before the next one: decisions are taken in time order). The tail
+    holds the stored transactions within the windows' reach of each transaction to decide, and the added ones.
+    The totals (count ... last_ts) cover everything, stored and added: they are written back to account_stats.
     """
 
     count: int
@@ -144,23 +237,25 @@ class AccountHistory:
     first_ts: int | None
     last_ts: int | None
     tail: Timeline
-    last_before_tail: int | None
-    prefix_max: Callable[[], int | None]
+    stored_before: Callable[[int], Prior]
+    # The transactions added so far (plain fields: updated once per transaction decided).
+    added_count: int = 0
+    added_sum_units: int = 0
+    added_sum_sq_units: int = 0
+    added_max_units: int | None = None
+    added_last_ts: int | None = None
 
     def features(self, t: int, units: int, needed: frozenset[str] = ALL_FEATURES) -> Features:
-        """The account's features for a transaction at t; only those in `needed` (plus amount and count)."""
-        tail = self.tail
-        if t < tail.complete_from:
-            raise ValueError("the account's tail does not reach back to this transaction")
-        end = tail.before(t)
-        # Totals cover every stored transaction; take away those at or after t (normally none).
-        later_count = len(tail.ts) - end
-        count, total, total_sq = self.count, self.sum_units, self.sum_sq_units
-        if later_count:
-            later = tail.units[end:]
-            count -= later_count
-            total -= sum(later)
-            total_sq -= sum(u * u for u in later)
+        """The account's features for a transaction at t; only those in `needed` (plus amount and count).
+
+        Raises ValueError for a t not after every transaction added so far, or outside what was loaded.
+        """
+        if self.added_last_ts is not None and self.added_last_ts >= t:
+            raise ValueError("transactions must be decided in time order")
+        stored = self.stored_before(t)
+        count = stored.count + self.added_count
+        total = stored.sum_units + self.added_sum_units
+        total_sq = stored.sum_sq_units + self.added_sum_sq_units
 
         result: Features = {"amount": from_units(units), "count": count}
         if count:
@@ -169,9 +264,12 @@ class AccountHistory:
             if "std_amount" in needed:
                 result["std_amount"] = _std(total, total_sq, count)
             if "max_amount" in needed:
-                result["max_amount"] = from_units(self._max_before(t, end))
+                largest = _larger(stored.max_units, self.added_max_units)
+                assert largest is not None
+                result["max_amount"] = from_units(largest)
             if "seconds_since_previous" in needed:
-                previous_ts = tail.ts[end - 1] if end else self.last_before_tail
+                end = self.tail.before(t)
+                previous_ts = _larger(stored.last_ts, self.tail.ts[end - 1] if end else None)
                 assert previous_ts is not None
                 result["seconds_since_previous"] = Decimal(t - previous_ts).scaleb(-3)
             if "account_age_seconds" in needed:
@@ -183,20 +281,19 @@ class AccountHistory:
             result["is_first_transaction"] = 1
         for name, width in WINDOWS:
             if f"count_{name}" in needed or f"sum_{name}" in needed:
-                n, s = tail.window(t, width)
+                n, s = self.tail.window(t, width)
                 result[f"count_{name}"] = n
                 result[f"sum_{name}"] = from_units(s)
         return result
 
-    def _max_before(self, t: int, end: int) -> int:
-        if self.max_ts is not None and self.max_ts < t:
-            assert self.max_units is not None
-            return self.max_units
-        candidates = [u for u in (max(self.tail.units[:end], default=None), self.prefix_max()) if u is not None]
-        return max(candidates)
-
     def add(self, t: int, units: int) -> None:
         self.tail.add(t, units)
+        self.added_count += 1
+        self.added_sum_units += units
+        self.added_sum_sq_units += units * units
+        if self.added_max_units is None or units > self.added_max_units:
+            self.added_max_units = units
+        self.added_last_ts = t  # added in time order
         self.count += 1
         self.sum_units += units
         self.sum_sq_units += units * units

@@ -9,10 +9,12 @@ Cost per transaction does not grow with the account's history; see features.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Context, Decimal
+from decimal import Decimal
 from math import ceil
 from typing import Any, Literal
 
@@ -20,7 +22,17 @@ import psycopg2
 import psycopg2.extensions
 
 from txguard.detection import Transaction, decisions_in_time_order
-from txguard.features import AccountHistory, Timeline, to_units
+from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Timeline, merchant_reach_ms, to_units
+from txguard.history import (
+    WIDE,
+    Span,
+    account_rows,
+    add_to_daily_totals,
+    array_literal,
+    daily_totals,
+    merchant_windows,
+    spans_before,
+)
 from txguard.rule_engine import CompiledRuleSet, Decision, Reason
 from txguard.settings import DatabaseSettings
 
@@ -44,9 +56,6 @@ class DuplicateIdConflict(Exception):
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Running totals exceed the default 28 significant digits (a sum of squared amounts in 1/10^8 units):
-# read them back exactly.
-_WIDE = Context(prec=100)
 _COLUMNS = (
     "transaction_id",
     "account_id",
@@ -69,18 +78,18 @@ def store_transactions(
     if in_request_conflicts:
         raise DuplicateIdConflict(in_request_conflicts, in_request=True)
 
-    accounts = sorted({t.account_id for t in batch})
-    stats = _lock_accounts(cur, accounts)
-    _lock_merchants(cur, sorted({t.merchant_id for t in batch if t.merchant_id is not None}))
-
-    stored = _already_stored(cur, [t.transaction_id for t in batch])
-    conflicts = [
-        (index, t.transaction_id, differing)
-        for index, t in enumerate(batch)
-        if t.transaction_id in stored and (differing := t.same_content(stored[t.transaction_id][0]))
-    ]
-    if conflicts:
-        raise DuplicateIdConflict(conflicts)
+    # Stored transactions never change, so what this read finds needs no lock: a batch of replays is answered
+    # without waiting for any writer, and a conflict is refused before taking any lock.
+    stored = _already_stored(cur, list(first_index))
+    _refuse_conflicts(batch, stored)
+    stats: dict[int, AccountHistory] = {}
+    if len(stored) < len(first_index):
+        pending = [batch[i] for i in first_index.values() if batch[i].transaction_id not in stored]
+        stats = _lock_accounts(cur, sorted({t.account_id for t in pending}))
+        _lock_merchants(cur, {t.merchant_id for t in pending if t.merchant_id is not None})
+        # Under the locks, look again for the rest: a batch for the same accounts may have stored them meanwhile.
+        stored.update(_already_stored(cur, [t.transaction_id for t in pending]))
+        _refuse_conflicts(batch, stored)
 
     new = sorted(
         (batch[i] for i in first_index.values() if batch[i].transaction_id not in stored),
@@ -88,10 +97,11 @@ def store_transactions(
     )
     decisions: dict[int, Decision] = {}
     if new:
-        _load_account_tails(cur, new, stats, rules)
-        merchants = _load_merchant_tails(cur, new, rules.window_reach_ms)
+        _load_histories(cur, new, stats, rules.window_reach_ms)
+        merchants = merchant_windows(cur, new, merchant_reach_ms(rules.needed_features))
         _copy_in(cur, decisions_in_time_order(new, stats, merchants, rules), len(new), decisions)
         _write_totals(cur, stats, {t.account_id for t in new})
+        add_to_daily_totals(cur, new)
 
     results = []
     for index, t in enumerate(batch):
@@ -103,6 +113,16 @@ def store_transactions(
         else:
             results.append(StoreResult(t, "stored", decisions[t.transaction_id]))
     return results
+
+
+def _refuse_conflicts(batch: Sequence[Transaction], stored: dict[int, tuple[Transaction, Decision]]) -> None:
+    conflicts = [
+        (index, t.transaction_id, differing)
+        for index, t in enumerate(batch)
+        if t.transaction_id in stored and (differing := t.same_content(stored[t.transaction_id][0]))
+    ]
+    if conflicts:
+        raise DuplicateIdConflict(conflicts)
 
 
 def _index_request(
@@ -128,38 +148,53 @@ def _lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict
     # Rows are locked in account order by every writer, so concurrent batches cannot deadlock.
     cur.execute(
         "INSERT INTO account_stats (account_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
-        (_array(accounts),),
+        (array_literal(accounts),),
     )
     cur.execute(
         """SELECT account_id, tx_count, amount_sum, amount_sum_sq, amount_max,
                   txguard_ts_to_ms(amount_max_ts), txguard_ts_to_ms(first_ts), txguard_ts_to_ms(last_ts)
            FROM account_stats WHERE account_id = ANY(%s::bigint[]) ORDER BY account_id FOR UPDATE""",
-        (_array(accounts),),
+        (array_literal(accounts),),
     )
     histories = {}
     for account_id, count, total, total_sq, max_amount, max_ts, first_ts, last_ts in cur.fetchall():
         histories[account_id] = AccountHistory(
             count=count,
-            sum_units=int(total.scaleb(4, _WIDE)),
-            sum_sq_units=int(total_sq.scaleb(8, _WIDE)),
+            sum_units=int(total.scaleb(4, WIDE)),
+            sum_sq_units=int(total_sq.scaleb(8, WIDE)),
             max_units=None if max_amount is None else to_units(max_amount),
             max_ts=max_ts,
             first_ts=first_ts,
             last_ts=last_ts,
             tail=Timeline(complete_from=0),
-            last_before_tail=last_ts,
-            prefix_max=lambda: None,
+            stored_before=_nothing_loaded,
         )
     return histories
 
 
-def _lock_merchants(cur: psycopg2.extensions.cursor, merchants: list[str]) -> None:
-    """Merchant windows span accounts: writers touching the same merchant take turns (in a fixed order)."""
+# Merchants share this many advisory locks: a batch holds at most this many, whatever it contains, so a batch
+# naming 5,000 merchants cannot exhaust the server's lock table (shared by every database on the server).
+MERCHANT_LOCK_SLOTS = 64
+_MERCHANT_LOCK_SPACE = 0x7478  # the first key of the two-key advisory locks: this service's merchants
+
+
+def merchant_lock_slot(merchant_id: str) -> int:
+    """The lock slot (0 to MERCHANT_LOCK_SLOTS - 1) of a merchant, the same in every process."""
+    return zlib.crc32(merchant_id.encode()) % MERCHANT_LOCK_SLOTS
+
+
+def _lock_merchants(cur: psycopg2.extensions.cursor, merchants: set[str]) -> None:
+    """Merchant windows span accounts: writers touching the same merchant take turns.
+
+    Merchants are hashed onto a fixed set of slots, taken in slot order by every writer (no deadlock); two
+    merchants sharing a slot only make their writers take turns.
+    """
     if merchants:
+        slots = sorted({merchant_lock_slot(m) for m in merchants})
         cur.execute(
-            """SELECT pg_advisory_xact_lock(h) FROM (
-                   SELECT DISTINCT hashtextextended(m, 7) AS h FROM unnest(%s::text[]) AS m ORDER BY 1) AS keys""",
-            (merchants,),
+            """SELECT pg_advisory_xact_lock(%s, slot) FROM (
+                   SELECT slot FROM unnest(%s::int[]) AS slot ORDER BY slot) AS slots""",
+            (_MERCHANT_LOCK_SPACE, array_literal(slots)),
         )
 
 
@@ -168,7 +203,7 @@ def _already_stored(cur: psycopg2.extensions.cursor, ids: list[int]) -> dict[int
         """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
                   fraud, score, reasons, rule_set_version
            FROM transactions WHERE transaction_id = ANY(%s::bigint[])""",
-        (_array(ids),),
+        (array_literal(ids),),
     )
     return {row[0]: (transaction_from_row(row), decision_from_row(row[6:])) for row in cur.fetchall()}
 
@@ -188,79 +223,50 @@ def decision_from_row(row: Sequence[Any]) -> Decision:
     )
 
 
-# Each key's stored transactions from `since` on, as two sorted arrays (ms, amount in 1/10000 units), plus the
-# timestamp of the last one before `since` and, where asked for, the largest amount before `since`.
-# Arrays of integers keep the transfer and the parsing cheap.
-_ACCOUNT_TAILS = """
-    SELECT b.key, tail.ts, tail.units,
-           (SELECT txguard_ts_to_ms(max(t.ts)) FROM transactions t
-            WHERE t.account_id = b.key AND t.ts < txguard_ms_to_ts(b.since)),
-           CASE WHEN b.wants_max THEN
-               (SELECT (max(t.amount) * 10000)::bigint FROM transactions t
-                WHERE t.account_id = b.key AND t.ts < txguard_ms_to_ts(b.since)) END
-    FROM unnest(%s::bigint[], %s::bigint[], %s::boolean[]) AS b(key, since, wants_max)
-    CROSS JOIN LATERAL (
-        SELECT array_agg(txguard_ts_to_ms(t.ts) ORDER BY t.ts) AS ts,
-               array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units
-        FROM transactions t WHERE t.account_id = b.key AND t.ts >= txguard_ms_to_ts(b.since)) AS tail"""
-_MERCHANT_TAILS = """
-    SELECT b.key, tail.ts, tail.units, NULL
-    FROM unnest(%s::text[], %s::bigint[]) AS b(key, since)
-    CROSS JOIN LATERAL (
-        SELECT array_agg(txguard_ts_to_ms(t.ts) ORDER BY t.ts) AS ts,
-               array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units
-        FROM transactions t WHERE t.merchant_id = b.key AND t.ts >= txguard_ms_to_ts(b.since)) AS tail"""
+def _nothing_loaded(t: int) -> Prior:
+    raise ValueError("the account's history was not loaded")
 
 
-def _load_account_tails(
-    cur: psycopg2.extensions.cursor,
-    new: list[Transaction],
-    histories: dict[int, AccountHistory],
-    rules: CompiledRuleSet,
+def _load_histories(
+    cur: psycopg2.extensions.cursor, new: list[Transaction], histories: dict[int, AccountHistory], reach_ms: int
 ) -> None:
-    """Read each account's stored transactions from the rules' widest window before its earliest new one onwards.
+    """Load what deciding each account's new transactions needs, whatever their timestamps.
 
-    Everything the decisions need is read here, before COPY starts: the largest amount before the tail is
-    read only for an account whose stored maximum is not strictly before its earliest new transaction
-    (a late arrival), and only when a rule uses max_amount.
+    An account whose new transactions are all newer than everything stored (the usual case) is decided on its
+    running totals and the stored transactions within the rules' widest window before its earliest new one. For
+    an account with late or back-dated arrivals, the history before each new transaction comes from per-day
+    totals plus the stored transactions from the start of that transaction's day (and within the window) up to
+    it: a bounded read per new transaction, however much history lies after it.
     """
-    reach = rules.window_reach_ms
-    since: dict[int, int] = {}
-    for t in new:  # sorted by time: the first seen is the earliest
-        since.setdefault(t.account_id, t.ts - reach + 1)
-    for account_id, start in since.items():
-        histories[account_id].tail = Timeline(complete_from=start)
-    # Accounts whose last stored transaction is older than that have an empty tail: no query needed.
-    to_read = [a for a, start in since.items() if (histories[a].last_ts or start - 1) >= start]
-    if not to_read:
-        return
-    uses_max = "max_amount" in rules.needed_features
-    # since + reach - 1 is the account's earliest new transaction
-    wants_max = [
-        uses_max and (max_ts := histories[a].max_ts) is not None and max_ts >= since[a] + reach - 1 for a in to_read
-    ]
-    cur.execute(_ACCOUNT_TAILS, (_array(to_read), _array(since[a] for a in to_read), _array(wants_max)))
-    for account_id, ts, units, last_before, max_before in cur.fetchall():
+    times: dict[int, list[int]] = defaultdict(list)
+    for t in new:  # sorted by time
+        times[t.account_id].append(t.ts)
+    spans: dict[int, list[Span]] = {}
+    late: dict[int, tuple[int, int]] = {}
+    for account_id, account_times in times.items():
+        history, earliest = histories[account_id], account_times[0]
+        if history.last_ts is not None and history.last_ts >= earliest:
+            late[account_id] = (earliest // DAY_MS, account_times[-1] // DAY_MS)
+            spans[account_id] = spans_before(account_times, reach_ms, from_day_start=True)
+        else:
+            totals = Prior(history.count, history.sum_units, history.sum_sq_units, history.max_units, history.last_ts)
+            history.stored_before = _constant(totals)
+            history.tail = Timeline(complete_from=earliest - reach_ms + 1)
+            # Every stored transaction is older than the earliest new one: only those within reach of it matter.
+            if history.last_ts is not None and history.last_ts > earliest - reach_ms:
+                spans[account_id] = [(earliest - reach_ms + 1, earliest)]
+    near = account_rows(cur, spans)
+    days = daily_totals(cur, late)
+    for account_id, timeline in near.items():
         history = histories[account_id]
-        history.tail = Timeline.from_sorted(since[account_id], ts or [], units or [])
-        history.last_before_tail = last_before
-        history.prefix_max = _constant(max_before)
+        if account_id in late:
+            stored = Timeline.from_sorted(timeline.complete_from, list(timeline.ts), list(timeline.units))
+            history.stored_before = DailyTotals(*days[account_id], stored).before
+        history.tail = timeline
 
 
-def _load_merchant_tails(cur: psycopg2.extensions.cursor, new: list[Transaction], reach_ms: int) -> dict[str, Timeline]:
-    since: dict[str, int] = {}
-    for t in new:
-        if t.merchant_id is not None:
-            since.setdefault(t.merchant_id, t.ts - reach_ms + 1)
-    if not since:
-        return {}
-    names = list(since)
-    cur.execute(_MERCHANT_TAILS, (names, _array(since[m] for m in names)))
-    return {m: Timeline.from_sorted(since[m], ts or [], units or []) for m, ts, units, _ in cur.fetchall()}
-
-
-def _constant(value: int | None) -> Callable[[], int | None]:
-    return lambda: value
+def _constant(value: Prior) -> Callable[[int], Prior]:
+    return lambda _t: value
 
 
 _DAYS: dict[int, str] = {}
@@ -366,19 +372,13 @@ def _write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountH
                 AS v(account_id, tx_count, sum_units, sum_sq_units, max_units, amount_max_ts, first_ts, last_ts)
            WHERE a.account_id = v.account_id""",
         (
-            _array(accounts),
-            _array(x.count for x in h),
-            _array(x.sum_units for x in h),
-            _array(x.sum_sq_units for x in h),
-            _array(x.max_units for x in h),
-            _array(x.max_ts for x in h),
-            _array(x.first_ts for x in h),
-            _array(x.last_ts for x in h),
+            array_literal(accounts),
+            array_literal(x.count for x in h),
+            array_literal(x.sum_units for x in h),
+            array_literal(x.sum_sq_units for x in h),
+            array_literal(x.max_units for x in h),
+            array_literal(x.max_ts for x in h),
+            array_literal(x.first_ts for x in h),
+            array_literal(x.last_ts for x in h),
         ),
     )
-
-
-def _array(values: Iterable[int | bool | None]) -> str:
-    """An array parameter as one literal ("{1,2,NULL}") the server parses at once; a Python list would be sent as
-    an ARRAY[...] expression of one constant per element, costly to adapt here and to parse there."""
-    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"

@@ -41,6 +41,7 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "rule_sets": ("SELECT",),
     "fraud_labels": ("SELECT", "INSERT"),
     "alert_outbox": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "account_daily": ("SELECT", "INSERT", "UPDATE"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})

@@ -211,9 +211,14 @@ class FraudEventOut(BaseModel):
 
 class IsFraudResponse(BaseModel):
     account_id: int
-    fraud: bool = Field(description="whether any transaction of the account is flagged")
+    fraud: bool = Field(
+        description="whether any transaction of the account is flagged (with recompute=true: any on this page)"
+    )
     events: list[FraudEventOut] = Field(description="flagged transactions, newest first")
-    next_cursor: str | None
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last. With recompute=true a page may hold fewer "
+        "events than `limit`, even none, while this is set"
+    )
     recomputed: bool = False
 
 

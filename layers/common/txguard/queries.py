@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,8 @@ from typing import Any
 import psycopg2.extensions
 
 from txguard.detection import Transaction, decide_in_time_order, empty_history
-from txguard.features import LONGEST_WINDOW_MS, Timeline, to_units
+from txguard.features import DAY_MS, AccountHistory, DailyTotals, Timeline, merchant_reach_ms
+from txguard.history import account_rows, daily_totals, merchant_windows
 from txguard.ingest import decision_from_row, transaction_from_row
 from txguard.rule_engine import CompiledRuleSet, Decision
 
@@ -126,46 +126,88 @@ def _page(items: list[Judged], limit: int) -> Page:
     return Page(items[:limit], encode_cursor(last.ts, last.transaction_id))
 
 
-def newest_first_page(judged: list[Judged], limit: int, cursor: str | None) -> Page:
-    """A page of already-sorted (newest first) decisions, the same cursor as flagged_transactions."""
-    if cursor:
-        before = decode_cursor(cursor)
-        judged = [j for j in judged if (j.transaction.ts, j.transaction.transaction_id) < before]
-    return _page(judged, limit)
+# GET /is_fraud?recompute=true re-decides at most this many of the account's transactions per request (plus any
+# sharing the oldest one's timestamp): time and memory stay bounded however long the history; next_cursor
+# continues further back.
+RECOMPUTE_WINDOW = 5_000
 
 
-def recompute_account(cur: psycopg2.extensions.cursor, account_id: int, rules: CompiledRuleSet) -> list[Judged]:
-    """Every transaction of the account re-decided with `rules`, each on what came before it; nothing is written."""
-    cur.execute(SELECT_TRANSACTIONS + " WHERE account_id = %s ORDER BY ts, transaction_id", (account_id,))
-    history = [transaction_from_row(row) for row in cur.fetchall()]
-    if not history:
-        return []
-    merchants = _other_accounts_at_merchants(cur, account_id, history)
-    decisions = decide_in_time_order(history, {account_id: empty_history()}, merchants, rules)
-    return [Judged(t, decisions[t.transaction_id]) for t in history]
+def recomputed_flagged(
+    cur: psycopg2.extensions.cursor, account_id: int, rules: CompiledRuleSet, limit: int, cursor: str | None
+) -> Page:
+    """A page of the account's transactions that `rules` flag, newest first, each re-decided point-in-time.
+
+    One request re-decides at most RECOMPUTE_WINDOW transactions before the cursor, so a page can hold fewer
+    than `limit` items (even none) while next_cursor is set: the client follows it until it is null.
+    Raises InvalidCursor for a cursor this API did not issue.
+    """
+    before = decode_cursor(cursor) if cursor else None
+    judged, continue_at = recompute_window(cur, account_id, rules, before, RECOMPUTE_WINDOW)
+    flagged = [j for j in reversed(judged) if j.decision.fraud]
+    if len(flagged) > limit:
+        return _page(flagged, limit)
+    return Page(flagged, encode_cursor(*continue_at) if continue_at else None)
 
 
-def _other_accounts_at_merchants(
-    cur: psycopg2.extensions.cursor, account_id: int, history: list[Transaction]
-) -> dict[str, Timeline]:
-    """Other accounts' transactions at this account's merchants, over the span the windows can see."""
-    spans: dict[str, tuple[int, int]] = {}
-    for t in history:
-        if t.merchant_id is not None:
-            low, high = spans.get(t.merchant_id, (t.ts, t.ts))
-            spans[t.merchant_id] = (min(low, t.ts), max(high, t.ts))
-    if not spans:
-        return {}
-    names = list(spans)
+def recompute_window(
+    cur: psycopg2.extensions.cursor,
+    account_id: int,
+    rules: CompiledRuleSet,
+    before: tuple[int, int] | None,
+    size: int,
+) -> tuple[list[Judged], tuple[int, int] | None]:
+    """The account's newest `size` transactions before `before` ((ms, transaction id), exclusive; None: from the
+    newest), re-decided with `rules`, each on what came before it; nothing is written.
+
+    Returns them in time order, and the (ms, transaction id) to continue from, or None when the window reached
+    the account's first transaction. The history before the window comes from per-day totals and the stored
+    transactions within a day of its start: reads are bounded by `size`, not by the history's length.
+    """
+    # Constant statements: a NULL bound folds away when the planner sees the parameters. The window starts at
+    # the timestamp of the size-th newest transaction, found in the (account_id, ts) index order; all of the
+    # transactions sharing that timestamp are in the window.
+    bound = (None, None) if before is None else before
     cur.execute(
-        """SELECT b.merchant_id, txguard_ts_to_ms(t.ts), t.amount
-           FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS b(merchant_id, since, until)
-           JOIN transactions t ON t.merchant_id = b.merchant_id
-                AND t.ts >= txguard_ms_to_ts(b.since) AND t.ts < txguard_ms_to_ts(b.until)
-           WHERE t.account_id <> %s""",
-        (names, [spans[m][0] - LONGEST_WINDOW_MS for m in names], [spans[m][1] for m in names], account_id),
+        """SELECT txguard_ts_to_ms(ts) FROM transactions
+           WHERE account_id = %s AND (%s::bigint IS NULL OR (ts, transaction_id) < (txguard_ms_to_ts(%s), %s))
+           ORDER BY ts DESC OFFSET %s LIMIT 1""",
+        (account_id, bound[0], bound[0], bound[1], size - 1),
     )
-    rows: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for merchant_id, ts, amount in cur.fetchall():
-        rows[merchant_id].append((ts, to_units(amount)))
-    return {m: Timeline.of(-(2**62), rows[m]) for m in names}
+    oldest = cur.fetchone()
+    since: int | None = oldest[0] if oldest else None
+    cur.execute(
+        SELECT_TRANSACTIONS
+        + """ WHERE account_id = %s AND (%s::bigint IS NULL OR (ts, transaction_id) < (txguard_ms_to_ts(%s), %s))
+              AND ts >= txguard_ms_to_ts(%s) ORDER BY ts, transaction_id""",
+        (account_id, bound[0], bound[0], bound[1], 0 if since is None else since),
+    )
+    window = [transaction_from_row(row) for row in cur.fetchall()]
+    if not window:
+        return [], None
+    history = empty_history() if since is None else _history_before(cur, account_id, since, rules.window_reach_ms)
+    merchants = merchant_windows(cur, window, merchant_reach_ms(rules.needed_features), (account_id, window[0].ts))
+    decisions = decide_in_time_order(window, {account_id: history}, merchants, rules)
+    judged = [Judged(t, decisions[t.transaction_id]) for t in window]
+    return judged, (None if since is None else (window[0].ts, window[0].transaction_id))
+
+
+def _history_before(cur: psycopg2.extensions.cursor, account_id: int, since: int, reach_ms: int) -> AccountHistory:
+    """The account as it stood just before `since`: per-day totals, plus the transactions within reach of it."""
+    low = min(since - reach_ms + 1, since - since % DAY_MS)
+    near = account_rows(cur, {account_id: [(low, since)]})[account_id]
+    stored = Timeline.from_sorted(near.complete_from, list(near.ts), list(near.units))
+    day = since // DAY_MS
+    prior = DailyTotals(*daily_totals(cur, {account_id: (day, day)})[account_id], stored).before(since)
+    cur.execute("SELECT txguard_ts_to_ms(first_ts) FROM account_stats WHERE account_id = %s", (account_id,))
+    first = cur.fetchone()
+    return AccountHistory(
+        count=prior.count,
+        sum_units=prior.sum_units,
+        sum_sq_units=prior.sum_sq_units,
+        max_units=prior.max_units,
+        max_ts=None,
+        first_ts=first[0] if first else None,
+        last_ts=prior.last_ts,
+        tail=near,
+        stored_before=lambda _t: prior,
+    )

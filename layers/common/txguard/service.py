@@ -20,8 +20,7 @@ from txguard.queries import (
     any_flagged,
     flagged_transactions,
     list_transactions,
-    newest_first_page,
-    recompute_account,
+    recomputed_flagged,
 )
 from txguard.rule_store import rule_cache
 from txguard.settings import service_settings
@@ -29,7 +28,9 @@ from txguard.settings import service_settings
 
 @dataclass(frozen=True)
 class AccountView:
-    fraud: bool  # any transaction of the account flagged, on any page
+    # Stored decisions: any transaction of the account flagged, on any page. Recomputed: any on this page (a
+    # request re-decides a bounded window of the history; see queries.RECOMPUTE_WINDOW).
+    fraud: bool
     page: Page
 
 
@@ -88,7 +89,10 @@ def fraud_event(result: StoreResult) -> dict[str, Any]:
 
 @tracer.capture_method(capture_response=False, capture_error=False)
 def account_view(account_id: int, limit: int, cursor: str | None, recompute: bool) -> AccountView:
-    """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules."""
+    """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules.
+
+    Raises AccountNotFound, InvalidCursor, DatabaseUnavailable.
+    """
 
     def read(cur: Any) -> AccountView:
         if not account_exists(cur, account_id):
@@ -96,9 +100,8 @@ def account_view(account_id: int, limit: int, cursor: str | None, recompute: boo
         if not recompute:
             return AccountView(any_flagged(cur, account_id), flagged_transactions(cur, account_id, limit, cursor))
         rules = rule_cache.current(cur, service_settings().rules_cache_seconds)
-        judged = [j for j in recompute_account(cur, account_id, rules) if j.decision.fraud]
-        judged.sort(key=lambda j: (j.transaction.ts, j.transaction.transaction_id), reverse=True)
-        return AccountView(bool(judged), newest_first_page(judged, limit, cursor))
+        page = recomputed_flagged(cur, account_id, rules, limit, cursor)
+        return AccountView(bool(page.items), page)
 
     view = run_in_transaction(read)
     logger.info("account read", extra={"fraud": view.fraud, "events": len(view.page.items), "recompute": recompute})

@@ -37,7 +37,13 @@ def is_fraud(
     account: Annotated[int, Path(gt=0, le=INT64_MAX, description="account id")],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-    recompute: Annotated[bool, Query(description="re-decide the history with the current rules")] = False,
+    recompute: Annotated[
+        bool,
+        Query(
+            description="re-decide with the current rules, point-in-time: at most 5,000 of the account's transactions "
+            "per request, from the cursor backwards; follow next_cursor for the rest"
+        ),
+    ] = False,
 ) -> Response[str]:
     logger.append_keys(account_id=account)
     try:
