@@ -22,9 +22,8 @@ from txguard import db
 from txguard.detection import Transaction
 from txguard.ingest import DuplicateIdConflict, StoreResult, store_transactions
 from txguard.local.postgres import with_database
-from txguard.migrate import migrate
+from txguard.migrate import migrate, service_login_role
 from txguard.rule_store import RuleCache
-from txguard.settings import SERVICE_ROLE
 
 pytestmark = pytest.mark.integration
 
@@ -182,8 +181,8 @@ def test_a_batch_of_5000_merchants_takes_a_bounded_number_of_locks(own_postgres:
     own_postgres.stop()
     own_postgres.start()
     assert admin_query(own_postgres.url, "SHOW max_locks_per_transaction") == [("10",)]
-    migrate(own_postgres.url, SERVICE_ROLE)
-    service_url = with_database(own_postgres.url, "postgres", user=SERVICE_ROLE)
+    migrate(own_postgres.url)
+    service_url = with_database(own_postgres.url, "postgres", user=service_login_role("postgres"))
     batch = [tx(1 + i % 50, T0 + i, "10.00", merchant_id=f"m-{i}") for i in range(5000)]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DATABASE_URL", service_url)
