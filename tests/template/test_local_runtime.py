@@ -62,8 +62,9 @@ def test_parameter_overrides_reach_the_generators_environment_and_schedule() -> 
     [
         ([], []),
         (["--no-schedule"], []),
-        (["--schedule"], [("GenerateFunction", 300.0)]),
-        (["--schedule-every", "5"], [("GenerateFunction", 5.0)]),
+        # The ingest function's schedule drains the alert outbox.
+        (["--schedule"], [("IngestFunction", 60.0), ("GenerateFunction", 300.0)]),
+        (["--schedule-every", "5"], [("IngestFunction", 5.0), ("GenerateFunction", 5.0)]),
     ],
 )
 def test_txguard_local_runs_the_generator_only_when_asked(flags: list[str], expected: list[tuple[str, float]]) -> None:
