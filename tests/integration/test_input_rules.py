@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT, Database, load_event
+from txguard.cli import main
 from txguard.local.runner import FunctionRunner, Template
 
 pytestmark = pytest.mark.integration
@@ -328,3 +330,47 @@ def test_json_in_any_spelling_of_its_media_type_is_stored(
 def test_anything_but_json_is_415_never_500(runner: FunctionRunner, database: Database, content_type: str) -> None:
     refused(post(runner, json.dumps(transaction(6)), content_type), 415, "unsupported_content_type")
     assert stored_ids(database) == []
+
+
+# --- the CLI reads numbers, date-times and rule files by the same rules ------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["4_2", "42.0", "٤٢", "1e1000000", "2024-05-01T12:00:00.0000001Z", "20240501T120000Z"])
+def test_backtest_refuses_a_period_bound_outside_the_rule(
+    database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], when: str
+) -> None:
+    rules = tmp_path / "rules.json"
+    rules.write_text((ROOT / "rules" / "seed.json").read_text())
+    assert main(["backtest", "--rules", str(rules), "--from", when, "--database-url", database.admin_url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cannot backtest:") and when[:20] in err or "timestamp must be" in err, err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"threshold": "0.5", "threshold": "0.9", "rules": []}',  # a key twice: which one would be applied?
+        '{"threshold": NaN, "rules": []}',
+        '{"threshold": 1e999999999999999999999, "rules": []}',
+    ],
+    ids=["key-twice", "nan", "exponent-past-any-range"],
+)
+@pytest.mark.parametrize("command", ["apply", "backtest"])
+def test_a_rule_file_is_read_by_the_one_json_rule(
+    database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, command: str
+) -> None:
+    rules = tmp_path / "rules.json"
+    rules.write_text(text)
+    before = database.query("SELECT count(*) FROM rule_sets")
+    args = ["rules", "apply", str(rules)] if command == "apply" else ["backtest", "--rules", str(rules)]
+    assert main([*args, "--database-url", database.admin_url]) == 2
+    assert capsys.readouterr().err
+    assert database.query("SELECT count(*) FROM rule_sets") == before
+
+
+@pytest.mark.parametrize("run_id", ["4_2", "42.0", "٤٢", "+42", "9" * 5000])
+def test_evaluate_refuses_a_run_id_outside_the_integer_rule(capsys: pytest.CaptureFixture[str], run_id: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--run-id", run_id])
+    assert exited.value.code == 2
+    assert "--run-id" in capsys.readouterr().err

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import psycopg2
 
+from txguard import literals
 from txguard.backtest import Scores, backtest, load_labels
 from txguard.commands.common import add_database_argument, database_url
 from txguard.models import parse_timestamp_ms
@@ -19,14 +19,12 @@ from txguard.rule_language import RuleSetError, validate_rule_set
 def register(parser: argparse.ArgumentParser) -> None:
     add_database_argument(parser)
     parser.add_argument("--rules", type=Path, required=True, help="candidate rule set (JSON)")
-    parser.add_argument("--from", dest="from_", default=None, help="first timestamp evaluated (ms or ISO-8601)")
-    parser.add_argument("--to", default=None, help="end of the evaluated period, exclusive (ms or ISO-8601)")
+    parser.add_argument("--from", dest="from_", default=None, help="first timestamp evaluated (epoch ms or RFC 3339)")
+    parser.add_argument("--to", default=None, help="end of the evaluated period, exclusive (epoch ms or RFC 3339)")
 
 
 def _time(value: str | None) -> int | None:
-    if value is None:
-        return None
-    return parse_timestamp_ms(int(value) if value.lstrip("-").isdigit() else value)
+    return None if value is None else parse_timestamp_ms(value)
 
 
 def _ratio(value: float) -> str:
@@ -35,7 +33,7 @@ def _ratio(value: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        rule_set = validate_rule_set(json.loads(args.rules.read_text(encoding="utf-8")))
+        rule_set = validate_rule_set(literals.loads(args.rules.read_text(encoding="utf-8")))
         from_ms, to_ms = _time(args.from_), _time(args.to)
     except RuleSetError as exc:
         print("rule set rejected:", *[f"  - {p}" for p in exc.problems], sep="\n", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg2
 
-from txguard import rule_store
+from txguard import literals, rule_store
 from txguard.commands.common import add_database_argument, database_url
 from txguard.rule_language import RuleSetError
 
@@ -33,8 +33,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.rules_command == "apply":
         try:
-            data = json.loads(args.file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            data = literals.loads(args.file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
             print(f"cannot read {args.file}: {exc}", file=sys.stderr)
             return 2
     conn = psycopg2.connect(database_url(args))
