@@ -343,7 +343,7 @@ def test_backtest_refuses_a_period_bound_outside_the_rule(
     rules.write_text((ROOT / "rules" / "seed.json").read_text())
     assert main(["backtest", "--rules", str(rules), "--from", when, "--database-url", database.admin_url]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("cannot backtest:") and when[:20] in err or "timestamp must be" in err, err
+    assert (err.startswith("cannot backtest:") and when[:20] in err) or "timestamp must be" in err, err
 
 
 @pytest.mark.parametrize(
