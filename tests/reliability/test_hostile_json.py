@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -19,29 +18,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import admin_query, scratch_database
+from tests.conftest import admin_query
 from tests.e2e.conftest import LocalService
-from tests.reliability.conftest import FULL_SCALE, NOW_MS, send_bytes, serve, stop
-from txguard.local.postgres import Server
+from tests.reliability.conftest import FULL_SCALE, NOW_MS, send_bytes
 from txguard.models import EARLIEST_TIMESTAMP_MS
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
 EXAMPLES = 2000 if FULL_SCALE else 75
 _ids = itertools.count(7_000_000_000)
-
-
-@pytest.fixture(scope="module")
-def database_url(pg_server: Server) -> Iterator[str]:
-    with scratch_database(pg_server, "txguard_json") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    served = serve(database_url, tmp_path_factory.mktemp("json") / "local.log", "--api-key", "json-key")
-    yield served
-    stop(served)
 
 
 @dataclass(frozen=True)
@@ -198,19 +183,19 @@ def row_count(database_url: str) -> int:
 )
 @given(request=requests())
 def test_hostile_json_is_stored_whole_or_refused_with_nothing_stored(
-    service: LocalService, database_url: str, request: tuple[bytes, str, bool, list[int]]
+    service: LocalService, hostile_database_url: str, request: tuple[bytes, str, bool, list[int]]
 ) -> None:
     body, media_type, valid, ids = request
     event("valid: stored whole" if valid else "invalid: refused")
-    before = row_count(database_url)
+    before = row_count(hostile_database_url)
     answer = send_bytes(service, "POST", "/store_data", body, content_type=media_type)
     if valid:
         assert answer.status == 201, (media_type, body[:300], answer.body[:500])
         results = json.loads(answer.body)["results"]
         assert [r["transaction_id"] for r in results] == ids
-        assert stored(database_url, ids) == len(ids) == row_count(database_url) - before
+        assert stored(hostile_database_url, ids) == len(ids) == row_count(hostile_database_url) - before
     else:
         assert 400 <= answer.status < 500, (media_type, body[:300], answer.status, answer.body[:500])
         assert_one_error_shape(answer.body)
-        assert stored(database_url, ids) == 0
-        assert row_count(database_url) == before
+        assert stored(hostile_database_url, ids) == 0
+        assert row_count(hostile_database_url) == before
