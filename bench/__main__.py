@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart_bench, detection_bench, generator_bench, ingest_bench
+from bench import coldstart_bench, detection_bench, generator_bench, ingest_bench, input_bench
 from bench.harness import bench_database
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,7 +46,7 @@ def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
-    parser.add_argument("--only", choices=["ingest", "detection", "generator", "coldstart"], default=None)
+    parser.add_argument("--only", choices=["ingest", "detection", "generator", "coldstart", "input"], default=None)
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
     suites = {
@@ -54,6 +54,7 @@ def main() -> int:
         "detection": detection_bench.run,
         "generator": generator_bench.run,
         "coldstart": coldstart_bench.run,
+        "input": input_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):
