@@ -8,9 +8,8 @@ from pathlib import Path
 
 import psycopg2
 
-from txguard import literals
 from txguard.backtest import Scores, backtest, load_labels
-from txguard.commands.common import add_database_argument, database_url
+from txguard.commands.common import add_database_argument, database_url, read_json_file
 from txguard.models import parse_timestamp_ms
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
@@ -33,12 +32,12 @@ def _ratio(value: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        rule_set = validate_rule_set(literals.loads(args.rules.read_text(encoding="utf-8")))
+        rule_set = validate_rule_set(read_json_file(args.rules))
         from_ms, to_ms = _time(args.from_), _time(args.to)
     except RuleSetError as exc:
         print("rule set rejected:", *[f"  - {p}" for p in exc.problems], sep="\n", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         print(f"cannot backtest: {exc}", file=sys.stderr)
         return 2
     rules = CompiledRuleSet(0, rule_set)

@@ -6,6 +6,8 @@ import argparse
 import os
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 from txguard import literals
 
@@ -23,6 +25,15 @@ def add_database_argument(parser: argparse.ArgumentParser) -> None:
 
 def database_url(args: argparse.Namespace) -> str:
     return str(args.database_url or os.environ.get("DATABASE_URL") or LOCAL_DATABASE_URL)
+
+
+def read_json_file(path: Path) -> Any:
+    """The JSON value in a file, read by the one JSON rule (`txguard.literals.loads`: exact numbers, no NaN, no key
+    given twice, nesting bounded); raises ValueError saying why it cannot be read (missing, not such JSON)."""
+    try:
+        return literals.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, literals.JsonRefused) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
 
 
 def integer_argument(minimum: int, maximum: int) -> Callable[[str], int]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psycopg2
 
-from txguard import literals, rule_store
-from txguard.commands.common import add_database_argument, database_url
+from txguard import rule_store
+from txguard.commands.common import add_database_argument, database_url, read_json_file
 from txguard.rule_language import RuleSetError
 
 
@@ -33,9 +33,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.rules_command == "apply":
         try:
-            data = literals.loads(args.file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            print(f"cannot read {args.file}: {exc}", file=sys.stderr)
+            data = read_json_file(args.file)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
             return 2
     conn = psycopg2.connect(database_url(args))
     try:
