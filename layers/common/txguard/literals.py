@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 INTEGER_PATTERN = r"-?(?:0|[1-9][0-9]*)"
@@ -75,7 +75,7 @@ def decimal(value: Any) -> Decimal:
         raise ValueError("is not a decimal number: ASCII digits, an optional '-', '.' and exponent, nothing else")
     try:
         return Decimal(value)
-    except (InvalidOperation, ArithmeticError):  # an exponent beyond what Decimal can hold
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond what Decimal can hold
         raise ValueError("is out of range") from None
 
 
@@ -128,7 +128,7 @@ def _integer_token(text: str) -> int | Decimal:
 def _decimal_token(text: str) -> Decimal:
     try:
         return Decimal(text)
-    except (InvalidOperation, ArithmeticError):
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond what Decimal can hold
         raise JsonRefused(f"the number {text[:40]}… is out of any range") from None
 
 
