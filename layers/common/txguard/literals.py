@@ -162,7 +162,7 @@ def loads(text: str | bytes) -> Any:
     except JsonRefused:
         raise
     except RecursionError:
-        raise JsonRefused("JSON nested too deeply") from None
+        raise JsonRefused("its JSON is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise JsonRefused(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except (ValueError, ArithmeticError) as exc:
