@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import bounded_bench, coldstart_bench, detection_bench, generator_bench, ingest_bench, rules_bench
+from bench import (
+    bounded_bench,
+    coldstart_bench,
+    detection_bench,
+    generator_bench,
+    ingest_bench,
+    input_bench,
+    rules_bench,
+)
 from bench.harness import bench_database
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,7 +55,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
     parser.add_argument(
-        "--only", choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart"], default=None
+        "--only", choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input"], default=None
     )
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
@@ -58,6 +66,7 @@ def main() -> int:
         "bounded": bounded_bench.run,
         "generator": generator_bench.run,
         "coldstart": coldstart_bench.run,
+        "input": input_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):

@@ -136,6 +136,11 @@ def test_an_invalid_batch_lists_every_invalid_item_and_stores_nothing(
         ({"timestamp": NOW_MS + 3 * 86_400_000}, "timestamp"),
         ({"timestamp": "2024-05-01T12:00:00"}, "timestamp"),
         ({"timestamp": "2024-05-01T12:00:00.123456Z"}, "timestamp"),
+        ({"timestamp": "2024-05-01T12:00:00.0000001Z"}, "timestamp"),
+        ({"timestamp": "20240501T120000Z"}, "timestamp"),
+        ({"amount": "1.00000000000000000000000000001"}, "amount"),
+        ({"amount": "1__0.5_"}, "amount"),
+        ({"amount": "١٠.٥"}, "amount"),
         ({"currency": "XYZ"}, "currency"),
         ({"merchant_id": "bad id with spaces"}, "merchant_id"),
     ],
@@ -172,6 +177,10 @@ def test_a_missing_field_is_named(local_service: LocalService) -> None:
         (b"account_id=1", "application/x-www-form-urlencoded", 415, "unsupported_content_type"),
         (b"[" * 100_000, "application/json", 400, "malformed_json"),
         (b"[]", "application/json", 422, "validation_error"),
+        (b'[{"account_id": 1}, {"account_id": 2}]', "application/json", 422, "validation_error"),
+        (b'{"account_id": 1, "account_id": 2}', "application/json", 400, "malformed_json"),
+        (b"{}", "application/json; charset=latin-1", 415, "unsupported_content_type"),
+        (b"{}", "text/plain", 415, "unsupported_content_type"),
         (b'"just a string"', "application/json", 422, "validation_error"),
     ],
 )
@@ -179,6 +188,47 @@ def test_malformed_bodies_get_a_clear_4xx(
     local_service: LocalService, data: bytes, content_type: str, status: int, code: str
 ) -> None:
     assert_error(raw(local_service, "POST", "/store_data", data, content_type), status, code)
+
+
+def test_a_top_level_array_stores_none_of_its_items(local_service: LocalService, e2e_database_url: str) -> None:
+    items = [item(account_id=5010), item(account_id=5010)]
+    data = json.dumps(items).encode()
+    assert_error(raw(local_service, "POST", "/store_data", data, "application/json"), 422, "validation_error")
+    assert count_rows(e2e_database_url, "account_id = 5010") == 0
+
+
+@pytest.mark.parametrize("content_type", ["APPLICATION/JSON", "application/json; charset=UTF-8", "application/x+json"])
+def test_json_under_any_spelling_of_its_media_type_is_stored(local_service: LocalService, content_type: str) -> None:
+    data = json.dumps(item(account_id=5011)).encode()
+    response = raw(local_service, "POST", "/store_data", data, content_type)
+    assert response.status == 201, response.body
+
+
+@pytest.mark.parametrize("field", ["account_id", "transaction_id", "timestamp", "amount"])
+def test_a_huge_exponent_is_422_at_once(local_service: LocalService, e2e_database_url: str, field: str) -> None:
+    data = json.dumps(item(account_id=5012) | {field: "N"}).replace('"N"', "1e1000000").encode()
+    started = time.perf_counter()
+    error = assert_error(raw(local_service, "POST", "/store_data", data, "application/json"), 422, "validation_error")
+    assert time.perf_counter() - started < 2.0  # generous: the old conversion took ~39 s
+    assert [d["field"] for d in error["details"]] == [field]
+    assert count_rows(e2e_database_url, "account_id = 5012") == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/is_fraud/42.0",
+        "/is_fraud/4_2",
+        "/is_fraud/1e1000000",
+        "/is_fraud/5007?limit=2.0",
+        "/store_data?account_id=4_2",
+        "/store_data?limit=%EF%BC%95",
+        "/store_data?from=2024-05-01T12:00:00.0000001Z",
+        "/store_data?acount_id=5007",
+    ],
+)
+def test_path_and_query_take_integers_and_timestamps_by_the_body_rule(local_service: LocalService, path: str) -> None:
+    assert_error(local_service.request("GET", path), 422, "validation_error")
 
 
 def test_a_body_over_the_limit_is_413(local_service: LocalService) -> None:

@@ -31,6 +31,21 @@ def fresh_database_url(pg_server: Server) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def hostile_database_url(pg_server: Server) -> Iterator[str]:
+    """A database of the test module's own."""
+    with scratch_database(pg_server, "txguard_rel") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def service(hostile_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
+    """`txguard local` on the module's database, with an API key, as clients meet it."""
+    served = serve(hostile_database_url, tmp_path_factory.mktemp("hostile") / "local.log", "--api-key", "hostile-key")
+    yield served
+    stop(served)
+
+
 def serve(database_url: str, log_path: Path, *args: str) -> LocalService:
     """`txguard local` with schedules off, as a developer starts it."""
     return start_local(["--no-schedule", *args], database_url, log_path)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -16,35 +15,18 @@ from hypothesis import HealthCheck, assume, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.conftest import ROOT, admin_query, scratch_database
+from tests.conftest import ROOT, admin_query
 from tests.e2e.conftest import LocalService
 from tests.reliability.conftest import (
     FULL_SCALE,
     NOW_MS,
     send_bytes,
-    serve,
-    stop,
 )
-from txguard.local.postgres import Server
 from txguard.models import EARLIEST_TIMESTAMP_MS, MERCHANT_ID
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
 FAST_S = 2.0  # generous: refusals take milliseconds; the bound is there to catch a hang or a quadratic path
-
-
-@pytest.fixture(scope="module")
-def hostile_database_url(pg_server: Server) -> Iterator[str]:
-    with scratch_database(pg_server, "txguard_rel") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def service(hostile_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    """`txguard local` with an API key, as clients meet it."""
-    served = serve(hostile_database_url, tmp_path_factory.mktemp("hostile") / "local.log", "--api-key", "hostile-key")
-    yield served
-    stop(served)
 
 
 # --- the fuzzer ------------------------------------------------------------------------------------------------

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
 
+from txguard import literals
 from txguard.currencies import MINOR_UNITS
 from txguard.settings import service_settings
 
@@ -21,25 +21,22 @@ MERCHANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
 def parse_timestamp_ms(value: Any) -> int:
-    """Epoch milliseconds (integer) or an ISO-8601 string with a zone, to epoch milliseconds."""
-    if isinstance(value, bool):
-        raise ValueError("timestamp must be epoch milliseconds (integer) or an ISO-8601 string with a zone")
-    if isinstance(value, int):
-        ms = value
-    elif isinstance(value, Decimal) and value == value.to_integral_value() and value.is_finite():
-        ms = int(value)
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an ISO-8601 date-time") from None
-        if parsed.tzinfo is None:
-            raise ValueError(f"{value!r} has no time zone; add Z or an offset such as +02:00")
-        if parsed.microsecond % 1000:
-            raise ValueError(f"{value!r} is more precise than a millisecond")
-        ms = (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // _ONE_MS
+    """Epoch milliseconds from a JSON integer, from its digits as text, or from an RFC 3339 date-time with a zone
+    (see `txguard.literals`), within 2000-01-01T00:00:00Z .. now + TXGUARD_MAX_FUTURE_SKEW_SECONDS.
+    The body, the query's `from`/`to` and the CLI's `--from`/`--to` all read timestamps here. Raises ValueError."""
+    if isinstance(value, str) and ":" in value:  # a date-time has a time; epoch milliseconds never hold a colon
+        ms = literals.rfc3339_ms(value)
     else:
-        raise ValueError("timestamp must be epoch milliseconds (integer) or an ISO-8601 string with a zone")
+        try:
+            ms = (
+                literals.integer_from_text(value, INT64_MIN, INT64_MAX)
+                if isinstance(value, str)
+                else literals.integer_from_json(value, INT64_MIN, INT64_MAX)
+            )
+        except ValueError:
+            raise ValueError(
+                "timestamp must be epoch milliseconds (an integer, in digits) or an RFC 3339 date-time with a zone"
+            ) from None
     latest = int(time.time() * 1000) + service_settings().max_future_skew_s * 1000
     if not EARLIEST_TIMESTAMP_MS <= ms <= latest:
         raise ValueError(
@@ -49,30 +46,30 @@ def parse_timestamp_ms(value: Any) -> int:
     return ms
 
 
-_ONE_MS = datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def parse_amount(value: Any) -> Decimal:
-    if isinstance(value, bool | float):
-        raise ValueError("amount must be a decimal number (JSON number or string)")
-    if isinstance(value, int):
-        amount = Decimal(value)
-    elif isinstance(value, Decimal):
-        amount = value
-    elif isinstance(value, str):
-        try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValueError(f"{value!r} is not a decimal number") from None
-    else:
-        raise ValueError("amount must be a decimal number (JSON number or string)")
-    if not amount.is_finite():
-        raise ValueError("amount must be a finite number")
+def parse_amount(value: Any, currency: str | None = None) -> Decimal:
+    """An amount exactly as sent (a JSON number or a string of decimal text, see `txguard.literals`): > 0, at most
+    10^12, and, when `currency` is known, no more decimal places than it has. Returned at the currency's places
+    (exact, since it has no more). Raises ValueError."""
+    try:
+        amount = literals.decimal(value)
+    except ValueError as exc:
+        raise ValueError(f"amount {exc}") from None
     if amount <= 0:
-        raise ValueError(f"amount must be greater than zero, got {amount}")
+        raise ValueError("amount must be greater than zero")
     if amount > MAX_AMOUNT:
-        raise ValueError(f"amount must be at most {MAX_AMOUNT}, got {amount}")
+        raise ValueError(f"amount must be at most {MAX_AMOUNT}")
+    if currency in MINOR_UNITS:
+        places = MINOR_UNITS[currency]
+        if literals.decimal_places(amount) > places:
+            raise ValueError(f"amount has more decimal places than {currency} allows ({places})")
+        return amount.quantize(Decimal(1).scaleb(-places))
     return amount
+
+
+def integer_text(minimum: int, maximum: int) -> BeforeValidator:
+    """Validation of an integer given as text (a path or query parameter), by the one integer rule of
+    `txguard.literals`: `Annotated[int, integer_text(1, 1000), Query(ge=1, le=1000)]`."""
+    return BeforeValidator(lambda value: literals.integer_from_text(value, minimum, maximum))
 
 
 class TransactionIn(BaseModel):
@@ -87,8 +84,18 @@ class TransactionIn(BaseModel):
     ]
     timestamp: Annotated[
         int | str,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "integer", "minimum": EARLIEST_TIMESTAMP_MS, "maximum": INT64_MAX},
+                    {"type": "string", "pattern": f"^{literals.INTEGER_PATTERN}$"},
+                    {"type": "string", "format": "date-time"},
+                ]
+            }
+        ),
         Field(
-            description="epoch milliseconds, or ISO-8601 with a zone (e.g. 2024-05-01T12:00:00.123Z)",
+            description="epoch milliseconds (an integer, or its digits as a string), or an RFC 3339 date-time "
+            "with a zone (e.g. 2024-05-01T12:00:00.123Z), at most millisecond precision",
             union_mode="left_to_right",
         ),
     ]
@@ -98,11 +105,33 @@ class TransactionIn(BaseModel):
     ] = None
     amount: Annotated[
         Decimal | str,
-        Field(description="decimal as a JSON number or string, > 0, at most the currency's decimal places"),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": int(MAX_AMOUNT)},
+                    {"type": "string", "pattern": f"^{literals.DECIMAL_PATTERN}$"},
+                ]
+            }
+        ),
+        Field(
+            description="a decimal as a JSON number or a string of the same text (ASCII digits, optional '-', "
+            "fraction and exponent), > 0, at most 10^12, with no more decimal places than the currency has, "
+            "checked exactly as sent"
+        ),
     ]
     merchant_id: Annotated[
         str | None, Field(description="optional merchant identifier: letters, digits, _ . : - (at most 64)")
     ] = None
+
+    @field_validator("account_id", mode="before")
+    @classmethod
+    def _account_id(cls, value: Any) -> int:
+        return literals.integer_from_json(value, 1, INT64_MAX)
+
+    @field_validator("transaction_id", mode="before")
+    @classmethod
+    def _transaction_id(cls, value: Any) -> int:
+        return literals.integer_from_json(value, INT64_MIN, INT64_MAX)
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -112,14 +141,7 @@ class TransactionIn(BaseModel):
     @field_validator("amount", mode="before")
     @classmethod
     def _amount(cls, value: Any, info: ValidationInfo) -> Decimal:
-        amount = parse_amount(value)
-        currency = info.data.get("currency")
-        if currency in MINOR_UNITS:
-            places = MINOR_UNITS[currency]
-            exponent = amount.normalize().as_tuple().exponent
-            if isinstance(exponent, int) and -exponent > places:
-                raise ValueError(f"amount {value} has more decimal places than {currency} allows ({places})")
-        return amount
+        return parse_amount(value, info.data.get("currency"))
 
     @field_validator("currency", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg2.extensions
 
+from txguard import literals
 from txguard.detection import Transaction, decide_in_time_order, empty_history
 from txguard.features import DAY_MS, AccountHistory, DailyTotals, Timeline, merchant_reach_ms
 from txguard.history import account_rows, daily_totals, merchant_windows
@@ -47,11 +48,10 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts_text, tid_text = text.split(":")
-        ts, tid = int(ts_text), int(tid_text)
+        ts = literals.integer_from_text(ts_text, _CURSOR_TS.start, _CURSOR_TS.stop - 1)
+        tid = literals.integer_from_text(tid_text, _CURSOR_ID.start, _CURSOR_ID.stop - 1)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidCursor(f"cursor {cursor[:100]!r} is not one this API returned") from None
-    if ts not in _CURSOR_TS or tid not in _CURSOR_ID:
-        raise InvalidCursor(f"cursor {cursor[:100]!r} is not one this API returned")
     return ts, tid
 
 

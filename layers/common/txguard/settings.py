@@ -8,15 +8,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from txguard import literals
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return literals.integer_from_text(raw, 0, 2**63 - 1)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
+        raise ValueError(f"environment variable {name}={raw[:40]!r} {exc}") from None
 
 
 @dataclass(frozen=True)

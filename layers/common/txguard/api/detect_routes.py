@@ -12,11 +12,10 @@ from txguard import service
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import fraud_event_json, json_response
 from txguard.api.resolver import build_resolver
-from txguard.models import IsFraudResponse
+from txguard.models import INT64_MAX, IsFraudResponse, integer_text
 from txguard.observability import logger
 
 router = Router()
-INT64_MAX = 2**63 - 1
 
 
 @router.get(
@@ -34,8 +33,8 @@ INT64_MAX = 2**63 - 1
     },
 )
 def is_fraud(
-    account: Annotated[int, Path(gt=0, le=INT64_MAX, description="account id")],
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    account: Annotated[int, integer_text(1, INT64_MAX), Path(gt=0, le=INT64_MAX, description="account id")],
+    limit: Annotated[int, integer_text(1, 1000), Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     recompute: Annotated[
         bool,

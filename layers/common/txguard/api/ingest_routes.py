@@ -16,10 +16,12 @@ from txguard.api.presenters import json_response, listed_json, store_results_jso
 from txguard.api.resolver import build_resolver
 from txguard.detection import Transaction
 from txguard.models import (
+    INT64_MAX,
     ListResponse,
     StoreResponse,
     TransactionBatch,
     TransactionIn,
+    integer_text,
     parse_timestamp_ms,
 )
 from txguard.observability import logger
@@ -42,8 +44,9 @@ _STORE_ERRORS = documented_errors(
         **COMMON_ERRORS,
         409: "transaction_id already stored with different content; nothing stored",
         413: "body too large",
-        415: "not application/json",
-        422: "invalid fields (every invalid item by index, field and reason); nothing stored",
+        415: "not application/json (nor application/*+json), or a charset other than UTF-8",
+        422: "invalid fields (every invalid item by index, field and reason), unknown query parameters, or a body "
+        "that is not a JSON object (a top-level array included); nothing stored",
     }
 )
 _LIST_ERRORS = documented_errors({**COMMON_ERRORS, 422: "a query parameter is invalid"})
@@ -53,9 +56,12 @@ _LIST_ERRORS = documented_errors({**COMMON_ERRORS, 422: "a query parameter is in
     "/store_data",
     summary="Store one transaction or a batch, each with its fraud decision",
     description=(
-        "All or nothing: if any item is invalid, nothing is stored. Retrying is safe: a transaction_id already "
-        "stored with the same content is answered as `duplicate` with its original decision; with different "
-        "content the request is refused with 409."
+        'The body is one transaction (an object) or a batch `{"transactions": [...]}`; a top-level array is '
+        "refused with 422, never partly taken. All or nothing: if any item is invalid, nothing is stored. Retrying "
+        "is safe: a transaction_id already stored with the same content is answered as `duplicate` with its "
+        "original decision; with different content the request is refused with 409. The media type is "
+        "`application/json` (any case, `application/*+json` too; a charset, if given, must be UTF-8); anything "
+        "else is refused with 415."
     ),
     responses={
         201: {"description": "stored", "content": {"application/json": {"model": StoreResponse}}},
@@ -101,12 +107,14 @@ def _transaction(t: TransactionIn) -> Transaction:
     },
 )
 def list_data(
-    account_id: Annotated[int | None, Query(gt=0, le=2**63 - 1, description="only this account")] = None,
-    from_: Annotated[
-        str | None, Query(alias="from", max_length=40, description="epoch ms or ISO-8601, inclusive")
+    account_id: Annotated[
+        int | None, integer_text(1, INT64_MAX), Query(gt=0, le=INT64_MAX, description="only this account")
     ] = None,
-    to: Annotated[str | None, Query(max_length=40, description="epoch ms or ISO-8601, exclusive")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
+    from_: Annotated[
+        str | None, Query(alias="from", max_length=40, description="epoch ms or RFC 3339, inclusive")
+    ] = None,
+    to: Annotated[str | None, Query(max_length=40, description="epoch ms or RFC 3339, exclusive")] = None,
+    limit: Annotated[int, integer_text(1, 1000), Query(ge=1, le=1000, description="page size")] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:
     bounds = {name: _time_param(name, value) for name, value in (("from", from_), ("to", to))}
@@ -118,7 +126,7 @@ def _time_param(name: str, value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        return parse_timestamp_ms(int(value) if value.lstrip("-").isdigit() else value)
+        return parse_timestamp_ms(value)
     except ValueError as exc:
         raise ApiError(
             422,

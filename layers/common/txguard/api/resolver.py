@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.metrics import MetricUnit
 
-from txguard.api.errors import ApiError, error_response, validation_details
+from txguard import literals
+from txguard.api.errors import ApiError, echo, error_response, shorten, validation_details
 from txguard.db import DatabaseUnavailable
 from txguard.ingest import DuplicateIdConflict
 from txguard.observability import logger, metrics
@@ -27,35 +32,40 @@ MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 class _BodyRejected(json.JSONDecodeError):
     """Raised by the deserializer; Powertools wraps it, the handler unwraps it."""
 
-    def __init__(self, code: str, message: str, doc: str = "", pos: int = 0) -> None:
-        super().__init__(message, doc, pos)
+    def __init__(self, code: str, message: str, status: int = 400, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, "", 0)
         self.code = code
-
-
-def _reject_constant(name: str) -> Any:
-    raise _BodyRejected("malformed_json", f"{name} is not a valid JSON number")
+        self.status = status
+        self.details = details or []
 
 
 def parse_json(text: str) -> Any:
-    """JSON with numbers as exact decimals; NaN/Infinity refused; nesting beyond the parser's recursion limit
-    is refused as malformed (the parser raises RecursionError long before memory is at risk)."""
+    """The request body as a JSON object, read by the one JSON rule (`txguard.literals.loads`: exact numbers, no
+    NaN/Infinity, no key twice, nesting bounded). Anything else at the top, a top-level array included, is refused
+    whole with 422: a batch is `{"transactions": [...]}`, and Powertools would otherwise take an array's first item
+    and drop the rest."""
     if not text or not text.strip():
         raise _BodyRejected("empty_body", "the request body is empty; send a JSON object")
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
-    except _BodyRejected:
-        raise
-    except RecursionError:
-        raise _BodyRejected("malformed_json", "JSON nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise _BodyRejected("malformed_json", f"malformed JSON: {str(exc)[:200]}") from None
-    except json.JSONDecodeError as exc:
+        document = literals.loads(text)
+    except literals.JsonRefused as exc:
+        raise _BodyRejected("malformed_json", str(exc)) from None
+    if not isinstance(document, dict):
+        kind = "an array" if isinstance(document, list) else "not an object"
         raise _BodyRejected(
-            "malformed_json",
-            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            exc.doc,
-            exc.pos,
-        ) from None
+            "validation_error",
+            f'the body is {kind}; send one transaction as an object, or a batch as {{"transactions": [...]}}',
+            422,
+            [
+                {
+                    "index": None,
+                    "field": None,
+                    "value": echo(document),
+                    "reason": 'must be a JSON object: a transaction, or {"transactions": [...]} for a batch',
+                }
+            ],
+        )
+    return document
 
 
 class TxguardResolver(APIGatewayRestResolver):
@@ -82,13 +92,9 @@ def _check_body(event: dict[str, Any]) -> None:
     if size > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"the request body is {size} bytes; the limit is {MAX_BODY_BYTES}")
     headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
-    content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
-    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-        raise ApiError(
-            415,
-            "unsupported_content_type",
-            f"content type {content_type!r} is not supported; send application/json",
-        )
+    if headers.get("content-type") is not None:
+        _check_media_type(headers["content-type"])
+        _set_content_type(event, "application/json")  # Powertools compares it case-sensitively
     if event.get("isBase64Encoded"):
         try:
             event["body"] = base64.b64decode(body).decode("utf-8")
@@ -97,10 +103,69 @@ def _check_body(event: dict[str, Any]) -> None:
         event["isBase64Encoded"] = False
 
 
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:json|[a-z0-9!#$&^_.+-]+\+json)\Z")
+
+
+def _check_media_type(value: str) -> None:
+    """JSON is `application/json` or `application/*+json`, compared case-insensitively (RFC 9110), with parameters
+    (`name=value`) allowed; a charset, if given, must be UTF-8. Raises ApiError 415 for anything else."""
+    media_type, *parameters = value.split(";")
+    refusal = None
+    if not _JSON_MEDIA_TYPE.match(media_type.strip().lower()):
+        refusal = f"content type {shorten(value)!r} is not supported; send application/json"
+    for parameter in parameters:
+        name, equals, raw = parameter.partition("=")
+        if not parameter.strip():
+            continue
+        if not equals or not name.strip():
+            refusal = refusal or f"content type {shorten(value)!r} has a malformed parameter {shorten(parameter)!r}"
+        elif name.strip().lower() == "charset" and raw.strip().strip('"').lower() != "utf-8":
+            refusal = refusal or f"charset {shorten(raw.strip())!r} is not supported; send UTF-8"
+    if refusal:
+        raise ApiError(415, "unsupported_content_type", refusal)
+
+
+def _set_content_type(event: dict[str, Any], value: str) -> None:
+    for key in list(event.get("headers") or {}):
+        if key.lower() == "content-type":
+            event["headers"] = {**event["headers"], key: value}
+    for key in list(event.get("multiValueHeaders") or {}):
+        if key.lower() == "content-type":
+            event["multiValueHeaders"] = {**event["multiValueHeaders"], key: [value]}
+
+
+def _refuse_unknown_query_parameters(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[str]:
+    """A query parameter the route does not know is refused by name, as unknown body fields are: ignoring it would
+    answer a question the client did not ask (`?acount_id=42` listing every account)."""
+    route = app.context.get("_route")
+    known = {param.alias for param in route.dependant.query_params} if route is not None else set()
+    event = app.current_event
+    given = {**(event.query_string_parameters or {}), **(event.multi_value_query_string_parameters or {})}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{len(unknown)} unknown query parameter(s); nothing was done",
+            [
+                {
+                    "index": None,
+                    "field": shorten(name),
+                    "value": echo(given[name]),
+                    "reason": f"unknown query parameter; this route takes: {takes}",
+                }
+                for name in unknown[:20]
+            ],
+        )
+    return next_middleware(app)
+
+
 def build_resolver(*routers: Router) -> TxguardResolver:
     app = TxguardResolver(enable_validation=True, json_body_deserializer=parse_json)
     for router in routers:
         app.include_router(router)
+    app.use(middlewares=[_refuse_unknown_query_parameters])
     _register_error_handlers(app)
     return app
 
@@ -111,7 +176,7 @@ def _register_error_handlers(app: TxguardResolver) -> None:
         cause = error.__cause__
         metrics.add_metric(name="ValidationErrors", unit=MetricUnit.Count, value=1)
         if isinstance(cause, _BodyRejected):
-            return error_response(400, cause.code, cause.msg)
+            return error_response(cause.status, cause.code, cause.msg, cause.details)
         details = validation_details(list(error.errors()))
         items = sorted({d["index"] for d in details if d["index"] is not None})
         message = (
@@ -150,6 +215,11 @@ def _register_error_handlers(app: TxguardResolver) -> None:
             f"transaction_id {ids} is already stored with different content; nothing was stored",
             details,
         )
+
+    @app.exception_handler(RequestUnsupportedContentType)
+    def unsupported(error: RequestUnsupportedContentType) -> Response[str]:
+        # _check_media_type refuses these first; this keeps any that slip past it a 415, never a 500.
+        return error_response(415, "unsupported_content_type", "send application/json")
 
     @app.exception_handler(InvalidCursor)
     def bad_cursor(error: InvalidCursor) -> Response[str]:

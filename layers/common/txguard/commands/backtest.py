@@ -16,14 +16,12 @@ from txguard.rule_language import RuleSetError, validate_rule_set
 def register(parser: argparse.ArgumentParser) -> None:
     add_database_argument(parser)
     parser.add_argument("--rules", type=Path, required=True, help="candidate rule set (JSON)")
-    parser.add_argument("--from", dest="from_", default=None, help="first timestamp evaluated (ms or ISO-8601)")
-    parser.add_argument("--to", default=None, help="end of the evaluated period, exclusive (ms or ISO-8601)")
+    parser.add_argument("--from", dest="from_", default=None, help="first timestamp evaluated (epoch ms or RFC 3339)")
+    parser.add_argument("--to", default=None, help="end of the evaluated period, exclusive (epoch ms or RFC 3339)")
 
 
 def _time(value: str | None) -> int | None:
-    if value is None:
-        return None
-    return parse_timestamp_ms(int(value) if value.lstrip("-").isdigit() else value)
+    return None if value is None else parse_timestamp_ms(value)
 
 
 def _ratio(value: float) -> str:

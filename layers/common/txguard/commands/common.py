@@ -9,12 +9,14 @@ prints its message and exits with its code (see cli.main), so each failure is re
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from txguard import literals
 
 if TYPE_CHECKING:
     import psycopg2.extensions
@@ -124,10 +126,39 @@ def check_database(url: str) -> None:
 
 
 def read_json_file(path: Path) -> Any:
-    """The JSON value in a file; raises ValueError saying why it cannot be read (missing, not JSON, too deep)."""
+    """The JSON value in a file, read by the one JSON rule (`txguard.literals.loads`: exact numbers, no NaN, no key
+    given twice, nesting bounded); raises ValueError saying why it cannot be read (missing, not such JSON)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return literals.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, literals.JsonRefused) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
-    except RecursionError:  # json's decoder recurses once per nested array or object
-        raise ValueError(f"cannot read {path}: its JSON is nested too deeply") from None
+
+
+def integer_argument(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse `type` reading an integer by the one rule of `txguard.literals` (ASCII digits, within
+    [minimum, maximum]); argparse reports a refusal as a usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            return literals.integer_from_text(text, minimum, maximum)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} {exc}") from None
+
+    return parse
+
+
+def decimal_argument(minimum_exclusive: Decimal, maximum: Decimal) -> Callable[[str], Decimal]:
+    """An argparse `type` reading a decimal by the one rule of `txguard.literals`, in (minimum_exclusive, maximum]."""
+
+    def parse(text: str) -> Decimal:
+        try:
+            number = literals.decimal(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} {exc}") from None
+        if not minimum_exclusive < number <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"{text[:40]!r} must be more than {minimum_exclusive} and at most {maximum}"
+            )
+        return number
+
+    return parse

@@ -13,14 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from txguard.commands.common import EXIT_USAGE, CommandError, open_database, service_database_url
+from txguard.commands.common import EXIT_USAGE, CommandError, integer_argument, open_database, service_database_url
 from txguard.generator.evaluation import RENDERERS
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", metavar="FILE", help="labels file (CSV or JSON lines) instead of fraud_labels")
     parser.add_argument(
-        "--run-id", type=int, action="append", default=[], help="only this run (repeatable; default: all runs)"
+        "--run-id",
+        type=integer_argument(0, 2**63 - 1),
+        action="append",
+        default=[],
+        help="only this run (repeatable; default: all runs)",
     )
     parser.add_argument("--format", choices=sorted(RENDERERS), default="text", help="default text")
 

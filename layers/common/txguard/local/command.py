@@ -18,10 +18,12 @@ import signal
 import sys
 import threading
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from txguard.commands.common import decimal_argument, integer_argument
 from txguard.local.runner import FunctionRunner, Template, log
 
 if TYPE_CHECKING:
@@ -53,15 +55,17 @@ def add_template_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive_seconds(text: str) -> float:
-    seconds = float(text)
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
-    return seconds
+    return float(decimal_argument(Decimal(0), Decimal(86_400))(text))
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3000), help="default: $PORT or 3000")
+    parser.add_argument(
+        "--port",
+        type=integer_argument(0, 65_535),
+        default=int(os.environ.get("PORT") or 3000),
+        help="default: $PORT or 3000",
+    )
     add_template_arguments(parser)
     # Off unless asked for: the template's scheduled generator writes synthetic transactions into the database.
     schedule = parser.add_mutually_exclusive_group()
