@@ -3,6 +3,7 @@ nothing and says exactly why."""
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import time
@@ -188,6 +189,22 @@ def test_malformed_bodies_get_a_clear_4xx(
     local_service: LocalService, data: bytes, content_type: str, status: int, code: str
 ) -> None:
     assert_error(raw(local_service, "POST", "/store_data", data, content_type), status, code)
+
+
+def test_a_post_without_a_content_type_is_415_and_stores_nothing(
+    local_service: LocalService, e2e_database_url: str
+) -> None:
+    # urllib would add a form content type of its own; http.client sends exactly these headers.
+    host, port = local_service.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request(
+        "POST", "/store_data", json.dumps(item(account_id=5013)).encode(), {"x-api-key": local_service.api_key or ""}
+    )
+    answer = connection.getresponse()
+    body = json.loads(answer.read())
+    connection.close()
+    assert (answer.status, body["error"]["code"]) == (415, "unsupported_content_type"), body
+    assert count_rows(e2e_database_url, "account_id = 5013") == 0
 
 
 def test_a_top_level_array_stores_none_of_its_items(local_service: LocalService, e2e_database_url: str) -> None:

@@ -275,6 +275,22 @@ def test_an_error_answer_stays_small_whatever_the_input(service: LocalService, f
     assert len(answer.body) < 10_000, f"a {len(answer.body)}-byte answer"
 
 
+def test_a_batch_of_many_bad_items_gets_a_small_422_that_counts_every_problem(
+    service: LocalService, hostile_database_url: str
+) -> None:
+    before = table_counts(hostile_database_url)
+    unknown_keys = {f"k{n}": 1 for n in range(30)}
+    batch = {"transactions": [valid_transaction(920_000 + i) | unknown_keys for i in range(5000)]}
+    answer = send_bytes(service, "POST", "/store_data", json.dumps(batch).encode())
+    assert answer.status == 422, answer.body[:200]
+    assert len(answer.body) < 64 * 1024, f"a {len(answer.body)}-byte answer"
+    error = json.loads(answer.body)["error"]
+    assert error["details_total"] == 5000 * 30
+    assert len(error["details"]) == 100
+    assert "150000 problems" in error["message"]
+    assert table_counts(hostile_database_url) == before
+
+
 def test_every_status_of_get_is_fraud_is_documented(service: LocalService) -> None:
     assert service.request("POST", "/store_data", valid_transaction(900_009)).status == 201
     documented = set(DOCUMENT["paths"]["/is_fraud/{account}"]["get"]["responses"])

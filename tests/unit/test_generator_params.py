@@ -66,7 +66,7 @@ def test_the_scheduled_function_refuses_to_only_write_a_file() -> None:
         ({"fraud_rate": "lots"}, "fraud_rate"),
         ({"batch_size": 5001}, "batch_size"),
         ({"start": "1999-12-31T23:59:59Z"}, "start"),
-        ({"start": "2026-01-01T00:00:00"}, "time zone"),
+        ({"start": "2026-01-01T00:00:00"}, "with a zone"),
         ({"mode": "api"}, "post_url"),
         ({"num_transaction": 5}, "unknown"),
     ],
@@ -125,10 +125,57 @@ def test_cli_refuses_http_to_another_host(capsys: pytest.CaptureFixture[str]) ->
     assert "http:// is accepted only for this machine" in capsys.readouterr().err
 
 
-def test_start_takes_epoch_milliseconds_or_a_date() -> None:
+def test_start_takes_epoch_milliseconds_or_an_rfc3339_date_time() -> None:
     assert parse_params({"start": "1767225600000"}).start == 1_767_225_600_000
-    assert parse_params({"start": "2026-01-01"}).start == 1_767_225_600_000
+    assert parse_params({"start": 1_767_225_600_000}).start == 1_767_225_600_000
     assert parse_params({"start": "2026-01-01T01:00:00+01:00"}).start == 1_767_225_600_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"num_transactions": "4_2"}, "num_transactions: expected an integer in ASCII digits"),
+        ({"num_transactions": "\u0661\u0662"}, "num_transactions: expected an integer in ASCII digits"),
+        ({"num_transactions": " 42"}, "num_transactions: expected an integer in ASCII digits"),
+        ({"num_transactions": "042"}, "num_transactions: expected an integer in ASCII digits"),
+        ({"num_transactions": 42.0}, "num_transactions: expected an integer"),
+        ({"seed": "\u0661"}, "seed: expected an integer in ASCII digits"),
+        ({"batch_size": "+5"}, "batch_size: expected an integer in ASCII digits"),
+        ({"fraud_rate": "0_1"}, "fraud_rate: is not a decimal number"),
+        ({"mean_gap": "\u0666\u0660"}, "mean_gap: is not a decimal number"),
+        ({"mean_gap": "Infinity"}, "mean_gap: is not a decimal number"),
+        ({"start": "2024-05-01T12:00Z"}, "start: '2024-05-01T12:00Z' is not an RFC 3339 date-time"),
+        ({"start": "2026-01-01"}, "start: '2026-01-01' is not an RFC 3339 date-time"),
+        ({"start": "\u0661767225600000"}, "start: .* is not an RFC 3339 date-time"),
+    ],
+)
+def test_numbers_and_date_times_follow_the_one_rule_of_literals(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        parse_params(raw)
+    with pytest.raises(ParameterError, match=message):
+        params_from_env({f"TXGUARD_GENERATE_{name.upper()}": str(value) for name, value in raw.items()})
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--num-transactions", "4_2"),
+        ("--num-transactions", "\u0661\u0662"),
+        ("--seed", "\u0661"),
+        ("--start", "2024-05-01T12:00Z"),
+        ("--mean-gap", "1_0"),
+    ],
+)
+def test_the_cli_reads_numbers_and_date_times_by_the_same_rule(argv: tuple[str, ...]) -> None:
+    with pytest.raises(ParameterError, match=argv[0].removeprefix("--").replace("-", "_")):
+        generate_command.params_from_args(cli(*argv, "--direct"))
+
+
+def test_a_scheduled_events_numbers_follow_the_same_rule() -> None:
+    with pytest.raises(ParameterError, match="num_transactions: expected an integer in ASCII digits"):
+        scheduled_params({"detail": {"num_transactions": "4_2"}}, {})
+    with pytest.raises(ParameterError, match=r"start: .* is not an RFC 3339 date-time"):
+        scheduled_params({"detail": {"start": "2024-05-01T12:00Z"}}, {})
 
 
 def cli(*argv: str) -> argparse.Namespace:

@@ -369,3 +369,34 @@ def test_the_printed_curl_takes_its_body_from_a_saved_api_event(tmp_path: Path) 
     curl = curl_command("http://h", "POST", "/store_data", None, sample_requests(tmp_path))
 
     assert curl == ("curl -i -X POST http://h/store_data -H 'content-type: application/json' -d '{\"amount\": \"1\"}'")
+
+
+def local_arguments(*argv: str) -> Any:
+    import argparse
+
+    from txguard.local.command import register
+
+    parser = argparse.ArgumentParser(prog="txguard local")
+    register(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("port", ["abc", "3_055", "\u0663\u0660\u0660\u0660", "70000"])
+def test_port_from_the_environment_follows_the_integer_rule_with_a_usage_error(
+    port: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PORT", port)
+    with pytest.raises(SystemExit) as exited:
+        local_arguments()
+    assert exited.value.code == 2
+    assert f"argument --port: {port!r} must be an integer from 0 to 65535" in capsys.readouterr().err
+    monkeypatch.setenv("PORT", "3055")
+    assert local_arguments().port == 3055
+
+
+@pytest.mark.parametrize("seconds", ["1e-9", "0.05", "0"])
+def test_schedule_every_has_a_floor(seconds: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        local_arguments("--schedule-every", seconds)
+    assert "argument --schedule-every" in capsys.readouterr().err
+    assert local_arguments("--schedule-every", "0.1").schedule_every == 0.1

@@ -75,6 +75,11 @@ def test_chains_of_the_same_connective_are_flattened() -> None:
         ("amount > 1; drop table transactions", "unexpected character ';'"),
         ("(amount > 1", "expected )"),
         ("", "empty"),
+        ("amount > \u0661\u0662", "the constant '\u0661\u0662' at position 10 is not a number as JSON writes one"),
+        ("count >= 007", "the constant '007' at position 10 is not a number as JSON writes one"),
+        ("mean_amount > .5", "the constant '.5' at position 15 is not a number as JSON writes one"),
+        ("amount > 5.", "the constant '5.' at position 10 is not a number as JSON writes one"),
+        ("amount > 1e-", "the constant '1e-' at position 10 is not a number as JSON writes one"),
     ],
 )
 def test_bad_conditions_are_refused_with_the_problem_named(text: str, complaint: str) -> None:
@@ -170,6 +175,20 @@ def test_a_when_longer_than_the_limit_is_refused() -> None:
         validate_rule_set({"rules": [rule("long", padded + " ")]})
 
 
+def test_constants_follow_the_decimal_rule_of_literals_exponents_included() -> None:
+    assert parse_condition("amount > 1e17 AND count >= 0 AND mean_amount > 2.5E-3 * amount") == AllOf(
+        all=[
+            Comparison(feature="amount", op=">", value=Decimal("100000000000000000")),
+            Comparison(feature="count", op=">=", value=Decimal(0)),
+            Comparison(feature="mean_amount", op=">", factor=Decimal("0.0025"), other="amount"),
+        ]
+    )
+    with pytest.raises(ValueError, match="the constant 1e18 at position 10 has 19 digits before the decimal point"):
+        parse_condition("amount > 1e18")
+    with pytest.raises(ValueError, match="the constant 1e-41 at position 10 has 41 decimal places, at most 40"):
+        parse_condition("amount > 1e-41")
+
+
 @pytest.mark.parametrize(
     "constant",
     [
@@ -177,7 +196,6 @@ def test_a_when_longer_than_the_limit_is_refused() -> None:
         "9" * MAX_INTEGER_DIGITS,
         "9" * MAX_INTEGER_DIGITS + "." + "9" * MAX_DECIMAL_PLACES,
         "0." + "0" * (MAX_DECIMAL_PLACES - 1) + "1",
-        "000000000000000000000000000042",  # leading zeros are not digits of the number
         "1." + "0" * 100,  # nor are trailing zeros
     ],
 )

@@ -8,6 +8,7 @@ and query, the cursors it hands out, the CLI's arguments and rule set files.
   as a string of that text. It is kept exact: never rounded to a decimal context's 28 digits.
 - A **date-time** is RFC 3339 with a zone (`2024-05-01T12:00:00.123Z`, `...+02:00`), seconds required, at most
   millisecond precision (further fraction digits must be zeros).
+- A **boolean** in text (a query parameter) is `true` or `false`, in lower case, nothing else.
 - **Magnitudes** are judged on the text's length or the decimal's exponent before anything is converted, so
   `1e1000000` or a million digits is refused in microseconds, not after a superlinear conversion.
 
@@ -108,13 +109,21 @@ def rfc3339_ms(text: str) -> int:
         raise ValueError(f"{text[:60]!r} is more precise than a millisecond")
     offset = timedelta(hours=int(off_h), minutes=int(off_m)) if sign else timedelta(0)
     try:
-        if sign and int(off_m) > 59:
-            raise ValueError("offset minutes must be in 0..59")
+        if sign and (int(off_h) > 23 or int(off_m) > 59):
+            raise ValueError("the zone offset must be between -23:59 and +23:59")
         zone = timezone(-offset if sign == "-" else offset)
         moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=zone)
     except ValueError as exc:
         raise ValueError(f"{text[:60]!r} is not a valid date-time: {exc}") from None
     return (moment - _EPOCH) // timedelta(milliseconds=1) + int(fraction[:3].ljust(3, "0"))
+
+
+def boolean_from_text(text: Any) -> bool:
+    """`true` or `false` exactly, as JSON writes them (a query parameter): no `yes`, `1`, `TRUE` or empty text,
+    which a looser reading would turn into a value the client may not have meant. Raises ValueError."""
+    if text in ("true", "false"):
+        return bool(text == "true")
+    raise ValueError("must be true or false")
 
 
 class JsonRefused(ValueError):

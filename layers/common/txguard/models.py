@@ -254,7 +254,10 @@ class ErrorDetail(BaseModel):
 class ErrorBody(BaseModel):
     code: str
     message: str
-    details: list[ErrorDetail] = []
+    details: list[ErrorDetail] = Field(default=[], description="at most the first 100 problems")
+    details_total: int | None = Field(
+        default=None, description="present when more than 100 problems were found: how many there were in all"
+    )
 
 
 class ErrorResponse(BaseModel):

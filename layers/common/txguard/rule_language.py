@@ -26,11 +26,12 @@ so that no rule set can make deciding a transaction slow or crash the parser:
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from txguard import literals
 from txguard.features import FEATURES
 
 Operator = Literal["<", "<=", ">", ">=", "=", "!="]
@@ -158,7 +159,9 @@ def _describe(error: Any, data: Any) -> str:
 # --- the parser -------------------------------------------------------------------------------------
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<number>\d+(?:\.\d+)?|\.\d+)|(?P<op><=|>=|!=|==|<|>|=)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)"
+    # A number token takes whatever starts like one (any script's digits, a leading '.', an exponent's sign) so
+    # that `_constant` judges it whole by the one decimal rule and names it, instead of splitting it into pieces.
+    r"\s*(?:(?P<number>\.?\d(?:[\w.]|(?<=[eE])[-+])*)|(?P<op><=|>=|!=|==|<|>|=)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<punct>[()*]))"
 )
 
@@ -273,17 +276,22 @@ def _flatten(parts: list[Condition], kind: type[AllOf] | type[AnyOf]) -> list[Co
 
 
 def _constant(text: str, position: int) -> Decimal:
-    """A constant of the grammar, refused beyond the digits that Python and SQL both hold exactly."""
+    """A constant of the grammar, written as a JSON number is (the decimal rule of `txguard.literals`: ASCII digits,
+    no leading zeros, a digit before the point, an optional exponent), refused beyond the digits that Python and SQL
+    both hold exactly. Returned in plain notation (`1e3` → 1000). Raises ValueError naming constant and position."""
+    shown = text if len(text) <= 60 else f"{text[:28]}...{text[-28:]}"
     try:
-        number = Decimal(text)
-    except InvalidOperation as exc:  # the tokenizer only lets digits through; kept for clarity
-        raise ValueError(f"{text!r} is not a number") from exc
+        number = literals.decimal(text)
+    except ValueError:
+        raise ValueError(
+            f"the constant {shown!r} at position {position} is not a number as JSON writes one (ASCII digits, no "
+            "leading zeros, a digit before the point, an optional exponent: 12, 0.5, 1e3)"
+        ) from None
     _, digits, exponent = number.as_tuple()
-    assert isinstance(exponent, int)  # digits only: never NaN or infinite
+    assert isinstance(exponent, int)  # literals.decimal gives finite numbers only
     significant = len("".join(map(str, digits)).lstrip("0"))
     integer_digits = max(significant + exponent, 0)
-    places = len(text.partition(".")[2].rstrip("0"))
-    shown = text if len(text) <= 60 else f"{text[:28]}...{text[-28:]}"
+    places = literals.decimal_places(number)
     if integer_digits > MAX_INTEGER_DIGITS:
         raise ValueError(
             f"the constant {shown} at position {position} has {integer_digits} digits before the decimal point, "
@@ -293,7 +301,7 @@ def _constant(text: str, position: int) -> Decimal:
         raise ValueError(
             f"the constant {shown} at position {position} has {places} decimal places, at most {MAX_DECIMAL_PLACES}"
         )
-    return number
+    return Decimal(format(number, "f")) if "e" in text.lower() else number
 
 
 def parse_condition(text: str) -> Condition:

@@ -7,8 +7,9 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from pydantic import BeforeValidator
 
-from txguard import service
+from txguard import literals, service
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import fraud_event_json, json_response
 from txguard.api.resolver import build_resolver
@@ -38,9 +39,10 @@ def is_fraud(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     recompute: Annotated[
         bool,
+        BeforeValidator(literals.boolean_from_text),
         Query(
             description="re-decide with the current rules, point-in-time: at most 5,000 of the account's transactions "
-            "per request, from the cursor backwards; follow next_cursor for the rest"
+            "per request, from the cursor backwards; follow next_cursor for the rest. Exactly `true` or `false`"
         ),
     ] = False,
 ) -> Response[str]:

@@ -13,6 +13,9 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response, content_types
 
 MAX_ECHOED_VALUE = 200  # characters of a rejected value echoed back in `details`
+# Details listed in one error body: a batch of bad items or megabytes of unknown keys would otherwise make a body
+# beyond Lambda's 6 MB response limit (a 5xx); the rest are counted in `details_total` and the message.
+MAX_DETAILS = 100
 
 
 class ApiError(Exception):
@@ -46,7 +49,14 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]]) -> str:
-    return json.dumps({"error": {"code": code, "message": message, "details": details}}, default=str)
+    """The one error body. Past MAX_DETAILS details only the first are listed, with `details_total` (the count of
+    all problems) and the count in the message; each detail's `value` is echoed short (see `echo`)."""
+    listed = [{**detail, "value": echo(detail.get("value"))} for detail in details[:MAX_DETAILS]]
+    error: dict[str, Any] = {"code": code, "message": message, "details": listed}
+    if len(details) > MAX_DETAILS:
+        error["message"] = f"{message} ({len(details)} problems; the first {MAX_DETAILS} are listed)"
+        error["details_total"] = len(details)
+    return json.dumps({"error": error}, default=str)
 
 
 def error_response(

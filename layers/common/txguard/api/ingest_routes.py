@@ -118,6 +118,17 @@ def list_data(
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:
     bounds = {name: _time_param(name, value) for name, value in (("from", from_), ("to", to))}
+    if bounds["from"] is not None and bounds["to"] is not None and bounds["from"] > bounds["to"]:
+        reason = "from is after to: the range would be empty"
+        raise ApiError(
+            422,
+            "validation_error",
+            "query parameters 'from' and 'to' are reversed",
+            [
+                {"index": None, "field": name, "value": value, "reason": reason}
+                for name, value in (("from", from_), ("to", to))
+            ],
+        )
     page = service.listing(account_id, bounds["from"], bounds["to"], limit, cursor)
     return json_response(200, {"transactions": [listed_json(j) for j in page.items], "next_cursor": page.next_cursor})
 

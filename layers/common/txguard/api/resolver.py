@@ -74,12 +74,34 @@ class TxguardResolver(APIGatewayRestResolver):
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         event = dict(event)
         try:
+            _check_query(event)
             _check_body(event)
         except ApiError as refused:
             metrics.add_metric(name="ValidationErrors", unit=MetricUnit.Count, value=1)
             logger.info("request refused", extra={"code": refused.code})
             return refused.as_proxy_response()
         return super().resolve(event, context)
+
+
+def _check_query(event: dict[str, Any]) -> None:
+    """A query parameter given more than once is refused by name: Powertools would keep one of its values."""
+    given = event.get("multiValueQueryStringParameters") or {}
+    repeated = sorted(name for name, values in given.items() if isinstance(values, list) and len(values) > 1)
+    if repeated:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{len(repeated)} query parameter(s) given more than once; nothing was done",
+            [
+                {
+                    "index": None,
+                    "field": shorten(name),
+                    "value": given[name],
+                    "reason": "given more than once; give it once",
+                }
+                for name in repeated
+            ],
+        )
 
 
 def _check_body(event: dict[str, Any]) -> None:
@@ -92,9 +114,10 @@ def _check_body(event: dict[str, Any]) -> None:
     if size > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"the request body is {size} bytes; the limit is {MAX_BODY_BYTES}")
     headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
-    if headers.get("content-type") is not None:
-        _check_media_type(headers["content-type"])
-        _set_content_type(event, "application/json")  # Powertools compares it case-sensitively
+    if headers.get("content-type") is None:  # API Gateway passes on what the client sent; curl -d sends a form type
+        raise ApiError(415, "unsupported_content_type", "the request has no Content-Type; send application/json")
+    _check_media_type(headers["content-type"])
+    _set_content_type(event, "application/json")  # Powertools compares it case-sensitively
     if event.get("isBase64Encoded"):
         try:
             event["body"] = base64.b64decode(body).decode("utf-8")
@@ -223,7 +246,9 @@ def _register_error_handlers(app: TxguardResolver) -> None:
 
     @app.exception_handler(InvalidCursor)
     def bad_cursor(error: InvalidCursor) -> Response[str]:
-        return error_response(400, "invalid_cursor", str(error), [{"field": "cursor", "reason": str(error)}])
+        cursor = (app.current_event.query_string_parameters or {}).get("cursor")
+        detail = {"index": None, "field": "cursor", "value": cursor, "reason": str(error)}
+        return error_response(400, "invalid_cursor", str(error), [detail])
 
     @app.exception_handler(DatabaseUnavailable)
     def unavailable(error: DatabaseUnavailable) -> Response[str]:

@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         rule_set = validate_rule_set(read_json_file(args.rules))
         from_ms, to_ms = _time(args.from_), _time(args.to)
+        if from_ms is not None and to_ms is not None and from_ms > to_ms:
+            raise ValueError(f"--from {args.from_[:40]} is after --to {args.to[:40]}; the period would be empty")
     except RuleSetError as exc:
         print("rule set rejected:", *[f"  - {p}" for p in exc.problems], sep="\n", file=sys.stderr)
         return 1

@@ -14,30 +14,30 @@ import os
 import sys
 from pathlib import Path
 
-from txguard.commands.common import check_database, service_database_url
+from txguard.commands.common import check_database, integer_argument, service_database_url
 from txguard.generator.params import API_KEY_ENV, MODES, GenerateParams, ParameterError, parse_params
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     defaults = GenerateParams()
     what = parser.add_argument_group("what to generate")
-    what.add_argument("--num-transactions", type=int, help=f"default {defaults.num_transactions}")
+    what.add_argument("--num-transactions", help=f"default {defaults.num_transactions}")
     what.add_argument(
         "--num-accounts",
-        type=int,
         help=f"accounts 1..N, with the reserved ids 9000000000000000000 + n (default {defaults.num_accounts})",
     )
-    what.add_argument(
-        "--fraud-rate", type=float, help=f"share of transactions from fraud patterns (default {defaults.fraud_rate})"
-    )
-    what.add_argument("--start", help="first timestamp: epoch ms or ISO-8601 (default: the run ends now)")
+    what.add_argument("--fraud-rate", help=f"share of transactions from fraud patterns (default {defaults.fraud_rate})")
+    what.add_argument("--start", help="first timestamp: epoch ms or RFC 3339 with a zone (default: the run ends now)")
     what.add_argument(
         "--mean-gap",
-        type=float,
         help=f"mean seconds between one account's transactions (default {defaults.mean_gap:g})",
     )
-    what.add_argument("--seed", type=int, help="reproduce a run (default: a fresh seed, printed)")
-    what.add_argument("--run-id", type=int, help="fix the run id, hence the transaction ids (default: from the clock)")
+    what.add_argument("--seed", help="reproduce a run (default: a fresh seed, printed)")
+    what.add_argument(
+        "--run-id",
+        type=integer_argument(0, 2**63 - 1),
+        help="fix the run id, hence the transaction ids (default: from the clock)",
+    )
 
     where = parser.add_argument_group("where it goes")
     where.add_argument(
@@ -48,9 +48,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     where.add_argument("--out", metavar="FILE", help="write JSON lines, or CSV for *.csv; '-' for stdout")
     where.add_argument("--mode", choices=MODES, help="direct, api or file (implied by the flags above)")
-    where.add_argument(
-        "--batch-size", type=int, help=f"transactions per request or transaction (default {defaults.batch_size})"
-    )
+    where.add_argument("--batch-size", help=f"transactions per request or transaction (default {defaults.batch_size})")
     where.add_argument("--api-key", help=f"x-api-key for --post-url (default: ${API_KEY_ENV})")
     where.add_argument(
         "--labels-out",

@@ -12,6 +12,7 @@ import psycopg2
 from txguard import rule_store
 from txguard.commands.common import add_database_argument, database_url, open_database, read_json_file
 from txguard.rule_language import RuleSetError
+from txguard.settings import service_settings
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
             with conn, conn.cursor() as cur:
                 if args.rules_command == "apply":
                     version = rule_store.apply_rule_set(cur, data, args.comment or f"applied {args.file.name}")
-                    print(f"rule set version {version} is now active")
+                    print(f"rule set version {version} stored; {_picked_up()}")
                 elif args.rules_command == "disable":
                     version = rule_store.disable_rule(cur, args.rule_id)
-                    print(f"rule {args.rule_id} disabled in version {version}")
+                    print(f"rule {args.rule_id} disabled in version {version}; {_picked_up()}")
                 elif args.rules_command == "list":
                     _print_latest(cur, as_json=args.json)
                 else:
@@ -61,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  - {problem}", file=sys.stderr)
             return 1
     return 0
+
+
+def _picked_up() -> str:
+    # Each function caches the rule set it read, so a new version is not in force at once everywhere.
+    seconds = service_settings().rules_cache_seconds
+    return f"the functions use it within {seconds} s (TXGUARD_RULES_CACHE_SECONDS)"
 
 
 def _print_latest(cur: psycopg2.extensions.cursor, as_json: bool) -> None:

@@ -10,10 +10,11 @@ import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from txguard import literals
 from txguard.generator.ids import MAX_TRANSACTIONS_PER_RUN
 
 ENV_PREFIX = "TXGUARD_GENERATE_"
@@ -132,38 +133,36 @@ def params_from_env(environ: Mapping[str, str], base: GenerateParams | None = No
 
 
 def _integer(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    """A JSON integer (event) or integer text (environment, CLI) by the one rule of `txguard.literals`; the range
+    is checked by GenerateParams, naming the parameter."""
     if isinstance(value, str):
-        return int(value.strip().replace("_", ""))
-    raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return literals.integer_from_text(value, -(2**63), 2**63 - 1)
+        except ValueError:
+            raise ValueError(
+                f"expected an integer in ASCII digits (no '_', '+', spaces, leading zeros, fraction or exponent), "
+                f"got {value[:40]!r}"
+            ) from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"expected an integer, got {str(value)[:40]!r}")
 
 
 def _number(value: Any) -> float:
+    """A JSON number (event) or decimal text (environment, CLI) by the one rule of `txguard.literals`."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a number, got {value!r}")
-    number = float(value)
+        raise ValueError(f"expected a number, got {str(value)[:40]!r}")
+    number = float(literals.decimal(value)) if isinstance(value, str) else float(value)
     if number != number or number in (float("inf"), float("-inf")):
         raise ValueError("expected a finite number")
     return number
 
 
 def parse_start(value: Any) -> int:
-    """Epoch milliseconds (an integer) or an ISO-8601 date-time with a zone."""
-    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is neither epoch milliseconds nor an ISO-8601 date-time") from None
-        if parsed.tzinfo is None:
-            if len(value.strip()) != len("2024-01-31"):
-                raise ValueError(f"{value!r} has no time zone; add Z or an offset such as +02:00")
-            parsed = parsed.replace(tzinfo=UTC)  # a bare date is midnight UTC
-        return (parsed - _EPOCH) // timedelta(milliseconds=1)
+    """Epoch milliseconds (an integer) or an RFC 3339 date-time with a zone, as the API reads a timestamp."""
+    digits = value.removeprefix("-") if isinstance(value, str) else ""
+    if isinstance(value, str) and not (digits.isascii() and digits.isdigit()):
+        return literals.rfc3339_ms(value)
     return _integer(value)
 
 

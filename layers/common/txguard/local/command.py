@@ -54,8 +54,14 @@ def add_template_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+MIN_SCHEDULE_SECONDS = Decimal("0.1")  # below this the scheduler would only spin
+
+
 def _positive_seconds(text: str) -> float:
-    return float(decimal_argument(Decimal(0), Decimal(86_400))(text))
+    seconds = decimal_argument(Decimal(0), Decimal(86_400))(text)
+    if seconds < MIN_SCHEDULE_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} must be at least {MIN_SCHEDULE_SECONDS} seconds")
+    return float(seconds)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +69,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port",
         type=integer_argument(0, 65_535),
-        default=int(os.environ.get("PORT") or 3000),
+        # A string default goes through `type` too, so $PORT is read by the same rule as --port.
+        default=os.environ.get("PORT") or "3000",
         help="default: $PORT or 3000",
     )
     add_template_arguments(parser)
