@@ -84,7 +84,10 @@ def test_a_stored_transaction_can_be_asked_about(local_service: LocalService) ->
 def test_plain_txguard_local_says_the_generator_is_off_and_how_to_turn_it_on(local_service: LocalService) -> None:
     log = local_service.log()
     # Every scheduled function is named: the generator, and the ingest function's alert drain.
-    assert "schedule  off: GenerateFunction, IngestFunction run only with --schedule or --schedule-every SECONDS" in log
+    assert (
+        "schedule  scheduled events off (GenerateFunction's Every, IngestFunction's DrainAlerts; the API serves every "
+        "route): turn on with --schedule or --schedule-every SECONDS"
+    ) in log
     assert "schedule  GenerateFunction every" not in log
     assert "scheduled run of" not in log
 

@@ -28,7 +28,8 @@ _FOUR_PLACES = Decimal("0.0001")  # the most any currency has
 
 
 def money(amount: Decimal, currency: str) -> str:
-    """An amount as text in the currency's minor units, rounded half up: BHD "0.125", JPY "129", EUR "41.20".
+    """An amount (major units) as text with the currency's number of decimal places, rounded half up:
+    BHD "0.125", JPY "129", EUR "41.20".
 
     Every amount the service shows (responses, explanations, events) is written through this function.
     A currency not in MINOR_UNITS gets four places.

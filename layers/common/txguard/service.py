@@ -72,7 +72,8 @@ def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = Non
 
 
 def fraud_event(result: StoreResult) -> dict[str, Any]:
-    """The FraudDetected event's detail: amount in the currency's minor units, score 0-1 as text."""
+    """The FraudDetected event's detail: amount as text in major units with the currency's decimal places (BHD
+    "0.125"), score 0-1 as text."""
     t, d = result.transaction, result.decision
     return {
         "account_id": t.account_id,

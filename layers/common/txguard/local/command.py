@@ -192,9 +192,16 @@ def print_banner(runner: FunctionRunner, api: ApiServer, jobs: list[Job], genera
         print(f"API key   {runner.api_key}{how}")
     for job in jobs:
         print(f"schedule  {job.function_name} every {job.every_s:g} s")
-    scheduled = sorted(function.name for function in runner.template.functions.values() if function.schedules)
+    scheduled = sorted(
+        f"{function.name}'s {event}"
+        for function in runner.template.functions.values()
+        for event, _ in function.schedules
+    )
     if scheduled and not jobs:
-        print(f"schedule  off: {', '.join(scheduled)} run only with --schedule or --schedule-every SECONDS")
+        print(
+            f"schedule  scheduled events off ({', '.join(scheduled)}; the API serves every route): "
+            "turn on with --schedule or --schedule-every SECONDS"
+        )
     samples = sample_requests(runner.template.path.parent / "events")
     print()
     for route in api.routes:
