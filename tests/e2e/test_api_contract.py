@@ -207,6 +207,12 @@ def test_a_post_without_a_content_type_is_415_and_stores_nothing(
     assert count_rows(e2e_database_url, "account_id = 5013") == 0
 
 
+@pytest.mark.parametrize("path", ["/store_data?limit=1&limit=2", "/is_fraud/1?limit=1&limit=2"])
+def test_a_query_parameter_given_twice_is_422_naming_it(local_service: LocalService, path: str) -> None:
+    error = assert_error(raw(local_service, "GET", path, None, None), 422, "validation_error")
+    assert [(d["field"], d["reason"]) for d in error["details"]] == [("limit", "given more than once; give it once")]
+
+
 def test_a_top_level_array_stores_none_of_its_items(local_service: LocalService, e2e_database_url: str) -> None:
     items = [item(account_id=5010), item(account_id=5010)]
     data = json.dumps(items).encode()
