@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy layers/common/txguard
+	$(BIN)/mypy layers/common/txguard tools/txguard_dev
 
 # checkov runs from a venv of its own, inside .venv so that `make clean` and .gitignore cover it:
 # its pins (boto3, pydantic, ...) conflict with requirements-dev.txt.

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from txguard.commands.common import check_database, service_database_url
 from txguard.generator.params import API_KEY_ENV, MODES, GenerateParams, ParameterError, parse_params
+from txguard_dev.commands.common import check_database, service_database_url
 
 
 def register(parser: argparse.ArgumentParser) -> None:

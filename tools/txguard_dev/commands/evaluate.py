@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from txguard.commands.common import EXIT_USAGE, CommandError, integer_argument, open_database, service_database_url
 from txguard.generator.evaluation import RENDERERS
+from txguard_dev.commands.common import EXIT_USAGE, CommandError, integer_argument, open_database, service_database_url
 
 
 def register(parser: argparse.ArgumentParser) -> None:

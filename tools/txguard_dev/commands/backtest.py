@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from txguard.backtest import Scores, backtest, load_labels
-from txguard.commands.common import add_database_argument, database_url, open_database, read_json_file
 from txguard.models import parse_timestamp_ms
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
+from txguard_dev.commands.common import add_database_argument, database_url, open_database, read_json_file
 
 
 def register(parser: argparse.ArgumentParser) -> None:
