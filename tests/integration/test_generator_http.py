@@ -16,8 +16,8 @@ import pytest
 
 from txguard.generator import GenerateParams, generate
 from txguard.generator.delivery import deliver
-from txguard.generator.labels import read_labels
 from txguard.generator.sinks import Backoff, DeliveryError, HttpSink
+from txguard.labels import read_labels
 from txguard_dev.cli import main
 
 pytestmark = pytest.mark.integration

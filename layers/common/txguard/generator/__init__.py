@@ -5,8 +5,9 @@ One implementation used three ways: this library, `txguard generate`, and the sc
 """
 
 from txguard.generator.params import GenerateParams, ParameterError, parse_params
-from txguard.generator.patterns import GENUINE, PATTERN_NAMES
+from txguard.generator.patterns import PATTERN_NAMES
 from txguard.generator.traffic import GeneratedRun, Labelled, generate
+from txguard.labels import GENUINE
 
 __all__ = [
     "GENUINE",

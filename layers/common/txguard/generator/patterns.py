@@ -19,7 +19,6 @@ SECOND_MS = 1000
 MINUTE_MS = 60 * SECOND_MS
 HOUR_MS = 60 * MINUTE_MS
 
-GENUINE = "genuine"
 
 # (offset ms from the incident's start, account id, amount in cents, merchant id)
 Step = tuple[float, int, int, str | None]

@@ -27,7 +27,8 @@ from txguard.generator.accounts import (
 )
 from txguard.generator.ids import check_run_id, new_run_id, transaction_id
 from txguard.generator.params import EARLIEST_START_MS, GenerateParams
-from txguard.generator.patterns import GENUINE, Scene, inject
+from txguard.generator.patterns import Scene, inject
+from txguard.labels import GENUINE
 
 CURRENCY = "EUR"
 # Where a run without a start is drawn before it is moved to the present: midnight UTC, the earliest
