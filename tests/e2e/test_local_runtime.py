@@ -18,10 +18,10 @@ import pytest
 
 from tests.conftest import admin_query
 from tests.e2e.conftest import ROOT, TXGUARD, LocalService, alive, start_local, stop_local
-from txguard.generator.accounts import SYNTHETIC_ACCOUNT_BASE
 from txguard.migrate import service_login_role
 from txguard_dev.local.postgres import Server, drop_database
 from txguard_dev.local.runner import Template
+from txguard_generator.accounts import SYNTHETIC_ACCOUNT_BASE
 
 pytestmark = pytest.mark.e2e
 

@@ -6,10 +6,10 @@ import argparse
 
 import pytest
 
-from txguard.generator.params import GenerateParams, ParameterError, params_from_env, parse_params
-from txguard.generator.scheduled import scheduled_params
-from txguard.generator.sinks import Backoff, HttpSink
 from txguard_dev.commands import generate as generate_command
+from txguard_generator.params import GenerateParams, ParameterError, params_from_env, parse_params
+from txguard_generator.scheduled import scheduled_params
+from txguard_generator.sinks import Backoff, HttpSink
 
 
 def test_the_environment_sets_parameters_by_their_upper_case_names() -> None:

@@ -102,9 +102,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import psycopg2
 
-    from txguard.generator.delivery import database_configured
     from txguard.labels import read_labels
     from txguard.scoring import from_labels, from_table
+    from txguard_generator.delivery import database_configured
 
     if not database_configured():
         raise CommandError("set DATABASE_URL to the database holding the decisions", exit_code=EXIT_USAGE)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psycopg2.extensions
 
-from txguard.generator.traffic import Labelled
 from txguard.labels import LABEL_FIELDS, is_csv
+from txguard_generator.traffic import Labelled
 
 _INSERT_LABELS = """
     INSERT INTO fraud_labels (transaction_id, pattern, run_id)

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from txguard.generator.accounts import AccountProfile, random_merchant
+from txguard_generator.accounts import AccountProfile, random_merchant
 
 SECOND_MS = 1000
 MINUTE_MS = 60 * SECOND_MS

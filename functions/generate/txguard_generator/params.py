@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from txguard.generator.ids import MAX_TRANSACTIONS_PER_RUN
+from txguard_generator.ids import MAX_TRANSACTIONS_PER_RUN
 
 ENV_PREFIX = "TXGUARD_GENERATE_"
 # Where the scheduled function finds the API key in `api` mode: an SSM parameter name or a secret's ARN/name.
