@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy layers/common/txguard
+	$(BIN)/mypy layers/common/txguard functions/generate/txguard_generator tools/txguard_dev
 
 # checkov runs from a venv of its own, inside .venv so that `make clean` and .gitignore cover it:
 # its pins (boto3, pydantic, ...) conflict with requirements-dev.txt.
@@ -45,6 +45,7 @@ template-checks: $(STAMP)
 	$(BIN)/python -c "import sys; sys.path.insert(0, '$(LAYER_BUILD)'); import txguard, psycopg2, pydantic, orjson, aws_lambda_powertools; \
 		assert all(m.__file__.startswith('$(CURDIR)/$(LAYER_BUILD)/') for m in (psycopg2, orjson)), (psycopg2.__file__, orjson.__file__); \
 		print('layer ok:', txguard.__file__, '| psycopg2', psycopg2.__version__, 'libpq', psycopg2.extensions.libpq_version())"
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/template/test_artifacts.py
 
 # The tests run the service through PgBouncer in transaction mode, a pooler that refuses startup options
 # the way RDS Proxy does (tests/integration/test_pooler.py). Debian's package, installed once when missing.

@@ -28,8 +28,8 @@ from bench.harness import BenchDatabase, p50, samples, timed
 from txguard import db, queries, service
 from txguard.detection import Transaction
 from txguard.ingest import store_transactions
-from txguard.local.runner import FunctionRunner, Template
 from txguard.rule_store import RuleCache
+from txguard_dev.local.runner import FunctionRunner, Template
 
 ROOT = Path(__file__).resolve().parent.parent
 HOT, WINDOW_SIZED, REPLAYED = 11, 12, 13

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import BenchDatabase
-from txguard.local.runner import LocalFunction, Template
+from txguard_dev.local.runner import LocalFunction, Template
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -8,9 +8,9 @@ from typing import Any
 
 from bench.harness import BenchDatabase, timed
 from bench.ingest_bench import raw_copy_rate
-from txguard.generator import GenerateParams, generate
-from txguard.generator.delivery import deliver
-from txguard.generator.sinks import DirectSink
+from txguard_generator import GenerateParams, generate
+from txguard_generator.delivery import deliver
+from txguard_generator.sinks import DirectSink
 
 
 def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:

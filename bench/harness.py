@@ -13,10 +13,10 @@ from typing import Any
 import psycopg2
 
 from txguard import db
-from txguard.local.postgres import Server, create_database, drop_database, find_or_start_server
 from txguard.migrate import migrate, service_login_role
 from txguard.rule_store import apply_rule_set, rule_cache
 from txguard.settings import reload_settings
+from txguard_dev.local.postgres import Server, create_database, drop_database, find_or_start_server
 
 
 @dataclass(frozen=True)

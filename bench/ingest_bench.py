@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 
 from bench.harness import BenchDatabase, timed
-from txguard.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner, Template
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000_000

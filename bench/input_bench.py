@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import BenchDatabase, p50, samples
-from txguard.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner, Template
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("account_id", "transaction_id", "timestamp", "amount")

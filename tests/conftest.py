@@ -21,8 +21,8 @@ import psycopg2
 import pytest
 
 from txguard import db
-from txguard.local.postgres import Server, create_database, drop_database, find_or_start_server
 from txguard.migrate import migrate, service_login_role
+from txguard_dev.local.postgres import Server, create_database, drop_database, find_or_start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS_DIR = ROOT / "events"

@@ -1,9 +1,9 @@
-"""GET /is_fraud/{account}."""
+"""GET /is_fraud/{account} and GET /openapi.json."""
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from txguard.api.detect_routes import app
+from txguard.api.app import serve_detect
 from txguard.observability import logger, metrics, tracer
 
 
@@ -11,4 +11,4 @@ from txguard.observability import logger, metrics, tracer
 @tracer.capture_lambda_handler(capture_response=False, capture_error=False)
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+    return serve_detect(event, context)

@@ -2,8 +2,8 @@
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from txguard.generator.scheduled import run_scheduled
 from txguard.observability import logger, metrics, tracer
+from txguard_generator.scheduled import run_scheduled
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -3,15 +3,12 @@
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from txguard.api.ingest_routes import app
+from txguard.api.app import serve_ingest
 from txguard.observability import logger, metrics, tracer
-from txguard.outbox import drain_alerts, is_scheduled_event
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False, capture_error=False)
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    if is_scheduled_event(event):
-        return drain_alerts(context)
-    return app.resolve(event, context)
+    return serve_ingest(event, context)

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from tests.conftest import scratch_database
-from txguard.local.postgres import Server
+from txguard_dev.local.postgres import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 TXGUARD = Path(sys.executable).with_name("txguard")

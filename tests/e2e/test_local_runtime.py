@@ -18,10 +18,10 @@ import pytest
 
 from tests.conftest import admin_query
 from tests.e2e.conftest import ROOT, TXGUARD, LocalService, alive, start_local, stop_local
-from txguard.generator.accounts import SYNTHETIC_ACCOUNT_BASE
-from txguard.local.postgres import Server, drop_database
-from txguard.local.runner import Template
 from txguard.migrate import service_login_role
+from txguard_dev.local.postgres import Server, drop_database
+from txguard_dev.local.runner import Template
+from txguard_generator.accounts import SYNTHETIC_ACCOUNT_BASE
 
 pytestmark = pytest.mark.e2e
 
@@ -169,9 +169,9 @@ def test_sigterm_stops_the_server_and_leaves_nothing_running(tiny_service: Local
 # `txguard local` as on a machine with no PostgreSQL: 127.0.0.1:5432 made unreachable, nothing else changed.
 NO_LOCAL_SERVER = """
 import sys
-import txguard.local.postgres as postgres
+import txguard_dev.local.postgres as postgres
 postgres.LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:1/postgres"
-from txguard.cli import main
+from txguard_dev.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -22,8 +22,8 @@ from txguard import alerts, outbox, service
 from txguard.currencies import money
 from txguard.db import DatabaseUnavailable, run_in_transaction
 from txguard.detection import Transaction
-from txguard.local.runner import FunctionRunner, Template
 from txguard.settings import reload_settings
+from txguard_dev.local.runner import FunctionRunner, Template
 
 pytestmark = pytest.mark.integration
 

@@ -17,33 +17,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import EVENTS_DIR, ROOT, Database, load_event
+from tests.template.build import built
 
 pytestmark = pytest.mark.integration
 
-BUILT_LAYER = ROOT / ".aws-sam" / "build" / "CommonLayer" / "python"
 SCRIPT = Path(__file__).with_name("lambda_as_in_aws.py")
-
-
-def _build_is_current() -> bool:
-    package = ROOT / "layers" / "common" / "txguard"
-    for source in (p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        built = BUILT_LAYER / source.relative_to(ROOT / "layers" / "common")
-        if not built.is_file() or built.read_bytes() != source.read_bytes():
-            return False
-    return True
 
 
 @pytest.fixture(scope="session")
 def built_layer() -> Path:
     """The CommonLayer as `sam build` builds it (`make template-checks` does; built here when stale)."""
-    if not _build_is_current():
-        subprocess.run(
-            [str(Path(sys.executable).with_name("sam")), "build", "--template", "template.yaml",
-             "--build-dir", ".aws-sam/build", "--cached", "--cache-dir", ".aws-sam/cache"],
-            cwd=ROOT, check=True, env={**os.environ, "SAM_CLI_TELEMETRY": "0"}, capture_output=True,
-        )  # fmt: skip
-    assert _build_is_current(), "sam build did not bring the layer up to date"
-    return BUILT_LAYER
+    return built() / "CommonLayer" / "python"
 
 
 def run_as_in_aws(layer: Path, database: Database, calls: list[tuple[str, Path]]) -> dict[str, Any]:

@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import ROOT, Database, admin_query, scratch_database
 from txguard import db
-from txguard.cli import main
-from txguard.local.postgres import DEVELOPMENT_SETTING, Server, database_in_url, drop_database, service_database
 from txguard.migrate import available_migrations, migrate, service_login_role
+from txguard_dev.cli import main
+from txguard_dev.local.postgres import DEVELOPMENT_SETTING, Server, database_in_url, drop_database, service_database
 
 pytestmark = pytest.mark.integration
 
@@ -255,7 +255,7 @@ def test_reset_empties_a_development_database_and_leaves_it_migrated_and_usable(
 def test_reset_of_a_database_in_use_waits_then_refuses_and_changes_nothing(
     with_data: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from txguard.commands import db as db_command
+    from txguard_dev.commands import db as db_command
 
     monkeypatch.setattr(db_command, "RESET_LOCK_TIMEOUT_S", 1)
     holder = psycopg2.connect(with_data)

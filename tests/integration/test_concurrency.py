@@ -21,9 +21,9 @@ from tests.integration.helpers import T0, store, tx
 from txguard import db
 from txguard.detection import Transaction
 from txguard.ingest import DuplicateIdConflict, StoreResult, store_transactions
-from txguard.local.postgres import with_database
 from txguard.migrate import migrate, service_login_role
 from txguard.rule_store import RuleCache
+from txguard_dev.local.postgres import with_database
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import EVENTS_DIR, ROOT, Database, load_event
-from txguard.cli import main
-from txguard.generator import PATTERN_NAMES
-from txguard.generator.accounts import SYNTHETIC_ACCOUNT_BASE
+from txguard_dev.cli import main
+from txguard_generator import PATTERN_NAMES
+from txguard_generator.accounts import SYNTHETIC_ACCOUNT_BASE
 
 pytestmark = pytest.mark.integration
 

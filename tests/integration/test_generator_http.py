@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from txguard.cli import main
-from txguard.generator import GenerateParams, generate
-from txguard.generator.delivery import deliver
-from txguard.generator.labels import read_labels
-from txguard.generator.sinks import Backoff, DeliveryError, HttpSink
+from txguard.labels import read_labels
+from txguard_dev.cli import main
+from txguard_generator import GenerateParams, generate
+from txguard_generator.delivery import deliver
+from txguard_generator.sinks import Backoff, DeliveryError, HttpSink
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import ROOT, Database, load_event
 from tests.integration.helpers import apply_rules, rule
-from txguard.local.runner import FunctionRunner, Template
 from txguard.observability import metrics
+from txguard_dev.local.runner import FunctionRunner, Template
 
 pytestmark = pytest.mark.integration
 

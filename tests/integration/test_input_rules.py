@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Database, load_event
-from txguard.cli import main
-from txguard.local.runner import FunctionRunner, Template
+from txguard_dev.cli import main
+from txguard_dev.local.runner import FunctionRunner, Template
 
 pytestmark = pytest.mark.integration
 

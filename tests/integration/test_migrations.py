@@ -18,8 +18,6 @@ import psycopg2.extras
 import pytest
 
 from tests.conftest import EmbeddedPostgres, admin_query, scratch_database
-from txguard.cli import main
-from txguard.local.postgres import Server, create_database, database_in_url, with_database
 from txguard.migrate import (
     NOT_FOR_THE_SERVICE,
     SERVICE_GRANTS,
@@ -32,6 +30,8 @@ from txguard.migrate import (
     service_group_role,
     service_login_role,
 )
+from txguard_dev.cli import main
+from txguard_dev.local.postgres import Server, create_database, database_in_url, with_database
 
 pytestmark = pytest.mark.integration
 

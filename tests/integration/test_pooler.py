@@ -19,7 +19,7 @@ from psycopg2 import sql
 from tests.conftest import ROOT, Database, Pooler, load_event
 from tests.integration.helpers import T0, tx
 from txguard import db, service
-from txguard.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner, Template
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import scratch_database
 from tests.e2e.conftest import LocalService, start_local, stop_local
-from txguard.local.postgres import Server
+from txguard_dev.local.postgres import Server
 
 FULL_SCALE = os.environ.get("TXGUARD_LOAD_SCALE", "").lower() == "full"
 NOW_MS = int(time.time() * 1000)

@@ -28,8 +28,8 @@ from tests.conftest import ROOT, EmbeddedPostgres, admin_query, load_event
 from tests.e2e.conftest import LocalService
 from tests.reliability.conftest import NOW_MS, serve, stop
 from txguard import db
-from txguard.local.runner import LambdaContext, Template, load_module
 from txguard.settings import reload_settings
+from txguard_dev.local.runner import LambdaContext, Template, load_module
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
@@ -344,7 +344,7 @@ silent.bind(("127.0.0.1", 0))
 silent.listen(64)  # accepts connections and never answers on them
 os.environ["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = "http://127.0.0.1:%d" % silent.getsockname()[1]
 import app
-from txguard.local.runner import LambdaContext
+from txguard_dev.local.runner import LambdaContext
 event = json.load(open({event!r}))
 answer = {{}}
 started = time.perf_counter()

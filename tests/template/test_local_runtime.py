@@ -69,9 +69,9 @@ def test_parameter_overrides_reach_the_generators_environment_and_schedule() -> 
 )
 def test_txguard_local_runs_the_generator_only_when_asked(flags: list[str], expected: list[tuple[str, float]]) -> None:
     # Plain `make run` must not write synthetic transactions into the database it is given.
-    from txguard.cli import build_parser
-    from txguard.local.command import chosen_jobs
-    from txguard.local.runner import Template
+    from txguard_dev.cli import build_parser
+    from txguard_dev.local.command import chosen_jobs
+    from txguard_dev.local.runner import Template
 
     argv = ["local", *flags]
     parser, _ = build_parser(argv)

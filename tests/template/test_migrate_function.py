@@ -22,8 +22,8 @@ import pytest
 from tests.conftest import admin_query
 from tests.template.stack import ROOT
 from txguard import deploy_migrations
-from txguard.local.postgres import Server, create_database, drop_database
 from txguard.migrate import service_group_role, service_login_role
+from txguard_dev.local.postgres import Server, create_database, drop_database
 
 pytestmark = pytest.mark.integration
 

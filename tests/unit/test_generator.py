@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from txguard.generator import GENUINE, PATTERN_NAMES, GeneratedRun, GenerateParams, generate
-from txguard.generator.accounts import SYNTHETIC_ACCOUNT_BASE, synthetic_account_id
-from txguard.generator.ids import MAX_TRANSACTIONS_PER_RUN, id_range, new_run_id, run_of, transaction_id
-from txguard.generator.params import EARLIEST_START_MS, MAX_ACCOUNTS
-from txguard.generator.sinks import FileSink, transaction_record
+from txguard_generator import GENUINE, PATTERN_NAMES, GeneratedRun, GenerateParams, generate
+from txguard_generator.accounts import SYNTHETIC_ACCOUNT_BASE, synthetic_account_id
+from txguard_generator.ids import MAX_TRANSACTIONS_PER_RUN, id_range, new_run_id, run_of, transaction_id
+from txguard_generator.params import EARLIEST_START_MS, MAX_ACCOUNTS
+from txguard_generator.sinks import FileSink, transaction_record
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 NOW = 1_780_000_000_000

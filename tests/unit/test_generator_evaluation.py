@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from txguard.detection import Transaction
-from txguard.generator.evaluation import Evaluation, render_markdown, render_text
-from txguard.generator.labels import Label, LabelsFile, read_labels
-from txguard.generator.traffic import Labelled
+from txguard.labels import Label, read_labels
+from txguard.scoring import Evaluation
+from txguard_dev.commands.evaluate import render_markdown, render_text
+from txguard_generator.labels import LabelsFile
+from txguard_generator.traffic import Labelled
 
 
 def evaluation() -> Evaluation:

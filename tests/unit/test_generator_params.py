@@ -6,10 +6,10 @@ import argparse
 
 import pytest
 
-from txguard.commands import generate as generate_command
-from txguard.generator.params import GenerateParams, ParameterError, params_from_env, parse_params
-from txguard.generator.scheduled import scheduled_params
-from txguard.generator.sinks import Backoff, HttpSink
+from txguard_dev.commands import generate as generate_command
+from txguard_generator.params import GenerateParams, ParameterError, params_from_env, parse_params
+from txguard_generator.scheduled import scheduled_params
+from txguard_generator.sinks import Backoff, HttpSink
 
 
 def test_the_environment_sets_parameters_by_their_upper_case_names() -> None:
@@ -118,7 +118,7 @@ def test_https_anywhere_and_http_to_this_machine_are_accepted(url: str) -> None:
 
 
 def test_cli_refuses_http_to_another_host(capsys: pytest.CaptureFixture[str]) -> None:
-    from txguard.cli import main
+    from txguard_dev.cli import main
 
     code = main(["generate", "--post-url", "http://api.example.com/store_data", "--api-key", "k"])
     assert code == 2

@@ -8,8 +8,8 @@ from statistics import median
 
 import pytest
 
-from txguard.generator.accounts import merchant_pool_size, population
-from txguard.generator.patterns import (
+from txguard_generator.accounts import merchant_pool_size, population
+from txguard_generator.patterns import (
     MINUTE_MS,
     PATTERNS,
     Scene,

@@ -15,9 +15,9 @@ from samcli.lib.utils.stream_writer import StreamWriter
 from samcli.local.lambdafn.exceptions import FunctionNotFound
 from samcli.local.services.base_local_service import LambdaOutputParser
 
-from txguard.local.command import curl_command, sample_requests
-from txguard.local.runner import FunctionRunner, Template, api_key_rejection, lambda_error
-from txguard.local.schedule import Job, Scheduler, parse_rate, scheduled_event, scheduled_jobs
+from txguard_dev.local.command import curl_command, sample_requests
+from txguard_dev.local.runner import FunctionRunner, Template, api_key_rejection, lambda_error
+from txguard_dev.local.schedule import Job, Scheduler, parse_rate, scheduled_event, scheduled_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -313,7 +313,7 @@ def test_a_failing_scheduled_run_is_logged_and_the_next_one_still_runs(
 ) -> None:
     monkeypatch.setattr(logging.getLogger("txguard-local"), "propagate", True)
     events = iter([{"fail": True}, {}])
-    monkeypatch.setattr("txguard.local.schedule.scheduled_event", lambda rule: next(events))
+    monkeypatch.setattr("txguard_dev.local.schedule.scheduled_event", lambda rule: next(events))
     scheduler = Scheduler(runner, scheduled_jobs(runner.template, every_s=0.01))
 
     with caplog.at_level(logging.INFO, logger="txguard-local"):
@@ -374,7 +374,7 @@ def test_the_printed_curl_takes_its_body_from_a_saved_api_event(tmp_path: Path) 
 def local_arguments(*argv: str) -> Any:
     import argparse
 
-    from txguard.local.command import register
+    from txguard_dev.local.command import register
 
     parser = argparse.ArgumentParser(prog="txguard local")
     register(parser)

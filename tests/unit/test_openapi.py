@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from txguard.api.openapi import _exact_integer_bounds, openapi_json
+from txguard.api.app import openapi_json
+from txguard.api.openapi import _exact_integer_bounds
 from txguard.models import INT64_MAX, INT64_MIN, TransactionIn
 
 

@@ -15,33 +15,12 @@ import psycopg2.extensions
 from txguard.detection import Transaction, decide_in_time_order, empty_history
 from txguard.features import AccountHistory, Timeline
 from txguard.ingest import decision_from_row, transaction_from_row
+from txguard.labels import GENUINE
 from txguard.queries import SELECT_TRANSACTIONS
 from txguard.rule_engine import CompiledRuleSet, Decision
-from txguard.scoring import Metrics, metrics
+from txguard.scoring import Confusion
 
 _CHUNK = 20_000
-
-
-@dataclass
-class Scores:
-    true_positive: int = 0
-    false_positive: int = 0
-    false_negative: int = 0
-    true_negative: int = 0
-
-    def add(self, predicted: bool, actual: bool) -> None:
-        if predicted and actual:
-            self.true_positive += 1
-        elif predicted:
-            self.false_positive += 1
-        elif actual:
-            self.false_negative += 1
-        else:
-            self.true_negative += 1
-
-    @property
-    def metrics(self) -> Metrics:
-        return metrics(self.true_positive, self.false_positive, self.false_negative)
 
 
 @dataclass
@@ -54,8 +33,8 @@ class BacktestReport:
     no_longer_flagged: int = 0
     fired: Counter[str] = field(default_factory=Counter)  # per rule id, active and shadow alike
     labelled: int = 0
-    overall: Scores = field(default_factory=Scores)
-    per_rule: dict[str, Scores] = field(default_factory=dict)
+    overall: Confusion = field(default_factory=Confusion)
+    per_rule: dict[str, Confusion] = field(default_factory=dict)
 
 
 def replay(
@@ -95,17 +74,6 @@ def replay(
         after = (last.ts, last.transaction_id)
 
 
-def load_labels(cur: psycopg2.extensions.cursor) -> dict[int, str] | None:
-    """Known labels (transaction id -> pattern, 'genuine' for none), or None when no labels are stored."""
-    cur.execute("SELECT to_regclass('fraud_labels') IS NOT NULL")
-    row = cur.fetchone()
-    if not row or not row[0]:
-        return None
-    cur.execute("SELECT transaction_id, pattern FROM fraud_labels")
-    labels = {int(tid): str(pattern) for tid, pattern in cur.fetchall()}
-    return labels or None
-
-
 def backtest(
     cur: psycopg2.extensions.cursor,
     rules: CompiledRuleSet,
@@ -113,6 +81,9 @@ def backtest(
     to_ms: int | None = None,
     labels: dict[int, str] | None = None,
 ) -> BacktestReport:
+    """What `rules` would have decided on the stored history from `from_ms` to `to_ms` (epoch ms, exclusive),
+    against the stored decisions and, given `labels` (transaction id -> pattern, read by txguard.labels), scored
+    overall and per rule."""
     report = BacktestReport()
     for t, stored, candidate in replay(cur, rules, to_ms):
         if from_ms is not None and t.ts < from_ms:
@@ -128,9 +99,9 @@ def backtest(
         report.fired.update(fired)
         if labels is None:
             continue
-        actual = labels.get(t.transaction_id, "genuine") != "genuine"
+        actual = labels.get(t.transaction_id, GENUINE) != GENUINE
         report.labelled += 1
         report.overall.add(candidate.fraud, actual)
         for rule_id in {r.id for r in rules.rule_set.rules}:
-            report.per_rule.setdefault(rule_id, Scores()).add(rule_id in fired, actual)
+            report.per_rule.setdefault(rule_id, Confusion()).add(rule_id in fired, actual)
     return report

@@ -1,10 +1,10 @@
-"""GET /is_fraud/{account} and GET /openapi.json, served by the detect function."""
+"""GET /is_fraud/{account}, served by the detect function (api/app.py adds GET /openapi.json)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BeforeValidator
@@ -12,7 +12,6 @@ from pydantic import BeforeValidator
 from txguard import literals, service
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import fraud_event_json, json_response
-from txguard.api.resolver import build_resolver
 from txguard.models import INT64_MAX, IsFraudResponse, integer_text
 from txguard.observability import logger
 
@@ -61,13 +60,3 @@ def is_fraud(
             "recomputed": recompute,
         },
     )
-
-
-@router.get("/openapi.json", summary="This API's OpenAPI 3 document", include_in_schema=False)
-def openapi_document() -> Response[str]:
-    from txguard.api.openapi import openapi_json
-
-    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=openapi_json())
-
-
-app = build_resolver(router)

@@ -1,13 +1,15 @@
-"""The OpenAPI 3 document of the whole API, generated from the routes and pydantic models."""
+"""The OpenAPI 3 document generated from a resolver's routes and pydantic models (api/app.py gives the whole API's)."""
 
 from __future__ import annotations
 
 import json
-from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from txguard import __version__
 from txguard.models import INT64_MAX, INT64_MIN
+
+if TYPE_CHECKING:
+    from txguard.api.resolver import TxguardResolver
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 # Powertools' Schema model holds bounds as floats, and float(2**63 - 1) is 2**63: a bound the API refuses. These are
@@ -15,15 +17,12 @@ _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _EXACT = {float(bound): bound for bound in (INT64_MIN, INT64_MAX)}
 
 
-@cache
-def openapi_json() -> str:
-    from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+def openapi_document(resolver: TxguardResolver) -> str:
+    """The OpenAPI 3 document (JSON text) of `resolver`'s routes, integer bounds exact. Raises ValueError for a
+    bound that would be rounded."""
+    from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn  # not on a cold start's path
 
-    from txguard.api import detect_routes, ingest_routes
-    from txguard.api.resolver import build_resolver
-
-    whole = build_resolver(ingest_routes.router, detect_routes.router)
-    generated = whole.get_openapi_json_schema(
+    generated = resolver.get_openapi_json_schema(
         title="txguard",
         version=__version__,
         description=(

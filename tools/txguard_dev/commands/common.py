@@ -97,7 +97,7 @@ def open_database(url: str, *, migrated: bool = True) -> Iterator[psycopg2.exten
     """
     import psycopg2
 
-    from txguard.local.postgres import without_password
+    from txguard_dev.local.postgres import without_password
 
     shown = without_password(url)
     try:

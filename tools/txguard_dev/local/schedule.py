@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from txguard.local.runner import ACCOUNT_ID, FunctionRunner, Template, log
+from txguard_dev.local.runner import ACCOUNT_ID, FunctionRunner, Template, log
 
 _RATE = re.compile(r"^rate\(\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*\)$")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}

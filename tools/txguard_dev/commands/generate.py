@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from txguard.commands.common import check_database, integer_argument, service_database_url
-from txguard.generator.params import API_KEY_ENV, MODES, GenerateParams, ParameterError, parse_params
+from txguard_dev.commands.common import check_database, integer_argument, service_database_url
+from txguard_generator.params import API_KEY_ENV, MODES, GenerateParams, ParameterError, parse_params
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -91,12 +91,12 @@ def run(args: argparse.Namespace) -> int:
     import psycopg2
 
     from txguard.db import DatabaseUnavailable
-    from txguard.generator.delivery import DatabaseLabels, FileLabels, LabelDestination, database_configured, deliver
-    from txguard.generator.ids import check_run_id
-    from txguard.generator.sinks import DeliveryError, DirectSink, FileSink, HttpSink, Progress, Sink
-    from txguard.generator.traffic import generate
     from txguard.ingest import DuplicateIdConflict
     from txguard.rule_language import RuleSetError
+    from txguard_generator.delivery import DatabaseLabels, FileLabels, LabelDestination, database_configured, deliver
+    from txguard_generator.ids import check_run_id
+    from txguard_generator.sinks import DeliveryError, DirectSink, FileSink, HttpSink, Progress, Sink
+    from txguard_generator.traffic import generate
 
     report = sys.stderr if args.out == "-" else sys.stdout
     try:

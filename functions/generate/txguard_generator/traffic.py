@@ -16,7 +16,8 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from txguard.detection import Transaction
-from txguard.generator.accounts import (
+from txguard.labels import GENUINE
+from txguard_generator.accounts import (
     DAY_MS,
     FAVOURITE_SHARE,
     OTHER_MERCHANT_SHARE,
@@ -25,9 +26,9 @@ from txguard.generator.accounts import (
     population,
     random_merchant,
 )
-from txguard.generator.ids import check_run_id, new_run_id, transaction_id
-from txguard.generator.params import EARLIEST_START_MS, GenerateParams
-from txguard.generator.patterns import GENUINE, Scene, inject
+from txguard_generator.ids import check_run_id, new_run_id, transaction_id
+from txguard_generator.params import EARLIEST_START_MS, GenerateParams
+from txguard_generator.patterns import Scene, inject
 
 CURRENCY = "EUR"
 # Where a run without a start is drawn before it is moved to the present: midnight UTC, the earliest

@@ -6,11 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from txguard.backtest import Scores, backtest, load_labels
-from txguard.commands.common import add_database_argument, database_url, open_database, read_json_file
+from txguard.backtest import backtest
+from txguard.labels import load_labels
 from txguard.models import parse_timestamp_ms
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
+from txguard.scoring import Confusion
+from txguard_dev.commands.common import add_database_argument, database_url, open_database, read_json_file
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rules = CompiledRuleSet(0, rule_set)
     with open_database(database_url(args)) as conn, conn, conn.cursor() as cur:
-        labels = load_labels(cur)
+        labels = {tid: label.pattern for tid, label in load_labels(cur).items()} or None
         report = backtest(cur, rules, from_ms, to_ms, labels)
     print(f"transactions evaluated   {report.evaluated}")
     print(f"flagged (candidate)      {report.flagged}   (stored decisions: {report.stored_flagged})")
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     for rule in rule_set.rules:
         line = f"{rule.id:<28} {rule.mode if rule.enabled else 'off':<7} {report.fired[rule.id]:>7}"
         if labels is not None:
-            s = report.per_rule.get(rule.id, Scores())
+            s = report.per_rule.get(rule.id, Confusion())
             m = s.metrics
             line += f" {_ratio(m.precision):>9} {_ratio(m.recall):>7} {_ratio(m.f1):>7}"
         print(line)

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from txguard.commands.common import decimal_argument, integer_argument
-from txguard.local.runner import FunctionRunner, Template, log
+from txguard_dev.commands.common import decimal_argument, integer_argument
+from txguard_dev.local.runner import FunctionRunner, Template, log
 
 if TYPE_CHECKING:
-    from txguard.local.schedule import Job
-    from txguard.local.server import ApiServer
+    from txguard_dev.local.schedule import Job
+    from txguard_dev.local.server import ApiServer
 
 READY_LINE = "txguard local ready on {url}"
 
@@ -114,7 +114,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 def chosen_jobs(args: argparse.Namespace, template: Template) -> list[Job]:
     """The scheduled runs to fire: none unless --schedule or --schedule-every asked for them."""
-    from txguard.local.schedule import scheduled_jobs
+    from txguard_dev.local.schedule import scheduled_jobs
 
     if not args.schedule and args.schedule_every is None:
         return []
@@ -145,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
     import psycopg2
 
     from txguard import db
-    from txguard.local.postgres import service_database
-    from txguard.local.schedule import Scheduler
-    from txguard.local.server import ApiServer
+    from txguard_dev.local.postgres import service_database
+    from txguard_dev.local.schedule import Scheduler
+    from txguard_dev.local.server import ApiServer
 
     configure_logging()
     api_key, generated = choose_api_key(args)
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_banner(runner: FunctionRunner, api: ApiServer, jobs: list[Job], generated_key: bool) -> None:
-    from txguard.local.postgres import without_password
+    from txguard_dev.local.postgres import without_password
 
     print(f"template  {runner.template.path}")
     print(f"database  {without_password(runner.database_url or '')}")

@@ -1,8 +1,7 @@
-"""Where the truth about generated traffic is kept: the fraud_labels table or a labels file.
+"""Where the generator writes the truth about its traffic: the fraud_labels table or a labels file.
 
 Every generated transaction gets a label, "genuine" included, so an evaluation covers exactly the
-generated transactions and nothing else that may be stored. Labels never travel with the transactions
-and the detector never reads them (migrations/0003_fraud_labels.sql).
+generated transactions and nothing else that may be stored. txguard.labels reads them back.
 """
 
 from __future__ import annotations
@@ -11,14 +10,12 @@ import csv
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2.extensions
 
-from txguard.generator.traffic import Labelled
-
-LABEL_FIELDS = ("transaction_id", "pattern", "run_id")
+from txguard.labels import LABEL_FIELDS, is_csv
+from txguard_generator.traffic import Labelled
 
 _INSERT_LABELS = """
     INSERT INTO fraud_labels (transaction_id, pattern, run_id)
@@ -27,23 +24,12 @@ _INSERT_LABELS = """
 """
 
 
-@dataclass(frozen=True)
-class Label:
-    transaction_id: int
-    pattern: str
-    run_id: int
-
-
 def insert_labels(cur: psycopg2.extensions.cursor, run_id: int, items: Sequence[Labelled]) -> None:
     """Idempotent: sending a run again (same run id) keeps the labels written the first time."""
     cur.execute(
         _INSERT_LABELS,
         ([item.transaction.transaction_id for item in items], [item.pattern for item in items], run_id),
     )
-
-
-def is_csv(path: str | Path) -> bool:
-    return str(path).lower().endswith(".csv")
 
 
 class LabelsFile:
@@ -72,20 +58,3 @@ class LabelsFile:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-
-
-def read_labels(path: str | Path) -> dict[int, Label]:
-    """Labels by transaction id; a transaction labelled twice keeps its last label."""
-    labels: dict[int, Label] = {}
-    with Path(path).open(encoding="utf-8", newline="") as file:
-        if is_csv(path):
-            rows: Iterable[dict[str, object]] = csv.DictReader(file)
-        else:
-            rows = (json.loads(line) for line in file if line.strip())
-        for number, row in enumerate(rows, start=1):
-            try:
-                label = Label(int(str(row["transaction_id"])), str(row["pattern"]), int(str(row["run_id"])))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}: label {number} is not {{transaction_id, pattern, run_id}}: {exc}") from None
-            labels[label.transaction_id] = label
-    return labels

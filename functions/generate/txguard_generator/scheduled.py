@@ -17,8 +17,9 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from txguard.generator.delivery import DatabaseLabels, LabelDestination, database_configured, deliver
-from txguard.generator.params import (
+from txguard.observability import logger, metrics
+from txguard_generator.delivery import DatabaseLabels, LabelDestination, database_configured, deliver
+from txguard_generator.params import (
     API_KEY_ENV,
     API_KEY_PARAMETER_ENV,
     GenerateParams,
@@ -26,9 +27,8 @@ from txguard.generator.params import (
     params_from_env,
     parse_params,
 )
-from txguard.generator.sinks import DirectSink, HttpSink, Sink
-from txguard.generator.traffic import generate
-from txguard.observability import logger, metrics
+from txguard_generator.sinks import DirectSink, HttpSink, Sink
+from txguard_generator.traffic import generate
 
 API_KEY_MAX_AGE_S = 300
 

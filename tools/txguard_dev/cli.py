@@ -10,18 +10,24 @@ import argparse
 import importlib
 import sys
 
-from txguard.commands.common import CommandError
+from txguard_dev.commands.common import CommandError
 
 # command name -> (module providing `register(parser)` and `run(args) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "db": ("txguard.commands.db", "database setup: migrate, status, reset (development only)"),
-    "rules": ("txguard.commands.rules", "rule sets: list, apply, disable, history"),
-    "backtest": ("txguard.commands.backtest", "evaluate a candidate rule set on stored history"),
-    "generate": ("txguard.commands.generate", "labelled synthetic transactions: to the API, the database or a file"),
-    "evaluate": ("txguard.commands.evaluate", "precision, recall and F1 of stored decisions against generated labels"),
-    "openapi": ("txguard.commands.openapi", "print or write the API's OpenAPI document"),
-    "local": ("txguard.local.command", "run the whole service locally (API, scheduler, database)"),
-    "invoke": ("txguard.local.invoke_command", "invoke one function of the template in-process"),
+    "db": ("txguard_dev.commands.db", "database setup: migrate, status, reset (development only)"),
+    "rules": ("txguard_dev.commands.rules", "rule sets: list, apply, disable, history"),
+    "backtest": ("txguard_dev.commands.backtest", "evaluate a candidate rule set on stored history"),
+    "generate": (
+        "txguard_dev.commands.generate",
+        "labelled synthetic transactions: to the API, the database or a file",
+    ),
+    "evaluate": (
+        "txguard_dev.commands.evaluate",
+        "precision, recall and F1 of stored decisions against generated labels",
+    ),
+    "openapi": ("txguard_dev.commands.openapi", "print or write the API's OpenAPI document"),
+    "local": ("txguard_dev.local.command", "run the whole service locally (API, scheduler, database)"),
+    "invoke": ("txguard_dev.local.invoke_command", "invoke one function of the template in-process"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from txguard.api.openapi import openapi_json
+from txguard.api.app import openapi_json
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -4,9 +4,10 @@ One implementation used three ways: this library, `txguard generate`, and the sc
 `generate(params)` is the in-memory core (also what the benchmark measures); `sinks` sends a run somewhere.
 """
 
-from txguard.generator.params import GenerateParams, ParameterError, parse_params
-from txguard.generator.patterns import GENUINE, PATTERN_NAMES
-from txguard.generator.traffic import GeneratedRun, Labelled, generate
+from txguard.labels import GENUINE
+from txguard_generator.params import GenerateParams, ParameterError, parse_params
+from txguard_generator.patterns import PATTERN_NAMES
+from txguard_generator.traffic import GeneratedRun, Labelled, generate
 
 __all__ = [
     "GENUINE",

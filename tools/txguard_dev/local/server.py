@@ -11,7 +11,7 @@ from typing import Any
 from samcli.local.apigw.local_apigw_service import LocalApigwService
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from txguard.local.runner import FunctionRunner, log
+from txguard_dev.local.runner import FunctionRunner, log
 
 
 class _RequestLog(WSGIRequestHandler):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from txguard.detection import Transaction
-from txguard.generator.params import check_post_url
+from txguard_generator.params import check_post_url
 
 USER_AGENT = "txguard-generate"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})

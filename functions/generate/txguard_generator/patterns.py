@@ -13,13 +13,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from txguard.generator.accounts import AccountProfile, random_merchant
+from txguard_generator.accounts import AccountProfile, random_merchant
 
 SECOND_MS = 1000
 MINUTE_MS = 60 * SECOND_MS
 HOUR_MS = 60 * MINUTE_MS
 
-GENUINE = "genuine"
 
 # (offset ms from the incident's start, account id, amount in cents, merchant id)
 Step = tuple[float, int, int, str | None]

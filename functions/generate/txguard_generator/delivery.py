@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from txguard.generator.labels import LabelsFile, insert_labels
-from txguard.generator.patterns import GENUINE
-from txguard.generator.sinks import HttpSink, Outcome, Progress, Sink
-from txguard.generator.traffic import GeneratedRun, Labelled
+from txguard.labels import GENUINE
 from txguard.settings import DatabaseSettings
+from txguard_generator.labels import LabelsFile, insert_labels
+from txguard_generator.sinks import HttpSink, Outcome, Progress, Sink
+from txguard_generator.traffic import GeneratedRun, Labelled
 
 
 class LabelDestination(Protocol):

@@ -12,8 +12,8 @@ import sys
 from contextlib import redirect_stdout
 from typing import Any
 
-from txguard.local.command import add_template_arguments, configure_logging, find_template, parse_overrides
-from txguard.local.runner import FunctionRunner, Template
+from txguard_dev.local.command import add_template_arguments, configure_logging, find_template, parse_overrides
+from txguard_dev.local.runner import FunctionRunner, Template
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import psycopg2
 
     from txguard import db
-    from txguard.local.postgres import service_database
+    from txguard_dev.local.postgres import service_database
 
     configure_logging()
     response = sys.stdout

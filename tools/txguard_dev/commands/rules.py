@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg2
 
 from txguard import rule_store
-from txguard.commands.common import add_database_argument, database_url, open_database, read_json_file
 from txguard.rule_language import RuleSetError
 from txguard.settings import service_settings
+from txguard_dev.commands.common import add_database_argument, database_url, open_database, read_json_file
 
 
 def register(parser: argparse.ArgumentParser) -> None:

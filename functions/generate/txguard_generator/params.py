@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from txguard import literals
-from txguard.generator.ids import MAX_TRANSACTIONS_PER_RUN
+from txguard_generator.ids import MAX_TRANSACTIONS_PER_RUN
 
 ENV_PREFIX = "TXGUARD_GENERATE_"
 # Where the scheduled function finds the API key in `api` mode: an SSM parameter name or a secret's ARN/name.

@@ -3,7 +3,7 @@
 `reset` starts a development database over: it drops the `public` schema with every table and row in it,
 recreates it as PostgreSQL makes it, and migrates. It needs --yes, and it refuses any database without the
 development mark that `txguard local` and the tests set on the databases they create (see
-txguard.local.postgres), so it cannot wipe a production database, whatever URL it is given.
+txguard_dev.local.postgres), so it cannot wipe a production database, whatever URL it is given.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import argparse
 import os
 import sys
 
-from txguard.commands.common import (
+from txguard.migrate import MigrationError, available_migrations, migrate
+from txguard_dev.commands.common import (
     EXIT_USAGE,
     CommandError,
     add_database_argument,
     database_url,
     open_database,
 )
-from txguard.migrate import MigrationError, available_migrations, migrate
 
 # Seconds reset waits for the tables' locks: a running `txguard local` holds them until it is stopped.
 RESET_LOCK_TIMEOUT_S = 10
@@ -99,7 +99,7 @@ def reset(url: str, role: str | None, confirmed: bool) -> int:
     import psycopg2
     import psycopg2.errors
 
-    from txguard.local.postgres import DEVELOPMENT_SETTING, DEVELOPMENT_VALUE, is_development, without_password
+    from txguard_dev.local.postgres import DEVELOPMENT_SETTING, DEVELOPMENT_VALUE, is_development, without_password
 
     shown = without_password(url)
     if not confirmed:

@@ -1,0 +1,62 @@
+"""The API as a whole: every router, which function serves which, and the OpenAPI document of them all.
+
+Each function builds only its own resolver and imports only its own routes, when its first request comes (the
+cold start pays for nothing else); the document is built from every router, so it cannot miss a route a function
+serves.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+
+from txguard.api.resolver import TxguardResolver, build_resolver
+from txguard.outbox import drain_alerts, is_scheduled_event
+
+docs_router = Router()
+
+
+@docs_router.get("/openapi.json", summary="This API's OpenAPI 3 document", include_in_schema=False)
+def openapi_route() -> Response[str]:
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=openapi_json())
+
+
+@cache
+def ingest_api() -> TxguardResolver:
+    """POST /store_data and GET /store_data: IngestFunction's routes."""
+    from txguard.api import ingest_routes
+
+    return build_resolver(ingest_routes.router)
+
+
+@cache
+def detect_api() -> TxguardResolver:
+    """GET /is_fraud/{account} and GET /openapi.json: DetectFunction's routes."""
+    from txguard.api import detect_routes
+
+    return build_resolver(detect_routes.router, docs_router)
+
+
+@cache
+def openapi_json() -> str:
+    """The OpenAPI 3 document (JSON text) of every route of every function."""
+    from txguard.api import detect_routes, ingest_routes
+    from txguard.api.openapi import openapi_document
+
+    return openapi_document(build_resolver(ingest_routes.router, detect_routes.router, docs_router))
+
+
+def serve_ingest(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """IngestFunction: an API Gateway request, or on the DrainAlerts schedule a drain of the alert outbox
+    (returns its counts; raises DatabaseUnavailable so that the schedule retries)."""
+    if is_scheduled_event(event):
+        return drain_alerts(context)
+    return ingest_api().resolve(event, context)
+
+
+def serve_detect(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """DetectFunction: an API Gateway request."""
+    return detect_api().resolve(event, context)
