@@ -23,9 +23,14 @@ SOURCES = {
 }
 
 
+def _is_source(path: Path) -> bool:
+    # Byte code and the packaging metadata an older editable install left in the layer directory are no sources.
+    return path.is_file() and not any(part == "__pycache__" or part.endswith(".egg-info") for part in path.parts)
+
+
 def build_is_current() -> bool:
     for source_dir, built_dir in SOURCES.values():
-        for source in (p for p in source_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        for source in (p for p in source_dir.rglob("*") if _is_source(p)):
             built = built_dir / source.relative_to(source_dir)
             if not built.is_file() or built.read_bytes() != source.read_bytes():
                 return False
