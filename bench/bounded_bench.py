@@ -26,7 +26,7 @@ import psycopg2
 from bench.detection_bench import build_history
 from bench.harness import BenchDatabase, p50, samples, timed
 from txguard import db, queries, service
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard.ingest import store_transactions
 from txguard.local.runner import FunctionRunner, Template
 from txguard.rule_store import RuleCache

@@ -7,9 +7,10 @@ from decimal import Decimal
 from typing import Any
 
 from txguard import db
-from txguard.detection import Transaction
-from txguard.ingest import StoreResult, store_transactions
-from txguard.queries import Judged, recompute_window
+from txguard.domain import DecidedTransaction as Judged
+from txguard.domain import StoreResult, Transaction
+from txguard.ingest import store_transactions
+from txguard.queries import recompute_window
 from txguard.rule_store import apply_rule_set, rule_cache
 
 T0 = 1_700_000_000_000

@@ -19,8 +19,8 @@ import pytest
 from tests.conftest import Database, EmbeddedPostgres, admin_query
 from tests.integration.helpers import T0, store, tx
 from txguard import db
-from txguard.detection import Transaction
-from txguard.ingest import DuplicateIdConflict, StoreResult, store_transactions
+from txguard.domain import StoreResult, Transaction
+from txguard.ingest import DuplicateIdConflict, store_transactions
 from txguard.local.postgres import with_database
 from txguard.migrate import migrate, service_login_role
 from txguard.rule_store import RuleCache

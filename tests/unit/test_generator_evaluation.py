@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard.generator.evaluation import Evaluation, render_markdown, render_text
 from txguard.generator.labels import Label, LabelsFile, read_labels
 from txguard.generator.traffic import Labelled

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 
 import psycopg2.extensions
 
-from txguard.detection import Transaction, decide_in_time_order, empty_history
+from txguard.detection import decide_in_time_order, empty_history
+from txguard.domain import Decision, Transaction
 from txguard.features import AccountHistory, Timeline
 from txguard.ingest import decision_from_row, transaction_from_row
 from txguard.queries import SELECT_TRANSACTIONS
-from txguard.rule_engine import CompiledRuleSet, Decision
+from txguard.rule_engine import CompiledRuleSet
 from txguard.scoring import Metrics, metrics
 
 _CHUNK = 20_000

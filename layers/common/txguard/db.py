@@ -20,19 +20,27 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from txguard.errors import Unavailable
 from txguard.observability import tracer
 from txguard.settings import DatabaseSettings
 
 T = TypeVar("T")
 
 
-class DatabaseUnavailable(Exception):
-    """The database could not be reached, was too busy or did not answer in time; the request changed nothing."""
+class DatabaseUnavailable(Unavailable):
+    """The database could not be reached, was too busy or did not answer in time; the request changed nothing.
+
+    `str()` is the operator's reason (logged); `message` is what a client is told.
+    """
+
+    code = "database_unavailable"
 
     def __init__(
         self, message: str, retry_after_s: int = 2, retry_now: bool | None = None, connection_lost: bool = False
     ) -> None:
         super().__init__(message)
+        self.message = "the database is unavailable; nothing was stored, retry later"
+        self.headers = {"Retry-After": str(retry_after_s)}
         self.retry_after_s = retry_after_s
         # Whether run_in_transaction should try again at once: yes for a dropped or refused connection and for
         # a transaction that lost a race with another one, no for timeouts and configuration problems, where

@@ -7,28 +7,12 @@ One loop serves every path that decides: ingest (new transactions against the st
 from __future__ import annotations
 
 from collections.abc import Iterator
-from decimal import Decimal
 from itertools import groupby
-from typing import NamedTuple
 
+from txguard.domain import Decision
+from txguard.domain import Transaction as Transaction  # re-exported for generator/ until it imports domain
 from txguard.features import AccountHistory, Prior, Timeline, merchant_features, to_units
-from txguard.rule_engine import CompiledRuleSet, Decision
-
-
-class Transaction(NamedTuple):
-    """A validated transaction, timestamps in epoch milliseconds (a named tuple: cheap to build by the thousand)."""
-
-    transaction_id: int
-    account_id: int
-    ts: int
-    amount: Decimal
-    currency: str
-    merchant_id: str | None = None
-
-    def same_content(self, other: Transaction) -> list[str]:
-        """Names of the fields that differ (empty when the two are the same transaction)."""
-        fields = ("account_id", "ts", "amount", "currency", "merchant_id")
-        return [name if name != "ts" else "timestamp" for name in fields if getattr(self, name) != getattr(other, name)]
+from txguard.rule_engine import CompiledRuleSet
 
 
 def empty_history() -> AccountHistory:

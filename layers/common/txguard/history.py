@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import psycopg2.extensions
 
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard.features import DAY_MS, Prior, Timeline, to_units
 
 # Totals exceed the default 28 significant digits (a sum of squared amounts in 1/10^8 units): read them exactly.

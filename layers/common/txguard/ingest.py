@@ -12,16 +12,17 @@ from __future__ import annotations
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from math import ceil
-from typing import Any, Literal
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 
-from txguard.detection import Transaction, decisions_in_time_order
+from txguard.detection import decisions_in_time_order
+from txguard.domain import Decision, Reason, StoreResult, Transaction
+from txguard.errors import BadInput, Conflict
 from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Timeline, merchant_reach_ms, to_units
 from txguard.history import (
     WIDE,
@@ -33,26 +34,41 @@ from txguard.history import (
     merchant_windows,
     spans_before,
 )
-from txguard.rule_engine import CompiledRuleSet, Decision, Reason
+from txguard.rule_engine import CompiledRuleSet
 from txguard.settings import DatabaseSettings
 
 
-@dataclass(frozen=True)
-class StoreResult:
-    transaction: Transaction
-    status: Literal["stored", "duplicate"]
-    decision: Decision
+class DuplicateIdConflict(Conflict):
+    """Ids already stored with different content; nothing was stored."""
 
-
-class DuplicateIdConflict(Exception):
-    """Ids already stored (or repeated in the request) with different content; nothing was stored."""
+    code = "transaction_id_conflict"
 
     def __init__(self, conflicts: list[tuple[int, int, list[str]]], in_request: bool = False) -> None:
         # (index in the request, transaction id, differing fields)
         self.conflicts = conflicts
         self.in_request = in_request
         ids = ", ".join(str(tid) for _, tid, _ in conflicts[:5])
-        super().__init__(f"transaction ids already used with different content: {ids}")
+        super().__init__(
+            f"transaction ids already used with different content: {ids}",
+            [
+                {"index": index, "field": "transaction_id", "value": tid, "reason": f"differs in {', '.join(fields)}"}
+                for index, tid, fields in conflicts
+            ],
+        )
+        self.message = (
+            f"transaction_id {', '.join(str(tid) for _, tid, _ in conflicts[:10])} is already stored with "
+            "different content; nothing was stored"
+        )
+
+
+class DuplicateIdInRequest(BadInput, DuplicateIdConflict):
+    """One request names an id twice with different content: bad input, whatever is stored; nothing was stored."""
+
+    code = "validation_error"
+
+    def __init__(self, conflicts: list[tuple[int, int, list[str]]]) -> None:
+        super().__init__(conflicts, in_request=True)
+        self.message = "the same transaction_id appears twice with different content"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -76,7 +92,7 @@ def store_transactions(
     """Store each transaction exactly once with its decision; results in request order."""
     first_index, repeats, in_request_conflicts = _index_request(batch)
     if in_request_conflicts:
-        raise DuplicateIdConflict(in_request_conflicts, in_request=True)
+        raise DuplicateIdInRequest(in_request_conflicts)
 
     # Stored transactions never change, so what this read finds needs no lock: a batch of replays is answered
     # without waiting for any writer, and a conflict is refused before taking any lock.

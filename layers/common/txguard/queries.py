@@ -12,26 +12,27 @@ from typing import Any
 import psycopg2.extensions
 
 from txguard import literals
-from txguard.detection import Transaction, decide_in_time_order, empty_history
+from txguard.detection import decide_in_time_order, empty_history
+from txguard.domain import DecidedTransaction
+from txguard.errors import Malformed
 from txguard.features import DAY_MS, AccountHistory, DailyTotals, Timeline, merchant_reach_ms
 from txguard.history import account_rows, daily_totals, merchant_windows
 from txguard.ingest import decision_from_row, transaction_from_row
-from txguard.rule_engine import CompiledRuleSet, Decision
+from txguard.rule_engine import CompiledRuleSet
 
 
-class InvalidCursor(ValueError):
-    pass
+class InvalidCursor(Malformed, ValueError):
+    """A cursor this API did not issue."""
 
+    code = "invalid_cursor"
 
-@dataclass(frozen=True)
-class Judged:
-    transaction: Transaction
-    decision: Decision
+    def __init__(self, message: str) -> None:
+        super().__init__(message, [{"field": "cursor", "reason": message}])
 
 
 @dataclass(frozen=True)
 class Page:
-    items: list[Judged]
+    items: list[DecidedTransaction]
     next_cursor: str | None
 
 
@@ -59,8 +60,8 @@ SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts)
                     fraud, score, reasons, rule_set_version FROM transactions"""
 
 
-def _judged(row: Sequence[Any]) -> Judged:
-    return Judged(transaction_from_row(row), decision_from_row(row[6:]))
+def _judged(row: Sequence[Any]) -> DecidedTransaction:
+    return DecidedTransaction(transaction_from_row(row), decision_from_row(row[6:]))
 
 
 def account_exists(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
@@ -119,7 +120,7 @@ def list_transactions(
     return _page([_judged(row) for row in cur.fetchall()], limit)
 
 
-def _page(items: list[Judged], limit: int) -> Page:
+def _page(items: list[DecidedTransaction], limit: int) -> Page:
     if len(items) <= limit:
         return Page(items, None)
     last = items[limit - 1].transaction
@@ -155,7 +156,7 @@ def recompute_window(
     rules: CompiledRuleSet,
     before: tuple[int, int] | None,
     size: int,
-) -> tuple[list[Judged], tuple[int, int] | None]:
+) -> tuple[list[DecidedTransaction], tuple[int, int] | None]:
     """The account's newest `size` transactions before `before` ((ms, transaction id), exclusive; None: from the
     newest), re-decided with `rules`, each on what came before it; nothing is written.
 
@@ -187,7 +188,7 @@ def recompute_window(
     history = empty_history() if since is None else _history_before(cur, account_id, since, rules.window_reach_ms)
     merchants = merchant_windows(cur, window, merchant_reach_ms(rules.needed_features), (account_id, window[0].ts))
     decisions = decide_in_time_order(window, {account_id: history}, merchants, rules)
-    judged = [Judged(t, decisions[t.transaction_id]) for t in window]
+    judged = [DecidedTransaction(t, decisions[t.transaction_id]) for t in window]
     return judged, (None if since is None else (window[0].ts, window[0].transaction_id))
 
 

@@ -9,11 +9,12 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from txguard import outbox
-from txguard.currencies import money
 from txguard.db import run_in_transaction
-from txguard.detection import Transaction
-from txguard.ingest import StoreResult, store_transactions
+from txguard.domain import StoreResult, Transaction
+from txguard.errors import NotFound
+from txguard.ingest import store_transactions
 from txguard.observability import logger, metrics, tracer
+from txguard.presenters import fraud_detected_detail
 from txguard.queries import (
     Page,
     account_exists,
@@ -34,7 +35,9 @@ class AccountView:
     page: Page
 
 
-class AccountNotFound(Exception):
+class AccountNotFound(NotFound):
+    code = "account_not_found"
+
     def __init__(self, account_id: int) -> None:
         super().__init__(f"account {account_id} has no transactions")
         self.account_id = account_id
@@ -53,7 +56,11 @@ def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = Non
 
     def work(cur: Any) -> tuple[list[StoreResult], list[outbox.Claimed]]:
         results = store_transactions(cur, batch, rule_cache.current(cur, max_age))
-        flagged = [fraud_event(r) for r in results if r.status == "stored" and r.decision.fraud]
+        flagged = [
+            fraud_detected_detail(r.transaction, r.decision)
+            for r in results
+            if r.status == "stored" and r.decision.fraud
+        ]
         return results, outbox.enqueue(cur, flagged)
 
     results, claimed = run_in_transaction(work)
@@ -69,22 +76,6 @@ def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = Non
     if claimed:
         outbox.publish(claimed, remaining_ms)
     return results
-
-
-def fraud_event(result: StoreResult) -> dict[str, Any]:
-    """The FraudDetected event's detail: amount in the currency's minor units, score 0-1 as text."""
-    t, d = result.transaction, result.decision
-    return {
-        "account_id": t.account_id,
-        "transaction_id": t.transaction_id,
-        "timestamp": t.ts,
-        "amount": money(t.amount, t.currency),
-        "currency": t.currency,
-        "merchant_id": t.merchant_id,
-        "score": str(d.score),
-        "rule_set_version": d.rule_set_version,
-        "reasons": d.reasons_json,
-    }
 
 
 @tracer.capture_method(capture_response=False, capture_error=False)

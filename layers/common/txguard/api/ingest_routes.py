@@ -12,9 +12,9 @@ from pydantic import Discriminator, Tag
 
 from txguard import service
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors, shorten
-from txguard.api.presenters import json_response, listed_json, store_results_json
+from txguard.api.presenters import json_response
 from txguard.api.resolver import build_resolver
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard.models import (
     INT64_MAX,
     ListResponse,
@@ -25,6 +25,7 @@ from txguard.models import (
     parse_timestamp_ms,
 )
 from txguard.observability import logger
+from txguard.presenters import listed_json, store_results_json
 from txguard.settings import service_settings
 
 router = Router()
