@@ -8,7 +8,11 @@ a `message` for clients (never SQL or internals), `details` ({"index", "field", 
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from typing import Any
+
+MAX_ECHOED_VALUE = 200  # characters of a rejected value echoed back in `details`
 
 
 class TxguardError(Exception):
@@ -49,3 +53,19 @@ class Unavailable(TxguardError):
     """A dependency failed or is busy; nothing changed and the same request may be retried."""
 
     code = "unavailable"
+
+
+def shorten(text: str) -> str:
+    return text if len(text) <= MAX_ECHOED_VALUE else text[:MAX_ECHOED_VALUE] + "…"
+
+
+def echo(value: Any) -> Any:
+    """A rejected value as it may be shown back: JSON-safe and short."""
+    if isinstance(value, Decimal):
+        value = str(value)
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, default=str)
+        return text if len(text) <= MAX_ECHOED_VALUE else text[:MAX_ECHOED_VALUE] + "…"
+    if isinstance(value, str) and len(value) > MAX_ECHOED_VALUE:
+        return value[:MAX_ECHOED_VALUE] + "…"
+    return value

@@ -1,8 +1,12 @@
-"""What the API functions do, independent of HTTP: store a batch, read an account, list transactions."""
+"""What the API functions do, independent of HTTP: store a batch, read an account, list transactions.
+
+Storing has two modes: `store` is atomic (every item stored, or none: the HTTP API's contract), `store_each`
+answers per item (a transport that must report each record, such as a stream consumer, uses it).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +16,8 @@ from txguard import outbox
 from txguard.db import run_in_transaction
 from txguard.domain import StoreResult, Transaction
 from txguard.errors import NotFound
-from txguard.ingest import store_transactions
+from txguard.ingest import DuplicateIdConflict, store_transactions
+from txguard.intake import Problem, check_items
 from txguard.observability import logger, metrics, tracer
 from txguard.presenters import fraud_detected_detail
 from txguard.queries import (
@@ -76,6 +81,49 @@ def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = Non
     if claimed:
         outbox.publish(claimed, remaining_ms)
     return results
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """One item of `store_each`, by its index: its `result` (stored or duplicate), or, when refused, the
+    error `code` (validation_error, transaction_id_conflict) and its problems."""
+
+    index: int
+    result: StoreResult | None
+    code: str | None = None
+    problems: tuple[Problem, ...] = ()
+
+
+def store_each(items: Sequence[Any], remaining_ms: Callable[[], int] | None = None) -> list[ItemOutcome]:
+    """Per-item mode: each decoded JSON item validated on its own (intake.check_items), the valid ones stored
+    exactly once in one database transaction, an item whose transaction_id conflicts (with a stored one, or
+    with an earlier item) refused alone. Outcomes in item order.
+
+    Raises DatabaseUnavailable (nothing stored; retrying the whole sequence is safe: what was stored by an
+    earlier try comes back as `duplicate`).
+    """
+    outcomes: dict[int, ItemOutcome] = {}
+    pending: dict[int, Transaction] = {}
+    for checked in check_items(items):
+        if checked.transaction is None:
+            outcomes[checked.index] = ItemOutcome(checked.index, None, "validation_error", checked.problems)
+        else:
+            pending[checked.index] = checked.transaction
+    while pending:
+        indices = list(pending)
+        try:
+            results = store([pending[i] for i in indices], remaining_ms)
+        except DuplicateIdConflict as conflict:
+            # Each try refuses at least one more item, so this ends; the others are stored by a later try.
+            for position, tid, fields in conflict.conflicts:
+                reason = f"differs in {', '.join(fields)}"
+                refused = (Problem("transaction_id", tid, reason),)
+                outcomes[indices[position]] = ItemOutcome(indices[position], None, conflict.code, refused)
+                del pending[indices[position]]
+            continue
+        outcomes.update((i, ItemOutcome(i, result)) for i, result in zip(indices, results, strict=True))
+        break
+    return [outcomes[i] for i in sorted(outcomes)]
 
 
 @tracer.capture_method(capture_response=False, capture_error=False)

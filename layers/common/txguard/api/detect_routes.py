@@ -12,7 +12,8 @@ from txguard import service
 from txguard.api.errors import COMMON_ERRORS, documented_errors
 from txguard.api.presenters import json_response
 from txguard.api.resolver import build_resolver
-from txguard.models import INT64_MAX, IsFraudResponse, integer_text
+from txguard.api.schemas import IsFraudResponse, integer_text
+from txguard.intake import INT64_MAX
 from txguard.observability import logger
 from txguard.presenters import fraud_event_json
 

@@ -19,8 +19,8 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
 from aws_lambda_powertools.metrics import MetricUnit
 
 from txguard import literals
-from txguard.api.errors import ApiError, echo, error_response, shorten, validation_details
-from txguard.errors import BadInput, Conflict, Malformed, NotFound, TxguardError, Unavailable
+from txguard.api.errors import ApiError, error_response, validation_details
+from txguard.errors import BadInput, Conflict, Malformed, NotFound, TxguardError, Unavailable, echo, shorten
 from txguard.observability import logger, metrics
 from txguard.rule_language import RuleSetError
 

@@ -1,0 +1,225 @@
+"""Intake: reading and validating transactions from outside, independent of the transport that brought them.
+
+The rules for each field (ids, timestamps, amounts, currencies, merchants) are here, once, in `TransactionIn`.
+The HTTP API validates its body with it (and refuses a batch whole: all or nothing); `check_items` validates
+any sequence of decoded JSON items one by one, giving each a valid `Transaction` or its problems
+({field, value, reason}), which is what a stream consumer reports per record (see service.store_each).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator
+
+from txguard import literals
+from txguard.currencies import MINOR_UNITS
+from txguard.domain import Transaction
+from txguard.errors import echo, shorten
+from txguard.settings import service_settings
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+EARLIEST_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_AMOUNT = Decimal("1000000000000")  # 10^12 in any currency's major unit
+MERCHANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+
+
+def parse_timestamp_ms(value: Any) -> int:
+    """Epoch milliseconds from a JSON integer, from its digits as text, or from an RFC 3339 date-time with a zone
+    (see `txguard.literals`), within 2000-01-01T00:00:00Z .. now + TXGUARD_MAX_FUTURE_SKEW_SECONDS.
+    The body, the query's `from`/`to` and the CLI's `--from`/`--to` all read timestamps here. Raises ValueError."""
+    if isinstance(value, str) and ":" in value:  # a date-time has a time; epoch milliseconds never hold a colon
+        ms = literals.rfc3339_ms(value)
+    else:
+        try:
+            ms = (
+                literals.integer_from_text(value, INT64_MIN, INT64_MAX)
+                if isinstance(value, str)
+                else literals.integer_from_json(value, INT64_MIN, INT64_MAX)
+            )
+        except ValueError:
+            raise ValueError(
+                "timestamp must be epoch milliseconds (an integer, in digits) or an RFC 3339 date-time with a zone"
+            ) from None
+    latest = int(time.time() * 1000) + service_settings().max_future_skew_s * 1000
+    if not EARLIEST_TIMESTAMP_MS <= ms <= latest:
+        raise ValueError(
+            f"timestamp {ms} is outside the accepted range: from 2000-01-01T00:00:00Z "
+            f"to {service_settings().max_future_skew_s} seconds from now"
+        )
+    return ms
+
+
+def parse_amount(value: Any, currency: str | None = None) -> Decimal:
+    """An amount exactly as sent (a JSON number or a string of decimal text, see `txguard.literals`): > 0, at most
+    10^12, and, when `currency` is known, no more decimal places than it has. Returned at the currency's places
+    (exact, since it has no more). Raises ValueError."""
+    try:
+        amount = literals.decimal(value)
+    except ValueError as exc:
+        raise ValueError(f"amount {exc}") from None
+    if amount <= 0:
+        raise ValueError("amount must be greater than zero")
+    if amount > MAX_AMOUNT:
+        raise ValueError(f"amount must be at most {MAX_AMOUNT}")
+    if currency in MINOR_UNITS:
+        places = MINOR_UNITS[currency]
+        if literals.decimal_places(amount) > places:
+            raise ValueError(f"amount has more decimal places than {currency} allows ({places})")
+        return amount.quantize(Decimal(1).scaleb(-places))
+    return amount
+
+
+class TransactionIn(BaseModel):
+    """One transaction as a client sends it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    account_id: Annotated[int, Field(strict=True, gt=0, le=INT64_MAX, description="positive 64-bit integer")]
+    transaction_id: Annotated[
+        int,
+        Field(strict=True, ge=INT64_MIN, le=INT64_MAX, description="64-bit integer, unique per transaction"),
+    ]
+    timestamp: Annotated[
+        int | str,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "integer", "minimum": EARLIEST_TIMESTAMP_MS, "maximum": INT64_MAX},
+                    {"type": "string", "pattern": f"^{literals.INTEGER_PATTERN}$"},
+                    {"type": "string", "format": "date-time"},
+                ]
+            }
+        ),
+        Field(
+            description="epoch milliseconds (an integer, or its digits as a string), or an RFC 3339 date-time "
+            "with a zone (e.g. 2024-05-01T12:00:00.123Z), at most millisecond precision",
+            union_mode="left_to_right",
+        ),
+    ]
+    currency: Annotated[
+        str | None,
+        Field(description="ISO 4217 code; defaults to TXGUARD_DEFAULT_CURRENCY", validate_default=True),
+    ] = None
+    amount: Annotated[
+        Decimal | str,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": int(MAX_AMOUNT)},
+                    {"type": "string", "pattern": f"^{literals.DECIMAL_PATTERN}$"},
+                ]
+            }
+        ),
+        Field(
+            description="a decimal as a JSON number or a string of the same text (ASCII digits, optional '-', "
+            "fraction and exponent), > 0, at most 10^12, with no more decimal places than the currency has, "
+            "checked exactly as sent"
+        ),
+    ]
+    merchant_id: Annotated[
+        str | None, Field(description="optional merchant identifier: letters, digits, _ . : - (at most 64)")
+    ] = None
+
+    @field_validator("account_id", mode="before")
+    @classmethod
+    def _account_id(cls, value: Any) -> int:
+        return literals.integer_from_json(value, 1, INT64_MAX)
+
+    @field_validator("transaction_id", mode="before")
+    @classmethod
+    def _transaction_id(cls, value: Any) -> int:
+        return literals.integer_from_json(value, INT64_MIN, INT64_MAX)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _timestamp(cls, value: Any) -> int:
+        return parse_timestamp_ms(value)
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _amount(cls, value: Any, info: ValidationInfo) -> Decimal:
+        return parse_amount(value, info.data.get("currency"))
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _currency(cls, value: Any) -> str:
+        if value is None:
+            return service_settings().default_currency
+        if not isinstance(value, str) or value.upper() not in MINOR_UNITS:
+            raise ValueError(f"{value!r} is not an ISO 4217 currency code")
+        return value.upper()
+
+    @field_validator("merchant_id", mode="before")
+    @classmethod
+    def _merchant(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError("merchant_id must be a string")
+        text = str(value)
+        if not MERCHANT_ID.match(text):
+            raise ValueError("merchant_id must be 1-64 letters, digits, '_', '.', ':' or '-'")
+        return text
+
+    def transaction(self) -> Transaction:
+        """The validated transaction in the domain's terms (validators have turned every field into its type)."""
+        assert isinstance(self.timestamp, int) and isinstance(self.amount, Decimal) and self.currency is not None
+        return Transaction(
+            self.transaction_id, self.account_id, self.timestamp, self.amount, self.currency, self.merchant_id
+        )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why an item was refused: the field (None for the item as a whole), the value as it may be shown back
+    (JSON-safe, shortened), and the reason in words."""
+
+    field: str | None
+    value: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One item of a sequence, validated on its own: a `transaction`, or the `problems` that refused it."""
+
+    index: int
+    transaction: Transaction | None
+    problems: tuple[Problem, ...] = ()
+
+
+def problem(error: Any, loc: Sequence[Any]) -> Problem:
+    """A pydantic (or Powertools) error as a Problem, its field named by `loc` (the error's location within the
+    item). Every transport words problems this way."""
+    field = ".".join(str(part) for part in loc if not str(part).startswith("function-")) or None
+    reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    value = error.get("input")
+    if error.get("type") == "missing":
+        value = None
+        reason = "is required"
+    elif error.get("type") == "extra_forbidden":
+        reason = f"unknown field {shorten(field or '')!r}"
+    return Problem(None if field is None else shorten(field), echo(value), shorten(reason))
+
+
+def check_items(items: Sequence[Any]) -> list[Checked]:
+    """Each decoded JSON item validated on its own, in order; an invalid item does not affect the others."""
+    checked = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            refusal = Problem(None, echo(item), "must be a JSON object: a transaction")
+            checked.append(Checked(index, None, (refusal,)))
+            continue
+        try:
+            checked.append(Checked(index, TransactionIn.model_validate(item).transaction()))
+        except ValidationError as exc:
+            problems = tuple(problem(error, error["loc"]) for error in exc.errors())
+            checked.append(Checked(index, None, problems))
+    return checked
