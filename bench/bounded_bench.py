@@ -26,10 +26,10 @@ import psycopg2
 from bench.detection_bench import build_history
 from bench.harness import BenchDatabase, p50, samples, timed
 from txguard import db, queries, service
+from txguard.detection import DetectorCache
 from txguard.domain import Transaction
 from txguard.ingest import store_transactions
 from txguard.local.runner import FunctionRunner, Template
-from txguard.rule_store import RuleCache
 
 ROOT = Path(__file__).resolve().parent.parent
 HOT, WINDOW_SIZED, REPLAYED = 11, 12, 13
@@ -157,7 +157,7 @@ def _replays(database: BenchDatabase) -> list[dict[str, Any]]:
         holder = db.ConnectionHolder()
         try:
             results = db.run_in_transaction(
-                lambda cur: store_transactions(cur, batch, RuleCache().current(cur, 0)), holder=holder
+                lambda cur: store_transactions(cur, batch, DetectorCache().current(cur, 0)), holder=holder
             )
         finally:
             holder.reset()

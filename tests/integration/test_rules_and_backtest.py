@@ -12,11 +12,11 @@ from tests.integration.helpers import T0, apply_rules, rule, store, tx
 from txguard import db
 from txguard.backtest import backtest
 from txguard.cli import main
+from txguard.detection import detector_cache as rule_cache
 from txguard.local.runner import FunctionRunner, Template
 from txguard.queries import flagged_transactions
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import MAX_COMPARISONS, MAX_NESTING_DEPTH, MAX_RULES, RuleSetError, validate_rule_set
-from txguard.rule_store import rule_cache
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ it, with the `Reason` of each rule that fired; a `DecidedTransaction` is the pai
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
 from json.encoder import encode_basestring as _quote
@@ -84,10 +84,12 @@ FeatureValues = Mapping[str, Decimal | int | bool | None]
 
 @dataclass(frozen=True)
 class DecidedTransaction:
-    """A transaction with its decision (as stored, or as re-decided by a replay)."""
+    """A transaction with its decision (as stored, or as re-decided by a replay, which also gives the
+    `features` the decision was taken on)."""
 
     transaction: Transaction
     decision: Decision
+    features: FeatureValues | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from txguard.detection import decisions_in_time_order
+from txguard.detection import Decided, Detector, decisions_in_time_order
 from txguard.domain import Decision, Reason, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
 from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Timeline, merchant_reach_ms, to_units
@@ -34,7 +34,6 @@ from txguard.history import (
     merchant_windows,
     spans_before,
 )
-from txguard.rule_engine import CompiledRuleSet
 from txguard.settings import DatabaseSettings
 
 
@@ -87,9 +86,9 @@ _COLUMNS = (
 
 
 def store_transactions(
-    cur: psycopg2.extensions.cursor, batch: Sequence[Transaction], rules: CompiledRuleSet
+    cur: psycopg2.extensions.cursor, batch: Sequence[Transaction], detector: Detector
 ) -> list[StoreResult]:
-    """Store each transaction exactly once with its decision; results in request order."""
+    """Store each transaction exactly once with the decision `detector` takes on it; results in request order."""
     first_index, repeats, in_request_conflicts = _index_request(batch)
     if in_request_conflicts:
         raise DuplicateIdInRequest(in_request_conflicts)
@@ -113,9 +112,9 @@ def store_transactions(
     )
     decisions: dict[int, Decision] = {}
     if new:
-        _load_histories(cur, new, stats, rules.window_reach_ms)
-        merchants = merchant_windows(cur, new, merchant_reach_ms(rules.needed_features))
-        _copy_in(cur, decisions_in_time_order(new, stats, merchants, rules), len(new), decisions)
+        _load_histories(cur, new, stats, detector.window_reach_ms)
+        merchants = merchant_windows(cur, new, merchant_reach_ms(detector.needed_features))
+        _copy_in(cur, decisions_in_time_order(new, stats, merchants, detector), len(new), decisions)
         _write_totals(cur, stats, {t.account_id for t in new})
         add_to_daily_totals(cur, new)
 
@@ -314,7 +313,7 @@ def copy_line(t: Transaction, d: Decision) -> str:
 class _DecidedRows:
     """What COPY reads: rows decided on demand, a chunk per read, each decision also kept in `decisions`."""
 
-    def __init__(self, decided: Iterator[tuple[Transaction, Decision]], decisions: dict[int, Decision]) -> None:
+    def __init__(self, decided: Iterator[Decided], decisions: dict[int, Decision]) -> None:
         self._decided = decided
         self._decisions = decisions
         self.failure: BaseException | None = None
@@ -323,7 +322,7 @@ class _DecidedRows:
         lines = []
         length = 0
         try:
-            for t, d in self._decided:
+            for t, _, d in self._decided:
                 self._decisions[t.transaction_id] = d
                 line = copy_line(t, d)
                 lines.append(line)
@@ -338,7 +337,7 @@ class _DecidedRows:
 
 def _copy_in(
     cur: psycopg2.extensions.cursor,
-    decided: Iterator[tuple[Transaction, Decision]],
+    decided: Iterator[Decided],
     count: int,
     decisions: dict[int, Decision],
 ) -> None:

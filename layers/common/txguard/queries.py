@@ -12,13 +12,12 @@ from typing import Any
 import psycopg2.extensions
 
 from txguard import literals
-from txguard.detection import decide_in_time_order, empty_history
+from txguard.detection import Detector, decisions_in_time_order, empty_history
 from txguard.domain import DecidedTransaction
 from txguard.errors import Malformed
 from txguard.features import DAY_MS, AccountHistory, DailyTotals, Timeline, merchant_reach_ms
 from txguard.history import account_rows, daily_totals, merchant_windows
 from txguard.ingest import decision_from_row, transaction_from_row
-from txguard.rule_engine import CompiledRuleSet
 
 
 class InvalidCursor(Malformed, ValueError):
@@ -134,16 +133,16 @@ RECOMPUTE_WINDOW = 5_000
 
 
 def recomputed_flagged(
-    cur: psycopg2.extensions.cursor, account_id: int, rules: CompiledRuleSet, limit: int, cursor: str | None
+    cur: psycopg2.extensions.cursor, account_id: int, detector: Detector, limit: int, cursor: str | None
 ) -> Page:
-    """A page of the account's transactions that `rules` flag, newest first, each re-decided point-in-time.
+    """A page of the account's transactions that `detector` flags, newest first, each re-decided point-in-time.
 
     One request re-decides at most RECOMPUTE_WINDOW transactions before the cursor, so a page can hold fewer
     than `limit` items (even none) while next_cursor is set: the client follows it until it is null.
     Raises InvalidCursor for a cursor this API did not issue.
     """
     before = decode_cursor(cursor) if cursor else None
-    judged, continue_at = recompute_window(cur, account_id, rules, before, RECOMPUTE_WINDOW)
+    judged, continue_at = recompute_window(cur, account_id, detector, before, RECOMPUTE_WINDOW)
     flagged = [j for j in reversed(judged) if j.decision.fraud]
     if len(flagged) > limit:
         return _page(flagged, limit)
@@ -153,16 +152,17 @@ def recomputed_flagged(
 def recompute_window(
     cur: psycopg2.extensions.cursor,
     account_id: int,
-    rules: CompiledRuleSet,
+    detector: Detector,
     before: tuple[int, int] | None,
     size: int,
 ) -> tuple[list[DecidedTransaction], tuple[int, int] | None]:
     """The account's newest `size` transactions before `before` ((ms, transaction id), exclusive; None: from the
-    newest), re-decided with `rules`, each on what came before it; nothing is written.
+    newest), re-decided by `detector`, each on what came before it; nothing is written.
 
-    Returns them in time order, and the (ms, transaction id) to continue from, or None when the window reached
-    the account's first transaction. The history before the window comes from per-day totals and the stored
-    transactions within a day of its start: reads are bounded by `size`, not by the history's length.
+    Returns them in time order, each with the features it was decided on, and the (ms, transaction id) to
+    continue from, or None when the window reached the account's first transaction. The history before the
+    window comes from per-day totals and the stored transactions within a day of its start: reads are bounded
+    by `size`, not by the history's length.
     """
     # Constant statements: a NULL bound folds away when the planner sees the parameters. The window starts at
     # the timestamp of the size-th newest transaction, found in the (account_id, ts) index order; all of the
@@ -185,10 +185,12 @@ def recompute_window(
     window = [transaction_from_row(row) for row in cur.fetchall()]
     if not window:
         return [], None
-    history = empty_history() if since is None else _history_before(cur, account_id, since, rules.window_reach_ms)
-    merchants = merchant_windows(cur, window, merchant_reach_ms(rules.needed_features), (account_id, window[0].ts))
-    decisions = decide_in_time_order(window, {account_id: history}, merchants, rules)
-    judged = [DecidedTransaction(t, decisions[t.transaction_id]) for t in window]
+    history = empty_history() if since is None else _history_before(cur, account_id, since, detector.window_reach_ms)
+    reach = merchant_reach_ms(detector.needed_features)
+    merchants = merchant_windows(cur, window, reach, (account_id, window[0].ts))
+    decided = decisions_in_time_order(window, {account_id: history}, merchants, detector)
+    by_id = {d.transaction.transaction_id: DecidedTransaction(d.transaction, d.decision, d.features) for d in decided}
+    judged = [by_id[t.transaction_id] for t in window]
     return judged, (None if since is None else (window[0].ts, window[0].transaction_id))
 
 

@@ -14,6 +14,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from txguard import outbox
 from txguard.db import run_in_transaction
+from txguard.detection import detector_cache
 from txguard.domain import StoreResult, Transaction
 from txguard.errors import NotFound
 from txguard.ingest import DuplicateIdConflict, store_transactions
@@ -28,7 +29,6 @@ from txguard.queries import (
     list_transactions,
     recomputed_flagged,
 )
-from txguard.rule_store import rule_cache
 from txguard.settings import service_settings
 
 
@@ -57,10 +57,10 @@ def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = Non
     Raises DuplicateIdConflict (nothing stored) and DatabaseUnavailable (nothing stored, retry); a failure
     to publish is never raised: the alert stays in the outbox for a later drain.
     """
-    max_age = service_settings().rules_cache_seconds
+    max_age = service_settings().rules_cache_seconds  # also how long a detector version is kept
 
     def work(cur: Any) -> tuple[list[StoreResult], list[outbox.Claimed]]:
-        results = store_transactions(cur, batch, rule_cache.current(cur, max_age))
+        results = store_transactions(cur, batch, detector_cache.current(cur, max_age))
         flagged = [
             fraud_detected_detail(r.transaction, r.decision)
             for r in results
@@ -138,8 +138,8 @@ def account_view(account_id: int, limit: int, cursor: str | None, recompute: boo
             raise AccountNotFound(account_id)
         if not recompute:
             return AccountView(any_flagged(cur, account_id), flagged_transactions(cur, account_id, limit, cursor))
-        rules = rule_cache.current(cur, service_settings().rules_cache_seconds)
-        page = recomputed_flagged(cur, account_id, rules, limit, cursor)
+        detector = detector_cache.current(cur, service_settings().rules_cache_seconds)
+        page = recomputed_flagged(cur, account_id, detector, limit, cursor)
         return AccountView(bool(page.items), page)
 
     view = run_in_transaction(read)
