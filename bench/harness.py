@@ -16,8 +16,8 @@ from txguard import db
 from txguard.detection import detector_cache
 from txguard.local.postgres import Server, create_database, drop_database, find_or_start_server
 from txguard.migrate import migrate, service_login_role
-from txguard.rule_store import apply_rule_set
 from txguard.settings import reload_settings
+from txguard.storage.rule_sets import apply_rule_set
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from txguard.domain import DecidedTransaction as Judged
 from txguard.domain import StoreResult, Transaction
 from txguard.ingest import store_transactions
 from txguard.queries import recompute_window
-from txguard.rule_store import apply_rule_set
+from txguard.storage.rule_sets import apply_rule_set
 
 T0 = 1_700_000_000_000
 _ids = itertools.count(1)

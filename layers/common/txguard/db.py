@@ -176,6 +176,9 @@ class UnitOfWorkCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
     """
 
     prelude: str = ""
+    # The unit of work's statement timeout (ms, 0: none), from the settings read when the connection was opened:
+    # a statement allowed longer (the COPY that decides its rows) sets it back to this.
+    statement_timeout_ms: int = 0
 
     def execute(self, query: Any, vars: Any = None) -> None:
         if self.prelude:
@@ -216,6 +219,7 @@ class ConnectionHolder:
     def __init__(self) -> None:
         self._conn: psycopg2.extensions.connection | None = None
         self._prelude = ""
+        self._statement_timeout_ms = 0
         self._lock = threading.RLock()
 
     def reset(self) -> None:
@@ -235,10 +239,12 @@ class ConnectionHolder:
                 settings = DatabaseSettings.from_env()
                 self._conn = connect(dsn_from_settings(settings), settings)
                 self._prelude = transaction_settings(settings)
+                self._statement_timeout_ms = settings.statement_timeout_ms
             conn = self._conn
             try:
                 with conn.cursor(cursor_factory=UnitOfWorkCursor) as cur:
                     cur.prelude = self._prelude
+                    cur.statement_timeout_ms = self._statement_timeout_ms
                     yield cur
                 conn.commit()
             except psycopg2.Error as exc:

@@ -25,7 +25,7 @@ from txguard.domain import Transaction as Transaction  # re-exported for generat
 from txguard.features import AccountHistory, Features, Prior, Timeline, merchant_features, to_units
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError
-from txguard.rule_store import version
+from txguard.storage.rule_sets import newest_version, version
 
 
 class Detector(Protocol):
@@ -122,13 +122,11 @@ class DetectorCache:
         with self._lock:
             now = time.monotonic()
             if self._detector is None or now - self._loaded_at > max_age_s:
-                cur.execute("SELECT max(version) FROM rule_sets")
-                row = cur.fetchone()
-                newest = row[0] if row else None
+                newest = newest_version(cur)
                 if newest is None:
                     raise RuleSetError(["no rule set is stored; run `txguard db migrate`"])
                 if self._detector is None or self._detector.version != newest:
-                    stored = version(cur, int(newest))
+                    stored = version(cur, newest)
                     assert stored is not None
                     self._detector = CompiledRuleSet(stored.version, stored.rule_set)
                 self._loaded_at = now

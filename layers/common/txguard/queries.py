@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg2.extensions
 
@@ -16,8 +14,7 @@ from txguard.detection import Detector, decisions_in_time_order, empty_history
 from txguard.domain import DecidedTransaction
 from txguard.errors import Malformed
 from txguard.features import DAY_MS, AccountHistory, DailyTotals, Timeline, merchant_reach_ms
-from txguard.history import account_rows, daily_totals, merchant_windows
-from txguard.ingest import decision_from_row, transaction_from_row
+from txguard.storage import account_stats, transactions
 
 
 class InvalidCursor(Malformed, ValueError):
@@ -55,40 +52,10 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     return ts, tid
 
 
-SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
-                    fraud, score, reasons, rule_set_version FROM transactions"""
-
-
-def _judged(row: Sequence[Any]) -> DecidedTransaction:
-    return DecidedTransaction(transaction_from_row(row), decision_from_row(row[6:]))
-
-
-def account_exists(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
-    cur.execute("SELECT EXISTS (SELECT 1 FROM transactions WHERE account_id = %s)", (account_id,))
-    row = cur.fetchone()
-    return bool(row and row[0])
-
-
-def any_flagged(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
-    cur.execute("SELECT EXISTS (SELECT 1 FROM transactions WHERE account_id = %s AND fraud)", (account_id,))
-    row = cur.fetchone()
-    return bool(row and row[0])
-
-
 def flagged_transactions(cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None) -> Page:
     """The account's stored decisions that flagged fraud, newest first."""
-    condition, params = "", [account_id]
-    if cursor:
-        condition = " AND (ts, transaction_id) < (txguard_ms_to_ts(%s), %s)"
-        params.extend(decode_cursor(cursor))
-    cur.execute(
-        SELECT_TRANSACTIONS
-        + " WHERE account_id = %s AND fraud"
-        + condition
-        + " ORDER BY ts DESC, transaction_id DESC LIMIT %s",
-        (*params, limit + 1),
-    )
-    return _page([_judged(row) for row in cur.fetchall()], limit)
+    before = decode_cursor(cursor) if cursor else None
+    return _page(transactions.flagged(cur, account_id, before, limit + 1), limit)
 
 
 def list_transactions(
@@ -100,23 +67,8 @@ def list_transactions(
     cursor: str | None,
 ) -> Page:
     """Stored transactions with their decisions, oldest first, [from, to) in epoch milliseconds."""
-    conditions, params = [], []
-    if account_id is not None:
-        conditions.append("account_id = %s")
-        params.append(account_id)
-    if from_ms is not None:
-        conditions.append("ts >= txguard_ms_to_ts(%s)")
-        params.append(from_ms)
-    if to_ms is not None:
-        conditions.append("ts < txguard_ms_to_ts(%s)")
-        params.append(to_ms)
-    if cursor:
-        after = decode_cursor(cursor)
-        conditions.append("(ts, transaction_id) > (txguard_ms_to_ts(%s), %s)")
-        params.extend(after)
-    where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
-    cur.execute(SELECT_TRANSACTIONS + where + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit + 1))
-    return _page([_judged(row) for row in cur.fetchall()], limit)
+    after = decode_cursor(cursor) if cursor else None
+    return _page(transactions.listed(cur, account_id, from_ms, to_ms, after, limit + 1), limit)
 
 
 def _page(items: list[DecidedTransaction], limit: int) -> Page:
@@ -164,30 +116,12 @@ def recompute_window(
     window comes from per-day totals and the stored transactions within a day of its start: reads are bounded
     by `size`, not by the history's length.
     """
-    # Constant statements: a NULL bound folds away when the planner sees the parameters. The window starts at
-    # the timestamp of the size-th newest transaction, found in the (account_id, ts) index order; all of the
-    # transactions sharing that timestamp are in the window.
-    bound = (None, None) if before is None else before
-    cur.execute(
-        """SELECT txguard_ts_to_ms(ts) FROM transactions
-           WHERE account_id = %s AND (%s::bigint IS NULL OR (ts, transaction_id) < (txguard_ms_to_ts(%s), %s))
-           ORDER BY ts DESC OFFSET %s LIMIT 1""",
-        (account_id, bound[0], bound[0], bound[1], size - 1),
-    )
-    oldest = cur.fetchone()
-    since: int | None = oldest[0] if oldest else None
-    cur.execute(
-        SELECT_TRANSACTIONS
-        + """ WHERE account_id = %s AND (%s::bigint IS NULL OR (ts, transaction_id) < (txguard_ms_to_ts(%s), %s))
-              AND ts >= txguard_ms_to_ts(%s) ORDER BY ts, transaction_id""",
-        (account_id, bound[0], bound[0], bound[1], 0 if since is None else since),
-    )
-    window = [transaction_from_row(row) for row in cur.fetchall()]
+    since, window = transactions.newest_window(cur, account_id, before, size)
     if not window:
         return [], None
     history = empty_history() if since is None else _history_before(cur, account_id, since, detector.window_reach_ms)
     reach = merchant_reach_ms(detector.needed_features)
-    merchants = merchant_windows(cur, window, reach, (account_id, window[0].ts))
+    merchants = transactions.merchant_windows(cur, window, reach, (account_id, window[0].ts))
     decided = decisions_in_time_order(window, {account_id: history}, merchants, detector)
     by_id = {d.transaction.transaction_id: DecidedTransaction(d.transaction, d.decision, d.features) for d in decided}
     judged = [by_id[t.transaction_id] for t in window]
@@ -197,19 +131,17 @@ def recompute_window(
 def _history_before(cur: psycopg2.extensions.cursor, account_id: int, since: int, reach_ms: int) -> AccountHistory:
     """The account as it stood just before `since`: per-day totals, plus the transactions within reach of it."""
     low = min(since - reach_ms + 1, since - since % DAY_MS)
-    near = account_rows(cur, {account_id: [(low, since)]})[account_id]
+    near = transactions.account_rows(cur, {account_id: [(low, since)]})[account_id]
     stored = Timeline.from_sorted(near.complete_from, list(near.ts), list(near.units))
     day = since // DAY_MS
-    prior = DailyTotals(*daily_totals(cur, {account_id: (day, day)})[account_id], stored).before(since)
-    cur.execute("SELECT txguard_ts_to_ms(first_ts) FROM account_stats WHERE account_id = %s", (account_id,))
-    first = cur.fetchone()
+    prior = DailyTotals(*account_stats.daily_totals(cur, {account_id: (day, day)})[account_id], stored).before(since)
     return AccountHistory(
         count=prior.count,
         sum_units=prior.sum_units,
         sum_sq_units=prior.sum_sq_units,
         max_units=prior.max_units,
         max_ts=None,
-        first_ts=first[0] if first else None,
+        first_ts=account_stats.first_ts(cur, account_id),
         last_ts=prior.last_ts,
         tail=near,
         stored_before=lambda _t: prior,

@@ -21,15 +21,9 @@ from txguard.ingest import DuplicateIdConflict, store_transactions
 from txguard.intake import Problem, check_items
 from txguard.observability import logger, metrics, tracer
 from txguard.presenters import fraud_detected_detail
-from txguard.queries import (
-    Page,
-    account_exists,
-    any_flagged,
-    flagged_transactions,
-    list_transactions,
-    recomputed_flagged,
-)
+from txguard.queries import Page, flagged_transactions, list_transactions, recomputed_flagged
 from txguard.settings import service_settings
+from txguard.storage.transactions import account_exists, any_flagged
 
 
 @dataclass(frozen=True)

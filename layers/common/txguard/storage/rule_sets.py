@@ -1,0 +1,114 @@
+"""The `rule_sets` table: every change is a new version, validated whole before it is stored; stored versions
+are validated again when read (the limits hold for versions stored before them too)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import psycopg2.extensions
+
+from txguard.rule_language import RuleSet, RuleSetError, validate_rule_set
+
+# Serialises writers of new versions (any fixed number).
+_RULES_LOCK_KEY = 0x7478_6775_6172_6402
+
+
+@dataclass(frozen=True)
+class StoredRuleSet:
+    version: int
+    rule_set: RuleSet
+    comment: str
+    created_at: datetime
+    created_by: str
+
+
+def default_rule_set() -> RuleSet:
+    text = resources.files("txguard.rulesets").joinpath("default.json").read_text(encoding="utf-8")
+    return validate_rule_set(json.loads(text))
+
+
+def seed_default_rule_set(conn: psycopg2.extensions.connection) -> None:
+    """Store the packaged default rule set as version 1 when there is no rule set at all."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_RULES_LOCK_KEY,))
+        cur.execute("SELECT 1 FROM rule_sets LIMIT 1")
+        if cur.fetchone() is None:
+            _insert(cur, default_rule_set(), "default rule set")
+
+
+def _insert(cur: psycopg2.extensions.cursor, rule_set: RuleSet, comment: str) -> int:
+    cur.execute(
+        "INSERT INTO rule_sets (version, document, comment) "
+        "SELECT coalesce(max(version), 0) + 1, %s, %s FROM rule_sets RETURNING version",
+        (json.dumps(rule_set.document()), comment),
+    )
+    row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def apply_rule_set(cur: psycopg2.extensions.cursor, data: Any, comment: str = "") -> int:
+    """Validate a whole rule set and store it as the new version; raises RuleSetError, storing nothing."""
+    rule_set = validate_rule_set(data)
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_RULES_LOCK_KEY,))
+    return _insert(cur, rule_set, comment)
+
+
+def disable_rule(cur: psycopg2.extensions.cursor, rule_id: str) -> int:
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_RULES_LOCK_KEY,))
+    current = latest(cur)
+    if current is None:
+        raise RuleSetError(["there is no rule set yet"])
+    rules = current.rule_set.rules
+    if not any(rule.id == rule_id for rule in rules):
+        raise RuleSetError([f"rule {rule_id!r} is not in version {current.version}"])
+    changed = current.rule_set.model_copy(
+        update={"rules": [r.model_copy(update={"enabled": False}) if r.id == rule_id else r for r in rules]}
+    )
+    return _insert(cur, changed, f"disable {rule_id}")
+
+
+def latest(cur: psycopg2.extensions.cursor) -> StoredRuleSet | None:
+    cur.execute(
+        "SELECT version, document, comment, created_at, created_by FROM rule_sets ORDER BY version DESC LIMIT 1"
+    )
+    row = cur.fetchone()
+    return None if row is None else _stored(row)
+
+
+def newest_version(cur: psycopg2.extensions.cursor) -> int | None:
+    """The newest version's number (None when no rule set is stored), without reading its document."""
+    cur.execute("SELECT max(version) FROM rule_sets")
+    row = cur.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def version(cur: psycopg2.extensions.cursor, number: int) -> StoredRuleSet | None:
+    cur.execute(
+        "SELECT version, document, comment, created_at, created_by FROM rule_sets WHERE version = %s",
+        (number,),
+    )
+    row = cur.fetchone()
+    return None if row is None else _stored(row)
+
+
+def history(cur: psycopg2.extensions.cursor) -> list[StoredRuleSet]:
+    cur.execute("SELECT version, document, comment, created_at, created_by FROM rule_sets ORDER BY version")
+    return [_stored(row) for row in cur.fetchall()]
+
+
+def _stored(row: tuple[Any, ...]) -> StoredRuleSet:
+    """A stored version, validated like one being applied: the limits hold for versions stored before them too.
+
+    Raises RuleSetError naming the version and each problem.
+    """
+    version_number, document, comment, created_at, created_by = row
+    try:
+        rule_set = validate_rule_set(document)
+    except RuleSetError as exc:
+        raise RuleSetError([f"stored version {version_number}: {problem}" for problem in exc.problems]) from None
+    return StoredRuleSet(int(version_number), rule_set, comment, created_at, created_by)
