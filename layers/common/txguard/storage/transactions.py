@@ -303,16 +303,13 @@ def listed(
     limit: int,
 ) -> list[DecidedTransaction]:
     """Up to `limit` stored transactions, oldest first, in [from, to) (epoch ms), after (ms, transaction id)."""
-    conditions, params = [], []
-    if account_id is not None:
-        conditions.append("account_id = %s")
-        params.append(account_id)
-    if from_ms is not None:
-        conditions.append("ts >= txguard_ms_to_ts(%s)")
-        params.append(from_ms)
-    if to_ms is not None:
-        conditions.append("ts < txguard_ms_to_ts(%s)")
-        params.append(to_ms)
+    filters = (
+        ("account_id = %s", account_id),
+        ("ts >= txguard_ms_to_ts(%s)", from_ms),
+        ("ts < txguard_ms_to_ts(%s)", to_ms),
+    )
+    conditions = [condition for condition, value in filters if value is not None]
+    params = [value for _, value in filters if value is not None]
     if after is not None:
         conditions.append("(ts, transaction_id) > (txguard_ms_to_ts(%s), %s)")
         params.extend(after)
