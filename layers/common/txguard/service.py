@@ -109,11 +109,11 @@ def store_each(items: Sequence[Any], remaining_ms: Callable[[], int] | None = No
             results = store([pending[i] for i in indices], remaining_ms)
         except DuplicateIdConflict as conflict:
             # Each try refuses at least one more item, so this ends; the others are stored by a later try.
-            for position, tid, fields in conflict.conflicts:
-                reason = f"differs in {', '.join(fields)}"
-                refused = (Problem("transaction_id", tid, reason),)
-                outcomes[indices[position]] = ItemOutcome(indices[position], None, conflict.code, refused)
-                del pending[indices[position]]
+            for detail in conflict.details:
+                index = indices[detail["index"]]
+                refused = (Problem(detail["field"], detail["value"], detail["reason"]),)
+                outcomes[index] = ItemOutcome(index, None, conflict.code, refused)
+                del pending[index]
             continue
         outcomes.update((i, ItemOutcome(i, result)) for i, result in zip(indices, results, strict=True))
         break
