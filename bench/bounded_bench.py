@@ -26,9 +26,9 @@ import psycopg2
 from bench.detection_bench import build_history
 from bench.harness import BenchDatabase, p50, samples, timed
 from txguard import db, queries, service
-from txguard.detection import Transaction
+from txguard.detection import DetectorCache
+from txguard.domain import Transaction
 from txguard.ingest import store_transactions
-from txguard.rule_store import RuleCache
 from txguard_dev.local.runner import FunctionRunner, Template
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def _replays(database: BenchDatabase) -> list[dict[str, Any]]:
         holder = db.ConnectionHolder()
         try:
             results = db.run_in_transaction(
-                lambda cur: store_transactions(cur, batch, RuleCache().current(cur, 0)), holder=holder
+                lambda cur: store_transactions(cur, batch, DetectorCache().current(cur, 0)), holder=holder
             )
         finally:
             holder.reset()

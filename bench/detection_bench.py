@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.harness import BenchDatabase, p50, p99, samples
 from txguard import service
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard_dev.local.runner import FunctionRunner, Template
 
 ROOT = Path(__file__).resolve().parent.parent

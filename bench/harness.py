@@ -13,9 +13,10 @@ from typing import Any
 import psycopg2
 
 from txguard import db
+from txguard.detection import detector_cache
 from txguard.migrate import migrate, service_login_role
-from txguard.rule_store import apply_rule_set, rule_cache
 from txguard.settings import reload_settings
+from txguard.storage.rule_sets import apply_rule_set
 from txguard_dev.local.postgres import Server, create_database, drop_database, find_or_start_server
 
 
@@ -41,7 +42,7 @@ class BenchDatabase:
                 apply_rule_set(cur, document, comment)
         finally:
             conn.close()
-        rule_cache.clear()
+        detector_cache.clear()
 
 
 @contextmanager
@@ -54,7 +55,7 @@ def bench_database() -> Iterator[BenchDatabase]:
             migrate(admin_url, service_login_role(name))
             os.environ["DATABASE_URL"] = server.database_url(name, user=service_login_role(name))
             db.reset_connection()
-            rule_cache.clear()
+            detector_cache.clear()
             reload_settings()
             yield BenchDatabase(server, name, admin_url)
         finally:

@@ -80,13 +80,15 @@ def handler_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]],
 
 def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float]:
     """Microseconds of Python per transaction in each stage of a batch's ingest (no database involved)."""
-    from txguard.api.presenters import json_response, store_results_json
+    from txguard.api.presenters import json_response
     from txguard.api.resolver import parse_json
-    from txguard.detection import Transaction, decide_in_time_order, empty_history
-    from txguard.ingest import StoreResult, copy_line
-    from txguard.models import TransactionBatch
+    from txguard.api.schemas import TransactionBatch
+    from txguard.detection import decide_in_time_order, empty_history
+    from txguard.domain import StoreResult, Transaction
+    from txguard.presenters import store_results_json
     from txguard.rule_engine import CompiledRuleSet
-    from txguard.rule_store import default_rule_set
+    from txguard.storage.rule_sets import default_rule_set
+    from txguard.storage.transactions import copy_line
 
     body = json.dumps(
         {

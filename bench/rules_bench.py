@@ -8,10 +8,10 @@ from typing import Any
 
 from bench.harness import BenchDatabase
 from bench.ingest_bench import handler_rate, rows
-from txguard.ingest import _DECIDING_ALLOWANCE_MS_PER_ROW
 from txguard.rule_language import MAX_COMPARISONS, MAX_RULES
-from txguard.rule_store import default_rule_set
 from txguard.settings import DatabaseSettings
+from txguard.storage.rule_sets import default_rule_set
+from txguard.storage.transactions import DECIDING_ALLOWANCE_MS_PER_ROW
 
 BATCH = 5000
 ROUNDS = 3
@@ -39,7 +39,7 @@ def run(database: BenchDatabase, scale: float) -> dict[str, Any]:
         data = rows(BATCH, 10_000_000 * (2 * n + 2), 500, seed=n, start=start + DAY_MS)
         measured.append(handler_rate(database, data, BATCH))
     seconds = [BATCH / rate for rate in measured]
-    allowed_s = (DatabaseSettings.from_env().statement_timeout_ms + BATCH * _DECIDING_ALLOWANCE_MS_PER_ROW) / 1000
+    allowed_s = (DatabaseSettings.from_env().statement_timeout_ms + BATCH * DECIDING_ALLOWANCE_MS_PER_ROW) / 1000
     return {
         "name": f"a {BATCH:,}-item batch through the ingest handler: the costliest rule set allowed "
         f"({MAX_RULES} rules, {MAX_COMPARISONS} comparisons, all firing) vs the default rule set",

@@ -7,10 +7,12 @@ from decimal import Decimal
 from typing import Any
 
 from txguard import db
-from txguard.detection import Transaction
-from txguard.ingest import StoreResult, store_transactions
-from txguard.queries import Judged, recompute_window
-from txguard.rule_store import apply_rule_set, rule_cache
+from txguard.detection import detector_cache as rule_cache
+from txguard.domain import DecidedTransaction as Judged
+from txguard.domain import StoreResult, Transaction
+from txguard.ingest import store_transactions
+from txguard.queries import recompute_window
+from txguard.storage.rule_sets import apply_rule_set
 
 T0 = 1_700_000_000_000
 _ids = itertools.count(1)

@@ -21,7 +21,7 @@ from tests.integration.helpers import T0, apply_rules, rule, tx
 from txguard import alerts, outbox, service
 from txguard.currencies import money
 from txguard.db import DatabaseUnavailable, run_in_transaction
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard.settings import reload_settings
 from txguard_dev.local.runner import FunctionRunner, Template
 

@@ -19,10 +19,10 @@ import pytest
 from tests.conftest import Database, EmbeddedPostgres, admin_query
 from tests.integration.helpers import T0, store, tx
 from txguard import db
-from txguard.detection import Transaction
-from txguard.ingest import DuplicateIdConflict, StoreResult, store_transactions
+from txguard.detection import DetectorCache as RuleCache
+from txguard.domain import StoreResult, Transaction
+from txguard.ingest import DuplicateIdConflict, store_transactions
 from txguard.migrate import migrate, service_login_role
-from txguard.rule_store import RuleCache
 from txguard_dev.local.postgres import with_database
 
 pytestmark = pytest.mark.integration

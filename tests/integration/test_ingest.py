@@ -102,8 +102,8 @@ def test_concurrent_batches_for_one_account_give_the_totals_of_serial_ones(datab
         try:
             # each thread its own connection, as separate Lambda execution environments have
             holder = db.ConnectionHolder()
+            from txguard.detection import DetectorCache as RuleCache
             from txguard.ingest import store_transactions
-            from txguard.rule_store import RuleCache
 
             with holder.transaction() as cur:
                 store_transactions(cur, batch, RuleCache().current(cur, 0))
@@ -177,7 +177,7 @@ def test_deciding_inside_copy_is_not_cut_short_by_the_statement_timeout(
 
     import txguard.ingest
     from txguard import db
-    from txguard.rule_store import rule_cache
+    from txguard.detection import detector_cache as rule_cache
 
     monkeypatch.setenv("TXGUARD_STATEMENT_TIMEOUT_MS", "100")
     db.reset_connection()

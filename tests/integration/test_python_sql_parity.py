@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tests.conftest import Database
 from tests.integration.helpers import T0, apply_rules, python_decisions, recompute, rule, sql_decisions, store
 from txguard.currencies import MINOR_UNITS
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard.features import FEATURES
 from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, RuleSetError
 

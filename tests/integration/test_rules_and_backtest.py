@@ -11,10 +11,10 @@ from tests.conftest import ROOT, Database, load_event
 from tests.integration.helpers import T0, apply_rules, rule, store, tx
 from txguard import db
 from txguard.backtest import backtest
+from txguard.detection import detector_cache as rule_cache
 from txguard.queries import flagged_transactions
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import MAX_COMPARISONS, MAX_NESTING_DEPTH, MAX_RULES, RuleSetError, validate_rule_set
-from txguard.rule_store import rule_cache
 from txguard_dev.cli import main
 from txguard_dev.local.runner import FunctionRunner, Template
 

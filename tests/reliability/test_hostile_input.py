@@ -22,7 +22,7 @@ from tests.reliability.conftest import (
     NOW_MS,
     send_bytes,
 )
-from txguard.models import EARLIEST_TIMESTAMP_MS, MERCHANT_ID
+from txguard.intake import EARLIEST_TIMESTAMP_MS, MERCHANT_ID
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 

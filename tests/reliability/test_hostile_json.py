@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tests.conftest import admin_query
 from tests.e2e.conftest import LocalService
 from tests.reliability.conftest import FULL_SCALE, NOW_MS, send_bytes
-from txguard.models import EARLIEST_TIMESTAMP_MS
+from txguard.intake import EARLIEST_TIMESTAMP_MS
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 

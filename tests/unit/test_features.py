@@ -5,7 +5,8 @@ from random import Random
 
 import pytest
 
-from txguard.detection import Transaction, decide_in_time_order, empty_history
+from txguard.detection import decide_in_time_order, empty_history
+from txguard.domain import Transaction
 from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Timeline, to_units, window_reach_ms
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import validate_rule_set

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard.labels import Label, read_labels
 from txguard.scoring import Evaluation
 from txguard_dev.commands.evaluate import render_markdown, render_text

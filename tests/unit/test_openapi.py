@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import ROOT
 from txguard.api.app import openapi_json
 from txguard.api.openapi import _exact_integer_bounds
-from txguard.models import INT64_MAX, INT64_MIN, TransactionIn
+from txguard.intake import INT64_MAX, INT64_MIN, TransactionIn
 
 
 def test_the_committed_openapi_document_matches_the_code() -> None:

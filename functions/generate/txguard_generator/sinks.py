@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard_generator.params import check_post_url
 
 USER_AGENT = "txguard-generate"

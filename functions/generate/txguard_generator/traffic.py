@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import NamedTuple
 
-from txguard.detection import Transaction
+from txguard.domain import Transaction
 from txguard.labels import GENUINE
 from txguard_generator.accounts import (
     DAY_MS,

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import psycopg2.extensions
 
-from txguard.detection import Transaction, decide_in_time_order, empty_history
+from txguard.detection import decide_in_time_order, empty_history
+from txguard.domain import Decision, Transaction
 from txguard.features import AccountHistory, Timeline
-from txguard.ingest import decision_from_row, transaction_from_row
 from txguard.labels import GENUINE
-from txguard.queries import SELECT_TRANSACTIONS
-from txguard.rule_engine import CompiledRuleSet, Decision
+from txguard.rule_engine import CompiledRuleSet
 from txguard.scoring import Confusion
+from txguard.storage import transactions
 
 _CHUNK = 20_000
 
@@ -45,21 +45,10 @@ def replay(
     merchants: dict[str, Timeline] = {}
     after: tuple[int, int] | None = None
     while True:
-        condition, params = "", list[int]()
-        if after is not None:
-            condition = " WHERE (ts, transaction_id) > (txguard_ms_to_ts(%s), %s)"
-            params.extend(after)
-        if until_ms is not None:
-            condition += (" AND" if condition else " WHERE") + " ts < txguard_ms_to_ts(%s)"
-            params.append(until_ms)
-        cur.execute(
-            SELECT_TRANSACTIONS + condition + " ORDER BY ts, transaction_id LIMIT %s",
-            (*params, _CHUNK),
-        )
-        rows = cur.fetchall()
-        if not rows:
+        stored = transactions.in_time_order(cur, after, until_ms, _CHUNK)
+        if not stored:
             return
-        chunk = [transaction_from_row(row) for row in rows]
+        chunk = [s.transaction for s in stored]
         for t in chunk:
             if t.account_id not in histories:
                 histories[t.account_id] = empty_history()
@@ -68,8 +57,8 @@ def replay(
         # A chunk may end inside a group of equal timestamps; the next chunk continues after the last row,
         # and rows sharing a timestamp never see each other, so splitting a group changes nothing.
         decisions = decide_in_time_order(chunk, histories, merchants, rules)
-        for t, row in zip(chunk, rows, strict=True):
-            yield t, decision_from_row(row[6:]), decisions[t.transaction_id]
+        for s in stored:
+            yield s.transaction, s.decision, decisions[s.transaction.transaction_id]
         last = chunk[-1]
         after = (last.ts, last.transaction_id)
 

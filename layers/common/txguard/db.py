@@ -20,19 +20,27 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from txguard.errors import Unavailable
 from txguard.observability import tracer
 from txguard.settings import DatabaseSettings
 
 T = TypeVar("T")
 
 
-class DatabaseUnavailable(Exception):
-    """The database could not be reached, was too busy or did not answer in time; the request changed nothing."""
+class DatabaseUnavailable(Unavailable):
+    """The database could not be reached, was too busy or did not answer in time; the request changed nothing.
+
+    `str()` is the operator's reason (logged); `message` is what a client is told.
+    """
+
+    code = "database_unavailable"
 
     def __init__(
         self, message: str, retry_after_s: int = 2, retry_now: bool | None = None, connection_lost: bool = False
     ) -> None:
         super().__init__(message)
+        self.message = "the database is unavailable; nothing was stored, retry later"
+        self.headers = {"Retry-After": str(retry_after_s)}
         self.retry_after_s = retry_after_s
         # Whether run_in_transaction should try again at once: yes for a dropped or refused connection and for
         # a transaction that lost a race with another one, no for timeouts and configuration problems, where
@@ -168,6 +176,9 @@ class UnitOfWorkCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
     """
 
     prelude: str = ""
+    # The unit of work's statement timeout (ms, 0: none), from the settings read when the connection was opened:
+    # a statement allowed longer (the COPY that decides its rows) sets it back to this.
+    statement_timeout_ms: int = 0
 
     def execute(self, query: Any, vars: Any = None) -> None:
         if self.prelude:
@@ -208,6 +219,7 @@ class ConnectionHolder:
     def __init__(self) -> None:
         self._conn: psycopg2.extensions.connection | None = None
         self._prelude = ""
+        self._statement_timeout_ms = 0
         self._lock = threading.RLock()
 
     def reset(self) -> None:
@@ -227,10 +239,12 @@ class ConnectionHolder:
                 settings = DatabaseSettings.from_env()
                 self._conn = connect(dsn_from_settings(settings), settings)
                 self._prelude = transaction_settings(settings)
+                self._statement_timeout_ms = settings.statement_timeout_ms
             conn = self._conn
             try:
                 with conn.cursor(cursor_factory=UnitOfWorkCursor) as cur:
                     cur.prelude = self._prelude
+                    cur.statement_timeout_ms = self._statement_timeout_ms
                     yield cur
                 conn.commit()
             except psycopg2.Error as exc:

@@ -340,3 +340,20 @@ def _six_places(numerator: int, count: int, negative: bool = False) -> Decimal:
 def _six_places_of_floor(doubled_floor: int, count: int) -> Decimal:
     """Rounded half up from floor(2 * count * x), where x (in millionths) is the value wanted."""
     return Decimal((doubled_floor + count) // (2 * count)).scaleb(-6)
+
+
+Span = tuple[int, int]  # [low, high) in epoch milliseconds
+
+
+def spans_before(times: Sequence[int], reach_ms: int, from_day_start: bool = False) -> list[Span]:
+    """The merged spans [t - reach + 1, t) (from the start of t's UTC day too, if asked) for sorted times."""
+    spans: list[Span] = []
+    for t in times:
+        low = t - reach_ms + 1
+        if from_day_start:
+            low = min(low, t - t % DAY_MS)
+        if spans and low <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], t))
+        else:
+            spans.append((low, t))
+    return spans

@@ -370,7 +370,7 @@ def _grant_service_privileges(conn: psycopg2.extensions.connection, database: st
 
 def _seed_default_rules(conn: psycopg2.extensions.connection) -> None:
     # Imported here so that migrating does not depend on the rule language at import time.
-    from txguard.rule_store import seed_default_rule_set
+    from txguard.storage.rule_sets import seed_default_rule_set
 
     seed_default_rule_set(conn)
 

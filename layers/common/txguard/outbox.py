@@ -20,11 +20,10 @@ timed-out call per pause, not one per request; the scheduled drain keeps trying.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg2.extensions
 from aws_lambda_powertools.metrics import MetricUnit
@@ -33,6 +32,8 @@ from txguard import alerts
 from txguard.db import run_in_transaction
 from txguard.observability import logger, metrics, tracer
 from txguard.settings import service_settings
+from txguard.storage import outbox as outbox_table
+from txguard.storage.outbox import Claimed as Claimed
 
 LEASE_BASE_S = 60  # longer than any one drain (the functions' timeout is 29 s): no double claim in flight
 LEASE_MAX_S = 3600
@@ -43,59 +44,11 @@ RESERVE_MS = 1000  # left for answering the request or ending the invocation
 _paused_until = 0.0
 
 
-class Claimed(NamedTuple):
-    """An outbox row held by this publisher until its lease ends: its id and the event's detail."""
-
-    id: int
-    detail: dict[str, Any]
-
-
 @dataclass(frozen=True)
 class DrainResult:
     published: int
     failed: int  # attempted and not accepted; retried once their lease ends
     left: int  # claimed but not attempted for want of time; retried once their lease ends
-
-
-# One statement: insert the new alerts and claim up to %(claim)s due ones. With %(claim)s > 0 the new rows
-# are claimed by this caller too (attempts 1, leased) and returned; with 0 they are due at once for the
-# scheduled drain and not returned. Data-modifying CTEs share one snapshot: `due` never sees `new`'s rows.
-_ENQUEUE_AND_CLAIM = """
-WITH new AS (
-    INSERT INTO alert_outbox (transaction_id, detail, attempts, next_attempt_at)
-    SELECT tid, detail, %(attempts)s,
-           clock_timestamp() + make_interval(secs => CASE WHEN %(attempts)s > 0 THEN %(lease_base)s ELSE 0 END)
-    FROM unnest(%(ids)s::bigint[], %(details)s::jsonb[]) AS e(tid, detail)
-    ON CONFLICT (transaction_id) DO NOTHING
-    RETURNING id, detail
-), due AS (
-    UPDATE alert_outbox o SET
-        attempts = o.attempts + 1,
-        next_attempt_at = clock_timestamp()
-            + make_interval(secs => least(%(lease_max)s, %(lease_base)s * 2 ^ least(o.attempts, 12)))
-    WHERE o.id IN (
-        SELECT id FROM alert_outbox WHERE next_attempt_at <= clock_timestamp()
-        ORDER BY next_attempt_at LIMIT %(claim)s FOR UPDATE SKIP LOCKED
-    )
-    RETURNING o.id, o.detail
-)
-SELECT id, detail FROM new WHERE %(attempts)s > 0 UNION ALL SELECT id, detail FROM due
-"""
-
-
-def _claim(cur: psycopg2.extensions.cursor, details: Sequence[dict[str, Any]], claim_due: int) -> list[Claimed]:
-    cur.execute(
-        _ENQUEUE_AND_CLAIM,
-        {
-            "ids": [int(d["transaction_id"]) for d in details],
-            "details": [json.dumps(d, default=str) for d in details],
-            "attempts": 1 if claim_due > 0 else 0,
-            "lease_base": LEASE_BASE_S,
-            "lease_max": LEASE_MAX_S,
-            "claim": claim_due,
-        },
-    )
-    return [Claimed(int(row[0]), row[1]) for row in cur.fetchall()]
 
 
 def enqueue(cur: psycopg2.extensions.cursor, details: Sequence[dict[str, Any]]) -> list[Claimed]:
@@ -111,7 +64,7 @@ def enqueue(cur: psycopg2.extensions.cursor, details: Sequence[dict[str, Any]]) 
     claim = 0 if _paused() else CLAIM_ON_INGEST
     if not details and not claim:
         return []
-    return _claim(cur, details, claim)
+    return outbox_table.claim(cur, details, claim, LEASE_BASE_S, LEASE_MAX_S)
 
 
 def publish(claimed: Sequence[Claimed], remaining_ms: Callable[[], int] | None = None) -> DrainResult:
@@ -141,7 +94,9 @@ def drain(remaining_ms: Callable[[], int]) -> DrainResult:
         return DrainResult(0, 0, 0)
     published = failed = left = 0
     while remaining_ms() - RESERVE_MS > alerts.CALL_BOUND_MS:
-        claimed = run_in_transaction(lambda cur: _claim(cur, (), alerts.ENTRIES_PER_CALL))
+        claimed = run_in_transaction(
+            lambda cur: outbox_table.claim(cur, (), alerts.ENTRIES_PER_CALL, LEASE_BASE_S, LEASE_MAX_S)
+        )
         if not claimed:
             break
         result = _publish(claimed, time.monotonic() + (remaining_ms() - RESERVE_MS) / 1000)
@@ -199,7 +154,7 @@ def _publish(claimed: Sequence[Claimed], deadline: float) -> DrainResult:
 
 def _delete(ids: list[int]) -> None:
     try:
-        run_in_transaction(lambda cur: cur.execute("DELETE FROM alert_outbox WHERE id = ANY(%s)", (ids,)))
+        run_in_transaction(lambda cur: outbox_table.delete(cur, ids))
     except Exception:  # published already; the rows are published once more when their lease ends
         logger.exception("could not delete published alerts from the outbox", extra={"count": len(ids)})
 

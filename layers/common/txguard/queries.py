@@ -5,33 +5,30 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg2.extensions
 
 from txguard import literals
-from txguard.detection import Transaction, decide_in_time_order, empty_history
+from txguard.detection import Detector, decisions_in_time_order, empty_history
+from txguard.domain import DecidedTransaction
+from txguard.errors import Malformed
 from txguard.features import DAY_MS, AccountHistory, DailyTotals, Timeline, merchant_reach_ms
-from txguard.history import account_rows, daily_totals, merchant_windows
-from txguard.ingest import decision_from_row, transaction_from_row
-from txguard.rule_engine import CompiledRuleSet, Decision
+from txguard.storage import account_stats, transactions
 
 
-class InvalidCursor(ValueError):
-    pass
+class InvalidCursor(Malformed, ValueError):
+    """A cursor this API did not issue."""
 
+    code = "invalid_cursor"
 
-@dataclass(frozen=True)
-class Judged:
-    transaction: Transaction
-    decision: Decision
+    def __init__(self, message: str, cursor: str | None = None) -> None:
+        super().__init__(message, [{"index": None, "field": "cursor", "value": cursor, "reason": message}])
 
 
 @dataclass(frozen=True)
 class Page:
-    items: list[Judged]
+    items: list[DecidedTransaction]
     next_cursor: str | None
 
 
@@ -51,44 +48,14 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
         ts = literals.integer_from_text(ts_text, _CURSOR_TS.start, _CURSOR_TS.stop - 1)
         tid = literals.integer_from_text(tid_text, _CURSOR_ID.start, _CURSOR_ID.stop - 1)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursor(f"cursor {cursor[:100]!r} is not one this API returned") from None
+        raise InvalidCursor(f"cursor {cursor[:100]!r} is not one this API returned", cursor) from None
     return ts, tid
-
-
-SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
-                    fraud, score, reasons, rule_set_version FROM transactions"""
-
-
-def _judged(row: Sequence[Any]) -> Judged:
-    return Judged(transaction_from_row(row), decision_from_row(row[6:]))
-
-
-def account_exists(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
-    cur.execute("SELECT EXISTS (SELECT 1 FROM transactions WHERE account_id = %s)", (account_id,))
-    row = cur.fetchone()
-    return bool(row and row[0])
-
-
-def any_flagged(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
-    cur.execute("SELECT EXISTS (SELECT 1 FROM transactions WHERE account_id = %s AND fraud)", (account_id,))
-    row = cur.fetchone()
-    return bool(row and row[0])
 
 
 def flagged_transactions(cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None) -> Page:
     """The account's stored decisions that flagged fraud, newest first."""
-    condition, params = "", [account_id]
-    if cursor:
-        condition = " AND (ts, transaction_id) < (txguard_ms_to_ts(%s), %s)"
-        params.extend(decode_cursor(cursor))
-    cur.execute(
-        SELECT_TRANSACTIONS
-        + " WHERE account_id = %s AND fraud"
-        + condition
-        + " ORDER BY ts DESC, transaction_id DESC LIMIT %s",
-        (*params, limit + 1),
-    )
-    return _page([_judged(row) for row in cur.fetchall()], limit)
+    before = decode_cursor(cursor) if cursor else None
+    return _page(transactions.flagged(cur, account_id, before, limit + 1), limit)
 
 
 def list_transactions(
@@ -100,26 +67,11 @@ def list_transactions(
     cursor: str | None,
 ) -> Page:
     """Stored transactions with their decisions, oldest first, [from, to) in epoch milliseconds."""
-    conditions, params = [], []
-    if account_id is not None:
-        conditions.append("account_id = %s")
-        params.append(account_id)
-    if from_ms is not None:
-        conditions.append("ts >= txguard_ms_to_ts(%s)")
-        params.append(from_ms)
-    if to_ms is not None:
-        conditions.append("ts < txguard_ms_to_ts(%s)")
-        params.append(to_ms)
-    if cursor:
-        after = decode_cursor(cursor)
-        conditions.append("(ts, transaction_id) > (txguard_ms_to_ts(%s), %s)")
-        params.extend(after)
-    where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
-    cur.execute(SELECT_TRANSACTIONS + where + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit + 1))
-    return _page([_judged(row) for row in cur.fetchall()], limit)
+    after = decode_cursor(cursor) if cursor else None
+    return _page(transactions.listed(cur, account_id, from_ms, to_ms, after, limit + 1), limit)
 
 
-def _page(items: list[Judged], limit: int) -> Page:
+def _page(items: list[DecidedTransaction], limit: int) -> Page:
     if len(items) <= limit:
         return Page(items, None)
     last = items[limit - 1].transaction
@@ -133,16 +85,16 @@ RECOMPUTE_WINDOW = 5_000
 
 
 def recomputed_flagged(
-    cur: psycopg2.extensions.cursor, account_id: int, rules: CompiledRuleSet, limit: int, cursor: str | None
+    cur: psycopg2.extensions.cursor, account_id: int, detector: Detector, limit: int, cursor: str | None
 ) -> Page:
-    """A page of the account's transactions that `rules` flag, newest first, each re-decided point-in-time.
+    """A page of the account's transactions that `detector` flags, newest first, each re-decided point-in-time.
 
     One request re-decides at most RECOMPUTE_WINDOW transactions before the cursor, so a page can hold fewer
     than `limit` items (even none) while next_cursor is set: the client follows it until it is null.
     Raises InvalidCursor for a cursor this API did not issue.
     """
     before = decode_cursor(cursor) if cursor else None
-    judged, continue_at = recompute_window(cur, account_id, rules, before, RECOMPUTE_WINDOW)
+    judged, continue_at = recompute_window(cur, account_id, detector, before, RECOMPUTE_WINDOW)
     flagged = [j for j in reversed(judged) if j.decision.fraud]
     if len(flagged) > limit:
         return _page(flagged, limit)
@@ -152,61 +104,44 @@ def recomputed_flagged(
 def recompute_window(
     cur: psycopg2.extensions.cursor,
     account_id: int,
-    rules: CompiledRuleSet,
+    detector: Detector,
     before: tuple[int, int] | None,
     size: int,
-) -> tuple[list[Judged], tuple[int, int] | None]:
+) -> tuple[list[DecidedTransaction], tuple[int, int] | None]:
     """The account's newest `size` transactions before `before` ((ms, transaction id), exclusive; None: from the
-    newest), re-decided with `rules`, each on what came before it; nothing is written.
+    newest), re-decided by `detector`, each on what came before it; nothing is written.
 
-    Returns them in time order, and the (ms, transaction id) to continue from, or None when the window reached
-    the account's first transaction. The history before the window comes from per-day totals and the stored
-    transactions within a day of its start: reads are bounded by `size`, not by the history's length.
+    Returns them in time order, each with the features it was decided on, and the (ms, transaction id) to
+    continue from, or None when the window reached the account's first transaction. The history before the
+    window comes from per-day totals and the stored transactions within a day of its start: reads are bounded
+    by `size`, not by the history's length.
     """
-    # Constant statements: a NULL bound folds away when the planner sees the parameters. The window starts at
-    # the timestamp of the size-th newest transaction, found in the (account_id, ts) index order; all of the
-    # transactions sharing that timestamp are in the window.
-    bound = (None, None) if before is None else before
-    cur.execute(
-        """SELECT txguard_ts_to_ms(ts) FROM transactions
-           WHERE account_id = %s AND (%s::bigint IS NULL OR (ts, transaction_id) < (txguard_ms_to_ts(%s), %s))
-           ORDER BY ts DESC OFFSET %s LIMIT 1""",
-        (account_id, bound[0], bound[0], bound[1], size - 1),
-    )
-    oldest = cur.fetchone()
-    since: int | None = oldest[0] if oldest else None
-    cur.execute(
-        SELECT_TRANSACTIONS
-        + """ WHERE account_id = %s AND (%s::bigint IS NULL OR (ts, transaction_id) < (txguard_ms_to_ts(%s), %s))
-              AND ts >= txguard_ms_to_ts(%s) ORDER BY ts, transaction_id""",
-        (account_id, bound[0], bound[0], bound[1], 0 if since is None else since),
-    )
-    window = [transaction_from_row(row) for row in cur.fetchall()]
+    since, window = transactions.newest_window(cur, account_id, before, size)
     if not window:
         return [], None
-    history = empty_history() if since is None else _history_before(cur, account_id, since, rules.window_reach_ms)
-    merchants = merchant_windows(cur, window, merchant_reach_ms(rules.needed_features), (account_id, window[0].ts))
-    decisions = decide_in_time_order(window, {account_id: history}, merchants, rules)
-    judged = [Judged(t, decisions[t.transaction_id]) for t in window]
+    history = empty_history() if since is None else _history_before(cur, account_id, since, detector.window_reach_ms)
+    reach = merchant_reach_ms(detector.needed_features)
+    merchants = transactions.merchant_windows(cur, window, reach, (account_id, window[0].ts))
+    decided = decisions_in_time_order(window, {account_id: history}, merchants, detector)
+    by_id = {d.transaction.transaction_id: DecidedTransaction(d.transaction, d.decision, d.features) for d in decided}
+    judged = [by_id[t.transaction_id] for t in window]
     return judged, (None if since is None else (window[0].ts, window[0].transaction_id))
 
 
 def _history_before(cur: psycopg2.extensions.cursor, account_id: int, since: int, reach_ms: int) -> AccountHistory:
     """The account as it stood just before `since`: per-day totals, plus the transactions within reach of it."""
     low = min(since - reach_ms + 1, since - since % DAY_MS)
-    near = account_rows(cur, {account_id: [(low, since)]})[account_id]
+    near = transactions.account_rows(cur, {account_id: [(low, since)]})[account_id]
     stored = Timeline.from_sorted(near.complete_from, list(near.ts), list(near.units))
     day = since // DAY_MS
-    prior = DailyTotals(*daily_totals(cur, {account_id: (day, day)})[account_id], stored).before(since)
-    cur.execute("SELECT txguard_ts_to_ms(first_ts) FROM account_stats WHERE account_id = %s", (account_id,))
-    first = cur.fetchone()
+    prior = DailyTotals(*account_stats.daily_totals(cur, {account_id: (day, day)})[account_id], stored).before(since)
     return AccountHistory(
         count=prior.count,
         sum_units=prior.sum_units,
         sum_sq_units=prior.sum_sq_units,
         max_units=prior.max_units,
         max_ts=None,
-        first_ts=first[0] if first else None,
+        first_ts=account_stats.first_ts(cur, account_id),
         last_ts=prior.last_ts,
         tail=near,
         stored_before=lambda _t: prior,

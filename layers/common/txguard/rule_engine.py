@@ -13,11 +13,10 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal
-from functools import cached_property
-from json.encoder import encode_basestring as _quote
-from typing import Any, NamedTuple
+from typing import Any
 
 from txguard.currencies import money
+from txguard.domain import Decision, Reason
 from txguard.features import FEATURES, Features, FeatureValue, window_reach_ms
 from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, AllOf, AnyOf, Comparison, Condition, RuleSet
 
@@ -46,46 +45,6 @@ _EXACT = Context(prec=MAX_INTEGER_DIGITS + MAX_DECIMAL_PLACES + 40)
 # A compiled condition returns None when it does not hold, else the sentences explaining why it does;
 # it is given the features, the merchant id and the currency of the transaction.
 Explainer = Callable[[Features, str | None, str], list[str] | None]
-
-
-class Reason(NamedTuple):
-    rule_id: str
-    mode: str
-    weight: Decimal
-    explanation: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "rule_id": self.rule_id,
-            "mode": self.mode,
-            "weight": str(self.weight),
-            "explanation": self.explanation,
-        }
-
-    def json_text(self) -> str:
-        """as_json() serialised, without building the dict (ingest writes one per flagged transaction)."""
-        return (
-            f'{{"rule_id":{_quote(self.rule_id)},"mode":{_quote(self.mode)},'
-            f'"weight":{_quote(str(self.weight))},"explanation":{_quote(self.explanation)}}}'
-        )
-
-
-@dataclass(frozen=True)
-class Decision:
-    fraud: bool
-    score: Decimal
-    reasons: tuple[Reason, ...]
-    rule_set_version: int
-
-    @cached_property
-    def reasons_text(self) -> str:
-        """reasons_json as JSON text."""
-        return "[" + ",".join(reason.json_text() for reason in self.reasons) + "]"
-
-    @cached_property
-    def reasons_json(self) -> list[dict[str, Any]]:
-        """The reasons as stored and returned (computed once per decision)."""
-        return [reason.as_json() for reason in self.reasons]
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,29 @@
-"""What the API functions do, independent of HTTP: store a batch, read an account, list transactions."""
+"""What the API functions do, independent of HTTP: store a batch, read an account, list transactions.
+
+Storing has two modes: `store` is atomic (every item stored, or none: the HTTP API's contract), `store_each`
+answers per item (a transport that must report each record, such as a stream consumer, uses it).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
 from txguard import outbox
-from txguard.currencies import money
 from txguard.db import run_in_transaction
-from txguard.detection import Transaction
-from txguard.ingest import StoreResult, store_transactions
+from txguard.detection import detector_cache
+from txguard.domain import StoreResult, Transaction
+from txguard.errors import NotFound
+from txguard.ingest import DuplicateIdConflict, store_transactions
+from txguard.intake import Problem, check_items
 from txguard.observability import logger, metrics, tracer
-from txguard.queries import (
-    Page,
-    account_exists,
-    any_flagged,
-    flagged_transactions,
-    list_transactions,
-    recomputed_flagged,
-)
-from txguard.rule_store import rule_cache
+from txguard.presenters import fraud_detected_detail
+from txguard.queries import Page, flagged_transactions, list_transactions, recomputed_flagged
 from txguard.settings import service_settings
+from txguard.storage.transactions import account_exists, any_flagged
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,9 @@ class AccountView:
     page: Page
 
 
-class AccountNotFound(Exception):
+class AccountNotFound(NotFound):
+    code = "account_not_found"
+
     def __init__(self, account_id: int) -> None:
         super().__init__(f"account {account_id} has no transactions")
         self.account_id = account_id
@@ -49,11 +51,15 @@ def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = Non
     Raises DuplicateIdConflict (nothing stored) and DatabaseUnavailable (nothing stored, retry); a failure
     to publish is never raised: the alert stays in the outbox for a later drain.
     """
-    max_age = service_settings().rules_cache_seconds
+    max_age = service_settings().rules_cache_seconds  # also how long a detector version is kept
 
     def work(cur: Any) -> tuple[list[StoreResult], list[outbox.Claimed]]:
-        results = store_transactions(cur, batch, rule_cache.current(cur, max_age))
-        flagged = [fraud_event(r) for r in results if r.status == "stored" and r.decision.fraud]
+        results = store_transactions(cur, batch, detector_cache.current(cur, max_age))
+        flagged = [
+            fraud_detected_detail(r.transaction, r.decision)
+            for r in results
+            if r.status == "stored" and r.decision.fraud
+        ]
         return results, outbox.enqueue(cur, flagged)
 
     results, claimed = run_in_transaction(work)
@@ -71,21 +77,47 @@ def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = Non
     return results
 
 
-def fraud_event(result: StoreResult) -> dict[str, Any]:
-    """The FraudDetected event's detail: amount as text in major units with the currency's decimal places (BHD
-    "0.125"), score 0-1 as text."""
-    t, d = result.transaction, result.decision
-    return {
-        "account_id": t.account_id,
-        "transaction_id": t.transaction_id,
-        "timestamp": t.ts,
-        "amount": money(t.amount, t.currency),
-        "currency": t.currency,
-        "merchant_id": t.merchant_id,
-        "score": str(d.score),
-        "rule_set_version": d.rule_set_version,
-        "reasons": d.reasons_json,
-    }
+@dataclass(frozen=True)
+class ItemOutcome:
+    """One item of `store_each`, by its index: its `result` (stored or duplicate), or, when refused, the
+    error `code` (validation_error, transaction_id_conflict) and its problems."""
+
+    index: int
+    result: StoreResult | None
+    code: str | None = None
+    problems: tuple[Problem, ...] = ()
+
+
+def store_each(items: Sequence[Any], remaining_ms: Callable[[], int] | None = None) -> list[ItemOutcome]:
+    """Per-item mode: each decoded JSON item validated on its own (intake.check_items), the valid ones stored
+    exactly once in one database transaction, an item whose transaction_id conflicts (with a stored one, or
+    with an earlier item) refused alone. Outcomes in item order.
+
+    Raises DatabaseUnavailable (nothing stored; retrying the whole sequence is safe: what was stored by an
+    earlier try comes back as `duplicate`).
+    """
+    outcomes: dict[int, ItemOutcome] = {}
+    pending: dict[int, Transaction] = {}
+    for checked in check_items(items):
+        if checked.transaction is None:
+            outcomes[checked.index] = ItemOutcome(checked.index, None, "validation_error", checked.problems)
+        else:
+            pending[checked.index] = checked.transaction
+    while pending:
+        indices = list(pending)
+        try:
+            results = store([pending[i] for i in indices], remaining_ms)
+        except DuplicateIdConflict as conflict:
+            # Each try refuses at least one more item, so this ends; the others are stored by a later try.
+            for detail in conflict.details:
+                index = indices[detail["index"]]
+                refused = (Problem(detail["field"], detail["value"], detail["reason"]),)
+                outcomes[index] = ItemOutcome(index, None, conflict.code, refused)
+                del pending[index]
+            continue
+        outcomes.update((i, ItemOutcome(i, result)) for i, result in zip(indices, results, strict=True))
+        break
+    return [outcomes[i] for i in sorted(outcomes)]
 
 
 @tracer.capture_method(capture_response=False, capture_error=False)
@@ -100,8 +132,8 @@ def account_view(account_id: int, limit: int, cursor: str | None, recompute: boo
             raise AccountNotFound(account_id)
         if not recompute:
             return AccountView(any_flagged(cur, account_id), flagged_transactions(cur, account_id, limit, cursor))
-        rules = rule_cache.current(cur, service_settings().rules_cache_seconds)
-        page = recomputed_flagged(cur, account_id, rules, limit, cursor)
+        detector = detector_cache.current(cur, service_settings().rules_cache_seconds)
+        page = recomputed_flagged(cur, account_id, detector, limit, cursor)
         return AccountView(bool(page.items), page)
 
     view = run_in_transaction(read)

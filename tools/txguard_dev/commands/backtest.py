@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from txguard.backtest import backtest
+from txguard.intake import parse_timestamp_ms
 from txguard.labels import load_labels
-from txguard.models import parse_timestamp_ms
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
 from txguard.scoring import Confusion

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psycopg2
 
-from txguard import rule_store
 from txguard.rule_language import RuleSetError
 from txguard.settings import service_settings
+from txguard.storage import rule_sets
 from txguard_dev.commands.common import add_database_argument, database_url, open_database, read_json_file
 
 
@@ -42,15 +42,15 @@ def run(args: argparse.Namespace) -> int:
         try:
             with conn, conn.cursor() as cur:
                 if args.rules_command == "apply":
-                    version = rule_store.apply_rule_set(cur, data, args.comment or f"applied {args.file.name}")
+                    version = rule_sets.apply_rule_set(cur, data, args.comment or f"applied {args.file.name}")
                     print(f"rule set version {version} stored; {_picked_up()}")
                 elif args.rules_command == "disable":
-                    version = rule_store.disable_rule(cur, args.rule_id)
+                    version = rule_sets.disable_rule(cur, args.rule_id)
                     print(f"rule {args.rule_id} disabled in version {version}; {_picked_up()}")
                 elif args.rules_command == "list":
                     _print_latest(cur, as_json=args.json)
                 else:
-                    for stored in rule_store.history(cur):
+                    for stored in rule_sets.history(cur):
                         enabled = sum(rule.enabled for rule in stored.rule_set.rules)
                         print(
                             f"v{stored.version:<4} {stored.created_at:%Y-%m-%d %H:%M:%S} {stored.created_by:<12} "
@@ -71,7 +71,7 @@ def _picked_up() -> str:
 
 
 def _print_latest(cur: psycopg2.extensions.cursor, as_json: bool) -> None:
-    stored = rule_store.latest(cur)
+    stored = rule_sets.latest(cur)
     if stored is None:
         print("no rule set stored; run `txguard db migrate`", file=sys.stderr)
         return

@@ -10,10 +10,12 @@ from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BeforeValidator
 
 from txguard import literals, service
-from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
-from txguard.api.presenters import fraud_event_json, json_response
-from txguard.models import INT64_MAX, IsFraudResponse, integer_text
+from txguard.api.errors import COMMON_ERRORS, documented_errors
+from txguard.api.presenters import json_response
+from txguard.api.schemas import IsFraudResponse, integer_text
+from txguard.intake import INT64_MAX
 from txguard.observability import logger
+from txguard.presenters import fraud_event_json
 
 router = Router()
 
@@ -46,10 +48,7 @@ def is_fraud(
     ] = False,
 ) -> Response[str]:
     logger.append_keys(account_id=account)
-    try:
-        view = service.account_view(account, limit, cursor, recompute)
-    except service.AccountNotFound as missing:
-        raise ApiError(404, "account_not_found", str(missing)) from None
+    view = service.account_view(account, limit, cursor, recompute)
     return json_response(
         200,
         {

@@ -7,12 +7,13 @@ No stack trace, SQL or internal name ever reaches a client; the full story goes 
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
 
-MAX_ECHOED_VALUE = 200  # characters of a rejected value echoed back in `details`
+from txguard.errors import echo
+from txguard.intake import problem
+
 # Details listed in one error body: a batch of bad items or megabytes of unknown keys would otherwise make a body
 # beyond Lambda's 6 MB response limit (a 5xx); the rest are counted in `details_total` and the message.
 MAX_DETAILS = 100
@@ -74,24 +75,8 @@ def error_response(
     )
 
 
-def shorten(text: str) -> str:
-    return text if len(text) <= MAX_ECHOED_VALUE else text[:MAX_ECHOED_VALUE] + "…"
-
-
-def echo(value: Any) -> Any:
-    """A rejected value as it may be shown back: JSON-safe and short."""
-    if isinstance(value, Decimal):
-        value = str(value)
-    if isinstance(value, (dict, list)):
-        text = json.dumps(value, default=str)
-        return text if len(text) <= MAX_ECHOED_VALUE else text[:MAX_ECHOED_VALUE] + "…"
-    if isinstance(value, str) and len(value) > MAX_ECHOED_VALUE:
-        return value[:MAX_ECHOED_VALUE] + "…"
-    return value
-
-
 def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
-    """pydantic/Powertools errors to {"index", "field", "value", "reason"}, one per problem."""
+    """pydantic/Powertools errors to {"index", "field", "value", "reason"}, one per problem (worded by intake)."""
     details = []
     for error in errors:
         loc = [part for part in error.get("loc", ()) if part not in ("transaction", "batch")]
@@ -102,24 +87,11 @@ def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
         if len(loc) >= 2 and loc[0] == "transactions" and isinstance(loc[1], int):
             index = loc[1]
             loc = loc[2:]
-        field = ".".join(str(part) for part in loc if not str(part).startswith("function-")) or None
+        found = problem(error, loc)
+        field = found.field
         if source in ("query", "path") and field is None:
             field = source
-        reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        value = error.get("input")
-        if error.get("type") == "missing":
-            value = None
-            reason = "is required"
-        elif error.get("type") == "extra_forbidden":
-            reason = f"unknown field {shorten(field or '')!r}"
-        details.append(
-            {
-                "index": index,
-                "field": None if field is None else shorten(field),
-                "value": echo(value),
-                "reason": shorten(reason),
-            }
-        )
+        details.append({"index": index, "field": field, "value": found.value, "reason": found.reason})
     return details
 
 
@@ -134,7 +106,7 @@ COMMON_ERRORS = {
 
 def documented_errors(descriptions: dict[int, str]) -> dict[int, Any]:
     """OpenAPI `responses` entries for these statuses, all with the one error shape."""
-    from txguard.models import ErrorResponse
+    from txguard.api.schemas import ErrorResponse
 
     return {
         status: {"description": text, "content": {"application/json": {"model": ErrorResponse}}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -11,20 +10,13 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from pydantic import Discriminator, Tag
 
 from txguard import service
-from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors, shorten
-from txguard.api.presenters import json_response, listed_json, store_results_json
-from txguard.api.resolver import build_resolver
-from txguard.detection import Transaction
-from txguard.models import (
-    INT64_MAX,
-    ListResponse,
-    StoreResponse,
-    TransactionBatch,
-    TransactionIn,
-    integer_text,
-    parse_timestamp_ms,
-)
+from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
+from txguard.api.presenters import json_response
+from txguard.api.schemas import ListResponse, StoreResponse, TransactionBatch, integer_text
+from txguard.errors import shorten
+from txguard.intake import INT64_MAX, TransactionIn, parse_timestamp_ms
 from txguard.observability import logger
+from txguard.presenters import listed_json, store_results_json
 from txguard.settings import service_settings
 
 router = Router()
@@ -89,13 +81,8 @@ def store_data(body: Annotated[StoreBody, Body()]) -> Response[str]:
     logger.append_keys(account_id=accounts[0] if len(accounts) == 1 else accounts[:20])
     # Publishing alerts after the commit stops short of the invocation's end (None outside Lambda).
     remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
-    results = service.store([_transaction(t) for t in items], remaining_ms)
+    results = service.store([t.transaction() for t in items], remaining_ms)
     return json_response(201, {"results": store_results_json(results)})
-
-
-def _transaction(t: TransactionIn) -> Transaction:
-    assert isinstance(t.timestamp, int) and isinstance(t.amount, Decimal) and t.currency is not None
-    return Transaction(t.transaction_id, t.account_id, t.timestamp, t.amount, t.currency, t.merchant_id)
 
 
 @router.get(
@@ -146,5 +133,3 @@ def _time_param(name: str, value: str | None) -> int | None:
             [{"index": None, "field": name, "value": value, "reason": shorten(str(exc))}],
         ) from None
 
-
-app = build_resolver(router)

@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from txguard import __version__
-from txguard.models import INT64_MAX, INT64_MIN
+from txguard.intake import INT64_MAX, INT64_MIN
 
 if TYPE_CHECKING:
     from txguard.api.resolver import TxguardResolver

@@ -19,11 +19,9 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
 from aws_lambda_powertools.metrics import MetricUnit
 
 from txguard import literals
-from txguard.api.errors import ApiError, echo, error_response, shorten, validation_details
-from txguard.db import DatabaseUnavailable
-from txguard.ingest import DuplicateIdConflict
+from txguard.api.errors import ApiError, error_response, validation_details
+from txguard.errors import BadInput, Conflict, Malformed, NotFound, TxguardError, Unavailable, echo, shorten
 from txguard.observability import logger, metrics
-from txguard.queries import InvalidCursor
 from txguard.rule_language import RuleSetError
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
@@ -184,6 +182,24 @@ def _refuse_unknown_query_parameters(app: APIGatewayRestResolver, next_middlewar
     return next_middleware(app)
 
 
+# Each error category's status, the one place they are mapped for REST; the most specific category wins.
+STATUS_BY_CATEGORY: dict[type[TxguardError], int] = {
+    Malformed: 400,
+    BadInput: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Unavailable: 503,
+}
+
+
+def status_of(error: TxguardError) -> int:
+    """The HTTP status of a domain error: its nearest category's (500 for none, which would be a bug)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_CATEGORY:
+            return STATUS_BY_CATEGORY[cls]
+    return 500
+
+
 def build_resolver(*routers: Router) -> TxguardResolver:
     app = TxguardResolver(enable_validation=True, json_body_deserializer=parse_json)
     for router in routers:
@@ -212,53 +228,19 @@ def _register_error_handlers(app: TxguardResolver) -> None:
     def refused(error: ApiError) -> Response[str]:
         return error.response()
 
-    @app.exception_handler(DuplicateIdConflict)
-    def conflict(error: DuplicateIdConflict) -> Response[str]:
-        details = [
-            {
-                "index": index,
-                "field": "transaction_id",
-                "value": tid,
-                "reason": f"differs in {', '.join(fields)}",
-            }
-            for index, tid, fields in error.conflicts
-        ]
-        if error.in_request:
+    @app.exception_handler(TxguardError)
+    def domain_error(error: TxguardError) -> Response[str]:
+        status = status_of(error)
+        if status == 422:
             metrics.add_metric(name="ValidationErrors", unit=MetricUnit.Count, value=1)
-            return error_response(
-                422,
-                "validation_error",
-                "the same transaction_id appears twice with different content",
-                details,
-            )
-        ids = ", ".join(str(tid) for _, tid, _ in error.conflicts[:10])
-        return error_response(
-            409,
-            "transaction_id_conflict",
-            f"transaction_id {ids} is already stored with different content; nothing was stored",
-            details,
-        )
+        if status == 503:
+            logger.warning("dependency unavailable", extra={"code": error.code, "reason": str(error)})
+        return error_response(status, error.code, error.message, error.details, error.headers)
 
     @app.exception_handler(RequestUnsupportedContentType)
     def unsupported(error: RequestUnsupportedContentType) -> Response[str]:
         # _check_media_type refuses these first; this keeps any that slip past it a 415, never a 500.
         return error_response(415, "unsupported_content_type", "send application/json")
-
-    @app.exception_handler(InvalidCursor)
-    def bad_cursor(error: InvalidCursor) -> Response[str]:
-        cursor = (app.current_event.query_string_parameters or {}).get("cursor")
-        detail = {"index": None, "field": "cursor", "value": cursor, "reason": str(error)}
-        return error_response(400, "invalid_cursor", str(error), [detail])
-
-    @app.exception_handler(DatabaseUnavailable)
-    def unavailable(error: DatabaseUnavailable) -> Response[str]:
-        logger.warning("database unavailable", extra={"reason": str(error)})
-        return error_response(
-            503,
-            "database_unavailable",
-            "the database is unavailable; nothing was stored, retry later",
-            headers={"Retry-After": str(error.retry_after_s)},
-        )
 
     @app.exception_handler(RuleSetError)
     def rules_unusable(error: RuleSetError) -> Response[str]:

@@ -1,16 +1,26 @@
-"""The API's data model: what a client may send and what it gets back. Validation happens here, once."""
+"""Intake: reading and validating transactions from outside, independent of the transport that brought them.
+
+The rules for each field (ids, timestamps, amounts, currencies, merchants) are here, once, in `TransactionIn`.
+The HTTP API validates its body with it (and refuses a batch whole: all or nothing); `check_items` validates
+any sequence of decoded JSON items one by one, giving each a valid `Transaction` or its problems
+({field, value, reason}), which is what a stream consumer reports per record (see service.store_each).
+"""
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator
 
 from txguard import literals
 from txguard.currencies import MINOR_UNITS
+from txguard.domain import Transaction
+from txguard.errors import echo, shorten
 from txguard.settings import service_settings
 
 INT64_MAX = 2**63 - 1
@@ -64,12 +74,6 @@ def parse_amount(value: Any, currency: str | None = None) -> Decimal:
             raise ValueError(f"amount has more decimal places than {currency} allows ({places})")
         return amount.quantize(Decimal(1).scaleb(-places))
     return amount
-
-
-def integer_text(minimum: int, maximum: int) -> BeforeValidator:
-    """Validation of an integer given as text (a path or query parameter), by the one integer rule of
-    `txguard.literals`: `Annotated[int, integer_text(1, 1000), Query(ge=1, le=1000)]`."""
-    return BeforeValidator(lambda value: literals.integer_from_text(value, minimum, maximum))
 
 
 class TransactionIn(BaseModel):
@@ -164,101 +168,58 @@ class TransactionIn(BaseModel):
             raise ValueError("merchant_id must be 1-64 letters, digits, '_', '.', ':' or '-'")
         return text
 
-
-class TransactionBatch(BaseModel):
-    """Several transactions stored together: all of them, or none."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    transactions: Annotated[list[TransactionIn], Field(min_length=1)]
-
-    def __repr__(self) -> str:
-        # Request routers log their arguments; a batch of thousands would be rendered whole each time.
-        return f"TransactionBatch(<{len(self.transactions)} transactions>)"
+    def transaction(self) -> Transaction:
+        """The validated transaction in the domain's terms (validators have turned every field into its type)."""
+        assert isinstance(self.timestamp, int) and isinstance(self.amount, Decimal) and self.currency is not None
+        return Transaction(
+            self.transaction_id, self.account_id, self.timestamp, self.amount, self.currency, self.merchant_id
+        )
 
 
-class ReasonOut(BaseModel):
-    rule_id: str
-    mode: Literal["active", "shadow"]
-    weight: str
-    explanation: str
+@dataclass(frozen=True)
+class Problem:
+    """Why an item was refused: the field (None for the item as a whole), the value as it may be shown back
+    (JSON-safe, shortened), and the reason in words."""
 
-
-class DecisionOut(BaseModel):
-    fraud: bool
-    score: str = Field(description="0 to 1, four decimal places")
-    reasons: list[ReasonOut]
-    rule_set_version: int
-
-
-class StoredTransactionOut(BaseModel):
-    account_id: int
-    transaction_id: int
-    timestamp: int = Field(description="epoch milliseconds")
-    amount: str
-    currency: str
-    merchant_id: str | None = None
-
-
-class StoreResultOut(BaseModel):
-    transaction_id: int
-    status: Literal["stored", "duplicate"]
-    transaction: StoredTransactionOut
-    decision: DecisionOut
-
-
-class StoreResponse(BaseModel):
-    results: list[StoreResultOut]
-
-
-class ListedTransactionOut(StoredTransactionOut):
-    decision: DecisionOut
-
-
-class ListResponse(BaseModel):
-    transactions: list[ListedTransactionOut]
-    next_cursor: str | None
-
-
-class FraudEventOut(BaseModel):
-    transaction_id: int
-    timestamp: int
-    amount: str
-    currency: str
-    merchant_id: str | None = None
-    score: str
-    reasons: list[ReasonOut]
-    rule_set_version: int
-
-
-class IsFraudResponse(BaseModel):
-    account_id: int
-    fraud: bool = Field(
-        description="whether any transaction of the account is flagged (with recompute=true: any on this page)"
-    )
-    events: list[FraudEventOut] = Field(description="flagged transactions, newest first")
-    next_cursor: str | None = Field(
-        description="pass as `cursor` for the next page; null on the last. With recompute=true a page may hold fewer "
-        "events than `limit`, even none, while this is set"
-    )
-    recomputed: bool = False
-
-
-class ErrorDetail(BaseModel):
-    index: int | None = None
-    field: str | None = None
-    value: Any = None
+    field: str | None
+    value: Any
     reason: str
 
 
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: list[ErrorDetail] = Field(default=[], description="at most the first 100 problems")
-    details_total: int | None = Field(
-        default=None, description="present when more than 100 problems were found: how many there were in all"
-    )
+@dataclass(frozen=True)
+class Checked:
+    """One item of a sequence, validated on its own: a `transaction`, or the `problems` that refused it."""
+
+    index: int
+    transaction: Transaction | None
+    problems: tuple[Problem, ...] = ()
 
 
-class ErrorResponse(BaseModel):
-    error: ErrorBody
+def problem(error: Any, loc: Sequence[Any]) -> Problem:
+    """A pydantic (or Powertools) error as a Problem, its field named by `loc` (the error's location within the
+    item). Every transport words problems this way."""
+    field = ".".join(str(part) for part in loc if not str(part).startswith("function-")) or None
+    reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    value = error.get("input")
+    if error.get("type") == "missing":
+        value = None
+        reason = "is required"
+    elif error.get("type") == "extra_forbidden":
+        reason = f"unknown field {shorten(field or '')!r}"
+    return Problem(None if field is None else shorten(field), echo(value), shorten(reason))
+
+
+def check_items(items: Sequence[Any]) -> list[Checked]:
+    """Each decoded JSON item validated on its own, in order; an invalid item does not affect the others."""
+    checked = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            refusal = Problem(None, echo(item), "must be a JSON object: a transaction")
+            checked.append(Checked(index, None, (refusal,)))
+            continue
+        try:
+            checked.append(Checked(index, TransactionIn.model_validate(item).transaction()))
+        except ValidationError as exc:
+            problems = tuple(problem(error, error["loc"]) for error in exc.errors())
+            checked.append(Checked(index, None, problems))
+    return checked

@@ -1,10 +1,9 @@
-"""Rule sets in PostgreSQL: every change is a new version; the functions read the newest through a short cache."""
+"""The `rule_sets` table: every change is a new version, validated whole before it is stored; stored versions
+are validated again when read (the limits hold for versions stored before them too)."""
 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -12,7 +11,6 @@ from typing import Any
 
 import psycopg2.extensions
 
-from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSet, RuleSetError, validate_rule_set
 
 # Serialises writers of new versions (any fixed number).
@@ -82,6 +80,13 @@ def latest(cur: psycopg2.extensions.cursor) -> StoredRuleSet | None:
     return None if row is None else _stored(row)
 
 
+def newest_version(cur: psycopg2.extensions.cursor) -> int | None:
+    """The newest version's number (None when no rule set is stored), without reading its document."""
+    cur.execute("SELECT max(version) FROM rule_sets")
+    row = cur.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def version(cur: psycopg2.extensions.cursor, number: int) -> StoredRuleSet | None:
     cur.execute(
         "SELECT version, document, comment, created_at, created_by FROM rule_sets WHERE version = %s",
@@ -107,35 +112,3 @@ def _stored(row: tuple[Any, ...]) -> StoredRuleSet:
     except RuleSetError as exc:
         raise RuleSetError([f"stored version {version_number}: {problem}" for problem in exc.problems]) from None
     return StoredRuleSet(int(version_number), rule_set, comment, created_at, created_by)
-
-
-class RuleCache:
-    """The newest rule set, compiled, re-read from the database at most every `max_age_s` seconds."""
-
-    def __init__(self) -> None:
-        self._compiled: CompiledRuleSet | None = None
-        self._loaded_at = 0.0
-        self._lock = threading.Lock()
-
-    def current(self, cur: psycopg2.extensions.cursor, max_age_s: float) -> CompiledRuleSet:
-        with self._lock:
-            now = time.monotonic()
-            if self._compiled is None or now - self._loaded_at > max_age_s:
-                cur.execute("SELECT max(version) FROM rule_sets")
-                row = cur.fetchone()
-                newest = row[0] if row else None
-                if newest is None:
-                    raise RuleSetError(["no rule set is stored; run `txguard db migrate`"])
-                if self._compiled is None or self._compiled.version != newest:
-                    stored = version(cur, int(newest))
-                    assert stored is not None
-                    self._compiled = CompiledRuleSet(stored.version, stored.rule_set)
-                self._loaded_at = now
-            return self._compiled
-
-    def clear(self) -> None:
-        with self._lock:
-            self._compiled = None
-
-
-rule_cache = RuleCache()

@@ -1,0 +1,116 @@
+"""The API's wire schemas: the batch envelope, the responses and the one error shape (pydantic, for validation
+and the OpenAPI document). A transaction's own fields and their rules are intake.TransactionIn."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from txguard import literals
+from txguard.intake import TransactionIn
+
+
+def integer_text(minimum: int, maximum: int) -> BeforeValidator:
+    """Validation of an integer given as text (a path or query parameter), by the one integer rule of
+    `txguard.literals`: `Annotated[int, integer_text(1, 1000), Query(ge=1, le=1000)]`."""
+    return BeforeValidator(lambda value: literals.integer_from_text(value, minimum, maximum))
+
+
+class TransactionBatch(BaseModel):
+    """Several transactions stored together: all of them, or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transactions: Annotated[list[TransactionIn], Field(min_length=1)]
+
+    def __repr__(self) -> str:
+        # Request routers log their arguments; a batch of thousands would be rendered whole each time.
+        return f"TransactionBatch(<{len(self.transactions)} transactions>)"
+
+
+class ReasonOut(BaseModel):
+    rule_id: str
+    mode: Literal["active", "shadow"]
+    weight: str
+    explanation: str
+
+
+class DecisionOut(BaseModel):
+    fraud: bool
+    score: str = Field(description="0 to 1, four decimal places")
+    reasons: list[ReasonOut]
+    rule_set_version: int
+
+
+class StoredTransactionOut(BaseModel):
+    account_id: int
+    transaction_id: int
+    timestamp: int = Field(description="epoch milliseconds")
+    amount: str
+    currency: str
+    merchant_id: str | None = None
+
+
+class StoreResultOut(BaseModel):
+    transaction_id: int
+    status: Literal["stored", "duplicate"]
+    transaction: StoredTransactionOut
+    decision: DecisionOut
+
+
+class StoreResponse(BaseModel):
+    results: list[StoreResultOut]
+
+
+class ListedTransactionOut(StoredTransactionOut):
+    decision: DecisionOut
+
+
+class ListResponse(BaseModel):
+    transactions: list[ListedTransactionOut]
+    next_cursor: str | None
+
+
+class FraudEventOut(BaseModel):
+    transaction_id: int
+    timestamp: int
+    amount: str
+    currency: str
+    merchant_id: str | None = None
+    score: str
+    reasons: list[ReasonOut]
+    rule_set_version: int
+
+
+class IsFraudResponse(BaseModel):
+    account_id: int
+    fraud: bool = Field(
+        description="whether any transaction of the account is flagged (with recompute=true: any on this page)"
+    )
+    events: list[FraudEventOut] = Field(description="flagged transactions, newest first")
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last. With recompute=true a page may hold fewer "
+        "events than `limit`, even none, while this is set"
+    )
+    recomputed: bool = False
+
+
+class ErrorDetail(BaseModel):
+    index: int | None = None
+    field: str | None = None
+    value: Any = None
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] = Field(default=[], description="at most the first 100 problems")
+    details_total: int | None = Field(
+        default=None, description="present when more than 100 problems were found: how many there were in all"
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,101 @@
+"""The domain's vocabulary, shared by every path (API, stream, CLI, backtest, generator): nothing here does I/O.
+
+A `Transaction` is what a client sends, validated (intake.py); a `Decision` is what a detector concluded about
+it, with the `Reason` of each rule that fired; a `DecidedTransaction` is the pair as stored and read back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import cached_property
+from json.encoder import encode_basestring as _quote
+from typing import Any, Literal, NamedTuple
+
+
+class Transaction(NamedTuple):
+    """A validated transaction, timestamps in epoch milliseconds (a named tuple: cheap to build by the thousand)."""
+
+    transaction_id: int
+    account_id: int
+    ts: int
+    amount: Decimal
+    currency: str
+    merchant_id: str | None = None
+
+    def same_content(self, other: Transaction) -> list[str]:
+        """Names of the fields that differ (empty when the two are the same transaction)."""
+        fields = ("account_id", "ts", "amount", "currency", "merchant_id")
+        return [name if name != "ts" else "timestamp" for name in fields if getattr(self, name) != getattr(other, name)]
+
+
+class Reason(NamedTuple):
+    """Why a decision scored: one rule that fired (`mode` "active" counts, "shadow" is only recorded)."""
+
+    rule_id: str
+    mode: str
+    weight: Decimal
+    explanation: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rule_id": self.rule_id,
+            "mode": self.mode,
+            "weight": str(self.weight),
+            "explanation": self.explanation,
+        }
+
+    def json_text(self) -> str:
+        """as_json() serialised, without building the dict (ingest writes one per flagged transaction)."""
+        return (
+            f'{{"rule_id":{_quote(self.rule_id)},"mode":{_quote(self.mode)},'
+            f'"weight":{_quote(str(self.weight))},"explanation":{_quote(self.explanation)}}}'
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A detector's verdict on one transaction: `score` 0-1 (four places), `fraud` when it reaches the threshold.
+
+    `rule_set_version` is the version of the detector that decided (today the rule set's version; see
+    detection.Detector).
+    """
+
+    fraud: bool
+    score: Decimal
+    reasons: tuple[Reason, ...]
+    rule_set_version: int
+
+    @cached_property
+    def reasons_text(self) -> str:
+        """reasons_json as JSON text."""
+        return "[" + ",".join(reason.json_text() for reason in self.reasons) + "]"
+
+    @cached_property
+    def reasons_json(self) -> list[dict[str, Any]]:
+        """The reasons as stored and returned (computed once per decision)."""
+        return [reason.as_json() for reason in self.reasons]
+
+
+# A transaction's features by name (features.FEATURES): what a detector decides on.
+FeatureValues = Mapping[str, Decimal | int | bool | None]
+
+
+@dataclass(frozen=True)
+class DecidedTransaction:
+    """A transaction with its decision (as stored, or as re-decided by a replay, which also gives the
+    `features` the decision was taken on)."""
+
+    transaction: Transaction
+    decision: Decision
+    features: FeatureValues | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """One item of a stored batch: newly `stored`, or a `duplicate` answered with its original decision."""
+
+    transaction: Transaction
+    status: Literal["stored", "duplicate"]
+    decision: Decision

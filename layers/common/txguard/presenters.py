@@ -1,0 +1,79 @@
+"""One presenter per outward shape: the JSON of a transaction, a decision, a stored batch's results, a listed
+transaction, and a flagged transaction (as the API's `events` and as the FraudDetected event's `detail`, which
+agree field for field). Amounts have the transaction currency's decimal places; scores are 0-1 as text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from txguard.currencies import money
+from txguard.domain import DecidedTransaction, Decision, StoreResult, Transaction
+
+
+def transaction_json(t: Transaction) -> dict[str, Any]:
+    return {
+        "account_id": t.account_id,
+        "transaction_id": t.transaction_id,
+        "timestamp": t.ts,
+        "amount": money(t.amount, t.currency),
+        "currency": t.currency,
+        "merchant_id": t.merchant_id,
+    }
+
+
+def decision_json(d: Decision) -> dict[str, Any]:
+    return {
+        "fraud": d.fraud,
+        "score": str(d.score),
+        "reasons": orjson.Fragment(d.reasons_text),  # the JSON text the decision was stored with
+        "rule_set_version": d.rule_set_version,
+    }
+
+
+def store_results_json(results: list[StoreResult]) -> list[dict[str, Any]]:
+    """One item per result; transactions decided alike share one decision object, and its JSON."""
+    decisions: dict[int, dict[str, Any]] = {}
+    items = []
+    for r in results:
+        decision = decisions.get(id(r.decision))
+        if decision is None:
+            decision = decisions[id(r.decision)] = decision_json(r.decision)
+        items.append(
+            {
+                "transaction_id": r.transaction.transaction_id,
+                "status": r.status,
+                "transaction": transaction_json(r.transaction),
+                "decision": decision,
+            }
+        )
+    return items
+
+
+def listed_json(j: DecidedTransaction) -> dict[str, Any]:
+    return {**transaction_json(j.transaction), "decision": decision_json(j.decision)}
+
+
+def fraud_event_json(j: DecidedTransaction) -> dict[str, Any]:
+    """A flagged transaction in GET /is_fraud's `events` (serialised by orjson: reasons as stored JSON text)."""
+    return _flagged(j.transaction, j.decision, orjson.Fragment(j.decision.reasons_text))
+
+
+def fraud_detected_detail(t: Transaction, d: Decision) -> dict[str, Any]:
+    """The FraudDetected event's detail: an `events` item plus the account id, plain JSON types only."""
+    return {"account_id": t.account_id, **_flagged(t, d, d.reasons_json)}
+
+
+def _flagged(t: Transaction, d: Decision, reasons: Any) -> dict[str, Any]:
+    return {
+        "transaction_id": t.transaction_id,
+        "timestamp": t.ts,
+        "amount": money(t.amount, t.currency),
+        "currency": t.currency,
+        "merchant_id": t.merchant_id,
+        "score": str(d.score),
+        "reasons": reasons,
+        "rule_set_version": d.rule_set_version,
+    }

@@ -1,0 +1,25 @@
+"""Storage by table: each module owns its table's SQL and row mappers, and the read and write paths both import
+from here, never from each other. Every function runs on the caller's unit of work (a cursor from
+db.run_in_transaction): none commits.
+
+| module | tables |
+| --- | --- |
+| `transactions.py` | `transactions`: stored transactions with their decisions, COPY of decided rows, bounded reads |
+| `account_stats.py` | `account_stats` (running totals, the per-account write lock) and `account_daily` |
+| `rule_sets.py` | `rule_sets`: versioned rule sets |
+| `outbox.py` | `alert_outbox`: FraudDetected events waiting to be published |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Context
+
+# Totals exceed the default 28 significant digits (a sum of squared amounts in 1/10^8 units): read them exactly.
+WIDE = Context(prec=100)
+
+
+def array_literal(values: Iterable[int | bool | None]) -> str:
+    """An array parameter as one literal ("{1,2,NULL}") the server parses at once; a Python list would be sent as
+    an ARRAY[...] expression of one constant per element, costly to adapt here and to parse there."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"

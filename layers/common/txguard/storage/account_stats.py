@@ -1,0 +1,170 @@
+"""The `account_stats` table (each account's running totals; its row is the account's write lock) and the
+`account_daily` table (per-day totals, for transactions that arrive late or back-dated).
+
+Both are updated in the database transaction that stores the account's new transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import psycopg2.extensions
+
+from txguard.domain import Transaction
+from txguard.features import DAY_MS, AccountHistory, Prior, Timeline, to_units
+from txguard.storage import WIDE, array_literal
+
+
+def lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict[int, AccountHistory]:
+    """Lock the accounts' running totals (creating empty ones) and read them; the history's tail and its
+    `stored_before` are for the caller to load. Every writer locks in account order: no deadlock."""
+    cur.execute(
+        "INSERT INTO account_stats (account_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
+        (array_literal(accounts),),
+    )
+    cur.execute(
+        """SELECT account_id, tx_count, amount_sum, amount_sum_sq, amount_max,
+                  txguard_ts_to_ms(amount_max_ts), txguard_ts_to_ms(first_ts), txguard_ts_to_ms(last_ts)
+           FROM account_stats WHERE account_id = ANY(%s::bigint[]) ORDER BY account_id FOR UPDATE""",
+        (array_literal(accounts),),
+    )
+    histories = {}
+    for account_id, count, total, total_sq, max_amount, max_ts, first_ts, last_ts in cur.fetchall():
+        histories[account_id] = AccountHistory(
+            count=count,
+            sum_units=int(total.scaleb(4, WIDE)),
+            sum_sq_units=int(total_sq.scaleb(8, WIDE)),
+            max_units=None if max_amount is None else to_units(max_amount),
+            max_ts=max_ts,
+            first_ts=first_ts,
+            last_ts=last_ts,
+            tail=Timeline(complete_from=0),
+            stored_before=_nothing_loaded,
+        )
+    return histories
+
+
+def _nothing_loaded(t: int) -> Prior:
+    raise ValueError("the account's history was not loaded")
+
+
+def write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountHistory], changed: set[int]) -> None:
+    """Write back the running totals of the `changed` accounts (locked by lock_accounts)."""
+    accounts = sorted(changed)
+    h = [histories[a] for a in accounts]
+    cur.execute(
+        """UPDATE account_stats AS a SET
+               tx_count = v.tx_count, amount_sum = v.sum_units * 0.0001, amount_sum_sq = v.sum_sq_units * 0.00000001,
+               amount_max = v.max_units * 0.0001, amount_max_ts = txguard_ms_to_ts(v.amount_max_ts),
+               first_ts = txguard_ms_to_ts(v.first_ts), last_ts = txguard_ms_to_ts(v.last_ts)
+           FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
+                       %s::bigint[], %s::bigint[], %s::bigint[])
+                AS v(account_id, tx_count, sum_units, sum_sq_units, max_units, amount_max_ts, first_ts, last_ts)
+           WHERE a.account_id = v.account_id""",
+        (
+            array_literal(accounts),
+            array_literal(x.count for x in h),
+            array_literal(x.sum_units for x in h),
+            array_literal(x.sum_sq_units for x in h),
+            array_literal(x.max_units for x in h),
+            array_literal(x.max_ts for x in h),
+            array_literal(x.first_ts for x in h),
+            array_literal(x.last_ts for x in h),
+        ),
+    )
+
+
+def first_ts(cur: psycopg2.extensions.cursor, account_id: int) -> int | None:
+    """When the account's first transaction happened (epoch ms), or None for an account with none."""
+    cur.execute("SELECT txguard_ts_to_ms(first_ts) FROM account_stats WHERE account_id = %s", (account_id,))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def daily_totals(
+    cur: psycopg2.extensions.cursor, days: dict[int, tuple[int, int]]
+) -> dict[int, tuple[Prior, list[tuple[int, Prior]]]]:
+    """Per account, for days[account] = (first, until) in UTC day numbers: the totals of every day before `first`
+    (summed by the server) and each day's totals from `first` up to `until` (excluded), oldest first."""
+    if not days:
+        return {}
+    accounts = list(days)
+    params = (
+        array_literal(accounts),
+        array_literal(days[a][0] for a in accounts),
+        array_literal(days[a][1] for a in accounts),
+    )
+    cur.execute(
+        """SELECT b.account_id, NULL, p.n, p.s, p.s2, p.m, p.last_ms
+           FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS b(account_id, first_day, until_day)
+           CROSS JOIN LATERAL (
+               SELECT coalesce(sum(tx_count), 0) AS n, coalesce(sum(amount_sum), 0) AS s,
+                      coalesce(sum(amount_sum_sq), 0) AS s2, max(amount_max) AS m,
+                      txguard_ts_to_ms(max(last_ts)) AS last_ms
+               FROM account_daily d WHERE d.account_id = b.account_id AND d.day < b.first_day) AS p
+           UNION ALL
+           SELECT d.account_id, d.day, d.tx_count, d.amount_sum, d.amount_sum_sq, d.amount_max,
+                  txguard_ts_to_ms(d.last_ts)
+           FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS b(account_id, first_day, until_day)
+           JOIN account_daily d ON d.account_id = b.account_id AND d.day >= b.first_day AND d.day < b.until_day
+           ORDER BY 1, 2 NULLS FIRST""",
+        params + params,
+    )
+    result: dict[int, tuple[Prior, list[tuple[int, Prior]]]] = {}
+    for account_id, day, count, total, total_sq, largest, last_ts in cur.fetchall():
+        totals = Prior(
+            int(count),
+            int(total.scaleb(4, WIDE)),
+            int(total_sq.scaleb(8, WIDE)),
+            None if largest is None else to_units(largest),
+            last_ts,
+        )
+        if day is None:
+            result[account_id] = (totals, [])
+        else:
+            result[account_id][1].append((day, totals))
+    return result
+
+
+def add_to_daily_totals(cur: psycopg2.extensions.cursor, new: Iterable[Transaction]) -> None:
+    """Add newly stored transactions to account_daily (in the same database transaction as their insert).
+
+    Callers hold the accounts' account_stats row locks, so no two writers update one account's days at once.
+    """
+    days: dict[tuple[int, int], list[int]] = {}  # [count, sum, sum of squares, max, last timestamp]
+    for t in new:
+        key, units = (t.account_id, t.ts // DAY_MS), to_units(t.amount)
+        day = days.get(key)
+        if day is None:
+            days[key] = [1, units, units * units, units, t.ts]
+        else:
+            day[0] += 1
+            day[1] += units
+            day[2] += units * units
+            day[3] = max(day[3], units)
+            day[4] = max(day[4], t.ts)
+    if not days:
+        return
+    keys = sorted(days)
+    totals = [Prior(*days[k]) for k in keys]
+    cur.execute(
+        """INSERT INTO account_daily AS d (account_id, day, tx_count, amount_sum, amount_sum_sq, amount_max, last_ts)
+           SELECT account_id, day, n, s * 0.0001, s2 * 0.00000001, m * 0.0001, txguard_ms_to_ts(l)
+           FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
+                       %s::bigint[]) AS v(account_id, day, n, s, s2, m, l)
+           ON CONFLICT (account_id, day) DO UPDATE SET
+               tx_count = d.tx_count + excluded.tx_count,
+               amount_sum = d.amount_sum + excluded.amount_sum,
+               amount_sum_sq = d.amount_sum_sq + excluded.amount_sum_sq,
+               amount_max = greatest(d.amount_max, excluded.amount_max),
+               last_ts = greatest(d.last_ts, excluded.last_ts)""",
+        (
+            array_literal(a for a, _ in keys),
+            array_literal(d for _, d in keys),
+            array_literal(p.count for p in totals),
+            array_literal(p.sum_units for p in totals),
+            array_literal(p.sum_sq_units for p in totals),
+            array_literal(p.max_units for p in totals),
+            array_literal(p.last_ts for p in totals),
+        ),
+    )

@@ -1,0 +1,361 @@
+"""The `transactions` table: each stored transaction with the decision taken when it was stored.
+
+The write side COPYs decided rows in as they are decided; the read side reads decided transactions, pages of
+them, and the bounded windows of history (per account and per merchant) that point-in-time features need.
+Every such read is bounded by the detector's widest window (or one day) around the transactions being decided,
+through the (account_id, ts) and (merchant_id, ts) indexes: never by the length of the history.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from math import ceil
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg2
+import psycopg2.extensions
+
+from txguard.domain import DecidedTransaction, Decision, Reason, Transaction
+from txguard.features import Span, Timeline, spans_before
+from txguard.storage import array_literal
+
+if TYPE_CHECKING:
+    from txguard.detection import Decided
+
+K = TypeVar("K", int, str)
+
+SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
+                    fraud, score, reasons, rule_set_version FROM transactions"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_COLUMNS = (
+    "transaction_id",
+    "account_id",
+    "ts",
+    "amount",
+    "currency",
+    "merchant_id",
+    "fraud",
+    "score",
+    "reasons",
+    "rule_set_version",
+)
+
+
+def stored_by_id(cur: psycopg2.extensions.cursor, ids: list[int]) -> dict[int, tuple[Transaction, Decision]]:
+    """The stored transactions among `ids`, each with its decision, by id (stored rows never change: no lock)."""
+    cur.execute(SELECT_TRANSACTIONS + " WHERE transaction_id = ANY(%s::bigint[])", (array_literal(ids),))
+    return {row[0]: (transaction_from_row(row), decision_from_row(row[6:])) for row in cur.fetchall()}
+
+
+def transaction_from_row(row: Sequence[Any]) -> Transaction:
+    tid, account_id, ts, amount, currency, merchant_id = row[:6]
+    return Transaction(tid, account_id, ts, amount, currency, merchant_id)
+
+
+def decided_from_row(row: Sequence[Any]) -> DecidedTransaction:
+    return DecidedTransaction(transaction_from_row(row), decision_from_row(row[6:]))
+
+
+def decision_from_row(row: Sequence[Any]) -> Decision:
+    fraud, score, reasons, version = row
+    return Decision(
+        fraud,
+        score,
+        tuple(Reason(r["rule_id"], r["mode"], Decimal(r["weight"]), r["explanation"]) for r in reasons),
+        version,
+    )
+
+
+# Merchants share this many advisory locks: a batch holds at most this many, whatever it contains, so a batch
+# naming 5,000 merchants cannot exhaust the server's lock table (shared by every database on the server).
+MERCHANT_LOCK_SLOTS = 64
+_MERCHANT_LOCK_SPACE = 0x7478  # the first key of the two-key advisory locks: this service's merchants
+
+
+def merchant_lock_slot(merchant_id: str) -> int:
+    """The lock slot (0 to MERCHANT_LOCK_SLOTS - 1) of a merchant, the same in every process."""
+    return zlib.crc32(merchant_id.encode()) % MERCHANT_LOCK_SLOTS
+
+
+def lock_merchants(cur: psycopg2.extensions.cursor, merchants: set[str]) -> None:
+    """Merchant windows span accounts: writers touching the same merchant take turns.
+
+    Merchants are hashed onto a fixed set of slots, taken in slot order by every writer (no deadlock); two
+    merchants sharing a slot only make their writers take turns.
+    """
+    if merchants:
+        slots = sorted({merchant_lock_slot(m) for m in merchants})
+        cur.execute(
+            """SELECT pg_advisory_xact_lock(%s, slot) FROM (
+                   SELECT slot FROM unnest(%s::int[]) AS slot ORDER BY slot) AS slots""",
+            (_MERCHANT_LOCK_SPACE, array_literal(slots)),
+        )
+
+
+_DAYS: dict[int, str] = {}
+
+
+def _timestamp_text(ms: int) -> str:
+    """Epoch milliseconds as an ISO timestamp PostgreSQL reads, quickly (one date per day is formatted)."""
+    day, rest = divmod(ms, 86_400_000)
+    date = _DAYS.get(day)
+    if date is None:
+        date = _DAYS[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
+    seconds, millis = divmod(rest, 1000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{date} {hour:02d}:{minute:02d}:{second:02d}.{millis:03d}+00"
+
+
+def copy_line(t: Transaction, d: Decision) -> str:
+    """A new row with its decision in COPY's text format."""
+    # COPY's text format: backslashes in the JSON must be doubled.
+    reasons = d.reasons_text.replace("\\", "\\\\") if d.reasons else "[]"
+    return (
+        f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
+        f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else chr(92) + 'N'}\t"
+        f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\n"
+    )
+
+
+class _DecidedRows:
+    """What COPY reads: rows decided on demand, a chunk per read, each decision also kept in `decisions`."""
+
+    def __init__(self, decided: Iterator[Decided], decisions: dict[int, Decision]) -> None:
+        self._decided = decided
+        self._decisions = decisions
+        self.failure: BaseException | None = None
+
+    def read(self, size: int = -1) -> str:
+        lines = []
+        length = 0
+        try:
+            for t, _, d in self._decided:
+                self._decisions[t.transaction_id] = d
+                line = copy_line(t, d)
+                lines.append(line)
+                length += len(line)
+                if 0 < size <= length:
+                    break
+        except BaseException as exc:
+            self.failure = exc  # psycopg2 reports it as a cancelled COPY; the caller raises the original
+            raise
+        return "".join(lines)
+
+
+def copy_in(
+    cur: psycopg2.extensions.cursor,
+    decided: Iterator[Decided],
+    count: int,
+    decisions: dict[int, Decision],
+    timeout_ms: int,
+) -> None:
+    """COPY the `count` rows in as they are decided, keeping each decision in `decisions` (by transaction id).
+
+    The deciding happens inside the COPY statement, and statement_timeout is there to bound the database's
+    own work. So this one statement gets the unit of work's timeout (`timeout_ms`, 0 for none) plus an
+    allowance per row decided, and the timeout is set back afterwards. lock_timeout still bounds every wait
+    on another transaction. A failure while deciding is raised as itself, not as a database error.
+    """
+    if timeout_ms > 0:
+        _set_statement_timeout(cur, timeout_ms + ceil(count * DECIDING_ALLOWANCE_MS_PER_ROW))
+    rows = _DecidedRows(decided, decisions)
+    try:
+        cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", rows, size=_COPY_CHUNK)
+    except psycopg2.Error:
+        # A failure while deciding is not a database problem (which clients would be told to retry).
+        if rows.failure is not None:
+            raise rows.failure from None
+        raise
+    if timeout_ms > 0:
+        _set_statement_timeout(cur, timeout_ms)
+
+
+def _set_statement_timeout(cur: psycopg2.extensions.cursor, milliseconds: int) -> None:
+    cur.execute("SELECT set_config('statement_timeout', %s, true)", (f"{milliseconds}ms",))
+
+
+# About ten times what deciding a transaction takes on one full vCPU: room for a small function's share of one.
+DECIDING_ALLOWANCE_MS_PER_ROW = 0.5
+
+
+# Bytes per COPY message: small enough that the server starts storing early, large enough to keep calls few.
+_COPY_CHUNK = 32_768
+
+
+_ROWS_IN_SPANS = """
+    SELECT b.key, b.low, rows.ts, rows.units
+    FROM unnest(%s::{key_type}[], %s::bigint[], %s::bigint[]) AS b(key, low, high)
+    CROSS JOIN LATERAL (
+        SELECT array_agg(txguard_ts_to_ms(t.ts) ORDER BY t.ts) AS ts,
+               array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units
+        FROM transactions t
+        WHERE t.{key_column} = b.key AND t.ts >= txguard_ms_to_ts(b.low) AND t.ts < txguard_ms_to_ts(b.high)
+              {extra}) AS rows"""
+_ACCOUNT_ROWS = _ROWS_IN_SPANS.format(key_type="bigint", key_column="account_id", extra="")
+# An account being re-decided adds its own transactions from `since` on as it goes: leave those out.
+_MERCHANT_ROWS = _ROWS_IN_SPANS.format(
+    key_type="text", key_column="merchant_id", extra="AND (t.account_id <> %s OR t.ts < txguard_ms_to_ts(%s))"
+)
+
+
+def account_rows(cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]) -> dict[int, Timeline]:
+    """Each account's stored transactions inside its spans, as one sorted Timeline per account."""
+    keys, lows, highs = _flatten(spans)
+    if not keys:
+        return {}
+    cur.execute(_ACCOUNT_ROWS, (array_literal(keys), array_literal(lows), array_literal(highs)))
+    return _timelines(cur.fetchall(), spans)
+
+
+def merchant_windows(
+    cur: psycopg2.extensions.cursor,
+    transactions: Iterable[Transaction],
+    reach_ms: int,
+    skip_account_from: tuple[int, int] = (0, 0),
+) -> dict[str, Timeline]:
+    """For the merchants of these transactions (sorted by time), their stored transactions (every account's)
+    within reach_ms before each one, as one sorted Timeline per merchant; empty ones, read from nowhere, when no
+    rule looks at merchants (reach_ms 0).
+
+    skip_account_from = (account, ms) leaves out that account's transactions from ms on (0: none left out).
+    """
+    times: dict[str, list[int]] = defaultdict(list)
+    for t in transactions:
+        if t.merchant_id is not None:
+            times[t.merchant_id].append(t.ts)
+    if reach_ms <= 0:
+        return {m: Timeline(complete_from=0) for m in times}
+    spans = {m: spans_before(ts, reach_ms) for m, ts in times.items()}
+    keys, lows, highs = _flatten(spans)
+    if not keys:
+        return {}
+    cur.execute(_MERCHANT_ROWS, (keys, array_literal(lows), array_literal(highs), *skip_account_from))
+    return _timelines(cur.fetchall(), spans)
+
+
+def _flatten(spans: dict[K, list[Span]]) -> tuple[list[K], list[int], list[int]]:
+    keys, lows, highs = [], [], []
+    for key, key_spans in spans.items():
+        for low, high in key_spans:
+            keys.append(key)
+            lows.append(low)
+            highs.append(high)
+    return keys, lows, highs
+
+
+def _timelines(
+    rows: Iterable[tuple[K, int, list[int] | None, list[int] | None]], spans: dict[K, list[Span]]
+) -> dict[K, Timeline]:
+    pieces: dict[K, list[tuple[int, list[int], list[int]]]] = defaultdict(list)
+    for key, low, ts, units in rows:
+        pieces[key].append((low, ts or [], units or []))
+    timelines = {}
+    for key, key_spans in spans.items():
+        ordered = sorted(pieces.get(key, []), key=lambda piece: piece[0])  # spans are disjoint: concatenating sorts
+        timelines[key] = Timeline.from_sorted(
+            key_spans[0][0], [t for _, ts, _ in ordered for t in ts], [u for _, _, us in ordered for u in us]
+        )
+    return timelines
+
+
+def account_exists(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
+    cur.execute("SELECT EXISTS (SELECT 1 FROM transactions WHERE account_id = %s)", (account_id,))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def any_flagged(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
+    cur.execute("SELECT EXISTS (SELECT 1 FROM transactions WHERE account_id = %s AND fraud)", (account_id,))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def flagged(
+    cur: psycopg2.extensions.cursor, account_id: int, before: tuple[int, int] | None, limit: int
+) -> list[DecidedTransaction]:
+    """Up to `limit` of the account's transactions stored as fraud, newest first, before (ms, transaction id)."""
+    condition, params = "", [account_id]
+    if before is not None:
+        condition = " AND (ts, transaction_id) < (txguard_ms_to_ts(%s), %s)"
+        params.extend(before)
+    cur.execute(
+        SELECT_TRANSACTIONS
+        + " WHERE account_id = %s AND fraud"
+        + condition
+        + " ORDER BY ts DESC, transaction_id DESC LIMIT %s",
+        (*params, limit),
+    )
+    return [decided_from_row(row) for row in cur.fetchall()]
+
+
+def listed(
+    cur: psycopg2.extensions.cursor,
+    account_id: int | None,
+    from_ms: int | None,
+    to_ms: int | None,
+    after: tuple[int, int] | None,
+    limit: int,
+) -> list[DecidedTransaction]:
+    """Up to `limit` stored transactions, oldest first, in [from, to) (epoch ms), after (ms, transaction id)."""
+    filters = (
+        ("account_id = %s", account_id),
+        ("ts >= txguard_ms_to_ts(%s)", from_ms),
+        ("ts < txguard_ms_to_ts(%s)", to_ms),
+    )
+    conditions = [condition for condition, value in filters if value is not None]
+    params = [value for _, value in filters if value is not None]
+    if after is not None:
+        conditions.append("(ts, transaction_id) > (txguard_ms_to_ts(%s), %s)")
+        params.extend(after)
+    where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    cur.execute(SELECT_TRANSACTIONS + where + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit))
+    return [decided_from_row(row) for row in cur.fetchall()]
+
+
+def newest_window(
+    cur: psycopg2.extensions.cursor, account_id: int, before: tuple[int, int] | None, size: int
+) -> tuple[int | None, list[Transaction]]:
+    """The account's newest `size` transactions before (ms, transaction id) (None: from the newest), plus any
+    sharing the oldest one's timestamp, in time order; and that timestamp (None when the window reaches the
+    account's first transaction)."""
+    # Constant statements: a NULL bound folds away when the planner sees the parameters. The window starts at
+    # the timestamp of the size-th newest transaction, found in the (account_id, ts) index order; all of the
+    # transactions sharing that timestamp are in the window.
+    bound = (None, None) if before is None else before
+    cur.execute(
+        """SELECT txguard_ts_to_ms(ts) FROM transactions
+           WHERE account_id = %s AND (%s::bigint IS NULL OR (ts, transaction_id) < (txguard_ms_to_ts(%s), %s))
+           ORDER BY ts DESC OFFSET %s LIMIT 1""",
+        (account_id, bound[0], bound[0], bound[1], size - 1),
+    )
+    oldest = cur.fetchone()
+    since: int | None = oldest[0] if oldest else None
+    cur.execute(
+        SELECT_TRANSACTIONS
+        + """ WHERE account_id = %s AND (%s::bigint IS NULL OR (ts, transaction_id) < (txguard_ms_to_ts(%s), %s))
+              AND ts >= txguard_ms_to_ts(%s) ORDER BY ts, transaction_id""",
+        (account_id, bound[0], bound[0], bound[1], 0 if since is None else since),
+    )
+    return since, [transaction_from_row(row) for row in cur.fetchall()]
+
+
+def in_time_order(
+    cur: psycopg2.extensions.cursor, after: tuple[int, int] | None, until_ms: int | None, limit: int
+) -> list[DecidedTransaction]:
+    """Up to `limit` stored transactions of every account, oldest first, after (ms, transaction id), before
+    `until_ms` (None: no bound)."""
+    condition, params = "", list[int]()
+    if after is not None:
+        condition = " WHERE (ts, transaction_id) > (txguard_ms_to_ts(%s), %s)"
+        params.extend(after)
+    if until_ms is not None:
+        condition += (" AND" if condition else " WHERE") + " ts < txguard_ms_to_ts(%s)"
+        params.append(until_ms)
+    cur.execute(SELECT_TRANSACTIONS + condition + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit))
+    return [decided_from_row(row) for row in cur.fetchall()]
