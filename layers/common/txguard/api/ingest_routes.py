@@ -132,4 +132,3 @@ def _time_param(name: str, value: str | None) -> int | None:
             f"query parameter {name!r} is invalid",
             [{"index": None, "field": name, "value": value, "reason": shorten(str(exc))}],
         ) from None
-
