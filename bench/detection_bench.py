@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchDatabase, p50, p99, samples
+from bench.harness import BenchDatabase, amount_text, p50, p99, samples
 from txguard import service
 from txguard.domain import Transaction
 from txguard_dev.local.runner import FunctionRunner, Template
@@ -28,7 +28,7 @@ def build_history(account_id: int, count: int, first_id: int, seed: int) -> int:
     batch: list[Transaction] = []
     for i in range(count):
         ts += int(rng.expovariate(1 / GAP_MS)) + 1
-        amount = Decimal(f"{rng.lognormvariate(3.5, 0.6):.2f}")
+        amount = Decimal(amount_text(rng, 0.6))
         batch.append(Transaction(first_id + i, account_id, ts, amount, "EUR"))
         if len(batch) == 5000:
             service.store(batch)
@@ -46,7 +46,7 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
 
     def one(account_id: int) -> None:
         last[account_id] += 60_000
-        amount = Decimal(f"{rng.lognormvariate(3.5, 0.6):.2f}")
+        amount = Decimal(amount_text(rng, 0.6))
         service.store([Transaction(next(ids), account_id, last[account_id], amount, "EUR")])
 
     normal = samples(lambda: one(NORMAL), 300, warmup=20)

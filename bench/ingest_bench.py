@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg2
 
-from bench.harness import BenchDatabase, timed
+from bench.harness import BenchDatabase, amount_text, timed
 from txguard_dev.local.runner import FunctionRunner, Template
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def rows(count: int, first_id: int, accounts: int, seed: int, start: int = T0) -
     for i in range(count):
         account = rng.randrange(accounts)
         clock[account] += int(rng.expovariate(1 / 600_000)) + 1
-        out.append((first_id + i, account + 1, clock[account], f"{rng.lognormvariate(3.5, 0.8):.2f}"))
+        out.append((first_id + i, account + 1, clock[account], amount_text(rng, 0.8)))
     return out
 
 

@@ -82,6 +82,32 @@ def test_a_batch_is_stored_with_one_result_per_item_in_request_order(local_servi
     assert set(results[0]["decision"]) == {"fraud", "score", "reasons", "rule_set_version"}
 
 
+def test_a_batch_with_a_zero_amount_card_verification_is_stored_whole_with_decisions(
+    local_service: LocalService, e2e_database_url: str
+) -> None:
+    batch = [
+        item(account_id=5016, amount="25.00", timestamp=NOW_MS - 3_000),
+        item(account_id=5016, amount="0", timestamp=NOW_MS - 2_000),
+        item(account_id=5016, amount=0, timestamp=NOW_MS - 1_000),
+    ]
+    response = local_service.request("POST", "/store_data", {"transactions": batch})
+    assert response.status == 201, response.body
+    results = response.body["results"]
+    assert [r["status"] for r in results] == ["stored"] * 3
+    assert [r["transaction"]["amount"] for r in results] == ["25.00", "0.00", "0.00"]
+    assert all(isinstance(r["decision"]["fraud"], bool) for r in results)
+    assert count_rows(e2e_database_url, "account_id = 5016 AND amount = 0") == 2
+
+
+def test_a_negative_amount_beside_a_zero_one_is_422_naming_the_field_and_stores_nothing(
+    local_service: LocalService, e2e_database_url: str
+) -> None:
+    batch = [item(account_id=5017, amount="0.00"), item(account_id=5017, amount="-0.01")]
+    error = assert_error(local_service.request("POST", "/store_data", {"transactions": batch}), 422, "validation_error")
+    assert [(d["index"], d["field"]) for d in error["details"]] == [(1, "amount")]
+    assert count_rows(e2e_database_url, "account_id = 5017") == 0
+
+
 def test_a_replay_is_a_duplicate_with_the_original_decision(local_service: LocalService, e2e_database_url: str) -> None:
     tx = item(account_id=5002)
     first = local_service.request("POST", "/store_data", tx)
@@ -122,7 +148,7 @@ def test_an_invalid_batch_lists_every_invalid_item_and_stores_nothing(
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"amount": "0"}, "amount"),
+        ({"amount": "-0.01"}, "amount"),
         ({"amount": -1}, "amount"),
         ({"amount": "NaN"}, "amount"),
         ({"amount": "Infinity"}, "amount"),

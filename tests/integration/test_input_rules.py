@@ -242,6 +242,44 @@ def test_an_amount_within_its_currency_is_stored_exactly(
     assert again["json"]["results"][0]["status"] == "duplicate"
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    ["0", "0.0", "0e0", "0E+2", "0.00", '"0"', '"0.00"', '"0e0"', '"0.000000"', "-0", '"-0"', '"-0.00"', "-0.0"],
+)
+def test_a_zero_amount_card_verification_in_a_batch_is_stored_whole_with_a_decision(
+    runner: FunctionRunner, database: Database, spelling: str
+) -> None:
+    # Written into the body as is, so that JSON numbers (0, 0.0, 0e0, -0) and strings both arrive as sent.
+    batch = [transaction(1, amount="12.00"), transaction(2, amount="ZERO"), transaction(3, amount="30.00")]
+    batch[1]["timestamp"] = batch[0]["timestamp"] + 1000
+    batch[2]["timestamp"] = batch[0]["timestamp"] + 2000
+    body = json.dumps({"transactions": batch}).replace('"ZERO"', spelling)
+    response = post(runner, body)
+    assert response["statusCode"] == 201, response["body"]
+    results = response["json"]["results"]
+    assert [r["status"] for r in results] == ["stored"] * 3
+    assert results[1]["transaction"]["amount"] == "0.00"  # a signed zero is plain 0
+    assert set(results[1]["decision"]) == {"fraud", "score", "reasons", "rule_set_version"}
+    assert database.query("SELECT transaction_id, amount::text FROM transactions ORDER BY transaction_id") == [
+        (1, "12.0000"),
+        (2, "0.0000"),
+        (3, "30.0000"),
+    ]
+
+
+@pytest.mark.parametrize("spelling", ["-0.01", '"-0.01"', "-1", '"-1e0"', "-1000000000000"])
+def test_a_negative_amount_is_still_422_naming_the_field_and_stores_nothing(
+    runner: FunctionRunner, database: Database, spelling: str
+) -> None:
+    batch = [transaction(1, amount="0"), transaction(2, amount="NEGATIVE")]
+    body = json.dumps({"transactions": batch}).replace('"NEGATIVE"', spelling)
+    error = refused(post(runner, body), 422, "validation_error")
+    assert [(d["index"], d["field"], d["reason"]) for d in error["details"]] == [
+        (1, "amount", "amount must not be negative")
+    ]
+    assert stored_ids(database) == []
+
+
 def test_the_table_refuses_a_negative_amount_itself(database: Database) -> None:
     import psycopg2
 

@@ -24,7 +24,7 @@ def test_each_item_is_checked_on_its_own_with_its_problems_by_field() -> None:
     assert checked[0].transaction is not None and checked[0].transaction.amount == Decimal("10.00")
     assert checked[0].problems == ()
     assert checked[1].transaction is None
-    assert checked[1].problems == (Problem("amount", "-5", "amount must be greater than zero"),)
+    assert checked[1].problems == (Problem("amount", "-5", "amount must not be negative"),)
     assert checked[2].transaction is None and checked[2].problems[0].field is None
     assert checked[3].transaction is None and [p.field for p in checked[3].problems] == ["account_id"]
 

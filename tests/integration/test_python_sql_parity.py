@@ -1,7 +1,7 @@
 """The Python engine and the SQL function detect_fraud flag exactly the same transactions with the same rules.
 
-Random histories (Hypothesis) with bursts, equal timestamps, several accounts (in EUR, BHD and JPY) sharing
-merchants, and random rule sets drawn from the grammar; stored in random batches and, separately, in shuffled
+Random histories (Hypothesis) with bursts, equal timestamps, zero amounts, several accounts (in EUR, BHD and JPY)
+sharing merchants, and random rule sets drawn from the grammar; stored in random batches and, separately, in shuffled
 order. Constants with many digits, far below one or far above any amount, mean the same number in both, or the
 rule set is refused when applied.
 """
@@ -35,8 +35,13 @@ factors = st.sampled_from(["0.5", "0.9", "1", "2", "3"])
 
 
 def amounts(currency: str) -> st.SearchStrategy[Decimal]:
+    """Amounts in the currency's places, zero (a card verification) often: histories of zeros give a mean and a
+    standard deviation of 0, where `amount < 0.9 * mean_amount` compares 0 with 0."""
     places = MINOR_UNITS[currency]
-    return st.decimals(min_value=Decimal(1).scaleb(-places), max_value=Decimal("5000"), places=places)
+    return st.one_of(
+        st.just(Decimal(0).scaleb(-places)),
+        st.decimals(min_value=Decimal(0), max_value=Decimal("5000"), places=places),
+    )
 
 
 @st.composite
@@ -174,6 +179,27 @@ def test_python_and_sql_agree_whatever_order_the_history_arrived_in(
         store(batch[start : start + 4])
     for account in accounts:
         assert python_decisions(recompute(account)) == sql_decisions(database, account)
+
+
+def test_zero_amounts_give_a_mean_and_deviation_of_zero_and_the_same_verdicts_in_python_and_sql(
+    database: Database,
+) -> None:
+    apply_rules(
+        database,
+        [
+            rule("below_mean", "amount < 0.9 * mean_amount", "0.6"),
+            rule("above_mean", "amount > 2 * mean_amount AND std_amount = 0", "0.6"),
+        ],
+    )
+    history = [Decimal("0.00"), Decimal("0.00"), Decimal("5.00"), Decimal("0.00")]
+    stored = store([Transaction(1220 + i, 122, T0 + i * 1000, amount, "EUR") for i, amount in enumerate(history)])
+    # 0 after zeros: below nothing (0 < 0.9 × 0 is false); 5.00 after zeros: more than 2 × 0 with a spread of 0;
+    # 0 after a mean of 1.666667: below it.
+    assert [[r.rule_id for r in s.decision.reasons] for s in stored] == [[], [], ["above_mean"], ["below_mean"]]
+    assert "the mean of the 2 previous transactions (0.00)" in stored[2].decision.reasons[0].explanation
+    assert stored[3].decision.reasons[0].explanation.startswith("amount 0.00 is less than 0.9 × the mean")
+    assert sql_decisions(database, 122) == python_decisions(recompute(122))
+    assert [sql_decisions(database, 122)[1220 + i][2] for i in range(4)] == [[], [], ["above_mean"], ["below_mean"]]
 
 
 def test_a_constant_with_more_digits_than_python_s_default_precision_means_the_same_in_sql(

@@ -75,11 +75,13 @@ VALID_TIMESTAMPS = st.one_of(
     _past_ms.map(lambda ms: _valid(json.dumps(str(ms)))),
     st.tuples(_past_ms, st.sampled_from([0, 120, -330, 840])).map(lambda a: _valid(json.dumps(_rfc3339(*a)))),
 )
-_cents = st.integers(min_value=1, max_value=10**14)
+_cents = st.integers(min_value=0, max_value=10**14)
 VALID_AMOUNTS = st.one_of(
     _cents.map(lambda c: _valid(f"{c // 100}.{c % 100:02d}")),
     _cents.map(lambda c: _valid(json.dumps(f"{c // 100}.{c % 100:02d}"))),
-    st.integers(min_value=1, max_value=10**12).map(lambda n: _valid(str(n))),
+    st.integers(min_value=0, max_value=10**12).map(lambda n: _valid(str(n))),
+    # card verifications: zero in every spelling, a signed zero included
+    st.sampled_from(["0", "0.0", "0e0", "-0", '"0"', '"0.00"', '"0e0"', '"-0.00"']).map(_valid),
     st.integers(min_value=1, max_value=10).map(lambda e: _valid(json.dumps(f"1E+{e}"))),
     st.integers(min_value=1, max_value=40).map(lambda z: _valid(json.dumps("12.5" + "0" * z))),
 )

@@ -55,6 +55,9 @@ def test_a_json_integer_is_an_int_and_nothing_else(value: object) -> None:
         ("1e-1000000", 1_000_000),
         ("12.5" + "0" * 40, 1),
         ("0.0001", 4),
+        ("0.00000", 0),
+        ("0e-9", 0),
+        ("-0.000", 0),
     ],
 )
 def test_decimal_places_are_counted_exactly_whatever_the_length(value: str, places: int) -> None:

@@ -57,15 +57,19 @@ def parse_timestamp_ms(value: Any) -> int:
 
 
 def parse_amount(value: Any, currency: str | None = None) -> Decimal:
-    """An amount exactly as sent (a JSON number or a string of decimal text, see `txguard.literals`): > 0, at most
-    10^12, and, when `currency` is known, no more decimal places than it has. Returned at the currency's places
-    (exact, since it has no more). Raises ValueError."""
+    """An amount exactly as sent (a JSON number or a string of decimal text, see `txguard.literals`): >= 0 (zero is a
+    card verification), at most 10^12, and, when `currency` is known, no more decimal places than it has. Returned
+    at the currency's places (exact, since it has no more); a signed zero ("-0", "-0.00") is the amount 0, as JSON
+    itself reads the number -0. Raises ValueError for a negative amount and the rest."""
     try:
         amount = literals.decimal(value)
     except ValueError as exc:
         raise ValueError(f"amount {exc}") from None
-    if amount <= 0:
-        raise ValueError("amount must be greater than zero")
+    if amount < 0:
+        raise ValueError("amount must not be negative")
+    if amount.is_zero():
+        # Decimal keeps the sign of "-0"; stored, shown and compared, the amount is plain 0.
+        amount = amount.copy_abs()
     if amount > MAX_AMOUNT:
         raise ValueError(f"amount must be at most {MAX_AMOUNT}")
     if currency in MINOR_UNITS:
@@ -112,15 +116,15 @@ class TransactionIn(BaseModel):
         WithJsonSchema(
             {
                 "anyOf": [
-                    {"type": "number", "exclusiveMinimum": 0, "maximum": int(MAX_AMOUNT)},
+                    {"type": "number", "minimum": 0, "maximum": int(MAX_AMOUNT)},
                     {"type": "string", "pattern": f"^{literals.DECIMAL_PATTERN}$"},
                 ]
             }
         ),
         Field(
             description="a decimal as a JSON number or a string of the same text (ASCII digits, optional '-', "
-            "fraction and exponent), > 0, at most 10^12, with no more decimal places than the currency has, "
-            "checked exactly as sent"
+            "fraction and exponent), >= 0 (0 for a card verification), at most 10^12, with no more decimal places "
+            "than the currency has, checked exactly as sent"
         ),
     ]
     merchant_id: Annotated[

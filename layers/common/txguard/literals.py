@@ -82,9 +82,10 @@ def decimal(value: Any) -> Decimal:
 
 def decimal_places(value: Decimal) -> int:
     """Digits after the decimal point once trailing zeros are dropped (`1.500` → 1, `1E+2` → 0), computed from the
-    digits themselves: exact whatever their number, where `normalize()` would first round to the context."""
+    digits themselves: exact whatever their number, where `normalize()` would first round to the context. Zero has
+    none however it is written (`0.00000`, `0e-9`): its one digit is not a count of its places."""
     _, digits, exponent = value.as_tuple()
-    if not isinstance(exponent, int) or exponent >= 0:
+    if not isinstance(exponent, int) or exponent >= 0 or not any(digits):
         return 0
     trailing = 0
     for digit in reversed(digits):
