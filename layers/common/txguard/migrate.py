@@ -42,6 +42,9 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "fraud_labels": ("SELECT", "INSERT"),
     "alert_outbox": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "account_daily": ("SELECT", "INSERT", "UPDATE"),
+    "labels": ("SELECT", "INSERT"),
+    "merchant_label_daily": ("SELECT", "INSERT", "UPDATE"),
+    "merchant_label_steps": ("SELECT",),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})
