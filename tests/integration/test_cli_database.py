@@ -179,7 +179,8 @@ def with_data(pg_server: Server) -> Iterator[str]:
         migrate(url)
         admin_query(
             url,
-            "INSERT INTO labels (transaction_id, fraud, source, labelled_at) VALUES (42, false, 'generator', '2026-01-01Z')",
+            "INSERT INTO labels (transaction_id, fraud, source, labelled_at) "
+            "VALUES (42, false, 'generator', '2026-01-01T00:00:00Z')",
         )
         yield url
         db.reset_connection()

@@ -115,7 +115,8 @@ def test_evaluate_reads_a_labels_file_the_same_way(database: Database, tmp_path:
 def test_evaluate_leaves_out_labels_whose_transactions_are_not_stored(database: Database) -> None:
     assert generate_direct(n=100)[0] == 0
     database.execute(
-        "INSERT INTO labels (transaction_id, fraud, source, labelled_at, reason) VALUES (1, true, 'analyst', date_trunc('milliseconds', now()), 'x')"
+        "INSERT INTO labels (transaction_id, fraud, source, labelled_at, reason) "
+        "VALUES (1, true, 'analyst', date_trunc('milliseconds', now()), 'x')"
     )
     report = json.loads(txguard("evaluate", "--format", "json")[1])
     # The labels table's reader gives only labels of stored transactions (a label may wait for its transaction).
@@ -175,7 +176,8 @@ def test_the_scheduled_function_stores_the_configured_count_up_to_now_in_the_res
     # and a few minutes of traffic, not days.
     assert before - 86_400_000 < last <= after and last - first < 3_600_000
     assert all(account > SYNTHETIC_ACCOUNT_BASE for (account,) in database.query("SELECT account_id FROM transactions"))
-    assert database.query("SELECT count(*) FROM labels WHERE transaction_id >> 23 = %s", (result["run_id"],))[0][0] == 150
+    labelled = database.query("SELECT count(*) FROM labels WHERE transaction_id >> 23 = %s", (result["run_id"],))
+    assert labelled == [(150,)]
 
 
 def test_the_scheduled_events_detail_overrides_the_environment(

@@ -18,7 +18,10 @@ from txguard.storage.labels import write_labels
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
-TRANSACTIONS = {tid: (tid % 3 + 1, T0 + (tid % 4) * DAY + tid * 1000, ["m-a", "m-b", None][tid % 3]) for tid in range(1, 7)}
+# transaction id -> (account, timestamp, merchant): days apart, some without a merchant.
+TRANSACTIONS = {
+    tid: (tid % 3 + 1, T0 + (tid % 4) * DAY + tid * 1000, ["m-a", "m-b", None][tid % 3]) for tid in range(1, 7)
+}
 
 labels = st.builds(
     FraudLabel,

@@ -55,13 +55,13 @@ def steps_match_the_view(database: Database) -> None:
     maintained = database.query(
         "SELECT merchant_id, tx_day, known_day, frauds FROM merchant_label_daily ORDER BY 1, 2, 3"
     )
-    defined = database.query(
-        "SELECT merchant_id, tx_day, known_day, frauds FROM merchant_label_steps ORDER BY 1, 2, 3"
-    )
+    defined = database.query("SELECT merchant_id, tx_day, known_day, frauds FROM merchant_label_steps ORDER BY 1, 2, 3")
     assert maintained == defined
 
 
-def label(tid: int, fraud: bool = True, source: str = "chargeback", at: int | None = T0, **extra: Any) -> dict[str, Any]:
+def label(
+    tid: int, fraud: bool = True, source: str = "chargeback", at: int | None = T0, **extra: Any
+) -> dict[str, Any]:
     item: dict[str, Any] = {"transaction_id": tid, "fraud": fraud, "source": source, **extra}
     if at is not None:
         item["labelled_at"] = at
@@ -160,7 +160,8 @@ def test_a_later_label_supersedes_and_the_history_is_kept(runner: FunctionRunner
     post(runner, label(70, fraud=True, at=T0 + 2 * DAY))  # arrives last, but is older news
     status, body = get(runner, account_id="7")
     assert status == 200
-    assert [(item["fraud"], item["in_force"]) for item in body["labels"]] == [(True, False), (False, True), (True, False)]
+    history = [(item["fraud"], item["in_force"]) for item in body["labels"]]
+    assert history == [(True, False), (False, True), (True, False)]
     in_force = db.run_in_transaction(lambda cur: labels_in_force(cur))
     assert in_force == {70: LabelInForce(False, "analyst:alice", "customer confirmed", T0 + 3 * DAY)}
     steps_match_the_view(database)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ def steps_match_the_view(database: Database) -> None:
 def test_replay_of_the_handbook_preset_stores_every_transaction_and_its_label_a_delay_later(
     database: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, err = txguard(capsys, "replay", "--preset", "handbook", "--batch-size", "1", "--no-progress", str(SAMPLE))
+    argv = ("replay", "--preset", "handbook", "--batch-size", "1", "--no-progress", str(SAMPLE))
+    status, out, err = txguard(capsys, *argv)
     assert status == 0, err
     assert "30 stored, 0 duplicates" in out and "labels (delay 7 days): 30 stored, 0 duplicates, 0 not due" in out
     assert "tx/s" in out
@@ -49,9 +51,10 @@ def test_replay_of_the_handbook_preset_stores_every_transaction_and_its_label_a_
         row = rows[tid]
         assert (account, merchant, currency) == (int(row[2]) + 1, f"t{row[3]}", "EUR")
         assert float(amount) == float(row[4])
-        assert ts == int(__import__("datetime").datetime.fromisoformat(row[1] + "+00:00").timestamp() * 1000)
+        assert ts == int(datetime.fromisoformat(row[1] + "+00:00").timestamp() * 1000)
     labels = database.query(
-        """SELECT l.transaction_id, l.fraud, l.source, l.reason, txguard_ts_to_ms(l.labelled_at) - txguard_ts_to_ms(t.ts)
+        """SELECT l.transaction_id, l.fraud, l.source, l.reason,
+                  txguard_ts_to_ms(l.labelled_at) - txguard_ts_to_ms(t.ts)
            FROM labels l JOIN transactions t USING (transaction_id)"""
     )
     names = {"0": None, "1": "amount_above_220", "2": "compromised_terminal", "3": "compromised_card"}
@@ -74,7 +77,7 @@ def test_replay_of_the_handbook_preset_stores_every_transaction_and_its_label_a_
 def test_replay_with_frauds_only_and_a_window_sends_only_those(
     database: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, err = txguard(
+    status, _, err = txguard(
         capsys, "replay", "--preset", "handbook", "--frauds-only", "--until", "2018-04-08T00:00:00Z",
         "--label-delay-days", "1", "--no-progress", str(SAMPLE),
     )  # fmt: skip
@@ -109,7 +112,8 @@ def test_replay_refuses_a_bad_row_by_line_and_sends_nothing(
     database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = tmp_path / "bad.csv"
-    lines = gzip.open(SAMPLE, "rt").read().splitlines()
+    with gzip.open(SAMPLE, "rt") as file:
+        lines = file.read().splitlines()
     lines[3] = lines[3].replace(lines[3].split(",")[4], "-4.00")
     path.write_text("\n".join(lines) + "\n")
     status, _, err = txguard(capsys, "replay", "--preset", "handbook", "--no-progress", str(path))

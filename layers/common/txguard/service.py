@@ -6,8 +6,8 @@ answers per item (a transport that must report each record, such as a stream con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 

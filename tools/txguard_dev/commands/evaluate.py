@@ -26,9 +26,7 @@ def render_text(e: Evaluation) -> str:
     width = max([len(p) for p in e.patterns] + [len("compromised_merchant")])
     # A labels file may hold any labelled traffic, not only generated runs: say where the truth came from.
     where = (
-        "the labels in force in the labels table"
-        if e.source == TABLE_SOURCE
-        else f"the labels in the file {e.source}"
+        "the labels in force in the labels table" if e.source == TABLE_SOURCE else f"the labels in the file {e.source}"
     )
     lines = [
         f"Evaluated {e.evaluated:,} stored transactions against {where} (runs: {runs}; rule set version {versions})",

@@ -111,9 +111,7 @@ def read_label_file(path: Path) -> list[FraudLabel]:
     if problems:
         shown = problems[:MAX_PROBLEMS_SHOWN]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise ValueError(
-            f"{path}: {len(problems)} problem(s); nothing was stored\n  " + "\n  ".join(shown) + more
-        )
+        raise ValueError(f"{path}: {len(problems)} problem(s); nothing was stored\n  " + "\n  ".join(shown) + more)
     return labels
 
 
@@ -131,14 +129,18 @@ def run(args: argparse.Namespace) -> int:
     stored = duplicates = 0
     now_ms = int(time.time() * 1000)
     try:
-        with open_database(service_database_url()) as conn, conn, conn.cursor() as cur:
-            with tqdm(total=len(labels), unit="label", disable=args.no_progress, file=sys.stderr) as bar:
-                for start in range(0, len(labels), CHUNK):
-                    results = write_labels(cur, labels[start : start + CHUNK], now_ms)
-                    added = sum(1 for r in results if r.status == "stored")
-                    stored += added
-                    duplicates += len(results) - added
-                    bar.update(len(results))
+        with (
+            open_database(service_database_url()) as conn,
+            conn,
+            conn.cursor() as cur,
+            tqdm(total=len(labels), unit="label", disable=args.no_progress, file=sys.stderr) as bar,
+        ):
+            for start in range(0, len(labels), CHUNK):
+                results = write_labels(cur, labels[start : start + CHUNK], now_ms)
+                added = sum(1 for r in results if r.status == "stored")
+                stored += added
+                duplicates += len(results) - added
+                bar.update(len(results))
     except psycopg2.Error as exc:
         raise CommandError(f"{str(exc).strip()}; nothing was stored") from None
     elapsed = max(time.monotonic() - started, 1e-9)

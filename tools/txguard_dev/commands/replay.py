@@ -27,7 +27,8 @@ API reads JSON, with text forms allowed: integers in digits, `fraud` as true/fal
 RFC 3339, or "YYYY-MM-DD HH:MM:SS[.fff]" taken as UTC. A row without a fraud cell has no label.
 
 `--preset handbook` reads the Fraud Detection Handbook's simulated transactions: account_id = CUSTOMER_ID + 1,
-transaction_id = TRANSACTION_ID, timestamp = TX_DATETIME (UTC), amount = TX_AMOUNT, currency EUR, merchant_id =
+transaction_id = TRANSACTION_ID, timestamp = TX_DATETIME (UTC), amount = TX_AMOUNT (rounded half up to cents: the
+file's floats carry binary artefacts such as 85.64999999999999), currency EUR, merchant_id =
 "t" + TERMINAL_ID, fraud = TX_FRAUD, reason = the TX_FRAUD_SCENARIO's name (1 amount_above_220,
 2 compromised_terminal, 3 compromised_card; none for genuine), source chargeback.
 """
@@ -43,6 +44,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,20 @@ def _plus_one(name: str) -> Cell:
     return read
 
 
+def _cents(name: str) -> Cell:
+    """The Handbook writes amounts as Python floats, some with binary artefacts (85.64999999999999 for 85.65):
+    rounded half up to cents, which is what was meant."""
+
+    def read(row: dict[str, Any]) -> Any:
+        value = row.get(name)
+        try:
+            return str(literals.decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+        except (ValueError, ArithmeticError):
+            return value  # refused by the amount's own rule, which names it
+
+    return read
+
+
 def _handbook_reason(row: dict[str, Any]) -> Any:
     scenario = row.get("TX_FRAUD_SCENARIO")
     return HANDBOOK_SCENARIOS.get(str(scenario)) if scenario not in ("0", None) else None
@@ -86,7 +102,7 @@ PRESETS: dict[str, dict[str, Cell]] = {
         "account_id": _plus_one("CUSTOMER_ID"),
         "transaction_id": _column("TRANSACTION_ID"),
         "timestamp": _column("TX_DATETIME"),
-        "amount": _column("TX_AMOUNT"),
+        "amount": _cents("TX_AMOUNT"),
         "currency": lambda row: "EUR",
         "merchant_id": lambda row: None if row.get("TERMINAL_ID") in (None, "") else f"t{row['TERMINAL_ID']}",
         "fraud": _column("TX_FRAUD"),
@@ -230,11 +246,7 @@ def read_replay(
             break
     if problems:
         raise ValueError(f"{path}: bad rows; nothing was sent\n  " + "\n  ".join(problems[:20]))
-    found = [
-        f
-        for f in found
-        if (from_ms is None or f[0].ts >= from_ms) and (until_ms is None or f[0].ts < until_ms)
-    ]
+    found = [f for f in found if (from_ms is None or f[0].ts >= from_ms) and (until_ms is None or f[0].ts < until_ms)]
     found.sort(key=lambda f: (f[0].ts, f[0].transaction_id))
     labels = [
         FraudLabel(t.transaction_id, fraud, source, t.ts + delay_ms, reason)

@@ -32,8 +32,7 @@ DAY_MS = 86_400_000
 History = list[tuple[int, int, bool]]  # (labelled_at ms, label_id, fraud), any order
 Steps = dict[int, int]  # known day -> +1 / -1
 
-_COLUMNS = """l.label_id, l.transaction_id, l.fraud, l.source, txguard_ts_to_ms(l.labelled_at), l.reason,
-              txguard_ts_to_ms(l.received_at)"""
+# Every query below returns a StoredLabel's columns in its order (label_id ... received_at).
 
 
 class InvalidLabelCursor(Malformed, ValueError):
@@ -79,7 +78,9 @@ def steps(history: Iterable[tuple[int, int, bool]]) -> Steps:
 
 def _histories(cur: psycopg2.extensions.cursor, transaction_ids: Sequence[int]) -> dict[int, list[StoredLabel]]:
     cur.execute(
-        f"SELECT {_COLUMNS} FROM labels l WHERE l.transaction_id = ANY(%s::bigint[]) ORDER BY l.label_id",
+        """SELECT l.label_id, l.transaction_id, l.fraud, l.source, txguard_ts_to_ms(l.labelled_at), l.reason,
+                  txguard_ts_to_ms(l.received_at)
+           FROM labels l WHERE l.transaction_id = ANY(%s::bigint[]) ORDER BY l.label_id""",
         (list(transaction_ids),),
     )
     found: dict[int, list[StoredLabel]] = defaultdict(list)
@@ -138,12 +139,13 @@ def write_labels(cur: psycopg2.extensions.cursor, batch: Sequence[FraudLabel], n
 
     if pending:
         cur.execute(
-            f"""INSERT INTO labels AS l (transaction_id, fraud, source, labelled_at, reason)
+            """INSERT INTO labels AS l (transaction_id, fraud, source, labelled_at, reason)
                 SELECT tid, fraud, source, txguard_ms_to_ts(at), reason
                 FROM unnest(%s::bigint[], %s::boolean[], %s::text[], %s::bigint[], %s::text[])
                      WITH ORDINALITY AS item(tid, fraud, source, at, reason, n)
                 ORDER BY n
-                RETURNING {_COLUMNS}""",
+                RETURNING l.label_id, l.transaction_id, l.fraud, l.source, txguard_ts_to_ms(l.labelled_at),
+                          l.reason, txguard_ts_to_ms(l.received_at)""",
             (
                 [p.transaction_id for p in pending],
                 [p.fraud for p in pending],
@@ -253,6 +255,28 @@ def apply_pending_labels(cur: psycopg2.extensions.cursor, new: Sequence[Transact
     _add_to_daily(cur, changes)
 
 
+_LISTED_BY_TRANSACTION = """
+    SELECT l.label_id, l.transaction_id, l.fraud, l.source, txguard_ts_to_ms(l.labelled_at), l.reason,
+           txguard_ts_to_ms(l.received_at),
+           l.label_id = (SELECT f.label_id FROM labels f WHERE f.transaction_id = l.transaction_id
+                         ORDER BY f.labelled_at DESC, f.label_id DESC LIMIT 1)
+    FROM labels l
+    WHERE l.label_id > %(after)s AND l.transaction_id = %(tid)s
+    ORDER BY l.label_id LIMIT %(limit)s
+"""
+# An account's labels: those of its stored transactions (a label waiting for its transaction has no account yet).
+_LISTED_BY_ACCOUNT = """
+    SELECT l.label_id, l.transaction_id, l.fraud, l.source, txguard_ts_to_ms(l.labelled_at), l.reason,
+           txguard_ts_to_ms(l.received_at),
+           l.label_id = (SELECT f.label_id FROM labels f WHERE f.transaction_id = l.transaction_id
+                         ORDER BY f.labelled_at DESC, f.label_id DESC LIMIT 1)
+    FROM labels l
+    WHERE l.label_id > %(after)s
+      AND l.transaction_id IN (SELECT transaction_id FROM transactions WHERE account_id = %(account)s)
+    ORDER BY l.label_id LIMIT %(limit)s
+"""
+
+
 def listed(
     cur: psycopg2.extensions.cursor,
     transaction_id: int | None,
@@ -262,18 +286,8 @@ def listed(
 ) -> list[StoredLabel]:
     """Labels of one transaction, or of one account's stored transactions, in order of receipt (label_id), after
     `after_label_id`; each says whether it is the one in force (its transaction's latest by labelled_at, label_id)."""
-    if transaction_id is not None:
-        where = "l.transaction_id = %(tid)s"
-    else:
-        where = "l.transaction_id IN (SELECT transaction_id FROM transactions WHERE account_id = %(account)s)"
     cur.execute(
-        f"""SELECT {_COLUMNS},
-                   l.label_id = (SELECT f.label_id FROM labels f WHERE f.transaction_id = l.transaction_id
-                                 ORDER BY f.labelled_at DESC, f.label_id DESC LIMIT 1)
-            FROM labels l
-            WHERE {where} AND l.label_id > %(after)s
-            ORDER BY l.label_id
-            LIMIT %(limit)s""",
+        _LISTED_BY_TRANSACTION if transaction_id is not None else _LISTED_BY_ACCOUNT,
         {"tid": transaction_id, "account": account_id, "after": after_label_id or 0, "limit": limit},
     )
     return [StoredLabel(*row) for row in cur.fetchall()]
@@ -288,7 +302,8 @@ def in_force(
     """The label in force (latest by labelled_at, label_id) of each stored transaction, [from, to) by the
     transaction's timestamp (epoch ms), optionally only of `transaction_ids`."""
     cur.execute(
-        f"""SELECT DISTINCT ON (l.transaction_id) {_COLUMNS}
+        """SELECT DISTINCT ON (l.transaction_id) l.label_id, l.transaction_id, l.fraud, l.source,
+                   txguard_ts_to_ms(l.labelled_at), l.reason, txguard_ts_to_ms(l.received_at)
             FROM labels l JOIN transactions t USING (transaction_id)
             WHERE (%(ids)s::bigint[] IS NULL OR l.transaction_id = ANY(%(ids)s::bigint[]))
               AND (%(from)s::bigint IS NULL OR t.ts >= txguard_ms_to_ts(%(from)s::bigint))
