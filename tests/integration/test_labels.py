@@ -12,13 +12,19 @@ import pytest
 from tests.conftest import ROOT, Database, load_event
 from tests.integration.helpers import T0, store, tx
 from txguard import db
+from txguard.detection import detector_cache
 from txguard.domain import FraudLabel
+from txguard.ingest import store_transactions
 from txguard.labels import LabelInForce, labels_in_force
 from txguard.storage.labels import write_labels
 from txguard_dev.local.runner import FunctionRunner, Template
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
+
+
+def current(cur: Any) -> Any:
+    return detector_cache.current(cur, 0)
 
 
 @pytest.fixture
@@ -198,3 +204,40 @@ def test_listing_pages_with_a_cursor_and_refuses_bad_parameters(runner: Function
     status, body = get(runner, transaction_id="3", cursor="bm90LW91cnM")
     assert status == 400 and body["error"]["code"] == "invalid_cursor"
     assert get(runner, account_id="0")[0] == 422
+
+
+def _together(*works: Any) -> None:
+    """Run each unit of work on its own connection, all released at once; re-raise the first failure."""
+    barrier = threading.Barrier(len(works))
+    errors: list[BaseException] = []
+
+    def run(work: Any) -> None:
+        holder = db.ConnectionHolder()
+        try:
+            barrier.wait()
+            db.run_in_transaction(work, holder=holder)
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+        finally:
+            holder.reset()
+
+    threads = [threading.Thread(target=run, args=(work,)) for work in works]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
+def test_a_label_racing_its_transaction_is_counted_exactly_once(database: Database) -> None:
+    # Ingest looks for waiting labels under the shared lock, label writes take it exclusive: whichever commits
+    # second sees the other, so the steps are added once, never zero or two times.
+    for tid in range(1000, 1015):
+        transaction = [tx(9, T0 + tid, "3.00", "m-race", tid=tid)]
+        label = [FraudLabel(tid, True, "chargeback", T0 + DAY)]
+        _together(
+            lambda cur, batch=transaction: store_transactions(cur, batch, current(cur)),
+            lambda cur, batch=label: write_labels(cur, batch, T0),
+        )
+        steps_match_the_view(database)
+    assert database.query("SELECT frauds FROM merchant_label_daily WHERE merchant_id = 'm-race'") == [(15,)]
