@@ -241,3 +241,14 @@ def test_a_label_racing_its_transaction_is_counted_exactly_once(database: Databa
         )
         steps_match_the_view(database)
     assert database.query("SELECT frauds FROM merchant_label_daily WHERE merchant_id = 'm-race'") == [(15,)]
+
+
+def test_within_a_batch_a_label_sent_as_now_is_compared_with_the_latest_item_before_it(
+    runner: FunctionRunner, database: Database
+) -> None:
+    batch = [label(4, fraud=True), label(4, fraud=False), label(4, fraud=False, at=None), label(4, fraud=True, at=None)]
+    results = post(runner, {"labels": batch})[1]["results"]
+    # The third repeats the second (the latest before it); the fourth differs from it, so it is new.
+    assert [r["status"] for r in results] == ["stored", "stored", "duplicate", "stored"]
+    assert results[2]["label"]["label_id"] == results[1]["label"]["label_id"]
+    assert [r["label"]["in_force"] for r in results] == [False, False, False, True]

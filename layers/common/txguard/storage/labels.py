@@ -28,6 +28,7 @@ from txguard.errors import Malformed
 # Any fixed number, distinct from migrate's key (a single bigint key never meets the two-key merchant slots).
 LABELS_LOCK_KEY = 0x7478_6775_6172_6402
 DAY_MS = 86_400_000
+_PLACEHOLDER_IDS = 2**62  # label ids of a batch's new labels before the insert numbers them
 
 History = list[tuple[int, int, bool]]  # (labelled_at ms, label_id, fraud), any order
 Steps = dict[int, int]  # known day -> +1 / -1
@@ -127,11 +128,18 @@ def write_labels(cur: psycopg2.extensions.cursor, batch: Sequence[FraudLabel], n
             outcome.append(("duplicate", key))
             continue
         pending.append(label)
-        # Stands in for the stored row until the insert gives it an id: a repeat later in the batch is a duplicate.
+        # Stands in for the stored row until the insert gives it an id (above every stored one, in batch order):
+        # a repeat later in the batch is a duplicate, and a later "now" label compares with the latest.
         labelled_at_ms = label.labelled_at_ms
         assert labelled_at_ms is not None
         placeholder = StoredLabel(
-            2**63 - 1, label.transaction_id, label.fraud, label.source, labelled_at_ms, label.reason, now_ms
+            _PLACEHOLDER_IDS + len(pending),
+            label.transaction_id,
+            label.fraud,
+            label.source,
+            labelled_at_ms,
+            label.reason,
+            now_ms,
         )
         by_identity[key] = placeholder
         histories.setdefault(label.transaction_id, []).append(placeholder)
