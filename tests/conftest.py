@@ -201,7 +201,15 @@ ignore_startup_parameters = extra_float_digits
         shutil.rmtree(directory, ignore_errors=True)
 
 
-_TABLES_TO_EMPTY = ("transactions", "account_stats", "account_daily", "rule_sets", "alert_outbox")
+_TABLES_TO_EMPTY = (
+    "transactions",
+    "account_stats",
+    "account_daily",
+    "rule_sets",
+    "alert_outbox",
+    "labels",
+    "merchant_label_daily",
+)
 
 
 @pytest.fixture
@@ -209,7 +217,7 @@ def database(migrated_database: Database, monkeypatch: pytest.MonkeyPatch) -> It
     """An empty, migrated database with the default rule set; the code under test connects as the service role."""
     present = {row[0] for row in migrated_database.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     tables = [t for t in (*_TABLES_TO_EMPTY, "fraud_labels") if t in present]
-    migrated_database.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+    migrated_database.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
     migrate(migrated_database.admin_url, service_login_role(migrated_database.name))  # re-seeds the default rule set
     monkeypatch.setenv("DATABASE_URL", migrated_database.service_url)
     db.reset_connection()

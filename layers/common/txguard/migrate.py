@@ -39,11 +39,10 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "transactions": ("SELECT", "INSERT"),
     "account_stats": ("SELECT", "INSERT", "UPDATE"),
     "rule_sets": ("SELECT",),
-    "fraud_labels": ("SELECT", "INSERT"),
     "alert_outbox": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "account_daily": ("SELECT", "INSERT", "UPDATE"),
     "labels": ("SELECT", "INSERT"),
-    "merchant_label_daily": ("SELECT", "INSERT", "UPDATE"),
+    "merchant_label_daily": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "merchant_label_steps": ("SELECT",),
 }
 # Tables of schema public the functions never touch.

@@ -246,7 +246,7 @@ def recall_by_reason(frauds: Iterable[tuple[str, bool]]) -> dict[str, ReasonReca
 
 _CHUNK = 10_000
 _DECISIONS = "SELECT transaction_id, fraud, rule_set_version FROM transactions WHERE transaction_id = ANY(%s::bigint[])"
-TABLE_SOURCE = "fraud_labels table"
+TABLE_SOURCE = "labels table"
 
 
 @dataclass
@@ -343,7 +343,7 @@ class Evaluation:
 
 
 def from_table(cur: psycopg2.extensions.cursor, run_ids: Sequence[int]) -> Evaluation:
-    """The stored decisions against the fraud_labels table's labels of `run_ids` (none given: every run)."""
+    """The stored decisions against the labels in force (any source) of `run_ids` (none given: every label)."""
     return from_labels(cur, load_labels(cur, run_ids), run_ids, TABLE_SOURCE)
 
 

@@ -1,6 +1,6 @@
 """`txguard evaluate`: the decisions stored at ingest against the labels of generated traffic.
 
-    txguard evaluate                          # every labelled transaction in fraud_labels
+    txguard evaluate                          # every stored transaction with a label in the labels table
     txguard evaluate --run-id 1234 --run-id 1240
     txguard evaluate --labels run.labels.csv  # labels from a file (e.g. a run posted to another database)
 
@@ -26,9 +26,7 @@ def render_text(e: Evaluation) -> str:
     width = max([len(p) for p in e.patterns] + [len("compromised_merchant")])
     # A labels file may hold any labelled traffic, not only generated runs: say where the truth came from.
     where = (
-        "the labels txguard generate wrote to the fraud_labels table"
-        if e.source == TABLE_SOURCE
-        else f"the labels in the file {e.source}"
+        "the labels in force in the labels table" if e.source == TABLE_SOURCE else f"the labels in the file {e.source}"
     )
     lines = [
         f"Evaluated {e.evaluated:,} stored transactions against {where} (runs: {runs}; rule set version {versions})",
@@ -88,7 +86,7 @@ RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_js
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--labels", metavar="FILE", help="labels file (CSV or JSON lines) instead of fraud_labels")
+    parser.add_argument("--labels", metavar="FILE", help="labels file (CSV or JSON lines) instead of the labels table")
     parser.add_argument(
         "--run-id",
         type=integer_argument(0, 2**63 - 1),
