@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +92,17 @@ def test_evaluate_reports_the_matrix_and_every_pattern_from_the_labels_table(dat
     report = json.loads(output)
     matrix = report["confusion_matrix"]
     assert report["evaluated"] == sum(matrix.values()) == 2000
-    assert matrix["tp"] + matrix["fn"] == 40
-    assert set(report["patterns"]) == set(PATTERN_NAMES)
+    assert matrix["tp"] + matrix["fn"] == report["frauds"] == report["labelled_fraud"] == 40
+    assert report["unlabelled"] == 0 and report["labelled_genuine"] == 1960
+    assert set(report["reasons"]) == set(PATTERN_NAMES)
+    assert 0.5 < report["roc_auc"] <= 1 and 0 < report["average_precision"] <= 1
+    assert 0 <= report["card_precision"]["mean"] <= 1
     flagged = database.query("SELECT count(*) FROM transactions WHERE fraud")[0][0]
     assert matrix["tp"] + matrix["fp"] == flagged
     status, text = txguard("evaluate", "--run-id", str(run_ids(database)[0]))
     assert status == 0 and "card_testing" in text
-    assert "Evaluated 2,000 stored transactions against the labels in force in the labels table" in text
+    assert text.startswith("Evaluated 2,000 stored decisions (")
+    assert "against the labels store" in text.splitlines()[0]
 
 
 def test_evaluate_reads_a_labels_file_the_same_way(database: Database, tmp_path: Path) -> None:
@@ -108,7 +114,8 @@ def test_evaluate_reads_a_labels_file_the_same_way(database: Database, tmp_path:
     assert from_file["evaluated"] == 500
     status, text = txguard("evaluate", "--labels", str(labels))
     assert status == 0
-    assert text.startswith(f"Evaluated 500 stored transactions against the labels in the file {labels} ")
+    assert text.startswith("Evaluated 500 stored decisions (")
+    assert text.splitlines()[0].endswith(f"against the labels in the file {labels}")
     assert "generated" not in text.splitlines()[0]
 
 
@@ -119,8 +126,8 @@ def test_evaluate_leaves_out_labels_whose_transactions_are_not_stored(database: 
         "VALUES (1, true, 'analyst', date_trunc('milliseconds', now()), 'x')"
     )
     report = json.loads(txguard("evaluate", "--format", "json")[1])
-    # The labels table's reader gives only labels of stored transactions (a label may wait for its transaction).
-    assert (report["evaluated"], report["labelled_not_stored"]) == (100, 0)
+    # A label may wait for its transaction: the evaluation covers stored decisions only.
+    assert (report["evaluated"], report["labelled_fraud"] + report["labelled_genuine"]) == (100, 100)
 
 
 # --- the scheduled function, in-process -------------------------------------------------------------
@@ -197,3 +204,25 @@ def test_scheduled_runs_never_reuse_an_id(database: Database, monkeypatch: pytes
     results = [handler(scheduled_event(), FakeContext()) for _ in range(3)]
     assert [r["stored"] for r in results] == [50, 50, 50]
     assert database.query("SELECT count(DISTINCT transaction_id) FROM transactions")[0][0] == 150
+
+
+def test_evaluate_takes_a_period_and_counts_only_its_decisions(database: Database) -> None:
+    assert generate_direct(n=400, seed=11)[0] == 0
+    (first_day, count_first_day, frauds_first_day) = database.query(
+        """SELECT min(ts)::date, count(*) FILTER (WHERE ts::date = (SELECT min(ts)::date FROM transactions)),
+                  count(*) FILTER (WHERE ts::date = (SELECT min(ts)::date FROM transactions) AND l.fraud)
+           FROM transactions t LEFT JOIN labels l USING (transaction_id)"""
+    )[0]
+    next_day = first_day + timedelta(days=1)
+    status, output = txguard("evaluate", "--from", first_day.isoformat(), "--to", next_day.isoformat(), "--json")
+    assert status == 0, output
+    report = json.loads(output)
+    assert report["evaluated"] == count_first_day and report["frauds"] == frauds_first_day
+    for argv, message in (
+        (("--from", next_day.isoformat(), "--to", first_day.isoformat()), "--from must be before --to"),
+        (("--from", "2018-13-01"), "2018-13-01"),
+    ):
+        errors = io.StringIO()
+        with redirect_stderr(errors), contextlib.suppress(SystemExit):
+            status, _ = txguard("evaluate", *argv)
+        assert message in errors.getvalue()
