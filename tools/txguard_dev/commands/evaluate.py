@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from txguard.evaluation import Report
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     from txguard.evaluation import Evaluation, Truth, judge
     from txguard.labels import GENUINE, LabelInForce, labels_in_force, read_labels
-    from txguard.storage.transactions import scored_in_period
+    from txguard.storage.transactions import ScoredRow, scored_in_period
     from txguard_generator.delivery import database_configured
 
     if not database_configured():
@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     ranges = [(run << RUN_ID_BITS, (run + 1) << RUN_ID_BITS) for run in args.run_id]
     source = f"the labels in the file {args.labels}" if args.labels else "the labels store"
     evaluation = Evaluation(source, k=args.k, count_unlabelled_as_genuine=args.unlabelled == "genuine")
+    chunks: Iterable[list[ScoredRow]]
     try:
         with open_database(service_database_url()) as conn, conn, conn.cursor() as cur:
             if from_file is not None:
