@@ -67,6 +67,7 @@ class CompiledRuleSet:
         self.needed_features = frozenset({"count"}.union(*(_features_of(rule.condition) for rule in enabled)))
         # Ingest reads only this much of each account's and merchant's recent history.
         self.window_reach_ms = window_reach_ms(self.needed_features)
+        self.feature_settings = rule_set.feature_settings()
         self._rules = tuple(
             _CompiledRule(rule.id, rule.mode, rule.score, _compile(rule.condition))
             for rule in sorted(rule_set.rules, key=lambda r: r.id)

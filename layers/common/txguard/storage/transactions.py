@@ -20,7 +20,7 @@ import psycopg2
 import psycopg2.extensions
 
 from txguard.domain import DecidedTransaction, Decision, Reason, Transaction
-from txguard.features import Span, Timeline, spans_before
+from txguard.features import Features, Span, Timeline, spans_before
 from txguard.storage import array_literal
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ _COLUMNS = (
     "score",
     "reasons",
     "rule_set_version",
+    "features",
 )
 
 
@@ -112,32 +113,49 @@ def _timestamp_text(ms: int) -> str:
     return f"{date} {hour:02d}:{minute:02d}:{second:02d}.{millis:03d}+00"
 
 
-def copy_line(t: Transaction, d: Decision) -> str:
-    """A new row with its decision in COPY's text format."""
+def copy_line(t: Transaction, d: Decision, features: str = "{}") -> str:
+    """A new row with its decision (and the JSON object of its features) in COPY's text format."""
     # COPY's text format: backslashes in the JSON must be doubled.
     reasons = d.reasons_text.replace("\\", "\\\\") if d.reasons else "[]"
     return (
         f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
         f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else chr(92) + 'N'}\t"
-        f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\n"
+        f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\t{features}\n"
     )
+
+
+def features_json(features: Features, names: Sequence[str]) -> str:
+    """The named features as a JSON object (numbers in plain notation, null when missing), for the `features`
+    column; names are feature names (plain identifiers: nothing to escape)."""
+    parts = []
+    for name in names:
+        value = features.get(name)
+        if value is None:
+            parts.append(f'"{name}":null')
+        elif isinstance(value, int):
+            parts.append(f'"{name}":{value}')
+        else:
+            parts.append(f'"{name}":{value:f}')
+    return "{" + ",".join(parts) + "}"
 
 
 class _DecidedRows:
     """What COPY reads: rows decided on demand, a chunk per read, each decision also kept in `decisions`."""
 
-    def __init__(self, decided: Iterator[Decided], decisions: dict[int, Decision]) -> None:
+    def __init__(self, decided: Iterator[Decided], decisions: dict[int, Decision], names: Sequence[str]) -> None:
         self._decided = decided
         self._decisions = decisions
+        self._names = names
         self.failure: BaseException | None = None
 
     def read(self, size: int = -1) -> str:
         lines = []
         length = 0
         try:
-            for t, _, d in self._decided:
+            names = self._names
+            for t, features, d in self._decided:
                 self._decisions[t.transaction_id] = d
-                line = copy_line(t, d)
+                line = copy_line(t, d, features_json(features, names))
                 lines.append(line)
                 length += len(line)
                 if 0 < size <= length:
@@ -154,8 +172,10 @@ def copy_in(
     count: int,
     decisions: dict[int, Decision],
     timeout_ms: int,
+    feature_names: Sequence[str] = (),
 ) -> None:
-    """COPY the `count` rows in as they are decided, keeping each decision in `decisions` (by transaction id).
+    """COPY the `count` rows in as they are decided, keeping each decision in `decisions` (by transaction id),
+    each row with the values of `feature_names` (those its detector read) in its `features` column.
 
     The deciding happens inside the COPY statement, and statement_timeout is there to bound the database's
     own work. So this one statement gets the unit of work's timeout (`timeout_ms`, 0 for none) plus an
@@ -164,7 +184,7 @@ def copy_in(
     """
     if timeout_ms > 0:
         _set_statement_timeout(cur, timeout_ms + ceil(count * DECIDING_ALLOWANCE_MS_PER_ROW))
-    rows = _DecidedRows(decided, decisions)
+    rows = _DecidedRows(decided, decisions, feature_names)
     try:
         cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", rows, size=_COPY_CHUNK)
     except psycopg2.Error:
@@ -218,10 +238,11 @@ def merchant_windows(
     transactions: Iterable[Transaction],
     reach_ms: int,
     skip_account_from: tuple[int, int] = (0, 0),
+    from_day_start: bool = False,
 ) -> dict[str, Timeline]:
     """For the merchants of these transactions (sorted by time), their stored transactions (every account's)
-    within reach_ms before each one, as one sorted Timeline per merchant; empty ones, read from nowhere, when no
-    rule looks at merchants (reach_ms 0).
+    within reach_ms before each one (and from the start of its UTC day, if asked), as one sorted Timeline per
+    merchant; empty ones, read from nowhere, when no rule looks at merchants' recent transactions (reach_ms 0).
 
     skip_account_from = (account, ms) leaves out that account's transactions from ms on (0: none left out).
     """
@@ -229,9 +250,9 @@ def merchant_windows(
     for t in transactions:
         if t.merchant_id is not None:
             times[t.merchant_id].append(t.ts)
-    if reach_ms <= 0:
+    if reach_ms <= 0 and not from_day_start:
         return {m: Timeline(complete_from=0) for m in times}
-    spans = {m: spans_before(ts, reach_ms) for m, ts in times.items()}
+    spans = {m: spans_before(ts, max(reach_ms, 1), from_day_start) for m, ts in times.items()}
     keys, lows, highs = _flatten(spans)
     if not keys:
         return {}
