@@ -61,10 +61,12 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     return ts, tid
 
 
-def flagged_transactions(cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None) -> Page:
-    """The account's stored decisions that flagged fraud, newest first."""
+def flagged_transactions(
+    cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None, with_features: bool = False
+) -> Page:
+    """The account's stored decisions that flagged fraud, newest first (each with its stored features, if asked)."""
     before = decode_cursor(cursor) if cursor else None
-    return _page(transactions.flagged(cur, account_id, before, limit + 1), limit)
+    return _page(transactions.flagged(cur, account_id, before, limit + 1, with_features), limit)
 
 
 def list_transactions(

@@ -8,6 +8,7 @@ through the (account_id, ts) and (merchant_id, ts) indexes: never by the length 
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,7 +21,7 @@ import psycopg2
 import psycopg2.extensions
 
 from txguard.domain import DecidedTransaction, Decision, Reason, Transaction
-from txguard.features import Features, Span, Timeline, spans_before
+from txguard.features import Span, Timeline, features_json, spans_before
 from txguard.storage import array_literal
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ K = TypeVar("K", int, str)
 
 SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
                     fraud, score, reasons, rule_set_version FROM transactions"""
+
+# The same, with the features each decision was taken on (NULL for rows stored before they were kept).
+SELECT_WITH_FEATURES = SELECT_TRANSACTIONS.replace(" FROM transactions", ", features::text FROM transactions")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS = (
@@ -50,7 +54,7 @@ _COLUMNS = (
 def stored_by_id(cur: psycopg2.extensions.cursor, ids: list[int]) -> dict[int, tuple[Transaction, Decision]]:
     """The stored transactions among `ids`, each with its decision, by id (stored rows never change: no lock)."""
     cur.execute(SELECT_TRANSACTIONS + " WHERE transaction_id = ANY(%s::bigint[])", (array_literal(ids),))
-    return {row[0]: (transaction_from_row(row), decision_from_row(row[6:])) for row in cur.fetchall()}
+    return {row[0]: (transaction_from_row(row), decision_from_row(row[6:10])) for row in cur.fetchall()}
 
 
 def transaction_from_row(row: Sequence[Any]) -> Transaction:
@@ -59,7 +63,9 @@ def transaction_from_row(row: Sequence[Any]) -> Transaction:
 
 
 def decided_from_row(row: Sequence[Any]) -> DecidedTransaction:
-    return DecidedTransaction(transaction_from_row(row), decision_from_row(row[6:]))
+    """A row of SELECT_TRANSACTIONS, or of SELECT_WITH_FEATURES (then with its features, numbers as Decimal)."""
+    features = json.loads(row[10], parse_float=Decimal) if len(row) > 10 and row[10] is not None else None
+    return DecidedTransaction(transaction_from_row(row), decision_from_row(row[6:10]), features)
 
 
 def decision_from_row(row: Sequence[Any]) -> Decision:
@@ -122,21 +128,6 @@ def copy_line(t: Transaction, d: Decision, features: str = "{}") -> str:
         f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else chr(92) + 'N'}\t"
         f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\t{features}\n"
     )
-
-
-def features_json(features: Features, names: Sequence[str]) -> str:
-    """The named features as a JSON object (numbers in plain notation, null when missing), for the `features`
-    column; names are feature names (plain identifiers: nothing to escape)."""
-    parts = []
-    for name in names:
-        value = features.get(name)
-        if value is None:
-            parts.append(f'"{name}":null')
-        elif isinstance(value, int):
-            parts.append(f'"{name}":{value}')
-        else:
-            parts.append(f'"{name}":{value:f}')
-    return "{" + ",".join(parts) + "}"
 
 
 class _DecidedRows:
@@ -298,15 +289,20 @@ def any_flagged(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
 
 
 def flagged(
-    cur: psycopg2.extensions.cursor, account_id: int, before: tuple[int, int] | None, limit: int
+    cur: psycopg2.extensions.cursor,
+    account_id: int,
+    before: tuple[int, int] | None,
+    limit: int,
+    with_features: bool = False,
 ) -> list[DecidedTransaction]:
-    """Up to `limit` of the account's transactions stored as fraud, newest first, before (ms, transaction id)."""
+    """Up to `limit` of the account's transactions stored as fraud, newest first, before (ms, transaction id);
+    `with_features`: each with the features its decision was taken on."""
     condition, params = "", [account_id]
     if before is not None:
         condition = " AND (ts, transaction_id) < (txguard_ms_to_ts(%s), %s)"
         params.extend(before)
     cur.execute(
-        SELECT_TRANSACTIONS
+        (SELECT_WITH_FEATURES if with_features else SELECT_TRANSACTIONS)
         + " WHERE account_id = %s AND fraud"
         + condition
         + " ORDER BY ts DESC, transaction_id DESC LIMIT %s",
@@ -379,4 +375,30 @@ def in_time_order(
         condition += (" AND" if condition else " WHERE") + " ts < txguard_ms_to_ts(%s)"
         params.append(until_ms)
     cur.execute(SELECT_TRANSACTIONS + condition + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit))
+    return [decided_from_row(row) for row in cur.fetchall()]
+
+
+def decided_with_features(
+    cur: psycopg2.extensions.cursor,
+    from_ms: int | None,
+    to_ms: int | None,
+    after: tuple[int, int] | None,
+    limit: int,
+) -> list[DecidedTransaction]:
+    """Up to `limit` stored transactions of every account in [from_ms, to_ms) (epoch ms; None: unbounded), oldest
+    first, after (ms, transaction id): each with the decision taken at ingest and the features it was taken on
+    (`features`: name -> Decimal, int or None; None for rows stored before features were kept). What training and
+    windowed evaluation read: exactly what serving saw. Reads through the (ts, transaction_id) index."""
+    conditions, params = [], list[int]()
+    if from_ms is not None:
+        conditions.append("ts >= txguard_ms_to_ts(%s)")
+        params.append(from_ms)
+    if to_ms is not None:
+        conditions.append("ts < txguard_ms_to_ts(%s)")
+        params.append(to_ms)
+    if after is not None:
+        conditions.append("(ts, transaction_id) > (txguard_ms_to_ts(%s), %s)")
+        params.extend(after)
+    where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    cur.execute(SELECT_WITH_FEATURES + where + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit))
     return [decided_from_row(row) for row in cur.fetchall()]
