@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg2
 
-from bench.harness import BenchDatabase, amount_text, timed
+from bench.harness import BenchDatabase, amount_text, history_rule_set, timed
 from txguard_dev.local.runner import FunctionRunner, Template
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,10 +83,12 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     from txguard.api.presenters import json_response
     from txguard.api.resolver import parse_json
     from txguard.api.schemas import TransactionBatch
-    from txguard.detection import decide_in_time_order, empty_history
+    from txguard.detection import decide_in_time_order, decisions_in_time_order, empty_history, empty_timeline
     from txguard.domain import StoreResult, Transaction
+    from txguard.features import features_json
     from txguard.presenters import store_results_json
     from txguard.rule_engine import CompiledRuleSet
+    from txguard.rule_language import validate_rule_set
     from txguard.storage.rule_sets import default_rule_set
     from txguard.storage.transactions import copy_line
 
@@ -110,13 +112,28 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     accounts = {t.account_id for t in txs}
     decisions = decide_in_time_order(txs, {a: empty_history() for a in accounts}, {}, rules)
     results = [StoreResult(t, "stored", decisions[t.transaction_id]) for t in txs]
+    names = tuple(sorted(rules.needed_features))
+    features = {
+        d.transaction.transaction_id: d.features
+        for d in decisions_in_time_order(txs, {a: empty_history() for a in accounts}, {}, rules)
+    }
+    history_rules = CompiledRuleSet(1, validate_rule_set(history_rule_set()))
+    at_merchants = [t._replace(merchant_id=f"m{t.transaction_id % 500}") for t in txs]
     stages = {
         "parse JSON": lambda: parse_json(body),
         "validate (pydantic)": lambda: TransactionBatch.model_validate(parsed),
         "features + rules (default rule set)": lambda: decide_in_time_order(
             txs, {a: empty_history() for a in accounts}, {}, rules
         ),
-        "COPY text": lambda: "".join(copy_line(t, decisions[t.transaction_id]) for t in txs),
+        "features + rules (default rules and the history features, 500 merchants)": lambda: decide_in_time_order(
+            at_merchants,
+            {a: empty_history() for a in accounts},
+            {f"m{i}": empty_timeline() for i in range(500)},
+            history_rules,
+        ),
+        "COPY text (with the features stored)": lambda: "".join(
+            copy_line(t, decisions[t.transaction_id], features_json(features[t.transaction_id], names)) for t in txs
+        ),
         "response JSON": lambda: json_response(201, {"results": store_results_json(results)}),
     }
     return {name: round(min(timed(work) for _ in range(3)) * 1e6 / len(data), 2) for name, work in stages.items()}

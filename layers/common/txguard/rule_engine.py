@@ -2,7 +2,8 @@
 
 score = 1 - product(1 - weight) over the active rules that fire, rounded to four places;
 fraud = score >= the rule set's threshold. Shadow rules are evaluated and explained but never count.
-The SQL function detect_fraud (migrations/0002_detect_fraud.sql, redefined by 0011_history_features.sql) implements the same arithmetic: exact,
+The SQL function detect_fraud (migrations/0002_detect_fraud.sql, redefined by 0011_history_features.sql)
+implements the same arithmetic: exact,
 so a constant of a rule means the same number here as in SQL (rule_language bounds its digits).
 Amounts in explanations are written in the transaction currency's minor units (BHD 0.125, JPY 129, EUR 41.20).
 """
