@@ -37,6 +37,7 @@ from txguard.currencies import MINOR_UNITS
 from txguard.detection import detector_cache
 from txguard.domain import Transaction
 from txguard.features import FEATURES
+from txguard.queries import recompute_window
 from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, RuleSetError
 
 pytestmark = pytest.mark.integration
@@ -373,3 +374,28 @@ def test_backtest_replay_decides_as_sql_does_once_labels_have_arrived(
         in_sql = sql_decisions(database, account)
         assert {tid: in_backtest[tid] for tid in in_sql} == in_sql
         assert python_decisions(recompute(account)) == in_sql
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), rows=histories(), options=feature_options(), size=st.integers(1, 6))
+def test_a_recomputation_window_starting_mid_history_gives_every_feature_as_sql_does(
+    database: Database, data: st.DataObject, rows: list[Row], options: dict[str, object], size: int
+) -> None:
+    apply_rules(database, EVERY_FEATURE, features=options)
+    time_zone, delay = str(options["time_zone"]), int(str(options["label_delay_days"]))
+    batch, accounts = materialise(rows)
+    store(data.draw(st.permutations(batch)))
+    insert_labels(database, batch, data.draw(late_labels(len(batch))))
+    names = [name for name in FEATURES if name in comparable]
+    for account in accounts:
+        # Windows of `size` transactions, newest first, each starting from the per-day totals before it.
+        paged: dict[int, dict[str, object]] = {}
+        before = None
+        while True:
+            judged, before = db.run_in_transaction(
+                lambda cur, a=account, b=before: recompute_window(cur, a, detector_cache.current(cur, 0), b, size)
+            )
+            paged.update({j.transaction.transaction_id: dict(j.features or {}) for j in judged})
+            if before is None:
+                break
+        assert_same_features(paged, sql_features(database, account, time_zone, delay), names)
