@@ -70,11 +70,6 @@ def needs_account_days(needed: frozenset[str]) -> bool:
     return not needed.isdisjoint(ACCOUNT_DAY_FEATURES)
 
 
-def needs_merchant_days(needed: frozenset[str]) -> bool:
-    """Whether these features read merchants' per-day counts (the 7- and 30-day windows, risk)."""
-    return not needed.isdisjoint(MERCHANT_DAY_FEATURES) or not needed.isdisjoint(RISK_FEATURES)
-
-
 def merchant_days_back(needed: frozenset[str], settings: FeatureSettings) -> int:
     """How many whole days before a transaction's day its merchant's per-day counts must reach (0: none)."""
     back = 0
@@ -154,8 +149,16 @@ FEATURES: dict[str, FeatureInfo] = {
 }
 
 ALL_FEATURES = frozenset(FEATURES)
-# The features a tail of recent transactions gives alone, with no per-day totals, label steps or time zone loaded.
-TAIL_FEATURES = ALL_FEATURES - ACCOUNT_DAY_FEATURES - MERCHANT_DAY_FEATURES - RISK_FEATURES - LOCAL_TIME_FEATURES
+# The features running totals and a tail of recent transactions give alone: no per-day totals, label steps, time
+# zone or first use of merchants loaded.
+TAIL_FEATURES = (
+    ALL_FEATURES
+    - ACCOUNT_DAY_FEATURES
+    - MERCHANT_DAY_FEATURES
+    - RISK_FEATURES
+    - LOCAL_TIME_FEATURES
+    - {"merchant_used_before"}
+)
 
 
 def to_units(amount: Decimal) -> int:
