@@ -23,6 +23,7 @@ T0 = 1_700_000_000_000
 
 
 def rows(count: int, first_id: int, accounts: int, seed: int, start: int = T0) -> list[tuple[int, int, int, str]]:
+    """(transaction id, account, timestamp, amount) in per-account time order."""
     rng = random.Random(seed)
     clock = [start + rng.randint(0, 3_600_000) for _ in range(accounts)]
     out = []
@@ -55,7 +56,9 @@ def raw_copy_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]]
         conn.close()
 
 
-def handler_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]], batch_size: int) -> float:
+def handler_rate(
+    database: BenchDatabase, data: list[tuple[int, int, int, str]], batch_size: int, merchants: int = 0
+) -> float:
     runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=None)
     template = json.loads((ROOT / "events" / "store_data_batch.json").read_text())
     events: list[dict[str, Any]] = []
@@ -63,6 +66,7 @@ def handler_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]],
         body = {
             "transactions": [
                 {"account_id": a, "transaction_id": t, "timestamp": ts, "amount": amt}
+                | ({"merchant_id": f"m{t % merchants}"} if merchants else {})
                 for t, a, ts, amt in data[start : start + batch_size]
             ]
         }
@@ -148,7 +152,7 @@ DAY_MS = 86_400_000
 
 
 def paired_rounds(
-    database: BenchDatabase, count: int, batch_size: int, first_round: int
+    database: BenchDatabase, count: int, batch_size: int, first_round: int, merchants: int = 0
 ) -> tuple[list[float], list[float]]:
     """Raw COPY then the handler, ROUNDS times over: each ratio pairs two runs made moments apart.
 
@@ -159,7 +163,7 @@ def paired_rounds(
     for n in range(first_round, first_round + ROUNDS):
         baselines.append(raw_copy_rate(database, rows(count, 1, 1000, seed=1)))
         data = rows(count, 10_000_000 * (n + 1), 1000, seed=n + 2, start=T0 + 30 * DAY_MS * n)
-        measured.append(handler_rate(database, data, batch_size))
+        measured.append(handler_rate(database, data, batch_size, merchants))
     return baselines, measured
 
 
@@ -198,4 +202,13 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
         batch_size,
         *paired_rounds(database, count, batch_size, first_round=ROUNDS),
     )
-    return [with_rules, without_rules]
+    # And with the history features: the default rules plus rules on 7- and 30-day windows, merchant counts over
+    # days, merchant risk, merchant used before and local time, at 500 merchants.
+    database.apply_rules(history_rule_set(), "bench: default rules with history features")
+    with_history = summary(
+        "reference: the same ingest with the default rules and the history features (500 merchants) vs raw COPY",
+        count,
+        batch_size,
+        *paired_rounds(database, count, batch_size, first_round=2 * ROUNDS, merchants=500),
+    )
+    return [with_rules, without_rules, with_history]
