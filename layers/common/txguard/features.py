@@ -252,23 +252,33 @@ class Timeline:
         if cached is None:
             count = total = 0
             days = self.days
-            for day in range(first, until):
-                totals = days.get(day)
-                if totals is not None:
-                    count += totals[0]
-                    total += totals[1]
+            if len(days) < until - first:  # fewer days with transactions than days in the window: visit those
+                for day, totals in days.items():
+                    if first <= day < until:
+                        count += totals[0]
+                        total += totals[1]
+            else:
+                for day in range(first, until):
+                    found = days.get(day)
+                    if found is not None:
+                        count += found[0]
+                        total += found[1]
             if len(self._day_cache) > 64:
                 self._day_cache.clear()
             cached = self._day_cache[key] = (count, total)
             self._cached_until = max(self._cached_until, until)
         return cached
 
-    def day_window(self, t: int, days: int) -> tuple[int, int]:
-        """Count and sum (units) of the day-aligned window: t's UTC day up to t plus the `days` - 1 days before."""
+    def day_windows(self, t: int) -> list[tuple[int, int]]:
+        """Count and sum (units) of each day-aligned window of DAY_WINDOWS: t's UTC day up to t plus the previous
+        6 (29) days. The part of t's day is read once for all of them."""
         day = t // DAY_MS
-        count, total = self.whole_days(day - days + 1, day)
         n, s = self.window(t, t - day * DAY_MS + 1) if t > day * DAY_MS else (0, 0)
-        return count + n, total + s
+        windows = []
+        for _, days in DAY_WINDOWS:
+            count, total = self.whole_days(day - days + 1, day)
+            windows.append((count + n, total + s))
+        return windows
 
     def use_label_steps(self, steps: list[tuple[int, int, int]]) -> None:
         """Read merchant risk from these (tx day, known day, signed frauds) steps from now on."""
@@ -458,13 +468,13 @@ class AccountHistory:
             n, s = self.tail.window(t, DAY_MS)
             result["mean_amount_24h"] = _mean(s, n) if n else None
         if not needed.isdisjoint(ACCOUNT_DAY_FEATURES):
-            for name, days in DAY_WINDOWS:
-                n, s = self.tail.day_window(t, days)
+            windows = self.tail.day_windows(t)
+            for (name, _), (n, s) in zip(DAY_WINDOWS, windows, strict=True):
                 result[f"count_{name}"] = n
                 result[f"sum_{name}"] = from_units(s)
                 result[f"mean_amount_{name}"] = _mean(s, n) if n else None
             if "amount_to_mean_30d" in needed:
-                n, s = self.tail.day_window(t, 30)
+                n, s = windows[-1]  # DAY_WINDOWS ends with the 30 days
                 # amount ÷ (sum ÷ n) = amount × n ÷ sum, exactly; missing when the mean is 0 or there is none.
                 result["amount_to_mean_30d"] = _six_places(units * n * 1_000_000, s) if n and s > 0 else None
         if "merchant_used_before" in needed:
@@ -504,9 +514,10 @@ def merchant_features(
 ) -> Features:
     """The merchant's features for a transaction at t (None for each when there is no merchant)."""
     result: Features = {}
-    for name, days in DAY_WINDOWS:
-        if f"merchant_count_{name}" in needed:
-            result[f"merchant_count_{name}"] = None if merchant is None else merchant.day_window(t, days)[0]
+    if not needed.isdisjoint(MERCHANT_DAY_FEATURES):
+        counts = [None] * len(DAY_WINDOWS) if merchant is None else [n for n, _ in merchant.day_windows(t)]
+        for (name, _), count in zip(DAY_WINDOWS, counts, strict=True):
+            result[f"merchant_count_{name}"] = count
     if not needed.isdisjoint(RISK_FEATURES):
         risks = (None,) * len(RISK_WINDOWS) if merchant is None else merchant.risk(t, settings.label_delay_days)
         for (name, _), value in zip(RISK_WINDOWS, risks, strict=True):
@@ -549,15 +560,41 @@ def _zone(name: str) -> tzinfo:
 def local_time_features(t: int, needed: frozenset[str], time_zone: str = DEFAULT_TIME_ZONE) -> Features:
     """hour_of_day (0-23), is_night (local hour <= 6) and is_weekend (local Saturday or Sunday) of the instant t
     (epoch ms) in the IANA `time_zone`; only those in `needed`."""
-    local = (_EPOCH + timedelta(milliseconds=t)).astimezone(_zone(time_zone))
+    bucket = (time_zone, t // _QUARTER_HOUR_MS)
+    hour_and_day = _LOCAL_QUARTERS.get(bucket)
+    if hour_and_day is None:
+        hour_and_day = _local_hour_and_weekday(t, time_zone)
+    hour, weekday = hour_and_day
     result: Features = {}
     if "hour_of_day" in needed:
-        result["hour_of_day"] = local.hour
+        result["hour_of_day"] = hour
     if "is_night" in needed:
-        result["is_night"] = 1 if local.hour <= NIGHT_UNTIL_HOUR else 0
+        result["is_night"] = 1 if hour <= NIGHT_UNTIL_HOUR else 0
     if "is_weekend" in needed:
-        result["is_weekend"] = 1 if local.weekday() >= 5 else 0
+        result["is_weekend"] = 1 if weekday >= 5 else 0
     return result
+
+
+_QUARTER_HOUR_MS = 900_000
+# Local (hour, weekday) per (zone, UTC quarter hour), for the quarter hours where it is the same throughout; a
+# bounded cache, emptied when full.
+_LOCAL_QUARTERS: dict[tuple[str, int], tuple[int, int]] = {}
+
+
+def _local_hour_and_weekday(t: int, time_zone: str) -> tuple[int, int]:
+    zone = _zone(time_zone)
+    local = (_EPOCH + timedelta(milliseconds=t)).astimezone(zone)
+    # The whole UTC quarter hour has this local hour and day when the zone's offset is a whole number of quarter
+    # hours and does not change within it (as for every zone since 1980): then remember it for the others.
+    start = t - t % _QUARTER_HOUR_MS
+    first = (_EPOCH + timedelta(milliseconds=start)).astimezone(zone)
+    last = (_EPOCH + timedelta(milliseconds=start + _QUARTER_HOUR_MS - 1)).astimezone(zone)
+    offset = first.utcoffset()
+    if offset is not None and offset == last.utcoffset() and offset.total_seconds() % 900 == 0:
+        if len(_LOCAL_QUARTERS) >= 100_000:
+            _LOCAL_QUARTERS.clear()
+        _LOCAL_QUARTERS[(time_zone, start // _QUARTER_HOUR_MS)] = (local.hour, local.weekday())
+    return local.hour, local.weekday()
 
 
 def _mean(total_units: int, count: int) -> Decimal:
