@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 import psycopg2.extensions
 
-from txguard.detection import decide_in_time_order, empty_history
+from txguard.detection import decide_in_time_order, empty_history, empty_timeline
 from txguard.domain import Decision, Transaction
-from txguard.features import AccountHistory, Timeline
+from txguard.features import DAY_MS, RISK_FEATURES, RISK_WINDOWS, AccountHistory, FeatureSettings, Timeline
 from txguard.labels import GENUINE
 from txguard.rule_engine import CompiledRuleSet
 from txguard.scoring import Confusion
+from txguard.storage import merchants as merchant_store
 from txguard.storage import transactions
 
 _CHUNK = 20_000
@@ -53,7 +54,9 @@ def replay(
             if t.account_id not in histories:
                 histories[t.account_id] = empty_history()
             if t.merchant_id is not None and t.merchant_id not in merchants:
-                merchants[t.merchant_id] = Timeline(complete_from=-(2**62))
+                merchants[t.merchant_id] = empty_timeline()
+        if not rules.needed_features.isdisjoint(RISK_FEATURES):
+            _attach_label_steps(cur, chunk, merchants, rules.feature_settings)
         # A chunk may end inside a group of equal timestamps; the next chunk continues after the last row,
         # and rows sharing a timestamp never see each other, so splitting a group changes nothing.
         decisions = decide_in_time_order(chunk, histories, merchants, rules)
@@ -61,6 +64,24 @@ def replay(
             yield s.transaction, s.decision, decisions[s.transaction.transaction_id]
         last = chunk[-1]
         after = (last.ts, last.transaction_id)
+
+
+def _attach_label_steps(
+    cur: psycopg2.extensions.cursor, chunk: list[Transaction], merchants: dict[str, Timeline], settings: FeatureSettings
+) -> None:
+    """The label steps merchant risk reads for the chunk's transactions (the per-day counts are the replay's own)."""
+    span: dict[str, tuple[int, int]] = {}
+    for t in chunk:
+        if t.merchant_id is not None:
+            day = t.ts // DAY_MS
+            first, last = span.get(t.merchant_id, (day, day))
+            span[t.merchant_id] = (min(first, day), max(last, day))
+    delay, widest = settings.label_delay_days, max(w for _, w in RISK_WINDOWS)
+    steps = merchant_store.label_steps(
+        cur, {m: (first - delay - widest, last - delay, last) for m, (first, last) in span.items()}
+    )
+    for merchant_id, merchant_steps in steps.items():
+        merchants[merchant_id].use_label_steps(merchant_steps)
 
 
 def backtest(

@@ -44,6 +44,8 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "labels": ("SELECT", "INSERT"),
     "merchant_label_daily": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "merchant_label_steps": ("SELECT",),
+    "merchant_daily": ("SELECT", "INSERT", "UPDATE"),
+    "account_merchants": ("SELECT", "INSERT", "UPDATE"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})

@@ -123,8 +123,11 @@ def store_each(items: Sequence[Any], remaining_ms: Callable[[], int] | None = No
 
 
 @tracer.capture_method(capture_response=False, capture_error=False)
-def account_view(account_id: int, limit: int, cursor: str | None, recompute: bool) -> AccountView:
-    """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules.
+def account_view(
+    account_id: int, limit: int, cursor: str | None, recompute: bool, with_features: bool = False
+) -> AccountView:
+    """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules; each
+    with the features it was decided on when `with_features` (stored ones: as stored at ingest).
 
     Raises AccountNotFound, InvalidCursor, DatabaseUnavailable.
     """
@@ -133,7 +136,9 @@ def account_view(account_id: int, limit: int, cursor: str | None, recompute: boo
         if not account_exists(cur, account_id):
             raise AccountNotFound(account_id)
         if not recompute:
-            return AccountView(any_flagged(cur, account_id), flagged_transactions(cur, account_id, limit, cursor))
+            return AccountView(
+                any_flagged(cur, account_id), flagged_transactions(cur, account_id, limit, cursor, with_features)
+            )
         detector = detector_cache.current(cur, service_settings().rules_cache_seconds)
         page = recomputed_flagged(cur, account_id, detector, limit, cursor)
         return AccountView(bool(page.items), page)

@@ -81,6 +81,11 @@ class FraudEventOut(BaseModel):
     score: str
     reasons: list[ReasonOut]
     rule_set_version: int
+    features: dict[str, float | int | None] | None = Field(
+        default=None,
+        description="with features=true only: the feature values (exact JSON numbers, by name) the decision was "
+        "taken on; null for a decision stored before features were kept",
+    )
 
 
 class IsFraudResponse(BaseModel):
