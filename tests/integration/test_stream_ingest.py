@@ -223,3 +223,15 @@ def test_an_unreachable_dead_letter_queue_retries_the_invalid_record_instead_of_
     failures = invoke(runner, load_event("sqs.json"))
     assert failures == [{"itemIdentifier": SQS_IDS[1]}]
     assert stored(database) == [(9001, 1), (9003, 1), (9004, 1)]
+
+
+def test_every_decision_is_published_to_the_decisions_queue_when_one_is_configured(
+    runner: FunctionRunner, database: Database, dlq: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = dlq.create_queue(QueueName="decisions")["QueueUrl"]
+    monkeypatch.setenv("TXGUARD_DECISIONS_QUEUE_URL", url)
+    assert invoke(runner, load_event("sqs.json")) == []
+    got = dlq.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    published = sorted((json.loads(m["Body"])["transaction_id"], json.loads(m["Body"])["status"]) for m in got)
+    assert published == [(9001, "stored"), (9003, "stored"), (9004, "stored")]
+    assert all("fraud" in json.loads(m["Body"])["decision"] for m in got)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
@@ -41,9 +42,11 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 
 from txguard import literals, service
 from txguard.db import DatabaseUnavailable
+from txguard.domain import StoreResult
 from txguard.errors import echo
 from txguard.intake import Checked, Problem, check_items
 from txguard.observability import logger, metrics
+from txguard.presenters import store_results_json
 
 # Where records refused for good go, by source: a FIFO queue's dead-letter queue must be FIFO itself; Kinesis and
 # Kafka share one standard queue, which is also their event source mappings' on-failure destination.
@@ -74,6 +77,7 @@ class Outcome:
     code: str | None = None
     problems: tuple[Problem, ...] = ()
     reason: str | None = None
+    result: StoreResult | None = None
 
 
 def source_of(event: dict[str, Any]) -> str:
@@ -184,7 +188,7 @@ def _store(group: list[tuple[str, Checked]], remaining_ms: Callable[[], int] | N
     outcomes = {}
     for (identifier, _), result in zip(group, results, strict=True):
         if result.result is not None:
-            outcomes[identifier] = Outcome(result.result.status)
+            outcomes[identifier] = Outcome(result.result.status, result=result.result)
         else:
             outcomes[identifier] = Outcome("refused", result.code, result.problems)
     return outcomes
@@ -256,6 +260,7 @@ def handle_batch(event: dict[str, Any], context: Any) -> PartialItemFailureRespo
     by_id = {r.identifier: r for r in records}
     refused = [(by_id[i], o) for i, o in outcomes.items() if o.status == "refused"]
     dead_lettered = dead_letter(source, refused)
+    published = publish_decisions([(i, o.result) for i, o in outcomes.items() if o.result is not None])
     counts: dict[str, int] = defaultdict(int)
 
     def record_handler(record: Any) -> None:
@@ -263,6 +268,9 @@ def handle_batch(event: dict[str, Any], context: Any) -> PartialItemFailureRespo
         outcome = outcomes[identifier]
         if outcome.status == "refused" and identifier not in dead_lettered:
             outcome = Outcome("retry", reason="the dead-letter queue could not be reached")
+        elif outcome.result is not None and identifier not in published:
+            # Delivered again, it is a duplicate with the same decision, and published then.
+            outcome = Outcome("retry", reason="the decisions queue could not be reached")
         counts[outcome.status] += 1
         if outcome.status == "retry":
             raise RetryLater(outcome.reason)
@@ -311,6 +319,27 @@ def sqs_client() -> Any:
 def reset_client() -> None:
     global _sqs
     _sqs = None
+
+
+def publish_decisions(results: Sequence[tuple[str, StoreResult]]) -> set[str]:
+    """Send each decided record's result (the API's result item: transaction, status, decision) to the decisions
+    queue (TXGUARD_DECISIONS_QUEUE_URL), at least once: a duplicate is published again with its original decision.
+    Returns the identifiers sent; with no queue configured, all of them."""
+    url = os.environ.get("TXGUARD_DECISIONS_QUEUE_URL")
+    if not url:
+        return {identifier for identifier, _ in results}
+    sent: set[str] = set()
+    bodies = store_results_json([result for _, result in results])
+    for start in range(0, len(results), 10):
+        chunk = list(zip(results[start : start + 10], bodies[start : start + 10], strict=True))
+        entries = [{"Id": str(n), "MessageBody": orjson.dumps(body).decode()} for n, (_, body) in enumerate(chunk)]
+        try:
+            answer = sqs_client().send_message_batch(QueueUrl=url, Entries=entries)
+        except Exception as exc:  # botocore's errors: the records are retried
+            logger.error("decisions queue unavailable", extra={"error": type(exc).__name__})
+            continue
+        sent.update(chunk[int(ok["Id"])][0][0] for ok in answer.get("Successful", []))
+    return sent
 
 
 def dead_letter(source: str, refused: Sequence[tuple[Record, Outcome]]) -> set[str]:
