@@ -148,14 +148,14 @@ def test_an_invalid_batch_lists_every_invalid_item_and_stores_nothing(
 def test_atomic_false_stores_the_valid_items_and_refuses_each_invalid_one_with_its_own_error(
     local_service: LocalService, e2e_database_url: str
 ) -> None:
-    stored_before = [item(account_id=5005), item(account_id=5005)]
+    stored_before = [item(account_id=5905), item(account_id=5905)]
     assert local_service.request("POST", "/store_data", {"transactions": stored_before}).status == 201
     batch = [
-        item(account_id=5005, amount="1.005", currency="USD"),  # three decimals in USD: refused alone
-        item(account_id=5005),
+        item(account_id=5905, amount="1.005", currency="USD"),  # three decimals in USD: refused alone
+        item(account_id=5905),
         stored_before[0] | {"amount": "11.00"},  # a stored id with other content: refused alone
         stored_before[1],  # a replay: a duplicate
-        item(account_id=5005, amount="12.50"),
+        item(account_id=5905, amount="12.50"),
     ]
     response = local_service.request("POST", "/store_data?atomic=false", {"transactions": batch})
     assert response.status == 207, response.body
@@ -174,18 +174,18 @@ def test_atomic_false_stores_the_valid_items_and_refuses_each_invalid_one_with_i
     assert results[2]["error"]["code"] == "transaction_id_conflict"
     assert results[2]["error"]["details"][0]["field"] == "transaction_id"
     assert results[4]["decision"]["rule_set_version"] >= 1
-    assert count_rows(e2e_database_url, "account_id = 5005") == 4
+    assert count_rows(e2e_database_url, "account_id = 5905") == 4
 
 
 def test_atomic_false_with_every_item_valid_is_201_and_the_default_stays_all_or_nothing(
     local_service: LocalService, e2e_database_url: str
 ) -> None:
-    response = local_service.request("POST", "/store_data?atomic=false", {"transactions": [item(account_id=5006)]})
+    response = local_service.request("POST", "/store_data?atomic=false", {"transactions": [item(account_id=5906)]})
     assert response.status == 201 and [r["status"] for r in response.body["results"]] == ["stored"]
-    batch = [item(account_id=5006), item(account_id=5006, amount="-1")]
+    batch = [item(account_id=5906), item(account_id=5906, amount="-1")]
     assert_error(local_service.request("POST", "/store_data", {"transactions": batch}), 422, "validation_error")
     assert_error(local_service.request("POST", "/store_data?atomic=true", {"transactions": batch}), 422)
-    assert count_rows(e2e_database_url, "account_id = 5006") == 1
+    assert count_rows(e2e_database_url, "account_id = 5906") == 1
 
 
 @pytest.mark.parametrize("value", ["False", "0", "no", ""])
