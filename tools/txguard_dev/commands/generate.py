@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             sinks.append(FileSink(args.out))
         labels_out = args.labels_out
-        if labels_out is None and params.mode == "file" and args.out != "-":
+        if labels_out is None and params.mode == "file" and args.out and args.out != "-":
             labels_out = default_labels_path(args.out)
         if labels_out:
             labels.append(FileLabels(labels_out))
