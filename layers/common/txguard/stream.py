@@ -257,10 +257,11 @@ def handle_batch(event: dict[str, Any], context: Any) -> PartialItemFailureRespo
     records = records_of(source, event)
     remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
     outcomes = decide(records, remaining_ms)
-    by_id = {r.identifier: r for r in records}
-    refused = [(by_id[i], o) for i, o in outcomes.items() if o.status == "refused"]
-    dead_lettered = dead_letter(source, refused)
-    published = publish_decisions([(i, o.result) for i, o in outcomes.items() if o.result is not None])
+    held = held_back(source, event, records, outcomes)
+    refused = [(r, outcomes[r.identifier]) for r in records if outcomes[r.identifier].status == "refused"]
+    dead_lettered = dead_letter(source, [(r, o) for r, o in refused if r.identifier not in held])
+    decided = [(r.identifier, outcomes[r.identifier].result) for r in records if r.identifier not in held]
+    published = publish_decisions([(i, result) for i, result in decided if result is not None])
     counts: dict[str, int] = defaultdict(int)
 
     def record_handler(record: Any) -> None:
@@ -285,6 +286,23 @@ def handle_batch(event: dict[str, Any], context: Any) -> PartialItemFailureRespo
         extra={"source": source, "records": len(records), **counts, "failed": len(response["batchItemFailures"])},
     )
     return response
+
+
+def held_back(source: str, event: dict[str, Any], records: Sequence[Record], outcomes: dict[str, Outcome]) -> set[str]:
+    """Records an ordered source will deliver again because an earlier record of their key is retried: they are
+    neither dead-lettered nor published now (their next delivery decides), so that nothing of a key overtakes a
+    failed record. A standard SQS queue keeps no order: nothing is held back there."""
+    ordered = source != "sqs" or str(event["Records"][0].get("eventSourceARN", "")).endswith(".fifo")
+    if not ordered:
+        return set()
+    blocked: set[str] = set()
+    held: set[str] = set()
+    for record in records:
+        if record.key in blocked:
+            held.add(record.identifier)
+        elif outcomes[record.identifier].status == "retry":
+            blocked.add(record.key)
+    return held
 
 
 def error_json(outcome: Outcome) -> str:

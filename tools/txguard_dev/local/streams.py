@@ -80,6 +80,7 @@ class Resources:
         """What StreamIngestFunction needs to reach them (the template's values name AWS resources)."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": REGION,
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
             "TXGUARD_STREAM_DLQ_URL": self.dlq_url,
