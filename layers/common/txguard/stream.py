@@ -1,7 +1,7 @@
 """Stream ingest: transactions from an SQS queue, a Kinesis data stream or a Kafka topic, one per message.
 
 A message body is the same transaction JSON as `POST /store_data` takes, read by the one JSON rule
-(`literals.loads`), validated by `intake` and stored exactly once by `service.store_each`. The batch is decided
+(`literals.loads`), validated by `intake` and stored exactly once by `service.store_checked`. The batch is decided
 in one database transaction; only when that fails for a retryable reason (the database busy or down) are the
 batch's accounts tried one by one, so that one locked account does not hold back the rest.
 
@@ -133,7 +133,7 @@ def kafka_identifier(record: Any) -> str:
 
 def decide(records: Sequence[Record], remaining_ms: Callable[[], int] | None = None) -> dict[str, Outcome]:
     """Each record's outcome by identifier: the batch validated item by item and stored in one database
-    transaction (service.store_each); when that is unavailable, account by account, stopping at the first account
+    transaction (service.store_checked); when that is unavailable, account by account, stopping at the first account
     the database refuses as down (not merely busy)."""
     outcomes: dict[str, Outcome] = {}
     items: dict[str, Checked] = {}
