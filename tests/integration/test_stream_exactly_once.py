@@ -161,6 +161,7 @@ def test_transactions_through_the_queue_are_stored_exactly_once_with_invalid_one
     # Then: every valid transaction stored once, with one decision, counted once in its account's totals.
     expected = {valid(n)["transaction_id"] for n in range(TRANSACTIONS)}
     rows = database.query("SELECT transaction_id, fraud, rule_set_version FROM transactions")
+    assert sorted({r[0] for r in rows} - expected)[:5] == []
     assert len(rows) == len({r[0] for r in rows}) == TRANSACTIONS
     assert {r[0] for r in rows} == expected
     assert all(r[1] is not None and r[2] >= 1 for r in rows)

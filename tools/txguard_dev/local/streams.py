@@ -62,10 +62,20 @@ def moto_server(host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
             port = int(probe.getsockname()[1])
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
+    endpoint = f"http://{host}:{port}"
+    # moto keeps its state per process, not per server: start empty, leave nothing to the next one.
+    _reset(endpoint)
     try:
-        yield f"http://{host}:{port}"
+        yield endpoint
     finally:
+        _reset(endpoint)
         server.stop()
+
+
+def _reset(endpoint: str) -> None:
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10).close()
 
 
 @dataclass(frozen=True)
