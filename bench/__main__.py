@@ -19,6 +19,7 @@ from bench import (
     input_bench,
     replay_bench,
     rules_bench,
+    stream_bench,
 )
 from bench.harness import bench_database
 
@@ -57,7 +58,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
     parser.add_argument(
         "--only",
-        choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input", "replay"],
+        choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input", "replay", "stream"],
         default=None,
     )
     args = parser.parse_args()
@@ -71,6 +72,7 @@ def main() -> int:
         "coldstart": coldstart_bench.run,
         "input": input_bench.run,
         "replay": replay_bench.run,
+        "stream": stream_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):

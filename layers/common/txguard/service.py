@@ -19,7 +19,7 @@ from txguard.detection import detector_cache
 from txguard.domain import FraudLabel, LabelResult, StoredLabel, StoreResult, Transaction
 from txguard.errors import NotFound
 from txguard.ingest import DuplicateIdConflict, store_transactions
-from txguard.intake import Problem, check_items
+from txguard.intake import Checked, Problem, check_items
 from txguard.observability import logger, metrics, tracer
 from txguard.presenters import fraud_detected_detail
 from txguard.queries import Page, flagged_transactions, list_transactions, recomputed_flagged
@@ -98,9 +98,15 @@ def store_each(items: Sequence[Any], remaining_ms: Callable[[], int] | None = No
     Raises DatabaseUnavailable (nothing stored; retrying the whole sequence is safe: what was stored by an
     earlier try comes back as `duplicate`).
     """
+    return store_checked(check_items(items), remaining_ms)
+
+
+def store_checked(items: Sequence[Checked], remaining_ms: Callable[[], int] | None = None) -> list[ItemOutcome]:
+    """`store_each` for items already validated (intake.check_items): the valid ones stored exactly once in one
+    database transaction, a conflicting one refused alone; outcomes in index order. Raises DatabaseUnavailable."""
     outcomes: dict[int, ItemOutcome] = {}
     pending: dict[int, Transaction] = {}
-    for checked in check_items(items):
+    for checked in items:
         if checked.transaction is None:
             outcomes[checked.index] = ItemOutcome(checked.index, None, "validation_error", checked.problems)
         else:

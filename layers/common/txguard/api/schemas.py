@@ -119,3 +119,19 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class ItemRefusedOut(BaseModel):
+    index: int = Field(description="the item's position in the request")
+    status: Literal["refused"]
+    error: ErrorBody
+
+
+class PartialStoreResultOut(StoreResultOut):
+    index: int = Field(description="the item's position in the request")
+
+
+class PartialStoreResponse(BaseModel):
+    results: list[PartialStoreResultOut | ItemRefusedOut] = Field(
+        description="one per item, in request order: stored or duplicate with its decision, or refused with its error"
+    )
