@@ -86,6 +86,9 @@ def test_a_backtest_counts_flags_changes_and_scores_against_labels(database: Dat
     assert (report.flagged, report.stored_flagged, report.changed) == (1, 1, 2)
     assert report.fired["spike"] == 1
     assert (report.overall.metrics.precision, report.overall.metrics.recall) == (1.0, 1.0)
+    assert report.ranking is not None
+    ranking = report.ranking.report()
+    assert ranking.roc_auc == 1.0 and ranking.average_precision == 1.0 and ranking.reasons["amount_spike"].flagged == 1
     window = db.run_in_transaction(lambda cur: backtest(cur, candidate, from_ms=T0 + 3000, to_ms=T0 + 3001))
     assert window.evaluated == 1 and window.flagged == 1
 
@@ -98,7 +101,7 @@ def test_the_backtest_command_prints_per_rule_counts_and_scores(
     candidate.write_text(json.dumps({"rules": [rule("spike", "amount > 3 * mean_amount")]}))
     assert cli(database, "backtest", "--rules", str(candidate)) == 0
     out = capsys.readouterr().out
-    assert "transactions evaluated   3" in out
+    assert "transactions evaluated   3   (from stored features)" in out
     assert any(line.split()[:3] == ["spike", "active", "1"] for line in out.splitlines())
 
 

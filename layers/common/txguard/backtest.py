@@ -20,6 +20,7 @@ import psycopg2.extensions
 
 from txguard.detection import decide_in_time_order, empty_history, empty_timeline
 from txguard.domain import Decision, Transaction
+from txguard.evaluation import Evaluation, Judged
 from txguard.features import (
     DAY_MS,
     LOCAL_TIME_FEATURES,
@@ -51,6 +52,7 @@ class BacktestReport:
     overall: Confusion = field(default_factory=Confusion)
     per_rule: dict[str, Confusion] = field(default_factory=dict)
     method: str = ""  # "stored features" or "replay"
+    ranking: Evaluation | None = None  # the candidate's scores against the labels (ROC AUC, AP, CP@k), given labels
 
 
 def replay(
@@ -160,6 +162,8 @@ def backtest(
     overall and per rule. From the stored features when they cover the candidate (`report.method` says which),
     by replaying the history otherwise or when `replay_all`."""
     report = BacktestReport()
+    if labels is not None:
+        report.ranking = Evaluation("labels in force")
     if not replay_all and stored_features_cover(cur, rules, from_ms, to_ms):
         report.method = "stored features"
         judged = on_stored_features(cur, rules, from_ms, to_ms)
@@ -180,7 +184,21 @@ def backtest(
         report.fired.update(fired)
         if labels is None:
             continue
-        actual = labels.get(t.transaction_id, GENUINE) != GENUINE
+        pattern = labels.get(t.transaction_id, GENUINE)
+        actual = pattern != GENUINE
+        assert report.ranking is not None
+        report.ranking.add(
+            Judged(
+                t.transaction_id,
+                t.account_id,
+                t.ts,
+                float(candidate.score),
+                candidate.fraud,
+                candidate.rule_set_version,
+                actual,
+                pattern if actual else None,
+            )
+        )
         report.labelled += 1
         report.overall.add(candidate.fraud, actual)
         for rule_id in {r.id for r in rules.rule_set.rules}:

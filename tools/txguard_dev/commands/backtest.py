@@ -31,6 +31,10 @@ def _time(value: str | None) -> int | None:
     return None if value is None else parse_timestamp_ms(value)
 
 
+def _metric(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
 def _ratio(value: float) -> str:
     return f"{value:6.3f}"
 
@@ -60,13 +64,14 @@ def run(args: argparse.Namespace) -> int:
     print()
     header = f"{'rule':<28} {'mode':<7} {'fires':>7}"
     if labels is not None:
-        header += f" {'precision':>9} {'recall':>7} {'F1':>7}"
+        header += f" {'on fraud':>9} {'on genuine':>10} {'precision':>9} {'recall':>7} {'F1':>7}"
     print(header)
     for rule in rule_set.rules:
         line = f"{rule.id:<28} {rule.mode if rule.enabled else 'off':<7} {report.fired[rule.id]:>7}"
         if labels is not None:
             s = report.per_rule.get(rule.id, Confusion())
             m = s.metrics
+            line += f" {s.true_positive:>9} {s.false_positive:>10}"
             line += f" {_ratio(m.precision):>9} {_ratio(m.recall):>7} {_ratio(m.f1):>7}"
         print(line)
     if labels is None:
@@ -78,4 +83,12 @@ def run(args: argparse.Namespace) -> int:
             f"  F1 {_ratio(m.f1)}  (tp {o.true_positive}, fp {o.false_positive}, fn {o.false_negative}, "
             f"tn {o.true_negative})"
         )
+        if report.ranking is not None and report.ranking.evaluated:
+            r = report.ranking.report()
+            cp = r.card_precision
+            card = f"Card Precision@{cp.k} {_metric(cp.mean)}" if cp else "Card Precision@k undefined"
+            print(
+                f"ranking by the candidate's score: ROC AUC {_metric(r.roc_auc)}  average precision "
+                f"{_metric(r.average_precision)}  {card}"
+            )
     return 0
