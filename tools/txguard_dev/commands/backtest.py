@@ -8,7 +8,7 @@ from pathlib import Path
 
 from txguard.backtest import backtest
 from txguard.intake import parse_timestamp_ms
-from txguard.labels import load_labels
+from txguard.labels import GENUINE, UNSPECIFIED_FRAUD, labels_in_force
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
 from txguard.scoring import Confusion
@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rules = CompiledRuleSet(0, rule_set)
     with open_database(database_url(args)) as conn, conn, conn.cursor() as cur:
-        labels = {tid: label.pattern for tid, label in load_labels(cur).items()} or None
+        # Only the period's labels: a window of a long history does not hold every label in memory.
+        labels = {
+            tid: (label.reason or UNSPECIFIED_FRAUD) if label.fraud else GENUINE
+            for tid, label in labels_in_force(cur, from_ms=from_ms, to_ms=to_ms).items()
+        } or None
         report = backtest(cur, rules, from_ms, to_ms, labels, args.replay_all)
     print(f"transactions evaluated   {report.evaluated}   (from {report.method})")
     print(f"flagged (candidate)      {report.flagged}   (stored decisions: {report.stored_flagged})")
