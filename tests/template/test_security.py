@@ -398,14 +398,22 @@ def test_unencrypted_storage_or_unverified_tls_is_caught() -> None:
 def test_the_fraud_event_bus_is_encrypted_with_the_stacks_key_usable_by_eventbridge_for_that_bus_only() -> None:
     deployed = stack()
     assert deployed.properties("FraudEventBus")["KmsKeyIdentifier"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
-    (statement,) = [
+    statement, rules = [
         s
         for s in deployed.properties("DataKey")["KeyPolicy"]["Statement"]
         if s["Principal"] == {"Service": "events.amazonaws.com"}
     ]
-    bus_arn = "arn:aws:events:us-east-1:123456789012:event-bus/" + deployed.properties("FraudEventBus")["Name"]
+    bus_name = deployed.properties("FraudEventBus")["Name"]
+    bus_arn = "arn:aws:events:us-east-1:123456789012:event-bus/" + bus_name
     assert statement["Condition"]["StringEquals"]["aws:SourceArn"] in (bus_arn, {"Fn::Sub": bus_arn})
     assert sorted(statement["Action"]) == ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"]
+    # The rules on that bus (and only those) may encrypt what they publish to the encrypted alert topic.
+    rule_arns = "arn:aws:events:us-east-1:123456789012:rule/" + bus_name + "/*"
+    assert rules["Condition"]["ArnLike"]["aws:SourceArn"] in (rule_arns, {"Fn::Sub": rule_arns})
+    assert rules["Condition"]["StringEquals"] == {"aws:SourceAccount": "123456789012"} or rules["Condition"][
+        "StringEquals"
+    ] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert sorted(rules["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
 
 
 def test_an_event_bus_on_an_aws_owned_key_is_caught() -> None:
