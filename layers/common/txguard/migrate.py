@@ -45,6 +45,12 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "labels": ("SELECT", "INSERT"),
     "merchant_label_daily": ("SELECT", "INSERT", "UPDATE"),
     "merchant_label_steps": ("SELECT",),
+    "console_rollup_state": ("SELECT", "UPDATE"),
+    "console_hourly": ("SELECT", "INSERT", "UPDATE"),
+    "console_rule_daily": ("SELECT", "INSERT", "UPDATE"),
+    "console_label_hourly": ("SELECT", "INSERT", "UPDATE"),
+    "console_rule_label_daily": ("SELECT", "INSERT", "UPDATE"),
+    "review_claims": ("SELECT", "INSERT", "UPDATE", "DELETE"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})
