@@ -45,7 +45,7 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "labels": ("SELECT", "INSERT"),
     "merchant_label_daily": ("SELECT", "INSERT", "UPDATE"),
     "merchant_label_steps": ("SELECT",),
-    "console_rollup_state": ("SELECT", "UPDATE"),
+    "console_rollup_state": ("SELECT", "INSERT", "UPDATE"),
     "console_hourly": ("SELECT", "INSERT", "UPDATE"),
     "console_rule_daily": ("SELECT", "INSERT", "UPDATE"),
     "console_label_hourly": ("SELECT", "INSERT", "UPDATE"),

@@ -72,7 +72,7 @@ class Context:
         return session.csrf_token(self.keys, self.session)
 
     def page(self, name: str, status: int = 200, **values: Any) -> Response:
-        if self.request.query.get("csv"):
+        if self.request.query.get("csv") and status == 200:
             tables = values.get("tables") or {}
             table = tables.get(self.request.query["csv"])
             if table is None:
@@ -290,9 +290,9 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
 
 def account_page(ctx: Context, cur: psycopg2.extensions.cursor, account_id: int) -> Response:
     summary = queries.account_summary(cur, account_id)
-    if summary is None:
-        raise NotFound(f"no transactions for account {account_id}")
     items = queries.account_transactions(cur, account_id, 500)
+    if not items:
+        raise NotFound(f"no transactions for account {account_id}")
     ids = [j.transaction.transaction_id for j in items]
     labels = queries.labels_in_force(cur, ids)
     points = []

@@ -51,6 +51,7 @@ class Period:
 
 def default_period(cur: psycopg2.extensions.cursor, days: int = 30) -> Period:
     """The `days` UTC days up to and including the newest stored hour (today's when nothing is stored)."""
+    console_rollups.refresh(cur)
     extent = console_rollups.extent(cur)
     last = extent[1] if extent else datetime.now(UTC)
     until = datetime(last.year, last.month, last.day, tzinfo=UTC) + DAY

@@ -105,7 +105,7 @@ _ADD_RULE_LABELS = """
 
 @dataclass(frozen=True)
 class Refresh:
-    refreshed_to: datetime  # rows stored before this are in the rollups
+    refreshed_to: datetime | None  # rows stored before this are in the rollups (None: none yet)
     ran: bool  # False: another refresh held the lock, the rollups were read as they were
 
 
@@ -115,24 +115,28 @@ def refresh(cur: psycopg2.extensions.cursor) -> Refresh:
     cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_REFRESH_LOCK_KEY,))
     row = cur.fetchone()
     locked = bool(row and row[0])
-    cur.execute("SELECT refreshed_to FROM console_rollup_state WHERE id = 1" + (" FOR UPDATE" if locked else ""))
+    cur.execute("SELECT refreshed_to FROM console_rollup_state WHERE id = 1")
     state = cur.fetchone()
-    since: datetime = state[0] if state else datetime.min
+    since: datetime | None = state[0] if state else None  # None: nothing counted yet
     if not locked:
         return Refresh(since, False)
     cur.execute(_CUTOFF)
     cutoff_row = cur.fetchone()
-    until: datetime = cutoff_row[0] if cutoff_row else since
-    if until <= since:
+    until: datetime = cutoff_row[0]
+    if since is not None and until <= since:
         return Refresh(since, True)
-    params = {"since": since, "until": until, "bands": [str(b) for b in AMOUNT_BANDS]}
+    params = {"since": "-infinity" if since is None else since, "until": until, "bands": [str(b) for b in AMOUNT_BANDS]}
     cur.execute(_ADD_HOURLY, params)
     cur.execute(_ADD_RULES, params)
     cur.execute(_LABEL_CHANGES, params)
     cur.execute(_ADD_LABELS, params)
     cur.execute(_ADD_RULE_LABELS, params)
     cur.execute("DROP TABLE console_label_changes")
-    cur.execute("UPDATE console_rollup_state SET refreshed_to = %s WHERE id = 1", (until,))
+    cur.execute(
+        """INSERT INTO console_rollup_state (id, refreshed_to) VALUES (1, %s)
+           ON CONFLICT (id) DO UPDATE SET refreshed_to = excluded.refreshed_to""",
+        (until,),
+    )
     return Refresh(until, True)
 
 
