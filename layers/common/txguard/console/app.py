@@ -164,6 +164,10 @@ def _ratio(a: int, b: int) -> float | None:
     return a / b if b else None
 
 
+def _four(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
 def _table(columns: list[str], rows: list[list[Any]]) -> dict[str, Any]:
     return {"columns": columns, "rows": rows}
 
@@ -365,7 +369,7 @@ def rules_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
         total_hits = sum(hits.get(rule.id, {}).values())
         n, fraud = labelled.rules.get(rule.id, [0, 0])
         rows.append(
-            [rule.id, rule.mode, rule.enabled, str(rule.score), total_hits, n, fraud, _ratio(fraud, n), _ratio(fraud, labelled.fraud)]
+            [rule.id, rule.mode, rule.enabled, str(rule.score), total_hits, n, fraud, _four(_ratio(fraud, n)), _four(_ratio(fraud, labelled.fraud))]
         )
     series = [(rule.id, [hits.get(rule.id, {}).get(d, 0) for d in days]) for rule in rules if rule.id in hits][:5]
     precision_series = [
