@@ -13,6 +13,7 @@ from typing import Any
 from bench import (
     bounded_bench,
     coldstart_bench,
+    console_bench,
     detection_bench,
     generator_bench,
     ingest_bench,
@@ -55,7 +56,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
     parser.add_argument(
-        "--only", choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input"], default=None
+        "--only",
+        choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input", "console"],
+        default=None,
     )
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
@@ -67,6 +70,7 @@ def main() -> int:
         "generator": generator_bench.run,
         "coldstart": coldstart_bench.run,
         "input": input_bench.run,
+        "console": console_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):

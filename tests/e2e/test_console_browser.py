@@ -19,7 +19,15 @@ from tests.e2e.conftest import LocalService
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PAGES = ["/console", "/console/decisions", "/console/review", "/console/rules", "/console/models", "/console/explore", "/console/what-if"]
+PAGES = [
+    "/console",
+    "/console/decisions",
+    "/console/review",
+    "/console/rules",
+    "/console/models",
+    "/console/explore",
+    "/console/what-if",
+]
 HOSTILE_MERCHANT = "<script>document.title='owned'</script>"
 T0 = 1_714_564_800_000
 
@@ -31,17 +39,32 @@ def console_data(local_service: LocalService, e2e_database_url: str) -> dict[str
     batch = []
     for account in (7001, 7002):
         batch += [
-            {"account_id": account, "transaction_id": account * 100 + i, "timestamp": T0 + i * 60_000, "amount": "10.00", "merchant_id": "m-1"}
+            {
+                "account_id": account,
+                "transaction_id": account * 100 + i,
+                "timestamp": T0 + i * 60_000,
+                "amount": "10.00",
+                "merchant_id": "m-1",
+            }
             for i in range(6)
         ]
-        batch.append({"account_id": account, "transaction_id": account * 100 + 9, "timestamp": T0 + 9 * 60_000, "amount": "4000.00", "merchant_id": "m-2"})
+        batch.append(
+            {
+                "account_id": account,
+                "transaction_id": account * 100 + 9,
+                "timestamp": T0 + 9 * 60_000,
+                "amount": "4000.00",
+                "merchant_id": "m-2",
+            }
+        )
     answer = local_service.request("POST", "/store_data", {"transactions": batch})
     assert answer.status == 201, answer.body
     flagged = [r["transaction_id"] for r in answer.body["results"] if r["decision"]["fraud"]]
     assert flagged
     admin_query(
         e2e_database_url,
-        """INSERT INTO transactions (transaction_id, account_id, ts, amount, currency, merchant_id, fraud, score, reasons, rule_set_version)
+        """INSERT INTO transactions (transaction_id, account_id, ts, amount, currency, merchant_id, fraud, score,
+                                     reasons, rule_set_version)
            VALUES (7003001, 7003, txguard_ms_to_ts(%s), 1.00, 'EUR', %s, false, 0, '[]', 1)""",
         (T0, HOSTILE_MERCHANT),
     )
@@ -73,7 +96,9 @@ def sign_in(page: Any, key: str, name: str = "alice") -> None:
     page.click("button[type=submit]")
 
 
-def test_signing_in_with_the_api_key_shows_the_overview(page: Any, local_service: LocalService, console_data: Any) -> None:
+def test_signing_in_with_the_api_key_shows_the_overview(
+    page: Any, local_service: LocalService, console_data: Any
+) -> None:
     sign_in(page, "not-the-key")
     assert "not the console's sign-in key" in page.content()
     sign_in(page, str(local_service.api_key))
@@ -99,7 +124,9 @@ def test_filtering_decisions_and_opening_an_account(page: Any, local_service: Lo
     assert page.locator("svg.chart circle").count() == 7
 
 
-def test_labelling_from_the_review_queue_writes_a_label(page: Any, local_service: LocalService, console_data: Any, e2e_database_url: str) -> None:
+def test_labelling_from_the_review_queue_writes_a_label(
+    page: Any, local_service: LocalService, console_data: Any, e2e_database_url: str
+) -> None:
     sign_in(page, str(local_service.api_key), "alice")
     page.goto("/console/review")
     first = page.locator("a.review-item").first
@@ -109,7 +136,11 @@ def test_labelling_from_the_review_queue_writes_a_label(page: Any, local_service
     assert "Labelled transaction" in page.content()
     labels = admin_query(e2e_database_url, "SELECT fraud, source FROM labels WHERE transaction_id = %s", (tid,))
     assert labels == [(True, "analyst:alice")]
-    assert str(tid) not in page.locator("table[data-table=open]").inner_text() if page.locator("table[data-table=open]").count() else True
+    assert (
+        str(tid) not in page.locator("table[data-table=open]").inner_text()
+        if page.locator("table[data-table=open]").count()
+        else True
+    )
 
 
 def test_two_analysts_do_not_get_the_same_item(browser: Any, local_service: LocalService, console_data: Any) -> None:
@@ -146,7 +177,9 @@ def _post(url: str, form: dict[str, str], cookie: str | None) -> int:
         return error.code
 
 
-def test_forged_missing_or_expired_csrf_tokens_change_nothing(page: Any, local_service: LocalService, console_data: Any, e2e_database_url: str) -> None:
+def test_forged_missing_or_expired_csrf_tokens_change_nothing(
+    page: Any, local_service: LocalService, console_data: Any, e2e_database_url: str
+) -> None:
     sign_in(page, str(local_service.api_key), "carol")
     cookie = next(c for c in page.context.cookies() if c["name"] == "txguard_console")
     header = f"txguard_console={cookie['value']}"

@@ -57,7 +57,8 @@ def _store_labels(database_url: str, labels_csv: Path) -> int:
         with conn, conn.cursor() as cur:
             cur.executemany(
                 """INSERT INTO labels (transaction_id, fraud, source, labelled_at, reason)
-                   SELECT %s, %s, 'generator', least(ts + interval '7 days', date_trunc('milliseconds', now())), %s FROM transactions WHERE transaction_id = %s
+                   SELECT %s, %s, 'generator', least(ts + interval '7 days', date_trunc('milliseconds', now())), %s
+                   FROM transactions WHERE transaction_id = %s
                    ON CONFLICT DO NOTHING""",
                 [(tid, fraud, pattern, tid) for tid, fraud, pattern in rows],
             )
@@ -78,18 +79,42 @@ def take(out: Path, transactions: int) -> None:
         log = Path(tmp) / "local.log"
         env = {k: v for k, v in os.environ.items() if k not in {"TXGUARD_API_KEY", "PORT"}} | {"DATABASE_URL": url}
         with log.open("wb") as sink:
-            process = subprocess.Popen([str(binary), "local", "--port", "0", "--api-key", key], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [str(binary), "local", "--port", "0", "--api-key", key],
+                cwd=ROOT,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
         try:
             base = _wait_ready(log, process)
             labels = Path(tmp) / "labels.csv"
             subprocess.run(
-                [str(binary), "generate", "--num-transactions", str(transactions), "--num-accounts", "300", "--seed", "16",
-                 "--post-url", f"{base}/store_data", "--api-key", key, "--labels-out", str(labels), "--no-progress"],
-                check=True, env=env,
+                [
+                    str(binary),
+                    "generate",
+                    "--num-transactions",
+                    str(transactions),
+                    "--num-accounts",
+                    "300",
+                    "--seed",
+                    "16",
+                    "--post-url",
+                    f"{base}/store_data",
+                    "--api-key",
+                    key,
+                    "--labels-out",
+                    str(labels),
+                    "--no-progress",
+                ],
+                check=True,
+                env=env,
             )
             _store_labels(url, labels)
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"])
+                browser = p.chromium.launch(
+                    executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"]
+                )
                 page = browser.new_page(viewport={"width": 1280, "height": 900}, base_url=base)
                 page.goto("/console")
                 page.fill("input[name=analyst]", "analyst.one")

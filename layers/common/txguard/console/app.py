@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg2.extensions
 from jinja2 import Environment, PackageLoader, select_autoescape
-from markupsafe import Markup
 
 from txguard import db, literals
 from txguard.console import charts, queries, session, web
@@ -28,7 +27,7 @@ from txguard.currencies import money
 from txguard.errors import BadInput, NotFound, TxguardError, shorten
 from txguard.features import FEATURES
 from txguard.intake import INT64_MAX
-from txguard.storage import review_claims, rule_sets
+from txguard.storage import console_rollups, review_claims, rule_sets
 
 PAGE_SIZE = 50
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -66,6 +65,11 @@ class Context:
     request: Request
     keys: Keys
     session: Session | None
+    rollups: console_rollups.Refresh | None = None
+
+    def refresh(self, cur: psycopg2.extensions.cursor) -> None:
+        """Bring the rollups up to date (within a time budget) before a page reads them."""
+        self.rollups = console_rollups.refresh(cur)
 
     def csrf(self) -> str:
         assert self.session is not None
@@ -78,11 +82,16 @@ class Context:
             if table is None:
                 raise BadInput(f"query parameter 'csv': no table {shorten(self.request.query['csv'])!r} on this page")
             return web.csv_response(self.request.query["csv"], table["columns"], table["rows"])
-        html = templates().get_template(name).render(
-            r=self.request,
-            analyst=self.session.analyst if self.session else None,
-            csrf=self.csrf() if self.session else "",
-            **values,
+        html = (
+            templates()
+            .get_template(name)
+            .render(
+                r=self.request,
+                analyst=self.session.analyst if self.session else None,
+                csrf=self.csrf() if self.session else "",
+            rollups=self.rollups,
+                **values,
+            )
         )
         return Response(status, html)
 
@@ -176,6 +185,7 @@ def _table(columns: list[str], rows: list[list[Any]]) -> dict[str, Any]:
 
 
 def overview(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
+    ctx.refresh(cur)
     period = _period(cur, ctx.request.query)
     volume = queries.volume(cur, period)
     labelled = queries.labelled_totals(cur, period)
@@ -218,9 +228,14 @@ def decisions_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
     if q.get("before"):
         try:
             ms, tid = q["before"].split(".")
-            before = (literals.integer_from_text(ms, 0, INT64_MAX), literals.integer_from_text(tid, -INT64_MAX - 1, INT64_MAX))
+            before = (
+                literals.integer_from_text(ms, 0, INT64_MAX),
+                literals.integer_from_text(tid, -INT64_MAX - 1, INT64_MAX),
+            )
         except ValueError:
-            raise BadInput(f"query parameter 'before' = {shorten(q['before'])!r}: not a page mark this console made") from None
+            raise BadInput(
+                f"query parameter 'before' = {shorten(q['before'])!r}: not a page mark this console made"
+            ) from None
     flag = _choice(q, "flagged", ("yes", "no"))
     since, until = _date_param(q, "from"), _date_param(q, "to")
     filters = queries.DecisionFilters(
@@ -250,7 +265,23 @@ def decisions_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
         items=items,
         labels=labels,
         next_link=next_link,
-        tables={"decisions": _table(["transaction_id", "account_id", "time", "amount", "currency", "merchant_id", "flagged", "score", "rules", "label"], rows)},
+        tables={
+            "decisions": _table(
+                [
+                    "transaction_id",
+                    "account_id",
+                    "time",
+                    "amount",
+                    "currency",
+                    "merchant_id",
+                    "flagged",
+                    "score",
+                    "rules",
+                    "label",
+                ],
+                rows,
+            )
+        },
     )
 
 
@@ -286,7 +317,10 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
             "Account features recomputed point-in-time in SQL (transaction_features): what the rules saw, "
             "from the account's history before this transaction."
         ),
-        what_if={"decide": 1, **{k: v for k, v in features.items() if k in FEATURES and k != "amount" and v is not None}},
+        what_if={
+            "decide": 1,
+            **{k: v for k, v in features.items() if k in FEATURES and k != "amount" and v is not None},
+        },
         labels=history,
         tables={"features": _table(["feature", "value"], rows)},
     )
@@ -305,7 +339,10 @@ def account_page(ctx: Context, cur: psycopg2.extensions.cursor, account_id: int)
         kind = ("flagged " if j.decision.fraud else "") + ("fraud" if label and label[0] else "genuine")
         points.append((j.transaction.ts, j.transaction.amount, kind))
     span = (
-        (datetime.fromtimestamp(items[0].transaction.ts / 1000, UTC).date().isoformat(), datetime.fromtimestamp(items[-1].transaction.ts / 1000, UTC).date().isoformat())
+        (
+            datetime.fromtimestamp(items[0].transaction.ts / 1000, UTC).date().isoformat(),
+            datetime.fromtimestamp(items[-1].transaction.ts / 1000, UTC).date().isoformat(),
+        )
         if items
         else ("", "")
     )
@@ -318,7 +355,23 @@ def account_page(ctx: Context, cur: psycopg2.extensions.cursor, account_id: int)
         labels=labels,
         label_history=queries.label_history(cur, ids),
         chart=charts.timeline(f"Account {account_id}: amounts over time", points, span),
-        tables={"transactions": _table(["transaction_id", "account_id", "time", "amount", "currency", "merchant_id", "flagged", "score", "rules", "label"], rows)},
+        tables={
+            "transactions": _table(
+                [
+                    "transaction_id",
+                    "account_id",
+                    "time",
+                    "amount",
+                    "currency",
+                    "merchant_id",
+                    "flagged",
+                    "score",
+                    "rules",
+                    "label",
+                ],
+                rows,
+            )
+        },
     )
 
 
@@ -356,8 +409,8 @@ def review_item_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_
 
 
 def rules_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
+    ctx.refresh(cur)
     period = _period(cur, ctx.request.query)
-    queries.volume(cur, period)  # refreshes the rollups
     current = rule_sets.latest(cur)
     labelled = queries.labelled_totals(cur, period)
     hits = queries.daily_rule_hits(cur, period)
@@ -369,7 +422,17 @@ def rules_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
         total_hits = sum(hits.get(rule.id, {}).values())
         n, fraud = labelled.rules.get(rule.id, [0, 0])
         rows.append(
-            [rule.id, rule.mode, rule.enabled, str(rule.score), total_hits, n, fraud, _four(_ratio(fraud, n)), _four(_ratio(fraud, labelled.fraud))]
+            [
+                rule.id,
+                rule.mode,
+                rule.enabled,
+                str(rule.score),
+                total_hits,
+                n,
+                fraud,
+                _four(_ratio(fraud, n)),
+                _four(_ratio(fraud, labelled.fraud)),
+            ]
         )
     series = [(rule.id, [hits.get(rule.id, {}).get(d, 0) for d in days]) for rule in rules if rule.id in hits][:5]
     precision_series = [
@@ -401,10 +464,15 @@ def rules_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
         diff_from=a,
         diff_to=b,
         hits_chart=charts.line_chart("Hits per day", days, series) if series else None,
-        precision_chart=charts.line_chart("Precision per day (labelled hits)", days, precision_series, ".0%") if precision_series else None,
+        precision_chart=charts.line_chart("Precision per day (labelled hits)", days, precision_series, ".0%")
+        if precision_series
+        else None,
         current_json=_rule_set_text(current.rule_set.document()) if current else "",
         tables={
-            "rules": _table(["rule_id", "mode", "enabled", "weight", "hits", "labelled_hits", "fraud_hits", "precision", "recall"], rows),
+            "rules": _table(
+                ["rule_id", "mode", "enabled", "weight", "hits", "labelled_hits", "fraud_hits", "precision", "recall"],
+                rows,
+            ),
             "over_time": _table(["day", "rule_id", "hits", "labelled_hits", "fraud_hits"], over_time),
         },
     )
@@ -434,7 +502,14 @@ def rule_set_diff(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, An
         else:
             for name in ("when", "score", "mode", "enabled", "description"):
                 if before[rule_id].get(name) != after[rule_id].get(name):
-                    changes.append({"what": name, "rule": rule_id, "before": before[rule_id].get(name), "after": after[rule_id].get(name)})
+                    changes.append(
+                        {
+                            "what": name,
+                            "rule": rule_id,
+                            "before": before[rule_id].get(name),
+                            "after": after[rule_id].get(name),
+                        }
+                    )
     return changes
 
 
@@ -452,6 +527,7 @@ def backtest_action(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
         raise BadInput("the rule set is not valid: " + "; ".join(exc.problems)) from None
     except ValueError as exc:
         raise BadInput(f"the rule set is not JSON: {exc}") from None
+    ctx.refresh(cur)
     period = _period(cur, {"from": form.get("from", ""), "to": form.get("to", "")})
     since_ms, until_ms = int(period.since.timestamp() * 1000), int(period.until.timestamp() * 1000)
     labels_by_id = _labels_for_backtest(cur, period)
@@ -501,7 +577,10 @@ def _with_backtest(ctx: Context, report: Any, period: queries.Period) -> Respons
 
 def models_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
     versions = rule_sets.history(cur)
-    rows = [[v.version, v.created_at.isoformat(), v.created_by, v.comment, len(v.rule_set.rules), str(v.rule_set.threshold)] for v in versions]
+    rows = [
+        [v.version, v.created_at.isoformat(), v.created_by, v.comment, len(v.rule_set.rules), str(v.rule_set.threshold)]
+        for v in versions
+    ]
     return ctx.page(
         "models.html",
         versions=versions,
@@ -511,6 +590,7 @@ def models_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
 
 
 def explore_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
+    ctx.refresh(cur)
     period = _period(cur, ctx.request.query)
     volume = queries.volume(cur, period)
     labelled = queries.labelled_totals(cur, period)
@@ -522,27 +602,73 @@ def explore_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
     hours = list(range(24))
     weekdays = list(range(1, 8))
     bands = list(range(len(BAND_LABELS)))
-    by_hour = [[h, volume.by_hour.get(h, [0, 0])[0], volume.by_hour.get(h, [0, 0])[1], *labelled.by_hour.get(h, [0, 0]), f"{rate(labelled.by_hour, h):.4f}"] for h in hours]
-    by_weekday = [[WEEKDAYS[d - 1], volume.by_weekday.get(d, [0, 0])[0], volume.by_weekday.get(d, [0, 0])[1], *labelled.by_weekday.get(d, [0, 0]), f"{rate(labelled.by_weekday, d):.4f}"] for d in weekdays]
-    by_band = [[BAND_LABELS[b], volume.by_band.get(b, [0, 0])[0], volume.by_band.get(b, [0, 0])[1], *labelled.by_band.get(b, [0, 0]), f"{rate(labelled.by_band, b):.4f}"] for b in bands]
+    by_hour = [
+        [
+            h,
+            volume.by_hour.get(h, [0, 0])[0],
+            volume.by_hour.get(h, [0, 0])[1],
+            *labelled.by_hour.get(h, [0, 0]),
+            f"{rate(labelled.by_hour, h):.4f}",
+        ]
+        for h in hours
+    ]
+    by_weekday = [
+        [
+            WEEKDAYS[d - 1],
+            volume.by_weekday.get(d, [0, 0])[0],
+            volume.by_weekday.get(d, [0, 0])[1],
+            *labelled.by_weekday.get(d, [0, 0]),
+            f"{rate(labelled.by_weekday, d):.4f}",
+        ]
+        for d in weekdays
+    ]
+    by_band = [
+        [
+            BAND_LABELS[b],
+            volume.by_band.get(b, [0, 0])[0],
+            volume.by_band.get(b, [0, 0])[1],
+            *labelled.by_band.get(b, [0, 0]),
+            f"{rate(labelled.by_band, b):.4f}",
+        ]
+        for b in bands
+    ]
     sample = queries.sample(cur, period, volume.transactions)
     matrix = queries.correlations(sample)
     columns = ["bucket", "transactions", "flagged", "labelled", "labelled_fraud", "fraud_rate"]
     return ctx.page(
         "explore.html",
         period=period,
-        amount_chart=charts.bar_chart("Transactions by amount band", list(BAND_LABELS), [r[1] for r in by_band]),
-        hour_chart=charts.bar_chart("Labelled fraud rate by hour (UTC)", [str(h) for h in hours], [rate(labelled.by_hour, h) for h in hours], ".2%"),
-        weekday_chart=charts.bar_chart("Labelled fraud rate by weekday", list(WEEKDAYS), [rate(labelled.by_weekday, d) for d in weekdays], ".2%"),
-        band_chart=charts.bar_chart("Labelled fraud rate by amount band", list(BAND_LABELS), [rate(labelled.by_band, b) for b in bands], ".2%"),
+        amount_chart=charts.bar_chart(
+            "Transactions by amount band", list(BAND_LABELS), [volume.by_band.get(b, [0, 0])[0] for b in bands]
+        ),
+        hour_chart=charts.bar_chart(
+            "Labelled fraud rate by hour (UTC)",
+            [str(h) for h in hours],
+            [rate(labelled.by_hour, h) for h in hours],
+            ".2%",
+        ),
+        weekday_chart=charts.bar_chart(
+            "Labelled fraud rate by weekday", list(WEEKDAYS), [rate(labelled.by_weekday, d) for d in weekdays], ".2%"
+        ),
+        band_chart=charts.bar_chart(
+            "Labelled fraud rate by amount band", list(BAND_LABELS), [rate(labelled.by_band, b) for b in bands], ".2%"
+        ),
         heatmap=charts.heatmap("Correlation of features (sample)", sample.columns, matrix),
         sample=sample,
         tables={
             "by_hour": _table(columns, by_hour),
             "by_weekday": _table(columns, by_weekday),
             "by_amount_band": _table(columns, by_band),
-            "correlation": _table(["feature", *sample.columns], [[sample.columns[i], *("" if v is None else f"{v:.4f}" for v in line)] for i, line in enumerate(matrix)]),
-            "summary": _table(["feature", "count", "mean", "std", "min", "median", "p95", "max"], queries.summary_stats(sample)),
+            "correlation": _table(
+                ["feature", *sample.columns],
+                [
+                    [sample.columns[i], *("" if v is None else f"{v:.4f}" for v in line)]
+                    for i, line in enumerate(matrix)
+                ],
+            ),
+            "summary": _table(
+                ["feature", "count", "mean", "std", "min", "median", "p95", "max"], queries.summary_stats(sample)
+            ),
         },
     )
 
@@ -655,7 +781,9 @@ def handle(event: dict[str, Any], keys: Keys) -> Response:
     ctx = Context(request, keys, current)
     path = request.path.rstrip("/") or "/"
     if path == "/static/console.css" and request.method == "GET":
-        return Response(200, stylesheet(), content_type="text/css; charset=utf-8", headers={"Cache-Control": "max-age=300"})
+        return Response(
+            200, stylesheet(), content_type="text/css; charset=utf-8", headers={"Cache-Control": "max-age=300"}
+        )
     if path == "/signin":
         return _signin(ctx)
     if path == "/signout" and request.method == "POST":
@@ -672,7 +800,11 @@ def handle(event: dict[str, Any], keys: Keys) -> Response:
         return _error_page(ctx, 404, "there is no such page")
     page, args = route
     if request.method == "POST" and not session.csrf_valid(keys, current, request.form.get("csrf")):
-        return _error_page(ctx, 403, "the form's CSRF token is missing, forged or expired: nothing was changed; reload the page and try again")
+        return _error_page(
+            ctx,
+            403,
+            "the form's CSRF token is missing, forged or expired: nothing was changed; reload the page and try again",
+        )
     try:
         return db.run_in_transaction(lambda cur: page(ctx, cur, *args))
     except Forbidden as exc:
@@ -704,10 +836,14 @@ def _signin(ctx: Context) -> Response:
     elif not session.key_matches(ctx.keys, key):
         error = "that key is not the console's sign-in key"
     if error:
-        page = Context(request, ctx.keys, None).page("signin.html", status=401, next_path=next_path, error=error, local=not ctx.keys.secure_cookies)
+        page = Context(request, ctx.keys, None).page(
+            "signin.html", status=401, next_path=next_path, error=error, local=not ctx.keys.secure_cookies
+        )
         return page
     _, cookie = session.issue(ctx.keys, name)
-    set_cookie = web.session_cookie(session.COOKIE, cookie, request.base, session.SESSION_SECONDS, ctx.keys.secure_cookies)
+    set_cookie = web.session_cookie(
+        session.COOKIE, cookie, request.base, session.SESSION_SECONDS, ctx.keys.secure_cookies
+    )
     return web.redirect(request.base + (next_path if next_path != "/" else ""), cookies=[set_cookie])
 
 
@@ -716,4 +852,3 @@ def serve_console(event: dict[str, Any], context: Any) -> dict[str, Any]:
     secrets are cached by Powertools for five minutes; locally they are environment variables)."""
     keys = session.keys_from_env()
     return handle(event, keys).to_event(keys.secure_cookies)
-

@@ -24,7 +24,7 @@ def _f(x: Number) -> str:
 def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
-    step = 10 ** math.floor(math.log10(value))
+    step = 10.0 ** math.floor(math.log10(value))
     for factor in (1, 2, 2.5, 5, 10):
         if value <= step * factor:
             return step * factor
@@ -59,7 +59,9 @@ def _x_labels(labels: Sequence[str], x_of: list[float]) -> list[str]:
     ]
 
 
-def line_chart(title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequence[Number]]], y_format: str = ",.0f") -> Markup:
+def line_chart(
+    title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequence[Number]]], y_format: str = ",.0f"
+) -> Markup:
     """Lines over categorical x positions (`labels`), one per (name, values); values share one y axis from 0."""
     y_max = _nice_max(max((float(v) for _, values in series for v in values), default=0))
     inner_w = WIDTH - _PAD_LEFT - _PAD_RIGHT
@@ -123,7 +125,8 @@ def timeline(title: str, points: Sequence[tuple[int, Number, str]], x_labels: tu
             parts.append(f'<circle cx="{_f(x)}" cy="{_f(y)}" r="2.5" fill="{COLOURS[0]}"/>')
         if "fraud" in kind:
             parts.append(
-                f'<path d="M{_f(x - 4)},{_f(y - 4)}L{_f(x + 4)},{_f(y + 4)}M{_f(x - 4)},{_f(y + 4)}L{_f(x + 4)},{_f(y - 4)}" '
+                f'<path d="M{_f(x - 4)},{_f(y - 4)}L{_f(x + 4)},{_f(y + 4)}'
+                f'M{_f(x - 4)},{_f(y + 4)}L{_f(x + 4)},{_f(y - 4)}" '
                 'stroke="#000" stroke-width="1.5"/>'
             )
     parts.append(

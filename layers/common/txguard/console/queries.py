@@ -15,9 +15,9 @@ from typing import Any
 
 import psycopg2.extensions
 
+from txguard.domain import DecidedTransaction
 from txguard.storage import console_rollups
 from txguard.storage.transactions import SELECT_TRANSACTIONS, decided_from_row
-from txguard.domain import DecidedTransaction
 
 DAY = timedelta(days=1)
 MAX_PERIOD_DAYS = 400
@@ -31,6 +31,7 @@ _IN_FORCE = """
     WHERE l.transaction_id = ANY(%s::bigint[])
     ORDER BY l.transaction_id, l.labelled_at DESC, l.label_id DESC
 """
+
 
 @dataclass(frozen=True)
 class Period:
@@ -51,7 +52,6 @@ class Period:
 
 def default_period(cur: psycopg2.extensions.cursor, days: int = 30) -> Period:
     """The `days` UTC days up to and including the newest stored hour (today's when nothing is stored)."""
-    console_rollups.refresh(cur)
     extent = console_rollups.extent(cur)
     last = extent[1] if extent else datetime.now(UTC)
     until = datetime(last.year, last.month, last.day, tzinfo=UTC) + DAY
@@ -84,7 +84,11 @@ def labelled_totals(cur: psycopg2.extensions.cursor, period: Period) -> Labelled
             totals.flagged_fraud += row.fraud
         day = hour.date().isoformat()
         totals.fraud_by_day[day] = totals.fraud_by_day.get(day, 0) + row.fraud
-        for key, bucket in ((hour.hour, totals.by_hour), (hour.isoweekday(), totals.by_weekday), (row.amount_band, totals.by_band)):
+        for key, bucket in (
+            (hour.hour, totals.by_hour),
+            (hour.isoweekday(), totals.by_weekday),
+            (row.amount_band, totals.by_band),
+        ):
             cell = bucket.setdefault(key, [0, 0])
             cell[0] += row.labelled
             cell[1] += row.fraud
@@ -125,21 +129,18 @@ class Volume:
 
 
 def volume(cur: psycopg2.extensions.cursor, period: Period) -> Volume:
-    """Volume, amounts and flags of the period from the hourly rollup (refreshed first)."""
-    console_rollups.refresh(cur)
+    """Volume, amounts and flags of the period from the hourly rollup (refresh it first)."""
     v = Volume()
     for row in console_rollups.hourly(cur, period.since, period.until):
         hour = row.hour.astimezone(UTC)
         v.transactions += row.transactions
         v.flagged += row.flagged
         v.amount_by_currency[row.currency] = v.amount_by_currency.get(row.currency, Decimal(0)) + row.amount
-        for key, bucket in (
-            (hour.date().isoformat(), v.by_day),
-            (hour.hour, v.by_hour),
-            (hour.isoweekday(), v.by_weekday),
-            (row.amount_band, v.by_band),
-        ):
-            cell = bucket.setdefault(key, [0, 0])  # type: ignore[attr-defined]
+        day = v.by_day.setdefault(hour.date().isoformat(), [0, 0])
+        day[0] += row.transactions
+        day[1] += row.flagged
+        for key, bucket in ((hour.hour, v.by_hour), (hour.isoweekday(), v.by_weekday), (row.amount_band, v.by_band)):
+            cell = bucket.setdefault(key, [0, 0])
             cell[0] += row.transactions
             cell[1] += row.flagged
     return v
@@ -234,9 +235,7 @@ def decision(cur: psycopg2.extensions.cursor, transaction_id: int) -> DecidedTra
 def features_at_decision(cur: psycopg2.extensions.cursor, account_id: int, transaction_id: int) -> dict[str, Any]:
     """The account features of one transaction, recomputed point-in-time in SQL (transaction_features), bounded
     to the account's history."""
-    cur.execute(
-        "SELECT features FROM transaction_features(%s) WHERE transaction_id = %s", (account_id, transaction_id)
-    )
+    cur.execute("SELECT features FROM transaction_features(%s) WHERE transaction_id = %s", (account_id, transaction_id))
     row = cur.fetchone()
     return dict(row[0]) if row else {}
 
@@ -276,11 +275,11 @@ def sample(cur: psycopg2.extensions.cursor, period: Period, expected_rows: int) 
     # Capped at MAX_SAMPLE_PERCENT of the table, so a short period gets fewer rows rather than a long scan.
     percent = min(MAX_SAMPLE_PERCENT, max(100.0 * SAMPLE_ROWS / max(expected_rows, 1), 0.0001))
     cur.execute(
-        f"""SELECT amount, score, fraud::int, extract(hour FROM ts AT TIME ZONE 'UTC'),
-                   extract(isodow FROM ts AT TIME ZONE 'UTC')
-            FROM transactions TABLESAMPLE SYSTEM ({percent:.6f}) REPEATABLE (42)
-            WHERE ts >= %s AND ts < %s LIMIT %s""",
-        (period.since, period.until, SAMPLE_ROWS * 2),
+        """SELECT amount, score, fraud::int, extract(hour FROM ts AT TIME ZONE 'UTC'),
+                  extract(isodow FROM ts AT TIME ZONE 'UTC')
+           FROM transactions TABLESAMPLE SYSTEM (%s) REPEATABLE (42)
+           WHERE ts >= %s AND ts < %s LIMIT %s""",
+        (percent, period.since, period.until, SAMPLE_ROWS * 2),
     )
     rows = [[float(x) for x in r] for r in cur.fetchall()]
     return Sample(["amount", "score", "flagged", "hour", "weekday"], rows, percent / 100)
@@ -319,7 +318,16 @@ def summary_stats(s: Sample) -> list[list[Any]]:
         mean = sum(values) / n
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
         out.append(
-            [name, n, f"{mean:.4f}", f"{std:.4f}", f"{values[0]:g}", f"{values[n // 2]:g}", f"{values[min(n - 1, int(n * 0.95))]:g}", f"{values[-1]:g}"]
+            [
+                name,
+                n,
+                f"{mean:.4f}",
+                f"{std:.4f}",
+                f"{values[0]:g}",
+                f"{values[n // 2]:g}",
+                f"{values[min(n - 1, int(n * 0.95))]:g}",
+                f"{values[-1]:g}",
+            ]
         )
     return out
 
@@ -332,4 +340,3 @@ def daily_rule_hits(cur: psycopg2.extensions.cursor, period: Period) -> dict[str
         label = _day_label(day)
         out[rule_id][label] = out[rule_id].get(label, 0) + hits
     return out
-

@@ -83,7 +83,9 @@ def issue(keys: Keys, analyst: str, now: float | None = None) -> tuple[Session, 
     now = time.time() if now is None else now
     session = Session(analyst, secrets.token_urlsafe(16), int(now) + SESSION_SECONDS)
     payload = (
-        base64.urlsafe_b64encode(json.dumps({"a": session.analyst, "s": session.session_id, "e": session.expires_at}).encode())
+        base64.urlsafe_b64encode(
+            json.dumps({"a": session.analyst, "s": session.session_id, "e": session.expires_at}).encode()
+        )
         .rstrip(b"=")
         .decode()
     )

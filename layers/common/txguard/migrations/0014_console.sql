@@ -6,11 +6,12 @@
 -- up at ingest: rows are appended in stored_at order).
 CREATE INDEX transactions_stored_at ON transactions USING brin (stored_at);
 
+-- slice_ms: how much stored_at time one refresh step covers, adapted to what fits in a step's time budget.
 CREATE TABLE console_rollup_state (
     id            smallint PRIMARY KEY CHECK (id = 1),
-    refreshed_to  timestamptz NOT NULL
+    refreshed_to  timestamptz,  -- NULL: nothing counted yet
+    slice_ms      bigint NOT NULL CHECK (slice_ms > 0)
 );
-INSERT INTO console_rollup_state (id, refreshed_to) VALUES (1, '-infinity');
 
 -- Per hour of the transactions' timestamps (UTC), currency and amount band: volume, amount and flags.
 -- amount_band is width_bucket(amount, {0.01, 10, 25, 50, 100, 250, 500, 1000, 5000}): 0 for a zero amount.

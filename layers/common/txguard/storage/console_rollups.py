@@ -6,22 +6,28 @@ so adding them once is the whole story. The mark only moves up to the start of t
 open in this database: a row's `stored_at` (clock_timestamp() at insert) is never earlier than its database
 transaction's start, so every row stored before the mark has committed and none is counted twice or missed.
 Labels follow the same mark (their received_at): each transaction that got a label, or was stored with labels,
-since the mark has what it counted before taken off and what it counts now added. Only one refresh runs at a time (a try-lock; the others read the rollups as they are).
+since the mark has what it counted before taken off and what it counts now added. Only one refresh runs at a
+time (a try-lock; the others read the rollups as they are). A refresh works in steps with a time budget each,
+so a page view never waits long for a store far behind: the pages say how far the rollups have got.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+import psycopg2.errors
 import psycopg2.extensions
 
 # Any fixed number: concurrent refreshes of one database take turns on it.
 _REFRESH_LOCK_KEY = 0x7478_6775_6172_6414
 
 # Upper bounds of amount bands 1..9 (band 0: zero; band 9: 5000 and above), in the transaction's currency.
-AMOUNT_BANDS: tuple[Decimal, ...] = tuple(Decimal(x) for x in ("0.01", "10", "25", "50", "100", "250", "500", "1000", "5000"))
+AMOUNT_BANDS: tuple[Decimal, ...] = tuple(
+    Decimal(x) for x in ("0.01", "10", "25", "50", "100", "250", "500", "1000", "5000")
+)
 
 _CUTOFF = """
     SELECT least(clock_timestamp(), min(xact_start))
@@ -54,8 +60,14 @@ _ADD_RULES = """
 
 # What each transaction touched by the refresh (a label received, or stored with labels, in [since, until))
 # counted before (labels received and the transaction stored before `since`) and counts now (before `until`).
+_LABEL_CHANGES_TABLE = """
+    CREATE TEMP TABLE IF NOT EXISTS console_label_changes (
+        sign integer, labelled_fraud boolean, ts timestamptz, amount numeric, flagged boolean, reasons jsonb
+    ) ON COMMIT DELETE ROWS
+"""
+
 _LABEL_CHANGES = """
-    CREATE TEMP TABLE console_label_changes ON COMMIT DROP AS
+    INSERT INTO console_label_changes (sign, labelled_fraud, ts, amount, flagged, reasons)
     WITH dirty AS (
         SELECT transaction_id FROM labels WHERE received_at >= %(since)s AND received_at < %(until)s
         UNION
@@ -103,41 +115,92 @@ _ADD_RULE_LABELS = """
 """
 
 
+STEP_BUDGET_MS = 400  # one refresh step's statement timeout
+REFRESH_BUDGET_S = 0.6  # steps one page view runs, at most (then it reads the rollups as far as they got)
+FIRST_SLICE_MS = 3_600_000
+MIN_SLICE_MS = 1
+MAX_STEPS = 500  # per call: each step holds a savepoint until the transaction ends
+
+
 @dataclass(frozen=True)
 class Refresh:
-    refreshed_to: datetime | None  # rows stored before this are in the rollups (None: none yet)
+    refreshed_to: datetime | None  # rows stored (labels received) before this are counted (None: none yet)
+    caught_up: bool  # False: rows stored before the cutoff remain for the next refresh
     ran: bool  # False: another refresh held the lock, the rollups were read as they were
 
 
-def refresh(cur: psycopg2.extensions.cursor) -> Refresh:
-    """Add the transactions stored since the last refresh to the rollups (one statement per rollup, bounded by
-    what was stored since). Runs on the caller's unit of work, which must commit it."""
+def refresh(
+    cur: psycopg2.extensions.cursor, budget_s: float = REFRESH_BUDGET_S, step_budget_ms: int = STEP_BUDGET_MS
+) -> Refresh:
+    """Add what was stored since the last refresh to the rollups, in steps of `slice_ms` of stored_at time, each
+    bounded by `step_budget_ms` (a step that runs out is undone and the slice halved; a quick one doubles it), for
+    at most `budget_s`. Runs on the caller's unit of work, which must commit it. A store far behind (the first
+    refresh after a replay) catches up over several page views or refresh calls; each one only adds."""
     cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_REFRESH_LOCK_KEY,))
     row = cur.fetchone()
     locked = bool(row and row[0])
-    cur.execute("SELECT refreshed_to FROM console_rollup_state WHERE id = 1")
+    cur.execute("SELECT refreshed_to, slice_ms FROM console_rollup_state WHERE id = 1")
     state = cur.fetchone()
     since: datetime | None = state[0] if state else None  # None: nothing counted yet
+    slice_ms = int(state[1]) if state else FIRST_SLICE_MS
     if not locked:
-        return Refresh(since, False)
+        return Refresh(since, False, False)
     cur.execute(_CUTOFF)
-    cutoff_row = cur.fetchone()
-    until: datetime = cutoff_row[0]
-    if since is not None and until <= since:
-        return Refresh(since, True)
-    params = {"since": "-infinity" if since is None else since, "until": until, "bands": [str(b) for b in AMOUNT_BANDS]}
+    cutoff: datetime = cur.fetchone()[0]  # type: ignore[index]
+    if since is None:
+        cur.execute(
+            "SELECT least((SELECT min(stored_at) FROM transactions), (SELECT min(received_at) FROM labels))"
+        )
+        first = cur.fetchone()[0]  # type: ignore[index]
+        if first is None:
+            return Refresh(None, True, True)
+        since = first
+    cur.execute(_LABEL_CHANGES_TABLE)
+    cur.execute("SELECT current_setting('statement_timeout')")
+    previous_timeout = cur.fetchone()[0]  # type: ignore[index]
+    started = time.monotonic()
+    try:
+        for _ in range(MAX_STEPS):
+            if since >= cutoff or time.monotonic() - started >= budget_s:
+                break
+            until = min(cutoff, since + timedelta(milliseconds=slice_ms))
+            cur.execute("SAVEPOINT console_refresh_step")
+            cur.execute("SELECT set_config('statement_timeout', %s, true)", (str(step_budget_ms),))
+            try:
+                _add(cur, since, until)
+            except psycopg2.errors.QueryCanceled:
+                cur.execute("ROLLBACK TO SAVEPOINT console_refresh_step")
+                slice_ms = max(MIN_SLICE_MS, slice_ms // 2)
+                continue
+            cur.execute("RELEASE SAVEPOINT console_refresh_step")
+            since = until
+            slice_ms = min(slice_ms * 2, 30 * 86_400_000)
+    finally:
+        cur.execute("SELECT set_config('statement_timeout', %s, true)", (previous_timeout,))
+    cur.execute(
+        """INSERT INTO console_rollup_state (id, refreshed_to, slice_ms) VALUES (1, %s, %s)
+           ON CONFLICT (id) DO UPDATE SET refreshed_to = excluded.refreshed_to, slice_ms = excluded.slice_ms""",
+        (since, slice_ms),
+    )
+    return Refresh(since, since >= cutoff, True)
+
+
+def _add(cur: psycopg2.extensions.cursor, since: datetime, until: datetime) -> None:
+    params = {"since": since, "until": until, "bands": [str(b) for b in AMOUNT_BANDS]}
     cur.execute(_ADD_HOURLY, params)
     cur.execute(_ADD_RULES, params)
     cur.execute(_LABEL_CHANGES, params)
     cur.execute(_ADD_LABELS, params)
     cur.execute(_ADD_RULE_LABELS, params)
-    cur.execute("DROP TABLE console_label_changes")
-    cur.execute(
-        """INSERT INTO console_rollup_state (id, refreshed_to) VALUES (1, %s)
-           ON CONFLICT (id) DO UPDATE SET refreshed_to = excluded.refreshed_to""",
-        (until,),
-    )
-    return Refresh(until, True)
+    cur.execute("TRUNCATE console_label_changes")
+
+
+def catch_up(cur: psycopg2.extensions.cursor) -> Refresh:
+    """Refresh until the rollups hold everything stored before the cutoff (the benchmark, a first build)."""
+    while True:
+        result = refresh(cur, budget_s=3600)
+        if result.caught_up or not result.ran:
+            return result
 
 
 @dataclass(frozen=True)
