@@ -311,3 +311,12 @@ def test_amounts_keep_their_currency_places(database: Any) -> None:
     body = str(handle(event("GET", "/accounts/9", cookie=cookie), KEYS).body)
     assert "12.50 EUR" in body
     assert Decimal("12.50")
+
+
+def test_the_refresh_command_catches_the_rollups_up(database: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from txguard_dev.cli import main
+
+    store([tx(a, T0 + a * 60_000, "20.00", "m-1") for a in range(1, 11)])
+    assert main(["console", "refresh", "--database-url", database.admin_url]) == 0
+    assert "counted up to" in capsys.readouterr().out
+    assert count(database, "SELECT sum(transactions) FROM console_hourly") == 10

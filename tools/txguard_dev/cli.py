@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "txguard_dev.commands.evaluate",
         "precision, recall and F1 of stored decisions against generated labels",
     ),
+    "console": ("txguard_dev.commands.console", "the analyst console's rollups: refresh"),
     "openapi": ("txguard_dev.commands.openapi", "print or write the API's OpenAPI document"),
     "local": ("txguard_dev.local.command", "run the whole service locally (API, scheduler, database)"),
     "invoke": ("txguard_dev.local.invoke_command", "invoke one function of the template in-process"),

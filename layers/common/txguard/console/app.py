@@ -89,7 +89,7 @@ class Context:
                 r=self.request,
                 analyst=self.session.analyst if self.session else None,
                 csrf=self.csrf() if self.session else "",
-            rollups=self.rollups,
+                rollups=self.rollups,
                 **values,
             )
         )

@@ -146,18 +146,16 @@ def refresh(
     if not locked:
         return Refresh(since, False, False)
     cur.execute(_CUTOFF)
-    cutoff: datetime = cur.fetchone()[0]  # type: ignore[index]
+    cutoff: datetime = cur.fetchone()[0]
     if since is None:
-        cur.execute(
-            "SELECT least((SELECT min(stored_at) FROM transactions), (SELECT min(received_at) FROM labels))"
-        )
-        first = cur.fetchone()[0]  # type: ignore[index]
+        cur.execute("SELECT least((SELECT min(stored_at) FROM transactions), (SELECT min(received_at) FROM labels))")
+        first = cur.fetchone()[0]
         if first is None:
             return Refresh(None, True, True)
         since = first
     cur.execute(_LABEL_CHANGES_TABLE)
     cur.execute("SELECT current_setting('statement_timeout')")
-    previous_timeout = cur.fetchone()[0]  # type: ignore[index]
+    previous_timeout = cur.fetchone()[0]
     started = time.monotonic()
     try:
         for _ in range(MAX_STEPS):
@@ -195,10 +193,11 @@ def _add(cur: psycopg2.extensions.cursor, since: datetime, until: datetime) -> N
     cur.execute("TRUNCATE console_label_changes")
 
 
-def catch_up(cur: psycopg2.extensions.cursor) -> Refresh:
-    """Refresh until the rollups hold everything stored before the cutoff (the benchmark, a first build)."""
+def catch_up(cur: psycopg2.extensions.cursor, step_budget_ms: int = STEP_BUDGET_MS) -> Refresh:
+    """Refresh until the rollups hold everything stored before the cutoff (`txguard console refresh`, the
+    benchmark); a larger `step_budget_ms` takes larger, cheaper steps."""
     while True:
-        result = refresh(cur, budget_s=3600)
+        result = refresh(cur, budget_s=3600, step_budget_ms=step_budget_ms)
         if result.caught_up or not result.ran:
             return result
 
