@@ -23,7 +23,13 @@ def test_the_providers_find_each_function_with_its_code_layer_and_handler() -> N
     from samcli.lib.providers.sam_function_provider import SamFunctionProvider
 
     functions = {f.name: f for f in SamFunctionProvider(_stacks()).get_all()}
-    assert set(functions) == {"IngestFunction", "DetectFunction", "GenerateFunction", "MigrateFunction"}
+    assert set(functions) == {
+        "IngestFunction",
+        "DetectFunction",
+        "GenerateFunction",
+        "MigrateFunction",
+        "ConsoleFunction",
+    }
     for name, function in functions.items():
         assert function.handler == "app.lambda_handler"
         assert Path(function.codeuri).parent == ROOT / "functions", name
@@ -41,6 +47,10 @@ def test_the_providers_find_every_route() -> None:
         ("GET", "/store_data", "IngestFunction"),
         ("GET", "/is_fraud/{account}", "DetectFunction"),
         ("GET", "/openapi.json", "DetectFunction"),
+        ("GET", "/console", "ConsoleFunction"),
+        ("POST", "/console", "ConsoleFunction"),
+        ("GET", "/console/{proxy+}", "ConsoleFunction"),
+        ("POST", "/console/{proxy+}", "ConsoleFunction"),
     }
 
 
