@@ -32,8 +32,8 @@ SPAN_MS = 122 * 86_400_000  # four months
 REQUESTS = 20
 TARGET_P95_S = 1.0
 CONSOLE_INDEXES = {
-    "transactions_stored_at": "CREATE INDEX transactions_stored_at ON transactions USING brin (stored_at)",
-    "labels_received_at": "CREATE INDEX labels_received_at ON labels USING brin (received_at)",
+    "transactions_stored_at": "CREATE INDEX transactions_stored_at ON transactions (stored_at)",
+    "labels_received_at": "CREATE INDEX labels_received_at ON labels (received_at)",
     "transactions_flagged_score": (
         "CREATE INDEX transactions_flagged_score ON transactions (score DESC, transaction_id) WHERE fraud"
     ),

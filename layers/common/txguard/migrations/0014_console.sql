@@ -2,9 +2,9 @@
 -- two analysts off the same review item.
 
 -- Which rows the rollups have already counted: transactions stored before refreshed_to (stored_at). A refresh
--- reads only the rows stored since, through a BRIN index (a few pages per million rows, nearly free to keep
--- up at ingest: rows are appended in stored_at order).
-CREATE INDEX transactions_stored_at ON transactions USING brin (stored_at);
+-- reads only the rows stored since, through this index. (A BRIN index would cost ingest less, but the block
+-- ranges a bulk load leaves unsummarised until autovacuum reaches them are scanned whole by every refresh.)
+CREATE INDEX transactions_stored_at ON transactions (stored_at);
 
 -- slice_ms: how much stored_at time one refresh step covers, adapted to what fits in a step's time budget.
 CREATE TABLE console_rollup_state (
@@ -38,7 +38,7 @@ CREATE TABLE console_rule_daily (
 -- before refreshed_to), per hour of the transaction, amount band and whether it was flagged; and per UTC day
 -- of the transaction and rule that fired on it. A refresh subtracts what each transaction with a new label
 -- (or newly stored with labels) counted before and adds what it counts now.
-CREATE INDEX labels_received_at ON labels USING brin (received_at);
+CREATE INDEX labels_received_at ON labels (received_at);
 
 CREATE TABLE console_label_hourly (
     hour          timestamptz NOT NULL,

@@ -1,7 +1,7 @@
 """`console_hourly`, `console_rule_daily` and `console_rollup_state`: the console's rollups of `transactions`.
 
 Refreshed on demand from the last refreshed point, never at ingest: a refresh adds the rows stored since
-`refreshed_to` (read through the BRIN index on `stored_at`) and moves the mark. Rows are immutable once stored,
+`refreshed_to` (read through the index on `stored_at`) and moves the mark. Rows are immutable once stored,
 so adding them once is the whole story. The mark only moves up to the start of the oldest transaction still
 open in this database: a row's `stored_at` (clock_timestamp() at insert) is never earlier than its database
 transaction's start, so every row stored before the mark has committed and none is counted twice or missed.
