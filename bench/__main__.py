@@ -18,6 +18,7 @@ from bench import (
     generator_bench,
     ingest_bench,
     input_bench,
+    replay_bench,
     rules_bench,
 )
 from bench.harness import bench_database
@@ -57,7 +58,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
     parser.add_argument(
         "--only",
-        choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input", "console"],
+        choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input", "replay", "console"],
         default=None,
     )
     args = parser.parse_args()
@@ -70,6 +71,7 @@ def main() -> int:
         "generator": generator_bench.run,
         "coldstart": coldstart_bench.run,
         "input": input_bench.run,
+        "replay": replay_bench.run,
         "console": console_bench.run,
     }
     for name, suite in suites.items():

@@ -201,10 +201,17 @@ ignore_startup_parameters = extra_float_digits
         shutil.rmtree(directory, ignore_errors=True)
 
 
-_TABLES_TO_EMPTY = ("transactions", "account_stats", "account_daily", "rule_sets", "alert_outbox")
-# The labels and the console's rollups and review claims (the rollups count what the truncated tables held).
-_CONSOLE_TABLES = (
+_TABLES_TO_EMPTY = (
+    "transactions",
+    "account_stats",
+    "account_daily",
+    "rule_sets",
+    "alert_outbox",
     "labels",
+    "merchant_label_daily",
+)
+# The console's rollups and review claims (the rollups count what the truncated tables held).
+_CONSOLE_TABLES = (
     "review_claims",
     "console_rollup_state",
     "console_hourly",
@@ -219,7 +226,7 @@ def database(migrated_database: Database, monkeypatch: pytest.MonkeyPatch) -> It
     """An empty, migrated database with the default rule set; the code under test connects as the service role."""
     present = {row[0] for row in migrated_database.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     tables = [t for t in (*_TABLES_TO_EMPTY, "fraud_labels", *_CONSOLE_TABLES) if t in present]
-    migrated_database.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+    migrated_database.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
     migrate(migrated_database.admin_url, service_login_role(migrated_database.name))  # re-seeds the default rule set
     monkeypatch.setenv("DATABASE_URL", migrated_database.service_url)
     db.reset_connection()

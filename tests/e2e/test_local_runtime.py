@@ -105,7 +105,7 @@ def test_the_generate_function_runs_on_the_schedule(e2e_database_url: str, tmp_p
     ((generated, outside),) = admin_query(
         e2e_database_url,
         "SELECT count(*), count(*) FILTER (WHERE t.account_id <= %s) FROM transactions t "
-        "JOIN fraud_labels l USING (transaction_id)",
+        "JOIN labels l USING (transaction_id)",
         (SYNTHETIC_ACCOUNT_BASE,),
     )
     assert generated > 0 and outside == 0  # labelled as generated, and only on reserved accounts

@@ -179,7 +179,8 @@ def with_data(pg_server: Server) -> Iterator[str]:
         migrate(url)
         admin_query(
             url,
-            "INSERT INTO fraud_labels (transaction_id, pattern, run_id) VALUES (42, 'genuine', 1)",
+            "INSERT INTO labels (transaction_id, fraud, source, labelled_at) "
+            "VALUES (42, false, 'generator', '2026-01-01T00:00:00Z')",
         )
         yield url
         db.reset_connection()
@@ -188,7 +189,7 @@ def with_data(pg_server: Server) -> Iterator[str]:
 def _snapshot(url: str) -> tuple[object, ...]:
     return (
         tables(url),
-        admin_query(url, "SELECT transaction_id, pattern FROM fraud_labels"),
+        admin_query(url, "SELECT transaction_id, fraud, source FROM labels"),
         admin_query(url, "SELECT version, applied_at FROM schema_migrations ORDER BY 1"),
         admin_query(url, "SELECT count(*) FROM rule_sets"),
     )
@@ -240,7 +241,7 @@ def test_reset_empties_a_development_database_and_leaves_it_migrated_and_usable(
 
     assert code == 0, err
     assert out.strip() == f"reset {with_data}: schema recreated, {len(available_migrations())} migrations applied"
-    assert admin_query(with_data, "SELECT count(*) FROM fraud_labels") == [(0,)]
+    assert admin_query(with_data, "SELECT count(*) FROM labels") == [(0,)]
     assert len(admin_query(with_data, "SELECT version FROM schema_migrations")) == len(available_migrations())
     assert _marked(with_data)  # still a development database
     # The service role has its grants again: generated traffic is stored through it and evaluated.
@@ -261,7 +262,7 @@ def test_reset_of_a_database_in_use_waits_then_refuses_and_changes_nothing(
     holder = psycopg2.connect(with_data)
     try:
         with holder.cursor() as cur:
-            cur.execute("LOCK TABLE fraud_labels IN ACCESS SHARE MODE")  # an open transaction reading it
+            cur.execute("LOCK TABLE labels IN ACCESS SHARE MODE")  # an open transaction reading it
         before = _snapshot(with_data)
 
         code, _, err = txguard(capsys, "db", "reset", "--yes", "--database-url", with_data)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +42,21 @@ def generate_direct(*extra: str, n: int = 600, seed: int = 5) -> tuple[int, str]
 
 
 def run_ids(database: Database) -> list[int]:
-    return [row[0] for row in database.query("SELECT DISTINCT run_id FROM fraud_labels ORDER BY 1")]
+    # A generated run's transaction ids are [run_id << 23, (run_id + 1) << 23).
+    return [row[0] for row in database.query("SELECT DISTINCT transaction_id >> 23 FROM labels ORDER BY 1")]
 
 
 def test_direct_stores_exactly_n_each_with_its_decision_and_label(database: Database) -> None:
     status, output = generate_direct(n=600)
     assert status == 0, output
-    ((stored, decided, labelled, fraud_labels),) = database.query(
+    ((stored, decided, labelled, frauds),) = database.query(
         """SELECT count(*), count(t.rule_set_version), count(l.transaction_id),
-                  count(*) FILTER (WHERE l.pattern <> 'genuine')
-           FROM transactions t LEFT JOIN fraud_labels l USING (transaction_id)"""
+                  count(*) FILTER (WHERE l.fraud AND l.reason IS NOT NULL)
+           FROM transactions t LEFT JOIN labels l USING (transaction_id)"""
     )
     assert (stored, decided, labelled) == (600, 600, 600)
-    assert fraud_labels == 12  # 2 % of 600
-    assert database.query("SELECT count(*) FROM fraud_labels")[0][0] == 600
+    assert frauds == 12  # 2 % of 600
+    assert database.query("SELECT count(*), min(source), max(source) FROM labels")[0] == (600, "generator", "generator")
     assert "600 stored, 0 duplicates" in output
 
 
@@ -63,9 +66,9 @@ def test_direct_runs_with_the_same_seed_store_the_same_traffic_under_new_ids(dat
     first, second = run_ids(database)
     contents = [
         database.query(
-            """SELECT t.account_id, t.ts, t.amount, t.merchant_id, l.pattern
-               FROM transactions t JOIN fraud_labels l USING (transaction_id)
-               WHERE l.run_id = %s ORDER BY t.ts, t.account_id, t.amount""",
+            """SELECT t.account_id, t.ts, t.amount, t.merchant_id, l.fraud, l.reason
+               FROM transactions t JOIN labels l USING (transaction_id)
+               WHERE l.transaction_id >> 23 = %s ORDER BY t.ts, t.account_id, t.amount""",
             (run_id,),
         )
         for run_id in (first, second)
@@ -79,7 +82,7 @@ def test_sending_a_run_again_with_its_run_id_stores_nothing_twice(database: Data
     status, output = generate_direct("--run-id", "424242", n=200)
     assert status == 0
     assert "0 stored, 200 duplicates" in output
-    assert database.query("SELECT count(*), count(DISTINCT run_id) FROM fraud_labels")[0] == (200, 1)
+    assert database.query("SELECT count(*), count(DISTINCT transaction_id >> 23) FROM labels")[0] == (200, 1)
 
 
 def test_evaluate_reports_the_matrix_and_every_pattern_from_the_labels_table(database: Database) -> None:
@@ -89,13 +92,17 @@ def test_evaluate_reports_the_matrix_and_every_pattern_from_the_labels_table(dat
     report = json.loads(output)
     matrix = report["confusion_matrix"]
     assert report["evaluated"] == sum(matrix.values()) == 2000
-    assert matrix["tp"] + matrix["fn"] == 40
-    assert set(report["patterns"]) == set(PATTERN_NAMES)
+    assert matrix["tp"] + matrix["fn"] == report["frauds"] == report["labelled_fraud"] == 40
+    assert report["unlabelled"] == 0 and report["labelled_genuine"] == 1960
+    assert set(report["reasons"]) == set(PATTERN_NAMES)
+    assert 0.5 < report["roc_auc"] <= 1 and 0 < report["average_precision"] <= 1
+    assert 0 <= report["card_precision"]["mean"] <= 1
     flagged = database.query("SELECT count(*) FROM transactions WHERE fraud")[0][0]
     assert matrix["tp"] + matrix["fp"] == flagged
     status, text = txguard("evaluate", "--run-id", str(run_ids(database)[0]))
     assert status == 0 and "card_testing" in text
-    assert "Evaluated 2,000 stored transactions against the labels txguard generate wrote to the fraud_labels" in text
+    assert text.startswith("Evaluated 2,000 stored decisions (")
+    assert "against the labels store" in text.splitlines()[0]
 
 
 def test_evaluate_reads_a_labels_file_the_same_way(database: Database, tmp_path: Path) -> None:
@@ -107,15 +114,20 @@ def test_evaluate_reads_a_labels_file_the_same_way(database: Database, tmp_path:
     assert from_file["evaluated"] == 500
     status, text = txguard("evaluate", "--labels", str(labels))
     assert status == 0
-    assert text.startswith(f"Evaluated 500 stored transactions against the labels in the file {labels} ")
+    assert text.startswith("Evaluated 500 stored decisions (")
+    assert text.splitlines()[0].endswith(f"against the labels in the file {labels}")
     assert "generated" not in text.splitlines()[0]
 
 
 def test_evaluate_leaves_out_labels_whose_transactions_are_not_stored(database: Database) -> None:
     assert generate_direct(n=100)[0] == 0
-    database.execute("INSERT INTO fraud_labels (transaction_id, pattern, run_id) VALUES (1, 'burst', 1)")
+    database.execute(
+        "INSERT INTO labels (transaction_id, fraud, source, labelled_at, reason) "
+        "VALUES (1, true, 'analyst', date_trunc('milliseconds', now()), 'x')"
+    )
     report = json.loads(txguard("evaluate", "--format", "json")[1])
-    assert (report["evaluated"], report["labelled_not_stored"]) == (100, 1)
+    # A label may wait for its transaction: the evaluation covers stored decisions only.
+    assert (report["evaluated"], report["labelled_fraud"] + report["labelled_genuine"]) == (100, 100)
 
 
 # --- the scheduled function, in-process -------------------------------------------------------------
@@ -171,7 +183,8 @@ def test_the_scheduled_function_stores_the_configured_count_up_to_now_in_the_res
     # and a few minutes of traffic, not days.
     assert before - 86_400_000 < last <= after and last - first < 3_600_000
     assert all(account > SYNTHETIC_ACCOUNT_BASE for (account,) in database.query("SELECT account_id FROM transactions"))
-    assert database.query("SELECT count(*) FROM fraud_labels WHERE run_id = %s", (result["run_id"],))[0][0] == 150
+    labelled = database.query("SELECT count(*) FROM labels WHERE transaction_id >> 23 = %s", (result["run_id"],))
+    assert labelled == [(150,)]
 
 
 def test_the_scheduled_events_detail_overrides_the_environment(
@@ -191,3 +204,25 @@ def test_scheduled_runs_never_reuse_an_id(database: Database, monkeypatch: pytes
     results = [handler(scheduled_event(), FakeContext()) for _ in range(3)]
     assert [r["stored"] for r in results] == [50, 50, 50]
     assert database.query("SELECT count(DISTINCT transaction_id) FROM transactions")[0][0] == 150
+
+
+def test_evaluate_takes_a_period_and_counts_only_its_decisions(database: Database) -> None:
+    assert generate_direct(n=400, seed=11)[0] == 0
+    (first_day, count_first_day, frauds_first_day) = database.query(
+        """SELECT min(ts)::date, count(*) FILTER (WHERE ts::date = (SELECT min(ts)::date FROM transactions)),
+                  count(*) FILTER (WHERE ts::date = (SELECT min(ts)::date FROM transactions) AND l.fraud)
+           FROM transactions t LEFT JOIN labels l USING (transaction_id)"""
+    )[0]
+    next_day = first_day + timedelta(days=1)
+    status, output = txguard("evaluate", "--from", first_day.isoformat(), "--to", next_day.isoformat(), "--json")
+    assert status == 0, output
+    report = json.loads(output)
+    assert report["evaluated"] == count_first_day and report["frauds"] == frauds_first_day
+    for argv, message in (
+        (("--from", next_day.isoformat(), "--to", first_day.isoformat()), "--from must be before --to"),
+        (("--from", "2018-13-01"), "2018-13-01"),
+    ):
+        errors = io.StringIO()
+        with redirect_stderr(errors), contextlib.suppress(SystemExit):
+            status, _ = txguard("evaluate", *argv)
+        assert message in errors.getvalue()

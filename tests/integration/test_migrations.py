@@ -388,3 +388,37 @@ class _Sink:
 
     def write(self, text: str | bytes) -> None:
         self._into.append(text.decode() if isinstance(text, bytes) else text)
+
+
+def test_the_generators_fraud_labels_are_kept_as_labels_when_0009_folds_them(
+    pg_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import txguard.migrate
+
+    every = available_migrations()
+    with scratch_database(pg_server, "txguard_fold") as url:
+        monkeypatch.setattr(txguard.migrate, "available_migrations", lambda: [m for m in every if m.version <= 8])
+        migrate(url)
+        admin_query(
+            url,
+            """INSERT INTO transactions (transaction_id, account_id, ts, amount, currency, merchant_id, fraud, score,
+                                         reasons, rule_set_version)
+               VALUES (8388609, 1, '2026-01-01T10:00:00Z', 5, 'EUR', 'm-1', false, 0, '[]', 1)""",
+        )
+        admin_query(
+            url,
+            """INSERT INTO fraud_labels (transaction_id, pattern, run_id, labelled_at)
+               VALUES (8388609, 'card_testing', 1, '2026-01-02T00:00:00.123456Z'),
+                      (8388610, 'genuine', 1, '2026-01-02T00:00:01Z')""",
+        )
+        monkeypatch.setattr(txguard.migrate, "available_migrations", lambda: every)
+        migrate(url)
+
+        assert admin_query(
+            url,
+            """SELECT transaction_id, fraud, source, reason, labelled_at = '2026-01-02T00:00:00.123Z'::timestamptz
+               FROM labels ORDER BY label_id""",
+        ) == [(8388609, True, "generator", "card_testing", True), (8388610, False, "generator", None, False)]
+        assert admin_query(url, "SELECT to_regclass('fraud_labels')") == [(None,)]
+        daily = admin_query(url, "SELECT merchant_id, tx_day, known_day, frauds FROM merchant_label_daily")
+        assert daily == admin_query(url, "SELECT * FROM merchant_label_steps") == [("m-1", 20454, 20455, 1)]

@@ -45,6 +45,8 @@ def test_the_providers_find_every_route() -> None:
     assert found == {
         ("POST", "/store_data", "IngestFunction"),
         ("GET", "/store_data", "IngestFunction"),
+        ("POST", "/labels", "IngestFunction"),
+        ("GET", "/labels", "IngestFunction"),
         ("GET", "/is_fraud/{account}", "DetectFunction"),
         ("GET", "/openapi.json", "DetectFunction"),
         ("GET", "/console", "ConsoleFunction"),

@@ -46,6 +46,8 @@ def test_the_api_serves_exactly_the_documented_routes() -> None:
     assert api_routes(stack()) == {
         "POST /store_data": "IngestFunction",
         "GET /store_data": "IngestFunction",
+        "POST /labels": "IngestFunction",
+        "GET /labels": "IngestFunction",
         "GET /is_fraud/{account}": "DetectFunction",
         "GET /openapi.json": "DetectFunction",
         "GET /console": "ConsoleFunction",

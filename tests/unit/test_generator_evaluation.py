@@ -1,8 +1,7 @@
-"""Precision, recall and F1 from labelled decisions; labels files read back as written."""
+"""Labels files of generated runs read back as written (the evaluation itself: test_evaluation.py)."""
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,56 +9,8 @@ import pytest
 
 from txguard.domain import Transaction
 from txguard.labels import Label, read_labels
-from txguard.scoring import Evaluation
-from txguard_dev.commands.evaluate import render_markdown, render_text
 from txguard_generator.labels import LabelsFile
 from txguard_generator.traffic import Labelled
-
-
-def evaluation() -> Evaluation:
-    e = Evaluation("test", [])
-    e.add("burst", True, 2, 8)
-    e.add("burst", False, 2, 2)
-    e.add("amount_spike", True, 2, 10)
-    e.add("genuine", True, 2, 2)
-    e.add("genuine", False, 2, 978)
-    e.add("burst", None, None, 5)  # labelled, never stored
-    return e
-
-
-def test_the_confusion_matrix_counts_only_stored_transactions() -> None:
-    e = evaluation()
-    assert (e.tp, e.fp, e.fn, e.tn) == (18, 2, 2, 978)
-    assert e.evaluated == 1000 and e.not_stored == 5
-
-
-def test_overall_precision_recall_and_f1() -> None:
-    o = evaluation().overall
-    assert o.precision == pytest.approx(0.9)
-    assert o.recall == pytest.approx(0.9)
-    assert o.f1 == pytest.approx(0.9)
-
-
-def test_a_pattern_has_its_own_recall_and_the_overall_precision() -> None:
-    burst = evaluation().pattern_metrics("burst")
-    assert burst.recall == pytest.approx(0.8)
-    assert burst.precision == pytest.approx(0.9)
-    assert burst.f1 == pytest.approx(2 * 0.9 * 0.8 / 1.7)
-
-
-def test_nothing_flagged_gives_zeros_not_a_division_error() -> None:
-    e = Evaluation("test", [])
-    e.add("burst", False, 1, 3)
-    assert (e.overall.precision, e.overall.recall, e.overall.f1) == (0.0, 0.0, 0.0)
-
-
-def test_reports_show_the_matrix_and_every_pattern() -> None:
-    text = render_text(evaluation())
-    assert "Evaluated 1,000 stored transactions against the labels in the file test " in text
-    assert "Left out: 5" in text
-    assert "amount_spike" in text and "burst" in text and "0.900" in text
-    assert "| burst | 10 | 8 |" in render_markdown(evaluation())
-    assert json.loads(json.dumps(evaluation().as_dict()))["confusion_matrix"] == {"tp": 18, "fp": 2, "fn": 2, "tn": 978}
 
 
 @pytest.mark.parametrize("name", ["labels.csv", "labels.jsonl"])

@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "txguard_dev.commands.evaluate",
         "precision, recall and F1 of stored decisions against generated labels",
     ),
+    "labels": ("txguard_dev.commands.labels", "labels: import a CSV or JSON-lines file into the labels store"),
+    "replay": (
+        "txguard_dev.commands.replay",
+        "send a labelled file through ingest in time order, releasing labels after a delay",
+    ),
     "console": ("txguard_dev.commands.console", "the analyst console's rollups: refresh"),
     "openapi": ("txguard_dev.commands.openapi", "print or write the API's OpenAPI document"),
     "local": ("txguard_dev.local.command", "run the whole service locally (API, scheduler, database)"),

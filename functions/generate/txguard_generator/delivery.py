@@ -26,9 +26,9 @@ class LabelDestination(Protocol):
 
 
 class DatabaseLabels:
-    """The fraud_labels table, through the service's own connection."""
+    """The labels store, through the service's own connection."""
 
-    description = "fraud_labels table"
+    description = "labels table"
 
     def write(self, run_id: int, items: Sequence[Labelled]) -> None:
         from txguard.db import run_in_transaction

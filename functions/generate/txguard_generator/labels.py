@@ -1,7 +1,9 @@
-"""Where the generator writes the truth about its traffic: the fraud_labels table or a labels file.
+"""Where the generator writes the truth about its traffic: the labels store or a labels file.
 
 Every generated transaction gets a label, "genuine" included, so an evaluation covers exactly the
-generated transactions and nothing else that may be stored. txguard.labels reads them back.
+generated transactions and nothing else that may be stored. Stored labels go through the one labels store
+(storage.labels: source "generator", fraud unless the pattern is "genuine", the pattern as reason, known now);
+txguard.labels reads them back.
 """
 
 from __future__ import annotations
@@ -9,27 +11,38 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import psycopg2.extensions
 
-from txguard.labels import LABEL_FIELDS, is_csv
+from txguard.domain import FraudLabel
+from txguard.labels import GENUINE, LABEL_FIELDS, is_csv
+from txguard.storage.labels import write_labels
 from txguard_generator.traffic import Labelled
 
-_INSERT_LABELS = """
-    INSERT INTO fraud_labels (transaction_id, pattern, run_id)
-    SELECT unnest(%s::bigint[]), unnest(%s::text[]), %s
-    ON CONFLICT (transaction_id) DO NOTHING
-"""
+GENERATOR_SOURCE = "generator"
+
+
+def generated_labels(items: Sequence[Labelled]) -> list[FraudLabel]:
+    """The generator's truth as labels: known now (labelled_at left to the store), the pattern as reason."""
+    return [
+        FraudLabel(
+            item.transaction.transaction_id,
+            item.pattern != GENUINE,
+            GENERATOR_SOURCE,
+            None,
+            None if item.pattern == GENUINE else item.pattern,
+        )
+        for item in items
+    ]
 
 
 def insert_labels(cur: psycopg2.extensions.cursor, run_id: int, items: Sequence[Labelled]) -> None:
-    """Idempotent: sending a run again (same run id) keeps the labels written the first time."""
-    cur.execute(
-        _INSERT_LABELS,
-        ([item.transaction.transaction_id for item in items], [item.pattern for item in items], run_id),
-    )
+    """Idempotent: sending a run again (the same labels, sent as "now") is answered as duplicates and keeps the
+    labels written the first time. `run_id` is implied by the ids (a run's ids are [run_id << 23, ...))."""
+    write_labels(cur, generated_labels(items), int(time.time() * 1000))
 
 
 class LabelsFile:

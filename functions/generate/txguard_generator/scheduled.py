@@ -2,7 +2,7 @@
 
 `direct` (the default) stores through the same code as the ingest function; `api` posts to the API with
 the key read from the SSM parameter (or Secrets Manager secret, by ARN) named in
-TXGUARD_GENERATE_API_KEY_PARAMETER. Labels go to the fraud_labels table whenever a database is configured.
+TXGUARD_GENERATE_API_KEY_PARAMETER. Labels go to the labels store whenever a database is configured.
 
 Where the key is sent comes from the deployment only (TXGUARD_GENERATE_POST_URL): an event's detail may tune
 the run but may not name a URL, since anyone who can put an event on the schedule's bus could otherwise

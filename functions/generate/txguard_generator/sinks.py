@@ -175,7 +175,13 @@ class HttpSink:
         self.retries = 0
 
     def send(self, batch: list[Transaction]) -> Outcome:
-        body = json.dumps({"transactions": [transaction_record(t) for t in batch]}).encode()
+        return _outcome(self.post({"transactions": [transaction_record(t) for t in batch]}), len(batch))
+
+    def post(self, document: dict[str, Any], url: str | None = None) -> Any:
+        """POST `document` as JSON to `url` (default: this sink's) with the retries above; the decoded answer.
+        Raises DeliveryError."""
+        url = url or self.url
+        body = json.dumps(document).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT}
         if self._api_key:
             headers["x-api-key"] = self._api_key
@@ -183,20 +189,20 @@ class HttpSink:
         for attempt in range(self._backoff.attempts):
             if attempt:
                 self.retries += 1
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             retry_after: float | None = None
             try:
                 with _OPENER.open(request, timeout=self._timeout_s) as response:
-                    return _outcome(json.loads(response.read()), len(batch))
+                    return json.loads(response.read())
             except urllib.error.HTTPError as error:
                 text = error.read().decode("utf-8", "replace")
                 if 300 <= error.code < 400:
                     raise DeliveryError(
-                        f"POST {self.url} answered {error.code} (a redirect to {error.headers.get('Location')!r}); "
+                        f"POST {url} answered {error.code} (a redirect to {error.headers.get('Location')!r}); "
                         "redirects are not followed: configure the final URL"
                     ) from None
                 if error.code not in RETRY_STATUSES:
-                    raise DeliveryError(f"POST {self.url} answered {error.code}: {_error_message(text)}") from None
+                    raise DeliveryError(f"POST {url} answered {error.code}: {_error_message(text)}") from None
                 problem = f"{error.code}: {_error_message(text)}"
                 retry_after = _seconds(error.headers.get("Retry-After"))
             except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
@@ -204,7 +210,7 @@ class HttpSink:
                 problem = f"{type(reason).__name__}: {reason}"
             if attempt + 1 < self._backoff.attempts:
                 self._sleep(self._backoff.delay(attempt, retry_after, self._jitter()))
-        raise DeliveryError(f"POST {self.url} failed {self._backoff.attempts} times; last: {problem}")
+        raise DeliveryError(f"POST {url} failed {self._backoff.attempts} times; last: {problem}")
 
     def close(self) -> None:
         pass

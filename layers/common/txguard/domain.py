@@ -99,3 +99,38 @@ class StoreResult:
     transaction: Transaction
     status: Literal["stored", "duplicate"]
     decision: Decision
+
+
+class FraudLabel(NamedTuple):
+    """What became known about a transaction after it was decided (a chargeback, an analyst's review, ...).
+
+    `labelled_at_ms` (epoch ms) is when the truth became known, in event time; None means "now, as received"
+    (storage.labels decides it, and treats a retry of the transaction's latest label as a duplicate).
+    """
+
+    transaction_id: int
+    fraud: bool
+    source: str
+    labelled_at_ms: int | None = None
+    reason: str | None = None
+
+
+class StoredLabel(NamedTuple):
+    """A label as stored: `label_id` is its order of receipt, times in epoch ms; `in_force` when it is the
+    transaction's latest label by (labelled_at, label_id) (what evaluation uses)."""
+
+    label_id: int
+    transaction_id: int
+    fraud: bool
+    source: str
+    labelled_at_ms: int
+    reason: str | None
+    received_at_ms: int
+    in_force: bool = True
+
+
+class LabelResult(NamedTuple):
+    """One item of a label batch: newly `stored`, or a `duplicate` answered with the label already stored."""
+
+    label: StoredLabel
+    status: Literal["stored", "duplicate"]

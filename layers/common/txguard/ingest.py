@@ -18,7 +18,7 @@ from txguard.detection import Detector, decisions_in_time_order
 from txguard.domain import Decision, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
 from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Span, Timeline, merchant_reach_ms, spans_before
-from txguard.storage import account_stats, transactions
+from txguard.storage import account_stats, labels, transactions
 
 
 class DuplicateIdConflict(Conflict):
@@ -89,6 +89,8 @@ def store_transactions(
         transactions.copy_in(cur, decided, len(new), decisions, timeout_ms)
         account_stats.write_totals(cur, stats, {t.account_id for t in new})
         account_stats.add_to_daily_totals(cur, new)
+        # Labels that arrived before their transactions count from now on (merchant_label_daily).
+        labels.apply_pending_labels(cur, new)
 
     results = []
     for index, t in enumerate(batch):

@@ -1,8 +1,9 @@
-"""Known truth about transactions: the one reader of labels, from the fraud_labels table or a labels file.
+"""Known truth about transactions: the one reader of labels, from the labels table or a labels file.
 
-A label names a transaction's fraud pattern, or "genuine". Labels never travel with the transactions and the
-detector never reads them (migrations/0003_fraud_labels.sql); backtests and evaluations compare decisions
-with them (scoring.py). The generator writes them.
+Stored labels (migrations/0009_labels.sql) are written through storage.labels (POST /labels, `txguard labels
+import`, `txguard replay`, the generator); the one in force for a transaction is its latest by (labelled_at,
+label_id). For backtests and evaluations (scoring.py) a label names a transaction's fraud pattern (the label's
+reason, "fraud" when it gives none), or "genuine". A labels file holds {transaction_id, pattern, run_id} rows.
 """
 
 from __future__ import annotations
@@ -12,16 +13,41 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg2.extensions
+
+from txguard.storage import labels as storage_labels
 
 GENUINE = "genuine"
 LABEL_FIELDS = ("transaction_id", "pattern", "run_id")
 
-_SELECT_LABELS = """
-    SELECT transaction_id, pattern, run_id FROM fraud_labels
-    WHERE cardinality(%(runs)s::bigint[]) = 0 OR run_id = ANY(%(runs)s::bigint[])
-"""
+UNSPECIFIED_FRAUD = "fraud"  # the pattern of a fraud label that gives no reason
+RUN_ID_SHIFT = 23  # a generated run's transaction ids are [run_id << 23, (run_id + 1) << 23)
+
+
+class LabelInForce(NamedTuple):
+    """A transaction's label in force: its latest by (labelled_at, label_id); `labelled_at_ms` in epoch ms."""
+
+    fraud: bool
+    source: str
+    reason: str | None
+    labelled_at_ms: int
+
+
+def labels_in_force(
+    cur: psycopg2.extensions.cursor,
+    transaction_ids: Sequence[int] | None = None,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+) -> dict[int, LabelInForce]:
+    """{transaction_id: LabelInForce} for every stored transaction with a label, its timestamp in [from_ms, to_ms)
+    (epoch ms, either open), optionally only of `transaction_ids`. Labels of transactions not stored are left
+    out."""
+    return {
+        s.transaction_id: LabelInForce(s.fraud, s.source, s.reason, s.labelled_at_ms)
+        for s in storage_labels.in_force(cur, transaction_ids, from_ms, to_ms)
+    }
 
 
 @dataclass(frozen=True)
@@ -32,14 +58,17 @@ class Label:
 
 
 def load_labels(cur: psycopg2.extensions.cursor, run_ids: Sequence[int] = ()) -> dict[int, Label]:
-    """The stored labels by transaction id, of the given runs (none given: of every run); {} when the
-    fraud_labels table does not exist."""
-    cur.execute("SELECT to_regclass('fraud_labels') IS NOT NULL")
-    row = cur.fetchone()
-    if not row or not row[0]:
-        return {}
-    cur.execute(_SELECT_LABELS, {"runs": list(run_ids)})
-    return {int(tid): Label(int(tid), str(pattern), int(run_id)) for tid, pattern, run_id in cur.fetchall()}
+    """The labels in force of stored transactions as patterns, by transaction id; only the transactions of the
+    given generated runs (ids [run_id << 23, (run_id + 1) << 23)) when any are given. Any source counts."""
+    wanted = set(run_ids)
+    labels = {}
+    for tid, label in labels_in_force(cur).items():
+        run_id = tid >> RUN_ID_SHIFT
+        if wanted and run_id not in wanted:
+            continue
+        pattern = (label.reason or UNSPECIFIED_FRAUD) if label.fraud else GENUINE
+        labels[tid] = Label(tid, pattern, run_id)
+    return labels
 
 
 def is_csv(path: str | Path) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from txguard.currencies import money
-from txguard.domain import DecidedTransaction, Decision, StoreResult, Transaction
+from txguard.domain import DecidedTransaction, Decision, LabelResult, StoredLabel, StoreResult, Transaction
 
 
 def transaction_json(t: Transaction) -> dict[str, Any]:
@@ -77,3 +77,24 @@ def _flagged(t: Transaction, d: Decision, reasons: Any) -> dict[str, Any]:
         "reasons": reasons,
         "rule_set_version": d.rule_set_version,
     }
+
+
+def label_json(s: StoredLabel) -> dict[str, Any]:
+    """A stored label: times in epoch ms; `in_force` when it is its transaction's latest (by labelled_at, label_id)."""
+    return {
+        "label_id": s.label_id,
+        "transaction_id": s.transaction_id,
+        "fraud": s.fraud,
+        "source": s.source,
+        "labelled_at": s.labelled_at_ms,
+        "reason": s.reason,
+        "received_at": s.received_at_ms,
+        "in_force": s.in_force,
+    }
+
+
+def label_results_json(results: list[LabelResult]) -> list[dict[str, Any]]:
+    """One item per label sent, in request order: its status and the label as stored."""
+    return [
+        {"transaction_id": r.label.transaction_id, "status": r.status, "label": label_json(r.label)} for r in results
+    ]

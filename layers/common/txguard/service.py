@@ -6,6 +6,7 @@ answers per item (a transport that must report each record, such as a stream con
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from txguard import outbox
 from txguard.db import run_in_transaction
 from txguard.detection import detector_cache
-from txguard.domain import StoreResult, Transaction
+from txguard.domain import FraudLabel, LabelResult, StoredLabel, StoreResult, Transaction
 from txguard.errors import NotFound
 from txguard.ingest import DuplicateIdConflict, store_transactions
 from txguard.intake import Problem, check_items
@@ -23,6 +24,7 @@ from txguard.observability import logger, metrics, tracer
 from txguard.presenters import fraud_detected_detail
 from txguard.queries import Page, flagged_transactions, list_transactions, recomputed_flagged
 from txguard.settings import service_settings
+from txguard.storage import labels as label_storage
 from txguard.storage.transactions import account_exists, any_flagged
 
 
@@ -144,3 +146,33 @@ def account_view(account_id: int, limit: int, cursor: str | None, recompute: boo
 @tracer.capture_method(capture_response=False, capture_error=False)
 def listing(account_id: int | None, from_ms: int | None, to_ms: int | None, limit: int, cursor: str | None) -> Page:
     return run_in_transaction(lambda cur: list_transactions(cur, account_id, from_ms, to_ms, limit, cursor))
+
+
+@tracer.capture_method(capture_response=False, capture_error=False)
+def store_labels(batch: Sequence[FraudLabel]) -> list[LabelResult]:
+    """Store a batch of labels all or nothing, each exactly once (see storage.labels.write_labels); results in
+    request order. A label without labelled_at is known now. Raises DatabaseUnavailable (nothing stored, retry)."""
+    now_ms = int(time.time() * 1000)
+    results = run_in_transaction(lambda cur: label_storage.write_labels(cur, batch, now_ms))
+    stored = sum(1 for r in results if r.status == "stored")
+    metrics.add_metric(name="LabelsStored", unit=MetricUnit.Count, value=stored)
+    metrics.add_metric(name="DuplicateLabels", unit=MetricUnit.Count, value=len(results) - stored)
+    logger.info("labels stored", extra={"stored": stored, "duplicates": len(results) - stored})
+    return results
+
+
+@dataclass(frozen=True)
+class LabelPage:
+    items: list[StoredLabel]
+    next_cursor: str | None
+
+
+@tracer.capture_method(capture_response=False, capture_error=False)
+def label_listing(transaction_id: int | None, account_id: int | None, limit: int, cursor: str | None) -> LabelPage:
+    """Labels of one transaction or of one account's stored transactions, in order of receipt, a page at a time.
+    Raises InvalidLabelCursor, DatabaseUnavailable."""
+    after = label_storage.decode_cursor(cursor) if cursor else None
+    rows = run_in_transaction(lambda cur: label_storage.listed(cur, transaction_id, account_id, after, limit + 1))
+    if len(rows) <= limit:
+        return LabelPage(rows, None)
+    return LabelPage(rows[:limit], label_storage.encode_cursor(rows[limit - 1].label_id))

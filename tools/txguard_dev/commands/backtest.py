@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             line += f" {_ratio(m.precision):>9} {_ratio(m.recall):>7} {_ratio(m.f1):>7}"
         print(line)
     if labels is None:
-        print("\nno labels stored: precision, recall and F1 need the fraud_labels table")
+        print("\nno labels stored: precision, recall and F1 need labels (POST /labels, txguard labels import)")
     else:
         o, m = report.overall, report.overall.metrics
         print(

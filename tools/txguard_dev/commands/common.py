@@ -162,3 +162,19 @@ def decimal_argument(minimum_exclusive: Decimal, maximum: Decimal) -> Callable[[
         return number
 
     return parse
+
+
+def period_argument(text: str) -> int:
+    """An argparse `type` for a period's bound, in epoch ms: a UTC date (YYYY-MM-DD, its midnight), or what a
+    transaction's timestamp accepts (epoch milliseconds, an RFC 3339 date-time with a zone)."""
+    from datetime import UTC, date, datetime
+
+    from txguard.intake import parse_timestamp_ms
+
+    try:
+        if len(text) == 10 and text[4] == "-" and text[7] == "-":
+            day = date.fromisoformat(text)
+            return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1000
+        return parse_timestamp_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: {exc}") from None

@@ -1,7 +1,7 @@
 """`txguard generate`: labelled synthetic transactions to the API, the database or a file.
 
     txguard generate --num-transactions 2000 --post-url http://127.0.0.1:3000/store_data
-    txguard generate --direct --seed 7              # DATABASE_URL: stored with decisions, labels in fraud_labels
+    txguard generate --direct --seed 7              # DATABASE_URL: stored with decisions, labels in the labels table
     txguard generate --out run.jsonl --seed 7       # labels in run.labels.csv
 
 Flags carry the parameter names of the scheduled function (TXGUARD_GENERATE_<NAME>, event detail).

@@ -26,10 +26,10 @@ def openapi_route() -> Response[str]:
 
 @cache
 def ingest_api() -> TxguardResolver:
-    """POST /store_data and GET /store_data: IngestFunction's routes."""
-    from txguard.api import ingest_routes
+    """POST /store_data, GET /store_data, POST /labels and GET /labels: IngestFunction's routes."""
+    from txguard.api import ingest_routes, label_routes
 
-    return build_resolver(ingest_routes.router)
+    return build_resolver(ingest_routes.router, label_routes.router)
 
 
 @cache
@@ -43,10 +43,12 @@ def detect_api() -> TxguardResolver:
 @cache
 def openapi_json() -> str:
     """The OpenAPI 3 document (JSON text) of every route of every function."""
-    from txguard.api import detect_routes, ingest_routes
+    from txguard.api import detect_routes, ingest_routes, label_routes
     from txguard.api.openapi import openapi_document
 
-    return openapi_document(build_resolver(ingest_routes.router, detect_routes.router, docs_router))
+    return openapi_document(
+        build_resolver(ingest_routes.router, label_routes.router, detect_routes.router, docs_router)
+    )
 
 
 def serve_ingest(event: dict[str, Any], context: Any) -> dict[str, Any]:

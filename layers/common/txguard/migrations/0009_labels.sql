@@ -22,8 +22,16 @@ CREATE UNIQUE INDEX labels_identity ON labels (transaction_id, labelled_at, frau
 -- GET /labels by account: through the transactions' ids.
 CREATE INDEX labels_transaction ON labels (transaction_id, labelled_at, label_id);
 
--- Migration 0003's fraud_labels (the generator's labels) folds into this table in a later step of the same
--- change that moves the generator onto the labels store.
+-- Migration 0003's fraud_labels (the generator's truth) folds into this table: each row becomes a label of
+-- source 'generator', fraud unless its pattern is 'genuine', the pattern as reason, known and received when it
+-- was written. Its run_id is not kept: a generated transaction's run is its id >> 23.
+INSERT INTO labels (transaction_id, fraud, source, labelled_at, reason, received_at)
+SELECT transaction_id, pattern <> 'genuine', 'generator', date_trunc('milliseconds', labelled_at),
+       CASE WHEN pattern <> 'genuine' THEN pattern END, labelled_at
+FROM fraud_labels
+ORDER BY labelled_at, transaction_id;
+
+DROP TABLE fraud_labels;
 
 -- UTC day number (days since 1970-01-01) of a timestamp, as account_daily counts days.
 CREATE FUNCTION txguard_day(ts timestamptz) RETURNS integer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from math import ceil
@@ -359,3 +360,58 @@ def in_time_order(
         params.append(until_ms)
     cur.execute(SELECT_TRANSACTIONS + condition + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit))
     return [decided_from_row(row) for row in cur.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRow:
+    """What an evaluation reads of a stored decision: ids, time (epoch ms), score 0–1, flag, detector version."""
+
+    transaction_id: int
+    account_id: int
+    ts: int
+    score: float
+    fraud: bool
+    detector_version: int
+
+
+def scored_in_period(
+    cur: psycopg2.extensions.cursor,
+    from_ms: int | None,
+    to_ms: int | None,
+    id_ranges: Sequence[tuple[int, int]],
+    chunk: int = 20_000,
+) -> Iterator[list[ScoredRow]]:
+    """The stored decisions with from_ms <= ts < to_ms (None: unbounded) and, when `id_ranges` are given, a
+    transaction id in one of the [low, high) ranges; in (ts, transaction id) order, `chunk` rows at a time
+    (keyset pages: no long-held cursor, no OFFSET)."""
+    lows = [low for low, _ in id_ranges]
+    highs = [high for _, high in id_ranges]
+    after: tuple[int, int] | None = None
+    while True:
+        cur.execute(
+            """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), score::float8, fraud, rule_set_version
+               FROM transactions
+               WHERE (%(from)s::bigint IS NULL OR ts >= txguard_ms_to_ts(%(from)s))
+                 AND (%(to)s::bigint IS NULL OR ts < txguard_ms_to_ts(%(to)s))
+                 AND (%(after_ts)s::bigint IS NULL
+                      OR (ts, transaction_id) > (txguard_ms_to_ts(%(after_ts)s), %(after_id)s::bigint))
+                 AND (cardinality(%(lows)s::bigint[]) = 0 OR EXISTS (
+                      SELECT FROM unnest(%(lows)s::bigint[], %(highs)s::bigint[]) AS r(low, high)
+                      WHERE transaction_id >= r.low AND transaction_id < r.high))
+               ORDER BY ts, transaction_id
+               LIMIT %(chunk)s""",
+            {
+                "from": from_ms,
+                "to": to_ms,
+                "after_ts": None if after is None else after[0],
+                "after_id": None if after is None else after[1],
+                "lows": lows,
+                "highs": highs,
+                "chunk": chunk,
+            },
+        )
+        rows = [ScoredRow(*row) for row in cur.fetchall()]
+        if not rows:
+            return
+        yield rows
+        after = (rows[-1].ts, rows[-1].transaction_id)
