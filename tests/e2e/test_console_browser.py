@@ -124,8 +124,8 @@ def test_filtering_decisions_and_opening_an_account(page: Any, local_service: Lo
     assert page.locator("svg.chart circle").count() == 7
 
 
-def test_labelling_from_the_review_queue_writes_a_label(
-    page: Any, local_service: LocalService, console_data: Any, e2e_database_url: str
+def test_labelling_from_the_review_queue_writes_a_label_that_get_labels_shows(
+    page: Any, local_service: LocalService, console_data: Any
 ) -> None:
     sign_in(page, str(local_service.api_key), "alice")
     page.goto("/console/review")
@@ -134,8 +134,9 @@ def test_labelling_from_the_review_queue_writes_a_label(
     first.click()
     page.click("button.fraud")
     assert "Labelled transaction" in page.content()
-    labels = admin_query(e2e_database_url, "SELECT fraud, source FROM labels WHERE transaction_id = %s", (tid,))
-    assert labels == [(True, "analyst:alice")]
+    answer = local_service.request("GET", f"/labels?transaction_id={tid}")
+    assert answer.status == 200, answer.body
+    assert [(x["fraud"], x["source"], x["in_force"]) for x in answer.body["labels"]] == [(True, "analyst:alice", True)]
     assert (
         str(tid) not in page.locator("table[data-table=open]").inner_text()
         if page.locator("table[data-table=open]").count()

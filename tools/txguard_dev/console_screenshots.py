@@ -1,8 +1,8 @@
 """`make screenshots`: a picture of each console page, taken in headless Chromium, into docs/console/.
 
 Starts `txguard local` on a database of its own (dropped afterwards), posts labelled synthetic traffic through
-the API, stores the generator's truth as labels (source "generator", the pattern as the reason), then signs in
-and photographs every page. Nothing is drawn by hand.
+the API and the generator's truth through POST /labels (source "generator", the pattern as the reason), then
+signs in and photographs every page. Nothing is drawn by hand.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import psycopg2
 
 from txguard_dev.local.postgres import create_database, drop_database, find_or_start_server
 
@@ -49,22 +47,26 @@ def _wait_ready(log: Path, process: subprocess.Popen[bytes]) -> str:
     raise RuntimeError("txguard local did not start:\n" + log.read_text(errors="replace"))
 
 
-def _store_labels(database_url: str, labels_csv: Path) -> int:
+def _post_labels(base: str, key: str, labels_csv: Path) -> int:
+    """The generator's truth through POST /labels (source generator, the pattern as the reason), labelled now."""
+    import json
+    import urllib.request
+
     with labels_csv.open(newline="") as file:
-        rows = [(int(r["transaction_id"]), r["pattern"] != "genuine", r["pattern"]) for r in csv.DictReader(file)]
-    conn = psycopg2.connect(database_url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO labels (transaction_id, fraud, source, labelled_at, reason)
-                   SELECT %s, %s, 'generator', least(ts + interval '7 days', date_trunc('milliseconds', now())), %s
-                   FROM transactions WHERE transaction_id = %s
-                   ON CONFLICT DO NOTHING""",
-                [(tid, fraud, pattern, tid) for tid, fraud, pattern in rows],
-            )
-    finally:
-        conn.close()
-    return len(rows)
+        labels = [
+            {"transaction_id": int(r["transaction_id"]), "fraud": r["pattern"] != "genuine", "source": "generator"}
+            | ({"reason": r["pattern"]} if r["pattern"] != "genuine" else {})
+            for r in csv.DictReader(file)
+        ]
+    for start in range(0, len(labels), 5000):
+        body = json.dumps({"labels": labels[start : start + 5000]}).encode()
+        request = urllib.request.Request(
+            f"{base}/labels", data=body, method="POST", headers={"content-type": "application/json", "x-api-key": key}
+        )
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            if answer.status != 201:
+                raise RuntimeError(f"POST /labels answered {answer.status}")
+    return len(labels)
 
 
 def take(out: Path, transactions: int) -> None:
@@ -110,7 +112,7 @@ def take(out: Path, transactions: int) -> None:
                 check=True,
                 env=env,
             )
-            _store_labels(url, labels)
+            _post_labels(base, key, labels)
             with sync_playwright() as p:
                 browser = p.chromium.launch(
                     executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"]

@@ -530,20 +530,19 @@ def backtest_action(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
     ctx.refresh(cur)
     period = _period(cur, {"from": form.get("from", ""), "to": form.get("to", "")})
     since_ms, until_ms = int(period.since.timestamp() * 1000), int(period.until.timestamp() * 1000)
-    labels_by_id = _labels_for_backtest(cur, period)
+    labels_by_id = _labels_for_backtest(cur, since_ms, until_ms)
     report = backtest(cur, CompiledRuleSet(0, candidate), since_ms, until_ms, labels_by_id)
     return _with_backtest(ctx, report, period)
 
 
-def _labels_for_backtest(cur: psycopg2.extensions.cursor, period: queries.Period) -> dict[int, str]:
-    cur.execute(
-        """SELECT DISTINCT ON (l.transaction_id) l.transaction_id, l.fraud
-           FROM labels l JOIN transactions t ON t.transaction_id = l.transaction_id
-           WHERE t.ts >= %s AND t.ts < %s
-           ORDER BY l.transaction_id, l.labelled_at DESC, l.label_id DESC""",
-        (period.since, period.until),
-    )
-    return {int(tid): ("fraud" if fraud else "genuine") for tid, fraud in cur.fetchall()}
+def _labels_for_backtest(cur: psycopg2.extensions.cursor, since_ms: int, until_ms: int) -> dict[int, str]:
+    """The labels in force of the period's transactions as the backtest takes them (pattern, or genuine)."""
+    from txguard.labels import GENUINE, UNSPECIFIED_FRAUD, labels_in_force
+
+    return {
+        tid: (label.reason or UNSPECIFIED_FRAUD) if label.fraud else GENUINE
+        for tid, label in labels_in_force(cur, None, since_ms, until_ms).items()
+    }
 
 
 def _with_backtest(ctx: Context, report: Any, period: queries.Period) -> Response:

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg2.extensions
 
+from txguard import labels
 from txguard.domain import DecidedTransaction
 from txguard.storage import console_rollups
 from txguard.storage.transactions import SELECT_TRANSACTIONS, decided_from_row
@@ -23,14 +24,6 @@ DAY = timedelta(days=1)
 MAX_PERIOD_DAYS = 400
 MAX_SAMPLE_PERCENT = 10.0
 SAMPLE_ROWS = 20_000  # rows the Explore page's correlations and summary statistics are computed on
-
-# The label in force of each transaction among those a subquery names (latest labelled_at, then label_id).
-_IN_FORCE = """
-    SELECT DISTINCT ON (l.transaction_id) l.transaction_id, l.fraud, l.source, l.reason, l.labelled_at
-    FROM labels l
-    WHERE l.transaction_id = ANY(%s::bigint[])
-    ORDER BY l.transaction_id, l.labelled_at DESC, l.label_id DESC
-"""
 
 
 @dataclass(frozen=True)
@@ -147,11 +140,11 @@ def volume(cur: psycopg2.extensions.cursor, period: Period) -> Volume:
 
 
 def labels_in_force(cur: psycopg2.extensions.cursor, ids: Sequence[int]) -> dict[int, tuple[bool, str, str | None]]:
-    """transaction id -> (fraud, source, reason) of the label in force now, for those of `ids` labelled."""
+    """transaction id -> (fraud, source, reason) of the label in force now, for those of `ids` labelled (the one
+    reader of labels, txguard.labels)."""
     if not ids:
         return {}
-    cur.execute(_IN_FORCE, ("{" + ",".join(str(i) for i in ids) + "}",))
-    return {int(r[0]): (bool(r[1]), str(r[2]), r[3]) for r in cur.fetchall()}
+    return {tid: (x.fraud, x.source, x.reason) for tid, x in labels.labels_in_force(cur, list(ids)).items()}
 
 
 def label_history(cur: psycopg2.extensions.cursor, transaction_ids: Sequence[int]) -> list[dict[str, Any]]:
