@@ -13,8 +13,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import admin_query
-from tests.e2e.conftest import LocalService
+from tests.conftest import admin_query, scratch_database
+from tests.e2e.conftest import LocalService, start_local, stop_local
+from txguard_dev.local.postgres import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +31,28 @@ PAGES = [
 ]
 HOSTILE_MERCHANT = "<script>document.title='owned'</script>"
 T0 = 1_714_564_800_000
+
+
+@pytest.fixture(scope="module")
+def console_database(pg_server: Server) -> Iterator[str]:
+    """A database of this module's own: the labels written here must not meet other suites' data."""
+    with scratch_database(pg_server, "txguard_console_e2e") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def local_service(console_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
+    """`txguard local` as `make run` starts it, on the module's own database."""
+    service = start_local(
+        ["--api-key", "console-e2e-key"], console_database, tmp_path_factory.mktemp("console") / "l.log"
+    )
+    yield service
+    assert stop_local(service) == 0, service.log()
+
+
+@pytest.fixture(scope="module")
+def e2e_database_url(console_database: str) -> str:
+    return console_database
 
 
 @pytest.fixture(scope="module")
