@@ -287,6 +287,8 @@ def test_pages_change_nothing_and_what_if_decides_without_storing(database: Any)
         ("/explore", {"from": "2024-02-01", "to": "2024-01-01"}, "from"),
         ("/what-if", {"decide": "1", "amount": "abc"}, "amount"),
         ("/decisions", {"csv": "nope"}, "csv"),
+        ("/decisions", {"acount": "1"}, "acount"),
+        ("/models", {"from": "2024-01-01"}, "from"),
     ],
 )
 def test_a_bad_parameter_is_a_400_naming_it(database: Any, path: str, query: dict[str, str], named: str) -> None:

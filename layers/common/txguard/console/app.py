@@ -766,6 +766,25 @@ def _route(method: str, path: str) -> tuple[Page, tuple[Any, ...]] | None:
     return None
 
 
+_PERIOD = frozenset({"from", "to"})
+# The query parameters each page reads (and "csv" for its tables); any other is refused by name.
+PAGE_PARAMETERS: dict[str, frozenset[str]] = {
+    "overview": _PERIOD,
+    "decisions_page": frozenset(
+        {"flagged", "score_min", "score_max", "rule", "label", "account", "merchant", "from", "to", "before"}
+    ),
+    "review_page": frozenset({"labelled"}),
+    "rules_page": _PERIOD | {"diff_from", "diff_to"},
+    "explore_page": _PERIOD,
+    "what_if_page": frozenset({"decide", "currency", "merchant_id", *FEATURES}),
+}
+
+
+def _unknown_parameters(page: Page, query: dict[str, str]) -> list[str]:
+    allowed = PAGE_PARAMETERS.get(page.__name__, frozenset()) | {"csv"}
+    return sorted(name for name in query if name not in allowed)
+
+
 def _error_page(ctx: Context, status: int, message: str) -> Response:
     return ctx.page("error.html", status=status, status_code=status, message=message)
 
@@ -798,6 +817,9 @@ def handle(event: dict[str, Any], keys: Keys) -> Response:
     if route is None:
         return _error_page(ctx, 404, "there is no such page")
     page, args = route
+    unknown = _unknown_parameters(page, request.query)
+    if unknown:
+        return _error_page(ctx, 400, f"unknown query parameter {shorten(unknown[0])!r} on this page")
     if request.method == "POST" and not session.csrf_valid(keys, current, request.form.get("csrf")):
         return _error_page(
             ctx,
