@@ -20,6 +20,7 @@ from bench import (
     input_bench,
     replay_bench,
     rules_bench,
+    stream_bench,
 )
 from bench.harness import bench_database
 
@@ -58,7 +59,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
     parser.add_argument(
         "--only",
-        choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input", "replay", "console"],
+        choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input", "replay", "stream", "console"],
         default=None,
     )
     args = parser.parse_args()
@@ -72,6 +73,7 @@ def main() -> int:
         "coldstart": coldstart_bench.run,
         "input": input_bench.run,
         "replay": replay_bench.run,
+        "stream": stream_bench.run,
         "console": console_bench.run,
     }
     for name, suite in suites.items():

@@ -24,7 +24,7 @@ from typing import Any
 import psycopg2
 
 from bench.detection_bench import build_history
-from bench.harness import BenchDatabase, p50, samples, timed
+from bench.harness import BenchDatabase, history_rule_set, p50, samples, timed
 from txguard import db, queries, service
 from txguard.detection import DetectorCache
 from txguard.domain import Transaction
@@ -37,6 +37,8 @@ TWO_YEARS_MS = 730 * 86_400_000
 
 
 def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
+    # Bounded with the history features too: 7- and 30-day windows, merchant counts over days and merchant risk.
+    database.apply_rules(history_rule_set(), "bench: default rules with history features")
     hot_size = int(200_000 * scale)
     last = build_history(HOT, hot_size, 1, seed=1)
     build_history(WINDOW_SIZED, queries.RECOMPUTE_WINDOW, 10_000_000, seed=2)
@@ -110,7 +112,8 @@ def _back_dated(hot_size: int, last: int) -> list[dict[str, Any]]:
         out = []
         for _ in range(size):
             clock[0] += 1_000
-            out.append(Transaction(next(ids), HOT, clock[0], Decimal(f"{rng.lognormvariate(3.5, 0.6):.2f}"), "EUR"))
+            amount = Decimal(f"{rng.lognormvariate(3.5, 0.6):.2f}")
+            out.append(Transaction(next(ids), HOT, clock[0], amount, "EUR", f"m{rng.randrange(500)}"))
         return out
 
     # Interleaved, so that both sides see the same machine load.

@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchDatabase, amount_text, p50, p99, samples
+from bench.harness import BenchDatabase, amount_text, history_rule_set, p50, p99, samples
 from txguard import service
 from txguard.domain import Transaction
 from txguard_dev.local.runner import FunctionRunner, Template
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_600_000_000_000
 GAP_MS = 600_000  # one transaction every ten minutes on average
 HOT, NORMAL = 1, 2
+MERCHANTS = 500
 
 
 def build_history(account_id: int, count: int, first_id: int, seed: int) -> int:
@@ -29,7 +30,8 @@ def build_history(account_id: int, count: int, first_id: int, seed: int) -> int:
     for i in range(count):
         ts += int(rng.expovariate(1 / GAP_MS)) + 1
         amount = Decimal(amount_text(rng, 0.6))
-        batch.append(Transaction(first_id + i, account_id, ts, amount, "EUR"))
+        merchant = f"m{rng.randrange(MERCHANTS)}"
+        batch.append(Transaction(first_id + i, account_id, ts, amount, "EUR", merchant))
         if len(batch) == 5000:
             service.store(batch)
             batch = []
@@ -39,6 +41,8 @@ def build_history(account_id: int, count: int, first_id: int, seed: int) -> int:
 
 
 def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
+    # Detection with the history features (30-day windows, merchant risk): what they cost must not grow either.
+    database.apply_rules(history_rule_set(), "bench: default rules with history features")
     hot_size = int(200_000 * scale)
     last = {HOT: build_history(HOT, hot_size, 1, seed=1), NORMAL: build_history(NORMAL, 100, 5_000_000, seed=2)}
     ids = itertools.count(9_000_000)
@@ -47,7 +51,8 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
     def one(account_id: int) -> None:
         last[account_id] += 60_000
         amount = Decimal(amount_text(rng, 0.6))
-        service.store([Transaction(next(ids), account_id, last[account_id], amount, "EUR")])
+        merchant = f"m{rng.randrange(MERCHANTS)}"
+        service.store([Transaction(next(ids), account_id, last[account_id], amount, "EUR", merchant)])
 
     normal = samples(lambda: one(NORMAL), 300, warmup=20)
     hot = samples(lambda: one(HOT), 300, warmup=20)

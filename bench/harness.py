@@ -46,6 +46,49 @@ class BenchDatabase:
         detector_cache.clear()
 
 
+# The default rules plus rules reading the history features (day-aligned 7- and 30-day windows, merchant counts
+# over days, merchant risk, merchant used before, local time), so that benchmarks measure what they cost.
+HISTORY_RULES: list[dict[str, Any]] = [
+    {
+        "id": "spend_above_30d",
+        "description": "Five times the 30-day mean after ten transactions",
+        "when": "amount > 5 * mean_amount_30d AND count_30d >= 10 AND amount_to_mean_30d > 5",
+        "score": "0.9",
+    },
+    {
+        "id": "busy_week",
+        "description": "A busy week",
+        "when": "count_7d > 500 AND sum_7d > 10 * mean_amount_7d",
+        "score": "0.5",
+        "mode": "shadow",
+    },
+    {
+        "id": "risky_merchant",
+        "description": "A merchant with many known frauds",
+        "when": "merchant_risk_1d > 0.5 OR merchant_risk_7d > 0.3 OR merchant_risk_30d > 0.2 OR merchant_count_30d < 0",
+        "score": "0.5",
+        "mode": "shadow",
+    },
+    {
+        "id": "new_merchant_at_night",
+        "description": "A new merchant at night, well above the week's mean",
+        "when": "merchant_used_before = 0 AND is_night = 1 AND amount > 3 * mean_amount_7d AND merchant_count_7d >= 0",
+        "score": "0.5",
+        "mode": "shadow",
+    },
+]
+
+
+def history_rule_set() -> dict[str, Any]:
+    """The default rule set with HISTORY_RULES added, features in UTC with a 7-day label delay."""
+    from txguard.storage.rule_sets import default_rule_set
+
+    document = default_rule_set().document()
+    document["rules"] = [*document["rules"], *HISTORY_RULES]
+    document["features"] = {"time_zone": "UTC", "label_delay_days": 7}
+    return document
+
+
 @contextmanager
 def bench_database() -> Iterator[BenchDatabase]:
     with find_or_start_server() as server:

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg2
 
-from bench.harness import BenchDatabase, amount_text, timed
+from bench.harness import BenchDatabase, amount_text, history_rule_set, timed
 from txguard_dev.local.runner import FunctionRunner, Template
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +23,7 @@ T0 = 1_700_000_000_000
 
 
 def rows(count: int, first_id: int, accounts: int, seed: int, start: int = T0) -> list[tuple[int, int, int, str]]:
+    """(transaction id, account, timestamp, amount) in per-account time order."""
     rng = random.Random(seed)
     clock = [start + rng.randint(0, 3_600_000) for _ in range(accounts)]
     out = []
@@ -55,7 +56,9 @@ def raw_copy_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]]
         conn.close()
 
 
-def handler_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]], batch_size: int) -> float:
+def handler_rate(
+    database: BenchDatabase, data: list[tuple[int, int, int, str]], batch_size: int, merchants: int = 0
+) -> float:
     runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=None)
     template = json.loads((ROOT / "events" / "store_data_batch.json").read_text())
     events: list[dict[str, Any]] = []
@@ -63,6 +66,7 @@ def handler_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]],
         body = {
             "transactions": [
                 {"account_id": a, "transaction_id": t, "timestamp": ts, "amount": amt}
+                | ({"merchant_id": f"m{t % merchants}"} if merchants else {})
                 for t, a, ts, amt in data[start : start + batch_size]
             ]
         }
@@ -83,10 +87,12 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     from txguard.api.presenters import json_response
     from txguard.api.resolver import parse_json
     from txguard.api.schemas import TransactionBatch
-    from txguard.detection import decide_in_time_order, empty_history
+    from txguard.detection import decide_in_time_order, decisions_in_time_order, empty_history, empty_timeline
     from txguard.domain import StoreResult, Transaction
+    from txguard.features import features_json
     from txguard.presenters import store_results_json
     from txguard.rule_engine import CompiledRuleSet
+    from txguard.rule_language import validate_rule_set
     from txguard.storage.rule_sets import default_rule_set
     from txguard.storage.transactions import copy_line
 
@@ -110,13 +116,28 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     accounts = {t.account_id for t in txs}
     decisions = decide_in_time_order(txs, {a: empty_history() for a in accounts}, {}, rules)
     results = [StoreResult(t, "stored", decisions[t.transaction_id]) for t in txs]
+    names = tuple(sorted(rules.needed_features))
+    features = {
+        d.transaction.transaction_id: d.features
+        for d in decisions_in_time_order(txs, {a: empty_history() for a in accounts}, {}, rules)
+    }
+    history_rules = CompiledRuleSet(1, validate_rule_set(history_rule_set()))
+    at_merchants = [t._replace(merchant_id=f"m{t.transaction_id % 500}") for t in txs]
     stages = {
         "parse JSON": lambda: parse_json(body),
         "validate (pydantic)": lambda: TransactionBatch.model_validate(parsed),
         "features + rules (default rule set)": lambda: decide_in_time_order(
             txs, {a: empty_history() for a in accounts}, {}, rules
         ),
-        "COPY text": lambda: "".join(copy_line(t, decisions[t.transaction_id]) for t in txs),
+        "features + rules (default rules and the history features, 500 merchants)": lambda: decide_in_time_order(
+            at_merchants,
+            {a: empty_history() for a in accounts},
+            {f"m{i}": empty_timeline() for i in range(500)},
+            history_rules,
+        ),
+        "COPY text (with the features stored)": lambda: "".join(
+            copy_line(t, decisions[t.transaction_id], features_json(features[t.transaction_id], names)) for t in txs
+        ),
         "response JSON": lambda: json_response(201, {"results": store_results_json(results)}),
     }
     return {name: round(min(timed(work) for _ in range(3)) * 1e6 / len(data), 2) for name, work in stages.items()}
@@ -131,7 +152,7 @@ DAY_MS = 86_400_000
 
 
 def paired_rounds(
-    database: BenchDatabase, count: int, batch_size: int, first_round: int
+    database: BenchDatabase, count: int, batch_size: int, first_round: int, merchants: int = 0
 ) -> tuple[list[float], list[float]]:
     """Raw COPY then the handler, ROUNDS times over: each ratio pairs two runs made moments apart.
 
@@ -142,7 +163,7 @@ def paired_rounds(
     for n in range(first_round, first_round + ROUNDS):
         baselines.append(raw_copy_rate(database, rows(count, 1, 1000, seed=1)))
         data = rows(count, 10_000_000 * (n + 1), 1000, seed=n + 2, start=T0 + 30 * DAY_MS * n)
-        measured.append(handler_rate(database, data, batch_size))
+        measured.append(handler_rate(database, data, batch_size, merchants))
     return baselines, measured
 
 
@@ -181,4 +202,13 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
         batch_size,
         *paired_rounds(database, count, batch_size, first_round=ROUNDS),
     )
-    return [with_rules, without_rules]
+    # And with the history features: the default rules plus rules on 7- and 30-day windows, merchant counts over
+    # days, merchant risk, merchant used before and local time, at 500 merchants.
+    database.apply_rules(history_rule_set(), "bench: default rules with history features")
+    with_history = summary(
+        "reference: the same ingest with the default rules and the history features (500 merchants) vs raw COPY",
+        count,
+        batch_size,
+        *paired_rounds(database, count, batch_size, first_round=2 * ROUNDS, merchants=500),
+    )
+    return [with_rules, without_rules, with_history]

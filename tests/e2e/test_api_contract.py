@@ -145,6 +145,56 @@ def test_an_invalid_batch_lists_every_invalid_item_and_stores_nothing(
     assert count_rows(e2e_database_url, "account_id = 5004") == 0
 
 
+def test_atomic_false_stores_the_valid_items_and_refuses_each_invalid_one_with_its_own_error(
+    local_service: LocalService, e2e_database_url: str
+) -> None:
+    stored_before = [item(account_id=5905), item(account_id=5905)]
+    assert local_service.request("POST", "/store_data", {"transactions": stored_before}).status == 201
+    batch = [
+        item(account_id=5905, amount="1.005", currency="USD"),  # three decimals in USD: refused alone
+        item(account_id=5905),
+        stored_before[0] | {"amount": "11.00"},  # a stored id with other content: refused alone
+        stored_before[1],  # a replay: a duplicate
+        item(account_id=5905, amount="12.50"),
+    ]
+    response = local_service.request("POST", "/store_data?atomic=false", {"transactions": batch})
+    assert response.status == 207, response.body
+    results = response.body["results"]
+    assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
+    assert [r["status"] for r in results] == ["refused", "stored", "refused", "duplicate", "stored"]
+    assert results[0]["error"]["code"] == "validation_error"
+    assert results[0]["error"]["details"] == [
+        {
+            "index": 0,
+            "field": "amount",
+            "value": "1.005",
+            "reason": "amount has more decimal places than USD allows (2)",
+        }
+    ]
+    assert results[2]["error"]["code"] == "transaction_id_conflict"
+    assert results[2]["error"]["details"][0]["field"] == "transaction_id"
+    assert results[4]["decision"]["rule_set_version"] >= 1
+    assert count_rows(e2e_database_url, "account_id = 5905") == 4
+
+
+def test_atomic_false_with_every_item_valid_is_201_and_the_default_stays_all_or_nothing(
+    local_service: LocalService, e2e_database_url: str
+) -> None:
+    response = local_service.request("POST", "/store_data?atomic=false", {"transactions": [item(account_id=5906)]})
+    assert response.status == 201 and [r["status"] for r in response.body["results"]] == ["stored"]
+    batch = [item(account_id=5906), item(account_id=5906, amount="-1")]
+    assert_error(local_service.request("POST", "/store_data", {"transactions": batch}), 422, "validation_error")
+    assert_error(local_service.request("POST", "/store_data?atomic=true", {"transactions": batch}), 422)
+    assert count_rows(e2e_database_url, "account_id = 5906") == 1
+
+
+@pytest.mark.parametrize("value", ["False", "0", "no", ""])
+def test_an_atomic_value_other_than_true_or_false_is_422_naming_it(local_service: LocalService, value: str) -> None:
+    response = local_service.request("POST", f"/store_data?atomic={value}", {"transactions": [item()]})
+    error = assert_error(response, 422, "validation_error")
+    assert [d["field"] for d in error["details"]] == ["atomic"]
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [

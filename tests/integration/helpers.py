@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -33,13 +34,18 @@ def recompute(account_id: int) -> list[Judged]:
     )
 
 
-def apply_rules(database: Any, rules: list[dict[str, Any]], threshold: str = "0.5") -> None:
+def apply_rules(
+    database: Any, rules: list[dict[str, Any]], threshold: str = "0.5", features: dict[str, Any] | None = None
+) -> None:
     import psycopg2
 
+    document: dict[str, Any] = {"threshold": threshold, "rules": rules}
+    if features is not None:
+        document["features"] = features
     conn = psycopg2.connect(database.admin_url)
     try:
         with conn, conn.cursor() as cur:
-            apply_rule_set(cur, {"threshold": threshold, "rules": rules}, "test")
+            apply_rule_set(cur, document, "test")
     finally:
         conn.close()
     rule_cache.clear()
@@ -75,3 +81,20 @@ def python_decisions(judged: list[Judged]) -> dict[int, tuple[bool, Decimal, lis
         )
         for j in judged
     }
+
+
+def sql_features(database: Any, account_id: int, time_zone: str, delay_days: int) -> dict[int, dict[str, Any]]:
+    """transaction_features of the account, by transaction id; numbers read exactly (as Decimal)."""
+    rows = database.query(
+        "SELECT transaction_id, features::text FROM transaction_features(%s, %s, %s)",
+        (account_id, time_zone, delay_days),
+    )
+    return {r[0]: json.loads(r[1], parse_float=Decimal) for r in rows}
+
+
+def rebuild_merchant_label_daily(database: Any) -> None:
+    """merchant_label_daily re-derived from its definition (the merchant_label_steps view)."""
+    database.execute(
+        "DELETE FROM merchant_label_daily; INSERT INTO merchant_label_daily "
+        "SELECT merchant_id, tx_day, known_day, frauds FROM merchant_label_steps"
+    )

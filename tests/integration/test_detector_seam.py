@@ -11,7 +11,7 @@ from tests.integration.helpers import T0, apply_rules, recompute, rule, tx
 from txguard import db
 from txguard.detection import Detector
 from txguard.domain import Decision, Reason
-from txguard.features import Features, window_reach_ms
+from txguard.features import DEFAULT_FEATURE_SETTINGS, Features, window_reach_ms
 from txguard.ingest import store_transactions
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,7 @@ class AboveTwiceTheMean:
     version = 7
     needed_features = frozenset({"amount", "mean_amount", "count"})
     window_reach_ms = window_reach_ms(needed_features)
+    feature_settings = DEFAULT_FEATURE_SETTINGS
 
     def decide(self, features: Features, merchant_id: str | None, currency: str) -> Decision:
         amount, mean = features.get("amount"), features.get("mean_amount")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EVENTS_DIR, ROOT, Database, load_event
+from txguard.scoring import average_precision, roc_auc
 from txguard_dev.cli import main
 from txguard_generator import PATTERN_NAMES
 from txguard_generator.accounts import SYNTHETIC_ACCOUNT_BASE
@@ -95,7 +96,13 @@ def test_evaluate_reports_the_matrix_and_every_pattern_from_the_labels_table(dat
     assert matrix["tp"] + matrix["fn"] == report["frauds"] == report["labelled_fraud"] == 40
     assert report["unlabelled"] == 0 and report["labelled_genuine"] == 1960
     assert set(report["reasons"]) == set(PATTERN_NAMES)
-    assert 0.5 < report["roc_auc"] <= 1 and 0 < report["average_precision"] <= 1
+    # The ranking metrics are those of the stored scores against the stored labels.
+    rows = database.query(
+        "SELECT t.score::float8, l.fraud::int FROM transactions t JOIN labels l USING (transaction_id) ORDER BY 1"
+    )
+    scores, truth = [r[0] for r in rows], [r[1] for r in rows]
+    assert report["roc_auc"] == pytest.approx(roc_auc(scores, truth))
+    assert report["average_precision"] == pytest.approx(average_precision(scores, truth))
     assert 0 <= report["card_precision"]["mean"] <= 1
     flagged = database.query("SELECT count(*) FROM transactions WHERE fraud")[0][0]
     assert matrix["tp"] + matrix["fp"] == flagged

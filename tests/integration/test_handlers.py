@@ -175,3 +175,30 @@ def test_amounts_in_responses_and_explanations_have_the_currency_s_decimal_place
     event = load_event("is_fraud.json") | {"path": "/is_fraud/77", "pathParameters": {"account": "77"}}
     (flagged,) = json.loads(invoke(runner, "DetectFunction", event)["body"])["events"]
     assert flagged["amount"] == shown and [r["explanation"] for r in flagged["reasons"]] == [explanation]
+
+
+def test_is_fraud_shows_the_features_each_decision_was_taken_on_when_asked(
+    runner: FunctionRunner, database: Database
+) -> None:
+    # Given a rule on the 30-day mean and night time, and three transactions of one account
+    apply_rules(database, [rule("night_spike", "amount > 2 * mean_amount_30d AND is_night = 1")])
+    night = 1714532400000  # 2024-05-01 03:00 UTC
+    batch = [
+        {"account_id": 78, "transaction_id": 7800 + i, "timestamp": night + i * 60_000, "amount": amount}
+        | {"currency": "EUR", "merchant_id": "m78"}
+        for i, amount in enumerate(["10.00", "20.00", "100.00"])
+    ]
+    invoke(runner, "IngestFunction", load_event("store_data.json") | {"body": json.dumps({"transactions": batch})})
+    event = load_event("is_fraud.json") | {"path": "/is_fraud/78", "pathParameters": {"account": "78"}}
+
+    # When the flagged ones are read with features=true, then each shows exactly the values its rule read
+    asked = event | {"queryStringParameters": {"features": "true"}}
+    (flagged,) = json.loads(invoke(runner, "DetectFunction", asked)["body"])["events"]
+    assert flagged["transaction_id"] == 7802
+    assert flagged["features"] == {"amount": 100.0, "count": 2, "is_night": 1, "mean_amount_30d": 15.0}
+
+    # Without it, no features; a value other than true/false is refused naming the parameter
+    (plain,) = json.loads(invoke(runner, "DetectFunction", event)["body"])["events"]
+    assert "features" not in plain
+    refused = invoke(runner, "DetectFunction", event | {"queryStringParameters": {"features": "yes"}})
+    assert refused["statusCode"] == 422 and "features" in refused["body"]

@@ -10,7 +10,9 @@ import pytest
 
 from tests.conftest import Database
 from tests.integration.helpers import T0, apply_rules, recompute, rule, stats, store, tx
+from txguard import db
 from txguard.ingest import DuplicateIdConflict
+from txguard.storage.transactions import decided_with_features
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +211,27 @@ def test_running_totals_of_very_large_amounts_stay_exact(database: Database) -> 
         "SELECT s.amount_sum_sq = t.sq AND s.amount_sum = t.total FROM account_stats s, "
         "(SELECT sum(amount * amount) AS sq, sum(amount) AS total FROM transactions) t WHERE s.account_id = 1"
     ) == [(True,)]
+
+
+def test_the_features_reader_returns_each_decision_with_the_features_it_was_taken_on_for_a_time_window(
+    database: Database,
+) -> None:
+    # Given transactions on three days, decided by a rule reading the 7-day count and merchant history
+    apply_rules(database, [rule("busy", "count_7d >= 2 AND merchant_used_before = 1")])
+    day = 86_400_000
+    batch = [tx(301, T0 + i * day, "5.00", "m301", tid=30100 + i) for i in range(3)]
+    store(batch)
+
+    # When the window of the last two days is read, a page at a time
+    first = db.run_in_transaction(lambda cur: decided_with_features(cur, T0 + day, T0 + 3 * day, None, 1))
+    after = (first[0].transaction.ts, first[0].transaction.transaction_id)
+    rest = db.run_in_transaction(lambda cur: decided_with_features(cur, T0 + day, T0 + 3 * day, after, 10))
+
+    # Then each row is the transaction, its stored decision, and exactly the features that decision read
+    rows = first + rest
+    assert [r.transaction.transaction_id for r in rows] == [30101, 30102]
+    assert [dict(r.features or {}) for r in rows] == [
+        {"count": 1, "count_7d": 1, "merchant_used_before": 1},
+        {"count": 2, "count_7d": 2, "merchant_used_before": 1},
+    ]
+    assert [r.decision.fraud for r in rows] == [False, True]

@@ -1,14 +1,18 @@
 """The Python engine and the SQL function detect_fraud flag exactly the same transactions with the same rules.
 
-Random histories (Hypothesis) with bursts, equal timestamps, zero amounts, several accounts (in EUR, BHD and JPY)
-sharing merchants, and random rule sets drawn from the grammar; stored in random batches and, separately, in shuffled
-order. Constants with many digits, far below one or far above any amount, mean the same number in both, or the
-rule set is refused when applied.
+Random histories (Hypothesis) with bursts, equal timestamps, zero amounts, gaps of days (the 7- and 30-day
+windows, merchant risk), several accounts (in EUR, BHD and JPY) sharing merchants, and random rule sets drawn from
+the grammar with a random `features` block (time zone, label delay); stored in random batches and, separately, in
+shuffled order (late arrivals). Labels that arrive late, superseded or withdrawn, feed merchant risk. Every feature
+value, not only the decisions, is compared between the Python features (ingest's stored ones, the recomputation and
+the backtest replay) and transaction_features. Constants with many digits, far below one or far above any amount,
+mean the same number in both, or the rule set is refused when applied.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from decimal import Decimal
 
 import pytest
@@ -16,17 +20,35 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Database
-from tests.integration.helpers import T0, apply_rules, python_decisions, recompute, rule, sql_decisions, store
+from tests.integration.helpers import (
+    T0,
+    apply_rules,
+    python_decisions,
+    rebuild_merchant_label_daily,
+    recompute,
+    rule,
+    sql_decisions,
+    sql_features,
+    store,
+)
+from txguard import db
+from txguard.backtest import replay
 from txguard.currencies import MINOR_UNITS
+from txguard.detection import detector_cache
 from txguard.domain import Transaction
 from txguard.features import FEATURES
+from txguard.queries import recompute_window
 from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, RuleSetError
 
 pytestmark = pytest.mark.integration
 
 _example = itertools.count(1)
 
-gaps = st.sampled_from([0, 1, 400, 1_999, 2_000, 59_999, 60_000, 61_000, 3_599_999, 3_600_000, 86_400_000, 90_000_000])
+DAY = 86_400_000
+gaps = st.sampled_from(
+    [0, 1, 400, 1_999, 2_000, 59_999, 60_000, 61_000, 3_599_999, 3_600_000, DAY, 90_000_000, 3 * DAY + 7, 8 * DAY]
+)
+time_zones = st.sampled_from(["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"])
 currencies = ["EUR", "BHD", "JPY"]
 comparable = sorted(set(FEATURES) - {"amount"})
 operators = st.sampled_from(["<", "<=", ">", ">=", "=", "!="])
@@ -93,6 +115,10 @@ def conditions(draw: st.DrawFn, **numbers: st.SearchStrategy[str]) -> str:
     return parts[0] + "".join(j + p for j, p in zip(joiners, parts[1:], strict=True))
 
 
+def feature_options() -> st.SearchStrategy[dict[str, object]]:
+    return st.fixed_dictionaries({"time_zone": time_zones, "label_delay_days": st.sampled_from([0, 1, 2, 7])})
+
+
 @st.composite
 def rule_sets(draw: st.DrawFn, **numbers: st.SearchStrategy[str]) -> list[dict[str, object]]:
     rules = []
@@ -139,14 +165,15 @@ def materialise(rows: list[Row]) -> tuple[list[Transaction], list[int]]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=histories(), rules=rule_sets(), cuts=st.lists(st.integers(1, 30), max_size=4))
+@given(rows=histories(), rules=rule_sets(), cuts=st.lists(st.integers(1, 30), max_size=4), options=feature_options())
 def test_stored_decisions_python_and_sql_agree_for_histories_stored_in_order(
     database: Database,
     rows: list[Row],
     rules: list[dict[str, object]],
     cuts: list[int],
+    options: dict[str, object],
 ) -> None:
-    apply_rules(database, rules, threshold="0.5")
+    apply_rules(database, rules, threshold="0.5", features=options)
     batch, accounts = materialise(rows)
     stored = {}
     start = 0
@@ -165,14 +192,15 @@ def test_stored_decisions_python_and_sql_agree_for_histories_stored_in_order(
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=histories(), rules=rule_sets(), order=st.randoms(use_true_random=False))
+@given(rows=histories(), rules=rule_sets(), order=st.randoms(use_true_random=False), options=feature_options())
 def test_python_and_sql_agree_whatever_order_the_history_arrived_in(
     database: Database,
     rows: list[Row],
     rules: list[dict[str, object]],
     order: object,
+    options: dict[str, object],
 ) -> None:
-    apply_rules(database, rules)
+    apply_rules(database, rules, features=options)
     batch, accounts = materialise(rows)
     order.shuffle(batch)  # type: ignore[attr-defined]
     for start in range(0, len(batch), 4):
@@ -241,3 +269,133 @@ def test_long_and_extreme_constants_mean_the_same_in_python_and_sql_or_are_refus
         assert {tid: (d.fraud, d.score) for tid, d in stored.items() if tid in in_python} == {
             tid: (fraud, score) for tid, (fraud, score, _, _) in in_python.items()
         }
+
+
+# One shadow rule reading every feature: each is computed (and stored) for every transaction, none is decided on.
+EVERY_FEATURE = [
+    rule("reads_everything", " OR ".join(f"{name} >= 0" for name in comparable), "0.1", mode="shadow"),
+]
+
+Label = tuple[int, int, bool]  # (index of the transaction in the history, ms after it the label became known, fraud)
+
+
+@st.composite
+def late_labels(draw: st.DrawFn, size: int) -> list[Label]:
+    """Labels known from the same millisecond to 12 days after their transaction; some relabelled or withdrawn."""
+    labels = []
+    for _ in range(draw(st.integers(0, min(size * 2, 25)))):
+        after = draw(st.sampled_from([0, 1, DAY - 1, DAY, 2 * DAY + 5, 7 * DAY, 12 * DAY]))
+        labels.append((draw(st.integers(0, size - 1)), after, draw(st.booleans())))
+    return labels
+
+
+def insert_labels(database: Database, batch: list[Transaction], labels: list[Label]) -> None:
+    for index, after, fraud in labels:
+        t = batch[index]
+        database.execute(
+            "INSERT INTO labels (transaction_id, fraud, source, labelled_at) "
+            "VALUES (%s, %s, 'analyst', txguard_ms_to_ts(%s)) ON CONFLICT DO NOTHING",
+            (t.transaction_id, fraud, t.ts + after),
+        )
+    rebuild_merchant_label_daily(database)
+
+
+def exact(value: object) -> object:
+    return None if value is None else Decimal(str(value))
+
+
+def assert_same_features(
+    python: dict[int, dict[str, object]], sql: dict[int, dict[str, object]], names: list[str]
+) -> None:
+    assert set(python) == set(sql)
+    for tid, features in python.items():
+        got = {name: exact(features.get(name)) for name in names}
+        want = {name: exact(sql[tid].get(name)) for name in names}
+        assert got == want, tid
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), rows=histories(), options=feature_options(), in_order=st.booleans())
+def test_every_feature_value_agrees_in_ingest_recomputation_and_sql_with_labels_arriving_late(
+    database: Database, data: st.DataObject, rows: list[Row], options: dict[str, object], in_order: bool
+) -> None:
+    apply_rules(database, EVERY_FEATURE, features=options)
+    time_zone, delay = str(options["time_zone"]), int(str(options["label_delay_days"]))
+    batch, accounts = materialise(rows)
+    arrival = list(batch) if in_order else data.draw(st.permutations(batch))
+    for start in range(0, len(arrival), 5):
+        store(arrival[start : start + 5])
+    names = [name for name in FEATURES if name in comparable]
+    if in_order:
+        # What ingest stored with each decision is what the definition gives (no label was known yet).
+        for account in accounts:
+            stored = {
+                tid: json.loads(text, parse_float=Decimal)
+                for tid, text in database.query(
+                    "SELECT transaction_id, features::text FROM transactions WHERE account_id = %s", (account,)
+                )
+            }
+            assert_same_features(stored, sql_features(database, account, time_zone, delay), names)
+    insert_labels(database, batch, data.draw(late_labels(len(batch))))
+    event("labels" if database.query("SELECT 1 FROM merchant_label_daily LIMIT 1") else "no label steps")
+    for account in accounts:
+        recomputed = {j.transaction.transaction_id: dict(j.features or {}) for j in recompute(account)}
+        risky = any(f.get("merchant_risk_30d") for f in recomputed.values())
+        event("some merchant risk above 0" if risky else "no merchant risk above 0")
+        assert_same_features(recomputed, sql_features(database, account, time_zone, delay), names)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), rows=histories(), rules=rule_sets(), options=feature_options())
+def test_backtest_replay_decides_as_sql_does_once_labels_have_arrived(
+    database: Database, data: st.DataObject, rows: list[Row], rules: list[dict[str, object]], options: dict[str, object]
+) -> None:
+    apply_rules(database, rules, features=options)
+    batch, accounts = materialise(rows)
+    store(batch)
+    insert_labels(database, batch, data.draw(late_labels(len(batch))))
+    ours = {t.transaction_id for t in batch}
+
+    def replayed(cur: object) -> dict[int, tuple[bool, Decimal, list[str], list[str]]]:
+        rules_now = detector_cache.current(cur, 0)  # type: ignore[arg-type]
+        return {
+            t.transaction_id: (
+                d.fraud,
+                d.score,
+                sorted(r.rule_id for r in d.reasons if r.mode == "active"),
+                sorted(r.rule_id for r in d.reasons if r.mode == "shadow"),
+            )
+            for t, _, d in replay(cur, rules_now)  # type: ignore[arg-type]
+            if t.transaction_id in ours
+        }
+
+    in_backtest = db.run_in_transaction(replayed)
+    for account in accounts:
+        in_sql = sql_decisions(database, account)
+        assert {tid: in_backtest[tid] for tid in in_sql} == in_sql
+        assert python_decisions(recompute(account)) == in_sql
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), rows=histories(), options=feature_options(), size=st.integers(1, 6))
+def test_a_recomputation_window_starting_mid_history_gives_every_feature_as_sql_does(
+    database: Database, data: st.DataObject, rows: list[Row], options: dict[str, object], size: int
+) -> None:
+    apply_rules(database, EVERY_FEATURE, features=options)
+    time_zone, delay = str(options["time_zone"]), int(str(options["label_delay_days"]))
+    batch, accounts = materialise(rows)
+    store(data.draw(st.permutations(batch)))
+    insert_labels(database, batch, data.draw(late_labels(len(batch))))
+    names = [name for name in FEATURES if name in comparable]
+    for account in accounts:
+        # Windows of `size` transactions, newest first, each starting from the per-day totals before it.
+        paged: dict[int, dict[str, object]] = {}
+        before = None
+        while True:
+            judged, before = db.run_in_transaction(
+                lambda cur, a=account, b=before: recompute_window(cur, a, detector_cache.current(cur, 0), b, size)
+            )
+            paged.update({j.transaction.transaction_id: dict(j.features or {}) for j in judged})
+            if before is None:
+                break
+        assert_same_features(paged, sql_features(database, account, time_zone, delay), names)

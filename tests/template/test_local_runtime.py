@@ -28,6 +28,7 @@ def test_the_providers_find_each_function_with_its_code_layer_and_handler() -> N
         "DetectFunction",
         "GenerateFunction",
         "MigrateFunction",
+        "StreamIngestFunction",
         "ConsoleFunction",
     }
     for name, function in functions.items():

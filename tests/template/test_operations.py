@@ -257,3 +257,63 @@ def test_outputs_name_what_a_client_and_an_operator_need() -> None:
     assert {"ApiUrl", "ApiKeyId", "EventBusName", "DatabaseServiceSecretArn", "DashboardUrl"} <= set(outputs)
     assert outputs["ApiKeyId"]["Value"] == {"Ref": "TxguardApiApiKey"}
     assert outputs["EventBusName"]["Value"] == {"Fn::GetAtt": ["FraudEventBus", "Name"]}
+
+
+# ---------------------------------------------------------------------------------- stream ingest ----
+
+KAFKA_CLUSTER = "arn:aws:kafka:us-east-1:123456789012:cluster/payments/0f1e2d3c-1"
+
+
+def _mappings(overrides: dict[str, str]) -> dict[str, dict[str, Any]]:
+    deployed = stack(overrides)
+    return {
+        name: m["Properties"]
+        for name, m in deployed.of_type("AWS::Lambda::EventSourceMapping").items()
+        if m["Properties"]["FunctionName"] == {"Ref": "StreamIngestFunction"}
+    }
+
+
+def test_the_stream_function_consumes_the_fifo_queue_by_default_and_kinesis_and_kafka_only_when_asked() -> None:
+    assert set(_mappings({})) == {"StreamQueueMapping"}
+    everything = {"StreamKinesisEnabled": "true", "StreamKafkaClusterArn": KAFKA_CLUSTER}
+    mappings = _mappings(everything)
+    assert set(mappings) == {"StreamQueueMapping", "StreamKinesisMapping", "StreamKafkaMapping"}
+    for name, mapping in mappings.items():
+        assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
+    for name in ("StreamKinesisMapping", "StreamKafkaMapping"):
+        assert mappings[name]["DestinationConfig"]["OnFailure"]["Destination"] == {
+            "Fn::GetAtt": ["StreamFailureQueue", "Arn"]
+        }
+    assert mappings["StreamKafkaMapping"]["EventSourceArn"] == KAFKA_CLUSTER
+    assert _mappings({"StreamSqsEnabled": "false"}) == {}
+
+
+def test_the_transaction_queue_is_fifo_with_a_dead_letter_queue_watched_by_an_alarm() -> None:
+    deployed = stack()
+    queue = deployed.properties("TransactionQueue")
+    assert queue["FifoQueue"] in (True, "true")
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["TransactionDeadLetterQueue", "Arn"]}
+    # Lambda's advice for an SQS source: the visibility timeout at least six times the function's timeout.
+    assert int(queue["VisibilityTimeout"]) >= 6 * int(
+        deployed.functions["StreamIngestFunction"]["Properties"]["Timeout"]
+    )
+    watched = {
+        tuple(d["Value"]["Fn::GetAtt"]) if isinstance(d["Value"], dict) else d["Value"]
+        for alarm in deployed.of_type("AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"].get("MetricName") == "ApproximateNumberOfMessagesVisible"
+        for d in alarm["Properties"]["Dimensions"]
+    }
+    assert ("TransactionDeadLetterQueue", "QueueName") in watched
+
+
+def test_fraud_alerts_reach_the_sns_topic_as_a_sentence_only_when_asked() -> None:
+    assert stack().of_type("AWS::SNS::Topic") == {}
+    deployed = stack({"AlertTopicEnabled": "true"})
+    rule = deployed.resources["FraudAlertRule"]
+    assert rule["Properties"]["EventBusName"] == {"Ref": "FraudEventBus"}
+    assert rule["Properties"]["EventPattern"] == {"source": ["txguard"], "detail-type": ["FraudDetected"]}
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Ref": "FraudAlertTopic"}
+    template = target["InputTransformer"]["InputTemplate"]
+    assert template.startswith('"Fraud detected: transaction <transaction> of account <account>')
+    assert set(re.findall(r"<(\w+)>", template)) <= set(target["InputTransformer"]["InputPathsMap"])

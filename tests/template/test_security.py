@@ -106,6 +106,7 @@ def test_every_function_runs_in_the_vpc_when_the_generator_stores_directly(overr
         "DetectFunction",
         "GenerateFunction",
         "MigrateFunction",
+        "StreamIngestFunction",
         "ConsoleFunction",
     }
     assert functions_outside_vpc(deployed) == []
@@ -203,7 +204,7 @@ def test_managed_policies_are_only_those_without_data_access() -> None:
 def test_each_function_has_a_role_of_its_own() -> None:
     deployed = stack()
     roles = {name: deployed.role_of(name) for name in deployed.functions}
-    assert len(set(roles.values())) == len(roles) == 5
+    assert len(set(roles.values())) == len(roles) == 6
     for role in roles.values():
         trust = deployed.properties(role)["AssumeRolePolicyDocument"]["Statement"]
         assert [s["Principal"] for s in trust] == [{"Service": "lambda.amazonaws.com"}]
@@ -215,6 +216,22 @@ _SECRET_KEY = ("kms:Decrypt", "DataKey.Arn")
 
 def _logs(group: str) -> set[tuple[str, str]]:
     return {(action, f"{group}.Arn") for action in _LOGS}
+
+
+# The stream function: the database secret, FraudDetected events, and the stack's key for its queues and stream.
+_STREAM_COMMON = {
+    ("secretsmanager:GetSecretValue", "ServiceSecret"),
+    _SECRET_KEY,
+    ("kms:GenerateDataKey", "DataKey.Arn"),
+    ("events:PutEvents", "FraudEventBus.Arn"),
+}
+_KINESIS_READ = (
+    "kinesis:DescribeStream",
+    "kinesis:DescribeStreamSummary",
+    "kinesis:GetRecords",
+    "kinesis:GetShardIterator",
+    "kinesis:ListShards",
+)
 
 
 @pytest.mark.parametrize(
@@ -281,6 +298,26 @@ def _logs(group: str) -> set[tuple[str, str]]:
         ),
         (
             {},
+            "StreamIngestFunction",
+            _logs("StreamIngestLogGroup")
+            | _STREAM_COMMON
+            | {
+                ("sqs:ReceiveMessage", "TransactionQueue.Arn"),
+                ("sqs:DeleteMessage", "TransactionQueue.Arn"),
+                ("sqs:GetQueueAttributes", "TransactionQueue.Arn"),
+                ("sqs:SendMessage", "TransactionDeadLetterQueue.Arn"),
+            },
+        ),
+        (
+            {"StreamSqsEnabled": "false", "StreamKinesisEnabled": "true"},
+            "StreamIngestFunction",
+            _logs("StreamIngestLogGroup")
+            | _STREAM_COMMON
+            | {(action, "TransactionStream.Arn") for action in _KINESIS_READ}
+            | {("sqs:SendMessage", "StreamFailureQueue.Arn")},
+        ),
+        (
+            {},
             "ConsoleFunction",
             _logs("ConsoleLogGroup")
             | {
@@ -291,7 +328,17 @@ def _logs(group: str) -> set[tuple[str, str]]:
             },
         ),
     ],
-    ids=["ingest", "detect", "generate direct", "generate api ssm key", "generate api own key", "migrate", "console"],
+    ids=[
+        "ingest",
+        "detect",
+        "generate direct",
+        "generate api ssm key",
+        "generate api own key",
+        "migrate",
+        "stream ingest sqs",
+        "stream ingest kinesis",
+        "console",
+    ],
 )
 def test_each_role_allows_exactly_what_its_function_calls(
     overrides: dict[str, str], function: str, expected: set[tuple[str, str]]
@@ -304,7 +351,11 @@ def test_key_use_is_limited_to_the_services_that_decrypt_on_a_functions_behalf()
     deployed = stack()
     for name, statement in _statements_with_action(deployed, "kms:Decrypt"):
         via = statement["Condition"]["StringEquals"]["kms:ViaService"]
-        assert via in {"secretsmanager.us-east-1.amazonaws.com", "sqs.us-east-1.amazonaws.com"}, name
+        assert via in {
+            "secretsmanager.us-east-1.amazonaws.com",
+            "sqs.us-east-1.amazonaws.com",
+            "kinesis.us-east-1.amazonaws.com",
+        }, name
 
 
 def _statements_with_action(deployed: Any, action: str) -> list[tuple[str, dict[str, Any]]]:
@@ -321,7 +372,11 @@ def test_fraud_events_go_to_the_stacks_own_bus() -> None:
     deployed = stack()
     assert deployed.environment("IngestFunction")["TXGUARD_EVENT_BUS_NAME"] == {"Fn::GetAtt": ["FraudEventBus", "Name"]}
     statements = _statements_with_action(deployed, "events:PutEvents")
-    assert {name for name, _ in statements} == {"IngestFunctionRole", "GenerateFunctionRole"}
+    assert {name for name, _ in statements} == {
+        "IngestFunctionRole",
+        "GenerateFunctionRole",
+        "StreamIngestFunctionRole",
+    }
     assert all(s["Resource"] == {"Fn::GetAtt": ["FraudEventBus", "Arn"]} for _, s in statements)
 
 

@@ -21,7 +21,17 @@ from typing import NamedTuple, Protocol
 import psycopg2.extensions
 
 from txguard.domain import Decision, Transaction
-from txguard.features import AccountHistory, Features, Prior, Timeline, merchant_features, to_units
+from txguard.features import (
+    LOCAL_TIME_FEATURES,
+    AccountHistory,
+    Features,
+    FeatureSettings,
+    Prior,
+    Timeline,
+    local_time_features,
+    merchant_features,
+    to_units,
+)
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError
 from txguard.storage.rule_sets import newest_version, version
@@ -31,12 +41,14 @@ class Detector(Protocol):
     """What decides a transaction from its features.
 
     `version` is recorded with every decision; `needed_features` names the features it reads (only those are
-    computed); `window_reach_ms` is how far back (ms) the widest of them looks.
+    computed); `window_reach_ms` is how far back (ms) the widest of them looks; `feature_settings` pins the time
+    zone and the label delay its features are computed with.
     """
 
     version: int
     needed_features: frozenset[str]
     window_reach_ms: int
+    feature_settings: FeatureSettings
 
     def decide(self, features: Features, merchant_id: str | None, currency: str) -> Decision:
         """The decision on one transaction's features; amounts in explanations in `currency`'s minor units."""
@@ -52,7 +64,8 @@ class Decided(NamedTuple):
 
 
 def empty_history() -> AccountHistory:
-    """An account with nothing stored yet, whose tail is complete from the beginning of time."""
+    """An account with nothing stored yet, whose tail (and per-day totals) are complete from the beginning of
+    time."""
     return AccountHistory(
         count=0,
         sum_units=0,
@@ -61,9 +74,14 @@ def empty_history() -> AccountHistory:
         max_ts=None,
         first_ts=None,
         last_ts=None,
-        tail=Timeline(complete_from=-(2**62)),
+        tail=empty_timeline(),
         stored_before=lambda _t: Prior(),
     )
+
+
+def empty_timeline() -> Timeline:
+    """A history with nothing in it yet, complete from the beginning of time (per-day totals too)."""
+    return Timeline(complete_from=-(2**62), days={})
 
 
 def decide_in_time_order(
@@ -88,18 +106,22 @@ def decisions_in_time_order(
     Decisions come out as they are taken, so a caller can write them while the rest are still being decided.
     """
     needed = detector.needed_features
-    wants_merchant = any(name.startswith("merchant_") for name in needed)
+    settings = detector.feature_settings
+    wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
+    wants_local_time = not needed.isdisjoint(LOCAL_TIME_FEATURES)
     for _, same_time in groupby(transactions, key=lambda t: t.ts):
         group = [(t, to_units(t.amount)) for t in same_time]
         decided = []
         for t, units in group:
-            features = histories[t.account_id].features(t.ts, units, needed)
+            features = histories[t.account_id].features(t.ts, units, needed, t.merchant_id)
             if wants_merchant:
                 merchant = merchants.get(t.merchant_id) if t.merchant_id else None
-                features.update(merchant_features(merchant, t.ts, needed))
+                features.update(merchant_features(merchant, t.ts, needed, settings))
+            if wants_local_time:
+                features.update(local_time_features(t.ts, needed, settings.time_zone))
             decided.append(Decided(t, features, detector.decide(features, t.merchant_id, t.currency)))
         for t, units in group:
-            histories[t.account_id].add(t.ts, units)
+            histories[t.account_id].add(t.ts, units, t.merchant_id)
             if t.merchant_id is not None:
                 merchants[t.merchant_id].add(t.ts, units)
         yield from decided

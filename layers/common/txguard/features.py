@@ -1,8 +1,13 @@
 """Point-in-time features: what was known of an account (and its merchant) before a transaction.
 
 "Before" means a strictly earlier timestamp; a window of width W at time t covers (t - W, t).
-The same definitions are written in SQL in migrations/0002_detect_fraud.sql (transaction_features);
-tests check that both give the same decisions.
+The same definitions are written in SQL in migrations/0011_history_features.sql (transaction_features);
+tests check that both give the same values and decisions.
+
+Windows of 1 minute, 1 hour and 24 hours are exact. Windows of 7 and 30 days are day-aligned: the transaction's
+UTC day up to (strictly before) its timestamp plus the previous 6 (29) whole UTC days, so they cost a few per-day
+totals (account_daily, merchant_daily) and one day of transactions, never a scan. Merchant risk reads the
+labelled frauds per day (merchant_label_daily) with a delay; local-time features read the rule set's time zone.
 
 Amounts are carried as integer ten-thousandths ("units") so that sums and sums of squares are exact.
 The history of an account is held as aggregates of its stored transactions before a time (running totals, or
@@ -13,11 +18,14 @@ transaction costs a few bisections, not a scan of the history, whatever its time
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
+from functools import lru_cache
 from itertools import accumulate
 from math import isqrt
+from zoneinfo import ZoneInfo
 
 UNITS_PER_AMOUNT = 10_000
 
@@ -26,6 +34,50 @@ HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 WINDOWS: tuple[tuple[str, int], ...] = (("1m", MINUTE_MS), ("1h", HOUR_MS), ("24h", DAY_MS))
 LONGEST_WINDOW_MS = DAY_MS
+# Day-aligned windows: (suffix, days including the transaction's own day up to its timestamp).
+DAY_WINDOWS: tuple[tuple[str, int], ...] = (("7d", 7), ("30d", 30))
+# Merchant risk windows (whole days of transactions, ending the label delay before the transaction's day).
+RISK_WINDOWS: tuple[tuple[str, int], ...] = (("1d", 1), ("7d", 7), ("30d", 30))
+LONGEST_DAY_WINDOW = 30
+
+ACCOUNT_DAY_FEATURES = frozenset(
+    {"count_7d", "sum_7d", "mean_amount_7d", "count_30d", "sum_30d", "mean_amount_30d", "amount_to_mean_30d"}
+)
+MERCHANT_DAY_FEATURES = frozenset({"merchant_count_7d", "merchant_count_30d"})
+RISK_FEATURES = frozenset({"merchant_risk_1d", "merchant_risk_7d", "merchant_risk_30d"})
+LOCAL_TIME_FEATURES = frozenset({"hour_of_day", "is_night", "is_weekend"})
+NIGHT_UNTIL_HOUR = 6  # a local hour <= 6 is night (the Fraud Detection Handbook's TX_DURING_NIGHT)
+
+DEFAULT_TIME_ZONE = "UTC"
+DEFAULT_LABEL_DELAY_DAYS = 7
+MAX_LABEL_DELAY_DAYS = 365
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSettings:
+    """What a detector version pins about its features: the IANA time zone of hour_of_day, is_night and
+    is_weekend, and the delay (whole days) before merchant risk counts a day's transactions."""
+
+    time_zone: str = DEFAULT_TIME_ZONE
+    label_delay_days: int = DEFAULT_LABEL_DELAY_DAYS
+
+
+DEFAULT_FEATURE_SETTINGS = FeatureSettings()
+
+
+def needs_account_days(needed: frozenset[str]) -> bool:
+    """Whether these features read the account's per-day totals (the 7- and 30-day windows)."""
+    return not needed.isdisjoint(ACCOUNT_DAY_FEATURES)
+
+
+def merchant_days_back(needed: frozenset[str], settings: FeatureSettings) -> int:
+    """How many whole days before a transaction's day its merchant's per-day counts must reach (0: none)."""
+    back = 0
+    if not needed.isdisjoint(MERCHANT_DAY_FEATURES):
+        back = LONGEST_DAY_WINDOW - 1
+    if not needed.isdisjoint(RISK_FEATURES):
+        back = max(back, settings.label_delay_days + max(w for _, w in RISK_WINDOWS))
+    return back
 
 
 def window_reach_ms(needed: frozenset[str]) -> int:
@@ -36,7 +88,7 @@ def window_reach_ms(needed: frozenset[str]) -> int:
 
 def merchant_reach_ms(needed: frozenset[str]) -> int:
     """How far back a merchant's tail must reach for these features: 0 when none is about merchants."""
-    merchant = frozenset(feature for feature in needed if feature.startswith("merchant_"))
+    merchant = frozenset(f for f in needed if f.startswith("merchant_") and f != "merchant_used_before")
     return window_reach_ms(merchant) if merchant else 0
 
 
@@ -73,9 +125,40 @@ FEATURES: dict[str, FeatureInfo] = {
     "merchant_sum_1h": FeatureInfo("the amount spent at merchant {merchant_id} in the previous hour", money=True),
     "merchant_count_24h": FeatureInfo("the number of transactions at merchant {merchant_id} in the previous 24 hours"),
     "merchant_sum_24h": FeatureInfo("the amount spent at merchant {merchant_id} in the previous 24 hours", money=True),
+    "mean_amount_24h": FeatureInfo("the mean amount of the previous 24 hours", money=True),
+    "count_7d": FeatureInfo("the number of transactions this UTC day and the 6 days before"),
+    "sum_7d": FeatureInfo("the amount spent this UTC day and the 6 days before", money=True),
+    "mean_amount_7d": FeatureInfo("the mean amount of this UTC day and the 6 days before", money=True),
+    "count_30d": FeatureInfo("the number of transactions this UTC day and the 29 days before"),
+    "sum_30d": FeatureInfo("the amount spent this UTC day and the 29 days before", money=True),
+    "mean_amount_30d": FeatureInfo("the mean amount of this UTC day and the 29 days before", money=True),
+    "amount_to_mean_30d": FeatureInfo("the amount divided by the mean of this UTC day and the 29 days before"),
+    "merchant_used_before": FeatureInfo("an earlier transaction of the account at merchant {merchant_id} (1 = yes)"),
+    "hour_of_day": FeatureInfo("the local hour of day"),
+    "is_night": FeatureInfo("at night, local hour 6 or earlier (1 = yes)"),
+    "is_weekend": FeatureInfo("on a local Saturday or Sunday (1 = yes)"),
+    "merchant_count_7d": FeatureInfo(
+        "the number of transactions at merchant {merchant_id} this UTC day and the 6 days before"
+    ),
+    "merchant_count_30d": FeatureInfo(
+        "the number of transactions at merchant {merchant_id} this UTC day and the 29 days before"
+    ),
+    "merchant_risk_1d": FeatureInfo("the share of known frauds at merchant {merchant_id} over 1 day, delayed"),
+    "merchant_risk_7d": FeatureInfo("the share of known frauds at merchant {merchant_id} over 7 days, delayed"),
+    "merchant_risk_30d": FeatureInfo("the share of known frauds at merchant {merchant_id} over 30 days, delayed"),
 }
 
 ALL_FEATURES = frozenset(FEATURES)
+# The features running totals and a tail of recent transactions give alone: no per-day totals, label steps, time
+# zone or first use of merchants loaded.
+TAIL_FEATURES = (
+    ALL_FEATURES
+    - ACCOUNT_DAY_FEATURES
+    - MERCHANT_DAY_FEATURES
+    - RISK_FEATURES
+    - LOCAL_TIME_FEATURES
+    - {"merchant_used_before"}
+)
 
 
 def to_units(amount: Decimal) -> int:
@@ -93,12 +176,24 @@ def from_units(units: int) -> Decimal:
 
 @dataclass
 class Timeline:
-    """Sorted timestamps (ms) with amounts and prefix sums, complete from `complete_from` onwards."""
+    """Sorted timestamps (ms) with amounts and prefix sums, complete from `complete_from` onwards.
+
+    When `days` is set (a dict), it holds per-UTC-day [count, sum of units], complete for the days from
+    `days_from` on (loaded per-day totals plus every transaction added since), for the day-aligned windows.
+    A merchant's timeline also holds its `label_steps`: (tx day, known day, signed frauds) from
+    merchant_label_daily, for merchant risk.
+    """
 
     complete_from: int
     ts: list[int] = field(default_factory=list)
     units: list[int] = field(default_factory=list)
     _prefix: list[int] = field(default_factory=lambda: [0])
+    days: dict[int, list[int]] | None = None
+    days_from: int = -(2**31)
+    label_steps: list[tuple[int, int, int]] = field(default_factory=list)
+    _day_cache: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    _risk_cache: dict[int, tuple[Decimal, ...]] = field(default_factory=dict)
+    _cached_until: int = -(2**31)
 
     @classmethod
     def of(cls, complete_from: int, rows: list[tuple[int, int]]) -> Timeline:
@@ -110,6 +205,20 @@ class Timeline:
         return cls(complete_from, ts, units, [0, *accumulate(units)])
 
     def add(self, ts: int, units: int) -> None:
+        if self.days is not None:
+            day = ts // DAY_MS
+            totals = self.days.get(day)
+            if totals is None:
+                self.days[day] = [1, units]
+            else:
+                totals[0] += 1
+                totals[1] += units
+            if day < self._cached_until:
+                # Cached windows end before their day: only an addition to an earlier day (out of time order)
+                # can change one.
+                self._day_cache.clear()
+                self._risk_cache.clear()
+                self._cached_until = day
         if not self.ts or ts >= self.ts[-1]:
             self.ts.append(ts)
             self.units.append(units)
@@ -133,6 +242,69 @@ class Timeline:
         end = bisect_left(self.ts, t)
         start = bisect_left(self.ts, t - width_ms + 1)
         return end - start, self._prefix[end] - self._prefix[start]
+
+    def whole_days(self, first: int, until: int) -> tuple[int, int]:
+        """Count and sum (units) over the UTC days [first, until), from the per-day totals."""
+        if self.days is None or first < self.days_from:
+            raise ValueError(f"the per-day totals loaded do not reach back to day {first}")
+        key = (until, until - first)
+        cached = self._day_cache.get(key)
+        if cached is None:
+            count = total = 0
+            days = self.days
+            if len(days) < until - first:  # fewer days with transactions than days in the window: visit those
+                for day, totals in days.items():
+                    if first <= day < until:
+                        count += totals[0]
+                        total += totals[1]
+            else:
+                for day in range(first, until):
+                    found = days.get(day)
+                    if found is not None:
+                        count += found[0]
+                        total += found[1]
+            if len(self._day_cache) > 64:
+                self._day_cache.clear()
+            cached = self._day_cache[key] = (count, total)
+            self._cached_until = max(self._cached_until, until)
+        return cached
+
+    def day_windows(self, t: int) -> list[tuple[int, int]]:
+        """Count and sum (units) of each day-aligned window of DAY_WINDOWS: t's UTC day up to t plus the previous
+        6 (29) days. The part of t's day is read once for all of them."""
+        day = t // DAY_MS
+        n, s = self.window(t, t - day * DAY_MS + 1) if t > day * DAY_MS else (0, 0)
+        windows = []
+        for _, days in DAY_WINDOWS:
+            count, total = self.whole_days(day - days + 1, day)
+            windows.append((count + n, total + s))
+        return windows
+
+    def use_label_steps(self, steps: list[tuple[int, int, int]]) -> None:
+        """Read merchant risk from these (tx day, known day, signed frauds) steps from now on."""
+        self.label_steps = steps
+        self._risk_cache.clear()
+
+    def risk(self, t: int, delay_days: int) -> tuple[Decimal, ...]:
+        """merchant_risk for each of RISK_WINDOWS: frauds known before t's day among the transactions of the
+        days [d - delay - w, d - delay) ÷ those transactions, 0 when there are none; six places, half up."""
+        day = t // DAY_MS
+        cached = self._risk_cache.get(day)
+        if cached is None:
+            end = day - delay_days
+            values = []
+            for _, width in RISK_WINDOWS:
+                count, _ = self.whole_days(end - width, end)
+                frauds = sum(f for tx_day, known, f in self.label_steps if end - width <= tx_day < end and known < day)
+                values.append(_six_places(frauds * 1_000_000, count) if count else _ZERO_RISK)
+            if len(self._risk_cache) > 16:
+                self._risk_cache.clear()
+            cached = self._risk_cache[day] = tuple(values)
+            self._cached_until = max(self._cached_until, day)
+        return cached
+
+
+_ZERO_RISK = Decimal("0.000000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +416,15 @@ class AccountHistory:
     added_sum_sq_units: int = 0
     added_max_units: int | None = None
     added_last_ts: int | None = None
+    # The earliest timestamp of the account's transactions at each merchant (stored and added), for
+    # merchant_used_before: loaded for the merchants asked about.
+    merchant_first: dict[str, int] = field(default_factory=dict)
 
-    def features(self, t: int, units: int, needed: frozenset[str] = ALL_FEATURES) -> Features:
-        """The account's features for a transaction at t; only those in `needed` (plus amount and count).
+    def features(
+        self, t: int, units: int, needed: frozenset[str] = TAIL_FEATURES, merchant_id: str | None = None
+    ) -> Features:
+        """The account's features for a transaction at t (at `merchant_id`); only those in `needed` (plus amount
+        and count).
 
         Raises ValueError for a t not after every transaction added so far, or outside what was loaded.
         """
@@ -284,10 +462,35 @@ class AccountHistory:
                 n, s = self.tail.window(t, width)
                 result[f"count_{name}"] = n
                 result[f"sum_{name}"] = from_units(s)
+                if name == "24h" and "mean_amount_24h" in needed:
+                    result["mean_amount_24h"] = _mean(s, n) if n else None
+        if "mean_amount_24h" in needed and "count_24h" not in result:
+            n, s = self.tail.window(t, DAY_MS)
+            result["mean_amount_24h"] = _mean(s, n) if n else None
+        if not needed.isdisjoint(ACCOUNT_DAY_FEATURES):
+            windows = self.tail.day_windows(t)
+            for (name, _), (n, s) in zip(DAY_WINDOWS, windows, strict=True):
+                result[f"count_{name}"] = n
+                result[f"sum_{name}"] = from_units(s)
+                result[f"mean_amount_{name}"] = _mean(s, n) if n else None
+            if "amount_to_mean_30d" in needed:
+                n, s = windows[-1]  # DAY_WINDOWS ends with the 30 days
+                # amount ÷ (sum ÷ n) = amount × n ÷ sum, exactly; missing when the mean is 0 or there is none.
+                result["amount_to_mean_30d"] = _six_places(units * n * 1_000_000, s) if n and s > 0 else None
+        if "merchant_used_before" in needed:
+            if merchant_id is None:
+                result["merchant_used_before"] = None
+            else:
+                first = self.merchant_first.get(merchant_id)
+                result["merchant_used_before"] = 1 if first is not None and first < t else 0
         return result
 
-    def add(self, t: int, units: int) -> None:
+    def add(self, t: int, units: int, merchant_id: str | None = None) -> None:
         self.tail.add(t, units)
+        if merchant_id is not None:
+            first = self.merchant_first.get(merchant_id)
+            if first is None or t < first:
+                self.merchant_first[merchant_id] = t
         self.added_count += 1
         self.added_sum_units += units
         self.added_sum_sq_units += units * units
@@ -303,8 +506,22 @@ class AccountHistory:
         self.last_ts = t if self.last_ts is None else max(self.last_ts, t)
 
 
-def merchant_features(merchant: Timeline | None, t: int, needed: frozenset[str] = ALL_FEATURES) -> Features:
+def merchant_features(
+    merchant: Timeline | None,
+    t: int,
+    needed: frozenset[str] = TAIL_FEATURES,
+    settings: FeatureSettings = DEFAULT_FEATURE_SETTINGS,
+) -> Features:
+    """The merchant's features for a transaction at t (None for each when there is no merchant)."""
     result: Features = {}
+    if not needed.isdisjoint(MERCHANT_DAY_FEATURES):
+        counts = [None] * len(DAY_WINDOWS) if merchant is None else [n for n, _ in merchant.day_windows(t)]
+        for (name, _), count in zip(DAY_WINDOWS, counts, strict=True):
+            result[f"merchant_count_{name}"] = count
+    if not needed.isdisjoint(RISK_FEATURES):
+        risks = (None,) * len(RISK_WINDOWS) if merchant is None else merchant.risk(t, settings.label_delay_days)
+        for (name, _), value in zip(RISK_WINDOWS, risks, strict=True):
+            result[f"merchant_risk_{name}"] = value
     for name, width in WINDOWS:
         if f"merchant_count_{name}" not in needed and f"merchant_sum_{name}" not in needed:
             continue
@@ -315,6 +532,69 @@ def merchant_features(merchant: Timeline | None, t: int, needed: frozenset[str] 
             result[f"merchant_count_{name}"] = n
             result[f"merchant_sum_{name}"] = from_units(s)
     return result
+
+
+def features_json(features: Mapping[str, Decimal | int | bool | None], names: Sequence[str]) -> str:
+    """The named features as a JSON object (exact numbers in plain notation, null when missing): the stored
+    `features` column and GET /is_fraud?features=true; names are feature names (identifiers: nothing to escape)."""
+    parts = []
+    for name in names:
+        value = features.get(name)
+        if value is None:
+            parts.append(f'"{name}":null')
+        elif isinstance(value, int):
+            parts.append(f'"{name}":{int(value)}')
+        else:
+            parts.append(f'"{name}":{value:f}')
+    return "{" + ",".join(parts) + "}"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@lru_cache(maxsize=8)
+def _zone(name: str) -> tzinfo:
+    return ZoneInfo(name)
+
+
+def local_time_features(t: int, needed: frozenset[str], time_zone: str = DEFAULT_TIME_ZONE) -> Features:
+    """hour_of_day (0-23), is_night (local hour <= 6) and is_weekend (local Saturday or Sunday) of the instant t
+    (epoch ms) in the IANA `time_zone`; only those in `needed`."""
+    bucket = (time_zone, t // _QUARTER_HOUR_MS)
+    hour_and_day = _LOCAL_QUARTERS.get(bucket)
+    if hour_and_day is None:
+        hour_and_day = _local_hour_and_weekday(t, time_zone)
+    hour, weekday = hour_and_day
+    result: Features = {}
+    if "hour_of_day" in needed:
+        result["hour_of_day"] = hour
+    if "is_night" in needed:
+        result["is_night"] = 1 if hour <= NIGHT_UNTIL_HOUR else 0
+    if "is_weekend" in needed:
+        result["is_weekend"] = 1 if weekday >= 5 else 0
+    return result
+
+
+_QUARTER_HOUR_MS = 900_000
+# Local (hour, weekday) per (zone, UTC quarter hour), for the quarter hours where it is the same throughout; a
+# bounded cache, emptied when full.
+_LOCAL_QUARTERS: dict[tuple[str, int], tuple[int, int]] = {}
+
+
+def _local_hour_and_weekday(t: int, time_zone: str) -> tuple[int, int]:
+    zone = _zone(time_zone)
+    local = (_EPOCH + timedelta(milliseconds=t)).astimezone(zone)
+    # The whole UTC quarter hour has this local hour and day when the zone's offset is a whole number of quarter
+    # hours and does not change within it (as for every zone since 1980): then remember it for the others.
+    start = t - t % _QUARTER_HOUR_MS
+    first = (_EPOCH + timedelta(milliseconds=start)).astimezone(zone)
+    last = (_EPOCH + timedelta(milliseconds=start + _QUARTER_HOUR_MS - 1)).astimezone(zone)
+    offset = first.utcoffset()
+    if offset is not None and offset == last.utcoffset() and offset.total_seconds() % 900 == 0:
+        if len(_LOCAL_QUARTERS) >= 100_000:
+            _LOCAL_QUARTERS.clear()
+        _LOCAL_QUARTERS[(time_zone, start // _QUARTER_HOUR_MS)] = (local.hour, local.weekday())
+    return local.hour, local.weekday()
 
 
 def _mean(total_units: int, count: int) -> Decimal:

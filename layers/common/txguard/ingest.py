@@ -17,8 +17,20 @@ import psycopg2.extensions
 from txguard.detection import Detector, decisions_in_time_order
 from txguard.domain import Decision, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
-from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Span, Timeline, merchant_reach_ms, spans_before
-from txguard.storage import account_stats, labels, transactions
+from txguard.features import (
+    DAY_MS,
+    LONGEST_DAY_WINDOW,
+    MERCHANT_DAY_FEATURES,
+    AccountHistory,
+    DailyTotals,
+    Prior,
+    Span,
+    Timeline,
+    merchant_reach_ms,
+    needs_account_days,
+    spans_before,
+)
+from txguard.storage import account_stats, labels, merchants, transactions
 
 
 class DuplicateIdConflict(Conflict):
@@ -81,14 +93,24 @@ def store_transactions(
     )
     decisions: dict[int, Decision] = {}
     if new:
-        _load_histories(cur, new, stats, detector.window_reach_ms)
-        merchants = transactions.merchant_windows(cur, new, merchant_reach_ms(detector.needed_features))
-        decided = decisions_in_time_order(new, stats, merchants, detector)
+        needed = detector.needed_features
+        _load_histories(cur, new, stats, detector.window_reach_ms, needs_account_days(needed))
+        if "merchant_used_before" in needed:
+            pairs = {(t.account_id, t.merchant_id) for t in new if t.merchant_id is not None}
+            for account_id, used in account_stats.merchants_first_used(cur, pairs).items():
+                stats[account_id].merchant_first = used
+        at_merchants = transactions.merchant_windows(
+            cur, new, merchant_reach_ms(needed), from_day_start=not needed.isdisjoint(MERCHANT_DAY_FEATURES)
+        )
+        merchants.attach_history(cur, new, at_merchants, needed, detector.feature_settings)
+        decided = decisions_in_time_order(new, stats, at_merchants, detector)
         # The unit of work's statement timeout, from the settings read when its connection was opened.
         timeout_ms = getattr(cur, "statement_timeout_ms", 0)
-        transactions.copy_in(cur, decided, len(new), decisions, timeout_ms)
+        transactions.copy_in(cur, decided, len(new), decisions, timeout_ms, tuple(sorted(needed)))
         account_stats.write_totals(cur, stats, {t.account_id for t in new})
         account_stats.add_to_daily_totals(cur, new)
+        account_stats.add_to_merchants_used(cur, new)
+        merchants.add_to_daily_counts(cur, new)
         # Labels that arrived before their transactions count from now on (merchant_label_daily).
         labels.apply_pending_labels(cur, new)
 
@@ -134,7 +156,11 @@ def _index_request(
 
 
 def _load_histories(
-    cur: psycopg2.extensions.cursor, new: list[Transaction], histories: dict[int, AccountHistory], reach_ms: int
+    cur: psycopg2.extensions.cursor,
+    new: list[Transaction],
+    histories: dict[int, AccountHistory],
+    reach_ms: int,
+    with_days: bool = False,
 ) -> None:
     """Load what deciding each account's new transactions needs, whatever their timestamps.
 
@@ -143,6 +169,9 @@ def _load_histories(
     an account with late or back-dated arrivals, the history before each new transaction comes from per-day
     totals plus the stored transactions from the start of that transaction's day (and within the window) up to
     it: a bounded read per new transaction, however much history lies after it.
+
+    `with_days` (the 7- and 30-day windows): the tails also reach back to the start of each new transaction's day,
+    and carry the per-day totals of the 29 days before the earliest one's day up to the latest one's day.
     """
     times: dict[int, list[int]] = defaultdict(list)
     for t in new:  # sorted by time
@@ -157,10 +186,13 @@ def _load_histories(
         else:
             totals = Prior(history.count, history.sum_units, history.sum_sq_units, history.max_units, history.last_ts)
             history.stored_before = _constant(totals)
-            history.tail = Timeline(complete_from=earliest - reach_ms + 1)
+            low = earliest - reach_ms + 1
+            if with_days:
+                low = min(low, earliest - earliest % DAY_MS)
+            history.tail = Timeline(complete_from=low)
             # Every stored transaction is older than the earliest new one: only those within reach of it matter.
-            if history.last_ts is not None and history.last_ts > earliest - reach_ms:
-                spans[account_id] = [(earliest - reach_ms + 1, earliest)]
+            if history.last_ts is not None and history.last_ts >= low:
+                spans[account_id] = [(low, earliest)]
     near = transactions.account_rows(cur, spans)
     days = account_stats.daily_totals(cur, late)
     for account_id, timeline in near.items():
@@ -169,6 +201,12 @@ def _load_histories(
             stored = Timeline.from_sorted(timeline.complete_from, list(timeline.ts), list(timeline.units))
             history.stored_before = DailyTotals(*days[account_id], stored).before
         history.tail = timeline
+    if with_days:
+        reach_days = {a: (ts[0] // DAY_MS - LONGEST_DAY_WINDOW + 1, ts[-1] // DAY_MS) for a, ts in times.items()}
+        window_days = account_stats.day_totals_for_windows(cur, reach_days)
+        for account_id, (first, _) in reach_days.items():
+            tail = histories[account_id].tail
+            tail.days, tail.days_from = window_days[account_id], first
 
 
 def _constant(value: Prior) -> Callable[[int], Prior]:

@@ -44,6 +44,8 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "labels": ("SELECT", "INSERT"),
     "merchant_label_daily": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "merchant_label_steps": ("SELECT",),
+    "merchant_daily": ("SELECT", "INSERT", "UPDATE"),
+    "account_merchants": ("SELECT", "INSERT", "UPDATE"),
     "console_rollup_state": ("SELECT", "INSERT", "UPDATE"),
     "console_hourly": ("SELECT", "INSERT", "UPDATE"),
     "console_rule_daily": ("SELECT", "INSERT", "UPDATE"),

@@ -11,6 +11,7 @@ import orjson
 
 from txguard.currencies import money
 from txguard.domain import DecidedTransaction, Decision, LabelResult, StoredLabel, StoreResult, Transaction
+from txguard.features import features_json
 
 
 def transaction_json(t: Transaction) -> dict[str, Any]:
@@ -56,9 +57,15 @@ def listed_json(j: DecidedTransaction) -> dict[str, Any]:
     return {**transaction_json(j.transaction), "decision": decision_json(j.decision)}
 
 
-def fraud_event_json(j: DecidedTransaction) -> dict[str, Any]:
-    """A flagged transaction in GET /is_fraud's `events` (serialised by orjson: reasons as stored JSON text)."""
-    return _flagged(j.transaction, j.decision, orjson.Fragment(j.decision.reasons_text))
+def fraud_event_json(j: DecidedTransaction, with_features: bool = False) -> dict[str, Any]:
+    """A flagged transaction in GET /is_fraud's `events` (serialised by orjson: reasons as stored JSON text); with
+    `features` (exact numbers, by name; null for a decision stored before features were kept) when asked."""
+    event = _flagged(j.transaction, j.decision, orjson.Fragment(j.decision.reasons_text))
+    if with_features:
+        event["features"] = (
+            None if j.features is None else orjson.Fragment(features_json(j.features, sorted(j.features)))
+        )
+    return event
 
 
 def fraud_detected_detail(t: Transaction, d: Decision) -> dict[str, Any]:

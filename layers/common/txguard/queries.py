@@ -13,8 +13,17 @@ from txguard import literals
 from txguard.detection import Detector, decisions_in_time_order, empty_history
 from txguard.domain import DecidedTransaction
 from txguard.errors import Malformed
-from txguard.features import DAY_MS, AccountHistory, DailyTotals, Timeline, merchant_reach_ms
-from txguard.storage import account_stats, transactions
+from txguard.features import (
+    DAY_MS,
+    LONGEST_DAY_WINDOW,
+    MERCHANT_DAY_FEATURES,
+    AccountHistory,
+    DailyTotals,
+    Timeline,
+    merchant_reach_ms,
+    needs_account_days,
+)
+from txguard.storage import account_stats, merchants, transactions
 
 
 class InvalidCursor(Malformed, ValueError):
@@ -52,10 +61,12 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     return ts, tid
 
 
-def flagged_transactions(cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None) -> Page:
-    """The account's stored decisions that flagged fraud, newest first."""
+def flagged_transactions(
+    cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None, with_features: bool = False
+) -> Page:
+    """The account's stored decisions that flagged fraud, newest first (each with its stored features, if asked)."""
     before = decode_cursor(cursor) if cursor else None
-    return _page(transactions.flagged(cur, account_id, before, limit + 1), limit)
+    return _page(transactions.flagged(cur, account_id, before, limit + 1, with_features), limit)
 
 
 def list_transactions(
@@ -119,19 +130,46 @@ def recompute_window(
     since, window = transactions.newest_window(cur, account_id, before, size)
     if not window:
         return [], None
-    history = empty_history() if since is None else _history_before(cur, account_id, since, detector.window_reach_ms)
-    reach = merchant_reach_ms(detector.needed_features)
-    merchants = transactions.merchant_windows(cur, window, reach, (account_id, window[0].ts))
-    decided = decisions_in_time_order(window, {account_id: history}, merchants, detector)
+    needed = detector.needed_features
+    history = (
+        empty_history()
+        if since is None
+        else _history_before(cur, account_id, since, detector.window_reach_ms, needs_account_days(needed))
+    )
+    start = window[0].ts
+    if "merchant_used_before" in needed:
+        # Only what came before the window: the window's own transactions are added again as they are decided.
+        used = account_stats.merchants_first_used(cur, {(account_id, t.merchant_id) for t in window if t.merchant_id})
+        history.merchant_first = {m: first for m, first in used.get(account_id, {}).items() if first < start}
+    reach = merchant_reach_ms(needed)
+    at_merchants = transactions.merchant_windows(
+        cur, window, reach, (account_id, start), from_day_start=not needed.isdisjoint(MERCHANT_DAY_FEATURES)
+    )
+    merchants.attach_history(cur, window, at_merchants, needed, detector.feature_settings)
+    for t in window:  # the stored per-day counts hold the window's transactions, which are added again
+        if t.merchant_id is not None and (days := at_merchants[t.merchant_id].days) and t.ts // DAY_MS in days:
+            days[t.ts // DAY_MS][0] -= 1
+    decided = decisions_in_time_order(window, {account_id: history}, at_merchants, detector)
     by_id = {d.transaction.transaction_id: DecidedTransaction(d.transaction, d.decision, d.features) for d in decided}
     judged = [by_id[t.transaction_id] for t in window]
     return judged, (None if since is None else (window[0].ts, window[0].transaction_id))
 
 
-def _history_before(cur: psycopg2.extensions.cursor, account_id: int, since: int, reach_ms: int) -> AccountHistory:
-    """The account as it stood just before `since`: per-day totals, plus the transactions within reach of it."""
+def _history_before(
+    cur: psycopg2.extensions.cursor, account_id: int, since: int, reach_ms: int, with_days: bool = False
+) -> AccountHistory:
+    """The account as it stood just before `since`: per-day totals, plus the transactions within reach of it
+    (and, `with_days`, the per-day totals of the 29 days before since's day and of its part before since)."""
     low = min(since - reach_ms + 1, since - since % DAY_MS)
     near = transactions.account_rows(cur, {account_id: [(low, since)]})[account_id]
+    if with_days:
+        day = since // DAY_MS
+        first = day - LONGEST_DAY_WINDOW + 1
+        near.days = account_stats.day_totals_for_windows(cur, {account_id: (first, day)})[account_id]
+        near.days_from = first
+        n, s = near.window(since, since - day * DAY_MS + 1)
+        if n:
+            near.days[day] = [n, s]
     stored = Timeline.from_sorted(near.complete_from, list(near.ts), list(near.units))
     day = since // DAY_MS
     prior = DailyTotals(*account_stats.daily_totals(cur, {account_id: (day, day)})[account_id], stored).before(since)

@@ -2,7 +2,8 @@
 
 score = 1 - product(1 - weight) over the active rules that fire, rounded to four places;
 fraud = score >= the rule set's threshold. Shadow rules are evaluated and explained but never count.
-The SQL function detect_fraud (migrations/0002_detect_fraud.sql) implements the same arithmetic: exact,
+The SQL function detect_fraud (migrations/0002_detect_fraud.sql, redefined by 0011_history_features.sql)
+implements the same arithmetic: exact,
 so a constant of a rule means the same number here as in SQL (rule_language bounds its digits).
 Amounts in explanations are written in the transaction currency's minor units (BHD 0.125, JPY 129, EUR 41.20).
 """
@@ -67,6 +68,7 @@ class CompiledRuleSet:
         self.needed_features = frozenset({"count"}.union(*(_features_of(rule.condition) for rule in enabled)))
         # Ingest reads only this much of each account's and merchant's recent history.
         self.window_reach_ms = window_reach_ms(self.needed_features)
+        self.feature_settings = rule_set.feature_settings()
         self._rules = tuple(
             _CompiledRule(rule.id, rule.mode, rule.score, _compile(rule.condition))
             for rule in sorted(rule_set.rules, key=lambda r: r.id)

@@ -28,11 +28,18 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from txguard import literals
-from txguard.features import FEATURES
+from txguard.features import (
+    DEFAULT_LABEL_DELAY_DAYS,
+    DEFAULT_TIME_ZONE,
+    FEATURES,
+    MAX_LABEL_DELAY_DAYS,
+    FeatureSettings,
+)
 
 Operator = Literal["<", "<=", ">", ">=", "=", "!="]
 
@@ -94,11 +101,40 @@ class Rule(BaseModel):
         return self
 
 
+_ZONE_NAME = r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$"
+
+
+class FeatureOptions(BaseModel):
+    """The rule set's `features` block: what its features are computed with (pinned with the version)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_zone: Annotated[str, Field(min_length=1, max_length=64, pattern=_ZONE_NAME)] = DEFAULT_TIME_ZONE
+    label_delay_days: Annotated[StrictInt, Field(ge=0, le=MAX_LABEL_DELAY_DAYS)] = DEFAULT_LABEL_DELAY_DAYS
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not an IANA time zone name (e.g. UTC, Europe/Paris)") from None
+        return name
+
+    def settings(self) -> FeatureSettings:
+        return FeatureSettings(self.time_zone, self.label_delay_days)
+
+
 class RuleSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)] = Decimal("0.5")
     rules: Annotated[list[Rule], Field(max_length=MAX_RULES)]
+    features: FeatureOptions | None = None
+
+    def feature_settings(self) -> FeatureSettings:
+        """The time zone and label delay of this rule set's features (the defaults when it names none)."""
+        return FeatureSettings() if self.features is None else self.features.settings()
 
     @field_validator("rules")
     @classmethod

@@ -19,7 +19,7 @@ from txguard.detection import detector_cache
 from txguard.domain import FraudLabel, LabelResult, StoredLabel, StoreResult, Transaction
 from txguard.errors import NotFound
 from txguard.ingest import DuplicateIdConflict, store_transactions
-from txguard.intake import Problem, check_items
+from txguard.intake import Checked, Problem, check_items
 from txguard.observability import logger, metrics, tracer
 from txguard.presenters import fraud_detected_detail
 from txguard.queries import Page, flagged_transactions, list_transactions, recomputed_flagged
@@ -98,9 +98,15 @@ def store_each(items: Sequence[Any], remaining_ms: Callable[[], int] | None = No
     Raises DatabaseUnavailable (nothing stored; retrying the whole sequence is safe: what was stored by an
     earlier try comes back as `duplicate`).
     """
+    return store_checked(check_items(items), remaining_ms)
+
+
+def store_checked(items: Sequence[Checked], remaining_ms: Callable[[], int] | None = None) -> list[ItemOutcome]:
+    """`store_each` for items already validated (intake.check_items): the valid ones stored exactly once in one
+    database transaction, a conflicting one refused alone; outcomes in index order. Raises DatabaseUnavailable."""
     outcomes: dict[int, ItemOutcome] = {}
     pending: dict[int, Transaction] = {}
-    for checked in check_items(items):
+    for checked in items:
         if checked.transaction is None:
             outcomes[checked.index] = ItemOutcome(checked.index, None, "validation_error", checked.problems)
         else:
@@ -123,8 +129,11 @@ def store_each(items: Sequence[Any], remaining_ms: Callable[[], int] | None = No
 
 
 @tracer.capture_method(capture_response=False, capture_error=False)
-def account_view(account_id: int, limit: int, cursor: str | None, recompute: bool) -> AccountView:
-    """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules.
+def account_view(
+    account_id: int, limit: int, cursor: str | None, recompute: bool, with_features: bool = False
+) -> AccountView:
+    """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules; each
+    with the features it was decided on when `with_features` (stored ones: as stored at ingest).
 
     Raises AccountNotFound, InvalidCursor, DatabaseUnavailable.
     """
@@ -133,7 +142,9 @@ def account_view(account_id: int, limit: int, cursor: str | None, recompute: boo
         if not account_exists(cur, account_id):
             raise AccountNotFound(account_id)
         if not recompute:
-            return AccountView(any_flagged(cur, account_id), flagged_transactions(cur, account_id, limit, cursor))
+            return AccountView(
+                any_flagged(cur, account_id), flagged_transactions(cur, account_id, limit, cursor, with_features)
+            )
         detector = detector_cache.current(cur, service_settings().rules_cache_seconds)
         page = recomputed_flagged(cur, account_id, detector, limit, cursor)
         return AccountView(bool(page.items), page)

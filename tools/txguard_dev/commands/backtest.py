@@ -20,6 +20,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", type=Path, required=True, help="candidate rule set (JSON)")
     parser.add_argument("--from", dest="from_", default=None, help="first timestamp evaluated (epoch ms or RFC 3339)")
     parser.add_argument("--to", default=None, help="end of the evaluated period, exclusive (epoch ms or RFC 3339)")
+    parser.add_argument(
+        "--replay-all",
+        action="store_true",
+        help="replay the history from its start even when the stored decisions kept every feature the rules read",
+    )
 
 
 def _time(value: str | None) -> int | None:
@@ -45,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     rules = CompiledRuleSet(0, rule_set)
     with open_database(database_url(args)) as conn, conn, conn.cursor() as cur:
         labels = {tid: label.pattern for tid, label in load_labels(cur).items()} or None
-        report = backtest(cur, rules, from_ms, to_ms, labels)
-    print(f"transactions evaluated   {report.evaluated}")
+        report = backtest(cur, rules, from_ms, to_ms, labels, args.replay_all)
+    print(f"transactions evaluated   {report.evaluated}   (from {report.method})")
     print(f"flagged (candidate)      {report.flagged}   (stored decisions: {report.stored_flagged})")
     print(
         f"decisions that change    {report.changed}   (+{report.newly_flagged} flagged, "

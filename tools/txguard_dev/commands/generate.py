@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from txguard_dev.commands.common import check_database, integer_argument, service_database_url
 from txguard_generator.params import API_KEY_ENV, MODES, GenerateParams, ParameterError, parse_params
@@ -47,6 +48,18 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--direct", action="store_true", help="store with the ingest code into DATABASE_URL (mode direct)"
     )
     where.add_argument("--out", metavar="FILE", help="write JSON lines, or CSV for *.csv; '-' for stdout")
+    where.add_argument(
+        "--sink",
+        choices=("sqs", "kinesis"),
+        help="send one transaction per message to the stream ingest queue or stream (txguard local --streams)",
+    )
+    where.add_argument(
+        "--endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="with --sink: the SQS/Kinesis endpoint (default $AWS_ENDPOINT_URL, else the local one on port 4566)",
+    )
+    where.add_argument("--queue-url", help="with --sink sqs (default: the local transactions.fifo)")
+    where.add_argument("--stream-name", help="with --sink kinesis (default: transactions)")
     where.add_argument("--mode", choices=MODES, help="direct, api or file (implied by the flags above)")
     where.add_argument("--batch-size", help=f"transactions per request or transaction (default {defaults.batch_size})")
     where.add_argument("--api-key", help=f"x-api-key for --post-url (default: ${API_KEY_ENV})")
@@ -60,6 +73,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def choose_mode(args: argparse.Namespace) -> str:
     implied = [m for m, given in (("direct", args.direct), ("api", args.post_url is not None)) if given]
+    if getattr(args, "sink", None):
+        if implied:
+            raise ParameterError("--sink goes with neither --direct nor --post-url")
+        return "file"  # nothing stored nor posted here: the stream function stores what it is fed
     if len(implied) > 1:
         raise ParameterError("choose one of --direct and --post-url (add --out to keep a copy in a file)")
     if args.mode is not None:
@@ -85,6 +102,17 @@ def params_from_args(args: argparse.Namespace) -> GenerateParams:
 def default_labels_path(out: str) -> str:
     path = Path(out)
     return str(path.with_name(path.name.split(".")[0] + ".labels.csv"))
+
+
+def stream_sink(args: argparse.Namespace) -> Any:
+    from txguard_dev.local import streams
+
+    endpoint = args.endpoint_url or f"http://127.0.0.1:{streams.DEFAULT_PORT}"
+    if args.sink == "sqs":
+        sqs = streams.client("sqs", endpoint)
+        url = args.queue_url or sqs.get_queue_url(QueueName=streams.QUEUE_NAME)["QueueUrl"]
+        return streams.SqsSink(endpoint, url)
+    return streams.KinesisSink(endpoint, args.stream_name or streams.STREAM_NAME)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,10 +151,12 @@ def run(args: argparse.Namespace) -> int:
             sinks.append(HttpSink(params.post_url, args.api_key or os.environ.get(API_KEY_ENV) or None))
             if database_configured():
                 labels.append(DatabaseLabels())
+        if args.sink:
+            sinks.append(stream_sink(args))
         if args.out:
             sinks.append(FileSink(args.out))
         labels_out = args.labels_out
-        if labels_out is None and params.mode == "file" and args.out != "-":
+        if labels_out is None and params.mode == "file" and args.out and args.out != "-":
             labels_out = default_labels_path(args.out)
         if labels_out:
             labels.append(FileLabels(labels_out))

@@ -88,6 +88,17 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="run the scheduled functions this often (implies --schedule)",
     )
     schedule.add_argument("--no-schedule", action="store_true", help="run no scheduled function (the default)")
+    parser.add_argument(
+        "--streams",
+        action="store_true",
+        help="also start a local SQS and Kinesis (moto's server) and feed StreamIngestFunction from them",
+    )
+    parser.add_argument(
+        "--streams-port",
+        type=integer_argument(0, 65_535),
+        default="4566",
+        help="port of the local SQS and Kinesis endpoint (default 4566)",
+    )
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--api-key", default=None, help="default: $TXGUARD_API_KEY, else a generated one")
     auth.add_argument("--no-auth", action="store_true", help="accept requests without an API key")
@@ -167,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
             scheduler = Scheduler(runner, jobs)
             stack.callback(scheduler.stop)
             scheduler.start()
+            if args.streams:
+                start_streams(stack, runner, args.host, args.streams_port)
             print_banner(runner, api, jobs, generated)
             print(READY_LINE.format(url=api.url), flush=True)
             while not stop.wait(0.5):
@@ -178,6 +191,23 @@ def run(args: argparse.Namespace) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+def start_streams(stack: ExitStack, runner: FunctionRunner, host: str, port: int) -> None:
+    """moto's server with the template's queue, dead-letter queue and stream, and the pollers that feed
+    StreamIngestFunction from them; stopped with the rest."""
+    from txguard_dev.local import streams
+
+    endpoint = stack.enter_context(streams.moto_server(host, port))
+    resources = streams.create_resources(endpoint)
+    os.environ.update(resources.environment())  # the function reaches the dead-letter queues there
+    pollers = streams.Pollers(resources, streams.runner_invoke(runner))
+    stack.callback(pollers.stop)
+    pollers.start()
+    print(f"streams   SQS {resources.queue_url} (dead letters {resources.dlq_url})")
+    print(f"streams   Kinesis {resources.stream_name} at {endpoint} -> {streams.FUNCTION}")
+    print(f"          feed:  txguard generate --sink sqs --endpoint-url {endpoint} --num-transactions 1000")
+    print(f"          see:   txguard dlq list --endpoint-url {endpoint}")
 
 
 def print_banner(runner: FunctionRunner, api: ApiServer, jobs: list[Job], generated_key: bool) -> None:

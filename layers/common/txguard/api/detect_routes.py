@@ -46,15 +46,23 @@ def is_fraud(
             "per request, from the cursor backwards; follow next_cursor for the rest. Exactly `true` or `false`"
         ),
     ] = False,
+    features: Annotated[
+        bool,
+        BeforeValidator(literals.boolean_from_text),
+        Query(
+            description="show each event's `features`: the values its decision was taken on (as stored at ingest; "
+            "with recompute=true, as re-computed). Exactly `true` or `false`"
+        ),
+    ] = False,
 ) -> Response[str]:
     logger.append_keys(account_id=account)
-    view = service.account_view(account, limit, cursor, recompute)
+    view = service.account_view(account, limit, cursor, recompute, features)
     return json_response(
         200,
         {
             "account_id": account,
             "fraud": view.fraud,
-            "events": [fraud_event_json(j) for j in view.page.items],
+            "events": [fraud_event_json(j, features) for j in view.page.items],
             "next_cursor": view.page.next_cursor,
             "recomputed": recompute,
         },

@@ -7,12 +7,13 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
-from pydantic import Discriminator, Tag
+from pydantic import BeforeValidator, Discriminator, Tag
 
-from txguard import service
-from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
+from txguard import literals, service
+from txguard.api.errors import COMMON_ERRORS, MAX_DETAILS, ApiError, documented_errors, error_response
 from txguard.api.presenters import json_response
-from txguard.api.schemas import ListResponse, StoreResponse, TransactionBatch, integer_text
+from txguard.api.resolver import PER_ITEM_PATH, BodyRejected, parse_json
+from txguard.api.schemas import ListResponse, PartialStoreResponse, StoreResponse, TransactionBatch, integer_text
 from txguard.errors import shorten
 from txguard.intake import INT64_MAX, TransactionIn, parse_timestamp_ms
 from txguard.observability import logger
@@ -53,36 +54,99 @@ _LIST_ERRORS = documented_errors({**COMMON_ERRORS, 422: "a query parameter is in
         "is safe: a transaction_id already stored with the same content is answered as `duplicate` with its "
         "original decision; with different content the request is refused with 409. The media type is "
         "`application/json` (any case, `application/*+json` too; a charset, if given, must be UTF-8); anything "
-        "else is refused with 415."
+        "else is refused with 415. With `?atomic=false` items are taken one by one: the valid ones are stored, each "
+        "invalid or conflicting one is refused with its own error (the one error shape), and the answer is 207 "
+        "when any item was refused (201 when none was)."
     ),
     responses={
         201: {"description": "stored", "content": {"application/json": {"model": StoreResponse}}},
+        207: {
+            "description": "atomic=false and at least one item refused: one result per item, stored or refused",
+            "content": {"application/json": {"model": PartialStoreResponse}},
+        },
         **_STORE_ERRORS,
     },
 )
-def store_data(body: Annotated[StoreBody, Body()]) -> Response[str]:
+def store_data(
+    body: Annotated[StoreBody, Body()],
+    atomic: Annotated[
+        bool,
+        BeforeValidator(literals.boolean_from_text),
+        Query(
+            description="`true` (the default): all items stored, or none. `false`: each item on its own, valid ones "
+            "stored, invalid ones refused each with its error (207). Exactly `true` or `false`"
+        ),
+    ] = True,
+) -> Response[str]:
     items = body.transactions if isinstance(body, TransactionBatch) else [body]
-    limit = service_settings().max_batch_size
-    if len(items) > limit:
-        raise ApiError(
-            422,
-            "batch_too_large",
-            f"a batch holds at most {limit} transactions; this one has {len(items)}",
-            [
-                {
-                    "index": None,
-                    "field": "transactions",
-                    "value": len(items),
-                    "reason": f"at most {limit} items",
-                }
-            ],
-        )
+    _check_batch_size(len(items))
     accounts = sorted({t.account_id for t in items})
     logger.append_keys(account_id=accounts[0] if len(accounts) == 1 else accounts[:20])
     # Publishing alerts after the commit stops short of the invocation's end (None outside Lambda).
     remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
     results = service.store([t.transaction() for t in items], remaining_ms)
     return json_response(201, {"results": store_results_json(results)})
+
+
+def _check_batch_size(size: int) -> None:
+    limit = service_settings().max_batch_size
+    if size > limit:
+        raise ApiError(
+            422,
+            "batch_too_large",
+            f"a batch holds at most {limit} transactions; this one has {size}",
+            [{"index": None, "field": "transactions", "value": size, "reason": f"at most {limit} items"}],
+        )
+
+
+@router.post(PER_ITEM_PATH, include_in_schema=False, enable_validation=False)
+def store_data_per_item() -> Response[str]:
+    """POST /store_data?atomic=false: each item validated and stored on its own (service.store_each)."""
+    try:
+        document = parse_json(router.current_event.body or "")
+    except BodyRejected as rejected:
+        return error_response(rejected.status, rejected.code, rejected.msg, rejected.details)
+    items = _per_item_items(document)
+    _check_batch_size(len(items))
+    remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
+    outcomes = service.store_each(items, remaining_ms)
+    stored = [o for o in outcomes if o.result is not None]
+    stored_json = iter(store_results_json([o.result for o in stored if o.result is not None]))
+    results: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if outcome.result is not None:
+            results.append({"index": outcome.index, **next(stored_json)})
+            continue
+        details = [
+            {"index": outcome.index, "field": p.field, "value": p.value, "reason": p.reason}
+            for p in outcome.problems[:MAX_DETAILS]
+        ]
+        message = "the item is invalid; it was not stored"
+        if outcome.code == "transaction_id_conflict":
+            message = "the item's transaction_id is already stored with different content; it was not stored"
+        error = {"code": outcome.code, "message": message, "details": details}
+        results.append({"index": outcome.index, "status": "refused", "error": error})
+    refused = len(outcomes) - len(stored)
+    logger.info("per-item batch", extra={"items": len(outcomes), "refused": refused})
+    return json_response(207 if refused else 201, {"results": results})
+
+
+def _per_item_items(document: dict[str, Any]) -> list[Any]:
+    """The items of a per-item request: a batch's `transactions`, or the one transaction the body is. The envelope
+    itself is checked whole (422): a batch is an object with a non-empty `transactions` array and nothing else."""
+    if "transactions" not in document:
+        return [document]
+    batch = document["transactions"]
+    extra = sorted(set(document) - {"transactions"})
+    problems = []
+    if not isinstance(batch, list) or not batch:
+        problems.append({"index": None, "field": "transactions", "value": batch, "reason": "must be a non-empty array"})
+    problems += [
+        {"index": None, "field": name, "value": document[name], "reason": f"unknown field {name!r}"} for name in extra
+    ]
+    if problems:
+        raise ApiError(422, "validation_error", "the batch envelope is invalid; nothing was stored", problems)
+    return list(batch)
 
 
 @router.get(

@@ -25,9 +25,12 @@ from txguard.observability import logger, metrics
 from txguard.rule_language import RuleSetError
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+# POST /store_data?atomic=false is served by this route of the ingest function (see _route_per_item_mode); API
+# Gateway exposes only /store_data.
+PER_ITEM_PATH = "/store_data/per-item"
 
 
-class _BodyRejected(json.JSONDecodeError):
+class BodyRejected(json.JSONDecodeError):
     """Raised by the deserializer; Powertools wraps it, the handler unwraps it."""
 
     def __init__(self, code: str, message: str, status: int = 400, details: list[dict[str, Any]] | None = None) -> None:
@@ -43,14 +46,14 @@ def parse_json(text: str) -> Any:
     whole with 422: a batch is `{"transactions": [...]}`, and Powertools would otherwise take an array's first item
     and drop the rest."""
     if not text or not text.strip():
-        raise _BodyRejected("empty_body", "the request body is empty; send a JSON object")
+        raise BodyRejected("empty_body", "the request body is empty; send a JSON object")
     try:
         document = literals.loads(text)
     except literals.JsonRefused as exc:
-        raise _BodyRejected("malformed_json", str(exc)) from None
+        raise BodyRejected("malformed_json", str(exc)) from None
     if not isinstance(document, dict):
         kind = "an array" if isinstance(document, list) else "not an object"
-        raise _BodyRejected(
+        raise BodyRejected(
             "validation_error",
             f'the body is {kind}; send one transaction as an object, or a batch as {{"transactions": [...]}}',
             422,
@@ -78,7 +81,22 @@ class TxguardResolver(APIGatewayRestResolver):
             metrics.add_metric(name="ValidationErrors", unit=MetricUnit.Count, value=1)
             logger.info("request refused", extra={"code": refused.code})
             return refused.as_proxy_response()
+        _route_per_item_mode(event)
         return super().resolve(event, context)
+
+
+def _route_per_item_mode(event: dict[str, Any]) -> None:
+    """POST /store_data?atomic=false goes to the per-item route, whose items are validated one by one (the atomic
+    route validates the whole body before its code runs). Any other `atomic` value stays with the atomic route,
+    which refuses a value other than true or false by name."""
+    query = event.get("queryStringParameters") or {}
+    if event.get("httpMethod") != "POST" or event.get("resource") != "/store_data" or query.get("atomic") != "false":
+        return
+    event["path"] = event["resource"] = PER_ITEM_PATH
+    rest = {k: v for k, v in query.items() if k != "atomic"}
+    event["queryStringParameters"] = rest or None
+    multi = {k: v for k, v in (event.get("multiValueQueryStringParameters") or {}).items() if k != "atomic"}
+    event["multiValueQueryStringParameters"] = multi or None
 
 
 def _check_query(event: dict[str, Any]) -> None:
@@ -214,7 +232,7 @@ def _register_error_handlers(app: TxguardResolver) -> None:
     def invalid_request(error: RequestValidationError) -> Response[str]:
         cause = error.__cause__
         metrics.add_metric(name="ValidationErrors", unit=MetricUnit.Count, value=1)
-        if isinstance(cause, _BodyRejected):
+        if isinstance(cause, BodyRejected):
             return error_response(cause.status, cause.code, cause.msg, cause.details)
         details = validation_details(list(error.errors()))
         items = sorted({d["index"] for d in details if d["index"] is not None})

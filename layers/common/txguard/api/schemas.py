@@ -81,6 +81,11 @@ class FraudEventOut(BaseModel):
     score: str
     reasons: list[ReasonOut]
     rule_set_version: int
+    features: dict[str, float | int | None] | None = Field(
+        default=None,
+        description="with features=true only: the feature values (exact JSON numbers, by name) the decision was "
+        "taken on; null for a decision stored before features were kept",
+    )
 
 
 class IsFraudResponse(BaseModel):
@@ -114,3 +119,19 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class ItemRefusedOut(BaseModel):
+    index: int = Field(description="the item's position in the request")
+    status: Literal["refused"]
+    error: ErrorBody
+
+
+class PartialStoreResultOut(StoreResultOut):
+    index: int = Field(description="the item's position in the request")
+
+
+class PartialStoreResponse(BaseModel):
+    results: list[PartialStoreResultOut | ItemRefusedOut] = Field(
+        description="one per item, in request order: stored or duplicate with its decision, or refused with its error"
+    )

@@ -5,7 +5,9 @@ db.run_in_transaction): none commits.
 | module | tables |
 | --- | --- |
 | `transactions.py` | `transactions`: stored transactions with their decisions, COPY of decided rows, bounded reads |
-| `account_stats.py` | `account_stats` (running totals, the per-account write lock) and `account_daily` |
+| `account_stats.py` | `account_stats` (running totals, the per-account write lock), `account_daily`, |
+| | `account_merchants` (when an account first used each merchant) |
+| `merchants.py` | `merchant_daily` (per-day counts), reads of `merchant_label_daily` (labelled frauds per day) |
 | `rule_sets.py` | `rule_sets`: versioned rule sets |
 | `outbox.py` | `alert_outbox`: FraudDetected events waiting to be published |
 """

@@ -6,6 +6,7 @@ Both are updated in the database transaction that stores the account's new trans
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 
 import psycopg2.extensions
@@ -168,3 +169,66 @@ def add_to_daily_totals(cur: psycopg2.extensions.cursor, new: Iterable[Transacti
             array_literal(p.last_ts for p in totals),
         ),
     )
+
+
+def merchants_first_used(cur: psycopg2.extensions.cursor, pairs: set[tuple[int, str]]) -> dict[int, dict[str, int]]:
+    """Per account, when (epoch ms) it first transacted at each of these merchants (account_merchants); pairs
+    never seen are left out."""
+    result: dict[int, dict[str, int]] = defaultdict(dict)
+    if not pairs:
+        return result
+    ordered = sorted(pairs)
+    cur.execute(
+        """SELECT m.account_id, m.merchant_id, txguard_ts_to_ms(m.first_ts)
+           FROM unnest(%s::bigint[], %s::text[]) AS p(account_id, merchant_id)
+           JOIN account_merchants m ON m.account_id = p.account_id AND m.merchant_id = p.merchant_id""",
+        (array_literal(a for a, _ in ordered), [m for _, m in ordered]),
+    )
+    for account_id, merchant_id, first in cur.fetchall():
+        result[account_id][merchant_id] = first
+    return result
+
+
+def add_to_merchants_used(cur: psycopg2.extensions.cursor, new: Iterable[Transaction]) -> None:
+    """Record (or move back) when each account first transacted at each merchant, for newly stored transactions.
+
+    Callers hold the accounts' account_stats row locks."""
+    first: dict[tuple[int, str], int] = {}
+    for t in new:
+        if t.merchant_id is not None:
+            key = (t.account_id, t.merchant_id)
+            if key not in first or t.ts < first[key]:
+                first[key] = t.ts
+    if not first:
+        return
+    keys = sorted(first)
+    cur.execute(
+        """INSERT INTO account_merchants AS m (account_id, merchant_id, first_ts)
+           SELECT a, mid, txguard_ms_to_ts(f) FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS v(a, mid, f)
+           ON CONFLICT (account_id, merchant_id) DO UPDATE SET first_ts = least(m.first_ts, excluded.first_ts)""",
+        (array_literal(a for a, _ in keys), [m for _, m in keys], array_literal(first[k] for k in keys)),
+    )
+
+
+def day_totals_for_windows(
+    cur: psycopg2.extensions.cursor, days: dict[int, tuple[int, int]]
+) -> dict[int, dict[int, list[int]]]:
+    """Per account, for days[account] = (first, until): {day: [count, sum of units]} from account_daily for the
+    days in [first, until) with transactions."""
+    result: dict[int, dict[int, list[int]]] = {a: {} for a in days}
+    if not days:
+        return result
+    accounts = list(days)
+    cur.execute(
+        """SELECT d.account_id, d.day, d.tx_count, d.amount_sum
+           FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS b(account_id, first_day, until_day)
+           JOIN account_daily d ON d.account_id = b.account_id AND d.day >= b.first_day AND d.day < b.until_day""",
+        (
+            array_literal(accounts),
+            array_literal(days[a][0] for a in accounts),
+            array_literal(days[a][1] for a in accounts),
+        ),
+    )
+    for account_id, day, count, total in cur.fetchall():
+        result[account_id][day] = [int(count), to_units(total)]
+    return result

@@ -8,6 +8,7 @@ through the (account_id, ts) and (merchant_id, ts) indexes: never by the length 
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,7 +22,7 @@ import psycopg2
 import psycopg2.extensions
 
 from txguard.domain import DecidedTransaction, Decision, Reason, Transaction
-from txguard.features import Span, Timeline, spans_before
+from txguard.features import Span, Timeline, features_json, spans_before
 from txguard.storage import array_literal
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ K = TypeVar("K", int, str)
 
 SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
                     fraud, score, reasons, rule_set_version FROM transactions"""
+
+# The same, with the features each decision was taken on (NULL for rows stored before they were kept).
+SELECT_WITH_FEATURES = SELECT_TRANSACTIONS.replace(" FROM transactions", ", features::text FROM transactions")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS = (
@@ -44,13 +48,14 @@ _COLUMNS = (
     "score",
     "reasons",
     "rule_set_version",
+    "features",
 )
 
 
 def stored_by_id(cur: psycopg2.extensions.cursor, ids: list[int]) -> dict[int, tuple[Transaction, Decision]]:
     """The stored transactions among `ids`, each with its decision, by id (stored rows never change: no lock)."""
     cur.execute(SELECT_TRANSACTIONS + " WHERE transaction_id = ANY(%s::bigint[])", (array_literal(ids),))
-    return {row[0]: (transaction_from_row(row), decision_from_row(row[6:])) for row in cur.fetchall()}
+    return {row[0]: (transaction_from_row(row), decision_from_row(row[6:10])) for row in cur.fetchall()}
 
 
 def transaction_from_row(row: Sequence[Any]) -> Transaction:
@@ -59,7 +64,9 @@ def transaction_from_row(row: Sequence[Any]) -> Transaction:
 
 
 def decided_from_row(row: Sequence[Any]) -> DecidedTransaction:
-    return DecidedTransaction(transaction_from_row(row), decision_from_row(row[6:]))
+    """A row of SELECT_TRANSACTIONS, or of SELECT_WITH_FEATURES (then with its features, numbers as Decimal)."""
+    features = json.loads(row[10], parse_float=Decimal) if len(row) > 10 and row[10] is not None else None
+    return DecidedTransaction(transaction_from_row(row), decision_from_row(row[6:10]), features)
 
 
 def decision_from_row(row: Sequence[Any]) -> Decision:
@@ -113,32 +120,34 @@ def _timestamp_text(ms: int) -> str:
     return f"{date} {hour:02d}:{minute:02d}:{second:02d}.{millis:03d}+00"
 
 
-def copy_line(t: Transaction, d: Decision) -> str:
-    """A new row with its decision in COPY's text format."""
+def copy_line(t: Transaction, d: Decision, features: str = "{}") -> str:
+    """A new row with its decision (and the JSON object of its features) in COPY's text format."""
     # COPY's text format: backslashes in the JSON must be doubled.
     reasons = d.reasons_text.replace("\\", "\\\\") if d.reasons else "[]"
     return (
         f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
         f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else chr(92) + 'N'}\t"
-        f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\n"
+        f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\t{features}\n"
     )
 
 
 class _DecidedRows:
     """What COPY reads: rows decided on demand, a chunk per read, each decision also kept in `decisions`."""
 
-    def __init__(self, decided: Iterator[Decided], decisions: dict[int, Decision]) -> None:
+    def __init__(self, decided: Iterator[Decided], decisions: dict[int, Decision], names: Sequence[str]) -> None:
         self._decided = decided
         self._decisions = decisions
+        self._names = names
         self.failure: BaseException | None = None
 
     def read(self, size: int = -1) -> str:
         lines = []
         length = 0
         try:
-            for t, _, d in self._decided:
+            names = self._names
+            for t, features, d in self._decided:
                 self._decisions[t.transaction_id] = d
-                line = copy_line(t, d)
+                line = copy_line(t, d, features_json(features, names))
                 lines.append(line)
                 length += len(line)
                 if 0 < size <= length:
@@ -155,8 +164,10 @@ def copy_in(
     count: int,
     decisions: dict[int, Decision],
     timeout_ms: int,
+    feature_names: Sequence[str] = (),
 ) -> None:
-    """COPY the `count` rows in as they are decided, keeping each decision in `decisions` (by transaction id).
+    """COPY the `count` rows in as they are decided, keeping each decision in `decisions` (by transaction id),
+    each row with the values of `feature_names` (those its detector read) in its `features` column.
 
     The deciding happens inside the COPY statement, and statement_timeout is there to bound the database's
     own work. So this one statement gets the unit of work's timeout (`timeout_ms`, 0 for none) plus an
@@ -165,7 +176,7 @@ def copy_in(
     """
     if timeout_ms > 0:
         _set_statement_timeout(cur, timeout_ms + ceil(count * DECIDING_ALLOWANCE_MS_PER_ROW))
-    rows = _DecidedRows(decided, decisions)
+    rows = _DecidedRows(decided, decisions, feature_names)
     try:
         cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", rows, size=_COPY_CHUNK)
     except psycopg2.Error:
@@ -219,10 +230,11 @@ def merchant_windows(
     transactions: Iterable[Transaction],
     reach_ms: int,
     skip_account_from: tuple[int, int] = (0, 0),
+    from_day_start: bool = False,
 ) -> dict[str, Timeline]:
     """For the merchants of these transactions (sorted by time), their stored transactions (every account's)
-    within reach_ms before each one, as one sorted Timeline per merchant; empty ones, read from nowhere, when no
-    rule looks at merchants (reach_ms 0).
+    within reach_ms before each one (and from the start of its UTC day, if asked), as one sorted Timeline per
+    merchant; empty ones, read from nowhere, when no rule looks at merchants' recent transactions (reach_ms 0).
 
     skip_account_from = (account, ms) leaves out that account's transactions from ms on (0: none left out).
     """
@@ -230,9 +242,9 @@ def merchant_windows(
     for t in transactions:
         if t.merchant_id is not None:
             times[t.merchant_id].append(t.ts)
-    if reach_ms <= 0:
+    if reach_ms <= 0 and not from_day_start:
         return {m: Timeline(complete_from=0) for m in times}
-    spans = {m: spans_before(ts, reach_ms) for m, ts in times.items()}
+    spans = {m: spans_before(ts, max(reach_ms, 1), from_day_start) for m, ts in times.items()}
     keys, lows, highs = _flatten(spans)
     if not keys:
         return {}
@@ -278,15 +290,20 @@ def any_flagged(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
 
 
 def flagged(
-    cur: psycopg2.extensions.cursor, account_id: int, before: tuple[int, int] | None, limit: int
+    cur: psycopg2.extensions.cursor,
+    account_id: int,
+    before: tuple[int, int] | None,
+    limit: int,
+    with_features: bool = False,
 ) -> list[DecidedTransaction]:
-    """Up to `limit` of the account's transactions stored as fraud, newest first, before (ms, transaction id)."""
+    """Up to `limit` of the account's transactions stored as fraud, newest first, before (ms, transaction id);
+    `with_features`: each with the features its decision was taken on."""
     condition, params = "", [account_id]
     if before is not None:
         condition = " AND (ts, transaction_id) < (txguard_ms_to_ts(%s), %s)"
         params.extend(before)
     cur.execute(
-        SELECT_TRANSACTIONS
+        (SELECT_WITH_FEATURES if with_features else SELECT_TRANSACTIONS)
         + " WHERE account_id = %s AND fraud"
         + condition
         + " ORDER BY ts DESC, transaction_id DESC LIMIT %s",
@@ -415,3 +432,29 @@ def scored_in_period(
             return
         yield rows
         after = (rows[-1].ts, rows[-1].transaction_id)
+
+
+def decided_with_features(
+    cur: psycopg2.extensions.cursor,
+    from_ms: int | None,
+    to_ms: int | None,
+    after: tuple[int, int] | None,
+    limit: int,
+) -> list[DecidedTransaction]:
+    """Up to `limit` stored transactions of every account in [from_ms, to_ms) (epoch ms; None: unbounded), oldest
+    first, after (ms, transaction id): each with the decision taken at ingest and the features it was taken on
+    (`features`: name -> Decimal, int or None; None for rows stored before features were kept). What training and
+    windowed evaluation read: exactly what serving saw. Reads through the (ts, transaction_id) index."""
+    conditions, params = [], list[int]()
+    if from_ms is not None:
+        conditions.append("ts >= txguard_ms_to_ts(%s)")
+        params.append(from_ms)
+    if to_ms is not None:
+        conditions.append("ts < txguard_ms_to_ts(%s)")
+        params.append(to_ms)
+    if after is not None:
+        conditions.append("(ts, transaction_id) > (txguard_ms_to_ts(%s), %s)")
+        params.extend(after)
+    where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+    cur.execute(SELECT_WITH_FEATURES + where + " ORDER BY ts, transaction_id LIMIT %s", (*params, limit))
+    return [decided_from_row(row) for row in cur.fetchall()]
