@@ -59,7 +59,18 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
     parser.add_argument(
         "--only",
-        choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input", "replay", "stream", "console"],
+        choices=[
+            "ingest",
+            "detection",
+            "rules",
+            "bounded",
+            "generator",
+            "coldstart",
+            "input",
+            "replay",
+            "stream",
+            "console",
+        ],
         default=None,
     )
     args = parser.parse_args()

@@ -3,6 +3,7 @@ claims, the rollups against a direct count, and that pages only read."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -322,3 +323,15 @@ def test_the_refresh_command_catches_the_rollups_up(database: Any, capsys: pytes
     assert main(["console", "refresh", "--database-url", database.admin_url]) == 0
     assert "counted up to" in capsys.readouterr().out
     assert count(database, "SELECT sum(transactions) FROM console_hourly") == 10
+
+
+def test_the_decision_page_shows_the_features_the_decision_was_taken_on(database: Any) -> None:
+    tid = flagged_transactions(1)[0]
+    text = database.query("SELECT features::text FROM transactions WHERE transaction_id = %s", (tid,))[0][0]
+    stored = json.loads(text, parse_float=Decimal)
+    assert stored, "ingest stores the features each decision read"
+    cookie, _ = sign_in()
+    body = str(handle(event("GET", f"/decisions/{tid}", cookie=cookie), KEYS).body)
+    assert "as stored with it" in body
+    for name, value in stored.items():
+        assert f"<td>{name}</td><td>{value}</td>" in body, name

@@ -306,7 +306,12 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
     j = queries.decision(cur, transaction_id)
     if j is None:
         raise NotFound(f"no stored transaction {transaction_id}")
-    features = queries.features_at_decision(cur, j.transaction.account_id, transaction_id)
+    stored = j.features is not None
+    features: dict[str, Any] = (
+        dict(j.features)
+        if j.features is not None
+        else queries.features_at_decision(cur, j.transaction.account_id, transaction_id)
+    )
     history = queries.label_history(cur, [transaction_id])
     rows = [[name, str(value)] for name, value in sorted(features.items())]
     return ctx.page(
@@ -314,8 +319,10 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
         j=j,
         features=rows,
         features_note=(
-            "Account features recomputed point-in-time in SQL (transaction_features): what the rules saw, "
-            "from the account's history before this transaction."
+            "The features this decision was taken on, as stored with it (the ones its detector reads)."
+            if stored
+            else "Stored before decisions kept their features: recomputed point-in-time in SQL "
+            "(transaction_features), from the account's history before this transaction."
         ),
         what_if={
             "decide": 1,

@@ -18,12 +18,13 @@ import psycopg2.extensions
 from txguard import labels
 from txguard.domain import DecidedTransaction
 from txguard.storage import console_rollups
-from txguard.storage.transactions import SELECT_TRANSACTIONS, decided_from_row
+from txguard.storage.transactions import SELECT_TRANSACTIONS, SELECT_WITH_FEATURES, decided_from_row
 
 DAY = timedelta(days=1)
 MAX_PERIOD_DAYS = 400
 MAX_SAMPLE_PERCENT = 10.0
 SAMPLE_ROWS = 20_000  # rows the Explore page's correlations and summary statistics are computed on
+MAX_SAMPLE_FEATURES = 10  # stored features added to the correlation matrix, at most
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ def _json_string(text: str) -> str:
 
 
 def decision(cur: psycopg2.extensions.cursor, transaction_id: int) -> DecidedTransaction | None:
-    cur.execute(SELECT_TRANSACTIONS + " WHERE transaction_id = %s", (transaction_id,))
+    """One stored decision with the features it was taken on (None for rows stored before they were kept)."""
+    cur.execute(SELECT_WITH_FEATURES + " WHERE transaction_id = %s", (transaction_id,))
     row = cur.fetchone()
     return decided_from_row(row) if row else None
 
@@ -269,13 +271,22 @@ def sample(cur: psycopg2.extensions.cursor, period: Period, expected_rows: int) 
     percent = min(MAX_SAMPLE_PERCENT, max(100.0 * SAMPLE_ROWS / max(expected_rows, 1), 0.0001))
     cur.execute(
         """SELECT amount, score, fraud::int, extract(hour FROM ts AT TIME ZONE 'UTC'),
-                  extract(isodow FROM ts AT TIME ZONE 'UTC')
+                  extract(isodow FROM ts AT TIME ZONE 'UTC'), features
            FROM transactions TABLESAMPLE SYSTEM (%s) REPEATABLE (42)
            WHERE ts >= %s AND ts < %s LIMIT %s""",
         (percent, period.since, period.until, SAMPLE_ROWS * 2),
     )
-    rows = [[float(x) for x in r] for r in cur.fetchall()]
-    return Sample(["amount", "score", "flagged", "hour", "weekday"], rows, percent / 100)
+    fetched = cur.fetchall()
+    # The stored features every sampled decision has (a detector stores the ones it reads), besides amount.
+    stored = [r[5] for r in fetched]
+    common = (
+        sorted(set.intersection(*(set(k for k, v in f.items() if isinstance(v, int | float)) for f in stored)))
+        if stored and all(isinstance(f, dict) for f in stored)
+        else []
+    )
+    names = [n for n in common if n != "amount"][:MAX_SAMPLE_FEATURES]
+    rows = [[float(x) for x in r[:5]] + [float(r[5][n]) for n in names] for r in fetched]
+    return Sample(["amount", "score", "flagged", "hour", "weekday", *names], rows, percent / 100)
 
 
 def correlations(s: Sample) -> list[list[float | None]]:
