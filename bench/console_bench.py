@@ -50,7 +50,7 @@ SELECT g AS transaction_id,
        random() AS r_flag, random() AS r_shadow, random() AS r_label
 FROM generate_series(1, {rows}) g;
 INSERT INTO transactions (transaction_id, account_id, ts, amount, currency, merchant_id, fraud, score, reasons,
-                          rule_set_version)
+                          rule_set_version, features)
 SELECT transaction_id, account_id, ts, amount, 'EUR', merchant_id, r_flag < 0.01,
        CASE WHEN r_flag < 0.01 THEN 0.9 + (r_flag * 9)::numeric(5, 4) ELSE 0 END,
        (CASE WHEN r_flag < 0.01
@@ -59,7 +59,10 @@ SELECT transaction_id, account_id, ts, amount, 'EUR', merchant_id, r_flag < 0.01
         || CASE WHEN r_shadow < 0.3 THEN (CASE WHEN r_flag < 0.01 THEN ',' ELSE '' END)
                 || '{{"rule_id":"below_account_mean","mode":"shadow","weight":"1.0","explanation":"low"}}'
            ELSE '' END || ']')::jsonb,
-       1
+       1,
+       jsonb_build_object('amount', amount, 'count', transaction_id %% 300, 'hour_of_day', extract(hour FROM ts)::int,
+                          'mean_amount_30d', round((30 + r_shadow * 60)::numeric, 6),
+                          'merchant_risk_7d', round((r_label * 0.02)::numeric, 6))
 FROM draws;
 INSERT INTO labels (transaction_id, fraud, source, labelled_at, reason)
 SELECT transaction_id, CASE WHEN r_flag < 0.01 THEN r_label < 0.5 ELSE r_label < 0.004 END, 'replay',

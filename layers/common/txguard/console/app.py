@@ -307,11 +307,8 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
     if j is None:
         raise NotFound(f"no stored transaction {transaction_id}")
     stored = j.features is not None
-    features: dict[str, Any] = (
-        dict(j.features)
-        if j.features is not None
-        else queries.features_at_decision(cur, j.transaction.account_id, transaction_id)
-    )
+    recomputed = None if stored else queries.features_at_decision(cur, j.transaction.account_id, transaction_id)
+    features: dict[str, Any] = dict(j.features) if j.features is not None else (recomputed or {})
     history = queries.label_history(cur, [transaction_id])
     rows = [[name, str(value)] for name, value in sorted(features.items())]
     return ctx.page(
@@ -323,6 +320,9 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
             if stored
             else "Stored before decisions kept their features: recomputed point-in-time in SQL "
             "(transaction_features), from the account's history before this transaction."
+            if recomputed is not None
+            else "Stored before decisions kept their features, and recomputing them over this account's history "
+            "takes too long for a page: GET /is_fraud/{account}?recompute=true re-decides it."
         ),
         what_if={
             "decide": 1,

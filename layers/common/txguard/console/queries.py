@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg2.errors
 import psycopg2.extensions
 
 from txguard import labels
@@ -227,12 +228,32 @@ def decision(cur: psycopg2.extensions.cursor, transaction_id: int) -> DecidedTra
     return decided_from_row(row) if row else None
 
 
-def features_at_decision(cur: psycopg2.extensions.cursor, account_id: int, transaction_id: int) -> dict[str, Any]:
-    """The account features of one transaction, recomputed point-in-time in SQL (transaction_features), bounded
-    to the account's history."""
-    cur.execute("SELECT features FROM transaction_features(%s) WHERE transaction_id = %s", (account_id, transaction_id))
-    row = cur.fetchone()
-    return dict(row[0]) if row else {}
+RECOMPUTE_BUDGET_MS = 500  # the most a decision page spends recomputing features a row did not store
+
+
+def features_at_decision(
+    cur: psycopg2.extensions.cursor, account_id: int, transaction_id: int
+) -> dict[str, Any] | None:
+    """The features of one transaction, recomputed point-in-time in SQL (transaction_features, over the account's
+    history), or None when that takes longer than RECOMPUTE_BUDGET_MS (a long history): the page stays fast."""
+    cur.execute("SELECT current_setting('statement_timeout')")
+    previous = cur.fetchone()[0]
+    cur.execute("SAVEPOINT console_features")
+    cur.execute("SELECT set_config('statement_timeout', %s, true)", (str(RECOMPUTE_BUDGET_MS),))
+    result: dict[str, Any] | None
+    try:
+        cur.execute(
+            "SELECT features FROM transaction_features(%s) WHERE transaction_id = %s", (account_id, transaction_id)
+        )
+        row = cur.fetchone()
+    except psycopg2.errors.QueryCanceled:
+        cur.execute("ROLLBACK TO SAVEPOINT console_features")
+        result = None
+    else:
+        cur.execute("RELEASE SAVEPOINT console_features")
+        result = dict(row[0]) if row else {}
+    cur.execute("SELECT set_config('statement_timeout', %s, true)", (previous,))
+    return result
 
 
 def account_transactions(cur: psycopg2.extensions.cursor, account_id: int, limit: int) -> list[DecidedTransaction]:
