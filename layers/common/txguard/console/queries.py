@@ -6,6 +6,7 @@ read in force (the latest by labelled_at, then label_id). Nothing here scans the
 from __future__ import annotations
 
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from txguard.storage.transactions import SELECT_TRANSACTIONS, SELECT_WITH_FEATUR
 DAY = timedelta(days=1)
 MAX_PERIOD_DAYS = 400
 MAX_SAMPLE_PERCENT = 10.0
-SAMPLE_ROWS = 20_000  # rows the Explore page's correlations and summary statistics are computed on
+SAMPLE_ROWS = 10_000  # rows the Explore page's correlations and summary statistics are computed on
 MAX_SAMPLE_FEATURES = 10  # stored features added to the correlation matrix, at most
 
 
@@ -316,18 +317,15 @@ def correlations(s: Sample) -> list[list[float | None]]:
     k = len(s.columns)
     if n < 2:
         return [[None] * k for _ in range(k)]
-    means = [sum(r[i] for r in s.rows) / n for i in range(k)]
-    dev = [[r[i] - means[i] for i in range(k)] for r in s.rows]
-    norms = [math.sqrt(sum(d[i] ** 2 for d in dev)) for i in range(k)]
-    matrix: list[list[float | None]] = []
+    columns = [[r[i] for r in s.rows] for i in range(k)]
+    centred = [[x - sum(c) / n for x in c] for c in columns]
+    norms = [math.sqrt(math.fsum(x * x for x in c)) for c in centred]
+    matrix: list[list[float | None]] = [[None] * k for _ in range(k)]
     for i in range(k):
-        line: list[float | None] = []
-        for j in range(k):
-            if norms[i] == 0 or norms[j] == 0:
-                line.append(None)
-            else:
-                line.append(sum(d[i] * d[j] for d in dev) / (norms[i] * norms[j]))
-        matrix.append(line)
+        for j in range(i, k):
+            if norms[i] and norms[j]:
+                value = math.fsum(map(operator.mul, centred[i], centred[j])) / (norms[i] * norms[j])
+                matrix[i][j] = matrix[j][i] = value
     return matrix
 
 
