@@ -318,7 +318,8 @@ def correlations(s: Sample) -> list[list[float | None]]:
     if n < 2:
         return [[None] * k for _ in range(k)]
     columns = [[r[i] for r in s.rows] for i in range(k)]
-    centred = [[x - sum(c) / n for x in c] for c in columns]
+    means = [math.fsum(c) / n for c in columns]
+    centred = [[x - mean for x in c] for c, mean in zip(columns, means, strict=True)]
     norms = [math.sqrt(math.fsum(x * x for x in c)) for c in centred]
     matrix: list[list[float | None]] = [[None] * k for _ in range(k)]
     for i in range(k):
