@@ -46,6 +46,7 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "merchant_label_steps": ("SELECT",),
     "merchant_daily": ("SELECT", "INSERT", "UPDATE"),
     "account_merchants": ("SELECT", "INSERT", "UPDATE"),
+    "account_currency_stats": ("SELECT", "INSERT", "UPDATE"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})
