@@ -179,3 +179,28 @@ def test_mean_and_standard_deviation_round_exactly_like_the_decimal_definition()
         spread = Decimal(n * total_sq - total * total)
         std = exact.divide(exact.sqrt(spread), Decimal(n * 10_000)).quantize(six, context=exact)
         assert (str(_mean(total, n)), str(_std(total, total_sq, n))) == (str(mean), str(std)), amounts
+
+
+def test_a_timeline_in_several_currencies_counts_every_entry_and_sums_each_currency_alone() -> None:
+    rng = Random(5)
+    timeline = Timeline(complete_from=-(10**9), days={})
+    entries: list[tuple[int, int, str]] = []
+    for step in range(400):
+        # one currency for a while (the timeline is not split), then three, arriving out of order
+        entry = (
+            rng.randint(0, 5 * DAY_MS),
+            rng.randint(0, 1_000),
+            "EUR" if step < 50 else rng.choice(["EUR", "JPY", "BHD"]),
+        )
+        timeline.add(*entry)
+        entries.append(entry)
+        t, width, currency = rng.randint(0, 6 * DAY_MS), rng.randint(1, DAY_MS), rng.choice(["EUR", "JPY", "BHD"])
+        inside = [(u, c) for ts, u, c in entries if t - width < ts < t]
+        same = [u for u, c in inside if c == currency]
+        assert timeline.window_in(t, width, currency) == (len(inside), len(same), sum(same))
+        day = t // DAY_MS
+        for (_, days), got in zip((("7d", 7), ("30d", 30)), timeline.day_windows_in(t, currency), strict=True):
+            window = [(u, c) for ts, u, c in entries if (day - days + 1) * DAY_MS <= ts < t]
+            in_currency = [u for u, c in window if c == currency]
+            assert got == (len(window), len(in_currency), sum(in_currency))
+    assert timeline.by_currency is not None and set(timeline.by_currency) == {"EUR", "JPY", "BHD"}
