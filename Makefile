@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint typecheck template-checks pgbouncer unit integration e2e bench build wheel openapi clean
+.PHONY: run test lint typecheck template-checks pgbouncer chromium unit integration e2e bench build wheel openapi screenshots clean
 
 $(STAMP): pyproject.toml requirements-dev.txt layers/common/requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (the Lambda runtime is python3.11)"; exit 1; }
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements-dev.txt layers/common/requirements.txt
 run: $(STAMP)
 	$(BIN)/txguard local $(ARGS)
 
-test: lint typecheck template-checks pgbouncer
+test: lint typecheck template-checks pgbouncer chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -54,17 +54,28 @@ pgbouncer:
 		echo "installing pgbouncer (Debian package)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
 
+# The console's end-to-end tests and `make screenshots` drive Debian's chromium through Playwright (no browser
+# download). Debian's package, installed once when missing.
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 integration: $(STAMP) pgbouncer
 	$(BIN)/python -m pytest -q tests/integration
 
-e2e: $(STAMP)
+e2e: $(STAMP) chromium
 	$(BIN)/python -m pytest -q tests/e2e
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+# A picture of each console page in docs/console/, from labelled synthetic traffic on a database of its own.
+screenshots: $(STAMP) chromium
+	$(BIN)/python -m txguard_dev.console_screenshots --out docs/console $(ARGS)
 
 wheel: $(STAMP)
 	$(BIN)/python -m build --wheel --outdir dist .

@@ -13,6 +13,7 @@ from typing import Any
 from bench import (
     bounded_bench,
     coldstart_bench,
+    console_bench,
     detection_bench,
     generator_bench,
     ingest_bench,
@@ -58,7 +59,18 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick look)")
     parser.add_argument(
         "--only",
-        choices=["ingest", "detection", "rules", "bounded", "generator", "coldstart", "input", "replay", "stream"],
+        choices=[
+            "ingest",
+            "detection",
+            "rules",
+            "bounded",
+            "generator",
+            "coldstart",
+            "input",
+            "replay",
+            "stream",
+            "console",
+        ],
         default=None,
     )
     args = parser.parse_args()
@@ -73,6 +85,7 @@ def main() -> int:
         "input": input_bench.run,
         "replay": replay_bench.run,
         "stream": stream_bench.run,
+        "console": console_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):

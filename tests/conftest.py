@@ -213,13 +213,22 @@ _TABLES_TO_EMPTY = (
     "labels",
     "merchant_label_daily",
 )
+# The console's rollups and review claims (the rollups count what the truncated tables held).
+_CONSOLE_TABLES = (
+    "review_claims",
+    "console_rollup_state",
+    "console_hourly",
+    "console_rule_daily",
+    "console_label_hourly",
+    "console_rule_label_daily",
+)
 
 
 @pytest.fixture
 def database(migrated_database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
     """An empty, migrated database with the default rule set; the code under test connects as the service role."""
     present = {row[0] for row in migrated_database.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    tables = [t for t in (*_TABLES_TO_EMPTY, "fraud_labels") if t in present]
+    tables = [t for t in (*_TABLES_TO_EMPTY, "fraud_labels", *_CONSOLE_TABLES) if t in present]
     migrated_database.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
     migrate(migrated_database.admin_url, service_login_role(migrated_database.name))  # re-seeds the default rule set
     monkeypatch.setenv("DATABASE_URL", migrated_database.service_url)

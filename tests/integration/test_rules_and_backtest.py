@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT, Database, load_event
 from tests.integration.helpers import T0, apply_rules, rule, store, tx
 from txguard import db
-from txguard.backtest import backtest
+from txguard.backtest import BacktestReport, backtest, on_stored_features, replay, stored_features_cover
 from txguard.detection import detector_cache as rule_cache
 from txguard.queries import flagged_transactions
 from txguard.rule_engine import CompiledRuleSet
@@ -85,6 +86,9 @@ def test_a_backtest_counts_flags_changes_and_scores_against_labels(database: Dat
     assert (report.flagged, report.stored_flagged, report.changed) == (1, 1, 2)
     assert report.fired["spike"] == 1
     assert (report.overall.metrics.precision, report.overall.metrics.recall) == (1.0, 1.0)
+    assert report.ranking is not None
+    ranking = report.ranking.report()
+    assert ranking.roc_auc == 1.0 and ranking.average_precision == 1.0 and ranking.reasons["amount_spike"].flagged == 1
     window = db.run_in_transaction(lambda cur: backtest(cur, candidate, from_ms=T0 + 3000, to_ms=T0 + 3001))
     assert window.evaluated == 1 and window.flagged == 1
 
@@ -97,7 +101,7 @@ def test_the_backtest_command_prints_per_rule_counts_and_scores(
     candidate.write_text(json.dumps({"rules": [rule("spike", "amount > 3 * mean_amount")]}))
     assert cli(database, "backtest", "--rules", str(candidate)) == 0
     out = capsys.readouterr().out
-    assert "transactions evaluated   3" in out
+    assert "transactions evaluated   3   (from stored features)" in out
     assert any(line.split()[:3] == ["spike", "active", "1"] for line in out.splitlines())
 
 
@@ -200,3 +204,35 @@ def test_a_stored_version_beyond_the_limits_is_refused_by_the_loader_and_the_api
     assert answer["statusCode"] == 503
     assert json.loads(answer["body"])["error"]["code"] == "rules_unavailable"
     assert database.query("SELECT count(*) FROM transactions") == [(0,)]
+
+
+def test_a_window_is_backtested_on_the_stored_features_with_the_decisions_a_replay_gives(database: Database) -> None:
+    apply_rules(
+        database,
+        [rule("low", "amount < 0.9 * mean_amount"), rule("busy", "count_1h >= 2 OR merchant_count_1m >= 1", "0.5")],
+    )
+    history = [tx(20 + i % 4, T0 + i * 7_000, f"{10 + (i * 37) % 90}.00", merchant_id=f"m{i % 3}") for i in range(60)]
+    store(history)
+    window = (T0 + 20 * 7_000, T0 + 50 * 7_000)
+    covered = CompiledRuleSet(
+        0, validate_rule_set({"rules": [rule("spike", "amount > 1.5 * mean_amount AND count_1h >= 1")]})
+    )
+
+    def both(rules: CompiledRuleSet) -> tuple[BacktestReport, list[Any], list[Any]]:
+        def work(cur: Any) -> tuple[BacktestReport, list[Any], list[Any]]:
+            report = backtest(cur, rules, *window)
+            stored = [(t.transaction_id, d) for t, _, d in on_stored_features(cur, rules, *window)]
+            replayed = [(t.transaction_id, d) for t, _, d in replay(cur, rules, window[1]) if t.ts >= window[0]]
+            return report, stored, replayed
+
+        return db.run_in_transaction(work)
+
+    report, stored, replayed = both(covered)
+    assert report.method == "stored features" and report.evaluated == 30
+    assert stored == replayed and any(d.fraud for _, d in stored)
+    # A feature the stored decisions did not keep: the window is replayed from the start of the history.
+    uncovered = CompiledRuleSet(0, validate_rule_set({"rules": [rule("top", "amount > max_amount")]}))
+    assert db.run_in_transaction(lambda cur: stored_features_cover(cur, uncovered, *window)) is False
+    assert db.run_in_transaction(lambda cur: backtest(cur, uncovered, *window)).method == "replay"
+    forced = db.run_in_transaction(lambda cur: backtest(cur, covered, *window, replay_all=True))
+    assert forced.method == "replay" and forced.flagged == report.flagged and forced.fired == report.fired

@@ -131,7 +131,7 @@ def test_transactions_through_the_queue_are_stored_exactly_once_with_invalid_one
                 admin_query(
                     database.admin_url,
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = 'txguard' AND pid <> pg_backend_pid()",
+                    "WHERE application_name = 'txguard' AND datname = current_database() AND pid <> pg_backend_pid()",
                 )[0][0]
             )
 

@@ -138,7 +138,7 @@ def terminate_service_connections(admin_url: str) -> int:
     rows = admin_query(
         admin_url,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE application_name = 'txguard' AND pid <> pg_backend_pid()",
+        "WHERE application_name = 'txguard' AND datname = current_database() AND pid <> pg_backend_pid()",
     )
     return int(rows[0][0])
 

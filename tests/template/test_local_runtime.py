@@ -29,6 +29,7 @@ def test_the_providers_find_each_function_with_its_code_layer_and_handler() -> N
         "GenerateFunction",
         "MigrateFunction",
         "StreamIngestFunction",
+        "ConsoleFunction",
     }
     for name, function in functions.items():
         assert function.handler == "app.lambda_handler"
@@ -49,6 +50,10 @@ def test_the_providers_find_every_route() -> None:
         ("GET", "/labels", "IngestFunction"),
         ("GET", "/is_fraud/{account}", "DetectFunction"),
         ("GET", "/openapi.json", "DetectFunction"),
+        ("GET", "/console", "ConsoleFunction"),
+        ("POST", "/console", "ConsoleFunction"),
+        ("GET", "/console/{proxy+}", "ConsoleFunction"),
+        ("POST", "/console/{proxy+}", "ConsoleFunction"),
     }
 
 

@@ -50,14 +50,28 @@ def test_the_api_serves_exactly_the_documented_routes() -> None:
         "GET /labels": "IngestFunction",
         "GET /is_fraud/{account}": "DetectFunction",
         "GET /openapi.json": "DetectFunction",
+        "GET /console": "ConsoleFunction",
+        "POST /console": "ConsoleFunction",
+        "GET /console/{proxy+}": "ConsoleFunction",
+        "POST /console/{proxy+}": "ConsoleFunction",
     }
 
 
+# A browser sends no x-api-key: the console's routes are the only ones without one, and the console function
+# answers nothing but its sign-in form without a signed session (tests/integration/test_console.py).
+CONSOLE_METHODS = [
+    "TxguardApi GET /console",
+    "TxguardApi GET /console/{proxy+}",
+    "TxguardApi POST /console",
+    "TxguardApi POST /console/{proxy+}",
+]
+
+
 @scenarios
-def test_every_route_requires_an_api_key(overrides: dict[str, str]) -> None:
+def test_every_route_but_the_consoles_requires_an_api_key(overrides: dict[str, str]) -> None:
     deployed = stack(overrides)
     assert api_routes(deployed), "no routes found: the check would pass vacuously"
-    assert unauthenticated_methods(deployed) == []
+    assert sorted(unauthenticated_methods(deployed)) == CONSOLE_METHODS
 
 
 def test_a_route_that_opts_out_of_the_api_key_is_caught() -> None:
@@ -65,7 +79,9 @@ def test_a_route_that_opts_out_of_the_api_key_is_caught() -> None:
         event = template["Resources"]["DetectFunction"]["Properties"]["Events"]["OpenApi"]
         event["Properties"]["Auth"] = {"ApiKeyRequired": False}
 
-    assert unauthenticated_methods(stack(mutate=open_one_route)) == ["TxguardApi GET /openapi.json"]
+    assert sorted(unauthenticated_methods(stack(mutate=open_one_route))) == sorted(
+        ["TxguardApi GET /openapi.json", *CONSOLE_METHODS]
+    )
 
 
 def test_api_keys_are_rate_limited_by_a_usage_plan_on_the_stage() -> None:
@@ -91,6 +107,7 @@ def test_every_function_runs_in_the_vpc_when_the_generator_stores_directly(overr
         "GenerateFunction",
         "MigrateFunction",
         "StreamIngestFunction",
+        "ConsoleFunction",
     }
     assert functions_outside_vpc(deployed) == []
 
@@ -187,7 +204,7 @@ def test_managed_policies_are_only_those_without_data_access() -> None:
 def test_each_function_has_a_role_of_its_own() -> None:
     deployed = stack()
     roles = {name: deployed.role_of(name) for name in deployed.functions}
-    assert len(set(roles.values())) == len(roles) == 5
+    assert len(set(roles.values())) == len(roles) == 6
     for role in roles.values():
         trust = deployed.properties(role)["AssumeRolePolicyDocument"]["Statement"]
         assert [s["Principal"] for s in trust] == [{"Service": "lambda.amazonaws.com"}]
@@ -299,6 +316,17 @@ _KINESIS_READ = (
             | {(action, "TransactionStream.Arn") for action in _KINESIS_READ}
             | {("sqs:SendMessage", "StreamFailureQueue.Arn")},
         ),
+        (
+            {},
+            "ConsoleFunction",
+            _logs("ConsoleLogGroup")
+            | {
+                ("secretsmanager:GetSecretValue", "ServiceSecret"),
+                ("secretsmanager:GetSecretValue", "ConsoleSigninSecret"),
+                ("secretsmanager:GetSecretValue", "ConsoleSessionSecret"),
+                _SECRET_KEY,
+            },
+        ),
     ],
     ids=[
         "ingest",
@@ -309,6 +337,7 @@ _KINESIS_READ = (
         "migrate",
         "stream ingest sqs",
         "stream ingest kinesis",
+        "console",
     ],
 )
 def test_each_role_allows_exactly_what_its_function_calls(
@@ -398,14 +427,22 @@ def test_unencrypted_storage_or_unverified_tls_is_caught() -> None:
 def test_the_fraud_event_bus_is_encrypted_with_the_stacks_key_usable_by_eventbridge_for_that_bus_only() -> None:
     deployed = stack()
     assert deployed.properties("FraudEventBus")["KmsKeyIdentifier"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
-    (statement,) = [
+    statement, rules = [
         s
         for s in deployed.properties("DataKey")["KeyPolicy"]["Statement"]
         if s["Principal"] == {"Service": "events.amazonaws.com"}
     ]
-    bus_arn = "arn:aws:events:us-east-1:123456789012:event-bus/" + deployed.properties("FraudEventBus")["Name"]
+    bus_name = deployed.properties("FraudEventBus")["Name"]
+    bus_arn = "arn:aws:events:us-east-1:123456789012:event-bus/" + bus_name
     assert statement["Condition"]["StringEquals"]["aws:SourceArn"] in (bus_arn, {"Fn::Sub": bus_arn})
     assert sorted(statement["Action"]) == ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"]
+    # The rules on that bus (and only those) may encrypt what they publish to the encrypted alert topic.
+    rule_arns = "arn:aws:events:us-east-1:123456789012:rule/" + bus_name + "/*"
+    assert rules["Condition"]["ArnLike"]["aws:SourceArn"] in (rule_arns, {"Fn::Sub": rule_arns})
+    assert rules["Condition"]["StringEquals"] == {"aws:SourceAccount": "123456789012"} or rules["Condition"][
+        "StringEquals"
+    ] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert sorted(rules["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
 
 
 def test_an_event_bus_on_an_aws_owned_key_is_caught() -> None:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "send a labelled file through ingest in time order, releasing labels after a delay",
     ),
     "dlq": ("txguard_dev.commands.dlq", "the stream ingest dead-letter queue: list, redrive"),
+    "console": ("txguard_dev.commands.console", "the analyst console's rollups: refresh"),
     "openapi": ("txguard_dev.commands.openapi", "print or write the API's OpenAPI document"),
     "local": ("txguard_dev.local.command", "run the whole service locally (API, scheduler, database)"),
     "invoke": ("txguard_dev.local.invoke_command", "invoke one function of the template in-process"),

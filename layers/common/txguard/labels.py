@@ -57,20 +57,6 @@ class Label:
     run_id: int
 
 
-def load_labels(cur: psycopg2.extensions.cursor, run_ids: Sequence[int] = ()) -> dict[int, Label]:
-    """The labels in force of stored transactions as patterns, by transaction id; only the transactions of the
-    given generated runs (ids [run_id << 23, (run_id + 1) << 23)) when any are given. Any source counts."""
-    wanted = set(run_ids)
-    labels = {}
-    for tid, label in labels_in_force(cur).items():
-        run_id = tid >> RUN_ID_SHIFT
-        if wanted and run_id not in wanted:
-            continue
-        pattern = (label.reason or UNSPECIFIED_FRAUD) if label.fraud else GENUINE
-        labels[tid] = Label(tid, pattern, run_id)
-    return labels
-
-
 def is_csv(path: str | Path) -> bool:
     """Labels files are CSV when their name ends in .csv, else JSON lines."""
     return str(path).lower().endswith(".csv")

@@ -46,6 +46,12 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "merchant_label_steps": ("SELECT",),
     "merchant_daily": ("SELECT", "INSERT", "UPDATE"),
     "account_merchants": ("SELECT", "INSERT", "UPDATE"),
+    "console_rollup_state": ("SELECT", "INSERT", "UPDATE"),
+    "console_hourly": ("SELECT", "INSERT", "UPDATE"),
+    "console_rule_daily": ("SELECT", "INSERT", "UPDATE"),
+    "console_label_hourly": ("SELECT", "INSERT", "UPDATE"),
+    "console_rule_label_daily": ("SELECT", "INSERT", "UPDATE"),
+    "review_claims": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "account_currency_stats": ("SELECT", "INSERT", "UPDATE"),
 }
 # Tables of schema public the functions never touch.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from txguard.backtest import backtest
 from txguard.intake import parse_timestamp_ms
-from txguard.labels import load_labels
+from txguard.labels import GENUINE, UNSPECIFIED_FRAUD, labels_in_force
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
 from txguard.scoring import Confusion
@@ -20,10 +20,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", type=Path, required=True, help="candidate rule set (JSON)")
     parser.add_argument("--from", dest="from_", default=None, help="first timestamp evaluated (epoch ms or RFC 3339)")
     parser.add_argument("--to", default=None, help="end of the evaluated period, exclusive (epoch ms or RFC 3339)")
+    parser.add_argument(
+        "--replay-all",
+        action="store_true",
+        help="replay the history from its start even when the stored decisions kept every feature the rules read",
+    )
 
 
 def _time(value: str | None) -> int | None:
     return None if value is None else parse_timestamp_ms(value)
+
+
+def _metric(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 def _ratio(value: float) -> str:
@@ -44,9 +53,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rules = CompiledRuleSet(0, rule_set)
     with open_database(database_url(args)) as conn, conn, conn.cursor() as cur:
-        labels = {tid: label.pattern for tid, label in load_labels(cur).items()} or None
-        report = backtest(cur, rules, from_ms, to_ms, labels)
-    print(f"transactions evaluated   {report.evaluated}")
+        # Only the period's labels: a window of a long history does not hold every label in memory.
+        labels = {
+            tid: (label.reason or UNSPECIFIED_FRAUD) if label.fraud else GENUINE
+            for tid, label in labels_in_force(cur, from_ms=from_ms, to_ms=to_ms).items()
+        } or None
+        report = backtest(cur, rules, from_ms, to_ms, labels, args.replay_all)
+    print(f"transactions evaluated   {report.evaluated}   (from {report.method})")
     print(f"flagged (candidate)      {report.flagged}   (stored decisions: {report.stored_flagged})")
     print(
         f"decisions that change    {report.changed}   (+{report.newly_flagged} flagged, "
@@ -55,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
     print()
     header = f"{'rule':<28} {'mode':<7} {'fires':>7}"
     if labels is not None:
-        header += f" {'precision':>9} {'recall':>7} {'F1':>7}"
+        header += f" {'on fraud':>9} {'on genuine':>10} {'precision':>9} {'recall':>7} {'F1':>7}"
     print(header)
     for rule in rule_set.rules:
         line = f"{rule.id:<28} {rule.mode if rule.enabled else 'off':<7} {report.fired[rule.id]:>7}"
         if labels is not None:
             s = report.per_rule.get(rule.id, Confusion())
             m = s.metrics
+            line += f" {s.true_positive:>9} {s.false_positive:>10}"
             line += f" {_ratio(m.precision):>9} {_ratio(m.recall):>7} {_ratio(m.f1):>7}"
         print(line)
     if labels is None:
@@ -73,4 +87,12 @@ def run(args: argparse.Namespace) -> int:
             f"  F1 {_ratio(m.f1)}  (tp {o.true_positive}, fp {o.false_positive}, fn {o.false_negative}, "
             f"tn {o.true_negative})"
         )
+        if report.ranking is not None and report.ranking.evaluated:
+            r = report.ranking.report()
+            cp = r.card_precision
+            card = f"Card Precision@{cp.k} {_metric(cp.mean)}" if cp else "Card Precision@k undefined"
+            print(
+                f"ranking by the candidate's score: ROC AUC {_metric(r.roc_auc)}  average precision "
+                f"{_metric(r.average_precision)}  {card}"
+            )
     return 0

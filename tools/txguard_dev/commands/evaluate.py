@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from txguard.evaluation import Report
 from txguard.features import DAY_MS
+from txguard.labels import RUN_ID_SHIFT
 from txguard_dev.commands.common import (
     EXIT_USAGE,
     CommandError,
@@ -29,8 +30,6 @@ from txguard_dev.commands.common import (
     period_argument,
     service_database_url,
 )
-
-RUN_ID_BITS = 23  # a generated run's transaction ids are [run_id << 23, (run_id + 1) << 23)
 
 
 def _day(day: int) -> str:
@@ -173,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc), exit_code=EXIT_USAGE) from None
 
-    ranges = [(run << RUN_ID_BITS, (run + 1) << RUN_ID_BITS) for run in args.run_id]
+    ranges = [(run << RUN_ID_SHIFT, (run + 1) << RUN_ID_SHIFT) for run in args.run_id]
     source = f"the labels in the file {args.labels}" if args.labels else "the labels store"
     evaluation = Evaluation(source, k=args.k, count_unlabelled_as_genuine=args.unlabelled == "genuine")
     chunks: Iterable[list[ScoredRow]]

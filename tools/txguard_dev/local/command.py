@@ -234,7 +234,15 @@ def print_banner(runner: FunctionRunner, api: ApiServer, jobs: list[Job], genera
         )
     samples = sample_requests(runner.template.path.parent / "events")
     print()
+    own_auth = {f.name for f in runner.template.functions.values() if f.own_auth}
+    for name in sorted(own_auth):
+        roots = sorted({r.path for r in api.routes if r.function_name == name and "{" not in r.path})
+        for root in roots:
+            how = "sign in with the API key above" if runner.api_key else "sign in with any key (--no-auth)"
+            print(f"console   {api.url}{root}  ->  {name} ({how})")
     for route in api.routes:
+        if route.function_name in own_auth:
+            continue
         print(f"{route.method:<6} {api.url}{route.path}  ->  {route.function_name}")
         print(f"       {curl_command(api.url, route.method, route.path, runner.api_key, samples)}")
     print()

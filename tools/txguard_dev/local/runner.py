@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import sys
 import threading
 import time
@@ -30,7 +31,12 @@ log = logging.getLogger("txguard-local")
 
 ACCOUNT_ID = "123456789012"
 # Set by the template for AWS; with them set, the functions would read a secret instead of DATABASE_URL.
-_AWS_ONLY_VARIABLES = ("TXGUARD_DB_HOST", "TXGUARD_DB_SECRET_ARN")
+_AWS_ONLY_VARIABLES = (
+    "TXGUARD_DB_HOST",
+    "TXGUARD_DB_SECRET_ARN",
+    "TXGUARD_CONSOLE_SIGNIN_SECRET_ARN",
+    "TXGUARD_CONSOLE_SESSION_SECRET_ARN",
+)
 
 Handler = Callable[[Any, Any], Any]
 
@@ -47,6 +53,9 @@ class LocalFunction:
     timeout_s: int
     memory_mb: int
     schedules: tuple[tuple[str, str], ...]  # (event name, schedule expression) of its Schedule events
+    # Its API routes all say `ApiKeyRequired: false`: it checks callers itself (the console's session cookie),
+    # so the runner lets requests through without x-api-key and hands it the local sign-in key instead.
+    own_auth: bool = False
 
     @property
     def handler_file(self) -> Path:
@@ -70,6 +79,10 @@ def _local_function(record: Any) -> LocalFunction:
         for name, event in (record.events or {}).items()
         if event.get("Type") == "Schedule" and "Schedule" in event.get("Properties", {})
     )
+    api_events = [event for event in (record.events or {}).values() if event.get("Type") == "Api"]
+    own_auth = bool(api_events) and all(
+        ((event.get("Properties") or {}).get("Auth") or {}).get("ApiKeyRequired") is False for event in api_events
+    )
     return LocalFunction(
         name=record.name,
         code_dir=Path(record.codeuri),
@@ -79,6 +92,7 @@ def _local_function(record: Any) -> LocalFunction:
         timeout_s=int(record.timeout or 3),
         memory_mb=int(record.memory or 128),
         schedules=schedules,
+        own_auth=own_auth,
     )
 
 
@@ -225,6 +239,8 @@ class FunctionRunner:
         self.api_key = api_key
         self._lock = threading.Lock()
         self._modules: dict[str, ModuleType] = {}
+        # Signs the console's session cookies for this run: a restart signs everyone out.
+        self._session_key = secrets.token_urlsafe(32)
 
     def is_debugging(self) -> bool:
         return False
@@ -232,7 +248,8 @@ class FunctionRunner:
     def invoke(self, function_name: str, event: str, stdout: Any, stderr: Any = None, **_: Any) -> None:
         """The API emulator's entry point: an API Gateway event in, the function's result to stdout."""
         request = json.loads(event)
-        rejection = api_key_rejection(request, self.api_key)
+        own_auth = self.template.functions.get(function_name, None)
+        rejection = None if own_auth is not None and own_auth.own_auth else api_key_rejection(request, self.api_key)
         if rejection is not None:
             stdout.write_str(json.dumps(rejection))
             return
@@ -277,6 +294,10 @@ class FunctionRunner:
         changes |= dict.fromkeys(_AWS_ONLY_VARIABLES)
         if self.database_url is not None:
             changes["DATABASE_URL"] = self.database_url
+        if function.own_auth:
+            changes["TXGUARD_CONSOLE_SESSION_KEY"] = self._session_key
+            changes["TXGUARD_CONSOLE_SIGNIN_KEY"] = self.api_key
+            changes["TXGUARD_CONSOLE_NO_AUTH"] = "true" if self.api_key is None else None
         with _environment(changes), _on_sys_path((function.code_dir, *function.layer_dirs)):
             yield
 
