@@ -270,7 +270,7 @@ def account_transactions(cur: psycopg2.extensions.cursor, account_id: int, limit
 def account_summary(cur: psycopg2.extensions.cursor, account_id: int) -> dict[str, Any] | None:
     """The account's running totals, or None for an unknown account: its count and first and last timestamps
     (account_stats), and per currency (amounts of different currencies are never added up; account_currency_stats)
-    its largest amount as text in the currency's minor units, e.g. "EUR 30.00, JPY 7000"."""
+    its largest amount as text in the currency's minor units, e.g. "30.00 EUR, 7000 JPY"."""
     cur.execute(
         """SELECT a.tx_count, a.first_ts, a.last_ts,
                   coalesce(array_agg(c.currency ORDER BY c.currency) FILTER (WHERE c.currency IS NOT NULL), '{}'),
@@ -284,7 +284,7 @@ def account_summary(cur: psycopg2.extensions.cursor, account_id: int) -> dict[st
     if not row:
         return None
     count, first, last, currencies, largest = row
-    amount_max = ", ".join(f"{c} {money(m, c)}" for c, m in zip(currencies, largest, strict=True) if m is not None)
+    amount_max = ", ".join(f"{money(m, c)} {c}" for c, m in zip(currencies, largest, strict=True) if m is not None)
     return {"transactions": count, "amount_max": amount_max, "first": first, "last": last}
 
 
