@@ -199,7 +199,8 @@ def _catch_up(database: BenchDatabase) -> None:
 def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
     results = [_index_cost(database)]
     database.execute(
-        "TRUNCATE transactions, account_stats, account_daily, labels, console_hourly, console_rule_daily, "
+        "TRUNCATE transactions, account_stats, account_currency_stats, account_daily, labels, console_hourly, "
+        "console_rule_daily, "
         "console_label_hourly, console_rule_label_daily, console_rollup_state"
     )
     rows = int(ROWS * scale)

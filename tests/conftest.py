@@ -204,7 +204,10 @@ ignore_startup_parameters = extra_float_digits
 _TABLES_TO_EMPTY = (
     "transactions",
     "account_stats",
+    "account_currency_stats",
     "account_daily",
+    "account_merchants",
+    "merchant_daily",
     "rule_sets",
     "alert_outbox",
     "labels",

@@ -56,12 +56,15 @@ def rule(rule_id: str, when: str, score: str = "1", **extra: Any) -> dict[str, A
 
 
 def stats(database: Any, account_id: int) -> tuple[Any, ...]:
-    rows = database.query(
-        "SELECT tx_count, amount_sum, amount_sum_sq, amount_max, amount_max_ts, first_ts, last_ts "
-        "FROM account_stats WHERE account_id = %s",
+    """The account's running totals: (count, first_ts, last_ts, ((currency, count, sum, sum of squares, max,
+    max_ts), ...)); () for an account never locked."""
+    rows = database.query("SELECT tx_count, first_ts, last_ts FROM account_stats WHERE account_id = %s", (account_id,))
+    amounts = database.query(
+        "SELECT currency, tx_count, amount_sum, amount_sum_sq, amount_max, amount_max_ts "
+        "FROM account_currency_stats WHERE account_id = %s ORDER BY currency",
         (account_id,),
     )
-    return rows[0] if rows else ()
+    return (*rows[0], tuple(amounts)) if rows else ()
 
 
 def sql_decisions(database: Any, account_id: int) -> dict[int, tuple[bool, Decimal, list[str], list[str]]]:

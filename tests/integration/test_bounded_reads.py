@@ -126,12 +126,12 @@ def test_late_transactions_inside_the_history_read_only_a_day_around_each(databa
     assert reads[-1] <= 20 * 2 * 20, f"{reads[-1]} rows read"
     assert_decided_like_a_replay(results, 1)
     daily = database.query(
-        "SELECT account_id, day, tx_count, amount_sum, amount_sum_sq, amount_max, last_ts FROM account_daily "
-        "ORDER BY 1, 2"
+        "SELECT account_id, day, currency, tx_count, amount_sum, amount_sum_sq, amount_max, last_ts "
+        "FROM account_daily ORDER BY 1, 2, 3"
     )
     assert daily == database.query(
-        "SELECT account_id, div(txguard_ts_to_ms(ts), 86400000)::integer, count(*), sum(amount), "
-        "sum(amount * amount), max(amount), max(ts) FROM transactions GROUP BY 1, 2 ORDER BY 1, 2"
+        "SELECT account_id, div(txguard_ts_to_ms(ts), 86400000)::integer, currency, count(*), sum(amount), "
+        "sum(amount * amount), max(amount), max(ts) FROM transactions GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     )
 
 

@@ -316,6 +316,17 @@ def test_amounts_keep_their_currency_places(database: Any) -> None:
     assert Decimal("12.50")
 
 
+def test_the_account_page_shows_the_largest_amount_of_each_currency_never_one_over_currencies(database: Any) -> None:
+    from txguard.domain import Transaction
+
+    store([tx(8, T0, "30.00", "m-1"), tx(8, T0 + 1000, "7.50", "m-1")])
+    store([Transaction(880_001, 8, T0 + 2000, Decimal("7000"), "JPY", "m-1")])
+    cookie, _ = sign_in()
+    body = str(handle(event("GET", "/accounts/8", cookie=cookie), KEYS).body)
+    assert "<tr><th>largest amount</th><td>30.00 EUR, 7000 JPY</td></tr>" in body
+    assert "<tr><th>transactions</th><td>3</td></tr>" in body
+
+
 def test_the_refresh_command_catches_the_rollups_up(database: Any, capsys: pytest.CaptureFixture[str]) -> None:
     from txguard_dev.cli import main
 

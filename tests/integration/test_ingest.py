@@ -157,7 +157,7 @@ def test_a_failure_while_rows_stream_in_is_raised_as_itself_and_stores_nothing(
     with pytest.raises(RuntimeError, match="deciding failed"):
         store([tx(1, T0 + i, "10.00") for i in range(3)])
     assert database.query("SELECT count(*) FROM transactions") == [(0,)]
-    assert stats(database, 1) in ((), (0, Decimal(0), Decimal(0), None, None, None, None))
+    assert stats(database, 1) in ((), (0, None, None, ()))
 
 
 def test_the_service_connection_bounds_statements_and_never_jit_compiles(database: Database) -> None:
@@ -208,8 +208,9 @@ def test_running_totals_of_very_large_amounts_stay_exact(database: Database) -> 
     store([tx(1, T0 + 1000, "12345678901.2345")])
     store([tx(1, T0 + 2000, "0.0001")])
     assert database.query(
-        "SELECT s.amount_sum_sq = t.sq AND s.amount_sum = t.total FROM account_stats s, "
-        "(SELECT sum(amount * amount) AS sq, sum(amount) AS total FROM transactions) t WHERE s.account_id = 1"
+        "SELECT s.amount_sum_sq = t.sq AND s.amount_sum = t.total FROM account_currency_stats s, "
+        "(SELECT sum(amount * amount) AS sq, sum(amount) AS total FROM transactions) t "
+        "WHERE s.account_id = 1 AND s.currency = 'EUR'"
     ) == [(True,)]
 
 

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
@@ -422,3 +423,71 @@ def test_the_generators_fraud_labels_are_kept_as_labels_when_0009_folds_them(
         assert admin_query(url, "SELECT to_regclass('fraud_labels')") == [(None,)]
         daily = admin_query(url, "SELECT merchant_id, tx_day, known_day, frauds FROM merchant_label_daily")
         assert daily == admin_query(url, "SELECT * FROM merchant_label_steps") == [("m-1", 20454, 20455, 1)]
+
+
+def test_0012_keeps_amount_totals_per_currency_rebuilt_from_the_stored_transactions(
+    pg_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import txguard.migrate
+
+    every = available_migrations()
+    with scratch_database(pg_server, "txguard_currencies") as url:
+        # Given a database at 0011 whose account 1 paid in EUR and JPY (its totals then added the two up)
+        monkeypatch.setattr(txguard.migrate, "available_migrations", lambda: [m for m in every if m.version <= 11])
+        migrate(url)
+        admin_query(
+            url,
+            """INSERT INTO transactions (transaction_id, account_id, ts, amount, currency, merchant_id, fraud, score,
+                                         reasons, rule_set_version)
+               VALUES (1, 1, '2026-01-01T10:00:00Z', 10, 'EUR', 'm-1', false, 0, '[]', 1),
+                      (2, 1, '2026-01-01T11:00:00Z', 30, 'EUR', 'm-1', false, 0, '[]', 1),
+                      (3, 1, '2026-01-01T12:00:00Z', 5000, 'JPY', 'm-1', false, 0, '[]', 1),
+                      (4, 1, '2026-01-02T09:00:00Z', 7000, 'JPY', 'm-1', false, 0, '[]', 1),
+                      (5, 2, '2026-01-01T10:00:00Z', 1.125, 'BHD', NULL, false, 0, '[]', 1)""",
+        )
+        admin_query(
+            url,
+            """INSERT INTO account_stats
+                   (account_id, tx_count, amount_sum, amount_sum_sq, amount_max, first_ts, last_ts)
+               VALUES (1, 4, 12040, 74001000, 7000, '2026-01-01T10:00:00Z', '2026-01-02T09:00:00Z'),
+                      (2, 1, 1.125, 1.265625, 1.125, '2026-01-01T10:00:00Z', '2026-01-01T10:00:00Z')""",
+        )
+        # When 0012 is applied
+        monkeypatch.setattr(txguard.migrate, "available_migrations", lambda: every)
+        migrate(url)
+
+        # Then the amounts are totalled per currency, the counts and times stay per account
+        expected_totals = [
+            (1, "EUR", 2, Decimal("40"), Decimal("1000"), Decimal("30.0000")),
+            (1, "JPY", 2, Decimal("12000"), Decimal("74000000"), Decimal("7000.0000")),
+            (2, "BHD", 1, Decimal("1.125"), Decimal("1.265625"), Decimal("1.1250")),
+        ]
+        totals_query = """SELECT account_id, currency, tx_count, amount_sum, amount_sum_sq, amount_max
+                          FROM account_currency_stats ORDER BY 1, 2"""
+        assert admin_query(url, totals_query) == expected_totals
+        assert admin_query(
+            url,
+            """SELECT column_name FROM information_schema.columns
+               WHERE table_name = 'account_stats' ORDER BY ordinal_position""",
+        ) == [("account_id",), ("tx_count",), ("first_ts",), ("last_ts",)]
+        daily_query = "SELECT account_id, day, currency, tx_count, amount_sum FROM account_daily ORDER BY 1, 2, 3"
+        expected_daily = [
+            (1, 20454, "EUR", 2, Decimal("40")),
+            (1, 20454, "JPY", 1, Decimal("5000")),
+            (1, 20455, "JPY", 1, Decimal("7000")),
+            (2, 20454, "BHD", 1, Decimal("1.125")),
+        ]
+        assert admin_query(url, daily_query) == expected_daily
+        # and the SQL reference gives the second JPY payment the JPY history alone
+        features = admin_query(url, "SELECT features FROM transaction_features(1) WHERE transaction_id = 4")[0][0]
+        assert (features["count"], features["mean_amount"], features["count_24h"], features["sum_24h"]) == (
+            3,
+            5000,
+            3,
+            5000,
+        )
+        # and running the file again changes nothing
+        again = next(m for m in every if m.version == 12)
+        admin_query(url, again.sql)
+        assert admin_query(url, totals_query) == expected_totals
+        assert admin_query(url, daily_query) == expected_daily

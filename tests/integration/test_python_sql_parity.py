@@ -1,7 +1,8 @@
 """The Python engine and the SQL function detect_fraud flag exactly the same transactions with the same rules.
 
 Random histories (Hypothesis) with bursts, equal timestamps, zero amounts, gaps of days (the 7- and 30-day
-windows, merchant risk), several accounts (in EUR, BHD and JPY) sharing merchants, and random rule sets drawn from
+windows, merchant risk), several accounts sharing merchants, each paying in one to three of EUR, BHD and JPY (amount
+features are per currency, counts over all), and random rule sets drawn from
 the grammar with a random `features` block (time zone, label delay); stored in random batches and, separately, in
 shuffled order (late arrivals). Labels that arrive late, superseded or withdrawn, feed merchant risk. Every feature
 value, not only the decisions, is compared between the Python features (ingest's stored ones, the recomputation and
@@ -141,16 +142,20 @@ Row = tuple[int, int, Decimal, str, str | None]
 
 @st.composite
 def histories(draw: st.DrawFn) -> list[Row]:
-    """(account slot 0-2, timestamp, amount, currency, merchant slot) in time order; one currency per account."""
-    account_currency = draw(st.lists(st.sampled_from(currencies), min_size=3, max_size=3))
+    """(account slot 0-2, timestamp, amount, currency, merchant slot) in time order; each account pays in one to
+    three currencies (a card used abroad), so accounts and merchants see EUR, BHD and JPY mixed."""
+    account_currencies = [
+        draw(st.lists(st.sampled_from(currencies), min_size=1, max_size=3, unique=True)) for _ in range(3)
+    ]
     ts = T0
     rows = []
     for _ in range(draw(st.integers(1, 30))):
         ts += draw(gaps)
         merchant = draw(st.sampled_from([None, "a", "b"]))
         slot = draw(st.integers(0, 2))
-        currency = account_currency[slot]
+        currency = draw(st.sampled_from(account_currencies[slot]))
         rows.append((slot, ts, draw(amounts(currency)), currency, merchant))
+    event("mixed currencies" if any(len(set(c)) > 1 for c in account_currencies) else "one currency each")
     return rows
 
 

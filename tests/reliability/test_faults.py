@@ -205,22 +205,31 @@ def test_killed_connections_and_a_restarted_server_lose_nothing_and_need_no_rest
 
 
 def assert_totals_match_rows(admin_url: str) -> None:
-    """account_stats and account_daily are written in the same transaction as the rows: a half-written batch
-    would show here."""
+    """account_stats, account_currency_stats and account_daily are written in the same transaction as the rows: a
+    half-written batch would show here."""
     mismatched = admin_query(
         admin_url,
         """SELECT * FROM account_stats s
-           FULL JOIN (SELECT account_id, count(*) AS n, sum(amount) AS total FROM transactions GROUP BY 1) t
+           FULL JOIN (SELECT account_id, count(*) AS n FROM transactions GROUP BY 1) t
            USING (account_id)
-           WHERE s.tx_count IS DISTINCT FROM t.n OR s.amount_sum IS DISTINCT FROM t.total""",
+           WHERE s.tx_count IS DISTINCT FROM t.n""",
     )
     assert not mismatched, mismatched[:5]
+    mismatched_amounts = admin_query(
+        admin_url,
+        """SELECT * FROM account_currency_stats s
+           FULL JOIN (SELECT account_id, currency, count(*) AS n, sum(amount) AS total FROM transactions
+                      GROUP BY 1, 2) t
+           USING (account_id, currency)
+           WHERE s.tx_count IS DISTINCT FROM t.n OR s.amount_sum IS DISTINCT FROM t.total""",
+    )
+    assert not mismatched_amounts, mismatched_amounts[:5]
     mismatched_days = admin_query(
         admin_url,
         """SELECT * FROM account_daily d
-           FULL JOIN (SELECT account_id, div(txguard_ts_to_ms(ts), 86400000)::integer AS day, count(*) AS n,
-                             sum(amount) AS total FROM transactions GROUP BY 1, 2) t
-           USING (account_id, day)
+           FULL JOIN (SELECT account_id, div(txguard_ts_to_ms(ts), 86400000)::integer AS day, currency,
+                             count(*) AS n, sum(amount) AS total FROM transactions GROUP BY 1, 2, 3) t
+           USING (account_id, day, currency)
            WHERE d.tx_count IS DISTINCT FROM t.n OR d.amount_sum IS DISTINCT FROM t.total""",
     )
     assert not mismatched_days, mismatched_days[:5]

@@ -184,8 +184,9 @@ def test_concurrent_clients_with_resends_store_every_transaction_exactly_once(
     # The running totals the decisions read were maintained in the same transactions as the rows.
     totals = admin_query(
         url,
-        """SELECT s.account_id, s.tx_count, s.amount_sum, t.n, t.total FROM account_stats s
-           FULL JOIN (SELECT account_id, count(*) AS n, sum(amount) AS total FROM transactions GROUP BY 1) t
-           USING (account_id)""",
+        """SELECT s.account_id, s.tx_count, s.amount_sum, t.n, t.total FROM account_currency_stats s
+           FULL JOIN (SELECT account_id, currency, count(*) AS n, sum(amount) AS total FROM transactions
+                      GROUP BY 1, 2) t
+           USING (account_id, currency)""",
     )
     assert all(n == count and total == amount for _, count, amount, n, total in totals), totals

@@ -7,87 +7,112 @@ import pytest
 
 from txguard.detection import decide_in_time_order, empty_history
 from txguard.domain import Transaction
-from txguard.features import DAY_MS, AccountHistory, DailyTotals, Prior, Timeline, to_units, window_reach_ms
+from txguard.features import (
+    DAY_MS,
+    AccountHistory,
+    Amounts,
+    CurrencyDailyTotals,
+    Prior,
+    StoredBefore,
+    Timeline,
+    constant_totals,
+    to_units,
+    window_reach_ms,
+)
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import validate_rule_set
 
+Row = tuple[int, int, str]  # (timestamp, units, currency)
 
-def brute_force(history: list[tuple[int, int]], t: int, units: int) -> dict[str, object]:
-    """The definition, straight: everything strictly before t."""
-    before = [(ts, u) for ts, u in history if ts < t]
+
+def brute_force(history: list[Row], t: int, units: int, currency: str) -> dict[str, object]:
+    """The definition, straight: everything strictly before t; amounts only over those in t's currency."""
+    before = [(ts, u, c) for ts, u, c in history if ts < t]
+    same = [u for _, u, c in before if c == currency]
     n = len(before)
     result: dict[str, object] = {"count": n, "amount": Decimal(units).scaleb(-4)}
+    result["max_amount"] = Decimal(max(same)).scaleb(-4) if same else None
     if n:
-        result["max_amount"] = Decimal(max(u for _, u in before)).scaleb(-4)
-        result["seconds_since_previous"] = Decimal(t - max(ts for ts, _ in before)).scaleb(-3)
+        result["seconds_since_previous"] = Decimal(t - max(ts for ts, _, _ in before)).scaleb(-3)
     for name, width in (("1m", 60_000), ("1h", 3_600_000), ("24h", DAY_MS)):
-        inside = [u for ts, u in before if ts > t - width]
+        inside = [(u, c) for ts, u, c in before if ts > t - width]
         result[f"count_{name}"] = len(inside)
-        result[f"sum_{name}"] = Decimal(sum(inside)).scaleb(-4)
+        result[f"sum_{name}"] = Decimal(sum(u for u, c in inside if c == currency)).scaleb(-4)
     return result
 
 
-def history_of(rows: list[tuple[int, int]], t: int) -> AccountHistory:
+def history_of(rows: list[Row], t: int) -> AccountHistory:
     """The account as ingest loads it for a transaction at t: running totals when t is newer than every row;
-    otherwise per-day totals plus the rows from the start of t's day and within a day before t."""
-    units = [u for _, u in rows]
-    max_units, last_ts = max(units), max(ts for ts, _ in rows)
+    otherwise per-day totals (per currency) plus the rows from the start of t's day and within a day before t."""
+    last_ts = max(ts for ts, _, _ in rows)
     near_from = min(t - DAY_MS + 1, t - t % DAY_MS)
-    near = Timeline.of(near_from, [(ts, u) for ts, u in rows if near_from <= ts < t])
+    near_rows = sorted((ts, u, c) for ts, u, c in rows if near_from <= ts < t)
+    near = Timeline.mixed(near_from, [r[0] for r in near_rows], [r[1] for r in near_rows], [r[2] for r in near_rows])
+    amounts: dict[str, Amounts] = {}
+    for ts, u, c in sorted(rows):
+        amounts.setdefault(c, Amounts()).add(ts, u)
+    stored_before: StoredBefore
     if t > last_ts:
-        totals = Prior(len(rows), sum(units), sum(u * u for u in units), max_units, last_ts)
-        stored_before = lambda _t: totals  # noqa: E731
+        whole = Prior(len(rows), 0, 0, None, last_ts)
+        stored_before = constant_totals(whole, {c: a.prior() for c, a in amounts.items()})
     else:
-        days: dict[int, Prior] = {}
-        for ts, u in sorted(rows):
-            days[ts // DAY_MS] = days.get(ts // DAY_MS, Prior()).plus((ts,), (u,))
-        stored = Timeline.of(near_from, [(ts, u) for ts, u in rows if near_from <= ts < t])
+        days: dict[str, dict[int, Prior]] = {}
+        for ts, u, c in sorted(rows):
+            per_day = days.setdefault(c, {})
+            per_day[ts // DAY_MS] = per_day.get(ts // DAY_MS, Prior()).plus((ts,), (u,))
         # part of the days summed up front, the rest one by one, as ingest reads them
-        ordered = sorted(days.items())
-        first = min(t // DAY_MS, ordered[len(ordered) // 2][0])
-        before = Prior()
-        for _, day in [(d, p) for d, p in ordered if d < first]:
-            before = Prior(
-                before.count + day.count,
-                before.sum_units + day.sum_units,
-                before.sum_sq_units + day.sum_sq_units,
-                max(before.max_units or 0, day.max_units or 0),
-                day.last_ts,
-            )
-        stored_before = DailyTotals(before, [(d, p) for d, p in ordered if first <= d < t // DAY_MS], stored).before
+        all_days = sorted({d for per_day in days.values() for d in per_day})
+        first = min(t // DAY_MS, all_days[len(all_days) // 2])
+        before: dict[str, Prior] = {}
+        listed: dict[str, list[tuple[int, Prior]]] = {}
+        for c, per_day in days.items():
+            for d, p in sorted(per_day.items()):
+                if d < first:
+                    b = before.get(c, Prior())
+                    before[c] = Prior(
+                        b.count + p.count,
+                        b.sum_units + p.sum_units,
+                        b.sum_sq_units + p.sum_sq_units,
+                        max(b.max_units or 0, p.max_units or 0),
+                        p.last_ts,
+                    )
+                elif d < t // DAY_MS:
+                    listed.setdefault(c, []).append((d, p))
+        stored_before = CurrencyDailyTotals(before, listed, near.copy()).before
     return AccountHistory(
         count=len(rows),
-        sum_units=sum(units),
-        sum_sq_units=sum(u * u for u in units),
-        max_units=max_units,
-        max_ts=min(ts for ts, u in rows if u == max_units),
-        first_ts=min(ts for ts, _ in rows),
+        first_ts=min(ts for ts, _, _ in rows),
         last_ts=last_ts,
+        amounts=amounts,
         tail=near,
         stored_before=stored_before,
     )
 
 
-def test_features_match_the_definition_for_late_and_on_time_arrivals() -> None:
+@pytest.mark.parametrize("currencies", [["EUR"], ["EUR", "JPY", "BHD"]])
+def test_features_match_the_definition_for_late_and_on_time_arrivals(currencies: list[str]) -> None:
     rng = Random(7)
     for _ in range(200):
         rows = []
         ts = 1_700_000_000_000
         for _ in range(rng.randint(1, 40)):
             ts += rng.choice([0, 1, 500, 59_999, 60_000, 60_001, 3_600_000, DAY_MS, 2 * DAY_MS, 400 * DAY_MS])
-            rows.append((ts, rng.randint(1, 5_000_000)))
+            rows.append((ts, rng.randint(1, 5_000_000), rng.choice(currencies)))
         t = rng.choice([ts + rng.randint(0, 100_000), rng.choice(rows)[0], rows[0][0] + rng.randint(-5, 5)])
-        units = rng.randint(1, 5_000_000)
+        units, currency = rng.randint(1, 5_000_000), rng.choice(currencies)
         history = history_of(rows, t)
-        got = history.features(t, units)
-        expected = brute_force(rows, t, units)
+        got = history.features(t, units, currency)
+        expected = brute_force(rows, t, units, currency)
         for name, value in expected.items():
-            assert got[name] == value, (name, rows, t)
+            assert got.get(name) == value, (name, rows, t)
 
 
 def test_the_mean_and_standard_deviation_are_exact_to_six_places() -> None:
-    history = history_of([(1, to_units(Decimal("10"))), (2, to_units(Decimal("20"))), (3, to_units(Decimal("31")))], 10)
-    got = history.features(10, 1)
+    history = history_of(
+        [(1, to_units(Decimal("10")), "EUR"), (2, to_units(Decimal("20")), "EUR"), (3, to_units(Decimal("31")), "EUR")],
+        10,
+    )
+    got = history.features(10, 1, "EUR")
     assert got["mean_amount"] == Decimal("20.333333")
     assert got["std_amount"] == Decimal("8.576454")  # population standard deviation of 10, 20, 31
 
@@ -154,3 +179,28 @@ def test_mean_and_standard_deviation_round_exactly_like_the_decimal_definition()
         spread = Decimal(n * total_sq - total * total)
         std = exact.divide(exact.sqrt(spread), Decimal(n * 10_000)).quantize(six, context=exact)
         assert (str(_mean(total, n)), str(_std(total, total_sq, n))) == (str(mean), str(std)), amounts
+
+
+def test_a_timeline_in_several_currencies_counts_every_entry_and_sums_each_currency_alone() -> None:
+    rng = Random(5)
+    timeline = Timeline(complete_from=-(10**9), days={})
+    entries: list[tuple[int, int, str]] = []
+    for step in range(400):
+        # one currency for a while (the timeline is not split), then three, arriving out of order
+        entry = (
+            rng.randint(0, 5 * DAY_MS),
+            rng.randint(0, 1_000),
+            "EUR" if step < 50 else rng.choice(["EUR", "JPY", "BHD"]),
+        )
+        timeline.add(*entry)
+        entries.append(entry)
+        t, width, currency = rng.randint(0, 6 * DAY_MS), rng.randint(1, DAY_MS), rng.choice(["EUR", "JPY", "BHD"])
+        inside = [(u, c) for ts, u, c in entries if t - width < ts < t]
+        same = [u for u, c in inside if c == currency]
+        assert timeline.window_in(t, width, currency) == (len(inside), len(same), sum(same))
+        day = t // DAY_MS
+        for (_, days), got in zip((("7d", 7), ("30d", 30)), timeline.day_windows_in(t, currency), strict=True):
+            window = [(u, c) for ts, u, c in entries if (day - days + 1) * DAY_MS <= ts < t]
+            in_currency = [u for u, c in window if c == currency]
+            assert got == (len(window), len(in_currency), sum(in_currency))
+    assert timeline.by_currency is not None and set(timeline.by_currency) == {"EUR", "JPY", "BHD"}

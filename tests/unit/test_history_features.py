@@ -166,3 +166,89 @@ def test_the_features_block_is_validated_strictly_and_pins_the_settings() -> Non
     ]:
         with pytest.raises(RuleSetError, match=named):
             detector("hour_of_day", options=bad)
+
+
+def paid(tid: int, ts: int, amount: str, currency: str, merchant: str | None = "shop") -> Transaction:
+    return Transaction(tid, 1, ts, Decimal(amount), currency, merchant)
+
+
+AMOUNT_AND_COUNT_FEATURES = (
+    "count",
+    "mean_amount",
+    "std_amount",
+    "max_amount",
+    "count_24h",
+    "sum_24h",
+    "mean_amount_24h",
+    "count_7d",
+    "sum_7d",
+    "mean_amount_7d",
+    "count_30d",
+    "sum_30d",
+    "mean_amount_30d",
+    "amount_to_mean_30d",
+    "merchant_count_24h",
+    "merchant_sum_24h",
+    "seconds_since_previous",
+)
+
+
+def test_a_first_payment_in_another_currency_counts_but_has_no_amount_history() -> None:
+    # Given two EUR payments, then one in JPY an hour later
+    history = [
+        paid(1, D0 + HOUR, "10.00", "EUR"),
+        paid(2, D0 + 2 * HOUR, "30.00", "EUR"),
+        paid(3, D0 + 3 * HOUR, "5000", "JPY"),
+    ]
+    jpy = features_of(history, *AMOUNT_AND_COUNT_FEATURES)[-1]
+    # then counts and times include the EUR payments, and no amount feature adds yen to euros
+    assert (jpy["count"], jpy["count_24h"], jpy["count_7d"], jpy["count_30d"]) == (2, 2, 2, 2)
+    assert jpy["merchant_count_24h"] == 2
+    assert jpy["seconds_since_previous"] == Decimal(3600)
+    assert jpy.get("mean_amount") is None and jpy.get("std_amount") is None and jpy.get("max_amount") is None
+    assert (jpy["sum_24h"], jpy["sum_7d"], jpy["sum_30d"], jpy["merchant_sum_24h"]) == (0, 0, 0, 0)
+    assert jpy["mean_amount_24h"] is None and jpy["mean_amount_7d"] is None and jpy["mean_amount_30d"] is None
+    assert jpy["amount_to_mean_30d"] is None
+
+
+def test_each_currency_keeps_its_own_amount_history_on_one_account_and_one_merchant() -> None:
+    # Given EUR 10 and 30, JPY 5000, then EUR 20 and JPY 7000, all on one day at one merchant
+    history = [
+        paid(1, D0 + HOUR, "10.00", "EUR"),
+        paid(2, D0 + 2 * HOUR, "30.00", "EUR"),
+        paid(3, D0 + 3 * HOUR, "5000", "JPY"),
+        paid(4, D0 + 4 * HOUR, "20.00", "EUR"),
+        paid(5, D0 + 5 * HOUR, "7000", "JPY"),
+    ]
+    decided = features_of(history, *AMOUNT_AND_COUNT_FEATURES)
+    eur, jpy = decided[3], decided[4]
+    # EUR 20 sees the EUR 10 and 30 only: mean 20, deviation 10, largest 30; four earlier transactions counted
+    assert eur["count"] == eur["count_24h"] == 3
+    assert (eur["mean_amount"], eur["std_amount"], eur["max_amount"]) == (
+        Decimal("20.000000"),
+        Decimal("10.000000"),
+        Decimal("30.00"),
+    )
+    assert (eur["sum_24h"], eur["mean_amount_24h"], eur["merchant_sum_24h"]) == (
+        Decimal("40.00"),
+        Decimal("20.000000"),
+        Decimal("40.00"),
+    )
+    assert eur["amount_to_mean_30d"] == Decimal("1.000000")
+    # JPY 7000 sees the JPY 5000 alone: mean 5000, ratio 1.4; counts of every currency
+    assert (jpy["count"], jpy["count_7d"], jpy["merchant_count_24h"]) == (4, 4, 4)
+    assert (jpy["mean_amount"], jpy["std_amount"], jpy["max_amount"]) == (Decimal("5000.000000"), 0, Decimal(5000))
+    assert (jpy["sum_7d"], jpy["mean_amount_7d"], jpy["merchant_sum_24h"]) == (
+        Decimal(5000),
+        Decimal("5000.000000"),
+        Decimal(5000),
+    )
+    assert jpy["amount_to_mean_30d"] == Decimal("1.400000")
+
+
+def test_an_account_in_one_currency_gets_the_same_features_whichever_currency_it_is() -> None:
+    history = [paid(i, D0 + i * HOUR, amount, "EUR") for i, amount in enumerate(["10.00", "0.00", "30.00", "7.50"], 1)]
+    in_eur = features_of(history, *AMOUNT_AND_COUNT_FEATURES)
+    in_usd = features_of([t._replace(currency="USD") for t in history], *AMOUNT_AND_COUNT_FEATURES)
+    assert in_eur == in_usd
+    assert in_eur[-1]["mean_amount"] == Decimal("13.333333")

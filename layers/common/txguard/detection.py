@@ -28,6 +28,7 @@ from txguard.features import (
     FeatureSettings,
     Prior,
     Timeline,
+    constant_totals,
     local_time_features,
     merchant_features,
     to_units,
@@ -68,14 +69,11 @@ def empty_history() -> AccountHistory:
     time."""
     return AccountHistory(
         count=0,
-        sum_units=0,
-        sum_sq_units=0,
-        max_units=None,
-        max_ts=None,
         first_ts=None,
         last_ts=None,
+        amounts={},
         tail=empty_timeline(),
-        stored_before=lambda _t: Prior(),
+        stored_before=constant_totals(Prior(), {}),
     )
 
 
@@ -113,17 +111,17 @@ def decisions_in_time_order(
         group = [(t, to_units(t.amount)) for t in same_time]
         decided = []
         for t, units in group:
-            features = histories[t.account_id].features(t.ts, units, needed, t.merchant_id)
+            features = histories[t.account_id].features(t.ts, units, t.currency, needed, t.merchant_id)
             if wants_merchant:
                 merchant = merchants.get(t.merchant_id) if t.merchant_id else None
-                features.update(merchant_features(merchant, t.ts, needed, settings))
+                features.update(merchant_features(merchant, t.ts, t.currency, needed, settings))
             if wants_local_time:
                 features.update(local_time_features(t.ts, needed, settings.time_zone))
             decided.append(Decided(t, features, detector.decide(features, t.merchant_id, t.currency)))
         for t, units in group:
-            histories[t.account_id].add(t.ts, units, t.merchant_id)
+            histories[t.account_id].add(t.ts, units, t.currency, t.merchant_id)
             if t.merchant_id is not None:
-                merchants[t.merchant_id].add(t.ts, units)
+                merchants[t.merchant_id].add(t.ts, units, t.currency)
         yield from decided
 
 

@@ -10,6 +10,10 @@ totals (account_daily, merchant_daily) and one day of transactions, never a scan
 labelled frauds per day (merchant_label_daily) with a delay; local-time features read the rule set's time zone.
 
 Amounts are carried as integer ten-thousandths ("units") so that sums and sums of squares are exact.
+Currencies are never mixed: counts and times are over all of an account's (merchant's) transactions, every amount
+feature (sums, means, standard deviation, largest amount, ratio) over those in the currency of the transaction
+decided. A timeline that holds one currency (the usual case) answers both from the same entries; a second currency
+splits it into one timeline per currency beside the whole one.
 The history of an account is held as aggregates of its stored transactions before a time (running totals, or
 per-day totals for late arrivals) plus a sorted "tail" of the transactions within the windows' reach; a new
 transaction costs a few bisections, not a scan of the history, whatever its timestamp.
@@ -18,7 +22,7 @@ transaction costs a few bisections, not a scan of the history, whatever its time
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -149,6 +153,10 @@ FEATURES: dict[str, FeatureInfo] = {
 }
 
 ALL_FEATURES = frozenset(FEATURES)
+# Not a feature (rules cannot read it, it is never stored): how many previous transactions of an account with
+# several currencies are in the decided one's, which mean_amount, std_amount and max_amount are over; the
+# explanations' "{count}" of those. Missing when it equals `count` (an account in one currency).
+COUNT_IN_CURRENCY = "_count_in_currency"
 # The features running totals and a tail of recent transactions give alone: no per-day totals, label steps, time
 # zone or first use of merchants loaded.
 TAIL_FEATURES = (
@@ -182,6 +190,10 @@ class Timeline:
     `days_from` on (loaded per-day totals plus every transaction added since), for the day-aligned windows.
     A merchant's timeline also holds its `label_steps`: (tx day, known day, signed frauds) from
     merchant_label_daily, for merchant risk.
+
+    `currency` is the one currency of every entry (None: not known, or nothing in it). Once entries of a second
+    currency are in it, `by_currency` holds one timeline per currency beside this whole one: counts read the whole
+    timeline, amounts the currency's (window_in, day_windows_in).
     """
 
     complete_from: int
@@ -191,20 +203,110 @@ class Timeline:
     days: dict[int, list[int]] | None = None
     days_from: int = -(2**31)
     label_steps: list[tuple[int, int, int]] = field(default_factory=list)
+    currency: str | None = None
+    by_currency: dict[str, Timeline] | None = None
     _day_cache: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     _risk_cache: dict[int, tuple[Decimal, ...]] = field(default_factory=dict)
     _cached_until: int = -(2**31)
 
     @classmethod
-    def of(cls, complete_from: int, rows: list[tuple[int, int]]) -> Timeline:
+    def of(cls, complete_from: int, rows: list[tuple[int, int]], currency: str | None = None) -> Timeline:
         ordered = sorted(rows)
-        return cls.from_sorted(complete_from, [ts for ts, _ in ordered], [units for _, units in ordered])
+        return cls.from_sorted(complete_from, [ts for ts, _ in ordered], [units for _, units in ordered], currency)
 
     @classmethod
-    def from_sorted(cls, complete_from: int, ts: list[int], units: list[int]) -> Timeline:
-        return cls(complete_from, ts, units, [0, *accumulate(units)])
+    def from_sorted(cls, complete_from: int, ts: list[int], units: list[int], currency: str | None = None) -> Timeline:
+        return cls(complete_from, ts, units, [0, *accumulate(units)], currency=currency)
 
-    def add(self, ts: int, units: int) -> None:
+    @classmethod
+    def mixed(cls, complete_from: int, ts: list[int], units: list[int], currencies: list[str]) -> Timeline:
+        """A timeline of sorted entries in several currencies (`currencies[i]` is entry i's)."""
+        whole = cls.from_sorted(complete_from, ts, units)
+        parts: dict[str, tuple[list[int], list[int]]] = {}
+        for t, u, c in zip(ts, units, currencies, strict=True):
+            part = parts.setdefault(c, ([], []))
+            part[0].append(t)
+            part[1].append(u)
+        if len(parts) == 1:
+            whole.currency = currencies[0]
+        elif parts:
+            whole.by_currency = {c: cls.from_sorted(complete_from, pt, pu, c) for c, (pt, pu) in parts.items()}
+        return whole
+
+    def copy(self) -> Timeline:
+        """The entries and per-day totals, copied (not the label steps or caches)."""
+        copied = Timeline(
+            self.complete_from,
+            list(self.ts),
+            list(self.units),
+            list(self._prefix),
+            None if self.days is None else {day: list(totals) for day, totals in self.days.items()},
+            self.days_from,
+            currency=self.currency,
+        )
+        if self.by_currency is not None:
+            copied.by_currency = {c: part.copy() for c, part in self.by_currency.items()}
+        return copied
+
+    def _empty_like(self, currency: str) -> Timeline:
+        return Timeline(
+            self.complete_from, days=None if self.days is None else {}, days_from=self.days_from, currency=currency
+        )
+
+    def sub(self, currency: str) -> Timeline:
+        """The entries (and per-day totals) in `currency` alone: this timeline itself while it holds no other."""
+        if self.by_currency is not None:
+            part = self.by_currency.get(currency)
+            return part if part is not None else self._empty_like(currency)
+        return self if self.currency in (None, currency) else self._empty_like(currency)
+
+    def _part(self, currency: str) -> Timeline:
+        """The timeline of `currency` that additions go to, split off this one on the first second currency."""
+        if self.by_currency is None:
+            if self.currency is None:
+                self.currency = currency
+            if self.currency == currency:
+                return self
+            self.by_currency = {self.currency: self.copy()}
+        part = self.by_currency.get(currency)
+        if part is None:
+            part = self.by_currency[currency] = self._empty_like(currency)
+        return part
+
+    def use_days(self, days_from: int, by_currency: dict[str, dict[int, list[int]]]) -> None:
+        """Per-day [count, sum of units] per currency, complete from day `days_from`, replacing any held."""
+        self.days_from = days_from
+        self._day_cache.clear()
+        self._risk_cache.clear()
+        currencies = set(by_currency)
+        if self.by_currency is not None:
+            currencies.update(self.by_currency)
+        elif self.currency is not None:
+            currencies.add(self.currency)
+        if len(currencies) <= 1 and self.by_currency is None:
+            if currencies:
+                self.currency = next(iter(currencies))
+            self.days = {day: list(totals) for days in by_currency.values() for day, totals in days.items()}
+            return
+        for currency in currencies:
+            self._part(currency)
+        assert self.by_currency is not None
+        whole: dict[int, list[int]] = {}
+        for currency, part in self.by_currency.items():
+            part.days = {day: list(totals) for day, totals in by_currency.get(currency, {}).items()}
+            part.days_from = days_from
+            part._day_cache.clear()
+            for day, (count, total) in part.days.items():
+                totals = whole.setdefault(day, [0, 0])
+                totals[0] += count
+                totals[1] += total
+        self.days = whole
+
+    def add(self, ts: int, units: int, currency: str | None = None) -> None:
+        if currency is not None and (self.by_currency is not None or self.currency != currency):
+            part = self._part(currency)
+            if part is not self:
+                part.add(ts, units)
         if self.days is not None:
             day = ts // DAY_MS
             totals = self.days.get(day)
@@ -279,6 +381,29 @@ class Timeline:
             count, total = self.whole_days(day - days + 1, day)
             windows.append((count + n, total + s))
         return windows
+
+    def window_in(self, t: int, width_ms: int, currency: str) -> tuple[int, int, int]:
+        """Count of every entry in (t - width, t), and count and sum (units) of those in `currency`."""
+        n, s = self.window(t, width_ms)
+        if self.by_currency is None:
+            return (n, n, s) if self.currency in (None, currency) else (n, 0, 0)
+        part = self.by_currency.get(currency)
+        if part is None:
+            return n, 0, 0
+        n_c, s_c = part.window(t, width_ms)
+        return n, n_c, s_c
+
+    def day_windows_in(self, t: int, currency: str) -> list[tuple[int, int, int]]:
+        """day_windows with, for each, the count of every entry and the count and sum (units) of `currency`'s."""
+        whole = self.day_windows(t)
+        if self.by_currency is None:
+            if self.currency in (None, currency):
+                return [(n, n, s) for n, s in whole]
+            return [(n, 0, 0) for n, _ in whole]
+        part = self.by_currency.get(currency)
+        if part is None:
+            return [(n, 0, 0) for n, _ in whole]
+        return [(n, n_c, s_c) for (n, _), (n_c, s_c) in zip(whole, part.day_windows(t), strict=True)]
 
     def use_label_steps(self, steps: list[tuple[int, int, int]]) -> None:
         """Read merchant risk from these (tx day, known day, signed frauds) steps from now on."""
@@ -390,61 +515,157 @@ def _larger(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
 
 
+# The account's stored transactions strictly before a time t, as (every currency's: count and latest timestamp;
+# those in the currency asked for: count, sums, largest amount).
+StoredBefore = Callable[[int, str], tuple[Prior, Prior]]
+
+_NOTHING = Prior()
+
+
+def constant_totals(whole: Prior, by_currency: Mapping[str, Prior]) -> StoredBefore:
+    """The same totals before every time asked about: for accounts whose stored transactions are all older."""
+    return lambda _t, currency: (whole, by_currency.get(currency, _NOTHING))
+
+
+class CurrencyDailyTotals:
+    """DailyTotals over every currency (for counts and times) and over each currency alone (for amounts).
+
+    `before` and `days` are per currency, as DailyTotals takes them; `near` holds every currency's stored
+    transactions around the times asked about. An account with one currency reads one DailyTotals for both.
+    """
+
+    def __init__(
+        self, before: Mapping[str, Prior], days: Mapping[str, Sequence[tuple[int, Prior]]], near: Timeline
+    ) -> None:
+        currencies = set(before) | set(days)
+        if near.by_currency is not None:
+            currencies.update(near.by_currency)
+        elif near.currency is not None:
+            currencies.add(near.currency)
+        if len(currencies) == 1:
+            (currency,) = currencies
+            self._single: str | None = currency
+            self._whole = DailyTotals(before.get(currency, _NOTHING), days.get(currency, ()), near)
+            self._parts: dict[str, DailyTotals] = {}
+            return
+        self._single = None
+        whole_before = _combined(before.values())
+        by_day: dict[int, list[Prior]] = {}
+        for currency_days in days.values():
+            for day, totals in currency_days:
+                by_day.setdefault(day, []).append(totals)
+        whole_days = [(day, _combined(by_day[day])) for day in sorted(by_day)]
+        self._whole = DailyTotals(whole_before, whole_days, near)
+        self._parts = {
+            c: DailyTotals(before.get(c, _NOTHING), days.get(c, ()), near.sub(c)) for c in sorted(currencies)
+        }
+
+    def before(self, t: int, currency: str) -> tuple[Prior, Prior]:
+        """(every currency's, `currency`'s) stored transactions strictly before t."""
+        whole = self._whole.before(t)
+        if currency == self._single:
+            return whole, whole
+        part = self._parts.get(currency)
+        return whole, _NOTHING if part is None else part.before(t)
+
+
+def _combined(totals: Iterable[Prior]) -> Prior:
+    """Counts and latest timestamps added up over currencies (the sums of different currencies are not used)."""
+    count, last = 0, None
+    for p in totals:
+        count += p.count
+        last = _larger(last, p.last_ts)
+    return Prior(count, 0, 0, None, last)
+
+
+@dataclass(slots=True)
+class Amounts:
+    """Running totals of an account's transactions in one currency: count, sum and sum of squares (units), the
+    largest amount (units) and the earliest timestamp (ms) it occurs at."""
+
+    count: int = 0
+    sum_units: int = 0
+    sum_sq_units: int = 0
+    max_units: int | None = None
+    max_ts: int | None = None
+
+    def prior(self, last_ts: int | None = None) -> Prior:
+        return Prior(self.count, self.sum_units, self.sum_sq_units, self.max_units, last_ts)
+
+    def add(self, t: int, units: int) -> None:
+        self.count += 1
+        self.sum_units += units
+        self.sum_sq_units += units * units
+        if self.max_units is None or units > self.max_units or (units == self.max_units and t < (self.max_ts or t)):
+            self.max_units, self.max_ts = units, t
+
+
 @dataclass
 class AccountHistory:
     """What is known of an account before each transaction to decide, which come in time order.
 
-    `stored_before(t)` gives the account's stored transactions strictly before t: the running totals when every
-    transaction to decide is newer than all stored ones, DailyTotals for late arrivals. The `added_*` fields
-    accumulate the transactions decided since (all before the next one: decisions are taken in time order). The tail
-    holds the stored transactions within the windows' reach of each transaction to decide, and the added ones.
-    The totals (count ... last_ts) cover everything, stored and added: they are written back to account_stats.
+    `stored_before(t, currency)` gives the account's stored transactions strictly before t (every currency's, and
+    those in `currency`): the running totals when every transaction to decide is newer than all stored ones,
+    CurrencyDailyTotals for late arrivals. The `added*` fields accumulate the transactions decided since (all
+    before the next one: decisions are taken in time order). The tail holds the stored transactions within the
+    windows' reach of each transaction to decide, and the added ones.
+    The totals (count, first_ts, last_ts over every currency; `amounts` per currency) cover everything, stored and
+    added: they are written back to account_stats and account_currency_stats.
     """
 
     count: int
-    sum_units: int
-    sum_sq_units: int
-    max_units: int | None
-    max_ts: int | None
     first_ts: int | None
     last_ts: int | None
+    amounts: dict[str, Amounts]
     tail: Timeline
-    stored_before: Callable[[int], Prior]
-    # The transactions added so far (plain fields: updated once per transaction decided).
+    stored_before: StoredBefore
+    # The transactions added so far (updated once per transaction decided): over every currency, and per currency.
     added_count: int = 0
-    added_sum_units: int = 0
-    added_sum_sq_units: int = 0
-    added_max_units: int | None = None
     added_last_ts: int | None = None
+    added: dict[str, Amounts] = field(default_factory=dict)
     # The earliest timestamp of the account's transactions at each merchant (stored and added), for
     # merchant_used_before: loaded for the merchants asked about.
     merchant_first: dict[str, int] = field(default_factory=dict)
 
     def features(
-        self, t: int, units: int, needed: frozenset[str] = TAIL_FEATURES, merchant_id: str | None = None
+        self,
+        t: int,
+        units: int,
+        currency: str,
+        needed: frozenset[str] = TAIL_FEATURES,
+        merchant_id: str | None = None,
     ) -> Features:
-        """The account's features for a transaction at t (at `merchant_id`); only those in `needed` (plus amount
-        and count).
+        """The account's features for a transaction at t of `units` in `currency` (at `merchant_id`); only those in
+        `needed` (plus amount and count). Counts and times are over every currency, amounts over `currency`'s
+        transactions alone: mean_amount, std_amount and max_amount are missing when there is none in it.
 
         Raises ValueError for a t not after every transaction added so far, or outside what was loaded.
         """
         if self.added_last_ts is not None and self.added_last_ts >= t:
             raise ValueError("transactions must be decided in time order")
-        stored = self.stored_before(t)
+        stored, in_currency = self.stored_before(t, currency)
         count = stored.count + self.added_count
-        total = stored.sum_units + self.added_sum_units
-        total_sq = stored.sum_sq_units + self.added_sum_sq_units
 
         result: Features = {"amount": from_units(units), "count": count}
         if count:
-            if "mean_amount" in needed:
-                result["mean_amount"] = _mean(total, count)
-            if "std_amount" in needed:
-                result["std_amount"] = _std(total, total_sq, count)
-            if "max_amount" in needed:
-                largest = _larger(stored.max_units, self.added_max_units)
-                assert largest is not None
-                result["max_amount"] = from_units(largest)
+            added = self.added.get(currency)
+            if added is None:
+                n_c, total, total_sq = in_currency.count, in_currency.sum_units, in_currency.sum_sq_units
+            else:
+                n_c = in_currency.count + added.count
+                total = in_currency.sum_units + added.sum_units
+                total_sq = in_currency.sum_sq_units + added.sum_sq_units
+            if n_c != count:
+                result[COUNT_IN_CURRENCY] = n_c
+            if n_c:
+                if "mean_amount" in needed:
+                    result["mean_amount"] = _mean(total, n_c)
+                if "std_amount" in needed:
+                    result["std_amount"] = _std(total, total_sq, n_c)
+                if "max_amount" in needed:
+                    largest = _larger(in_currency.max_units, None if added is None else added.max_units)
+                    assert largest is not None
+                    result["max_amount"] = from_units(largest)
             if "seconds_since_previous" in needed:
                 end = self.tail.before(t)
                 previous_ts = _larger(stored.last_ts, self.tail.ts[end - 1] if end else None)
@@ -459,24 +680,24 @@ class AccountHistory:
             result["is_first_transaction"] = 1
         for name, width in WINDOWS:
             if f"count_{name}" in needed or f"sum_{name}" in needed:
-                n, s = self.tail.window(t, width)
+                n, n_c, s = self.tail.window_in(t, width, currency)
                 result[f"count_{name}"] = n
                 result[f"sum_{name}"] = from_units(s)
                 if name == "24h" and "mean_amount_24h" in needed:
-                    result["mean_amount_24h"] = _mean(s, n) if n else None
+                    result["mean_amount_24h"] = _mean(s, n_c) if n_c else None
         if "mean_amount_24h" in needed and "count_24h" not in result:
-            n, s = self.tail.window(t, DAY_MS)
-            result["mean_amount_24h"] = _mean(s, n) if n else None
+            _, n_c, s = self.tail.window_in(t, DAY_MS, currency)
+            result["mean_amount_24h"] = _mean(s, n_c) if n_c else None
         if not needed.isdisjoint(ACCOUNT_DAY_FEATURES):
-            windows = self.tail.day_windows(t)
-            for (name, _), (n, s) in zip(DAY_WINDOWS, windows, strict=True):
+            windows = self.tail.day_windows_in(t, currency)
+            for (name, _), (n, n_c, s) in zip(DAY_WINDOWS, windows, strict=True):
                 result[f"count_{name}"] = n
                 result[f"sum_{name}"] = from_units(s)
-                result[f"mean_amount_{name}"] = _mean(s, n) if n else None
+                result[f"mean_amount_{name}"] = _mean(s, n_c) if n_c else None
             if "amount_to_mean_30d" in needed:
-                n, s = windows[-1]  # DAY_WINDOWS ends with the 30 days
+                _, n_c, s = windows[-1]  # DAY_WINDOWS ends with the 30 days
                 # amount ÷ (sum ÷ n) = amount × n ÷ sum, exactly; missing when the mean is 0 or there is none.
-                result["amount_to_mean_30d"] = _six_places(units * n * 1_000_000, s) if n and s > 0 else None
+                result["amount_to_mean_30d"] = _six_places(units * n_c * 1_000_000, s) if n_c and s > 0 else None
         if "merchant_used_before" in needed:
             if merchant_id is None:
                 result["merchant_used_before"] = None
@@ -485,23 +706,23 @@ class AccountHistory:
                 result["merchant_used_before"] = 1 if first is not None and first < t else 0
         return result
 
-    def add(self, t: int, units: int, merchant_id: str | None = None) -> None:
-        self.tail.add(t, units)
+    def add(self, t: int, units: int, currency: str, merchant_id: str | None = None) -> None:
+        self.tail.add(t, units, currency)
         if merchant_id is not None:
             first = self.merchant_first.get(merchant_id)
             if first is None or t < first:
                 self.merchant_first[merchant_id] = t
         self.added_count += 1
-        self.added_sum_units += units
-        self.added_sum_sq_units += units * units
-        if self.added_max_units is None or units > self.added_max_units:
-            self.added_max_units = units
         self.added_last_ts = t  # added in time order
+        added = self.added.get(currency)
+        if added is None:
+            added = self.added[currency] = Amounts()
+        added.add(t, units)
+        totals = self.amounts.get(currency)
+        if totals is None:
+            totals = self.amounts[currency] = Amounts()
+        totals.add(t, units)
         self.count += 1
-        self.sum_units += units
-        self.sum_sq_units += units * units
-        if self.max_units is None or units > self.max_units or (units == self.max_units and t < (self.max_ts or t)):
-            self.max_units, self.max_ts = units, t
         self.first_ts = t if self.first_ts is None else min(self.first_ts, t)
         self.last_ts = t if self.last_ts is None else max(self.last_ts, t)
 
@@ -509,10 +730,12 @@ class AccountHistory:
 def merchant_features(
     merchant: Timeline | None,
     t: int,
+    currency: str,
     needed: frozenset[str] = TAIL_FEATURES,
     settings: FeatureSettings = DEFAULT_FEATURE_SETTINGS,
 ) -> Features:
-    """The merchant's features for a transaction at t (None for each when there is no merchant)."""
+    """The merchant's features for a transaction at t in `currency` (None for each when there is no merchant):
+    counts over every currency, merchant_sum_* over the transactions in `currency`."""
     result: Features = {}
     if not needed.isdisjoint(MERCHANT_DAY_FEATURES):
         counts = [None] * len(DAY_WINDOWS) if merchant is None else [n for n, _ in merchant.day_windows(t)]
@@ -528,7 +751,7 @@ def merchant_features(
         if merchant is None:
             result[f"merchant_count_{name}"] = result[f"merchant_sum_{name}"] = None
         else:
-            n, s = merchant.window(t, width)
+            n, _, s = merchant.window_in(t, width, currency)
             result[f"merchant_count_{name}"] = n
             result[f"merchant_sum_{name}"] = from_units(s)
     return result

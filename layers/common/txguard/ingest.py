@@ -10,7 +10,7 @@ Cost per transaction does not grow with the account's history; see features.py.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import psycopg2.extensions
 
@@ -22,10 +22,11 @@ from txguard.features import (
     LONGEST_DAY_WINDOW,
     MERCHANT_DAY_FEATURES,
     AccountHistory,
-    DailyTotals,
+    CurrencyDailyTotals,
     Prior,
     Span,
     Timeline,
+    constant_totals,
     merchant_reach_ms,
     needs_account_days,
     spans_before,
@@ -184,8 +185,8 @@ def _load_histories(
             late[account_id] = (earliest // DAY_MS, account_times[-1] // DAY_MS)
             spans[account_id] = spans_before(account_times, reach_ms, from_day_start=True)
         else:
-            totals = Prior(history.count, history.sum_units, history.sum_sq_units, history.max_units, history.last_ts)
-            history.stored_before = _constant(totals)
+            whole = Prior(history.count, 0, 0, None, history.last_ts)
+            history.stored_before = constant_totals(whole, {c: a.prior() for c, a in history.amounts.items()})
             low = earliest - reach_ms + 1
             if with_days:
                 low = min(low, earliest - earliest % DAY_MS)
@@ -198,16 +199,10 @@ def _load_histories(
     for account_id, timeline in near.items():
         history = histories[account_id]
         if account_id in late:
-            stored = Timeline.from_sorted(timeline.complete_from, list(timeline.ts), list(timeline.units))
-            history.stored_before = DailyTotals(*days[account_id], stored).before
+            history.stored_before = CurrencyDailyTotals(*days[account_id], timeline.copy()).before
         history.tail = timeline
     if with_days:
         reach_days = {a: (ts[0] // DAY_MS - LONGEST_DAY_WINDOW + 1, ts[-1] // DAY_MS) for a, ts in times.items()}
         window_days = account_stats.day_totals_for_windows(cur, reach_days)
         for account_id, (first, _) in reach_days.items():
-            tail = histories[account_id].tail
-            tail.days, tail.days_from = window_days[account_id], first
-
-
-def _constant(value: Prior) -> Callable[[int], Prior]:
-    return lambda _t: value
+            histories[account_id].tail.use_days(first, window_days[account_id])

@@ -52,6 +52,7 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "console_label_hourly": ("SELECT", "INSERT", "UPDATE"),
     "console_rule_label_daily": ("SELECT", "INSERT", "UPDATE"),
     "review_claims": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "account_currency_stats": ("SELECT", "INSERT", "UPDATE"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})

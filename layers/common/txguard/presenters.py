@@ -11,7 +11,7 @@ import orjson
 
 from txguard.currencies import money
 from txguard.domain import DecidedTransaction, Decision, LabelResult, StoredLabel, StoreResult, Transaction
-from txguard.features import features_json
+from txguard.features import FEATURES, features_json
 
 
 def transaction_json(t: Transaction) -> dict[str, Any]:
@@ -63,7 +63,9 @@ def fraud_event_json(j: DecidedTransaction, with_features: bool = False) -> dict
     event = _flagged(j.transaction, j.decision, orjson.Fragment(j.decision.reasons_text))
     if with_features:
         event["features"] = (
-            None if j.features is None else orjson.Fragment(features_json(j.features, sorted(j.features)))
+            None
+            if j.features is None
+            else orjson.Fragment(features_json(j.features, sorted(n for n in j.features if n in FEATURES)))
         )
     return event
 

@@ -18,8 +18,9 @@ from txguard.features import (
     LONGEST_DAY_WINDOW,
     MERCHANT_DAY_FEATURES,
     AccountHistory,
-    DailyTotals,
-    Timeline,
+    Amounts,
+    CurrencyDailyTotals,
+    constant_totals,
     merchant_reach_ms,
     needs_account_days,
 )
@@ -158,29 +159,31 @@ def recompute_window(
 def _history_before(
     cur: psycopg2.extensions.cursor, account_id: int, since: int, reach_ms: int, with_days: bool = False
 ) -> AccountHistory:
-    """The account as it stood just before `since`: per-day totals, plus the transactions within reach of it
-    (and, `with_days`, the per-day totals of the 29 days before since's day and of its part before since)."""
+    """The account as it stood just before `since`: per-day totals (per currency), plus the transactions within
+    reach of it (and, `with_days`, the per-day totals of the 29 days before since's day and of its part before
+    since)."""
     low = min(since - reach_ms + 1, since - since % DAY_MS)
     near = transactions.account_rows(cur, {account_id: [(low, since)]})[account_id]
-    if with_days:
-        day = since // DAY_MS
-        first = day - LONGEST_DAY_WINDOW + 1
-        near.days = account_stats.day_totals_for_windows(cur, {account_id: (first, day)})[account_id]
-        near.days_from = first
-        n, s = near.window(since, since - day * DAY_MS + 1)
-        if n:
-            near.days[day] = [n, s]
-    stored = Timeline.from_sorted(near.complete_from, list(near.ts), list(near.units))
     day = since // DAY_MS
-    prior = DailyTotals(*account_stats.daily_totals(cur, {account_id: (day, day)})[account_id], stored).before(since)
+    in_near = near.by_currency or ({} if near.currency is None else {near.currency: near})
+    if with_days:
+        first = day - LONGEST_DAY_WINDOW + 1
+        by_currency = account_stats.day_totals_for_windows(cur, {account_id: (first, day)})[account_id]
+        for currency, part in in_near.items():  # the part of since's day before since
+            n, s = part.window(since, since - day * DAY_MS + 1)
+            if n:
+                by_currency.setdefault(currency, {})[day] = [n, s]
+        near.use_days(first, by_currency)
+    before, days = account_stats.daily_totals(cur, {account_id: (day, day)})[account_id]
+    stored = CurrencyDailyTotals(before, days, near)
+    currencies = sorted(set(before) | set(days) | set(in_near))
+    whole = stored.before(since, currencies[0] if currencies else "")[0]
+    by_currency_before = {c: stored.before(since, c)[1] for c in currencies}
     return AccountHistory(
-        count=prior.count,
-        sum_units=prior.sum_units,
-        sum_sq_units=prior.sum_sq_units,
-        max_units=prior.max_units,
-        max_ts=None,
+        count=whole.count,
         first_ts=account_stats.first_ts(cur, account_id),
-        last_ts=prior.last_ts,
+        last_ts=whole.last_ts,
+        amounts={c: Amounts(p.count, p.sum_units, p.sum_sq_units, p.max_units) for c, p in by_currency_before.items()},
         tail=near,
-        stored_before=lambda _t: prior,
+        stored_before=constant_totals(whole, by_currency_before),
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 from txguard.currencies import money
 from txguard.domain import Decision, Reason
-from txguard.features import FEATURES, Features, FeatureValue, window_reach_ms
+from txguard.features import COUNT_IN_CURRENCY, FEATURES, Features, FeatureValue, window_reach_ms
 from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, AllOf, AnyOf, Comparison, Condition, RuleSet
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -180,7 +180,11 @@ def _describer(name: str, left: bool = True) -> Callable[[Features, str | None, 
         return lambda features, merchant_id, currency: f"amount {show(features.get(name), currency)}"
 
     def describe(features: Features, merchant_id: str | None, currency: str) -> str:
-        text = label.format(count=features.get("count"), merchant_id=merchant_id) if needs_format else label
+        if needs_format:
+            count = features.get(COUNT_IN_CURRENCY, features.get("count")) if info.money else features.get("count")
+            text = label.format(count=count, merchant_id=merchant_id)
+        else:
+            text = label
         return f"{text} ({show(features.get(name), currency)})"
 
     return describe

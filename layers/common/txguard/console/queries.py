@@ -18,6 +18,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from txguard import labels
+from txguard.currencies import money
 from txguard.domain import DecidedTransaction
 from txguard.storage import console_rollups
 from txguard.storage.transactions import SELECT_TRANSACTIONS, SELECT_WITH_FEATURES, decided_from_row
@@ -267,15 +268,24 @@ def account_transactions(cur: psycopg2.extensions.cursor, account_id: int, limit
 
 
 def account_summary(cur: psycopg2.extensions.cursor, account_id: int) -> dict[str, Any] | None:
-    """The account's running totals (account_stats), or None for an unknown account."""
+    """The account's running totals, or None for an unknown account: its count and first and last timestamps
+    (account_stats), and per currency (amounts of different currencies are never added up; account_currency_stats)
+    its largest amount as text in the currency's minor units, e.g. "30.00 EUR, 7000 JPY"."""
     cur.execute(
-        "SELECT tx_count, amount_sum, amount_max, first_ts, last_ts FROM account_stats WHERE account_id = %s",
+        """SELECT a.tx_count, a.first_ts, a.last_ts,
+                  coalesce(array_agg(c.currency ORDER BY c.currency) FILTER (WHERE c.currency IS NOT NULL), '{}'),
+                  coalesce(array_agg(c.amount_max ORDER BY c.currency) FILTER (WHERE c.currency IS NOT NULL), '{}')
+           FROM account_stats a LEFT JOIN account_currency_stats c ON c.account_id = a.account_id
+           WHERE a.account_id = %s
+           GROUP BY a.account_id""",
         (account_id,),
     )
     row = cur.fetchone()
     if not row:
         return None
-    return dict(zip(("transactions", "amount_sum", "amount_max", "first", "last"), row, strict=True))
+    count, first, last, currencies, largest = row
+    amount_max = ", ".join(f"{money(m, c)} {c}" for c, m in zip(currencies, largest, strict=True) if m is not None)
+    return {"transactions": count, "amount_max": amount_max, "first": first, "last": last}
 
 
 @dataclass

@@ -5,8 +5,9 @@ db.run_in_transaction): none commits.
 | module | tables |
 | --- | --- |
 | `transactions.py` | `transactions`: stored transactions with their decisions, COPY of decided rows, bounded reads |
-| `account_stats.py` | `account_stats` (running totals, the per-account write lock), `account_daily`, |
-| | `account_merchants` (when an account first used each merchant) |
+| `account_stats.py` | `account_stats` (count and times, the per-account write lock), `account_currency_stats` |
+| | (amount totals per currency), `account_daily` (per day and currency), `account_merchants` (when an account |
+| | first used each merchant) |
 | `merchants.py` | `merchant_daily` (per-day counts), reads of `merchant_label_daily` (labelled frauds per day) |
 | `rule_sets.py` | `rule_sets`: versioned rule sets |
 | `outbox.py` | `alert_outbox`: FraudDetected events waiting to be published |

@@ -1,7 +1,9 @@
-"""The `account_stats` table (each account's running totals; its row is the account's write lock) and the
-`account_daily` table (per-day totals, for transactions that arrive late or back-dated).
+"""The `account_stats` table (each account's running count and times; its row is the account's write lock), the
+`account_currency_stats` table (its running amount totals per currency: amounts of different currencies are never
+added up) and the `account_daily` table (per-day totals per currency, for transactions that arrive late or
+back-dated).
 
-Both are updated in the database transaction that stores the account's new transactions.
+All are updated in the database transaction that stores the account's new transactions.
 """
 
 from __future__ import annotations
@@ -12,65 +14,89 @@ from collections.abc import Iterable
 import psycopg2.extensions
 
 from txguard.domain import Transaction
-from txguard.features import DAY_MS, AccountHistory, Prior, Timeline, to_units
+from txguard.features import DAY_MS, AccountHistory, Amounts, Prior, Timeline, to_units
 from txguard.storage import WIDE, array_literal
 
 
 def lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict[int, AccountHistory]:
-    """Lock the accounts' running totals (creating empty ones) and read them; the history's tail and its
-    `stored_before` are for the caller to load. Every writer locks in account order: no deadlock."""
+    """Lock the accounts' running totals (creating empty ones) and read them with their per-currency amount totals;
+    the history's tail and its `stored_before` are for the caller to load. Every writer locks in account order:
+    no deadlock."""
+    # One round trip: create, lock, then read. The read is a statement of its own so that it sees (READ COMMITTED:
+    # a new snapshot per statement) what a writer that held a lock committed, its new currencies included.
+    accounts_array = array_literal(accounts)
     cur.execute(
-        "INSERT INTO account_stats (account_id) SELECT unnest(%s::bigint[]) ON CONFLICT DO NOTHING",
-        (array_literal(accounts),),
+        """INSERT INTO account_stats (account_id) SELECT unnest(%(a)s::bigint[]) ON CONFLICT DO NOTHING;
+           SELECT FROM account_stats WHERE account_id = ANY(%(a)s::bigint[]) ORDER BY account_id FOR UPDATE;
+           SELECT a.account_id, a.tx_count, txguard_ts_to_ms(a.first_ts), txguard_ts_to_ms(a.last_ts),
+                  c.currency, c.tx_count, c.amount_sum, c.amount_sum_sq, c.amount_max,
+                  txguard_ts_to_ms(c.amount_max_ts)
+           FROM account_stats a
+           LEFT JOIN account_currency_stats c ON c.account_id = a.account_id
+           WHERE a.account_id = ANY(%(a)s::bigint[])""",
+        {"a": accounts_array},
     )
-    cur.execute(
-        """SELECT account_id, tx_count, amount_sum, amount_sum_sq, amount_max,
-                  txguard_ts_to_ms(amount_max_ts), txguard_ts_to_ms(first_ts), txguard_ts_to_ms(last_ts)
-           FROM account_stats WHERE account_id = ANY(%s::bigint[]) ORDER BY account_id FOR UPDATE""",
-        (array_literal(accounts),),
-    )
-    histories = {}
-    for account_id, count, total, total_sq, max_amount, max_ts, first_ts, last_ts in cur.fetchall():
-        histories[account_id] = AccountHistory(
-            count=count,
-            sum_units=int(total.scaleb(4, WIDE)),
-            sum_sq_units=int(total_sq.scaleb(8, WIDE)),
-            max_units=None if max_amount is None else to_units(max_amount),
-            max_ts=max_ts,
-            first_ts=first_ts,
-            last_ts=last_ts,
-            tail=Timeline(complete_from=0),
-            stored_before=_nothing_loaded,
-        )
+    histories: dict[int, AccountHistory] = {}
+    for account_id, count, first, last, currency, n, total, total_sq, max_amount, max_ts in cur.fetchall():
+        history = histories.get(account_id)
+        if history is None:
+            history = histories[account_id] = AccountHistory(
+                count=count,
+                first_ts=first,
+                last_ts=last,
+                amounts={},
+                tail=Timeline(complete_from=0),
+                stored_before=_nothing_loaded,
+            )
+        if currency is not None:
+            history.amounts[currency] = Amounts(
+                n,
+                int(total.scaleb(4, WIDE)),
+                int(total_sq.scaleb(8, WIDE)),
+                None if max_amount is None else to_units(max_amount),
+                max_ts,
+            )
     return histories
 
 
-def _nothing_loaded(t: int) -> Prior:
+def _nothing_loaded(t: int, currency: str) -> tuple[Prior, Prior]:
     raise ValueError("the account's history was not loaded")
 
 
 def write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountHistory], changed: set[int]) -> None:
-    """Write back the running totals of the `changed` accounts (locked by lock_accounts)."""
+    """Write back the running totals of the `changed` accounts (locked by lock_accounts): counts and times to
+    account_stats, the amount totals of each currency they added transactions in to account_currency_stats."""
     accounts = sorted(changed)
     h = [histories[a] for a in accounts]
+    pairs = [(a, c) for a in accounts for c in sorted(histories[a].added)]
+    totals = [histories[a].amounts[c] for a, c in pairs]
     cur.execute(
         """UPDATE account_stats AS a SET
-               tx_count = v.tx_count, amount_sum = v.sum_units * 0.0001, amount_sum_sq = v.sum_sq_units * 0.00000001,
-               amount_max = v.max_units * 0.0001, amount_max_ts = txguard_ms_to_ts(v.amount_max_ts),
-               first_ts = txguard_ms_to_ts(v.first_ts), last_ts = txguard_ms_to_ts(v.last_ts)
-           FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
-                       %s::bigint[], %s::bigint[], %s::bigint[])
-                AS v(account_id, tx_count, sum_units, sum_sq_units, max_units, amount_max_ts, first_ts, last_ts)
-           WHERE a.account_id = v.account_id""",
+               tx_count = v.tx_count, first_ts = txguard_ms_to_ts(v.first_ts), last_ts = txguard_ms_to_ts(v.last_ts)
+           FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
+                AS v(account_id, tx_count, first_ts, last_ts)
+           WHERE a.account_id = v.account_id;
+           INSERT INTO account_currency_stats AS c
+               (account_id, currency, tx_count, amount_sum, amount_sum_sq, amount_max, amount_max_ts)
+           SELECT account_id, currency, n, s * 0.0001, s2 * 0.00000001, m * 0.0001, txguard_ms_to_ts(m_ts)
+           FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
+                       %s::bigint[]) AS v(account_id, currency, n, s, s2, m, m_ts)
+           ON CONFLICT (account_id, currency) DO UPDATE SET
+               tx_count = excluded.tx_count, amount_sum = excluded.amount_sum,
+               amount_sum_sq = excluded.amount_sum_sq, amount_max = excluded.amount_max,
+               amount_max_ts = excluded.amount_max_ts""",
         (
             array_literal(accounts),
             array_literal(x.count for x in h),
-            array_literal(x.sum_units for x in h),
-            array_literal(x.sum_sq_units for x in h),
-            array_literal(x.max_units for x in h),
-            array_literal(x.max_ts for x in h),
             array_literal(x.first_ts for x in h),
             array_literal(x.last_ts for x in h),
+            array_literal(a for a, _ in pairs),
+            [c for _, c in pairs],
+            array_literal(x.count for x in totals),
+            array_literal(x.sum_units for x in totals),
+            array_literal(x.sum_sq_units for x in totals),
+            array_literal(x.max_units for x in totals),
+            array_literal(x.max_ts for x in totals),
         ),
     )
 
@@ -82,11 +108,13 @@ def first_ts(cur: psycopg2.extensions.cursor, account_id: int) -> int | None:
     return row[0] if row else None
 
 
-def daily_totals(
-    cur: psycopg2.extensions.cursor, days: dict[int, tuple[int, int]]
-) -> dict[int, tuple[Prior, list[tuple[int, Prior]]]]:
-    """Per account, for days[account] = (first, until) in UTC day numbers: the totals of every day before `first`
-    (summed by the server) and each day's totals from `first` up to `until` (excluded), oldest first."""
+DayTotals = tuple[dict[str, Prior], dict[str, list[tuple[int, Prior]]]]
+
+
+def daily_totals(cur: psycopg2.extensions.cursor, days: dict[int, tuple[int, int]]) -> dict[int, DayTotals]:
+    """Per account, for days[account] = (first, until) in UTC day numbers, per currency: the totals of every day
+    before `first` (summed by the server) and each day's totals from `first` up to `until` (excluded), oldest
+    first. Currencies with no such day are left out."""
     if not days:
         return {}
     accounts = list(days)
@@ -96,23 +124,21 @@ def daily_totals(
         array_literal(days[a][1] for a in accounts),
     )
     cur.execute(
-        """SELECT b.account_id, NULL, p.n, p.s, p.s2, p.m, p.last_ms
+        """SELECT b.account_id, d.currency, NULL::integer, sum(d.tx_count), sum(d.amount_sum),
+                  sum(d.amount_sum_sq), max(d.amount_max), txguard_ts_to_ms(max(d.last_ts))
            FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS b(account_id, first_day, until_day)
-           CROSS JOIN LATERAL (
-               SELECT coalesce(sum(tx_count), 0) AS n, coalesce(sum(amount_sum), 0) AS s,
-                      coalesce(sum(amount_sum_sq), 0) AS s2, max(amount_max) AS m,
-                      txguard_ts_to_ms(max(last_ts)) AS last_ms
-               FROM account_daily d WHERE d.account_id = b.account_id AND d.day < b.first_day) AS p
+           JOIN account_daily d ON d.account_id = b.account_id AND d.day < b.first_day
+           GROUP BY b.account_id, d.currency
            UNION ALL
-           SELECT d.account_id, d.day, d.tx_count, d.amount_sum, d.amount_sum_sq, d.amount_max,
+           SELECT d.account_id, d.currency, d.day, d.tx_count, d.amount_sum, d.amount_sum_sq, d.amount_max,
                   txguard_ts_to_ms(d.last_ts)
            FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS b(account_id, first_day, until_day)
            JOIN account_daily d ON d.account_id = b.account_id AND d.day >= b.first_day AND d.day < b.until_day
-           ORDER BY 1, 2 NULLS FIRST""",
+           ORDER BY 1, 2, 3 NULLS FIRST""",
         params + params,
     )
-    result: dict[int, tuple[Prior, list[tuple[int, Prior]]]] = {}
-    for account_id, day, count, total, total_sq, largest, last_ts in cur.fetchall():
+    result: dict[int, DayTotals] = {a: ({}, {}) for a in accounts}
+    for account_id, currency, day, count, total, total_sq, largest, last_ts in cur.fetchall():
         totals = Prior(
             int(count),
             int(total.scaleb(4, WIDE)),
@@ -120,21 +146,23 @@ def daily_totals(
             None if largest is None else to_units(largest),
             last_ts,
         )
+        before, by_day = result[account_id]
         if day is None:
-            result[account_id] = (totals, [])
+            before[currency] = totals
         else:
-            result[account_id][1].append((day, totals))
+            by_day.setdefault(currency, []).append((day, totals))
     return result
 
 
 def add_to_daily_totals(cur: psycopg2.extensions.cursor, new: Iterable[Transaction]) -> None:
-    """Add newly stored transactions to account_daily (in the same database transaction as their insert).
+    """Add newly stored transactions to account_daily, per account, day and currency (in the same database
+    transaction as their insert).
 
     Callers hold the accounts' account_stats row locks, so no two writers update one account's days at once.
     """
-    days: dict[tuple[int, int], list[int]] = {}  # [count, sum, sum of squares, max, last timestamp]
+    days: dict[tuple[int, int, str], list[int]] = {}  # [count, sum, sum of squares, max, last timestamp]
     for t in new:
-        key, units = (t.account_id, t.ts // DAY_MS), to_units(t.amount)
+        key, units = (t.account_id, t.ts // DAY_MS, t.currency), to_units(t.amount)
         day = days.get(key)
         if day is None:
             days[key] = [1, units, units * units, units, t.ts]
@@ -149,19 +177,21 @@ def add_to_daily_totals(cur: psycopg2.extensions.cursor, new: Iterable[Transacti
     keys = sorted(days)
     totals = [Prior(*days[k]) for k in keys]
     cur.execute(
-        """INSERT INTO account_daily AS d (account_id, day, tx_count, amount_sum, amount_sum_sq, amount_max, last_ts)
-           SELECT account_id, day, n, s * 0.0001, s2 * 0.00000001, m * 0.0001, txguard_ms_to_ts(l)
-           FROM unnest(%s::bigint[], %s::int[], %s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[],
-                       %s::bigint[]) AS v(account_id, day, n, s, s2, m, l)
-           ON CONFLICT (account_id, day) DO UPDATE SET
+        """INSERT INTO account_daily AS d
+               (account_id, day, currency, tx_count, amount_sum, amount_sum_sq, amount_max, last_ts)
+           SELECT account_id, day, currency, n, s * 0.0001, s2 * 0.00000001, m * 0.0001, txguard_ms_to_ts(l)
+           FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::bigint[], %s::numeric[], %s::numeric[],
+                       %s::numeric[], %s::bigint[]) AS v(account_id, day, currency, n, s, s2, m, l)
+           ON CONFLICT (account_id, day, currency) DO UPDATE SET
                tx_count = d.tx_count + excluded.tx_count,
                amount_sum = d.amount_sum + excluded.amount_sum,
                amount_sum_sq = d.amount_sum_sq + excluded.amount_sum_sq,
                amount_max = greatest(d.amount_max, excluded.amount_max),
                last_ts = greatest(d.last_ts, excluded.last_ts)""",
         (
-            array_literal(a for a, _ in keys),
-            array_literal(d for _, d in keys),
+            array_literal(a for a, _, _ in keys),
+            array_literal(d for _, d, _ in keys),
+            [c for _, _, c in keys],
             array_literal(p.count for p in totals),
             array_literal(p.sum_units for p in totals),
             array_literal(p.sum_sq_units for p in totals),
@@ -212,15 +242,15 @@ def add_to_merchants_used(cur: psycopg2.extensions.cursor, new: Iterable[Transac
 
 def day_totals_for_windows(
     cur: psycopg2.extensions.cursor, days: dict[int, tuple[int, int]]
-) -> dict[int, dict[int, list[int]]]:
-    """Per account, for days[account] = (first, until): {day: [count, sum of units]} from account_daily for the
-    days in [first, until) with transactions."""
-    result: dict[int, dict[int, list[int]]] = {a: {} for a in days}
+) -> dict[int, dict[str, dict[int, list[int]]]]:
+    """Per account, for days[account] = (first, until): {currency: {day: [count, sum of units]}} from account_daily
+    for the days in [first, until) with transactions."""
+    result: dict[int, dict[str, dict[int, list[int]]]] = {a: {} for a in days}
     if not days:
         return result
     accounts = list(days)
     cur.execute(
-        """SELECT d.account_id, d.day, d.tx_count, d.amount_sum
+        """SELECT d.account_id, d.currency, d.day, d.tx_count, d.amount_sum
            FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS b(account_id, first_day, until_day)
            JOIN account_daily d ON d.account_id = b.account_id AND d.day >= b.first_day AND d.day < b.until_day""",
         (
@@ -229,6 +259,6 @@ def day_totals_for_windows(
             array_literal(days[a][1] for a in accounts),
         ),
     )
-    for account_id, day, count, total in cur.fetchall():
-        result[account_id][day] = [int(count), to_units(total)]
+    for account_id, currency, day, count, total in cur.fetchall():
+        result[account_id].setdefault(currency, {})[day] = [int(count), to_units(total)]
     return result

@@ -201,11 +201,14 @@ _COPY_CHUNK = 32_768
 
 
 _ROWS_IN_SPANS = """
-    SELECT b.key, b.low, rows.ts, rows.units
+    SELECT b.key, b.low, rows.ts, rows.units, rows.currency,
+           CASE WHEN rows.currency <> rows.last_currency THEN rows.currencies END
     FROM unnest(%s::{key_type}[], %s::bigint[], %s::bigint[]) AS b(key, low, high)
     CROSS JOIN LATERAL (
         SELECT array_agg(txguard_ts_to_ms(t.ts) ORDER BY t.ts) AS ts,
-               array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units
+               array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units,
+               min(t.currency) AS currency, max(t.currency) AS last_currency,
+               array_agg(t.currency ORDER BY t.ts) AS currencies
         FROM transactions t
         WHERE t.{key_column} = b.key AND t.ts >= txguard_ms_to_ts(b.low) AND t.ts < txguard_ms_to_ts(b.high)
               {extra}) AS rows"""
@@ -217,7 +220,8 @@ _MERCHANT_ROWS = _ROWS_IN_SPANS.format(
 
 
 def account_rows(cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]) -> dict[int, Timeline]:
-    """Each account's stored transactions inside its spans, as one sorted Timeline per account."""
+    """Each account's stored transactions inside its spans, as one sorted Timeline per account (split per currency
+    when they are in several)."""
     keys, lows, highs = _flatten(spans)
     if not keys:
         return {}
@@ -262,18 +266,28 @@ def _flatten(spans: dict[K, list[Span]]) -> tuple[list[K], list[int], list[int]]
     return keys, lows, highs
 
 
+_Piece = tuple[int, list[int], list[int], str | None, list[str] | None]
+
+
 def _timelines(
-    rows: Iterable[tuple[K, int, list[int] | None, list[int] | None]], spans: dict[K, list[Span]]
+    rows: Iterable[tuple[K, int, list[int] | None, list[int] | None, str | None, list[str] | None]],
+    spans: dict[K, list[Span]],
 ) -> dict[K, Timeline]:
-    pieces: dict[K, list[tuple[int, list[int], list[int]]]] = defaultdict(list)
-    for key, low, ts, units in rows:
-        pieces[key].append((low, ts or [], units or []))
+    # Each span's rows come with their one currency, or (only when they mix currencies) each row's.
+    pieces: dict[K, list[_Piece]] = defaultdict(list)
+    for key, low, ts, units, currency, currencies in rows:
+        pieces[key].append((low, ts or [], units or [], currency, currencies))
     timelines = {}
     for key, key_spans in spans.items():
         ordered = sorted(pieces.get(key, []), key=lambda piece: piece[0])  # spans are disjoint: concatenating sorts
-        timelines[key] = Timeline.from_sorted(
-            key_spans[0][0], [t for _, ts, _ in ordered for t in ts], [u for _, _, us in ordered for u in us]
-        )
+        ts = [t for piece in ordered for t in piece[1]]
+        units = [u for piece in ordered for u in piece[2]]
+        present = {piece[3] for piece in ordered if piece[3] is not None}
+        if len(present) <= 1 and all(piece[4] is None for piece in ordered):
+            timelines[key] = Timeline.from_sorted(key_spans[0][0], ts, units, next(iter(present), None))
+        else:
+            currencies = [c for p in ordered for c in (p[4] if p[4] is not None else [p[3] or ""] * len(p[1]))]
+            timelines[key] = Timeline.mixed(key_spans[0][0], ts, units, currencies)
     return timelines
 
 
