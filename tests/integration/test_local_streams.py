@@ -97,3 +97,29 @@ def test_generate_feeds_the_queue_and_dlq_lists_and_redrives_the_dead_letters(
     assert streams.read_dead_letters(sqs, local.dlq_url) == []
     queued = sqs.get_queue_attributes(QueueUrl=local.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
     assert queued["Attributes"]["ApproximateNumberOfMessages"] == "26"
+
+
+def test_replay_feeds_the_queue_its_labels_go_to_the_store_and_the_stream_function_stores_each_transaction(
+    database: Database, local: streams.Resources, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = ROOT / "tests" / "fixtures" / "handbook-sample.csv.gz"
+    argv = ["replay", "--preset", "handbook", "--no-progress", "--sink", "sqs", "--endpoint-url", local.endpoint_url]
+    assert main([*argv, str(sample)]) == 0
+    out = capsys.readouterr().out
+    assert "30 sent to the stream" in out and "labels (delay 7 days): 30 stored" in out
+    # The labels are in the store, waiting for their transactions; the transactions are in the queue.
+    assert database.query("SELECT count(*), count(DISTINCT transaction_id) FROM labels")[0] == (30, 30)
+    assert database.query("SELECT count(*) FROM transactions")[0][0] == 0
+    sqs = streams.client("sqs", local.endpoint_url)
+    queued = sqs.get_queue_attributes(QueueUrl=local.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert queued["Attributes"]["ApproximateNumberOfMessages"] == "30"
+    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    invoke = streams.runner_invoke(runner)
+    assert streams.wait_until(lambda: streams.poll_sqs_once(local, invoke) == 0 and _stored(database) == 30, 60)
+    # Each waiting label applied when its transaction arrived: the maintained merchant fraud counts equal the view.
+    query = "SELECT merchant_id, tx_day, known_day, frauds FROM {} ORDER BY 1, 2, 3"
+    assert database.query(query.format("merchant_label_daily")) == database.query(query.format("merchant_label_steps"))
+
+
+def _stored(database: Database) -> int:
+    return int(database.query("SELECT count(*) FROM transactions")[0][0])

@@ -131,6 +131,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", default=None, help="only transactions before this time")
     parser.add_argument("--post-url", default=None, help="POST /store_data's URL (labels go to /labels beside it)")
     parser.add_argument("--api-key", default=None, help="x-api-key for --post-url (default: $TXGUARD_API_KEY)")
+    parser.add_argument(
+        "--sink",
+        choices=("sqs", "kinesis"),
+        help="transactions go to the stream ingest queue or stream, one a message (labels still go to DATABASE_URL, "
+        "or to --post-url's /labels)",
+    )
+    parser.add_argument(
+        "--endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="with --sink: the SQS/Kinesis endpoint (default $AWS_ENDPOINT_URL, else the local one on port 4566)",
+    )
+    parser.add_argument("--queue-url", help="with --sink sqs (default: the local transactions.fifo)")
+    parser.add_argument("--stream-name", help="with --sink kinesis (default: transactions)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -260,8 +273,9 @@ class Destination:
     """Where the replay goes: `send` a batch of transactions, `send_labels` a batch of labels; each returns
     (stored, duplicates[, flagged])."""
 
-    def __init__(self, post_url: str | None, api_key: str | None) -> None:
+    def __init__(self, post_url: str | None, api_key: str | None, stream: Any = None) -> None:
         self._sink: Any = None
+        self._stream = stream  # a stream sink (txguard generate's): transactions go there, labels as below
         if post_url:
             from txguard_generator.sinks import HttpSink
 
@@ -274,8 +288,14 @@ class Destination:
 
             logger.setLevel(logging.WARNING)  # one INFO line per batch would drown the progress bar
             self.description = "database (direct)"
+        if stream is not None:
+            self.description = f"{stream.description} (labels: {self.description})"
 
     def send(self, batch: list[Transaction]) -> tuple[int, int, int]:
+        if self._stream is not None:
+            # The stream function stores and decides them later: every message sent counts as stored here.
+            self._stream.send(batch)
+            return len(batch), 0, 0
         if self._sink is not None:
             outcome = self._sink.send(batch)
             return outcome.stored, outcome.duplicates, outcome.flagged
@@ -376,7 +396,15 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CommandError(str(exc), exit_code=EXIT_USAGE) from None
     read_s = time.monotonic() - read_started
-    destination = Destination(args.post_url, args.api_key or os.environ.get("TXGUARD_API_KEY"))
+    stream = None
+    if args.sink:
+        from txguard_dev.commands.generate import stream_sink
+
+        try:
+            stream = stream_sink(args)
+        except Exception as exc:  # botocore's connection and client errors: say where, not a traceback
+            raise CommandError(f"cannot reach the {args.sink} sink: {exc}") from None
+    destination = Destination(args.post_url, args.api_key or os.environ.get("TXGUARD_API_KEY"), stream)
     started = time.monotonic()
     try:
         with tqdm(total=len(replayed.transactions), unit="tx", disable=args.no_progress, file=sys.stderr) as bar:
@@ -388,8 +416,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"replayed {count:,} transactions from {args.file} to {destination.description} in {elapsed:.1f} s "
         f"({count / elapsed:,.0f} tx/s; reading and checking the file took {read_s:.1f} s)\n"
-        f"transactions: {totals.stored:,} stored, {totals.duplicates:,} duplicates, {totals.flagged:,} flagged\n"
-        f"labels (delay {args.label_delay_days} days): {totals.labels_stored:,} stored, "
+        + (
+            f"transactions: {totals.stored:,} sent to the stream (stored and decided by the stream function)\n"
+            if stream is not None
+            else f"transactions: {totals.stored:,} stored, {totals.duplicates:,} duplicates, "
+            f"{totals.flagged:,} flagged\n"
+        )
+        + f"labels (delay {args.label_delay_days} days): {totals.labels_stored:,} stored, "
         f"{totals.label_duplicates:,} duplicates, {totals.labels_not_due:,} not due yet"
     )
     return 0
