@@ -28,9 +28,14 @@ pytestmark = pytest.mark.integration
 # `make test` size: 300 transactions. TXGUARD_LOAD_SCALE=full: the 20,000 (as tests/reliability scales).
 FULL_SCALE = os.environ.get("TXGUARD_LOAD_SCALE", "").lower() == "full"
 TRANSACTIONS = 20_000 if FULL_SCALE else 300
-# moto's SQS scans every message of a queue on each call, so the producer keeps at most this many waiting (it
-# sends as the consumer drains, as a live feed would); everything still goes through the one FIFO queue.
-MAX_WAITING = 400
+# moto's SQS scans every message of a queue several times per message sent or received (a batch of 10 costs
+# ~30 ms with 10 waiting, ~700 ms with 400), so the producer keeps at most this many waiting: it sends as the
+# consumer drains, as a live feed would. Everything still goes through the one FIFO queue.
+MAX_WAITING = 40
+# The template's redrive policy lets a message fail for maxReceiveCount x VisibilityTimeout = 10 x 360 s before
+# it is dead-lettered; locally a failed message comes back every 2 s, so the same hour is 1,800 receives. (The
+# local default, 5, would dead-letter the locked account's messages after 10 s.)
+MAX_RECEIVES = 10 * 360 // streams.VISIBILITY_TIMEOUT_S
 INVALID = 50
 ACCOUNTS = 400
 T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z
@@ -39,7 +44,7 @@ T0 = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 @pytest.fixture
 def local_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[streams.Resources]:
     with streams.moto_server() as endpoint:
-        resources = streams.create_resources(endpoint, shards=1)
+        resources = streams.create_resources(endpoint, shards=1, max_receives=MAX_RECEIVES)
         for name, value in resources.environment().items():
             monkeypatch.setenv(name, value)
         stream.reset_client()
@@ -84,7 +89,6 @@ def test_transactions_through_the_queue_are_stored_exactly_once_with_invalid_one
             messages.append((bad["account_id"], json.dumps(bad)))
     invalid_ids = {json.loads(body)["transaction_id"] for _, body in messages if "-1.00" in body}
     assert len(invalid_ids) == INVALID
-    to_send = iter(range(0, len(messages), 100))
     sent = completed = 0
 
     # The order in which records of each account were first reported done.
@@ -138,25 +142,41 @@ def test_transactions_through_the_queue_are_stored_exactly_once_with_invalid_one
     def stored_count() -> int:
         return int(admin_query(database.admin_url, "SELECT count(*) FROM transactions")[0][0])
 
+    def produce() -> None:
+        # A feed of its own, as a producer would be: it sends while the function decides.
+        nonlocal sent
+        for start in range(0, len(messages), 10):
+            while not stop.is_set() and sent - completed >= MAX_WAITING:
+                time.sleep(0.002)
+            if stop.is_set():
+                return
+            streams.send_bodies(sqs, local_queue.queue_url, messages[start : start + 10], unique=True)
+            sent += len(messages[start : start + 10])
+
     kills: list[int] = []
     interferer = threading.Thread(target=interfere, daemon=True)
+    producer = threading.Thread(target=produce, daemon=True)
     interferer.start()
+    producer.start()
     started = time.monotonic()
+    deadline = started + (3600 if FULL_SCALE else 300)
     idle = 0
     try:
-        while idle < 8 and time.monotonic() - started < 900:
-            while sent - completed < MAX_WAITING and (start := next(to_send, None)) is not None:
-                streams.send_bodies(sqs, local_queue.queue_url, messages[start : start + 100], unique=True)
-                sent += len(messages[start : start + 100])
+        # Done when everything was sent and nothing came back for longer than a retried message stays invisible.
+        while (producer.is_alive() or idle < 8) and time.monotonic() < deadline:
             received = streams.poll_sqs_once(local_queue, recording_invoke, wait_s=0)
             idle = 0 if received else idle + 1
-            if os.environ.get("TXGUARD_STREAM_DEBUG"):
+            if os.environ.get("TXGUARD_STREAM_DEBUG") and (not received or len(seen) % 1000 < 8):
                 print(f"{time.monotonic() - started:7.1f} s received {received} done {len(seen)}", flush=True)
             if not received:
                 time.sleep(0.5)  # retried messages come back after the visibility timeout
     finally:
         stop.set()
+        producer.join(10)
         interferer.join(5)
+    if os.environ.get("TXGUARD_STREAM_DEBUG"):
+        print(f"{TRANSACTIONS} transactions, {len(messages)} messages: {time.monotonic() - started:.1f} s", flush=True)
+    assert sent == len(messages), "the run ended before everything was sent"
 
     # Then: every valid transaction stored once, with one decision, counted once in its account's totals.
     expected = {valid(n)["transaction_id"] for n in range(TRANSACTIONS)}
@@ -174,7 +194,17 @@ def test_transactions_through_the_queue_are_stored_exactly_once_with_invalid_one
     assert outbox[0][0] == outbox[0][1]
 
     # Every invalid one in the dead-letter queue with its reason, no valid one there.
-    letters = streams.read_dead_letters(sqs, local_queue.dlq_url)
+    # Taken away batch by batch: a FIFO queue gives no further message of a group while one of it is held.
+    letters: list[streams.DeadLetter] = []
+    while batch := streams.read_dead_letters(sqs, local_queue.dlq_url):
+        letters += batch
+        for start in range(0, len(batch), 10):
+            sqs.delete_message_batch(
+                QueueUrl=local_queue.dlq_url,
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": d.receipt_handle} for n, d in enumerate(batch[start : start + 10])
+                ],
+            )
     dead = {json.loads(d.body)["transaction_id"]: d for d in letters}
     assert set(dead) == invalid_ids
     for letter in dead.values():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from moto import mock_aws
 
 from tests.conftest import ROOT, Database, load_event
-from txguard import db, stream
+from txguard import db, service, stream
 from txguard_dev.local.runner import FunctionRunner, Template
 
 pytestmark = pytest.mark.integration
@@ -128,6 +129,96 @@ def test_a_mixed_batch_reports_exactly_the_retryable_record_and_dead_letters_the
     # The source delivers the whole batch again (at least once): the retried one is stored, the rest are duplicates.
     assert invoke(runner, load_event("sqs.json")) == []
     assert stored(database) == [(9001, 1), (9003, 1), (9004, 1)]
+
+
+def holding(database: Database, holder: Any) -> Any:
+    """When the transaction open on `holder` (and so its locks) began, or None when none is open."""
+    rows = database.query(
+        "SELECT xact_start FROM pg_stat_activity WHERE pid = %s AND state = 'idle in transaction'",
+        (holder.get_backend_pid(),),
+    )
+    return rows[0][0] if rows else None
+
+
+def fifo_batch(transactions: list[tuple[int, int]]) -> dict[str, Any]:
+    """An SQS FIFO batch (the shape of events/sqs.json) of (account, transaction id), one a second, in that order;
+    message ids m-<transaction id>, message group = account."""
+    template = load_event("sqs.json")["Records"][0]
+    records = []
+    for n, (account, tid) in enumerate(transactions):
+        record = copy.deepcopy(template)
+        body = {"account_id": account, "transaction_id": tid, "timestamp": 1_714_564_800_000 + n * 1000}
+        record["body"] = json.dumps(body | {"amount": f"{10 + n}.00", "merchant_id": f"m-{n}"})
+        record["messageId"] = f"m-{tid}"
+        record["attributes"]["MessageGroupId"] = str(account)
+        records.append(record)
+    return {"Records": records}
+
+
+@pytest.mark.parametrize("held", ["created and not committed", "committed and locked"])
+def test_a_busy_account_fails_alone_and_the_others_are_stored_in_one_transaction_without_waiting_for_it(
+    runner: FunctionRunner, database: Database, dlq: Any, monkeypatch: pytest.MonkeyPatch, held: str
+) -> None:
+    # Given: a wait for the lock would last until the holder lets go (a safety timer, long after the call would
+    # otherwise have returned), and account 3 held by another transaction, its row being created or already there.
+    monkeypatch.setenv("TXGUARD_STATEMENT_TIMEOUT_MS", "120000")
+    monkeypatch.setenv("TXGUARD_LOCK_TIMEOUT_MS", "90000")
+    db.reset_connection()
+    if held == "committed and locked":
+        database.query("INSERT INTO account_stats (account_id) VALUES (3) RETURNING account_id")
+    holder = psycopg2.connect(database.admin_url)
+    holder.cursor().execute("INSERT INTO account_stats (account_id) VALUES (3) ON CONFLICT DO NOTHING")
+    holder.cursor().execute("SELECT 1 FROM account_stats WHERE account_id = 3 FOR UPDATE")
+    held_since = holding(database, holder)
+    assert held_since is not None
+    safety = threading.Timer(60, holder.rollback)
+    safety.start()
+    try:
+        # When: a batch of accounts 1, 3, 5, 3, 1 arrives.
+        failures = invoke(runner, fifo_batch([(1, 9001), (3, 9003), (5, 9005), (3, 9006), (1, 9004)]))
+
+        # Then, with account 3 still held: exactly its two records are retried, and the others are committed,
+        # all by one database transaction.
+        assert holding(database, holder) == held_since
+        assert failures == [{"itemIdentifier": "m-9003"}, {"itemIdentifier": "m-9006"}]
+        assert stored(database) == [(9001, 1), (9004, 1), (9005, 1)]
+        assert database.query("SELECT count(DISTINCT xmin::text) FROM transactions") == [(1,)]
+        assert database.query("SELECT count(DISTINCT xmin::text) FROM account_stats WHERE account_id IN (1, 5)") == [
+            (1,)
+        ]
+    finally:
+        safety.cancel()
+        holder.rollback()
+        holder.close()
+
+    # Delivered again once the account is free, its records are stored in order; the others are duplicates.
+    assert invoke(runner, fifo_batch([(1, 9001), (3, 9003), (5, 9005), (3, 9006), (1, 9004)])) == []
+    assert stored(database) == [(9001, 1), (9003, 1), (9004, 1), (9005, 1), (9006, 1)]
+    assert database.query("SELECT tx_count FROM account_stats WHERE account_id = 3") == [(2,)]
+
+
+def test_the_api_per_item_mode_waits_for_a_held_account_instead_of_skipping_it(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TXGUARD_LOCK_TIMEOUT_MS", "3000")
+    db.reset_connection()
+    holder = psycopg2.connect(database.admin_url)
+    holder.cursor().execute("INSERT INTO account_stats (account_id) VALUES (3)")
+    holder.cursor().execute("SELECT 1 FROM account_stats WHERE account_id = 3 FOR UPDATE")
+    release = threading.Timer(0.5, holder.rollback)
+    release.start()
+    try:
+        outcomes = service.store_each(
+            [
+                {"account_id": a, "transaction_id": t, "timestamp": 1_714_564_800_000, "amount": "1.00"}
+                for a, t in [(1, 9001), (3, 9003)]
+            ]
+        )
+    finally:
+        release.cancel()
+        holder.close()
+    assert [(o.result.status if o.result else None, o.busy) for o in outcomes] == [("stored", False)] * 2
+    assert stored(database) == [(9001, 1), (9003, 1)]
 
 
 def test_a_failed_fifo_message_fails_the_rest_of_its_group_and_no_other(

@@ -70,7 +70,23 @@ class DuplicateIdInRequest(BadInput, DuplicateIdConflict):
 def store_transactions(
     cur: psycopg2.extensions.cursor, batch: Sequence[Transaction], detector: Detector
 ) -> list[StoreResult]:
-    """Store each transaction exactly once with the decision `detector` takes on it; results in request order."""
+    """Store each transaction exactly once with the decision `detector` takes on it; results in request order.
+    An account another transaction holds is waited for (lock_timeout, then DatabaseUnavailable: nothing stored)."""
+    return [r for r in _store(cur, batch, detector, skip_busy=False) if r is not None]
+
+
+def store_unless_busy(
+    cur: psycopg2.extensions.cursor, batch: Sequence[Transaction], detector: Detector
+) -> list[StoreResult | None]:
+    """store_transactions for a stream batch: an account that another transaction holds is not waited for. Its
+    transactions that are not stored yet are left for a later delivery (None in the results, in request order;
+    none of them stored, so the account's order holds); the other accounts' are stored in this transaction."""
+    return _store(cur, batch, detector, skip_busy=True)
+
+
+def _store(
+    cur: psycopg2.extensions.cursor, batch: Sequence[Transaction], detector: Detector, skip_busy: bool
+) -> list[StoreResult | None]:
     first_index, repeats, in_request_conflicts = _index_request(batch)
     if in_request_conflicts:
         raise DuplicateIdInRequest(in_request_conflicts)
@@ -80,16 +96,22 @@ def store_transactions(
     stored = transactions.stored_by_id(cur, list(first_index))
     _refuse_conflicts(batch, stored)
     stats: dict[int, AccountHistory] = {}
+    busy: set[int] = set()
     if len(stored) < len(first_index):
         pending = [batch[i] for i in first_index.values() if batch[i].transaction_id not in stored]
-        stats = account_stats.lock_accounts(cur, sorted({t.account_id for t in pending}))
+        accounts = sorted({t.account_id for t in pending})
+        if skip_busy:
+            busy = set(accounts) - account_stats.lock_accounts_now(cur, accounts)
+            pending = [t for t in pending if t.account_id not in busy]
+            accounts = [a for a in accounts if a not in busy]
+        stats = account_stats.lock_accounts(cur, accounts)
         transactions.lock_merchants(cur, {t.merchant_id for t in pending if t.merchant_id is not None})
         # Under the locks, look again for the rest: a batch for the same accounts may have stored them meanwhile.
         stored.update(transactions.stored_by_id(cur, [t.transaction_id for t in pending]))
         _refuse_conflicts(batch, stored)
 
     new = sorted(
-        (batch[i] for i in first_index.values() if batch[i].transaction_id not in stored),
+        (t for i in first_index.values() if (t := batch[i]).transaction_id not in stored and t.account_id not in busy),
         key=lambda t: (t.ts, t.transaction_id),
     )
     decisions: dict[int, Decision] = {}
@@ -115,11 +137,13 @@ def store_transactions(
         # Labels that arrived before their transactions count from now on (merchant_label_daily).
         labels.apply_pending_labels(cur, new)
 
-    results = []
+    results: list[StoreResult | None] = []
     for index, t in enumerate(batch):
         if t.transaction_id in stored:
             original, decision = stored[t.transaction_id]
             results.append(StoreResult(original, "duplicate", decision))
+        elif t.account_id in busy:
+            results.append(None)
         elif index in repeats:
             results.append(StoreResult(t, "duplicate", decisions[t.transaction_id]))
         else:

@@ -18,7 +18,7 @@ from txguard.db import run_in_transaction
 from txguard.detection import detector_cache
 from txguard.domain import FraudLabel, LabelResult, StoredLabel, StoreResult, Transaction
 from txguard.errors import NotFound
-from txguard.ingest import DuplicateIdConflict, store_transactions
+from txguard.ingest import DuplicateIdConflict, store_transactions, store_unless_busy
 from txguard.intake import Checked, Problem, check_items
 from txguard.observability import logger, metrics, tracer
 from txguard.presenters import fraud_detected_detail
@@ -53,41 +53,53 @@ def store(batch: list[Transaction], remaining_ms: Callable[[], int] | None = Non
     Raises DuplicateIdConflict (nothing stored) and DatabaseUnavailable (nothing stored, retry); a failure
     to publish is never raised: the alert stays in the outbox for a later drain.
     """
-    max_age = service_settings().rules_cache_seconds  # also how long a detector version is kept
+    return [r for r in _store(batch, remaining_ms, skip_busy=False) if r is not None]
 
-    def work(cur: Any) -> tuple[list[StoreResult], list[outbox.Claimed]]:
-        results = store_transactions(cur, batch, detector_cache.current(cur, max_age))
+
+def _store(
+    batch: list[Transaction], remaining_ms: Callable[[], int] | None, skip_busy: bool
+) -> list[StoreResult | None]:
+    """`store`; with `skip_busy`, accounts another transaction holds are not waited for (ingest.store_unless_busy:
+    None in the results for their transactions not stored yet)."""
+    max_age = service_settings().rules_cache_seconds  # also how long a detector version is kept
+    store_batch = store_unless_busy if skip_busy else store_transactions
+
+    def work(cur: Any) -> tuple[Sequence[StoreResult | None], list[outbox.Claimed]]:
+        results = store_batch(cur, batch, detector_cache.current(cur, max_age))
         flagged = [
             fraud_detected_detail(r.transaction, r.decision)
             for r in results
-            if r.status == "stored" and r.decision.fraud
+            if r is not None and r.status == "stored" and r.decision.fraud
         ]
         return results, outbox.enqueue(cur, flagged)
 
     results, claimed = run_in_transaction(work)
-    stored = [r for r in results if r.status == "stored"]
+    stored = [r for r in results if r is not None and r.status == "stored"]
+    duplicates = sum(1 for r in results if r is not None and r.status == "duplicate")
     flagged = sum(1 for r in stored if r.decision.fraud)
     metrics.add_metric(name="TransactionsStored", unit=MetricUnit.Count, value=len(stored))
-    metrics.add_metric(name="DuplicateTransactions", unit=MetricUnit.Count, value=len(results) - len(stored))
+    metrics.add_metric(name="DuplicateTransactions", unit=MetricUnit.Count, value=duplicates)
     metrics.add_metric(name="FraudDetected", unit=MetricUnit.Count, value=flagged)
-    logger.info(
-        "transactions stored",
-        extra={"stored": len(stored), "duplicates": len(results) - len(stored), "flagged": flagged},
-    )
+    extra = {"stored": len(stored), "duplicates": duplicates, "flagged": flagged}
+    if skip_busy:
+        extra["busy"] = len(results) - len(stored) - duplicates
+    logger.info("transactions stored", extra=extra)
     if claimed:
         outbox.publish(claimed, remaining_ms)
-    return results
+    return list(results)
 
 
 @dataclass(frozen=True)
 class ItemOutcome:
     """One item of `store_each`, by its index: its `result` (stored or duplicate), or, when refused, the
-    error `code` (validation_error, transaction_id_conflict) and its problems."""
+    error `code` (validation_error, transaction_id_conflict) and its problems, or (`store_checked` with
+    `skip_busy` only) `busy`: its account was held by another transaction, nothing stored, to be tried again."""
 
     index: int
     result: StoreResult | None
     code: str | None = None
     problems: tuple[Problem, ...] = ()
+    busy: bool = False
 
 
 def store_each(items: Sequence[Any], remaining_ms: Callable[[], int] | None = None) -> list[ItemOutcome]:
@@ -101,9 +113,16 @@ def store_each(items: Sequence[Any], remaining_ms: Callable[[], int] | None = No
     return store_checked(check_items(items), remaining_ms)
 
 
-def store_checked(items: Sequence[Checked], remaining_ms: Callable[[], int] | None = None) -> list[ItemOutcome]:
+@tracer.capture_method(capture_response=False, capture_error=False)
+def store_checked(
+    items: Sequence[Checked], remaining_ms: Callable[[], int] | None = None, skip_busy: bool = False
+) -> list[ItemOutcome]:
     """`store_each` for items already validated (intake.check_items): the valid ones stored exactly once in one
-    database transaction, a conflicting one refused alone; outcomes in index order. Raises DatabaseUnavailable."""
+    database transaction, a conflicting one refused alone; outcomes in index order. Raises DatabaseUnavailable.
+
+    `skip_busy` (the stream path): an account that another transaction holds is not waited for; its items come
+    back `busy` (none of them stored) and the other accounts' are stored. Without it (the API), the call waits
+    for the lock as `store` does."""
     outcomes: dict[int, ItemOutcome] = {}
     pending: dict[int, Transaction] = {}
     for checked in items:
@@ -114,7 +133,7 @@ def store_checked(items: Sequence[Checked], remaining_ms: Callable[[], int] | No
     while pending:
         indices = list(pending)
         try:
-            results = store([pending[i] for i in indices], remaining_ms)
+            results = _store([pending[i] for i in indices], remaining_ms, skip_busy)
         except DuplicateIdConflict as conflict:
             # Each try refuses at least one more item, so this ends; the others are stored by a later try.
             for detail in conflict.details:
@@ -123,7 +142,9 @@ def store_checked(items: Sequence[Checked], remaining_ms: Callable[[], int] | No
                 outcomes[index] = ItemOutcome(index, None, conflict.code, refused)
                 del pending[index]
             continue
-        outcomes.update((i, ItemOutcome(i, result)) for i, result in zip(indices, results, strict=True))
+        outcomes.update(
+            (i, ItemOutcome(i, result, busy=result is None)) for i, result in zip(indices, results, strict=True)
+        )
         break
     return [outcomes[i] for i in sorted(outcomes)]
 

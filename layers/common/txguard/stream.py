@@ -2,8 +2,9 @@
 
 A message body is the same transaction JSON as `POST /store_data` takes, read by the one JSON rule
 (`literals.loads`), validated by `intake` and stored exactly once by `service.store_checked`. The batch is decided
-in one database transaction; only when that fails for a retryable reason (the database busy or down) are the
-batch's accounts tried one by one, so that one locked account does not hold back the rest.
+in one database transaction, which does not wait for an account another transaction holds (`skip_busy`): that
+account's records are retried, every other account's are stored. Only when the transaction fails as a whole for a
+retryable reason (the database down, or a wait on something else timed out) are the accounts tried one by one.
 
 Each record ends in one of three ways, reported through Powertools' batch processing (ReportBatchItemFailures):
 - stored, or a duplicate of what is stored: success;
@@ -133,8 +134,9 @@ def kafka_identifier(record: Any) -> str:
 
 def decide(records: Sequence[Record], remaining_ms: Callable[[], int] | None = None) -> dict[str, Outcome]:
     """Each record's outcome by identifier: the batch validated item by item and stored in one database
-    transaction (service.store_checked); when that is unavailable, account by account, stopping at the first account
-    the database refuses as down (not merely busy)."""
+    transaction (service.store_checked, skipping busy accounts: their records come back `retry` at once); when
+    that transaction is unavailable as a whole, account by account, stopping at the first account the database
+    refuses as down (not merely busy)."""
     outcomes: dict[str, Outcome] = {}
     items: dict[str, Checked] = {}
     for record in records:
@@ -184,10 +186,12 @@ def _store(group: list[tuple[str, Checked]], remaining_ms: Callable[[], int] | N
     if not group:
         return {}
     indexed = [Checked(n, item.transaction) for n, (_, item) in enumerate(group)]
-    results = service.store_checked(indexed, remaining_ms)
+    results = service.store_checked(indexed, remaining_ms, skip_busy=True)
     outcomes = {}
     for (identifier, _), result in zip(group, results, strict=True):
-        if result.result is not None:
+        if result.busy:
+            outcomes[identifier] = Outcome("retry", reason="its account is held by another transaction")
+        elif result.result is not None:
             outcomes[identifier] = Outcome(result.result.status, result=result.result)
         else:
             outcomes[identifier] = Outcome("refused", result.code, result.problems)

@@ -9,13 +9,18 @@ function the way Lambda's event source mappings do (nothing in SAM CLI runs even
   batchItemFailures the shard resumes at the lowest failed sequence number (Lambda's checkpoint), after a failed
   invocation at the batch's start.
 
-The function runs in-process through the same FunctionRunner as the local API (`txguard local --streams`).
+The function runs in-process through the same FunctionRunner as the local API (`txguard local --streams`); moto's
+server runs as a child process.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -49,33 +54,62 @@ def client(service: str, endpoint_url: str) -> Any:
     )
 
 
+# `python -m moto.server`, without werkzeug's line per request (thousands a minute under load).
+_MOTO_SERVER = (
+    "import logging, sys; logging.getLogger('werkzeug').setLevel(logging.WARNING); "
+    "from moto.server import main; main(sys.argv[1:])"
+)
+
+
 @contextmanager
-def moto_server(host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """moto's server (SQS, Kinesis and the rest) in a thread of this process; yields its endpoint URL."""
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+def moto_server(host: str = "127.0.0.1", port: int = 0, ready_timeout_s: float = 30.0) -> Iterator[str]:
+    """moto's server (SQS, Kinesis and the rest) as a child process (`python -m moto.server`); yields its endpoint
+    URL, and stops the process on exit.
 
+    A process of its own, not a thread of this one: moto's SQS costs CPU on every call (it scans the queue's
+    messages several times per message sent or received), which then runs beside the function instead of
+    sharing this interpreter's lock with it, and a crash in the server cannot take the poller down with it.
+    """
     if port == 0:
-        import socket
-
         with socket.socket() as probe:
             probe.bind((host, 0))
             port = int(probe.getsockname()[1])
-    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-    server.start()
     endpoint = f"http://{host}:{port}"
-    # moto keeps its state per process, not per server: start empty, leave nothing to the next one.
-    _reset(endpoint)
-    try:
-        yield endpoint
-    finally:
-        _reset(endpoint)
-        server.stop()
+    with tempfile.TemporaryFile() as errors:
+        server = subprocess.Popen(
+            [sys.executable, "-c", _MOTO_SERVER, "--host", host, "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,  # read only if the server does not start
+        )
+        try:
+            _wait_until_serving(endpoint, server, errors, ready_timeout_s)
+            yield endpoint
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
 
-def _reset(endpoint: str) -> None:
+def _wait_until_serving(endpoint: str, server: subprocess.Popen[bytes], errors: Any, timeout_s: float) -> None:
+    import urllib.error
     import urllib.request
 
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10).close()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2).close()
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            errors.seek(0)
+            tail = errors.read()[-2000:].decode(errors="replace")
+            raise RuntimeError(f"moto's server did not start at {endpoint} (exit {server.returncode}): {tail}")
+        time.sleep(0.1)
 
 
 @dataclass(frozen=True)
@@ -98,8 +132,9 @@ class Resources:
         }
 
 
-def create_resources(endpoint_url: str, shards: int = 2) -> Resources:
-    """The queues and the stream the template creates, in moto (idempotent)."""
+def create_resources(endpoint_url: str, shards: int = 2, max_receives: int = MAX_RECEIVES) -> Resources:
+    """The queues and the stream the template creates, in moto (idempotent). A message still failing after
+    `max_receives` receives, one every VISIBILITY_TIMEOUT_S seconds at most, goes to the dead-letter queue."""
     sqs = client("sqs", endpoint_url)
     dlq = sqs.create_queue(QueueName=DLQ_NAME, Attributes={"FifoQueue": "true"})["QueueUrl"]
     dlq_arn = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{DLQ_NAME}"
@@ -109,7 +144,7 @@ def create_resources(endpoint_url: str, shards: int = 2) -> Resources:
             "FifoQueue": "true",
             "ContentBasedDeduplication": "true",
             "VisibilityTimeout": str(VISIBILITY_TIMEOUT_S),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}),
         },
     )["QueueUrl"]
     failures = sqs.create_queue(QueueName=FAILURE_QUEUE_NAME)["QueueUrl"]
@@ -168,6 +203,7 @@ def poll_sqs_once(resources: Resources, invoke: Invoke, batch_size: int = 10, wa
     if failed:
         return len(got)  # every message comes back after its visibility timeout
     retry = {f["itemIdentifier"] for f in failures}
+    _keep_group_order(sqs, resources.queue_url, [m for m in got if m["MessageId"] in retry])
     done = [m for m in got if m["MessageId"] not in retry]
     for start in range(0, len(done), 10):
         sqs.delete_message_batch(
@@ -177,6 +213,34 @@ def poll_sqs_once(resources: Resources, invoke: Invoke, batch_size: int = 10, wa
             ],
         )
     return len(got)
+
+
+def _keep_group_order(sqs: Any, queue_url: str, failed: list[dict[str, Any]]) -> None:
+    """Leave only the first failed message of each message group in flight, and make the rest visible at once.
+
+    On SQS nothing changes: the group stays blocked by its first message until that one comes back. moto, when
+    several messages of a group become visible again together, gives out the later ones first (it skips a message
+    while another of its group still counts as in flight), which would let a transaction overtake an earlier one
+    of its account.
+    """
+    heads: set[str] = set()
+    behind = []
+    for message in failed:
+        group = (message.get("Attributes") or {}).get("MessageGroupId")
+        if group is None:
+            continue
+        if group in heads:
+            behind.append(message)
+        else:
+            heads.add(group)
+    for start in range(0, len(behind), 10):
+        sqs.change_message_visibility_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for n, m in enumerate(behind[start : start + 10])
+            ],
+        )
 
 
 def kinesis_event(records: list[dict[str, Any]], shard_id: str, stream_arn: str) -> dict[str, Any]:
@@ -365,7 +429,11 @@ class DeadLetter:
 
 
 def read_dead_letters(sqs: Any, dlq_url: str, hold_s: int = 30) -> list[DeadLetter]:
-    """Every message in the dead-letter queue, each held invisible for `hold_s` (a listing takes none away)."""
+    """The messages of the dead-letter queue, each held invisible for `hold_s` (a listing takes none away).
+
+    On a FIFO queue a message whose message group already has one held (listed) is not given out until that one
+    is visible again or deleted, so with several dead letters of one account a listing may show only the first:
+    delete (or redrive) what was read and read again to see the rest."""
     found: list[DeadLetter] = []
     while True:
         got = sqs.receive_message(

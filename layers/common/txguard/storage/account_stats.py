@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
+import psycopg2.errors
 import psycopg2.extensions
 
 from txguard.domain import Transaction
@@ -262,3 +263,55 @@ def day_totals_for_windows(
     for account_id, currency, day, count, total in cur.fetchall():
         result[account_id].setdefault(currency, {})[day] = [int(count), to_units(total)]
     return result
+
+
+def lock_accounts_now(cur: psycopg2.extensions.cursor, accounts: list[int]) -> set[int]:
+    """Lock, without waiting for anyone, the running totals of those of `accounts` that no other transaction
+    holds, creating empty ones for new accounts; returns the accounts locked (lock_accounts then reads them, held
+    by this transaction already). An account another transaction holds (its row locked or being updated, or being
+    created and not committed yet) is left out, not waited for: the stream path retries its records later.
+
+    SKIP LOCKED passes over a locked row; an INSERT has no NOWAIT, so creating a row that another transaction is
+    creating too waits at most 1 ms (lock_timeout) before the account counts as held.
+    """
+    if not accounts:
+        return set()
+    cur.execute(
+        """SELECT account_id FROM account_stats WHERE account_id = ANY(%s::bigint[])
+           ORDER BY account_id FOR UPDATE SKIP LOCKED""",
+        (array_literal(accounts),),
+    )
+    locked = {row[0] for row in cur.fetchall()}
+    missing = [a for a in accounts if a not in locked]
+    if missing:
+        created = _create_without_waiting(cur, missing)
+        if created is None:  # one of them is being created by another transaction: find which, one at a time
+            created = set()
+            for account in missing:
+                created |= _create_without_waiting(cur, [account]) or set()
+        locked |= created
+    return locked
+
+
+def _create_without_waiting(cur: psycopg2.extensions.cursor, accounts: list[int]) -> set[int] | None:
+    """Empty running totals for those of `accounts` that have none; the accounts created, or None when another
+    transaction was creating (or updating) one of them (nothing created then). A committed row, which
+    lock_accounts_now found held, is not touched: inserting against it would wait for its holder."""
+    cur.execute("SAVEPOINT txguard_create_accounts; SHOW lock_timeout")
+    row = cur.fetchone()
+    assert row is not None
+    try:
+        cur.execute(
+            """SET LOCAL lock_timeout = 1;
+               INSERT INTO account_stats (account_id)
+               SELECT a FROM unnest(%s::bigint[]) AS a
+               WHERE NOT EXISTS (SELECT 1 FROM account_stats s WHERE s.account_id = a)
+               ON CONFLICT DO NOTHING RETURNING account_id""",
+            (array_literal(accounts),),
+        )
+    except psycopg2.errors.LockNotAvailable:
+        cur.execute("ROLLBACK TO SAVEPOINT txguard_create_accounts")  # which also restores lock_timeout
+        return None
+    created = {r[0] for r in cur.fetchall()}
+    cur.execute("RELEASE SAVEPOINT txguard_create_accounts; SELECT set_config('lock_timeout', %s, true)", (row[0],))
+    return created
