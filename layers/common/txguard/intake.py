@@ -80,6 +80,18 @@ def parse_amount(value: Any, currency: str | None = None) -> Decimal:
     return amount
 
 
+# The JSON schema of a timestamp as the API reads it (parse_timestamp_ms): epoch ms, its digits, or RFC 3339.
+TIMESTAMP_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": EARLIEST_TIMESTAMP_MS, "maximum": INT64_MAX},
+            {"type": "string", "pattern": f"^{literals.INTEGER_PATTERN}$"},
+            {"type": "string", "format": "date-time"},
+        ]
+    }
+)
+
+
 class TransactionIn(BaseModel):
     """One transaction as a client sends it."""
 
@@ -92,15 +104,7 @@ class TransactionIn(BaseModel):
     ]
     timestamp: Annotated[
         int | str,
-        WithJsonSchema(
-            {
-                "anyOf": [
-                    {"type": "integer", "minimum": EARLIEST_TIMESTAMP_MS, "maximum": INT64_MAX},
-                    {"type": "string", "pattern": f"^{literals.INTEGER_PATTERN}$"},
-                    {"type": "string", "format": "date-time"},
-                ]
-            }
-        ),
+        TIMESTAMP_SCHEMA,
         Field(
             description="epoch milliseconds (an integer, or its digits as a string), or an RFC 3339 date-time "
             "with a zone (e.g. 2024-05-01T12:00:00.123Z), at most millisecond precision",

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from txguard import literals
 from txguard.domain import FraudLabel
-from txguard.intake import EARLIEST_TIMESTAMP_MS, INT64_MAX, INT64_MIN, Problem, parse_timestamp_ms, problem
+from txguard.intake import INT64_MAX, INT64_MIN, TIMESTAMP_SCHEMA, Problem, parse_timestamp_ms, problem
 
 MAX_LABEL_BATCH = 10_000  # labels one request (or one import chunk) may carry
 SOURCE_PATTERN = r"^[a-z][a-z0-9_]{0,49}(?::[A-Za-z0-9][A-Za-z0-9_.@\-]{0,48})?$"
@@ -52,15 +52,7 @@ class LabelIn(BaseModel):
     ]
     labelled_at: Annotated[
         int | str | None,
-        WithJsonSchema(
-            {
-                "anyOf": [
-                    {"type": "integer", "minimum": EARLIEST_TIMESTAMP_MS, "maximum": INT64_MAX},
-                    {"type": "string", "pattern": f"^{literals.INTEGER_PATTERN}$"},
-                    {"type": "string", "format": "date-time"},
-                ]
-            }
-        ),
+        TIMESTAMP_SCHEMA,
         Field(
             description="when the truth became known: epoch milliseconds or an RFC 3339 date-time with a zone, "
             "not later than now (small clock skew allowed); default now",

@@ -31,6 +31,19 @@ from txguard.storage import console_rollups, review_claims, rule_sets
 
 PAGE_SIZE = 50
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+# The columns of a list of decisions (the Decisions page, an account's page) and of its CSV download.
+DECISION_COLUMNS = [
+    "transaction_id",
+    "account_id",
+    "time",
+    "amount",
+    "currency",
+    "merchant_id",
+    "flagged",
+    "score",
+    "rules",
+    "label",
+]
 BAND_LABELS = ("0", "<10", "10-25", "25-50", "50-100", "100-250", "250-500", "500-1k", "1k-5k", "≥5k")
 ISSUE_15_NOTE = "trained models arrive with the model registry; until then the rule set is the only detector"
 
@@ -267,18 +280,7 @@ def decisions_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
         next_link=next_link,
         tables={
             "decisions": _table(
-                [
-                    "transaction_id",
-                    "account_id",
-                    "time",
-                    "amount",
-                    "currency",
-                    "merchant_id",
-                    "flagged",
-                    "score",
-                    "rules",
-                    "label",
-                ],
+                DECISION_COLUMNS,
                 rows,
             )
         },
@@ -364,18 +366,7 @@ def account_page(ctx: Context, cur: psycopg2.extensions.cursor, account_id: int)
         chart=charts.timeline(f"Account {account_id}: amounts over time", points, span),
         tables={
             "transactions": _table(
-                [
-                    "transaction_id",
-                    "account_id",
-                    "time",
-                    "amount",
-                    "currency",
-                    "merchant_id",
-                    "flagged",
-                    "score",
-                    "rules",
-                    "label",
-                ],
+                DECISION_COLUMNS,
                 rows,
             )
         },
