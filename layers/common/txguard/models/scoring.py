@@ -4,13 +4,12 @@
 feature rows at once (ingest scores a whole batch in one call), `score` one row, and `contributions` explains
 one row's score per feature.
 
-**Equal to LightGBM.** Scores equal `lightgbm.Booster.predict` (to within 1e-9; in practice bit for bit): the
-same decision at every node, including LightGBM's missing values (src/io/tree.h, `NumericalDecision`): a NaN
-(None) is treated as 0 unless the node's missing_type is "NaN"; a zero (|x| <= kZeroThreshold, which LightGBM's
-prediction input turns into an exact 0) goes the node's default direction when its missing_type is "Zero", a
-NaN when it is "NaN"; any other value goes left when value <= threshold. The trees' outputs are added in
-order from 0.0 as GBDT::PredictRaw adds them, and the probability is 1 / (1 + exp(-sigmoid × raw)) as
-BinaryLogloss::ConvertOutput computes it.
+**Equal to LightGBM.** Scores equal `lightgbm.Booster.predict` within 1e-9 (in practice within 1e-14: only the
+order of adding the trees' outputs differs): the same decision at every node, including LightGBM's missing values
+(include/LightGBM/tree.h, `NumericalDecision`): a NaN (None) is treated as 0 unless the node's missing_type is
+"NaN"; a zero (|x| <= kZeroThreshold, which LightGBM's prediction input turns into an exact 0) goes the node's
+default direction when its missing_type is "Zero", a NaN when it is "NaN"; any other value goes left when
+value <= threshold. The probability is 1 / (1 + exp(-sigmoid × raw)), as BinaryLogloss::ConvertOutput has it.
 
 **How a batch is scored.** Exit leaves are found with bit masks rather than by walking each tree, after
 QuickScorer (Lucchese et al., "QuickScorer: a fast algorithm to rank documents with additive ensembles of
@@ -18,10 +17,13 @@ regression trees", SIGIR 2015): each tree's leaves are numbered left to right, o
 sends a row right rules out the leaves of its left subtree; the row's exit leaf is the leftmost leaf no node
 rules out. For one feature the nodes that send a value right are those whose threshold is below it: a prefix
 of the feature's thresholds in sorted order, so the masks of every prefix are ANDed once when the model is
-compiled, and scoring a row costs, per feature, a binary search and one row of that table; per tree, an AND
-over the features and a lowest-set-bit. It is vectorised over the batch with NumPy: no per-node Python work.
-Memory: (distinct thresholds + 3 per feature) × trees × 4 bytes (LightGBM's 255 bins bound the thresholds;
-the Handbook model's 30 features × 500 trees: under 16 MB).
+compiled, and scoring a row costs one binary search per feature (all features in one `searchsorted`), one
+table row per feature ANDed per tree, and a lowest-set-bit per tree (a de Bruijn multiplication). All of it is
+vectorised over the batch with NumPy: no per-node Python work. Memory: (distinct thresholds + 3 per feature) ×
+trees × 4 bytes (LightGBM's 255 bins bound the thresholds: 30 features × 500 trees of 31 leaves, about 11 MB).
+Measured against the alternatives on such a model (500 trees): about as fast at a batch of one as generated
+Python code (one nested `if` per node, without even the missing-value tests, and most of a second to compile),
+2–3 times faster than it at a batch of 1000, and 3 times faster than a NumPy walk of all trees level by level.
 
 **Contributions** are SHAP values by the path-dependent TreeSHAP algorithm (Lundberg, Erion, Lee, "Consistent
 Individualized Feature Attribution for Tree Ensembles", 2018, Algorithm 2), computed as LightGBM's
@@ -76,58 +78,64 @@ class TreeModel:
         num_trees = len(trees)
         words = max(1, -(-max(tree.num_leaves for tree in trees) // WORD_BITS))
         self._words = words
-        # Leaf values by left-to-right position, per tree; positions past a tree's leaves are never reached.
-        values = np.zeros((num_trees, words * WORD_BITS), dtype=np.float64)
-        # Per feature: the nodes splitting on it as (tree, threshold, mask of the leaves a right turn rules out,
-        # where a zero goes (True: right), where a NaN goes).
-        by_feature: dict[int, list[tuple[int, float, npt.NDArray[np.uint32], bool, bool]]] = {}
+        # Per feature: the nodes splitting on it as parallel lists (tree, threshold, mask of the leaves a right
+        # turn rules out, whether a zero goes right, whether a NaN goes right).
+        by_feature: dict[int, tuple[list[int], list[float], list[list[int]], list[bool], list[bool]]] = {}
+        # Leaf values by (tree, word, de Bruijn hash of the leaf's bit in that word).
+        values = np.zeros((num_trees * words, WORD_BITS), dtype=np.float64)
         for t, tree in enumerate(trees):
-            order = _leaves_left_to_right(tree)
+            spans, order = _leaf_spans(tree)
             for position, leaf in enumerate(order):
-                values[t, position] = tree.leaf_value[leaf]
-            position_of = {leaf: position for position, leaf in enumerate(order)}
-            for node in range(tree.num_leaves - 1):
-                low, high = _leaf_span(tree, tree.left_child[node], position_of)
-                mask = np.array(_clear_bits(words, low, high), dtype=np.uint32)
+                word, bit = divmod(position, WORD_BITS)
+                values[t * words + word, _DEBRUIJN_HASH[bit]] = tree.leaf_value[leaf]
+            for node, (low, high) in enumerate(spans):
                 threshold = tree.threshold[node]
                 missing = tree.missing_type[node]
                 default_right = not tree.default_left[node]
-                zero_right = default_right if missing == MISSING_ZERO else threshold < 0.0
-                nan_right = default_right if missing in (MISSING_NAN, MISSING_ZERO) else threshold < 0.0
-                by_feature.setdefault(tree.split_feature[node], []).append((t, threshold, mask, zero_right, nan_right))
+                lists = by_feature.setdefault(tree.split_feature[node], ([], [], [], [], []))
+                lists[0].append(t)
+                lists[1].append(threshold)
+                lists[2].append(_clear_bits(words, low, high))
+                lists[3].append(default_right if missing == MISSING_ZERO else threshold < 0.0)
+                lists[4].append(default_right if missing in (MISSING_NAN, MISSING_ZERO) else threshold < 0.0)
 
-        columns = num_trees * words
         used = sorted(by_feature)
+        keys: list[npt.NDArray[np.complex128]] = []
+        tables: list[npt.NDArray[np.uint32]] = []
+        table_starts = []
+        start = 0
+        for slot, feature in enumerate(used):
+            tree_of, thresholds, masks, zero_right, nan_right = by_feature[feature]
+            distinct, rank = np.unique(np.array(thresholds, dtype=np.float64), return_inverse=True)
+            # Rows: the prefixes 0..len(distinct) of the sorted thresholds, then a zero, then a NaN.
+            table = np.full((len(distinct) + 3, num_trees, words), 0xFFFFFFFF, dtype=np.uint32)
+            node_masks = np.array(masks, dtype=np.uint32)
+            tree_index = np.array(tree_of, dtype=np.intp)
+            # A value above a node's threshold (every prefix past its rank) turns right there.
+            np.bitwise_and.at(table, (rank + 1, tree_index), node_masks)
+            prefixes = table[:-2]
+            np.bitwise_and.accumulate(prefixes, axis=0, out=prefixes)
+            for row, goes_right in ((-2, zero_right), (-1, nan_right)):
+                chosen = np.array(goes_right, dtype=bool)
+                np.bitwise_and.at(table, (row, tree_index[chosen]), node_masks[chosen])
+            tables.append(table.reshape(len(distinct) + 3, num_trees * words))
+            # Keys sort by feature slot, then threshold: one binary search finds every feature's prefix.
+            key = np.empty(len(distinct), dtype=np.complex128)
+            key.real, key.imag = slot, distinct
+            keys.append(key)
+            table_starts.append(start)
+            start += len(distinct) + 3
         self._used = np.array(used, dtype=np.intp)
-        self._thresholds: list[FloatArray] = []
-        offsets = []
-        tables = []
-        offset = 0
-        for feature in used:
-            nodes = by_feature[feature]
-            distinct = np.unique(np.array([n[1] for n in nodes], dtype=np.float64))
-            rows = len(distinct) + 3  # prefixes 0..len(distinct), then zero, then NaN
-            table = np.full((rows, num_trees, words), np.uint32(0xFFFFFFFF), dtype=np.uint32)
-            zero_row, nan_row = table[-2], table[-1]
-            for t, threshold, mask, zero_right, nan_right in nodes:
-                rank = int(np.searchsorted(distinct, threshold))
-                # A value above this threshold (prefix rank+1 and longer) turns right here.
-                table[rank + 1, t] &= mask
-                if zero_right:
-                    zero_row[t] &= mask
-                if nan_right:
-                    nan_row[t] &= mask
-            np.bitwise_and.accumulate(table[:-2], axis=0, out=table[:-2])
-            tables.append(table.reshape(rows, columns))
-            self._thresholds.append(distinct)
-            offsets.append(offset)
-            offset += rows
-        self._table = np.concatenate(tables) if tables else np.full((1, columns), 0xFFFFFFFF, dtype=np.uint32)
-        self._offsets = np.array(offsets, dtype=np.intp)
-        self._zero_rows = np.array([o + len(d) + 1 for o, d in zip(offsets, self._thresholds, strict=True)])
-        self._nan_rows = self._zero_rows + 1
-        self._values = values
-        self._tree_index = np.arange(num_trees, dtype=np.intp)
+        self._slots = np.arange(len(used), dtype=np.float64)
+        self._keys = np.concatenate(keys) if keys else np.empty(0, dtype=np.complex128)
+        self._table = np.concatenate(tables) if tables else np.empty((0, num_trees * words), dtype=np.uint32)
+        # searchsorted over all keys counts the keys of earlier slots (3 rows fewer each than their table rows).
+        self._key_to_row = 3 * np.arange(len(used), dtype=np.intp)
+        ends = np.array([*table_starts[1:], start], dtype=np.intp)
+        self._zero_rows = ends - 2
+        self._nan_rows = ends - 1
+        self._values = values.reshape(-1)
+        self._tree_columns = np.arange(num_trees, dtype=np.intp) * words
 
     # ------------------------------------------------------------------------------------------------ score --
     def raw_matrix(self, rows: Sequence[Sequence[Any]] | FloatArray) -> FloatArray:
@@ -137,6 +145,10 @@ class TreeModel:
         numbers (int, float, Decimal, bool), None or NaN for a missing value. Raises ValueError when a row has
         another length or a value that is not a number."""
         x = self._matrix(rows)
+        if not len(x):
+            return np.zeros(0, dtype=np.float64)
+        if len(x) <= CHUNK_ROWS:
+            return self._raw_chunk(x)
         raw = np.empty(len(x), dtype=np.float64)
         for start in range(0, len(x), CHUNK_ROWS):
             raw[start : start + CHUNK_ROWS] = self._raw_chunk(x[start : start + CHUNK_ROWS])
@@ -155,12 +167,12 @@ class TreeModel:
         return self.score_matrix([values])[0]
 
     def _matrix(self, rows: Sequence[Sequence[Any]] | FloatArray) -> FloatArray:
+        if len(rows) == 0:
+            return np.empty((0, len(self.features)), dtype=np.float64)
         try:
             x = np.array(rows, dtype=np.float64, ndmin=2)
         except (TypeError, ValueError) as error:
             raise ValueError(f"feature rows must hold numbers, None or NaN: {error}") from None
-        if len(rows) == 0:
-            return np.empty((0, len(self.features)), dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"each row must hold {len(self.features)} values, in the order of `features`")
         # As LightGBM's prediction input does: tiny magnitudes (and -0.0) are exact zeros.
@@ -169,24 +181,27 @@ class TreeModel:
 
     def _raw_chunk(self, x: FloatArray) -> FloatArray:
         n = len(x)
-        num_trees = len(self._trees)
-        leaves: npt.NDArray[np.intp]
-        if not len(self._used):
-            leaves = np.zeros((n, num_trees), dtype=np.intp)
+        columns = x[:, self._used]
+        missing = np.isnan(columns)
+        query = np.empty(columns.shape, dtype=np.complex128)
+        query.real = self._slots
+        query.imag = np.where(missing, 0.0, columns)
+        rows: npt.NDArray[np.intp] = np.searchsorted(self._keys, query, side="left") + self._key_to_row
+        np.copyto(rows, self._zero_rows, where=columns == 0.0)
+        np.copyto(rows, self._nan_rows, where=missing)
+        # (features, rows, tree words) ANDed over the features: each tree's leaves no node ruled out.
+        masks = np.bitwise_and.reduce(self._table[rows.T], axis=0)
+        if self._words == 1:
+            word = self._tree_columns
         else:
-            rows: npt.NDArray[np.intp] = np.empty((n, len(self._used)), dtype=np.intp)
-            for j, (feature, distinct) in enumerate(zip(self._used, self._thresholds, strict=True)):
-                column = x[:, feature]
-                rows[:, j] = np.searchsorted(distinct, column, side="left")
-            columns = x[:, self._used]
-            rows += self._offsets
-            np.copyto(rows, self._zero_rows, where=columns == 0.0)
-            np.copyto(rows, self._nan_rows, where=np.isnan(columns))
-            masks = np.bitwise_and.reduce(self._table[rows], axis=1).reshape(n, num_trees, self._words)
-            leaves = _lowest_set_bit(masks)
-        leaf_values = self._values[self._tree_index, leaves]
-        # Sequential, from the first tree to the last, as LightGBM adds them.
-        raw: FloatArray = np.cumsum(leaf_values, axis=1)[:, -1]
+            first = np.argmax(masks.reshape(n, len(self._trees), self._words) != 0, axis=2)
+            word = self._tree_columns + first
+            masks = np.take_along_axis(masks, word, axis=1)
+        # The lowest set bit (the leftmost leaf left), hashed to 0..31 by a de Bruijn multiplication.
+        lowest = masks & (~masks + np.uint32(1))
+        hashed = (lowest * np.uint32(_DEBRUIJN)) >> np.uint32(27)
+        leaf_values = self._values[word * WORD_BITS + hashed]
+        raw: FloatArray = leaf_values.sum(axis=1)
         return raw
 
     # -------------------------------------------------------------------------------------------- explain --
@@ -205,47 +220,39 @@ class TreeModel:
 
 
 # ---------------------------------------------------------------------------------------- tree structure --
-def _leaves_left_to_right(tree: Tree) -> list[int]:
-    if tree.num_leaves == 1:
-        return [0]
+_DEBRUIJN = 0x077CB531
+# bit -> the top 5 bits of (1 << bit) × _DEBRUIJN: distinct for the 32 bits.
+_DEBRUIJN_HASH = [(((1 << bit) * _DEBRUIJN) & 0xFFFFFFFF) >> 27 for bit in range(WORD_BITS)]
+
+
+def _leaf_spans(tree: Tree) -> tuple[list[tuple[int, int]], list[int]]:
+    """Per internal node, the left-to-right positions [low, high) of the leaves of its left subtree; and the
+    leaves in left-to-right order."""
     order: list[int] = []
-    stack = [0]
+    spans = [(0, 0)] * (tree.num_leaves - 1)
+    if tree.num_leaves == 1:
+        return spans, [0]
+    # Iterative in-order walk; (node, True) marks a node whose left subtree is done.
+    stack: list[tuple[int, bool]] = [(0, False)]
+    starts: dict[int, int] = {}
     while stack:
-        node = stack.pop()
+        node, left_done = stack.pop()
         if node < 0:
             order.append(~node)
+        elif left_done:
+            spans[node] = (starts[node], len(order))
+            stack.append((tree.right_child[node], False))
         else:
-            stack.append(tree.right_child[node])
-            stack.append(tree.left_child[node])
-    return order
-
-
-def _leaf_span(tree: Tree, node: int, position_of: dict[int, int]) -> tuple[int, int]:
-    """The left-to-right positions [low, high) of the leaves under a node (they are contiguous)."""
-    if node < 0:
-        position = position_of[~node]
-        return position, position + 1
-    low, _ = _leaf_span(tree, tree.left_child[node], position_of)
-    _, high = _leaf_span(tree, tree.right_child[node], position_of)
-    return low, high
+            starts[node] = len(order)
+            stack.append((node, True))
+            stack.append((tree.left_child[node], False))
+    return spans, order
 
 
 def _clear_bits(words: int, low: int, high: int) -> list[int]:
-    mask = [0xFFFFFFFF] * words
-    for position in range(low, high):
-        mask[position // WORD_BITS] &= ~(1 << (position % WORD_BITS)) & 0xFFFFFFFF
-    return mask
-
-
-def _lowest_set_bit(masks: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:
-    """masks (rows, trees, words) -> the position of each tree's lowest set bit (its exit leaf)."""
-    word = np.argmax(masks != 0, axis=2)
-    chosen = np.take_along_axis(masks, word[:, :, None], axis=2)[:, :, 0].astype(np.int64)
-    isolated = chosen & -chosen
-    # A power of two is exact in a double: frexp's exponent is its bit position + 1.
-    bit = np.frexp(isolated.astype(np.float64))[1] - 1
-    result: npt.NDArray[np.intp] = (word * WORD_BITS + bit).astype(np.intp)
-    return result
+    mask = (1 << (words * WORD_BITS)) - 1
+    mask &= ~(((1 << (high - low)) - 1) << low)
+    return [(mask >> (word * WORD_BITS)) & 0xFFFFFFFF for word in range(words)]
 
 
 # ------------------------------------------------------------------------------------------------ TreeSHAP --
