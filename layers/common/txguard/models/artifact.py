@@ -79,6 +79,10 @@ class Tree:
     leaf_value: tuple[float, ...]
     leaf_count: tuple[int, ...]
     depth: int
+    # The leaves from left to right, and per internal node the positions [low, high) in that order of the
+    # leaves of its left subtree (what a right turn at the node rules out).
+    leaf_order: tuple[int, ...] = (0,)
+    left_leaves: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +276,7 @@ def _tree(info: Any, index: int, num_features: int) -> Tree:
         raise CorruptArtifact(f"{where}: tree_structure is missing")
     if num_leaves == 1:
         return _single_leaf(root, where)
-    splits, leaves, depth = _walk(root, where)
+    splits, leaves, depth, spans = _walk(root, where)
     internal = num_leaves - 1
     if len(splits) != internal or len(leaves) != num_leaves:
         raise CorruptArtifact(
@@ -286,6 +290,73 @@ def _tree(info: Any, index: int, num_features: int) -> Tree:
         raise CorruptArtifact(f"{where}: split_index values are not 0..{internal - 1} once each")
     if split_ids[0] != 0:
         raise CorruptArtifact(f"{where}: the root is split {split_ids[0]}, not 0")
+    ids, features, thresholds, decisions, lefts, missings, counts, left_ids, right_ids = zip(*splits, strict=True)
+    # Whole-tree checks at C speed; the item-by-item loop below only runs to name what is wrong.
+    if not (
+        set(map(type, features)) == {int}
+        and min(features) >= 0
+        and max(features) < num_features
+        and set(decisions) == {"<="}
+        and set(map(type, lefts)) == {bool}
+        and set(missings) <= _MISSING_TYPE.keys()
+        and set(map(type, thresholds)) <= {int, float}
+        and all(map(math.isfinite, thresholds))
+        and set(map(type, counts)) == {int}
+        and min(counts) > 0
+    ):
+        _refuse_split(splits, where, num_features)
+    leaf_ids = [leaf[0] for leaf in leaves]
+    if not all(type(i) is int for i in leaf_ids) or sorted(leaf_ids) != list(range(num_leaves)):
+        duplicated = next((i for i in leaf_ids if leaf_ids.count(i) > 1), None)
+        if duplicated is not None:
+            raise CorruptArtifact(f"{where}: leaf {_short(duplicated)} appears twice")
+        raise CorruptArtifact(f"{where}: leaf_index values are not 0..{num_leaves - 1} once each")
+    _, values, leaf_counts, linear = zip(*leaves, strict=True)
+    if not (
+        not any(linear)
+        and set(map(type, values)) <= {int, float}
+        and all(map(math.isfinite, values))
+        and set(map(type, leaf_counts)) == {int}
+        and min(leaf_counts) > 0
+    ):
+        _refuse_leaf(leaves, where)
+
+    order = sorted(range(internal), key=ids.__getitem__)
+    by_leaf = sorted(range(num_leaves), key=leaf_ids.__getitem__)
+    leaf_count = tuple(leaf_counts[i] for i in by_leaf)
+    internal_count = tuple(counts[i] for i in order)
+    left_child = tuple(left_ids[i] for i in order)
+    right_child = tuple(right_ids[i] for i in order)
+    for split_id in range(internal):
+        below = 0
+        for child in (left_child[split_id], right_child[split_id]):
+            below += internal_count[child] if child >= 0 else leaf_count[~child]
+        if below != internal_count[split_id]:
+            raise CorruptArtifact(
+                f"{where}: split {split_id} counts {internal_count[split_id]} rows, its children {below}"
+            )
+    threshold = [float(thresholds[i]) for i in order]
+    if max(map(abs, threshold)) >= AVOIDED_INFINITY:
+        threshold = [_threshold(value) for value in threshold]
+    return Tree(
+        num_leaves=num_leaves,
+        split_feature=tuple(features[i] for i in order),
+        threshold=tuple(threshold),
+        missing_type=tuple(_MISSING_TYPE[missings[i]] for i in order),
+        default_left=tuple(lefts[i] for i in order),
+        left_child=left_child,
+        right_child=right_child,
+        internal_count=internal_count,
+        leaf_value=tuple(float(values[i]) for i in by_leaf),
+        leaf_count=leaf_count,
+        depth=depth,
+        leaf_order=tuple(leaf_ids),
+        left_leaves=tuple(spans[i] for i in order),
+    )
+
+
+def _refuse_split(splits: list[tuple[Any, ...]], where: str, num_features: int) -> None:
+    """Raise CorruptArtifact naming the first split field that is wrong."""
     for split in splits:
         if type(split[1]) is not int or not 0 <= split[1] < num_features:
             raise CorruptArtifact(f"{where}: split {split[0]} uses feature {_short(split[1])}, not one of the features")
@@ -301,13 +372,11 @@ def _tree(info: Any, index: int, num_features: int) -> Tree:
             raise CorruptArtifact(f"{where}: split {split[0]} has no finite threshold")
         if type(split[6]) is not int or split[6] <= 0:
             raise CorruptArtifact(f"{where}: split {split[0]} has no positive internal_count")
-    # Leaves: (leaf_index, leaf_value, leaf_count, linear).
-    leaf_ids = [leaf[0] for leaf in leaves]
-    if not all(type(i) is int for i in leaf_ids) or sorted(leaf_ids) != list(range(num_leaves)):
-        duplicated = next((i for i in leaf_ids if leaf_ids.count(i) > 1), None)
-        if duplicated is not None:
-            raise CorruptArtifact(f"{where}: leaf {_short(duplicated)} appears twice")
-        raise CorruptArtifact(f"{where}: leaf_index values are not 0..{num_leaves - 1} once each")
+    raise AssertionError("a split failed a whole-tree check but no single split does")
+
+
+def _refuse_leaf(leaves: list[tuple[Any, ...]], where: str) -> None:
+    """Raise CorruptArtifact naming the first leaf field that is wrong."""
     for leaf in leaves:
         if leaf[3]:
             raise CorruptArtifact(f"{where}: linear trees are not supported")
@@ -315,61 +384,27 @@ def _tree(info: Any, index: int, num_features: int) -> Tree:
             raise CorruptArtifact(f"{where}: leaf {leaf[0]} has no finite leaf_value")
         if type(leaf[2]) is not int or leaf[2] <= 0:
             raise CorruptArtifact(f"{where}: leaf {leaf[0]} has no positive leaf_count")
-
-    split_feature = [0] * internal
-    threshold = [0.0] * internal
-    missing_type = [0] * internal
-    default_left = [False] * internal
-    left_child = [0] * internal
-    right_child = [0] * internal
-    internal_count = [0] * internal
-    for split_id, feature, value, _, left, missing, count, left_id, right_id in splits:
-        split_feature[split_id] = feature
-        threshold[split_id] = _threshold(float(value))
-        missing_type[split_id] = _MISSING_TYPE[missing]
-        default_left[split_id] = left
-        internal_count[split_id] = count
-        left_child[split_id] = left_id
-        right_child[split_id] = right_id
-    leaf_value = [0.0] * num_leaves
-    leaf_count = [0] * num_leaves
-    for leaf_id, value, count, _ in leaves:
-        leaf_value[leaf_id] = float(value)
-        leaf_count[leaf_id] = count
-    for split_id in range(internal):
-        below = sum(
-            internal_count[child] if child >= 0 else leaf_count[~child]
-            for child in (left_child[split_id], right_child[split_id])
-        )
-        if below != internal_count[split_id]:
-            raise CorruptArtifact(
-                f"{where}: split {split_id} counts {internal_count[split_id]} rows, its children {below}"
-            )
-    return Tree(
-        num_leaves=num_leaves,
-        split_feature=tuple(split_feature),
-        threshold=tuple(threshold),
-        missing_type=tuple(missing_type),
-        default_left=tuple(default_left),
-        left_child=tuple(left_child),
-        right_child=tuple(right_child),
-        internal_count=tuple(internal_count),
-        leaf_value=tuple(leaf_value),
-        leaf_count=tuple(leaf_count),
-        depth=depth,
-    )
+    raise AssertionError("a leaf failed a whole-tree check but no single leaf does")
 
 
-def _walk(root: dict[str, Any], where: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
-    """Every split and leaf of a tree as tuples of their fields, root first; and the tree's depth. Iterative,
-    so that a hostile nesting is refused at MAX_TREE_DEPTH instead of overflowing the stack."""
+def _walk(
+    root: dict[str, Any], where: str
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int, list[tuple[int, int]]]:
+    """Every split and leaf of a tree as tuples of their fields, splits root first, leaves from left to right;
+    the tree's depth; and per split (in walk order) the positions of its left subtree's leaves. Iterative, so
+    that a hostile nesting is refused at MAX_TREE_DEPTH instead of overflowing the stack."""
     splits: list[tuple[Any, ...]] = []
     leaves: list[tuple[Any, ...]] = []
+    lows: list[int] = []
+    highs: list[int] = []
     depth = 0
-    stack: list[tuple[Any, int]] = [(root, 0)]
+    # (node, depth, the walk number of the split whose right child this is, or -1)
+    stack: list[tuple[Any, int, int]] = [(root, 0, -1)]
     pop, push = stack.pop, stack.append
     while stack:
-        node, node_depth = pop()
+        node, node_depth, right_of = pop()
+        if right_of >= 0:
+            highs[right_of] = len(leaves)
         if node_depth > depth:
             depth = node_depth
             if depth > MAX_TREE_DEPTH:
@@ -380,19 +415,24 @@ def _walk(root: dict[str, Any], where: str) -> tuple[list[tuple[Any, ...]], list
             leaves.append((get("leaf_index"), get("leaf_value"), get("leaf_count"), "leaf_coeff" in node))
             continue
         left, right = get("left_child"), get("right_child")
-        for side, child in (("left_child", left), ("right_child", right)):
-            if not isinstance(child, dict):
-                raise CorruptArtifact(f"{where}: split {_short(split_id)} has no {side}")
-        left_id, right_id = (
-            child["split_index"] if "split_index" in child else _leaf_id(child) for child in (left, right)
-        )
+        if type(left) is not dict or type(right) is not dict:
+            side = "left_child" if type(left) is not dict else "right_child"
+            raise CorruptArtifact(f"{where}: split {_short(split_id)} has no {side}")
+        left_id = left.get("split_index")
+        if left_id is None:
+            left_id = _leaf_id(left)
+        right_id = right.get("split_index")
+        if right_id is None:
+            right_id = _leaf_id(right)
         splits.append(
             (split_id, get("split_feature"), get("threshold"), get("decision_type"), get("default_left"),
              get("missing_type"), get("internal_count"), left_id, right_id)
         )  # fmt: skip
-        push((right, node_depth + 1))
-        push((left, node_depth + 1))
-    return splits, leaves, depth
+        lows.append(len(leaves))
+        highs.append(0)
+        push((right, node_depth + 1, len(splits) - 1))
+        push((left, node_depth + 1, -1))
+    return splits, leaves, depth, list(zip(lows, highs, strict=True))
 
 
 def _leaf_id(leaf: dict[str, Any]) -> int:

@@ -81,62 +81,63 @@ class TreeModel:
         num_trees = len(trees)
         words = max(1, -(-max(tree.num_leaves for tree in trees) // WORD_BITS))
         self._words = words
-        # Per feature: the nodes splitting on it as parallel lists (tree, threshold, mask of the leaves a right
-        # turn rules out, whether a zero goes right, whether a NaN goes right).
-        by_feature: dict[int, tuple[list[int], list[float], list[list[int]], list[bool], list[bool]]] = {}
+        # Every internal node of every tree, as flat arrays.
+        tree_of = np.repeat(np.arange(num_trees), [tree.num_leaves - 1 for tree in trees])
+        feature = np.array([f for tree in trees for f in tree.split_feature], dtype=np.intp)
+        threshold = np.array([v for tree in trees for v in tree.threshold], dtype=np.float64)
+        missing = np.array([m for tree in trees for m in tree.missing_type], dtype=np.int8)
+        default_right = ~np.array([d for tree in trees for d in tree.default_left], dtype=bool)
+        spans = np.array([span for tree in trees for span in tree.left_leaves], dtype=np.int64).reshape(-1, 2)
+        # Per node and word: the leaves its right turn rules out, cleared from all ones.
+        masks = np.empty((len(feature), words), dtype=np.uint32)
+        for word in range(words):
+            low = np.clip(spans[:, 0] - word * WORD_BITS, 0, WORD_BITS).astype(np.uint64)
+            high = np.clip(spans[:, 1] - word * WORD_BITS, 0, WORD_BITS).astype(np.uint64)
+            ruled_out = ((np.uint64(1) << (high - low)) - np.uint64(1)) << low
+            masks[:, word] = (np.uint64(0xFFFFFFFF) & ~ruled_out).astype(np.uint32)
+        zero_right = np.where(missing == MISSING_ZERO, default_right, threshold < 0.0)
+        nan_right = np.where((missing == MISSING_NAN) | (missing == MISSING_ZERO), default_right, threshold < 0.0)
+
         # Leaf values by (tree, word, de Bruijn hash of the leaf's bit in that word).
         values = np.zeros((num_trees * words, WORD_BITS), dtype=np.float64)
-        for t, tree in enumerate(trees):
-            spans, order = _leaf_spans(tree)
-            for position, leaf in enumerate(order):
-                word, bit = divmod(position, WORD_BITS)
-                values[t * words + word, _DEBRUIJN_HASH[bit]] = tree.leaf_value[leaf]
-            for node, (low, high) in enumerate(spans):
-                threshold = tree.threshold[node]
-                missing = tree.missing_type[node]
-                default_right = not tree.default_left[node]
-                lists = by_feature.setdefault(tree.split_feature[node], ([], [], [], [], []))
-                lists[0].append(t)
-                lists[1].append(threshold)
-                lists[2].append(_clear_bits(words, low, high))
-                lists[3].append(default_right if missing == MISSING_ZERO else threshold < 0.0)
-                lists[4].append(default_right if missing in (MISSING_NAN, MISSING_ZERO) else threshold < 0.0)
+        leaf_tree = np.repeat(np.arange(num_trees), [tree.num_leaves for tree in trees])
+        position = np.concatenate([np.arange(tree.num_leaves) for tree in trees])
+        leaf_value = np.array([tree.leaf_value[leaf] for tree in trees for leaf in tree.leaf_order])
+        hashes = np.array(_DEBRUIJN_HASH, dtype=np.intp)
+        values[leaf_tree * words + position // WORD_BITS, hashes[position % WORD_BITS]] = leaf_value
 
-        used = sorted(by_feature)
+        used = np.unique(feature)
         keys: list[npt.NDArray[np.complex128]] = []
         tables: list[npt.NDArray[np.uint32]] = []
-        table_starts = []
-        start = 0
-        for slot, feature in enumerate(used):
-            tree_of, thresholds, masks, zero_right, nan_right = by_feature[feature]
-            distinct, rank = np.unique(np.array(thresholds, dtype=np.float64), return_inverse=True)
+        ends = []
+        end = 0
+        for slot, column in enumerate(used):
+            on = feature == column
+            distinct, rank = np.unique(threshold[on], return_inverse=True)
+            node_tree, node_masks = tree_of[on], masks[on]
             # Rows: the prefixes 0..len(distinct) of the sorted thresholds, then a zero, then a NaN.
             table = np.full((len(distinct) + 3, num_trees, words), 0xFFFFFFFF, dtype=np.uint32)
-            node_masks = np.array(masks, dtype=np.uint32)
-            tree_index = np.array(tree_of, dtype=np.intp)
             # A value above a node's threshold (every prefix past its rank) turns right there.
-            np.bitwise_and.at(table, (rank + 1, tree_index), node_masks)
+            np.bitwise_and.at(table, (rank + 1, node_tree), node_masks)
             prefixes = table[:-2]
             np.bitwise_and.accumulate(prefixes, axis=0, out=prefixes)
-            for row, goes_right in ((-2, zero_right), (-1, nan_right)):
-                chosen = np.array(goes_right, dtype=bool)
-                np.bitwise_and.at(table, (row, tree_index[chosen]), node_masks[chosen])
+            for row, goes_right in ((-2, zero_right[on]), (-1, nan_right[on])):
+                np.bitwise_and.at(table, (row, node_tree[goes_right]), node_masks[goes_right])
             tables.append(table.reshape(len(distinct) + 3, num_trees * words))
             # Keys sort by feature slot, then threshold: one binary search finds every feature's prefix.
             key = np.empty(len(distinct), dtype=np.complex128)
             key.real, key.imag = slot, distinct
             keys.append(key)
-            table_starts.append(start)
-            start += len(distinct) + 3
-        self._used = np.array(used, dtype=np.intp)
+            end += len(distinct) + 3
+            ends.append(end)
+        self._used = used.astype(np.intp)
         self._slots = np.arange(len(used), dtype=np.float64)
         self._keys = np.concatenate(keys) if keys else np.empty(0, dtype=np.complex128)
         self._table = np.concatenate(tables) if tables else np.empty((0, num_trees * words), dtype=np.uint32)
         # searchsorted over all keys counts the keys of earlier slots (3 rows fewer each than their table rows).
         self._key_to_row = 3 * np.arange(len(used), dtype=np.intp)
-        ends = np.array([*table_starts[1:], start], dtype=np.intp)
-        self._zero_rows = ends - 2
-        self._nan_rows = ends - 1
+        self._zero_rows = np.array(ends, dtype=np.intp) - 2
+        self._nan_rows = self._zero_rows + 1
         self._values = values.reshape(-1)
         self._tree_columns = np.arange(num_trees, dtype=np.intp) * words
 
@@ -225,36 +226,6 @@ class TreeModel:
 _DEBRUIJN = 0x077CB531
 # bit -> the top 5 bits of (1 << bit) × _DEBRUIJN: distinct for the 32 bits.
 _DEBRUIJN_HASH = [(((1 << bit) * _DEBRUIJN) & 0xFFFFFFFF) >> 27 for bit in range(WORD_BITS)]
-
-
-def _leaf_spans(tree: Tree) -> tuple[list[tuple[int, int]], list[int]]:
-    """Per internal node, the left-to-right positions [low, high) of the leaves of its left subtree; and the
-    leaves in left-to-right order."""
-    order: list[int] = []
-    spans = [(0, 0)] * (tree.num_leaves - 1)
-    if tree.num_leaves == 1:
-        return spans, [0]
-    # Iterative in-order walk; (node, True) marks a node whose left subtree is done.
-    stack: list[tuple[int, bool]] = [(0, False)]
-    starts: dict[int, int] = {}
-    while stack:
-        node, left_done = stack.pop()
-        if node < 0:
-            order.append(~node)
-        elif left_done:
-            spans[node] = (starts[node], len(order))
-            stack.append((tree.right_child[node], False))
-        else:
-            starts[node] = len(order)
-            stack.append((node, True))
-            stack.append((tree.left_child[node], False))
-    return spans, order
-
-
-def _clear_bits(words: int, low: int, high: int) -> list[int]:
-    mask = (1 << (words * WORD_BITS)) - 1
-    mask &= ~(((1 << (high - low)) - 1) << low)
-    return [(mask >> (word * WORD_BITS)) & 0xFFFFFFFF for word in range(words)]
 
 
 # ------------------------------------------------------------------------------------------------ TreeSHAP --
