@@ -175,7 +175,7 @@ class TreeModel:
             return np.empty((0, len(self.features)), dtype=np.float64)
         try:
             x = np.array(rows, dtype=np.float64, ndmin=2)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise ValueError(f"feature rows must hold numbers, None or NaN: {error}") from None
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"each row must hold {len(self.features)} values, in the order of `features`")
