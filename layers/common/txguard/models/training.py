@@ -36,6 +36,7 @@ scikit-learn the baseline is reported as unavailable.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -436,6 +437,10 @@ def train(
     Raises TrainingError (nothing registered) when the windows are empty, a window has no fraud, or a named
     feature cannot be used; ArtifactUnavailable when the artifact cannot be stored; psycopg2.Error on database
     trouble."""
+    # OpenMP threads that wait by spinning slow LightGBM ninefold on a machine whose cores other work also uses
+    # (measured: 0.78 against 0.086 s a round, 892,000 rows, 2 threads, load average 7 on 2 cores); sleeping
+    # costs nothing when the cores are free. Read when the OpenMP runtime loads: set before lightgbm is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import lightgbm
     import numpy as np
 
