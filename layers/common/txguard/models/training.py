@@ -45,6 +45,7 @@ import psycopg2.extensions
 
 from txguard.errors import BadInput
 from txguard.features import ALL_FEATURES, DAY_MS
+from txguard.models.artifact import EXCLUDED_FEATURES
 from txguard.scoring import average_precision, card_precision_at_k, roc_auc
 from txguard.storage import models as registry
 from txguard.storage import training_data
@@ -63,8 +64,6 @@ NUM_THREADS = 2  # fixed, so that a run is the same on any machine; deterministi
 THRESHOLD_LEVELS = 100  # the threshold table's score levels: 0.00, 0.01, ..., 0.99
 CURVE_POINTS = 200  # at most this many precision–recall points are kept
 BASELINE_MAX_DEPTH = 6
-# Features a model may never read: its own score would feed back into itself.
-EXCLUDED_FEATURES = frozenset({"model_score"})
 
 # LightGBM parameters every run uses; `seed` and `scale_pos_weight` are added per run.
 BASE_PARAMS: dict[str, Any] = {
@@ -270,10 +269,10 @@ def best_f1_threshold(scores: FloatArray, y: npt.NDArray[np.int8]) -> tuple[floa
         return 1.0, 0.0, 0.0, 0.0
     order = np.argsort(-scores, kind="stable")
     s, labels = scores[order], y[order]
-    tp = np.cumsum(labels)
-    flagged = np.arange(1, s.size + 1)
     last_of_tie = np.r_[s[1:] != s[:-1], True]  # a threshold flags a whole tie group
-    tp, flagged, thresholds = tp[last_of_tie], flagged[last_of_tie], s[last_of_tie]
+    tp = np.cumsum(labels)[last_of_tie]
+    flagged = np.arange(1, s.size + 1)[last_of_tie]
+    thresholds = s[last_of_tie]
     precision = tp / flagged
     recall = tp / positives
     with np.errstate(invalid="ignore", divide="ignore"):
