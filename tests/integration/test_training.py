@@ -5,6 +5,7 @@ registered as a candidate with its metrics and threshold table."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 from collections.abc import Iterator
@@ -325,3 +326,26 @@ def test_the_train_functions_event_is_validated() -> None:
     ]:
         with pytest.raises(InvalidTrainingEvent, match=message):
             options_from_event(event, JobSettings(), now)
+
+
+def test_the_train_function_runs_as_lambda_runs_it(
+    history: Any, database: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.conftest import ROOT
+    from txguard_dev.local.runner import FunctionRunner, Template
+
+    monkeypatch.setenv("TXGUARD_MODEL_DIR", str(tmp_path / "local-models"))
+    runner = FunctionRunner(
+        Template(ROOT / "template.yaml", {"AutoPromote": "true"}), database_url=database.service_url
+    )
+    event = {"until": "2023-12-25", "gap_days": 3, "rounds": 20, "name": "invoked"}
+    result = runner.call("TrainFunction", event)
+    assert not result.failed, result.output
+    outcome = json.loads(result.output)
+    assert outcome["name"] == "invoked" and outcome["promoted"], outcome
+    assert database.query("SELECT name, status FROM model_versions") == [("invoked", "champion")]
+    assert len(list((tmp_path / "local-models" / "models").iterdir())) == 1
+
+    refused = runner.call("TrainFunction", {"until": "someday"})
+    assert refused.failed and "until" in refused.output
+    assert database.query("SELECT count(*) FROM model_versions") == [(1,)]

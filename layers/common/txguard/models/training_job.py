@@ -238,5 +238,6 @@ def handle(event: Any) -> dict[str, Any]:
     outcome = run(event, open_connection)
     metrics.add_metric(name="ModelTrained", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="ModelPromoted", unit=MetricUnit.Count, value=int(outcome["promoted"]))
-    logger.info("model trained", extra=outcome)
+    # Not `name`: a log record's own attribute.
+    logger.info("model trained", extra={f"model_{key}": value for key, value in outcome.items()})
     return outcome
