@@ -249,3 +249,47 @@ def test_an_unusable_champion_falls_back_to_the_rules_through_the_api_recorded_a
     assert found["ModelUnavailable"] == 1
     ((fallback, score),) = database.query("SELECT model_fallback, model_score FROM transactions")
     assert fallback == decision["model_fallback"] and score is None
+
+
+def test_models_compare_reports_champion_and_shadow_on_labelled_outcomes_from_the_stored_scores(
+    database: Database, model_dir: Path, artifact: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from txguard.scoring import average_precision, roc_auc
+    from txguard_dev.cli import main
+
+    version = champion(database, model_dir, artifact)
+    other = trained_artifact(threshold=0.3, seed=11)
+
+    def shadow(cur: psycopg2.extensions.cursor) -> int:
+        number = register(cur, model_dir, other, name="shadow")
+        models.set_shadow(cur, number, DirectoryStore(model_dir))
+        return number
+
+    second = as_admin(database, shadow)
+    amounts = ["12.00", "640.00", "35.00", "410.00", "88.00", "905.00", "150.00", "20.00", "470.00", "60.00"]
+    results = store([tx(8 + i % 3, T0 + i * 600_000, a) for i, a in enumerate(amounts)])
+    frauds = {results[i].transaction.transaction_id for i in (1, 5, 8)}
+    for r in results:
+        database.execute(
+            "INSERT INTO labels (transaction_id, fraud, source, labelled_at) "
+            "VALUES (%s, %s, 'analyst', txguard_ms_to_ts(%s))",
+            (r.transaction.transaction_id, r.transaction.transaction_id in frauds, r.transaction.ts + 1000),
+        )
+    capsys.readouterr()
+    assert main(["models", "compare", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    truth = [int(r.transaction.transaction_id in frauds) for r in results]
+    first_scores = [r.decision.model_score for r in results]
+    second_scores = [r.decision.shadow_scores[second] for r in results]  # type: ignore[index]
+    assert report["compared"] == len(results) and report["frauds"] == 3
+    assert report["champion"]["version"] == version and report["shadow"]["version"] == second
+    assert report["champion"]["roc_auc"] == roc_auc(first_scores, truth)  # type: ignore[arg-type]
+    assert report["shadow"]["average_precision"] == average_precision(second_scores, truth)
+    assert report["shadow"]["threshold"] == 0.3
+    flagged = [s >= 0.3 for s in second_scores]
+    hits = sum(f and t for f, t in zip(flagged, truth, strict=True))
+    assert report["shadow"]["precision"] == hits / sum(flagged)
+    assert report["shadow"]["recall"] == hits / 3
+
+    assert main(["models", "compare", "--shadow", str(version)]) == 2  # the same model on both sides
+    assert "--champion and --shadow are both" in capsys.readouterr().err

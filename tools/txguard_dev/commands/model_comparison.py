@@ -13,10 +13,11 @@ import json
 from txguard_dev.commands.common import (
     EXIT_USAGE,
     CommandError,
+    database_url,
     integer_argument,
+    model_store,
     open_database,
     period_argument,
-    service_database_url,
 )
 
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_ is not None and args.to is not None and args.from_ >= args.to:
         raise CommandError("--from must be before --to: the period would be empty", exit_code=EXIT_USAGE)
     try:
-        with open_database(service_database_url()) as conn, conn, conn.cursor() as cur:
+        with open_database(database_url(args)) as conn, conn, conn.cursor() as cur:
             current = detector_versions.current(cur)
             champion = args.champion
             if champion is None:
@@ -57,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
             if champion == shadow:
                 raise CommandError(f"--champion and --shadow are both {champion}", exit_code=EXIT_USAGE)
             thresholds: list[float | None] = []
+            store = model_store()
             for number in (champion, shadow):
-                loaded = load_model(cur, number)
+                loaded = load_model(cur, number, store)
                 if isinstance(loaded, str):
                     if loaded == "no such model version":
                         raise CommandError(f"model version {number} is not registered", exit_code=EXIT_USAGE)

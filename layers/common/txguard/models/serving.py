@@ -261,10 +261,13 @@ _LOADED: dict[tuple[int, str], ServedModel] = {}
 _LOADED_LIMIT = 8
 
 
-def load_model(cur: psycopg2.extensions.cursor, version: int) -> ServedModel | str:
-    """The registered model `version`, ready to score, or why it cannot be used (a sentence: "artifact hash
-    mismatch", "no such model version", ...). An artifact is used only when it reads whole (its bytes hash to the
-    registered sha256, it decodes, its features are the registry's and all computable here)."""
+def load_model(
+    cur: psycopg2.extensions.cursor, version: int, store: artifact_store.ArtifactStore | None = None
+) -> ServedModel | str:
+    """The registered model `version`, ready to score, or why it cannot be used (a sentence: "the artifact ... is
+    damaged", "no such model version", ...). An artifact is used only when it reads whole (its bytes hash to the
+    registered sha256, it decodes, its features are the registry's and all computable here). Artifacts are read
+    from `store` (None: the environment's, artifact_store.store())."""
     try:
         row = models.get(cur, version)
     except models.ModelNotFound:
@@ -274,7 +277,8 @@ def load_model(cur: psycopg2.extensions.cursor, version: int) -> ServedModel | s
     if served is not None:
         return served
     try:
-        artifact = decode_artifact(artifact_store.get(row.artifact_sha256))
+        data = (artifact_store.store() if store is None else store).get(row.artifact_sha256)
+        artifact = decode_artifact(data)
     except (ArtifactUnavailable, CorruptArtifact) as exc:
         return str(exc) or type(exc).__name__
     except Exception as exc:  # a store that fails otherwise (network, permissions) must not fail ingest
