@@ -48,7 +48,9 @@ class Detector(Protocol):
 
     `version` is recorded with every decision; `needed_features` names the features it reads (only those are
     computed); `window_reach_ms` is how far back (ms) the widest of them looks; `feature_settings` pins the time
-    zone and the label delay its features are computed with.
+    zone and the label delay its features are computed with. A detector may also offer
+    `decide_batch(items: Sequence[(features, merchant_id, currency)]) -> list[Decision]` (the rule set and the
+    model detector do): the loop then hands it DECIDE_CHUNK transactions at once.
     """
 
     version: int
