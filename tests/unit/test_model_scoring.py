@@ -143,8 +143,15 @@ def test_an_empty_batch_scores_nothing(trained: tuple[lgb.Booster, TreeModel]) -
 
 @pytest.mark.parametrize(
     "rows",
-    [[[1.0, 2.0]], [[0.0] * (len(NAMES) + 1)], [["a lot"] + [0.0] * (len(NAMES) - 1)], [[[1.0]] * len(NAMES)]],
-    ids=["too short", "too long", "not a number", "nested"],
+    [
+        [[1.0, 2.0]],
+        [[0.0] * (len(NAMES) + 1)],
+        [["a lot"] + [0.0] * (len(NAMES) - 1)],
+        [[[1.0]] * len(NAMES)],
+        [[10**400] + [0.0] * (len(NAMES) - 1)],
+        [[0.0] * len(NAMES), [0.0] * (len(NAMES) - 1)],
+    ],
+    ids=["too short", "too long", "not a number", "nested", "beyond a float", "ragged"],
 )
 def test_a_row_of_the_wrong_shape_or_type_is_refused(trained: tuple[lgb.Booster, TreeModel], rows: Any) -> None:
     _, model = trained

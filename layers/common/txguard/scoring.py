@@ -1,7 +1,7 @@
 """How decisions compare with known labels: one confusion matrix, and precision, recall and F1 from it; and how
 well scores rank frauds first: ROC AUC, average precision, Card Precision@k and recall per label reason.
 
-The ranking metrics are pure Python (the layer carries no numpy) and follow Le Borgne, Siblini, Lebichot,
+The ranking metrics are pure Python and follow Le Borgne, Siblini, Lebichot,
 Bontempi, *Reproducible Machine Learning for Credit Card Fraud Detection — Practical Handbook* (ULB MLG and
 Worldline), chapter "Performance metrics"; ROC AUC and average precision equal scikit-learn's
 `roc_auc_score` and `average_precision_score` (tests/unit/test_scoring_metrics.py checks them against it).

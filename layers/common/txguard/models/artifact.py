@@ -41,6 +41,7 @@ MAX_LEAVES = 131_072  # LightGBM's own limit on num_leaves
 AVOIDED_INFINITY = 1e300
 MISSING_TYPES = ("None", "Zero", "NaN")
 MISSING_NONE, MISSING_ZERO, MISSING_NAN = range(3)
+_MISSING_TYPE = {name: code for code, name in enumerate(MISSING_TYPES)}
 _KEYS = frozenset({"format", "features", "features_hash", "model", "threshold", "created_with"})
 _SIGMOID = re.compile(r"^binary(?: sigmoid:(?P<sigmoid>\S+))?$")
 
@@ -78,6 +79,10 @@ class Tree:
     leaf_value: tuple[float, ...]
     leaf_count: tuple[int, ...]
     depth: int
+    # The leaves from left to right, and per internal node the positions [low, high) in that order of the
+    # leaves of its left subtree (what a right turn at the node rules out).
+    leaf_order: tuple[int, ...] = (0,)
+    left_leaves: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +267,7 @@ def _tree(info: Any, index: int, num_features: int) -> Tree:
     if info.get("tree_index") != index:
         raise CorruptArtifact(f"{where}: tree_index {_short(info.get('tree_index'))} is out of order")
     num_leaves = info.get("num_leaves")
-    if not isinstance(num_leaves, int) or isinstance(num_leaves, bool) or not 1 <= num_leaves <= MAX_LEAVES:
+    if type(num_leaves) is not int or not 1 <= num_leaves <= MAX_LEAVES:
         raise CorruptArtifact(f"{where}: num_leaves {_short(num_leaves)} is not an integer 1..{MAX_LEAVES}")
     if info.get("num_cat", 0) != 0:
         raise CorruptArtifact(f"{where}: categorical splits are not supported")
@@ -271,108 +276,169 @@ def _tree(info: Any, index: int, num_features: int) -> Tree:
         raise CorruptArtifact(f"{where}: tree_structure is missing")
     if num_leaves == 1:
         return _single_leaf(root, where)
-
+    splits, leaves, depth, spans = _walk(root, where)
     internal = num_leaves - 1
-    split_feature = [-1] * internal
-    threshold = [0.0] * internal
-    missing_type = [0] * internal
-    default_left = [False] * internal
-    left_child = [0] * internal
-    right_child = [0] * internal
-    internal_count = [0] * internal
-    leaf_value: list[float | None] = [None] * num_leaves
-    leaf_count = [0] * num_leaves
-    depth = 0
-    # Iterative, so a hostile nesting depth is refused instead of overflowing the stack.
-    stack: list[tuple[Any, int]] = [(root, 0)]
-    root_is_split = True
-    while stack:
-        node, node_depth = stack.pop()
-        if not isinstance(node, dict):
-            raise CorruptArtifact(f"{where}: a node is not an object")
-        depth = max(depth, node_depth)
-        if depth > MAX_TREE_DEPTH:
-            raise CorruptArtifact(f"{where} is deeper than {MAX_TREE_DEPTH}")
-        if "split_index" not in node:
-            leaf = node.get("leaf_index")
-            if not isinstance(leaf, int) or isinstance(leaf, bool) or not 0 <= leaf < num_leaves:
-                raise CorruptArtifact(f"{where}: leaf_index {_short(leaf)} is not in 0..{num_leaves - 1}")
-            if leaf_value[leaf] is not None:
-                raise CorruptArtifact(f"{where}: leaf {leaf} appears twice")
-            if "leaf_coeff" in node or "leaf_features" in node:
-                raise CorruptArtifact(f"{where}: linear trees are not supported")
-            value, count = node.get("leaf_value"), node.get("leaf_count")
-            if not _is_number(value):
-                raise CorruptArtifact(f"{where}: leaf {leaf} has no finite leaf_value")
-            if not _is_count(count) or count == 0:
-                raise CorruptArtifact(f"{where}: leaf {leaf} has no positive leaf_count")
-            leaf_value[leaf], leaf_count[leaf] = float(value), count
-            continue
-        split = node["split_index"]
-        if not isinstance(split, int) or isinstance(split, bool) or not 0 <= split < internal:
-            raise CorruptArtifact(f"{where}: split_index {_short(split)} is not in 0..{internal - 1}")
-        if root_is_split and split != 0:
-            raise CorruptArtifact(f"{where}: the root is split {split}, not 0")
-        root_is_split = False
-        if split_feature[split] != -1:
-            raise CorruptArtifact(f"{where}: split {split} appears twice")
-        feature = node.get("split_feature")
-        if not isinstance(feature, int) or isinstance(feature, bool) or not 0 <= feature < num_features:
-            raise CorruptArtifact(f"{where}: split {split} uses feature {_short(feature)}, not one of the features")
-        decision = node.get("decision_type")
-        if decision == "==":
-            raise CorruptArtifact(f"{where}: categorical splits are not supported")
-        if decision != "<=":
-            raise CorruptArtifact(f"{where}: split {split} has decision_type {_short(decision)}, expected '<='")
-        if node.get("missing_type") not in MISSING_TYPES:
-            raise CorruptArtifact(f"{where}: split {split} has missing_type {_short(node.get('missing_type'))}")
-        if not isinstance(node.get("default_left"), bool):
-            raise CorruptArtifact(f"{where}: split {split} has no boolean default_left")
-        if not _is_number(node.get("threshold")):
-            raise CorruptArtifact(f"{where}: split {split} has no finite threshold")
-        count = node.get("internal_count")
-        if not _is_count(count) or count == 0:
-            raise CorruptArtifact(f"{where}: split {split} has no positive internal_count")
-        children = []
-        for side in ("left_child", "right_child"):
-            child = node.get(side)
-            if not isinstance(child, dict):
-                raise CorruptArtifact(f"{where}: split {split} has no {side}")
-            children.append(child)
-            stack.append((child, node_depth + 1))
-        split_feature[split] = feature
-        threshold[split] = _threshold(float(node["threshold"]))
-        missing_type[split] = MISSING_TYPES.index(node["missing_type"])
-        default_left[split] = node["default_left"]
-        internal_count[split] = count
-        left_child[split], right_child[split] = (_child_id(child) for child in children)
-
-    if any(feature == -1 for feature in split_feature):
-        raise CorruptArtifact(f"{where}: has fewer splits than num_leaves - 1")
-    values: list[float] = []
-    for leaf, value in enumerate(leaf_value):
-        if value is None:
-            raise CorruptArtifact(f"{where}: leaf {leaf} is missing")
-        values.append(value)
-    for split in range(internal):
-        below = _count(left_child[split], internal_count, leaf_count) + _count(
-            right_child[split], internal_count, leaf_count
+    if len(splits) != internal or len(leaves) != num_leaves:
+        raise CorruptArtifact(
+            f"{where}: {len(splits)} splits and {len(leaves)} leaves for num_leaves {num_leaves}: the split_index "
+            "or leaf_index numbering is broken, or a leaf is missing"
         )
-        if below != internal_count[split]:
-            raise CorruptArtifact(f"{where}: split {split} counts {internal_count[split]} rows, its children {below}")
+    # Splits: (split_index, split_feature, threshold, decision_type, default_left, missing_type, internal_count,
+    # left child id, right child id), checked a field at a time over the whole tree.
+    split_ids = [split[0] for split in splits]
+    if not all(type(i) is int for i in split_ids) or sorted(split_ids) != list(range(internal)):
+        raise CorruptArtifact(f"{where}: split_index values are not 0..{internal - 1} once each")
+    if split_ids[0] != 0:
+        raise CorruptArtifact(f"{where}: the root is split {split_ids[0]}, not 0")
+    ids, features, thresholds, decisions, lefts, missings, counts, left_ids, right_ids = zip(*splits, strict=True)
+    # Whole-tree checks at C speed; the item-by-item loop below only runs to name what is wrong.
+    if not (
+        set(map(type, features)) == {int}
+        and min(features) >= 0
+        and max(features) < num_features
+        and set(decisions) == {"<="}
+        and set(map(type, lefts)) == {bool}
+        and set(missings) <= _MISSING_TYPE.keys()
+        and set(map(type, thresholds)) <= {int, float}
+        and all(map(math.isfinite, thresholds))
+        and set(map(type, counts)) == {int}
+        and min(counts) > 0
+    ):
+        _refuse_split(splits, where, num_features)
+    leaf_ids = [leaf[0] for leaf in leaves]
+    if not all(type(i) is int for i in leaf_ids) or sorted(leaf_ids) != list(range(num_leaves)):
+        duplicated = next((i for i in leaf_ids if leaf_ids.count(i) > 1), None)
+        if duplicated is not None:
+            raise CorruptArtifact(f"{where}: leaf {_short(duplicated)} appears twice")
+        raise CorruptArtifact(f"{where}: leaf_index values are not 0..{num_leaves - 1} once each")
+    _, values, leaf_counts, linear = zip(*leaves, strict=True)
+    if not (
+        not any(linear)
+        and set(map(type, values)) <= {int, float}
+        and all(map(math.isfinite, values))
+        and set(map(type, leaf_counts)) == {int}
+        and min(leaf_counts) > 0
+    ):
+        _refuse_leaf(leaves, where)
+
+    order = sorted(range(internal), key=ids.__getitem__)
+    by_leaf = sorted(range(num_leaves), key=leaf_ids.__getitem__)
+    leaf_count = tuple(leaf_counts[i] for i in by_leaf)
+    internal_count = tuple(counts[i] for i in order)
+    left_child = tuple(left_ids[i] for i in order)
+    right_child = tuple(right_ids[i] for i in order)
+    for split_id in range(internal):
+        below = 0
+        for child in (left_child[split_id], right_child[split_id]):
+            below += internal_count[child] if child >= 0 else leaf_count[~child]
+        if below != internal_count[split_id]:
+            raise CorruptArtifact(
+                f"{where}: split {split_id} counts {internal_count[split_id]} rows, its children {below}"
+            )
+    threshold = [float(thresholds[i]) for i in order]
+    if max(map(abs, threshold)) >= AVOIDED_INFINITY:
+        threshold = [_threshold(value) for value in threshold]
     return Tree(
         num_leaves=num_leaves,
-        split_feature=tuple(split_feature),
+        split_feature=tuple(features[i] for i in order),
         threshold=tuple(threshold),
-        missing_type=tuple(missing_type),
-        default_left=tuple(default_left),
-        left_child=tuple(left_child),
-        right_child=tuple(right_child),
-        internal_count=tuple(internal_count),
-        leaf_value=tuple(values),
-        leaf_count=tuple(leaf_count),
+        missing_type=tuple(_MISSING_TYPE[missings[i]] for i in order),
+        default_left=tuple(lefts[i] for i in order),
+        left_child=left_child,
+        right_child=right_child,
+        internal_count=internal_count,
+        leaf_value=tuple(float(values[i]) for i in by_leaf),
+        leaf_count=leaf_count,
         depth=depth,
+        leaf_order=tuple(leaf_ids),
+        left_leaves=tuple(spans[i] for i in order),
     )
+
+
+def _refuse_split(splits: list[tuple[Any, ...]], where: str, num_features: int) -> None:
+    """Raise CorruptArtifact naming the first split field that is wrong."""
+    for split in splits:
+        if type(split[1]) is not int or not 0 <= split[1] < num_features:
+            raise CorruptArtifact(f"{where}: split {split[0]} uses feature {_short(split[1])}, not one of the features")
+        if split[3] != "<=":
+            if split[3] == "==":
+                raise CorruptArtifact(f"{where}: categorical splits are not supported")
+            raise CorruptArtifact(f"{where}: split {split[0]} has decision_type {_short(split[3])}, expected '<='")
+        if type(split[4]) is not bool:
+            raise CorruptArtifact(f"{where}: split {split[0]} has no boolean default_left")
+        if split[5] not in _MISSING_TYPE:
+            raise CorruptArtifact(f"{where}: split {split[0]} has missing_type {_short(split[5])}")
+        if not _is_number(split[2]):
+            raise CorruptArtifact(f"{where}: split {split[0]} has no finite threshold")
+        if type(split[6]) is not int or split[6] <= 0:
+            raise CorruptArtifact(f"{where}: split {split[0]} has no positive internal_count")
+    raise AssertionError("a split failed a whole-tree check but no single split does")
+
+
+def _refuse_leaf(leaves: list[tuple[Any, ...]], where: str) -> None:
+    """Raise CorruptArtifact naming the first leaf field that is wrong."""
+    for leaf in leaves:
+        if leaf[3]:
+            raise CorruptArtifact(f"{where}: linear trees are not supported")
+        if not _is_number(leaf[1]):
+            raise CorruptArtifact(f"{where}: leaf {leaf[0]} has no finite leaf_value")
+        if type(leaf[2]) is not int or leaf[2] <= 0:
+            raise CorruptArtifact(f"{where}: leaf {leaf[0]} has no positive leaf_count")
+    raise AssertionError("a leaf failed a whole-tree check but no single leaf does")
+
+
+def _walk(
+    root: dict[str, Any], where: str
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int, list[tuple[int, int]]]:
+    """Every split and leaf of a tree as tuples of their fields, splits root first, leaves from left to right;
+    the tree's depth; and per split (in walk order) the positions of its left subtree's leaves. Iterative, so
+    that a hostile nesting is refused at MAX_TREE_DEPTH instead of overflowing the stack."""
+    splits: list[tuple[Any, ...]] = []
+    leaves: list[tuple[Any, ...]] = []
+    lows: list[int] = []
+    highs: list[int] = []
+    depth = 0
+    # (node, depth, the walk number of the split whose right child this is, or -1)
+    stack: list[tuple[Any, int, int]] = [(root, 0, -1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, node_depth, right_of = pop()
+        if right_of >= 0:
+            highs[right_of] = len(leaves)
+        if node_depth > depth:
+            depth = node_depth
+            if depth > MAX_TREE_DEPTH:
+                raise CorruptArtifact(f"{where} is deeper than {MAX_TREE_DEPTH}")
+        get = node.get
+        split_id = get("split_index")
+        if split_id is None:
+            leaves.append((get("leaf_index"), get("leaf_value"), get("leaf_count"), "leaf_coeff" in node))
+            continue
+        left, right = get("left_child"), get("right_child")
+        if type(left) is not dict or type(right) is not dict:
+            side = "left_child" if type(left) is not dict else "right_child"
+            raise CorruptArtifact(f"{where}: split {_short(split_id)} has no {side}")
+        left_id = left.get("split_index")
+        if left_id is None:
+            left_id = _leaf_id(left)
+        right_id = right.get("split_index")
+        if right_id is None:
+            right_id = _leaf_id(right)
+        splits.append(
+            (split_id, get("split_feature"), get("threshold"), get("decision_type"), get("default_left"),
+             get("missing_type"), get("internal_count"), left_id, right_id)
+        )  # fmt: skip
+        lows.append(len(leaves))
+        highs.append(0)
+        push((right, node_depth + 1, len(splits) - 1))
+        push((left, node_depth + 1, -1))
+    return splits, leaves, depth, list(zip(lows, highs, strict=True))
+
+
+def _leaf_id(leaf: dict[str, Any]) -> int:
+    # A child's id as LightGBM numbers it (~leaf_index); a leaf_index that is no integer is refused later.
+    index = leaf.get("leaf_index")
+    return ~index if type(index) is int else -1
 
 
 def _threshold(value: float) -> float:
@@ -383,19 +449,6 @@ def _threshold(value: float) -> float:
     if value <= -AVOIDED_INFINITY:
         return -math.inf
     return value
-
-
-def _child_id(child: dict[str, Any]) -> int:
-    # Both indices are validated when the child itself is visited.
-    if "split_index" in child:
-        split = child["split_index"]
-        return split if isinstance(split, int) and not isinstance(split, bool) else 0
-    leaf = child.get("leaf_index")
-    return ~leaf if isinstance(leaf, int) and not isinstance(leaf, bool) else -1
-
-
-def _count(node: int, internal_count: list[int], leaf_count: list[int]) -> int:
-    return internal_count[node] if node >= 0 else leaf_count[~node]
 
 
 def _single_leaf(root: dict[str, Any], where: str) -> Tree:

@@ -4,13 +4,12 @@
 feature rows at once (ingest scores a whole batch in one call), `score` one row, and `contributions` explains
 one row's score per feature.
 
-**Equal to LightGBM.** Scores equal `lightgbm.Booster.predict` (to within 1e-9; in practice bit for bit): the
-same decision at every node, including LightGBM's missing values (src/io/tree.h, `NumericalDecision`): a NaN
-(None) is treated as 0 unless the node's missing_type is "NaN"; a zero (|x| <= kZeroThreshold, which LightGBM's
-prediction input turns into an exact 0) goes the node's default direction when its missing_type is "Zero", a
-NaN when it is "NaN"; any other value goes left when value <= threshold. The trees' outputs are added in
-order from 0.0 as GBDT::PredictRaw adds them, and the probability is 1 / (1 + exp(-sigmoid × raw)) as
-BinaryLogloss::ConvertOutput computes it.
+**Equal to LightGBM.** Scores equal `lightgbm.Booster.predict` within 1e-9 (in practice within 1e-14: only the
+order of adding the trees' outputs differs): the same decision at every node, including LightGBM's missing values
+(include/LightGBM/tree.h, `NumericalDecision`): a NaN (None) is treated as 0 unless the node's missing_type is
+"NaN"; a zero (|x| <= kZeroThreshold, which LightGBM's prediction input turns into an exact 0) goes the node's
+default direction when its missing_type is "Zero", a NaN when it is "NaN"; any other value goes left when
+value <= threshold. The probability is 1 / (1 + exp(-sigmoid × raw)), as BinaryLogloss::ConvertOutput has it.
 
 **How a batch is scored.** Exit leaves are found with bit masks rather than by walking each tree, after
 QuickScorer (Lucchese et al., "QuickScorer: a fast algorithm to rank documents with additive ensembles of
@@ -18,15 +17,19 @@ regression trees", SIGIR 2015): each tree's leaves are numbered left to right, o
 sends a row right rules out the leaves of its left subtree; the row's exit leaf is the leftmost leaf no node
 rules out. For one feature the nodes that send a value right are those whose threshold is below it: a prefix
 of the feature's thresholds in sorted order, so the masks of every prefix are ANDed once when the model is
-compiled, and scoring a row costs, per feature, a binary search and one row of that table; per tree, an AND
-over the features and a lowest-set-bit. It is vectorised over the batch with NumPy: no per-node Python work.
-Memory: (distinct thresholds + 3 per feature) × trees × 4 bytes (LightGBM's 255 bins bound the thresholds;
-the Handbook model's 30 features × 500 trees: under 16 MB).
+compiled, and scoring a row costs one binary search per feature (all features in one `searchsorted`), one
+table row per feature ANDed per tree, and a lowest-set-bit per tree (a de Bruijn multiplication). All of it is
+vectorised over the batch with NumPy: no per-node Python work. Memory: (distinct thresholds + 3 per feature) ×
+trees × 4 bytes (LightGBM's 255 bins bound the thresholds: 30 features × 500 trees of 31 leaves, about 11 MB).
+Measured against the alternatives on such a model (500 trees): about as fast at a batch of one as generated
+Python code (one nested `if` per node, without even the missing-value tests, and most of a second to compile),
+2–3 times faster than it at a batch of 1000, and 3 times faster than a NumPy walk of all trees level by level.
 
 **Contributions** are SHAP values by the path-dependent TreeSHAP algorithm (Lundberg, Erion, Lee, "Consistent
-Individualized Feature Attribution for Tree Ensembles", 2018, Algorithm 2), computed as LightGBM's
-`pred_contrib` computes them (src/io/tree.cpp, Tree::TreeSHAP, with node counts as covers): in log-odds, one per
-feature, plus the bias (the trees' expected output); they sum to the raw score.
+Individualized Feature Attribution for Tree Ensembles", 2018, Algorithm 2), equal to LightGBM's `pred_contrib`
+(src/io/tree.cpp, Tree::TreeSHAP, node counts as covers): in log-odds, one per feature, plus the bias (the trees'
+expected output); they sum to the raw score. The algorithm's per-leaf polynomials are computed for all leaves of
+all trees at once with NumPy (`_Explainer`), compiled on the first explanation.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class TreeModel:
         self._sigmoid = artifact.sigmoid
         self._trees = artifact.trees
         self._compile()
+        # Compiled on the first explanation: most batches explain nothing.
+        self._explainer: _Explainer | None = None
 
     @classmethod
     def from_artifact(cls, artifact: ModelArtifact) -> TreeModel:
@@ -76,58 +81,65 @@ class TreeModel:
         num_trees = len(trees)
         words = max(1, -(-max(tree.num_leaves for tree in trees) // WORD_BITS))
         self._words = words
-        # Leaf values by left-to-right position, per tree; positions past a tree's leaves are never reached.
-        values = np.zeros((num_trees, words * WORD_BITS), dtype=np.float64)
-        # Per feature: the nodes splitting on it as (tree, threshold, mask of the leaves a right turn rules out,
-        # where a zero goes (True: right), where a NaN goes).
-        by_feature: dict[int, list[tuple[int, float, npt.NDArray[np.uint32], bool, bool]]] = {}
-        for t, tree in enumerate(trees):
-            order = _leaves_left_to_right(tree)
-            for position, leaf in enumerate(order):
-                values[t, position] = tree.leaf_value[leaf]
-            position_of = {leaf: position for position, leaf in enumerate(order)}
-            for node in range(tree.num_leaves - 1):
-                low, high = _leaf_span(tree, tree.left_child[node], position_of)
-                mask = np.array(_clear_bits(words, low, high), dtype=np.uint32)
-                threshold = tree.threshold[node]
-                missing = tree.missing_type[node]
-                default_right = not tree.default_left[node]
-                zero_right = default_right if missing == MISSING_ZERO else threshold < 0.0
-                nan_right = default_right if missing in (MISSING_NAN, MISSING_ZERO) else threshold < 0.0
-                by_feature.setdefault(tree.split_feature[node], []).append((t, threshold, mask, zero_right, nan_right))
+        # Every internal node of every tree, as flat arrays.
+        tree_of = np.repeat(np.arange(num_trees), [tree.num_leaves - 1 for tree in trees])
+        feature = np.array([f for tree in trees for f in tree.split_feature], dtype=np.intp)
+        threshold = np.array([v for tree in trees for v in tree.threshold], dtype=np.float64)
+        missing = np.array([m for tree in trees for m in tree.missing_type], dtype=np.int8)
+        default_right = ~np.array([d for tree in trees for d in tree.default_left], dtype=bool)
+        spans = np.array([span for tree in trees for span in tree.left_leaves], dtype=np.int64).reshape(-1, 2)
+        # Per node and word: the leaves its right turn rules out, cleared from all ones.
+        masks = np.empty((len(feature), words), dtype=np.uint32)
+        for word in range(words):
+            low = np.clip(spans[:, 0] - word * WORD_BITS, 0, WORD_BITS).astype(np.uint64)
+            high = np.clip(spans[:, 1] - word * WORD_BITS, 0, WORD_BITS).astype(np.uint64)
+            ruled_out = ((np.uint64(1) << (high - low)) - np.uint64(1)) << low
+            masks[:, word] = (np.uint64(0xFFFFFFFF) & ~ruled_out).astype(np.uint32)
+        zero_right = np.where(missing == MISSING_ZERO, default_right, threshold < 0.0)
+        nan_right = np.where((missing == MISSING_NAN) | (missing == MISSING_ZERO), default_right, threshold < 0.0)
 
-        columns = num_trees * words
-        used = sorted(by_feature)
-        self._used = np.array(used, dtype=np.intp)
-        self._thresholds: list[FloatArray] = []
-        offsets = []
-        tables = []
-        offset = 0
-        for feature in used:
-            nodes = by_feature[feature]
-            distinct = np.unique(np.array([n[1] for n in nodes], dtype=np.float64))
-            rows = len(distinct) + 3  # prefixes 0..len(distinct), then zero, then NaN
-            table = np.full((rows, num_trees, words), np.uint32(0xFFFFFFFF), dtype=np.uint32)
-            zero_row, nan_row = table[-2], table[-1]
-            for t, threshold, mask, zero_right, nan_right in nodes:
-                rank = int(np.searchsorted(distinct, threshold))
-                # A value above this threshold (prefix rank+1 and longer) turns right here.
-                table[rank + 1, t] &= mask
-                if zero_right:
-                    zero_row[t] &= mask
-                if nan_right:
-                    nan_row[t] &= mask
-            np.bitwise_and.accumulate(table[:-2], axis=0, out=table[:-2])
-            tables.append(table.reshape(rows, columns))
-            self._thresholds.append(distinct)
-            offsets.append(offset)
-            offset += rows
-        self._table = np.concatenate(tables) if tables else np.full((1, columns), 0xFFFFFFFF, dtype=np.uint32)
-        self._offsets = np.array(offsets, dtype=np.intp)
-        self._zero_rows = np.array([o + len(d) + 1 for o, d in zip(offsets, self._thresholds, strict=True)])
+        # Leaf values by (tree, word, de Bruijn hash of the leaf's bit in that word).
+        values = np.zeros((num_trees * words, WORD_BITS), dtype=np.float64)
+        leaf_tree = np.repeat(np.arange(num_trees), [tree.num_leaves for tree in trees])
+        position = np.concatenate([np.arange(tree.num_leaves) for tree in trees])
+        leaf_value = np.array([tree.leaf_value[leaf] for tree in trees for leaf in tree.leaf_order])
+        hashes = np.array(_DEBRUIJN_HASH, dtype=np.intp)
+        values[leaf_tree * words + position // WORD_BITS, hashes[position % WORD_BITS]] = leaf_value
+
+        used = np.unique(feature)
+        keys: list[npt.NDArray[np.complex128]] = []
+        tables: list[npt.NDArray[np.uint32]] = []
+        ends = []
+        end = 0
+        for slot, column in enumerate(used):
+            on = feature == column
+            distinct, rank = np.unique(threshold[on], return_inverse=True)
+            node_tree, node_masks = tree_of[on], masks[on]
+            # Rows: the prefixes 0..len(distinct) of the sorted thresholds, then a zero, then a NaN.
+            table = np.full((len(distinct) + 3, num_trees, words), 0xFFFFFFFF, dtype=np.uint32)
+            # A value above a node's threshold (every prefix past its rank) turns right there.
+            np.bitwise_and.at(table, (rank + 1, node_tree), node_masks)
+            prefixes = table[:-2]
+            np.bitwise_and.accumulate(prefixes, axis=0, out=prefixes)
+            for row, goes_right in ((-2, zero_right[on]), (-1, nan_right[on])):
+                np.bitwise_and.at(table, (row, node_tree[goes_right]), node_masks[goes_right])
+            tables.append(table.reshape(len(distinct) + 3, num_trees * words))
+            # Keys sort by feature slot, then threshold: one binary search finds every feature's prefix.
+            key = np.empty(len(distinct), dtype=np.complex128)
+            key.real, key.imag = slot, distinct
+            keys.append(key)
+            end += len(distinct) + 3
+            ends.append(end)
+        self._used = used.astype(np.intp)
+        self._slots = np.arange(len(used), dtype=np.float64)
+        self._keys = np.concatenate(keys) if keys else np.empty(0, dtype=np.complex128)
+        self._table = np.concatenate(tables) if tables else np.empty((0, num_trees * words), dtype=np.uint32)
+        # searchsorted over all keys counts the keys of earlier slots (3 rows fewer each than their table rows).
+        self._key_to_row = 3 * np.arange(len(used), dtype=np.intp)
+        self._zero_rows = np.array(ends, dtype=np.intp) - 2
         self._nan_rows = self._zero_rows + 1
-        self._values = values
-        self._tree_index = np.arange(num_trees, dtype=np.intp)
+        self._values = values.reshape(-1)
+        self._tree_columns = np.arange(num_trees, dtype=np.intp) * words
 
     # ------------------------------------------------------------------------------------------------ score --
     def raw_matrix(self, rows: Sequence[Sequence[Any]] | FloatArray) -> FloatArray:
@@ -137,6 +149,10 @@ class TreeModel:
         numbers (int, float, Decimal, bool), None or NaN for a missing value. Raises ValueError when a row has
         another length or a value that is not a number."""
         x = self._matrix(rows)
+        if not len(x):
+            return np.zeros(0, dtype=np.float64)
+        if len(x) <= CHUNK_ROWS:
+            return self._raw_chunk(x)
         raw = np.empty(len(x), dtype=np.float64)
         for start in range(0, len(x), CHUNK_ROWS):
             raw[start : start + CHUNK_ROWS] = self._raw_chunk(x[start : start + CHUNK_ROWS])
@@ -155,12 +171,12 @@ class TreeModel:
         return self.score_matrix([values])[0]
 
     def _matrix(self, rows: Sequence[Sequence[Any]] | FloatArray) -> FloatArray:
-        try:
-            x = np.array(rows, dtype=np.float64, ndmin=2)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"feature rows must hold numbers, None or NaN: {error}") from None
         if len(rows) == 0:
             return np.empty((0, len(self.features)), dtype=np.float64)
+        try:
+            x = np.array(rows, dtype=np.float64, ndmin=2)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ValueError(f"feature rows must hold numbers, None or NaN: {error}") from None
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"each row must hold {len(self.features)} values, in the order of `features`")
         # As LightGBM's prediction input does: tiny magnitudes (and -0.0) are exact zeros.
@@ -169,24 +185,27 @@ class TreeModel:
 
     def _raw_chunk(self, x: FloatArray) -> FloatArray:
         n = len(x)
-        num_trees = len(self._trees)
-        leaves: npt.NDArray[np.intp]
-        if not len(self._used):
-            leaves = np.zeros((n, num_trees), dtype=np.intp)
+        columns = x[:, self._used]
+        missing = np.isnan(columns)
+        query = np.empty(columns.shape, dtype=np.complex128)
+        query.real = self._slots
+        query.imag = np.where(missing, 0.0, columns)
+        rows: npt.NDArray[np.intp] = np.searchsorted(self._keys, query, side="left") + self._key_to_row
+        np.copyto(rows, self._zero_rows, where=columns == 0.0)
+        np.copyto(rows, self._nan_rows, where=missing)
+        # (features, rows, tree words) ANDed over the features: each tree's leaves no node ruled out.
+        masks = np.bitwise_and.reduce(self._table[rows.T], axis=0)
+        if self._words == 1:
+            word = self._tree_columns
         else:
-            rows: npt.NDArray[np.intp] = np.empty((n, len(self._used)), dtype=np.intp)
-            for j, (feature, distinct) in enumerate(zip(self._used, self._thresholds, strict=True)):
-                column = x[:, feature]
-                rows[:, j] = np.searchsorted(distinct, column, side="left")
-            columns = x[:, self._used]
-            rows += self._offsets
-            np.copyto(rows, self._zero_rows, where=columns == 0.0)
-            np.copyto(rows, self._nan_rows, where=np.isnan(columns))
-            masks = np.bitwise_and.reduce(self._table[rows], axis=1).reshape(n, num_trees, self._words)
-            leaves = _lowest_set_bit(masks)
-        leaf_values = self._values[self._tree_index, leaves]
-        # Sequential, from the first tree to the last, as LightGBM adds them.
-        raw: FloatArray = np.cumsum(leaf_values, axis=1)[:, -1]
+            first = np.argmax(masks.reshape(n, len(self._trees), self._words) != 0, axis=2)
+            word = self._tree_columns + first
+            masks = np.take_along_axis(masks, word, axis=1)
+        # The lowest set bit (the leftmost leaf left), hashed to 0..31 by a de Bruijn multiplication.
+        lowest = masks & (~masks + np.uint32(1))
+        hashed = (lowest * np.uint32(_DEBRUIJN)) >> np.uint32(27)
+        leaf_values = self._values[word * WORD_BITS + hashed]
+        raw: FloatArray = leaf_values.sum(axis=1)
         return raw
 
     # -------------------------------------------------------------------------------------------- explain --
@@ -195,68 +214,169 @@ class TreeModel:
         (BIAS, the expected raw score): SHAP values by path-dependent TreeSHAP, equal to LightGBM's
         `Booster.predict(pred_contrib=True)` (within 1e-9). They sum to the row's raw score. Raises ValueError
         as `raw_matrix` does."""
-        x = self._matrix([values])[0].tolist()
-        phi = [0.0] * (len(self.features) + 1)
-        for tree in self._trees:
-            phi[-1] += _expected_value(tree)
-            if tree.num_leaves > 1:
-                _tree_shap(tree, x, phi)
+        x = self._matrix([values])[0]
+        explainer = self._explainer
+        if explainer is None:
+            explainer = self._explainer = _Explainer(self._trees, len(self.features))
+        phi = explainer.shap_values(x)
         return [*zip(self.features, phi[:-1], strict=True), (BIAS, phi[-1])]
 
 
 # ---------------------------------------------------------------------------------------- tree structure --
-def _leaves_left_to_right(tree: Tree) -> list[int]:
-    if tree.num_leaves == 1:
-        return [0]
-    order: list[int] = []
-    stack = [0]
-    while stack:
-        node = stack.pop()
-        if node < 0:
-            order.append(~node)
-        else:
-            stack.append(tree.right_child[node])
-            stack.append(tree.left_child[node])
-    return order
-
-
-def _leaf_span(tree: Tree, node: int, position_of: dict[int, int]) -> tuple[int, int]:
-    """The left-to-right positions [low, high) of the leaves under a node (they are contiguous)."""
-    if node < 0:
-        position = position_of[~node]
-        return position, position + 1
-    low, _ = _leaf_span(tree, tree.left_child[node], position_of)
-    _, high = _leaf_span(tree, tree.right_child[node], position_of)
-    return low, high
-
-
-def _clear_bits(words: int, low: int, high: int) -> list[int]:
-    mask = [0xFFFFFFFF] * words
-    for position in range(low, high):
-        mask[position // WORD_BITS] &= ~(1 << (position % WORD_BITS)) & 0xFFFFFFFF
-    return mask
-
-
-def _lowest_set_bit(masks: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:
-    """masks (rows, trees, words) -> the position of each tree's lowest set bit (its exit leaf)."""
-    word = np.argmax(masks != 0, axis=2)
-    chosen = np.take_along_axis(masks, word[:, :, None], axis=2)[:, :, 0].astype(np.int64)
-    isolated = chosen & -chosen
-    # A power of two is exact in a double: frexp's exponent is its bit position + 1.
-    bit = np.frexp(isolated.astype(np.float64))[1] - 1
-    result: npt.NDArray[np.intp] = (word * WORD_BITS + bit).astype(np.intp)
-    return result
+_DEBRUIJN = 0x077CB531
+# bit -> the top 5 bits of (1 << bit) × _DEBRUIJN: distinct for the 32 bits.
+_DEBRUIJN_HASH = [(((1 << bit) * _DEBRUIJN) & 0xFFFFFFFF) >> 27 for bit in range(WORD_BITS)]
 
 
 # ------------------------------------------------------------------------------------------------ TreeSHAP --
-def _decision(tree: Tree, value: float, node: int) -> int:
-    """The child a value goes to: LightGBM's NumericalDecision (value already has tiny magnitudes zeroed)."""
-    missing = tree.missing_type[node]
-    if math.isnan(value) and missing != MISSING_NAN:
-        value = 0.0
-    if (missing == MISSING_ZERO and value == 0.0) or (missing == MISSING_NAN and math.isnan(value)):
-        return tree.left_child[node] if tree.default_left[node] else tree.right_child[node]
-    return tree.left_child[node] if value <= tree.threshold[node] else tree.right_child[node]
+_PADDING_WIDTH = 4  # leaves are grouped by their number of distinct path features, rounded up to a multiple
+# A leaf's path: its nodes, their directions (True: left), distinct features, their zero fractions; its value.
+_LeafPath = tuple[list[int], list[bool], list[int], list[float], float]
+
+
+class _LeafGroup:
+    """The leaves (of every tree) whose paths have at most `width` distinct features, as padded arrays.
+
+    Per leaf: its path's internal nodes (global ids; padding: the always-matching node), the direction each
+    takes (True: left), the slot of each node's feature among the path's distinct features; per slot the
+    feature's column and its "zero fraction" (the product, over the path's nodes on that feature, of the
+    share of the node's training rows that went the path's way); the leaf's value."""
+
+    def __init__(self, width: int, paths: list[_LeafPath], node_feature: list[int]) -> None:
+        self.width = width
+        length = max(1, max(len(nodes) for nodes, *_ in paths))
+        count = len(paths)
+        self.nodes = np.zeros((count, length), dtype=np.intp)
+        self.left = np.ones((count, length), dtype=bool)
+        self.slot = np.zeros((count, length), dtype=np.intp)
+        self.feature = np.zeros((count, width), dtype=np.intp)
+        # Padding slots are null players (zero and one fraction 1): Shapley values are unchanged by them.
+        self.zero = np.ones((count, width), dtype=np.float64)
+        self.value = np.zeros(count, dtype=np.float64)
+        for i, (nodes, left, features, zeros, value) in enumerate(paths):
+            self.nodes[i, : len(nodes)] = nodes
+            self.left[i, : len(nodes)] = left
+            slots = {feature: slot for slot, feature in enumerate(features)}
+            self.slot[i, : len(nodes)] = [slots[node_feature[node]] for node in nodes]
+            # Padding: the always-matching node, one past the last (its decision is set to "left").
+            self.nodes[i, len(nodes) :] = len(node_feature)
+            self.feature[i, : len(features)] = features
+            self.zero[i, : len(zeros)] = zeros
+            self.value[i] = value
+        self.rows = np.arange(count)
+        # w(k) = k! (width - k - 1)! / width!: the Shapley weight of a coalition of k of the other width - 1.
+        self.weights = np.array(
+            [math.factorial(k) * math.factorial(width - k - 1) / math.factorial(width) for k in range(width)]
+        )
+
+
+class _Explainer:
+    """Path-dependent TreeSHAP for one row, vectorised over the leaves of all trees.
+
+    Lundberg et al.'s Algorithm 2 walks each tree keeping, for the path to each leaf, the polynomial
+    Π_i (z_i + o_i·y) over the path's distinct features i (z_i: the share of training rows that followed the
+    path through i's splits, o_i: 1 when the row follows it, else 0); a feature j's SHAP value from that leaf is
+    value × (o_j − z_j) × Σ_k w(k)·[y^k] Π_{i≠j} (z_i + o_i·y). Here the same polynomials are built for all
+    leaves at once: the products by one multiplication per distinct feature, the quotients by all j at once by
+    synthetic division (by z_j + y when o_j = 1, by z_j when o_j = 0), as LightGBM's UnwoundPathSum does."""
+
+    def __init__(self, trees: tuple[Tree, ...], num_features: int) -> None:
+        self.num_features = num_features
+        node_feature: list[int] = []
+        threshold: list[float] = []
+        missing: list[int] = []
+        default_left: list[bool] = []
+        by_width: dict[int, list[_LeafPath]] = {}
+        bias = 0.0
+        for tree in trees:
+            bias += _expected_value(tree)
+            if tree.num_leaves == 1:
+                continue
+            base = len(node_feature)
+            node_feature.extend(tree.split_feature)
+            threshold.extend(tree.threshold)
+            missing.extend(tree.missing_type)
+            default_left.extend(tree.default_left)
+            for nodes, left, features, zeros, value in _leaf_paths(tree):
+                width = -(-max(1, len(features)) // _PADDING_WIDTH) * _PADDING_WIDTH
+                by_width.setdefault(width, []).append(([base + n for n in nodes], left, features, zeros, value))
+        self.bias = bias
+        self.node_feature = np.array(node_feature, dtype=np.intp)
+        self.threshold = np.array(threshold, dtype=np.float64)
+        self.missing = np.array(missing, dtype=np.int8)
+        self.default_left = np.array(default_left, dtype=bool)
+        self.groups = [_LeafGroup(width, paths, node_feature) for width, paths in sorted(by_width.items())]
+
+    def shap_values(self, x: FloatArray) -> list[float]:
+        """x: one row (tiny magnitudes already zero) -> SHAP values per feature, then the bias."""
+        phi = np.zeros(self.num_features, dtype=np.float64)
+        if len(self.node_feature):
+            goes_left = np.append(self._decisions(x), True)
+            for group in self.groups:
+                phi += self._group_values(group, goes_left)
+        return [*phi.tolist(), self.bias]
+
+    def _decisions(self, x: FloatArray) -> npt.NDArray[np.bool_]:
+        # NumericalDecision for every node at once.
+        value = x[self.node_feature]
+        nan = np.isnan(value)
+        value = np.where(nan & (self.missing != MISSING_NAN), 0.0, value)
+        by_default = ((self.missing == MISSING_ZERO) & (value == 0.0)) | ((self.missing == MISSING_NAN) & nan)
+        with np.errstate(invalid="ignore"):
+            compared = value <= self.threshold
+        result: npt.NDArray[np.bool_] = np.where(by_default, self.default_left, compared)
+        return result
+
+    def _group_values(self, group: _LeafGroup, goes_left: npt.NDArray[np.bool_]) -> FloatArray:
+        width = group.width
+        follows = goes_left[group.nodes] == group.left
+        one = np.ones((len(group.rows), width), dtype=bool)
+        for k in range(group.nodes.shape[1]):
+            one[group.rows, group.slot[:, k]] &= follows[:, k]
+        o = one.astype(np.float64)
+        z = group.zero
+        # Coefficients of Π_i (z_i + o_i·y), lowest degree first.
+        poly = np.zeros((len(group.rows), width + 1), dtype=np.float64)
+        poly[:, 0] = 1.0
+        for i in range(width):
+            poly[:, 1 : i + 2] = poly[:, 1 : i + 2] * z[:, i, None] + poly[:, : i + 1] * o[:, i, None]
+            poly[:, 0] *= z[:, i]
+        weights = group.weights
+        # o_j = 1: divide by (z_j + y) from the top, summing the weighted quotient coefficients on the way.
+        quotient = np.repeat(poly[:, width, None], width, axis=1)
+        when_one = weights[width - 1] * quotient
+        for k in range(width - 1, 0, -1):
+            quotient = poly[:, k, None] - z * quotient
+            when_one += weights[k - 1] * quotient
+        # o_j = 0: divide by z_j.
+        when_zero = (poly[:, :width] @ weights)[:, None] / z
+        contribution = group.value[:, None] * (o - z) * np.where(one, when_one, when_zero)
+        values = np.bincount(group.feature.ravel(), weights=contribution.ravel(), minlength=self.num_features)
+        return values.astype(np.float64)
+
+
+def _leaf_paths(tree: Tree) -> list[_LeafPath]:
+    """Per leaf: its path's nodes, directions (True: left), distinct features in order of first use, their
+    zero fractions (products of the nodes' count ratios), and its value."""
+
+    def count(node: int) -> int:
+        return tree.internal_count[node] if node >= 0 else tree.leaf_count[~node]
+
+    paths = []
+    stack: list[tuple[int, list[int], list[bool]]] = [(0, [], [])]
+    while stack:
+        node, nodes, left = stack.pop()
+        if node >= 0:
+            stack.append((tree.left_child[node], [*nodes, node], [*left, True]))
+            stack.append((tree.right_child[node], [*nodes, node], [*left, False]))
+            continue
+        zero_of: dict[int, float] = {}
+        for parent, went_left in zip(nodes, left, strict=True):
+            child = tree.left_child[parent] if went_left else tree.right_child[parent]
+            feature = tree.split_feature[parent]
+            zero_of[feature] = zero_of.get(feature, 1.0) * (count(child) / count(parent))
+        paths.append((nodes, left, list(zero_of), list(zero_of.values()), tree.leaf_value[~node]))
+    return paths
 
 
 def _expected_value(tree: Tree) -> float:
@@ -268,103 +388,3 @@ def _expected_value(tree: Tree) -> float:
     for count, value in zip(tree.leaf_count, tree.leaf_value, strict=True):
         expected += (count / total) * value
     return expected
-
-
-def _tree_shap(tree: Tree, x: list[float], phi: list[float]) -> None:
-    """Add one tree's SHAP values to phi (Lundberg et al. 2018, Algorithm 2, as LightGBM's Tree::TreeSHAP).
-
-    The unique path is three parallel lists (feature, zero fraction, one fraction) plus the path weights;
-    each recursion level works on its own copy, as the C++ does on its slice of preallocated memory."""
-
-    def count(node: int) -> float:
-        return float(tree.internal_count[node] if node >= 0 else tree.leaf_count[~node])
-
-    def recurse(
-        node: int,
-        depth: int,
-        features: list[int],
-        zeros: list[float],
-        ones: list[float],
-        weights: list[float],
-        zero_fraction: float,
-        one_fraction: float,
-        feature: int,
-    ) -> None:
-        features = [*features[:depth], feature]
-        zeros = [*zeros[:depth], zero_fraction]
-        ones = [*ones[:depth], one_fraction]
-        weights = [*weights[:depth], 1.0 if depth == 0 else 0.0]
-        # ExtendPath
-        for i in range(depth - 1, -1, -1):
-            weights[i + 1] += one_fraction * weights[i] * (i + 1) / (depth + 1)
-            weights[i] = zero_fraction * weights[i] * (depth - i) / (depth + 1)
-
-        if node < 0:
-            leaf_value = tree.leaf_value[~node]
-            for i in range(1, depth + 1):
-                phi[features[i]] += (
-                    _unwound_path_sum(zeros, ones, weights, depth, i) * (ones[i] - zeros[i]) * leaf_value
-                )
-            return
-
-        split_feature = tree.split_feature[node]
-        hot = _decision(tree, x[split_feature], node)
-        cold = tree.right_child[node] if hot == tree.left_child[node] else tree.left_child[node]
-        w = count(node)
-        hot_zero_fraction = count(hot) / w
-        cold_zero_fraction = count(cold) / w
-        incoming_zero_fraction = 1.0
-        incoming_one_fraction = 1.0
-        if split_feature in features:
-            # Already split on this feature above: undo that split so that this node redoes it.
-            path_index = features.index(split_feature)
-            incoming_zero_fraction = zeros[path_index]
-            incoming_one_fraction = ones[path_index]
-            _unwind_path(features, zeros, ones, weights, depth, path_index)
-            depth -= 1
-        recurse(
-            hot, depth + 1, features, zeros, ones, weights,
-            hot_zero_fraction * incoming_zero_fraction, incoming_one_fraction, split_feature,
-        )  # fmt: skip
-        recurse(
-            cold, depth + 1, features, zeros, ones, weights,
-            cold_zero_fraction * incoming_zero_fraction, 0.0, split_feature,
-        )  # fmt: skip
-
-    recurse(0, 0, [], [], [], [], 1.0, 1.0, -1)
-
-
-def _unwind_path(
-    features: list[int], zeros: list[float], ones: list[float], weights: list[float], depth: int, path_index: int
-) -> None:
-    one_fraction = ones[path_index]
-    zero_fraction = zeros[path_index]
-    next_one_portion = weights[depth]
-    for i in range(depth - 1, -1, -1):
-        if one_fraction != 0:
-            kept = weights[i]
-            weights[i] = next_one_portion * (depth + 1) / ((i + 1) * one_fraction)
-            next_one_portion = kept - weights[i] * zero_fraction * (depth - i) / (depth + 1)
-        else:
-            weights[i] = (weights[i] * (depth + 1)) / (zero_fraction * (depth - i))
-    for i in range(path_index, depth):
-        features[i] = features[i + 1]
-        zeros[i] = zeros[i + 1]
-        ones[i] = ones[i + 1]
-
-
-def _unwound_path_sum(
-    zeros: list[float], ones: list[float], weights: list[float], depth: int, path_index: int
-) -> float:
-    one_fraction = ones[path_index]
-    zero_fraction = zeros[path_index]
-    next_one_portion = weights[depth]
-    total = 0.0
-    for i in range(depth - 1, -1, -1):
-        if one_fraction != 0:
-            tmp = next_one_portion * (depth + 1) / ((i + 1) * one_fraction)
-            total += tmp
-            next_one_portion = weights[i] - tmp * zero_fraction * ((depth - i) / (depth + 1))
-        else:
-            total += (weights[i] / zero_fraction) / ((depth - i) / (depth + 1))
-    return total
