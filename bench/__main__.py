@@ -19,6 +19,7 @@ from bench import (
     ingest_bench,
     input_bench,
     model_bench,
+    model_serving_bench,
     replay_bench,
     rules_bench,
     stream_bench,
@@ -72,6 +73,7 @@ def main() -> int:
             "stream",
             "console",
             "model",
+            "serving",
         ],
         default=None,
     )
@@ -89,6 +91,7 @@ def main() -> int:
         "stream": stream_bench.run,
         "console": console_bench.run,
         "model": model_bench.run,
+        "serving": model_serving_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
@@ -105,3 +106,26 @@ def test_reports_render_every_metric() -> None:
     assert data["confusion_matrix"]["tp"] == report.confusion.true_positive
     assert data["card_precision"]["days"][0]["date"] == "1970-01-01"
     assert "| ROC AUC |" in render_markdown(report)
+
+
+def test_ties_of_the_four_place_score_are_broken_by_the_model_score_and_groups_keep_their_order() -> None:
+    from txguard.labels import LabelInForce
+
+    # Four decisions share the score 0.9000; the model ranks the fraud first among them. A decision at 0.9001
+    # without a model score still ranks above all four, one at 0.8999 with p = 1 below them.
+    rows = [
+        ScoredRow(1, 1, 0, 0.9, True, 2, 0.42),
+        ScoredRow(2, 2, 0, 0.9, True, 2, 0.97),
+        ScoredRow(3, 3, 0, 0.9, True, 2, 0.41),
+        ScoredRow(4, 4, 0, 0.9, True, 2, 0.40),
+        ScoredRow(5, 5, 0, 0.9001, True, 2, None),
+        ScoredRow(6, 6, 0, 0.8999, False, 2, 1.0),
+    ]
+    labels = {2: LabelInForce(True, "analyst", None, 0), 5: LabelInForce(True, "analyst", None, 0)}
+    judged = list(judge([rows], lambda ids: {i: labels[i] for i in ids if i in labels}))
+    order = [j.transaction_id for j in sorted(judged, key=lambda j: -j.score)]
+    assert order == [5, 2, 1, 3, 4, 6]
+    report = Evaluation("test").add_all(judged).report()
+    assert report.average_precision == 1.0  # both frauds first: no tie with the genuine decisions left
+    untied = Evaluation("test").add_all([replace(j, score=round(j.score, 4)) for j in judged]).report()
+    assert untied.average_precision is not None and untied.average_precision < 1.0

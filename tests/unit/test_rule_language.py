@@ -226,3 +226,27 @@ def test_constants_beyond_the_limits_are_refused_naming_rule_constant_and_limit(
     (problem,) = refused.value.problems
     shown = constant if len(constant) <= 60 else f"{constant[:28]}...{constant[-28:]}"
     assert problem == f"rule 'long' (#2): when: the constant {shown} at position 10 {complaint}"
+
+
+def test_a_rule_set_records_known_features_and_never_model_score() -> None:
+    from txguard.rule_engine import CompiledRuleSet
+
+    document = {
+        "rules": [{"id": "m", "description": "model", "when": "model_score > 0.8 AND amount > 100", "score": "0.9"}],
+        "features": {"record": ["count_30d", "merchant_risk_7d", "hour_of_day"]},
+    }
+    compiled = CompiledRuleSet(3, validate_rule_set(document), detector_version=5)
+    assert compiled.rule_features == {"model_score", "amount"}
+    # Computed and stored: the rules' features, the recorded ones and count; never the model's output.
+    assert compiled.needed_features == {"amount", "count", "count_30d", "merchant_risk_7d", "hour_of_day"}
+    assert compiled.decide({"amount": Decimal("1")}, None, "EUR").detector_version == 5
+
+    for record, reason in (
+        (["model_score"], "'model_score' cannot be recorded"),
+        (["amount", "no_such_feature"], "unknown feature 'no_such_feature'"),
+        (["count", "count"], "'count' named twice"),
+    ):
+        with pytest.raises(RuleSetError) as refused:
+            validate_rule_set({**document, "features": {"record": record}})
+        assert reason in str(refused.value)
+        assert "features.record" in str(refused.value)

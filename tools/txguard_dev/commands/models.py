@@ -1,4 +1,4 @@
-"""`txguard models list | show V | shadow V | promote V | retire V | rollback`: the model registry.
+"""`txguard models list | show V | shadow V | promote V | retire V | rollback | compare`: the model registry.
 
 V is a version number or `latest` (the highest). Each change is one database transaction that also writes the
 detector version it leaves (txguard/storage/models.py); the functions pick it up within their cache period. A
@@ -13,6 +13,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from txguard_dev.commands import model_comparison
 from txguard_dev.commands.common import (
     EXIT_USAGE,
     CommandError,
@@ -50,6 +51,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     rollback = sub.add_parser("rollback", help="retire the champion; the champion it replaced returns")
     add_database_argument(rollback)
     rollback.add_argument("--json", action="store_true")
+    compare = sub.add_parser("compare", help="champion against shadow on labelled outcomes, from the stored scores")
+    add_database_argument(compare)
+    model_comparison.register(compare)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from txguard.storage import models
 
     command = args.models_command
+    if command == "compare":
+        return model_comparison.run(args)
     try:
         with open_database(database_url(args)) as conn, conn, conn.cursor() as cur:
             if command == "list":
