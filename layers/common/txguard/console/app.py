@@ -20,7 +20,7 @@ import psycopg2.extensions
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from txguard import db, literals
-from txguard.console import charts, queries, session, web
+from txguard.console import charts, model_pages, queries, session, web
 from txguard.console.session import Keys, Session
 from txguard.console.web import Request, Response
 from txguard.currencies import money
@@ -65,6 +65,8 @@ def templates() -> Environment:
     env.filters["ms"] = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
     env.filters["money"] = lambda amount, currency: money(Decimal(amount), currency)
     env.filters["pct"] = lambda x: "–" if x is None else f"{100 * x:.1f}%"
+    env.filters["four"] = lambda x: "–" if x is None else f"{x:.4f}"
+    env.filters["day"] = model_pages.day
     return env
 
 
@@ -313,9 +315,11 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
     features: dict[str, Any] = dict(j.features) if j.features is not None else (recomputed or {})
     history = queries.label_history(cur, [transaction_id])
     rows = [[name, str(value)] for name, value in sorted(features.items())]
+    model = model_pages.decision_model(cur, transaction_id, features)
     return ctx.page(
         "decision.html",
         j=j,
+        model=model,
         features=rows,
         features_note=(
             "The features this decision was taken on, as stored with it (the ones its detector reads)."
@@ -331,7 +335,10 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
             **{k: v for k, v in features.items() if k in FEATURES and k != "amount" and v is not None},
         },
         labels=history,
-        tables={"features": _table(["feature", "value"], rows)},
+        tables={
+            "features": _table(["feature", "value"], rows),
+            "contributions": _table(["feature", "value", "contribution_log_odds"], model.contributions),
+        },
     )
 
 
@@ -572,20 +579,6 @@ def _with_backtest(ctx: Context, report: Any, period: queries.Period) -> Respons
     return ctx.page("backtest.html", result=result)
 
 
-def models_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
-    versions = rule_sets.history(cur)
-    rows = [
-        [v.version, v.created_at.isoformat(), v.created_by, v.comment, len(v.rule_set.rules), str(v.rule_set.threshold)]
-        for v in versions
-    ]
-    return ctx.page(
-        "models.html",
-        versions=versions,
-        note=ISSUE_15_NOTE,
-        tables={"detectors": _table(["version", "created_at", "created_by", "comment", "rules", "threshold"], rows)},
-    )
-
-
 def explore_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
     ctx.refresh(cur)
     period = _period(cur, ctx.request.query)
@@ -740,6 +733,13 @@ def _id_from_path(text: str) -> int:
         raise NotFound(f"{shorten(text)!r} is not a transaction or account id: {exc}") from None
 
 
+def _model_version_from_path(text: str) -> int:
+    try:
+        return literals.integer_from_text(text, 1, 2**31 - 1)
+    except ValueError as exc:
+        raise NotFound(f"{shorten(text)!r} is not a model version: {exc}") from None
+
+
 def _route(method: str, path: str) -> tuple[Page, tuple[Any, ...]] | None:
     parts = [p for p in path.split("/") if p]
     simple: dict[tuple[str, str], Page] = {
@@ -748,7 +748,10 @@ def _route(method: str, path: str) -> tuple[Page, tuple[Any, ...]] | None:
         ("GET", "review"): review_page,
         ("GET", "rules"): rules_page,
         ("POST", "rules/backtest"): backtest_action,
-        ("GET", "models"): models_page,
+        ("GET", "models"): model_pages.models_page,
+        ("GET", "models/train"): model_pages.train_page,
+        ("POST", "models/train"): model_pages.train_action,
+        ("POST", "models/rollback"): model_pages.rollback_action,
         ("GET", "explore"): explore_page,
         ("GET", "what-if"): what_if_page,
     }
@@ -761,6 +764,11 @@ def _route(method: str, path: str) -> tuple[Page, tuple[Any, ...]] | None:
             return by_id[parts[0]], (_id_from_path(parts[1]),)
     if len(parts) == 3 and method == "POST" and parts[0] == "review" and parts[2] == "label":
         return label_action, (_id_from_path(parts[1]),)
+    if parts[:1] == ["models"] and len(parts) >= 2:
+        if len(parts) == 2 and method == "GET":
+            return model_pages.model_page, (_model_version_from_path(parts[1]),)
+        if len(parts) == 3 and method == "POST" and parts[2] in model_pages.ACTIONS:
+            return model_pages.model_action, (_model_version_from_path(parts[1]), parts[2])
     return None
 
 
@@ -772,6 +780,9 @@ PAGE_PARAMETERS: dict[str, frozenset[str]] = {
         {"flagged", "score_min", "score_max", "rule", "label", "account", "merchant", "from", "to", "before"}
     ),
     "review_page": frozenset({"labelled"}),
+    "models_page": frozenset({"done"}),
+    "model_page": frozenset({"done"}),
+    "train_page": frozenset({"started"}),
     "rules_page": _PERIOD | {"diff_from", "diff_to"},
     "explore_page": _PERIOD,
     "what_if_page": frozenset({"decide", "currency", "merchant_id", *FEATURES}),
@@ -807,13 +818,17 @@ def handle(event: dict[str, Any], keys: Keys) -> Response:
             return _error_page(Context(request, keys, None), 403, "the sign-out form is not valid; sign out again")
         gone = web.session_cookie(session.COOKIE, "", request.base, 0, keys.secure_cookies)
         return web.redirect(request.link("/signin"), cookies=[gone])
-    route = _route(request.method, path)
+    try:
+        route = _route(request.method, path)
+        bad_id = None
+    except NotFound as exc:  # a path with an id that is not one: no such page, said after the session check
+        route, bad_id = None, exc.message
     if current is None:
         if request.method == "GET":
             return web.redirect(request.link("/signin", next=path if route else None))
         return _error_page(ctx, 401, "sign in first")
     if route is None:
-        return _error_page(ctx, 404, "there is no such page")
+        return _error_page(ctx, 404, bad_id or "there is no such page")
     page, args = route
     unknown = _unknown_parameters(page, request.query)
     if unknown:
@@ -828,6 +843,8 @@ def handle(event: dict[str, Any], keys: Keys) -> Response:
         return db.run_in_transaction(lambda cur: page(ctx, cur, *args))
     except Forbidden as exc:
         return _error_page(ctx, 403, exc.message)
+    except model_pages.Conflict as exc:
+        return _error_page(ctx, 409, exc.message)
     except NotFound as exc:
         return _error_page(ctx, 404, exc.message)
     except BadInput as exc:

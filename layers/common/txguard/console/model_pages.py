@@ -1,0 +1,607 @@
+"""The console's Models pages and actions: model versions with their metrics and plots, the detector versions,
+training a candidate, and shadow / promote / retire / roll back, each behind a confirmation page.
+
+Every change goes through the model registry (storage/models.py), which writes the new detector version in the
+same transaction. An action is two POSTs, each with the session's CSRF token: the first shows what would change
+and changes nothing; the second (`confirm=yes`, with the detector version the confirmation was shown for)
+changes it, unless the detector changed in between (409, nothing changed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import psycopg2.extensions
+
+from txguard import literals
+from txguard.console import charts, queries, web
+from txguard.errors import BadInput, NotFound, TxguardError, shorten
+
+ACTIONS = ("shadow", "promote", "retire")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+MAX_GAP_DAYS = 90
+MAX_SEED = 2**31 - 1
+# What each action does, in the words of the confirmation page.
+ACTION_WORDS = {
+    "shadow": "score every new decision with this model as a shadow (recorded, never deciding)",
+    "promote": "make this model the champion: it scores every new decision and can flag on its own",
+    "retire": "retire this model: it no longer scores anything",
+    "rollback": "go back to the detector version before the current one (its champion and shadows)",
+}
+
+
+class Conflict(TxguardError):
+    """The state an action was confirmed against is gone (the detector changed, the model moved on): 409."""
+
+    code = "conflict"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A model version's headline numbers on its validation window (None when the report lacks one)."""
+
+    roc_auc: float | None
+    average_precision: float | None
+    cp_at_100: float | None
+    f1: float | None
+    precision: float | None
+    recall: float | None
+    threshold: float | None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def summary(metrics: dict[str, Any]) -> Summary:
+    """The headline numbers of a stored training report (`model_versions.metrics`)."""
+    return Summary(
+        _number(metrics.get("roc_auc")),
+        _number(metrics.get("average_precision")),
+        _number(metrics.get("cp_at_100")),
+        _number(metrics.get("f1")),
+        _number(metrics.get("precision")),
+        _number(metrics.get("recall")),
+        _number(metrics.get("threshold")),
+    )
+
+
+def day(value: Any) -> str:
+    """A date or timestamp as its UTC day, YYYY-MM-DD ("" for None)."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _window(start: Any, end: Any) -> str:
+    return f"{day(start)} – {day(end)}" if start is not None or end is not None else ""
+
+
+def _four(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------- pages --
+
+
+def models_page(ctx: Any, cur: psycopg2.extensions.cursor) -> web.Response:
+    """Every model version with its headline metrics, and the detector versions, newest first."""
+    from txguard.storage import models as registry
+
+    versions = registry.list_versions(cur)
+    rows = [_version_row(m) for m in versions]
+    detectors = queries.detector_history(cur)
+    return ctx.page(
+        "models.html",
+        versions=versions,
+        summaries={m.version: summary(m.metrics or {}) for m in versions},
+        detectors=detectors,
+        done=ctx.request.query.get("done"),
+        tables={
+            "model_versions": {
+                "columns": [
+                    "version",
+                    "name",
+                    "status",
+                    "created_by",
+                    "created_at",
+                    "train_from",
+                    "train_to",
+                    "valid_from",
+                    "valid_to",
+                    "label_cutoff",
+                    "roc_auc",
+                    "average_precision",
+                    "cp_at_100",
+                    "f1",
+                ],
+                "rows": rows,
+            },
+            "detector_versions": _detector_table(detectors),
+        },
+    )
+
+
+def _version_row(m: Any) -> list[Any]:
+    s = summary(m.metrics or {})
+    return [
+        m.version,
+        m.name,
+        m.status,
+        m.created_by,
+        m.created_at.isoformat() if m.created_at else "",
+        day(m.train_from),
+        day(m.train_to),
+        day(m.valid_from),
+        day(m.valid_to),
+        m.label_cutoff.isoformat() if m.label_cutoff else "",
+        _four(s.roc_auc),
+        _four(s.average_precision),
+        _four(s.cp_at_100),
+        _four(s.f1),
+    ]
+
+
+def _detector_table(detectors: list[queries.DetectorRow]) -> dict[str, Any]:
+    return {
+        "columns": ["version", "rule_set_version", "champion", "shadows", "created_at", "created_by", "comment"],
+        "rows": [
+            [
+                d.version,
+                d.rule_set_version,
+                "" if d.champion is None else d.champion,
+                " ".join(str(v) for v in d.shadows),
+                d.created_at.isoformat(),
+                d.created_by,
+                d.comment,
+            ]
+            for d in detectors
+        ],
+    }
+
+
+def pr_points(metrics: dict[str, Any]) -> list[tuple[float, float, float | None]]:
+    """(recall, precision, threshold) of the stored precision-recall curve, in the order stored. The report
+    stores it as {"precision": [...], "recall": [...], "thresholds": [...]} (scikit-learn's
+    precision_recall_curve, thinned) or as a list of {"recall", "precision", "threshold"} points."""
+    curve = metrics.get("pr_curve")
+    points: list[tuple[float, float, float | None]] = []
+    if isinstance(curve, dict):
+        recall, precision = curve.get("recall") or [], curve.get("precision") or []
+        thresholds = list(curve.get("thresholds") or [])
+        for i, (r, p) in enumerate(zip(recall, precision, strict=False)):
+            rv, pv = _number(r), _number(p)
+            if rv is not None and pv is not None:
+                points.append((rv, pv, _number(thresholds[i]) if i < len(thresholds) else None))
+    elif isinstance(curve, list):
+        for point in curve:
+            if isinstance(point, dict):
+                rv, pv = _number(point.get("recall")), _number(point.get("precision"))
+                if rv is not None and pv is not None:
+                    points.append((rv, pv, _number(point.get("threshold"))))
+    return points
+
+
+def confusion(metrics: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    """(tp, fp, fn, tn) at the chosen threshold, as the report stores it, or None."""
+    cm = metrics.get("confusion_matrix")
+    if isinstance(cm, dict):
+        values = [cm.get(k) for k in ("tp", "fp", "fn", "tn")]
+    elif isinstance(cm, list) and len(cm) == 2 and all(isinstance(r, list) and len(r) == 2 for r in cm):
+        # scikit-learn's confusion_matrix layout: [[tn, fp], [fn, tp]]
+        values = [cm[1][1], cm[0][1], cm[1][0], cm[0][0]]
+    else:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    tp, fp, fn, tn = values
+    return tp, fp, fn, tn
+
+
+def importance(metrics: dict[str, Any]) -> list[tuple[str, float]]:
+    """(feature, importance) largest first: the report's feature importance (total gain), stored as a mapping
+    or as a list of {"feature", "importance"} items."""
+    raw = metrics.get("feature_importance")
+    pairs: list[tuple[str, float]] = []
+    if isinstance(raw, dict):
+        pairs = [(str(k), v) for k, v in ((k, _number(v)) for k, v in raw.items()) if v is not None]
+    elif isinstance(raw, list):
+        for item in raw:
+            if isinstance(item, dict):
+                value = _number(item.get("importance"))
+                if value is not None:
+                    pairs.append((str(item.get("feature")), value))
+    return sorted(pairs, key=lambda p: (-p[1], p[0]))
+
+
+def threshold_rows(thresholds: Any) -> list[list[str]]:
+    """The threshold table (threshold, precision, recall, false-positive rate and the counts when stored)."""
+    items = thresholds.get("rows") if isinstance(thresholds, dict) else thresholds
+    rows = []
+    for item in items or []:
+        if not isinstance(item, dict):
+            continue
+        rows.append(
+            [
+                _four(_number(item.get("threshold"))),
+                _four(_number(item.get("precision"))),
+                _four(_number(item.get("recall"))),
+                _four(_number(item.get("fpr", item.get("false_positive_rate")))),
+                "" if item.get("flagged") is None else str(item.get("flagged")),
+            ]
+        )
+    return rows
+
+
+def model_page(ctx: Any, cur: psycopg2.extensions.cursor, version: int) -> web.Response:
+    """One model version: its report (metrics, PR curve, confusion matrix, feature importance, thresholds),
+    where it is used, and the actions its status allows."""
+    from txguard.storage import models as registry
+
+    m = _get(registry, cur, version)
+    metrics = m.metrics or {}
+    s = summary(metrics)
+    points = pr_points(metrics)
+    cm = confusion(metrics)
+    ranked = importance(metrics)
+    at_threshold = (s.recall, s.precision) if s.recall is not None and s.precision is not None else None
+    detectors = [d for d in queries.detector_history(cur) if d.champion == version or version in d.shadows]
+    current = queries.detector_history(cur, 1)
+    metric_rows = [[k, _metric_text(v)] for k, v in sorted(metrics.items()) if _is_scalar(v)]
+    comparisons = _comparisons(metrics)
+    return ctx.page(
+        "model.html",
+        m=m,
+        s=s,
+        actions=allowed_actions(m.status),
+        done=ctx.request.query.get("done"),
+        current=current[0] if current else None,
+        comparisons=comparisons,
+        pr_chart=charts.pr_curve(
+            f"Precision-recall, model {version} (validation window)", [(r, p) for r, p, _ in points], at_threshold
+        )
+        if points
+        else None,
+        cm_chart=charts.confusion_matrix(f"Confusion matrix at threshold {_four(s.threshold)}", *cm) if cm else None,
+        importance_chart=charts.horizontal_bars(
+            f"Feature importance, model {version}", [n for n, _ in ranked[:25]], [v for _, v in ranked[:25]]
+        )
+        if ranked
+        else None,
+        tables={
+            "metrics": {"columns": ["metric", "value"], "rows": metric_rows},
+            "pr_curve": {
+                "columns": ["recall", "precision", "threshold"],
+                "rows": [[f"{r:.6f}", f"{p:.6f}", "" if t is None else f"{t:.6f}"] for r, p, t in points],
+            },
+            "confusion_matrix": {
+                "columns": ["labelled", "flagged", "not_flagged"],
+                "rows": [] if cm is None else [["fraud", cm[0], cm[2]], ["genuine", cm[1], cm[3]]],
+            },
+            "feature_importance": {"columns": ["feature", "importance"], "rows": [[n, f"{v:.6g}"] for n, v in ranked]},
+            "thresholds": {
+                "columns": ["threshold", "precision", "recall", "false_positive_rate", "flagged"],
+                "rows": threshold_rows(m.thresholds),
+            },
+            "comparison": {
+                "columns": ["model", "roc_auc", "average_precision", "cp_at_100", "f1"],
+                "rows": comparisons,
+            },
+            "detector_versions": _detector_table(detectors),
+        },
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
+
+
+def _metric_text(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _comparisons(metrics: dict[str, Any]) -> list[list[str]]:
+    """The report's comparison on the same validation window (the decision-tree baseline, the champion of the
+    time), when it has one: {"baseline": {...metrics}, "champion": {...metrics}}."""
+    rows = []
+    for name, other in (
+        sorted((metrics.get("comparison") or {}).items()) if isinstance(metrics.get("comparison"), dict) else []
+    ):
+        if isinstance(other, dict):
+            o = summary(other)
+            rows.append([name, _four(o.roc_auc), _four(o.average_precision), _four(o.cp_at_100), _four(o.f1)])
+    return rows
+
+
+def allowed_actions(status: str) -> list[str]:
+    """The actions the page offers for a model in `status` (the registry has the last word)."""
+    return {
+        "candidate": ["shadow", "promote", "retire"],
+        "shadow": ["promote", "retire"],
+        "champion": ["retire"],
+        "retired": ["shadow", "promote"],
+    }.get(status, [])
+
+
+def _get(registry: Any, cur: psycopg2.extensions.cursor, version: int) -> Any:
+    try:
+        m = registry.get(cur, version)
+    except LookupError:
+        m = None
+    if m is None:
+        raise NotFound(f"no model version {version}")
+    return m
+
+
+# ----------------------------------------------------------------------------------------- training --
+
+
+@dataclass(frozen=True)
+class TrainForm:
+    name: str
+    until: date
+    seed: int
+    gap_days: int
+
+
+def read_train_form(form: dict[str, str]) -> TrainForm:
+    """The training form's fields, validated; raises BadInput naming field, value and reason."""
+    name = form.get("name", "").strip()
+    if not MODEL_NAME.match(name):
+        raise BadInput(f"form field 'name' = {shorten(name)!r}: must be 1-64 letters, digits, _ . : -")
+    until_text = form.get("until", "").strip()
+    try:
+        until = datetime.strptime(until_text, "%Y-%m-%d").date()
+    except ValueError:
+        raise BadInput(f"form field 'until' = {shorten(until_text)!r}: must be a date YYYY-MM-DD") from None
+    if until.year < 2000:
+        raise BadInput(f"form field 'until' = {until_text!r}: must be 2000-01-01 or later")
+    values = []
+    for field_name, default, maximum in (("seed", "0", MAX_SEED), ("gap_days", "7", MAX_GAP_DAYS)):
+        text = form.get(field_name, "").strip() or default
+        try:
+            values.append(literals.integer_from_text(text, 0, maximum))
+        except ValueError as exc:
+            raise BadInput(f"form field {field_name!r} = {shorten(text)!r}: {exc}") from None
+    return TrainForm(name, until, values[0], values[1])
+
+
+def train_page(ctx: Any, cur: psycopg2.extensions.cursor) -> web.Response:
+    """The training form."""
+    return ctx.page(
+        "train.html",
+        remote=bool(os.environ.get("TXGUARD_TRAIN_FUNCTION")),
+        today=datetime.now(UTC).date().isoformat(),
+        started=ctx.request.query.get("started"),
+    )
+
+
+def train_action(ctx: Any, cur: psycopg2.extensions.cursor) -> web.Response:
+    """Train a candidate with the form's settings. Locally: now, through the same library call as `txguard
+    train`, then its report. In AWS (TXGUARD_TRAIN_FUNCTION set): TrainFunction, invoked asynchronously (a
+    page may take at most 29 s); the candidate appears on the Models page when it is done."""
+    assert ctx.session is not None
+    form = read_train_form(ctx.request.form)
+    created_by = f"analyst:{ctx.session.analyst}"
+    function = os.environ.get("TXGUARD_TRAIN_FUNCTION")
+    if function:
+        _invoke_training(function, form, created_by)
+        return web.redirect(ctx.request.link("/models/train", started=form.name))
+    version = _train_here(cur, form, created_by)
+    return web.redirect(ctx.request.link(f"/models/{version}", done="trained"))
+
+
+def _train_here(cur: psycopg2.extensions.cursor, form: TrainForm, created_by: str) -> int:
+    from txguard.models import training
+
+    until = datetime(form.until.year, form.until.month, form.until.day, tzinfo=UTC)
+    try:
+        result = training.train_candidate(
+            cur, until=until, name=form.name, seed=form.seed, gap_days=form.gap_days, created_by=created_by
+        )
+    except training.TrainingError as exc:
+        raise BadInput(f"training {form.name!r} until {form.until}: {exc}") from None
+    return int(result.version)
+
+
+def _invoke_training(function: str, form: TrainForm, created_by: str) -> None:
+    import json
+
+    import boto3  # in AWS only
+
+    payload = {
+        "name": form.name,
+        "until": form.until.isoformat(),
+        "seed": form.seed,
+        "gap_days": form.gap_days,
+        "created_by": created_by,
+    }
+    boto3.client("lambda").invoke(FunctionName=function, InvocationType="Event", Payload=json.dumps(payload).encode())
+
+
+# ------------------------------------------------------------------------------------------ actions --
+
+
+def model_action(ctx: Any, cur: psycopg2.extensions.cursor, version: int, action: str) -> web.Response:
+    """Shadow, promote or retire a model version: the confirmation page, then (confirm=yes) the change."""
+    from txguard.storage import models as registry
+
+    m = _get(registry, cur, version)
+    current = queries.detector_history(cur, 1)
+    detector = current[0] if current else None
+    if ctx.request.form.get("confirm") != "yes":
+        return ctx.page(
+            "model_confirm.html",
+            action=action,
+            words=ACTION_WORDS[action],
+            m=m,
+            s=summary(m.metrics or {}),
+            detector=detector,
+            target=ctx.request.link(f"/models/{version}/{action}"),
+        )
+    _check_unchanged(ctx.request.form, detector)
+    by = f"analyst:{ctx.session.analyst}"
+    operation = {"shadow": registry.set_shadow, "promote": registry.promote, "retire": registry.retire}[action]
+    _apply(lambda: operation(cur, version, created_by=by), f"{action} model {version}")
+    return web.redirect(ctx.request.link(f"/models/{version}", done=action))
+
+
+def rollback_action(ctx: Any, cur: psycopg2.extensions.cursor) -> web.Response:
+    """Roll back to the previous detector version: the confirmation page, then (confirm=yes) the change."""
+    from txguard.storage import models as registry
+
+    history = queries.detector_history(cur, 2)
+    if ctx.request.form.get("confirm") != "yes":
+        return ctx.page(
+            "model_confirm.html",
+            action="rollback",
+            words=ACTION_WORDS["rollback"],
+            m=None,
+            s=None,
+            detector=history[0] if history else None,
+            previous=history[1] if len(history) > 1 else None,
+            target=ctx.request.link("/models/rollback"),
+        )
+    _check_unchanged(ctx.request.form, history[0] if history else None)
+    by = f"analyst:{ctx.session.analyst}"
+    _apply(lambda: registry.rollback(cur, created_by=by), "roll back")
+    return web.redirect(ctx.request.link("/models", done="rollback"))
+
+
+def _check_unchanged(form: dict[str, str], detector: queries.DetectorRow | None) -> None:
+    shown = form.get("detector", "")
+    now = "" if detector is None else str(detector.version)
+    if shown != now:
+        raise Conflict(
+            f"the detector changed since the confirmation page (detector version {shown or 'none'} then, "
+            f"{now or 'none'} now): nothing was changed; look again and confirm again"
+        )
+
+
+def _apply(operation: Any, what: str) -> None:
+    """Run a registry change; its refusals (a status that does not allow it, a missing, corrupt or mismatched
+    artifact) become a 409 page naming the reason. The transaction is then rolled back whole."""
+    from txguard.storage import models as registry
+
+    refusals = tuple(
+        e
+        for e in (
+            getattr(registry, "RegistryError", None),
+            getattr(registry, "ModelRegistryError", None),
+            _artifact_errors(),
+        )
+        if isinstance(e, type)
+    )
+    try:
+        operation()
+    except refusals as exc:
+        raise Conflict(f"{what}: {exc}") from None
+
+
+def _artifact_errors() -> Any:
+    try:
+        from txguard.models.artifact import CorruptArtifact
+    except ImportError:
+        return None
+    return CorruptArtifact
+
+
+# ------------------------------------------------------------------------------------- a decision --
+
+
+@dataclass(frozen=True)
+class DecisionModel:
+    """What a stored decision says about models (migration 0016's columns), and the champion's contributions
+    recomputed from its stored features."""
+
+    detector_version: int | None
+    model_version: int | None
+    model_score: float | None  # 0–1, full precision
+    model_fallback: str | None
+    shadow_scores: list[tuple[str, float | None]]
+    contributions: list[list[str]]  # [feature, value, contribution in log-odds], largest |contribution| first
+    contributions_note: str | None
+
+
+def decision_model(cur: psycopg2.extensions.cursor, transaction_id: int, features: dict[str, Any]) -> DecisionModel:
+    """The model side of one stored decision. Contributions (TreeSHAP, log-odds) are recomputed with the model
+    version that scored it, from the features stored with the decision; when that model's artifact cannot be
+    read the page says why instead."""
+    columns = queries.decision_model_columns(cur, transaction_id)
+    version = columns.get("model_version")
+    shadows = columns.get("shadow_scores")
+    shadow_scores = sorted((str(k), _number(v)) for k, v in shadows.items()) if isinstance(shadows, dict) else []
+    rows: list[list[str]] = []
+    note = None
+    if isinstance(version, int):
+        rows, note = _contributions(cur, version, features)
+    return DecisionModel(
+        columns.get("detector_version") if isinstance(columns.get("detector_version"), int) else None,
+        version if isinstance(version, int) else None,
+        _number(columns.get("model_score")),
+        columns.get("model_fallback") if isinstance(columns.get("model_fallback"), str) else None,
+        shadow_scores,
+        rows,
+        note,
+    )
+
+
+def _contributions(
+    cur: psycopg2.extensions.cursor, version: int, features: dict[str, Any]
+) -> tuple[list[list[str]], str | None]:
+    from txguard.models import artifact_store
+    from txguard.models.artifact import CorruptArtifact
+    from txguard.storage import models as registry
+
+    try:
+        m = registry.get(cur, version)
+    except LookupError:
+        m = None
+    if m is None:
+        return [], f"model version {version} is not in the registry"
+    try:
+        model = _tree_model(m.artifact_sha256)
+    except (artifact_store.ArtifactUnavailable, CorruptArtifact) as exc:
+        return [], f"the artifact of model {version} cannot be read: {exc}"
+    values = [_feature_value(features.get(name)) for name in model.features]
+    pairs = model.contributions(values)
+    shown = {name: value for name, value in zip(model.features, values, strict=True)}
+    ordered = sorted(pairs, key=lambda p: -abs(p[1]))
+    return [
+        [name, "" if name not in shown else ("missing" if shown[name] is None else f"{shown[name]:g}"), f"{c:+.4f}"]
+        for name, c in ordered
+    ], None
+
+
+def _feature_value(value: Any) -> float | None:
+    return _number(value)
+
+
+_MODELS: dict[str, Any] = {}
+
+
+def _tree_model(sha256: str) -> Any:
+    """The scorer of an artifact, read once per execution environment (artifacts are content-addressed: the
+    same hash is the same model forever)."""
+    if sha256 not in _MODELS:
+        from txguard.models import artifact_store
+        from txguard.models.artifact import decode_artifact
+        from txguard.models.scoring import TreeModel
+
+        if len(_MODELS) >= 8:
+            _MODELS.clear()
+        _MODELS[sha256] = TreeModel.from_artifact(decode_artifact(artifact_store.get(sha256)))
+    return _MODELS[sha256]
