@@ -24,7 +24,7 @@ from txguard.console import charts, model_pages, queries, session, web
 from txguard.console.session import Keys, Session
 from txguard.console.web import Request, Response
 from txguard.currencies import money
-from txguard.errors import BadInput, NotFound, TxguardError, shorten
+from txguard.errors import BadInput, Conflict, NotFound, TxguardError, Unavailable, shorten
 from txguard.features import FEATURES
 from txguard.intake import INT64_MAX
 from txguard.storage import console_rollups, review_claims, rule_sets
@@ -843,13 +843,13 @@ def handle(event: dict[str, Any], keys: Keys) -> Response:
         return db.run_in_transaction(lambda cur: page(ctx, cur, *args))
     except Forbidden as exc:
         return _error_page(ctx, 403, exc.message)
-    except model_pages.Conflict as exc:
+    except Conflict as exc:
         return _error_page(ctx, 409, exc.message)
     except NotFound as exc:
         return _error_page(ctx, 404, exc.message)
     except BadInput as exc:
         return _error_page(ctx, 400, exc.message)
-    except db.DatabaseUnavailable as exc:
+    except (db.DatabaseUnavailable, Unavailable) as exc:
         response = _error_page(ctx, 503, exc.message)
         response.headers.update(exc.headers)
         return response

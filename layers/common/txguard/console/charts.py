@@ -240,7 +240,7 @@ def confusion_matrix(title: str, tp: int, fp: int, fn: int, tn: int) -> Markup:
     return Markup("".join(parts))
 
 
-def horizontal_bars(title: str, labels: Sequence[str], values: Sequence[Number], value_format: str = ".3g") -> Markup:
+def horizontal_bars(title: str, labels: Sequence[str], values: Sequence[Number], value_format: str = ".4g") -> Markup:
     """One horizontal bar per label, from 0, in the order given (feature importance: largest first)."""
     bar_h, left, top = 18, 190, 10
     height = top + bar_h * max(len(labels), 1) + 10

@@ -13,13 +13,19 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2.extensions
 
 from txguard import literals
 from txguard.console import charts, queries, web
-from txguard.errors import BadInput, NotFound, TxguardError, shorten
+from txguard.errors import BadInput, Conflict, shorten
+from txguard.models import artifact_store
+from txguard.storage import detector_versions
+from txguard.storage import models as registry
+
+if TYPE_CHECKING:
+    from txguard.console.app import Context
 
 ACTIONS = ("shadow", "promote", "retire")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
@@ -30,14 +36,9 @@ ACTION_WORDS = {
     "shadow": "score every new decision with this model as a shadow (recorded, never deciding)",
     "promote": "make this model the champion: it scores every new decision and can flag on its own",
     "retire": "retire this model: it no longer scores anything",
-    "rollback": "go back to the detector version before the current one (its champion and shadows)",
+    "rollback": "retire the champion and bring back the champion it replaced (or, if it replaced none, leave the "
+    "rules deciding alone)",
 }
-
-
-class Conflict(TxguardError):
-    """The state an action was confirmed against is gone (the detector changed, the model moved on): 409."""
-
-    code = "conflict"
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,11 @@ def summary(metrics: dict[str, Any]) -> Summary:
 
 
 def day(value: Any) -> str:
-    """A date or timestamp as its UTC day, YYYY-MM-DD ("" for None)."""
+    """A date, a timestamp or epoch ms as its UTC day, YYYY-MM-DD ("" for None)."""
     if value is None:
         return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1000, UTC).date().isoformat()
     if isinstance(value, datetime):
         return value.astimezone(UTC).date().isoformat()
     if isinstance(value, date):
@@ -86,8 +89,8 @@ def day(value: Any) -> str:
     return str(value)
 
 
-def _window(start: Any, end: Any) -> str:
-    return f"{day(start)} – {day(end)}" if start is not None or end is not None else ""
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
 def _four(x: float | None) -> str:
@@ -97,13 +100,11 @@ def _four(x: float | None) -> str:
 # ---------------------------------------------------------------------------------------------- pages --
 
 
-def models_page(ctx: Any, cur: psycopg2.extensions.cursor) -> web.Response:
+def models_page(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
     """Every model version with its headline metrics, and the detector versions, newest first."""
-    from txguard.storage import models as registry
-
     versions = registry.list_versions(cur)
     rows = [_version_row(m) for m in versions]
-    detectors = queries.detector_history(cur)
+    detectors = detector_versions.history(cur)
     return ctx.page(
         "models.html",
         versions=versions,
@@ -142,12 +143,12 @@ def _version_row(m: Any) -> list[Any]:
         m.name,
         m.status,
         m.created_by,
-        m.created_at.isoformat() if m.created_at else "",
-        day(m.train_from),
-        day(m.train_to),
-        day(m.valid_from),
-        day(m.valid_to),
-        m.label_cutoff.isoformat() if m.label_cutoff else "",
+        m.created_at.isoformat(),
+        _iso(m.train_from),
+        _iso(m.train_to),
+        _iso(m.valid_from),
+        _iso(m.valid_to),
+        _iso(m.label_cutoff),
         _four(s.roc_auc),
         _four(s.average_precision),
         _four(s.cp_at_100),
@@ -155,15 +156,15 @@ def _version_row(m: Any) -> list[Any]:
     ]
 
 
-def _detector_table(detectors: list[queries.DetectorRow]) -> dict[str, Any]:
+def _detector_table(detectors: list[detector_versions.DetectorVersion]) -> dict[str, Any]:
     return {
         "columns": ["version", "rule_set_version", "champion", "shadows", "created_at", "created_by", "comment"],
         "rows": [
             [
                 d.version,
                 d.rule_set_version,
-                "" if d.champion is None else d.champion,
-                " ".join(str(v) for v in d.shadows),
+                "" if d.champion_model_version is None else d.champion_model_version,
+                " ".join(str(v) for v in d.shadow_model_versions),
                 d.created_at.isoformat(),
                 d.created_by,
                 d.comment,
@@ -205,9 +206,10 @@ def confusion(metrics: dict[str, Any]) -> tuple[int, int, int, int] | None:
         values = [cm[1][1], cm[0][1], cm[1][0], cm[0][0]]
     else:
         return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    if len(counts) != 4:
         return None
-    tp, fp, fn, tn = values
+    tp, fp, fn, tn = counts
     return tp, fp, fn, tn
 
 
@@ -246,20 +248,22 @@ def threshold_rows(thresholds: Any) -> list[list[str]]:
     return rows
 
 
-def model_page(ctx: Any, cur: psycopg2.extensions.cursor, version: int) -> web.Response:
+def model_page(ctx: Context, cur: psycopg2.extensions.cursor, version: int) -> web.Response:
     """One model version: its report (metrics, PR curve, confusion matrix, feature importance, thresholds),
     where it is used, and the actions its status allows."""
-    from txguard.storage import models as registry
-
-    m = _get(registry, cur, version)
+    m = registry.get(cur, version)
     metrics = m.metrics or {}
     s = summary(metrics)
     points = pr_points(metrics)
     cm = confusion(metrics)
     ranked = importance(metrics)
     at_threshold = (s.recall, s.precision) if s.recall is not None and s.precision is not None else None
-    detectors = [d for d in queries.detector_history(cur) if d.champion == version or version in d.shadows]
-    current = queries.detector_history(cur, 1)
+    detectors = [
+        d
+        for d in detector_versions.history(cur)
+        if d.champion_model_version == version or version in d.shadow_model_versions
+    ]
+    current = detector_versions.current(cur)
     metric_rows = [[k, _metric_text(v)] for k, v in sorted(metrics.items()) if _is_scalar(v)]
     comparisons = _comparisons(metrics)
     return ctx.page(
@@ -268,7 +272,7 @@ def model_page(ctx: Any, cur: psycopg2.extensions.cursor, version: int) -> web.R
         s=s,
         actions=allowed_actions(m.status),
         done=ctx.request.query.get("done"),
-        current=current[0] if current else None,
+        current=current,
         comparisons=comparisons,
         pr_chart=charts.pr_curve(
             f"Precision-recall, model {version} (validation window)", [(r, p) for r, p, _ in points], at_threshold
@@ -336,16 +340,6 @@ def allowed_actions(status: str) -> list[str]:
     }.get(status, [])
 
 
-def _get(registry: Any, cur: psycopg2.extensions.cursor, version: int) -> Any:
-    try:
-        m = registry.get(cur, version)
-    except LookupError:
-        m = None
-    if m is None:
-        raise NotFound(f"no model version {version}")
-    return m
-
-
 # ----------------------------------------------------------------------------------------- training --
 
 
@@ -379,7 +373,7 @@ def read_train_form(form: dict[str, str]) -> TrainForm:
     return TrainForm(name, until, values[0], values[1])
 
 
-def train_page(ctx: Any, cur: psycopg2.extensions.cursor) -> web.Response:
+def train_page(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
     """The training form."""
     return ctx.page(
         "train.html",
@@ -389,7 +383,7 @@ def train_page(ctx: Any, cur: psycopg2.extensions.cursor) -> web.Response:
     )
 
 
-def train_action(ctx: Any, cur: psycopg2.extensions.cursor) -> web.Response:
+def train_action(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
     """Train a candidate with the form's settings. Locally: now, through the same library call as `txguard
     train`, then its report. In AWS (TXGUARD_TRAIN_FUNCTION set): TrainFunction, invoked asynchronously (a
     page may take at most 29 s); the candidate appears on the Models page when it is done."""
@@ -435,13 +429,10 @@ def _invoke_training(function: str, form: TrainForm, created_by: str) -> None:
 # ------------------------------------------------------------------------------------------ actions --
 
 
-def model_action(ctx: Any, cur: psycopg2.extensions.cursor, version: int, action: str) -> web.Response:
+def model_action(ctx: Context, cur: psycopg2.extensions.cursor, version: int, action: str) -> web.Response:
     """Shadow, promote or retire a model version: the confirmation page, then (confirm=yes) the change."""
-    from txguard.storage import models as registry
-
-    m = _get(registry, cur, version)
-    current = queries.detector_history(cur, 1)
-    detector = current[0] if current else None
+    m = registry.get(cur, version)
+    detector = detector_versions.current(cur)
     if ctx.request.form.get("confirm") != "yes":
         return ctx.page(
             "model_confirm.html",
@@ -453,35 +444,43 @@ def model_action(ctx: Any, cur: psycopg2.extensions.cursor, version: int, action
             target=ctx.request.link(f"/models/{version}/{action}"),
         )
     _check_unchanged(ctx.request.form, detector)
+    assert ctx.session is not None
     by = f"analyst:{ctx.session.analyst}"
-    operation = {"shadow": registry.set_shadow, "promote": registry.promote, "retire": registry.retire}[action]
-    _apply(lambda: operation(cur, version, created_by=by), f"{action} model {version}")
+    if action == "shadow":
+        registry.set_shadow(cur, version, artifact_store.store(), created_by=by)
+    elif action == "promote":
+        registry.promote(cur, version, artifact_store.store(), created_by=by)
+    else:
+        registry.retire(cur, version, created_by=by)
     return web.redirect(ctx.request.link(f"/models/{version}", done=action))
 
 
-def rollback_action(ctx: Any, cur: psycopg2.extensions.cursor) -> web.Response:
+def rollback_action(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
     """Roll back to the previous detector version: the confirmation page, then (confirm=yes) the change."""
-    from txguard.storage import models as registry
-
-    history = queries.detector_history(cur, 2)
+    detector = detector_versions.current(cur)
     if ctx.request.form.get("confirm") != "yes":
+        champion = registry.champion(cur)
+        if champion is None:
+            raise Conflict("there is no champion to roll back: the rules decide alone")
+        previous = None if champion.previous_champion is None else registry.get(cur, champion.previous_champion)
         return ctx.page(
             "model_confirm.html",
             action="rollback",
             words=ACTION_WORDS["rollback"],
-            m=None,
-            s=None,
-            detector=history[0] if history else None,
-            previous=history[1] if len(history) > 1 else None,
+            m=champion,
+            s=summary(champion.metrics or {}),
+            detector=detector,
+            previous=previous,
             target=ctx.request.link("/models/rollback"),
         )
-    _check_unchanged(ctx.request.form, history[0] if history else None)
+    _check_unchanged(ctx.request.form, detector)
+    assert ctx.session is not None
     by = f"analyst:{ctx.session.analyst}"
-    _apply(lambda: registry.rollback(cur, created_by=by), "roll back")
+    registry.rollback(cur, artifact_store.store(), created_by=by)
     return web.redirect(ctx.request.link("/models", done="rollback"))
 
 
-def _check_unchanged(form: dict[str, str], detector: queries.DetectorRow | None) -> None:
+def _check_unchanged(form: dict[str, str], detector: detector_versions.DetectorVersion | None) -> None:
     shown = form.get("detector", "")
     now = "" if detector is None else str(detector.version)
     if shown != now:
@@ -489,34 +488,6 @@ def _check_unchanged(form: dict[str, str], detector: queries.DetectorRow | None)
             f"the detector changed since the confirmation page (detector version {shown or 'none'} then, "
             f"{now or 'none'} now): nothing was changed; look again and confirm again"
         )
-
-
-def _apply(operation: Any, what: str) -> None:
-    """Run a registry change; its refusals (a status that does not allow it, a missing, corrupt or mismatched
-    artifact) become a 409 page naming the reason. The transaction is then rolled back whole."""
-    from txguard.storage import models as registry
-
-    refusals = tuple(
-        e
-        for e in (
-            getattr(registry, "RegistryError", None),
-            getattr(registry, "ModelRegistryError", None),
-            _artifact_errors(),
-        )
-        if isinstance(e, type)
-    )
-    try:
-        operation()
-    except refusals as exc:
-        raise Conflict(f"{what}: {exc}") from None
-
-
-def _artifact_errors() -> Any:
-    try:
-        from txguard.models.artifact import CorruptArtifact
-    except ImportError:
-        return None
-    return CorruptArtifact
 
 
 # ------------------------------------------------------------------------------------- a decision --
@@ -564,7 +535,6 @@ def _contributions(
 ) -> tuple[list[list[str]], str | None]:
     from txguard.models import artifact_store
     from txguard.models.artifact import CorruptArtifact
-    from txguard.storage import models as registry
 
     try:
         m = registry.get(cur, version)
@@ -597,7 +567,6 @@ def _tree_model(sha256: str) -> Any:
     """The scorer of an artifact, read once per execution environment (artifacts are content-addressed: the
     same hash is the same model forever)."""
     if sha256 not in _MODELS:
-        from txguard.models import artifact_store
         from txguard.models.artifact import decode_artifact
         from txguard.models.scoring import TreeModel
 

@@ -376,33 +376,6 @@ def daily_rule_hits(cur: psycopg2.extensions.cursor, period: Period) -> dict[str
     return out
 
 
-@dataclass(frozen=True)
-class DetectorRow:
-    """A detector version: the rule set version, champion model and shadow models it pins."""
-
-    version: int
-    rule_set_version: int
-    champion: int | None
-    shadows: tuple[int, ...]
-    created_at: datetime
-    created_by: str
-    comment: str
-
-
-def detector_history(cur: psycopg2.extensions.cursor, limit: int = 200) -> list[DetectorRow]:
-    """The newest `limit` detector versions, newest first (its primary key)."""
-    cur.execute(
-        """SELECT version, rule_set_version, champion_model_version, shadow_model_versions, created_at, created_by,
-                  coalesce(comment, '')
-           FROM detector_versions ORDER BY version DESC LIMIT %s""",
-        (limit,),
-    )
-    return [
-        DetectorRow(int(v), int(rs), None if ch is None else int(ch), tuple(int(s) for s in sh or ()), at, by, c)
-        for v, rs, ch, sh, at, by, c in cur.fetchall()
-    ]
-
-
 # The model columns a decision carries (migration 0016), read by name from the row as JSON so that a store
 # without them yet answers None instead of failing.
 MODEL_COLUMNS = ("detector_version", "model_version", "model_score", "model_fallback", "shadow_scores")

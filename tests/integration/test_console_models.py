@@ -1,0 +1,327 @@
+"""The console's Models pages and actions through its handler, on a real database and a real artifact
+directory: what the pages show, and that shadow / promote / retire / rollback need a session, the session's CSRF
+token and a confirmation, go through the registry, and change nothing when refused."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_console import KEYS, event, sign_in
+from txguard import db
+from txguard.console import session
+from txguard.console.app import handle
+from txguard.models import artifact_store
+from txguard.models.artifact import encode_artifact
+from txguard.storage import models as registry
+
+pytestmark = pytest.mark.integration
+
+DAY_MS = 86_400_000
+T0 = 1_530_403_200_000  # 2018-07-01T00:00:00Z
+FEATURES = ("amount", "count")
+
+
+def tiny_dump(split: float = 100.0) -> dict[str, Any]:
+    """A LightGBM dump_model() of one tree: amount <= split scores low, above it high."""
+    return {
+        "name": "tree",
+        "version": "v4",
+        "num_class": 1,
+        "num_tree_per_iteration": 1,
+        "label_index": 0,
+        "max_feature_idx": len(FEATURES) - 1,
+        "objective": "binary sigmoid:1",
+        "average_output": False,
+        "feature_names": list(FEATURES),
+        "pandas_categorical": None,
+        "tree_info": [
+            {
+                "tree_index": 0,
+                "num_leaves": 2,
+                "num_cat": 0,
+                "shrinkage": 1,
+                "tree_structure": {
+                    "split_index": 0,
+                    "split_feature": 0,
+                    "split_gain": 1.0,
+                    "threshold": split,
+                    "decision_type": "<=",
+                    "default_left": True,
+                    "missing_type": "None",
+                    "internal_value": 0,
+                    "internal_weight": 100,
+                    "internal_count": 100,
+                    "left_child": {"leaf_index": 0, "leaf_value": -3.0, "leaf_weight": 90, "leaf_count": 90},
+                    "right_child": {"leaf_index": 1, "leaf_value": 2.0, "leaf_weight": 10, "leaf_count": 10},
+                },
+            }
+        ],
+    }
+
+
+def report(auc: float) -> dict[str, Any]:
+    return {
+        "roc_auc": auc,
+        "average_precision": auc - 0.2,
+        "cp_at_100": 0.3,
+        "f1": 0.55,
+        "precision": 0.6,
+        "recall": 0.5,
+        "threshold": 0.5,
+        "confusion_matrix": {"tp": 50, "fp": 33, "fn": 50, "tn": 9867},
+        "pr_curve": {
+            "recall": [1.0, 0.75, 0.5, 0.25, 0.0],
+            "precision": [0.01, 0.3, 0.6, 0.8, 1.0],
+            "thresholds": [0.01, 0.2, 0.5, 0.8],
+        },
+        "feature_importance": {"amount": 120.5, "count": 7.25},
+    }
+
+
+THRESHOLDS = [
+    {"threshold": t, "precision": p, "recall": r, "fpr": f}
+    for t, p, r, f in ((0.2, 0.3, 0.75, 0.02), (0.5, 0.6, 0.5, 0.003), (0.8, 0.8, 0.25, 0.001))
+]
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("TXGUARD_MODEL_BUCKET", raising=False)
+    monkeypatch.setenv("TXGUARD_MODEL_DIR", str(tmp_path))
+    return tmp_path
+
+
+def register(name: str = "m", auc: float = 0.9, split: float = 100.0) -> int:
+    """A tiny model registered as a candidate, its artifact in the model directory."""
+    sha = artifact_store.put(encode_artifact(FEATURES, tiny_dump(split), 0.5, lightgbm_version="4.6.0"))
+    new = registry.NewModel(
+        name=name,
+        artifact_sha256=sha,
+        features=FEATURES,
+        train_from=T0 - 60 * DAY_MS,
+        train_to=T0 - 37 * DAY_MS,
+        gap_days=7,
+        valid_from=T0 - 30 * DAY_MS,
+        valid_to=T0,
+        label_cutoff=T0,
+        seed=1,
+        params={"num_leaves": 2},
+        metrics=report(auc),
+        thresholds=THRESHOLDS,
+        created_by="test",
+    )
+    return db.run_in_transaction(lambda cur: registry.register(cur, new)).version
+
+
+def state(database: Any) -> tuple[Any, ...]:
+    """Every model's status and every detector version: what an action may change."""
+    return (
+        database.query("SELECT version, status FROM model_versions ORDER BY version"),
+        database.query(
+            "SELECT version, champion_model_version, shadow_model_versions FROM detector_versions ORDER BY version"
+        ),
+    )
+
+
+def post(path: str, cookie: str | None, **form: str) -> Any:
+    return handle(event("POST", path, form=form, cookie=cookie), KEYS)
+
+
+def current_detector(database: Any) -> str:
+    return str(database.query("SELECT max(version) FROM detector_versions")[0][0])
+
+
+def test_the_models_pages_show_each_version_its_report_and_plots(database: Any, model_dir: Path) -> None:
+    first = register("first", 0.91)
+    register("second", 0.87)
+    cookie, _ = sign_in()
+    listing = handle(event("GET", "/models", cookie=cookie), KEYS)
+    assert listing.status == 200
+    body = str(listing.body)
+    assert "first" in body and "second" in body and "0.9100" in body and "0.8700" in body
+    assert body.count('class="status">candidate<') == 2
+    detail = str(handle(event("GET", f"/models/{first}", cookie=cookie), KEYS).body)
+    assert "Precision-recall" in detail and "Confusion matrix at threshold 0.5000" in detail
+    assert ">9,867<" in detail and "true negatives" in detail
+    assert "Feature importance" in detail and "amount: 120.5" in detail
+    assert detail.count("<svg") == 3
+    curve = handle(event("GET", f"/models/{first}", query={"csv": "pr_curve"}, cookie=cookie), KEYS)
+    assert curve.status == 200 and curve.content_type.startswith("text/csv")
+    lines = str(curve.body).splitlines()
+    assert lines[0] == "recall,precision,threshold" and len(lines) == 6
+    assert lines[3] == "0.500000,0.600000,0.500000"
+    thresholds = str(handle(event("GET", f"/models/{first}", query={"csv": "thresholds"}, cookie=cookie), KEYS).body)
+    assert thresholds.splitlines()[2] == "0.5000,0.6000,0.5000,0.0030,"
+    importance = str(
+        handle(event("GET", f"/models/{first}", query={"csv": "feature_importance"}, cookie=cookie), KEYS).body
+    )
+    assert importance.splitlines()[1:] == ["amount,120.5", "count,7.25"]
+
+
+def test_with_no_model_the_page_says_so_and_shows_the_detector_versions(database: Any) -> None:
+    cookie, _ = sign_in()
+    body = str(handle(event("GET", "/models", cookie=cookie), KEYS).body)
+    assert 'id="no-models"' in body and "the rules alone" in body
+    assert "Roll back" not in body
+
+
+def test_promotion_asks_for_confirmation_then_goes_through_the_registry(database: Any, model_dir: Path) -> None:
+    first, second = register("first"), register("second")
+    cookie, token = sign_in("alice")
+    before = state(database)
+    confirm = post(f"/models/{first}/promote", cookie, csrf=token)
+    assert confirm.status == 200 and "Nothing has changed yet" in str(confirm.body)
+    assert state(database) == before
+    done = post(f"/models/{first}/promote", cookie, csrf=token, confirm="yes", detector=current_detector(database))
+    assert done.status == 303 and done.headers["Location"].endswith(f"/models/{first}?done=promote")
+    assert database.query("SELECT status FROM model_versions WHERE version = %s", (first,)) == [("champion",)]
+    newest = database.query(
+        "SELECT champion_model_version, created_by FROM detector_versions ORDER BY version DESC LIMIT 1"
+    )
+    assert newest == [(first, "analyst:alice")]
+    page = str(handle(event("GET", f"/models/{first}", query={"done": "promote"}, cookie=cookie), KEYS).body)
+    assert "is now <b>champion</b>" in page
+    # Promoting the second retires the first; rolling back brings the first back.
+    post(f"/models/{second}/promote", cookie, csrf=token, confirm="yes", detector=current_detector(database))
+    assert database.query("SELECT version, status FROM model_versions ORDER BY version") == [
+        (first, "retired"),
+        (second, "champion"),
+    ]
+    rollback_page = post("/models/rollback", cookie, csrf=token)
+    assert rollback_page.status == 200 and f"champion: model {first}" in str(rollback_page.body)
+    rolled = post("/models/rollback", cookie, csrf=token, confirm="yes", detector=current_detector(database))
+    assert rolled.status == 303
+    assert database.query("SELECT version, status FROM model_versions ORDER BY version") == [
+        (first, "champion"),
+        (second, "retired"),
+    ]
+
+
+def test_shadow_and_retire_each_confirm_then_change(database: Any, model_dir: Path) -> None:
+    version = register()
+    cookie, token = sign_in()
+    for action, status in (("shadow", "shadow"), ("retire", "retired")):
+        assert post(f"/models/{version}/{action}", cookie, csrf=token).status == 200
+        assert (
+            post(
+                f"/models/{version}/{action}", cookie, csrf=token, confirm="yes", detector=current_detector(database)
+            ).status
+            == 303
+        )
+        assert database.query("SELECT status FROM model_versions") == [(status,)]
+    shadows = database.query("SELECT shadow_model_versions FROM detector_versions ORDER BY version")
+    assert shadows[-2:] == [([version],), ([],)]
+
+
+@pytest.mark.parametrize("action", ["shadow", "promote", "retire", "rollback"])
+def test_every_action_needs_a_session_and_the_sessions_fresh_csrf_token(
+    database: Any, model_dir: Path, action: str
+) -> None:
+    version = register()
+    if action == "rollback":
+        db.run_in_transaction(lambda cur: registry.promote(cur, version, artifact_store.store(), "test"))
+    path = "/models/rollback" if action == "rollback" else f"/models/{version}/{action}"
+    cookie, token = sign_in("alice")
+    _, bobs_token = sign_in("bob")
+    alice = session.read(KEYS, cookie)
+    assert alice is not None
+    expired = session.csrf_token(KEYS, alice, now=time.time() - session.CSRF_SECONDS - 1)
+    before = state(database)
+    detector = current_detector(database)
+    assert post(path, None, csrf=token, confirm="yes", detector=detector).status == 401
+    for bad in (None, "", "123.forged", bobs_token, expired, token + "x"):
+        form = {"confirm": "yes", "detector": detector} | ({} if bad is None else {"csrf": bad})
+        assert post(path, cookie, **form).status == 403, bad
+        assert state(database) == before
+    assert post(path, cookie, csrf=token, confirm="yes", detector=detector).status == 303
+    assert state(database) != before
+
+
+def test_a_confirmation_made_stale_by_another_change_changes_nothing(database: Any, model_dir: Path) -> None:
+    first, second = register("first"), register("second")
+    cookie, token = sign_in()
+    shown = current_detector(database)
+    assert post(f"/models/{first}/promote", cookie, csrf=token).status == 200
+    db.run_in_transaction(lambda cur: registry.set_shadow(cur, second, artifact_store.store(), "someone else"))
+    before = state(database)
+    stale = post(f"/models/{first}/promote", cookie, csrf=token, confirm="yes", detector=shown)
+    assert stale.status == 409 and "the detector changed since the confirmation page" in str(stale.body)
+    assert state(database) == before
+
+
+def test_promoting_a_model_whose_artifact_is_corrupt_is_refused_with_the_reason(database: Any, model_dir: Path) -> None:
+    version = register()
+    sha = database.query("SELECT artifact_sha256 FROM model_versions")[0][0]
+    (model_dir / "models" / f"{sha}.json").write_bytes(b'{"format": "something else"}')
+    cookie, token = sign_in()
+    before = state(database)
+    refused = post(f"/models/{version}/promote", cookie, csrf=token, confirm="yes", detector=current_detector(database))
+    assert refused.status == 409
+    assert f"model version {version} cannot be used" in str(refused.body) and "damaged" in str(refused.body)
+    assert state(database) == before
+    (model_dir / "models" / f"{sha}.json").unlink()
+    missing = post(f"/models/{version}/shadow", cookie, csrf=token, confirm="yes", detector=current_detector(database))
+    assert missing.status == 409 and "cannot be used" in str(missing.body)
+    assert state(database) == before
+
+
+def test_a_transition_the_lifecycle_forbids_is_a_409_naming_it(database: Any, model_dir: Path) -> None:
+    version = register()
+    cookie, token = sign_in()
+    post(f"/models/{version}/retire", cookie, csrf=token, confirm="yes", detector=current_detector(database))
+    before = state(database)
+    again = post(f"/models/{version}/retire", cookie, csrf=token, confirm="yes", detector=current_detector(database))
+    assert again.status == 409 and "already retired" in str(again.body)
+    nothing = post("/models/rollback", cookie, csrf=token)
+    assert nothing.status == 409 and "no champion to roll back" in str(nothing.body)
+    assert state(database) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/models/abc", 404),
+        ("GET", "/models/0", 404),
+        ("GET", "/models/99", 404),
+        ("POST", "/models/1/explode", 404),
+        ("POST", "/models/99/promote", 404),
+        ("GET", "/models/1/promote", 404),
+    ],
+)
+def test_a_model_that_is_not_there_is_a_404(
+    database: Any, model_dir: Path, method: str, path: str, status: int
+) -> None:
+    register()
+    cookie, token = sign_in()
+    answer = handle(event(method, path, form={"csrf": token} if method == "POST" else None, cookie=cookie), KEYS)
+    assert answer.status == status, answer.body
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("name", "<b>"), ("until", "2018-02-30"), ("seed", "-3"), ("gap_days", "x")],
+)
+def test_the_training_form_refuses_a_bad_field_by_name_and_trains_nothing(
+    database: Any, model_dir: Path, field: str, value: str
+) -> None:
+    cookie, token = sign_in()
+    form = {"csrf": token, "name": "c1", "until": "2018-07-01", "seed": "1", "gap_days": "7"} | {field: value}
+    answer = post("/models/train", cookie, **form)
+    assert answer.status == 400 and f"&#39;{field}&#39;" in str(answer.body), answer.body
+    assert database.query("SELECT count(*) FROM model_versions") == [(0,)]
+    assert handle(event("GET", "/models/train", cookie=cookie), KEYS).status == 200
+
+
+def test_model_names_and_authors_with_markup_show_as_text(database: Any, model_dir: Path) -> None:
+    version = register("<script>alert(1)</script>")
+    cookie, token = sign_in()
+    for path in ("/models", f"/models/{version}"):
+        body = str(handle(event("GET", path, cookie=cookie), KEYS).body)
+        assert "<script>alert" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body, path
+    confirm = post(f"/models/{version}/promote", cookie, csrf=token)
+    assert confirm.status == 200 and re.search(r"<script", str(confirm.body)) is None
