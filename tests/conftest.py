@@ -212,6 +212,8 @@ _TABLES_TO_EMPTY = (
     "alert_outbox",
     "labels",
     "merchant_label_daily",
+    "model_versions",
+    "detector_versions",
 )
 # The console's rollups and review claims (the rollups count what the truncated tables held).
 _CONSOLE_TABLES = (

@@ -53,6 +53,9 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "console_rule_label_daily": ("SELECT", "INSERT", "UPDATE"),
     "review_claims": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "account_currency_stats": ("SELECT", "INSERT", "UPDATE"),
+    # TrainFunction registers candidates and, with AutoPromote, promotes one (a detector version with it).
+    "model_versions": ("SELECT", "INSERT", "UPDATE"),
+    "detector_versions": ("SELECT", "INSERT"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})

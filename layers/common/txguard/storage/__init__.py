@@ -10,6 +10,8 @@ db.run_in_transaction): none commits.
 | | first used each merchant) |
 | `merchants.py` | `merchant_daily` (per-day counts), reads of `merchant_label_daily` (labelled frauds per day) |
 | `rule_sets.py` | `rule_sets`: versioned rule sets |
+| `models.py` | `model_versions`: the model registry (candidate, shadow, champion, retired) |
+| `detector_versions.py` | `detector_versions`: what decides (rule set, champion, shadows), a version per change |
 | `outbox.py` | `alert_outbox`: FraudDetected events waiting to be published |
 """
 

@@ -1,5 +1,6 @@
 """The `rule_sets` table: every change is a new version, validated whole before it is stored; stored versions
-are validated again when read (the limits hold for versions stored before them too)."""
+are validated again when read (the limits hold for versions stored before them too). Each new version writes a
+detector version (storage.detector_versions) in the same database transaction."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import psycopg2.extensions
 
 from txguard.rule_language import RuleSet, RuleSetError, validate_rule_set
+from txguard.storage import detector_versions
 
 # Serialises writers of new versions (any fixed number).
 _RULES_LOCK_KEY = 0x7478_6775_6172_6402
@@ -37,10 +39,15 @@ def seed_default_rule_set(conn: psycopg2.extensions.connection) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_RULES_LOCK_KEY,))
         cur.execute("SELECT 1 FROM rule_sets LIMIT 1")
         if cur.fetchone() is None:
-            _insert(cur, default_rule_set(), "default rule set")
+            # A schema older than migration 0015 has no detector versions yet: 0015 writes the first one.
+            cur.execute("SELECT to_regclass('detector_versions') IS NOT NULL")
+            row = cur.fetchone()
+            _insert(cur, default_rule_set(), "default rule set", record=bool(row and row[0]))
 
 
-def _insert(cur: psycopg2.extensions.cursor, rule_set: RuleSet, comment: str) -> int:
+def _insert(cur: psycopg2.extensions.cursor, rule_set: RuleSet, comment: str, record: bool = True) -> int:
+    """Store the new version and the detector version that decides with it (taking the detector lock after the
+    rules lock, the one order every writer uses)."""
     cur.execute(
         "INSERT INTO rule_sets (version, document, comment) "
         "SELECT coalesce(max(version), 0) + 1, %s, %s FROM rule_sets RETURNING version",
@@ -48,7 +55,10 @@ def _insert(cur: psycopg2.extensions.cursor, rule_set: RuleSet, comment: str) ->
     )
     row = cur.fetchone()
     assert row is not None
-    return int(row[0])
+    number = int(row[0])
+    if record:
+        detector_versions.record(cur, f"rule set {number}: {comment}" if comment else f"rule set {number}")
+    return number
 
 
 def apply_rule_set(cur: psycopg2.extensions.cursor, data: Any, comment: str = "") -> int:
