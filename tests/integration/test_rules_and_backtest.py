@@ -177,11 +177,17 @@ def test_a_rules_file_nested_too_deeply_for_json_is_refused_and_nothing_stored(
 
 
 def _store_unchecked(database: Database, document: dict[str, object]) -> int:
-    """A version written straight into the table, as one stored before today's limits would be."""
+    """A version written straight into the table, as one stored before today's limits would be, and the detector
+    version that decides with it (as migration 0015 pinned the rule set a database had)."""
     rows = database.query(
         "INSERT INTO rule_sets (version, document, comment) SELECT max(version) + 1, %s, 'by hand' FROM rule_sets "
         "RETURNING version",
         (json.dumps(document),),
+    )
+    database.execute(
+        "INSERT INTO detector_versions (version, rule_set_version, comment) "
+        "SELECT coalesce(max(version), 0) + 1, %s, 'by hand' FROM detector_versions",
+        (rows[0][0],),
     )
     return int(rows[0][0])
 

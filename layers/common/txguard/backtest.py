@@ -7,7 +7,8 @@ Two ways, the same decisions:
 - **By replay** (`replay`): the whole stored history up to the window's end is replayed in time order through
   the same decision loop as ingest, each transaction judged only on what came before it. Needed when the
   candidate reads a feature the stored decisions did not.
-Nothing is written either way.
+Either way the candidate reads the champion score stored with each decision as `model_score`, and is combined
+with it as serving combines them (models/serving.py): the models are not run again. Nothing is written.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from txguard.evaluation import Evaluation, Judged
 from txguard.features import (
     DAY_MS,
     LOCAL_TIME_FEATURES,
+    MODEL_SCORE,
     RISK_FEATURES,
     RISK_WINDOWS,
     AccountHistory,
@@ -31,8 +33,9 @@ from txguard.features import (
     Timeline,
 )
 from txguard.labels import GENUINE
+from txguard.models.serving import stored_model_feature, with_stored_model
 from txguard.rule_engine import CompiledRuleSet
-from txguard.scoring import Confusion
+from txguard.scoring import Confusion, ranking_score
 from txguard.storage import merchants as merchant_store
 from txguard.storage import rule_sets, transactions
 
@@ -76,9 +79,10 @@ def replay(
             _attach_label_steps(cur, chunk, merchants, rules.feature_settings)
         # A chunk may end inside a group of equal timestamps; the next chunk continues after the last row,
         # and rows sharing a timestamp never see each other, so splitting a group changes nothing.
-        decisions = decide_in_time_order(chunk, histories, merchants, rules)
+        model_scores = {s.transaction.transaction_id: stored_model_feature(s.decision) for s in stored}
+        decisions = decide_in_time_order(chunk, histories, merchants, rules, model_scores)
         for s in stored:
-            yield s.transaction, s.decision, decisions[s.transaction.transaction_id]
+            yield s.transaction, s.decision, with_stored_model(decisions[s.transaction.transaction_id], s.decision)
         last = chunk[-1]
         after = (last.ts, last.transaction_id)
 
@@ -110,7 +114,8 @@ def stored_features_cover(
     """Whether every stored decision in [from_ms, to_ms) kept every feature `rules` reads, computed with the same
     feature settings where those matter (local time, merchant risk): then `on_stored_features` gives what a replay
     would. One indexed pass over the window's rows."""
-    needed = sorted(rules.needed_features - {"amount"})  # the amount is the transaction's own
+    # The amount is the transaction's own, the model score the decision's.
+    needed = sorted((rules.rule_features | {"count"}) - {"amount", MODEL_SCORE})
     cur.execute(
         """SELECT count(*) FILTER (WHERE features IS NULL OR NOT features ?& %s::text[]),
                   coalesce(array_agg(DISTINCT rule_set_version), '{}')
@@ -122,7 +127,7 @@ def stored_features_cover(
     missing, versions = cur.fetchone()
     if missing:
         return False
-    if rules.needed_features.isdisjoint(_SETTINGS_DEPENDENT):
+    if rules.rule_features.isdisjoint(_SETTINGS_DEPENDENT):
         return True
     for number in versions:
         stored = rule_sets.version(cur, number)
@@ -145,7 +150,8 @@ def on_stored_features(
             t = row.transaction
             features = dict(row.features or {})
             features["amount"] = t.amount
-            yield t, row.decision, rules.decide(features, t.merchant_id, t.currency)
+            features[MODEL_SCORE] = stored_model_feature(row.decision)
+            yield t, row.decision, with_stored_model(rules.decide(features, t.merchant_id, t.currency), row.decision)
         after = (rows[-1].transaction.ts, rows[-1].transaction.transaction_id)
 
 
@@ -192,7 +198,7 @@ def backtest(
                 t.transaction_id,
                 t.account_id,
                 t.ts,
-                float(candidate.score),
+                ranking_score(float(candidate.score), candidate.model_score),
                 candidate.fraud,
                 candidate.rule_set_version,
                 actual,

@@ -2,27 +2,30 @@
 
 Two steps per transaction: the feature step (features.py) computes its point-in-time features, and a
 `Detector` decides on them. One loop serves every path that decides: ingest (new transactions against the
-stored history), `?recompute=true` and backtests (a whole stored history replayed from nothing).
+stored history), `?recompute=true` and backtests (a whole stored history replayed from nothing). Features are
+computed in time order; the detector then decides a chunk of them at once (`decide_batch`), so that a model
+scores the chunk's feature matrix in one call.
 
-Today the only detector is the compiled rule set (rule_engine.CompiledRuleSet). A trained model's detector
-will live beside rule_engine.py and implement the same protocol; the `DetectorCache` then loads a detector
-version that pins a rule set and its models. Until then a detector version is the rule set's version, which
-each decision records as `rule_set_version`.
+A detector version (detector_versions) pins a rule set, a champion model and shadow models; the `DetectorCache`
+loads the current one (models/serving.py: the rules and the models combined), or the newest rule set alone while
+no detector version is recorded. Each decision records its rule set's version and its detector version.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
 from itertools import groupby
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import psycopg2.extensions
 
 from txguard.domain import Decision, Transaction
 from txguard.features import (
     LOCAL_TIME_FEATURES,
+    MODEL_SCORE,
     AccountHistory,
     Features,
     FeatureSettings,
@@ -33,8 +36,10 @@ from txguard.features import (
     merchant_features,
     to_units,
 )
+from txguard.models.serving import load_detector
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError
+from txguard.storage import detector_versions
 from txguard.storage.rule_sets import newest_version, version
 
 
@@ -54,6 +59,11 @@ class Detector(Protocol):
     def decide(self, features: Features, merchant_id: str | None, currency: str) -> Decision:
         """The decision on one transaction's features; amounts in explanations in `currency`'s minor units."""
         ...
+
+
+# How many transactions a detector decides at once: a model scores them in one call, and COPY still gets its
+# first rows early.
+DECIDE_CHUNK = 256
 
 
 class Decided(NamedTuple):
@@ -87,9 +97,11 @@ def decide_in_time_order(
     histories: dict[int, AccountHistory],
     merchants: dict[str, Timeline],
     detector: Detector,
+    model_scores: Mapping[int, Decimal | None] | None = None,
 ) -> dict[int, Decision]:
     """Each transaction's decision, by transaction id; see decisions_in_time_order."""
-    return {t.transaction_id: d for t, _, d in decisions_in_time_order(transactions, histories, merchants, detector)}
+    decided = decisions_in_time_order(transactions, histories, merchants, detector, model_scores)
+    return {t.transaction_id: d for t, _, d in decided}
 
 
 def decisions_in_time_order(
@@ -97,19 +109,23 @@ def decisions_in_time_order(
     histories: dict[int, AccountHistory],
     merchants: dict[str, Timeline],
     detector: Detector,
+    model_scores: Mapping[int, Decimal | None] | None = None,
 ) -> Iterator[Decided]:
     """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
 
     Transactions sharing a timestamp are not "before" each other: the whole group is decided first.
-    Decisions come out as they are taken, so a caller can write them while the rest are still being decided.
+    Decisions come out as they are taken (a chunk at a time), so a caller can write them while the rest are still
+    being decided. `model_scores` (by transaction id; backtests): the stored champion scores that rules read as
+    `model_score`, instead of a champion's.
     """
     needed = detector.needed_features
     settings = detector.feature_settings
     wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
     wants_local_time = not needed.isdisjoint(LOCAL_TIME_FEATURES)
+    decide_batch = getattr(detector, "decide_batch", None)
+    pending: list[tuple[Transaction, Features]] = []
     for _, same_time in groupby(transactions, key=lambda t: t.ts):
         group = [(t, to_units(t.amount)) for t in same_time]
-        decided = []
         for t, units in group:
             features = histories[t.account_id].features(t.ts, units, t.currency, needed, t.merchant_id)
             if wants_merchant:
@@ -117,43 +133,75 @@ def decisions_in_time_order(
                 features.update(merchant_features(merchant, t.ts, t.currency, needed, settings))
             if wants_local_time:
                 features.update(local_time_features(t.ts, needed, settings.time_zone))
-            decided.append(Decided(t, features, detector.decide(features, t.merchant_id, t.currency)))
+            if model_scores is not None:
+                features[MODEL_SCORE] = model_scores.get(t.transaction_id)
+            pending.append((t, features))
         for t, units in group:
             histories[t.account_id].add(t.ts, units, t.currency, t.merchant_id)
             if t.merchant_id is not None:
                 merchants[t.merchant_id].add(t.ts, units, t.currency)
-        yield from decided
+        # Features never depend on decisions, so deciding after the group was added changes nothing.
+        if len(pending) >= DECIDE_CHUNK:
+            yield from _decided(pending, detector, decide_batch)
+            pending = []
+    if pending:
+        yield from _decided(pending, detector, decide_batch)
+
+
+def _decided(pending: list[tuple[Transaction, Features]], detector: Detector, decide_batch: Any) -> Iterator[Decided]:
+    if decide_batch is None:  # a detector that decides one transaction at a time
+        for t, features in pending:
+            yield Decided(t, features, detector.decide(features, t.merchant_id, t.currency))
+        return
+    decisions = decide_batch([(features, t.merchant_id, t.currency) for t, features in pending])
+    for (t, features), decision in zip(pending, decisions, strict=True):
+        yield Decided(t, features, decision)
 
 
 class DetectorCache:
-    """The newest detector version, ready to decide, re-read from the database at most every `max_age_s` s.
+    """The current detector version, ready to decide, re-read from the database at most every `max_age_s` s.
 
-    A detector version is, for now, a rule set version: the detector is that rule set compiled.
+    The current detector version (detector_versions) is its rule set compiled with its champion and shadow models
+    (models/serving.py); while none is recorded, the newest rule set alone. A new rule set or model status is
+    picked up within `max_age_s`, with no redeploy; models are read from the artifact store once per version.
     """
 
     def __init__(self) -> None:
-        self._detector: CompiledRuleSet | None = None
+        self._detector: Detector | None = None
+        self._key: tuple[int | None, int] | None = None
         self._loaded_at = 0.0
         self._lock = threading.Lock()
 
     def current(self, cur: psycopg2.extensions.cursor, max_age_s: float) -> Detector:
-        """Raises RuleSetError when no rule set is stored or the newest fails validation."""
+        """Raises RuleSetError when no rule set is stored or the one to use fails validation. A model that cannot
+        be loaded never raises: the detector falls back to the rules (ModelDetector.fallback)."""
         with self._lock:
             now = time.monotonic()
             if self._detector is None or now - self._loaded_at > max_age_s:
-                newest = newest_version(cur)
-                if newest is None:
-                    raise RuleSetError(["no rule set is stored; run `txguard db migrate`"])
-                if self._detector is None or self._detector.version != newest:
-                    stored = version(cur, newest)
-                    assert stored is not None
-                    self._detector = CompiledRuleSet(stored.version, stored.rule_set)
+                pinned = detector_versions.current(cur)
+                if pinned is None:
+                    newest = newest_version(cur)
+                    if newest is None:
+                        raise RuleSetError(["no rule set is stored; run `txguard db migrate`"])
+                    key: tuple[int | None, int] = (None, newest)
+                else:
+                    key = (pinned.version, pinned.rule_set_version)
+                # A detector version never changes once recorded: the same key is the same detector, except that
+                # a model that failed to load is tried again.
+                if self._detector is None or self._key != key or getattr(self._detector, "incomplete", False):
+                    stored = version(cur, key[1])
+                    if stored is None:
+                        raise RuleSetError([f"detector version {key[0]} names rule set {key[1]}, which is not stored"])
+                    rules = CompiledRuleSet(stored.version, stored.rule_set, key[0])
+                    self._detector = rules if pinned is None else load_detector(cur, pinned, rules)
+                    self._key = key
                 self._loaded_at = now
             return self._detector
 
     def clear(self) -> None:
         with self._lock:
             self._detector = None
+            self._key = None
 
 
 detector_cache = DetectorCache()

@@ -58,14 +58,25 @@ class Reason(NamedTuple):
 class Decision:
     """A detector's verdict on one transaction: `score` 0-1 (four places), `fraud` when it reaches the threshold.
 
-    `rule_set_version` is the version of the detector that decided (today the rule set's version; see
-    detection.Detector).
+    `rule_set_version` is the version of the rule set that decided. A detector version (detector_versions) pins
+    that rule set with a champion model and shadow models; a decision taken by one records it as
+    `detector_version`, and the champion's `model_version`, probability `model_score` (0-1, full precision;
+    None when no champion scored) and `model_threshold` (0-1, from its artifact: p >= it flags), or
+    `model_fallback` (why the champion was not used: the rules decided alone),
+    and each shadow model's probability in `shadow_scores` (model version -> 0-1), which never decides.
+    Decisions stored before models carry None in each; those of rules alone carry None but the detector version.
     """
 
     fraud: bool
     score: Decimal
     reasons: tuple[Reason, ...]
     rule_set_version: int
+    detector_version: int | None = None
+    model_version: int | None = None
+    model_score: float | None = None
+    model_threshold: float | None = None
+    model_fallback: str | None = None
+    shadow_scores: Mapping[int, float] | None = field(default=None, compare=False)
 
     @cached_property
     def reasons_text(self) -> str:

@@ -27,6 +27,7 @@ from txguard.scoring import (
     average_precision,
     card_precision_at_k,
     harmonic,
+    ranking_score,
     recall_by_reason,
     roc_auc,
 )
@@ -52,7 +53,7 @@ class Judged:
     transaction_id: int
     account_id: int
     ts: int  # epoch ms
-    score: float  # 0–1, the decision's score
+    score: float  # 0–1, the decision's score, ties broken by the model's (scoring.ranking_score)
     flagged: bool  # the decision's fraud flag
     detector_version: int
     fraud: bool | None
@@ -237,7 +238,7 @@ def judge(
                 r.transaction_id,
                 r.account_id,
                 r.ts,
-                r.score,
+                ranking_score(r.score, r.model_score),
                 r.fraud,
                 r.detector_version,
                 None if label is None else label.fraud,

@@ -152,6 +152,11 @@ FEATURES: dict[str, FeatureInfo] = {
     "merchant_risk_30d": FeatureInfo("the share of known frauds at merchant {merchant_id} over 30 days, delayed"),
 }
 
+# What rules may read besides the features: the champion model's probability 0-1 (models/serving.py), missing (so
+# no comparison with it holds) when there is no champion or it fell back. Never a model's input, never recorded.
+MODEL_SCORE = "model_score"
+RULE_FEATURES: dict[str, FeatureInfo] = {**FEATURES, MODEL_SCORE: FeatureInfo("the model's score")}
+
 ALL_FEATURES = frozenset(FEATURES)
 # Not a feature (rules cannot read it, it is never stored): how many previous transactions of an account with
 # several currencies are in the decided one's, which mean_amount, std_amount and max_amount are over; the

@@ -31,6 +31,21 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "score": str(d.score),
         "reasons": orjson.Fragment(d.reasons_text),  # the JSON text the decision was stored with
         "rule_set_version": d.rule_set_version,
+        **model_json(d),
+    }
+
+
+def model_json(d: Decision) -> dict[str, Any]:
+    """What a decision records of its detector version and models: the champion's probability 0–1 at full
+    precision (null when no champion scored) and its threshold, why it was not used, the shadows' probabilities
+    by version."""
+    return {
+        "detector_version": d.detector_version,
+        "model_version": d.model_version,
+        "model_score": d.model_score,
+        "model_threshold": d.model_threshold,
+        "model_fallback": d.model_fallback,
+        "shadow_scores": None if d.shadow_scores is None else {str(v): p for v, p in sorted(d.shadow_scores.items())},
     }
 
 
@@ -85,6 +100,7 @@ def _flagged(t: Transaction, d: Decision, reasons: Any) -> dict[str, Any]:
         "score": str(d.score),
         "reasons": reasons,
         "rule_set_version": d.rule_set_version,
+        **model_json(d),
     }
 
 

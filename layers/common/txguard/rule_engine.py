@@ -11,14 +11,14 @@ Amounts in explanations are written in the transaction currency's minor units (B
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from txguard.currencies import money
 from txguard.domain import Decision, Reason
-from txguard.features import COUNT_IN_CURRENCY, FEATURES, Features, FeatureValue, window_reach_ms
+from txguard.features import COUNT_IN_CURRENCY, MODEL_SCORE, RULE_FEATURES, Features, FeatureValue, window_reach_ms
 from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, AllOf, AnyOf, Comparison, Condition, RuleSet
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -57,15 +57,23 @@ class _CompiledRule:
 
 
 class CompiledRuleSet:
-    """A rule set ready to evaluate; built once per version and cached by the rule store."""
+    """A rule set ready to evaluate; built once per version and cached by the detector cache.
 
-    def __init__(self, version: int, rule_set: RuleSet) -> None:
+    `rule_features` are the features its enabled rules read (`model_score` included when one does);
+    `needed_features` what deciding computes and stores: those, the rule set's recorded features
+    (`features.record`) and `count` (explanations read it), never `model_score` (the champion's output).
+    `detector_version` (None: none) is recorded with each decision.
+    """
+
+    def __init__(self, version: int, rule_set: RuleSet, detector_version: int | None = None) -> None:
         self.version = version
+        self.detector_version = detector_version
         self.rule_set = rule_set
         self.threshold = rule_set.threshold
         enabled = [rule for rule in rule_set.rules if rule.enabled and rule.condition is not None]
+        self.rule_features = frozenset(set().union(*(_features_of(rule.condition) for rule in enabled)))
         # Only these are computed per transaction; "count" also appears in the explanations.
-        self.needed_features = frozenset({"count"}.union(*(_features_of(rule.condition) for rule in enabled)))
+        self.needed_features = (self.rule_features | rule_set.recorded_features() | {"count"}) - {MODEL_SCORE}
         # Ingest reads only this much of each account's and merchant's recent history.
         self.window_reach_ms = window_reach_ms(self.needed_features)
         self.feature_settings = rule_set.feature_settings()
@@ -75,7 +83,12 @@ class CompiledRuleSet:
             if rule.enabled and rule.condition is not None
         )
         # Most transactions meet no rule: they all share this one decision (and its serialised forms).
-        self._nothing_found = Decision(False, Decimal(0).quantize(_FOUR_PLACES), (), version)
+        self._nothing_found = Decision(False, Decimal(0).quantize(_FOUR_PLACES), (), version, detector_version)
+
+    def decide_batch(self, items: Sequence[tuple[Features, str | None, str]]) -> list[Decision]:
+        """decide() for each (features, merchant id, currency), in order."""
+        decide = self.decide
+        return [decide(features, merchant_id, currency) for features, merchant_id, currency in items]
 
     def decide(self, features: Features, merchant_id: str | None, currency: str) -> Decision:
         """The decision for one transaction's features; amounts in its explanations in `currency`'s minor units."""
@@ -91,7 +104,7 @@ class CompiledRuleSet:
         if not reasons:
             return self._nothing_found
         score = (1 - keep).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
-        return Decision(score >= self.threshold, score, tuple(reasons), self.version)
+        return Decision(score >= self.threshold, score, tuple(reasons), self.version, self.detector_version)
 
 
 def _features_of(condition: Condition | None) -> set[str]:
@@ -172,10 +185,10 @@ def _describer(name: str, left: bool = True) -> Callable[[Features, str | None, 
     """How a feature and its value read: "amount 912.00" on the left, "the mean of the 48 previous
     transactions (41.20)" on either side, e.g. "amount 912.00 is more than 3 × the mean of ... (41.20)";
     amounts in the currency's minor units."""
-    info = FEATURES[name]
+    info = RULE_FEATURES[name]
     label = info.label
     needs_format = "{" in label
-    show = _amount if info.money else _number
+    show = _amount if info.money else _four_places if name == MODEL_SCORE else _number
     if name == "amount" and left:
         return lambda features, merchant_id, currency: f"amount {show(features.get(name), currency)}"
 
@@ -193,6 +206,12 @@ def _describer(name: str, left: bool = True) -> Callable[[Features, str | None, 
 def _amount(value: FeatureValue, currency: str) -> str:
     if isinstance(value, Decimal):
         return money(value, currency)
+    return _plain(value)
+
+
+def _four_places(value: FeatureValue, currency: str) -> str:
+    if isinstance(value, Decimal):
+        return str(value.quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP))
     return _plain(value)
 
 

@@ -6,7 +6,8 @@
     comparison := FEATURE OP NUMBER | FEATURE OP [NUMBER "*"] FEATURE
     OP         := "<" | "<=" | ">" | ">=" | "=" | "!="
 
-Examples: `amount < 0.9 * mean_amount`, `amount > 3 * mean_amount AND count >= 5`, `count_1m > 5`.
+Examples: `amount < 0.9 * mean_amount`, `amount > 3 * mean_amount AND count >= 5`, `count_1m > 5`,
+`model_score > 0.8 AND amount > 100` (`model_score`: the champion model's probability, missing when there is none).
 User text is tokenised and parsed, never evaluated. The parsed form is stored next to the text
 (rule_sets.document) and is what both the Python engine and the SQL function read.
 
@@ -38,6 +39,8 @@ from txguard.features import (
     DEFAULT_TIME_ZONE,
     FEATURES,
     MAX_LABEL_DELAY_DAYS,
+    MODEL_SCORE,
+    RULE_FEATURES,
     FeatureSettings,
 )
 
@@ -111,6 +114,25 @@ class FeatureOptions(BaseModel):
 
     time_zone: Annotated[str, Field(min_length=1, max_length=64, pattern=_ZONE_NAME)] = DEFAULT_TIME_ZONE
     label_delay_days: Annotated[StrictInt, Field(ge=0, le=MAX_LABEL_DELAY_DAYS)] = DEFAULT_LABEL_DELAY_DAYS
+    # Features every decision computes and stores whether or not a rule or a model reads them: what models are
+    # trained on later (training reads the stored features).
+    record: Annotated[list[str], Field(max_length=len(FEATURES))] = []
+
+    @field_validator("record")
+    @classmethod
+    def _known_features(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name == MODEL_SCORE:
+                raise ValueError(
+                    f"{MODEL_SCORE!r} cannot be recorded: it is the champion's output, stored with each decision "
+                    "in its own column, not a feature a model may be trained on"
+                )
+            if name not in FEATURES:
+                raise ValueError(f"unknown feature {name!r}; known: {', '.join(FEATURES)}")
+        if len(set(names)) != len(names):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise ValueError(f"{', '.join(repr(n) for n in twice)} named twice")
+        return names
 
     @field_validator("time_zone")
     @classmethod
@@ -135,6 +157,10 @@ class RuleSet(BaseModel):
     def feature_settings(self) -> FeatureSettings:
         """The time zone and label delay of this rule set's features (the defaults when it names none)."""
         return FeatureSettings() if self.features is None else self.features.settings()
+
+    def recorded_features(self) -> frozenset[str]:
+        """The features every decision stores besides those its rules and models read (`features.record`)."""
+        return frozenset() if self.features is None else frozenset(self.features.record)
 
     @field_validator("rules")
     @classmethod
@@ -281,8 +307,8 @@ class _Parser:
 
     def feature(self) -> str:
         _, name, position = self.take("word")
-        if name not in FEATURES:
-            raise ValueError(f"unknown feature {name!r} at position {position}; known: {', '.join(FEATURES)}")
+        if name not in RULE_FEATURES:
+            raise ValueError(f"unknown feature {name!r} at position {position}; known: {', '.join(RULE_FEATURES)}")
         return name
 
     def comparison(self) -> Comparison:

@@ -22,6 +22,18 @@ from typing import Generic, TypeVar
 
 from txguard.labels import GENUINE
 
+# A model score moves a decision within its four-place score group only: at most this much, under the 0.0001
+# between two groups.
+_TIE_BREAK_SCALE = 1e-5
+
+
+def ranking_score(score: float, model_score: float | None) -> float:
+    """What rankings (ROC AUC, AP, CP@k of evaluations, backtests and model comparisons) order decisions by: the
+    decision's four-place score, its ties broken by the champion's full-precision probability (None: 0), so that
+    rounding never hides the model's ranking. score + model_score × 1e-5: the groups stay in score order, and model
+    scores differing by more than about 2e-11 stay apart (a double's resolution near 1)."""
+    return score if model_score is None else score + model_score * _TIE_BREAK_SCALE
+
 
 @dataclass(frozen=True)
 class Metrics:

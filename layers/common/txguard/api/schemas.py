@@ -30,13 +30,37 @@ class TransactionBatch(BaseModel):
 
 
 class ReasonOut(BaseModel):
-    rule_id: str
-    mode: Literal["active", "shadow"]
+    rule_id: str = Field(description="the rule's id, or `model:<version>` for the champion model's reason")
+    mode: Literal["active", "shadow", "model"] = Field(
+        description="active rules count in the score, shadow rules are only recorded; `model`: the champion's "
+        "score, with the features that raised or lowered it most and their values"
+    )
     weight: str
     explanation: str
 
 
-class DecisionOut(BaseModel):
+class ModelFieldsOut(BaseModel):
+    detector_version: int | None = Field(
+        default=None, description="the detector version (rule set + champion + shadow models) that decided"
+    )
+    model_version: int | None = Field(default=None, description="the champion model that scored the decision")
+    model_score: float | None = Field(
+        default=None,
+        description="the champion's probability 0 to 1, full precision; null when no champion scored. The score "
+        "is round4(1 - (1 - model_score)(1 - rules' score))",
+    )
+    model_threshold: float | None = Field(
+        default=None, description="the champion's decision threshold 0 to 1: model_score at or above it flags"
+    )
+    model_fallback: str | None = Field(
+        default=None, description="why the champion was not used (the rules decided alone), e.g. a missing artifact"
+    )
+    shadow_scores: dict[str, float] | None = Field(
+        default=None, description="each shadow model's probability 0 to 1, by model version; shadows never decide"
+    )
+
+
+class DecisionOut(ModelFieldsOut):
     fraud: bool
     score: str = Field(description="0 to 1, four decimal places")
     reasons: list[ReasonOut]
@@ -72,7 +96,7 @@ class ListResponse(BaseModel):
     next_cursor: str | None
 
 
-class FraudEventOut(BaseModel):
+class FraudEventOut(ModelFieldsOut):
     transaction_id: int
     timestamp: int
     amount: str

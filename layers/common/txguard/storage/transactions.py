@@ -31,10 +31,14 @@ if TYPE_CHECKING:
 K = TypeVar("K", int, str)
 
 SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
-                    fraud, score, reasons, rule_set_version FROM transactions"""
+                    fraud, score, reasons, rule_set_version, detector_version, model_version, model_score,
+                    model_threshold, model_fallback, shadow_scores FROM transactions"""
+# Where the decision's columns start and end in a row of SELECT_TRANSACTIONS.
+_DECISION = slice(6, 16)
 
 # The same, with the features each decision was taken on (NULL for rows stored before they were kept).
 SELECT_WITH_FEATURES = SELECT_TRANSACTIONS.replace(" FROM transactions", ", features::text FROM transactions")
+_FEATURES_COLUMN = 16
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS = (
@@ -49,13 +53,19 @@ _COLUMNS = (
     "reasons",
     "rule_set_version",
     "features",
+    "detector_version",
+    "model_version",
+    "model_score",
+    "model_threshold",
+    "model_fallback",
+    "shadow_scores",
 )
 
 
 def stored_by_id(cur: psycopg2.extensions.cursor, ids: list[int]) -> dict[int, tuple[Transaction, Decision]]:
     """The stored transactions among `ids`, each with its decision, by id (stored rows never change: no lock)."""
     cur.execute(SELECT_TRANSACTIONS + " WHERE transaction_id = ANY(%s::bigint[])", (array_literal(ids),))
-    return {row[0]: (transaction_from_row(row), decision_from_row(row[6:10])) for row in cur.fetchall()}
+    return {row[0]: (transaction_from_row(row), decision_from_row(row[_DECISION])) for row in cur.fetchall()}
 
 
 def transaction_from_row(row: Sequence[Any]) -> Transaction:
@@ -65,17 +75,29 @@ def transaction_from_row(row: Sequence[Any]) -> Transaction:
 
 def decided_from_row(row: Sequence[Any]) -> DecidedTransaction:
     """A row of SELECT_TRANSACTIONS, or of SELECT_WITH_FEATURES (then with its features, numbers as Decimal)."""
-    features = json.loads(row[10], parse_float=Decimal) if len(row) > 10 and row[10] is not None else None
-    return DecidedTransaction(transaction_from_row(row), decision_from_row(row[6:10]), features)
+    features = (
+        json.loads(row[_FEATURES_COLUMN], parse_float=Decimal)
+        if len(row) > _FEATURES_COLUMN and row[_FEATURES_COLUMN] is not None
+        else None
+    )
+    return DecidedTransaction(transaction_from_row(row), decision_from_row(row[_DECISION]), features)
 
 
 def decision_from_row(row: Sequence[Any]) -> Decision:
-    fraud, score, reasons, version = row
+    """A decision from its columns (fraud, score, reasons, rule_set_version, detector_version, model_version,
+    model_score, model_threshold, model_fallback, shadow_scores)."""
+    fraud, score, reasons, version, detector_version, model_version, model_score, threshold, fallback, shadows = row
     return Decision(
         fraud,
         score,
         tuple(Reason(r["rule_id"], r["mode"], Decimal(r["weight"]), r["explanation"]) for r in reasons),
         version,
+        detector_version,
+        model_version,
+        model_score,
+        threshold,
+        fallback,
+        None if shadows is None else {int(v): float(p) for v, p in shadows.items()},
     )
 
 
@@ -126,9 +148,37 @@ def copy_line(t: Transaction, d: Decision, features: str = "{}") -> str:
     reasons = d.reasons_text.replace("\\", "\\\\") if d.reasons else "[]"
     return (
         f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
-        f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else chr(92) + 'N'}\t"
-        f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\t{features}\n"
+        f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else _NULL}\t"
+        f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\t{features}\t"
+        f"{_NULL if d.detector_version is None else d.detector_version}\t{_model_columns(d)}\n"
     )
+
+
+_NULL = "\\N"
+_NO_MODEL = f"{_NULL}\t{_NULL}\t{_NULL}\t{_NULL}\t{_NULL}"
+
+
+def _model_columns(d: Decision) -> str:
+    """model_version, model_score, model_threshold, model_fallback and shadow_scores in COPY's text format. Scores
+    are written with repr(): the shortest text that reads back as the same double (the stored score is the one
+    computed)."""
+    if d.model_version is None and d.model_fallback is None and d.shadow_scores is None:
+        return _NO_MODEL
+    fallback = _NULL if d.model_fallback is None else _copy_text(d.model_fallback)
+    shadows = (
+        _NULL
+        if d.shadow_scores is None
+        else "{" + ",".join(f'"{v}":{p!r}' for v, p in sorted(d.shadow_scores.items())) + "}"
+    )
+    return (
+        f"{_NULL if d.model_version is None else d.model_version}\t"
+        f"{_NULL if d.model_score is None else repr(d.model_score)}\t"
+        f"{_NULL if d.model_threshold is None else repr(d.model_threshold)}\t{fallback}\t{shadows}"
+    )
+
+
+def _copy_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 class _DecidedRows:
@@ -395,7 +445,9 @@ def in_time_order(
 
 @dataclass(frozen=True, slots=True)
 class ScoredRow:
-    """What an evaluation reads of a stored decision: ids, time (epoch ms), score 0–1, flag, detector version."""
+    """What an evaluation reads of a stored decision: ids, time (epoch ms), score 0–1, flag, detector version (the
+    rule set's version for a decision stored before detector versions), and the champion's probability 0–1 (None
+    when no model scored it), which breaks ties of the four-place score in rankings."""
 
     transaction_id: int
     account_id: int
@@ -403,6 +455,7 @@ class ScoredRow:
     score: float
     fraud: bool
     detector_version: int
+    model_score: float | None = None
 
 
 def scored_in_period(
@@ -420,7 +473,8 @@ def scored_in_period(
     after: tuple[int, int] | None = None
     while True:
         cur.execute(
-            """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), score::float8, fraud, rule_set_version
+            """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), score::float8, fraud,
+                      coalesce(detector_version, rule_set_version), model_score
                FROM transactions
                WHERE (%(from)s::bigint IS NULL OR ts >= txguard_ms_to_ts(%(from)s))
                  AND (%(to)s::bigint IS NULL OR ts < txguard_ms_to_ts(%(to)s))

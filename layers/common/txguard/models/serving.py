@@ -1,0 +1,328 @@
+"""Serving models at ingest: a detector version (a rule set, a champion model, shadow models) ready to decide.
+
+How the model and the rules combine (every path that decides: ingest, recompute, backtest, and detect_fraud in SQL):
+- r = the rules' score as today: 1 − Π(1 − weight) over the active rules that fire, rounded to four places;
+- p = the champion's probability 0–1 (full precision), or 0 when there is no champion or it fell back;
+- the decision's score = round4(1 − (1 − p)(1 − r)), half up: with no champion it is exactly r;
+- the decision is flagged when r ≥ the rule set's threshold OR p ≥ the champion's threshold (from its artifact);
+- rules may read `model_score` (= p) like any feature: missing when no champion scored, so no comparison with it
+  holds then. It reads as the shortest decimal that gives back the same double (Python's repr, PostgreSQL's
+  float8 output), so `model_score > 0.8` means the same number here and in SQL;
+- shadow models are scored and recorded (`shadow_scores`), and never decide.
+
+The champion and the shadows score a chunk of transactions at once (`TreeModel.score_matrix`); explanations
+(TreeSHAP contributions in words) are built only for the flagged decisions the champion scored.
+A model that cannot be loaded (missing, corrupt or mismatched artifact) is never used: the champion's decisions
+then fall back to the rules, each recording why in `model_fallback` (`load_models`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Context, Decimal
+
+import psycopg2.extensions
+
+from txguard.currencies import money
+from txguard.domain import Decision, Reason
+from txguard.features import COUNT_IN_CURRENCY, FEATURES, MODEL_SCORE, Features, FeatureValue, window_reach_ms
+from txguard.models import artifact_store
+from txguard.models.artifact import CorruptArtifact, decode_artifact
+from txguard.models.artifact_store import ArtifactUnavailable
+from txguard.models.scoring import TreeModel
+from txguard.observability import logger
+from txguard.rule_engine import CompiledRuleSet
+from txguard.storage import models
+from txguard.storage.detector_versions import DetectorVersion
+
+_FOUR_PLACES = Decimal("0.0001")
+# 1 − (1 − p)(1 − r) exactly: p has at most 17 significant digits, r four places.
+_EXACT = Context(prec=60)
+EXPLAINED_FEATURES = 3  # how many of the champion's top contributions an explanation names
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A registered model version ready to score: its tree model and its decision threshold 0–1."""
+
+    version: int
+    model: TreeModel
+    threshold: float
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.model.features
+
+
+def model_reason_id(version: int) -> str:
+    """The rule id of the reason a model's score gives a decision: `model:<version>`."""
+    return f"model:{version}"
+
+
+def combined_score(rules_score: Decimal, model_score: float | None) -> Decimal:
+    """round4(1 − (1 − p)(1 − r)), half up, for the rules' four-place score r and the champion's p (None: 0)."""
+    if model_score is None:
+        return rules_score
+    p = Decimal(repr(model_score))
+    keep = _EXACT.multiply(1 - p, 1 - rules_score)
+    return (1 - keep).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
+
+
+def model_score_feature(model_score: float) -> Decimal:
+    """`model_score` as rules read it: the shortest decimal that gives back the same double."""
+    return Decimal(repr(model_score))
+
+
+def with_stored_model(by_rules: Decision, stored: Decision) -> Decision:
+    """A candidate rule set's decision combined with the champion score stored on the decision it is compared
+    with (what backtests do: the models are not run again). The rules must have read `model_score` from
+    `stored_model_feature(stored)`. No model reason is built (it needs the model's contributions)."""
+    if stored.model_version is None or stored.model_score is None or stored.model_threshold is None:
+        return by_rules
+    p = stored.model_score
+    return Decision(
+        by_rules.fraud or p >= stored.model_threshold,
+        combined_score(by_rules.score, p),
+        by_rules.reasons,
+        by_rules.rule_set_version,
+        by_rules.detector_version,
+        stored.model_version,
+        p,
+        stored.model_threshold,
+    )
+
+
+def stored_model_feature(stored: Decision) -> Decimal | None:
+    """`model_score` for the rules, from a stored decision (None: no champion scored it)."""
+    if stored.model_version is None or stored.model_score is None:
+        return None
+    return model_score_feature(stored.model_score)
+
+
+def feature_row(features: Features, names: Sequence[str]) -> list[float | None]:
+    """A transaction's features as a model's input row: floats in `names` order, None where missing."""
+    return [None if (value := features.get(name)) is None else float(value) for name in names]
+
+
+class ModelDetector:
+    """A detector version: rules, an optional champion and shadow models, deciding as the module says.
+
+    `fallback` (set when the champion named by the detector version could not be loaded) is recorded on every
+    decision, which the rules then take alone; shadows that could not be loaded are left out of `shadow_scores`.
+    """
+
+    def __init__(
+        self,
+        detector_version: int | None,
+        rules: CompiledRuleSet,
+        champion: ServedModel | None = None,
+        shadows: Sequence[ServedModel] = (),
+        fallback: str | None = None,
+    ) -> None:
+        self.detector_version = detector_version
+        self.rules = rules
+        self.champion = champion
+        self.shadows = tuple(shadows)
+        self.fallback = fallback
+        # Some model named by the detector version could not be loaded: the cache tries again when it re-reads.
+        self.incomplete = fallback is not None
+        self.version = rules.version
+        self.rule_set = rules.rule_set
+        self.threshold = rules.threshold
+        self.rule_features = rules.rule_features
+        model_features: set[str] = set()
+        for served in (*([champion] if champion else []), *self.shadows):
+            model_features.update(served.features)
+        self.model_features = frozenset(model_features)
+        self.needed_features = rules.needed_features | self.model_features
+        self.window_reach_ms = window_reach_ms(self.needed_features)
+        self.feature_settings = rules.feature_settings
+
+    def decide(self, features: Features, merchant_id: str | None, currency: str) -> Decision:
+        """One transaction's decision (decide_batch of one)."""
+        return self.decide_batch([(features, merchant_id, currency)])[0]
+
+    def decide_batch(self, items: Sequence[tuple[Features, str | None, str]]) -> list[Decision]:
+        """Each (features, merchant id, currency)'s decision, in order: the models score all rows at once, then
+        the rules decide each with `model_score` among its features (which this adds to each features dict)."""
+        shadow_scores: list[dict[int, float]] | None = None
+        if self.shadows:
+            shadow_scores = [{} for _ in items]
+            for shadow in self.shadows:
+                names = shadow.features
+                scores = shadow.model.score_matrix([feature_row(f, names) for f, _, _ in items])
+                for row, score in zip(shadow_scores, scores, strict=True):
+                    row[shadow.version] = float(score)
+        if self.champion is None:
+            return [
+                self._rules_alone(features, merchant_id, currency, None if shadow_scores is None else shadow_scores[i])
+                for i, (features, merchant_id, currency) in enumerate(items)
+            ]
+        champion = self.champion
+        names = champion.features
+        probabilities = champion.model.score_matrix([feature_row(f, names) for f, _, _ in items])
+        decisions = []
+        for i, (features, merchant_id, currency) in enumerate(items):
+            p = float(probabilities[i])
+            features[MODEL_SCORE] = model_score_feature(p)
+            by_rules = self.rules.decide(features, merchant_id, currency)
+            by_model = p >= champion.threshold
+            fraud = by_rules.fraud or by_model
+            reasons = by_rules.reasons
+            if fraud:
+                reasons = (*reasons, self._model_reason(champion, p, features, merchant_id, currency))
+            decisions.append(
+                Decision(
+                    fraud,
+                    combined_score(by_rules.score, p),
+                    reasons,
+                    self.version,
+                    self.detector_version,
+                    champion.version,
+                    p,
+                    champion.threshold,
+                    None,
+                    None if shadow_scores is None else shadow_scores[i],
+                )
+            )
+        return decisions
+
+    def _rules_alone(
+        self, features: Features, merchant_id: str | None, currency: str, shadow_scores: Mapping[int, float] | None
+    ) -> Decision:
+        decision = self.rules.decide(features, merchant_id, currency)
+        if self.fallback is None and shadow_scores is None:
+            return decision  # carries the detector version already
+        return Decision(
+            decision.fraud,
+            decision.score,
+            decision.reasons,
+            decision.rule_set_version,
+            self.detector_version,
+            None,
+            None,
+            None,
+            self.fallback,
+            shadow_scores,
+        )
+
+    def _model_reason(
+        self, champion: ServedModel, p: float, features: Features, merchant_id: str | None, currency: str
+    ) -> Reason:
+        """The champion's reason on a flagged decision: its score against its threshold and the features that
+        moved the score most (TreeSHAP contributions, in log-odds), with their values in words."""
+        contributions = champion.model.contributions(feature_row(features, champion.features))
+        known = [(name, value) for name, value in contributions if name in FEATURES and value != 0]
+        known.sort(key=lambda item: (-abs(item[1]), item[0]))
+        parts = [
+            f"{describe_value(name, features, merchant_id, currency)} "
+            f"{'raised' if value > 0 else 'lowered'} the model score"
+            for name, value in known[:EXPLAINED_FEATURES]
+        ]
+        verdict = "at least" if p >= champion.threshold else "below"
+        sentence = f"the model scored {p:.4f}, {verdict} its threshold {champion.threshold:.4f}"
+        if parts:
+            sentence += ": " + "; ".join(parts)
+        weight = Decimal(repr(p)).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
+        return Reason(model_reason_id(champion.version), "model", weight, sentence)
+
+
+def describe_value(name: str, features: Features, merchant_id: str | None, currency: str) -> str:
+    """A feature and its value in words, as explanations write them: "amount 312.00 EUR", "the number of
+    transactions in the previous 24 hours (7)"; money in the currency's decimal places."""
+    info = FEATURES[name]
+    value = features.get(name)
+    shown = _shown(value, currency, info.money)
+    if name == "amount":
+        return f"amount {shown}"
+    label = info.label
+    if "{" in label:
+        count = features.get(COUNT_IN_CURRENCY, features.get("count")) if info.money else features.get("count")
+        label = label.format(count=count, merchant_id=merchant_id)
+    return f"{label} ({shown})"
+
+
+def _shown(value: FeatureValue, currency: str, is_money: bool) -> str:
+    if value is None:
+        return "none"
+    if is_money and isinstance(value, Decimal):
+        return f"{money(value, currency)} {currency}"
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+
+
+# Models by (version, artifact sha256): a model is read and built once per execution environment, whatever how
+# often its detector version is re-read. Failures are not kept: the next reload tries again.
+_LOADED: dict[tuple[int, str], ServedModel] = {}
+_LOADED_LIMIT = 8
+
+
+def load_model(cur: psycopg2.extensions.cursor, version: int) -> ServedModel | str:
+    """The registered model `version`, ready to score, or why it cannot be used (a sentence: "artifact hash
+    mismatch", "no such model version", ...). An artifact is used only when it reads whole (its bytes hash to the
+    registered sha256, it decodes, its features are the registry's and all computable here)."""
+    try:
+        row = models.get(cur, version)
+    except models.ModelNotFound:
+        return "no such model version"
+    key = (row.version, row.artifact_sha256)
+    served = _LOADED.get(key)
+    if served is not None:
+        return served
+    try:
+        artifact = decode_artifact(artifact_store.get(row.artifact_sha256))
+    except (ArtifactUnavailable, CorruptArtifact) as exc:
+        return str(exc) or type(exc).__name__
+    except Exception as exc:  # a store that fails otherwise (network, permissions) must not fail ingest
+        logger.exception("model artifact could not be read", extra={"model_version": version})
+        return f"artifact could not be read ({type(exc).__name__})"
+    if tuple(artifact.features) != tuple(row.features) or artifact.features_hash != row.features_hash:
+        return "artifact features differ from the registered ones"
+    unknown = [name for name in artifact.features if name not in FEATURES]
+    if unknown:
+        return f"features not computed here: {', '.join(unknown)}"
+    try:
+        model = TreeModel.from_artifact(artifact)
+    except (CorruptArtifact, ValueError, KeyError, TypeError) as exc:
+        return f"artifact model unreadable ({type(exc).__name__})"
+    served = ServedModel(row.version, model, float(artifact.threshold))
+    if len(_LOADED) >= _LOADED_LIMIT:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = served
+    return served
+
+
+def load_detector(
+    cur: psycopg2.extensions.cursor, version: DetectorVersion, rules: CompiledRuleSet
+) -> ModelDetector | CompiledRuleSet:
+    """The detector version with its models loaded; a champion that cannot be loaded becomes the decisions'
+    `model_fallback` ("champion v3 unavailable: artifact hash mismatch"), a shadow that cannot is left out. Each
+    model that cannot be loaded is logged as a warning."""
+    champion: ServedModel | None = None
+    fallback: str | None = None
+    if version.champion_model_version is not None:
+        loaded = load_model(cur, version.champion_model_version)
+        if isinstance(loaded, str):
+            fallback = f"champion v{version.champion_model_version} unavailable: {loaded}"
+            logger.warning("champion model unavailable", extra={"detector_version": version.version, "why": fallback})
+        else:
+            champion = loaded
+    shadows = []
+    missing_shadow = False
+    for number in version.shadow_model_versions:
+        loaded = load_model(cur, number)
+        if isinstance(loaded, str):
+            missing_shadow = True
+            logger.warning(
+                "shadow model unavailable",
+                extra={"detector_version": version.version, "why": f"shadow v{number} unavailable: {loaded}"},
+            )
+        else:
+            shadows.append(loaded)
+    if champion is None and not shadows and fallback is None and not missing_shadow:
+        return rules  # a detector version of rules alone decides as the rule set does
+    detector = ModelDetector(version.version, rules, champion, shadows, fallback)
+    detector.incomplete = detector.incomplete or missing_shadow
+    return detector
