@@ -325,3 +325,38 @@ def test_model_names_and_authors_with_markup_show_as_text(database: Any, model_d
         assert "<script>alert" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body, path
     confirm = post(f"/models/{version}/promote", cookie, csrf=token)
     assert confirm.status == 200 and re.search(r"<script", str(confirm.body)) is None
+
+
+def test_the_decision_page_shows_the_model_that_scored_it_and_its_contributions(database: Any, model_dir: Path) -> None:
+    from tests.integration.helpers import store, tx
+    from txguard.console import model_pages
+    from txguard.detection import detector_cache
+
+    version = register()
+    db.run_in_transaction(lambda cur: registry.promote(cur, version, artifact_store.store(), "test"))
+    detector_cache.clear()
+    scored = store([tx(31, T0, "500.00", "m-1")])[0]
+    assert scored.decision.model_version == version
+    cookie, _ = sign_in()
+    page = str(handle(event("GET", f"/decisions/{scored.transaction.transaction_id}", cookie=cookie), KEYS).body)
+    assert f"model {version}</a>: probability {scored.decision.model_score:.6f}" in page
+    assert f"detector version</th><td>{scored.decision.detector_version} (rule set version" in page
+    # The one tree: amount 500 > 100 reaches the leaf of +2.0; the model's average is (90 × -3 + 10 × 2) / 100.
+    assert "<td>amount</td><td>500</td><td>+4.5000</td>" in page
+    assert "<td>bias (the model&#39;s average)</td><td></td><td>-2.5000</td>" in page
+    # Its artifact gone: the page says why there are no contributions.
+    sha = database.query("SELECT artifact_sha256 FROM model_versions")[0][0]
+    (model_dir / "models" / f"{sha}.json").unlink()
+    model_pages._MODELS.clear()
+    page = str(handle(event("GET", f"/decisions/{scored.transaction.transaction_id}", cookie=cookie), KEYS).body)
+    assert 'id="contributions-note"' in page and "cannot be read" in page
+    # A decision the rules took alone because the champion could not be loaded says so.
+    other = store([tx(32, T0, "20.00", "m-1")])[0].transaction.transaction_id
+    database.execute(
+        "UPDATE transactions SET model_version = NULL, model_score = NULL, model_threshold = NULL, "
+        "model_fallback = %s WHERE transaction_id = %s",
+        (f"champion v{version} unavailable: <b>gone</b>", other),
+    )
+    page = str(handle(event("GET", f"/decisions/{other}", cookie=cookie), KEYS).body)
+    assert f"none: the rules decided alone (champion v{version} unavailable: &lt;b&gt;gone&lt;/b&gt;)" in page
+    assert "No model scored this decision" in page

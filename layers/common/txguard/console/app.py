@@ -315,11 +315,11 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
     features: dict[str, Any] = dict(j.features) if j.features is not None else (recomputed or {})
     history = queries.label_history(cur, [transaction_id])
     rows = [[name, str(value)] for name, value in sorted(features.items())]
-    model = model_pages.decision_model(cur, transaction_id, features)
+    contributions = model_pages.decision_contributions(cur, j.decision, features)
     return ctx.page(
         "decision.html",
         j=j,
-        model=model,
+        contributions=contributions,
         features=rows,
         features_note=(
             "The features this decision was taken on, as stored with it (the ones its detector reads)."
@@ -337,7 +337,7 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
         labels=history,
         tables={
             "features": _table(["feature", "value"], rows),
-            "contributions": _table(["feature", "value", "contribution_log_odds"], model.contributions),
+            "contributions": _table(["feature", "value", "contribution_log_odds"], contributions.rows),
         },
     )
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg2.extensions
 
 from txguard import literals
-from txguard.console import charts, queries, web
+from txguard.console import charts, web
+from txguard.domain import Decision
 from txguard.errors import BadInput, Conflict, shorten
 from txguard.models import artifact_store
 from txguard.storage import detector_versions
@@ -494,70 +495,46 @@ def _check_unchanged(form: dict[str, str], detector: detector_versions.DetectorV
 
 
 @dataclass(frozen=True)
-class DecisionModel:
-    """What a stored decision says about models (migration 0016's columns), and the champion's contributions
-    recomputed from its stored features."""
+class Contributions:
+    """The champion's contributions to one stored decision, recomputed from its stored features."""
 
-    detector_version: int | None
-    model_version: int | None
-    model_score: float | None  # 0–1, full precision
-    model_fallback: str | None
-    shadow_scores: list[tuple[str, float | None]]
-    contributions: list[list[str]]  # [feature, value, contribution in log-odds], largest |contribution| first
-    contributions_note: str | None
+    rows: list[list[str]]  # [feature, value, contribution in log-odds], largest |contribution| first, then bias
+    note: str | None  # why there are none, when the decision was scored by a model
 
 
-def decision_model(cur: psycopg2.extensions.cursor, transaction_id: int, features: dict[str, Any]) -> DecisionModel:
-    """The model side of one stored decision. Contributions (TreeSHAP, log-odds) are recomputed with the model
-    version that scored it, from the features stored with the decision; when that model's artifact cannot be
-    read the page says why instead."""
-    columns = queries.decision_model_columns(cur, transaction_id)
-    version = columns.get("model_version")
-    shadows = columns.get("shadow_scores")
-    shadow_scores = sorted((str(k), _number(v)) for k, v in shadows.items()) if isinstance(shadows, dict) else []
-    rows: list[list[str]] = []
-    note = None
-    if isinstance(version, int):
-        rows, note = _contributions(cur, version, features)
-    return DecisionModel(
-        columns.get("detector_version") if isinstance(columns.get("detector_version"), int) else None,
-        version if isinstance(version, int) else None,
-        _number(columns.get("model_score")),
-        columns.get("model_fallback") if isinstance(columns.get("model_fallback"), str) else None,
-        shadow_scores,
-        rows,
-        note,
-    )
+def decision_contributions(
+    cur: psycopg2.extensions.cursor, decision: Decision, features: dict[str, Any]
+) -> Contributions:
+    """What each feature added to the log-odds of the champion that scored `decision` (TreeSHAP, as LightGBM's
+    pred_contrib), recomputed with that model version from the features stored with the decision; no rows when
+    no model scored it, and a note saying why when that model's artifact cannot be read."""
+    if decision.model_version is None:
+        return Contributions([], None)
+    rows, note = _contributions(cur, decision.model_version, features)
+    return Contributions(rows, note)
 
 
 def _contributions(
     cur: psycopg2.extensions.cursor, version: int, features: dict[str, Any]
 ) -> tuple[list[list[str]], str | None]:
-    from txguard.models import artifact_store
     from txguard.models.artifact import CorruptArtifact
 
     try:
         m = registry.get(cur, version)
-    except LookupError:
-        m = None
-    if m is None:
+    except registry.ModelNotFound:
         return [], f"model version {version} is not in the registry"
     try:
         model = _tree_model(m.artifact_sha256)
     except (artifact_store.ArtifactUnavailable, CorruptArtifact) as exc:
-        return [], f"the artifact of model {version} cannot be read: {exc}"
-    values = [_feature_value(features.get(name)) for name in model.features]
-    pairs = model.contributions(values)
-    shown = {name: value for name, value in zip(model.features, values, strict=True)}
-    ordered = sorted(pairs, key=lambda p: -abs(p[1]))
-    return [
-        [name, "" if name not in shown else ("missing" if shown[name] is None else f"{shown[name]:g}"), f"{c:+.4f}"]
-        for name, c in ordered
-    ], None
-
-
-def _feature_value(value: Any) -> float | None:
-    return _number(value)
+        return [], f"the artifact of model {version} cannot be read: {exc.message}"
+    values = [_number(features.get(name)) for name in model.features]
+    *pairs, bias = model.contributions(values)
+    shown = dict(zip(model.features, values, strict=True))
+    rows = [
+        [name, "missing" if shown[name] is None else f"{shown[name]:g}", f"{c:+.4f}"]
+        for name, c in sorted(pairs, key=lambda p: (-abs(p[1]), p[0]))
+    ]
+    return [*rows, [f"{bias[0]} (the model's average)", "", f"{bias[1]:+.4f}"]], None
 
 
 _MODELS: dict[str, Any] = {}

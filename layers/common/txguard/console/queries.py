@@ -374,21 +374,3 @@ def daily_rule_hits(cur: psycopg2.extensions.cursor, period: Period) -> dict[str
         label = _day_label(day)
         out[rule_id][label] = out[rule_id].get(label, 0) + hits
     return out
-
-
-# The model columns a decision carries (migration 0016), read by name from the row as JSON so that a store
-# without them yet answers None instead of failing.
-MODEL_COLUMNS = ("detector_version", "model_version", "model_score", "model_fallback", "shadow_scores")
-
-
-def decision_model_columns(cur: psycopg2.extensions.cursor, transaction_id: int) -> dict[str, Any]:
-    """detector_version, model_version, model_score (0–1, full precision), model_fallback (why the champion
-    was not used) and shadow_scores ({model version: score}) of one stored decision; None for each it lacks."""
-    cur.execute(
-        """SELECT j -> 'detector_version', j -> 'model_version', j -> 'model_score', j -> 'model_fallback',
-                  j -> 'shadow_scores'
-           FROM transactions t, to_jsonb(t) j WHERE t.transaction_id = %s""",
-        (transaction_id,),
-    )
-    row = cur.fetchone()
-    return dict(zip(MODEL_COLUMNS, row or (None,) * len(MODEL_COLUMNS), strict=True))
