@@ -332,14 +332,17 @@ def test_the_decision_page_shows_the_model_that_scored_it_and_its_contributions(
     from txguard.console import model_pages
     from txguard.detection import detector_cache
 
-    version = register()
+    version, shadow = register(), register("shadow", split=1000.0)
     db.run_in_transaction(lambda cur: registry.promote(cur, version, artifact_store.store(), "test"))
+    db.run_in_transaction(lambda cur: registry.set_shadow(cur, shadow, artifact_store.store(), "test"))
     detector_cache.clear()
     scored = store([tx(31, T0, "500.00", "m-1")])[0]
-    assert scored.decision.model_version == version
+    assert scored.decision.model_version == version and scored.decision.shadow_scores
     cookie, _ = sign_in()
     page = str(handle(event("GET", f"/decisions/{scored.transaction.transaction_id}", cookie=cookie), KEYS).body)
     assert f"model {version}</a>: probability {scored.decision.model_score:.6f}" in page
+    shadow_score = scored.decision.shadow_scores[shadow]
+    assert f"model {shadow}</a>: {shadow_score:.6f} (recorded, never deciding)" in page
     assert f"detector version</th><td>{scored.decision.detector_version} (rule set version" in page
     # The one tree: amount 500 > 100 reaches the leaf of +2.0; the model's average is (90 × -3 + 10 × 2) / 100.
     assert "<td>amount</td><td>500</td><td>+4.5000</td>" in page
