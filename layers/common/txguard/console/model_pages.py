@@ -13,14 +13,16 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import psycopg2
 import psycopg2.extensions
 
 from txguard import literals
 from txguard.console import charts, web
 from txguard.domain import Decision
-from txguard.errors import BadInput, Conflict, shorten
+from txguard.errors import BadInput, Conflict, Unavailable, shorten
 from txguard.models import artifact_store
 from txguard.storage import detector_versions
 from txguard.storage import models as registry
@@ -44,37 +46,45 @@ ACTION_WORDS = {
 
 @dataclass(frozen=True)
 class Summary:
-    """A model version's headline numbers on its validation window (None when the report lacks one)."""
+    """How a scorer ranks a model's validation window (None where the report has no value: undefined)."""
 
     roc_auc: float | None
     average_precision: float | None
-    cp_at_100: float | None
+    cp_at_k: float | None  # Card Precision@k, k = the report's k (100 by default)
     f1: float | None
     precision: float | None
     recall: float | None
-    threshold: float | None
+    threshold: float | None  # the best-F1 threshold: the model's decision threshold
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
+    """A JSON number (stored features are read as Decimal) as a float; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    return float(value)
+
+
+def _section(metrics: Any, name: str) -> dict[str, Any]:
+    part = metrics.get(name) if isinstance(metrics, dict) else None
+    return part if isinstance(part, dict) else {}
+
+
+def ranking_summary(ranking: dict[str, Any]) -> Summary:
+    """A ranking of the training report (txguard.models.training.Ranking.as_dict())."""
+    return Summary(
+        _number(ranking.get("roc_auc")),
+        _number(ranking.get("average_precision")),
+        _number(ranking.get("card_precision_at_k")),
+        _number(ranking.get("f1")),
+        _number(ranking.get("precision")),
+        _number(ranking.get("recall")),
+        _number(ranking.get("threshold")),
+    )
 
 
 def summary(metrics: dict[str, Any]) -> Summary:
-    """The headline numbers of a stored training report (`model_versions.metrics`)."""
-    return Summary(
-        _number(metrics.get("roc_auc")),
-        _number(metrics.get("average_precision")),
-        _number(metrics.get("cp_at_100")),
-        _number(metrics.get("f1")),
-        _number(metrics.get("precision")),
-        _number(metrics.get("recall")),
-        _number(metrics.get("threshold")),
-    )
+    """The model's own numbers on its validation window (`metrics["validation"]` of the registry row)."""
+    return ranking_summary(_section(metrics, "validation"))
 
 
 def day(value: Any) -> str:
@@ -127,7 +137,7 @@ def models_page(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
                     "label_cutoff",
                     "roc_auc",
                     "average_precision",
-                    "cp_at_100",
+                    "cp_at_k",
                     "f1",
                 ],
                 "rows": rows,
@@ -152,7 +162,7 @@ def _version_row(m: Any) -> list[Any]:
         _iso(m.label_cutoff),
         _four(s.roc_auc),
         _four(s.average_precision),
-        _four(s.cp_at_100),
+        _four(s.cp_at_k),
         _four(s.f1),
     ]
 
@@ -176,82 +186,66 @@ def _detector_table(detectors: list[detector_versions.DetectorVersion]) -> dict[
 
 
 def pr_points(metrics: dict[str, Any]) -> list[tuple[float, float, float | None]]:
-    """(recall, precision, threshold) of the stored precision-recall curve, in the order stored. The report
-    stores it as {"precision": [...], "recall": [...], "thresholds": [...]} (scikit-learn's
-    precision_recall_curve, thinned) or as a list of {"recall", "precision", "threshold"} points."""
-    curve = metrics.get("pr_curve")
+    """(recall, precision, threshold) of the stored precision-recall curve (`validation.precision_recall_curve`,
+    highest threshold first, at most 200 points)."""
+    curve = _section(metrics, "validation").get("precision_recall_curve")
     points: list[tuple[float, float, float | None]] = []
-    if isinstance(curve, dict):
-        recall, precision = curve.get("recall") or [], curve.get("precision") or []
-        thresholds = list(curve.get("thresholds") or [])
-        for i, (r, p) in enumerate(zip(recall, precision, strict=False)):
-            rv, pv = _number(r), _number(p)
-            if rv is not None and pv is not None:
-                points.append((rv, pv, _number(thresholds[i]) if i < len(thresholds) else None))
-    elif isinstance(curve, list):
-        for point in curve:
-            if isinstance(point, dict):
-                rv, pv = _number(point.get("recall")), _number(point.get("precision"))
-                if rv is not None and pv is not None:
-                    points.append((rv, pv, _number(point.get("threshold"))))
+    for point in curve if isinstance(curve, list) else []:
+        if isinstance(point, dict):
+            recall, precision = _number(point.get("recall")), _number(point.get("precision"))
+            if recall is not None and precision is not None:
+                points.append((recall, precision, _number(point.get("threshold"))))
     return points
 
 
 def confusion(metrics: dict[str, Any]) -> tuple[int, int, int, int] | None:
-    """(tp, fp, fn, tn) at the chosen threshold, as the report stores it, or None."""
-    cm = metrics.get("confusion_matrix")
-    if isinstance(cm, dict):
-        values = [cm.get(k) for k in ("tp", "fp", "fn", "tn")]
-    elif isinstance(cm, list) and len(cm) == 2 and all(isinstance(r, list) and len(r) == 2 for r in cm):
-        # scikit-learn's confusion_matrix layout: [[tn, fp], [fn, tp]]
-        values = [cm[1][1], cm[0][1], cm[1][0], cm[0][0]]
-    else:
+    """(tp, fp, fn, tn) on the validation window at the model's threshold, or None when not reported."""
+    cm = _section(metrics, "validation").get("confusion_matrix")
+    if not isinstance(cm, dict):
         return None
-    counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    counts = [
+        v for v in (cm.get(k) for k in ("tp", "fp", "fn", "tn")) if isinstance(v, int) and not isinstance(v, bool)
+    ]
     if len(counts) != 4:
         return None
     tp, fp, fn, tn = counts
     return tp, fp, fn, tn
 
 
-def importance(metrics: dict[str, Any]) -> list[tuple[str, float]]:
-    """(feature, importance) largest first: the report's feature importance (total gain), stored as a mapping
-    or as a list of {"feature", "importance"} items."""
+def importance(metrics: dict[str, Any]) -> list[tuple[str, float, float | None]]:
+    """(feature, total gain, share of all gain) largest first, as the report lists them."""
     raw = metrics.get("feature_importance")
-    pairs: list[tuple[str, float]] = []
-    if isinstance(raw, dict):
-        pairs = [(str(k), v) for k, v in ((k, _number(v)) for k, v in raw.items()) if v is not None]
-    elif isinstance(raw, list):
-        for item in raw:
-            if isinstance(item, dict):
-                value = _number(item.get("importance"))
-                if value is not None:
-                    pairs.append((str(item.get("feature")), value))
-    return sorted(pairs, key=lambda p: (-p[1], p[0]))
+    rows: list[tuple[str, float, float | None]] = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("feature"), str):
+            gain = _number(item.get("gain"))
+            if gain is not None:
+                rows.append((item["feature"], gain, _number(item.get("share"))))
+    return sorted(rows, key=lambda r: (-r[1], r[0]))
 
 
 def threshold_rows(thresholds: Any) -> list[list[str]]:
-    """The threshold table (threshold, precision, recall, false-positive rate and the counts when stored)."""
-    items = thresholds.get("rows") if isinstance(thresholds, dict) else thresholds
+    """The threshold table: at each score level, what flagging at it would give on the validation window."""
     rows = []
-    for item in items or []:
-        if not isinstance(item, dict):
-            continue
-        rows.append(
-            [
-                _four(_number(item.get("threshold"))),
-                _four(_number(item.get("precision"))),
-                _four(_number(item.get("recall"))),
-                _four(_number(item.get("fpr", item.get("false_positive_rate")))),
-                "" if item.get("flagged") is None else str(item.get("flagged")),
-            ]
-        )
+    for item in thresholds if isinstance(thresholds, list) else []:
+        if isinstance(item, dict):
+            flagged = item.get("flagged")
+            rows.append(
+                [
+                    _four(_number(item.get("score"))),
+                    str(flagged) if isinstance(flagged, int) else "",
+                    _four(_number(item.get("precision"))),
+                    _four(_number(item.get("recall"))),
+                    _four(_number(item.get("fpr"))),
+                ]
+            )
     return rows
 
 
 def model_page(ctx: Context, cur: psycopg2.extensions.cursor, version: int) -> web.Response:
-    """One model version: its report (metrics, PR curve, confusion matrix, feature importance, thresholds),
-    where it is used, and the actions its status allows."""
+    """One model version: its training report (metrics against the baseline and the champion, PR curve,
+    confusion matrix, feature importance, threshold table), the detector versions that used it, and the actions
+    its status allows."""
     m = registry.get(cur, version)
     metrics = m.metrics or {}
     s = summary(metrics)
@@ -264,17 +258,15 @@ def model_page(ctx: Context, cur: psycopg2.extensions.cursor, version: int) -> w
         for d in detector_versions.history(cur)
         if d.champion_model_version == version or version in d.shadow_model_versions
     ]
-    current = detector_versions.current(cur)
-    metric_rows = [[k, _metric_text(v)] for k, v in sorted(metrics.items()) if _is_scalar(v)]
-    comparisons = _comparisons(metrics)
+    k = _section(metrics, "validation").get("k", 100)
     return ctx.page(
         "model.html",
         m=m,
         s=s,
+        k=k,
         actions=allowed_actions(m.status),
         done=ctx.request.query.get("done"),
-        current=current,
-        comparisons=comparisons,
+        current=detector_versions.current(cur),
         pr_chart=charts.pr_curve(
             f"Precision-recall, model {version} (validation window)", [(r, p) for r, p, _ in points], at_threshold
         )
@@ -282,12 +274,18 @@ def model_page(ctx: Context, cur: psycopg2.extensions.cursor, version: int) -> w
         else None,
         cm_chart=charts.confusion_matrix(f"Confusion matrix at threshold {_four(s.threshold)}", *cm) if cm else None,
         importance_chart=charts.horizontal_bars(
-            f"Feature importance, model {version}", [n for n, _ in ranked[:25]], [v for _, v in ranked[:25]]
+            f"Feature importance (total gain), model {version}",
+            [n for n, _, _ in ranked[:25]],
+            [g for _, g, _ in ranked[:25]],
         )
         if ranked
         else None,
         tables={
-            "metrics": {"columns": ["metric", "value"], "rows": metric_rows},
+            "comparison": {
+                "columns": ["scorer", "roc_auc", "average_precision", f"cp_at_{k}", "f1", "note"],
+                "rows": comparisons(metrics),
+            },
+            "report": {"columns": ["metric", "value"], "rows": report_rows(metrics)},
             "pr_curve": {
                 "columns": ["recall", "precision", "threshold"],
                 "rows": [[f"{r:.6f}", f"{p:.6f}", "" if t is None else f"{t:.6f}"] for r, p, t in points],
@@ -296,39 +294,56 @@ def model_page(ctx: Context, cur: psycopg2.extensions.cursor, version: int) -> w
                 "columns": ["labelled", "flagged", "not_flagged"],
                 "rows": [] if cm is None else [["fraud", cm[0], cm[2]], ["genuine", cm[1], cm[3]]],
             },
-            "feature_importance": {"columns": ["feature", "importance"], "rows": [[n, f"{v:.6g}"] for n, v in ranked]},
-            "thresholds": {
-                "columns": ["threshold", "precision", "recall", "false_positive_rate", "flagged"],
-                "rows": threshold_rows(m.thresholds),
+            "feature_importance": {
+                "columns": ["feature", "gain", "share"],
+                "rows": [[n, f"{g:.6g}", "" if share is None else f"{share:.4f}"] for n, g, share in ranked],
             },
-            "comparison": {
-                "columns": ["model", "roc_auc", "average_precision", "cp_at_100", "f1"],
-                "rows": comparisons,
+            "thresholds": {
+                "columns": ["score", "flagged", "precision", "recall", "false_positive_rate"],
+                "rows": threshold_rows(m.thresholds),
             },
             "detector_versions": _detector_table(detectors),
         },
     )
 
 
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, int | float | str) and not isinstance(value, bool)
-
-
-def _metric_text(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def _comparisons(metrics: dict[str, Any]) -> list[list[str]]:
-    """The report's comparison on the same validation window (the decision-tree baseline, the champion of the
-    time), when it has one: {"baseline": {...metrics}, "champion": {...metrics}}."""
+def report_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """Every number of the report that is not drawn elsewhere, as (section.metric, value) rows."""
     rows = []
-    for name, other in (
-        sorted((metrics.get("comparison") or {}).items()) if isinstance(metrics.get("comparison"), dict) else []
-    ):
-        if isinstance(other, dict):
-            o = summary(other)
-            rows.append([name, _four(o.roc_auc), _four(o.average_precision), _four(o.cp_at_100), _four(o.f1)])
+    for section in ("validation", "training"):
+        for key, value in sorted(_section(metrics, section).items()):
+            if isinstance(value, int | float | str) and not isinstance(value, bool):
+                rows.append([f"{section}.{key}", f"{value:.6g}" if isinstance(value, float) else str(value)])
     return rows
+
+
+# The scorers the report ranks the same validation rows with, besides the model.
+COMPARED = (
+    ("baseline", "decision-tree baseline"),
+    ("champion", "champion at training time"),
+    ("stored_decisions", "the stored decisions' scores"),
+)
+
+
+def comparisons(metrics: dict[str, Any]) -> list[list[str]]:
+    """The model against the report's other scorers on the same validation rows; a scorer that could not be
+    compared says why."""
+    rows = [["this model", *_ranking_cells(summary(metrics)), ""]]
+    for key, label in COMPARED:
+        other = _section(metrics, key)
+        if not other:
+            continue
+        if other.get("available") is False:
+            rows.append([label, "", "", "", "", str(other.get("reason", "not available"))])
+            continue
+        version = other.get("version")
+        name = f"{label} (model {version})" if isinstance(version, int) else label
+        rows.append([name, *_ranking_cells(ranking_summary(other)), str(other.get("model", ""))])
+    return rows
+
+
+def _ranking_cells(s: Summary) -> list[str]:
+    return [_four(s.roc_auc), _four(s.average_precision), _four(s.cp_at_k), _four(s.f1)]
 
 
 def allowed_actions(status: str) -> list[str]:
@@ -386,8 +401,12 @@ def train_page(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
 
 def train_action(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
     """Train a candidate with the form's settings. Locally: now, through the same library call as `txguard
-    train`, then its report. In AWS (TXGUARD_TRAIN_FUNCTION set): TrainFunction, invoked asynchronously (a
-    page may take at most 29 s); the candidate appears on the Models page when it is done."""
+    train` (txguard.models.training.train, on a connection of its own: it reads in one snapshot and registers
+    in its own transaction), then its report. In AWS (TXGUARD_TRAIN_FUNCTION set): TrainFunction, invoked
+    asynchronously (a page may take at most 29 s); the candidate appears on the Models page when it is done.
+
+    A bad field or a store training cannot use (no features, no fraud in a window) is a 400 naming it; the
+    database failing meanwhile is a 503; nothing is registered then."""
     assert ctx.session is not None
     form = read_train_form(ctx.request.form)
     created_by = f"analyst:{ctx.session.analyst}"
@@ -395,21 +414,32 @@ def train_action(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
     if function:
         _invoke_training(function, form, created_by)
         return web.redirect(ctx.request.link("/models/train", started=form.name))
-    version = _train_here(cur, form, created_by)
+    version = _train_here(form, created_by)
     return web.redirect(ctx.request.link(f"/models/{version}", done="trained"))
 
 
-def _train_here(cur: psycopg2.extensions.cursor, form: TrainForm, created_by: str) -> int:
+def _train_here(form: TrainForm, created_by: str) -> int:
+    from txguard import db
     from txguard.models import training
+    from txguard.settings import DatabaseSettings
 
-    until = datetime(form.until.year, form.until.month, form.until.day, tzinfo=UTC)
+    until = int(datetime(form.until.year, form.until.month, form.until.day, tzinfo=UTC).timestamp() * 1000)
+    options = training.TrainingOptions(
+        until=until, name=form.name, seed=form.seed, gap_days=form.gap_days, created_by=created_by
+    )
+    settings = DatabaseSettings.from_env()
+    conn = db.connect(db.dsn_from_settings(settings), settings)
     try:
-        result = training.train_candidate(
-            cur, until=until, name=form.name, seed=form.seed, gap_days=form.gap_days, created_by=created_by
-        )
+        result = training.train(conn, options, artifact_store.store())
     except training.TrainingError as exc:
-        raise BadInput(f"training {form.name!r} until {form.until}: {exc}") from None
-    return int(result.version)
+        raise BadInput(f"training {form.name!r} until {form.until}: {exc.message}; nothing was registered") from None
+    except psycopg2.Error as exc:
+        raise Unavailable(
+            f"the database failed while training {form.name!r}: nothing was registered; try again"
+        ) from exc
+    finally:
+        conn.close()
+    return result.model.version
 
 
 def _invoke_training(function: str, form: TrainForm, created_by: str) -> None:
