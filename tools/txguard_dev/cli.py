@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "txguard_dev.commands.evaluate",
         "precision, recall and F1 of stored decisions against generated labels",
     ),
+    "train": (
+        "txguard_dev.commands.train",
+        "train a model on stored features and the labels known at a cutoff; register it as a candidate",
+    ),
+    "models": ("txguard_dev.commands.models", "the model registry: list, show, shadow, promote, retire, rollback"),
     "labels": ("txguard_dev.commands.labels", "labels: import a CSV or JSON-lines file into the labels store"),
     "replay": (
         "txguard_dev.commands.replay",

@@ -21,8 +21,13 @@ from txguard import literals
 if TYPE_CHECKING:
     import psycopg2.extensions
 
+    from txguard.models.artifact_store import ArtifactStore
+
 # The database `txguard local` creates on the local server.
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/txguard"
+# Where `txguard local` and the commands keep model artifacts when neither TXGUARD_MODEL_BUCKET nor TXGUARD_MODEL_DIR
+# is set (under the working directory).
+LOCAL_MODEL_DIR = ".txguard/models"
 
 EXIT_FAILURE = 1  # the command could not do its work (database unreachable or not migrated, refused, ...)
 EXIT_USAGE = 2  # the command line itself is wrong or incomplete
@@ -61,6 +66,13 @@ def service_database_url() -> str:
         return dsn_from_settings(DatabaseSettings.from_env())
     except DatabaseUnavailable as exc:
         raise CommandError(str(exc)) from None
+
+
+def model_store() -> ArtifactStore:
+    """The model artifact store: TXGUARD_MODEL_BUCKET, else TXGUARD_MODEL_DIR, else LOCAL_MODEL_DIR."""
+    from txguard.models import artifact_store
+
+    return artifact_store.from_env(default_dir=Path(LOCAL_MODEL_DIR).resolve())
 
 
 def pending_migrations(cur: psycopg2.extensions.cursor) -> list[str]:
