@@ -65,27 +65,51 @@ def tiny_dump(split: float = 100.0) -> dict[str, Any]:
 
 
 def report(auc: float) -> dict[str, Any]:
-    return {
+    """A training report as txguard.models.training writes it into the registry row."""
+    curve = [
+        {"threshold": t, "precision": p, "recall": r}
+        for t, p, r in ((0.9, 1.0, 0.0), (0.8, 0.8, 0.25), (0.5, 0.6, 0.5), (0.2, 0.3, 0.75), (0.01, 0.01, 1.0))
+    ]
+    validation = {
+        "rows": 10_000,
+        "frauds": 100,
+        "labelled": 10_000,
         "roc_auc": auc,
         "average_precision": auc - 0.2,
-        "cp_at_100": 0.3,
+        "card_precision_at_k": 0.3,
         "f1": 0.55,
         "precision": 0.6,
         "recall": 0.5,
         "threshold": 0.5,
+        "k": 100,
         "confusion_matrix": {"tp": 50, "fp": 33, "fn": 50, "tn": 9867},
-        "pr_curve": {
-            "recall": [1.0, 0.75, 0.5, 0.25, 0.0],
-            "precision": [0.01, 0.3, 0.6, 0.8, 1.0],
-            "thresholds": [0.01, 0.2, 0.5, 0.8],
+        "precision_recall_curve": curve,
+    }
+    return {
+        "validation": validation,
+        "training": {"rows": 40_000, "frauds": 400, "labelled": 40_000},
+        "feature_importance": [
+            {"feature": "amount", "gain": 120.5, "share": 0.9432},
+            {"feature": "count", "gain": 7.25, "share": 0.0568},
+        ],
+        "baseline": {
+            "available": True,
+            "model": "DecisionTreeClassifier(max_depth=6)",
+            "roc_auc": 0.8,
+            "average_precision": 0.5,
+            "card_precision_at_k": 0.2,
+            "f1": 0.4,
+            "precision": 0.5,
+            "recall": 0.33,
+            "threshold": 0.7,
         },
-        "feature_importance": {"amount": 120.5, "count": 7.25},
+        "champion": {"available": False, "reason": "there is no champion"},
     }
 
 
 THRESHOLDS = [
-    {"threshold": t, "precision": p, "recall": r, "fpr": f}
-    for t, p, r, f in ((0.2, 0.3, 0.75, 0.02), (0.5, 0.6, 0.5, 0.003), (0.8, 0.8, 0.25, 0.001))
+    {"score": t, "flagged": n, "precision": p, "recall": r, "fpr": f}
+    for t, n, p, r, f in ((0.2, 250, 0.3, 0.75, 0.0177), (0.5, 83, 0.6, 0.5, 0.0033), (0.8, 31, 0.8, 0.25, 0.0006))
 ]
 
 
@@ -156,11 +180,17 @@ def test_the_models_pages_show_each_version_its_report_and_plots(database: Any, 
     assert lines[0] == "recall,precision,threshold" and len(lines) == 6
     assert lines[3] == "0.500000,0.600000,0.500000"
     thresholds = str(handle(event("GET", f"/models/{first}", query={"csv": "thresholds"}, cookie=cookie), KEYS).body)
-    assert thresholds.splitlines()[2] == "0.5000,0.6000,0.5000,0.0030,"
+    assert thresholds.splitlines()[2] == "0.5000,83,0.6000,0.5000,0.0033"
     importance = str(
         handle(event("GET", f"/models/{first}", query={"csv": "feature_importance"}, cookie=cookie), KEYS).body
     )
-    assert importance.splitlines()[1:] == ["amount,120.5", "count,7.25"]
+    assert importance.splitlines()[1:] == ["amount,120.5,0.9432", "count,7.25,0.0568"]
+    compared = str(handle(event("GET", f"/models/{first}", query={"csv": "comparison"}, cookie=cookie), KEYS).body)
+    assert compared.splitlines()[1:] == [
+        "this model,0.9100,0.7100,0.3000,0.5500,",
+        "decision-tree baseline,0.8000,0.5000,0.2000,0.4000,DecisionTreeClassifier(max_depth=6)",
+        "champion at training time,,,,,there is no champion",
+    ]
 
 
 def test_with_no_model_the_page_says_so_and_shows_the_detector_versions(database: Any) -> None:
@@ -363,3 +393,30 @@ def test_the_decision_page_shows_the_model_that_scored_it_and_its_contributions(
     page = str(handle(event("GET", f"/decisions/{other}", cookie=cookie), KEYS).body)
     assert f"none: the rules decided alone (champion v{version} unavailable: &lt;b&gt;gone&lt;/b&gt;)" in page
     assert "No model scored this decision" in page
+
+
+def test_training_from_the_console_registers_a_candidate_and_opens_its_report(database: Any, model_dir: Path) -> None:
+    from datetime import UTC, datetime
+
+    from tests.integration.helpers import apply_rules
+    from tests.integration.test_training import DAYS, RULES, UNTIL, ingest, planted_history
+
+    apply_rules(database, RULES)
+    ingest(*planted_history(seed=11, first_day=0, days=DAYS, first_id=1))
+    cookie, token = sign_in("alice")
+    until = datetime.fromtimestamp(UNTIL / 1000, UTC).date().isoformat()
+    form = {"csrf": token, "name": "from-the-console", "until": until, "seed": "3", "gap_days": "3"}
+    assert post("/models/train", cookie, **(form | {"csrf": "forged"})).status == 403
+    assert database.query("SELECT count(*) FROM model_versions") == [(0,)]
+    answer = post("/models/train", cookie, **form)
+    assert answer.status == 303, answer.body
+    row = database.query("SELECT version, name, status, created_by, seed, gap_days FROM model_versions")
+    assert row == [(1, "from-the-console", "candidate", "analyst:alice", 3, 3)]
+    assert answer.headers["Location"].endswith("/models/1?done=trained")
+    report = str(handle(event("GET", "/models/1", query={"done": "trained"}, cookie=cookie), KEYS).body)
+    assert "Trained and registered as a candidate" in report and report.count("<svg") == 3
+    assert "decision-tree baseline" in report and "there is no champion" in report
+    # Labels known only from a later day: nothing to learn from before it, a 400 that says so, nothing registered.
+    early = post("/models/train", cookie, **(form | {"until": "2023-11-20", "name": "too-early"}))
+    assert early.status == 400 and "nothing was registered" in str(early.body)
+    assert database.query("SELECT count(*) FROM model_versions") == [(1,)]

@@ -39,18 +39,28 @@ def test_a_bad_training_field_is_refused_by_name(field: str, value: str) -> None
     assert f"'{field}'" in caught.value.message
 
 
-def test_a_report_is_read_in_either_stored_shape() -> None:
-    as_lists = {"pr_curve": {"recall": [1.0, 0.5, 0.0], "precision": [0.1, 0.6, 1.0], "thresholds": [0.1, 0.7]}}
-    as_points = {"pr_curve": [{"recall": 1.0, "precision": 0.1, "threshold": 0.1}, {"recall": 0.5, "precision": 0.6}]}
-    assert model_pages.pr_points(as_lists) == [(1.0, 0.1, 0.1), (0.5, 0.6, 0.7), (0.0, 1.0, None)]
-    assert model_pages.pr_points(as_points) == [(1.0, 0.1, 0.1), (0.5, 0.6, None)]
-    assert model_pages.confusion({"confusion_matrix": {"tp": 3, "fp": 1, "fn": 2, "tn": 90}}) == (3, 1, 2, 90)
-    assert model_pages.confusion({"confusion_matrix": [[90, 1], [2, 3]]}) == (3, 1, 2, 90)
-    assert model_pages.confusion({"confusion_matrix": {"tp": "3"}}) is None
-    ranked = model_pages.importance({"feature_importance": {"amount": 2.5, "count": 7.0, "hour": 0}})
-    assert ranked == [("count", 7.0), ("amount", 2.5), ("hour", 0.0)]
-    assert model_pages.summary({"roc_auc": 0.9, "f1": "x"}).roc_auc == 0.9
-    assert model_pages.summary({"roc_auc": 0.9, "f1": "x"}).f1 is None
+def test_a_training_report_is_read_and_what_it_lacks_is_none() -> None:
+    curve = [{"threshold": 0.7, "precision": 0.6, "recall": 0.5}, {"threshold": 0.1, "precision": "x", "recall": 1}]
+    metrics = {
+        "validation": {
+            "roc_auc": 0.9,
+            "f1": None,
+            "card_precision_at_k": 0.31,
+            "confusion_matrix": {"tp": 3, "fp": 1, "fn": 2, "tn": 90},
+            "precision_recall_curve": curve,
+        },
+        "feature_importance": [{"feature": "count", "gain": 2.5, "share": 0.25}, {"feature": "amount", "gain": 7.5}],
+    }
+    assert model_pages.pr_points(metrics) == [(0.5, 0.6, 0.7)]
+    assert model_pages.confusion(metrics) == (3, 1, 2, 90)
+    assert model_pages.confusion({"validation": {"confusion_matrix": {"tp": "3"}}}) is None
+    assert model_pages.importance(metrics) == [("amount", 7.5, None), ("count", 2.5, 0.25)]
+    s = model_pages.summary(metrics)
+    assert (s.roc_auc, s.cp_at_k, s.f1, s.threshold) == (0.9, 0.31, None, None)
+    assert model_pages.summary({}).roc_auc is None
+    assert model_pages.threshold_rows([{"score": 0.5, "flagged": 7, "precision": 1, "recall": 0.25, "fpr": 0}]) == [
+        ["0.5000", "7", "1.0000", "0.2500", "0.0000"]
+    ]
 
 
 def test_the_plots_escape_names_and_put_points_on_scale() -> None:
