@@ -73,8 +73,9 @@ def _post_labels(base: str, key: str, labels_csv: Path) -> int:
 
 
 def _models(page: Any, out: Path) -> None:
-    """Train a candidate with the console's form (labels known until tomorrow: all of them), photograph its
-    report, promote it through the confirmation page, and photograph the Models page it leaves."""
+    """Train a candidate with the console's form (labels known until tomorrow: all of them; a one-day gap, since
+    the generated traffic spans about two weeks), photograph its report, promote it through the confirmation
+    page, and photograph the Models page it leaves."""
 
     def shot(name: str) -> None:
         page.screenshot(path=str(out / f"{name}.png"), full_page=True)
@@ -85,6 +86,7 @@ def _models(page: Any, out: Path) -> None:
     page.fill("input[name=name]", "synthetic-candidate")
     page.fill("input[name=until]", (datetime.now(UTC) + timedelta(days=1)).date().isoformat())
     page.fill("input[name=seed]", "16")
+    page.fill("input[name=gap_days]", "1")
     shot("model-train")
     page.click("form button[type=submit] >> text=Train")
     if page.locator("#done").count() != 1:
