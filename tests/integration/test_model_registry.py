@@ -58,7 +58,7 @@ def new_model(sha: str, features: tuple[str, ...] = FEATURES, name: str = "test"
         label_cutoff=t0 + 34 * DAY,
         seed=7,
         params={"num_leaves": 4},
-        metrics={"average_precision": 0.5},
+        metrics={"validation": {"average_precision": 0.5}},
         thresholds=[{"score": 0.5, "precision": 0.5, "recall": 0.5, "fpr": 0.01}],
     )
 
@@ -108,7 +108,7 @@ def test_a_candidate_is_registered_with_its_windows_and_metrics_and_changes_no_d
     model = in_transaction(conn, lambda cur: models.get(cur, "latest"))
     assert (model.version, model.status, model.features) == (version, "candidate", FEATURES)
     assert model.train_to - model.train_from == 20 * DAY and model.gap_days == 7
-    assert model.metrics == {"average_precision": 0.5} and model.thresholds[0]["fpr"] == 0.01
+    assert model.metrics == {"validation": {"average_precision": 0.5}} and model.thresholds[0]["fpr"] == 0.01
     assert model.features_hash == models.features_hash(FEATURES)
     assert detector_count(database) == before
     assert in_transaction(conn, lambda cur: models.get(cur, str(version))) == model

@@ -49,6 +49,8 @@ def test_the_providers_find_every_route() -> None:
         ("POST", "/labels", "IngestFunction"),
         ("GET", "/labels", "IngestFunction"),
         ("GET", "/is_fraud/{account}", "DetectFunction"),
+        ("GET", "/models", "DetectFunction"),
+        ("GET", "/models/{version}", "DetectFunction"),
         ("GET", "/openapi.json", "DetectFunction"),
         ("GET", "/console", "ConsoleFunction"),
         ("POST", "/console", "ConsoleFunction"),

@@ -49,6 +49,8 @@ def test_the_api_serves_exactly_the_documented_routes() -> None:
         "POST /labels": "IngestFunction",
         "GET /labels": "IngestFunction",
         "GET /is_fraud/{account}": "DetectFunction",
+        "GET /models": "DetectFunction",
+        "GET /models/{version}": "DetectFunction",
         "GET /openapi.json": "DetectFunction",
         "GET /console": "ConsoleFunction",
         "POST /console": "ConsoleFunction",

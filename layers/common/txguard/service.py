@@ -1,4 +1,5 @@
-"""What the API functions do, independent of HTTP: store a batch, read an account, list transactions.
+"""What the API functions do, independent of HTTP: store a batch, read an account, list transactions, read the
+model registry.
 
 Storing has two modes: `store` is atomic (every item stored, or none: the HTTP API's contract), `store_each`
 answers per item (a transport that must report each record, such as a stream consumer, uses it).
@@ -25,6 +26,8 @@ from txguard.presenters import fraud_detected_detail
 from txguard.queries import Page, flagged_transactions, list_transactions, recomputed_flagged
 from txguard.settings import service_settings
 from txguard.storage import labels as label_storage
+from txguard.storage import models as model_storage
+from txguard.storage.models import ModelVersion, Status
 from txguard.storage.transactions import account_exists, any_flagged
 
 
@@ -214,3 +217,27 @@ def label_listing(transaction_id: int | None, account_id: int | None, limit: int
     if len(rows) <= limit:
         return LabelPage(rows, None)
     return LabelPage(rows[:limit], label_storage.encode_cursor(rows[limit - 1].label_id))
+
+
+@dataclass(frozen=True)
+class ModelPage:
+    items: list[ModelVersion]
+    next_before: int | None  # pass as `before` for the next page; None on the last
+
+
+@tracer.capture_method(capture_response=False, capture_error=False)
+def model_listing(status: Status | None, before: int | None, limit: int) -> ModelPage:
+    """Registered model versions, newest first, optionally of one status, below version `before`; a page of at
+    most `limit`. Raises DatabaseUnavailable."""
+    rows = run_in_transaction(lambda cur: model_storage.list_versions(cur, status, limit + 1, before))
+    if len(rows) <= limit:
+        return ModelPage(rows, None)
+    return ModelPage(rows[:limit], rows[limit - 1].version)
+
+
+@tracer.capture_method(capture_response=False, capture_error=False)
+def model_version(version: str) -> ModelVersion:
+    """One registered version (a number, or `latest`), with its metrics and threshold table. Raises
+    InvalidModelVersion, ModelNotFound, DatabaseUnavailable."""
+    wanted = model_storage.parse_version(version)
+    return run_in_transaction(lambda cur: model_storage.get(cur, wanted))

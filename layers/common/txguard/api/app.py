@@ -34,20 +34,23 @@ def ingest_api() -> TxguardResolver:
 
 @cache
 def detect_api() -> TxguardResolver:
-    """GET /is_fraud/{account} and GET /openapi.json: DetectFunction's routes."""
-    from txguard.api import detect_routes
+    """GET /is_fraud/{account}, GET /models, GET /models/{version} and GET /openapi.json: DetectFunction's
+    routes."""
+    from txguard.api import detect_routes, model_routes
 
-    return build_resolver(detect_routes.router, docs_router)
+    return build_resolver(detect_routes.router, model_routes.router, docs_router)
 
 
 @cache
 def openapi_json() -> str:
     """The OpenAPI 3 document (JSON text) of every route of every function."""
-    from txguard.api import detect_routes, ingest_routes, label_routes
+    from txguard.api import detect_routes, ingest_routes, label_routes, model_routes
     from txguard.api.openapi import openapi_document
 
     return openapi_document(
-        build_resolver(ingest_routes.router, label_routes.router, detect_routes.router, docs_router)
+        build_resolver(
+            ingest_routes.router, label_routes.router, detect_routes.router, model_routes.router, docs_router
+        )
     )
 
 

@@ -159,3 +159,58 @@ class PartialStoreResponse(BaseModel):
     results: list[PartialStoreResultOut | ItemRefusedOut] = Field(
         description="one per item, in request order: stored or duplicate with its decision, or refused with its error"
     )
+
+
+class ModelWindowsOut(BaseModel):
+    version: int
+    name: str
+    status: Literal["candidate", "shadow", "champion", "retired"]
+    artifact_sha256: str = Field(description="the artifact's content address: models/<sha256>.json")
+    features: list[str] = Field(description="the feature names the model reads, in its column order")
+    features_hash: str = Field(description='sha256 hex of the names joined by "\\n"')
+    train_from: int = Field(description="epoch milliseconds: the training window is [train_from, train_to)")
+    train_to: int
+    gap_days: int
+    valid_from: int = Field(description="epoch milliseconds: the validation window is [valid_from, valid_to)")
+    valid_to: int
+    label_cutoff: int = Field(description="epoch milliseconds: only labels known before it were read")
+    seed: int
+    previous_champion: int | None = Field(description="the champion this version replaced: what a rollback restores")
+    created_at: int = Field(description="epoch milliseconds")
+    created_by: str
+
+
+class ModelHeadlineOut(BaseModel):
+    roc_auc: float | None = None
+    average_precision: float | None = None
+    card_precision_at_k: float | None = None
+    f1: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    threshold: float | None = Field(default=None, description="the decision threshold, a probability 0–1")
+
+
+class ModelSummaryOut(ModelWindowsOut):
+    validation: ModelHeadlineOut = Field(description="figures on the validation window (0–1; null: undefined)")
+
+
+class ModelListResponse(BaseModel):
+    models: list[ModelSummaryOut] = Field(description="newest first")
+    next_before: int | None = Field(description="pass as `before` for the next page; null on the last")
+
+
+class ThresholdLevelOut(BaseModel):
+    score: float = Field(description="flagged: model score >= this")
+    flagged: int
+    precision: float
+    recall: float
+    fpr: float = Field(description="false-positive rate: flagged genuine transactions / genuine transactions")
+
+
+class ModelOut(ModelWindowsOut):
+    params: dict[str, Any] = Field(description="the LightGBM parameters it was trained with")
+    metrics: dict[str, Any] = Field(
+        description="validation (ranking metrics, confusion matrix, precision-recall curve), training counts, feature "
+        "importance, and the baseline, champion and stored decisions compared on the same window"
+    )
+    thresholds: list[ThresholdLevelOut] = Field(description="precision, recall and false-positive rate by score")

@@ -152,8 +152,17 @@ class ModelVersion:
     created_at: datetime
     created_by: str
 
+    def headline(self) -> dict[str, Any]:
+        """The validation window's headline figures (0–1, None where undefined): what a listing shows."""
+        valid = self.metrics.get("validation", {}) if isinstance(self.metrics, dict) else {}
+        return {
+            key: valid.get(key)
+            for key in ("roc_auc", "average_precision", "card_precision_at_k", "f1", "precision", "recall", "threshold")
+        }
+
     def as_dict(self, with_details: bool = True) -> dict[str, Any]:
-        """JSON-ready; without details: no params, metrics or thresholds (a listing)."""
+        """JSON-ready; without details: no params, metrics or thresholds, the headline figures instead (a
+        listing)."""
         data: dict[str, Any] = {
             "version": self.version,
             "name": self.name,
@@ -174,6 +183,8 @@ class ModelVersion:
         }
         if with_details:
             data.update(params=self.params, metrics=self.metrics, thresholds=self.thresholds)
+        else:
+            data["validation"] = self.headline()
         return data
 
 
@@ -223,13 +234,16 @@ def get(cur: psycopg2.extensions.cursor, version: int | str, for_update: bool = 
 
 
 def list_versions(
-    cur: psycopg2.extensions.cursor, status: Status | None = None, limit: int = 1000
+    cur: psycopg2.extensions.cursor, status: Status | None = None, limit: int = 1000, before: int | None = None
 ) -> list[ModelVersion]:
-    """Registered versions, newest first, optionally of one status; at most `limit`."""
+    """Registered versions, newest first, optionally of one status and only below version `before`; at most
+    `limit`."""
     cur.execute(
-        f"SELECT {_COLUMNS} FROM model_versions WHERE %(status)s::text IS NULL OR status = %(status)s "  # noqa: S608
-        "ORDER BY version DESC LIMIT %(limit)s",
-        {"status": status, "limit": limit},
+        f"""SELECT {_COLUMNS} FROM model_versions
+            WHERE (%(status)s::text IS NULL OR status = %(status)s)
+              AND (%(before)s::integer IS NULL OR version < %(before)s)
+            ORDER BY version DESC LIMIT %(limit)s""",  # noqa: S608
+        {"status": status, "limit": limit, "before": before},
     )
     return [_model(row) for row in cur.fetchall()]
 
