@@ -420,3 +420,22 @@ def test_training_from_the_console_registers_a_candidate_and_opens_its_report(da
     early = post("/models/train", cookie, **(form | {"until": "2023-11-20", "name": "too-early"}))
     assert early.status == 400 and "nothing was registered" in str(early.body)
     assert database.query("SELECT count(*) FROM model_versions") == [(1,)]
+
+
+def test_what_if_decides_with_the_champion_and_shows_its_contributions(database: Any, model_dir: Path) -> None:
+    from txguard.detection import detector_cache
+
+    version = register()
+    db.run_in_transaction(lambda cur: registry.promote(cur, version, artifact_store.store(), "test"))
+    detector_cache.clear()
+    cookie, _ = sign_in()
+    before = database.query("SELECT count(*) FROM transactions")
+    query = {"decide": "1", "amount": "500", "count": "3", "mean_amount": "20"}
+    page = str(handle(event("GET", "/what-if", query=query, cookie=cookie), KEYS).body)
+    # The one tree's leaf for amounts above 100 is +2.0 in log-odds: p = 1 / (1 + e^-2), above the threshold 0.5.
+    assert f"Model {version} (the champion): probability 0.880797 against its threshold 0.5000" in page
+    assert "Flagged" in page and f"model:{version}" in page
+    assert "<td>amount</td><td>500</td><td>+4.5000</td>" in page
+    small = str(handle(event("GET", "/what-if", query=query | {"amount": "20"}, cookie=cookie), KEYS).body)
+    assert "probability 0.047426" in small and "<td>amount</td><td>20</td><td>-0.5000</td>" in small
+    assert database.query("SELECT count(*) FROM transactions") == before

@@ -45,7 +45,6 @@ DECISION_COLUMNS = [
     "label",
 ]
 BAND_LABELS = ("0", "<10", "10-25", "25-50", "50-100", "100-250", "250-500", "500-1k", "1k-5k", "≥5k")
-ISSUE_15_NOTE = "trained models arrive with the model registry; until then the rule set is the only detector"
 
 
 class Forbidden(TxguardError):
@@ -664,8 +663,10 @@ def explore_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
 
 
 def what_if_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
-    """Decide an edited transaction with the newest rule set; nothing is stored (a GET)."""
-    from txguard.rule_engine import CompiledRuleSet
+    """Decide an edited transaction with the current detector (its rule set, champion and shadows, as ingest
+    decides); nothing is stored (a GET)."""
+    from txguard.detection import detector_cache
+    from txguard.settings import service_settings
 
     q = ctx.request.query
     current = rule_sets.latest(cur)
@@ -673,6 +674,7 @@ def what_if_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
     currency = _text_param(q, "currency", r"[A-Z]{3}", "an ISO 4217 code") or "EUR"
     merchant = _text_param(q, "merchant_id", r"[A-Za-z0-9_.:\-]{1,64}", "1-64 letters, digits, _ . : -")
     result = None
+    contributions = None
     if q.get("decide") and current is not None:
         features: dict[str, Any] = {}
         for name in FEATURES:
@@ -687,7 +689,9 @@ def what_if_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
             features[name] = int(value) if value == value.to_integral_value() and not FEATURES[name].money else value
         if features.get("amount") is None:
             raise BadInput("query parameter 'amount': required to decide")
-        result = CompiledRuleSet(current.version, current.rule_set).decide(features, merchant, currency)
+        detector = detector_cache.current(cur, service_settings().rules_cache_seconds)
+        result = detector.decide(dict(features), merchant, currency)
+        contributions = model_pages.decision_contributions(cur, result, features)
     return ctx.page(
         "what_if.html",
         features=list(FEATURES),
@@ -696,7 +700,12 @@ def what_if_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
         merchant=merchant or "",
         current=current,
         result=result,
-        note=ISSUE_15_NOTE,
+        contributions=contributions,
+        tables={
+            "contributions": _table(
+                ["feature", "value", "contribution_log_odds"], contributions.rows if contributions else []
+            )
+        },
     )
 
 
