@@ -18,6 +18,7 @@ from bench import (
     generator_bench,
     ingest_bench,
     input_bench,
+    model_serving_bench,
     replay_bench,
     rules_bench,
     stream_bench,
@@ -70,6 +71,7 @@ def main() -> int:
             "replay",
             "stream",
             "console",
+            "models",
         ],
         default=None,
     )
@@ -86,6 +88,7 @@ def main() -> int:
         "replay": replay_bench.run,
         "stream": stream_bench.run,
         "console": console_bench.run,
+        "models": model_serving_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):

@@ -86,7 +86,7 @@ def test_the_champion_scores_every_decision_flags_at_its_threshold_and_explains_
     results = store(batch)
 
     # What the model computes on the features ingest computed (count_24h, seconds since the previous one).
-    rows = [[20.0, 0.0, None], [30.0, 1.0, 60.0], [812.5, 2.0, 60.0], [15.0, 0.0, None]]
+    rows: list[list[float | None]] = [[20.0, 0.0, None], [30.0, 1.0, 60.0], [812.5, 2.0, 60.0], [15.0, 0.0, None]]
     expected = expected_scores(artifact, rows)
     threshold = decode_artifact(artifact).threshold
     for result, p in zip(results, expected, strict=True):

@@ -7,15 +7,19 @@ the grammar with a random `features` block (time zone, label delay); stored in r
 shuffled order (late arrivals). Labels that arrive late, superseded or withdrawn, feed merchant risk. Every feature
 value, not only the decisions, is compared between the Python features (ingest's stored ones, the recomputation and
 the backtest replay) and transaction_features. Constants with many digits, far below one or far above any amount,
-mean the same number in both, or the rule set is refused when applied.
+mean the same number in both, or the rule set is refused when applied. With a champion model, SQL takes the score
+stored with each decision (it cannot run the model) and rules reading `model_score` decide alike.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
+import psycopg2
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -32,14 +36,19 @@ from tests.integration.helpers import (
     sql_features,
     store,
 )
+from tests.model_fixtures import register, trained_artifact
 from txguard import db
-from txguard.backtest import replay
+from txguard.backtest import on_stored_features, replay
 from txguard.currencies import MINOR_UNITS
 from txguard.detection import detector_cache
 from txguard.domain import Transaction
 from txguard.features import FEATURES
+from txguard.models import serving
+from txguard.models.artifact_store import DirectoryStore
 from txguard.queries import recompute_window
+from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, RuleSetError
+from txguard.storage import models
 
 pytestmark = pytest.mark.integration
 
@@ -404,3 +413,106 @@ def test_a_recomputation_window_starting_mid_history_gives_every_feature_as_sql_
             if before is None:
                 break
         assert_same_features(paged, sql_features(database, account, time_zone, delay), names)
+
+
+# --- decisions with a champion model's score ------------------------------------------------------------------
+# SQL cannot run a tree model: detect_fraud takes the score stored with each decision and combines it with the
+# rules as serving does. Rules here also read model_score, near the scores the fixture model gives.
+
+model_constants = st.sampled_from(["0", "0.05", "0.1", "0.3", "0.5", "0.7", "0.9", "0.99", "1"])
+
+
+@st.composite
+def model_conditions(draw: st.DrawFn) -> str:
+    own = f"model_score {draw(operators)} {draw(model_constants)}"
+    if draw(st.booleans()):
+        return own
+    return f"{own} {draw(st.sampled_from(['AND', 'OR']))} {draw(comparisons())}"
+
+
+@st.composite
+def rule_sets_with_model_score(draw: st.DrawFn) -> list[dict[str, object]]:
+    rules = draw(rule_sets())
+    for index in range(draw(st.integers(1, 2))):
+        rules.append(
+            {
+                "id": f"m{index}",
+                "description": "reads the model",
+                "when": draw(model_conditions()),
+                "score": draw(st.sampled_from(["0.2", "0.5", "0.75", "1"])),
+                "mode": draw(st.sampled_from(["active", "active", "shadow"])),
+            }
+        )
+    return rules
+
+
+@pytest.fixture
+def fixture_champion(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A small trained model, registered and promoted (artifacts under a temporary TXGUARD_MODEL_DIR)."""
+    monkeypatch.setenv("TXGUARD_MODEL_DIR", str(tmp_path))
+    serving._LOADED.clear()
+    conn = psycopg2.connect(database.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            version = register(cur, tmp_path, trained_artifact(threshold=0.5))
+            models.promote(cur, version, DirectoryStore(tmp_path))
+    finally:
+        conn.close()
+    detector_cache.clear()
+    yield version
+    serving._LOADED.clear()
+    detector_cache.clear()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=histories(),
+    rules=rule_sets_with_model_score(),
+    cuts=st.lists(st.integers(1, 30), max_size=4),
+    options=feature_options(),
+    threshold=st.sampled_from(["0.5", "0.9", "1"]),
+)
+def test_decisions_with_a_champion_score_agree_in_ingest_recomputation_backtest_and_sql(
+    database: Database,
+    fixture_champion: int,
+    rows: list[Row],
+    rules: list[dict[str, object]],
+    cuts: list[int],
+    options: dict[str, object],
+    threshold: str,
+) -> None:
+    apply_rules(database, rules, threshold=threshold, features=options)
+    batch, accounts = materialise(rows)
+    stored = {}
+    start = 0
+    for cut in [*sorted(cuts), len(batch)]:
+        for result in store(batch[start:cut]) if batch[start:cut] else []:
+            stored[result.transaction.transaction_id] = result.decision
+        start = max(start, cut)
+    assert all(d.model_version == fixture_champion and d.model_score is not None for d in stored.values())
+    by_model = any(d.fraud and not any(r.mode == "active" for r in d.reasons) for d in stored.values())
+    event("some flagged by the model alone" if by_model else "none flagged by the model alone")
+    event(
+        "a rule read model_score and fired"
+        if any(r.rule_id.startswith("m") and r.mode != "model" for d in stored.values() for r in d.reasons)
+        else "no model_score rule fired"
+    )
+    ours = {t.transaction_id for t in batch}
+
+    def in_backtest(cur: object) -> dict[int, tuple[bool, Decimal]]:
+        candidate = CompiledRuleSet(0, detector_cache.current(cur, 0).rule_set)  # type: ignore[arg-type,attr-defined]
+        return {
+            t.transaction_id: (d.fraud, d.score)
+            for t, _, d in on_stored_features(cur, candidate, None, None)  # type: ignore[arg-type]
+            if t.transaction_id in ours
+        }
+
+    backtested = db.run_in_transaction(in_backtest)
+    for account in accounts:
+        in_sql = sql_decisions(database, account)
+        assert python_decisions(recompute(account)) == in_sql
+        for tid, (fraud, score, active, _shadow) in in_sql.items():
+            decision = stored[tid]
+            assert (decision.fraud, decision.score) == (fraud, score)
+            assert sorted(r.rule_id for r in decision.reasons if r.mode == "active") == active
+            assert backtested[tid] == (fraud, score)

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                 shadow = shadows[0]
             if champion == shadow:
                 raise CommandError(f"--champion and --shadow are both {champion}", exit_code=EXIT_USAGE)
-            thresholds = []
+            thresholds: list[float | None] = []
             for number in (champion, shadow):
                 loaded = load_model(cur, number)
                 if isinstance(loaded, str):

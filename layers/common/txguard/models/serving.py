@@ -11,7 +11,9 @@ How the model and the rules combine (every path that decides: ingest, recompute,
 - shadow models are scored and recorded (`shadow_scores`), and never decide.
 
 The champion and the shadows score a chunk of transactions at once (`TreeModel.score_matrix`); explanations
-(TreeSHAP contributions in words) are built only for the flagged decisions the champion scored.
+(TreeSHAP contributions in words, a `model:<version>` reason) are built only for the decisions the champion flags
+(p ≥ its threshold): a decision the rules alone flag is explained by its rules, and TreeSHAP costs far more than
+scoring (see `make bench`).
 A model that cannot be loaded (missing, corrupt or mismatched artifact) is never used: the champion's decisions
 then fall back to the rules, each recording why in `model_fallback` (`load_models`).
 """
@@ -170,7 +172,7 @@ class ModelDetector:
             by_model = p >= champion.threshold
             fraud = by_rules.fraud or by_model
             reasons = by_rules.reasons
-            if fraud:
+            if by_model:
                 reasons = (*reasons, self._model_reason(champion, p, features, merchant_id, currency))
             decisions.append(
                 Decision(
@@ -210,7 +212,7 @@ class ModelDetector:
     def _model_reason(
         self, champion: ServedModel, p: float, features: Features, merchant_id: str | None, currency: str
     ) -> Reason:
-        """The champion's reason on a flagged decision: its score against its threshold and the features that
+        """The champion's reason on a decision it flags: its score against its threshold and the features that
         moved the score most (TreeSHAP contributions, in log-odds), with their values in words."""
         contributions = champion.model.contributions(feature_row(features, champion.features))
         known = [(name, value) for name, value in contributions if name in FEATURES and value != 0]
