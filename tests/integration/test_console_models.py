@@ -433,9 +433,9 @@ def test_what_if_decides_with_the_champion_and_shows_its_contributions(database:
     query = {"decide": "1", "amount": "500", "count": "3", "mean_amount": "20"}
     page = str(handle(event("GET", "/what-if", query=query, cookie=cookie), KEYS).body)
     # The one tree's leaf for amounts above 100 is +2.0 in log-odds: p = 1 / (1 + e^-2), above the threshold 0.5.
-    assert f"Model {version} (the champion): probability 0.880797 against its threshold 0.5000" in page
+    assert f"Model {version} (the champion): probability 0.880797, at or above its threshold 0.5000" in page
     assert "Flagged" in page and f"model:{version}" in page
     assert "<td>amount</td><td>500</td><td>+4.5000</td>" in page
     small = str(handle(event("GET", "/what-if", query=query | {"amount": "20"}, cookie=cookie), KEYS).body)
-    assert "probability 0.047426" in small and "<td>amount</td><td>20</td><td>-0.5000</td>" in small
+    assert "probability 0.047426, below its threshold 0.5000" in small and "<td>amount</td><td>20</td><td>-0.5000</td>" in small
     assert database.query("SELECT count(*) FROM transactions") == before

@@ -3,7 +3,8 @@
 Starts `txguard local` on a database and a model directory of its own (both dropped afterwards), posts labelled
 synthetic traffic through the API and the generator's truth through POST /labels (source "generator", the
 pattern as the reason), then signs in and photographs every page; on the Models pages it trains a candidate with
-the training form, opens its report, promotes it with the confirmation and shows the new detector version.
+the training form, opens its report, promotes it with the confirmation and shows the new detector version, then
+What-if with the new champion.
 Nothing is drawn by hand.
 """
 
@@ -34,8 +35,14 @@ PAGES = {
     "review": "/console/review",
     "rules": "/console/rules",
     "explore": "/console/explore",
-    "what-if": "/console/what-if?decide=1&amount=900&count=20&mean_amount=30&max_amount=80&count_1m=0",
 }
+
+
+# What-if, after the promotion: the rules and the champion decide an edited transaction.
+WHAT_IF = (
+    "/console/what-if?decide=1&amount=900&count=20&mean_amount=30&max_amount=80&count_1m=0&count_24h=4"
+    "&mean_amount_24h=45&count_7d=12&mean_amount_7d=35&count_30d=20&mean_amount_30d=30&seconds_since_previous=600"
+)
 
 
 def _wait_ready(log: Path, process: subprocess.Popen[bytes]) -> str:
@@ -97,6 +104,9 @@ def _models(page: Any, out: Path) -> None:
     page.click("button.confirm")
     page.goto("/console/models")
     shot("models")
+    time.sleep(11)  # the detectors pick the new champion up within TXGUARD_RULES_CACHE_SECONDS (10 s)
+    page.goto(WHAT_IF)
+    shot("what-if")
 
 
 def take(out: Path, transactions: int) -> None:
