@@ -437,5 +437,23 @@ def test_what_if_decides_with_the_champion_and_shows_its_contributions(database:
     assert "Flagged" in page and f"model:{version}" in page
     assert "<td>amount</td><td>500</td><td>+4.5000</td>" in page
     small = str(handle(event("GET", "/what-if", query=query | {"amount": "20"}, cookie=cookie), KEYS).body)
-    assert "probability 0.047426, below its threshold 0.5000" in small and "<td>amount</td><td>20</td><td>-0.5000</td>" in small
+    assert (
+        "probability 0.047426, below its threshold 0.5000" in small
+        and "<td>amount</td><td>20</td><td>-0.5000</td>" in small
+    )
     assert database.query("SELECT count(*) FROM transactions") == before
+
+
+def test_a_deployment_without_the_training_library_says_so_and_trains_nothing(
+    database: Any, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.delenv("TXGUARD_TRAIN_FUNCTION", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lightgbm" else found(name, *a))
+    cookie, token = sign_in()
+    form = {"csrf": token, "name": "c1", "until": "2018-07-01", "seed": "1", "gap_days": "7"}
+    answer = post("/models/train", cookie, **form)
+    assert answer.status == 501 and "txguard train" in str(answer.body)
+    assert database.query("SELECT count(*) FROM model_versions") == [(0,)]

@@ -854,6 +854,8 @@ def handle(event: dict[str, Any], keys: Keys) -> Response:
         return _error_page(ctx, 403, exc.message)
     except Conflict as exc:
         return _error_page(ctx, 409, exc.message)
+    except model_pages.TrainingNotHere as exc:
+        return _error_page(ctx, 501, exc.message)
     except NotFound as exc:
         return _error_page(ctx, 404, exc.message)
     except BadInput as exc:

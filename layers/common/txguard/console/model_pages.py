@@ -22,7 +22,7 @@ import psycopg2.extensions
 from txguard import literals
 from txguard.console import charts, web
 from txguard.domain import Decision
-from txguard.errors import BadInput, Conflict, Unavailable, shorten
+from txguard.errors import BadInput, Conflict, TxguardError, Unavailable, shorten
 from txguard.models import artifact_store
 from txguard.storage import detector_versions
 from txguard.storage import models as registry
@@ -42,6 +42,12 @@ ACTION_WORDS = {
     "rollback": "retire the champion and bring back the champion it replaced (or, if it replaced none, leave the "
     "rules deciding alone)",
 }
+
+
+class TrainingNotHere(TxguardError):
+    """This deployment cannot train in the request (no training library, no TrainFunction configured): 501."""
+
+    code = "training_not_here"
 
 
 @dataclass(frozen=True)
@@ -419,9 +425,17 @@ def train_action(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
 
 
 def _train_here(form: TrainForm, created_by: str) -> int:
+    from importlib.util import find_spec
+
     from txguard import db
     from txguard.models import training
     from txguard.settings import DatabaseSettings
+
+    if find_spec("lightgbm") is None:  # a training-only dependency: not in the layer the functions run
+        raise TrainingNotHere(
+            "this deployment cannot train in the console (LightGBM is a training-only dependency and no "
+            "TXGUARD_TRAIN_FUNCTION is configured): run `txguard train`"
+        )
 
     until = int(datetime(form.until.year, form.until.month, form.until.day, tzinfo=UTC).timestamp() * 1000)
     options = training.TrainingOptions(
