@@ -457,3 +457,20 @@ def test_a_deployment_without_the_training_library_says_so_and_trains_nothing(
     answer = post("/models/train", cookie, **form)
     assert answer.status == 501 and "txguard train" in str(answer.body)
     assert database.query("SELECT count(*) FROM model_versions") == [(0,)]
+
+
+def test_in_aws_the_console_hands_training_to_train_function(
+    database: Any, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto import mock_aws
+
+    monkeypatch.setenv("TXGUARD_TRAIN_FUNCTION", "txguard-TrainFunction")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    cookie, token = sign_in()
+    form = {"csrf": token, "name": "nightly", "until": "2018-07-01", "seed": "1", "gap_days": "7"}
+    with mock_aws(config={"lambda": {"use_docker": False}}):
+        answer = post("/models/train", cookie, **form)
+    assert answer.status == 303 and answer.headers["Location"].endswith("/models/train?started=nightly")
+    assert database.query("SELECT count(*) FROM model_versions") == [(0,)]  # TrainFunction registers it, later
+    page = str(handle(event("GET", "/models/train", query={"started": "nightly"}, cookie=cookie), KEYS).body)
+    assert "Training of nightly has started in TrainFunction" in page

@@ -457,18 +457,32 @@ def _train_here(form: TrainForm, created_by: str) -> int:
 
 
 def _invoke_training(function: str, form: TrainForm, created_by: str) -> None:
+    """Invoke TrainFunction asynchronously (InvocationType Event). Raises Unavailable when Lambda refuses."""
     import json
 
     import boto3  # in AWS only
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    payload = {
-        "name": form.name,
-        "until": form.until.isoformat(),
-        "seed": form.seed,
-        "gap_days": form.gap_days,
-        "created_by": created_by,
-    }
-    boto3.client("lambda").invoke(FunctionName=function, InvocationType="Event", Payload=json.dumps(payload).encode())
+    from txguard.observability import logger
+
+    # TrainFunction's event (txguard.models.training_job): it takes no author, so the candidate's created_by is
+    # the function's database user; who asked is logged here.
+    payload = {"name": form.name, "until": form.until.isoformat(), "seed": form.seed, "gap_days": form.gap_days}
+    logger.info(
+        "training requested",
+        extra={
+            "requested_by": created_by,
+            "train_function": function,
+            "model_name": form.name,
+            "until": str(form.until),
+        },
+    )
+    try:
+        boto3.client("lambda").invoke(
+            FunctionName=function, InvocationType="Event", Payload=json.dumps(payload).encode()
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise Unavailable(f"TrainFunction could not be invoked ({type(exc).__name__}): nothing was trained") from exc
 
 
 # ------------------------------------------------------------------------------------------ actions --
