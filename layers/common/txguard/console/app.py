@@ -26,10 +26,11 @@ from txguard.console.web import Request, Response
 from txguard.currencies import money
 from txguard.errors import BadInput, Conflict, NotFound, TxguardError, Unavailable, shorten
 from txguard.features import FEATURES
-from txguard.intake import INT64_MAX
+from txguard.intake import INT64_MAX, MAX_AMOUNT
 from txguard.storage import console_rollups, review_claims, rule_sets
 
 PAGE_SIZE = 50
+WHAT_IF_LIMIT = Decimal(10**18)  # the largest magnitude What-if takes for a feature other than the amount
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 # The columns of a list of decisions (the Decisions page, an account's page) and of its CSV download.
 DECISION_COLUMNS = [
@@ -686,6 +687,11 @@ def what_if_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
                 value = literals.decimal(text)
             except ValueError as exc:
                 raise BadInput(f"query parameter {name!r} = {shorten(text)!r}: {exc}") from None
+            # What ingest could ever compute: an amount within intake's limit, any other feature within 10^18.
+            limit = MAX_AMOUNT if name == "amount" else WHAT_IF_LIMIT
+            if not -limit <= value <= limit or (name == "amount" and value < 0):
+                low = 0 if name == "amount" else -limit
+                raise BadInput(f"query parameter {name!r} = {shorten(text)!r}: must be from {low} to {limit}")
             features[name] = int(value) if value == value.to_integral_value() and not FEATURES[name].money else value
         if features.get("amount") is None:
             raise BadInput("query parameter 'amount': required to decide")
