@@ -586,7 +586,10 @@ def _contributions(
     except (artifact_store.ArtifactUnavailable, CorruptArtifact) as exc:
         return [], f"the artifact of model {version} cannot be read: {exc.message}"
     values = [_number(features.get(name)) for name in model.features]
-    *pairs, bias = model.contributions(values)
+    try:
+        *pairs, bias = model.contributions(values)
+    except ValueError as exc:  # a value the scorer refuses (beyond a float's range)
+        return [], f"model {version} cannot explain these feature values: {exc}"
     shown = dict(zip(model.features, values, strict=True))
     rows = [
         [name, "missing" if shown[name] is None else f"{shown[name]:g}", f"{c:+.4f}"]
