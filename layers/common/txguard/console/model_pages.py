@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 ACTIONS = ("shadow", "promote", "retire")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+MODELS_SHOWN = 200  # the newest versions the Models page lists (each row carries its whole report)
 MAX_GAP_DAYS = 90
 MAX_SEED = 2**31 - 1
 # What each action does, in the words of the confirmation page.
@@ -119,7 +120,7 @@ def _four(x: float | None) -> str:
 
 def models_page(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
     """Every model version with its headline metrics, and the detector versions, newest first."""
-    versions = registry.list_versions(cur)
+    versions = registry.list_versions(cur, limit=MODELS_SHOWN)
     rows = [_version_row(m) for m in versions]
     detectors = detector_versions.history(cur)
     return ctx.page(
@@ -128,6 +129,7 @@ def models_page(ctx: Context, cur: psycopg2.extensions.cursor) -> web.Response:
         summaries={m.version: summary(m.metrics or {}) for m in versions},
         detectors=detectors,
         done=ctx.request.query.get("done"),
+        shown=MODELS_SHOWN,
         tables={
             "model_versions": {
                 "columns": [
