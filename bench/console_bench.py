@@ -3,7 +3,9 @@ process), on 1,750,000 stored transactions (the size of the Handbook development
 one of them (as a replay with a label delay leaves them), over four months.
 
 The dataset is generated in SQL (decided rows with flags, reasons, shadow hits and labels), not through ingest:
-what is measured is reading. Also measured: the first build of the rollups (once per database), an incremental
+what is measured is reading. The Models pages read MODEL_VERSIONS registered model versions, each with a report of
+the size training writes (a precision-recall curve of PR_POINTS points, a threshold table, 15 features). Also
+measured: the first build of the rollups (once per database), an incremental
 refresh after a new batch, and what the console's indexes cost ingest (with against without, interleaved).
 """
 
@@ -30,6 +32,25 @@ MERCHANTS = 10_000
 START_MS = 1_522_540_800_000  # 2018-04-01T00:00:00Z
 SPAN_MS = 122 * 86_400_000  # four months
 REQUESTS = 20
+MODEL_VERSIONS = 30
+PR_POINTS = 200  # what training keeps
+MODEL_FEATURES = (  # the Handbook's 15 features, as txguard names them
+    "amount",
+    "is_weekend",
+    "is_night",
+    "count_24h",
+    "mean_amount_24h",
+    "count_7d",
+    "mean_amount_7d",
+    "count_30d",
+    "mean_amount_30d",
+    "merchant_count_24h",
+    "merchant_count_7d",
+    "merchant_count_30d",
+    "merchant_risk_1d",
+    "merchant_risk_7d",
+    "merchant_risk_30d",
+)
 TARGET_P95_S = 1.0
 CONSOLE_INDEXES = {
     "transactions_stored_at": "CREATE INDEX transactions_stored_at ON transactions (stored_at)",
@@ -108,7 +129,7 @@ def _event(
     }
 
 
-def _pages(cur_rows: int) -> dict[str, tuple[str, dict[str, str]]]:
+def _pages(cur_rows: int, model: int) -> dict[str, tuple[str, dict[str, str]]]:
     account = "1234"
     return {
         "overview (last 30 days)": ("/", {}),
@@ -128,10 +149,94 @@ def _pages(cur_rows: int) -> dict[str, tuple[str, dict[str, str]]]:
         "rules (last 30 days)": ("/rules", {}),
         "rules (four months)": ("/rules", {"from": "2018-04-01", "to": "2018-07-31"}),
         "models": ("/models", {}),
+        "model detail": (f"/models/{model}", {}),
+        "model's PR curve as CSV": (f"/models/{model}", {"csv": "pr_curve"}),
+        "training form": ("/models/train", {}),
         "explore (last 30 days)": ("/explore", {}),
         "explore (four months)": ("/explore", {"from": "2018-04-01", "to": "2018-07-31"}),
         "what-if": ("/what-if", {"decide": "1", "amount": "900", "mean_amount": "30", "count": "20"}),
     }
+
+
+def _register_models(database: BenchDatabase) -> int:
+    """MODEL_VERSIONS model versions with full-size reports (the pages never read their artifacts); the newest
+    one's number."""
+    import math
+
+    import psycopg2
+
+    from txguard.features import FEATURES
+    from txguard.storage import models as registry
+
+    features = tuple(name for name in MODEL_FEATURES if name in FEATURES)  # each name a feature serving computes
+    recall = [i / (PR_POINTS - 1) for i in range(PR_POINTS)]
+    ranking = {
+        "roc_auc": 0.87,
+        "average_precision": 0.69,
+        "card_precision_at_k": 0.31,
+        "f1": 0.66,
+        "precision": 0.8,
+        "recall": 0.56,
+        "threshold": 0.42,
+    }
+    metrics = {
+        "validation": {
+            "rows": 480_000,
+            "frauds": 2_500,
+            "labelled": 480_000,
+            **ranking,
+            "k": 100,
+            "confusion_matrix": {"tp": 1400, "fp": 350, "fn": 1100, "tn": 477_150},
+            "precision_recall_curve": [
+                {"threshold": 1 - r, "precision": round(0.02 + 0.98 * (1 - r) ** 0.5, 6), "recall": r} for r in recall
+            ],
+        },
+        "training": {"rows": 1_200_000, "frauds": 6_000, "labelled": 1_200_000},
+        "feature_importance": [
+            {"feature": name, "gain": round(1000 / (i + 1), 3), "share": round(0.3 / (i + 1), 4)}
+            for i, name in enumerate(features)
+        ],
+        "baseline": {"available": True, "model": "DecisionTreeClassifier(max_depth=6)", **ranking},
+        "champion": {"available": True, "version": 1, "name": "bench-0", **ranking},
+        "stored_decisions": ranking,
+    }
+    thresholds = [
+        {
+            "score": t / 100,
+            "flagged": 480_000 * (100 - t) // 100,
+            "precision": 0.02 + 0.9 * t / 100,
+            "recall": 1 - t / 100,
+            "fpr": math.exp(-t / 10),
+        }
+        for t in range(100)
+    ]
+    day = 86_400_000
+    conn = psycopg2.connect(database.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            for i in range(MODEL_VERSIONS):
+                newest = registry.register(
+                    cur,
+                    registry.NewModel(
+                        name=f"bench-{i}",
+                        artifact_sha256=f"{i:064x}",
+                        features=features,
+                        train_from=START_MS,
+                        train_to=START_MS + 60 * day,
+                        gap_days=7,
+                        valid_from=START_MS + 67 * day,
+                        valid_to=START_MS + 90 * day,
+                        label_cutoff=START_MS + 90 * day,
+                        seed=i,
+                        params={"num_leaves": 31},
+                        metrics=metrics,
+                        thresholds=thresholds,
+                        created_by="bench",
+                    ),
+                ).version
+    finally:
+        conn.close()
+    return newest
 
 
 def _p95(values: list[float]) -> float:
@@ -206,6 +311,7 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
     rows = int(ROWS * scale)
     load_s = _load(database, rows)
     first_refresh_s = timed(lambda: _catch_up(database))
+    model = _register_models(database)
     runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=None)
 
     def call(event: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +321,7 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
     signed = call(_event("POST", "/signin", form={"analyst": "bench", "key": "x"}))
     cookie = signed["multiValueHeaders"]["Set-Cookie"][0].split(";")[0]
     pages: dict[str, Any] = {}
-    for name, (path, query) in _pages(rows).items():
+    for name, (path, query) in _pages(rows, model).items():
         times = []
         for _ in range(REQUESTS):
             started = time.perf_counter()

@@ -1,9 +1,10 @@
 """The analyst console in headless Chromium (Debian's chromium, driven by Playwright) against `txguard local`:
-sign in, filter decisions, open an account, label from the review queue, and what no session, a forged CSRF
-token or stored markup can do. Model promotion is not here: no model registry exists yet."""
+sign in, filter decisions, open an account, label from the review queue, promote a model, and what no session,
+a forged CSRF token or stored markup can do."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import admin_query, scratch_database
 from tests.e2e.conftest import LocalService, start_local, stop_local
+from tests.integration.test_console_models import FEATURES, THRESHOLDS, report, tiny_dump
 from txguard_dev.local.postgres import Server
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +28,8 @@ PAGES = [
     "/console/review",
     "/console/rules",
     "/console/models",
+    "/console/models/1",
+    "/console/models/train",
     "/console/explore",
     "/console/what-if",
 ]
@@ -41,13 +45,61 @@ def console_database(pg_server: Server) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def local_service(console_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    """`txguard local` as `make run` starts it, on the module's own database."""
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The artifact directory `txguard local` reads models from (TXGUARD_MODEL_DIR), the module's own."""
+    directory = str(tmp_path_factory.mktemp("models"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("TXGUARD_MODEL_BUCKET", raising=False)
+        patch.setenv("TXGUARD_MODEL_DIR", directory)
+        yield directory
+
+
+@pytest.fixture(scope="module")
+def local_service(
+    console_database: str, model_dir: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalService]:
+    """`txguard local` as `make run` starts it, on the module's own database and model directory."""
+    assert os.environ["TXGUARD_MODEL_DIR"] == model_dir
     service = start_local(
         ["--api-key", "console-e2e-key"], console_database, tmp_path_factory.mktemp("console") / "l.log"
     )
     yield service
     assert stop_local(service) == 0, service.log()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(console_database: str, model_dir: str) -> int:
+    """A one-tree model registered as a candidate, its artifact in the service's model directory."""
+    import psycopg2
+
+    from txguard.models.artifact import encode_artifact
+    from txguard.models.artifact_store import DirectoryStore
+    from txguard.storage import models as registry
+
+    sha = DirectoryStore(model_dir).put(encode_artifact(FEATURES, tiny_dump(), 0.5, lightgbm_version="4.6.0"))
+    day = 86_400_000
+    new = registry.NewModel(
+        name="browser-candidate",
+        artifact_sha256=sha,
+        features=FEATURES,
+        train_from=T0 - 60 * day,
+        train_to=T0 - 37 * day,
+        gap_days=7,
+        valid_from=T0 - 30 * day,
+        valid_to=T0,
+        label_cutoff=T0,
+        seed=1,
+        params={},
+        metrics=report(0.93),
+        thresholds=THRESHOLDS,
+        created_by="e2e",
+    )
+    conn = psycopg2.connect(console_database)
+    try:
+        with conn, conn.cursor() as cur:
+            return registry.register(cur, new).version
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +233,43 @@ def test_two_analysts_do_not_get_the_same_item(browser: Any, local_service: Loca
     assert bob.locator("button.fraud").count() == 0
 
 
+def test_promoting_a_model_with_confirmation_makes_it_champion_in_a_new_detector_version(
+    page: Any, local_service: LocalService, console_data: Any, tiny_model: int, e2e_database_url: str
+) -> None:
+    newest = "SELECT version, champion_model_version, created_by FROM detector_versions ORDER BY version DESC LIMIT 1"
+    before = admin_query(e2e_database_url, newest)[0]
+    sign_in(page, str(local_service.api_key), "alice")
+    page.goto("/console/models")
+    row = page.locator("table[data-table=models] tbody tr", has_text="browser-candidate")
+    assert "candidate" in row.inner_text()
+    row.locator("a").first.click()
+    assert page.locator("h1").inner_text() == f"Model {tiny_model}: browser-candidate"
+    assert page.locator("svg.chart").count() == 3
+    page.click("button.promote")
+    assert "Nothing has changed yet" in page.locator("#what").inner_text()
+    assert admin_query(e2e_database_url, newest)[0] == before
+    page.click("button.confirm")
+    assert "is now champion" in page.locator("#done").inner_text()
+    after = admin_query(e2e_database_url, newest)[0]
+    assert after[0] > before[0] and after[1:] == (tiny_model, "analyst:alice")
+    page.goto("/console/models")
+    assert f"champion model {tiny_model}" in page.locator("#current-detector").inner_text()
+    assert "champion" in page.locator("table[data-table=models] tbody tr", has_text="browser-candidate").inner_text()
+
+
 def test_no_page_answers_without_a_session(page: Any, local_service: LocalService) -> None:
     for path in PAGES:
         page.goto(path)
         assert "/console/signin" in page.url, path
         assert page.locator("input[name=key]").count() == 1
-    for path in ("/console/review/1/label", "/console/rules/backtest", "/console/signout"):
+    for path in (
+        "/console/review/1/label",
+        "/console/rules/backtest",
+        "/console/signout",
+        "/console/models/1/promote",
+        "/console/models/rollback",
+        "/console/models/train",
+    ):
         status = _post(local_service.url + path, {"csrf": "x", "verdict": "fraud"}, cookie=None)
         assert status in (401, 403), path
 

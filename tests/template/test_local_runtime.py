@@ -139,3 +139,15 @@ def test_locally_the_functions_read_model_artifacts_from_a_directory_not_the_buc
     with runner._runtime(runner.template.function("DetectFunction")):
         assert os.environ["TXGUARD_MODEL_DIR"] == str(tmp_path)
         assert "TXGUARD_MODEL_BUCKET" not in os.environ
+
+
+def test_locally_the_console_trains_in_the_request_rather_than_invoke_train_function() -> None:
+    import os
+
+    from txguard_dev.local.runner import FunctionRunner, Template
+
+    template = Template(ROOT / "template.yaml")
+    assert template.function("ConsoleFunction").environment["TXGUARD_TRAIN_FUNCTION"] == "TrainFunction"
+    runner = FunctionRunner(template, database_url=None)
+    with runner._runtime(template.function("ConsoleFunction")):
+        assert "TXGUARD_TRAIN_FUNCTION" not in os.environ

@@ -334,6 +334,7 @@ _KINESIS_READ = (
                 ("secretsmanager:GetSecretValue", "ConsoleSessionSecret"),
                 _SECRET_KEY,
                 _MODELS,
+                ("lambda:InvokeFunction", "TrainFunction.Arn"),  # the Models page's Train
             },
         ),
         (

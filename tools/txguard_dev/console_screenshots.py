@@ -1,8 +1,11 @@
 """`make screenshots`: a picture of each console page, taken in headless Chromium, into docs/console/.
 
-Starts `txguard local` on a database of its own (dropped afterwards), posts labelled synthetic traffic through
-the API and the generator's truth through POST /labels (source "generator", the pattern as the reason), then
-signs in and photographs every page. Nothing is drawn by hand.
+Starts `txguard local` on a database and a model directory of its own (both dropped afterwards), posts labelled
+synthetic traffic through the API and the generator's truth through POST /labels (source "generator", the
+pattern as the reason), then signs in and photographs every page; on the Models pages it trains a candidate with
+the training form, opens its report, promotes it with the confirmation and shows the new detector version, then
+What-if with the new champion.
+Nothing is drawn by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from txguard_dev.local.postgres import create_database, drop_database, find_or_start_server
 
@@ -29,10 +34,15 @@ PAGES = {
     "account": None,
     "review": "/console/review",
     "rules": "/console/rules",
-    "models": "/console/models",
     "explore": "/console/explore",
-    "what-if": "/console/what-if?decide=1&amount=900&count=20&mean_amount=30&max_amount=80&count_1m=0",
 }
+
+
+# What-if, after the promotion: the rules and the champion decide an edited transaction.
+WHAT_IF = (
+    "/console/what-if?decide=1&amount=900&count=20&mean_amount=30&max_amount=80&count_1m=0&count_24h=4"
+    "&mean_amount_24h=45&count_7d=12&mean_amount_7d=35&count_30d=20&mean_amount_30d=30&seconds_since_previous=600"
+)
 
 
 def _wait_ready(log: Path, process: subprocess.Popen[bytes]) -> str:
@@ -69,6 +79,36 @@ def _post_labels(base: str, key: str, labels_csv: Path) -> int:
     return len(labels)
 
 
+def _models(page: Any, out: Path) -> None:
+    """Train a candidate with the console's form (labels known until tomorrow: all of them; a one-day gap, since
+    the generated traffic spans about two weeks), photograph its report, promote it through the confirmation
+    page, and photograph the Models page it leaves."""
+
+    def shot(name: str) -> None:
+        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+        print(f"{out / name}.png")
+
+    page.set_default_timeout(120_000)  # training runs within the request
+    page.goto("/console/models/train")
+    page.fill("input[name=name]", "synthetic-candidate")
+    page.fill("input[name=until]", (datetime.now(UTC) + timedelta(days=1)).date().isoformat())
+    page.fill("input[name=seed]", "16")
+    page.fill("input[name=gap_days]", "1")
+    shot("model-train")
+    page.click("form button[type=submit] >> text=Train")
+    if page.locator("#done").count() != 1:
+        raise RuntimeError("training from the console failed:\n" + page.locator("main").inner_text())
+    shot("model")
+    page.click("button.promote")
+    shot("model-confirm")
+    page.click("button.confirm")
+    page.goto("/console/models")
+    shot("models")
+    time.sleep(11)  # the detectors pick the new champion up within TXGUARD_RULES_CACHE_SECONDS (10 s)
+    page.goto(WHAT_IF)
+    shot("what-if")
+
+
 def take(out: Path, transactions: int) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -79,7 +119,8 @@ def take(out: Path, transactions: int) -> None:
         name = create_database(server, prefix="txguard_screenshots")
         url = server.database_url(name)
         log = Path(tmp) / "local.log"
-        env = {k: v for k, v in os.environ.items() if k not in {"TXGUARD_API_KEY", "PORT"}} | {"DATABASE_URL": url}
+        env = {k: v for k, v in os.environ.items() if k not in {"TXGUARD_API_KEY", "PORT", "TXGUARD_MODEL_BUCKET"}}
+        env |= {"DATABASE_URL": url, "TXGUARD_MODEL_DIR": str(Path(tmp) / "models")}
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 [str(binary), "local", "--port", "0", "--api-key", key],
@@ -135,6 +176,7 @@ def take(out: Path, transactions: int) -> None:
                         page.goto(path)
                     page.screenshot(path=str(out / f"{shot}.png"), full_page=True)
                     print(f"{out / shot}.png")
+                _models(page, out)
                 browser.close()
         finally:
             process.send_signal(signal.SIGTERM)

@@ -39,6 +39,7 @@ _AWS_ONLY_VARIABLES = (
     "TXGUARD_CONSOLE_SIGNIN_SECRET_ARN",
     "TXGUARD_CONSOLE_SESSION_SECRET_ARN",
     "TXGUARD_MODEL_BUCKET",  # locally, artifacts live in TXGUARD_MODEL_DIR
+    "TXGUARD_TRAIN_FUNCTION",  # locally, the console trains in the request
 )
 
 Handler = Callable[[Any, Any], Any]

@@ -20,16 +20,17 @@ import psycopg2.extensions
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from txguard import db, literals
-from txguard.console import charts, queries, session, web
+from txguard.console import charts, model_pages, queries, session, web
 from txguard.console.session import Keys, Session
 from txguard.console.web import Request, Response
 from txguard.currencies import money
-from txguard.errors import BadInput, NotFound, TxguardError, shorten
+from txguard.errors import BadInput, Conflict, NotFound, TxguardError, Unavailable, shorten
 from txguard.features import FEATURES
-from txguard.intake import INT64_MAX
+from txguard.intake import INT64_MAX, MAX_AMOUNT
 from txguard.storage import console_rollups, review_claims, rule_sets
 
 PAGE_SIZE = 50
+WHAT_IF_LIMIT = Decimal(10**18)  # the largest magnitude What-if takes for a feature other than the amount
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 # The columns of a list of decisions (the Decisions page, an account's page) and of its CSV download.
 DECISION_COLUMNS = [
@@ -45,7 +46,6 @@ DECISION_COLUMNS = [
     "label",
 ]
 BAND_LABELS = ("0", "<10", "10-25", "25-50", "50-100", "100-250", "250-500", "500-1k", "1k-5k", "≥5k")
-ISSUE_15_NOTE = "trained models arrive with the model registry; until then the rule set is the only detector"
 
 
 class Forbidden(TxguardError):
@@ -65,6 +65,8 @@ def templates() -> Environment:
     env.filters["ms"] = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
     env.filters["money"] = lambda amount, currency: money(Decimal(amount), currency)
     env.filters["pct"] = lambda x: "–" if x is None else f"{100 * x:.1f}%"
+    env.filters["four"] = lambda x: "–" if x is None else f"{x:.4f}"
+    env.filters["day"] = model_pages.day
     return env
 
 
@@ -313,9 +315,11 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
     features: dict[str, Any] = dict(j.features) if j.features is not None else (recomputed or {})
     history = queries.label_history(cur, [transaction_id])
     rows = [[name, str(value)] for name, value in sorted(features.items())]
+    contributions = model_pages.decision_contributions(cur, j.decision, features)
     return ctx.page(
         "decision.html",
         j=j,
+        contributions=contributions,
         features=rows,
         features_note=(
             "The features this decision was taken on, as stored with it (the ones its detector reads)."
@@ -331,7 +335,10 @@ def decision_page(ctx: Context, cur: psycopg2.extensions.cursor, transaction_id:
             **{k: v for k, v in features.items() if k in FEATURES and k != "amount" and v is not None},
         },
         labels=history,
-        tables={"features": _table(["feature", "value"], rows)},
+        tables={
+            "features": _table(["feature", "value"], rows),
+            "contributions": _table(["feature", "value", "contribution_log_odds"], contributions.rows),
+        },
     )
 
 
@@ -572,20 +579,6 @@ def _with_backtest(ctx: Context, report: Any, period: queries.Period) -> Respons
     return ctx.page("backtest.html", result=result)
 
 
-def models_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
-    versions = rule_sets.history(cur)
-    rows = [
-        [v.version, v.created_at.isoformat(), v.created_by, v.comment, len(v.rule_set.rules), str(v.rule_set.threshold)]
-        for v in versions
-    ]
-    return ctx.page(
-        "models.html",
-        versions=versions,
-        note=ISSUE_15_NOTE,
-        tables={"detectors": _table(["version", "created_at", "created_by", "comment", "rules", "threshold"], rows)},
-    )
-
-
 def explore_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
     ctx.refresh(cur)
     period = _period(cur, ctx.request.query)
@@ -671,8 +664,10 @@ def explore_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
 
 
 def what_if_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
-    """Decide an edited transaction with the newest rule set; nothing is stored (a GET)."""
-    from txguard.rule_engine import CompiledRuleSet
+    """Decide an edited transaction with the current detector (its rule set, champion and shadows, as ingest
+    decides); nothing is stored (a GET)."""
+    from txguard.detection import detector_cache
+    from txguard.settings import service_settings
 
     q = ctx.request.query
     current = rule_sets.latest(cur)
@@ -680,6 +675,7 @@ def what_if_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
     currency = _text_param(q, "currency", r"[A-Z]{3}", "an ISO 4217 code") or "EUR"
     merchant = _text_param(q, "merchant_id", r"[A-Za-z0-9_.:\-]{1,64}", "1-64 letters, digits, _ . : -")
     result = None
+    contributions = None
     if q.get("decide") and current is not None:
         features: dict[str, Any] = {}
         for name in FEATURES:
@@ -691,10 +687,17 @@ def what_if_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
                 value = literals.decimal(text)
             except ValueError as exc:
                 raise BadInput(f"query parameter {name!r} = {shorten(text)!r}: {exc}") from None
+            # What ingest could ever compute: an amount within intake's limit, any other feature within 10^18.
+            limit = MAX_AMOUNT if name == "amount" else WHAT_IF_LIMIT
+            if not -limit <= value <= limit or (name == "amount" and value < 0):
+                low = 0 if name == "amount" else -limit
+                raise BadInput(f"query parameter {name!r} = {shorten(text)!r}: must be from {low} to {limit}")
             features[name] = int(value) if value == value.to_integral_value() and not FEATURES[name].money else value
         if features.get("amount") is None:
             raise BadInput("query parameter 'amount': required to decide")
-        result = CompiledRuleSet(current.version, current.rule_set).decide(features, merchant, currency)
+        detector = detector_cache.current(cur, service_settings().rules_cache_seconds)
+        result = detector.decide(dict(features), merchant, currency)
+        contributions = model_pages.decision_contributions(cur, result, features)
     return ctx.page(
         "what_if.html",
         features=list(FEATURES),
@@ -703,7 +706,12 @@ def what_if_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
         merchant=merchant or "",
         current=current,
         result=result,
-        note=ISSUE_15_NOTE,
+        contributions=contributions,
+        tables={
+            "contributions": _table(
+                ["feature", "value", "contribution_log_odds"], contributions.rows if contributions else []
+            )
+        },
     )
 
 
@@ -740,6 +748,13 @@ def _id_from_path(text: str) -> int:
         raise NotFound(f"{shorten(text)!r} is not a transaction or account id: {exc}") from None
 
 
+def _model_version_from_path(text: str) -> int:
+    try:
+        return literals.integer_from_text(text, 1, 2**31 - 1)
+    except ValueError as exc:
+        raise NotFound(f"{shorten(text)!r} is not a model version: {exc}") from None
+
+
 def _route(method: str, path: str) -> tuple[Page, tuple[Any, ...]] | None:
     parts = [p for p in path.split("/") if p]
     simple: dict[tuple[str, str], Page] = {
@@ -748,7 +763,10 @@ def _route(method: str, path: str) -> tuple[Page, tuple[Any, ...]] | None:
         ("GET", "review"): review_page,
         ("GET", "rules"): rules_page,
         ("POST", "rules/backtest"): backtest_action,
-        ("GET", "models"): models_page,
+        ("GET", "models"): model_pages.models_page,
+        ("GET", "models/train"): model_pages.train_page,
+        ("POST", "models/train"): model_pages.train_action,
+        ("POST", "models/rollback"): model_pages.rollback_action,
         ("GET", "explore"): explore_page,
         ("GET", "what-if"): what_if_page,
     }
@@ -761,6 +779,11 @@ def _route(method: str, path: str) -> tuple[Page, tuple[Any, ...]] | None:
             return by_id[parts[0]], (_id_from_path(parts[1]),)
     if len(parts) == 3 and method == "POST" and parts[0] == "review" and parts[2] == "label":
         return label_action, (_id_from_path(parts[1]),)
+    if parts[:1] == ["models"] and len(parts) >= 2:
+        if len(parts) == 2 and method == "GET":
+            return model_pages.model_page, (_model_version_from_path(parts[1]),)
+        if len(parts) == 3 and method == "POST" and parts[2] in model_pages.ACTIONS:
+            return model_pages.model_action, (_model_version_from_path(parts[1]), parts[2])
     return None
 
 
@@ -772,6 +795,9 @@ PAGE_PARAMETERS: dict[str, frozenset[str]] = {
         {"flagged", "score_min", "score_max", "rule", "label", "account", "merchant", "from", "to", "before"}
     ),
     "review_page": frozenset({"labelled"}),
+    "models_page": frozenset({"done"}),
+    "model_page": frozenset({"done"}),
+    "train_page": frozenset({"started"}),
     "rules_page": _PERIOD | {"diff_from", "diff_to"},
     "explore_page": _PERIOD,
     "what_if_page": frozenset({"decide", "currency", "merchant_id", *FEATURES}),
@@ -807,13 +833,17 @@ def handle(event: dict[str, Any], keys: Keys) -> Response:
             return _error_page(Context(request, keys, None), 403, "the sign-out form is not valid; sign out again")
         gone = web.session_cookie(session.COOKIE, "", request.base, 0, keys.secure_cookies)
         return web.redirect(request.link("/signin"), cookies=[gone])
-    route = _route(request.method, path)
+    try:
+        route = _route(request.method, path)
+        bad_id = None
+    except NotFound as exc:  # a path with an id that is not one: no such page, said after the session check
+        route, bad_id = None, exc.message
     if current is None:
         if request.method == "GET":
             return web.redirect(request.link("/signin", next=path if route else None))
         return _error_page(ctx, 401, "sign in first")
     if route is None:
-        return _error_page(ctx, 404, "there is no such page")
+        return _error_page(ctx, 404, bad_id or "there is no such page")
     page, args = route
     unknown = _unknown_parameters(page, request.query)
     if unknown:
@@ -828,11 +858,15 @@ def handle(event: dict[str, Any], keys: Keys) -> Response:
         return db.run_in_transaction(lambda cur: page(ctx, cur, *args))
     except Forbidden as exc:
         return _error_page(ctx, 403, exc.message)
+    except Conflict as exc:
+        return _error_page(ctx, 409, exc.message)
+    except model_pages.TrainingNotHere as exc:
+        return _error_page(ctx, 501, exc.message)
     except NotFound as exc:
         return _error_page(ctx, 404, exc.message)
     except BadInput as exc:
         return _error_page(ctx, 400, exc.message)
-    except db.DatabaseUnavailable as exc:
+    except (db.DatabaseUnavailable, Unavailable) as exc:
         response = _error_page(ctx, 503, exc.message)
         response.headers.update(exc.headers)
         return response

@@ -166,3 +166,99 @@ def heatmap(title: str, names: Sequence[str], matrix: Sequence[Sequence[float | 
             )
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def pr_curve(title: str, points: Sequence[tuple[float, float]], marked: tuple[float, float] | None = None) -> Markup:
+    """A precision-recall curve: (recall, precision) pairs, both 0–1, drawn in order of recall as a line on a
+    square-ish plot with both axes from 0 to 1; `marked` (recall, precision) is ringed: the operating point at
+    the model's threshold."""
+    inner_w = WIDTH - _PAD_LEFT - _PAD_RIGHT
+    inner_h = HEIGHT - _PAD_TOP - _PAD_BOTTOM
+
+    def xy(recall: float, precision: float) -> tuple[float, float]:
+        return _PAD_LEFT + inner_w * min(max(recall, 0.0), 1.0), _PAD_TOP + inner_h * (
+            1 - min(max(precision, 0.0), 1.0)
+        )
+
+    parts = _frame(title, 1.0, ".2f")
+    ordered = sorted(points)
+    if ordered:
+        line = " ".join(f"{_f(x)},{_f(y)}" for x, y in (xy(r, p) for r, p in ordered))
+        parts.append(f'<polyline fill="none" stroke="{COLOURS[0]}" stroke-width="1.5" points="{line}"/>')
+    if marked is not None:
+        x, y = xy(*marked)
+        parts.append(
+            f'<circle cx="{_f(x)}" cy="{_f(y)}" r="5" fill="none" stroke="{COLOURS[1]}" stroke-width="2">'
+            f"<title>threshold: recall {marked[0]:.3f}, precision {marked[1]:.3f}</title></circle>"
+        )
+    for i in range(5):
+        x = _PAD_LEFT + inner_w * i / 4
+        parts.append(
+            f'<text x="{_f(x)}" y="{HEIGHT - _PAD_BOTTOM + 14}" text-anchor="middle" font-size="10">{i / 4:.2f}</text>'
+        )
+    parts.append(
+        f'<text x="{_PAD_LEFT + inner_w / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle" font-size="10">recall</text>'
+        f'<text x="{_PAD_LEFT + 4}" y="{_PAD_TOP + 10}" font-size="10">precision</text>'
+    )
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def confusion_matrix(title: str, tp: int, fp: int, fn: int, tn: int) -> Markup:
+    """The confusion matrix at a threshold as a 2×2 grid: rows are the labels (fraud, genuine), columns the
+    prediction (flagged, not flagged); each cell shaded by its share of its row."""
+    cell_w, cell_h, left, top = 170, 60, 150, 40
+    cells = (
+        ("fraud", ((tp, "true positives"), (fn, "false negatives"))),
+        ("genuine", ((fp, "false positives"), (tn, "true negatives"))),
+    )
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {left + 2 * cell_w + 20} {top + 2 * cell_h + 10}" '
+        f'role="img" aria-label="{escape(title)}" class="chart confusion"><title>{escape(title)}</title>',
+        f'<text x="{left + cell_w / 2}" y="{top - 8}" text-anchor="middle" font-size="12">flagged</text>',
+        f'<text x="{left + 1.5 * cell_w}" y="{top - 8}" text-anchor="middle" font-size="12">not flagged</text>',
+    ]
+    for i, (label, row) in enumerate(cells):
+        total = sum(n for n, _ in row)
+        y = top + cell_h * i
+        parts.append(
+            f'<text x="{left - 8}" y="{y + cell_h / 2 + 4}" text-anchor="end" font-size="12">labelled {label}</text>'
+        )
+        for j, (n, name) in enumerate(row):
+            share = n / total if total else 0.0
+            level = int(255 - 170 * share)
+            colour = f"rgb({level},{level},255)" if i == j else f"rgb(255,{level},{level})"
+            x = left + cell_w * j
+            parts.append(
+                f'<rect x="{x}" y="{y}" width="{cell_w - 2}" height="{cell_h - 2}" fill="{colour}">'
+                f"<title>{name}: {n}</title></rect>"
+                f'<text x="{x + cell_w / 2}" y="{y + cell_h / 2}" text-anchor="middle" font-size="16">{n:,}</text>'
+                f'<text x="{x + cell_w / 2}" y="{y + cell_h / 2 + 16}" text-anchor="middle" font-size="10">'
+                f"{name} ({share:.1%} of row)</text>"
+            )
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def horizontal_bars(title: str, labels: Sequence[str], values: Sequence[Number], value_format: str = ".4g") -> Markup:
+    """One horizontal bar per label, from 0, in the order given (feature importance: largest first)."""
+    bar_h, left, top = 18, 190, 10
+    height = top + bar_h * max(len(labels), 1) + 10
+    v_max = max((float(v) for v in values), default=0.0) or 1.0
+    inner_w = WIDTH - left - 80
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" role="img" '
+        f'aria-label="{escape(title)}" class="chart"><title>{escape(title)}</title>'
+    ]
+    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
+        y = top + bar_h * i
+        w = inner_w * max(float(value), 0.0) / v_max
+        shown = escape(format(float(value), value_format))
+        parts.append(
+            f'<text x="{left - 6}" y="{y + bar_h * 0.7:.1f}" text-anchor="end" font-size="11">{escape(label)}</text>'
+            f'<rect x="{left}" y="{y + 2}" width="{_f(w)}" height="{bar_h - 4}" fill="{COLOURS[0]}">'
+            f"<title>{escape(label)}: {shown}</title></rect>"
+            f'<text x="{_f(left + w + 4)}" y="{y + bar_h * 0.7:.1f}" font-size="10">{shown}</text>'
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))
