@@ -26,7 +26,7 @@ from txguard.domain import FraudLabel, LabelResult, StoredLabel, Transaction
 from txguard.errors import Malformed
 
 # Any fixed number, distinct from migrate's key (a single bigint key never meets the two-key merchant slots).
-LABELS_LOCK_KEY = 0x7478_6775_6172_6402
+LABELS_LOCK_KEY = 0x7478_6775_6172_6409
 DAY_MS = 86_400_000
 _PLACEHOLDER_IDS = 2**62  # label ids of a batch's new labels before the insert numbers them
 
