@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -262,3 +263,65 @@ def test_the_commands_train_show_promote_and_roll_back_with_clear_errors(
     capsys.readouterr()
     assert main(["models", "promote", "1", *url]) == 1
     assert "cannot be used: the artifact" in capsys.readouterr().err
+
+
+def test_the_train_function_writes_a_candidate_to_s3_and_promotes_only_with_auto_promote_and_the_margin(
+    history: Any, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from txguard.models import training_job
+    from txguard.models.artifact_store import S3Store
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("TXGUARD_TRAIN_GAP_DAYS", "3")
+    monkeypatch.setenv("TXGUARD_TRAIN_ROUNDS", "30")
+    event = {"until": "2023-12-25", "seed": 5}  # UNTIL's date
+
+    def connect() -> Any:
+        return psycopg2.connect(database.service_url)
+
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="models")
+        bucket = S3Store("models")
+        monkeypatch.delenv("TXGUARD_TRAIN_AUTO_PROMOTE", raising=False)
+        first = training_job.run(event, connect, bucket)
+        assert (first["promoted"], first["why"]) == (False, "AutoPromote is off")
+        sha = database.query("SELECT artifact_sha256 FROM model_versions WHERE version = %s", (first["version"],))[0][0]
+        assert bucket.get(sha)  # the artifact is in the bucket, intact
+
+        monkeypatch.setenv("TXGUARD_TRAIN_AUTO_PROMOTE", "true")
+        monkeypatch.setenv("TXGUARD_TRAIN_PROMOTE_MARGIN", "0.05")
+        second = training_job.run(event, connect, bucket)  # no champion: the bar is the stored decisions' AP
+        assert second["promoted"] and "the stored decisions" in second["why"]
+        third = training_job.run({**event, "seed": 6}, connect, bucket)  # as good as the champion, not 0.05 better
+        assert not third["promoted"] and f"champion {second['version']}" in third["why"]
+    assert database.query("SELECT version, status, created_by FROM model_versions ORDER BY version") == [
+        (first["version"], "candidate", "TrainFunction"),
+        (second["version"], "champion", "TrainFunction"),
+        (third["version"], "candidate", "TrainFunction"),
+    ]
+
+
+def test_the_train_functions_event_is_validated() -> None:
+    from txguard.models.training_job import InvalidTrainingEvent, JobSettings, options_from_event
+
+    now = T0 + 3 * DAY + 5 * HOUR
+    scheduled = options_from_event({"source": "aws.events", "detail-type": "Scheduled Event"}, JobSettings(), now)
+    assert scheduled.until == T0 + 3 * DAY and scheduled.name == "lightgbm-2023-11-18-scheduled"
+    given = options_from_event({"until": "2023-12-25", "features": ["amount"], "rounds": 5}, JobSettings(), now)
+    assert (given.until, given.features, given.rounds) == (UNTIL, ("amount",), 5)
+    for event, message in [
+        ({"until": "2023-13-01"}, "until"),
+        ({"rounds": 0}, "rounds must be an integer from 1"),
+        ({"seed": True}, "seed must be an integer"),
+        ({"features": []}, "features must be a non-empty list"),
+        ({"promote": True}, re.escape("unknown fields ['promote']")),
+        ({"until": 5}, "until"),
+        ([1], "must be a JSON object"),
+    ]:
+        with pytest.raises(InvalidTrainingEvent, match=message):
+            options_from_event(event, JobSettings(), now)

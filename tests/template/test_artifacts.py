@@ -216,3 +216,51 @@ def test_each_function_with_the_layer_is_under_lambdas_250_mb_unzipped() -> None
 def test_the_layer_scores_a_model_with_its_own_numpy(runtime: Path) -> None:
     found = missing_imports(runtime, "IngestFunction", "numpy", "txguard.models.scoring", "lightgbm")
     assert found == {"numpy": None, "txguard.models.scoring": None, "lightgbm": "lightgbm"}
+
+
+# ------------------------------------------------------------------------------------- TrainFunction --
+# Amazon Linux 2's libstdc++ is GCC 7's: GLIBCXX_3.4.24 at most (glibc is checked for every artifact above).
+AMAZON_LINUX_2_GLIBCXX = (3, 4, 24)
+
+
+def _train_build() -> Path:
+    from tests.template.stack import ROOT
+
+    train = built() / "TrainFunction"
+    source = ROOT / "functions" / "train" / "app.py"
+    assert (train / "app.py").read_bytes() == source.read_bytes(), "stale build: run `make template-checks`"
+    return train
+
+
+def test_the_train_function_ships_lightgbm_and_its_openmp_and_nothing_the_layer_has() -> None:
+    train = _train_build()
+    assert (train / "lightgbm").is_dir() and (train / "lib" / "libgomp.so.1").is_file()
+    # numpy is the layer's; scikit-learn is left out (the baseline is the CLI's): within 250 MB with the layer.
+    assert not (train / "numpy").exists() and not (train / "sklearn").exists()
+    too_new = {}
+    for library in (p for p in train.rglob("*.so*") if p.is_file()):
+        for version in set(re.findall(rb"GLIBCXX_([0-9]+(?:\.[0-9]+)+)", library.read_bytes())):
+            if tuple(int(part) for part in version.split(b".")) > AMAZON_LINUX_2_GLIBCXX:
+                too_new[str(library.relative_to(train))] = f"GLIBCXX_{version.decode()}"
+    assert not too_new, too_new
+
+
+def test_the_train_function_trains_from_its_artifacts_alone(runtime: Path) -> None:
+    train = _train_build()
+    path = [str(built() / "CommonLayer" / "python"), str(train), str(runtime)]
+    script = (
+        "import lightgbm, numpy, app; from txguard.models import training_job; "
+        "x = numpy.arange(200.0).reshape(100, 2); y = (x[:, 0] > 100).astype(int); "
+        "b = lightgbm.train({'objective': 'binary', 'verbose': -1, 'min_data_in_leaf': 5}, "
+        "lightgbm.Dataset(x, y), 3); print(lightgbm.__version__, lightgbm.__file__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", script],
+        # Lambda puts /var/task/lib on LD_LIBRARY_PATH: the function's own libgomp
+        env={"PYTHONPATH": ":".join(path), "LD_LIBRARY_PATH": str(train / "lib"), "AWS_DEFAULT_REGION": "us-east-1",
+             "POWERTOOLS_METRICS_DISABLED": "true"},
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    version, location = done.stdout.split()
+    assert version == "3.3.5" and location.startswith(str(train))

@@ -30,6 +30,7 @@ def test_the_providers_find_each_function_with_its_code_layer_and_handler() -> N
         "MigrateFunction",
         "StreamIngestFunction",
         "ConsoleFunction",
+        "TrainFunction",
     }
     for name, function in functions.items():
         assert function.handler == "app.lambda_handler"
@@ -112,3 +113,29 @@ def test_a_deployment_sends_the_generators_key_over_https_only(url: str, allowed
 
     pattern = load_sam_template()["Parameters"]["GeneratePostUrl"]["AllowedPattern"]
     assert (re.fullmatch(pattern, url) is not None) == allowed
+
+
+def test_a_disabled_schedule_never_fires_locally_and_train_runs_only_when_enabled() -> None:
+    from txguard_dev.local.runner import Template
+    from txguard_dev.local.schedule import scheduled_jobs
+
+    by_default = {job.function_name for job in scheduled_jobs(Template(ROOT / "template.yaml"), every_s=5)}
+    assert "TrainFunction" not in by_default and "GenerateFunction" in by_default
+    enabled = Template(ROOT / "template.yaml", {"TrainScheduleState": "ENABLED"})
+    assert "TrainFunction" in {job.function_name for job in scheduled_jobs(enabled, every_s=5)}
+    # cron(...) has no local rate: without --schedule-every it is not fired at all.
+    assert "TrainFunction" not in {job.function_name for job in scheduled_jobs(enabled)}
+
+
+def test_locally_the_functions_read_model_artifacts_from_a_directory_not_the_bucket(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+
+    from txguard_dev.local.runner import FunctionRunner, Template
+
+    monkeypatch.setenv("TXGUARD_MODEL_DIR", str(tmp_path))
+    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=None)
+    with runner._runtime(runner.template.function("DetectFunction")):
+        assert os.environ["TXGUARD_MODEL_DIR"] == str(tmp_path)
+        assert "TXGUARD_MODEL_BUCKET" not in os.environ

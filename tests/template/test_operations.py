@@ -108,7 +108,7 @@ def test_every_function_logs_json_to_a_log_group_of_its_own_with_a_retention() -
         assert deployed.resources[group]["Type"] == "AWS::Logs::LogGroup"
         assert int(deployed.properties(group)["RetentionInDays"]) > 0
         groups.append(group)
-    assert len(set(groups)) == len(groups) == 6
+    assert len(set(groups)) == len(groups) == 7
 
 
 @pytest.mark.parametrize("overrides", [{}, {"DatabaseReaderInstance": "true"}], ids=["writer", "writer and reader"])

@@ -110,6 +110,7 @@ def test_every_function_runs_in_the_vpc_when_the_generator_stores_directly(overr
         "MigrateFunction",
         "StreamIngestFunction",
         "ConsoleFunction",
+        "TrainFunction",
     }
     assert functions_outside_vpc(deployed) == []
 
@@ -206,7 +207,7 @@ def test_managed_policies_are_only_those_without_data_access() -> None:
 def test_each_function_has_a_role_of_its_own() -> None:
     deployed = stack()
     roles = {name: deployed.role_of(name) for name in deployed.functions}
-    assert len(set(roles.values())) == len(roles) == 6
+    assert len(set(roles.values())) == len(roles) == 7
     for role in roles.values():
         trust = deployed.properties(role)["AssumeRolePolicyDocument"]["Statement"]
         assert [s["Principal"] for s in trust] == [{"Service": "lambda.amazonaws.com"}]
@@ -214,6 +215,8 @@ def test_each_function_has_a_role_of_its_own() -> None:
 
 _LOGS = ("logs:CreateLogStream", "logs:PutLogEvents")
 _SECRET_KEY = ("kms:Decrypt", "DataKey.Arn")
+# Every function that decides reads the champion's and the shadows' artifacts (decrypted through S3 by the same key).
+_MODELS = ("s3:GetObject", "${ModelBucket.Arn}/models/*")
 
 
 def _logs(group: str) -> set[tuple[str, str]]:
@@ -224,6 +227,7 @@ def _logs(group: str) -> set[tuple[str, str]]:
 _STREAM_COMMON = {
     ("secretsmanager:GetSecretValue", "ServiceSecret"),
     _SECRET_KEY,
+    _MODELS,
     ("kms:GenerateDataKey", "DataKey.Arn"),
     ("events:PutEvents", "FraudEventBus.Arn"),
 }
@@ -247,12 +251,13 @@ _KINESIS_READ = (
                 ("secretsmanager:GetSecretValue", "ServiceSecret"),
                 _SECRET_KEY,
                 ("events:PutEvents", "FraudEventBus.Arn"),
+                _MODELS,
             },
         ),
         (
             {},
             "DetectFunction",
-            _logs("DetectLogGroup") | {("secretsmanager:GetSecretValue", "ServiceSecret"), _SECRET_KEY},
+            _logs("DetectLogGroup") | {("secretsmanager:GetSecretValue", "ServiceSecret"), _SECRET_KEY, _MODELS},
         ),
         (
             {},
@@ -264,6 +269,7 @@ _KINESIS_READ = (
                 _SECRET_KEY,
                 ("secretsmanager:GetSecretValue", "ServiceSecret"),
                 ("events:PutEvents", "FraudEventBus.Arn"),
+                _MODELS,
             },
         ),
         (
@@ -327,6 +333,20 @@ _KINESIS_READ = (
                 ("secretsmanager:GetSecretValue", "ConsoleSigninSecret"),
                 ("secretsmanager:GetSecretValue", "ConsoleSessionSecret"),
                 _SECRET_KEY,
+                _MODELS,
+            },
+        ),
+        (
+            {},
+            "TrainFunction",
+            _logs("TrainLogGroup")
+            | {
+                ("secretsmanager:GetSecretValue", "ServiceSecret"),
+                _SECRET_KEY,
+                _MODELS,
+                ("s3:PutObject", "${ModelBucket.Arn}/models/*"),
+                ("kms:GenerateDataKey", "DataKey.Arn"),
+                ("sqs:SendMessage", "TrainDeadLetterQueue.Arn"),
             },
         ),
     ],
@@ -340,6 +360,7 @@ _KINESIS_READ = (
         "stream ingest sqs",
         "stream ingest kinesis",
         "console",
+        "train",
     ],
 )
 def test_each_role_allows_exactly_what_its_function_calls(
@@ -357,6 +378,7 @@ def test_key_use_is_limited_to_the_services_that_decrypt_on_a_functions_behalf()
             "secretsmanager.us-east-1.amazonaws.com",
             "sqs.us-east-1.amazonaws.com",
             "kinesis.us-east-1.amazonaws.com",
+            "s3.us-east-1.amazonaws.com",  # model artifacts
         }, name
 
 

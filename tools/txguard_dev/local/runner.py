@@ -26,6 +26,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from txguard_dev.commands.common import LOCAL_MODEL_DIR
+
 # Not under "txguard.": that logger belongs to the functions' Powertools Logger, which prints JSON to stdout.
 log = logging.getLogger("txguard-local")
 
@@ -36,6 +38,7 @@ _AWS_ONLY_VARIABLES = (
     "TXGUARD_DB_SECRET_ARN",
     "TXGUARD_CONSOLE_SIGNIN_SECRET_ARN",
     "TXGUARD_CONSOLE_SESSION_SECRET_ARN",
+    "TXGUARD_MODEL_BUCKET",  # locally, artifacts live in TXGUARD_MODEL_DIR
 )
 
 Handler = Callable[[Any, Any], Any]
@@ -77,7 +80,10 @@ def _local_function(record: Any) -> LocalFunction:
     schedules = tuple(
         (name, str(event["Properties"]["Schedule"]))
         for name, event in (record.events or {}).items()
-        if event.get("Type") == "Schedule" and "Schedule" in event.get("Properties", {})
+        if event.get("Type") == "Schedule"
+        and "Schedule" in event.get("Properties", {})
+        and str(event["Properties"].get("State", "ENABLED"))
+        != "DISABLED"  # as EventBridge: a disabled rule never fires
     )
     api_events = [event for event in (record.events or {}).values() if event.get("Type") == "Api"]
     own_auth = bool(api_events) and all(
@@ -294,6 +300,8 @@ class FunctionRunner:
         changes |= dict.fromkeys(_AWS_ONLY_VARIABLES)
         if self.database_url is not None:
             changes["DATABASE_URL"] = self.database_url
+        # The functions read (and TrainFunction writes) model artifacts where the commands do.
+        changes["TXGUARD_MODEL_DIR"] = os.environ.get("TXGUARD_MODEL_DIR") or str(Path(LOCAL_MODEL_DIR).resolve())
         if function.own_auth:
             changes["TXGUARD_CONSOLE_SESSION_KEY"] = self._session_key
             changes["TXGUARD_CONSOLE_SIGNIN_KEY"] = self.api_key

@@ -28,7 +28,6 @@ two champions out even if this code were bypassed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import psycopg2.extensions
 from txguard import literals
 from txguard.errors import BadInput, Conflict, NotFound
 from txguard.features import ALL_FEATURES
+from txguard.models.artifact import features_hash
 from txguard.storage import detector_versions
 from txguard.storage.detector_versions import DetectorVersion
 
@@ -54,11 +54,6 @@ _COLUMNS = """version, name, artifact_sha256, features, features_hash,
     txguard_ts_to_ms(train_from), txguard_ts_to_ms(train_to), gap_days,
     txguard_ts_to_ms(valid_from), txguard_ts_to_ms(valid_to), txguard_ts_to_ms(label_cutoff),
     seed, params, metrics, thresholds, status, previous_champion, created_at, created_by"""
-
-
-def features_hash(features: Sequence[str]) -> str:
-    """sha256 hex of the feature names joined by "\\n" (the artifact format's `features_hash`)."""
-    return hashlib.sha256("\n".join(features).encode()).hexdigest()
 
 
 class InvalidModelVersion(BadInput):
