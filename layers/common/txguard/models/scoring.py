@@ -47,8 +47,9 @@ from txguard.models.artifact import MISSING_NAN, MISSING_ZERO, ModelArtifact, Tr
 ZERO_THRESHOLD = float(np.float32(1e-35))
 BIAS = "bias"  # the name of the expected-value entry of `contributions`
 WORD_BITS = 32
-# Rows scored per step of score_matrix: bounds the temporary (rows × features × trees) table at a few MB.
-CHUNK_ROWS = 128
+# Rows scored per step of score_matrix: keeps the temporary (features × rows × trees) table near 4 MB for a
+# 500-tree model; 16 to 256 rows cost the same per row on this host.
+CHUNK_ROWS = 64
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -246,23 +247,23 @@ class _LeafGroup:
         self.width = width
         length = max(1, max(len(nodes) for nodes, *_ in paths))
         count = len(paths)
-        self.nodes = np.zeros((count, length), dtype=np.intp)
-        self.left = np.ones((count, length), dtype=bool)
-        self.slot = np.zeros((count, length), dtype=np.intp)
-        self.feature = np.zeros((count, width), dtype=np.intp)
-        # Padding slots are null players (zero and one fraction 1): Shapley values are unchanged by them.
-        self.zero = np.ones((count, width), dtype=np.float64)
-        self.value = np.zeros(count, dtype=np.float64)
-        for i, (nodes, left, features, zeros, value) in enumerate(paths):
-            self.nodes[i, : len(nodes)] = nodes
-            self.left[i, : len(nodes)] = left
+        pad_node = len(node_feature)  # the always-matching node, one past the last (its decision is "left")
+        nodes_rows, left_rows, slot_rows, feature_rows, zero_rows = [], [], [], [], []
+        for nodes, left, features, zeros, _ in paths:
+            missing, unused = length - len(nodes), width - len(features)
             slots = {feature: slot for slot, feature in enumerate(features)}
-            self.slot[i, : len(nodes)] = [slots[node_feature[node]] for node in nodes]
-            # Padding: the always-matching node, one past the last (its decision is set to "left").
-            self.nodes[i, len(nodes) :] = len(node_feature)
-            self.feature[i, : len(features)] = features
-            self.zero[i, : len(zeros)] = zeros
-            self.value[i] = value
+            nodes_rows.append([*nodes, *[pad_node] * missing])
+            left_rows.append([*left, *[True] * missing])
+            slot_rows.append([*(slots[node_feature[node]] for node in nodes), *[0] * missing])
+            feature_rows.append([*features, *[0] * unused])
+            # Padding slots are null players (zero and one fraction 1): Shapley values are unchanged by them.
+            zero_rows.append([*zeros, *[1.0] * unused])
+        self.nodes = np.array(nodes_rows, dtype=np.intp)
+        self.left = np.array(left_rows, dtype=bool)
+        self.slot = np.array(slot_rows, dtype=np.intp)
+        self.feature = np.array(feature_rows, dtype=np.intp)
+        self.zero = np.array(zero_rows, dtype=np.float64)
+        self.value = np.array([path[4] for path in paths], dtype=np.float64)
         self.rows = np.arange(count)
         # w(k) = k! (width - k - 1)! / width!: the Shapley weight of a coalition of k of the other width - 1.
         self.weights = np.array(
@@ -358,11 +359,19 @@ class _Explainer:
 def _leaf_paths(tree: Tree) -> list[_LeafPath]:
     """Per leaf: its path's nodes, directions (True: left), distinct features in order of first use, their
     zero fractions (products of the nodes' count ratios), and its value."""
-
-    def count(node: int) -> int:
-        return tree.internal_count[node] if node >= 0 else tree.leaf_count[~node]
-
-    paths = []
+    counts = tree.internal_count
+    leaf_counts = tree.leaf_count
+    # The share of a node's training rows that went left, and right.
+    left_share = [
+        (counts[child] if child >= 0 else leaf_counts[~child]) / counts[node]
+        for node, child in enumerate(tree.left_child)
+    ]
+    right_share = [
+        (counts[child] if child >= 0 else leaf_counts[~child]) / counts[node]
+        for node, child in enumerate(tree.right_child)
+    ]
+    features = tree.split_feature
+    paths: list[_LeafPath] = []
     stack: list[tuple[int, list[int], list[bool]]] = [(0, [], [])]
     while stack:
         node, nodes, left = stack.pop()
@@ -372,9 +381,8 @@ def _leaf_paths(tree: Tree) -> list[_LeafPath]:
             continue
         zero_of: dict[int, float] = {}
         for parent, went_left in zip(nodes, left, strict=True):
-            child = tree.left_child[parent] if went_left else tree.right_child[parent]
-            feature = tree.split_feature[parent]
-            zero_of[feature] = zero_of.get(feature, 1.0) * (count(child) / count(parent))
+            feature = features[parent]
+            zero_of[feature] = zero_of.get(feature, 1.0) * (left_share[parent] if went_left else right_share[parent])
         paths.append((nodes, left, list(zero_of), list(zero_of.values()), tree.leaf_value[~node]))
     return paths
 
