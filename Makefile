@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint typecheck template-checks pgbouncer chromium unit integration e2e bench build wheel openapi screenshots clean
+.PHONY: run test lint typecheck template-checks pgbouncer chromium unit integration e2e bench build wheel openapi screenshots clean handbook-eval
 
 $(STAMP): pyproject.toml requirements-dev.txt layers/common/requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (the Lambda runtime is python3.11)"; exit 1; }
@@ -72,6 +72,11 @@ e2e: $(STAMP) chromium
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+# The Handbook protocol of docs/evaluation.md on a fresh database: replay April-June, train and promote, replay July
+# decided by the champion, evaluate July (about 25 minutes; HANDBOOK_DATA, HANDBOOK_DB, SEED, TRAIN_ARGS).
+handbook-eval: $(STAMP)
+	tools/handbook_eval.sh
 
 # A picture of each console page in docs/console/, from labelled synthetic traffic on a database of its own.
 screenshots: $(STAMP) chromium

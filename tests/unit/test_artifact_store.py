@@ -4,6 +4,7 @@ ArtifactUnavailable saying why."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,21 @@ def test_the_environment_chooses_the_store(monkeypatch: pytest.MonkeyPatch, tmp_
         artifact_store.get(SHA)
     artifact_store.put(DATA)
     assert artifact_store.get(SHA) == DATA
+
+
+def test_in_process_ingest_commands_read_models_where_train_wrote_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from txguard_dev.commands.common import model_store, use_local_model_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TXGUARD_MODEL_BUCKET", raising=False)
+    monkeypatch.delenv("TXGUARD_MODEL_DIR", raising=False)
+    written = model_store().put(DATA)  # what `txguard train` does with no store configured
+    with pytest.raises(ArtifactUnavailable):
+        artifact_store.get(written)  # what serving in the same process would read, unconfigured
+    use_local_model_store()  # replay and generate --direct
+    assert artifact_store.get(written) == DATA
+    monkeypatch.setenv("TXGUARD_MODEL_DIR", str(tmp_path / "elsewhere"))
+    use_local_model_store()  # a configured store is left alone
+    assert os.environ["TXGUARD_MODEL_DIR"] == str(tmp_path / "elsewhere")

@@ -68,6 +68,14 @@ def service_database_url() -> str:
         raise CommandError(str(exc)) from None
 
 
+def use_local_model_store() -> None:
+    """For commands that run ingest in this process (replay, generate --direct): when neither TXGUARD_MODEL_BUCKET
+    nor TXGUARD_MODEL_DIR is set, serving reads the champion from LOCAL_MODEL_DIR, where `txguard train` put it.
+    Without this the champion trained here is unavailable to them and every decision falls back to the rules."""
+    if not os.environ.get("TXGUARD_MODEL_BUCKET") and not os.environ.get("TXGUARD_MODEL_DIR"):
+        os.environ["TXGUARD_MODEL_DIR"] = str(Path(LOCAL_MODEL_DIR).resolve())
+
+
 def model_store() -> ArtifactStore:
     """The model artifact store: TXGUARD_MODEL_BUCKET, else TXGUARD_MODEL_DIR, else LOCAL_MODEL_DIR."""
     from txguard.models import artifact_store

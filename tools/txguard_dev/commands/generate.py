@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from txguard_dev.commands.common import check_database, integer_argument, service_database_url
+from txguard_dev.commands.common import (
+    check_database,
+    integer_argument,
+    service_database_url,
+    use_local_model_store,
+)
 from txguard_generator.params import API_KEY_ENV, MODES, GenerateParams, ParameterError, parse_params
 
 
@@ -144,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     labels: list[LabelDestination] = []
     try:
         if params.mode == "direct":
+            use_local_model_store()  # ingest runs here: the champion comes from where `txguard train` stored it
             sinks.append(DirectSink(keep_metrics=False))
             labels.append(DatabaseLabels())
         elif params.mode == "api":

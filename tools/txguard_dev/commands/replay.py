@@ -50,7 +50,7 @@ from typing import Any
 
 from txguard import literals
 from txguard.domain import FraudLabel, Transaction
-from txguard_dev.commands.common import EXIT_USAGE, CommandError, integer_argument
+from txguard_dev.commands.common import EXIT_USAGE, CommandError, integer_argument, use_local_model_store
 from txguard_dev.commands.labels import is_csv_name, rows
 
 DAY_MS = 86_400_000
@@ -404,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
             stream = stream_sink(args)
         except Exception as exc:  # botocore's connection and client errors: say where, not a traceback
             raise CommandError(f"cannot reach the {args.sink} sink: {exc}") from None
+    if args.post_url is None and stream is None:
+        use_local_model_store()  # ingest runs here: the champion comes from where `txguard train` stored it
     destination = Destination(args.post_url, args.api_key or os.environ.get("TXGUARD_API_KEY"), stream)
     started = time.monotonic()
     try:
