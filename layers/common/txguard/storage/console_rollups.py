@@ -66,26 +66,36 @@ _LABEL_CHANGES_TABLE = """
     ) ON COMMIT DELETE ROWS
 """
 
+# Every lookup of a transaction's labels goes through labels_transaction, one transaction at a time (a LIMIT 1
+# subquery): a join here let the planner sort the whole labels table for an empty step, 7 s on 1.17 M labels,
+# longer than a step's budget, so the refresh never advanced.
 _LABEL_CHANGES = """
     INSERT INTO console_label_changes (sign, labelled_fraud, ts, amount, flagged, reasons)
-    WITH dirty AS (
+    WITH dirty AS MATERIALIZED (
         SELECT transaction_id FROM labels WHERE received_at >= %(since)s AND received_at < %(until)s
         UNION
         SELECT t.transaction_id FROM transactions t
         WHERE t.stored_at >= %(since)s AND t.stored_at < %(until)s
-          AND EXISTS (SELECT 1 FROM labels l WHERE l.transaction_id = t.transaction_id AND l.received_at < %(until)s)
+          AND (SELECT true FROM labels l
+               WHERE l.transaction_id = t.transaction_id AND l.received_at < %(until)s LIMIT 1)
     ),
     before AS (
-        SELECT DISTINCT ON (l.transaction_id) l.transaction_id, l.fraud
-        FROM labels l JOIN dirty d ON d.transaction_id = l.transaction_id
-        WHERE l.received_at < %(since)s
-        ORDER BY l.transaction_id, l.labelled_at DESC, l.label_id DESC
+        SELECT d.transaction_id, b.fraud
+        FROM dirty d
+        CROSS JOIN LATERAL (
+            SELECT l.fraud FROM labels l
+            WHERE l.transaction_id = d.transaction_id AND l.received_at < %(since)s
+            ORDER BY l.labelled_at DESC, l.label_id DESC LIMIT 1
+        ) b
     ),
     after AS (
-        SELECT DISTINCT ON (l.transaction_id) l.transaction_id, l.fraud
-        FROM labels l JOIN dirty d ON d.transaction_id = l.transaction_id
-        WHERE l.received_at < %(until)s
-        ORDER BY l.transaction_id, l.labelled_at DESC, l.label_id DESC
+        SELECT d.transaction_id, a.fraud
+        FROM dirty d
+        CROSS JOIN LATERAL (
+            SELECT l.fraud FROM labels l
+            WHERE l.transaction_id = d.transaction_id AND l.received_at < %(until)s
+            ORDER BY l.labelled_at DESC, l.label_id DESC LIMIT 1
+        ) a
     )
     SELECT -1 AS sign, b.fraud AS labelled_fraud, t.ts, t.amount, t.fraud AS flagged, t.reasons
     FROM before b JOIN transactions t ON t.transaction_id = b.transaction_id WHERE t.stored_at < %(since)s
