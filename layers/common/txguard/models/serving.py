@@ -163,7 +163,12 @@ class ModelDetector:
             ]
         champion = self.champion
         names = champion.features
-        probabilities = champion.model.score_matrix([feature_row(f, names) for f, _, _ in items])
+        matrix = [feature_row(f, names) for f, _, _ in items]
+        probabilities = champion.model.score_matrix(matrix)
+        # The decisions the champion flags are explained together: one TreeSHAP call for the chunk.
+        flagged = [i for i, p in enumerate(probabilities) if p >= champion.threshold]
+        contributions = champion.model.contributions_matrix([matrix[i] for i in flagged])
+        explained = dict(zip(flagged, contributions.tolist(), strict=True))
         decisions = []
         for i, (features, merchant_id, currency) in enumerate(items):
             p = float(probabilities[i])
@@ -173,7 +178,7 @@ class ModelDetector:
             fraud = by_rules.fraud or by_model
             reasons = by_rules.reasons
             if by_model:
-                reasons = (*reasons, self._model_reason(champion, p, features, merchant_id, currency))
+                reasons = (*reasons, self._model_reason(champion, p, explained[i], features, merchant_id, currency))
             decisions.append(
                 Decision(
                     fraud,
@@ -210,12 +215,19 @@ class ModelDetector:
         )
 
     def _model_reason(
-        self, champion: ServedModel, p: float, features: Features, merchant_id: str | None, currency: str
+        self,
+        champion: ServedModel,
+        p: float,
+        contributions: Sequence[float],
+        features: Features,
+        merchant_id: str | None,
+        currency: str,
     ) -> Reason:
         """The champion's reason on a decision it flags: its score against its threshold and the features that
-        moved the score most (TreeSHAP contributions, in log-odds), with their values in words."""
-        contributions = champion.model.contributions(feature_row(features, champion.features))
-        known = [(name, value) for name, value in contributions if name in FEATURES and value != 0]
+        moved the score most (`contributions`: its row of TreeModel.contributions_matrix, TreeSHAP in log-odds,
+        in the model's feature order), with their values in words."""
+        named = zip(champion.features, contributions, strict=False)  # the trailing bias has no feature
+        known = [(name, value) for name, value in named if name in FEATURES and value != 0]
         known.sort(key=lambda item: (-abs(item[1]), item[0]))
         parts = [
             f"{describe_value(name, features, merchant_id, currency)} "
