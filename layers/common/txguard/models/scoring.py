@@ -278,9 +278,9 @@ class _LeafGroup:
         self.value = np.array([path[4] for path in paths], dtype=np.float64)
         self.rows = np.arange(count)
         # Gauss–Legendre nodes and weights on [0, 1]: exact for the degree width − 1 integrands of _Explainer.
-        nodes, weights = np.polynomial.legendre.leggauss(-(-width // 2))
-        self.nodes_t = (nodes + 1.0) / 2.0
-        self.weights_t = weights / 2.0
+        points, point_weights = np.polynomial.legendre.leggauss(-(-width // 2))
+        self.nodes_t = (points + 1.0) / 2.0
+        self.weights_t = point_weights / 2.0
         # z_i (1 − t) per quadrature node: nodes × leaves × slots.
         self.zero_part = (1.0 - self.nodes_t)[:, None, None] * self.zero
 
@@ -377,7 +377,7 @@ class _Explainer:
         # Summed per (row, feature) in one bincount: row r's features are bins r·F .. r·F + F - 1.
         bins = (np.arange(n)[:, None] * self.num_features + group.feature.reshape(1, -1)).ravel()
         values = np.bincount(bins, weights=contribution.ravel(), minlength=n * self.num_features)
-        return values.reshape(n, self.num_features)
+        return values.reshape(n, self.num_features).astype(np.float64, copy=False)
 
 
 def _leaf_paths(tree: Tree) -> list[_LeafPath]:
