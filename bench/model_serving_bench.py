@@ -142,7 +142,9 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
             store = DirectoryStore(Path(directory))
             # History for the accounts and merchants, and the stored features the threshold is calibrated on.
             handler_rate(database, rows(count, 1, 1000, seed=1, start=T0 - 30 * DAY_MS), batch_size, merchants=500)
-            artifact, version = b"", 0
+            artifact = calibrated_artifact(database, dump)
+            sha = store.put(artifact)
+            version = _registry(database, lambda cur: _register(cur, models, sha)).version
             rules_only, with_model = [], []
             for n in range(ROUNDS):
                 # Each round sends new ids for the same 1,000 accounts, a month after the previous round's, at 500
@@ -152,14 +154,9 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
                     count, 10_000_000 * (2 * n + 2), 1000, seed=2 * n + 3, start=T0 + 60 * DAY_MS * n + 30 * DAY_MS
                 )
                 rules_only.append(handler_rate(database, first, batch_size, merchants=500))
-                if not n:
-                    # The threshold flags FLAGGED_SHARE of traffic like the measured one: the first round's.
-                    artifact = calibrated_artifact(database, dump)
-                    sha = store.put(artifact)
-                    version = _registry(database, lambda cur, sha=sha: _register(cur, models, sha)).version
-                _registry(database, lambda cur, version=version: models.promote(cur, version, store))
+                _registry(database, lambda cur: models.promote(cur, version, store))
                 with_model.append(handler_rate(database, second, batch_size, merchants=500))
-                _registry(database, lambda cur, version=version: models.retire(cur, version))
+                _registry(database, lambda cur: models.retire(cur, version))
         finally:
             if previous is None:
                 os.environ.pop("TXGUARD_MODEL_DIR", None)
