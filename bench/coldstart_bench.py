@@ -5,11 +5,11 @@ events/), against a fresh process that imports every dependency eagerly and does
 With a champion: the ingest function's cold start when it also loads a model of 31-leaf trees over every feature
 txguard computes (37; bench/model_bench.py) from its artifact bytes, compiles it and scores the first transaction,
 against the same function's cold start today (without a model), in the same run (the median of the rounds' ratios,
-each pairing runs made moments apart): at most 1.2× with a champion of the Handbook champion's size (150 trees; it
-is about 100–150), a 500-tree one reported beside it. The artifact is read from a local file (what S3 would return); fetching it is not
-measured. The first request is not flagged, as most are not: a flagged one also compiles the TreeSHAP explainer
-(lazily, on the first explanation), reported apart as `first_explanation_ms`, measured in the same child after
-the first request.
+each pairing runs made moments apart): at most 1.2× with a champion of the Handbook champion's size (150 trees; it is
+about 100–150), a 500-tree one reported beside it. The artifact is read from a local file (what S3 would return);
+fetching it is not measured. The first request is not flagged, as most are not: a flagged one also compiles the
+TreeSHAP explainer (lazily, on the first explanation), reported apart as `first_explanation_ms`, measured in the same
+child after the first request.
 
 Both are timed inside the child, from before the first import, so the interpreter's own start (reported apart,
 as `python -c pass`) is in neither. Compiled .pyc files are warm, as in a deployed layer: one unmeasured round
