@@ -2,11 +2,14 @@
 function's code on the path), importing the handler and serving its first request (the sample event from
 events/), against a fresh process that imports every dependency eagerly and does nothing else.
 
-With a champion: the ingest function's cold start when it also loads a model of 31-leaf trees over 30 features
-(bench/model_bench.py; 200 and 500 trees, the range a Handbook champion needs) from its artifact bytes, compiles
-it and scores the first transaction, against the same function's cold start today (without a model), in the
-same run: at most 1.2×.
-The artifact is read from a local file (what S3 would return); fetching it is not measured.
+With a champion: the ingest function's cold start when it also loads a model of 31-leaf trees over every feature
+txguard computes (37; bench/model_bench.py) from its artifact bytes, compiles it and scores the first transaction,
+against the same function's cold start today (without a model), in the same run (the median of the rounds' ratios,
+each pairing runs made moments apart): at most 1.2× with a champion of the Handbook champion's size (150 trees; it is
+about 100–150), a 500-tree one reported beside it. The artifact is read from a local file (what S3 would return);
+fetching it is not measured. The first request is not flagged, as most are not: a flagged one also compiles the
+TreeSHAP explainer (lazily, on the first explanation), reported apart as `first_explanation_ms`, measured in the same
+child after the first request.
 
 Both are timed inside the child, from before the first import, so the interpreter's own start (reported apart,
 as `python -c pass`) is in neither. Compiled .pyc files are warm, as in a deployed layer: one unmeasured round
@@ -87,11 +90,14 @@ from txguard.models.scoring import TreeModel
 with open({artifact!r}, "rb") as file:
     model = TreeModel.from_artifact(decode_artifact(file.read()))
 model.score_matrix([[1.0] * len(model.features)])
-served = time.perf_counter()""",
-)
+served = time.perf_counter()
+model.contributions_matrix([[1.0] * len(model.features)])
+explained_ms = (time.perf_counter() - served) * 1000""",
+).replace('"status":', '"first_explanation_ms": explained_ms, "status":')
 assert WITH_CHAMPION != HANDLER
 WITH_CHAMPION_OF = "IngestFunction"
-CHAMPION_TREES = (200, 500)
+CHAMPION_TREES = (150, 500)  # the first one is the target's
+CHAMPION_FEATURES = 37
 
 EAGER = (
     """
@@ -185,7 +191,7 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
         module, attribute = function.handler.rsplit(".", 1)
         event = str(ROOT / "events" / FUNCTIONS[WITH_CHAMPION_OF])
         for trees, artifact in artifacts.items():
-            artifact.write_bytes(model_bench.handbook_sized_artifact(trees))
+            artifact.write_bytes(model_bench.handbook_sized_artifact(trees, num_features=CHAMPION_FEATURES))
             script = WITH_CHAMPION.format(
                 name=WITH_CHAMPION_OF,
                 event=event,
@@ -196,7 +202,7 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
             )
             scripts[f"champion-{trees}"] = (script, environment(function))
 
-    runs = max(3, round(5 * scale))
+    runs = max(3, round(7 * scale))
     samples: dict[str, list[dict[str, Any]]] = {kind: [] for kind in scripts}
     interpreter: list[float] = []
     for round_number in range(runs + 1):  # round 0 compiles the .pyc files and stores the sample transaction
@@ -246,23 +252,35 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
         today = median([s["import_ms"] + s["first_request_ms"] for s in without])
         loaded = samples[kind]
         measured_ms = median([s["import_ms"] + s["first_request_ms"] for s in loaded])
+        # Each round's champion run against the same round's run without a model, moments apart.
+        paired = [
+            (a["import_ms"] + a["first_request_ms"]) / (b["import_ms"] + b["first_request_ms"])
+            for a, b in zip(loaded, without, strict=True)
+        ]
+        ratio = statistics.median(paired)
         results.append(
             {
-                "name": f"cold start of {WITH_CHAMPION_OF} loading a {trees}-tree champion and scoring with it vs "
-                "without a model",
+                "name": f"cold start of {WITH_CHAMPION_OF} loading a {trees}-tree champion ({CHAMPION_FEATURES} "
+                "features) and scoring with it vs without a model",
                 "function": WITH_CHAMPION_OF,
                 "artifact_bytes": artifact.stat().st_size,
                 "runs": runs,
                 "baseline_p50_ms": today,
                 "measured_p50_ms": measured_ms,
-                "ratio": round(measured_ms / today, 3),
+                "ratio": round(ratio, 3),
+                "ratio_by_round": [round(r, 3) for r in paired],
+                "ratio_of_medians": round(measured_ms / today, 3),
                 "model_load_and_first_score_p50_ms": round(
                     median([s["first_request_ms"] for s in loaded]) - median([s["first_request_ms"] for s in without]),
                     1,
                 ),
+                "first_explanation_ms": median([s["first_explanation_ms"] for s in loaded]),
                 "import_self_ms_by_package": import_cost_by_package(*scripts[kind]),
-                "target": "<= 1.2",
-                "met": measured_ms <= 1.2 * today,
+                **(
+                    {"target": "<= 1.2", "met": ratio <= 1.2}
+                    if trees == CHAMPION_TREES[0]
+                    else {"note": "larger than the Handbook champion: for reference"}
+                ),
             }
         )
     champion_dir.cleanup()

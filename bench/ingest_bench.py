@@ -143,6 +143,15 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     return {name: round(min(timed(work) for _ in range(3)) * 1e6 / len(data), 2) for name, work in stages.items()}
 
 
+def rules_without_recorded_features() -> dict[str, Any]:
+    """The default rule set without `features.record`: decisions store only the features its rules read."""
+    from txguard.storage.rule_sets import default_rule_set
+
+    document = default_rule_set().document()
+    document["features"] = {k: v for k, v in document.get("features", {}).items() if k != "record"}
+    return document
+
+
 def apply_empty_rule_set(database: BenchDatabase) -> None:
     database.apply_rules({"rules": []}, "bench: the write path without detection")
 
@@ -193,6 +202,15 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
     with_rules["target"] = ">= 0.25"
     with_rules["met"] = with_rules["ratio"] >= 0.25
     with_rules["python_us_per_row_by_stage"] = python_stage_costs(rows(5000, 5_000_000, 1000, seed=3))
+    # The same rules recording only what they read: what storing the model's features (the default rule set's
+    # `features.record`, 29 of them) costs.
+    database.apply_rules(rules_without_recorded_features(), "bench: the default rules, recording no extra features")
+    without_recording = summary(
+        "reference: the same ingest with the default rules recording no extra features vs raw idempotent COPY",
+        count,
+        batch_size,
+        *paired_rounds(database, count, batch_size, first_round=3 * ROUNDS),
+    )
     # The same again with no rules at all: what validation, idempotency, account locks, running totals,
     # COPY into the indexed table and the response cost without any detection.
     apply_empty_rule_set(database)
@@ -211,4 +229,4 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
         batch_size,
         *paired_rounds(database, count, batch_size, first_round=2 * ROUNDS, merchants=500),
     )
-    return [with_rules, without_rules, with_history]
+    return [with_rules, without_recording, without_rules, with_history]

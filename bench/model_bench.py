@@ -28,14 +28,17 @@ NUM_FEATURES = 30
 ROUNDS = 5
 
 
-def handbook_sized_artifact(trees: int = TREES, rows: int = 6000, seed: int = 0) -> bytes:
-    """Artifact bytes of a LightGBM model of `trees` trees of up to 31 leaves over the first 30 features."""
+def handbook_sized_artifact(
+    trees: int = TREES, rows: int = 6000, seed: int = 0, num_features: int = NUM_FEATURES
+) -> bytes:
+    """Artifact bytes of a LightGBM model of `trees` trees of up to 31 leaves over the first `num_features`
+    features."""
     import lightgbm as lgb
     import numpy as np
 
-    names = list(FEATURES)[:NUM_FEATURES]
+    names = list(FEATURES)[:num_features]
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, NUM_FEATURES))
+    x = rng.normal(size=(rows, num_features))
     x[:, 1] = rng.integers(0, 6, rows)
     x[rng.random(x.shape) < 0.1] = np.nan
     signal = (np.nan_to_num(x[:, :10]) * rng.normal(size=10)).sum(axis=1)

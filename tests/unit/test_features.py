@@ -1,5 +1,6 @@
 """Point-in-time features from running totals and a tail, checked against a brute-force definition."""
 
+import json
 from decimal import Decimal
 from random import Random
 
@@ -16,6 +17,7 @@ from txguard.features import (
     StoredBefore,
     Timeline,
     constant_totals,
+    features_json,
     to_units,
     window_reach_ms,
 )
@@ -204,3 +206,16 @@ def test_a_timeline_in_several_currencies_counts_every_entry_and_sums_each_curre
             in_currency = [u for u, c in window if c == currency]
             assert got == (len(window), len(in_currency), sum(in_currency))
     assert timeline.by_currency is not None and set(timeline.by_currency) == {"EUR", "JPY", "BHD"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0", "-0", "0.00", "12.50", "-3.25", "1E+2", "1.5E+7", "1E-7", "-2.5E-10", "0.000001", "123456789012345.678901",
+     "2.333333333333333333333333333", "7E+30"],
+)  # fmt: skip
+def test_stored_features_write_exact_numbers_in_plain_notation(value: str) -> None:
+    number = Decimal(value)
+    written = features_json({"amount": number, "count": 3, "mean_amount": None}, ["amount", "count", "mean_amount"])
+    assert written == '{"amount":' + format(number, "f") + ',"count":3,"mean_amount":null}'
+    assert "E" not in written.split(",")[0]
+    assert Decimal(json.loads(written, parse_float=Decimal)["amount"]) == number

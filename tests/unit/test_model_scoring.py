@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txguard.features import FEATURES
+from txguard.models import scoring
 from txguard.models.artifact import decode_artifact, encode_artifact
 from txguard.models.scoring import BIAS, TreeModel
 
@@ -120,6 +121,32 @@ def test_contributions_equal_lightgbm_pred_contrib(trained: tuple[lgb.Booster, T
         assert abs(values.sum() - row_raw) <= TOLERANCE
 
 
+def test_a_batch_of_contributions_equals_lightgbm_and_the_rows_one_at_a_time(
+    trained: tuple[lgb.Booster, TreeModel],
+) -> None:
+    booster, model = trained
+    x = inputs(np.random.default_rng(14), 90)
+    got = model.contributions_matrix(x)
+    assert got.shape == (len(x), len(NAMES) + 1)
+    assert np.max(np.abs(got - booster.predict(x, pred_contrib=True))) <= TOLERANCE
+    one_at_a_time = np.array([[value for _, value in model.contributions(list(row))] for row in x[::9]])
+    assert np.max(np.abs(got[::9] - one_at_a_time)) <= 1e-15
+    assert model.contributions_matrix([]).shape == (0, len(NAMES) + 1)
+
+
+def test_a_batch_explained_in_several_steps_equals_it_explained_at_once(
+    trained: tuple[lgb.Booster, TreeModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    booster, model = trained
+    x = inputs(np.random.default_rng(15), 25)
+    at_once = model.contributions_matrix(x)
+    # A step too small for even one row's polynomials: each row is explained alone.
+    monkeypatch.setattr(scoring, "EXPLAIN_CELLS", 1)
+    stepped = model.contributions_matrix(x)
+    assert np.max(np.abs(stepped - at_once)) <= 1e-15
+    assert np.max(np.abs(stepped - booster.predict(x, pred_contrib=True))) <= TOLERANCE
+
+
 def test_python_values_none_and_decimals_read_as_lightgbm_reads_floats(
     trained: tuple[lgb.Booster, TreeModel],
 ) -> None:
@@ -206,3 +233,5 @@ def test_any_values_score_and_explain_as_lightgbm(property_model: tuple[lgb.Boos
     assert np.max(np.abs(np.array(model.score_matrix(rows)) - booster.predict(as_floats))) <= TOLERANCE
     first = np.array([v for _, v in model.contributions(rows[0])])
     assert np.max(np.abs(first - booster.predict(as_floats[:1], pred_contrib=True)[0])) <= TOLERANCE
+    batch = model.contributions_matrix(rows)
+    assert np.max(np.abs(batch - booster.predict(as_floats, pred_contrib=True))) <= TOLERANCE

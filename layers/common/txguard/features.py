@@ -772,6 +772,11 @@ def features_json(features: Mapping[str, Decimal | int | bool | None], names: Se
             parts.append(f'"{name}":null')
         elif isinstance(value, int):
             parts.append(f'"{name}":{int(value)}')
+        elif type(value) is Decimal:
+            # str() is plain notation unless it writes an exponent, and about 2.5× faster than format "f" (every
+            # stored decision writes ~30 of these).
+            text = str(value)
+            parts.append(f'"{name}":{format(value, "f") if "E" in text else text}')
         else:
             parts.append(f'"{name}":{value:f}')
     return "{" + ",".join(parts) + "}"

@@ -28,13 +28,13 @@ Python code (one nested `if` per node, without even the missing-value tests, and
 **Contributions** are SHAP values by the path-dependent TreeSHAP algorithm (Lundberg, Erion, Lee, "Consistent
 Individualized Feature Attribution for Tree Ensembles", 2018, Algorithm 2), equal to LightGBM's `pred_contrib`
 (src/io/tree.cpp, Tree::TreeSHAP, node counts as covers): in log-odds, one per feature, plus the bias (the trees'
-expected output); they sum to the raw score. The algorithm's per-leaf polynomials are computed for all leaves of
-all trees at once with NumPy (`_Explainer`), compiled on the first explanation.
+expected output); they sum to the raw score. The algorithm's per-leaf sums are computed for many rows and all
+leaves of all trees at once with NumPy, by Gauss–Legendre quadrature (`_Explainer`), compiled on the first
+explanation; `contributions_matrix` explains a whole chunk's flagged decisions in one call.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +50,9 @@ WORD_BITS = 32
 # Rows scored per step of score_matrix: keeps the temporary (features × rows × trees) table near 4 MB for a
 # 500-tree model; 16 to 256 rows cost the same per row on this host.
 CHUNK_ROWS = 64
+# Floats per temporary array of TreeSHAP (rows × leaves × path features) per step of contributions_matrix: 2 MB,
+# small enough to stay in cache (larger steps measured slower on a 500-tree model).
+EXPLAIN_CELLS = 250_000
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -215,12 +218,21 @@ class TreeModel:
         (BIAS, the expected raw score): SHAP values by path-dependent TreeSHAP, equal to LightGBM's
         `Booster.predict(pred_contrib=True)` (within 1e-9). They sum to the row's raw score. Raises ValueError
         as `raw_matrix` does."""
-        x = self._matrix([values])[0]
+        phi = self.contributions_matrix([values])[0]
+        return [*zip(self.features, phi[:-1], strict=True), (BIAS, phi[-1])]
+
+    def contributions_matrix(self, rows: Sequence[Sequence[Any]] | FloatArray) -> FloatArray:
+        """Contributions of many rows at once: an array of shape (rows, len(features) + 1), each row its
+        features' contributions in `features` order and then the bias, as `contributions` gives them (and as
+        `Booster.predict(pred_contrib=True)` does, within 1e-9). One call explains a whole chunk's flagged
+        decisions for about the cost of a few single ones. `rows` and errors as in `raw_matrix`."""
+        x = self._matrix(rows)
+        if not len(x):
+            return np.zeros((0, len(self.features) + 1), dtype=np.float64)
         explainer = self._explainer
         if explainer is None:
             explainer = self._explainer = _Explainer(self._trees, len(self.features))
-        phi = explainer.shap_values(x)
-        return [*zip(self.features, phi[:-1], strict=True), (BIAS, phi[-1])]
+        return explainer.shap_matrix(x)
 
 
 # ---------------------------------------------------------------------------------------- tree structure --
@@ -230,13 +242,13 @@ _DEBRUIJN_HASH = [(((1 << bit) * _DEBRUIJN) & 0xFFFFFFFF) >> 27 for bit in range
 
 
 # ------------------------------------------------------------------------------------------------ TreeSHAP --
-_PADDING_WIDTH = 4  # leaves are grouped by their number of distinct path features, rounded up to a multiple
 # A leaf's path: its nodes, their directions (True: left), distinct features, their zero fractions; its value.
 _LeafPath = tuple[list[int], list[bool], list[int], list[float], float]
 
 
 class _LeafGroup:
-    """The leaves (of every tree) whose paths have at most `width` distinct features, as padded arrays.
+    """The leaves (of every tree) whose paths have `width` distinct features, as arrays (paths padded to the
+    longest).
 
     Per leaf: its path's internal nodes (global ids; padding: the always-matching node), the direction each
     takes (True: left), the slot of each node's feature among the path's distinct features; per slot the
@@ -265,21 +277,28 @@ class _LeafGroup:
         self.zero = np.array(zero_rows, dtype=np.float64)
         self.value = np.array([path[4] for path in paths], dtype=np.float64)
         self.rows = np.arange(count)
-        # w(k) = k! (width - k - 1)! / width!: the Shapley weight of a coalition of k of the other width - 1.
-        self.weights = np.array(
-            [math.factorial(k) * math.factorial(width - k - 1) / math.factorial(width) for k in range(width)]
-        )
+        # Gauss–Legendre nodes and weights on [0, 1]: exact for the degree width − 1 integrands of _Explainer.
+        points, point_weights = np.polynomial.legendre.leggauss(-(-width // 2))
+        self.nodes_t = (points + 1.0) / 2.0
+        self.weights_t = point_weights / 2.0
+        # z_i (1 − t) per quadrature node: nodes × leaves × slots.
+        self.zero_part = (1.0 - self.nodes_t)[:, None, None] * self.zero
 
 
 class _Explainer:
-    """Path-dependent TreeSHAP for one row, vectorised over the leaves of all trees.
+    """Path-dependent TreeSHAP for many rows, vectorised over the rows and the leaves of all trees.
 
     Lundberg et al.'s Algorithm 2 walks each tree keeping, for the path to each leaf, the polynomial
-    Π_i (z_i + o_i·y) over the path's distinct features i (z_i: the share of training rows that followed the
+    Π_i (z_i + o_i·y) over the path's D distinct features i (z_i: the share of training rows that followed the
     path through i's splits, o_i: 1 when the row follows it, else 0); a feature j's SHAP value from that leaf is
-    value × (o_j − z_j) × Σ_k w(k)·[y^k] Π_{i≠j} (z_i + o_i·y). Here the same polynomials are built for all
-    leaves at once: the products by one multiplication per distinct feature, the quotients by all j at once by
-    synthetic division (by z_j + y when o_j = 1, by z_j when o_j = 0), as LightGBM's UnwoundPathSum does."""
+    value × (o_j − z_j) × Σ_k w(k)·[y^k] Π_{i≠j} (z_i + o_i·y), with the Shapley weights
+    w(k) = k!(D−k−1)!/D!. Since w(k) is the Beta integral ∫₀¹ t^k (1−t)^(D−1−k) dt, that sum is
+    ∫₀¹ Π_{i≠j} (z_i (1−t) + o_i t) dt: the integral of a polynomial of degree D − 1, which Gauss–Legendre
+    quadrature with ⌈D/2⌉ nodes computes exactly (the identity Linear TreeShap, Yu et al. 2022, builds on).
+    At each node t the product over all i is formed once and divided by each factor (every factor is > 0 as
+    z_i > 0 and 0 < t < 1), so a leaf costs O(D²/2) multiplications for all j at once, with no loop per
+    coefficient: about 5× faster than building and dividing the polynomials (as LightGBM's UnwoundPathSum
+    does) with NumPy. Leaves are grouped by D so that every group is one set of rectangular arrays."""
 
     def __init__(self, trees: tuple[Tree, ...], num_features: int) -> None:
         self.num_features = num_features
@@ -299,7 +318,8 @@ class _Explainer:
             missing.extend(tree.missing_type)
             default_left.extend(tree.default_left)
             for nodes, left, features, zeros, value in _leaf_paths(tree):
-                width = -(-max(1, len(features)) // _PADDING_WIDTH) * _PADDING_WIDTH
+                # Grouped by their exact number of distinct path features: no padding slot costs work.
+                width = max(1, len(features))
                 by_width.setdefault(width, []).append(([base + n for n in nodes], left, features, zeros, value))
         self.bias = bias
         self.node_feature = np.array(node_feature, dtype=np.intp)
@@ -308,18 +328,25 @@ class _Explainer:
         self.default_left = np.array(default_left, dtype=bool)
         self.groups = [_LeafGroup(width, paths, node_feature) for width, paths in sorted(by_width.items())]
 
-    def shap_values(self, x: FloatArray) -> list[float]:
-        """x: one row (tiny magnitudes already zero) -> SHAP values per feature, then the bias."""
-        phi = np.zeros(self.num_features, dtype=np.float64)
-        if len(self.node_feature):
-            goes_left = np.append(self._decisions(x), True)
-            for group in self.groups:
-                phi += self._group_values(group, goes_left)
-        return [*phi.tolist(), self.bias]
+    def shap_matrix(self, x: FloatArray) -> FloatArray:
+        """x: rows × features (tiny magnitudes already zero) -> rows × (SHAP values per feature, then the bias).
+        Rows are explained EXPLAIN_CELLS cells at a time: the polynomials take rows × leaves × width floats."""
+        n = len(x)
+        phi = np.zeros((n, self.num_features + 1), dtype=np.float64)
+        phi[:, -1] = self.bias
+        if not n or not len(self.node_feature):
+            return phi
+        goes_left = np.ones((n, len(self.node_feature) + 1), dtype=bool)
+        goes_left[:, :-1] = self._decisions(x)
+        for group in self.groups:
+            step = max(1, EXPLAIN_CELLS // (len(group.rows) * group.width))
+            for start in range(0, n, step):
+                phi[start : start + step, :-1] += self._group_values(group, goes_left[start : start + step])
+        return phi
 
     def _decisions(self, x: FloatArray) -> npt.NDArray[np.bool_]:
-        # NumericalDecision for every node at once.
-        value = x[self.node_feature]
+        # NumericalDecision for every row and node at once: rows × nodes.
+        value = x[:, self.node_feature]
         nan = np.isnan(value)
         value = np.where(nan & (self.missing != MISSING_NAN), 0.0, value)
         by_default = ((self.missing == MISSING_ZERO) & (value == 0.0)) | ((self.missing == MISSING_NAN) & nan)
@@ -329,31 +356,28 @@ class _Explainer:
         return result
 
     def _group_values(self, group: _LeafGroup, goes_left: npt.NDArray[np.bool_]) -> FloatArray:
-        width = group.width
-        follows = goes_left[group.nodes] == group.left
-        one = np.ones((len(group.rows), width), dtype=bool)
+        """goes_left: rows × (nodes + 1) -> rows × features, the group's leaves' SHAP values summed."""
+        n, width, leaves = len(goes_left), group.width, len(group.rows)
+        follows = goes_left[:, group.nodes] == group.left  # rows × leaves × path length
+        # o_i: the row follows the path through every node on feature i.
+        one = np.ones((n, leaves, width), dtype=bool)
         for k in range(group.nodes.shape[1]):
-            one[group.rows, group.slot[:, k]] &= follows[:, k]
+            one[:, group.rows, group.slot[:, k]] &= follows[:, :, k]
         o = one.astype(np.float64)
         z = group.zero
-        # Coefficients of Π_i (z_i + o_i·y), lowest degree first.
-        poly = np.zeros((len(group.rows), width + 1), dtype=np.float64)
-        poly[:, 0] = 1.0
-        for i in range(width):
-            poly[:, 1 : i + 2] = poly[:, 1 : i + 2] * z[:, i, None] + poly[:, : i + 1] * o[:, i, None]
-            poly[:, 0] *= z[:, i]
-        weights = group.weights
-        # o_j = 1: divide by (z_j + y) from the top, summing the weighted quotient coefficients on the way.
-        quotient = np.repeat(poly[:, width, None], width, axis=1)
-        when_one = weights[width - 1] * quotient
-        for k in range(width - 1, 0, -1):
-            quotient = poly[:, k, None] - z * quotient
-            when_one += weights[k - 1] * quotient
-        # o_j = 0: divide by z_j.
-        when_zero = (poly[:, :width] @ weights)[:, None] / z
-        contribution = group.value[:, None] * (o - z) * np.where(one, when_one, when_zero)
-        values = np.bincount(group.feature.ravel(), weights=contribution.ravel(), minlength=self.num_features)
-        return values.astype(np.float64)
+        # f_i(t) = z_i (1 − t) + o_i t at the quadrature nodes: rows × leaves × slots × nodes; > 0 since z_i > 0
+        # and 0 < t < 1, so dividing the product by one factor is safe.
+        # ∫ Π_{i≠j} f_i(t) dt for every j (= Σ_k w(k)·[y^k] Π_{i≠j} (z_i + o_i·y)), a node at a time.
+        weighted = np.zeros((n, leaves, width), dtype=np.float64)
+        for t, weight, zero_part in zip(group.nodes_t, group.weights_t, group.zero_part, strict=True):
+            factors = zero_part + o * t  # rows × leaves × slots
+            product = factors.prod(axis=2)
+            weighted += (weight * product)[:, :, None] / factors
+        contribution = group.value[:, None] * (o - z) * weighted
+        # Summed per (row, feature) in one bincount: row r's features are bins r·F .. r·F + F - 1.
+        bins = (np.arange(n)[:, None] * self.num_features + group.feature.reshape(1, -1)).ravel()
+        values = np.bincount(bins, weights=contribution.ravel(), minlength=n * self.num_features)
+        return values.reshape(n, self.num_features).astype(np.float64, copy=False)
 
 
 def _leaf_paths(tree: Tree) -> list[_LeafPath]:

@@ -12,8 +12,9 @@ How the model and the rules combine (every path that decides: ingest, recompute,
 
 The champion and the shadows score a chunk of transactions at once (`TreeModel.score_matrix`); explanations
 (TreeSHAP contributions in words, a `model:<version>` reason) are built only for the decisions the champion flags
-(p ≥ its threshold): a decision the rules alone flag is explained by its rules, and TreeSHAP costs far more than
-scoring (11–23 ms a decision against 15–20 µs a row for 300 trees; `make bench ARGS='--only serving'`).
+(p ≥ its threshold), all those of a chunk in one call (`TreeModel.contributions_matrix`): a decision the rules
+alone flag is explained by its rules, and TreeSHAP costs far more than scoring (1–5 ms a decision for 150–300
+trees against 10–20 µs a row; `make bench ARGS='--only serving'`, `--only model`).
 A model that cannot be loaded (missing, corrupt or mismatched artifact) is never used: the champion's decisions
 then fall back to the rules, each recording why in `model_fallback` (`load_models`).
 """
@@ -163,7 +164,12 @@ class ModelDetector:
             ]
         champion = self.champion
         names = champion.features
-        probabilities = champion.model.score_matrix([feature_row(f, names) for f, _, _ in items])
+        matrix = [feature_row(f, names) for f, _, _ in items]
+        probabilities = champion.model.score_matrix(matrix)
+        # The decisions the champion flags are explained together: one TreeSHAP call for the chunk.
+        flagged = [i for i, p in enumerate(probabilities) if p >= champion.threshold]
+        contributions = champion.model.contributions_matrix([matrix[i] for i in flagged])
+        explained = dict(zip(flagged, contributions.tolist(), strict=True))
         decisions = []
         for i, (features, merchant_id, currency) in enumerate(items):
             p = float(probabilities[i])
@@ -173,7 +179,7 @@ class ModelDetector:
             fraud = by_rules.fraud or by_model
             reasons = by_rules.reasons
             if by_model:
-                reasons = (*reasons, self._model_reason(champion, p, features, merchant_id, currency))
+                reasons = (*reasons, self._model_reason(champion, p, explained[i], features, merchant_id, currency))
             decisions.append(
                 Decision(
                     fraud,
@@ -210,12 +216,19 @@ class ModelDetector:
         )
 
     def _model_reason(
-        self, champion: ServedModel, p: float, features: Features, merchant_id: str | None, currency: str
+        self,
+        champion: ServedModel,
+        p: float,
+        contributions: Sequence[float],
+        features: Features,
+        merchant_id: str | None,
+        currency: str,
     ) -> Reason:
         """The champion's reason on a decision it flags: its score against its threshold and the features that
-        moved the score most (TreeSHAP contributions, in log-odds), with their values in words."""
-        contributions = champion.model.contributions(feature_row(features, champion.features))
-        known = [(name, value) for name, value in contributions if name in FEATURES and value != 0]
+        moved the score most (`contributions`: its row of TreeModel.contributions_matrix, TreeSHAP in log-odds,
+        in the model's feature order), with their values in words."""
+        named = zip(champion.features, contributions, strict=False)  # the trailing bias has no feature
+        known = [(name, value) for name, value in named if name in FEATURES and value != 0]
         known.sort(key=lambda item: (-abs(item[1]), item[0]))
         parts = [
             f"{describe_value(name, features, merchant_id, currency)} "
