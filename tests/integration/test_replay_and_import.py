@@ -88,6 +88,25 @@ def test_replay_with_frauds_only_and_a_window_sends_only_those(
     assert database.query("SELECT count(*), bool_and(fraud) FROM labels") == [(len(frauds), True)]
 
 
+def test_replay_takes_a_date_for_its_window_as_evaluate_and_train_do(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:  # argparse's usage error
+        txguard(capsys, "replay", "--preset", "handbook", "--until", "2018-13-01", "--no-progress", str(SAMPLE))
+    assert refused.value.code == 2
+    assert "argument --until: '2018-13-01': month must be in 1..12" in capsys.readouterr().err
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]
+    status, _, err = txguard(
+        capsys, "replay", "--preset", "handbook", "--from", "2018-04-08", "--no-progress", str(SAMPLE)
+    )
+    assert status == 0, err
+    later = [r for r in sample_rows() if r[1] >= "2018-04-08"]
+    assert 0 < len(later) < len(sample_rows())
+    assert database.query("SELECT count(*), min(ts) >= '2018-04-08T00:00:00Z' FROM transactions") == [
+        (len(later), True)
+    ]
+
+
 def test_replay_with_a_column_map_reads_json_lines(
     database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

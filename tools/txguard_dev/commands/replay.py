@@ -50,7 +50,13 @@ from typing import Any
 
 from txguard import literals
 from txguard.domain import FraudLabel, Transaction
-from txguard_dev.commands.common import EXIT_USAGE, CommandError, integer_argument, use_local_model_store
+from txguard_dev.commands.common import (
+    EXIT_USAGE,
+    CommandError,
+    integer_argument,
+    period_argument,
+    use_local_model_store,
+)
 from txguard_dev.commands.labels import is_csv_name, rows
 
 DAY_MS = 86_400_000
@@ -127,8 +133,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frauds-only", action="store_true", help="send only fraud labels, not genuine ones")
     parser.add_argument("--source", default=None, help="the labels' source (default chargeback)")
     parser.add_argument("--batch-size", type=integer_argument(1, 50_000), default=5000, help="default 5000")
-    parser.add_argument("--from", dest="from_", default=None, help="only transactions at or after this time")
-    parser.add_argument("--until", default=None, help="only transactions before this time")
+    parser.add_argument(
+        "--from",
+        dest="from_",
+        type=period_argument,
+        default=None,
+        help="only transactions at or after this time (a UTC date, its midnight, or a timestamp)",
+    )
+    parser.add_argument(
+        "--until",
+        type=period_argument,
+        default=None,
+        help="only transactions before this time (a UTC date, its midnight, or a timestamp)",
+    )
     parser.add_argument("--post-url", default=None, help="POST /store_data's URL (labels go to /labels beside it)")
     parser.add_argument("--api-key", default=None, help="x-api-key for --post-url (default: $TXGUARD_API_KEY)")
     parser.add_argument(
@@ -375,17 +392,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from txguard.errors import TxguardError
-    from txguard.intake import parse_timestamp_ms
     from txguard_generator.delivery import database_configured
     from txguard_generator.sinks import DeliveryError
 
     mapping = cells(args)
     source = args.source or PRESET_SOURCES.get(args.preset or "", "chargeback")
-    try:
-        from_ms = None if args.from_ is None else parse_timestamp_ms(args.from_)
-        until_ms = None if args.until is None else parse_timestamp_ms(args.until)
-    except ValueError as exc:
-        raise CommandError(f"--from/--until: {exc}", exit_code=EXIT_USAGE) from None
+    from_ms, until_ms = args.from_, args.until
     if args.post_url is None and not database_configured():
         raise CommandError("set DATABASE_URL (or give --post-url)", exit_code=EXIT_USAGE)
     read_started = time.monotonic()
