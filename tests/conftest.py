@@ -25,6 +25,23 @@ from txguard.migrate import migrate, service_login_role
 from txguard_dev.local.postgres import Server, create_database, drop_database, find_or_start_server
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# What every decision in the API says (POST /store_data, GET /is_fraud): the rules' verdict and the detector
+# version and models behind it.
+DECISION_FIELDS = frozenset(
+    {
+        "fraud",
+        "score",
+        "reasons",
+        "rule_set_version",
+        "detector_version",
+        "model_version",
+        "model_score",
+        "model_threshold",
+        "model_fallback",
+        "shadow_scores",
+    }
+)
 EVENTS_DIR = ROOT / "events"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import DECISION_FIELDS, ROOT
 from tests.e2e.conftest import LocalService, Response
 
 pytestmark = pytest.mark.e2e
@@ -79,18 +79,7 @@ def test_a_batch_is_stored_with_one_result_per_item_in_request_order(local_servi
     assert [r["transaction_id"] for r in results] == [t["transaction_id"] for t in batch]
     assert [r["status"] for r in results] == ["stored"] * 3
     assert results[2]["transaction"]["amount"] == "20.00" and results[2]["transaction"]["currency"] == "EUR"
-    assert set(results[0]["decision"]) == {
-        "fraud",
-        "score",
-        "reasons",
-        "rule_set_version",
-        "detector_version",
-        "model_version",
-        "model_score",
-        "model_threshold",
-        "model_fallback",
-        "shadow_scores",
-    }
+    assert set(results[0]["decision"]) == DECISION_FIELDS
 
 
 def test_a_batch_with_a_zero_amount_card_verification_is_stored_whole_with_decisions(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import DECISION_FIELDS, ROOT, Database, load_event
 from txguard_dev.cli import main
 from txguard_dev.local.runner import FunctionRunner, Template
 
@@ -259,18 +259,7 @@ def test_a_zero_amount_card_verification_in_a_batch_is_stored_whole_with_a_decis
     results = response["json"]["results"]
     assert [r["status"] for r in results] == ["stored"] * 3
     assert results[1]["transaction"]["amount"] == "0.00"  # a signed zero is plain 0
-    assert set(results[1]["decision"]) == {
-        "fraud",
-        "score",
-        "reasons",
-        "rule_set_version",
-        "detector_version",
-        "model_version",
-        "model_score",
-        "model_threshold",
-        "model_fallback",
-        "shadow_scores",
-    }
+    assert set(results[1]["decision"]) == DECISION_FIELDS
     assert database.query("SELECT transaction_id, amount::text FROM transactions ORDER BY transaction_id") == [
         (1, "12.0000"),
         (2, "0.0000"),
