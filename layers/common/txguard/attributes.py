@@ -1,0 +1,184 @@
+"""A transaction's optional attributes and the values lists hold: what each one may be, checked once.
+
+Every path that reads one of these values (a transaction's body, a stream record, a list item from the API or a
+CSV file, a rule's constant) calls the function here, so a value that matches a list matches it however it came
+in: a country is upper-case ISO 3166-1 alpha-2, a merchant category four ISO 18245 digits ("0742"), an IP address
+in its canonical text (`ipaddress`), an identifier as sent.
+
+Each function returns the canonical text or raises ValueError whose message is the reason, in words, without the
+value (the caller names the field and echoes the value).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# ISO 3166-1 alpha-2: the 249 officially assigned codes (ISO 3166 Maintenance Agency; the list pycountry 26.2.16
+# carries). User-assigned and reserved codes (XK, EU, UK, ...) are not countries and are refused.
+COUNTRIES = frozenset(
+    """
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ
+    CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO
+    FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE
+    JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO
+    MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW
+    PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM
+    TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+    """.split()  # noqa: SIM905 - 249 codes read better as a block than as a list of quoted strings
+)
+
+# How the payment was made. `card_present` (chip, swipe), `contactless` (tap), `ecommerce` (online card not
+# present), `in_app` (a wallet or app), `moto` (mail or telephone order), `recurring` (a stored-credential
+# subscription charge), `atm` (cash withdrawal), `transfer` (account to account).
+CHANNELS = ("card_present", "contactless", "ecommerce", "in_app", "moto", "recurring", "atm", "transfer")
+
+# Card, device and merchant ids: opaque tokens (at most 64 letters, digits, '_', '.', ':' or '-').
+IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+# A card number must never be sent as a card id: 13-19 digits that pass the Luhn check are refused.
+_PAN_LIKE = re.compile(r"^[0-9]{13,19}$")
+
+MAX_METADATA_KEYS = 20
+METADATA_KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+MAX_METADATA_VALUE_LENGTH = 256
+MAX_METADATA_BYTES = 4096  # the keys and values together, UTF-8
+
+# What each kind of list holds, and the transaction field its values are matched against.
+LIST_KINDS: dict[str, str] = {
+    "account": "account_id",
+    "merchant": "merchant_id",
+    "card": "card_id",
+    "country": "country",
+    "ip": "ip_address",
+    "device": "device_id",
+    "merchant_category": "merchant_category",
+}
+
+
+def _luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        digit = int(char)
+        if position % 2 == 1:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def identifier(value: Any) -> str:
+    """A merchant, device or account-side token as sent: 1-64 letters, digits, '_', '.', ':' or '-'."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("must be a string")
+    text = str(value)
+    if not IDENTIFIER.match(text):
+        raise ValueError("must be 1-64 letters, digits, '_', '.', ':' or '-'")
+    return text
+
+
+def card_id(value: Any) -> str:
+    """A card's token (an identifier), never its number: a 13-19 digit Luhn-valid value is refused so that no
+    primary account number is ever stored."""
+    text = identifier(value)
+    if _PAN_LIKE.match(text) and _luhn_valid(text):
+        raise ValueError("looks like a card number; send a token that identifies the card, never the number")
+    return text
+
+
+def country(value: Any) -> str:
+    """An ISO 3166-1 alpha-2 country code, upper-cased ("fr" -> "FR")."""
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 3166-1 alpha-2 country code (a string such as 'FR')")
+    code = value.strip().upper()
+    if code not in COUNTRIES:
+        raise ValueError("is not an ISO 3166-1 alpha-2 country code")
+    return code
+
+
+def merchant_category(value: Any) -> str:
+    """An ISO 18245 merchant category code, 0000-9999, as four digits ("742" and 742 -> "0742")."""
+    if isinstance(value, bool):
+        raise ValueError("must be an ISO 18245 merchant category code (0000-9999)")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]{1,4}", value.strip()):
+        number = int(value.strip())
+    else:
+        raise ValueError("must be an ISO 18245 merchant category code: four digits, 0000-9999")
+    if not 0 <= number <= 9999:
+        raise ValueError("is out of range: an ISO 18245 merchant category code is 0000-9999")
+    return f"{number:04d}"
+
+
+def ip_address(value: Any) -> str:
+    """An IPv4 or IPv6 address in its canonical text ("2001:DB8::0001" -> "2001:db8::1")."""
+    if not isinstance(value, str):
+        raise ValueError("must be an IPv4 or IPv6 address (a string)")
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError("is not an IPv4 or IPv6 address") from None
+
+
+def channel(value: Any) -> str:
+    """One of CHANNELS."""
+    if not isinstance(value, str) or value not in CHANNELS:
+        raise ValueError(f"must be one of {', '.join(CHANNELS)}")
+    return value
+
+
+def account(value: Any) -> str:
+    """An account id (a positive 64-bit integer) as list values hold it: its decimal digits."""
+    if isinstance(value, bool):
+        raise ValueError("must be a positive 64-bit integer")
+    text = value.strip() if isinstance(value, str) else value
+    try:
+        number = int(text) if isinstance(text, str) and text.isascii() and text.isdigit() else text
+    except ValueError:
+        number = None
+    if not isinstance(number, int) or not 0 < number <= 2**63 - 1:
+        raise ValueError("must be a positive 64-bit integer")
+    return str(number)
+
+
+def metadata(value: Any) -> dict[str, str]:
+    """A free object of string values: at most MAX_METADATA_KEYS keys (lower-case letters, digits and '_', starting
+    with a letter, at most 40), each value a string of at most MAX_METADATA_VALUE_LENGTH characters, at most
+    MAX_METADATA_BYTES bytes of UTF-8 in all."""
+    if not isinstance(value, Mapping):
+        raise ValueError("must be an object of string values")
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"has {len(value)} keys, at most {MAX_METADATA_KEYS}")
+    size = 0
+    for key, item in value.items():
+        if not isinstance(key, str) or not METADATA_KEY.match(key):
+            raise ValueError(f"key {str(key)[:40]!r} must be 1-40 lower-case letters, digits or '_', from a letter")
+        if not isinstance(item, str):
+            raise ValueError(f"value of {key!r} must be a string")
+        if len(item) > MAX_METADATA_VALUE_LENGTH:
+            raise ValueError(f"value of {key!r} is longer than {MAX_METADATA_VALUE_LENGTH} characters")
+        size += len(key.encode()) + len(item.encode())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"is {size} bytes of keys and values, at most {MAX_METADATA_BYTES}")
+    return dict(value)
+
+
+_LIST_VALUE = {
+    "account": account,
+    "merchant": identifier,
+    "card": card_id,
+    "country": country,
+    "ip": ip_address,
+    "device": identifier,
+    "merchant_category": merchant_category,
+}
+
+
+def list_value(kind: str, value: Any) -> str:
+    """A value of a list of `kind` (a key of LIST_KINDS) in canonical text; ValueError says why it is not one."""
+    try:
+        check = _LIST_VALUE[kind]
+    except KeyError:
+        raise ValueError(f"unknown list kind; known: {', '.join(LIST_KINDS)}") from None
+    return check(value)
