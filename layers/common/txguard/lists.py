@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from txguard import attributes, literals
-from txguard.errors import BadInput, Conflict, NotFound, echo, shorten
+from txguard.errors import BadInput, Conflict, Malformed, NotFound, echo, shorten
 from txguard.intake import instant_ms
 
 LIST_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -77,6 +77,16 @@ class InvalidList(BadInput):
     def __init__(self, message: str, problems: Sequence[ListProblem]) -> None:
         super().__init__(message, [p.detail() for p in problems])
         self.problems = list(problems)
+
+
+class InvalidListCursor(Malformed, ValueError):
+    """A cursor GET /lists/{name}/items or /changes did not issue."""
+
+    code = "invalid_cursor"
+
+    def __init__(self, cursor: str) -> None:
+        message = f"cursor {cursor[:100]!r} is not one this API returned"
+        super().__init__(message, [{"index": None, "field": "cursor", "value": cursor[:200], "reason": message}])
 
 
 class ListNotFound(NotFound):

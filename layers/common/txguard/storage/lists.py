@@ -12,6 +12,8 @@ Readers: `memberships` (ingest, once per batch: one query, one index probe per v
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,8 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
-from txguard.lists import ListDefinition, ListExists, ListItem, ListNotFound
+from txguard import literals
+from txguard.lists import InvalidListCursor, ListDefinition, ListExists, ListItem, ListNotFound
 
 _LIST_COLUMNS = """l.name, l.kind, l.action, l.description, l.version,
     (SELECT count(*) FROM list_items i WHERE i.list_name = l.name),
@@ -48,6 +51,21 @@ class StoredList:
     def definition(self) -> ListDefinition:
         return ListDefinition(self.name, self.kind, self.action, self.version)
 
+    def as_json(self) -> dict[str, Any]:
+        """The API's shape: times as epoch ms."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "action": self.action,
+            "description": self.description,
+            "version": self.version,
+            "items": self.items,
+            "created_at": self.created_at_ms,
+            "created_by": self.created_by,
+            "updated_at": self.updated_at_ms,
+            "updated_by": self.updated_by,
+        }
+
 
 @dataclass(frozen=True)
 class StoredItem:
@@ -60,6 +78,17 @@ class StoredItem:
     added_at_ms: int
     added_by: str
     active: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """The API's shape: times as epoch ms."""
+        return {
+            "value": self.value,
+            "expires_at": self.expires_at_ms,
+            "note": self.note,
+            "added_at": self.added_at_ms,
+            "added_by": self.added_by,
+            "active": self.active,
+        }
 
 
 @dataclass(frozen=True)
@@ -81,6 +110,20 @@ class ListChange:
     actor: str
     changed_at_ms: int
 
+    def as_json(self) -> dict[str, Any]:
+        """The API's shape: times as epoch ms; an item's change without the definition's fields, a definition's
+        without the item's."""
+        shown: dict[str, Any] = {
+            "change_id": self.change_id,
+            "version": self.version,
+            "operation": self.operation,
+        }
+        if self.value is None:
+            shown |= {"kind": self.kind, "action": self.action, "description": self.description}
+        else:
+            shown |= {"value": self.value, "expires_at": self.expires_at_ms, "note": self.note}
+        return shown | {"actor": self.actor, "changed_at": self.changed_at_ms}
+
 
 @dataclass(frozen=True)
 class ItemsChanged:
@@ -92,6 +135,46 @@ class ItemsChanged:
     changed: int = 0
     unchanged: int = 0
     removed: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "version": self.version,
+            "added": self.added,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+        }
+
+
+def encode_cursor(kind: str, last: str | int) -> str:
+    """An opaque cursor of a page of items (`kind` "i", after value `last`) or changes ("c", after change id)."""
+    return base64.urlsafe_b64encode(f"{kind}{last}".encode()).decode().rstrip("=")
+
+
+def decode_item_cursor(cursor: str) -> str:
+    """The value after which a page of items starts. Raises InvalidListCursor."""
+    text = _decoded(cursor, "i")
+    if not text:
+        raise InvalidListCursor(cursor)
+    return text
+
+
+def decode_change_cursor(cursor: str) -> int:
+    """The change id after which a page of changes starts. Raises InvalidListCursor."""
+    try:
+        return literals.integer_from_text(_decoded(cursor, "c"), 0, 2**63 - 1)
+    except ValueError:
+        raise InvalidListCursor(cursor) from None
+
+
+def _decoded(cursor: str, kind: str) -> str:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    if not text.startswith(kind):
+        raise InvalidListCursor(cursor)
+    return text[1:]
 
 
 # One probe of list_items' primary key per (list, value) asked (EXPLAIN shows it: bench/lists_bench.py,
