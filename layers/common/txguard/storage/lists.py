@@ -15,9 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import psycopg2.extensions
 from psycopg2 import sql
@@ -348,6 +348,7 @@ _FROM_ARRAYS = sql.SQL(
     "unnest(%(values)s::text[], %(expiries)s::bigint[], %(notes)s::text[]) AS s(value, expires_at, note)"
 )
 _STAGED = "list_items_staged"
+_COPY_CHUNK = 50_000  # items per COPY: the progress bar moves, memory stays bounded
 
 
 def _merge(
@@ -385,25 +386,43 @@ def add_items(cur: psycopg2.extensions.cursor, name: str, items: Sequence[ListIt
     return _merge(cur, name, _FROM_ARRAYS, params, len(items), actor)
 
 
-def import_items(cur: psycopg2.extensions.cursor, name: str, items: Iterable[ListItem], actor: str) -> ItemsChanged:
+def import_items(
+    cur: psycopg2.extensions.cursor,
+    name: str,
+    items: Iterable[ListItem],
+    actor: str,
+    on_copied: Callable[[int], object] | None = None,
+) -> ItemsChanged:
     """`add_items` for any number of items: COPY into a temporary table (dropped at commit), then the same one
-    set-based merge, one version and its audit. Items must be validated and each value given once. Raises
-    ListNotFound."""
+    set-based merge, one version and its audit. Items must be validated and each value given once; `on_copied`
+    is told how many more items reached the database after each chunk. Raises ListNotFound."""
     lock(cur, name)  # before the COPY: a concurrent writer waits here, not after the upload
     cur.execute(f"CREATE TEMPORARY TABLE {_STAGED} (value text, expires_at bigint, note text) ON COMMIT DROP")
     total = 0
-    buffer = io.StringIO()
+    chunk: list[str] = []
     for item in items:
-        buffer.write(_copy_line(item))
-        total += 1
-        if buffer.tell() > 8 * 1024 * 1024:
-            _copy(cur, buffer)
-            buffer = io.StringIO()
-    _copy(cur, buffer)
+        chunk.append(_copy_line(item))
+        if len(chunk) == _COPY_CHUNK:
+            total += _copy(cur, chunk, on_copied)
+            chunk = []
+    total += _copy(cur, chunk, on_copied)
     try:
         return _merge(cur, name, sql.SQL(f"{_STAGED} AS s"), {}, total, actor)
     finally:
         cur.execute(f"DROP TABLE {_STAGED}")
+
+
+def export_items(cur: psycopg2.extensions.cursor, name: str, out: IO[str]) -> None:
+    """Write a list's items to `out` as CSV with a header, value, expires_at (RFC 3339, UTC, ms; empty for none),
+    note: the columns `txguard lists import` reads. Expired items are written too."""
+    cur.copy_expert(
+        sql.SQL(
+            """COPY (SELECT value,
+                         to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS expires_at, note
+                  FROM list_items WHERE list_name = {} ORDER BY value) TO STDOUT WITH (FORMAT csv, HEADER)"""
+        ).format(sql.Literal(name)),
+        out,
+    )
 
 
 def _copy_escape(text: str) -> str:
@@ -417,10 +436,12 @@ def _copy_line(item: ListItem) -> str:
     return f"{_copy_escape(item.value)}\t{expires}\t{note}\n"
 
 
-def _copy(cur: psycopg2.extensions.cursor, buffer: io.StringIO) -> None:
-    if buffer.tell():
-        buffer.seek(0)
-        cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", buffer)
+def _copy(cur: psycopg2.extensions.cursor, lines: list[str], on_copied: Callable[[int], object] | None) -> int:
+    if lines:
+        cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", io.StringIO("".join(lines)))
+        if on_copied is not None:
+            on_copied(len(lines))
+    return len(lines)
 
 
 def remove_items(cur: psycopg2.extensions.cursor, name: str, values: Sequence[str], actor: str) -> ItemsChanged:
