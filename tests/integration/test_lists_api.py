@@ -100,14 +100,20 @@ def test_the_sample_events_create_fill_read_and_audit_a_list(runner: FunctionRun
 
     status, audit = call(runner, "list_changes.json")
     assert status == 200
-    assert [(c["version"], c["operation"], c.get("value"), c["actor"]) for c in audit["changes"]] == [
-        (1, "create", None, "api_key:abc123example"),
-        (2, "add", "card_7f3a9c", "api_key:abc123example"),
-        (2, "add", "card_91bd20", "api_key:abc123example"),
-        (3, "update", None, "api_key:abc123example"),
-        (4, "remove", "card_91bd20", "api_key:abc123example"),
-        (5, "remove", "card_7f3a9c", "api_key:abc123example"),
+    values = [[i["value"] for i in c["items"]] if "items" in c else None for c in audit["changes"]]
+    assert [(c["version"], c["operation"], c["actor"]) for c in audit["changes"]] == [
+        (1, "create", "api_key:abc123example"),
+        (2, "add", "api_key:abc123example"),
+        (3, "update", "api_key:abc123example"),
+        (4, "remove", "api_key:abc123example"),
+        (5, "remove", "api_key:abc123example"),
     ]
+    assert values == [None, ["card_7f3a9c", "card_91bd20"], None, ["card_91bd20"], ["card_7f3a9c"]]
+    assert audit["changes"][1]["items"][1] == {
+        "value": "card_91bd20",
+        "expires_at": 1_814_313_600_000,
+        "note": "under review",
+    }
 
 
 def test_items_page_by_cursor_and_filter_by_value_in_its_canonical_form(
@@ -130,7 +136,9 @@ def test_items_page_by_cursor_and_filter_by_value_in_its_canonical_form(
     status, page = call(runner, "list_items.json", path={"name": "countries"}, query={"value": "fr"})
     assert [i["value"] for i in page["items"]] == ["FR"]
     status, audit = call(runner, "list_changes.json", path={"name": "countries"}, query={"value": "it"})
-    assert [(c["operation"], c["value"]) for c in audit["changes"]] == [("add", "IT")]
+    assert [(c["operation"], c["items"]) for c in audit["changes"]] == [
+        ("add", [{"value": "IT", "expires_at": None, "note": None}])
+    ]
     status, refused = call(runner, "list_items.json", path={"name": "countries"}, query={"cursor": "bm9wZQ"})
     assert (status, refused["error"]["code"]) == (400, "invalid_cursor")
 

@@ -11,9 +11,10 @@
     txguard lists changes blocked_cards --value card_7f3a
 
 Every value, expiry and note is validated as the API validates them (txguard.lists). `import` is all or nothing:
-every row is checked before anything is written (problems by line, field, value and reason, exit 2), then the
-file is copied into a temporary table and merged in one statement: one new version, each change audited. Rows
-already in the list as given change nothing. Changes are recorded as made by `cli:<user>` (the operating-system
+rows are validated as they are read while the database merges the previous chunk (COPY into a temporary table,
+one set-based statement), all in one database transaction that any bad row rolls back (problems by line, field,
+value and reason, exit 2): one new version, each change audited. Rows already in the list as given change
+nothing. Changes are recorded as made by `cli:<user>` (the operating-system
 user, or --actor).
 """
 
@@ -245,36 +246,34 @@ def _summary(name: str, result: Any) -> str:
     return f"list {name}: {', '.join(parts) or 'nothing to do'}; version {result.version}"
 
 
-def read_items(path: Path, kind: str, now_ms: int) -> list[Any]:
-    """A CSV file's items (header `value` and optionally `expires_at`, `note`; empty cells omitted), validated
-    against `kind` by txguard.lists: every item, each value once. Raises CommandError (exit 2) listing the bad rows
-    by line, field, value and reason; OSError when the file cannot be read."""
+def validated_items(path: Path, kind: str, now_ms: int, problems: list[str]) -> Iterator[Any]:
+    """A CSV file's items (header `value` and optionally `expires_at`, `note`; an empty cell is an omitted field),
+    validated against `kind` by txguard.lists as they are read, each value once. The bad rows are appended to
+    `problems` (line, field, value and reason) and left out; reading stops after 10 x MAX_PROBLEMS_SHOWN of them.
+    Raises CommandError (exit 2) for a bad header; OSError when the file cannot be read."""
     from txguard import lists
 
-    problems: list[str] = []
-    items: list[Any] = []
-    seen: dict[str, tuple[int, Any]] = {}
-    for line, row in _rows(path, problems):
-        item, found = lists.check_item(kind, row, line, now_ms)
+    checker = lists.ItemChecker(kind, now_ms, position="line")
+    for line, value, expires_at, note in _rows(path, problems):
+        item, found = checker.check(line, value, expires_at, note)
+        if item is not None:
+            yield item
         for p in found:
             problems.append(f"line {line}: {p.field or 'the row'} = {p.value!r}: {p.reason}")
-        if item is None:
-            continue
-        first = seen.get(item.value)
-        if first is None:
-            seen[item.value] = (line, item)
-            items.append(item)
-        elif first[1] != item:
-            problems.append(f"line {line}: value = {item.value!r}: repeats line {first[0]} with another expiry or note")
         if len(problems) > 10 * MAX_PROBLEMS_SHOWN:
-            break  # enough to act on; counting every problem of a wrong file is not worth reading it all
-    if problems:
-        raise _refused(problems, str(path))
-    return items
+            return  # enough to act on; counting every problem of a wrong file is not worth reading it all
 
 
-def _rows(path: Path, problems: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    from txguard.lists import ITEM_FIELDS
+def _line_count(path: Path) -> int:
+    """The progress bar's total: the file's non-blank lines after the header (a note with a line break counts
+    twice; the bar only shows progress)."""
+    with open_text(path) as file:
+        return max(sum(1 for line in file if line.strip()) - 1, 0)
+
+
+def _rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any, str | None, str | None]]:
+    """(line, value or MISSING, expires_at, note) of each row; None for an empty cell."""
+    from txguard.lists import ITEM_FIELDS, MISSING
 
     with open_text(path) as file:
         reader = csv.reader(file)
@@ -290,12 +289,20 @@ def _rows(path: Path, problems: list[str]) -> Iterator[tuple[int, dict[str, str]
                 f"{path}: header {header!r}: columns are value, expires_at and note, each once", exit_code=EXIT_USAGE
             )
         width = len(header)
+        at_value = header.index("value")
+        at_expiry = header.index("expires_at") if "expires_at" in header else None
+        at_note = header.index("note") if "note" in header else None
         for row in reader:
             if len(row) != width:
                 if row:
                     problems.append(f"line {reader.line_num}: the row has {len(row)} cells, the header {width}")
                 continue
-            yield reader.line_num, {name: cell for name, cell in zip(header, row, strict=True) if cell != ""}
+            yield (
+                reader.line_num,
+                row[at_value] or MISSING,
+                (row[at_expiry] or None) if at_expiry is not None else None,
+                (row[at_note] or None) if at_note is not None else None,
+            )
 
 
 def _import(conn: Any, args: argparse.Namespace) -> int:
@@ -306,21 +313,28 @@ def _import(conn: Any, args: argparse.Namespace) -> int:
     who = actor(args)
     started = time.monotonic()
     with conn, conn.cursor() as cur:
-        kind = storage.get(cur, args.name).kind  # a list's kind never changes: read once, validate outside a lock
+        kind = storage.get(cur, args.name).kind  # a list's kind never changes
+    problems: list[str] = []
     try:
-        items = read_items(args.file, kind, int(time.time() * 1000))
+        total = _line_count(args.file)
+        # Rows are validated as they are read while the database merges the previous chunk; any problem rolls
+        # the whole import back, so nothing is stored unless every row is valid.
+        with (
+            conn,
+            conn.cursor() as cur,
+            tqdm(total=total, unit="item", disable=args.no_progress, file=sys.stderr) as bar,
+        ):
+            items = validated_items(args.file, kind, int(time.time() * 1000), problems)
+            result = storage.import_items(cur, args.name, items, who, on_copied=bar.update)
+            if problems:
+                raise _refused(problems, str(args.file))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CommandError(f"{args.file}: {exc}", exit_code=EXIT_USAGE) from None
-    with (
-        conn,
-        conn.cursor() as cur,
-        tqdm(total=len(items), unit="item", disable=args.no_progress, file=sys.stderr) as bar,
-    ):
-        result = storage.import_items(cur, args.name, iter(items), who, on_copied=bar.update)
+    count = result.added + result.changed + result.unchanged
     elapsed = max(time.monotonic() - started, 1e-9)
     print(
-        f"{len(items):,} items from {args.file}: {_summary(args.name, result)} in {elapsed:.1f} s "
-        f"({len(items) / elapsed:,.0f} items/s)"
+        f"{count:,} items from {args.file}: {_summary(args.name, result)} in {elapsed:.1f} s "
+        f"({count / elapsed:,.0f} items/s)"
     )
     return 0
 
@@ -349,12 +363,13 @@ def _changes(conn: Any, args: argparse.Namespace) -> int:
             (value,) = lists.check_values(storage.get(cur, args.name).kind, [args.value])
         rows = storage.changes(cur, args.name, None, value, max(args.limit, 1))
     for c in rows:
-        if c.value is None:
-            what = f"kind {c.kind}, action {c.action or 'none'}, description {c.description or '-'}"
-        else:
-            expiry = f" until {_ms_text(c.expires_at_ms)}" if c.expires_at_ms is not None else ""
-            what = f"{c.value}{expiry}{'  ' + c.note if c.note else ''}"
-        print(f"v{c.version:<6} {_ms_text(c.changed_at_ms)} {c.actor:<24} {c.operation:<7} {what}")
+        head = f"v{c.version:<6} {_ms_text(c.changed_at_ms)} {c.actor:<24} {c.operation:<7}"
+        if c.items is None:
+            print(f"{head} kind {c.kind}, action {c.action or 'none'}, description {c.description or '-'}")
+            continue
+        for item in c.items:
+            expiry = f" until {_ms_text(item.expires_at_ms)}" if item.expires_at_ms is not None else ""
+            print(f"{head} {item.value}{expiry}{'  ' + item.note if item.note else ''}")
     return 0
 
 

@@ -169,13 +169,21 @@ class ItemsPage(BaseModel):
     next_cursor: str | None
 
 
+class ChangedItemOut(BaseModel):
+    value: str
+    expires_at: int | None = Field(description="epoch ms: the expiry after the change (before it, for remove)")
+    note: str | None
+
+
 class ChangeOut(BaseModel):
     change_id: int
     version: int
     operation: Literal["create", "update", "add", "change", "remove"]
-    value: str | None = Field(default=None, description="the item (add, change, remove)")
-    expires_at: int | None = Field(default=None, description="epoch ms; the item's expiry after the change")
-    note: str | None = None
+    items: list[ChangedItemOut] | None = Field(
+        default=None,
+        description="add, change, remove: the items (up to 1,000 per change; a larger write is "
+        "several changes of one version)",
+    )
     kind: str | None = Field(default=None, description="the definition after create or update")
     action: str | None = None
     description: str | None = None
@@ -330,7 +338,9 @@ def list_items(
 )
 def list_changes(
     name: ListName,
-    value: Annotated[str | None, Query(max_length=100, description="only this value's changes")] = None,
+    value: Annotated[
+        str | None, Query(max_length=100, description="only the changes of this value (each with its item only)")
+    ] = None,
     limit: Annotated[int, integer_text(1, 1000), Query(ge=1, le=1000, description="page size")] = 100,
     cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:

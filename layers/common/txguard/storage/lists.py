@@ -16,7 +16,8 @@ import base64
 import binascii
 import io
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 import psycopg2.extensions
@@ -28,8 +29,10 @@ from txguard.lists import InvalidListCursor, ListDefinition, ListExists, ListIte
 _LIST_COLUMNS = """l.name, l.kind, l.action, l.description, l.version,
     (SELECT count(*) FROM list_items i WHERE i.list_name = l.name),
     txguard_ts_to_ms(l.created_at), l.created_by, txguard_ts_to_ms(l.updated_at), l.updated_by"""
-_CHANGE_COLUMNS = """change_id, list_name, version, operation, value, txguard_ts_to_ms(expires_at), note, kind, action,
-    description, actor, txguard_ts_to_ms(changed_at)"""
+_CHANGE_COLUMNS = """change_id, list_name, version, operation, item_values,
+    (SELECT array_agg(txguard_ts_to_ms(e) ORDER BY n) FROM unnest(expiries) WITH ORDINALITY AS x(e, n)), notes,
+    kind, action, description, actor, txguard_ts_to_ms(changed_at)"""
+AUDIT_CHUNK = 1000  # items per audit row (list_changes' CHECK)
 
 
 @dataclass(frozen=True)
@@ -94,34 +97,42 @@ class StoredItem:
 @dataclass(frozen=True)
 class ListChange:
     """One audit row: `operation` create / update (the definition after it: kind, action, description) or add /
-    change / remove (an item's value, and its expiry and note after the change, before it for remove); who and
-    when (epoch ms)."""
+    change / remove (`items`: up to 1,000 ListItems of one version, each with its expiry and note after the change,
+    before it for remove); who and when (epoch ms)."""
 
     change_id: int
     list_name: str
     version: int
     operation: str
-    value: str | None
-    expires_at_ms: int | None
-    note: str | None
+    items: tuple[ListItem, ...] | None
     kind: str | None
     action: str | None
     description: str | None
     actor: str
     changed_at_ms: int
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ListChange:
+        change_id, list_name, version, operation, values, expiries, notes, *rest = row
+        items = (
+            None if values is None else tuple(ListItem(*fields) for fields in zip(values, expiries, notes, strict=True))
+        )
+        return cls(change_id, list_name, version, operation, items, *rest)
+
+    def only(self, value: str | None) -> ListChange:
+        """This change with only `value`'s item (all of them for None)."""
+        if value is None or self.items is None:
+            return self
+        return replace(self, items=tuple(item for item in self.items if item.value == value))
+
     def as_json(self) -> dict[str, Any]:
-        """The API's shape: times as epoch ms; an item's change without the definition's fields, a definition's
-        without the item's."""
-        shown: dict[str, Any] = {
-            "change_id": self.change_id,
-            "version": self.version,
-            "operation": self.operation,
-        }
-        if self.value is None:
+        """The API's shape: times as epoch ms; an item operation's `items`, a definition's kind, action and
+        description."""
+        shown: dict[str, Any] = {"change_id": self.change_id, "version": self.version, "operation": self.operation}
+        if self.items is None:
             shown |= {"kind": self.kind, "action": self.action, "description": self.description}
         else:
-            shown |= {"value": self.value, "expires_at": self.expires_at_ms, "note": self.note}
+            shown["items"] = [{"value": i.value, "expires_at": i.expires_at_ms, "note": i.note} for i in self.items]
         return shown | {"actor": self.actor, "changed_at": self.changed_at_ms}
 
 
@@ -326,23 +337,32 @@ def get_locked(cur: psycopg2.extensions.cursor, name: str) -> StoredList:
 
 
 # Items from a source (an unnest of arrays, or the staged temporary table) merged into the list in one statement:
-# new values inserted, values whose expiry or note differ updated, the others left alone; every row written is
-# audited with the new version.
+# each item is classified against the list once (new: add; present with another expiry or note: change; present
+# as given: left alone), then the adds are inserted, the changes updated and both audited with the new version.
+# Plain INSERT and UPDATE rather than INSERT ... ON CONFLICT, which costs twice as much per row: no other writer
+# can add the same value meanwhile, since every writer of the list holds its row's lock (`lock`).
 _MERGE = """
-    WITH merged AS (
-        INSERT INTO list_items AS i (list_name, value, expires_at, note, added_by)
-        SELECT %(name)s, s.value, txguard_ms_to_ts(s.expires_at), s.note, %(actor)s FROM {source}
-        ON CONFLICT (list_name, value) DO UPDATE SET expires_at = excluded.expires_at, note = excluded.note
-        WHERE (i.expires_at, i.note) IS DISTINCT FROM (excluded.expires_at, excluded.note)
-        RETURNING i.value, i.expires_at, i.note, xmax = 0 AS inserted
+    WITH classified AS MATERIALIZED (
+        SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note,
+               CASE WHEN i.value IS NULL THEN 'add' ELSE 'change' END AS operation,
+               row_number() OVER () AS n
+        FROM {source}
+        LEFT JOIN list_items i ON i.list_name = %(name)s AND i.value = s.value
+        WHERE i.value IS NULL OR (i.expires_at, i.note) IS DISTINCT FROM (txguard_ms_to_ts(s.expires_at), s.note)
+    ), added AS (
+        INSERT INTO list_items (list_name, value, expires_at, note, added_by)
+        SELECT %(name)s, value, expires_at, note, %(actor)s FROM classified WHERE operation = 'add'
+    ), changed AS (
+        UPDATE list_items i SET expires_at = c.expires_at, note = c.note
+        FROM classified c
+        WHERE c.operation = 'change' AND i.list_name = %(name)s AND i.value = c.value
     ), audited AS (
-        INSERT INTO list_changes (list_name, version, operation, value, expires_at, note, actor)
-        SELECT %(name)s, %(version)s, CASE WHEN inserted THEN 'add' ELSE 'change' END, value, expires_at, note,
-               %(actor)s
-        FROM merged
-        RETURNING operation
+        INSERT INTO list_changes (list_name, version, operation, item_values, expiries, notes, actor)
+        SELECT %(name)s, %(version)s, operation, array_agg(value ORDER BY n), array_agg(expires_at ORDER BY n),
+               array_agg(note ORDER BY n), %(actor)s
+        FROM classified GROUP BY operation, (n - 1) / %(chunk)s ORDER BY min(n)
     )
-    SELECT count(*) FILTER (WHERE operation = 'add'), count(*) FILTER (WHERE operation = 'change') FROM audited
+    SELECT count(*) FILTER (WHERE operation = 'add'), count(*) FILTER (WHERE operation = 'change') FROM classified
 """
 _FROM_ARRAYS = sql.SQL(
     "unnest(%(values)s::text[], %(expiries)s::bigint[], %(notes)s::text[]) AS s(value, expires_at, note)"
@@ -355,15 +375,36 @@ def _merge(
     cur: psycopg2.extensions.cursor, name: str, source: sql.Composable, params: dict[str, Any], total: int, actor: str
 ) -> ItemsChanged:
     definition = lock(cur, name)
-    version = definition.version + 1
-    cur.execute(sql.SQL(_MERGE).format(source=source), {**params, "name": name, "version": version, "actor": actor})
+    added, changed = _merge_as(cur, name, definition.version + 1, source, params, actor)
+    return _finish(cur, name, definition.version, actor, total, added, changed)
+
+
+def _merge_as(
+    cur: psycopg2.extensions.cursor,
+    name: str,
+    version: int,
+    source: sql.Composable,
+    params: dict[str, Any],
+    actor: str,
+) -> tuple[int, int]:
+    """Merge `source` into the list as `version` (the caller holds the list's lock); (added, changed)."""
+    cur.execute(
+        sql.SQL(_MERGE).format(source=source),
+        {**params, "name": name, "version": version, "actor": actor, "chunk": AUDIT_CHUNK},
+    )
     row = cur.fetchone()
     assert row is not None
-    added, changed = int(row[0]), int(row[1])
+    return int(row[0]), int(row[1])
+
+
+def _finish(
+    cur: psycopg2.extensions.cursor, name: str, stored: int, actor: str, total: int, added: int, changed: int
+) -> ItemsChanged:
+    """Write version stored + 1 when anything changed; what the write did."""
     if added + changed == 0:
-        return ItemsChanged(definition.version, unchanged=total)
-    _bump(cur, name, version, actor)
-    return ItemsChanged(version, added, changed, total - added - changed)
+        return ItemsChanged(stored, unchanged=total)
+    _bump(cur, name, stored + 1, actor)
+    return ItemsChanged(stored + 1, added, changed, total - added - changed)
 
 
 def _bump(cur: psycopg2.extensions.cursor, name: str, version: int, actor: str) -> None:
@@ -393,23 +434,43 @@ def import_items(
     actor: str,
     on_copied: Callable[[int], object] | None = None,
 ) -> ItemsChanged:
-    """`add_items` for any number of items: COPY into a temporary table (dropped at commit), then the same one
-    set-based merge, one version and its audit. Items must be validated and each value given once; `on_copied`
-    is told how many more items reached the database after each chunk. Raises ListNotFound."""
-    lock(cur, name)  # before the COPY: a concurrent writer waits here, not after the upload
+    """`add_items` for any number of items, one version and its audit: each chunk of _COPY_CHUNK items is COPYed
+    into a temporary table and merged by the same set-based statement, on a second thread, while this one reads
+    the next chunk from `items` (which may validate as it goes: reading and the database then work at once). The
+    caller's database transaction holds every chunk: roll it back to store nothing. Items must be validated and
+    each value given once; `on_copied` is told how many more items were merged after each chunk. Raises
+    ListNotFound."""
+    stored = lock(cur, name).version  # before any upload: a concurrent writer waits here
     cur.execute(f"CREATE TEMPORARY TABLE {_STAGED} (value text, expires_at bigint, note text) ON COMMIT DROP")
-    total = 0
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(_copy_line(item))
-        if len(chunk) == _COPY_CHUNK:
-            total += _copy(cur, chunk, on_copied)
-            chunk = []
-    total += _copy(cur, chunk, on_copied)
-    try:
-        return _merge(cur, name, sql.SQL(f"{_STAGED} AS s"), {}, total, actor)
-    finally:
-        cur.execute(f"DROP TABLE {_STAGED}")
+    totals = [0, 0, 0]  # items, added, changed
+
+    def merge(lines: list[str]) -> None:
+        cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", io.StringIO("".join(lines)))
+        added, changed = _merge_as(cur, name, stored + 1, sql.SQL(f"{_STAGED} AS s"), {}, actor)
+        cur.execute(f"TRUNCATE {_STAGED}")
+        totals[0] += len(lines)
+        totals[1] += added
+        totals[2] += changed
+        if on_copied is not None:
+            on_copied(len(lines))
+
+    # One chunk in flight: the connection serves one statement at a time, and psycopg2 lets go of the GIL while
+    # it waits for the server, so reading the next chunk overlaps the database's work on this one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="list-import") as worker:
+        pending: Future[None] | None = None
+        chunk: list[str] = []
+        for item in items:
+            chunk.append(_copy_line(item))
+            if len(chunk) == _COPY_CHUNK:
+                if pending is not None:
+                    pending.result()
+                pending, chunk = worker.submit(merge, chunk), []
+        if pending is not None:
+            pending.result()
+        if chunk:
+            merge(chunk)
+    cur.execute(f"DROP TABLE {_STAGED}")
+    return _finish(cur, name, stored, actor, *totals)
 
 
 def export_items(cur: psycopg2.extensions.cursor, name: str, out: IO[str]) -> None:
@@ -436,14 +497,6 @@ def _copy_line(item: ListItem) -> str:
     return f"{_copy_escape(item.value)}\t{expires}\t{note}\n"
 
 
-def _copy(cur: psycopg2.extensions.cursor, lines: list[str], on_copied: Callable[[int], object] | None) -> int:
-    if lines:
-        cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", io.StringIO("".join(lines)))
-        if on_copied is not None:
-            on_copied(len(lines))
-    return len(lines)
-
-
 def remove_items(cur: psycopg2.extensions.cursor, name: str, values: Sequence[str], actor: str) -> ItemsChanged:
     """Remove values (canonical text) from a list: each one present is deleted and audited ('remove', with the
     expiry and note it had); one new version when any was; values not present change nothing (`unchanged`).
@@ -454,13 +507,16 @@ def remove_items(cur: psycopg2.extensions.cursor, name: str, values: Sequence[st
         """WITH removed AS (
                DELETE FROM list_items WHERE list_name = %(name)s AND value = ANY(%(values)s::text[])
                RETURNING value, expires_at, note
+           ), numbered AS (
+               SELECT value, expires_at, note, row_number() OVER (ORDER BY value) AS n FROM removed
            ), audited AS (
-               INSERT INTO list_changes (list_name, version, operation, value, expires_at, note, actor)
-               SELECT %(name)s, %(version)s, 'remove', value, expires_at, note, %(actor)s FROM removed
-               RETURNING 1
+               INSERT INTO list_changes (list_name, version, operation, item_values, expiries, notes, actor)
+               SELECT %(name)s, %(version)s, 'remove', array_agg(value ORDER BY n), array_agg(expires_at ORDER BY n),
+                      array_agg(note ORDER BY n), %(actor)s
+               FROM numbered GROUP BY (n - 1) / %(chunk)s
            )
-           SELECT count(*) FROM audited""",
-        {"name": name, "values": list(values), "version": version, "actor": actor},
+           SELECT count(*) FROM numbered""",
+        {"name": name, "values": list(values), "version": version, "actor": actor, "chunk": AUDIT_CHUNK},
     )
     row = cur.fetchone()
     removed = int(row[0]) if row else 0
@@ -495,15 +551,15 @@ def changes(
     cur: psycopg2.extensions.cursor, name: str, after_change_id: int | None, value: str | None, limit: int
 ) -> list[ListChange]:
     """A list's audit in order of change, after `after_change_id`, at most `limit`; only the changes of item
-    `value` when given. Raises ListNotFound when there is no such list."""
+    `value` when given (each with that item only). Raises ListNotFound when there is no such list."""
     cur.execute(
         f"""SELECT {_CHANGE_COLUMNS} FROM list_changes
             WHERE list_name = %(name)s AND change_id > %(after)s
-              AND (%(value)s::text IS NULL OR value = %(value)s::text)
+              AND (%(value)s::text IS NULL OR %(value)s::text = ANY(item_values))
             ORDER BY change_id LIMIT %(limit)s""",  # noqa: S608
         {"name": name, "after": after_change_id or 0, "value": value, "limit": limit},
     )
-    rows = [ListChange(*row) for row in cur.fetchall()]
+    rows = [ListChange.from_row(row).only(value) for row in cur.fetchall()]
     if not rows:
         get(cur, name)
     return rows
