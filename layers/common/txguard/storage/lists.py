@@ -340,15 +340,26 @@ def get_locked(cur: psycopg2.extensions.cursor, name: str) -> StoredList:
 # each item is classified against the list once (new: add; present with another expiry or note: change; present
 # as given: left alone), then the adds are inserted, the changes updated and both audited with the new version.
 # Plain INSERT and UPDATE rather than INSERT ... ON CONFLICT, which costs twice as much per row: no other writer
-# can add the same value meanwhile, since every writer of the list holds its row's lock (`lock`).
-_MERGE = """
-    WITH classified AS MATERIALIZED (
+# can add the same value meanwhile, since every writer of the list holds its row's lock (`lock`). Each item is
+# looked up by the primary key (LATERAL ... LIMIT 1, as in MEMBERSHIPS_SQL): a hash join would read the whole list
+# for every chunk of an import, and an import's chunks would cost more and more as the list grows.
+_CLASSIFIED = """
         SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note,
                CASE WHEN i.value IS NULL THEN 'add' ELSE 'change' END AS operation,
                row_number() OVER () AS n
         FROM {source}
-        LEFT JOIN list_items i ON i.list_name = %(name)s AND i.value = s.value
-        WHERE i.value IS NULL OR (i.expires_at, i.note) IS DISTINCT FROM (txguard_ms_to_ts(s.expires_at), s.note)
+        LEFT JOIN LATERAL (
+            SELECT i.value, i.expires_at, i.note FROM list_items i
+            WHERE i.list_name = %(name)s AND i.value = s.value LIMIT 1
+        ) AS i ON true
+        WHERE i.value IS NULL OR (i.expires_at, i.note) IS DISTINCT FROM (txguard_ms_to_ts(s.expires_at), s.note)"""
+# A list that held no item when its import began: every item of the import is new (each value comes once).
+_CLASSIFIED_NEW = """
+        SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note, 'add' AS operation,
+               row_number() OVER () AS n
+        FROM {source}"""
+_MERGE = """
+    WITH classified AS MATERIALIZED ({classified}
     ), added AS (
         INSERT INTO list_items (list_name, value, expires_at, note, added_by)
         SELECT %(name)s, value, expires_at, note, %(actor)s FROM classified WHERE operation = 'add'
@@ -357,10 +368,10 @@ _MERGE = """
         FROM classified c
         WHERE c.operation = 'change' AND i.list_name = %(name)s AND i.value = c.value
     ), audited AS (
+        -- The three aggregates of a group see its rows in one order: the arrays stay parallel.
         INSERT INTO list_changes (list_name, version, operation, item_values, expiries, notes, actor)
-        SELECT %(name)s, %(version)s, operation, array_agg(value ORDER BY n), array_agg(expires_at ORDER BY n),
-               array_agg(note ORDER BY n), %(actor)s
-        FROM classified GROUP BY operation, (n - 1) / %(chunk)s ORDER BY min(n)
+        SELECT %(name)s, %(version)s, operation, array_agg(value), array_agg(expires_at), array_agg(note), %(actor)s
+        FROM classified GROUP BY operation, (n - 1) / %(chunk)s
     )
     SELECT count(*) FILTER (WHERE operation = 'add'), count(*) FILTER (WHERE operation = 'change') FROM classified
 """
@@ -386,10 +397,13 @@ def _merge_as(
     source: sql.Composable,
     params: dict[str, Any],
     actor: str,
+    all_new: bool = False,
 ) -> tuple[int, int]:
-    """Merge `source` into the list as `version` (the caller holds the list's lock); (added, changed)."""
+    """Merge `source` into the list as `version` (the caller holds the list's lock); (added, changed). `all_new`:
+    the source's values are known not to be in the list (no lookups)."""
+    classified = sql.SQL(_CLASSIFIED_NEW if all_new else _CLASSIFIED).format(source=source)
     cur.execute(
-        sql.SQL(_MERGE).format(source=source),
+        sql.SQL(_MERGE).format(classified=classified),
         {**params, "name": name, "version": version, "actor": actor, "chunk": AUDIT_CHUNK},
     )
     row = cur.fetchone()
@@ -441,12 +455,15 @@ def import_items(
     each value given once; `on_copied` is told how many more items were merged after each chunk. Raises
     ListNotFound."""
     stored = lock(cur, name).version  # before any upload: a concurrent writer waits here
+    cur.execute("SELECT NOT EXISTS (SELECT 1 FROM list_items WHERE list_name = %s)", (name,))
+    row = cur.fetchone()
+    all_new = bool(row and row[0])  # a first import: nothing to look up
     cur.execute(f"CREATE TEMPORARY TABLE {_STAGED} (value text, expires_at bigint, note text) ON COMMIT DROP")
     totals = [0, 0, 0]  # items, added, changed
 
     def merge(lines: list[str]) -> None:
         cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", io.StringIO("".join(lines)))
-        added, changed = _merge_as(cur, name, stored + 1, sql.SQL(f"{_STAGED} AS s"), {}, actor)
+        added, changed = _merge_as(cur, name, stored + 1, sql.SQL(f"{_STAGED} AS s"), {}, actor, all_new)
         cur.execute(f"TRUNCATE {_STAGED}")
         totals[0] += len(lines)
         totals[1] += added
