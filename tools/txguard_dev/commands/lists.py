@@ -254,14 +254,14 @@ def validated_items(path: Path, kind: str, now_ms: int, problems: list[str]) -> 
     from txguard import lists
 
     checker = lists.ItemChecker(kind, now_ms, position="line")
-    for line, value, expires_at, note in _rows(path, problems):
-        item, found = checker.check(line, value, expires_at, note)
-        if item is not None:
-            yield item
-        for p in found:
-            problems.append(f"line {line}: {p.field or 'the row'} = {p.value!r}: {p.reason}")
-        if len(problems) > 10 * MAX_PROBLEMS_SHOWN:
-            return  # enough to act on; counting every problem of a wrong file is not worth reading it all
+    found: list[lists.ListProblem] = []
+    shapes: list[tuple[int, str]] = []  # rows of the wrong number of cells
+    try:
+        # Enough to act on past 10 x MAX_PROBLEMS_SHOWN: counting every problem of a wrong file is not worth it.
+        yield from checker.check_rows(_rows(path, shapes), found, 10 * MAX_PROBLEMS_SHOWN)
+    finally:
+        by_line = shapes + [(p.index or 0, f"{p.field or 'the row'} = {p.value!r}: {p.reason}") for p in found]
+        problems.extend(f"line {line}: {text}" for line, text in sorted(by_line, key=lambda pair: pair[0]))
 
 
 def _line_count(path: Path) -> int:
@@ -271,8 +271,9 @@ def _line_count(path: Path) -> int:
         return max(sum(1 for line in file if line.strip()) - 1, 0)
 
 
-def _rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any, str | None, str | None]]:
-    """(line, value or MISSING, expires_at, note) of each row; None for an empty cell."""
+def _rows(path: Path, shapes: list[tuple[int, str]]) -> Iterator[tuple[int, Any, str | None, str | None]]:
+    """(line, value or MISSING, expires_at, note) of each row; None for an empty cell. A row of the wrong number
+    of cells is appended to `shapes` as (line, the problem)."""
     from txguard.lists import ITEM_FIELDS, MISSING
 
     with open_text(path) as file:
@@ -295,7 +296,7 @@ def _rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any, str | Non
         for row in reader:
             if len(row) != width:
                 if row:
-                    problems.append(f"line {reader.line_num}: the row has {len(row)} cells, the header {width}")
+                    shapes.append((reader.line_num, f"the row has {len(row)} cells, the header {width}"))
                 continue
             yield (
                 reader.line_num,
