@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import getpass
+import gzip
 import sys
 import time
 from collections.abc import Iterator
@@ -265,10 +266,10 @@ def validated_items(path: Path, kind: str, now_ms: int, problems: list[str]) -> 
 
 
 def _line_count(path: Path) -> int:
-    """The progress bar's total: the file's non-blank lines after the header (a note with a line break counts
-    twice; the bar only shows progress)."""
-    with open_text(path) as file:
-        return max(sum(1 for line in file if line.strip()) - 1, 0)
+    """The progress bar's first total: the file's line breaks after the header (blank lines and notes with a line
+    break count too; the bar is set right at the end)."""
+    with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb") as file:
+        return max(sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b"")) - 1, 0)
 
 
 def _rows(path: Path, shapes: list[tuple[int, str]]) -> Iterator[tuple[int, Any, str | None, str | None]]:
@@ -327,6 +328,8 @@ def _import(conn: Any, args: argparse.Namespace) -> int:
         ):
             items = validated_items(args.file, kind, int(time.time() * 1000), problems)
             result = storage.import_items(cur, args.name, items, who, on_copied=bar.update)
+            bar.total = bar.n  # the items read, whatever the line count guessed
+            bar.refresh()
             if problems:
                 raise _refused(problems, str(args.file))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
