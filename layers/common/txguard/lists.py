@@ -15,6 +15,7 @@ value and reason, and stores nothing is the caller's part (it raises InvalidList
 
 from __future__ import annotations
 
+import csv
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -314,3 +315,45 @@ def check_values(kind: str, values: Sequence[Any]) -> list[str]:
     if problems:
         raise InvalidList(f"{len(problems)} of the values are invalid; nothing was removed", problems)
     return list(result)
+
+
+class BadCsvHeader(BadInput):
+    """A CSV file of items whose first line is not a header of value[,expires_at][,note]."""
+
+    def __init__(self, header: Sequence[str] | None) -> None:
+        reason = (
+            "the first line must be a header naming the columns: value[,expires_at][,note]"
+            if header is None or "value" not in header
+            else f"header {list(header)!r}: columns are value, expires_at and note, each once"
+        )
+        super().__init__(reason, [{"index": 1, "field": None, "value": echo(header), "reason": reason}])
+
+
+def csv_rows(lines: Iterable[str], problems: list[ListProblem]) -> Iterator[tuple[int, Any, str | None, str | None]]:
+    """The rows of CSV text of items (`txguard lists import`, the console's upload): a header naming `value` and
+    optionally `expires_at` and `note`, in any order; then (line, value or MISSING, expires_at, note) per row, an
+    empty cell None (as an omitted field), for ItemChecker.check_rows. A row of the wrong number of cells is
+    appended to `problems` and skipped; blank lines are skipped. Raises BadCsvHeader."""
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None or "value" not in header or any(name not in ITEM_FIELDS for name in header):
+        raise BadCsvHeader(header)
+    if len(set(header)) != len(header):
+        raise BadCsvHeader(header)
+    width = len(header)
+    at_value = header.index("value")
+    at_expiry = header.index("expires_at") if "expires_at" in header else None
+    at_note = header.index("note") if "note" in header else None
+    for row in reader:
+        if len(row) != width:
+            if row:
+                problems.append(
+                    ListProblem(reader.line_num, None, None, f"the row has {len(row)} cells, the header {width}")
+                )
+            continue
+        yield (
+            reader.line_num,
+            row[at_value] or MISSING,
+            (row[at_expiry] or None) if at_expiry is not None else None,
+            (row[at_note] or None) if at_note is not None else None,
+        )

@@ -256,13 +256,22 @@ def validated_items(path: Path, kind: str, now_ms: int, problems: list[str]) -> 
 
     checker = lists.ItemChecker(kind, now_ms, position="line")
     found: list[lists.ListProblem] = []
-    shapes: list[tuple[int, str]] = []  # rows of the wrong number of cells
     try:
-        # Enough to act on past 10 x MAX_PROBLEMS_SHOWN: counting every problem of a wrong file is not worth it.
-        yield from checker.check_rows(_rows(path, shapes), found, 10 * MAX_PROBLEMS_SHOWN)
+        with open_text(path) as file:
+            # Enough to act on past 10 x MAX_PROBLEMS_SHOWN: counting every problem of a wrong file is not worth it.
+            yield from checker.check_rows(lists.csv_rows(file, found), found, 10 * MAX_PROBLEMS_SHOWN)
+    except lists.BadCsvHeader as exc:
+        raise CommandError(f"{path}: {exc.message}", exit_code=EXIT_USAGE) from None
     finally:
-        by_line = shapes + [(p.index or 0, f"{p.field or 'the row'} = {p.value!r}: {p.reason}") for p in found]
-        problems.extend(f"line {line}: {text}" for line, text in sorted(by_line, key=lambda pair: pair[0]))
+        problems.extend(problem_lines(found))
+
+
+def problem_lines(found: list[Any]) -> list[str]:
+    """ListProblems of a CSV file as `line N: field = value: reason`, in line order."""
+    return [
+        f"line {p.index}: {p.field + ' = ' + repr(p.value) + ': ' if p.field else ''}{p.reason}"
+        for p in sorted(found, key=lambda p: p.index or 0)
+    ]
 
 
 def _line_count(path: Path) -> int:
@@ -270,41 +279,6 @@ def _line_count(path: Path) -> int:
     break count too; the bar is set right at the end)."""
     with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb") as file:
         return max(sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b"")) - 1, 0)
-
-
-def _rows(path: Path, shapes: list[tuple[int, str]]) -> Iterator[tuple[int, Any, str | None, str | None]]:
-    """(line, value or MISSING, expires_at, note) of each row; None for an empty cell. A row of the wrong number
-    of cells is appended to `shapes` as (line, the problem)."""
-    from txguard.lists import ITEM_FIELDS, MISSING
-
-    with open_text(path) as file:
-        reader = csv.reader(file)
-        header = next(reader, None)
-        if header is None or "value" not in header:
-            raise CommandError(
-                f"{path}: the first line must be a header naming the columns: value[,expires_at][,note]",
-                exit_code=EXIT_USAGE,
-            )
-        unknown = [name for name in header if name not in ITEM_FIELDS]
-        if unknown or len(set(header)) != len(header):
-            raise CommandError(
-                f"{path}: header {header!r}: columns are value, expires_at and note, each once", exit_code=EXIT_USAGE
-            )
-        width = len(header)
-        at_value = header.index("value")
-        at_expiry = header.index("expires_at") if "expires_at" in header else None
-        at_note = header.index("note") if "note" in header else None
-        for row in reader:
-            if len(row) != width:
-                if row:
-                    shapes.append((reader.line_num, f"the row has {len(row)} cells, the header {width}"))
-                continue
-            yield (
-                reader.line_num,
-                row[at_value] or MISSING,
-                (row[at_expiry] or None) if at_expiry is not None else None,
-                (row[at_note] or None) if at_note is not None else None,
-            )
 
 
 def _import(conn: Any, args: argparse.Namespace) -> int:
