@@ -7,7 +7,7 @@ Apart from service.py so that the lists function loads neither the detector nor 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,16 +89,9 @@ class ListPage:
 
 def list_item_page(name: str, raw_value: Any, limit: int, cursor: str | None) -> ListPage:
     """A page of a list's items in order of value (only `raw_value`'s item when given, in the list kind's
-    canonical form). Raises ListNotFound, InvalidList, InvalidCursor, DatabaseUnavailable."""
+    canonical form). Raises ListNotFound, InvalidList, InvalidListCursor, DatabaseUnavailable."""
     after = list_storage.decode_item_cursor(cursor) if cursor else None
-
-    def work(cur: Any) -> list[list_storage.StoredItem]:
-        value = None
-        if raw_value is not None:
-            (value,) = lists.check_values(list_storage.get(cur, name).kind, [raw_value])
-        return list_storage.items(cur, name, after, value, limit + 1)
-
-    rows = run_in_transaction(work)
+    rows = _read(name, raw_value, lambda cur, value: list_storage.items(cur, name, after, value, limit + 1))
     if len(rows) <= limit:
         return ListPage(rows, None)
     return ListPage(rows[:limit], list_storage.encode_cursor("i", rows[limit - 1].value))
@@ -106,16 +99,21 @@ def list_item_page(name: str, raw_value: Any, limit: int, cursor: str | None) ->
 
 def list_change_page(name: str, raw_value: Any, limit: int, cursor: str | None) -> ListPage:
     """A page of a list's audit in order of change (only `raw_value`'s changes when given). Raises ListNotFound,
-    InvalidList, InvalidCursor, DatabaseUnavailable."""
+    InvalidList, InvalidListCursor, DatabaseUnavailable."""
     after = list_storage.decode_change_cursor(cursor) if cursor else None
-
-    def work(cur: Any) -> list[list_storage.ListChange]:
-        value = None
-        if raw_value is not None:
-            (value,) = lists.check_values(list_storage.get(cur, name).kind, [raw_value])
-        return list_storage.changes(cur, name, after, value, limit + 1)
-
-    rows = run_in_transaction(work)
+    rows = _read(name, raw_value, lambda cur, value: list_storage.changes(cur, name, after, value, limit + 1))
     if len(rows) <= limit:
         return ListPage(rows, None)
     return ListPage(rows[:limit], list_storage.encode_cursor("c", rows[limit - 1].change_id))
+
+
+def _read(name: str, raw_value: Any, read: Callable[[Any, str | None], list[Any]]) -> list[Any]:
+    """`read(cur, value)` in one database transaction, `raw_value` first read as a value of the list's kind."""
+
+    def work(cur: Any) -> list[Any]:
+        value = None
+        if raw_value is not None:
+            (value,) = lists.check_values(list_storage.get(cur, name).kind, [raw_value])
+        return read(cur, value)
+
+    return run_in_transaction(work)
