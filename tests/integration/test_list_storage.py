@@ -221,6 +221,17 @@ def test_import_copies_a_large_batch_as_one_version_and_audits_each_item(conn: A
     again = run(conn, lambda cur: lists.import_items(cur, "ips", iter(items), "bob"))
     assert again == lists.ItemsChanged(3, unchanged=5000)
 
+    # A list's first import inserts without looking anything up: the same rows, the same audit.
+    run(conn, lambda cur: lists.create(cur, "fresh_ips", "ip", None, None, "alice"))
+    first = run(conn, lambda cur: lists.import_items(cur, "fresh_ips", iter(items), "bob"))
+    assert first == lists.ItemsChanged(2, added=5000)
+    assert database.query(
+        """SELECT count(*) FROM list_items a JOIN list_items b USING (value)
+           WHERE a.list_name = 'ips' AND b.list_name = 'fresh_ips'
+             AND a.expires_at IS NOT DISTINCT FROM b.expires_at AND a.note = b.note"""
+    ) == [(5000,)]
+    assert sorted(audit(database, "fresh_ips")[1:]) == sorted((2, "add", i.value, i.note, "bob") for i in items)
+
 
 def test_a_membership_lookup_probes_the_primary_key_and_never_scans_the_list(conn: Any, database: Database) -> None:
     run(conn, lambda cur: lists.create(cur, "big", "account", None, None, "alice"))
