@@ -75,6 +75,7 @@ def test_bad_input_is_exit_2_naming_field_value_and_reason_and_stores_nothing(
     before = state(database)
     for argv, expected in (
         (["lists", "create", "Bad", "--kind", "country"], "name = 'Bad'"),
+        (["lists", "show", "Bad-Name"], "name = 'Bad-Name'"),
         (["lists", "create", "other", "--kind", "email"], "kind = 'email'"),
         (["lists", "create", "other", "--kind", "ip", "--action", "review"], "--action 'review'"),
         (["lists", "add", "countries", "XX"], "value = 'XX': is not an ISO 3166-1 alpha-2 country code"),

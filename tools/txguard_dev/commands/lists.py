@@ -127,8 +127,14 @@ def _ms_text(ms: int | None) -> str:
 def run(args: argparse.Namespace) -> int:
     import psycopg2
 
+    from txguard import lists
     from txguard.lists import InvalidList, ListExists, ListNotFound
 
+    if getattr(args, "name", None) is not None:
+        try:
+            lists.list_name(args.name)
+        except ValueError as exc:
+            raise CommandError(f"name = {args.name!r}: {exc}", exit_code=EXIT_USAGE) from None
     try:
         with open_database(service_database_url()) as conn:
             return int(_COMMANDS[args.lists_command](conn, args))
