@@ -291,7 +291,7 @@ class _Explainer:
     feature) "run" of path nodes on that feature, with the direction the path takes at each; o for every run of
     every leaf is then one gather of the row's node decisions at each run's first node, ANDed with its later
     nodes a rank at a time (`_repeats`: few ranks, as a feature rarely recurs more than a few times on a path),
-    and all runs' contributions go into one bincount."""
+    and a group's contributions are summed per feature with one bincount."""
 
     def __init__(self, trees: tuple[Tree, ...], num_features: int) -> None:
         self.num_features = num_features
