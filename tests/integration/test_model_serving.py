@@ -20,6 +20,8 @@ from tests.model_fixtures import FEATURES, artifact_path, register, trained_arti
 from txguard import db
 from txguard.backtest import backtest
 from txguard.detection import detector_cache
+from txguard.domain import Decision
+from txguard.features import Features
 from txguard.models import serving
 from txguard.models.artifact import artifact_sha256, decode_artifact
 from txguard.models.artifact_store import DirectoryStore
@@ -27,7 +29,7 @@ from txguard.models.scoring import TreeModel
 from txguard.observability import metrics
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import validate_rule_set
-from txguard.storage import detector_versions, models
+from txguard.storage import detector_versions, models, training_data
 from txguard_dev.local.runner import FunctionRunner, Template
 
 pytestmark = pytest.mark.integration
@@ -120,19 +122,44 @@ def test_the_champion_scores_every_decision_flags_at_its_threshold_and_explains_
 
 
 def test_the_stored_scores_equal_the_training_library_s_predictions_on_the_stored_features(
-    database: Database, model_dir: Path
+    database: Database, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No skew between serving and training: the features ingest computed and scored are the ones stored with the
+    decision and the ones training reads back (storage.training_data), value for value, and the training
+    library's prediction on those equals the stored score."""
     import lightgbm
     import numpy as np
 
+    live: list[list[float | None]] = []
+    decide_batch = serving.ModelDetector.decide_batch
+
+    def recording(self: serving.ModelDetector, items: list[tuple[Features, str | None, str]]) -> list[Decision]:
+        live.extend(serving.feature_row(features, FEATURES) for features, _, _ in items)
+        return decide_batch(self, items)
+
+    monkeypatch.setattr(serving.ModelDetector, "decide_batch", recording)
     data, text = trained_model(threshold=0.5, seed=13)
     champion(database, model_dir, data)
-    amounts = ["5.00", "450.00", "120.00", "999.99", "0.00", "401.00"]
-    results = store([tx(3, T0 + i * 3_600_000, amount) for i, amount in enumerate(amounts)])
+    amounts = ["5.00", "450.00", "120.00", "999.99", "0.00", "401.00", "0.07", "123456.78"]
+    results = store([tx(3, T0 + i * 3_600_000 + i * 7, amount) for i, amount in enumerate(amounts)])
     stored = database.query("SELECT features FROM transactions WHERE account_id = 3 ORDER BY ts")
-    rows = np.array([[np.nan if f[0][n] is None else float(f[0][n]) for n in FEATURES] for f in stored])
+    stored_rows = [[None if f[0][n] is None else float(f[0][n]) for n in FEATURES] for f in stored]
+    conn = psycopg2.connect(database.admin_url)
+    try:
+        with conn:
+            read = [
+                list(values)
+                for chunk in training_data.labelled_rows(conn, FEATURES, T0, T0 + len(amounts) * 3_600_000, T0)
+                for values in chunk.values
+            ]
+    finally:
+        conn.close()
+    assert len(live) == len(amounts) and any(v is None for row in live for v in row)  # a missing value too
+    assert live == stored_rows == read
+    rows = np.array([[np.nan if v is None else v for v in row] for row in read])
     predicted = lightgbm.Booster(model_str=text).predict(rows)
     assert [r.decision.model_score for r in results] == pytest.approx(list(predicted), abs=1e-9, rel=0)
+    assert [r.decision.model_score for r in results] == expected_scores(data, read)
 
 
 def test_shadows_are_scored_and_recorded_and_never_decide(database: Database, model_dir: Path, artifact: bytes) -> None:

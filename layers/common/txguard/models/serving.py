@@ -13,7 +13,7 @@ How the model and the rules combine (every path that decides: ingest, recompute,
 The champion and the shadows score a chunk of transactions at once (`TreeModel.score_matrix`); explanations
 (TreeSHAP contributions in words, a `model:<version>` reason) are built only for the decisions the champion flags
 (p ≥ its threshold), all those of a chunk in one call (`TreeModel.contributions_matrix`): a decision the rules
-alone flag is explained by its rules, and TreeSHAP costs far more than scoring (1–5 ms a decision for 150–300
+alone flag is explained by its rules, and TreeSHAP costs far more than scoring (about 1 ms a decision for 300
 trees against 10–20 µs a row; `make bench ARGS='--only serving'`, `--only model`).
 A model that cannot be loaded (missing, corrupt or mismatched artifact) is never used: the champion's decisions
 then fall back to the rules, each recording why in `model_fallback` (`load_models`).
