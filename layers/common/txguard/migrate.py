@@ -56,6 +56,10 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     # TrainFunction registers candidates and, with AutoPromote, promotes one (a detector version with it).
     "model_versions": ("SELECT", "INSERT", "UPDATE"),
     "detector_versions": ("SELECT", "INSERT"),
+    # Lists are never deleted (their audit refers to them); items are (the table holds the current ones only).
+    "lists": ("SELECT", "INSERT", "UPDATE"),
+    "list_items": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "list_changes": ("SELECT", "INSERT"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})
