@@ -96,7 +96,8 @@ def merchant_reach_ms(needed: frozenset[str]) -> int:
     return window_reach_ms(merchant) if merchant else 0
 
 
-FeatureValue = Decimal | int | None
+# A feature is a number (None: missing); a str is a text field's value (rule_engine), read by rules, never stored.
+FeatureValue = Decimal | int | str | None
 Features = dict[str, FeatureValue]
 
 
@@ -762,7 +763,7 @@ def merchant_features(
     return result
 
 
-def features_json(features: Mapping[str, Decimal | int | bool | None], names: Sequence[str]) -> str:
+def features_json(features: Mapping[str, Decimal | int | bool | str | None], names: Sequence[str]) -> str:
     """The named features as a JSON object (exact numbers in plain notation, null when missing): the stored
     `features` column and GET /is_fraud?features=true; names are feature names (identifiers: nothing to escape)."""
     parts = []

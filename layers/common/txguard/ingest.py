@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import psycopg2.extensions
 
-from txguard.detection import Detector, decisions_in_time_order
+from txguard.detection import Detector, decisions_in_time_order, list_memberships
 from txguard.domain import Decision, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
 from txguard.features import (
@@ -126,7 +126,8 @@ def _store(
             cur, new, merchant_reach_ms(needed), from_day_start=not needed.isdisjoint(MERCHANT_DAY_FEATURES)
         )
         merchants.attach_history(cur, new, at_merchants, needed, detector.feature_settings)
-        decided = decisions_in_time_order(new, stats, at_merchants, detector)
+        in_lists = list_memberships(cur, new, detector)
+        decided = decisions_in_time_order(new, stats, at_merchants, detector, memberships=in_lists)
         # The unit of work's statement timeout, from the settings read when its connection was opened.
         timeout_ms = getattr(cur, "statement_timeout_ms", 0)
         transactions.copy_in(cur, decided, len(new), decisions, timeout_ms, tuple(sorted(needed)))

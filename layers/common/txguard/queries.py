@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import psycopg2.extensions
 
 from txguard import literals
-from txguard.detection import Detector, decisions_in_time_order, empty_history
+from txguard.detection import Detector, decisions_in_time_order, empty_history, list_memberships
 from txguard.domain import DecidedTransaction
 from txguard.errors import Malformed
 from txguard.features import (
@@ -150,7 +150,8 @@ def recompute_window(
     for t in window:  # the stored per-day counts hold the window's transactions, which are added again
         if t.merchant_id is not None and (days := at_merchants[t.merchant_id].days) and t.ts // DAY_MS in days:
             days[t.ts // DAY_MS][0] -= 1
-    decided = decisions_in_time_order(window, {account_id: history}, at_merchants, detector)
+    in_lists = list_memberships(cur, window, detector)
+    decided = decisions_in_time_order(window, {account_id: history}, at_merchants, detector, memberships=in_lists)
     by_id = {d.transaction.transaction_id: DecidedTransaction(d.transaction, d.decision, d.features) for d in decided}
     judged = [by_id[t.transaction_id] for t in window]
     return judged, (None if since is None else (window[0].ts, window[0].transaction_id))
