@@ -157,3 +157,42 @@ def test_a_rule_set_naming_a_missing_or_unfit_list_or_an_impossible_value_is_ref
     assert problem in str(refused.value)
     assert database.query("SELECT count(*) FROM rule_sets") == before
     detector_cache.clear()
+
+
+def test_attribute_features_count_distinct_values_and_first_uses_late_arrivals_included(
+    runner: FunctionRunner, database: Database
+) -> None:
+    reads = "distinct_countries_24h >= 0 OR distinct_devices_24h >= 0 OR distinct_cards_24h >= 0"
+    apply_rules(database, [rule("reads", f"{reads} OR new_country >= 0 OR new_device >= 0", "0.1", mode="shadow")])
+    hour = 3_600_000
+    first = [
+        item(1, country="FR", device_id="d1", card_id="c1") | {"timestamp": T},
+        item(2, country="FR", device_id="d2") | {"timestamp": T + hour},
+        item(3) | {"timestamp": T + 2 * hour},
+        item(4, country="BR", device_id="d1", card_id="c2") | {"timestamp": T + 26 * hour},
+    ]
+    assert post(runner, first)[0] == 201
+    # A late arrival: before transaction 2, from a new device in a new country.
+    assert post(runner, [item(5, country="DE", device_id="d9") | {"timestamp": T + hour // 2}])[0] == 201
+    assert post(runner, [item(6, country="DE", device_id="d9") | {"timestamp": T + 27 * hour}])[0] == 201
+    names = ["distinct_countries_24h", "distinct_devices_24h", "distinct_cards_24h", "new_country", "new_device"]
+    stored = {
+        tid: [features[name] for name in names]
+        for tid, features in database.query("SELECT transaction_id, features FROM transactions")
+    }
+    assert stored == {
+        1: [1, 1, 1, 1, 1],
+        2: [1, 2, 1, 0, 1],  # stored before the late one arrived: it saw only transaction 1
+        3: [1, 2, 1, None, None],
+        4: [1, 1, 1, 1, 0],  # 26 hours later: only its own values in the window
+        5: [2, 2, 1, 1, 1],  # the late one sees transaction 1 only
+        6: [2, 2, 1, 0, 0],  # DE and d9 were used (late) before; BR and DE, d1 and d9 in 24 hours
+    }
+    # Recomputed now, transaction 2 sees the late arrival too; SQL gives the same for every transaction.
+    recomputed = {j.transaction.transaction_id: [j.features[n] for n in names] for j in recompute(9) if j.features}
+    assert recomputed == stored | {2: [2, 3, 1, 0, 1], 3: [2, 3, 1, None, None]}
+    in_sql = {
+        tid: [features[n] for n in names]
+        for tid, features in database.query("SELECT transaction_id, features FROM transaction_features(9)")
+    }
+    assert in_sql == recomputed

@@ -24,6 +24,8 @@ import psycopg2.extensions
 
 from txguard.domain import Decision, Transaction
 from txguard.features import (
+    ATTRIBUTE_FEATURES,
+    ATTRIBUTE_FIELDS,
     LOCAL_TIME_FEATURES,
     MODEL_SCORE,
     AccountHistory,
@@ -129,6 +131,7 @@ def decisions_in_time_order(
     settings = detector.feature_settings
     wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
     wants_local_time = not needed.isdisjoint(LOCAL_TIME_FEATURES)
+    wants_attributes = not needed.isdisjoint(ATTRIBUTE_FEATURES)
     decide_batch = getattr(detector, "decide_batch", None)
     pending: list[tuple[Transaction, Features]] = []
     for _, same_time in groupby(transactions, key=lambda t: t.ts):
@@ -140,6 +143,8 @@ def decisions_in_time_order(
                 features.update(merchant_features(merchant, t.ts, t.currency, needed, settings))
             if wants_local_time:
                 features.update(local_time_features(t.ts, needed, settings.time_zone))
+            if wants_attributes:
+                features.update(histories[t.account_id].attribute_features(t.ts, attribute_values(t), needed))
             if model_scores is not None:
                 features[MODEL_SCORE] = model_scores.get(t.transaction_id)
             if text_reads:
@@ -147,6 +152,8 @@ def decisions_in_time_order(
             pending.append((t, features))
         for t, units in group:
             histories[t.account_id].add(t.ts, units, t.currency, t.merchant_id)
+            if wants_attributes:
+                histories[t.account_id].add_values(t.ts, attribute_values(t))
             if t.merchant_id is not None:
                 merchants[t.merchant_id].add(t.ts, units, t.currency)
         # Features never depend on decisions, so deciding after the group was added changes nothing.
@@ -179,6 +186,11 @@ class TextReads:
         for key, field, items in self.lists:
             value = features[field]
             features[key] = None if value is None else int(value in items)
+
+
+def attribute_values(t: Transaction) -> dict[str, str | None]:
+    """The attributes the attribute features read (features.ATTRIBUTE_FIELDS), by name."""
+    return {name: getattr(t, name) for name in ATTRIBUTE_FIELDS}
 
 
 def list_memberships(

@@ -14,6 +14,7 @@ from txguard.detection import Detector, decisions_in_time_order, empty_history, 
 from txguard.domain import DecidedTransaction
 from txguard.errors import Malformed
 from txguard.features import (
+    ATTRIBUTE_FEATURES,
     DAY_MS,
     LONGEST_DAY_WINDOW,
     MERCHANT_DAY_FEATURES,
@@ -142,6 +143,15 @@ def recompute_window(
         # Only what came before the window: the window's own transactions are added again as they are decided.
         used = account_stats.merchants_first_used(cur, {(account_id, t.merchant_id) for t in window if t.merchant_id})
         history.merchant_first = {m: first for m, first in used.get(account_id, {}).items() if first < start}
+    if not needed.isdisjoint(ATTRIBUTE_FEATURES):
+        if since is not None:
+            low = since - detector.window_reach_ms + 1
+            history.recent_values = transactions.account_values(cur, {account_id: [(low, since)]})[account_id]
+        used_values = account_stats.values_first_used(cur, account_stats.first_use_wanted(window))
+        history.first_use = {
+            attribute: {value: first for value, first in firsts.items() if first < start}
+            for attribute, firsts in used_values.get(account_id, {}).items()
+        }
     reach = merchant_reach_ms(needed)
     at_merchants = transactions.merchant_windows(
         cur, window, reach, (account_id, start), from_day_start=not needed.isdisjoint(MERCHANT_DAY_FEATURES)

@@ -11,6 +11,19 @@ ALTER TABLE transactions
     ADD COLUMN device_id text,
     ADD COLUMN metadata jsonb;
 
+
+-- When each account first used each value of an attribute (attribute 'country' or 'device_id'), for new_country
+-- and new_device: "used before t" is first_ts < t, whatever order the transactions arrived in (a back-dated one
+-- lowers first_ts), as account_merchants does for merchants. Written by ingest in the transaction that stores.
+CREATE TABLE account_values (
+    account_id  bigint NOT NULL,
+    attribute   text NOT NULL CHECK (attribute IN ('country', 'device_id')),
+    value       text NOT NULL,
+    first_ts    timestamptz NOT NULL,
+    PRIMARY KEY (account_id, attribute, value)
+);
+GRANT SELECT, INSERT, UPDATE ON account_values TO txguard_service;
+
 -- Rules compare text fields (txguard/rule_language.py): a comparison holds `text` (= and !=), `values` (in, not in)
 -- or `list_name` (in list, not in list: the list's current items, unexpired at the time of the decision). The
 -- features hold each text field's value (txguard_text_fields); a missing one makes every such comparison false.
@@ -137,4 +150,35 @@ AS $$
     FROM combined c
     CROSS JOIN rule_set
     ORDER BY c.ts, c.transaction_id
+$$;
+
+-- transaction_features as 0012 defines it, plus the attribute features (txguard/features.py's docstring):
+-- distinct values in (t - 24 h, t) and the transaction's own; first use of a country or device by the account.
+ALTER FUNCTION transaction_features(bigint, text, integer) RENAME TO txguard_amount_features;
+
+CREATE FUNCTION transaction_features(
+    p_account_id bigint, p_time_zone text DEFAULT 'UTC', p_label_delay_days integer DEFAULT 7
+)
+RETURNS TABLE (transaction_id bigint, ts timestamptz, amount numeric, features jsonb)
+LANGUAGE sql STABLE AS $$
+    SELECT h.transaction_id, h.ts, h.amount, h.features || jsonb_build_object(
+        'distinct_countries_24h', d.countries, 'distinct_devices_24h', d.devices, 'distinct_cards_24h', d.cards,
+        'new_country', CASE WHEN t.country IS NOT NULL THEN
+            CASE WHEN EXISTS (SELECT 1 FROM transactions x
+                              WHERE x.account_id = p_account_id AND x.country = t.country AND x.ts < t.ts)
+                 THEN 0 ELSE 1 END END,
+        'new_device', CASE WHEN t.device_id IS NOT NULL THEN
+            CASE WHEN EXISTS (SELECT 1 FROM transactions x
+                              WHERE x.account_id = p_account_id AND x.device_id = t.device_id AND x.ts < t.ts)
+                 THEN 0 ELSE 1 END END)
+    FROM txguard_amount_features(p_account_id, p_time_zone, p_label_delay_days) h
+    JOIN transactions t ON t.transaction_id = h.transaction_id
+    CROSS JOIN LATERAL (
+        SELECT count(DISTINCT w.country) AS countries, count(DISTINCT w.device_id) AS devices,
+               count(DISTINCT w.card_id) AS cards
+        FROM (SELECT x.country, x.device_id, x.card_id FROM transactions x
+              WHERE x.account_id = p_account_id AND x.ts > t.ts - interval '24 hours' AND x.ts < t.ts
+              UNION ALL
+              SELECT t.country, t.device_id, t.card_id) AS w
+    ) d
 $$;
