@@ -333,20 +333,25 @@ def test_records_carry_attributes_stored_canonical_and_a_bad_one_is_dead_lettere
     runner: FunctionRunner, database: Database, dlq: Any, source: str
 ) -> None:
     event = copy.deepcopy(load_event(f"{source}.json"))
-    if source == "sqs":
-        records = event["Records"]
-        read, write = (lambda r: json.loads(r["body"])), (lambda r, d: r.__setitem__("body", json.dumps(d)))
+    if source == "kafka":
+        records = [r for partition in event["records"].values() for r in partition]
     else:
-        records = event["Records"] if source == "kinesis" else [r for p in event["records"].values() for r in p]
-        field = "value" if source == "kafka" else None
+        records = event["Records"]
 
-        def read(record: dict[str, Any]) -> Any:
-            holder = record if field else record["kinesis"]
-            return json.loads(base64.b64decode(holder[field or "data"]))
+    def holder(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Where the record's JSON document is, and under which key (base64 in Kinesis and Kafka)."""
+        if source == "kinesis":
+            return record["kinesis"], "data"
+        return record, "body" if source == "sqs" else "value"
 
-        def write(record: dict[str, Any], document: Any) -> None:
-            holder = record if field else record["kinesis"]
-            holder[field or "data"] = base64.b64encode(json.dumps(document).encode()).decode()
+    def read(record: dict[str, Any]) -> Any:
+        place, key = holder(record)
+        return json.loads(place[key] if source == "sqs" else base64.b64decode(place[key]))
+
+    def write(record: dict[str, Any], document: Any) -> None:
+        place, key = holder(record)
+        text = json.dumps(document)
+        place[key] = text if source == "sqs" else base64.b64encode(text.encode()).decode()
 
     for record in records:
         document = read(record)
