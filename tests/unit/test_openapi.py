@@ -19,8 +19,21 @@ def test_the_committed_openapi_document_matches_the_code() -> None:
 
 def test_the_document_covers_every_route_and_requires_the_api_key() -> None:
     document = json.loads(openapi_json())
-    assert set(document["paths"]) == {"/store_data", "/is_fraud/{account}", "/labels", "/models", "/models/{version}"}
+    assert set(document["paths"]) == {
+        "/store_data",
+        "/is_fraud/{account}",
+        "/labels",
+        "/models",
+        "/models/{version}",
+        "/lists",
+        "/lists/{name}",
+        "/lists/{name}/items",
+        "/lists/{name}/items/{value}",
+        "/lists/{name}/removals",
+        "/lists/{name}/changes",
+    }
     assert set(document["paths"]["/store_data"]) == {"get", "post"}
+    assert set(document["paths"]["/lists/{name}"]) == {"get", "patch"}
     assert set(document["paths"]["/labels"]) == {"get", "post"}
     assert document["security"] == [{"apiKey": []}]
     assert document["components"]["securitySchemes"]["apiKey"] == {
