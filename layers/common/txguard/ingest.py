@@ -133,7 +133,8 @@ def _store(
         )
         merchants.attach_history(cur, new, at_merchants, needed, detector.feature_settings)
         in_lists = list_memberships(cur, new, detector)
-        decided = decisions_in_time_order(new, stats, at_merchants, detector, memberships=in_lists)
+        # Positional: no stored model scores (the champion scores), then the lists' memberships.
+        decided = decisions_in_time_order(new, stats, at_merchants, detector, None, in_lists)
         # The unit of work's statement timeout, from the settings read when its connection was opened.
         timeout_ms = getattr(cur, "statement_timeout_ms", 0)
         transactions.copy_in(cur, decided, len(new), decisions, timeout_ms, tuple(sorted(needed)))
