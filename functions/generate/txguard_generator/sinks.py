@@ -18,12 +18,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from txguard.domain import Transaction
+from txguard.domain import ATTRIBUTES, Transaction
 from txguard_generator.params import check_post_url
 
 USER_AGENT = "txguard-generate"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-FILE_FIELDS = ("transaction_id", "account_id", "timestamp", "amount", "currency", "merchant_id")
+# A CSV file's columns: the attributes a generated transaction carries (never metadata) after the core fields.
+FILE_FIELDS = (
+    "transaction_id",
+    "account_id",
+    "timestamp",
+    "amount",
+    "currency",
+    "merchant_id",
+    "channel",
+    "country",
+    "merchant_category",
+    "card_id",
+    "ip_address",
+    "device_id",
+)
 
 
 class DeliveryError(Exception):
@@ -64,6 +78,9 @@ def transaction_record(t: Transaction) -> dict[str, Any]:
     }
     if t.merchant_id is not None:
         record["merchant_id"] = t.merchant_id
+    for name, value in zip(ATTRIBUTES, t.attributes(), strict=True):
+        if value is not None:
+            record[name] = value
     return record
 
 
@@ -110,7 +127,7 @@ class FileSink:
     def send(self, batch: list[Transaction]) -> Outcome:
         if self._csv is not None:
             self._csv.writerows(
-                (t.transaction_id, t.account_id, t.ts, t.amount, t.currency, t.merchant_id or "") for t in batch
+                (t.transaction_id, t.account_id, t.ts, t.amount, t.currency, *(v or "" for v in t[5:12])) for t in batch
             )
         else:
             dumps = json.dumps
