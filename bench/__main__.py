@@ -14,14 +14,17 @@ from bench import (
     bounded_bench,
     coldstart_bench,
     console_bench,
+    dbtime_bench,
     detection_bench,
     generator_bench,
     ingest_bench,
     input_bench,
     model_bench,
     model_serving_bench,
+    peer_bench,
     replay_bench,
     rules_bench,
+    single_bench,
     stream_bench,
 )
 from bench.harness import bench_database
@@ -38,6 +41,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+# What a result's baseline_<key> and measured_<key> hold, by key.
+UNITS = {
+    "rows_per_s": "rows/s",
+    "p50_ms": "ms p50",
+    "peak_mb": "MB peak",
+    "us_per_transaction": "µs/transaction",
+    "round_trips": "round trips",
+}
+
+
 def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
     lines = [
         f"Measured {about['date']} on {about['cpus']} CPUs, Python {about['python']}, {about['platform']}.",
@@ -46,9 +59,8 @@ def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | --- |",
     ]
     for r in results:
-        unit = "rows/s" if "baseline_rows_per_s" in r else "ms p50"
-        base = r.get("baseline_rows_per_s", r.get("baseline_p50_ms"))
-        got = r.get("measured_rows_per_s", r.get("measured_p50_ms"))
+        key, unit = next((k, u) for k, u in UNITS.items() if f"baseline_{k}" in r)
+        base, got = r[f"baseline_{key}"], r[f"measured_{key}"]
         target = r.get("target", "")
         if "met" in r:
             target += " ✔" if r["met"] else " ✘"
@@ -74,6 +86,9 @@ def main() -> int:
             "console",
             "model",
             "serving",
+            "peer",
+            "single",
+            "dbtime",
         ],
         default=None,
     )
@@ -92,6 +107,9 @@ def main() -> int:
         "console": console_bench.run,
         "model": model_bench.run,
         "serving": model_serving_bench.run,
+        "peer": peer_bench.run,
+        "single": single_bench.run,
+        "dbtime": dbtime_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):
