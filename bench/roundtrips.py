@@ -17,7 +17,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-# The round trips counted since the last reset, each as the first words of what was sent.
+# The round trips counted since the last reset, each as the first words of each statement it sent.
 LOG: list[str] = []
 
 
@@ -25,7 +25,9 @@ def _note(conn: psycopg2.extensions.connection, what: Any) -> None:
     if not conn.autocommit and conn.status == psycopg2.extensions.STATUS_READY:
         LOG.append("BEGIN")  # psycopg2 opens the transaction with a round trip of its own
     text = what.decode() if isinstance(what, bytes) else str(what)
-    LOG.append(" ".join(text.split())[:80])
+    # Each statement of the message by its first words: one message may hold several ("SET LOCAL ...; SELECT").
+    parts = [" ".join(part.split()[:6]) for part in text.split(";") if part.strip()]
+    LOG.append("; ".join(parts))
 
 
 class _CountingCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
