@@ -14,6 +14,7 @@ from bench import (
     bounded_bench,
     coldstart_bench,
     console_bench,
+    dbtime_bench,
     detection_bench,
     generator_bench,
     ingest_bench,
@@ -21,8 +22,10 @@ from bench import (
     lists_bench,
     model_bench,
     model_serving_bench,
+    peer_bench,
     replay_bench,
     rules_bench,
+    single_bench,
     stream_bench,
 )
 from bench.harness import bench_database
@@ -39,6 +42,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+# What a result's baseline_<key> and measured_<key> hold, by key.
+UNITS = {
+    "rows_per_s": "rows/s",
+    "p50_ms": "ms p50",
+    "peak_mb": "MB peak",
+    "us_per_transaction": "µs/transaction",
+    "round_trips": "round trips",
+}
+
+
 def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
     lines = [
         f"Measured {about['date']} on {about['cpus']} CPUs, Python {about['python']}, {about['platform']}.",
@@ -47,9 +60,8 @@ def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | --- |",
     ]
     for r in results:
-        unit = "rows/s" if "baseline_rows_per_s" in r else "ms p50"
-        base = r.get("baseline_rows_per_s", r.get("baseline_p50_ms"))
-        got = r.get("measured_rows_per_s", r.get("measured_p50_ms"))
+        key, unit = next((k, u) for k, u in UNITS.items() if f"baseline_{k}" in r)
+        base, got = r[f"baseline_{key}"], r[f"measured_{key}"]
         target = r.get("target", "")
         if "met" in r:
             target += " ✔" if r["met"] else " ✘"
@@ -76,6 +88,9 @@ def main() -> int:
             "model",
             "serving",
             "lists",
+            "peer",
+            "single",
+            "dbtime",
         ],
         default=None,
     )
@@ -95,6 +110,9 @@ def main() -> int:
         "model": model_bench.run,
         "serving": model_serving_bench.run,
         "lists": lists_bench.run,
+        "peer": peer_bench.run,
+        "single": single_bench.run,
+        "dbtime": dbtime_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):

@@ -127,6 +127,11 @@ def p50(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def ms(seconds: float) -> float:
+    """Seconds as milliseconds to the µs, as results report them."""
+    return round(seconds * 1000, 3)
+
+
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]

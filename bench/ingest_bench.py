@@ -10,10 +10,12 @@ import io
 import json
 import random
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
 
 from bench.harness import BenchDatabase, amount_text, history_rule_set, timed
 from txguard_dev.local.runner import FunctionRunner, Template
@@ -34,44 +36,62 @@ def rows(count: int, first_id: int, accounts: int, seed: int, start: int = T0) -
     return out
 
 
+def raw_copy_load(conn: psycopg2.extensions.connection, data: list[tuple[int, int, int, str]]) -> Callable[[], None]:
+    """Make an empty bare table (four columns, one index) on `conn`; return what loads `data` into it by raw
+    idempotent COPY: COPY into a temporary table, then INSERT ... ON CONFLICT DO NOTHING, one transaction."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "DROP TABLE IF EXISTS bench_raw; "
+            "CREATE TABLE bench_raw (account_id bigint, transaction_id bigint PRIMARY KEY, ts bigint, "
+            "amount numeric(14,2)); CREATE INDEX ON bench_raw (account_id, ts)"
+        )
+    buffer = io.StringIO("".join(f"{a}\t{t}\t{ts}\t{amt}\n" for t, a, ts, amt in data))
+
+    def load() -> None:
+        with conn, conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE staging (LIKE bench_raw) ON COMMIT DROP")
+            cur.copy_expert("COPY staging (account_id, transaction_id, ts, amount) FROM STDIN", buffer)
+            cur.execute("INSERT INTO bench_raw SELECT * FROM staging ON CONFLICT DO NOTHING")
+
+    return load
+
+
 def raw_copy_rate(database: BenchDatabase, data: list[tuple[int, int, int, str]]) -> float:
     conn = psycopg2.connect(database.admin_url)
     try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "DROP TABLE IF EXISTS bench_raw; "
-                "CREATE TABLE bench_raw (account_id bigint, transaction_id bigint PRIMARY KEY, ts bigint, "
-                "amount numeric(14,2)); CREATE INDEX ON bench_raw (account_id, ts)"
-            )
-        buffer = io.StringIO("".join(f"{a}\t{t}\t{ts}\t{amt}\n" for t, a, ts, amt in data))
-
-        def load() -> None:
-            with conn, conn.cursor() as cur:
-                cur.execute("CREATE TEMP TABLE staging (LIKE bench_raw) ON COMMIT DROP")
-                cur.copy_expert("COPY staging (account_id, transaction_id, ts, amount) FROM STDIN", buffer)
-                cur.execute("INSERT INTO bench_raw SELECT * FROM staging ON CONFLICT DO NOTHING")
-
-        return len(data) / timed(load)
+        return len(data) / timed(raw_copy_load(conn, data))
     finally:
         conn.close()
+
+
+def transaction_json(t: tuple[int, int, int, str], merchants: int = 0) -> dict[str, Any]:
+    """One row of `rows()` as POST /store_data reads it (at one of `merchants` merchants, when not 0)."""
+    tid, account, ts, amount = t
+    item: dict[str, Any] = {"account_id": account, "transaction_id": tid, "timestamp": ts, "amount": amount}
+    return item | ({"merchant_id": f"m{tid % merchants}"} if merchants else {})
+
+
+def batch_events(data: list[tuple[int, int, int, str]], batch_size: int, merchants: int = 0) -> list[dict[str, Any]]:
+    """API Gateway events of POST /store_data, `batch_size` transactions each, as the API emulator builds them."""
+    template = json.loads((ROOT / "events" / "store_data_batch.json").read_text())
+    return [
+        {
+            **template,
+            "body": json.dumps(
+                {"transactions": [transaction_json(t, merchants) for t in data[start : start + batch_size]]}
+            ),
+        }
+        for start in range(0, len(data), batch_size)
+    ]
 
 
 def handler_rate(
     database: BenchDatabase, data: list[tuple[int, int, int, str]], batch_size: int, merchants: int = 0
 ) -> float:
     runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=None)
-    template = json.loads((ROOT / "events" / "store_data_batch.json").read_text())
-    events: list[dict[str, Any]] = []
-    for start in range(0, len(data), batch_size):
-        body = {
-            "transactions": [
-                {"account_id": a, "transaction_id": t, "timestamp": ts, "amount": amt}
-                | ({"merchant_id": f"m{t % merchants}"} if merchants else {})
-                for t, a, ts, amt in data[start : start + batch_size]
-            ]
-        }
-        events.append({**template, "body": json.dumps(body)})
-    runner.call("IngestFunction", {**events[0], "body": json.dumps({"transactions": [body["transactions"][0]]})})
+    events = batch_events(data, batch_size, merchants)
+    first = json.loads(events[0]["body"])["transactions"][0]
+    runner.call("IngestFunction", {**events[0], "body": json.dumps({"transactions": [first]})})
 
     def ingest_all() -> None:
         for event in events:
