@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import admin_query
 from tests.e2e.conftest import LocalService
 from tests.reliability.conftest import FULL_SCALE, NOW_MS, serve, stop
+from txguard.domain import ATTRIBUTES
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
@@ -122,7 +123,8 @@ class Client:
             tid = item["transaction_id"]
             if result["status"] != status and not uncertain:
                 self.problems.append(f"{tid}: answered {result['status']}, expected {status}")
-            sent = {k: v for k, v in item.items() if k != "merchant_id"} | {"merchant_id": item.get("merchant_id")}
+            # Optional fields the client left out are answered as null, as the API documents.
+            sent = item | {name: item.get(name) for name in ("merchant_id", *ATTRIBUTES)}
             if result["transaction"] != sent:
                 self.problems.append(f"{tid}: answered {result['transaction']}, sent {sent}")
             known = self.decisions.setdefault(tid, result["decision"])

@@ -80,3 +80,11 @@ def test_every_channel_is_accepted_and_nothing_else() -> None:
 
 def test_there_are_249_countries() -> None:
     assert len(attributes.COUNTRIES) == 249 and "GB" in attributes.COUNTRIES and "UK" not in attributes.COUNTRIES
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "line\nbreak", "\ud800"])
+def test_a_metadata_value_the_database_could_not_store_is_refused(value: str) -> None:
+    # NUL is refused by jsonb and a lone surrogate cannot be encoded: either would fail at the database, after
+    # validation, so they are refused with the rest of the item.
+    with pytest.raises(ValueError, match="control characters or lone surrogates"):
+        attributes.metadata({"campaign": value})

@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from txguard import literals
+
 # ISO 3166-1 alpha-2: the 249 officially assigned codes (ISO 3166 Maintenance Agency; the list pycountry 26.2.16
 # carries). User-assigned and reserved codes (XK, EU, UK, ...) are not countries and are refused.
 COUNTRIES = frozenset(
@@ -150,7 +152,7 @@ def account(value: Any) -> str:
 def metadata(value: Any) -> dict[str, str]:
     """A free object of string values: at most MAX_METADATA_KEYS keys (lower-case letters, digits and '_', starting
     with a letter, at most 40), each value a string of at most MAX_METADATA_VALUE_LENGTH characters, at most
-    MAX_METADATA_BYTES bytes of UTF-8 in all."""
+    MAX_METADATA_BYTES bytes of UTF-8 in all, no control character (NUL, tab, line breaks ...) in a value."""
     if not isinstance(value, Mapping):
         raise ValueError("must be an object of string values")
     if len(value) > MAX_METADATA_KEYS:
@@ -163,6 +165,8 @@ def metadata(value: Any) -> dict[str, str]:
             raise ValueError(f"value of {key!r} must be a string")
         if len(item) > MAX_METADATA_VALUE_LENGTH:
             raise ValueError(f"value of {key!r} is longer than {MAX_METADATA_VALUE_LENGTH} characters")
+        if not literals.storable_text(item):
+            raise ValueError(f"value of {key!r} must not hold control characters or lone surrogates")
         size += len(key.encode()) + len(item.encode())
     if size > MAX_METADATA_BYTES:
         raise ValueError(f"is {size} bytes of keys and values, at most {MAX_METADATA_BYTES}")

@@ -119,7 +119,13 @@ def rfc3339_ms(text: str) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1) + int(fraction[:3].ljust(3, "0"))
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A lone surrogate cannot be encoded as UTF-8, so PostgreSQL could not store it; NUL is refused by jsonb and text.
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def storable_text(text: str) -> bool:
+    """Whether `text` holds no control character and no lone surrogate: what any stored free text must be."""
+    return _UNSTORABLE.search(text) is None
 
 
 def short_text(value: Any, max_length: int) -> str:
@@ -130,8 +136,8 @@ def short_text(value: Any, max_length: int) -> str:
     text = value.strip()
     if not 1 <= len(text) <= max_length:
         raise ValueError(f"must be 1 to {max_length} characters (omit it for none)")
-    if _CONTROL.search(text):
-        raise ValueError("must not hold control characters")
+    if not storable_text(text):
+        raise ValueError("must not hold control characters or lone surrogates")
     return text
 
 
