@@ -82,7 +82,11 @@ def replay(
         model_scores = {s.transaction.transaction_id: stored_model_feature(s.decision) for s in stored}
         decisions = decide_in_time_order(chunk, histories, merchants, rules, model_scores)
         for s in stored:
-            yield s.transaction, s.decision, with_stored_model(decisions[s.transaction.transaction_id], s.decision)
+            yield (
+                s.transaction,
+                s.decision,
+                with_stored_model(decisions[s.transaction.transaction_id], s.decision, rules),
+            )
         last = chunk[-1]
         after = (last.ts, last.transaction_id)
 
@@ -151,7 +155,11 @@ def on_stored_features(
             features = dict(row.features or {})
             features["amount"] = t.amount
             features[MODEL_SCORE] = stored_model_feature(row.decision)
-            yield t, row.decision, with_stored_model(rules.decide(features, t.merchant_id, t.currency), row.decision)
+            yield (
+                t,
+                row.decision,
+                with_stored_model(rules.decide(features, t.merchant_id, t.currency), row.decision, rules),
+            )
         after = (rows[-1].transaction.ts, rows[-1].transaction.transaction_id)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from itertools import groupby
 from typing import Any, NamedTuple, Protocol
@@ -37,7 +37,7 @@ from txguard.features import (
     to_units,
 )
 from txguard.models.serving import load_detector
-from txguard.rule_engine import CompiledRuleSet
+from txguard.rule_engine import CompiledRuleSet, Snoozed
 from txguard.rule_language import RuleSetError
 from txguard.storage import detector_versions
 from txguard.storage.rule_sets import newest_version, version
@@ -50,7 +50,9 @@ class Detector(Protocol):
     computed); `window_reach_ms` is how far back (ms) the widest of them looks; `feature_settings` pins the time
     zone and the label delay its features are computed with. A detector may also offer
     `decide_batch(items: Sequence[(features, merchant_id, currency)]) -> list[Decision]` (the rule set and the
-    model detector do): the loop then hands it DECIDE_CHUNK transactions at once.
+    model detector do): the loop then hands it DECIDE_CHUNK transactions at once. When a snooze concerns a
+    transaction, the loop passes each one's snoozed rules (rule_engine.Snoozed) as `snoozed` (decide's fourth
+    argument, decide_batch's second).
     """
 
     version: int
@@ -112,13 +114,14 @@ def decisions_in_time_order(
     merchants: dict[str, Timeline],
     detector: Detector,
     model_scores: Mapping[int, Decimal | None] | None = None,
+    snoozes: Callable[[Transaction], Snoozed | None] | None = None,
 ) -> Iterator[Decided]:
     """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
 
     Transactions sharing a timestamp are not "before" each other: the whole group is decided first.
     Decisions come out as they are taken (a chunk at a time), so a caller can write them while the rest are still
     being decided. `model_scores` (by transaction id; backtests): the stored champion scores that rules read as
-    `model_score`, instead of a champion's.
+    `model_score`, instead of a champion's. `snoozes` (ingest): the rules snoozed for a transaction's entities.
     """
     needed = detector.needed_features
     settings = detector.feature_settings
@@ -144,18 +147,30 @@ def decisions_in_time_order(
                 merchants[t.merchant_id].add(t.ts, units, t.currency)
         # Features never depend on decisions, so deciding after the group was added changes nothing.
         if len(pending) >= DECIDE_CHUNK:
-            yield from _decided(pending, detector, decide_batch)
+            yield from _decided(pending, detector, decide_batch, snoozes)
             pending = []
     if pending:
-        yield from _decided(pending, detector, decide_batch)
+        yield from _decided(pending, detector, decide_batch, snoozes)
 
 
-def _decided(pending: list[tuple[Transaction, Features]], detector: Detector, decide_batch: Any) -> Iterator[Decided]:
+def _decided(
+    pending: list[tuple[Transaction, Features]],
+    detector: Detector,
+    decide_batch: Any,
+    snoozes: Callable[[Transaction], Snoozed | None] | None = None,
+) -> Iterator[Decided]:
+    snoozed = None if snoozes is None else [snoozes(t) for t, _ in pending]
+    if snoozed is not None and not any(snoozed):
+        snoozed = None  # the usual case: no snooze concerns the chunk
     if decide_batch is None:  # a detector that decides one transaction at a time
-        for t, features in pending:
-            yield Decided(t, features, detector.decide(features, t.merchant_id, t.currency))
+        for i, (t, features) in enumerate(pending):
+            if snoozed is None:
+                yield Decided(t, features, detector.decide(features, t.merchant_id, t.currency))
+            else:
+                yield Decided(t, features, detector.decide(features, t.merchant_id, t.currency, snoozed[i]))  # type: ignore[call-arg]
         return
-    decisions = decide_batch([(features, t.merchant_id, t.currency) for t, features in pending])
+    items = [(features, t.merchant_id, t.currency) for t, features in pending]
+    decisions = decide_batch(items) if snoozed is None else decide_batch(items, snoozed)
     for (t, features), decision in zip(pending, decisions, strict=True):
         yield Decided(t, features, decision)
 

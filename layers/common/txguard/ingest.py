@@ -31,7 +31,8 @@ from txguard.features import (
     needs_account_days,
     spans_before,
 )
-from txguard.storage import account_stats, labels, merchants, transactions
+from txguard.snoozes import entity_values, snoozed_by_transaction
+from txguard.storage import account_stats, labels, merchants, rule_snoozes, transactions
 
 
 class DuplicateIdConflict(Conflict):
@@ -126,7 +127,14 @@ def _store(
             cur, new, merchant_reach_ms(needed), from_day_start=not needed.isdisjoint(MERCHANT_DAY_FEATURES)
         )
         merchants.attach_history(cur, new, at_merchants, needed, detector.feature_settings)
-        decided = decisions_in_time_order(new, stats, at_merchants, detector)
+        # The rules snoozed for the batch's entities: one read per batch.
+        entities: dict[str, set[str]] = defaultdict(set)
+        for t in new:
+            for kind, value in entity_values(t).items():
+                entities[kind].add(value)
+        snoozed = rule_snoozes.in_force(cur, entities)
+        snoozes = snoozed_by_transaction(snoozed) if snoozed else None
+        decided = decisions_in_time_order(new, stats, at_merchants, detector, None, snoozes)
         # The unit of work's statement timeout, from the settings read when its connection was opened.
         timeout_ms = getattr(cur, "statement_timeout_ms", 0)
         transactions.copy_in(cur, decided, len(new), decisions, timeout_ms, tuple(sorted(needed)))

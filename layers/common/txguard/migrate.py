@@ -56,6 +56,9 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     # TrainFunction registers candidates and, with AutoPromote, promotes one (a detector version with it).
     "model_versions": ("SELECT", "INSERT", "UPDATE"),
     "detector_versions": ("SELECT", "INSERT"),
+    # The API's /rules/{rule_id}/snoozes: snooze (insert or replace), list, lift; every change recorded.
+    "rule_snoozes": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "rule_snooze_changes": ("SELECT", "INSERT"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})

@@ -63,11 +63,17 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
 
 
 def flagged_transactions(
-    cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None, with_features: bool = False
+    cur: psycopg2.extensions.cursor,
+    account_id: int,
+    limit: int,
+    cursor: str | None,
+    with_features: bool = False,
+    outcome: str = "block",
 ) -> Page:
-    """The account's stored decisions that flagged fraud, newest first (each with its stored features, if asked)."""
+    """The account's stored decisions of `outcome` (block: flagged as fraud), newest first (each with its stored
+    features, if asked)."""
     before = decode_cursor(cursor) if cursor else None
-    return _page(transactions.flagged(cur, account_id, before, limit + 1, with_features), limit)
+    return _page(transactions.flagged(cur, account_id, before, limit + 1, with_features, outcome), limit)
 
 
 def list_transactions(
@@ -97,9 +103,15 @@ RECOMPUTE_WINDOW = 5_000
 
 
 def recomputed_flagged(
-    cur: psycopg2.extensions.cursor, account_id: int, detector: Detector, limit: int, cursor: str | None
+    cur: psycopg2.extensions.cursor,
+    account_id: int,
+    detector: Detector,
+    limit: int,
+    cursor: str | None,
+    outcome: str = "block",
 ) -> Page:
-    """A page of the account's transactions that `detector` flags, newest first, each re-decided point-in-time.
+    """A page of the account's transactions to which `detector` gives `outcome` (block: flags), newest first,
+    each re-decided point-in-time.
 
     One request re-decides at most RECOMPUTE_WINDOW transactions before the cursor, so a page can hold fewer
     than `limit` items (even none) while next_cursor is set: the client follows it until it is null.
@@ -107,7 +119,7 @@ def recomputed_flagged(
     """
     before = decode_cursor(cursor) if cursor else None
     judged, continue_at = recompute_window(cur, account_id, detector, before, RECOMPUTE_WINDOW)
-    flagged = [j for j in reversed(judged) if j.decision.fraud]
+    flagged = [j for j in reversed(judged) if j.decision.outcome == outcome]
     if len(flagged) > limit:
         return _page(flagged, limit)
     return Page(flagged, encode_cursor(*continue_at) if continue_at else None)

@@ -160,10 +160,16 @@ def store_checked(
 
 @tracer.capture_method(capture_response=False, capture_error=False)
 def account_view(
-    account_id: int, limit: int, cursor: str | None, recompute: bool, with_features: bool = False
+    account_id: int,
+    limit: int,
+    cursor: str | None,
+    recompute: bool,
+    with_features: bool = False,
+    outcome: str = "block",
 ) -> AccountView:
-    """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules; each
-    with the features it was decided on when `with_features` (stored ones: as stored at ingest).
+    """The account's transactions of `outcome` (block: flagged), newest first: stored decisions, or re-decided with
+    today's rules; each with the features it was decided on when `with_features` (stored ones: as stored at ingest).
+    `fraud` says whether any is blocked (recomputed: any of this page, when `outcome` is block).
 
     Raises AccountNotFound, InvalidCursor, DatabaseUnavailable.
     """
@@ -173,11 +179,12 @@ def account_view(
             raise AccountNotFound(account_id)
         if not recompute:
             return AccountView(
-                any_flagged(cur, account_id), flagged_transactions(cur, account_id, limit, cursor, with_features)
+                any_flagged(cur, account_id),
+                flagged_transactions(cur, account_id, limit, cursor, with_features, outcome),
             )
         detector = detector_cache.current(cur, service_settings().rules_cache_seconds)
-        page = recomputed_flagged(cur, account_id, detector, limit, cursor)
-        return AccountView(bool(page.items), page)
+        page = recomputed_flagged(cur, account_id, detector, limit, cursor, outcome)
+        return AccountView(any(j.decision.fraud for j in page.items), page)
 
     view = run_in_transaction(read)
     logger.info("account read", extra={"fraud": view.fraud, "events": len(view.page.items), "recompute": recompute})

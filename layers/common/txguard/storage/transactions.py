@@ -32,13 +32,13 @@ K = TypeVar("K", int, str)
 
 SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
                     fraud, score, reasons, rule_set_version, detector_version, model_version, model_score,
-                    model_threshold, model_fallback, shadow_scores FROM transactions"""
+                    model_threshold, model_fallback, shadow_scores, outcome FROM transactions"""
 # Where the decision's columns start and end in a row of SELECT_TRANSACTIONS.
-_DECISION = slice(6, 16)
+_DECISION = slice(6, 17)
 
 # The same, with the features each decision was taken on (NULL for rows stored before they were kept).
 SELECT_WITH_FEATURES = SELECT_TRANSACTIONS.replace(" FROM transactions", ", features::text FROM transactions")
-_FEATURES_COLUMN = 16
+_FEATURES_COLUMN = 17
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS = (
@@ -59,6 +59,7 @@ _COLUMNS = (
     "model_threshold",
     "model_fallback",
     "shadow_scores",
+    "outcome",
 )
 
 
@@ -85,8 +86,10 @@ def decided_from_row(row: Sequence[Any]) -> DecidedTransaction:
 
 def decision_from_row(row: Sequence[Any]) -> Decision:
     """A decision from its columns (fraud, score, reasons, rule_set_version, detector_version, model_version,
-    model_score, model_threshold, model_fallback, shadow_scores)."""
-    fraud, score, reasons, version, detector_version, model_version, model_score, threshold, fallback, shadows = row
+    model_score, model_threshold, model_fallback, shadow_scores, outcome)."""
+    fraud, score, reasons, version, detector_version, model_version, model_score, threshold, fallback, shadows = row[
+        :10
+    ]
     return Decision(
         fraud,
         score,
@@ -98,6 +101,7 @@ def decision_from_row(row: Sequence[Any]) -> Decision:
         threshold,
         fallback,
         None if shadows is None else {int(v): float(p) for v, p in shadows.items()},
+        outcome=row[10] if len(row) > 10 else None,  # type: ignore[arg-type]  # None: from `fraud`
     )
 
 
@@ -150,7 +154,7 @@ def copy_line(t: Transaction, d: Decision, features: str = "{}") -> str:
         f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
         f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else _NULL}\t"
         f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\t{features}\t"
-        f"{_NULL if d.detector_version is None else d.detector_version}\t{_model_columns(d)}\n"
+        f"{_NULL if d.detector_version is None else d.detector_version}\t{_model_columns(d)}\t{d.outcome}\n"
     )
 
 
@@ -353,22 +357,29 @@ def any_flagged(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
     return bool(row and row[0])
 
 
+# How each outcome is found among an account's transactions: block through the partial index on `fraud` (the
+# same rows), review through its own partial index, allow through (account_id, ts).
+_OUTCOME_FILTER = {"block": " AND fraud", "review": " AND outcome = 'review'", "allow": " AND outcome = 'allow'"}
+
+
 def flagged(
     cur: psycopg2.extensions.cursor,
     account_id: int,
     before: tuple[int, int] | None,
     limit: int,
     with_features: bool = False,
+    outcome: str = "block",
 ) -> list[DecidedTransaction]:
-    """Up to `limit` of the account's transactions stored as fraud, newest first, before (ms, transaction id);
-    `with_features`: each with the features its decision was taken on."""
+    """Up to `limit` of the account's transactions stored with `outcome` (block: flagged as fraud), newest first,
+    before (ms, transaction id); `with_features`: each with the features its decision was taken on."""
     condition, params = "", [account_id]
     if before is not None:
         condition = " AND (ts, transaction_id) < (txguard_ms_to_ts(%s), %s)"
         params.extend(before)
     cur.execute(
         (SELECT_WITH_FEATURES if with_features else SELECT_TRANSACTIONS)
-        + " WHERE account_id = %s AND fraud"
+        + " WHERE account_id = %s"
+        + _OUTCOME_FILTER[outcome]
         + condition
         + " ORDER BY ts DESC, transaction_id DESC LIMIT %s",
         (*params, limit),
