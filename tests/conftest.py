@@ -232,6 +232,9 @@ _TABLES_TO_EMPTY = (
     "merchant_label_daily",
     "model_versions",
     "detector_versions",
+    "lists",
+    "list_items",
+    "list_changes",
 )
 # The console's rollups and review claims (the rollups count what the truncated tables held).
 _CONSOLE_TABLES = (

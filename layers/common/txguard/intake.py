@@ -30,23 +30,29 @@ MAX_AMOUNT = Decimal("1000000000000")  # 10^12 in any currency's major unit
 MERCHANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
+def instant_ms(value: Any) -> int:
+    """Epoch milliseconds from any of a timestamp's forms (a JSON integer, its digits as text, an RFC 3339
+    date-time with a zone), unbounded but for 64 bits: the one reading of an instant, which parse_timestamp_ms and
+    a list item's expiry bound each their own way. Raises ValueError."""
+    if isinstance(value, str) and ":" in value:  # a date-time has a time; epoch milliseconds never hold a colon
+        return literals.rfc3339_ms(value)
+    try:
+        return (
+            literals.integer_from_text(value, INT64_MIN, INT64_MAX)
+            if isinstance(value, str)
+            else literals.integer_from_json(value, INT64_MIN, INT64_MAX)
+        )
+    except ValueError:
+        raise ValueError(
+            "timestamp must be epoch milliseconds (an integer, in digits) or an RFC 3339 date-time with a zone"
+        ) from None
+
+
 def parse_timestamp_ms(value: Any) -> int:
     """Epoch milliseconds from a JSON integer, from its digits as text, or from an RFC 3339 date-time with a zone
     (see `txguard.literals`), within 2000-01-01T00:00:00Z .. now + TXGUARD_MAX_FUTURE_SKEW_SECONDS.
     The body, the query's `from`/`to` and the CLI's `--from`/`--to` all read timestamps here. Raises ValueError."""
-    if isinstance(value, str) and ":" in value:  # a date-time has a time; epoch milliseconds never hold a colon
-        ms = literals.rfc3339_ms(value)
-    else:
-        try:
-            ms = (
-                literals.integer_from_text(value, INT64_MIN, INT64_MAX)
-                if isinstance(value, str)
-                else literals.integer_from_json(value, INT64_MIN, INT64_MAX)
-            )
-        except ValueError:
-            raise ValueError(
-                "timestamp must be epoch milliseconds (an integer, in digits) or an RFC 3339 date-time with a zone"
-            ) from None
+    ms = instant_ms(value)
     latest = int(time.time() * 1000) + service_settings().max_future_skew_s * 1000
     if not EARLIEST_TIMESTAMP_MS <= ms <= latest:
         raise ValueError(

@@ -29,7 +29,6 @@ MAX_LABEL_BATCH = 10_000  # labels one request (or one import chunk) may carry
 SOURCE_PATTERN = r"^[a-z][a-z0-9_]{0,49}(?::[A-Za-z0-9][A-Za-z0-9_.@\-]{0,48})?$"
 _SOURCE = re.compile(SOURCE_PATTERN)
 MAX_REASON_LENGTH = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class LabelIn(BaseModel):
@@ -98,16 +97,7 @@ class LabelIn(BaseModel):
     @field_validator("reason", mode="before")
     @classmethod
     def _reason(cls, value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise ValueError("must be a string")
-        text = value.strip()
-        if not 1 <= len(text) <= MAX_REASON_LENGTH:
-            raise ValueError(f"must be 1 to {MAX_REASON_LENGTH} characters (omit it for none)")
-        if _CONTROL.search(text):
-            raise ValueError("must not hold control characters")
-        return text
+        return None if value is None else literals.short_text(value, MAX_REASON_LENGTH)
 
     def label(self) -> FraudLabel:
         """The validated label in the domain's terms."""

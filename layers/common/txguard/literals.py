@@ -119,6 +119,22 @@ def rfc3339_ms(text: str) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1) + int(fraction[:3].ljust(3, "0"))
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def short_text(value: Any, max_length: int) -> str:
+    """A short free text (a label's reason, a list item's note): a string, 1 to `max_length` characters once
+    trimmed, without control characters. Raises ValueError saying why, without the value."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    text = value.strip()
+    if not 1 <= len(text) <= max_length:
+        raise ValueError(f"must be 1 to {max_length} characters (omit it for none)")
+    if _CONTROL.search(text):
+        raise ValueError("must not hold control characters")
+    return text
+
+
 def boolean_from_text(text: Any) -> bool:
     """`true` or `false` exactly, as JSON writes them (a query parameter): no `yes`, `1`, `TRUE` or empty text,
     which a looser reading would turn into a value the client may not have meant. Raises ValueError."""

@@ -59,6 +59,10 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     # The API's /rules/{rule_id}/snoozes: snooze (insert or replace), list, lift; every change recorded.
     "rule_snoozes": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "rule_snooze_changes": ("SELECT", "INSERT"),
+    # Lists are never deleted (their audit refers to them); items are (the table holds the current ones only).
+    "lists": ("SELECT", "INSERT", "UPDATE"),
+    "list_items": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "list_changes": ("SELECT", "INSERT"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})

@@ -1,0 +1,225 @@
+"""Lists: what a list and its items may be, checked in one place for every path (the API, `txguard lists ...`, the
+console's CSV upload), and the vocabulary storage.lists speaks.
+
+A list has a `name` (lower-case letters, digits and '_', from a letter, at most 63: as a rule id), a `kind` (a key
+of attributes.LIST_KINDS: the transaction field its values match), an `action` (None: only rules read it;
+`allow` or `block`: a match also decides by itself) and an optional `description` (1-500 characters).
+
+An item has a `value` in the canonical text of attributes.list_value(kind, ...) ("fr" in a country list is "FR"),
+an optional `expires_at` (epoch ms; in the forms of a transaction's timestamp, and in the future when it is sent)
+and an optional `note` (1-200 characters). An item applies while it has no expiry or its expiry is later than now.
+
+A batch of items is refused whole when any item is invalid: `check_items` returns every problem, by index, field,
+value and reason, and stores nothing is the caller's part (it raises InvalidListItems before any write).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from txguard import attributes, literals
+from txguard.errors import BadInput, Conflict, NotFound, echo, shorten
+from txguard.intake import instant_ms
+
+LIST_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+_LIST_NAME = re.compile(LIST_NAME_PATTERN)
+ACTIONS = ("allow", "block")
+MAX_DESCRIPTION_LENGTH = 500
+MAX_NOTE_LENGTH = 200
+MAX_ITEM_BATCH = 10_000  # items one API request may add or remove; the CLI's import has no such limit
+LATEST_EXPIRY_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+ITEM_FIELDS = ("value", "expires_at", "note")
+# The actor of a change made without a named caller (the CLI names the operating-system user when it can).
+UNKNOWN_ACTOR = "unknown"
+MAX_ACTOR_LENGTH = 200
+
+
+class ListDefinition(NamedTuple):
+    """What the detector needs of a list: its `name`, `kind` (a key of attributes.LIST_KINDS), `action` (None,
+    'allow' or 'block') and `version` (incremented by every change of the list or its items)."""
+
+    name: str
+    kind: str
+    action: str | None
+    version: int
+
+
+class ListItem(NamedTuple):
+    """A validated item: canonical `value`, `expires_at_ms` (epoch ms, None: never expires), `note`."""
+
+    value: str
+    expires_at_ms: int | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ListProblem:
+    """Why an item (or the definition, `index` None) was refused."""
+
+    index: int | None
+    field: str | None
+    value: Any
+    reason: str
+
+    def detail(self) -> dict[str, Any]:
+        """The API's error detail {"index", "field", "value", "reason"}."""
+        return {"index": self.index, "field": self.field, "value": echo(self.value), "reason": shorten(self.reason)}
+
+
+class InvalidList(BadInput):
+    """A list definition or a batch of items was refused: nothing was stored. `problems` name each by index (of
+    the item in its batch, or the file's line for an import), field, value and reason."""
+
+    def __init__(self, message: str, problems: Sequence[ListProblem]) -> None:
+        super().__init__(message, [p.detail() for p in problems])
+        self.problems = list(problems)
+
+
+class ListNotFound(NotFound):
+    code = "list_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"there is no list {shorten(name)!r}")
+        self.name = name
+
+
+class ListExists(Conflict):
+    """POST /lists for a name that holds a list defined otherwise (the same definition again is answered as
+    it is: a retry)."""
+
+    code = "list_exists"
+
+    def __init__(self, name: str, differences: Sequence[str]) -> None:
+        super().__init__(
+            f"list {name!r} exists with another {', '.join(differences)}; change it with PATCH /lists/{name}",
+            [
+                {"index": None, "field": field, "value": None, "reason": "differs from the stored list"}
+                for field in differences
+            ],
+        )
+
+
+def list_name(value: Any) -> str:
+    """A list's name as given (lower-case: as a rule id). Raises ValueError."""
+    if not isinstance(value, str) or not _LIST_NAME.match(value):
+        raise ValueError("must be 1-63 lower-case letters, digits or '_', starting with a letter")
+    return value
+
+
+def list_kind(value: Any) -> str:
+    """A key of attributes.LIST_KINDS. Raises ValueError."""
+    if not isinstance(value, str) or value not in attributes.LIST_KINDS:
+        raise ValueError(f"must be one of {', '.join(attributes.LIST_KINDS)}")
+    return value
+
+
+def list_action(value: Any) -> str | None:
+    """None (rules read the list), 'allow' or 'block'. Raises ValueError."""
+    if value is None or value in ACTIONS:
+        return value  # type: ignore[no-any-return]
+    raise ValueError("must be allow, block or null (only rules read the list)")
+
+
+def description(value: Any) -> str | None:
+    """None, or a text of 1-500 characters without control characters. Raises ValueError."""
+    return None if value is None else literals.short_text(value, MAX_DESCRIPTION_LENGTH)
+
+
+def note(value: Any) -> str | None:
+    """None, or a text of 1-200 characters without control characters. Raises ValueError."""
+    return None if value is None else literals.short_text(value, MAX_NOTE_LENGTH)
+
+
+def expires_at_ms(value: Any, now_ms: int) -> int | None:
+    """None (never expires), or epoch ms in a timestamp's forms (epoch ms, RFC 3339 with a zone), later than
+    `now_ms` (epoch ms) and not after 9999-12-31. Raises ValueError."""
+    if value is None:
+        return None
+    try:
+        ms = instant_ms(value)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("timestamp", "expires_at")) from None
+    if ms <= now_ms:
+        raise ValueError("is not in the future: an item that has expired already would never apply")
+    if ms > LATEST_EXPIRY_MS:
+        raise ValueError("is later than 9999-12-31T23:59:59.999Z; omit it for an item that never expires")
+    return ms
+
+
+def actor(value: Any) -> str:
+    """Who made a change, as the audit records it: a text of 1-200 characters (control characters refused).
+    Raises ValueError."""
+    return literals.short_text(value, MAX_ACTOR_LENGTH)
+
+
+def check_item(kind: str, item: Any, index: int, now_ms: int) -> tuple[ListItem | None, list[ListProblem]]:
+    """One decoded item (a JSON object, or a CSV row as a dict of text cells, empty cells omitted) of a list of
+    `kind`, validated: (the item, []) or (None, its problems). Unknown fields are refused."""
+    if not isinstance(item, Mapping):
+        return None, [ListProblem(index, None, item, "must be an object: {value, expires_at?, note?}")]
+    problems = [
+        ListProblem(index, shorten(str(field)), item[field], f"unknown field; an item has {', '.join(ITEM_FIELDS)}")
+        for field in item
+        if field not in ITEM_FIELDS
+    ]
+    checked: dict[str, Any] = {}
+    for field, check in (
+        ("value", lambda v: attributes.list_value(kind, v)),
+        ("expires_at", lambda v: expires_at_ms(v, now_ms)),
+        ("note", note),
+    ):
+        if field not in item:
+            if field == "value":
+                problems.append(ListProblem(index, "value", None, "is required"))
+            continue
+        try:
+            checked[field] = check(item[field])
+        except ValueError as exc:
+            problems.append(ListProblem(index, field, item[field], str(exc)))
+    if problems:
+        return None, problems
+    return ListItem(checked["value"], checked.get("expires_at"), checked.get("note")), []
+
+
+def check_items(kind: str, items: Sequence[Any], now_ms: int | None = None) -> list[ListItem]:
+    """A batch of decoded items of a list of `kind`, validated whole: the items in order, a value repeated with
+    the same expiry and note kept once. Raises InvalidList naming every problem (a value repeated with another
+    expiry or note is one) when any item is invalid."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    problems: list[ListProblem] = []
+    seen: dict[str, tuple[int, ListItem]] = {}
+    result: list[ListItem] = []
+    for index, raw in enumerate(items):
+        item, found = check_item(kind, raw, index, now_ms)
+        problems.extend(found)
+        if item is None:
+            continue
+        first = seen.get(item.value)
+        if first is None:
+            seen[item.value] = (index, item)
+            result.append(item)
+        elif first[1] != item:
+            problems.append(
+                ListProblem(index, "value", item.value, f"repeats item {first[0]} with another expires_at or note")
+            )
+    if problems:
+        raise InvalidList(f"{len({p.index for p in problems})} of the items are invalid; nothing was stored", problems)
+    return result
+
+
+def check_values(kind: str, values: Sequence[Any]) -> list[str]:
+    """Values to remove from a list of `kind`, in canonical text (repeats kept once). Raises InvalidList."""
+    problems = []
+    result: dict[str, None] = {}
+    for index, value in enumerate(values):
+        try:
+            result[attributes.list_value(kind, value)] = None
+        except ValueError as exc:
+            problems.append(ListProblem(index, "value", value, str(exc)))
+    if problems:
+        raise InvalidList(f"{len(problems)} of the values are invalid; nothing was removed", problems)
+    return list(result)

@@ -1,0 +1,405 @@
+"""The tables `lists`, `list_items` and `list_changes` (migration 0017): lists, their current items, and the audit
+of every change.
+
+Every change of a list (its definition, items added, changed or removed) runs under the list row's lock (SELECT
+... FOR UPDATE), writes the new version number (the stored one + 1) to the list and one audit row per change, in
+the caller's database transaction: versions are numbered without gaps in commit order, and a change that changes
+nothing (an item added again with the same expiry and note, a value removed that is not there) writes no version.
+
+Readers: `memberships` (ingest, once per batch: one query, one index probe per value asked) and `list_definitions`
+(the detector cache, with the rule set).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from txguard.lists import ListDefinition, ListExists, ListItem, ListNotFound
+
+_LIST_COLUMNS = """l.name, l.kind, l.action, l.description, l.version,
+    (SELECT count(*) FROM list_items i WHERE i.list_name = l.name),
+    txguard_ts_to_ms(l.created_at), l.created_by, txguard_ts_to_ms(l.updated_at), l.updated_by"""
+_CHANGE_COLUMNS = """change_id, list_name, version, operation, value, txguard_ts_to_ms(expires_at), note, kind, action,
+    description, actor, txguard_ts_to_ms(changed_at)"""
+
+
+@dataclass(frozen=True)
+class StoredList:
+    """A list as stored: its definition, `version`, how many items it holds (expired ones included), and when
+    (epoch ms) and by whom it was created and last changed."""
+
+    name: str
+    kind: str
+    action: str | None
+    description: str | None
+    version: int
+    items: int
+    created_at_ms: int
+    created_by: str
+    updated_at_ms: int
+    updated_by: str
+
+    def definition(self) -> ListDefinition:
+        return ListDefinition(self.name, self.kind, self.action, self.version)
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """A current item: `expires_at_ms` (epoch ms, None: never), `active` (not expired at the read), when (epoch ms)
+    and by whom it was added."""
+
+    value: str
+    expires_at_ms: int | None
+    note: str | None
+    added_at_ms: int
+    added_by: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class ListChange:
+    """One audit row: `operation` create / update (the definition after it: kind, action, description) or add /
+    change / remove (an item's value, and its expiry and note after the change, before it for remove); who and
+    when (epoch ms)."""
+
+    change_id: int
+    list_name: str
+    version: int
+    operation: str
+    value: str | None
+    expires_at_ms: int | None
+    note: str | None
+    kind: str | None
+    action: str | None
+    description: str | None
+    actor: str
+    changed_at_ms: int
+
+
+@dataclass(frozen=True)
+class ItemsChanged:
+    """What a write of items did: the list's `version` after it (unchanged when nothing changed), and how many
+    items were `added`, `changed` (another expiry or note), left `unchanged`, or `removed`."""
+
+    version: int
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+
+
+# One probe of list_items' primary key per (list, value) asked (EXPLAIN shows it: bench/lists_bench.py,
+# tests/integration/test_list_storage.py). A plain join would be planned as a hash join over a whole list when the
+# list is small next to the values asked; the LIMIT keeps the subquery a parameterised index scan, whatever the
+# statistics say, so the cost never depends on a list's size.
+MEMBERSHIPS_SQL = """SELECT w.list_name, w.value
+    FROM unnest(%s::text[], %s::text[]) AS w(list_name, value)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM list_items i
+        WHERE i.list_name = w.list_name AND i.value = w.value
+          AND (i.expires_at IS NULL OR i.expires_at > statement_timestamp())
+        LIMIT 1
+    ) AS found"""
+
+
+def membership_arguments(wanted: Mapping[str, Collection[str]]) -> tuple[list[str], list[str]]:
+    """MEMBERSHIPS_SQL's arguments: the (list name, value) pairs asked, each once, as two arrays."""
+    pairs = sorted({(name, value) for name, values in wanted.items() for value in values})
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def memberships(cur: psycopg2.extensions.cursor, wanted: Mapping[str, Collection[str]]) -> dict[str, frozenset[str]]:
+    """For each list name of `wanted`, the values among those asked (canonical text, attributes.list_value) that
+    are items of the list in force now: no expiry, or one later than the statement's time. Every name asked is a
+    key (an unknown list holds nothing). One query for the whole batch; one primary-key probe per (list, value)
+    asked, so the cost grows with the values asked, never with the lists' sizes. Raises psycopg2.Error."""
+    names, values = membership_arguments(wanted)
+    found: dict[str, set[str]] = {name: set() for name in wanted}
+    if names:
+        cur.execute(MEMBERSHIPS_SQL, (names, values))
+        for name, value in cur.fetchall():
+            found[name].add(value)
+    return {name: frozenset(values) for name, values in found.items()}
+
+
+def list_definitions(cur: psycopg2.extensions.cursor) -> dict[str, ListDefinition]:
+    """Every list's ListDefinition (name, kind, action, version) by name."""
+    cur.execute("SELECT name, kind, action, version FROM lists ORDER BY name")
+    return {row[0]: ListDefinition(*row) for row in cur.fetchall()}
+
+
+def _stored_list(row: Sequence[Any]) -> StoredList:
+    return StoredList(*row)
+
+
+def get(cur: psycopg2.extensions.cursor, name: str) -> StoredList:
+    """One list. Raises ListNotFound."""
+    cur.execute(f"SELECT {_LIST_COLUMNS} FROM lists l WHERE l.name = %s", (name,))  # noqa: S608
+    row = cur.fetchone()
+    if row is None:
+        raise ListNotFound(name)
+    return _stored_list(row)
+
+
+def all_lists(cur: psycopg2.extensions.cursor) -> list[StoredList]:
+    """Every list, by name."""
+    cur.execute(f"SELECT {_LIST_COLUMNS} FROM lists l ORDER BY l.name")  # noqa: S608
+    return [_stored_list(row) for row in cur.fetchall()]
+
+
+def lock(cur: psycopg2.extensions.cursor, name: str) -> ListDefinition:
+    """Lock the list's row until the caller's database transaction ends (every writer of the list takes it
+    first), and return its definition. Raises ListNotFound."""
+    cur.execute("SELECT name, kind, action, version FROM lists WHERE name = %s FOR UPDATE", (name,))
+    row = cur.fetchone()
+    if row is None:
+        raise ListNotFound(name)
+    return ListDefinition(*row)
+
+
+def create(
+    cur: psycopg2.extensions.cursor,
+    name: str,
+    kind: str,
+    action: str | None,
+    description: str | None,
+    actor: str,
+) -> tuple[StoredList, bool]:
+    """Create a list at version 1, audited ('create'); (the list, True). The same definition already stored is a
+    retry: (the stored list, False), nothing written. Raises ListExists when the name holds another definition.
+    Arguments are validated (txguard.lists)."""
+    cur.execute(
+        """WITH created AS (
+               INSERT INTO lists (name, kind, action, description, created_by, updated_by)
+               VALUES (%(name)s, %(kind)s, %(action)s, %(description)s, %(actor)s, %(actor)s)
+               ON CONFLICT (name) DO NOTHING
+               RETURNING name, kind, action, description
+           )
+           INSERT INTO list_changes (list_name, version, operation, kind, action, description, actor)
+           SELECT name, 1, 'create', kind, action, description, %(actor)s FROM created
+           RETURNING change_id""",
+        {"name": name, "kind": kind, "action": action, "description": description, "actor": actor},
+    )
+    created = cur.fetchone() is not None
+    stored = get(cur, name)
+    if not created:
+        differences = [
+            field
+            for field, mine, theirs in (
+                ("kind", kind, stored.kind),
+                ("action", action, stored.action),
+                ("description", description, stored.description),
+            )
+            if mine != theirs
+        ]
+        if differences:
+            raise ListExists(name, differences)
+    return stored, created
+
+
+_UNSET: Any = object()
+
+
+def redefine(
+    cur: psycopg2.extensions.cursor,
+    name: str,
+    actor: str,
+    action: str | None = _UNSET,
+    description: str | None = _UNSET,
+) -> tuple[StoredList, bool]:
+    """Change a list's action and/or description (a list's kind never changes: its values are of that kind); a
+    new version, audited ('update'), when either differs: (the list, True); else (the list, False), nothing
+    written. Raises ListNotFound."""
+    current = get_locked(cur, name)
+    new_action = current.action if action is _UNSET else action
+    new_description = current.description if description is _UNSET else description
+    if (new_action, new_description) == (current.action, current.description):
+        return current, False
+    version = current.version + 1
+    cur.execute(
+        """UPDATE lists SET action = %(action)s, description = %(description)s, version = %(version)s,
+                  updated_at = clock_timestamp(), updated_by = %(actor)s
+           WHERE name = %(name)s""",
+        {"name": name, "action": new_action, "description": new_description, "version": version, "actor": actor},
+    )
+    cur.execute(
+        """INSERT INTO list_changes (list_name, version, operation, kind, action, description, actor)
+           VALUES (%s, %s, 'update', %s, %s, %s, %s)""",
+        (name, version, current.kind, new_action, new_description, actor),
+    )
+    return get(cur, name), True
+
+
+def get_locked(cur: psycopg2.extensions.cursor, name: str) -> StoredList:
+    """`get` after `lock`. Raises ListNotFound."""
+    lock(cur, name)
+    return get(cur, name)
+
+
+# Items from a source (an unnest of arrays, or the staged temporary table) merged into the list in one statement:
+# new values inserted, values whose expiry or note differ updated, the others left alone; every row written is
+# audited with the new version.
+_MERGE = """
+    WITH merged AS (
+        INSERT INTO list_items AS i (list_name, value, expires_at, note, added_by)
+        SELECT %(name)s, s.value, txguard_ms_to_ts(s.expires_at), s.note, %(actor)s FROM {source}
+        ON CONFLICT (list_name, value) DO UPDATE SET expires_at = excluded.expires_at, note = excluded.note
+        WHERE (i.expires_at, i.note) IS DISTINCT FROM (excluded.expires_at, excluded.note)
+        RETURNING i.value, i.expires_at, i.note, xmax = 0 AS inserted
+    ), audited AS (
+        INSERT INTO list_changes (list_name, version, operation, value, expires_at, note, actor)
+        SELECT %(name)s, %(version)s, CASE WHEN inserted THEN 'add' ELSE 'change' END, value, expires_at, note,
+               %(actor)s
+        FROM merged
+        RETURNING operation
+    )
+    SELECT count(*) FILTER (WHERE operation = 'add'), count(*) FILTER (WHERE operation = 'change') FROM audited
+"""
+_FROM_ARRAYS = sql.SQL(
+    "unnest(%(values)s::text[], %(expiries)s::bigint[], %(notes)s::text[]) AS s(value, expires_at, note)"
+)
+_STAGED = "list_items_staged"
+
+
+def _merge(
+    cur: psycopg2.extensions.cursor, name: str, source: sql.Composable, params: dict[str, Any], total: int, actor: str
+) -> ItemsChanged:
+    definition = lock(cur, name)
+    version = definition.version + 1
+    cur.execute(sql.SQL(_MERGE).format(source=source), {**params, "name": name, "version": version, "actor": actor})
+    row = cur.fetchone()
+    assert row is not None
+    added, changed = int(row[0]), int(row[1])
+    if added + changed == 0:
+        return ItemsChanged(definition.version, unchanged=total)
+    _bump(cur, name, version, actor)
+    return ItemsChanged(version, added, changed, total - added - changed)
+
+
+def _bump(cur: psycopg2.extensions.cursor, name: str, version: int, actor: str) -> None:
+    cur.execute(
+        "UPDATE lists SET version = %s, updated_at = clock_timestamp(), updated_by = %s WHERE name = %s",
+        (version, actor, name),
+    )
+
+
+def add_items(cur: psycopg2.extensions.cursor, name: str, items: Sequence[ListItem], actor: str) -> ItemsChanged:
+    """Add validated items (txguard.lists.check_items: canonical values of the list's kind, each once) to a list:
+    a new value is added, a value present with another expiry or note is changed, one present with the same is
+    left as it is. One new version for the whole batch when anything changed, none otherwise; each change
+    audited. Raises ListNotFound."""
+    params = {
+        "values": [item.value for item in items],
+        "expiries": [item.expires_at_ms for item in items],
+        "notes": [item.note for item in items],
+    }
+    return _merge(cur, name, _FROM_ARRAYS, params, len(items), actor)
+
+
+def import_items(cur: psycopg2.extensions.cursor, name: str, items: Iterable[ListItem], actor: str) -> ItemsChanged:
+    """`add_items` for any number of items: COPY into a temporary table (dropped at commit), then the same one
+    set-based merge, one version and its audit. Items must be validated and each value given once. Raises
+    ListNotFound."""
+    lock(cur, name)  # before the COPY: a concurrent writer waits here, not after the upload
+    cur.execute(f"CREATE TEMPORARY TABLE {_STAGED} (value text, expires_at bigint, note text) ON COMMIT DROP")
+    total = 0
+    buffer = io.StringIO()
+    for item in items:
+        buffer.write(_copy_line(item))
+        total += 1
+        if buffer.tell() > 8 * 1024 * 1024:
+            _copy(cur, buffer)
+            buffer = io.StringIO()
+    _copy(cur, buffer)
+    try:
+        return _merge(cur, name, sql.SQL(f"{_STAGED} AS s"), {}, total, actor)
+    finally:
+        cur.execute(f"DROP TABLE {_STAGED}")
+
+
+def _copy_escape(text: str) -> str:
+    # COPY's text format: backslash, tab and line breaks escaped (a note is free text; values never hold them).
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _copy_line(item: ListItem) -> str:
+    expires = "\\N" if item.expires_at_ms is None else str(item.expires_at_ms)
+    note = "\\N" if item.note is None else _copy_escape(item.note)
+    return f"{_copy_escape(item.value)}\t{expires}\t{note}\n"
+
+
+def _copy(cur: psycopg2.extensions.cursor, buffer: io.StringIO) -> None:
+    if buffer.tell():
+        buffer.seek(0)
+        cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", buffer)
+
+
+def remove_items(cur: psycopg2.extensions.cursor, name: str, values: Sequence[str], actor: str) -> ItemsChanged:
+    """Remove values (canonical text) from a list: each one present is deleted and audited ('remove', with the
+    expiry and note it had); one new version when any was; values not present change nothing (`unchanged`).
+    Raises ListNotFound."""
+    definition = lock(cur, name)
+    version = definition.version + 1
+    cur.execute(
+        """WITH removed AS (
+               DELETE FROM list_items WHERE list_name = %(name)s AND value = ANY(%(values)s::text[])
+               RETURNING value, expires_at, note
+           ), audited AS (
+               INSERT INTO list_changes (list_name, version, operation, value, expires_at, note, actor)
+               SELECT %(name)s, %(version)s, 'remove', value, expires_at, note, %(actor)s FROM removed
+               RETURNING 1
+           )
+           SELECT count(*) FROM audited""",
+        {"name": name, "values": list(values), "version": version, "actor": actor},
+    )
+    row = cur.fetchone()
+    removed = int(row[0]) if row else 0
+    if not removed:
+        return ItemsChanged(definition.version, unchanged=len(values))
+    _bump(cur, name, version, actor)
+    return ItemsChanged(version, removed=removed, unchanged=len(values) - removed)
+
+
+def items(
+    cur: psycopg2.extensions.cursor, name: str, after_value: str | None, value: str | None, limit: int
+) -> list[StoredItem]:
+    """A list's current items (expired ones included, `active` False) in order of value, after `after_value`, at
+    most `limit`; only `value` when given. Raises ListNotFound when there is no such list."""
+    cur.execute(
+        """SELECT i.value, txguard_ts_to_ms(i.expires_at), i.note, txguard_ts_to_ms(i.added_at), i.added_by,
+                  i.expires_at IS NULL OR i.expires_at > statement_timestamp()
+           FROM list_items i
+           WHERE i.list_name = %(name)s
+             AND (%(after)s::text IS NULL OR i.value > %(after)s::text)
+             AND (%(value)s::text IS NULL OR i.value = %(value)s::text)
+           ORDER BY i.value LIMIT %(limit)s""",
+        {"name": name, "after": after_value, "value": value, "limit": limit},
+    )
+    rows = [StoredItem(*row) for row in cur.fetchall()]
+    if not rows:
+        get(cur, name)  # an empty page of a list that exists, or ListNotFound
+    return rows
+
+
+def changes(
+    cur: psycopg2.extensions.cursor, name: str, after_change_id: int | None, value: str | None, limit: int
+) -> list[ListChange]:
+    """A list's audit in order of change, after `after_change_id`, at most `limit`; only the changes of item
+    `value` when given. Raises ListNotFound when there is no such list."""
+    cur.execute(
+        f"""SELECT {_CHANGE_COLUMNS} FROM list_changes
+            WHERE list_name = %(name)s AND change_id > %(after)s
+              AND (%(value)s::text IS NULL OR value = %(value)s::text)
+            ORDER BY change_id LIMIT %(limit)s""",  # noqa: S608
+        {"name": name, "after": after_change_id or 0, "value": value, "limit": limit},
+    )
+    rows = [ListChange(*row) for row in cur.fetchall()]
+    if not rows:
+        get(cur, name)
+    return rows

@@ -1,0 +1,234 @@
+"""storage.lists against the real database, as the service's role: memberships (what ingest asks once per batch),
+list definitions (what the detector cache reads), versions and the audit of every change, idempotent retries,
+the COPY import, and the plan of a membership lookup (index probes, never a scan of the list)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import psycopg2
+import pytest
+
+from tests.conftest import Database
+from txguard.lists import ListDefinition, ListExists, ListItem, ListNotFound
+from txguard.storage import lists
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+HOUR = 3_600_000
+
+
+@pytest.fixture
+def conn(database: Database) -> Iterator[Any]:
+    connection = psycopg2.connect(database.service_url)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def run(conn: Any, work: Callable[[Any], T]) -> T:
+    with conn, conn.cursor() as cur:
+        return work(cur)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def audit(database: Database, name: str) -> list[tuple[Any, ...]]:
+    return database.query(
+        "SELECT version, operation, value, note, actor FROM list_changes WHERE list_name = %s ORDER BY change_id",
+        (name,),
+    )
+
+
+def test_memberships_answer_every_list_asked_with_current_unexpired_items_only(conn: Any, database: Database) -> None:
+    run(conn, lambda cur: lists.create(cur, "blocked_cards", "card", "block", None, "tester"))
+    run(conn, lambda cur: lists.create(cur, "risky_countries", "country", None, "for rules", "tester"))
+    run(
+        conn,
+        lambda cur: lists.add_items(
+            cur,
+            "blocked_cards",
+            [ListItem("card_1"), ListItem("card_2", now_ms() + HOUR, "until reviewed"), ListItem("card_3")],
+            "tester",
+        ),
+    )
+    run(conn, lambda cur: lists.add_items(cur, "risky_countries", [ListItem("KP"), ListItem("IR")], "tester"))
+    # An item that expired since it was added stays stored (until removed) and no longer applies.
+    database.execute(
+        "UPDATE list_items SET expires_at = date_trunc('milliseconds', now()) - interval '1 second' "
+        "WHERE list_name = 'blocked_cards' AND value = 'card_3'"
+    )
+
+    found = run(
+        conn,
+        lambda cur: lists.memberships(
+            cur,
+            {
+                "blocked_cards": ["card_1", "card_2", "card_3", "card_9"],
+                "risky_countries": {"FR", "IR"},
+                "no_such_list": ["x"],
+                "empty_ask": [],
+            },
+        ),
+    )
+
+    assert found == {
+        "blocked_cards": frozenset({"card_1", "card_2"}),
+        "risky_countries": frozenset({"IR"}),
+        "no_such_list": frozenset(),
+        "empty_ask": frozenset(),
+    }
+    assert run(conn, lambda cur: lists.memberships(cur, {})) == {}
+
+
+def test_list_definitions_carry_kind_action_and_a_version_every_change_increments(
+    conn: Any, database: Database
+) -> None:
+    run(conn, lambda cur: lists.create(cur, "trusted_accounts", "account", "allow", None, "alice"))
+    run(conn, lambda cur: lists.create(cur, "high_risk_mcc", "merchant_category", None, None, "alice"))
+    assert run(conn, lists.list_definitions) == {
+        "high_risk_mcc": ListDefinition("high_risk_mcc", "merchant_category", None, 1),
+        "trusted_accounts": ListDefinition("trusted_accounts", "account", "allow", 1),
+    }
+
+    run(conn, lambda cur: lists.add_items(cur, "high_risk_mcc", [ListItem("7995")], "bob"))
+    run(conn, lambda cur: lists.redefine(cur, "high_risk_mcc", "bob", action="block"))
+    run(conn, lambda cur: lists.remove_items(cur, "high_risk_mcc", ["7995"], "carol"))
+
+    assert run(conn, lists.list_definitions)["high_risk_mcc"] == ListDefinition(
+        "high_risk_mcc", "merchant_category", "block", 4
+    )
+    assert audit(database, "high_risk_mcc") == [
+        (1, "create", None, None, "alice"),
+        (2, "add", "7995", None, "bob"),
+        (3, "update", None, None, "bob"),
+        (4, "remove", "7995", None, "carol"),
+    ]
+    stored = run(conn, lambda cur: lists.get(cur, "high_risk_mcc"))
+    assert (stored.version, stored.items, stored.created_by, stored.updated_by) == (4, 0, "alice", "carol")
+
+
+def test_retries_change_nothing_and_a_changed_expiry_or_note_is_a_new_audited_version(
+    conn: Any, database: Database
+) -> None:
+    created, first = run(conn, lambda cur: lists.create(cur, "devices", "device", None, None, "alice"))
+    again, second = run(conn, lambda cur: lists.create(cur, "devices", "device", None, None, "bob"))
+    assert (first, second, created.version, again.version) == (True, False, 1, 1)
+    with pytest.raises(ListExists, match="action"):
+        run(conn, lambda cur: lists.create(cur, "devices", "device", "block", None, "bob"))
+
+    expiry = now_ms() + HOUR
+    batch = [ListItem("dev-1", expiry, "seen in a ring"), ListItem("dev-2")]
+    added = run(conn, lambda cur: lists.add_items(cur, "devices", batch, "alice"))
+    retried = run(conn, lambda cur: lists.add_items(cur, "devices", batch, "alice"))
+    changed = run(
+        conn,
+        lambda cur: lists.add_items(
+            cur, "devices", [ListItem("dev-1", None, "seen in a ring"), ListItem("dev-2")], "bob"
+        ),
+    )
+    removed_twice = [run(conn, lambda cur: lists.remove_items(cur, "devices", ["dev-2", "dev-9"], "bob")) for _ in "ab"]
+
+    assert added == lists.ItemsChanged(2, added=2)
+    assert retried == lists.ItemsChanged(2, unchanged=2)
+    assert changed == lists.ItemsChanged(3, changed=1, unchanged=1)
+    assert removed_twice == [lists.ItemsChanged(4, removed=1, unchanged=1), lists.ItemsChanged(4, unchanged=2)]
+    assert audit(database, "devices") == [
+        (1, "create", None, None, "alice"),
+        (2, "add", "dev-1", "seen in a ring", "alice"),
+        (2, "add", "dev-2", None, "alice"),
+        (3, "change", "dev-1", "seen in a ring", "bob"),
+        (4, "remove", "dev-2", None, "bob"),
+    ]
+    assert database.query("SELECT value, expires_at, note FROM list_items ORDER BY value") == [
+        ("dev-1", None, "seen in a ring")
+    ]
+
+
+def test_writes_to_a_list_that_does_not_exist_are_refused(conn: Any, database: Database) -> None:
+    for write in (
+        lambda cur: lists.add_items(cur, "nope", [ListItem("x")], "a"),
+        lambda cur: lists.remove_items(cur, "nope", ["x"], "a"),
+        lambda cur: lists.import_items(cur, "nope", iter([ListItem("x")]), "a"),
+        lambda cur: lists.items(cur, "nope", None, None, 10),
+        lambda cur: lists.changes(cur, "nope", None, None, 10),
+        lambda cur: lists.redefine(cur, "nope", "a", action="block"),
+    ):
+        with pytest.raises(ListNotFound):
+            run(conn, write)
+    assert database.query("SELECT count(*) FROM list_changes") == [(0,)]
+
+
+def test_concurrent_writers_of_one_list_number_versions_without_gaps(database: Database) -> None:
+    setup = psycopg2.connect(database.service_url)
+    try:
+        run(setup, lambda cur: lists.create(cur, "cards", "card", None, None, "setup"))
+    finally:
+        setup.close()
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        connection = psycopg2.connect(database.service_url)
+        try:
+            for round_ in range(5):
+                items = [ListItem(f"c{n}-{round_}-{i}") for i in range(20)]
+                run(connection, lambda cur, items=items: lists.add_items(cur, "cards", items, f"writer{n}"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert database.query("SELECT version, (SELECT count(*) FROM list_items) FROM lists") == [(21, 400)]
+    versions = database.query("SELECT DISTINCT version FROM list_changes WHERE list_name = 'cards' ORDER BY 1")
+    assert [v for (v,) in versions] == list(range(1, 22))
+
+
+def test_import_copies_a_large_batch_as_one_version_and_audits_each_item(conn: Any, database: Database) -> None:
+    run(conn, lambda cur: lists.create(cur, "ips", "ip", "block", None, "alice"))
+    run(conn, lambda cur: lists.add_items(cur, "ips", [ListItem("10.0.0.1", None, "old note")], "alice"))
+    expiry = now_ms() + HOUR
+    items = [
+        ListItem(f"10.0.{i // 250}.{i % 250 + 1}", expiry if i % 2 else None, f"tab\there {i}") for i in range(5000)
+    ]
+
+    result = run(conn, lambda cur: lists.import_items(cur, "ips", iter(items), "bob"))
+
+    assert result == lists.ItemsChanged(3, added=4999, changed=1)
+    assert database.query("SELECT count(*), count(expires_at) FROM list_items") == [(5000, 2500)]
+    assert database.query("SELECT note FROM list_items WHERE value = '10.0.0.1'") == [("tab\there 0",)]
+    assert database.query("SELECT operation, count(*) FROM list_changes WHERE version = 3 GROUP BY 1 ORDER BY 1") == [
+        ("add", 4999),
+        ("change", 1),
+    ]
+    again = run(conn, lambda cur: lists.import_items(cur, "ips", iter(items), "bob"))
+    assert again == lists.ItemsChanged(3, unchanged=5000)
+
+
+def test_a_membership_lookup_probes_the_primary_key_and_never_scans_the_list(conn: Any, database: Database) -> None:
+    run(conn, lambda cur: lists.create(cur, "big", "account", None, None, "alice"))
+    run(conn, lambda cur: lists.import_items(cur, "big", (ListItem(str(i)) for i in range(1, 50_001)), "alice"))
+    database.execute("ANALYZE list_items")
+    asked = [str(i) for i in range(1, 2001, 2)]
+
+    def plan(cur: Any) -> Any:
+        cur.execute("EXPLAIN (FORMAT JSON) " + lists.MEMBERSHIPS_SQL, lists.membership_arguments({"big": asked}))
+        return cur.fetchone()[0]
+
+    text = json.dumps(run(conn, plan))
+    assert "Index" in text and "list_items_pkey" in text, text
+    assert "Seq Scan" not in text.replace('"Function Scan"', ""), text
+    assert run(conn, lambda cur: lists.memberships(cur, {"big": asked}))["big"] == frozenset(asked)
