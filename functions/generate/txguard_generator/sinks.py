@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from txguard.domain import Transaction
+from txguard.domain import ATTRIBUTES, Transaction
 from txguard_generator.params import check_post_url
 
 USER_AGENT = "txguard-generate"
@@ -64,6 +64,9 @@ def transaction_record(t: Transaction) -> dict[str, Any]:
     }
     if t.merchant_id is not None:
         record["merchant_id"] = t.merchant_id
+    for name, value in zip(ATTRIBUTES, t.attributes(), strict=True):
+        if value is not None:
+            record[name] = value
     return record
 
 

@@ -13,9 +13,16 @@ from functools import cached_property
 from json.encoder import encode_basestring as _quote
 from typing import Any, Literal, NamedTuple
 
+# A transaction's optional attributes (txguard/attributes.py says what each may be), in Transaction's order.
+ATTRIBUTES = ("channel", "country", "merchant_category", "card_id", "ip_address", "device_id", "metadata")
+
 
 class Transaction(NamedTuple):
-    """A validated transaction, timestamps in epoch milliseconds (a named tuple: cheap to build by the thousand)."""
+    """A validated transaction, timestamps in epoch milliseconds (a named tuple: cheap to build by the thousand).
+
+    The optional attributes (ATTRIBUTES, None when absent) are in their canonical forms (txguard/attributes.py):
+    `channel` one of attributes.CHANNELS, `country` ISO 3166-1 alpha-2, `merchant_category` four ISO 18245 digits,
+    `card_id` and `device_id` tokens, `ip_address` canonical text, `metadata` an object of string values."""
 
     transaction_id: int
     account_id: int
@@ -23,11 +30,26 @@ class Transaction(NamedTuple):
     amount: Decimal
     currency: str
     merchant_id: str | None = None
+    channel: str | None = None
+    country: str | None = None
+    merchant_category: str | None = None
+    card_id: str | None = None
+    ip_address: str | None = None
+    device_id: str | None = None
+    metadata: Mapping[str, str] | None = None
 
     def same_content(self, other: Transaction) -> list[str]:
         """Names of the fields that differ (empty when the two are the same transaction)."""
-        fields = ("account_id", "ts", "amount", "currency", "merchant_id")
-        return [name if name != "ts" else "timestamp" for name in fields if getattr(self, name) != getattr(other, name)]
+        return [
+            name if name != "ts" else "timestamp" for name in _CONTENT if getattr(self, name) != getattr(other, name)
+        ]
+
+    def attributes(self) -> tuple[str | Mapping[str, str] | None, ...]:
+        """The optional attributes, in ATTRIBUTES order."""
+        return self[6:]
+
+
+_CONTENT = ("account_id", "ts", "amount", "currency", "merchant_id", *ATTRIBUTES)
 
 
 Outcome = Literal["allow", "review", "block"]

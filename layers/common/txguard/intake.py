@@ -8,16 +8,15 @@ any sequence of decoded JSON items one by one, giving each a valid `Transaction`
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator
 
-from txguard import literals
+from txguard import attributes, literals
 from txguard.currencies import MINOR_UNITS
 from txguard.domain import Transaction
 from txguard.errors import echo, shorten
@@ -27,7 +26,7 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 EARLIEST_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_AMOUNT = Decimal("1000000000000")  # 10^12 in any currency's major unit
-MERCHANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+MERCHANT_ID = attributes.IDENTIFIER
 
 
 def instant_ms(value: Any) -> int:
@@ -141,6 +140,68 @@ class TransactionIn(BaseModel):
         str | None, Field(description="optional merchant identifier: letters, digits, _ . : - (at most 64)")
     ] = None
 
+    channel: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", "enum": list(attributes.CHANNELS)}),
+        Field(
+            description="how the payment was made: card_present (chip, swipe), contactless, ecommerce (card not "
+            "present, online), in_app, moto (mail or telephone order), recurring, atm, transfer"
+        ),
+    ] = None
+    country: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", "pattern": "^[A-Za-z]{2}$"}),
+        Field(description="ISO 3166-1 alpha-2 country of the transaction (e.g. FR), stored upper-case"),
+    ] = None
+    merchant_category: Annotated[
+        str | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": "^[0-9]{1,4}$"},
+                    {"type": "integer", "minimum": 0, "maximum": 9999},
+                ]
+            }
+        ),
+        Field(description="ISO 18245 merchant category code (MCC), 0000-9999, stored as four digits (742 -> 0742)"),
+    ] = None
+    card_id: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", "pattern": attributes.IDENTIFIER.pattern}),
+        Field(
+            description="a token that identifies the card (1-64 letters, digits, _ . : -), never its number: a "
+            "13-19 digit value that passes the Luhn check is refused"
+        ),
+    ] = None
+    ip_address: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
+        Field(
+            description="the client's IPv4 or IPv6 address, stored in its canonical text (2001:DB8::1 -> 2001:db8::1)"
+        ),
+    ] = None
+    device_id: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", "pattern": attributes.IDENTIFIER.pattern}),
+        Field(description="a token that identifies the client's device (1-64 letters, digits, _ . : -)"),
+    ] = None
+    metadata: Annotated[
+        dict[str, str] | None,
+        WithJsonSchema(
+            {
+                "type": "object",
+                "maxProperties": attributes.MAX_METADATA_KEYS,
+                "propertyNames": {"pattern": attributes.METADATA_KEY.pattern},
+                "additionalProperties": {"type": "string", "maxLength": attributes.MAX_METADATA_VALUE_LENGTH},
+            }
+        ),
+        Field(
+            description=f"free string values by key (at most {attributes.MAX_METADATA_KEYS} keys of lower-case "
+            f"letters, digits and _, each value at most {attributes.MAX_METADATA_VALUE_LENGTH} characters, "
+            f"{attributes.MAX_METADATA_BYTES} bytes in all); rules read them as metadata.KEY"
+        ),
+    ] = None
+
     @field_validator("account_id", mode="before")
     @classmethod
     def _account_id(cls, value: Any) -> int:
@@ -182,12 +243,45 @@ class TransactionIn(BaseModel):
             raise ValueError("merchant_id must be 1-64 letters, digits, '_', '.', ':' or '-'")
         return text
 
+    @field_validator(
+        "channel", "country", "merchant_category", "card_id", "ip_address", "device_id", "metadata", mode="before"
+    )
+    @classmethod
+    def _attribute(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        return ATTRIBUTE_CHECKS[info.field_name or ""](value)
+
     def transaction(self) -> Transaction:
         """The validated transaction in the domain's terms (validators have turned every field into its type)."""
         assert isinstance(self.timestamp, int) and isinstance(self.amount, Decimal) and self.currency is not None
         return Transaction(
-            self.transaction_id, self.account_id, self.timestamp, self.amount, self.currency, self.merchant_id
+            self.transaction_id,
+            self.account_id,
+            self.timestamp,
+            self.amount,
+            self.currency,
+            self.merchant_id,
+            self.channel,
+            self.country,
+            self.merchant_category,
+            self.card_id,
+            self.ip_address,
+            self.device_id,
+            self.metadata,
         )
+
+
+# How each optional attribute is read (txguard/attributes.py: the one definition every path uses).
+ATTRIBUTE_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "channel": attributes.channel,
+    "country": attributes.country,
+    "merchant_category": attributes.merchant_category,
+    "card_id": attributes.card_id,
+    "ip_address": attributes.ip_address,
+    "device_id": attributes.identifier,
+    "metadata": attributes.metadata,
+}
 
 
 @dataclass(frozen=True)

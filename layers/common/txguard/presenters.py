@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from txguard.currencies import money
-from txguard.domain import DecidedTransaction, Decision, LabelResult, StoredLabel, StoreResult, Transaction
+from txguard.domain import ATTRIBUTES, DecidedTransaction, Decision, LabelResult, StoredLabel, StoreResult, Transaction
 from txguard.features import FEATURES, features_json
 
 
@@ -22,7 +22,13 @@ def transaction_json(t: Transaction) -> dict[str, Any]:
         "amount": money(t.amount, t.currency),
         "currency": t.currency,
         "merchant_id": t.merchant_id,
+        **attributes_json(t),
     }
+
+
+def attributes_json(t: Transaction) -> dict[str, Any]:
+    """The optional attributes by name, null when absent."""
+    return dict(zip(ATTRIBUTES, t.attributes(), strict=True))
 
 
 def decision_json(d: Decision) -> dict[str, Any]:
@@ -98,6 +104,7 @@ def _flagged(t: Transaction, d: Decision, reasons: Any) -> dict[str, Any]:
         "amount": money(t.amount, t.currency),
         "currency": t.currency,
         "merchant_id": t.merchant_id,
+        **attributes_json(t),
         "outcome": d.outcome,
         "score": str(d.score),
         "reasons": reasons,

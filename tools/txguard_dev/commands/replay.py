@@ -22,9 +22,11 @@ Re-running a replay stores nothing twice: transactions and labels (their labelle
 answered as duplicates.
 
 Columns: `--map FIELD=COLUMN` names the column of a field (account_id, transaction_id, timestamp, amount, currency,
-merchant_id, fraud, reason); by default each field is read from the column of its own name. Cells are read as the
+merchant_id, the optional attributes channel, country, merchant_category, card_id, ip_address, device_id and
+metadata, fraud, reason); by default each field is read from the column of its own name. Cells are read as the
 API reads JSON, with text forms allowed: integers in digits, `fraud` as true/false or 1/0, `timestamp` as epoch ms,
-RFC 3339, or "YYYY-MM-DD HH:MM:SS[.fff]" taken as UTC. A row without a fraud cell has no label.
+RFC 3339, or "YYYY-MM-DD HH:MM:SS[.fff]" taken as UTC, `metadata` as an object or its JSON text (in a CSV cell).
+An empty cell is an absent attribute. A row without a fraud cell has no label.
 
 `--preset handbook` reads the Fraud Detection Handbook's simulated transactions: account_id = CUSTOMER_ID + 1,
 transaction_id = TRANSACTION_ID, timestamp = TX_DATETIME (UTC), amount = TX_AMOUNT (rounded half up to cents: the
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import json
 import logging
 import os
 import re
@@ -49,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from txguard import literals
-from txguard.domain import FraudLabel, Transaction
+from txguard.domain import ATTRIBUTES, FraudLabel, Transaction
 from txguard_dev.commands.common import (
     EXIT_USAGE,
     CommandError,
@@ -61,7 +64,17 @@ from txguard_dev.commands.labels import is_csv_name, rows
 
 DAY_MS = 86_400_000
 LABEL_CHUNK = 10_000
-FIELDS = ("account_id", "transaction_id", "timestamp", "amount", "currency", "merchant_id", "fraud", "reason")
+FIELDS = (
+    "account_id",
+    "transaction_id",
+    "timestamp",
+    "amount",
+    "currency",
+    "merchant_id",
+    *ATTRIBUTES,
+    "fraud",
+    "reason",
+)
 _NAIVE = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[ T]([0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,3})?)\Z")
 _EPOCH_MS = re.compile(literals.INTEGER_PATTERN + r"\Z")
 HANDBOOK_SCENARIOS = {"1": "amount_above_220", "2": "compromised_terminal", "3": "compromised_card"}
@@ -210,6 +223,17 @@ def _fraud(value: Any) -> Any:
     return value
 
 
+def _json_object(value: Any) -> Any:
+    """A metadata cell: an object as it is, or the JSON text of one (a CSV cell); anything else is left for the
+    API's rules to refuse."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def cells(args: argparse.Namespace) -> dict[str, Cell]:
     """How each field is read from a row: the preset, then --map overrides. Raises CommandError for a bad --map."""
     mapping: dict[str, Cell] = {name: _column(name) for name in FIELDS}
@@ -254,6 +278,10 @@ def read_replay(
             "currency": mapping["currency"](row) or None,
             "merchant_id": mapping["merchant_id"](row) or None,
         }
+        for name in ATTRIBUTES:
+            value = mapping[name](row)
+            if value not in (None, ""):
+                item[name] = _json_object(value) if name == "metadata" else value
         if from_csv and item["currency"] is None:
             del item["currency"]
         (checked,) = check_items([item])

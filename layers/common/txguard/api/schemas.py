@@ -83,6 +83,13 @@ class StoredTransactionOut(BaseModel):
     amount: str
     currency: str
     merchant_id: str | None = None
+    channel: str | None = Field(default=None, description="how the payment was made (see the request's channel)")
+    country: str | None = Field(default=None, description="ISO 3166-1 alpha-2, upper-case")
+    merchant_category: str | None = Field(default=None, description="ISO 18245 MCC, four digits")
+    card_id: str | None = Field(default=None, description="the card's token")
+    ip_address: str | None = Field(default=None, description="canonical text of the IPv4 or IPv6 address")
+    device_id: str | None = Field(default=None, description="the device's token")
+    metadata: dict[str, str] | None = Field(default=None, description="free string values by key, as sent")
 
 
 class StoreResultOut(BaseModel):
@@ -111,6 +118,13 @@ class FraudEventOut(ModelFieldsOut):
     amount: str
     currency: str
     merchant_id: str | None = None
+    channel: str | None = Field(default=None, description="how the payment was made (see the request's channel)")
+    country: str | None = Field(default=None, description="ISO 3166-1 alpha-2, upper-case")
+    merchant_category: str | None = Field(default=None, description="ISO 18245 MCC, four digits")
+    card_id: str | None = Field(default=None, description="the card's token")
+    ip_address: str | None = Field(default=None, description="canonical text of the IPv4 or IPv6 address")
+    device_id: str | None = Field(default=None, description="the device's token")
+    metadata: dict[str, str] | None = Field(default=None, description="free string values by key, as sent")
     outcome: Literal["allow", "review", "block"] = Field(description=OUTCOME_DESCRIPTION)
     score: str
     reasons: list[ReasonOut]

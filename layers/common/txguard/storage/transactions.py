@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg2
 import psycopg2.extensions
 
-from txguard.domain import DecidedTransaction, Decision, Reason, Transaction
+from txguard.domain import ATTRIBUTES, DecidedTransaction, Decision, Reason, Transaction
 from txguard.features import Span, Timeline, features_json, spans_before
 from txguard.storage import array_literal
 
@@ -32,13 +32,15 @@ K = TypeVar("K", int, str)
 
 SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
                     fraud, score, reasons, rule_set_version, detector_version, model_version, model_score,
-                    model_threshold, model_fallback, shadow_scores, outcome FROM transactions"""
-# Where the decision's columns start and end in a row of SELECT_TRANSACTIONS.
+                    model_threshold, model_fallback, shadow_scores, outcome, channel, country, merchant_category,
+                    card_id, ip_address, device_id, metadata FROM transactions"""
+# Where the decision's and the attributes' columns start and end in a row of SELECT_TRANSACTIONS.
 _DECISION = slice(6, 17)
+_ATTRIBUTES = slice(17, 24)
 
 # The same, with the features each decision was taken on (NULL for rows stored before they were kept).
 SELECT_WITH_FEATURES = SELECT_TRANSACTIONS.replace(" FROM transactions", ", features::text FROM transactions")
-_FEATURES_COLUMN = 17
+_FEATURES_COLUMN = 24
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS = (
@@ -60,6 +62,7 @@ _COLUMNS = (
     "model_fallback",
     "shadow_scores",
     "outcome",
+    *ATTRIBUTES,
 )
 
 
@@ -70,8 +73,8 @@ def stored_by_id(cur: psycopg2.extensions.cursor, ids: list[int]) -> dict[int, t
 
 
 def transaction_from_row(row: Sequence[Any]) -> Transaction:
-    tid, account_id, ts, amount, currency, merchant_id = row[:6]
-    return Transaction(tid, account_id, ts, amount, currency, merchant_id)
+    """A transaction from a row of SELECT_TRANSACTIONS (or of SELECT_WITH_FEATURES)."""
+    return Transaction(*row[:6], *row[_ATTRIBUTES])
 
 
 def decided_from_row(row: Sequence[Any]) -> DecidedTransaction:
@@ -154,11 +157,26 @@ def copy_line(t: Transaction, d: Decision, features: str = "{}") -> str:
         f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
         f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else _NULL}\t"
         f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\t{features}\t"
-        f"{_NULL if d.detector_version is None else d.detector_version}\t{_model_columns(d)}\t{d.outcome}\n"
+        f"{_NULL if d.detector_version is None else d.detector_version}\t{_model_columns(d)}\t{d.outcome}"
+        f"{_NO_ATTRIBUTES if t[6:] == _NONE else _attribute_columns(t)}\n"
     )
 
 
 _NULL = "\\N"
+_NONE = (None,) * len(ATTRIBUTES)
+_NO_ATTRIBUTES = f"\t{_NULL}" * len(ATTRIBUTES)
+
+
+def _attribute_columns(t: Transaction) -> str:
+    """The attribute columns in COPY's text format, each after a tab. Validated attributes are tokens, codes and
+    addresses (nothing to escape); metadata is JSON whose string values may hold anything."""
+    *plain, metadata = t.attributes()
+    text = "".join(f"\t{_NULL if value is None else value}" for value in plain)
+    if metadata is None:
+        return f"{text}\t{_NULL}"
+    return f"{text}\t{_copy_text(json.dumps(metadata, ensure_ascii=False, separators=(',', ':')))}"
+
+
 _NO_MODEL = f"{_NULL}\t{_NULL}\t{_NULL}\t{_NULL}\t{_NULL}"
 
 
