@@ -36,10 +36,12 @@ from txguard.features import (
     merchant_features,
     to_units,
 )
+from txguard.lists import ListDefinition
 from txguard.models.serving import load_detector
 from txguard.rule_engine import CompiledRuleSet, Snoozed
 from txguard.rule_language import RuleSetError
 from txguard.storage import detector_versions
+from txguard.storage.lists import list_definitions
 from txguard.storage.rule_sets import newest_version, version
 
 
@@ -185,6 +187,7 @@ class DetectorCache:
 
     def __init__(self) -> None:
         self._detector: Detector | None = None
+        self._lists: dict[str, ListDefinition] = {}
         self._key: tuple[int | None, int] | None = None
         self._loaded_at = 0.0
         self._lock = threading.Lock()
@@ -212,8 +215,15 @@ class DetectorCache:
                     rules = CompiledRuleSet(stored.version, stored.rule_set, key[0])
                     self._detector = rules if pinned is None else load_detector(cur, pinned, rules)
                     self._key = key
+                # The lists' definitions (which decide by themselves, and how) are picked up with the detector.
+                self._lists = list_definitions(cur)
                 self._loaded_at = now
             return self._detector
+
+    def lists(self) -> dict[str, ListDefinition]:
+        """The list definitions read with the current detector (storage.lists.list_definitions), by name."""
+        with self._lock:
+            return self._lists
 
     def clear(self) -> None:
         with self._lock:

@@ -68,7 +68,7 @@ def _store(
     store_batch = store_unless_busy if skip_busy else store_transactions
 
     def work(cur: Any) -> tuple[Sequence[StoreResult | None], list[outbox.Claimed]]:
-        results = store_batch(cur, batch, detector_cache.current(cur, max_age))
+        results = store_batch(cur, batch, detector_cache.current(cur, max_age), detector_cache.lists())
         flagged = [
             fraud_detected_detail(r.transaction, r.decision)
             for r in results

@@ -33,7 +33,7 @@ CREATE TABLE rule_snoozes (
 CREATE INDEX rule_snoozes_entity ON rule_snoozes (kind, value);
 
 CREATE TABLE rule_snooze_changes (
-    change_id   bigserial PRIMARY KEY,
+    change_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- order of change
     change      text NOT NULL CHECK (change IN ('snoozed', 'changed', 'lifted')),
     rule_id     text NOT NULL,
     kind        text NOT NULL,
