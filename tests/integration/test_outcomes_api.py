@@ -135,7 +135,8 @@ def test_block_lists_block_and_an_allow_list_allows_whatever_the_score_each_expl
 
     # When the card's item has expired, it no longer applies
     database.execute(
-        "UPDATE list_items SET expires_at = date_trunc('milliseconds', now()) - interval '1 second' WHERE value = 'tok_1'"
+        "UPDATE list_items SET expires_at = date_trunc('milliseconds', now()) - interval '1 second' "
+        "WHERE value = 'tok_1'"
     )
     (later,) = store(runner, [tx(6, 6, "10.00", card_id="tok_1")])
     assert (later["outcome"], later["reasons"]) == ("allow", [])

@@ -19,7 +19,17 @@ def test_the_committed_openapi_document_matches_the_code() -> None:
 
 def test_the_document_covers_every_route_and_requires_the_api_key() -> None:
     document = json.loads(openapi_json())
-    assert set(document["paths"]) == {"/store_data", "/is_fraud/{account}", "/labels", "/models", "/models/{version}"}
+    assert set(document["paths"]) == {
+        "/store_data",
+        "/is_fraud/{account}",
+        "/labels",
+        "/models",
+        "/models/{version}",
+        "/rules/{rule_id}/snoozes",
+        "/rules/{rule_id}/snoozes/{kind}/{value}",
+    }
+    assert set(document["paths"]["/rules/{rule_id}/snoozes"]) == {"get", "post"}
+    assert set(document["paths"]["/rules/{rule_id}/snoozes/{kind}/{value}"]) == {"delete"}
     assert set(document["paths"]["/store_data"]) == {"get", "post"}
     assert set(document["paths"]["/labels"]) == {"get", "post"}
     assert document["security"] == [{"apiKey": []}]
