@@ -266,3 +266,46 @@ def test_a_bad_snooze_is_refused_and_nothing_is_stored(
     assert got == status, answer
     assert field in json.dumps(answer["error"])
     assert database.query(counts) == before
+
+
+def test_the_cli_snoozes_lists_and_lifts_and_refuses_a_bad_snooze_with_exit_2(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from txguard import db
+    from txguard_dev.cli import main
+
+    def txguard(*argv: str) -> tuple[int, str, str]:
+        db.reset_connection()
+        code = main([*argv[:2], "--database-url", database.admin_url, *argv[2:]])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    apply_rules(database, [rule("big", "amount > 100")])
+    code, out, _ = txguard(
+        "rules",
+        "snooze",
+        "big",
+        "--kind",
+        "card",
+        "--value",
+        "tok_9",
+        "--until",
+        str(in_a_day()),
+        "--note",
+        "test card",
+        "--by",
+        "ana",
+    )
+    assert code == 0 and out.startswith("stored: big snoozed for card tok_9 until ")
+    code, out, _ = txguard("rules", "snoozes", "big")
+    assert code == 0 and "snoozed for card tok_9" in out and "snoozed  card tok_9" in out
+    code, _, err = txguard("rules", "snooze", "big", "--kind", "country", "--value", "XX", "--until", str(in_a_day()))
+    assert code == 2 and "--value" in err and "XX" in err
+    code, _, err = txguard("rules", "snooze", "nope", "--kind", "card", "--value", "tok_9", "--until", str(in_a_day()))
+    assert code == 2 and "rule nope is not in the newest rule set" in err
+    code, out, _ = txguard("rules", "unsnooze", "big", "--kind", "card", "--value", "tok_9", "--by", "bo")
+    assert code == 0 and out.startswith("lifted: big")
+    assert database.query("SELECT change, changed_by FROM rule_snooze_changes WHERE value = 'tok_9' ORDER BY 1") == [
+        ("lifted", "bo"),
+        ("snoozed", "ana"),
+    ]

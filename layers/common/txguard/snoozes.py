@@ -97,35 +97,43 @@ def _require_rule(cur: Any, rule_id: str) -> None:
         raise RuleNotFound(rule_id, known)
 
 
-def snooze_rule(rule_id: str, request: SnoozeIn) -> tuple[Snooze, str]:
-    """Store the snooze (stored, changed, or unchanged when the same one is sent again); raises RuleNotFound,
-    DatabaseUnavailable."""
+def snooze_with(cur: Any, rule_id: str, request: SnoozeIn) -> tuple[Snooze, str]:
+    """In the caller's database transaction: store the snooze (stored, changed, or unchanged when the same one is
+    sent again). Raises RuleNotFound."""
+    _require_rule(cur, rule_id)
+    return storage.snooze(cur, rule_id, request.kind, request.value, request.until_time(), request.note, request.by)
 
-    def work(cur: Any) -> tuple[Snooze, str]:
+
+def snoozes_with(cur: Any, rule_id: str, expired: bool = False) -> tuple[list[Snooze], list[SnoozeChange]]:
+    """In the caller's database transaction: the rule's snoozes (in force; with `expired` the ended ones too) and
+    its last changes. Raises RuleNotFound for a rule neither in the newest rule set nor ever snoozed."""
+    found = storage.of_rule(cur, rule_id, expired)
+    recorded = storage.changes(cur, rule_id)
+    if not found and not recorded:
         _require_rule(cur, rule_id)
-        return storage.snooze(cur, rule_id, request.kind, request.value, request.until_time(), request.note, request.by)
+    return found, recorded
 
-    return run_in_transaction(work)
+
+def unsnooze_with(cur: Any, rule_id: str, kind: str, value: str, by: str) -> Snooze:
+    """In the caller's database transaction: lift the rule's snooze for the entity (recorded). Raises
+    SnoozeNotFound, ValueError (a kind that is not a list kind, a value not of its kind)."""
+    return storage.lift(cur, rule_id, kind, attributes.list_value(kind, value), by)
+
+
+def snooze_rule(rule_id: str, request: SnoozeIn) -> tuple[Snooze, str]:
+    """snooze_with in a unit of work of its own; also raises DatabaseUnavailable."""
+    return run_in_transaction(lambda cur: snooze_with(cur, rule_id, request))
 
 
 def rule_snoozes(rule_id: str, expired: bool = False) -> tuple[list[Snooze], list[SnoozeChange]]:
-    """The rule's snoozes (in force; with `expired` the ended ones too) and its last changes. Raises RuleNotFound
-    for a rule that is neither in the newest rule set nor snoozed ever."""
-
-    def work(cur: Any) -> tuple[list[Snooze], list[SnoozeChange]]:
-        found = storage.of_rule(cur, rule_id, expired)
-        recorded = storage.changes(cur, rule_id)
-        if not found and not recorded:
-            _require_rule(cur, rule_id)
-        return found, recorded
-
-    return run_in_transaction(work)
+    """snoozes_with in a unit of work of its own; also raises DatabaseUnavailable."""
+    return run_in_transaction(lambda cur: snoozes_with(cur, rule_id, expired))
 
 
 def unsnooze(rule_id: str, kind: str, value: str, by: str) -> Snooze:
-    """Lift the rule's snooze for the entity (recorded); raises SnoozeNotFound, ValueError (a bad kind or value)."""
-    canonical = attributes.list_value(kind, value)
-    return run_in_transaction(lambda cur: storage.lift(cur, rule_id, kind, canonical, by))
+    """unsnooze_with in a unit of work of its own; the value is checked before the database is asked."""
+    attributes.list_value(kind, value)
+    return run_in_transaction(lambda cur: unsnooze_with(cur, rule_id, kind, value, by))
 
 
 def entity_values(t: Transaction) -> dict[str, str]:
