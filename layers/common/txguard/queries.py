@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import psycopg2.extensions
 
-from txguard import literals
+from txguard import literals, outcomes
 from txguard.detection import Detector, decisions_in_time_order, empty_history
 from txguard.domain import DecidedTransaction
 from txguard.errors import Malformed
@@ -162,8 +162,15 @@ def recompute_window(
     for t in window:  # the stored per-day counts hold the window's transactions, which are added again
         if t.merchant_id is not None and (days := at_merchants[t.merchant_id].days) and t.ts // DAY_MS in days:
             days[t.ts // DAY_MS][0] -= 1
-    decided = decisions_in_time_order(window, {account_id: history}, at_merchants, detector)
-    by_id = {d.transaction.transaction_id: DecidedTransaction(d.transaction, d.decision, d.features) for d in decided}
+    # As ingest decides now: with the snoozes in force and the allow and block lists as they stand.
+    judged_now = outcomes.for_batch(cur, window)
+    decided = decisions_in_time_order(window, {account_id: history}, at_merchants, detector, None, judged_now.snoozed)
+    by_id = {
+        d.transaction.transaction_id: DecidedTransaction(
+            d.transaction, judged_now.judge(d.transaction, d.decision), d.features
+        )
+        for d in decided
+    }
     judged = [by_id[t.transaction_id] for t in window]
     return judged, (None if since is None else (window[0].ts, window[0].transaction_id))
 

@@ -55,9 +55,16 @@ CREATE FUNCTION txguard_list_field(kind text) RETURNS text LANGUAGE sql IMMUTABL
 $$;
 
 -- The allow and block lists that hold one of a transaction's values (`item`: the transactions row as jsonb), by name.
+-- An item applies while it has no expiry or its expiry is ahead (txguard/outcomes.py).
 CREATE FUNCTION txguard_listed(item jsonb, OUT allow_lists text[], OUT block_lists text[])
 LANGUAGE sql STABLE AS $$
-    SELECT '{}'::text[], '{}'::text[]
+    SELECT coalesce(array_agg(l.name ORDER BY l.name) FILTER (WHERE l.action = 'allow'), '{}'),
+           coalesce(array_agg(l.name ORDER BY l.name) FILTER (WHERE l.action = 'block'), '{}')
+    FROM lists l
+    WHERE l.action IS NOT NULL
+      AND EXISTS (SELECT 1 FROM list_items i
+                  WHERE i.list_name = l.name AND i.value = item ->> txguard_list_field(l.kind)
+                    AND (i.expires_at IS NULL OR i.expires_at > now()))
 $$;
 
 -- detect_fraud with outcomes: as 0016, plus each rule's action, the review thresholds, snoozes and allow/block
