@@ -54,6 +54,9 @@ class BacktestReport:
     labelled: int = 0
     overall: Confusion = field(default_factory=Confusion)
     per_rule: dict[str, Confusion] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)  # the candidate's decisions by outcome
+    stored_outcomes: Counter[str] = field(default_factory=Counter)
+    outcome_changes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stored, candidate) when they differ
     method: str = ""  # "stored features" or "replay"
     ranking: Evaluation | None = None  # the candidate's scores against the labels (ROC AUC, AP, CP@k), given labels
 
@@ -190,6 +193,10 @@ def backtest(
         report.evaluated += 1
         report.flagged += candidate.fraud
         report.stored_flagged += stored.fraud
+        report.outcomes[candidate.outcome] += 1
+        report.stored_outcomes[stored.outcome] += 1
+        if candidate.outcome != stored.outcome:
+            report.outcome_changes[(stored.outcome, candidate.outcome)] += 1
         if candidate.fraud != stored.fraud:
             report.changed += 1
             report.newly_flagged += candidate.fraud
@@ -211,6 +218,7 @@ def backtest(
                 candidate.rule_set_version,
                 actual,
                 pattern if actual else None,
+                candidate.outcome,
             )
         )
         report.labelled += 1

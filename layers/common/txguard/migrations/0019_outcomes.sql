@@ -1,18 +1,18 @@
 -- Graded outcomes and rule snoozes (txguard/rule_engine.py: the precedence).
 --
--- Each decision's outcome: allow, review or block; `fraud` means exactly block. ADD COLUMN with a constant
--- default rewrites no row; only the flagged rows (a small share) are updated, so a large table migrates quickly.
-ALTER TABLE transactions ADD COLUMN outcome text NOT NULL DEFAULT 'allow';
-UPDATE transactions SET outcome = 'block' WHERE fraud;
+-- Each decision's outcome: allow, review or block; `fraud` means exactly block. Ingest writes it with every
+-- decision; NULL (rows stored before outcomes, or written without one) means what `fraud` says: block or allow.
+-- So no row is rewritten or updated here, however large the table.
 ALTER TABLE transactions
-    ADD CONSTRAINT transactions_outcome CHECK (outcome IN ('allow', 'review', 'block')),
-    ADD CONSTRAINT transactions_fraud_is_block CHECK (fraud = (outcome = 'block'));
+    ADD COLUMN outcome text CONSTRAINT transactions_outcome CHECK (outcome IN ('allow', 'review', 'block')),
+    ADD CONSTRAINT transactions_fraud_is_block CHECK (outcome IS NULL OR fraud = (outcome = 'block'));
 
 -- GET /is_fraud/{account}?outcome=review: an account's reviewed transactions, newest first.
 CREATE INDEX transactions_account_review ON transactions (account_id, ts DESC, transaction_id DESC)
     WHERE outcome = 'review';
--- The review queue: reviewed and blocked transactions by score, highest first (a small share of the rows).
-CREATE INDEX transactions_queue_score ON transactions (score DESC, transaction_id) WHERE outcome <> 'allow';
+-- The review queue: transactions sent to review by score, highest first (a small share of the rows); the blocked
+-- ones that follow them are read through transactions_flagged_score.
+CREATE INDEX transactions_review_score ON transactions (score DESC, transaction_id) WHERE outcome = 'review';
 
 -- A rule snoozed for one entity (a value of a list kind: account 42, card tok_1, country FR, ...) until a time:
 -- while `until` is ahead of the decision's wall-clock time, the rule does not fire for transactions of that

@@ -104,7 +104,7 @@ def decision_from_row(row: Sequence[Any]) -> Decision:
         threshold,
         fallback,
         None if shadows is None else {int(v): float(p) for v, p in shadows.items()},
-        outcome=row[10] if len(row) > 10 else None,  # type: ignore[arg-type]  # None: from `fraud`
+        outcome=row[10] if len(row) > 10 else None,  # type: ignore[arg-type]  # None (stored before): from `fraud`
     )
 
 
@@ -377,7 +377,12 @@ def any_flagged(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
 
 # How each outcome is found among an account's transactions: block through the partial index on `fraud` (the
 # same rows), review through its own partial index, allow through (account_id, ts).
-_OUTCOME_FILTER = {"block": " AND fraud", "review": " AND outcome = 'review'", "allow": " AND outcome = 'allow'"}
+# (An outcome NULL is a row stored before outcomes: block when flagged, else allow.)
+_OUTCOME_FILTER = {
+    "block": " AND fraud",
+    "review": " AND outcome = 'review'",
+    "allow": " AND NOT fraud AND outcome IS DISTINCT FROM 'review'",
+}
 
 
 def flagged(
@@ -475,8 +480,8 @@ def in_time_order(
 @dataclass(frozen=True, slots=True)
 class ScoredRow:
     """What an evaluation reads of a stored decision: ids, time (epoch ms), score 0–1, flag, detector version (the
-    rule set's version for a decision stored before detector versions), and the champion's probability 0–1 (None
-    when no model scored it), which breaks ties of the four-place score in rankings."""
+    rule set's version for a decision stored before detector versions), the champion's probability 0–1 (None
+    when no model scored it), which breaks ties of the four-place score in rankings, and the outcome."""
 
     transaction_id: int
     account_id: int
@@ -485,6 +490,7 @@ class ScoredRow:
     fraud: bool
     detector_version: int
     model_score: float | None = None
+    outcome: str = "allow"  # allow, review or block
 
 
 def scored_in_period(
@@ -503,7 +509,8 @@ def scored_in_period(
     while True:
         cur.execute(
             """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), score::float8, fraud,
-                      coalesce(detector_version, rule_set_version), model_score
+                      coalesce(detector_version, rule_set_version), model_score,
+                      coalesce(outcome, CASE WHEN fraud THEN 'block' ELSE 'allow' END)
                FROM transactions
                WHERE (%(from)s::bigint IS NULL OR ts >= txguard_ms_to_ts(%(from)s))
                  AND (%(to)s::bigint IS NULL OR ts < txguard_ms_to_ts(%(to)s))
