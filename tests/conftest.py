@@ -225,6 +225,7 @@ _TABLES_TO_EMPTY = (
     "account_currency_stats",
     "account_daily",
     "account_merchants",
+    "account_values",
     "merchant_daily",
     "rule_sets",
     "alert_outbox",

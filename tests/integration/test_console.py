@@ -146,6 +146,22 @@ def test_stored_markup_is_shown_as_text(database: Any) -> None:
     assert "&lt;b&gt;bold&lt;/b&gt;" in detail and "&lt;img src=x&gt;" in detail
 
 
+def test_the_decision_and_review_pages_show_the_attributes_the_transaction_carries(database: Any) -> None:
+    database.execute(
+        """INSERT INTO transactions (transaction_id, account_id, ts, amount, currency, fraud, score, reasons,
+                                     rule_set_version, country, device_id, metadata)
+           VALUES (78, 5, date_trunc('milliseconds', now()), 12.5, 'EUR', true, 0.9, '[]', 1, 'BR', 'dev-1', %s)""",
+        (json.dumps({"campaign": "<b>spring</b>"}),),
+    )
+    cookie, _ = sign_in()
+    for path in ["/decisions/78", "/review/78"]:
+        body = str(handle(event("GET", path, cookie=cookie), KEYS).body)
+        assert '<tr><th>country</th><td class="attribute">BR</td></tr>' in body, path
+        assert '<tr><th>device</th><td class="attribute">dev-1</td></tr>' in body, path
+        assert "campaign: &lt;b&gt;spring&lt;/b&gt;" in body and "<b>spring</b>" not in body, path
+        assert "<th>channel</th>" not in body, path  # an attribute it does not carry has no row
+
+
 def test_two_analysts_never_hold_one_review_item(database: Any) -> None:
     tid = flagged_transactions(1)[0]
     alice, _ = sign_in("alice")

@@ -8,7 +8,10 @@ shuffled order (late arrivals). Labels that arrive late, superseded or withdrawn
 value, not only the decisions, is compared between the Python features (ingest's stored ones, the recomputation and
 the backtest replay) and transaction_features. Constants with many digits, far below one or far above any amount,
 mean the same number in both, or the rule set is refused when applied. With a champion model, SQL takes the score
-stored with each decision (it cannot run the model) and rules reading `model_score` decide alike.
+stored with each decision (it cannot run the model) and rules reading `model_score` decide alike. Transactions
+carry random attributes (some none), rules compare them as text, with sets and with lists (one item expired), and
+the attribute features (distinct values in 24 hours, first use of a country or device) agree too, late arrivals
+included.
 """
 
 from __future__ import annotations
@@ -49,8 +52,7 @@ from txguard.models.artifact_store import DirectoryStore
 from txguard.queries import recompute_window
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, RuleSetError
-from txguard.storage import lists as list_storage
-from txguard.storage import models
+from txguard.storage import lists, models
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +68,53 @@ comparable = sorted(set(FEATURES) - {"amount"})
 operators = st.sampled_from(["<", "<=", ">", ">=", "=", "!="])
 constants = st.sampled_from(["0", "1", "2", "5", "10", "60", "100", "1000"])
 factors = st.sampled_from(["0.5", "0.9", "1", "2", "3"])
+
+
+# Text comparisons on attributes and lists (LISTS below); a missing attribute makes each of them false.
+text_comparisons = st.sampled_from(
+    [
+        "country = 'FR'",
+        "country != 'FR'",
+        "country IN ('FR', 'DE')",
+        "country NOT IN ('FR', 'DE')",
+        "channel != 'atm'",
+        "merchant_category = '7995'",
+        "metadata.campaign = 'x'",
+        "metadata.campaign NOT IN ('y')",
+        "device_id IN LIST known_devices",
+        "device_id NOT IN LIST known_devices",
+        "card_id IN LIST stolen_cards",
+        "card_id NOT IN LIST stolen_cards",
+        "merchant_category IN LIST risky_mcc",
+        "merchant_id IN LIST watched_merchants",
+    ]
+)
+# name -> (kind, current items, items that expired)
+LISTS = {
+    "known_devices": ("device", ["d1"], ["d2"]),
+    "stolen_cards": ("card", ["c1"], []),
+    "risky_mcc": ("merchant_category", ["7995"], ["5411"]),
+    "watched_merchants": ("merchant", [], []),
+}
+
+
+@pytest.fixture(autouse=True)
+def rule_lists(database: Database) -> None:
+    """The lists the text comparisons read, each with its items (and an expired one: it matches nothing)."""
+    conn = psycopg2.connect(database.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            for name, (kind, current, expired) in LISTS.items():
+                lists.create(cur, name, kind, None, None, "test")
+                lists.add_items(cur, name, [ListItem(value) for value in [*current, *expired]], "test")
+                cur.execute(
+                    "UPDATE list_items SET added_at = now() - interval '2 days', "
+                    "expires_at = date_trunc('milliseconds', now()) - interval '1 day' "
+                    "WHERE list_name = %s AND value = ANY(%s)",
+                    (name, expired),
+                )
+    finally:
+        conn.close()
 
 
 def amounts(currency: str) -> st.SearchStrategy[Decimal]:
@@ -114,6 +163,8 @@ def beyond_the_limits(constant: str) -> bool:
 def comparisons(
     draw: st.DrawFn, constants: st.SearchStrategy[str] = constants, factors: st.SearchStrategy[str] = factors
 ) -> str:
+    if draw(st.integers(0, 3)) == 0:
+        return draw(text_comparisons)
     left = draw(st.sampled_from(["amount", *comparable]))
     if draw(st.booleans()):
         return f"{left} {draw(operators)} {draw(constants)}"
@@ -148,7 +199,20 @@ def rule_sets(draw: st.DrawFn, **numbers: st.SearchStrategy[str]) -> list[dict[s
     return rules
 
 
-Row = tuple[int, int, Decimal, str, str | None]
+Row = tuple[int, int, Decimal, str, str | None, tuple[object, ...]]
+
+
+# channel, country, merchant_category, card_id, ip_address, device_id, metadata: few values, so that repeats,
+# first uses and distinct counts all happen.
+attribute_values = st.tuples(
+    st.sampled_from([None, "atm", "ecommerce"]),
+    st.sampled_from([None, "FR", "DE", "BR"]),
+    st.sampled_from([None, "5411", "7995"]),
+    st.sampled_from([None, "c1", "c2"]),
+    st.just(None),
+    st.sampled_from([None, "d1", "d2", "d3"]),
+    st.sampled_from([None, {"campaign": "x"}, {"campaign": "y"}, {"other": "x"}]),
+)
 
 
 @st.composite
@@ -165,7 +229,7 @@ def histories(draw: st.DrawFn) -> list[Row]:
         merchant = draw(st.sampled_from([None, "a", "b"]))
         slot = draw(st.integers(0, 2))
         currency = draw(st.sampled_from(account_currencies[slot]))
-        rows.append((slot, ts, draw(amounts(currency)), currency, merchant))
+        rows.append((slot, ts, draw(amounts(currency)), currency, merchant, draw(attribute_values)))
     event("mixed currencies" if any(len(set(c)) > 1 for c in account_currencies) else "one currency each")
     return rows
 
@@ -174,8 +238,16 @@ def materialise(rows: list[Row]) -> tuple[list[Transaction], list[int]]:
     example = next(_example)  # fresh accounts and merchants per example: no clean-up needed between them
     accounts = [example * 10 + slot for slot in range(3)]
     batch = [
-        Transaction(example * 1000 + i, accounts[slot], ts, amount, currency, None if m is None else f"m{example}{m}")
-        for i, (slot, ts, amount, currency, m) in enumerate(rows)
+        Transaction(
+            example * 1000 + i,
+            accounts[slot],
+            ts,
+            amount,
+            currency,
+            None if m is None else f"m{example}{m}",
+            *attributes,  # type: ignore[arg-type]
+        )
+        for i, (slot, ts, amount, currency, m, attributes) in enumerate(rows)
     ]
     return batch, accounts
 
@@ -575,8 +647,8 @@ def test_outcomes_agree_in_ingest_recomputation_and_sql_with_actions_snoozes_and
                 ),
             ):
                 if value is not None:
-                    list_storage.create(cur, name, kind, action, None, "tests")
-                    list_storage.add_items(cur, name, [ListItem(value)], "tests")
+                    lists.create(cur, name, kind, action, None, "tests")
+                    lists.add_items(cur, name, [ListItem(value)], "tests")
         stored = {r.transaction.transaction_id: r.decision for r in store(batch)}
         for account in accounts:
             in_sql = {

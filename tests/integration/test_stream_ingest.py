@@ -326,3 +326,49 @@ def test_every_decision_is_published_to_the_decisions_queue_when_one_is_configur
     published = sorted((json.loads(m["Body"])["transaction_id"], json.loads(m["Body"])["status"]) for m in got)
     assert published == [(9001, "stored"), (9003, "stored"), (9004, "stored")]
     assert all("fraud" in json.loads(m["Body"])["decision"] for m in got)
+
+
+@pytest.mark.parametrize("source", ["sqs", "kinesis", "kafka"])
+def test_records_carry_attributes_stored_canonical_and_a_bad_one_is_dead_lettered_naming_it(
+    runner: FunctionRunner, database: Database, dlq: Any, source: str
+) -> None:
+    event = copy.deepcopy(load_event(f"{source}.json"))
+    if source == "kafka":
+        records = [r for partition in event["records"].values() for r in partition]
+    else:
+        records = event["Records"]
+
+    def holder(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Where the record's JSON document is, and under which key (base64 in Kinesis and Kafka)."""
+        if source == "kinesis":
+            return record["kinesis"], "data"
+        return record, "body" if source == "sqs" else "value"
+
+    def read(record: dict[str, Any]) -> Any:
+        place, key = holder(record)
+        return json.loads(place[key] if source == "sqs" else base64.b64decode(place[key]))
+
+    def write(record: dict[str, Any], document: Any) -> None:
+        place, key = holder(record)
+        text = json.dumps(document)
+        place[key] = text if source == "sqs" else base64.b64encode(text.encode()).decode()
+
+    for record in records:
+        document = read(record)
+        if document["transaction_id"] == 9001:
+            write(record, document | {"country": "fr", "device_id": "dev-1", "metadata": {"campaign": "x"}})
+        elif document["transaction_id"] == 9003:
+            write(record, document | {"country": "XX"})
+    invoke(runner, event)
+    assert database.query("SELECT transaction_id, country, device_id, metadata FROM transactions ORDER BY 1") == [
+        (9001, "FR", "dev-1", {"campaign": "x"}),
+        (9004, None, None, None),
+    ]
+    url = dlq.get_queue_url(QueueName="dlq.fifo" if source == "sqs" else "stream-failures")["QueueUrl"]
+    details = {d["source_id"]: d["error"]["error"]["details"] for d in dead_letters(dlq, url)}
+    assert {
+        "index": None,
+        "field": "country",
+        "value": "XX",
+        "reason": "is not an ISO 3166-1 alpha-2 country code",
+    } in [detail for found in details.values() for detail in found]

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from txguard.intake import check_items
 from txguard_generator import GENUINE, PATTERN_NAMES, GeneratedRun, GenerateParams, generate
 from txguard_generator.accounts import SYNTHETIC_ACCOUNT_BASE, synthetic_account_id
+from txguard_generator.attributes import HOME_COUNTRIES, AttributeDraw
 from txguard_generator.ids import MAX_TRANSACTIONS_PER_RUN, id_range, new_run_id, run_of, transaction_id
 from txguard_generator.params import EARLIEST_START_MS, MAX_ACCOUNTS
-from txguard_generator.sinks import FileSink, transaction_record
+from txguard_generator.sinks import FILE_FIELDS, FileSink, transaction_record
 
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 NOW = 1_780_000_000_000
@@ -164,7 +166,7 @@ def test_a_small_scheduled_run_covers_minutes_not_days() -> None:
 
 def test_records_sent_or_written_carry_no_label(tmp_path: Path) -> None:
     r = run(num_transactions=500)
-    fields = {"account_id", "transaction_id", "timestamp", "amount", "currency", "merchant_id"}
+    fields = {"account_id", "transaction_id", "timestamp", "amount", "currency", "merchant_id", *FILE_FIELDS}
     assert all(set(transaction_record(i.transaction)) <= fields for i in r)
     assert not hasattr(r.items[0].transaction, "pattern")
     for name in ("out.jsonl", "out.csv"):
@@ -182,3 +184,30 @@ def test_tiny_runs_still_give_exactly_what_was_asked(size: int) -> None:
     r = run(num_transactions=size, num_accounts=1, fraud_rate=0.5)
     assert len(r) == size
     assert r.fraud_count == round(size * 0.5)
+
+
+def test_generated_attributes_are_valid_and_fraud_looks_like_fraud_where_it_would() -> None:
+    r = run(num_transactions=4000, num_accounts=100)
+    items = [(i.transaction, i.pattern) for i in r]
+    (checked,) = check_items([transaction_record(t) for t, _ in items[:1]])
+    assert checked.transaction == items[0][0]  # what is sent reads back as generated
+    assert all(c.transaction is not None for c in check_items([transaction_record(t) for t, _ in items]))
+    seen: dict[int, set[str | None]] = {}
+    genuine_home = genuine = 0
+    for t, pattern in items:
+        devices = seen.setdefault(t.account_id, set())
+        if pattern in ("card_testing", "account_takeover"):
+            assert t.device_id not in devices and t.country not in HOME_COUNTRIES and t.channel == "ecommerce"
+        elif pattern == GENUINE:
+            genuine += 1
+            genuine_home += t.country in HOME_COUNTRIES
+            devices.add(t.device_id)
+    assert genuine_home / genuine > 0.95
+
+
+def test_attributes_change_no_amount_time_or_label_of_a_seeded_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    with_attributes = [(i.transaction[:6], i.pattern) for i in run(num_transactions=1500)]
+    monkeypatch.setattr(AttributeDraw, "attributes", lambda self, account, merchant, pattern: ())
+    without = [(i.transaction, i.pattern) for i in run(num_transactions=1500)]
+    assert all(t.attributes() == (None,) * 7 for t, _ in without)
+    assert with_attributes == [(t[:6], pattern) for t, pattern in without]

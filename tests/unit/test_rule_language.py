@@ -70,7 +70,7 @@ def test_chains_of_the_same_connective_are_flattened() -> None:
         ("amount < 0.9 * mean", "unknown feature 'mean'"),
         ("amount <", "found the end of the condition"),
         ("amount < 1 extra", "unexpected 'extra'"),
-        ("__import__('os').system('x')", 'unexpected character "\'" at position 12'),
+        ("__import__('os').system('x')", "unexpected character '.' at position 17"),
         ("__import__ > 1", "unknown feature '__import__'"),
         ("amount > 1; drop table transactions", "unexpected character ';'"),
         ("(amount > 1", "expected )"),

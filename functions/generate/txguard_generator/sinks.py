@@ -23,7 +23,21 @@ from txguard_generator.params import check_post_url
 
 USER_AGENT = "txguard-generate"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-FILE_FIELDS = ("transaction_id", "account_id", "timestamp", "amount", "currency", "merchant_id")
+# A CSV file's columns: the attributes a generated transaction carries (never metadata) after the core fields.
+FILE_FIELDS = (
+    "transaction_id",
+    "account_id",
+    "timestamp",
+    "amount",
+    "currency",
+    "merchant_id",
+    "channel",
+    "country",
+    "merchant_category",
+    "card_id",
+    "ip_address",
+    "device_id",
+)
 
 
 class DeliveryError(Exception):
@@ -113,7 +127,7 @@ class FileSink:
     def send(self, batch: list[Transaction]) -> Outcome:
         if self._csv is not None:
             self._csv.writerows(
-                (t.transaction_id, t.account_id, t.ts, t.amount, t.currency, t.merchant_id or "") for t in batch
+                (t.transaction_id, t.account_id, t.ts, t.amount, t.currency, *(v or "" for v in t[5:12])) for t in batch
             )
         else:
             dumps = json.dumps

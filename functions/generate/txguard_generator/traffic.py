@@ -26,6 +26,7 @@ from txguard_generator.accounts import (
     population,
     random_merchant,
 )
+from txguard_generator.attributes import AttributeDraw
 from txguard_generator.ids import check_run_id, new_run_id, transaction_id
 from txguard_generator.params import EARLIEST_START_MS, GenerateParams
 from txguard_generator.patterns import Scene, inject
@@ -123,6 +124,7 @@ def _generate(params: GenerateParams, run_id: int | None, now_ms: int | None) ->
         shift = max(0, (now - int(events[-1][0])) // DAY_MS) * DAY_MS
 
     scale = Decimal(1).scaleb(-2)
+    draw = AttributeDraw(seed)
     items = [
         Labelled(
             Transaction(
@@ -132,6 +134,7 @@ def _generate(params: GenerateParams, run_id: int | None, now_ms: int | None) ->
                 Decimal(cents) * scale,
                 CURRENCY,
                 merchant,
+                *draw.attributes(account, merchant, pattern),
             ),
             pattern,
         )

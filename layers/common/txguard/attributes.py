@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # ISO 3166-1 alpha-2: the 249 officially assigned codes (ISO 3166 Maintenance Agency; the list pycountry 26.2.16
@@ -182,3 +182,43 @@ def list_value(kind: str, value: Any) -> str:
     except KeyError:
         raise ValueError(f"unknown list kind; known: {', '.join(LIST_KINDS)}") from None
     return check(value)
+
+
+# The transaction fields rules compare with text constants and lists, each read the way the field itself is read,
+# so that a rule's constant means the value a transaction carries (`country = 'fr'` is `country = 'FR'`).
+# `metadata.KEY` (METADATA_FIELD) reads one metadata value.
+TEXT_FIELDS: dict[str, Callable[[Any], str]] = {
+    "account_id": account,
+    "merchant_id": identifier,
+    "channel": channel,
+    "country": country,
+    "merchant_category": merchant_category,
+    "card_id": card_id,
+    "ip_address": ip_address,
+    "device_id": identifier,
+}
+METADATA_FIELD = "metadata."
+
+
+def is_text_field(name: str) -> bool:
+    """Whether rules compare `name` as text: a key of TEXT_FIELDS, or `metadata.KEY` with a valid KEY."""
+    if name.startswith(METADATA_FIELD):
+        return bool(METADATA_KEY.match(name.removeprefix(METADATA_FIELD)))
+    return name in TEXT_FIELDS
+
+
+def field_value(name: str, value: Any) -> str:
+    """A constant compared with the text field `name` (is_text_field), in the field's canonical text; ValueError
+    says why it is not one of its values."""
+    if name.startswith(METADATA_FIELD):
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        if len(value) > MAX_METADATA_VALUE_LENGTH:
+            raise ValueError(f"is longer than {MAX_METADATA_VALUE_LENGTH} characters, which no metadata value is")
+        return value
+    return TEXT_FIELDS[name](value)
+
+
+def list_kinds_for(name: str) -> list[str]:
+    """The kinds of list whose values a text field is compared with (empty: no list holds its values)."""
+    return [kind for kind, field in LIST_KINDS.items() if field == name]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import psycopg2.extensions
 
-from txguard.detection import decide_in_time_order, empty_history, empty_timeline
+from txguard.detection import TextReads, decide_in_time_order, empty_history, empty_timeline, list_memberships
 from txguard.domain import Decision, Transaction
 from txguard.evaluation import Evaluation, Judged
 from txguard.features import (
@@ -83,7 +83,8 @@ def replay(
         # A chunk may end inside a group of equal timestamps; the next chunk continues after the last row,
         # and rows sharing a timestamp never see each other, so splitting a group changes nothing.
         model_scores = {s.transaction.transaction_id: stored_model_feature(s.decision) for s in stored}
-        decisions = decide_in_time_order(chunk, histories, merchants, rules, model_scores)
+        in_lists = list_memberships(cur, chunk, rules)
+        decisions = decide_in_time_order(chunk, histories, merchants, rules, model_scores, in_lists)
         for s in stored:
             yield (
                 s.transaction,
@@ -153,11 +154,13 @@ def on_stored_features(
         rows = transactions.decided_with_features(cur, from_ms, to_ms, after, _CHUNK)
         if not rows:
             return
+        text_reads = TextReads(rules, list_memberships(cur, [row.transaction for row in rows], rules))
         for row in rows:
             t = row.transaction
             features = dict(row.features or {})
             features["amount"] = t.amount
             features[MODEL_SCORE] = stored_model_feature(row.decision)
+            text_reads.add(features, t)
             yield (
                 t,
                 row.decision,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from itertools import groupby
 from typing import Any, NamedTuple, Protocol
@@ -24,6 +24,8 @@ import psycopg2.extensions
 
 from txguard.domain import Decision, Transaction
 from txguard.features import (
+    ATTRIBUTE_FEATURES,
+    ATTRIBUTE_FIELDS,
     LOCAL_TIME_FEATURES,
     MODEL_SCORE,
     AccountHistory,
@@ -38,9 +40,9 @@ from txguard.features import (
 )
 from txguard.lists import ListDefinition
 from txguard.models.serving import load_detector
-from txguard.rule_engine import CompiledRuleSet, Snoozed
+from txguard.rule_engine import CompiledRuleSet, Snoozed, list_feature
 from txguard.rule_language import RuleSetError
-from txguard.storage import detector_versions
+from txguard.storage import detector_versions, lists
 from txguard.storage.lists import list_definitions
 from txguard.storage.rule_sets import newest_version, version
 
@@ -52,9 +54,10 @@ class Detector(Protocol):
     computed); `window_reach_ms` is how far back (ms) the widest of them looks; `feature_settings` pins the time
     zone and the label delay its features are computed with. A detector may also offer
     `decide_batch(items: Sequence[(features, merchant_id, currency)]) -> list[Decision]` (the rule set and the
-    model detector do): the loop then hands it DECIDE_CHUNK transactions at once. When a snooze concerns a
-    transaction, the loop passes each one's snoozed rules (rule_engine.Snoozed) as `snoozed` (decide's fourth
-    argument, decide_batch's second).
+    model detector do): the loop then hands it DECIDE_CHUNK transactions at once; and `text_fields` and
+    `list_fields` (CompiledRuleSet's): the text fields and the lists its rules read, which the feature step adds.
+    When a snooze concerns a transaction, the loop passes each one's snoozed rules (rule_engine.Snoozed) as
+    `snoozed` (decide's fourth argument, decide_batch's second).
     """
 
     version: int
@@ -104,9 +107,10 @@ def decide_in_time_order(
     merchants: dict[str, Timeline],
     detector: Detector,
     model_scores: Mapping[int, Decimal | None] | None = None,
+    memberships: Mapping[str, frozenset[str]] | None = None,
 ) -> dict[int, Decision]:
     """Each transaction's decision, by transaction id; see decisions_in_time_order."""
-    decided = decisions_in_time_order(transactions, histories, merchants, detector, model_scores)
+    decided = decisions_in_time_order(transactions, histories, merchants, detector, model_scores, memberships)
     return {t.transaction_id: d for t, _, d in decided}
 
 
@@ -116,6 +120,7 @@ def decisions_in_time_order(
     merchants: dict[str, Timeline],
     detector: Detector,
     model_scores: Mapping[int, Decimal | None] | None = None,
+    memberships: Mapping[str, frozenset[str]] | None = None,
     snoozes: Callable[[Transaction], Snoozed | None] | None = None,
 ) -> Iterator[Decided]:
     """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
@@ -123,12 +128,16 @@ def decisions_in_time_order(
     Transactions sharing a timestamp are not "before" each other: the whole group is decided first.
     Decisions come out as they are taken (a chunk at a time), so a caller can write them while the rest are still
     being decided. `model_scores` (by transaction id; backtests): the stored champion scores that rules read as
-    `model_score`, instead of a champion's. `snoozes` (ingest): the rules snoozed for a transaction's entities.
+    `model_score`, instead of a champion's. `memberships` (list_memberships): the values of the transactions
+    that are current items of each list the detector reads (none when not given). `snoozes` (ingest): the rules
+    snoozed for a transaction's entities.
     """
+    text_reads = TextReads(detector, memberships)
     needed = detector.needed_features
     settings = detector.feature_settings
     wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
     wants_local_time = not needed.isdisjoint(LOCAL_TIME_FEATURES)
+    wants_attributes = not needed.isdisjoint(ATTRIBUTE_FEATURES)
     decide_batch = getattr(detector, "decide_batch", None)
     pending: list[tuple[Transaction, Features]] = []
     for _, same_time in groupby(transactions, key=lambda t: t.ts):
@@ -140,11 +149,17 @@ def decisions_in_time_order(
                 features.update(merchant_features(merchant, t.ts, t.currency, needed, settings))
             if wants_local_time:
                 features.update(local_time_features(t.ts, needed, settings.time_zone))
+            if wants_attributes:
+                features.update(histories[t.account_id].attribute_features(t.ts, attribute_values(t), needed))
             if model_scores is not None:
                 features[MODEL_SCORE] = model_scores.get(t.transaction_id)
+            if text_reads:
+                text_reads.add(features, t)
             pending.append((t, features))
         for t, units in group:
             histories[t.account_id].add(t.ts, units, t.currency, t.merchant_id)
+            if wants_attributes:
+                histories[t.account_id].add_values(t.ts, attribute_values(t))
             if t.merchant_id is not None:
                 merchants[t.merchant_id].add(t.ts, units, t.currency)
         # Features never depend on decisions, so deciding after the group was added changes nothing.
@@ -153,6 +168,52 @@ def decisions_in_time_order(
             pending = []
     if pending:
         yield from _decided(pending, detector, decide_batch, snoozes)
+
+
+class TextReads:
+    """What the detector's rules read of a transaction's text fields, added to its features: each field's value
+    (None when it has none) and, for each list read, rule_engine.list_feature(list): 1 when the value is among the
+    list's `memberships` (list_memberships), 0 when not, None without a value."""
+
+    def __init__(self, detector: Detector, memberships: Mapping[str, frozenset[str]] | None) -> None:
+        list_fields: Mapping[str, str] = getattr(detector, "list_fields", {})
+        self.fields = tuple(getattr(detector, "text_fields", frozenset()) | set(list_fields.values()))
+        found = memberships or {}
+        self.lists = tuple(
+            (list_feature(name), field, found.get(name, frozenset())) for name, field in list_fields.items()
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.fields)
+
+    def add(self, features: Features, t: Transaction) -> None:
+        for field in self.fields:
+            features[field] = t.text_value(field)
+        for key, field, items in self.lists:
+            value = features[field]
+            features[key] = None if value is None else int(value in items)
+
+
+def attribute_values(t: Transaction) -> dict[str, str | None]:
+    """The attributes the attribute features read (features.ATTRIBUTE_FIELDS), by name."""
+    return {name: getattr(t, name) for name in ATTRIBUTE_FIELDS}
+
+
+def list_memberships(
+    cur: psycopg2.extensions.cursor, transactions: Iterable[Transaction], detector: Detector
+) -> dict[str, frozenset[str]]:
+    """For each list the detector's rules read, which of these transactions' values are its current items: one
+    query (storage.lists.memberships) for the whole batch, none when no rule reads a list."""
+    list_fields: Mapping[str, str] = getattr(detector, "list_fields", {})
+    if not list_fields:
+        return {}
+    wanted: dict[str, set[str]] = {name: set() for name in list_fields}
+    for t in transactions:
+        for name, field in list_fields.items():
+            value = t.text_value(field)
+            if value is not None:
+                wanted[name].add(value)
+    return lists.memberships(cur, wanted)
 
 
 def _decided(

@@ -48,6 +48,17 @@ class Transaction(NamedTuple):
         """The optional attributes, in ATTRIBUTES order."""
         return self[6:]
 
+    def text_value(self, field: str) -> str | None:
+        """The value rules compare as text (attributes.is_text_field): an attribute, the merchant id, the account id
+        in digits, or one metadata value ("metadata.KEY"); None when the transaction has none."""
+        if field.startswith("metadata."):
+            return None if self.metadata is None else self.metadata.get(field[9:])
+        if field == "account_id":
+            return str(self.account_id)
+        value = getattr(self, field)
+        assert value is None or isinstance(value, str)
+        return value
+
 
 _CONTENT = ("account_id", "ts", "amount", "currency", "merchant_id", *ATTRIBUTES)
 
@@ -128,7 +139,7 @@ class Decision:
 
 
 # A transaction's features by name (features.FEATURES): what a detector decides on.
-FeatureValues = Mapping[str, Decimal | int | bool | None]
+FeatureValues = Mapping[str, Decimal | int | bool | str | None]
 
 
 @dataclass(frozen=True)

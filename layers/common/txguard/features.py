@@ -9,6 +9,15 @@ UTC day up to (strictly before) its timestamp plus the previous 6 (29) whole UTC
 totals (account_daily, merchant_daily) and one day of transactions, never a scan. Merchant risk reads the
 labelled frauds per day (merchant_label_daily) with a delay; local-time features read the rule set's time zone.
 
+Attribute features read the account's recent values of one attribute: `distinct_countries_24h`,
+`distinct_devices_24h` and `distinct_cards_24h` count the distinct values among the account's transactions in the
+24 hours before (t - 24 h, t) AND the transaction itself (so a transaction with a country and none before has
+distinct_countries_24h 1; transactions without the attribute add nothing); they cost a bisection and the values
+of that window (bounded by the account's activity in a day, never by its history). `new_country` and `new_device`
+are 1 when no earlier transaction of the account (strictly before t) has this value, else 0, and missing when the
+transaction has none: the first use of each value per account is kept (account_values), moved back by a
+late arrival, as `merchant_used_before` does with account_merchants.
+
 Amounts are carried as integer ten-thousandths ("units") so that sums and sums of squares are exact.
 Currencies are never mixed: counts and times are over all of an account's (merchant's) transactions, every amount
 feature (sums, means, standard deviation, largest amount, ratio) over those in the currency of the transaction
@@ -21,7 +30,7 @@ transaction costs a few bisections, not a scan of the history, whatever its time
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -96,7 +105,8 @@ def merchant_reach_ms(needed: frozenset[str]) -> int:
     return window_reach_ms(merchant) if merchant else 0
 
 
-FeatureValue = Decimal | int | None
+# A feature is a number (None: missing); a str is a text field's value (rule_engine), read by rules, never stored.
+FeatureValue = Decimal | int | str | None
 Features = dict[str, FeatureValue]
 
 
@@ -150,7 +160,24 @@ FEATURES: dict[str, FeatureInfo] = {
     "merchant_risk_1d": FeatureInfo("the share of known frauds at merchant {merchant_id} over 1 day, delayed"),
     "merchant_risk_7d": FeatureInfo("the share of known frauds at merchant {merchant_id} over 7 days, delayed"),
     "merchant_risk_30d": FeatureInfo("the share of known frauds at merchant {merchant_id} over 30 days, delayed"),
+    "distinct_countries_24h": FeatureInfo("the number of countries of the previous 24 hours and this transaction"),
+    "distinct_devices_24h": FeatureInfo("the number of devices of the previous 24 hours and this transaction"),
+    "distinct_cards_24h": FeatureInfo("the number of cards of the previous 24 hours and this transaction"),
+    "new_country": FeatureInfo("the account's first transaction in this country (1 = yes)"),
+    "new_device": FeatureInfo("the account's first transaction from this device (1 = yes)"),
 }
+
+# The attribute each attribute feature reads (Transaction's field name).
+ATTRIBUTE_FIELDS = ("card_id", "country", "device_id")  # those the attribute features read
+DISTINCT_FEATURES = {
+    "distinct_countries_24h": "country",
+    "distinct_devices_24h": "device_id",
+    "distinct_cards_24h": "card_id",
+}
+NEW_VALUE_FEATURES = {"new_country": "country", "new_device": "device_id"}
+# The attributes whose first use per account is kept (account_values).
+FIRST_USE_FIELDS = tuple(sorted(set(NEW_VALUE_FEATURES.values())))
+ATTRIBUTE_FEATURES = frozenset(DISTINCT_FEATURES) | frozenset(NEW_VALUE_FEATURES)
 
 # What rules may read besides the features: the champion model's probability 0-1 (models/serving.py), missing (so
 # no comparison with it holds) when there is no champion or it fell back. Never a model's input, never recorded.
@@ -170,6 +197,7 @@ TAIL_FEATURES = (
     - MERCHANT_DAY_FEATURES
     - RISK_FEATURES
     - LOCAL_TIME_FEATURES
+    - ATTRIBUTE_FEATURES
     - {"merchant_used_before"}
 )
 
@@ -606,6 +634,26 @@ class Amounts:
 
 
 @dataclass
+class RecentValues:
+    """The values of one attribute of an account's transactions (those that have one), sorted by timestamp (ms)."""
+
+    ts: list[int] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+
+    def add(self, t: int, value: str) -> None:
+        position = bisect_right(self.ts, t)
+        self.ts.insert(position, t)
+        self.values.insert(position, value)
+
+    def distinct(self, t: int, width_ms: int, own: str | None) -> int:
+        """The number of distinct values in (t - width, t), `own` (the transaction's, None: none) included."""
+        found = set(self.values[bisect_left(self.ts, t - width_ms + 1) : bisect_left(self.ts, t)])
+        if own is not None:
+            found.add(own)
+        return len(found)
+
+
+@dataclass
 class AccountHistory:
     """What is known of an account before each transaction to decide, which come in time order.
 
@@ -631,6 +679,48 @@ class AccountHistory:
     # The earliest timestamp of the account's transactions at each merchant (stored and added), for
     # merchant_used_before: loaded for the merchants asked about.
     merchant_first: dict[str, int] = field(default_factory=dict)
+    # For the attribute features (loaded when a detector reads them): per attribute, its values in the tail's
+    # reach (RecentValues), and the earliest timestamp of each value asked about (FIRST_USE_FIELDS).
+    recent_values: dict[str, RecentValues] = field(default_factory=dict)
+    first_use: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def attribute_features(self, t: int, values: Mapping[str, str | None], needed: frozenset[str]) -> Features:
+        """The attribute features in `needed` of a transaction at t whose attributes are `values` (field -> value,
+        None when absent): see the module's docstring."""
+        result: Features = {}
+        for name, attribute in DISTINCT_FEATURES.items():
+            if name in needed:
+                recent = self.recent_values.get(attribute)
+                result[name] = (
+                    (1 if values.get(attribute) is not None else 0)
+                    if recent is None
+                    else recent.distinct(t, DAY_MS, values.get(attribute))
+                )
+        for name, attribute in NEW_VALUE_FEATURES.items():
+            if name in needed:
+                value = values.get(attribute)
+                if value is None:
+                    result[name] = None
+                else:
+                    first = self.first_use.get(attribute, {}).get(value)
+                    result[name] = 0 if first is not None and first < t else 1
+        return result
+
+    def add_values(self, t: int, values: Mapping[str, str | None]) -> None:
+        """Add a decided transaction's attributes to the recent values and first uses held."""
+        for attribute in DISTINCT_FEATURES.values():
+            value = values.get(attribute)
+            if value is not None:
+                recent = self.recent_values.get(attribute)
+                if recent is None:
+                    recent = self.recent_values[attribute] = RecentValues()
+                recent.add(t, value)
+        for attribute in FIRST_USE_FIELDS:
+            value = values.get(attribute)
+            if value is not None:
+                firsts = self.first_use.setdefault(attribute, {})
+                if value not in firsts or t < firsts[value]:
+                    firsts[value] = t
 
     def features(
         self,
@@ -762,7 +852,7 @@ def merchant_features(
     return result
 
 
-def features_json(features: Mapping[str, Decimal | int | bool | None], names: Sequence[str]) -> str:
+def features_json(features: Mapping[str, Decimal | int | bool | str | None], names: Sequence[str]) -> str:
     """The named features as a JSON object (exact numbers in plain notation, null when missing): the stored
     `features` column and GET /is_fraud?features=true; names are feature names (identifiers: nothing to escape)."""
     parts = []

@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 import psycopg2.extensions
 
 from txguard import outcomes
-from txguard.detection import Decided, Detector, decisions_in_time_order
+from txguard.detection import Decided, Detector, decisions_in_time_order, list_memberships
 from txguard.domain import Decision, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
 from txguard.features import (
+    ATTRIBUTE_FEATURES,
     DAY_MS,
     LONGEST_DAY_WINDOW,
     MERCHANT_DAY_FEATURES,
@@ -131,18 +132,25 @@ def _store(
     decisions: dict[int, Decision] = {}
     if new:
         needed = detector.needed_features
-        _load_histories(cur, new, stats, detector.window_reach_ms, needs_account_days(needed))
+        with_values = not needed.isdisjoint(ATTRIBUTE_FEATURES)
+        _load_histories(cur, new, stats, detector.window_reach_ms, needs_account_days(needed), with_values)
         if "merchant_used_before" in needed:
             pairs = {(t.account_id, t.merchant_id) for t in new if t.merchant_id is not None}
             for account_id, used in account_stats.merchants_first_used(cur, pairs).items():
                 stats[account_id].merchant_first = used
+        if with_values:
+            wanted = account_stats.first_use_wanted(new)
+            for account_id, first_use in account_stats.values_first_used(cur, wanted).items():
+                stats[account_id].first_use = first_use
         at_merchants = transactions.merchant_windows(
             cur, new, merchant_reach_ms(needed), from_day_start=not needed.isdisjoint(MERCHANT_DAY_FEATURES)
         )
         merchants.attach_history(cur, new, at_merchants, needed, detector.feature_settings)
-        # The rules snoozed for the batch's entities and its values in allow and block lists: read once per batch.
+        # The lists the rules read, the rules snoozed for the batch's entities and its values in the allow and
+        # block lists: each read once per batch (the last two only when a snooze or a list that decides exists).
+        in_lists = list_memberships(cur, new, detector)
         judged = outcomes.for_batch(cur, new, lists)
-        decided = decisions_in_time_order(new, stats, at_merchants, detector, None, judged.snoozed)
+        decided = decisions_in_time_order(new, stats, at_merchants, detector, None, in_lists, judged.snoozed)
         if judged.matches:
             decided = (Decided(d.transaction, d.features, judged.judge(d.transaction, d.decision)) for d in decided)
         # The unit of work's statement timeout, from the settings read when its connection was opened.
@@ -151,6 +159,7 @@ def _store(
         account_stats.write_totals(cur, stats, {t.account_id for t in new})
         account_stats.add_to_daily_totals(cur, new)
         account_stats.add_to_merchants_used(cur, new)
+        account_stats.add_to_values_used(cur, new)
         merchants.add_to_daily_counts(cur, new)
         # Labels that arrived before their transactions count from now on (merchant_label_daily).
         labels.apply_pending_labels(cur, new)
@@ -204,6 +213,7 @@ def _load_histories(
     histories: dict[int, AccountHistory],
     reach_ms: int,
     with_days: bool = False,
+    with_values: bool = False,
 ) -> None:
     """Load what deciding each account's new transactions needs, whatever their timestamps.
 
@@ -215,6 +225,7 @@ def _load_histories(
 
     `with_days` (the 7- and 30-day windows): the tails also reach back to the start of each new transaction's day,
     and carry the per-day totals of the 29 days before the earliest one's day up to the latest one's day.
+    `with_values` (the attribute features): the attribute values of the same stored transactions as the tails.
     """
     times: dict[int, list[int]] = defaultdict(list)
     for t in new:  # sorted by time
@@ -237,6 +248,9 @@ def _load_histories(
             if history.last_ts is not None and history.last_ts >= low:
                 spans[account_id] = [(low, earliest)]
     near = transactions.account_rows(cur, spans)
+    if with_values:
+        for account_id, recent in transactions.account_values(cur, spans).items():
+            histories[account_id].recent_values = recent
     days = account_stats.daily_totals(cur, late)
     for account_id, timeline in near.items():
         history = histories[account_id]

@@ -63,6 +63,7 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     "lists": ("SELECT", "INSERT", "UPDATE"),
     "list_items": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     "list_changes": ("SELECT", "INSERT"),
+    "account_values": ("SELECT", "INSERT", "UPDATE"),
 }
 # Tables of schema public the functions never touch.
 NOT_FOR_THE_SERVICE = frozenset({"schema_migrations"})

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import psycopg2.extensions
 
 from txguard import literals, outcomes
-from txguard.detection import Detector, decisions_in_time_order, empty_history
+from txguard.detection import Detector, decisions_in_time_order, empty_history, list_memberships
 from txguard.domain import DecidedTransaction
 from txguard.errors import Malformed
 from txguard.features import (
+    ATTRIBUTE_FEATURES,
     DAY_MS,
     LONGEST_DAY_WINDOW,
     MERCHANT_DAY_FEATURES,
@@ -154,6 +155,15 @@ def recompute_window(
         # Only what came before the window: the window's own transactions are added again as they are decided.
         used = account_stats.merchants_first_used(cur, {(account_id, t.merchant_id) for t in window if t.merchant_id})
         history.merchant_first = {m: first for m, first in used.get(account_id, {}).items() if first < start}
+    if not needed.isdisjoint(ATTRIBUTE_FEATURES):
+        if since is not None:
+            low = since - detector.window_reach_ms + 1
+            history.recent_values = transactions.account_values(cur, {account_id: [(low, since)]})[account_id]
+        used_values = account_stats.values_first_used(cur, account_stats.first_use_wanted(window))
+        history.first_use = {
+            attribute: {value: first for value, first in firsts.items() if first < start}
+            for attribute, firsts in used_values.get(account_id, {}).items()
+        }
     reach = merchant_reach_ms(needed)
     at_merchants = transactions.merchant_windows(
         cur, window, reach, (account_id, start), from_day_start=not needed.isdisjoint(MERCHANT_DAY_FEATURES)
@@ -162,9 +172,12 @@ def recompute_window(
     for t in window:  # the stored per-day counts hold the window's transactions, which are added again
         if t.merchant_id is not None and (days := at_merchants[t.merchant_id].days) and t.ts // DAY_MS in days:
             days[t.ts // DAY_MS][0] -= 1
-    # As ingest decides now: with the snoozes in force and the allow and block lists as they stand.
+    # As ingest decides now: with the lists as they stand and the snoozes in force.
+    in_lists = list_memberships(cur, window, detector)
     judged_now = outcomes.for_batch(cur, window)
-    decided = decisions_in_time_order(window, {account_id: history}, at_merchants, detector, None, judged_now.snoozed)
+    decided = decisions_in_time_order(
+        window, {account_id: history}, at_merchants, detector, None, in_lists, judged_now.snoozed
+    )
     by_id = {
         d.transaction.transaction_id: DecidedTransaction(
             d.transaction, judged_now.judge(d.transaction, d.decision), d.features

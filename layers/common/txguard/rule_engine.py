@@ -35,7 +35,16 @@ from typing import Any
 from txguard.currencies import money
 from txguard.domain import Decision, Outcome, Reason
 from txguard.features import COUNT_IN_CURRENCY, MODEL_SCORE, RULE_FEATURES, Features, FeatureValue, window_reach_ms
-from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, AllOf, AnyOf, Comparison, Condition, RuleSet
+from txguard.rule_language import (
+    MAX_DECIMAL_PLACES,
+    MAX_INTEGER_DIGITS,
+    AllOf,
+    AnyOf,
+    Comparison,
+    Condition,
+    RuleSet,
+    comparisons_of,
+)
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
@@ -88,6 +97,10 @@ class CompiledRuleSet:
     `needed_features` what deciding computes and stores: those, the rule set's recorded features
     (`features.record`) and `count` (explanations read it), never `model_score` (the champion's output).
     `detector_version` (None: none) is recorded with each decision.
+    `text_fields` are the transaction's text fields its enabled rules compare (attributes.is_text_field), which the
+    feature step puts among the features as they are; `list_fields` the lists they read by name, each with the
+    field whose value is looked up in it (the feature step adds `list_feature(name)`: 1 when the value is a current
+    item, 0 when not, missing when the transaction has no value). `list_names` are every list the rule set names.
     """
 
     def __init__(self, version: int, rule_set: RuleSet, detector_version: int | None = None) -> None:
@@ -103,7 +116,12 @@ class CompiledRuleSet:
             None if rule_set.model_review_threshold is None else float(rule_set.model_review_threshold)
         )
         enabled = [rule for rule in rule_set.rules if rule.enabled and rule.condition is not None]
-        self.rule_features = frozenset(set().union(*(_features_of(rule.condition) for rule in enabled)))
+        read = [c for rule in enabled for c in comparisons_of(rule.condition)]
+        self.rule_features = frozenset(set().union(*(_features_of(c) for c in read if not c.on_text)))
+        self.text_fields = frozenset(c.feature for c in read if c.on_text and c.list_name is None)
+        # A list is read for one field: check_lists refuses a list compared with fields of two kinds.
+        self.list_fields = {c.list_name: c.feature for c in read if c.list_name is not None}
+        self.list_names = frozenset(rule_set.list_fields())
         # Only these are computed per transaction; "count" also appears in the explanations.
         self.needed_features = (self.rule_features | rule_set.recorded_features() | {"count"}) - {MODEL_SCORE}
         # Ingest reads only this much of each account's and merchant's recent history.
@@ -190,14 +208,13 @@ class CompiledRuleSet:
         return "allow"
 
 
-def _features_of(condition: Condition | None) -> set[str]:
-    if isinstance(condition, AllOf):
-        return set().union(*(_features_of(c) for c in condition.all))
-    if isinstance(condition, AnyOf):
-        return set().union(*(_features_of(c) for c in condition.any))
-    if condition is None:
-        return set()
-    return {condition.feature} | ({condition.other} if condition.other else set())
+def _features_of(comparison: Comparison) -> set[str]:
+    return {comparison.feature} | ({comparison.other} if comparison.other else set())
+
+
+def list_feature(name: str) -> str:
+    """The features' key of whether the transaction's value is an item of the list `name` (1 or 0)."""
+    return f"in list {name}"
 
 
 def _compile(condition: Condition) -> Explainer:
@@ -228,7 +245,46 @@ def _compile(condition: Condition) -> Explainer:
     return _compile_comparison(condition)
 
 
+def _compile_text(comparison: Comparison) -> Explainer:
+    """A comparison of a text field: false when the transaction has no value for it (whatever the operator)."""
+    field = comparison.feature
+    if comparison.list_name is not None:
+        key, member = list_feature(comparison.list_name), comparison.op == "in list"
+        words = f"is in list {comparison.list_name}" if member else f"is not in list {comparison.list_name}"
+
+        def in_list(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
+            found = features.get(key)
+            if found is None or bool(found) != member:
+                return None
+            return [f"{field} {features.get(field)} {words}"]
+
+        return in_list
+    if comparison.values is not None:
+        values, member = frozenset(comparison.values), comparison.op == "in"
+        words = f"{'is in' if member else 'is not in'} {', '.join(comparison.values)}"
+
+        def among(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
+            value = features.get(field)
+            if value is None or (value in values) != member:
+                return None
+            return [f"{field} {value} {words}"]
+
+        return among
+    text, equal = comparison.text, comparison.op == "="
+    words = f"{'is' if equal else 'is not'} {text}"
+
+    def matches(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
+        value = features.get(field)
+        if value is None or (value == text) != equal:
+            return None
+        return [f"{field} {value} {words}"]
+
+    return matches
+
+
 def _compile_comparison(comparison: Comparison) -> Explainer:
+    if comparison.on_text:
+        return _compile_text(comparison)
     compare = _OPERATORS[comparison.op]
     multiply = _EXACT.multiply
     feature, other, constant = comparison.feature, comparison.other, comparison.value
@@ -249,7 +305,7 @@ def _compile_comparison(comparison: Comparison) -> Explainer:
         right: Decimal | int | None
         if other is not None:
             other_value = features.get(other)
-            if other_value is None:
+            if other_value is None or isinstance(other_value, str):  # no feature is text: rule_language sees to it
                 return None
             right = multiply(factor, other_value)
         else:
@@ -302,9 +358,9 @@ def _number(value: FeatureValue, currency: str) -> str:
     return _plain(value)
 
 
-def _plain(value: Decimal | int | None) -> str:
+def _plain(value: FeatureValue) -> str:
     if value is None:
         return "none"
-    if isinstance(value, int):
+    if isinstance(value, int | str):
         return str(value)
     return format(value.normalize(_EXACT), "f")  # the default context would round a long constant

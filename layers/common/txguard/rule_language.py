@@ -4,12 +4,27 @@
     conjunction:= term ("AND" term)*
     term       := "(" condition ")" | comparison
     comparison := FEATURE OP NUMBER | FEATURE OP [NUMBER "*"] FEATURE
+                | FIELD ("=" | "!=") STRING
+                | FIELD ["NOT"] "IN" "(" STRING ("," STRING)* ")"
+                | FIELD ["NOT"] "IN" "LIST" LIST_NAME
     OP         := "<" | "<=" | ">" | ">=" | "=" | "!="
+    FIELD      := account_id | merchant_id | channel | country | merchant_category | card_id | ip_address
+                | device_id | metadata.KEY
+    STRING     := "'" characters, '' for a quote "'"
 
 Examples: `amount < 0.9 * mean_amount`, `amount > 3 * mean_amount AND count >= 5`, `count_1m > 5`,
-`model_score > 0.8 AND amount > 100` (`model_score`: the champion model's probability, missing when there is none).
+`model_score > 0.8 AND amount > 100` (`model_score`: the champion model's probability, missing when there is none),
+`country NOT IN ('FR', 'DE') AND channel = 'ecommerce'`, `merchant_category IN LIST high_risk_mcc`,
+`card_id NOT IN LIST trusted_cards`, `metadata.campaign = 'spring'`.
 User text is tokenised and parsed, never evaluated. The parsed form is stored next to the text
 (rule_sets.document) and is what both the Python engine and the SQL function read.
+
+A FIELD is a transaction's attribute (or its account or merchant id) compared as text. Each constant is read as
+the field itself is (txguard/attributes.py): `country = 'fr'` means FR, `merchant_category = '742'` means 0742, and
+a value the field can never hold (`country = 'XX'`, an MCC of five digits) refuses the rule set. A transaction
+without the field (or without that metadata key) makes every comparison on it false, `!=`, `NOT IN` and
+`NOT IN LIST` included, as SQL's NULL does. `IN LIST` reads a list's current, unexpired items (the lists API); the
+list must exist, and hold values of the field's kind (a `country` list for `country`), when the rule set is applied.
 
 What a rule set may cost is bounded when it is validated (applied, backtested, or loaded from the database),
 so that no rule set can make deciding a transaction slow or crash the parser:
@@ -22,18 +37,22 @@ so that no rule set can make deciding a transaction slow or crash the parser:
 | levels of parentheses in a `when` | MAX_NESTING_DEPTH = 10 | parsing and evaluating recurse per level |
 | digits of a constant before the point | MAX_INTEGER_DIGITS = 18 | numbers stay exact in Python and SQL alike |
 | decimal places of a constant | MAX_DECIMAL_PLACES = 40 | |
+| values in one `IN (...)` | MAX_IN_VALUES = 100 | SQL compares them one by one |
+| values of `IN (...)` in the whole set | MAX_SET_VALUES = 1,000 | each is validated and held in memory |
+| characters of a text constant | MAX_TEXT_LENGTH = 256 | the longest value a field can hold (metadata) |
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from txguard import literals
+from txguard import attributes, literals
 from txguard.features import (
     DEFAULT_LABEL_DELAY_DAYS,
     DEFAULT_TIME_ZONE,
@@ -44,7 +63,8 @@ from txguard.features import (
     FeatureSettings,
 )
 
-Operator = Literal["<", "<=", ">", ">=", "=", "!="]
+Operator = Literal["<", "<=", ">", ">=", "=", "!=", "in", "not in", "in list", "not in list"]
+TEXT_OPERATORS = ("=", "!=", "in", "not in", "in list", "not in list")
 # What a rule does when it fires (rule_engine: the precedence of outcomes): `score` adds its weight to the score,
 # the others decide the outcome by themselves.
 Action = Literal["score", "review", "block", "allow"]
@@ -56,9 +76,16 @@ MAX_WHEN_LENGTH = 2000
 MAX_NESTING_DEPTH = 10
 MAX_INTEGER_DIGITS = 18
 MAX_DECIMAL_PLACES = 40
+MAX_IN_VALUES = 100
+MAX_SET_VALUES = 1000
+MAX_TEXT_LENGTH = attributes.MAX_METADATA_VALUE_LENGTH
 
 
 class Comparison(BaseModel):
+    """One comparison of the parsed form. A feature is compared with a number `value` or with `factor` × `other`;
+    a text field (attributes.is_text_field, named by `feature` too) with `text` (= and !=), with `values` (in, not
+    in) or with the items of the list `list_name` (in list, not in list)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     feature: str
@@ -66,6 +93,14 @@ class Comparison(BaseModel):
     value: Decimal | None = None  # compare with a constant ...
     factor: Decimal | None = None  # ... or with factor * other
     other: str | None = None
+    text: str | None = None
+    values: tuple[str, ...] | None = None
+    list_name: str | None = None
+
+    @property
+    def on_text(self) -> bool:
+        """Whether this compares a text field (with text, values or a list), not a feature's number."""
+        return self.text is not None or self.values is not None or self.list_name is not None
 
 
 class AllOf(BaseModel):
@@ -223,7 +258,39 @@ class RuleSet(BaseModel):
         if total > MAX_COMPARISONS:
             largest = ", ".join(f"{rule_id!r} {size}" for size, rule_id in sizes[:3])
             raise ValueError(f"{total} comparisons in all, at most {MAX_COMPARISONS} (the largest rules: {largest})")
+        values = sum(len(c.values or ()) for rule in rules for c in comparisons_of(rule.condition))
+        if values > MAX_SET_VALUES:
+            raise ValueError(f"{values} values in IN (...) lists in all, at most {MAX_SET_VALUES}")
         return rules
+
+    def list_fields(self) -> dict[str, set[str]]:
+        """The lists the rules read (IN LIST, enabled rules or not) by name, each with the fields compared with it."""
+        found: dict[str, set[str]] = {}
+        for rule in self.rules:
+            for comparison in comparisons_of(rule.condition):
+                if comparison.list_name is not None:
+                    found.setdefault(comparison.list_name, set()).add(comparison.feature)
+        return found
+
+    def check_lists(self, kinds: Mapping[str, str]) -> None:
+        """Refuse (RuleSetError) a rule set naming a list that does not exist, or comparing a field with a list of
+        another kind. `kinds`: every existing list's kind by name (storage.lists.list_definitions)."""
+        problems = []
+        for rule in self.rules:
+            for comparison in comparisons_of(rule.condition):
+                name = comparison.list_name
+                if name is None:
+                    continue
+                if name not in kinds:
+                    problems.append(f"rule {rule.id!r}: the list {name!r} does not exist")
+                elif kinds[name] not in attributes.list_kinds_for(comparison.feature):
+                    problems.append(
+                        f"rule {rule.id!r}: the list {name!r} holds {kinds[name]} values, which {comparison.feature} "
+                        f"is never compared with (lists for {comparison.feature}: "
+                        f"{', '.join(attributes.list_kinds_for(comparison.feature))})"
+                    )
+        if problems:
+            raise RuleSetError(problems)
 
     def document(self) -> dict[str, Any]:
         """The stored form: JSON-safe, decimals as strings, each rule with its parsed condition."""
@@ -265,21 +332,27 @@ def _describe(error: Any, data: Any) -> str:
 _TOKEN = re.compile(
     # A number token takes whatever starts like one (any script's digits, a leading '.', an exponent's sign) so
     # that `_constant` judges it whole by the one decimal rule and names it, instead of splitting it into pieces.
-    r"\s*(?:(?P<number>\.?\d(?:[\w.]|(?<=[eE])[-+])*)|(?P<op><=|>=|!=|==|<|>|=)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|(?P<punct>[()*]))"
+    r"\s*(?:(?P<number>\.?\d(?:[\w.]|(?<=[eE])[-+])*)|(?P<op><=|>=|!=|==|<|>|=)"
+    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)?)|(?P<string>'(?:[^']|'')*')|(?P<punct>[(),*]))"
 )
+_KEYWORDS = ("AND", "OR", "NOT", "IN", "LIST")
 
 
 def comparison_count(condition: Condition | None) -> int:
     """How many comparisons a condition holds: what evaluating it costs, at most."""
-    count, pending = 0, [condition]
+    return len(comparisons_of(condition))
+
+
+def comparisons_of(condition: Condition | None) -> list[Comparison]:
+    """Every comparison of a condition."""
+    found, pending = [], [condition]
     while pending:  # a loop, not recursion: a stored document may be deeper than the parser allows
         item = pending.pop()
         if isinstance(item, Comparison):
-            count += 1
+            found.append(item)
         elif isinstance(item, AllOf | AnyOf):
             pending.extend(item.all if isinstance(item, AllOf) else item.any)
-    return count
+    return found
 
 
 class _Parser:
@@ -297,8 +370,10 @@ class _Parser:
             kind = match.lastgroup or ""
             value = match.group(kind)
             start = match.start(kind)
-            if kind == "word" and value.upper() in ("AND", "OR"):
+            if kind == "word" and value.upper() in _KEYWORDS:
                 kind, value = "keyword", value.upper()
+            if kind == "string":
+                value = value[1:-1].replace("''", "'")
             if kind == "op" and value == "==":
                 value = "="
             self.tokens.append((kind, value, start + 1))
@@ -354,8 +429,25 @@ class _Parser:
         return name
 
     def comparison(self) -> Comparison:
+        token = self.peek()
+        if token and token[0] == "word" and attributes.is_text_field(token[1]):
+            return self.text_comparison()
+        if token and token[0] == "word" and token[1].startswith(attributes.METADATA_FIELD):
+            raise ValueError(
+                f"{token[1]!r} at position {token[2]}: a metadata key is 1-40 lower-case letters, digits or '_', "
+                "from a letter"
+            )
         left = self.feature()
+        following = self.peek()
+        if following and following[0] == "keyword" and following[1] in ("IN", "NOT"):
+            raise ValueError(
+                f"{left} at position {token[2] if token else 0} is a number: IN compares the text fields "
+                f"{', '.join(attributes.TEXT_FIELDS)} and metadata.KEY"
+            )
         op = self.take("op")[1]
+        token = self.peek()
+        if token and token[0] == "string":
+            raise ValueError(f"{left} is a number, not text: compare it with a number, not {token[1]!r}")
         token = self.peek()
         if token and token[0] == "number":
             number = _constant(*self.take("number")[1:])
@@ -365,6 +457,58 @@ class _Parser:
                 return Comparison(feature=left, op=op, factor=number, other=self.feature())
             return Comparison(feature=left, op=op, value=number)
         return Comparison(feature=left, op=op, factor=Decimal(1), other=self.feature())
+
+    def text_comparison(self) -> Comparison:
+        _, field, position = self.take("word")
+        token = self.peek()
+        if token and token[0] == "op":
+            op = self.take("op")[1]
+            if op not in ("=", "!="):
+                raise ValueError(f"{field} at position {position} is text: compare it with =, !=, IN or IN LIST")
+            return Comparison(feature=field, op=op, text=self.constant_text(field))
+        negated = bool(token and token[:2] == ("keyword", "NOT"))
+        if negated:
+            self.index += 1
+        self.take("keyword", "IN")
+        following = self.peek()
+        if following and following[:2] == ("keyword", "LIST"):
+            self.index += 1
+            _, name, at = self.take("word")
+            if not re.fullmatch(LIST_NAME, name):
+                raise ValueError(f"{name!r} at position {at} is not a list name (lower-case letters, digits, '_')")
+            if not attributes.list_kinds_for(field):
+                raise ValueError(
+                    f"{field} at position {position} cannot be compared with a list: no list holds its values"
+                )
+            return Comparison(feature=field, op="not in list" if negated else "in list", list_name=name)
+        self.take("punct", "(")
+        values = [self.constant_text(field)]
+        while (following := self.peek()) and following[:2] == ("punct", ","):
+            self.index += 1
+            values.append(self.constant_text(field))
+        self.take("punct", ")")
+        if len(values) > MAX_IN_VALUES:
+            raise ValueError(f"{len(values)} values in IN (...) at position {position}, at most {MAX_IN_VALUES}")
+        return Comparison(feature=field, op="not in" if negated else "in", values=tuple(dict.fromkeys(values)))
+
+    def constant_text(self, field: str) -> str:
+        """A text constant (or, for a field of digits, a number) read as the field's values are."""
+        token = self.peek()
+        if token is None or token[0] not in ("string", "number"):
+            found = f"{token[1]!r} at position {token[2]}" if token else "the end of the condition"
+            raise ValueError(f"expected a quoted value for {field} but found {found}")
+        self.index += 1
+        _, raw, position = token
+        shown = raw if len(raw) <= 60 else f"{raw[:28]}...{raw[-28:]}"
+        if len(raw) > MAX_TEXT_LENGTH:
+            raise ValueError(f"the value at position {position} has {len(raw)} characters, at most {MAX_TEXT_LENGTH}")
+        try:
+            return attributes.field_value(field, raw)
+        except ValueError as exc:
+            raise ValueError(f"the value {shown!r} at position {position} for {field} {exc}") from None
+
+
+LIST_NAME = r"[a-z][a-z0-9_]{0,62}"
 
 
 def _flatten(parts: list[Condition], kind: type[AllOf] | type[AnyOf]) -> list[Condition]:

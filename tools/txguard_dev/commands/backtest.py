@@ -13,6 +13,7 @@ from txguard.labels import GENUINE, UNSPECIFIED_FRAUD, labels_in_force
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
 from txguard.scoring import Confusion
+from txguard.storage import rule_sets
 from txguard_dev.commands.common import add_database_argument, database_url, open_database, read_json_file
 from txguard_dev.commands.evaluate import outcome_line
 
@@ -55,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rules = CompiledRuleSet(0, rule_set)
     with open_database(database_url(args)) as conn, conn, conn.cursor() as cur:
+        try:
+            rule_sets.check_lists(cur, rule_set)
+        except RuleSetError as exc:
+            print("rule set rejected:", *[f"  - {p}" for p in exc.problems], sep="\n", file=sys.stderr)
+            return 1
         # Only the period's labels: a window of a long history does not hold every label in memory.
         labels = {
             tid: (label.reason or UNSPECIFIED_FRAUD) if label.fraud else GENUINE

@@ -76,13 +76,9 @@ class DecisionOut(ModelFieldsOut):
     rule_set_version: int
 
 
-class StoredTransactionOut(BaseModel):
-    account_id: int
-    transaction_id: int
-    timestamp: int = Field(description="epoch milliseconds")
-    amount: str
-    currency: str
-    merchant_id: str | None = None
+class AttributesOut(BaseModel):
+    """A transaction's optional attributes as stored (canonical forms; null when absent)."""
+
     channel: str | None = Field(default=None, description="how the payment was made (see the request's channel)")
     country: str | None = Field(default=None, description="ISO 3166-1 alpha-2, upper-case")
     merchant_category: str | None = Field(default=None, description="ISO 18245 MCC, four digits")
@@ -90,6 +86,15 @@ class StoredTransactionOut(BaseModel):
     ip_address: str | None = Field(default=None, description="canonical text of the IPv4 or IPv6 address")
     device_id: str | None = Field(default=None, description="the device's token")
     metadata: dict[str, str] | None = Field(default=None, description="free string values by key, as sent")
+
+
+class StoredTransactionOut(AttributesOut):
+    account_id: int
+    transaction_id: int
+    timestamp: int = Field(description="epoch milliseconds")
+    amount: str
+    currency: str
+    merchant_id: str | None = None
 
 
 class StoreResultOut(BaseModel):
@@ -112,19 +117,12 @@ class ListResponse(BaseModel):
     next_cursor: str | None
 
 
-class FraudEventOut(ModelFieldsOut):
+class FraudEventOut(ModelFieldsOut, AttributesOut):
     transaction_id: int
     timestamp: int
     amount: str
     currency: str
     merchant_id: str | None = None
-    channel: str | None = Field(default=None, description="how the payment was made (see the request's channel)")
-    country: str | None = Field(default=None, description="ISO 3166-1 alpha-2, upper-case")
-    merchant_category: str | None = Field(default=None, description="ISO 18245 MCC, four digits")
-    card_id: str | None = Field(default=None, description="the card's token")
-    ip_address: str | None = Field(default=None, description="canonical text of the IPv4 or IPv6 address")
-    device_id: str | None = Field(default=None, description="the device's token")
-    metadata: dict[str, str] | None = Field(default=None, description="free string values by key, as sent")
     outcome: Literal["allow", "review", "block"] = Field(description=OUTCOME_DESCRIPTION)
     score: str
     reasons: list[ReasonOut]

@@ -67,7 +67,8 @@ LANGUAGE sql STABLE AS $$
                     AND (i.expires_at IS NULL OR i.expires_at > now()))
 $$;
 
--- detect_fraud with outcomes: as 0016, plus each rule's action, the review thresholds, snoozes and allow/block
+-- detect_fraud with outcomes: as 0018 defines it (rules reading numbers and the transaction's text fields), plus
+-- each rule's action, the review thresholds, snoozes and allow/block
 -- lists, in the precedence of txguard/rule_engine.py. Lists and snoozes are read as they stand now (an item or
 -- a snooze applies while it has not expired), as ingest reads them when it decides.
 DROP FUNCTION detect_fraud(bigint, integer);
@@ -100,7 +101,7 @@ AS $$
         CROSS JOIN LATERAL (
             SELECT CASE WHEN x.model_version IS NOT NULL AND x.model_score IS NOT NULL
                         THEN f.features || jsonb_build_object('model_score', x.model_score::text::numeric)
-                        ELSE f.features END AS features) m
+                        ELSE f.features END || txguard_text_fields(x) AS features) m
         CROSS JOIN LATERAL jsonb_array_elements(rule_set.document -> 'rules') WITH ORDINALITY AS r(rule, position)
         WHERE (r.rule ->> 'enabled')::boolean
           AND txguard_condition_holds(r.rule -> 'condition', m.features)

@@ -140,6 +140,9 @@ class ModelDetector:
         self.rule_set = rules.rule_set
         self.threshold = rules.threshold
         self.rule_features = rules.rule_features
+        self.text_fields = rules.text_fields
+        self.list_fields = rules.list_fields
+        self.list_names = rules.list_names
         model_features: set[str] = set()
         for served in (*([champion] if champion else []), *self.shadows):
             model_features.update(served.features)

@@ -15,7 +15,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from txguard.domain import Transaction
-from txguard.features import DAY_MS, AccountHistory, Amounts, Prior, Timeline, to_units
+from txguard.features import DAY_MS, FIRST_USE_FIELDS, AccountHistory, Amounts, Prior, Timeline, to_units
 from txguard.storage import WIDE, array_literal
 
 
@@ -238,6 +238,64 @@ def add_to_merchants_used(cur: psycopg2.extensions.cursor, new: Iterable[Transac
            SELECT a, mid, txguard_ms_to_ts(f) FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS v(a, mid, f)
            ON CONFLICT (account_id, merchant_id) DO UPDATE SET first_ts = least(m.first_ts, excluded.first_ts)""",
         (array_literal(a for a, _ in keys), [m for _, m in keys], array_literal(first[k] for k in keys)),
+    )
+
+
+def values_first_used(
+    cur: psycopg2.extensions.cursor, wanted: Iterable[tuple[int, str, str]]
+) -> dict[int, dict[str, dict[str, int]]]:
+    """Per account and attribute, when (epoch ms) the account first used each of these (account, attribute, value)
+    (account_values, attributes features.FIRST_USE_FIELDS); values never used are left out."""
+    result: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    ordered = sorted(set(wanted))
+    if not ordered:
+        return result
+    cur.execute(
+        """SELECT v.account_id, v.attribute, v.value, txguard_ts_to_ms(v.first_ts)
+           FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS p(account_id, attribute, value)
+           JOIN account_values v ON (v.account_id, v.attribute, v.value) = (p.account_id, p.attribute, p.value)""",
+        (array_literal(a for a, _, _ in ordered), [f for _, f, _ in ordered], [v for _, _, v in ordered]),
+    )
+    for account_id, attribute, value, first in cur.fetchall():
+        result[account_id][attribute][value] = first
+    return result
+
+
+def first_use_wanted(transactions: Iterable[Transaction]) -> set[tuple[int, str, str]]:
+    """The (account, attribute, value) of these transactions whose first use account_values keeps."""
+    return {
+        (t.account_id, attribute, value)
+        for t in transactions
+        for attribute in FIRST_USE_FIELDS
+        if (value := getattr(t, attribute)) is not None
+    }
+
+
+def add_to_values_used(cur: psycopg2.extensions.cursor, new: Iterable[Transaction]) -> None:
+    """Record (or move back) when each account first used each country and device, for newly stored transactions.
+
+    Callers hold the accounts' account_stats row locks."""
+    first: dict[tuple[int, str, str], int] = {}
+    for t in new:
+        if t.country is None and t.device_id is None:
+            continue
+        for key in first_use_wanted([t]):
+            if key not in first or t.ts < first[key]:
+                first[key] = t.ts
+    if not first:
+        return
+    keys = sorted(first)
+    cur.execute(
+        """INSERT INTO account_values AS v (account_id, attribute, value, first_ts)
+           SELECT a, f, x, txguard_ms_to_ts(ms)
+           FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[]) AS n(a, f, x, ms)
+           ON CONFLICT (account_id, attribute, value) DO UPDATE SET first_ts = least(v.first_ts, excluded.first_ts)""",
+        (
+            array_literal(a for a, _, _ in keys),
+            [f for _, f, _ in keys],
+            [x for _, _, x in keys],
+            array_literal(first[k] for k in keys),
+        ),
     )
 
 

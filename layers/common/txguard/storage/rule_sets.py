@@ -13,7 +13,7 @@ from typing import Any
 import psycopg2.extensions
 
 from txguard.rule_language import RuleSet, RuleSetError, validate_rule_set
-from txguard.storage import detector_versions
+from txguard.storage import detector_versions, lists
 
 # Serialises writers of new versions (any fixed number).
 _RULES_LOCK_KEY = 0x7478_6775_6172_6402
@@ -62,10 +62,18 @@ def _insert(cur: psycopg2.extensions.cursor, rule_set: RuleSet, comment: str, re
 
 
 def apply_rule_set(cur: psycopg2.extensions.cursor, data: Any, comment: str = "") -> int:
-    """Validate a whole rule set and store it as the new version; raises RuleSetError, storing nothing."""
+    """Validate a whole rule set and store it as the new version; raises RuleSetError, storing nothing (also when
+    a rule names a list that does not exist, or compares a field with a list of another kind)."""
     rule_set = validate_rule_set(data)
+    check_lists(cur, rule_set)
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_RULES_LOCK_KEY,))
     return _insert(cur, rule_set, comment)
+
+
+def check_lists(cur: psycopg2.extensions.cursor, rule_set: RuleSet) -> None:
+    """RuleSet.check_lists against the lists stored now (storage.lists.list_definitions); raises RuleSetError."""
+    if rule_set.list_fields():
+        rule_set.check_lists({name: d.kind for name, d in lists.list_definitions(cur).items()})
 
 
 def disable_rule(cur: psycopg2.extensions.cursor, rule_id: str) -> int:

@@ -22,7 +22,7 @@ import psycopg2
 import psycopg2.extensions
 
 from txguard.domain import ATTRIBUTES, DecidedTransaction, Decision, Reason, Transaction
-from txguard.features import Span, Timeline, features_json, spans_before
+from txguard.features import ATTRIBUTE_FIELDS, RecentValues, Span, Timeline, features_json, spans_before
 from txguard.storage import array_literal
 
 if TYPE_CHECKING:
@@ -299,6 +299,33 @@ def account_rows(cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]) 
         return {}
     cur.execute(_ACCOUNT_ROWS, (array_literal(keys), array_literal(lows), array_literal(highs)))
     return _timelines(cur.fetchall(), spans)
+
+
+_ACCOUNT_VALUES = """
+    SELECT b.key, t.card_id, t.country, t.device_id, txguard_ts_to_ms(t.ts)
+    FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS b(key, low, high)
+    JOIN transactions t ON t.account_id = b.key AND t.ts >= txguard_ms_to_ts(b.low) AND t.ts < txguard_ms_to_ts(b.high)
+    WHERE t.card_id IS NOT NULL OR t.country IS NOT NULL OR t.device_id IS NOT NULL
+    ORDER BY t.ts"""
+
+
+def account_values(cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]) -> dict[int, dict[str, RecentValues]]:
+    """Each account's attribute values (features.ATTRIBUTE_FIELDS) of its stored transactions inside its spans,
+    as RecentValues per attribute (every account of `spans` is a key; one read through (account_id, ts))."""
+    result: dict[int, dict[str, RecentValues]] = {
+        account: {name: RecentValues() for name in ATTRIBUTE_FIELDS} for account in spans
+    }
+    keys, lows, highs = _flatten(spans)
+    if not keys:
+        return result
+    cur.execute(_ACCOUNT_VALUES, (array_literal(keys), array_literal(lows), array_literal(highs)))
+    for account, card_id, country, device_id, ts in cur.fetchall():
+        for name, value in zip(ATTRIBUTE_FIELDS, (card_id, country, device_id), strict=True):
+            if value is not None:
+                recent = result[account][name]
+                recent.ts.append(ts)
+                recent.values.append(value)
+    return result
 
 
 def merchant_windows(
