@@ -18,6 +18,7 @@ from bench import (
     generator_bench,
     ingest_bench,
     input_bench,
+    lists_bench,
     model_bench,
     model_serving_bench,
     replay_bench,
@@ -74,6 +75,7 @@ def main() -> int:
             "console",
             "model",
             "serving",
+            "lists",
         ],
         default=None,
     )
@@ -92,6 +94,7 @@ def main() -> int:
         "console": console_bench.run,
         "model": model_bench.run,
         "serving": model_serving_bench.run,
+        "lists": lists_bench.run,
     }
     for name, suite in suites.items():
         if args.only not in (None, name):

@@ -32,6 +32,7 @@ PAGES = [
     "/console/models/train",
     "/console/explore",
     "/console/what-if",
+    "/console/lists",
 ]
 HOSTILE_MERCHANT = "<script>document.title='owned'</script>"
 T0 = 1_714_564_800_000
@@ -312,3 +313,30 @@ def test_the_pages_carry_a_script_free_content_security_policy(page: Any, local_
     csp = answer.headers["content-security-policy"]
     assert "script-src" not in csp and "default-src 'none'" in csp
     assert answer.headers["x-frame-options"] == "DENY"
+
+
+def test_a_csv_upload_on_a_lists_page_adds_its_items_in_one_audited_version_and_a_bad_one_nothing(
+    page: Any, local_service: LocalService, e2e_database_url: str
+) -> None:
+    created = local_service.request("POST", "/lists", {"name": "browser_cards", "kind": "card", "action": "block"})
+    assert created.status in (200, 201), created.body
+    sign_in(page, str(local_service.api_key), name="carol")
+    page.goto("/console/lists")
+    page.click("table[data-table=lists] >> text=browser_cards")
+    assert page.locator("h1").inner_text() == "List browser_cards"
+    before = admin_query(e2e_database_url, "SELECT version FROM lists WHERE name = 'browser_cards'")[0][0]
+
+    page.fill("textarea[name=csv]", "value,expires_at,note\ncard_a,,first\n4111111111111111,,\ncard_b,yesterday,\n")
+    page.click("button#upload")
+    assert "Nothing was stored: 2 problem(s)." in page.locator("#problems").inner_text()
+    assert page.locator("table[data-table=problems] tbody tr").count() == 2
+    assert admin_query(e2e_database_url, "SELECT version FROM lists WHERE name = 'browser_cards'")[0][0] == before
+
+    page.fill("textarea[name=csv]", "value,note\ncard_a,first\ncard_b,second\n")
+    page.click("button#upload")
+    assert page.locator("#done").inner_text() == f"Stored in version {before + 1}."
+    assert page.locator("table[data-table=items] tbody tr").count() == 2
+    audit = page.locator("table[data-table=changes] tbody tr >> nth=0").inner_text()
+    assert "console:carol" in audit and "card_a" in audit and "card_b" in audit
+    listed = local_service.request("GET", "/lists/browser_cards/items")
+    assert [i["value"] for i in listed.body["items"]] == ["card_a", "card_b"]

@@ -74,7 +74,7 @@ def flagged_transactions(n: int) -> list[int]:
     return [r.transaction.transaction_id for r in results if r.decision.fraud]
 
 
-PAGES = ["/", "/decisions", "/review", "/rules", "/models", "/explore", "/what-if"]
+PAGES = ["/", "/decisions", "/review", "/rules", "/models", "/explore", "/what-if", "/lists"]
 
 
 def test_every_page_answers_a_signed_in_analyst_and_none_answers_without_a_session(database: Any) -> None:

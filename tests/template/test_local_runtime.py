@@ -31,6 +31,7 @@ def test_the_providers_find_each_function_with_its_code_layer_and_handler() -> N
         "StreamIngestFunction",
         "ConsoleFunction",
         "TrainFunction",
+        "ListsFunction",
     }
     for name, function in functions.items():
         assert function.handler == "app.lambda_handler"
@@ -56,6 +57,15 @@ def test_the_providers_find_every_route() -> None:
         ("GET", "/models", "DetectFunction"),
         ("GET", "/models/{version}", "DetectFunction"),
         ("GET", "/openapi.json", "DetectFunction"),
+        ("POST", "/lists", "ListsFunction"),
+        ("GET", "/lists", "ListsFunction"),
+        ("GET", "/lists/{name}", "ListsFunction"),
+        ("PATCH", "/lists/{name}", "ListsFunction"),
+        ("POST", "/lists/{name}/items", "ListsFunction"),
+        ("GET", "/lists/{name}/items", "ListsFunction"),
+        ("DELETE", "/lists/{name}/items/{value}", "ListsFunction"),
+        ("POST", "/lists/{name}/removals", "ListsFunction"),
+        ("GET", "/lists/{name}/changes", "ListsFunction"),
         ("GET", "/console", "ConsoleFunction"),
         ("POST", "/console", "ConsoleFunction"),
         ("GET", "/console/{proxy+}", "ConsoleFunction"),

@@ -108,7 +108,7 @@ def test_every_function_logs_json_to_a_log_group_of_its_own_with_a_retention() -
         assert deployed.resources[group]["Type"] == "AWS::Logs::LogGroup"
         assert int(deployed.properties(group)["RetentionInDays"]) > 0
         groups.append(group)
-    assert len(set(groups)) == len(groups) == 7
+    assert len(set(groups)) == len(groups) == 8
 
 
 @pytest.mark.parametrize("overrides", [{}, {"DatabaseReaderInstance": "true"}], ids=["writer", "writer and reader"])
@@ -201,6 +201,8 @@ def test_alarms_cover_errors_throttles_api_5xx_and_latency_and_database_connecti
         ("AWS/Lambda", "Errors", "GenerateFunction"),
         ("AWS/Lambda", "Throttles", "IngestFunction"),
         ("AWS/Lambda", "Throttles", "DetectFunction"),
+        ("AWS/Lambda", "Errors", "ListsFunction"),
+        ("AWS/Lambda", "Throttles", "ListsFunction"),
         ("AWS/ApiGateway", "5XXError", "txguard-api,v1"),
         ("AWS/ApiGateway", "Latency", "txguard-api,v1"),
         ("AWS/RDS", "DatabaseConnections", "DatabaseProxy"),

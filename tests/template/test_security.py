@@ -55,6 +55,15 @@ def test_the_api_serves_exactly_the_documented_routes() -> None:
         "GET /models": "DetectFunction",
         "GET /models/{version}": "DetectFunction",
         "GET /openapi.json": "DetectFunction",
+        "POST /lists": "ListsFunction",
+        "GET /lists": "ListsFunction",
+        "GET /lists/{name}": "ListsFunction",
+        "PATCH /lists/{name}": "ListsFunction",
+        "POST /lists/{name}/items": "ListsFunction",
+        "GET /lists/{name}/items": "ListsFunction",
+        "DELETE /lists/{name}/items/{value}": "ListsFunction",
+        "POST /lists/{name}/removals": "ListsFunction",
+        "GET /lists/{name}/changes": "ListsFunction",
         "GET /console": "ConsoleFunction",
         "POST /console": "ConsoleFunction",
         "GET /console/{proxy+}": "ConsoleFunction",
@@ -114,6 +123,7 @@ def test_every_function_runs_in_the_vpc_when_the_generator_stores_directly(overr
         "StreamIngestFunction",
         "ConsoleFunction",
         "TrainFunction",
+        "ListsFunction",
     }
     assert functions_outside_vpc(deployed) == []
 
@@ -210,7 +220,7 @@ def test_managed_policies_are_only_those_without_data_access() -> None:
 def test_each_function_has_a_role_of_its_own() -> None:
     deployed = stack()
     roles = {name: deployed.role_of(name) for name in deployed.functions}
-    assert len(set(roles.values())) == len(roles) == 7
+    assert len(set(roles.values())) == len(roles) == 8
     for role in roles.values():
         trust = deployed.properties(role)["AssumeRolePolicyDocument"]["Statement"]
         assert [s["Principal"] for s in trust] == [{"Service": "lambda.amazonaws.com"}]
@@ -261,6 +271,11 @@ _KINESIS_READ = (
             {},
             "DetectFunction",
             _logs("DetectLogGroup") | {("secretsmanager:GetSecretValue", "ServiceSecret"), _SECRET_KEY, _MODELS},
+        ),
+        (
+            {},
+            "ListsFunction",
+            _logs("ListsLogGroup") | {("secretsmanager:GetSecretValue", "ServiceSecret"), _SECRET_KEY},
         ),
         (
             {},
@@ -357,6 +372,7 @@ _KINESIS_READ = (
     ids=[
         "ingest",
         "detect",
+        "lists",
         "generate direct",
         "generate api ssm key",
         "generate api own key",

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "models": ("txguard_dev.commands.models", "the model registry: list, show, shadow, promote, retire, rollback"),
     "labels": ("txguard_dev.commands.labels", "labels: import a CSV or JSON-lines file into the labels store"),
+    "lists": (
+        "txguard_dev.commands.lists",
+        "allow, block and custom lists: create, ls, show, set, add, remove, import",
+    ),
     "replay": (
         "txguard_dev.commands.replay",
         "send a labelled file through ingest in time order, releasing labels after a delay",

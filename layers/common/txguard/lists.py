@@ -15,14 +15,15 @@ value and reason, and stores nothing is the caller's part (it raises InvalidList
 
 from __future__ import annotations
 
+import csv
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from txguard import attributes, literals
-from txguard.errors import BadInput, Conflict, NotFound, echo, shorten
+from txguard.errors import BadInput, Conflict, Malformed, NotFound, echo, shorten
 from txguard.intake import instant_ms
 
 LIST_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -77,6 +78,16 @@ class InvalidList(BadInput):
     def __init__(self, message: str, problems: Sequence[ListProblem]) -> None:
         super().__init__(message, [p.detail() for p in problems])
         self.problems = list(problems)
+
+
+class InvalidListCursor(Malformed, ValueError):
+    """A cursor GET /lists/{name}/items or /changes did not issue."""
+
+    code = "invalid_cursor"
+
+    def __init__(self, cursor: str) -> None:
+        message = f"cursor {cursor[:100]!r} is not one this API returned"
+        super().__init__(message, [{"index": None, "field": "cursor", "value": cursor[:200], "reason": message}])
 
 
 class ListNotFound(NotFound):
@@ -156,56 +167,137 @@ def actor(value: Any) -> str:
     return literals.short_text(value, MAX_ACTOR_LENGTH)
 
 
+MISSING: Any = object()  # a field not given (None is a given null)
+
+
+class ItemChecker:
+    """Validates items of a list of one `kind` at `now_ms` (epoch ms), one at a time (`check`) or as a batch
+    (`check_all`): the one check of an item, whether it came as a JSON object or a CSV row. An expiry's text is
+    read once however many items carry it (an import of a million rows often has a handful of expiries)."""
+
+    def __init__(self, kind: str, now_ms: int | None = None, position: str = "item") -> None:
+        list_kind(kind)
+        self.kind = kind
+        self.position = position  # what an index counts, for the reason of a repeat: item, line
+        self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        self._expiries: dict[Any, int | None] = {}
+        self._seen: dict[str, tuple[int, ListItem]] = {}
+
+    def check(
+        self,
+        index: int,
+        value: Any,
+        expires_at: Any = None,
+        note_text: Any = None,
+        unknown: Sequence[tuple[Any, Any]] = (),
+    ) -> tuple[ListItem | None, list[ListProblem]]:
+        """One item's fields (`value` MISSING when missing; `unknown`: (name, value) of fields an item does not
+        have): (the item, []) or (None, its problems). A value repeated with the same expiry and note is the
+        same item (returned as None, without problems); with another, a problem."""
+        problems = [
+            ListProblem(index, shorten(str(field)), raw, f"unknown field; an item has {', '.join(ITEM_FIELDS)}")
+            for field, raw in unknown
+        ]
+        canonical = expiry = checked_note = None
+        if value is MISSING:
+            problems.append(ListProblem(index, "value", None, "is required"))
+        else:
+            try:
+                canonical = attributes.list_value(self.kind, value)
+            except ValueError as exc:
+                problems.append(ListProblem(index, "value", value, str(exc)))
+        if expires_at is not None:
+            try:
+                expiry = self._expiry(expires_at)
+            except ValueError as exc:
+                problems.append(ListProblem(index, "expires_at", expires_at, str(exc)))
+        if note_text is not None:
+            try:
+                checked_note = note(note_text)
+            except ValueError as exc:
+                problems.append(ListProblem(index, "note", note_text, str(exc)))
+        if problems or canonical is None:
+            return None, problems
+        item = ListItem(canonical, expiry, checked_note)
+        first = self._seen.setdefault(canonical, (index, item))
+        if first[0] == index:
+            return item, []
+        if first[1] == item:
+            return None, []
+        return None, [
+            ListProblem(
+                index, "value", canonical, f"repeats {self.position} {first[0]} with another expires_at or note"
+            )
+        ]
+
+    def check_rows(
+        self, rows: Iterable[tuple[int, Any, Any, Any]], problems: list[ListProblem], max_problems: int
+    ) -> Iterator[ListItem]:
+        """`check` of (index, value, expires_at, note) rows, yielding the items (each value once) and appending
+        every problem to `problems`; stops after `max_problems`. The same checks as `check`, with the work of a
+        row that has only a value done inline: an import checks a million of them."""
+        value_check = attributes.list_value_check(self.kind)
+        seen = self._seen
+        for index, value, expires_at, note_text in rows:
+            if expires_at is None and note_text is None and value is not MISSING:
+                try:
+                    canonical = value_check(value)
+                except ValueError:
+                    pass  # `check` words the problem
+                else:
+                    item = ListItem(canonical)
+                    first = seen.setdefault(canonical, (index, item))
+                    if first[0] == index:
+                        yield item
+                        continue
+                    if first[1] == item:
+                        continue
+            found, found_problems = self.check(index, value, expires_at, note_text)
+            if found is not None:
+                yield found
+            problems.extend(found_problems)
+            if len(problems) >= max_problems:
+                return
+
+    def _expiry(self, raw: Any) -> int | None:
+        if not isinstance(raw, str | int):  # a JSON number with a fraction, an object, ...: never cached
+            return expires_at_ms(raw, self.now_ms)
+        key = (type(raw), raw)  # True == 1: the type keeps a boolean apart from an integer
+        if key not in self._expiries:
+            self._expiries[key] = expires_at_ms(raw, self.now_ms)
+        return self._expiries[key]
+
+    def check_object(self, index: int, item: Any) -> tuple[ListItem | None, list[ListProblem]]:
+        """`check` of a decoded JSON item, or a CSV row as a dict of its non-empty cells."""
+        if not isinstance(item, Mapping):
+            return None, [ListProblem(index, None, item, "must be an object: {value, expires_at?, note?}")]
+        return self.check(
+            index,
+            item.get("value", MISSING),
+            item.get("expires_at"),
+            item.get("note"),
+            [(field, raw) for field, raw in item.items() if field not in ITEM_FIELDS],
+        )
+
+
 def check_item(kind: str, item: Any, index: int, now_ms: int) -> tuple[ListItem | None, list[ListProblem]]:
     """One decoded item (a JSON object, or a CSV row as a dict of text cells, empty cells omitted) of a list of
     `kind`, validated: (the item, []) or (None, its problems). Unknown fields are refused."""
-    if not isinstance(item, Mapping):
-        return None, [ListProblem(index, None, item, "must be an object: {value, expires_at?, note?}")]
-    problems = [
-        ListProblem(index, shorten(str(field)), item[field], f"unknown field; an item has {', '.join(ITEM_FIELDS)}")
-        for field in item
-        if field not in ITEM_FIELDS
-    ]
-    checked: dict[str, Any] = {}
-    for field, check in (
-        ("value", lambda v: attributes.list_value(kind, v)),
-        ("expires_at", lambda v: expires_at_ms(v, now_ms)),
-        ("note", note),
-    ):
-        if field not in item:
-            if field == "value":
-                problems.append(ListProblem(index, "value", None, "is required"))
-            continue
-        try:
-            checked[field] = check(item[field])
-        except ValueError as exc:
-            problems.append(ListProblem(index, field, item[field], str(exc)))
-    if problems:
-        return None, problems
-    return ListItem(checked["value"], checked.get("expires_at"), checked.get("note")), []
+    return ItemChecker(kind, now_ms).check_object(index, item)
 
 
 def check_items(kind: str, items: Sequence[Any], now_ms: int | None = None) -> list[ListItem]:
     """A batch of decoded items of a list of `kind`, validated whole: the items in order, a value repeated with
     the same expiry and note kept once. Raises InvalidList naming every problem (a value repeated with another
     expiry or note is one) when any item is invalid."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    checker = ItemChecker(kind, now_ms)
     problems: list[ListProblem] = []
-    seen: dict[str, tuple[int, ListItem]] = {}
     result: list[ListItem] = []
     for index, raw in enumerate(items):
-        item, found = check_item(kind, raw, index, now_ms)
+        item, found = checker.check_object(index, raw)
         problems.extend(found)
-        if item is None:
-            continue
-        first = seen.get(item.value)
-        if first is None:
-            seen[item.value] = (index, item)
+        if item is not None:
             result.append(item)
-        elif first[1] != item:
-            problems.append(
-                ListProblem(index, "value", item.value, f"repeats item {first[0]} with another expires_at or note")
-            )
     if problems:
         raise InvalidList(f"{len({p.index for p in problems})} of the items are invalid; nothing was stored", problems)
     return result
@@ -223,3 +315,45 @@ def check_values(kind: str, values: Sequence[Any]) -> list[str]:
     if problems:
         raise InvalidList(f"{len(problems)} of the values are invalid; nothing was removed", problems)
     return list(result)
+
+
+class BadCsvHeader(BadInput):
+    """A CSV file of items whose first line is not a header of value[,expires_at][,note]."""
+
+    def __init__(self, header: Sequence[str] | None) -> None:
+        reason = (
+            "the first line must be a header naming the columns: value[,expires_at][,note]"
+            if header is None or "value" not in header
+            else f"header {list(header)!r}: columns are value, expires_at and note, each once"
+        )
+        super().__init__(reason, [{"index": 1, "field": None, "value": echo(header), "reason": reason}])
+
+
+def csv_rows(lines: Iterable[str], problems: list[ListProblem]) -> Iterator[tuple[int, Any, str | None, str | None]]:
+    """The rows of CSV text of items (`txguard lists import`, the console's upload): a header naming `value` and
+    optionally `expires_at` and `note`, in any order; then (line, value or MISSING, expires_at, note) per row, an
+    empty cell None (as an omitted field), for ItemChecker.check_rows. A row of the wrong number of cells is
+    appended to `problems` and skipped; blank lines are skipped. Raises BadCsvHeader."""
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None or "value" not in header or any(name not in ITEM_FIELDS for name in header):
+        raise BadCsvHeader(header)
+    if len(set(header)) != len(header):
+        raise BadCsvHeader(header)
+    width = len(header)
+    at_value = header.index("value")
+    at_expiry = header.index("expires_at") if "expires_at" in header else None
+    at_note = header.index("note") if "note" in header else None
+    for row in reader:
+        if len(row) != width:
+            if row:
+                problems.append(
+                    ListProblem(reader.line_num, None, None, f"the row has {len(row)} cells, the header {width}")
+                )
+            continue
+        yield (
+            reader.line_num,
+            row[at_value] or MISSING,
+            (row[at_expiry] or None) if at_expiry is not None else None,
+            (row[at_note] or None) if at_note is not None else None,
+        )

@@ -43,9 +43,17 @@ def detect_api() -> TxguardResolver:
 
 
 @cache
+def lists_api() -> TxguardResolver:
+    """/lists and /lists/{name}/...: ListsFunction's routes."""
+    from txguard.api import list_routes
+
+    return build_resolver(list_routes.router)
+
+
+@cache
 def openapi_json() -> str:
     """The OpenAPI 3 document (JSON text) of every route of every function."""
-    from txguard.api import detect_routes, ingest_routes, label_routes, model_routes, snooze_routes
+    from txguard.api import detect_routes, ingest_routes, label_routes, list_routes, model_routes, snooze_routes
     from txguard.api.openapi import openapi_document
 
     return openapi_document(
@@ -55,6 +63,7 @@ def openapi_json() -> str:
             snooze_routes.router,
             detect_routes.router,
             model_routes.router,
+            list_routes.router,
             docs_router,
         )
     )
@@ -71,3 +80,8 @@ def serve_ingest(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def serve_detect(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """DetectFunction: an API Gateway request."""
     return detect_api().resolve(event, context)
+
+
+def serve_lists(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """ListsFunction: an API Gateway request."""
+    return lists_api().resolve(event, context)

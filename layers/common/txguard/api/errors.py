@@ -79,12 +79,16 @@ def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
     """pydantic/Powertools errors to {"index", "field", "value", "reason"}, one per problem (worded by intake)."""
     details = []
     for error in errors:
-        loc = [part for part in error.get("loc", ()) if part not in ("transaction", "batch", "label", "labels_batch")]
+        loc = [
+            part
+            for part in error.get("loc", ())
+            if part not in ("transaction", "batch", "label", "labels_batch", "item", "items_batch")
+        ]
         source = loc[0] if loc and loc[0] in ("body", "query", "path", "header") else None
         if source:
             loc = loc[1:]
         index = None
-        if len(loc) >= 2 and loc[0] in ("transactions", "labels") and isinstance(loc[1], int):
+        if len(loc) >= 2 and loc[0] in ("transactions", "labels", "items", "values") and isinstance(loc[1], int):
             index = loc[1]
             loc = loc[2:]
         found = problem(error, loc)

@@ -20,7 +20,7 @@ import psycopg2.extensions
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from txguard import db, literals
-from txguard.console import charts, model_pages, queries, session, web
+from txguard.console import charts, list_pages, model_pages, queries, session, web
 from txguard.console.session import Keys, Session
 from txguard.console.web import Request, Response
 from txguard.currencies import money
@@ -769,6 +769,7 @@ def _route(method: str, path: str) -> tuple[Page, tuple[Any, ...]] | None:
         ("POST", "models/rollback"): model_pages.rollback_action,
         ("GET", "explore"): explore_page,
         ("GET", "what-if"): what_if_page,
+        ("GET", "lists"): list_pages.lists_page,
     }
     key = (method, "/".join(parts))
     if key in simple:
@@ -779,6 +780,12 @@ def _route(method: str, path: str) -> tuple[Page, tuple[Any, ...]] | None:
             return by_id[parts[0]], (_id_from_path(parts[1]),)
     if len(parts) == 3 and method == "POST" and parts[0] == "review" and parts[2] == "label":
         return label_action, (_id_from_path(parts[1]),)
+    if parts[:1] == ["lists"] and len(parts) in (2, 3):
+        if len(parts) == 2 and method == "GET":
+            return list_pages.list_page, (list_pages.name_from_path(parts[1]),)
+        actions = {"upload": list_pages.upload_action, "remove": list_pages.remove_action}
+        if len(parts) == 3 and method == "POST" and parts[2] in actions:
+            return actions[parts[2]], (list_pages.name_from_path(parts[1]),)
     if parts[:1] == ["models"] and len(parts) >= 2:
         if len(parts) == 2 and method == "GET":
             return model_pages.model_page, (_model_version_from_path(parts[1]),)
@@ -801,6 +808,7 @@ PAGE_PARAMETERS: dict[str, frozenset[str]] = {
     "rules_page": _PERIOD | {"diff_from", "diff_to"},
     "explore_page": _PERIOD,
     "what_if_page": frozenset({"decide", "currency", "merchant_id", *FEATURES}),
+    "list_page": frozenset({"value", "done"}),
 }
 
 

@@ -12,21 +12,27 @@ Readers: `memberships` (ingest, once per batch: one query, one index probe per v
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import IO, Any
 
 import psycopg2.extensions
 from psycopg2 import sql
 
-from txguard.lists import ListDefinition, ListExists, ListItem, ListNotFound
+from txguard import literals
+from txguard.lists import InvalidListCursor, ListDefinition, ListExists, ListItem, ListNotFound
 
 _LIST_COLUMNS = """l.name, l.kind, l.action, l.description, l.version,
     (SELECT count(*) FROM list_items i WHERE i.list_name = l.name),
     txguard_ts_to_ms(l.created_at), l.created_by, txguard_ts_to_ms(l.updated_at), l.updated_by"""
-_CHANGE_COLUMNS = """change_id, list_name, version, operation, value, txguard_ts_to_ms(expires_at), note, kind, action,
-    description, actor, txguard_ts_to_ms(changed_at)"""
+_CHANGE_COLUMNS = """change_id, list_name, version, operation, item_values,
+    (SELECT array_agg(txguard_ts_to_ms(e) ORDER BY n) FROM unnest(expiries) WITH ORDINALITY AS x(e, n)), notes,
+    kind, action, description, actor, txguard_ts_to_ms(changed_at)"""
+AUDIT_CHUNK = 1000  # items per audit row (list_changes' CHECK)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,21 @@ class StoredList:
     def definition(self) -> ListDefinition:
         return ListDefinition(self.name, self.kind, self.action, self.version)
 
+    def as_json(self) -> dict[str, Any]:
+        """The API's shape: times as epoch ms."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "action": self.action,
+            "description": self.description,
+            "version": self.version,
+            "items": self.items,
+            "created_at": self.created_at_ms,
+            "created_by": self.created_by,
+            "updated_at": self.updated_at_ms,
+            "updated_by": self.updated_by,
+        }
+
 
 @dataclass(frozen=True)
 class StoredItem:
@@ -61,25 +82,58 @@ class StoredItem:
     added_by: str
     active: bool
 
+    def as_json(self) -> dict[str, Any]:
+        """The API's shape: times as epoch ms."""
+        return {
+            "value": self.value,
+            "expires_at": self.expires_at_ms,
+            "note": self.note,
+            "added_at": self.added_at_ms,
+            "added_by": self.added_by,
+            "active": self.active,
+        }
+
 
 @dataclass(frozen=True)
 class ListChange:
     """One audit row: `operation` create / update (the definition after it: kind, action, description) or add /
-    change / remove (an item's value, and its expiry and note after the change, before it for remove); who and
-    when (epoch ms)."""
+    change / remove (`items`: up to 1,000 ListItems of one version, each with its expiry and note after the change,
+    before it for remove); who and when (epoch ms)."""
 
     change_id: int
     list_name: str
     version: int
     operation: str
-    value: str | None
-    expires_at_ms: int | None
-    note: str | None
+    items: tuple[ListItem, ...] | None
     kind: str | None
     action: str | None
     description: str | None
     actor: str
     changed_at_ms: int
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ListChange:
+        change_id, list_name, version, operation, values, expiries, notes, *rest = row
+        items = (
+            None if values is None else tuple(ListItem(*fields) for fields in zip(values, expiries, notes, strict=True))
+        )
+        return cls(change_id, list_name, version, operation, items, *rest)
+
+    def only(self, value: str | None) -> ListChange:
+        """This change with only `value`'s item (all of them for None)."""
+        if value is None or self.items is None:
+            return self
+        return replace(self, items=tuple(item for item in self.items if item.value == value))
+
+    def as_json(self) -> dict[str, Any]:
+        """The API's shape: times as epoch ms; an item operation's `items`, a definition's kind, action and
+        description."""
+        shown: dict[str, Any] = {"change_id": self.change_id, "version": self.version, "operation": self.operation}
+        if self.items is None:
+            shown |= {"kind": self.kind, "action": self.action, "description": self.description}
+        else:
+            shown["items"] = [{"value": i.value, "expires_at": i.expires_at_ms, "note": i.note} for i in self.items]
+        return shown | {"actor": self.actor, "changed_at": self.changed_at_ms}
 
 
 @dataclass(frozen=True)
@@ -92,6 +146,46 @@ class ItemsChanged:
     changed: int = 0
     unchanged: int = 0
     removed: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "version": self.version,
+            "added": self.added,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+        }
+
+
+def encode_cursor(kind: str, last: str | int) -> str:
+    """An opaque cursor of a page of items (`kind` "i", after value `last`) or changes ("c", after change id)."""
+    return base64.urlsafe_b64encode(f"{kind}{last}".encode()).decode().rstrip("=")
+
+
+def decode_item_cursor(cursor: str) -> str:
+    """The value after which a page of items starts. Raises InvalidListCursor."""
+    text = _decoded(cursor, "i")
+    if not text:
+        raise InvalidListCursor(cursor)
+    return text
+
+
+def decode_change_cursor(cursor: str) -> int:
+    """The change id after which a page of changes starts. Raises InvalidListCursor."""
+    try:
+        return literals.integer_from_text(_decoded(cursor, "c"), 0, 2**63 - 1)
+    except ValueError:
+        raise InvalidListCursor(cursor) from None
+
+
+def _decoded(cursor: str, kind: str) -> str:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    if not text.startswith(kind):
+        raise InvalidListCursor(cursor)
+    return text[1:]
 
 
 # One probe of list_items' primary key per (list, value) asked (EXPLAIN shows it: bench/lists_bench.py,
@@ -243,43 +337,88 @@ def get_locked(cur: psycopg2.extensions.cursor, name: str) -> StoredList:
 
 
 # Items from a source (an unnest of arrays, or the staged temporary table) merged into the list in one statement:
-# new values inserted, values whose expiry or note differ updated, the others left alone; every row written is
-# audited with the new version.
+# each item is classified against the list once (new: add; present with another expiry or note: change; present
+# as given: left alone), then the adds are inserted, the changes updated and both audited with the new version.
+# Plain INSERT and UPDATE rather than INSERT ... ON CONFLICT, which costs twice as much per row: no other writer
+# can add the same value meanwhile, since every writer of the list holds its row's lock (`lock`). Each item is
+# looked up by the primary key (LATERAL ... LIMIT 1, as in MEMBERSHIPS_SQL): a hash join would read the whole list
+# for every chunk of an import, and an import's chunks would cost more and more as the list grows.
+_CLASSIFIED = """
+        SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note,
+               CASE WHEN i.value IS NULL THEN 'add' ELSE 'change' END AS operation,
+               row_number() OVER () AS n
+        FROM {source}
+        LEFT JOIN LATERAL (
+            SELECT i.value, i.expires_at, i.note FROM list_items i
+            WHERE i.list_name = %(name)s AND i.value = s.value LIMIT 1
+        ) AS i ON true
+        WHERE i.value IS NULL OR (i.expires_at, i.note) IS DISTINCT FROM (txguard_ms_to_ts(s.expires_at), s.note)"""
+# A list that held no item when its import began: every item of the import is new (each value comes once).
+_CLASSIFIED_NEW = """
+        SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note, 'add' AS operation,
+               row_number() OVER () AS n
+        FROM {source}"""
 _MERGE = """
-    WITH merged AS (
-        INSERT INTO list_items AS i (list_name, value, expires_at, note, added_by)
-        SELECT %(name)s, s.value, txguard_ms_to_ts(s.expires_at), s.note, %(actor)s FROM {source}
-        ON CONFLICT (list_name, value) DO UPDATE SET expires_at = excluded.expires_at, note = excluded.note
-        WHERE (i.expires_at, i.note) IS DISTINCT FROM (excluded.expires_at, excluded.note)
-        RETURNING i.value, i.expires_at, i.note, xmax = 0 AS inserted
+    WITH classified AS MATERIALIZED ({classified}
+    ), added AS (
+        INSERT INTO list_items (list_name, value, expires_at, note, added_by)
+        SELECT %(name)s, value, expires_at, note, %(actor)s FROM classified WHERE operation = 'add'
+    ), changed AS (
+        UPDATE list_items i SET expires_at = c.expires_at, note = c.note
+        FROM classified c
+        WHERE c.operation = 'change' AND i.list_name = %(name)s AND i.value = c.value
     ), audited AS (
-        INSERT INTO list_changes (list_name, version, operation, value, expires_at, note, actor)
-        SELECT %(name)s, %(version)s, CASE WHEN inserted THEN 'add' ELSE 'change' END, value, expires_at, note,
-               %(actor)s
-        FROM merged
-        RETURNING operation
+        -- The three aggregates of a group see its rows in one order: the arrays stay parallel.
+        INSERT INTO list_changes (list_name, version, operation, item_values, expiries, notes, actor)
+        SELECT %(name)s, %(version)s, operation, array_agg(value), array_agg(expires_at), array_agg(note), %(actor)s
+        FROM classified GROUP BY operation, (n - 1) / %(chunk)s
     )
-    SELECT count(*) FILTER (WHERE operation = 'add'), count(*) FILTER (WHERE operation = 'change') FROM audited
+    SELECT count(*) FILTER (WHERE operation = 'add'), count(*) FILTER (WHERE operation = 'change') FROM classified
 """
 _FROM_ARRAYS = sql.SQL(
     "unnest(%(values)s::text[], %(expiries)s::bigint[], %(notes)s::text[]) AS s(value, expires_at, note)"
 )
 _STAGED = "list_items_staged"
+_COPY_CHUNK = 50_000  # items per COPY: the progress bar moves, memory stays bounded
 
 
 def _merge(
     cur: psycopg2.extensions.cursor, name: str, source: sql.Composable, params: dict[str, Any], total: int, actor: str
 ) -> ItemsChanged:
     definition = lock(cur, name)
-    version = definition.version + 1
-    cur.execute(sql.SQL(_MERGE).format(source=source), {**params, "name": name, "version": version, "actor": actor})
+    added, changed = _merge_as(cur, name, definition.version + 1, source, params, actor)
+    return _finish(cur, name, definition.version, actor, total, added, changed)
+
+
+def _merge_as(
+    cur: psycopg2.extensions.cursor,
+    name: str,
+    version: int,
+    source: sql.Composable,
+    params: dict[str, Any],
+    actor: str,
+    all_new: bool = False,
+) -> tuple[int, int]:
+    """Merge `source` into the list as `version` (the caller holds the list's lock); (added, changed). `all_new`:
+    the source's values are known not to be in the list (no lookups)."""
+    classified = sql.SQL(_CLASSIFIED_NEW if all_new else _CLASSIFIED).format(source=source)
+    cur.execute(
+        sql.SQL(_MERGE).format(classified=classified),
+        {**params, "name": name, "version": version, "actor": actor, "chunk": AUDIT_CHUNK},
+    )
     row = cur.fetchone()
     assert row is not None
-    added, changed = int(row[0]), int(row[1])
+    return int(row[0]), int(row[1])
+
+
+def _finish(
+    cur: psycopg2.extensions.cursor, name: str, stored: int, actor: str, total: int, added: int, changed: int
+) -> ItemsChanged:
+    """Write version stored + 1 when anything changed; what the write did."""
     if added + changed == 0:
-        return ItemsChanged(definition.version, unchanged=total)
-    _bump(cur, name, version, actor)
-    return ItemsChanged(version, added, changed, total - added - changed)
+        return ItemsChanged(stored, unchanged=total)
+    _bump(cur, name, stored + 1, actor)
+    return ItemsChanged(stored + 1, added, changed, total - added - changed)
 
 
 def _bump(cur: psycopg2.extensions.cursor, name: str, version: int, actor: str) -> None:
@@ -302,25 +441,66 @@ def add_items(cur: psycopg2.extensions.cursor, name: str, items: Sequence[ListIt
     return _merge(cur, name, _FROM_ARRAYS, params, len(items), actor)
 
 
-def import_items(cur: psycopg2.extensions.cursor, name: str, items: Iterable[ListItem], actor: str) -> ItemsChanged:
-    """`add_items` for any number of items: COPY into a temporary table (dropped at commit), then the same one
-    set-based merge, one version and its audit. Items must be validated and each value given once. Raises
+def import_items(
+    cur: psycopg2.extensions.cursor,
+    name: str,
+    items: Iterable[ListItem],
+    actor: str,
+    on_copied: Callable[[int], object] | None = None,
+) -> ItemsChanged:
+    """`add_items` for any number of items, one version and its audit: each chunk of _COPY_CHUNK items is COPYed
+    into a temporary table and merged by the same set-based statement, on a second thread, while this one reads
+    the next chunk from `items` (which may validate as it goes: reading and the database then work at once). The
+    caller's database transaction holds every chunk: roll it back to store nothing. Items must be validated and
+    each value given once; `on_copied` is told how many more items were merged after each chunk. Raises
     ListNotFound."""
-    lock(cur, name)  # before the COPY: a concurrent writer waits here, not after the upload
+    stored = lock(cur, name).version  # before any upload: a concurrent writer waits here
+    cur.execute("SELECT NOT EXISTS (SELECT 1 FROM list_items WHERE list_name = %s)", (name,))
+    row = cur.fetchone()
+    all_new = bool(row and row[0])  # a first import: nothing to look up
     cur.execute(f"CREATE TEMPORARY TABLE {_STAGED} (value text, expires_at bigint, note text) ON COMMIT DROP")
-    total = 0
-    buffer = io.StringIO()
-    for item in items:
-        buffer.write(_copy_line(item))
-        total += 1
-        if buffer.tell() > 8 * 1024 * 1024:
-            _copy(cur, buffer)
-            buffer = io.StringIO()
-    _copy(cur, buffer)
-    try:
-        return _merge(cur, name, sql.SQL(f"{_STAGED} AS s"), {}, total, actor)
-    finally:
-        cur.execute(f"DROP TABLE {_STAGED}")
+    totals = [0, 0, 0]  # items, added, changed
+
+    def merge(lines: list[str]) -> None:
+        cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", io.StringIO("".join(lines)))
+        added, changed = _merge_as(cur, name, stored + 1, sql.SQL(f"{_STAGED} AS s"), {}, actor, all_new)
+        cur.execute(f"TRUNCATE {_STAGED}")
+        totals[0] += len(lines)
+        totals[1] += added
+        totals[2] += changed
+        if on_copied is not None:
+            on_copied(len(lines))
+
+    # One chunk in flight: the connection serves one statement at a time, and psycopg2 lets go of the GIL while
+    # it waits for the server, so reading the next chunk overlaps the database's work on this one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="list-import") as worker:
+        pending: Future[None] | None = None
+        chunk: list[str] = []
+        for item in items:
+            chunk.append(_copy_line(item))
+            if len(chunk) == _COPY_CHUNK:
+                if pending is not None:
+                    pending.result()
+                pending, chunk = worker.submit(merge, chunk), []
+        if pending is not None:
+            pending.result()
+        if chunk:
+            merge(chunk)
+    cur.execute(f"DROP TABLE {_STAGED}")
+    return _finish(cur, name, stored, actor, *totals)
+
+
+def export_items(cur: psycopg2.extensions.cursor, name: str, out: IO[str]) -> None:
+    """Write a list's items to `out` as CSV with a header, value, expires_at (RFC 3339, UTC, ms; empty for none),
+    note: the columns `txguard lists import` reads. Expired items are written too."""
+    cur.copy_expert(
+        sql.SQL(
+            """COPY (SELECT value,
+                         to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS expires_at, note
+                  FROM list_items WHERE list_name = {} ORDER BY value) TO STDOUT WITH (FORMAT csv, HEADER)"""
+        ).format(sql.Literal(name)),
+        out,
+    )
 
 
 def _copy_escape(text: str) -> str:
@@ -334,12 +514,6 @@ def _copy_line(item: ListItem) -> str:
     return f"{_copy_escape(item.value)}\t{expires}\t{note}\n"
 
 
-def _copy(cur: psycopg2.extensions.cursor, buffer: io.StringIO) -> None:
-    if buffer.tell():
-        buffer.seek(0)
-        cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", buffer)
-
-
 def remove_items(cur: psycopg2.extensions.cursor, name: str, values: Sequence[str], actor: str) -> ItemsChanged:
     """Remove values (canonical text) from a list: each one present is deleted and audited ('remove', with the
     expiry and note it had); one new version when any was; values not present change nothing (`unchanged`).
@@ -350,13 +524,16 @@ def remove_items(cur: psycopg2.extensions.cursor, name: str, values: Sequence[st
         """WITH removed AS (
                DELETE FROM list_items WHERE list_name = %(name)s AND value = ANY(%(values)s::text[])
                RETURNING value, expires_at, note
+           ), numbered AS (
+               SELECT value, expires_at, note, row_number() OVER (ORDER BY value) AS n FROM removed
            ), audited AS (
-               INSERT INTO list_changes (list_name, version, operation, value, expires_at, note, actor)
-               SELECT %(name)s, %(version)s, 'remove', value, expires_at, note, %(actor)s FROM removed
-               RETURNING 1
+               INSERT INTO list_changes (list_name, version, operation, item_values, expiries, notes, actor)
+               SELECT %(name)s, %(version)s, 'remove', array_agg(value ORDER BY n), array_agg(expires_at ORDER BY n),
+                      array_agg(note ORDER BY n), %(actor)s
+               FROM numbered GROUP BY (n - 1) / %(chunk)s
            )
-           SELECT count(*) FROM audited""",
-        {"name": name, "values": list(values), "version": version, "actor": actor},
+           SELECT count(*) FROM numbered""",
+        {"name": name, "values": list(values), "version": version, "actor": actor, "chunk": AUDIT_CHUNK},
     )
     row = cur.fetchone()
     removed = int(row[0]) if row else 0
@@ -391,15 +568,15 @@ def changes(
     cur: psycopg2.extensions.cursor, name: str, after_change_id: int | None, value: str | None, limit: int
 ) -> list[ListChange]:
     """A list's audit in order of change, after `after_change_id`, at most `limit`; only the changes of item
-    `value` when given. Raises ListNotFound when there is no such list."""
+    `value` when given (each with that item only). Raises ListNotFound when there is no such list."""
     cur.execute(
         f"""SELECT {_CHANGE_COLUMNS} FROM list_changes
             WHERE list_name = %(name)s AND change_id > %(after)s
-              AND (%(value)s::text IS NULL OR value = %(value)s::text)
+              AND (%(value)s::text IS NULL OR %(value)s::text = ANY(item_values))
             ORDER BY change_id LIMIT %(limit)s""",  # noqa: S608
         {"name": name, "after": after_change_id or 0, "value": value, "limit": limit},
     )
-    rows = [ListChange(*row) for row in cur.fetchall()]
+    rows = [ListChange.from_row(row).only(value) for row in cur.fetchall()]
     if not rows:
         get(cur, name)
     return rows
