@@ -183,3 +183,16 @@ def test_without_lists_actions_or_review_thresholds_every_decision_is_what_it_wa
     assert decision.fraud == (expected_score >= Decimal(threshold) or p >= model_threshold)
     assert decision.outcome == ("block" if decision.fraud else "allow")
     assert decision.model_threshold == model_threshold
+
+
+def test_the_fraud_detected_detail_and_the_api_s_decision_carry_the_outcome() -> None:
+    from txguard.domain import Transaction
+    from txguard.presenters import decision_json, fraud_detected_detail
+
+    t = Transaction(1, 2, 1714564800000, Decimal("10.00"), "EUR")
+    blocked = compiled(rule("big", "amount > 100")).decide(features(), None, "EUR")
+    assert fraud_detected_detail(t, blocked)["outcome"] == "block"
+    reviewed = compiled(rule("look", "amount > 100", None, action="review")).decide(features(), None, "EUR")
+    assert (decision_json(reviewed)["outcome"], decision_json(reviewed)["fraud"]) == ("review", False)
+    with pytest.raises(ValueError, match="fraud means block"):
+        Decision(True, Decimal(1), (), 1, outcome="review")
