@@ -108,9 +108,10 @@ def decide_in_time_order(
     detector: Detector,
     model_scores: Mapping[int, Decimal | None] | None = None,
     memberships: Mapping[str, frozenset[str]] | None = None,
+    snoozes: Callable[[Transaction], Snoozed | None] | None = None,
 ) -> dict[int, Decision]:
     """Each transaction's decision, by transaction id; see decisions_in_time_order."""
-    decided = decisions_in_time_order(transactions, histories, merchants, detector, model_scores, memberships)
+    decided = decisions_in_time_order(transactions, histories, merchants, detector, model_scores, memberships, snoozes)
     return {t.transaction_id: d for t, _, d in decided}
 
 
