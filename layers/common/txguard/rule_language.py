@@ -16,6 +16,8 @@ Examples: `amount < 0.9 * mean_amount`, `amount > 3 * mean_amount AND count >= 5
 `model_score > 0.8 AND amount > 100` (`model_score`: the champion model's probability, missing when there is none),
 `country NOT IN ('FR', 'DE') AND channel = 'ecommerce'`, `merchant_category IN LIST high_risk_mcc`,
 `card_id NOT IN LIST trusted_cards`, `metadata.campaign = 'spring'`.
+A rule's `action` (`score` by default, `review`, `block`, `allow`) and the rule set's `review_threshold`,
+`model_block_threshold` and `model_review_threshold` give each decision its outcome (rule_engine: the precedence).
 User text is tokenised and parsed, never evaluated. The parsed form is stored next to the text
 (rule_sets.document) and is what both the Python engine and the SQL function read.
 
