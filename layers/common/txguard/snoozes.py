@@ -141,9 +141,9 @@ def entity_values(t: Transaction) -> dict[str, str]:
     account 42 as "42"."""
     values = {}
     for kind, field in attributes.LIST_KINDS.items():
-        raw = getattr(t, field, None)
-        if raw is not None:
-            values[kind] = str(raw)
+        value = t.text_value(field)
+        if value is not None:
+            values[kind] = value
     return values
 
 

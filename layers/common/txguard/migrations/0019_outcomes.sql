@@ -45,8 +45,8 @@ CREATE TABLE rule_snooze_changes (
 );
 CREATE INDEX rule_snooze_changes_rule ON rule_snooze_changes (rule_id, change_id);
 
--- The transaction field a list kind's values match (txguard/attributes.py LIST_KINDS), read from the row as
--- text: to_jsonb(row) ->> field is the canonical text stored by ingest (an account id as its digits).
+-- The transaction field a list kind's values match (txguard/attributes.py LIST_KINDS): its key in
+-- txguard_text_fields(row), which holds each field as the canonical text ingest stored (an account id as digits).
 CREATE FUNCTION txguard_list_field(kind text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE kind
         WHEN 'account' THEN 'account_id' WHEN 'merchant' THEN 'merchant_id' WHEN 'card' THEN 'card_id'
@@ -54,7 +54,7 @@ CREATE FUNCTION txguard_list_field(kind text) RETURNS text LANGUAGE sql IMMUTABL
         WHEN 'merchant_category' THEN 'merchant_category' END
 $$;
 
--- The allow and block lists that hold one of a transaction's values (`item`: the transactions row as jsonb), by name.
+-- The allow and block lists that hold one of a transaction's values (`item`: txguard_text_fields of the transaction), by name.
 -- An item applies while it has no expiry or its expiry is ahead (txguard/outcomes.py).
 CREATE FUNCTION txguard_listed(item jsonb, OUT allow_lists text[], OUT block_lists text[])
 LANGUAGE sql STABLE AS $$
@@ -91,7 +91,7 @@ AS $$
                coalesce((r.rule ->> 'score')::numeric, 0) AS weight,
                EXISTS (SELECT 1 FROM rule_snoozes s
                        WHERE s.rule_id = r.rule ->> 'id' AND s.until > now()
-                         AND s.value = to_jsonb(x) ->> txguard_list_field(s.kind)) AS snoozed
+                         AND s.value = txguard_text_fields(x) ->> txguard_list_field(s.kind)) AS snoozed
         FROM rule_set
         CROSS JOIN LATERAL transaction_features(
             detect_fraud.account_id,
@@ -130,7 +130,7 @@ AS $$
                listed.allow_lists, listed.block_lists
         FROM transactions t
         LEFT JOIN scored s ON s.transaction_id = t.transaction_id
-        CROSS JOIN LATERAL txguard_listed(to_jsonb(t)) listed
+        CROSS JOIN LATERAL txguard_listed(txguard_text_fields(t)) listed
         WHERE t.account_id = detect_fraud.account_id
     ),
     judged AS (
