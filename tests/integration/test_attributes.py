@@ -22,6 +22,7 @@ from txguard.lists import ListItem
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
 from txguard.storage import lists
+from txguard_dev.cli import main
 from txguard_dev.commands.replay import FIELDS, read_replay
 from txguard_dev.local.runner import FunctionRunner, Template
 
@@ -318,3 +319,18 @@ def test_attribute_features_count_distinct_values_and_first_uses_late_arrivals_i
         for tid, features in database.query("SELECT transaction_id, features FROM transaction_features(5)")
     }
     assert in_sql == recomputed
+
+
+@pytest.mark.parametrize("command", ["rules apply", "backtest"])
+def test_the_cli_refuses_a_rule_set_naming_a_list_that_does_not_exist(
+    database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps({"rules": [rule("stolen", "card_id IN LIST stolen_cards")]}))
+    versions = database.query("SELECT count(*) FROM rule_sets")
+    args = ["rules", "apply", str(path)] if command == "rules apply" else ["backtest", "--rules", str(path)]
+    assert main([*args, "--database-url", database.admin_url]) == 1
+    err = capsys.readouterr().err
+    assert "rule set rejected" in err and "rule 'stolen': the list 'stolen_cards' does not exist" in err
+    assert "Traceback" not in err
+    assert database.query("SELECT count(*) FROM rule_sets") == versions

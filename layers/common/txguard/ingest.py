@@ -150,6 +150,7 @@ def _store(
         # block lists: each read once per batch (the last two only when a snooze or a list that decides exists).
         in_lists = list_memberships(cur, new, detector)
         judged = outcomes.for_batch(cur, new, lists)
+        # Positional: no stored model scores (the champion scores), then the lists' memberships and the snoozes.
         decided = decisions_in_time_order(new, stats, at_merchants, detector, None, in_lists, judged.snoozed)
         if judged.matches:
             decided = (Decided(d.transaction, d.features, judged.judge(d.transaction, d.decision)) for d in decided)

@@ -64,9 +64,9 @@ from txguard.features import (
     RULE_FEATURES,
     FeatureSettings,
 )
+from txguard.lists import LIST_NAME_PATTERN
 
 Operator = Literal["<", "<=", ">", ">=", "=", "!=", "in", "not in", "in list", "not in list"]
-TEXT_OPERATORS = ("=", "!=", "in", "not in", "in list", "not in list")
 # What a rule does when it fires (rule_engine: the precedence of outcomes): `score` adds its weight to the score,
 # the others decide the outcome by themselves.
 Action = Literal["score", "review", "block", "allow"]
@@ -476,7 +476,7 @@ class _Parser:
         if following and following[:2] == ("keyword", "LIST"):
             self.index += 1
             _, name, at = self.take("word")
-            if not re.fullmatch(LIST_NAME, name):
+            if not re.match(LIST_NAME_PATTERN, name):
                 raise ValueError(f"{name!r} at position {at} is not a list name (lower-case letters, digits, '_')")
             if not attributes.list_kinds_for(field):
                 raise ValueError(
@@ -508,9 +508,6 @@ class _Parser:
             return attributes.field_value(field, raw)
         except ValueError as exc:
             raise ValueError(f"the value {shown!r} at position {position} for {field} {exc}") from None
-
-
-LIST_NAME = r"[a-z][a-z0-9_]{0,62}"
 
 
 def _flatten(parts: list[Condition], kind: type[AllOf] | type[AnyOf]) -> list[Condition]:
