@@ -90,6 +90,14 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
         assert txguard(["lists", "import", "small_cards", str(small_file), "--no-progress"]) == 0
         bare = _bare_copy_rate(database, big_file, count)
         imported = _import_rate(big_file, "big_cards", count)
+        # Into the full list: every row looked up (half of them listed already, with another note: changed).
+        more = Path(directory) / "more.csv"
+        extra = count // 10
+        with more.open("w", encoding="utf-8") as file:
+            file.write("value,note\n")
+            for i in range(extra):
+                file.write(f"card_{i * 2:08d},seen again\n" if i % 2 else f"card_y{i:08d},\n")
+        into_full = _import_rate(more, "big_cards", extra)
     database.execute("ANALYZE list_items")
 
     conn = psycopg2.connect(os.environ["DATABASE_URL"])  # the service's role, as ingest asks
@@ -118,6 +126,13 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
             "ratio": round(imported / bare, 3),
             "target": f">= {IMPORT_TARGET:,} items/s",
             "met": imported >= IMPORT_TARGET,
+        },
+        {
+            "name": f"reference: txguard lists import of {extra:,} items into that list of {count:,} (each row looked "
+            "up: half new, half listed with another note) vs the same bare COPY",
+            "baseline_rows_per_s": round(bare),
+            "measured_rows_per_s": round(into_full),
+            "ratio": round(into_full / bare, 3),
         },
         {
             "name": f"storage.lists.memberships of a {BATCH:,}-transaction batch (half of its cards listed): a list "

@@ -221,6 +221,17 @@ def test_import_copies_a_large_batch_as_one_version_and_audits_each_item(conn: A
     again = run(conn, lambda cur: lists.import_items(cur, "ips", iter(items), "bob"))
     assert again == lists.ItemsChanged(3, unchanged=5000)
 
+    # A list's first import inserts without looking anything up: the same rows, the same audit.
+    run(conn, lambda cur: lists.create(cur, "fresh_ips", "ip", None, None, "alice"))
+    first = run(conn, lambda cur: lists.import_items(cur, "fresh_ips", iter(items), "bob"))
+    assert first == lists.ItemsChanged(2, added=5000)
+    assert database.query(
+        """SELECT count(*) FROM list_items a JOIN list_items b USING (value)
+           WHERE a.list_name = 'ips' AND b.list_name = 'fresh_ips'
+             AND a.expires_at IS NOT DISTINCT FROM b.expires_at AND a.note = b.note"""
+    ) == [(5000,)]
+    assert sorted(audit(database, "fresh_ips")[1:]) == sorted((2, "add", i.value, i.note, "bob") for i in items)
+
 
 def test_a_membership_lookup_probes_the_primary_key_and_never_scans_the_list(conn: Any, database: Database) -> None:
     run(conn, lambda cur: lists.create(cur, "big", "account", None, None, "alice"))
@@ -236,3 +247,41 @@ def test_a_membership_lookup_probes_the_primary_key_and_never_scans_the_list(con
     assert "Index" in text and "list_items_pkey" in text, text
     assert "Seq Scan" not in text.replace('"Function Scan"', ""), text
     assert run(conn, lambda cur: lists.memberships(cur, {"big": asked}))["big"] == frozenset(asked)
+
+
+def test_the_same_batch_sent_concurrently_is_stored_once_in_one_version(database: Database) -> None:
+    setup = psycopg2.connect(database.service_url)
+    try:
+        run(setup, lambda cur: lists.create(cur, "devices", "device", "block", None, "setup"))
+    finally:
+        setup.close()
+    batch = [ListItem(f"dev-{i}", None, "ring") for i in range(200)]
+    results: list[lists.ItemsChanged] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def sender() -> None:
+        connection = psycopg2.connect(database.service_url)
+        try:
+            start.wait()
+            results.append(run(connection, lambda cur: lists.add_items(cur, "devices", batch, "retrying-client")))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sender) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sorted(results, key=lambda r: r.added) == [lists.ItemsChanged(2, unchanged=200)] * 3 + [
+        lists.ItemsChanged(2, added=200)
+    ]
+    assert database.query("SELECT version FROM lists") == [(2,)]
+    assert database.query("SELECT count(*), count(DISTINCT value) FROM list_items") == [(200, 200)]
+    assert sorted(audit(database, "devices")[1:]) == sorted(
+        (2, "add", item.value, "ring", "retrying-client") for item in batch
+    )

@@ -75,6 +75,7 @@ def test_bad_input_is_exit_2_naming_field_value_and_reason_and_stores_nothing(
     before = state(database)
     for argv, expected in (
         (["lists", "create", "Bad", "--kind", "country"], "name = 'Bad'"),
+        (["lists", "show", "Bad-Name"], "name = 'Bad-Name'"),
         (["lists", "create", "other", "--kind", "email"], "kind = 'email'"),
         (["lists", "create", "other", "--kind", "ip", "--action", "review"], "--action 'review'"),
         (["lists", "add", "countries", "XX"], "value = 'XX': is not an ISO 3166-1 alpha-2 country code"),
@@ -84,6 +85,11 @@ def test_bad_input_is_exit_2_naming_field_value_and_reason_and_stores_nothing(
         code, _, err = txguard(capsys, *argv)
         assert code == 2, (argv, err)
         assert expected in err, err
+    for argv in (["lists", "show", "countries", "--limit", "-1"], ["lists", "changes", "countries", "--limit", "0"]):
+        with pytest.raises(SystemExit) as usage:
+            txguard(capsys, *argv)
+        assert usage.value.code == 2
+        assert "--limit" in capsys.readouterr().err
     code, _, err = txguard(capsys, "lists", "add", "nope", "FR")
     assert (code, err.strip()) == (1, "txguard lists add: there is no list 'nope'")
     assert state(database) == before

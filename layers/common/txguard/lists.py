@@ -238,6 +238,7 @@ class ItemChecker:
         row that has only a value done inline: an import checks a million of them."""
         value_check = attributes.list_value_check(self.kind)
         seen = self._seen
+        new_item = tuple.__new__
         for index, value, expires_at, note_text in rows:
             if expires_at is None and note_text is None and value is not MISSING:
                 try:
@@ -245,7 +246,7 @@ class ItemChecker:
                 except ValueError:
                     pass  # `check` words the problem
                 else:
-                    item = ListItem(canonical)
+                    item = new_item(ListItem, (canonical, None, None))  # NamedTuple's own __new__ is slower
                     first = seen.setdefault(canonical, (index, item))
                     if first[0] == index:
                         yield item

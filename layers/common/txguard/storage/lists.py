@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -353,11 +354,20 @@ _CLASSIFIED = """
             WHERE i.list_name = %(name)s AND i.value = s.value LIMIT 1
         ) AS i ON true
         WHERE i.value IS NULL OR (i.expires_at, i.note) IS DISTINCT FROM (txguard_ms_to_ts(s.expires_at), s.note)"""
-# A list that held no item when its import began: every item of the import is new (each value comes once).
-_CLASSIFIED_NEW = """
-        SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note, 'add' AS operation,
-               row_number() OVER () AS n
-        FROM {source}"""
+# A list that held no item when its import began: every item of the import is new (each value comes once), so
+# the source is inserted and audited as it is, without classifying it first.
+_MERGE_NEW = """
+    WITH added AS (
+        INSERT INTO list_items (list_name, value, expires_at, note, added_by)
+        SELECT %(name)s, s.value, txguard_ms_to_ts(s.expires_at), s.note, %(actor)s FROM {source}
+    ), audited AS (
+        INSERT INTO list_changes (list_name, version, operation, item_values, expiries, notes, actor)
+        SELECT %(name)s, %(version)s, 'add', array_agg(value), array_agg(txguard_ms_to_ts(expires_at)),
+               array_agg(note), %(actor)s
+        FROM (SELECT s.*, row_number() OVER () AS n FROM {source}) AS numbered GROUP BY (n - 1) / %(chunk)s
+    )
+    SELECT count(*), 0 FROM {source}
+"""
 _MERGE = """
     WITH classified AS MATERIALIZED ({classified}
     ), added AS (
@@ -401,9 +411,13 @@ def _merge_as(
 ) -> tuple[int, int]:
     """Merge `source` into the list as `version` (the caller holds the list's lock); (added, changed). `all_new`:
     the source's values are known not to be in the list (no lookups)."""
-    classified = sql.SQL(_CLASSIFIED_NEW if all_new else _CLASSIFIED).format(source=source)
+    statement = (
+        sql.SQL(_MERGE_NEW).format(source=source)
+        if all_new
+        else sql.SQL(_MERGE).format(classified=sql.SQL(_CLASSIFIED).format(source=source))
+    )
     cur.execute(
-        sql.SQL(_MERGE).format(classified=classified),
+        statement,
         {**params, "name": name, "version": version, "actor": actor, "chunk": AUDIT_CHUNK},
     )
     row = cur.fetchone()
@@ -508,10 +522,16 @@ def _copy_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
+
+
 def _copy_line(item: ListItem) -> str:
-    expires = "\\N" if item.expires_at_ms is None else str(item.expires_at_ms)
-    note = "\\N" if item.note is None else _copy_escape(item.note)
-    return f"{_copy_escape(item.value)}\t{expires}\t{note}\n"
+    value, expires_at_ms, note = item
+    if expires_at_ms is None and note is None and not _NEEDS_ESCAPE.search(value):
+        return value + "\t\\N\t\\N\n"  # most items of an import: a value alone
+    expires = "\\N" if expires_at_ms is None else str(expires_at_ms)
+    note_text = "\\N" if note is None else _copy_escape(note)
+    return f"{_copy_escape(value)}\t{expires}\t{note_text}\n"
 
 
 def remove_items(cur: psycopg2.extensions.cursor, name: str, values: Sequence[str], actor: str) -> ItemsChanged:
