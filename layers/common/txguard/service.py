@@ -83,13 +83,16 @@ def _store(
     metrics.add_metric(name="TransactionsStored", unit=MetricUnit.Count, value=len(stored))
     metrics.add_metric(name="DuplicateTransactions", unit=MetricUnit.Count, value=duplicates)
     metrics.add_metric(name="FraudDetected", unit=MetricUnit.Count, value=flagged)
+    # Decisions waiting for an analyst (outcome review: no FraudDetected event, the console's review queue).
+    reviewed = sum(1 for r in stored if r.decision.outcome == "review")
+    metrics.add_metric(name="ReviewDecisions", unit=MetricUnit.Count, value=reviewed)
     # Decisions the rules took alone because the champion could not be loaded (an alarm watches it).
     fallbacks = sum(1 for r in stored if r.decision.model_fallback is not None)
     if fallbacks:
         metrics.add_metric(name="ModelUnavailable", unit=MetricUnit.Count, value=fallbacks)
         why = next(r.decision.model_fallback for r in stored if r.decision.model_fallback is not None)
         logger.warning("decided by the rules alone", extra={"decisions": fallbacks, "why": why})
-    extra = {"stored": len(stored), "duplicates": duplicates, "flagged": flagged}
+    extra = {"stored": len(stored), "duplicates": duplicates, "flagged": flagged, "review": reviewed}
     if skip_busy:
         extra["busy"] = len(results) - len(stored) - duplicates
     logger.info("transactions stored", extra=extra)
