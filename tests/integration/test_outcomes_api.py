@@ -303,6 +303,14 @@ def test_the_cli_snoozes_lists_and_lifts_and_refuses_a_bad_snooze_with_exit_2(
     assert code == 2 and "--value" in err and "XX" in err
     code, _, err = txguard("rules", "snooze", "nope", "--kind", "card", "--value", "tok_9", "--until", str(in_a_day()))
     assert code == 2 and "rule nope is not in the newest rule set" in err
+    apply_rules(
+        database,
+        [rule("big", "amount > 100"), rule("look", "amount > 50", None, action="review")],
+        review_threshold="0.3",
+    )
+    code, out, _ = txguard("rules", "list")
+    assert code == 0 and "(threshold 0.5, review from 0.3)" in out
+    assert "look                         enabled  active review  amount > 50" in out
     code, out, _ = txguard("rules", "unsnooze", "big", "--kind", "card", "--value", "tok_9", "--by", "bo")
     assert code == 0 and out.startswith("lifted: big")
     assert database.query("SELECT change, changed_by FROM rule_snooze_changes WHERE value = 'tok_9' ORDER BY 1") == [

@@ -165,7 +165,15 @@ def _print_latest(cur: psycopg2.extensions.cursor, as_json: bool) -> None:
             )
         )
         return
-    print(f"version {stored.version} (threshold {stored.rule_set.threshold}): {stored.comment}")
-    for rule in stored.rule_set.rules:
+    rs = stored.rule_set
+    review = "" if rs.review_threshold is None else f", review from {rs.review_threshold}"
+    model = "".join(
+        f", model {name} {value}"
+        for name, value in (("block", rs.model_block_threshold), ("review", rs.model_review_threshold))
+        if value is not None
+    )
+    print(f"version {stored.version} (threshold {rs.threshold}{review}{model}): {stored.comment}")
+    for rule in rs.rules:
         state = "enabled " if rule.enabled else "disabled"
-        print(f"  {rule.id:<28} {state} {rule.mode:<6} score {rule.score}  {rule.when}")
+        does = f"score {rule.score}" if rule.action == "score" else rule.action
+        print(f"  {rule.id:<28} {state} {rule.mode:<6} {does}  {rule.when}")
