@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DECISION_FIELDS = frozenset(
     {
         "fraud",
+        "outcome",
         "score",
         "reasons",
         "rule_set_version",

@@ -6,6 +6,8 @@
 #   3. a model trained on what was known by 2018-07-01 (txguard train --until 2018-07-01) and promoted;
 #   4. July replayed through ingest, decided live by that champion and the rules (labels still 7 days late);
 #   5. txguard evaluate on July (ranked by the decision score, ties broken by the model's score).
+#   6. graded outcomes: rules/handbook-outcomes.json (thresholds chosen on April-June, docs/evaluation.md) backtested
+#      on April-June and on July (decisions per outcome, precision of block, recall within block + review).
 # Every figure printed comes from these commands; nothing is written into the docs by this script.
 #
 # Settings (environment): HANDBOOK_DATA (the file), HANDBOOK_DB (database name, default txguard_handbook),
@@ -51,3 +53,7 @@ $TXGUARD replay --preset handbook --label-delay-days 7 --no-progress --from "$CU
 
 step "evaluate July"
 $TXGUARD evaluate --from 2018-07-01 --to 2018-08-01
+
+step "graded outcomes: rules/handbook-outcomes.json on April-June, then July"
+$TXGUARD backtest --rules rules/handbook-outcomes.json --from 2018-04-01T00:00:00Z --to "$CUTOFF"
+$TXGUARD backtest --rules rules/handbook-outcomes.json --from "$CUTOFF" --to 2018-08-01T00:00:00Z

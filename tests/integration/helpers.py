@@ -35,11 +35,16 @@ def recompute(account_id: int) -> list[Judged]:
 
 
 def apply_rules(
-    database: Any, rules: list[dict[str, Any]], threshold: str = "0.5", features: dict[str, Any] | None = None
+    database: Any,
+    rules: list[dict[str, Any]],
+    threshold: str = "0.5",
+    features: dict[str, Any] | None = None,
+    **options: Any,
 ) -> None:
+    """Store a rule set; `options`: more of its top-level fields (review_threshold, model_review_threshold, ...)."""
     import psycopg2
 
-    document: dict[str, Any] = {"threshold": threshold, "rules": rules}
+    document: dict[str, Any] = {"threshold": threshold, "rules": rules, **options}
     if features is not None:
         document["features"] = features
     conn = psycopg2.connect(database.admin_url)
@@ -51,8 +56,10 @@ def apply_rules(
     rule_cache.clear()
 
 
-def rule(rule_id: str, when: str, score: str = "1", **extra: Any) -> dict[str, Any]:
-    return {"id": rule_id, "description": rule_id, "when": when, "score": score, **extra}
+def rule(rule_id: str, when: str, score: str | None = "1", **extra: Any) -> dict[str, Any]:
+    """A rule's document; `score` None leaves the weight out (a rule of an action other than `score`)."""
+    found = {"id": rule_id, "description": rule_id, "when": when, **extra}
+    return found if score is None else found | {"score": score}
 
 
 def stats(database: Any, account_id: int) -> tuple[Any, ...]:

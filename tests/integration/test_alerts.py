@@ -74,6 +74,25 @@ def test_each_flagged_transaction_publishes_one_fraud_detected_event(
     ]
 
 
+def test_only_blocked_transactions_publish_an_event_which_carries_the_outcome_and_review_publishes_none(
+    database: Database, aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_url = bus_to_queue(aws, "txguard-fraud")
+    monkeypatch.setenv("TXGUARD_EVENT_BUS_NAME", "txguard-fraud")
+    reload_settings()
+    apply_rules(
+        database,
+        [rule("big", "amount > 500", "0.5"), rule("huge", "amount > 5000", None, action="block")],
+        threshold="0.9",
+        review_threshold="0.5",
+    )
+    results = service.store([tx(5, T0, "600.00"), tx(6, T0, "6000.00")])
+    assert [r.decision.outcome for r in results] == ["review", "block"]
+    messages = aws.client("sqs").receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    details = [json.loads(m["Body"])["detail"] for m in messages]
+    assert [(d["account_id"], d["outcome"]) for d in details] == [(6, "block")]
+
+
 def test_a_failure_to_publish_keeps_the_transaction_and_its_decision(
     database: Database, aws: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

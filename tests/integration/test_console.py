@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.integration.helpers import T0, store, tx
+from tests.integration.helpers import T0, apply_rules, rule, store, tx
 from txguard import db
 from txguard.console import session
 from txguard.console.app import handle
@@ -365,3 +365,23 @@ def test_the_decision_page_shows_the_features_the_decision_was_taken_on(database
     assert "as stored with it" in body
     for name, value in stored.items():
         assert f"<td>{name}</td><td>{value}</td>" in body, name
+
+
+def test_the_review_queue_lists_review_decisions_first_then_blocked_ones(database: Any) -> None:
+    apply_rules(
+        database,
+        [rule("big", "amount > 1000", "0.5"), rule("huge", "amount > 4000", None, action="block")],
+        threshold="0.9",
+        review_threshold="0.5",
+    )
+    results = store([tx(901, T0, "2000.00"), tx(902, T0, "5000.00"), tx(903, T0, "10.00")])
+    outcomes = {r.transaction.transaction_id: r.decision.outcome for r in results}
+    reviewed = [tid for tid, o in outcomes.items() if o == "review"]
+    blocked = [tid for tid, o in outcomes.items() if o == "block"]
+    assert len(reviewed) == 1 and len(blocked) == 1
+    queue = db.run_in_transaction(lambda cur: review_claims.queue(cur, 10))
+    assert [(i.transaction_id, i.outcome) for i in queue] == [(reviewed[0], "review"), (blocked[0], "block")]
+    cookie, _ = sign_in()
+    page = str(handle(event("GET", "/review", cookie=cookie), KEYS).body)
+    assert page.index(f">{reviewed[0]}<") < page.index(f">{blocked[0]}<")
+    assert "outcome-review" in page

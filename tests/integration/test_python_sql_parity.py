@@ -590,3 +590,109 @@ def test_decisions_with_a_champion_score_agree_in_ingest_recomputation_backtest_
             assert (decision.fraud, decision.score) == (fraud, score)
             assert sorted(r.rule_id for r in decision.reasons if r.mode == "active") == active
             assert backtested[tid] == (fraud, score)
+
+
+# Outcomes: rule actions, the review threshold, a snooze and allow and block lists, decided alike at ingest, by the
+# recomputation and by detect_fraud (which reads the lists and snoozes as they stand, as ingest did).
+actions = st.sampled_from(["score", "score", "review", "block", "allow"])
+
+
+@st.composite
+def rule_sets_with_actions(draw: st.DrawFn) -> list[dict[str, object]]:
+    rules = draw(rule_sets())
+    for found in rules:
+        found["action"] = draw(actions)
+        if found["action"] != "score" and draw(st.booleans()):
+            del found["score"]
+    return rules
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=histories(),
+    rules=rule_sets_with_actions(),
+    review=st.sampled_from([None, "0.2", "0.45"]),
+    snoozed_slot=st.sampled_from([None, 0, 1]),
+    allowed_slot=st.sampled_from([None, 0, 2]),
+    blocked_merchant=st.sampled_from([None, "a", "b"]),
+)
+def test_outcomes_agree_in_ingest_recomputation_and_sql_with_actions_snoozes_and_lists(
+    database: Database,
+    rows: list[Row],
+    rules: list[dict[str, object]],
+    review: str | None,
+    snoozed_slot: int | None,
+    allowed_slot: int | None,
+    blocked_merchant: str | None,
+) -> None:
+    apply_rules(database, rules, threshold="0.5", **({} if review is None else {"review_threshold": review}))
+    batch, accounts = materialise(rows)
+    example = batch[0].transaction_id // 1000
+    admin = psycopg2.connect(database.admin_url)
+    try:
+        with admin, admin.cursor() as cur:
+            if snoozed_slot is not None:
+                cur.execute(
+                    "INSERT INTO rule_snoozes (rule_id, kind, value, until, created_by) "
+                    "VALUES ('r0', 'account', %s, now() + interval '1 day', 'tests')",
+                    (str(accounts[snoozed_slot]),),
+                )
+            for name, kind, action, value in (
+                (f"allow_{example}", "account", "allow", None if allowed_slot is None else str(accounts[allowed_slot])),
+                (
+                    f"block_{example}",
+                    "merchant",
+                    "block",
+                    None if blocked_merchant is None else f"m{example}{blocked_merchant}",
+                ),
+            ):
+                if value is not None:
+                    lists.create(cur, name, kind, action, None, "tests")
+                    lists.add_items(cur, name, [ListItem(value)], "tests")
+        stored = {r.transaction.transaction_id: r.decision for r in store(batch)}
+        for account in accounts:
+            in_sql = {
+                r[0]: (r[1], r[2], r[3], sorted(r[4]), sorted(r[5]))
+                for r in database.query(
+                    "SELECT transaction_id, outcome, fraud, score, rule_ids, snoozed_rule_ids FROM detect_fraud(%s)",
+                    (account,),
+                )
+            }
+            at_ingest = {
+                tid: (
+                    d.outcome,
+                    d.fraud,
+                    d.score,
+                    sorted(r.rule_id for r in d.reasons if r.mode == "active"),
+                    sorted(r.rule_id for r in d.reasons if r.mode == "snoozed"),
+                )
+                for tid, d in stored.items()
+                if tid in in_sql
+            }
+            recomputed = {
+                j.transaction.transaction_id: (
+                    j.decision.outcome,
+                    j.decision.fraud,
+                    j.decision.score,
+                    sorted(r.rule_id for r in j.decision.reasons if r.mode == "active"),
+                    sorted(r.rule_id for r in j.decision.reasons if r.mode == "snoozed"),
+                )
+                for j in recompute(account)
+            }
+            assert at_ingest == in_sql
+            assert recomputed == in_sql
+            for outcome, fraud, _score, _active, snoozed in in_sql.values():
+                event(f"outcome {outcome}")
+                if snoozed:
+                    event("a snooze suppressed a rule")
+                assert fraud == (outcome == "block")
+            for d in stored.values():
+                for r in d.reasons:
+                    if r.mode == "list":
+                        event(f"decided by a list: {d.outcome}")
+    finally:
+        with admin, admin.cursor() as cur:
+            cur.execute("DELETE FROM rule_snoozes")
+            cur.execute("DELETE FROM list_items")
+            cur.execute("UPDATE lists SET action = NULL")
+        admin.close()

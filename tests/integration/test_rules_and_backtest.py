@@ -93,6 +93,60 @@ def test_a_backtest_counts_flags_changes_and_scores_against_labels(database: Dat
     assert window.evaluated == 1 and window.flagged == 1
 
 
+def test_a_backtest_reports_how_many_stored_decisions_would_change_outcome_from_and_to(database: Database) -> None:
+    apply_rules(database, [rule("spike", "amount > 3 * mean_amount")])
+    history = [tx(18, T0 + i * 1000, amount) for i, amount in enumerate(["100.00", "100.00", "400.00", "900.00"])]
+    store(history)  # stored: the last two blocked
+    candidate = CompiledRuleSet(
+        0,
+        validate_rule_set(
+            {
+                "threshold": "0.9",
+                "review_threshold": "0.4",
+                "rules": [
+                    rule("spike", "amount > 3 * mean_amount", "0.5"),
+                    rule("huge", "amount > 800", None, action="block"),
+                ],
+            }
+        ),
+    )
+    labels = {history[3].transaction_id: "amount_spike"}
+    report = db.run_in_transaction(lambda cur: backtest(cur, candidate, labels=labels))
+    assert report.stored_outcomes == {"allow": 2, "block": 2}
+    assert report.outcomes == {"allow": 2, "review": 1, "block": 1}
+    assert report.outcome_changes == {("block", "review"): 1}
+    assert report.ranking is not None
+    outcomes = report.ranking.report().outcomes
+    assert (outcomes.block_precision, outcomes.recall_block_review, outcomes.review_share) == (1.0, 1.0, 0.25)
+
+
+def test_a_backtest_shows_what_a_block_list_and_a_snooze_would_have_changed(database: Database) -> None:
+    import psycopg2
+
+    from txguard.lists import ListItem
+    from txguard.storage import lists as list_storage
+
+    apply_rules(database, [rule("spike", "amount > 3 * mean_amount")])
+    history = [tx(28, T0 + i * 1000, amount, "m-28") for i, amount in enumerate(["100.00", "100.00", "900.00"])]
+    history.append(tx(29, T0 + 5000, "10.00", "m-bad"))
+    store(history)  # stored: the spike blocked, the rest allowed
+    conn = psycopg2.connect(database.admin_url)
+    try:
+        with conn, conn.cursor() as cur:
+            list_storage.create(cur, "bad_merchants", "merchant", "block", None, "tests")
+            list_storage.add_items(cur, "bad_merchants", [ListItem("m-bad")], "tests")
+            cur.execute(
+                "INSERT INTO rule_snoozes (rule_id, kind, value, until, created_by) "
+                "VALUES ('spike', 'account', '28', now() + interval '1 day', 'tests')"
+            )
+    finally:
+        conn.close()
+    candidate = CompiledRuleSet(0, validate_rule_set({"rules": [rule("spike", "amount > 3 * mean_amount")]}))
+    for replay_all in (False, True):
+        report = db.run_in_transaction(lambda cur, r=replay_all: backtest(cur, candidate, replay_all=r))
+        assert report.outcome_changes == {("allow", "block"): 1, ("block", "allow"): 1}, replay_all
+
+
 def test_the_backtest_command_prints_per_rule_counts_and_scores(
     database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -129,3 +129,26 @@ def test_ties_of_the_four_place_score_are_broken_by_the_model_score_and_groups_k
     assert report.average_precision == 1.0  # both frauds first: no tie with the genuine decisions left
     untied = Evaluation("test").add_all([replace(j, score=round(j.score, 4)) for j in judged]).report()
     assert untied.average_precision is not None and untied.average_precision < 1.0
+
+
+def test_outcomes_are_counted_with_the_precision_of_block_the_recall_within_block_and_review_and_the_review_share() -> (
+    None
+):
+    # (outcome, fraud): 2 blocked (1 fraud), 2 reviewed (1 fraud), 6 allowed (1 fraud)
+    decided = [("block", True), ("block", False), ("review", True), ("review", False)]
+    decided += [("allow", True)] + [("allow", False)] * 5
+    evaluation = Evaluation("test").add_all(
+        Judged(i, 1, 0, 0.5, outcome == "block", 1, fraud, None, outcome) for i, (outcome, fraud) in enumerate(decided)
+    )
+    report = evaluation.report()
+    assert report.outcomes.counts == {"allow": 6, "review": 2, "block": 2}
+    assert report.outcomes.frauds == {"allow": 1, "review": 1, "block": 1}
+    assert report.outcomes.block_precision == 0.5 == report.flag.precision
+    assert report.outcomes.recall_block_review == pytest.approx(2 / 3)
+    assert report.outcomes.review_share == pytest.approx(0.2)
+    assert json.loads(render_json(report))["outcomes"]["review_share"] == pytest.approx(0.2)
+    assert "share in review 20.00%" in render_text(report)
+    assert "| share in review | 20.00% |" in render_markdown(report)
+    # Without outcomes recorded, the flag gives them: block or allow
+    legacy = Evaluation("test").add_all(Judged(i, 1, 0, 0.5, i < 2, 1, i < 3, None) for i in range(10)).report()
+    assert legacy.outcomes.counts == {"allow": 8, "review": 0, "block": 2}

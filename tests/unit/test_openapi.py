@@ -25,6 +25,8 @@ def test_the_document_covers_every_route_and_requires_the_api_key() -> None:
         "/labels",
         "/models",
         "/models/{version}",
+        "/rules/{rule_id}/snoozes",
+        "/rules/{rule_id}/snoozes/{kind}/{value}",
         "/lists",
         "/lists/{name}",
         "/lists/{name}/items",
@@ -32,6 +34,8 @@ def test_the_document_covers_every_route_and_requires_the_api_key() -> None:
         "/lists/{name}/removals",
         "/lists/{name}/changes",
     }
+    assert set(document["paths"]["/rules/{rule_id}/snoozes"]) == {"get", "post"}
+    assert set(document["paths"]["/rules/{rule_id}/snoozes/{kind}/{value}"]) == {"delete"}
     assert set(document["paths"]["/store_data"]) == {"get", "post"}
     assert set(document["paths"]["/lists/{name}"]) == {"get", "patch"}
     assert set(document["paths"]["/labels"]) == {"get", "post"}

@@ -8,7 +8,9 @@ Two ways, the same decisions:
   the same decision loop as ingest, each transaction judged only on what came before it. Needed when the
   candidate reads a feature the stored decisions did not.
 Either way the candidate reads the champion score stored with each decision as `model_score`, and is combined
-with it as serving combines them (models/serving.py): the models are not run again. Nothing is written.
+with it as serving combines them (models/serving.py): the models are not run again. The allow and block lists and
+the rule snoozes are applied as they stand now (txguard.outcomes, read once per chunk), so a backtest also shows
+what a list change or a snooze would have changed on stored history. Nothing is written.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 import psycopg2.extensions
 
+from txguard import outcomes
 from txguard.detection import TextReads, decide_in_time_order, empty_history, empty_timeline, list_memberships
 from txguard.domain import Decision, Transaction
 from txguard.evaluation import Evaluation, Judged
@@ -54,6 +57,9 @@ class BacktestReport:
     labelled: int = 0
     overall: Confusion = field(default_factory=Confusion)
     per_rule: dict[str, Confusion] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)  # the candidate's decisions by outcome
+    stored_outcomes: Counter[str] = field(default_factory=Counter)
+    outcome_changes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stored, candidate) when they differ
     method: str = ""  # "stored features" or "replay"
     ranking: Evaluation | None = None  # the candidate's scores against the labels (ROC AUC, AP, CP@k), given labels
 
@@ -81,9 +87,11 @@ def replay(
         # and rows sharing a timestamp never see each other, so splitting a group changes nothing.
         model_scores = {s.transaction.transaction_id: stored_model_feature(s.decision) for s in stored}
         in_lists = list_memberships(cur, chunk, rules)
-        decisions = decide_in_time_order(chunk, histories, merchants, rules, model_scores, in_lists)
+        judged = outcomes.for_batch(cur, chunk)
+        decisions = decide_in_time_order(chunk, histories, merchants, rules, model_scores, in_lists, judged.snoozed)
         for s in stored:
-            yield s.transaction, s.decision, with_stored_model(decisions[s.transaction.transaction_id], s.decision)
+            candidate = with_stored_model(decisions[s.transaction.transaction_id], s.decision, rules)
+            yield s.transaction, s.decision, judged.judge(s.transaction, candidate)
         last = chunk[-1]
         after = (last.ts, last.transaction_id)
 
@@ -147,14 +155,18 @@ def on_stored_features(
         rows = transactions.decided_with_features(cur, from_ms, to_ms, after, _CHUNK)
         if not rows:
             return
-        text_reads = TextReads(rules, list_memberships(cur, [row.transaction for row in rows], rules))
+        chunk = [row.transaction for row in rows]
+        text_reads = TextReads(rules, list_memberships(cur, chunk, rules))
+        judged = outcomes.for_batch(cur, chunk)
+        snoozed = judged.snoozed
         for row in rows:
             t = row.transaction
             features = dict(row.features or {})
             features["amount"] = t.amount
             features[MODEL_SCORE] = stored_model_feature(row.decision)
             text_reads.add(features, t)
-            yield t, row.decision, with_stored_model(rules.decide(features, t.merchant_id, t.currency), row.decision)
+            by_rules = rules.decide(features, t.merchant_id, t.currency, None if snoozed is None else snoozed(t))
+            yield t, row.decision, judged.judge(t, with_stored_model(by_rules, row.decision, rules))
         after = (rows[-1].transaction.ts, rows[-1].transaction.transaction_id)
 
 
@@ -185,6 +197,10 @@ def backtest(
         report.evaluated += 1
         report.flagged += candidate.fraud
         report.stored_flagged += stored.fraud
+        report.outcomes[candidate.outcome] += 1
+        report.stored_outcomes[stored.outcome] += 1
+        if candidate.outcome != stored.outcome:
+            report.outcome_changes[(stored.outcome, candidate.outcome)] += 1
         if candidate.fraud != stored.fraud:
             report.changed += 1
             report.newly_flagged += candidate.fraud
@@ -206,6 +222,7 @@ def backtest(
                 candidate.rule_set_version,
                 actual,
                 pattern if actual else None,
+                candidate.outcome,
             )
         )
         report.labelled += 1

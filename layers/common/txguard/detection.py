@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from itertools import groupby
 from typing import Any, NamedTuple, Protocol
@@ -38,10 +38,12 @@ from txguard.features import (
     merchant_features,
     to_units,
 )
+from txguard.lists import ListDefinition
 from txguard.models.serving import load_detector
-from txguard.rule_engine import CompiledRuleSet, list_feature
+from txguard.rule_engine import CompiledRuleSet, Snoozed, list_feature
 from txguard.rule_language import RuleSetError
 from txguard.storage import detector_versions, lists
+from txguard.storage.lists import list_definitions
 from txguard.storage.rule_sets import newest_version, version
 
 
@@ -54,6 +56,8 @@ class Detector(Protocol):
     `decide_batch(items: Sequence[(features, merchant_id, currency)]) -> list[Decision]` (the rule set and the
     model detector do): the loop then hands it DECIDE_CHUNK transactions at once; and `text_fields` and
     `list_fields` (CompiledRuleSet's): the text fields and the lists its rules read, which the feature step adds.
+    When a snooze concerns a transaction, the loop passes each one's snoozed rules (rule_engine.Snoozed) as
+    `snoozed` (decide's fourth argument, decide_batch's second).
     """
 
     version: int
@@ -104,9 +108,10 @@ def decide_in_time_order(
     detector: Detector,
     model_scores: Mapping[int, Decimal | None] | None = None,
     memberships: Mapping[str, frozenset[str]] | None = None,
+    snoozes: Callable[[Transaction], Snoozed | None] | None = None,
 ) -> dict[int, Decision]:
     """Each transaction's decision, by transaction id; see decisions_in_time_order."""
-    decided = decisions_in_time_order(transactions, histories, merchants, detector, model_scores, memberships)
+    decided = decisions_in_time_order(transactions, histories, merchants, detector, model_scores, memberships, snoozes)
     return {t.transaction_id: d for t, _, d in decided}
 
 
@@ -117,6 +122,7 @@ def decisions_in_time_order(
     detector: Detector,
     model_scores: Mapping[int, Decimal | None] | None = None,
     memberships: Mapping[str, frozenset[str]] | None = None,
+    snoozes: Callable[[Transaction], Snoozed | None] | None = None,
 ) -> Iterator[Decided]:
     """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
 
@@ -124,7 +130,8 @@ def decisions_in_time_order(
     Decisions come out as they are taken (a chunk at a time), so a caller can write them while the rest are still
     being decided. `model_scores` (by transaction id; backtests): the stored champion scores that rules read as
     `model_score`, instead of a champion's. `memberships` (list_memberships): the values of the transactions
-    that are current items of each list the detector reads (none when not given).
+    that are current items of each list the detector reads (none when not given). `snoozes` (ingest): the rules
+    snoozed for a transaction's entities.
     """
     text_reads = TextReads(detector, memberships)
     needed = detector.needed_features
@@ -158,10 +165,10 @@ def decisions_in_time_order(
                 merchants[t.merchant_id].add(t.ts, units, t.currency)
         # Features never depend on decisions, so deciding after the group was added changes nothing.
         if len(pending) >= DECIDE_CHUNK:
-            yield from _decided(pending, detector, decide_batch)
+            yield from _decided(pending, detector, decide_batch, snoozes)
             pending = []
     if pending:
-        yield from _decided(pending, detector, decide_batch)
+        yield from _decided(pending, detector, decide_batch, snoozes)
 
 
 class TextReads:
@@ -210,12 +217,24 @@ def list_memberships(
     return lists.memberships(cur, wanted)
 
 
-def _decided(pending: list[tuple[Transaction, Features]], detector: Detector, decide_batch: Any) -> Iterator[Decided]:
+def _decided(
+    pending: list[tuple[Transaction, Features]],
+    detector: Detector,
+    decide_batch: Any,
+    snoozes: Callable[[Transaction], Snoozed | None] | None = None,
+) -> Iterator[Decided]:
+    snoozed = None if snoozes is None else [snoozes(t) for t, _ in pending]
+    if snoozed is not None and not any(snoozed):
+        snoozed = None  # the usual case: no snooze concerns the chunk
     if decide_batch is None:  # a detector that decides one transaction at a time
-        for t, features in pending:
-            yield Decided(t, features, detector.decide(features, t.merchant_id, t.currency))
+        for i, (t, features) in enumerate(pending):
+            if snoozed is None:
+                yield Decided(t, features, detector.decide(features, t.merchant_id, t.currency))
+            else:
+                yield Decided(t, features, detector.decide(features, t.merchant_id, t.currency, snoozed[i]))  # type: ignore[call-arg]
         return
-    decisions = decide_batch([(features, t.merchant_id, t.currency) for t, features in pending])
+    items = [(features, t.merchant_id, t.currency) for t, features in pending]
+    decisions = decide_batch(items) if snoozed is None else decide_batch(items, snoozed)
     for (t, features), decision in zip(pending, decisions, strict=True):
         yield Decided(t, features, decision)
 
@@ -230,6 +249,7 @@ class DetectorCache:
 
     def __init__(self) -> None:
         self._detector: Detector | None = None
+        self._lists: dict[str, ListDefinition] = {}
         self._key: tuple[int | None, int] | None = None
         self._loaded_at = 0.0
         self._lock = threading.Lock()
@@ -257,8 +277,15 @@ class DetectorCache:
                     rules = CompiledRuleSet(stored.version, stored.rule_set, key[0])
                     self._detector = rules if pinned is None else load_detector(cur, pinned, rules)
                     self._key = key
+                # The lists' definitions (which decide by themselves, and how) are picked up with the detector.
+                self._lists = list_definitions(cur)
                 self._loaded_at = now
             return self._detector
+
+    def lists(self) -> dict[str, ListDefinition]:
+        """The list definitions read with the current detector (storage.lists.list_definitions), by name."""
+        with self._lock:
+            return self._lists
 
     def clear(self) -> None:
         with self._lock:

@@ -63,8 +63,14 @@ class Transaction(NamedTuple):
 _CONTENT = ("account_id", "ts", "amount", "currency", "merchant_id", *ATTRIBUTES)
 
 
+Outcome = Literal["allow", "review", "block"]
+OUTCOMES: tuple[str, ...] = ("allow", "review", "block")
+
+
 class Reason(NamedTuple):
-    """Why a decision scored: one rule that fired (`mode` "active" counts, "shadow" is only recorded)."""
+    """Why a decision scored or took its outcome: one rule that fired (`mode` "active" counts, "shadow" is only
+    recorded, "snoozed": it would have fired but a snooze suppressed it for this entity), the champion ("model"),
+    or a list the transaction matched ("list": `rule_id` is `list:<name>`)."""
 
     rule_id: str
     mode: str
@@ -89,7 +95,10 @@ class Reason(NamedTuple):
 
 @dataclass(frozen=True)
 class Decision:
-    """A detector's verdict on one transaction: `score` 0-1 (four places), `fraud` when it reaches the threshold.
+    """A detector's verdict on one transaction: `score` 0-1 (four places), `outcome` allow, review or block
+    (rule_engine: the precedence), `fraud` exactly when the outcome is block (when it reaches a threshold, a block
+    rule fired or a block list matched). `outcome` left None is derived from `fraud` (block or allow): a decision
+    built without outcomes is what it was before them.
 
     `rule_set_version` is the version of the rule set that decided. A detector version (detector_versions) pins
     that rule set with a champion model and shadow models; a decision taken by one records it as
@@ -110,6 +119,13 @@ class Decision:
     model_threshold: float | None = None
     model_fallback: str | None = None
     shadow_scores: Mapping[int, float] | None = field(default=None, compare=False)
+    outcome: Outcome = None  # type: ignore[assignment]  # None: derived from `fraud`
+
+    def __post_init__(self) -> None:
+        if self.outcome is None:
+            object.__setattr__(self, "outcome", "block" if self.fraud else "allow")
+        elif self.fraud != (self.outcome == "block"):
+            raise ValueError(f"fraud {self.fraud} contradicts outcome {self.outcome!r}: fraud means block")
 
     @cached_property
     def reasons_text(self) -> str:

@@ -6,7 +6,11 @@ in force for each transaction (txguard.labels), and reports, as the Fraud Detect
 - ROC AUC and average precision of the score over transactions;
 - precision, recall and F1 of the fraud flag, with the confusion matrix;
 - Card Precision@k per day (default k = 100) and its mean;
-- recall per label reason (a fraud pattern or scenario).
+- recall per label reason (a fraud pattern or scenario);
+- the outcomes: how many decisions allow, review and block (and how many frauds each holds), the precision of
+  `block` (frauds among the blocked: the fraud flag's precision), the recall within `block` + `review` (frauds
+  blocked or reviewed among all frauds: what an analyst reviewing every review item could catch) and the share of
+  decisions in review (the analysts' load).
 
 A transaction with no label in force counts as genuine (as a card with no chargeback is), unless asked to leave
 unlabelled transactions out; both counts are reported.
@@ -58,6 +62,7 @@ class Judged:
     detector_version: int
     fraud: bool | None
     reason: str | None
+    outcome: str | None = None  # allow, review or block; None: from `flagged` (block or allow)
 
 
 @dataclass
@@ -83,6 +88,7 @@ class Evaluation:
     detector_versions: set[int] = field(default_factory=set)
     first_ts: int | None = None
     last_ts: int | None = None
+    outcomes: dict[str, list[int]] = field(default_factory=dict)  # outcome -> [decisions, frauds among them]
 
     def add(self, j: Judged) -> None:
         if j.fraud is None:
@@ -96,6 +102,9 @@ class Evaluation:
         elif j.fraud is False:
             self.labelled_genuine += 1
         self.confusion.add(j.flagged, fraud)
+        counts = self.outcomes.setdefault(j.outcome or ("block" if j.flagged else "allow"), [0, 0])
+        counts[0] += 1
+        counts[1] += fraud
         self.scores.append(j.score)
         self.truth.append(int(fraud))
         self.days.append((j.ts // DAY_MS, j.account_id, j.score, fraud))
@@ -143,6 +152,7 @@ class Evaluation:
             flag=flag,
             card_precision=cp,
             reasons=reasons,
+            outcomes=OutcomeReport.of(self.outcomes, positives),
         )
 
 
@@ -155,6 +165,41 @@ class ReasonReport:
     flagged: int
     recall: float
     f1: float
+
+
+@dataclass(frozen=True)
+class OutcomeReport:
+    """Decisions by outcome: `counts` and `frauds` per outcome (allow, review, block), the precision of block (0–1;
+    None when nothing is blocked), the recall within block + review (0–1; None without frauds) and the share of
+    decisions in review (0–1)."""
+
+    counts: dict[str, int]
+    frauds: dict[str, int]
+    block_precision: float | None
+    recall_block_review: float | None
+    review_share: float
+
+    @staticmethod
+    def of(outcomes: dict[str, list[int]], frauds: int) -> OutcomeReport:
+        counts = {o: outcomes.get(o, [0, 0])[0] for o in ("allow", "review", "block")}
+        caught = {o: outcomes.get(o, [0, 0])[1] for o in ("allow", "review", "block")}
+        total = sum(counts.values())
+        return OutcomeReport(
+            counts,
+            caught,
+            caught["block"] / counts["block"] if counts["block"] else None,
+            (caught["block"] + caught["review"]) / frauds if frauds else None,
+            counts["review"] / total if total else 0.0,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "counts": self.counts,
+            "frauds": self.frauds,
+            "block_precision": self.block_precision,
+            "recall_block_review": self.recall_block_review,
+            "review_share": self.review_share,
+        }
 
 
 @dataclass(frozen=True)
@@ -177,6 +222,7 @@ class Report:
     flag: Metrics
     card_precision: CardPrecision[int] | None
     reasons: dict[str, ReasonReport]
+    outcomes: OutcomeReport = field(default_factory=lambda: OutcomeReport.of({}, 0))
 
     def as_dict(self) -> dict[str, object]:
         """The report as JSON-ready data (ratios 0–1, times epoch ms, days as UTC day numbers)."""
@@ -213,6 +259,7 @@ class Report:
                 "tn": c.true_negative,
             },
             "flag": {"precision": self.flag.precision, "recall": self.flag.recall, "f1": self.flag.f1},
+            "outcomes": self.outcomes.as_dict(),
             "reasons": {
                 reason: {"frauds": r.frauds, "flagged": r.flagged, "recall": r.recall, "f1": r.f1}
                 for reason, r in self.reasons.items()
@@ -243,4 +290,5 @@ def judge(
                 r.detector_version,
                 None if label is None else label.fraud,
                 None if label is None else label.reason,
+                r.outcome,
             )

@@ -10,11 +10,12 @@ Cost per transaction does not grow with the account's history; see features.py.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import psycopg2.extensions
 
-from txguard.detection import Detector, decisions_in_time_order, list_memberships
+from txguard import outcomes
+from txguard.detection import Decided, Detector, decisions_in_time_order, list_memberships
 from txguard.domain import Decision, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
 from txguard.features import (
@@ -32,6 +33,7 @@ from txguard.features import (
     needs_account_days,
     spans_before,
 )
+from txguard.lists import ListDefinition
 from txguard.storage import account_stats, labels, merchants, transactions
 
 
@@ -69,24 +71,36 @@ class DuplicateIdInRequest(BadInput, DuplicateIdConflict):
 
 
 def store_transactions(
-    cur: psycopg2.extensions.cursor, batch: Sequence[Transaction], detector: Detector
+    cur: psycopg2.extensions.cursor,
+    batch: Sequence[Transaction],
+    detector: Detector,
+    lists: Mapping[str, ListDefinition] | None = None,
 ) -> list[StoreResult]:
-    """Store each transaction exactly once with the decision `detector` takes on it; results in request order.
+    """Store each transaction exactly once with the decision `detector` takes on it, after the allow and block
+    lists (`lists`: the list definitions, as the detector cache keeps them; None: read now) and with the rules
+    snoozed for its entities (txguard.outcomes); results in request order.
     An account another transaction holds is waited for (lock_timeout, then DatabaseUnavailable: nothing stored)."""
-    return [r for r in _store(cur, batch, detector, skip_busy=False) if r is not None]
+    return [r for r in _store(cur, batch, detector, skip_busy=False, lists=lists) if r is not None]
 
 
 def store_unless_busy(
-    cur: psycopg2.extensions.cursor, batch: Sequence[Transaction], detector: Detector
+    cur: psycopg2.extensions.cursor,
+    batch: Sequence[Transaction],
+    detector: Detector,
+    lists: Mapping[str, ListDefinition] | None = None,
 ) -> list[StoreResult | None]:
     """store_transactions for a stream batch: an account that another transaction holds is not waited for. Its
     transactions that are not stored yet are left for a later delivery (None in the results, in request order;
     none of them stored, so the account's order holds); the other accounts' are stored in this transaction."""
-    return _store(cur, batch, detector, skip_busy=True)
+    return _store(cur, batch, detector, skip_busy=True, lists=lists)
 
 
 def _store(
-    cur: psycopg2.extensions.cursor, batch: Sequence[Transaction], detector: Detector, skip_busy: bool
+    cur: psycopg2.extensions.cursor,
+    batch: Sequence[Transaction],
+    detector: Detector,
+    skip_busy: bool,
+    lists: Mapping[str, ListDefinition] | None = None,
 ) -> list[StoreResult | None]:
     first_index, repeats, in_request_conflicts = _index_request(batch)
     if in_request_conflicts:
@@ -132,9 +146,14 @@ def _store(
             cur, new, merchant_reach_ms(needed), from_day_start=not needed.isdisjoint(MERCHANT_DAY_FEATURES)
         )
         merchants.attach_history(cur, new, at_merchants, needed, detector.feature_settings)
+        # The lists the rules read, the rules snoozed for the batch's entities and its values in the allow and
+        # block lists: each read once per batch (the last two only when a snooze or a list that decides exists).
         in_lists = list_memberships(cur, new, detector)
-        # Positional: no stored model scores (the champion scores), then the lists' memberships.
-        decided = decisions_in_time_order(new, stats, at_merchants, detector, None, in_lists)
+        judged = outcomes.for_batch(cur, new, lists)
+        # Positional: no stored model scores (the champion scores), then the lists' memberships and the snoozes.
+        decided = decisions_in_time_order(new, stats, at_merchants, detector, None, in_lists, judged.snoozed)
+        if judged.matches:
+            decided = (Decided(d.transaction, d.features, judged.judge(d.transaction, d.decision)) for d in decided)
         # The unit of work's statement timeout, from the settings read when its connection was opened.
         timeout_ms = getattr(cur, "statement_timeout_ms", 0)
         transactions.copy_in(cur, decided, len(new), decisions, timeout_ms, tuple(sorted(needed)))

@@ -56,6 +56,9 @@ SERVICE_GRANTS: dict[str, tuple[str, ...]] = {
     # TrainFunction registers candidates and, with AutoPromote, promotes one (a detector version with it).
     "model_versions": ("SELECT", "INSERT", "UPDATE"),
     "detector_versions": ("SELECT", "INSERT"),
+    # The API's /rules/{rule_id}/snoozes: snooze (insert or replace), list, lift; every change recorded.
+    "rule_snoozes": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "rule_snooze_changes": ("SELECT", "INSERT"),
     # Lists are never deleted (their audit refers to them); items are (the table holds the current ones only).
     "lists": ("SELECT", "INSERT", "UPDATE"),
     "list_items": ("SELECT", "INSERT", "UPDATE", "DELETE"),

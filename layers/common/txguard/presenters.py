@@ -34,6 +34,7 @@ def attributes_json(t: Transaction) -> dict[str, Any]:
 def decision_json(d: Decision) -> dict[str, Any]:
     return {
         "fraud": d.fraud,
+        "outcome": d.outcome,
         "score": str(d.score),
         "reasons": orjson.Fragment(d.reasons_text),  # the JSON text the decision was stored with
         "rule_set_version": d.rule_set_version,
@@ -104,6 +105,7 @@ def _flagged(t: Transaction, d: Decision, reasons: Any) -> dict[str, Any]:
         "currency": t.currency,
         "merchant_id": t.merchant_id,
         **attributes_json(t),
+        "outcome": d.outcome,
         "score": str(d.score),
         "reasons": reasons,
         "rule_set_version": d.rule_set_version,

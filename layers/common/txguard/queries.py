@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import psycopg2.extensions
 
-from txguard import literals
+from txguard import literals, outcomes
 from txguard.detection import Detector, decisions_in_time_order, empty_history, list_memberships
 from txguard.domain import DecidedTransaction
 from txguard.errors import Malformed
@@ -64,11 +64,17 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
 
 
 def flagged_transactions(
-    cur: psycopg2.extensions.cursor, account_id: int, limit: int, cursor: str | None, with_features: bool = False
+    cur: psycopg2.extensions.cursor,
+    account_id: int,
+    limit: int,
+    cursor: str | None,
+    with_features: bool = False,
+    outcome: str = "block",
 ) -> Page:
-    """The account's stored decisions that flagged fraud, newest first (each with its stored features, if asked)."""
+    """The account's stored decisions of `outcome` (block: flagged as fraud), newest first (each with its stored
+    features, if asked)."""
     before = decode_cursor(cursor) if cursor else None
-    return _page(transactions.flagged(cur, account_id, before, limit + 1, with_features), limit)
+    return _page(transactions.flagged(cur, account_id, before, limit + 1, with_features, outcome), limit)
 
 
 def list_transactions(
@@ -98,9 +104,15 @@ RECOMPUTE_WINDOW = 5_000
 
 
 def recomputed_flagged(
-    cur: psycopg2.extensions.cursor, account_id: int, detector: Detector, limit: int, cursor: str | None
+    cur: psycopg2.extensions.cursor,
+    account_id: int,
+    detector: Detector,
+    limit: int,
+    cursor: str | None,
+    outcome: str = "block",
 ) -> Page:
-    """A page of the account's transactions that `detector` flags, newest first, each re-decided point-in-time.
+    """A page of the account's transactions to which `detector` gives `outcome` (block: flags), newest first,
+    each re-decided point-in-time.
 
     One request re-decides at most RECOMPUTE_WINDOW transactions before the cursor, so a page can hold fewer
     than `limit` items (even none) while next_cursor is set: the client follows it until it is null.
@@ -108,7 +120,7 @@ def recomputed_flagged(
     """
     before = decode_cursor(cursor) if cursor else None
     judged, continue_at = recompute_window(cur, account_id, detector, before, RECOMPUTE_WINDOW)
-    flagged = [j for j in reversed(judged) if j.decision.fraud]
+    flagged = [j for j in reversed(judged) if j.decision.outcome == outcome]
     if len(flagged) > limit:
         return _page(flagged, limit)
     return Page(flagged, encode_cursor(*continue_at) if continue_at else None)
@@ -160,9 +172,18 @@ def recompute_window(
     for t in window:  # the stored per-day counts hold the window's transactions, which are added again
         if t.merchant_id is not None and (days := at_merchants[t.merchant_id].days) and t.ts // DAY_MS in days:
             days[t.ts // DAY_MS][0] -= 1
+    # As ingest decides now: with the lists as they stand and the snoozes in force.
     in_lists = list_memberships(cur, window, detector)
-    decided = decisions_in_time_order(window, {account_id: history}, at_merchants, detector, memberships=in_lists)
-    by_id = {d.transaction.transaction_id: DecidedTransaction(d.transaction, d.decision, d.features) for d in decided}
+    judged_now = outcomes.for_batch(cur, window)
+    decided = decisions_in_time_order(
+        window, {account_id: history}, at_merchants, detector, None, in_lists, judged_now.snoozed
+    )
+    by_id = {
+        d.transaction.transaction_id: DecidedTransaction(
+            d.transaction, judged_now.judge(d.transaction, d.decision), d.features
+        )
+        for d in decided
+    }
     judged = [by_id[t.transaction_id] for t in window]
     return judged, (None if since is None else (window[0].ts, window[0].transaction_id))
 

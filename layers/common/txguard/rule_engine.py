@@ -1,7 +1,23 @@
 """Where rules are evaluated: a rule set compiled once into predicates, applied to a transaction's features.
 
-score = 1 - product(1 - weight) over the active rules that fire, rounded to four places;
-fraud = score >= the rule set's threshold. Shadow rules are evaluated and explained but never count.
+score = 1 - product(1 - weight) over the active rules of action `score` that fire, rounded to four places.
+Shadow rules are evaluated and explained but never count, and never change the outcome.
+
+Each decision has an outcome, `allow`, `review` or `block`; `fraud` means exactly `block`. The first of these
+that applies gives it (ingest applies 1-2, lists being read once per batch; the rest is `outcome` here, with the
+champion's probability p when a champion scored: models/serving.py):
+1. an item of an `allow` list matches the transaction (its account, merchant, card, ... : attributes.LIST_KINDS)
+   -> allow, explained "allowed by list vip_accounts; score 0.97 would have blocked";
+2. an item of a `block` list matches -> block ("card_id tok_1 is in block list stolen_cards, until ...");
+3. an active rule of action `allow` fires -> allow;
+4. an active rule of action `block` fires, or score >= `threshold`, or p >= the champion's block threshold (the
+   rule set's `model_block_threshold`, else its artifact's) -> block;
+5. an active rule of action `review` fires, or score >= `review_threshold`, or p >= `model_review_threshold`
+   -> review;
+6. allow.
+Without lists, rule actions and review thresholds, every decision is what it was before outcomes: block exactly
+when flagged. A rule snoozed for one of the transaction's entities (storage.rule_snoozes) does not fire for it:
+the decision records a `snoozed` reason instead, naming the snooze and what the rule would have found.
 The SQL function detect_fraud (migrations/0002_detect_fraud.sql, redefined by 0011_history_features.sql)
 implements the same arithmetic: exact,
 so a constant of a rule means the same number here as in SQL (rule_language bounds its digits).
@@ -11,13 +27,13 @@ Amounts in explanations are written in the transaction currency's minor units (B
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from txguard.currencies import money
-from txguard.domain import Decision, Reason
+from txguard.domain import Decision, Outcome, Reason
 from txguard.features import COUNT_IN_CURRENCY, MODEL_SCORE, RULE_FEATURES, Features, FeatureValue, window_reach_ms
 from txguard.rule_language import (
     MAX_DECIMAL_PLACES,
@@ -57,12 +73,21 @@ _EXACT = Context(prec=MAX_INTEGER_DIGITS + MAX_DECIMAL_PLACES + 40)
 Explainer = Callable[[Features, str | None, str], list[str] | None]
 
 
+# What an explanation of a rule of each action starts with (a rule of action `score` explains its finding only).
+_ACTION_WORDS = {"score": "", "block": "blocks: ", "review": "sends to review: ", "allow": "allows: "}
+
+# Which rules a snooze suppresses for one transaction: rule id -> the snooze in words ("snoozed for account 42
+# until 2026-12-01T00:00:00+00:00 by alice: known traveller").
+Snoozed = Mapping[str, str]
+
+
 @dataclass(frozen=True)
 class _CompiledRule:
     id: str
     mode: str
     weight: Decimal
     explain: Explainer
+    action: str = "score"
 
 
 class CompiledRuleSet:
@@ -83,6 +108,13 @@ class CompiledRuleSet:
         self.detector_version = detector_version
         self.rule_set = rule_set
         self.threshold = rule_set.threshold
+        self.review_threshold = rule_set.review_threshold
+        self.model_block_threshold = (
+            None if rule_set.model_block_threshold is None else float(rule_set.model_block_threshold)
+        )
+        self.model_review_threshold = (
+            None if rule_set.model_review_threshold is None else float(rule_set.model_review_threshold)
+        )
         enabled = [rule for rule in rule_set.rules if rule.enabled and rule.condition is not None]
         read = [c for rule in enabled for c in comparisons_of(rule.condition)]
         self.rule_features = frozenset(set().union(*(_features_of(c) for c in read if not c.on_text)))
@@ -96,33 +128,84 @@ class CompiledRuleSet:
         self.window_reach_ms = window_reach_ms(self.needed_features)
         self.feature_settings = rule_set.feature_settings()
         self._rules = tuple(
-            _CompiledRule(rule.id, rule.mode, rule.score, _compile(rule.condition))
+            _CompiledRule(rule.id, rule.mode, rule.weight, _compile(rule.condition), rule.action)
             for rule in sorted(rule_set.rules, key=lambda r: r.id)
             if rule.enabled and rule.condition is not None
         )
+        # The rules that decide an outcome by themselves, by id (an active one's reason names it).
+        self._actions = {rule.id: rule.action for rule in self._rules if rule.action != "score"}
         # Most transactions meet no rule: they all share this one decision (and its serialised forms).
         self._nothing_found = Decision(False, Decimal(0).quantize(_FOUR_PLACES), (), version, detector_version)
 
-    def decide_batch(self, items: Sequence[tuple[Features, str | None, str]]) -> list[Decision]:
-        """decide() for each (features, merchant id, currency), in order."""
+    def decide_batch(
+        self, items: Sequence[tuple[Features, str | None, str]], snoozed: Sequence[Snoozed | None] | None = None
+    ) -> list[Decision]:
+        """decide() for each (features, merchant id, currency), in order; `snoozed`: each one's snoozed rules."""
         decide = self.decide
-        return [decide(features, merchant_id, currency) for features, merchant_id, currency in items]
+        if snoozed is None:
+            return [decide(features, merchant_id, currency) for features, merchant_id, currency in items]
+        return [decide(f, m, c, s) for (f, m, c), s in zip(items, snoozed, strict=True)]
 
-    def decide(self, features: Features, merchant_id: str | None, currency: str) -> Decision:
-        """The decision for one transaction's features; amounts in its explanations in `currency`'s minor units."""
+    def decide(
+        self, features: Features, merchant_id: str | None, currency: str, snoozed: Snoozed | None = None
+    ) -> Decision:
+        """The decision for one transaction's features (steps 3-6 of the precedence, without a champion); amounts
+        in its explanations in `currency`'s minor units. A rule in `snoozed` (rule id -> the snooze in words)
+        does not fire: it is recorded as a `snoozed` reason when it would have."""
         reasons: list[Reason] = []
-        keep = Decimal(1)  # product of (1 - weight) over the active rules that fired
+        keep = Decimal(1)  # product of (1 - weight) over the active rules of action `score` that fired
         for rule in self._rules:
             sentences = rule.explain(features, merchant_id, currency)
             if sentences is None:
                 continue
-            reasons.append(Reason(rule.id, rule.mode, rule.weight, "; ".join(sentences)))
-            if rule.mode == "active":
+            if snoozed and rule.id in snoozed:
+                found = "; ".join(sentences)
+                reasons.append(
+                    Reason(rule.id, "snoozed", rule.weight, f"{snoozed[rule.id]}; it would have fired: {found}")
+                )
+                continue
+            reasons.append(Reason(rule.id, rule.mode, rule.weight, _ACTION_WORDS[rule.action] + "; ".join(sentences)))
+            if rule.mode == "active" and rule.action == "score":
                 keep *= 1 - rule.weight
         if not reasons:
             return self._nothing_found
         score = (1 - keep).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
-        return Decision(score >= self.threshold, score, tuple(reasons), self.version, self.detector_version)
+        outcome = self.outcome(score, self.actions_fired(reasons))
+        return Decision(outcome == "block", score, tuple(reasons), self.version, self.detector_version, outcome=outcome)
+
+    def actions_fired(self, reasons: Sequence[Reason]) -> frozenset[str]:
+        """The actions (block, review, allow) of the active rules among `reasons` that decide by themselves."""
+        actions = self._actions
+        if not actions:
+            return frozenset()
+        return frozenset(actions[r.rule_id] for r in reasons if r.mode == "active" and r.rule_id in actions)
+
+    def model_block_threshold_for(self, artifact_threshold: float) -> float:
+        """The champion's probability (0-1) at or above which it blocks: the rule set's `model_block_threshold`,
+        else the threshold of the champion's artifact."""
+        return artifact_threshold if self.model_block_threshold is None else self.model_block_threshold
+
+    def outcome(
+        self,
+        rules_score: Decimal,
+        actions: Collection[str],
+        model_score: float | None = None,
+        model_threshold: float | None = None,
+    ) -> Outcome:
+        """Steps 3-6 of the precedence (module docstring) for the rules' four-place score, the actions of the
+        active rules that fired, and the champion's probability with its block threshold (None: no champion)."""
+        if "allow" in actions:
+            return "allow"
+        scored = model_score is not None and model_threshold is not None
+        if "block" in actions or rules_score >= self.threshold or (scored and model_score >= model_threshold):  # type: ignore[operator]
+            return "block"
+        if (
+            "review" in actions
+            or (self.review_threshold is not None and rules_score >= self.review_threshold)
+            or (scored and self.model_review_threshold is not None and model_score >= self.model_review_threshold)  # type: ignore[operator]
+        ):
+            return "review"
+        return "allow"
 
 
 def _features_of(comparison: Comparison) -> set[str]:

@@ -16,6 +16,8 @@ Examples: `amount < 0.9 * mean_amount`, `amount > 3 * mean_amount AND count >= 5
 `model_score > 0.8 AND amount > 100` (`model_score`: the champion model's probability, missing when there is none),
 `country NOT IN ('FR', 'DE') AND channel = 'ecommerce'`, `merchant_category IN LIST high_risk_mcc`,
 `card_id NOT IN LIST trusted_cards`, `metadata.campaign = 'spring'`.
+A rule's `action` (`score` by default, `review`, `block`, `allow`) and the rule set's `review_threshold`,
+`model_block_threshold` and `model_review_threshold` give each decision its outcome (rule_engine: the precedence).
 User text is tokenised and parsed, never evaluated. The parsed form is stored next to the text
 (rule_sets.document) and is what both the Python engine and the SQL function read.
 
@@ -65,6 +67,10 @@ from txguard.features import (
 from txguard.lists import LIST_NAME_PATTERN
 
 Operator = Literal["<", "<=", ">", ">=", "=", "!=", "in", "not in", "in list", "not in list"]
+# What a rule does when it fires (rule_engine: the precedence of outcomes): `score` adds its weight to the score,
+# the others decide the outcome by themselves.
+Action = Literal["score", "review", "block", "allow"]
+ACTIONS: tuple[str, ...] = ("score", "review", "block", "allow")
 
 MAX_RULES = 50
 MAX_COMPARISONS = 100
@@ -122,10 +128,24 @@ class Rule(BaseModel):
     id: Annotated[str, Field(pattern=RULE_ID, description="lower-case letters, digits and underscores")]
     description: Annotated[str, Field(min_length=1, max_length=500)]
     when: Annotated[str, Field(min_length=1, max_length=MAX_WHEN_LENGTH)]
-    score: Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)]
+    # The weight (0-1) an active rule of action `score` adds to the score; a rule of another action decides the
+    # outcome by itself (see rule_engine), so its weight is optional and never counts.
+    score: Annotated[Decimal | None, Field(gt=0, le=1, max_digits=5, decimal_places=4)] = None
+    action: Action = "score"
     enabled: bool = True
     mode: Literal["active", "shadow"] = "active"
     condition: Condition | None = None
+
+    @model_validator(mode="after")
+    def _weight_of_a_scoring_rule(self) -> Rule:
+        if self.action == "score" and self.score is None:
+            raise ValueError("score: required for a rule of action `score` (its weight 0-1 in the score)")
+        return self
+
+    @property
+    def weight(self) -> Decimal:
+        """What the rule adds to the score when it fires (0 for a rule of an action other than `score`)."""
+        return self.score if self.action == "score" and self.score is not None else Decimal(0)
 
     @model_validator(mode="after")
     def _parse_when(self) -> Rule:
@@ -186,8 +206,32 @@ class RuleSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threshold: Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)] = Decimal("0.5")
+    # The rules' score at or above it (and below `threshold`) sends a decision to review; None: no review band.
+    review_threshold: Annotated[Decimal | None, Field(gt=0, le=1, max_digits=5, decimal_places=4)] = None
+    # The champion's probability (0-1) at or above `model_block_threshold` blocks (None: the threshold of its
+    # artifact), at or above `model_review_threshold` reviews (None: the champion sends nothing to review).
+    model_block_threshold: Annotated[Decimal | None, Field(gt=0, le=1, max_digits=7, decimal_places=6)] = None
+    model_review_threshold: Annotated[Decimal | None, Field(gt=0, le=1, max_digits=7, decimal_places=6)] = None
     rules: Annotated[list[Rule], Field(max_length=MAX_RULES)]
     features: FeatureOptions | None = None
+
+    @model_validator(mode="after")
+    def _review_below_block(self) -> RuleSet:
+        if self.review_threshold is not None and self.review_threshold >= self.threshold:
+            raise ValueError(
+                f"review_threshold: {self.review_threshold} must be below threshold {self.threshold} "
+                "(scores from review_threshold up to threshold are reviewed, from threshold up blocked)"
+            )
+        if (
+            self.model_review_threshold is not None
+            and self.model_block_threshold is not None
+            and self.model_review_threshold >= self.model_block_threshold
+        ):
+            raise ValueError(
+                f"model_review_threshold: {self.model_review_threshold} must be below model_block_threshold "
+                f"{self.model_block_threshold}"
+            )
+        return self
 
     def feature_settings(self) -> FeatureSettings:
         """The time zone and label delay of this rule set's features (the defaults when it names none)."""

@@ -68,7 +68,7 @@ def _store(
     store_batch = store_unless_busy if skip_busy else store_transactions
 
     def work(cur: Any) -> tuple[Sequence[StoreResult | None], list[outbox.Claimed]]:
-        results = store_batch(cur, batch, detector_cache.current(cur, max_age))
+        results = store_batch(cur, batch, detector_cache.current(cur, max_age), detector_cache.lists())
         flagged = [
             fraud_detected_detail(r.transaction, r.decision)
             for r in results
@@ -83,13 +83,16 @@ def _store(
     metrics.add_metric(name="TransactionsStored", unit=MetricUnit.Count, value=len(stored))
     metrics.add_metric(name="DuplicateTransactions", unit=MetricUnit.Count, value=duplicates)
     metrics.add_metric(name="FraudDetected", unit=MetricUnit.Count, value=flagged)
+    # Decisions waiting for an analyst (outcome review: no FraudDetected event, the console's review queue).
+    reviewed = sum(1 for r in stored if r.decision.outcome == "review")
+    metrics.add_metric(name="ReviewDecisions", unit=MetricUnit.Count, value=reviewed)
     # Decisions the rules took alone because the champion could not be loaded (an alarm watches it).
     fallbacks = sum(1 for r in stored if r.decision.model_fallback is not None)
     if fallbacks:
         metrics.add_metric(name="ModelUnavailable", unit=MetricUnit.Count, value=fallbacks)
         why = next(r.decision.model_fallback for r in stored if r.decision.model_fallback is not None)
         logger.warning("decided by the rules alone", extra={"decisions": fallbacks, "why": why})
-    extra = {"stored": len(stored), "duplicates": duplicates, "flagged": flagged}
+    extra = {"stored": len(stored), "duplicates": duplicates, "flagged": flagged, "review": reviewed}
     if skip_busy:
         extra["busy"] = len(results) - len(stored) - duplicates
     logger.info("transactions stored", extra=extra)
@@ -160,10 +163,16 @@ def store_checked(
 
 @tracer.capture_method(capture_response=False, capture_error=False)
 def account_view(
-    account_id: int, limit: int, cursor: str | None, recompute: bool, with_features: bool = False
+    account_id: int,
+    limit: int,
+    cursor: str | None,
+    recompute: bool,
+    with_features: bool = False,
+    outcome: str = "block",
 ) -> AccountView:
-    """The account's flagged transactions, newest first: stored decisions, or re-decided with today's rules; each
-    with the features it was decided on when `with_features` (stored ones: as stored at ingest).
+    """The account's transactions of `outcome` (block: flagged), newest first: stored decisions, or re-decided with
+    today's rules; each with the features it was decided on when `with_features` (stored ones: as stored at ingest).
+    `fraud` says whether any is blocked (recomputed: any of this page, when `outcome` is block).
 
     Raises AccountNotFound, InvalidCursor, DatabaseUnavailable.
     """
@@ -173,11 +182,12 @@ def account_view(
             raise AccountNotFound(account_id)
         if not recompute:
             return AccountView(
-                any_flagged(cur, account_id), flagged_transactions(cur, account_id, limit, cursor, with_features)
+                any_flagged(cur, account_id),
+                flagged_transactions(cur, account_id, limit, cursor, with_features, outcome),
             )
         detector = detector_cache.current(cur, service_settings().rules_cache_seconds)
-        page = recomputed_flagged(cur, account_id, detector, limit, cursor)
-        return AccountView(bool(page.items), page)
+        page = recomputed_flagged(cur, account_id, detector, limit, cursor, outcome)
+        return AccountView(any(j.decision.fraud for j in page.items), page)
 
     view = run_in_transaction(read)
     logger.info("account read", extra={"fraud": view.fraud, "events": len(view.page.items), "recompute": recompute})

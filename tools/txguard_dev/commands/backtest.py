@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from txguard.backtest import backtest
+from txguard.domain import OUTCOMES
 from txguard.intake import parse_timestamp_ms
 from txguard.labels import GENUINE, UNSPECIFIED_FRAUD, labels_in_force
 from txguard.rule_engine import CompiledRuleSet
@@ -14,6 +15,7 @@ from txguard.rule_language import RuleSetError, validate_rule_set
 from txguard.scoring import Confusion
 from txguard.storage import rule_sets
 from txguard_dev.commands.common import add_database_argument, database_url, open_database, read_json_file
+from txguard_dev.commands.evaluate import outcome_line
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +73,19 @@ def run(args: argparse.Namespace) -> int:
         f"decisions that change    {report.changed}   (+{report.newly_flagged} flagged, "
         f"-{report.no_longer_flagged} cleared)"
     )
+    print(
+        "outcomes (candidate)     "
+        + "   ".join(f"{o} {report.outcomes[o]}" for o in OUTCOMES)
+        + "   (stored: "
+        + ", ".join(f"{o} {report.stored_outcomes[o]}" for o in OUTCOMES)
+        + ")"
+    )
+    changed = sum(report.outcome_changes.values())
+    print(f"outcomes that change     {changed}", end="")
+    if changed:
+        print("   (" + ", ".join(f"{a} -> {b} {n}" for (a, b), n in sorted(report.outcome_changes.items())) + ")")
+    else:
+        print()
     print()
     header = f"{'rule':<28} {'mode':<7} {'fires':>7}"
     if labels is not None:
@@ -101,4 +116,5 @@ def run(args: argparse.Namespace) -> int:
                 f"ranking by the candidate's score: ROC AUC {_metric(r.roc_auc)}  average precision "
                 f"{_metric(r.average_precision)}  {card}"
             )
+            print(outcome_line(r.outcomes))
     return 0

@@ -6,7 +6,9 @@
     txguard evaluate --json                                # or --format markdown
 
 Reads DATABASE_URL. Reports ROC AUC and average precision of the scores, precision, recall and F1 of the fraud
-flag with the confusion matrix, Card Precision@k per day (--k, default 100) and recall per label reason; see
+flag with the confusion matrix, Card Precision@k per day (--k, default 100), recall per label reason, and the
+outcomes (decisions and frauds per allow / review / block, precision of block, recall within block + review,
+share in review); see
 txguard/evaluation.py for the definitions. A transaction with no label in force counts as genuine unless
 `--unlabelled skip`.
 """
@@ -19,7 +21,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from txguard.evaluation import Report
+from txguard.evaluation import OutcomeReport, Report
 from txguard.features import DAY_MS
 from txguard.labels import RUN_ID_SHIFT
 from txguard_dev.commands.common import (
@@ -42,6 +44,16 @@ def _time(ms: int | None) -> str:
 
 def _metric(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3f}"
+
+
+def outcome_line(o: OutcomeReport) -> str:
+    """The outcomes in one line: counts (frauds among them), precision of block, recall within block + review,
+    share in review."""
+    counts = ", ".join(f"{name} {o.counts[name]:,} ({o.frauds[name]:,} fraud)" for name in o.counts)
+    return (
+        f"outcomes: {counts}; precision of block {_metric(o.block_precision)}, recall within block + review "
+        f"{_metric(o.recall_block_review)}, share in review {o.review_share:.2%}"
+    )
 
 
 def render_text(r: Report) -> str:
@@ -76,6 +88,11 @@ def render_text(r: Report) -> str:
         "  Confusion matrix        flagged   not flagged",
         f"    fraud        {c.true_positive:>14,} {c.false_negative:>13,}",
         f"    genuine      {c.false_positive:>14,} {c.true_negative:>13,}",
+        "",
+        "Outcomes                  decisions    frauds",
+        *(f"  {name:<22} {r.outcomes.counts[name]:>11,} {r.outcomes.frauds[name]:>9,}" for name in r.outcomes.counts),
+        f"  precision of block {_metric(r.outcomes.block_precision)}   recall within block + review "
+        f"{_metric(r.outcomes.recall_block_review)}   share in review {r.outcomes.review_share:.2%}",
     ]
     if r.reasons:
         width = max(len(reason) for reason in r.reasons)
@@ -98,6 +115,11 @@ def render_markdown(r: Report) -> str:
         f"| precision of the flag | {r.flag.precision:.3f} |",
         f"| recall of the flag | {r.flag.recall:.3f} |",
         f"| F1 of the flag | {r.flag.f1:.3f} |",
+        f"| decisions allow / review / block | {r.outcomes.counts['allow']:,} / {r.outcomes.counts['review']:,} / "
+        f"{r.outcomes.counts['block']:,} |",
+        f"| precision of block | {_metric(r.outcomes.block_precision)} |",
+        f"| recall within block + review | {_metric(r.outcomes.recall_block_review)} |",
+        f"| share in review | {r.outcomes.review_share:.2%} |",
         "",
         "| | flagged | not flagged |",
         "| --- | ---: | ---: |",

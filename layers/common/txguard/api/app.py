@@ -26,10 +26,11 @@ def openapi_route() -> Response[str]:
 
 @cache
 def ingest_api() -> TxguardResolver:
-    """POST /store_data, GET /store_data, POST /labels and GET /labels: IngestFunction's routes."""
-    from txguard.api import ingest_routes, label_routes
+    """POST /store_data, GET /store_data, POST /labels, GET /labels and /rules/{rule_id}/snoozes: IngestFunction's
+    routes."""
+    from txguard.api import ingest_routes, label_routes, snooze_routes
 
-    return build_resolver(ingest_routes.router, label_routes.router)
+    return build_resolver(ingest_routes.router, label_routes.router, snooze_routes.router)
 
 
 @cache
@@ -52,13 +53,14 @@ def lists_api() -> TxguardResolver:
 @cache
 def openapi_json() -> str:
     """The OpenAPI 3 document (JSON text) of every route of every function."""
-    from txguard.api import detect_routes, ingest_routes, label_routes, list_routes, model_routes
+    from txguard.api import detect_routes, ingest_routes, label_routes, list_routes, model_routes, snooze_routes
     from txguard.api.openapi import openapi_document
 
     return openapi_document(
         build_resolver(
             ingest_routes.router,
             label_routes.router,
+            snooze_routes.router,
             detect_routes.router,
             model_routes.router,
             list_routes.router,

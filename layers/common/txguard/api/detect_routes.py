@@ -13,6 +13,7 @@ from txguard import literals, service
 from txguard.api.errors import COMMON_ERRORS, documented_errors
 from txguard.api.presenters import json_response
 from txguard.api.schemas import IsFraudResponse, integer_text
+from txguard.domain import Outcome
 from txguard.intake import INT64_MAX
 from txguard.observability import logger
 from txguard.presenters import fraud_event_json
@@ -22,7 +23,7 @@ router = Router()
 
 @router.get(
     "/is_fraud/<account>",
-    summary="An account's flagged transactions, newest first, with scores and reasons",
+    summary="An account's flagged (or reviewed, or allowed) transactions, newest first, with scores and reasons",
     responses={
         200: {"description": "the account", "content": {"application/json": {"model": IsFraudResponse}}},
         **documented_errors(
@@ -46,6 +47,13 @@ def is_fraud(
             "per request, from the cursor backwards; follow next_cursor for the rest. Exactly `true` or `false`"
         ),
     ] = False,
+    outcome: Annotated[
+        Outcome,
+        Query(
+            description="which decisions are listed: `block` (the flagged ones, the default), `review` (those sent "
+            "to review) or `allow`"
+        ),
+    ] = "block",
     features: Annotated[
         bool,
         BeforeValidator(literals.boolean_from_text),
@@ -56,7 +64,7 @@ def is_fraud(
     ] = False,
 ) -> Response[str]:
     logger.append_keys(account_id=account)
-    view = service.account_view(account, limit, cursor, recompute, features)
+    view = service.account_view(account, limit, cursor, recompute, features, outcome)
     return json_response(
         200,
         {

@@ -31,9 +31,11 @@ class TransactionBatch(BaseModel):
 
 class ReasonOut(BaseModel):
     rule_id: str = Field(description="the rule's id, or `model:<version>` for the champion model's reason")
-    mode: Literal["active", "shadow", "model"] = Field(
-        description="active rules count in the score, shadow rules are only recorded; `model`: the champion's "
-        "score, with the features that raised or lowered it most and their values"
+    mode: Literal["active", "shadow", "model", "snoozed", "list"] = Field(
+        description="active rules count in the score (or decide the outcome, by their action), shadow rules are "
+        "only recorded; `model`: the champion's score, with the features that raised or lowered it most and their "
+        "values; `snoozed`: a rule that would have fired but is snoozed for one of the transaction's entities; "
+        "`list`: an allow or block list holding one of the transaction's values (rule_id `list:<name>`)"
     )
     weight: str
     explanation: str
@@ -60,8 +62,15 @@ class ModelFieldsOut(BaseModel):
     )
 
 
+OUTCOME_DESCRIPTION = (
+    "allow, review or block, by the documented precedence: an allow list, a block list, an allow rule, a block "
+    "rule or a threshold (block), a review rule or a review threshold (review); `fraud` is true exactly for block"
+)
+
+
 class DecisionOut(ModelFieldsOut):
-    fraud: bool
+    fraud: bool = Field(description="the outcome is block")
+    outcome: Literal["allow", "review", "block"] = Field(description=OUTCOME_DESCRIPTION)
     score: str = Field(description="0 to 1, four decimal places")
     reasons: list[ReasonOut]
     rule_set_version: int
@@ -114,6 +123,7 @@ class FraudEventOut(ModelFieldsOut, AttributesOut):
     amount: str
     currency: str
     merchant_id: str | None = None
+    outcome: Literal["allow", "review", "block"] = Field(description=OUTCOME_DESCRIPTION)
     score: str
     reasons: list[ReasonOut]
     rule_set_version: int
@@ -127,9 +137,12 @@ class FraudEventOut(ModelFieldsOut, AttributesOut):
 class IsFraudResponse(BaseModel):
     account_id: int
     fraud: bool = Field(
-        description="whether any transaction of the account is flagged (with recompute=true: any on this page)"
+        description="whether any transaction of the account is flagged, i.e. blocked (with recompute=true: any on "
+        "this page)"
     )
-    events: list[FraudEventOut] = Field(description="flagged transactions, newest first")
+    events: list[FraudEventOut] = Field(
+        description="transactions of the outcome asked for (flagged ones by default), newest first"
+    )
     next_cursor: str | None = Field(
         description="pass as `cursor` for the next page; null on the last. With recompute=true a page may hold fewer "
         "events than `limit`, even none, while this is set"

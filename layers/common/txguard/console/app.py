@@ -386,14 +386,14 @@ def review_page(ctx: Context, cur: psycopg2.extensions.cursor) -> Response:
     mine = [i for i in items if i.claimed_by == ctx.session.analyst]
     free = [i for i in items if i.claimed_by is None]
     others = [i for i in items if i.claimed_by not in (None, ctx.session.analyst)]
-    rows = [[i.transaction_id, i.account_id, i.score, i.claimed_by or ""] for i in items]
+    rows = [[i.transaction_id, i.account_id, i.outcome, i.score, i.claimed_by or ""] for i in items]
     return ctx.page(
         "review.html",
         mine=mine,
         free=free,
         others=others,
         claim_minutes=review_claims.CLAIM_SECONDS // 60,
-        tables={"queue": _table(["transaction_id", "account_id", "score", "claimed_by"], rows)},
+        tables={"queue": _table(["transaction_id", "account_id", "outcome", "score", "claimed_by"], rows)},
     )
 
 

@@ -4,7 +4,9 @@ How the model and the rules combine (every path that decides: ingest, recompute,
 - r = the rules' score as today: 1 − Π(1 − weight) over the active rules that fire, rounded to four places;
 - p = the champion's probability 0–1 (full precision), or 0 when there is no champion or it fell back;
 - the decision's score = round4(1 − (1 − p)(1 − r)), half up: with no champion it is exactly r;
-- the decision is flagged when r ≥ the rule set's threshold OR p ≥ the champion's threshold (from its artifact);
+- the decision is flagged when r ≥ the rule set's threshold OR p ≥ the champion's threshold (the rule set's
+  `model_block_threshold`, else its artifact's); the outcome follows rule_engine's precedence (a rule's action,
+  `review_threshold` for r and `model_review_threshold` for p); `model_threshold` records the block threshold used;
 - rules may read `model_score` (= p) like any feature: missing when no champion scored, so no comparison with it
   holds then. It reads as the shortest decimal that gives back the same double (Python's repr, PostgreSQL's
   float8 output), so `model_score > 0.8` means the same number here and in SQL;
@@ -35,7 +37,7 @@ from txguard.models.artifact import CorruptArtifact, decode_artifact
 from txguard.models.artifact_store import ArtifactUnavailable
 from txguard.models.scoring import TreeModel
 from txguard.observability import logger
-from txguard.rule_engine import CompiledRuleSet
+from txguard.rule_engine import CompiledRuleSet, Snoozed
 from txguard.storage import models
 from txguard.storage.detector_versions import DetectorVersion
 
@@ -77,22 +79,26 @@ def model_score_feature(model_score: float) -> Decimal:
     return Decimal(repr(model_score))
 
 
-def with_stored_model(by_rules: Decision, stored: Decision) -> Decision:
-    """A candidate rule set's decision combined with the champion score stored on the decision it is compared
-    with (what backtests do: the models are not run again). The rules must have read `model_score` from
+def with_stored_model(by_rules: Decision, stored: Decision, rules: CompiledRuleSet) -> Decision:
+    """A candidate rule set's decision (`rules`') combined with the champion score stored on the decision it is
+    compared with (what backtests do: the models are not run again), judged against the candidate's model
+    thresholds (`model_block_threshold`, else the stored one). The rules must have read `model_score` from
     `stored_model_feature(stored)`. No model reason is built (it needs the model's contributions)."""
     if stored.model_version is None or stored.model_score is None or stored.model_threshold is None:
         return by_rules
     p = stored.model_score
+    block_at = rules.model_block_threshold_for(stored.model_threshold)
+    outcome = rules.outcome(by_rules.score, rules.actions_fired(by_rules.reasons), p, block_at)
     return Decision(
-        by_rules.fraud or p >= stored.model_threshold,
+        outcome == "block",
         combined_score(by_rules.score, p),
         by_rules.reasons,
         by_rules.rule_set_version,
         by_rules.detector_version,
         stored.model_version,
         p,
-        stored.model_threshold,
+        block_at,
+        outcome=outcome,
     )
 
 
@@ -145,13 +151,20 @@ class ModelDetector:
         self.window_reach_ms = window_reach_ms(self.needed_features)
         self.feature_settings = rules.feature_settings
 
-    def decide(self, features: Features, merchant_id: str | None, currency: str) -> Decision:
+    def decide(
+        self, features: Features, merchant_id: str | None, currency: str, snoozed: Snoozed | None = None
+    ) -> Decision:
         """One transaction's decision (decide_batch of one)."""
-        return self.decide_batch([(features, merchant_id, currency)])[0]
+        return self.decide_batch([(features, merchant_id, currency)], None if snoozed is None else [snoozed])[0]
 
-    def decide_batch(self, items: Sequence[tuple[Features, str | None, str]]) -> list[Decision]:
+    def decide_batch(
+        self, items: Sequence[tuple[Features, str | None, str]], snoozed: Sequence[Snoozed | None] | None = None
+    ) -> list[Decision]:
         """Each (features, merchant id, currency)'s decision, in order: the models score all rows at once, then
-        the rules decide each with `model_score` among its features (which this adds to each features dict)."""
+        the rules decide each with `model_score` among its features (which this adds to each features dict);
+        `snoozed`: each one's snoozed rules (rule_engine.CompiledRuleSet.decide)."""
+        no_snoozes: list[Snoozed | None] = [None] * len(items)
+        each_snoozed = no_snoozes if snoozed is None else snoozed
         shadow_scores: list[dict[int, float]] | None = None
         if self.shadows:
             shadow_scores = [{} for _ in items]
@@ -162,47 +175,63 @@ class ModelDetector:
                     row[shadow.version] = float(score)
         if self.champion is None:
             return [
-                self._rules_alone(features, merchant_id, currency, None if shadow_scores is None else shadow_scores[i])
+                self._rules_alone(
+                    features,
+                    merchant_id,
+                    currency,
+                    None if shadow_scores is None else shadow_scores[i],
+                    each_snoozed[i],
+                )
                 for i, (features, merchant_id, currency) in enumerate(items)
             ]
         champion = self.champion
+        rules = self.rules
+        block_at = rules.model_block_threshold_for(champion.threshold)
+        # The champion explains what it blocks and what it sends to review.
+        explain_at = block_at if rules.model_review_threshold is None else min(block_at, rules.model_review_threshold)
         names = champion.features
         matrix = [feature_row(f, names) for f, _, _ in items]
         probabilities = champion.model.score_matrix(matrix)
         # The decisions the champion flags are explained together: one TreeSHAP call for the chunk.
-        flagged = [i for i, p in enumerate(probabilities) if p >= champion.threshold]
+        flagged = [i for i, p in enumerate(probabilities) if p >= explain_at]
         contributions = champion.model.contributions_matrix([matrix[i] for i in flagged])
         explained = dict(zip(flagged, contributions.tolist(), strict=True))
         decisions = []
         for i, (features, merchant_id, currency) in enumerate(items):
             p = float(probabilities[i])
             features[MODEL_SCORE] = model_score_feature(p)
-            by_rules = self.rules.decide(features, merchant_id, currency)
-            by_model = p >= champion.threshold
-            fraud = by_rules.fraud or by_model
+            by_rules = rules.decide(features, merchant_id, currency, each_snoozed[i])
+            outcome = rules.outcome(by_rules.score, rules.actions_fired(by_rules.reasons), p, block_at)
             reasons = by_rules.reasons
-            if by_model:
-                reasons = (*reasons, self._model_reason(champion, p, explained[i], features, merchant_id, currency))
+            if p >= explain_at:
+                reason = self._model_reason(champion, p, block_at, explained[i], features, merchant_id, currency)
+                reasons = (*reasons, reason)
             decisions.append(
                 Decision(
-                    fraud,
+                    outcome == "block",
                     combined_score(by_rules.score, p),
                     reasons,
                     self.version,
                     self.detector_version,
                     champion.version,
                     p,
-                    champion.threshold,
+                    block_at,
                     None,
                     None if shadow_scores is None else shadow_scores[i],
+                    outcome=outcome,
                 )
             )
         return decisions
 
     def _rules_alone(
-        self, features: Features, merchant_id: str | None, currency: str, shadow_scores: Mapping[int, float] | None
+        self,
+        features: Features,
+        merchant_id: str | None,
+        currency: str,
+        shadow_scores: Mapping[int, float] | None,
+        snoozed: Snoozed | None = None,
     ) -> Decision:
-        decision = self.rules.decide(features, merchant_id, currency)
+        decision = self.rules.decide(features, merchant_id, currency, snoozed)
         if self.fallback is None and shadow_scores is None:
             return decision  # carries the detector version already
         return Decision(
@@ -216,12 +245,14 @@ class ModelDetector:
             None,
             self.fallback,
             shadow_scores,
+            outcome=decision.outcome,
         )
 
     def _model_reason(
         self,
         champion: ServedModel,
         p: float,
+        block_at: float,
         contributions: Sequence[float],
         features: Features,
         merchant_id: str | None,
@@ -238,8 +269,14 @@ class ModelDetector:
             f"{'raised' if value > 0 else 'lowered'} the model score"
             for name, value in known[:EXPLAINED_FEATURES]
         ]
-        verdict = "at least" if p >= champion.threshold else "below"
-        sentence = f"the model scored {p:.4f}, {verdict} its threshold {champion.threshold:.4f}"
+        if p >= block_at:
+            sentence = f"the model scored {p:.4f}, at least its threshold {block_at:.4f}"
+        else:
+            review_at = self.rules.model_review_threshold
+            sentence = (
+                f"the model scored {p:.4f}, at least its review threshold {review_at:.4f}, "
+                f"below its threshold {block_at:.4f}"
+            )
         if parts:
             sentence += ": " + "; ".join(parts)
         weight = Decimal(repr(p)).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)

@@ -32,15 +32,15 @@ K = TypeVar("K", int, str)
 
 SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
                     fraud, score, reasons, rule_set_version, detector_version, model_version, model_score,
-                    model_threshold, model_fallback, shadow_scores, channel, country, merchant_category, card_id,
-                    ip_address, device_id, metadata FROM transactions"""
+                    model_threshold, model_fallback, shadow_scores, outcome, channel, country, merchant_category,
+                    card_id, ip_address, device_id, metadata FROM transactions"""
 # Where the decision's and the attributes' columns start and end in a row of SELECT_TRANSACTIONS.
-_DECISION = slice(6, 16)
-_ATTRIBUTES = slice(16, 23)
+_DECISION = slice(6, 17)
+_ATTRIBUTES = slice(17, 24)
 
 # The same, with the features each decision was taken on (NULL for rows stored before they were kept).
 SELECT_WITH_FEATURES = SELECT_TRANSACTIONS.replace(" FROM transactions", ", features::text FROM transactions")
-_FEATURES_COLUMN = 23
+_FEATURES_COLUMN = 24
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMNS = (
@@ -61,6 +61,7 @@ _COLUMNS = (
     "model_threshold",
     "model_fallback",
     "shadow_scores",
+    "outcome",
     *ATTRIBUTES,
 )
 
@@ -88,8 +89,10 @@ def decided_from_row(row: Sequence[Any]) -> DecidedTransaction:
 
 def decision_from_row(row: Sequence[Any]) -> Decision:
     """A decision from its columns (fraud, score, reasons, rule_set_version, detector_version, model_version,
-    model_score, model_threshold, model_fallback, shadow_scores)."""
-    fraud, score, reasons, version, detector_version, model_version, model_score, threshold, fallback, shadows = row
+    model_score, model_threshold, model_fallback, shadow_scores, outcome)."""
+    fraud, score, reasons, version, detector_version, model_version, model_score, threshold, fallback, shadows = row[
+        :10
+    ]
     return Decision(
         fraud,
         score,
@@ -101,6 +104,7 @@ def decision_from_row(row: Sequence[Any]) -> Decision:
         threshold,
         fallback,
         None if shadows is None else {int(v): float(p) for v, p in shadows.items()},
+        outcome=row[10] if len(row) > 10 else None,  # type: ignore[arg-type]  # None (stored before): from `fraud`
     )
 
 
@@ -153,7 +157,7 @@ def copy_line(t: Transaction, d: Decision, features: str = "{}") -> str:
         f"{t.transaction_id}\t{t.account_id}\t{_timestamp_text(t.ts)}\t"
         f"{t.amount}\t{t.currency}\t{t.merchant_id if t.merchant_id is not None else _NULL}\t"
         f"{'t' if d.fraud else 'f'}\t{d.score}\t{reasons}\t{d.rule_set_version}\t{features}\t"
-        f"{_NULL if d.detector_version is None else d.detector_version}\t{_model_columns(d)}"
+        f"{_NULL if d.detector_version is None else d.detector_version}\t{_model_columns(d)}\t{d.outcome}"
         f"{_NO_ATTRIBUTES if t[6:] == _NONE else _attribute_columns(t)}\n"
     )
 
@@ -398,22 +402,34 @@ def any_flagged(cur: psycopg2.extensions.cursor, account_id: int) -> bool:
     return bool(row and row[0])
 
 
+# How each outcome is found among an account's transactions: block through the partial index on `fraud` (the
+# same rows), review through its own partial index, allow through (account_id, ts).
+# (An outcome NULL is a row stored before outcomes: block when flagged, else allow.)
+_OUTCOME_FILTER = {
+    "block": " AND fraud",
+    "review": " AND outcome = 'review'",
+    "allow": " AND NOT fraud AND outcome IS DISTINCT FROM 'review'",
+}
+
+
 def flagged(
     cur: psycopg2.extensions.cursor,
     account_id: int,
     before: tuple[int, int] | None,
     limit: int,
     with_features: bool = False,
+    outcome: str = "block",
 ) -> list[DecidedTransaction]:
-    """Up to `limit` of the account's transactions stored as fraud, newest first, before (ms, transaction id);
-    `with_features`: each with the features its decision was taken on."""
+    """Up to `limit` of the account's transactions stored with `outcome` (block: flagged as fraud), newest first,
+    before (ms, transaction id); `with_features`: each with the features its decision was taken on."""
     condition, params = "", [account_id]
     if before is not None:
         condition = " AND (ts, transaction_id) < (txguard_ms_to_ts(%s), %s)"
         params.extend(before)
     cur.execute(
         (SELECT_WITH_FEATURES if with_features else SELECT_TRANSACTIONS)
-        + " WHERE account_id = %s AND fraud"
+        + " WHERE account_id = %s"
+        + _OUTCOME_FILTER[outcome]
         + condition
         + " ORDER BY ts DESC, transaction_id DESC LIMIT %s",
         (*params, limit),
@@ -491,8 +507,8 @@ def in_time_order(
 @dataclass(frozen=True, slots=True)
 class ScoredRow:
     """What an evaluation reads of a stored decision: ids, time (epoch ms), score 0–1, flag, detector version (the
-    rule set's version for a decision stored before detector versions), and the champion's probability 0–1 (None
-    when no model scored it), which breaks ties of the four-place score in rankings."""
+    rule set's version for a decision stored before detector versions), the champion's probability 0–1 (None
+    when no model scored it), which breaks ties of the four-place score in rankings, and the outcome."""
 
     transaction_id: int
     account_id: int
@@ -501,6 +517,7 @@ class ScoredRow:
     fraud: bool
     detector_version: int
     model_score: float | None = None
+    outcome: str = "allow"  # allow, review or block
 
 
 def scored_in_period(
@@ -519,7 +536,8 @@ def scored_in_period(
     while True:
         cur.execute(
             """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), score::float8, fraud,
-                      coalesce(detector_version, rule_set_version), model_score
+                      coalesce(detector_version, rule_set_version), model_score,
+                      coalesce(outcome, CASE WHEN fraud THEN 'block' ELSE 'allow' END)
                FROM transactions
                WHERE (%(from)s::bigint IS NULL OR ts >= txguard_ms_to_ts(%(from)s))
                  AND (%(to)s::bigint IS NULL OR ts < txguard_ms_to_ts(%(to)s))

@@ -1,0 +1,122 @@
+"""What allow and block lists and rule snoozes do to a batch's decisions: steps 1 and 2 of the precedence
+(rule_engine's docstring), and the snoozes the rules are decided with.
+
+`for_batch` reads, once per batch, the snoozes in force of the batch's entities (storage.rule_snoozes) and the
+memberships of their values in the lists that decide by themselves (`action` allow or block:
+storage.lists.memberships, one query, one index probe per value asked), then answers per transaction:
+- `snoozed(t)`: the rules snoozed for its entities (rule id -> the snooze in words), or None;
+- `judge(t, decision)`: the decision after the lists: an allow-list match allows ("allowed by list vip_accounts:
+  account 42 is in it; score 0.9700 would have blocked"), else a block-list match blocks ("card_id tok_1 is in
+  block list stolen_cards, until 2026-12-31T00:00:00+00:00"), each explained by a `list` reason
+  (rule_id `list:<name>`); otherwise the decision as the detector took it.
+An item applies while it has no expiry or its expiry is ahead of the decision's wall-clock time.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import psycopg2.extensions
+
+from txguard.attributes import LIST_KINDS
+from txguard.domain import Decision, Outcome, Reason, Transaction
+from txguard.lists import ListDefinition
+from txguard.rule_engine import Snoozed
+from txguard.snoozes import entity_values, snoozed_by_transaction
+from txguard.storage import lists as list_storage
+from txguard.storage import rule_snoozes
+
+LIST_REASON_PREFIX = "list:"
+
+
+@dataclass(frozen=True)
+class ListMatch:
+    """One of a transaction's values found in a list that decides: the list, its kind and action, the value and
+    the item's expiry (epoch ms, None: never)."""
+
+    list_name: str
+    kind: str
+    action: str
+    value: str
+    expires_at_ms: int | None
+
+    def sentence(self) -> str:
+        until = (
+            ""
+            if self.expires_at_ms is None
+            else f", until {datetime.fromtimestamp(self.expires_at_ms / 1000, UTC).isoformat()}"
+        )
+        return f"{LIST_KINDS[self.kind]} {self.value} is in {self.action} list {self.list_name}{until}"
+
+
+@dataclass(frozen=True)
+class BatchOutcomes:
+    """What lists and snoozes say about one batch: see the module docstring."""
+
+    snoozed: Callable[[Transaction], Snoozed | None] | None
+    matches: Mapping[tuple[str, str], Sequence[ListMatch]]  # (kind, value) -> its matches, allow lists first
+
+    def judge(self, t: Transaction, decision: Decision) -> Decision:
+        """The decision after steps 1 and 2 of the precedence (an allow list, then a block list)."""
+        if not self.matches:
+            return decision
+        found = [m for kind, value in entity_values(t).items() for m in self.matches.get((kind, value), ())]
+        if not found:
+            return decision
+        allowing = [m for m in found if m.action == "allow"]
+        if allowing:
+            first = allowing[0]
+            verdict = (
+                f"score {decision.score} would have blocked"
+                if decision.outcome == "block"
+                else f"score {decision.score} would have given {decision.outcome}"
+            )
+            explanation = f"allowed by list {first.list_name}: {first.sentence()}; {verdict}"
+            return _with_list(decision, first, "allow", explanation)
+        first = found[0]
+        return _with_list(decision, first, "block", first.sentence())
+
+
+def _with_list(decision: Decision, match: ListMatch, outcome: Outcome, explanation: str) -> Decision:
+    reason = Reason(LIST_REASON_PREFIX + match.list_name, "list", Decimal(0), explanation)
+    return replace(decision, fraud=outcome == "block", outcome=outcome, reasons=(reason, *decision.reasons))
+
+
+NO_LISTS_OR_SNOOZES = BatchOutcomes(None, {})
+
+
+def decisive_lists(definitions: Mapping[str, ListDefinition]) -> list[ListDefinition]:
+    """The lists that decide by themselves (action allow or block), allow lists first, then by name."""
+    return sorted(
+        (d for d in definitions.values() if d.action is not None), key=lambda d: (d.action != "allow", d.name)
+    )
+
+
+def for_batch(
+    cur: psycopg2.extensions.cursor,
+    batch: Sequence[Transaction],
+    definitions: Mapping[str, ListDefinition] | None = None,
+) -> BatchOutcomes:
+    """Read what lists and snoozes say about `batch` (see the module docstring): one query for the snoozes, one
+    for the list memberships when a list decides, and one per list item matched (for its expiry).
+    `definitions` (storage.lists.list_definitions; the detector cache keeps them): None reads them now."""
+    values: dict[str, set[str]] = defaultdict(set)
+    for t in batch:
+        for kind, value in entity_values(t).items():
+            values[kind].add(value)
+    snoozes = rule_snoozes.in_force(cur, values)
+    deciding = decisive_lists(list_storage.list_definitions(cur) if definitions is None else definitions)
+    matches: dict[tuple[str, str], list[ListMatch]] = {}
+    wanted = {d.name: values[d.kind] for d in deciding if values.get(d.kind)}
+    if wanted:
+        found = list_storage.memberships(cur, wanted)
+        for d in deciding:
+            for value in sorted(found.get(d.name, ())):
+                item = list_storage.items(cur, d.name, None, value, 1)
+                expires = item[0].expires_at_ms if item else None
+                matches.setdefault((d.kind, value), []).append(ListMatch(d.name, d.kind, str(d.action), value, expires))
+    return BatchOutcomes(snoozed_by_transaction(snoozes) if snoozes else None, matches)

@@ -1,0 +1,154 @@
+"""The `rule_snoozes` table (migration 0019): a rule snoozed for one entity until a time, and every change to it.
+
+One row per (rule, kind, value) holds the snooze in force or expired; snoozing again replaces it and lifting it
+deletes it. `rule_snooze_changes` records each change (snoozed, changed, lifted: who, when, what). Ingest reads the
+snoozes of a batch's entities once (`in_force`), through the (kind, value) index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import psycopg2.extensions
+
+from txguard.errors import NotFound
+
+_COLUMNS = "rule_id, kind, value, until, note, created_by, created_at"
+
+
+@dataclass(frozen=True)
+class Snooze:
+    """Rule `rule_id` does not fire for transactions whose `kind` value (attributes.LIST_KINDS) is `value` while
+    `until` is ahead; `note` and `created_by` say why and who, `created_at` when."""
+
+    rule_id: str
+    kind: str
+    value: str
+    until: datetime
+    note: str | None
+    created_by: str
+    created_at: datetime
+
+    def describe(self) -> str:
+        """The snooze in words, as a decision's `snoozed` reason gives it."""
+        text = f"snoozed for {self.kind} {self.value} until {self.until.isoformat()} by {self.created_by}"
+        return f"{text}: {self.note}" if self.note else text
+
+
+@dataclass(frozen=True)
+class SnoozeChange:
+    """One recorded change: `change` snoozed, changed or lifted, the snooze as it was set (or lifted), who, when."""
+
+    change_id: int
+    change: str
+    rule_id: str
+    kind: str
+    value: str
+    until: datetime
+    note: str | None
+    changed_by: str
+    changed_at: datetime
+
+
+class SnoozeNotFound(NotFound):
+    code = "snooze_not_found"
+
+    def __init__(self, rule_id: str, kind: str, value: str) -> None:
+        super().__init__(f"rule {rule_id} is not snoozed for {kind} {value}")
+
+
+def in_force(cur: psycopg2.extensions.cursor, entities: Mapping[str, Collection[str]]) -> list[Snooze]:
+    """The snoozes in force now (until ahead of the database's clock) of the given entities (kind -> values): one
+    statement, an index probe per (kind, value)."""
+    kinds = [kind for kind, values in entities.items() for _ in values]
+    values = [value for items in entities.values() for value in items]
+    if not values:
+        return []
+    cur.execute(
+        """SELECT s.rule_id, s.kind, s.value, s.until, s.note, s.created_by, s.created_at
+           FROM unnest(%s::text[], %s::text[]) AS e(kind, value)
+           JOIN rule_snoozes s ON s.kind = e.kind AND s.value = e.value
+           WHERE s.until > clock_timestamp()""",
+        (kinds, values),
+    )
+    return [Snooze(*row) for row in cur.fetchall()]
+
+
+def snooze(
+    cur: psycopg2.extensions.cursor,
+    rule_id: str,
+    kind: str,
+    value: str,
+    until: datetime,
+    note: str | None,
+    by: str,
+) -> tuple[Snooze, Literal["stored", "changed", "unchanged"]]:
+    """Snooze the rule for the entity until `until`, replacing any snooze of the same rule and entity. The same
+    snooze sent again (same until and note) changes nothing and is answered `unchanged`; otherwise the change is
+    recorded. Validation is the caller's (snoozes.SnoozeIn)."""
+    cur.execute(
+        f"SELECT {_COLUMNS} FROM rule_snoozes WHERE rule_id = %s AND kind = %s AND value = %s FOR UPDATE",  # noqa: S608
+        (rule_id, kind, value),
+    )
+    row = cur.fetchone()
+    before = None if row is None else Snooze(*row)
+    if before is not None and before.until == until and before.note == note:
+        return before, "unchanged"
+    cur.execute(
+        f"""INSERT INTO rule_snoozes (rule_id, kind, value, until, note, created_by)
+            VALUES (%s, %s, %s, %s, %s, %s)
+            ON CONFLICT (rule_id, kind, value) DO UPDATE SET until = excluded.until, note = excluded.note,
+                created_by = excluded.created_by, created_at = clock_timestamp()
+            RETURNING {_COLUMNS}""",  # noqa: S608
+        (rule_id, kind, value, until, note, by),
+    )
+    stored = Snooze(*cur.fetchone())
+    _record(cur, "snoozed" if before is None else "changed", stored, by)
+    return stored, "stored" if before is None else "changed"
+
+
+def lift(cur: psycopg2.extensions.cursor, rule_id: str, kind: str, value: str, by: str) -> Snooze:
+    """Lift the rule's snooze for the entity (recorded as `lifted` by `by`); the snooze as it was. Raises
+    SnoozeNotFound."""
+    cur.execute(
+        f"DELETE FROM rule_snoozes WHERE rule_id = %s AND kind = %s AND value = %s RETURNING {_COLUMNS}",  # noqa: S608
+        (rule_id, kind, value),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise SnoozeNotFound(rule_id, kind, value)
+    lifted = Snooze(*row)
+    _record(cur, "lifted", lifted, by)
+    return lifted
+
+
+def of_rule(cur: psycopg2.extensions.cursor, rule_id: str, expired: bool = False) -> list[Snooze]:
+    """The rule's snoozes, soonest to end first: those in force, and with `expired` those past their `until` too."""
+    cur.execute(
+        f"""SELECT {_COLUMNS} FROM rule_snoozes WHERE rule_id = %s AND (%s OR until > clock_timestamp())
+            ORDER BY until, kind, value""",  # noqa: S608
+        (rule_id, expired),
+    )
+    return [Snooze(*row) for row in cur.fetchall()]
+
+
+def changes(cur: psycopg2.extensions.cursor, rule_id: str, limit: int = 100) -> list[SnoozeChange]:
+    """The rule's last `limit` snooze changes, oldest first."""
+    cur.execute(
+        """SELECT * FROM (SELECT change_id, change, rule_id, kind, value, until, note, changed_by, changed_at
+                          FROM rule_snooze_changes WHERE rule_id = %s ORDER BY change_id DESC LIMIT %s) c
+           ORDER BY change_id""",
+        (rule_id, limit),
+    )
+    return [SnoozeChange(*row) for row in cur.fetchall()]
+
+
+def _record(cur: psycopg2.extensions.cursor, change: str, s: Snooze, by: str) -> None:
+    cur.execute(
+        """INSERT INTO rule_snooze_changes (change, rule_id, kind, value, until, note, changed_by)
+           VALUES (%s, %s, %s, %s, %s, %s, %s)""",
+        (change, s.rule_id, s.kind, s.value, s.until, s.note, by),
+    )
