@@ -252,6 +252,7 @@ def test_a_snoozed_rule_does_not_fire_for_its_entity_until_lifted_and_every_chan
         ("big", {"kind": "planet", "value": "21", "by": "ana", "until": 1}, 422, "kind"),
         ("big", {"kind": "account", "value": "21", "by": "ana", "until": 1000}, 422, "until"),
         ("big", {"kind": "account", "value": "21", "until": 1000, "by": "ana", "extra": 1}, 422, "extra"),
+        ("big", {"kind": "account", "value": "21", "until": 1, "by": "ana", "note": "a\u0000b"}, 422, "note"),
     ],
 )
 def test_a_bad_snooze_is_refused_and_nothing_is_stored(

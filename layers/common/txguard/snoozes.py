@@ -78,6 +78,12 @@ class SnoozeIn(BaseModel):
     def _until(cls, value: int | str) -> int:
         return until_ms(value)
 
+    @field_validator("note")
+    @classmethod
+    def _note(cls, value: str | None) -> str | None:
+        # The same check as every stored free text: no control characters or lone surrogates (NUL fails in SQL).
+        return None if value is None else literals.short_text(value, MAX_NOTE_LENGTH)
+
     @model_validator(mode="after")
     def _value_of_its_kind(self) -> SnoozeIn:
         try:
