@@ -188,6 +188,18 @@ def test_atomic_false_with_every_item_valid_is_201_and_the_default_stays_all_or_
     assert count_rows(e2e_database_url, "account_id = 5906") == 1
 
 
+@pytest.mark.parametrize("atomic", ["true", "false"])
+def test_an_id_beyond_64_bits_is_refused_and_shown_back_as_its_digits_in_either_mode(
+    local_service: LocalService, atomic: str
+) -> None:
+    # JSON allows it; the response encoder would not, and that was a 500 for atomic=false.
+    huge = 42_014_416_025_881_001_984  # 20 digits, past 2**64
+    response = local_service.request("POST", f"/store_data?atomic={atomic}", {"transactions": [item(account_id=huge)]})
+    assert response.status == 422 if atomic == "true" else 207, response.body
+    error = response.body["error"] if atomic == "true" else response.body["results"][0]["error"]
+    assert [(d["field"], d["value"]) for d in error["details"]] == [("account_id", str(huge))]
+
+
 @pytest.mark.parametrize("value", ["False", "0", "no", ""])
 def test_an_atomic_value_other_than_true_or_false_is_422_naming_it(local_service: LocalService, value: str) -> None:
     response = local_service.request("POST", f"/store_data?atomic={value}", {"transactions": [item()]})

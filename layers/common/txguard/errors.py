@@ -63,6 +63,10 @@ def echo(value: Any) -> Any:
     """A rejected value as it may be shown back: JSON-safe and short."""
     if isinstance(value, Decimal):
         value = str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        # JSON has no integer limit but the response encoder (orjson) has: a refused id of 30 digits is shown back
+        # as its digits.
+        value = str(value)
     if isinstance(value, (dict, list)):
         text = json.dumps(value, default=str)
         return text if len(text) <= MAX_ECHOED_VALUE else text[:MAX_ECHOED_VALUE] + "…"
