@@ -193,7 +193,8 @@ def test_filtering_decisions_and_opening_an_account(page: Any, local_service: Lo
     page.click("form.filters button[type=submit]")
     rows = page.locator("table[data-table=decisions] tbody tr")
     assert rows.count() >= 1
-    assert all("flagged" in rows.nth(i).inner_text() for i in range(rows.count()))
+    # A flagged decision's outcome is block, and the row says so.
+    assert all("block" in rows.nth(i).locator("td").nth(5).inner_text() for i in range(rows.count()))
     assert all("7001" in rows.nth(i).inner_text() for i in range(rows.count()))
     page.click("table[data-table=decisions] tbody tr >> nth=0 >> a >> nth=1")
     assert page.locator("h1").inner_text() == "Account 7001"
