@@ -50,7 +50,7 @@ def test_text_comparisons_parse_with_constants_in_the_field_s_canonical_form(tex
     [
         ("country = 'XX'", "the value 'XX' at position 11 for country is not an ISO 3166-1 alpha-2 country code"),
         ("merchant_category = '12345'", "for merchant_category must be an ISO 18245 merchant category code"),
-        ("card_id = '4111111111111111'", "for card_id looks like a card number"),
+        ("card_id = '4111111111111111'", "for card_id holds what looks like a card number"),
         ("channel = 'pigeon'", "for channel must be one of card_present"),
         ("channel < 'atm'", "channel at position 1 is text: compare it with =, !=, IN or IN LIST"),
         ("amount = 'x'", "amount is a number, not text"),

@@ -88,3 +88,33 @@ def test_a_metadata_value_the_database_could_not_store_is_refused(value: str) ->
     # validation, so they are refused with the rest of the item.
     with pytest.raises(ValueError, match="control characters or lone surrogates"):
         attributes.metadata({"campaign": value})
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw"),
+    [
+        ("card", "4111-1111-1111-1111"),
+        ("card", "4111.1111.1111.1111"),
+        ("card", "tok:4111111111111111"),
+        ("card", "4111111111111111x"),
+        ("device", "4111111111111111"),
+        ("merchant", "m-5500000000000004"),
+    ],
+)
+def test_a_card_number_is_refused_however_it_is_written_in_any_token(kind: str, raw: str) -> None:
+    with pytest.raises(ValueError, match="card number"):
+        attributes.list_value(kind, raw)
+
+
+def test_a_card_number_in_a_metadata_value_is_refused() -> None:
+    with pytest.raises(ValueError, match="card number"):
+        attributes.metadata({"note": "paid with 4111 1111 1111 1111"})
+
+
+def test_a_refused_value_is_shown_back_with_its_card_number_masked() -> None:
+    from txguard.errors import echo
+
+    assert echo("tok:4111111111111111") == "tok:411111******1111"
+    assert echo("4111-1111-1111-1111") == "4111-11**-****-1111"
+    assert "1111111" not in echo({"note": "4111 1111 1111 1111"})
+    assert echo("order 12345678901234") == "order 12345678901234"  # fails the Luhn check: not a card number

@@ -39,8 +39,13 @@ CHANNELS = ("card_present", "contactless", "ecommerce", "in_app", "moto", "recur
 
 # Card, device and merchant ids: opaque tokens (at most 64 letters, digits, '_', '.', ':' or '-').
 IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
-# A card number must never be sent as a card id: 13-19 digits that pass the Luhn check are refused.
-_PAN_LIKE = re.compile(r"^[0-9]{13,19}$")
+# A card number (PAN) must never be stored: 13-19 digits that pass the Luhn check, written together or grouped by
+# single spaces, dots or dashes, anywhere in a token or a metadata value, are refused, and masked where a refused
+# value is shown back or logged (errors.echo).
+_CARD_NUMBER = re.compile(r"(?<![0-9])[0-9](?:[ .\-]?[0-9]){12,18}(?![0-9])")
+_CARD_NUMBER_REFUSED = (
+    "holds what looks like a card number (13-19 digits passing the Luhn check); send a token, never the number"
+)
 
 MAX_METADATA_KEYS = 20
 METADATA_KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -69,8 +74,37 @@ def _luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _card_number_spans(text: str) -> list[tuple[int, int]]:
+    spans = []
+    for match in _CARD_NUMBER.finditer(text):
+        digits = "".join(char for char in match.group() if char.isdigit())
+        if _luhn_valid(digits):
+            spans.append(match.span())
+    return spans
+
+
+def holds_card_number(text: str) -> bool:
+    """Whether `text` holds a card number: 13-19 digits passing the Luhn check, together or grouped by single
+    spaces, dots or dashes ("4111 1111 1111 1111", "tok:4111111111111111")."""
+    return bool(_card_number_spans(text))
+
+
+def mask_card_numbers(text: str) -> str:
+    """`text` with each card number's digits masked but its first six and last four (as PCI DSS allows a PAN
+    to be displayed): "4111111111111111" -> "411111******1111"."""
+    spans = _card_number_spans(text)
+    for start, end in reversed(spans):
+        part = text[start:end]
+        positions = [i for i, char in enumerate(part) if char.isdigit()]
+        hidden = set(positions[6:-4])
+        masked = "".join("*" if i in hidden else char for i, char in enumerate(part))
+        text = text[:start] + masked + text[end:]
+    return text
+
+
 def identifier(value: Any) -> str:
-    """A merchant, device or account-side token as sent: 1-64 letters, digits, '_', '.', ':' or '-'."""
+    """A merchant, card, device or account-side token as sent: 1-64 letters, digits, '_', '.', ':' or '-', from
+    a letter or digit, and never a card number (holds_card_number)."""
     if type(value) is str:  # the common case first: a million-item list import checks every value
         text = value
     elif isinstance(value, bool) or not isinstance(value, str | int):
@@ -78,19 +112,16 @@ def identifier(value: Any) -> str:
     else:
         text = str(value)
     if not IDENTIFIER.match(text):
-        raise ValueError("must be 1-64 letters, digits, '_', '.', ':' or '-'")
+        raise ValueError("must be 1-64 letters, digits, '_', '.', ':' or '-', starting with a letter or digit")
+    # Thirteen digits at least, or it cannot hold a card number (a million-item import checks every value).
+    if sum(char.isdigit() for char in text) >= 13 and holds_card_number(text):
+        raise ValueError(_CARD_NUMBER_REFUSED)
     return text
 
 
 def card_id(value: Any) -> str:
-    """A card's token (an identifier), never its number: a 13-19 digit Luhn-valid value is refused so that no
-    primary account number is ever stored."""
-    text = identifier(value)
-    # isdigit() first: most tokens hold a letter, and an identifier's digits are ASCII (a million-item import
-    # checks every one).
-    if text.isdigit() and _PAN_LIKE.match(text) and _luhn_valid(text):
-        raise ValueError("looks like a card number; send a token that identifies the card, never the number")
-    return text
+    """A card's token (an identifier), never its number, so that no primary account number is ever stored."""
+    return identifier(value)
 
 
 def country(value: Any) -> str:
@@ -167,6 +198,8 @@ def metadata(value: Any) -> dict[str, str]:
             raise ValueError(f"value of {key!r} is longer than {MAX_METADATA_VALUE_LENGTH} characters")
         if not literals.storable_text(item):
             raise ValueError(f"value of {key!r} must not hold control characters or lone surrogates")
+        if holds_card_number(item):
+            raise ValueError(f"value of {key!r} {_CARD_NUMBER_REFUSED}")
         size += len(key.encode()) + len(item.encode())
     if size > MAX_METADATA_BYTES:
         raise ValueError(f"is {size} bytes of keys and values, at most {MAX_METADATA_BYTES}")

@@ -12,6 +12,8 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from txguard.attributes import mask_card_numbers
+
 MAX_ECHOED_VALUE = 200  # characters of a rejected value echoed back in `details`
 
 
@@ -68,8 +70,10 @@ def echo(value: Any) -> Any:
         # as its digits.
         value = str(value)
     if isinstance(value, (dict, list)):
-        text = json.dumps(value, default=str)
-        return text if len(text) <= MAX_ECHOED_VALUE else text[:MAX_ECHOED_VALUE] + "…"
-    if isinstance(value, str) and len(value) > MAX_ECHOED_VALUE:
-        return value[:MAX_ECHOED_VALUE] + "…"
+        value = json.dumps(value, default=str)
+    if isinstance(value, str):
+        # A refused value is answered and logged: a card number in it is masked either way.
+        value = mask_card_numbers(value)
+        if len(value) > MAX_ECHOED_VALUE:
+            return value[:MAX_ECHOED_VALUE] + "…"
     return value
