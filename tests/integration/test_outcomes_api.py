@@ -123,9 +123,13 @@ def test_block_lists_block_and_an_allow_list_allows_whatever_the_score_each_expl
     assert (vip["outcome"], vip["fraud"]) == ("allow", False)  # the allow list comes before the block list
     assert vip["score"] == "1.0000"
     assert vip["reasons"][0]["explanation"] == (
-        "allowed by list vip_accounts: account_id 7 is in allow list vip_accounts; score 1.0000 would have blocked"
+        "allowed by list vip_accounts: account_id 7 is in allow list vip_accounts; "
+        "without it: block (a block list matched)"
     )
-    assert [r["rule_id"] for r in vip["reasons"]] == ["list:vip_accounts", "big"]
+    # The block list the allow list overrode is still shown: a stolen card on a trusted account.
+    assert vip["reasons"][1]["explanation"].startswith("card_id tok_1 is in block list stolen_cards, until 20")
+    assert vip["reasons"][1]["explanation"].endswith("; overridden by allow list vip_accounts")
+    assert [r["rule_id"] for r in vip["reasons"]] == ["list:vip_accounts", "list:stolen_cards", "big"]
     assert (plain_block["outcome"], plain_allow["outcome"]) == ("block", "allow")
 
     # And GET /is_fraud shows them by outcome
@@ -266,6 +270,8 @@ def test_a_bad_snooze_is_refused_and_nothing_is_stored(
     got, answer = snooze(runner, rule_id, body)
     assert got == status, answer
     assert field in json.dumps(answer["error"])
+    if status == 422:  # the refused field is named as such, with its own value
+        assert field in [d["field"] for d in answer["error"]["details"]], answer
     assert database.query(counts) == before
 
 

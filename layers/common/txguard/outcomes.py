@@ -6,9 +6,11 @@ memberships of their values in the lists that decide by themselves (`action` all
 storage.lists.memberships, one query, one index probe per value asked), then answers per transaction:
 - `snoozed(t)`: the rules snoozed for its entities (rule id -> the snooze in words), or None;
 - `judge(t, decision)`: the decision after the lists: an allow-list match allows ("allowed by list vip_accounts:
-  account 42 is in it; score 0.9700 would have blocked"), else a block-list match blocks ("card_id tok_1 is in
-  block list stolen_cards, until 2026-12-31T00:00:00+00:00"), each explained by a `list` reason
-  (rule_id `list:<name>`); otherwise the decision as the detector took it.
+  account_id 42 is in allow list vip_accounts; without it: block (score 0.9700)"), and each block-list match it
+  overrides is still given ("card_id tok_1 is in block list stolen_cards; overridden by allow list
+  vip_accounts"); else the block-list matches block ("card_id tok_1 is in block list stolen_cards, until
+  2026-12-31T00:00:00+00:00"). Each match is a `list` reason (rule_id `list:<name>`), the deciding one first;
+  with no match, the decision as the detector took it.
 An item applies while it has no expiry or its expiry is ahead of the decision's wall-clock time.
 """
 
@@ -68,22 +70,27 @@ class BatchOutcomes:
         if not found:
             return decision
         allowing = [m for m in found if m.action == "allow"]
+        blocking = [m for m in found if m.action == "block"]
         if allowing:
             first = allowing[0]
-            verdict = (
-                f"score {decision.score} would have blocked"
-                if decision.outcome == "block"
-                else f"score {decision.score} would have given {decision.outcome}"
-            )
-            explanation = f"allowed by list {first.list_name}: {first.sentence()}; {verdict}"
-            return _with_list(decision, first, "allow", explanation)
-        first = found[0]
-        return _with_list(decision, first, "block", first.sentence())
+            # What the allow list overrode is part of the explanation: an analyst must see a block-listed card
+            # used on an allow-listed account.
+            would = "block (a block list matched)" if blocking else f"{decision.outcome} (score {decision.score})"
+            explanation = f"allowed by list {first.list_name}: {first.sentence()}; without it: {would}"
+            overridden = [f"{m.sentence()}; overridden by allow list {first.list_name}" for m in blocking]
+            return _with_lists(decision, [first, *blocking], "allow", [explanation, *overridden])
+        return _with_lists(decision, blocking, "block", [m.sentence() for m in blocking])
 
 
-def _with_list(decision: Decision, match: ListMatch, outcome: Outcome, explanation: str) -> Decision:
-    reason = Reason(LIST_REASON_PREFIX + match.list_name, "list", Decimal(0), explanation)
-    return replace(decision, fraud=outcome == "block", outcome=outcome, reasons=(reason, *decision.reasons))
+def _with_lists(
+    decision: Decision, matches: Sequence[ListMatch], outcome: Outcome, explanations: Sequence[str]
+) -> Decision:
+    """`decision` with `outcome`, and a `list` reason per match (the deciding one first)."""
+    reasons = tuple(
+        Reason(LIST_REASON_PREFIX + match.list_name, "list", Decimal(0), explanation)
+        for match, explanation in zip(matches, explanations, strict=True)
+    )
+    return replace(decision, fraud=outcome == "block", outcome=outcome, reasons=(*reasons, *decision.reasons))
 
 
 NO_LISTS_OR_SNOOZES = BatchOutcomes(None, {})

@@ -7,7 +7,8 @@ Each decision has an outcome, `allow`, `review` or `block`; `fraud` means exactl
 that applies gives it (ingest applies 1-2, lists being read once per batch; the rest is `outcome` here, with the
 champion's probability p when a champion scored: models/serving.py):
 1. an item of an `allow` list matches the transaction (its account, merchant, card, ... : attributes.LIST_KINDS)
-   -> allow, explained "allowed by list vip_accounts; score 0.97 would have blocked";
+   -> allow, explained "allowed by list vip_accounts: ...; without it: block (score 0.9700)", with any block-list
+   match it overrode as a further reason;
 2. an item of a `block` list matches -> block ("card_id tok_1 is in block list stolen_cards, until ...");
 3. an active rule of action `allow` fires -> allow;
 4. an active rule of action `block` fires, or score >= `threshold`, or p >= the champion's block threshold (the

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from txguard import attributes, literals
 from txguard.db import run_in_transaction
@@ -84,13 +84,17 @@ class SnoozeIn(BaseModel):
         # The same check as every stored free text: no control characters or lone surrogates (NUL fails in SQL).
         return None if value is None else literals.short_text(value, MAX_NOTE_LENGTH)
 
-    @model_validator(mode="after")
-    def _value_of_its_kind(self) -> SnoozeIn:
+    @field_validator("value")
+    @classmethod
+    def _value_of_its_kind(cls, value: str, info: ValidationInfo) -> str:
+        # A field validator (kind is declared first, so it is known here): the refusal names `value`.
+        kind = info.data.get("kind")
+        if kind is None:  # the kind was refused itself: that is the error to report
+            return value
         try:
-            self.value = attributes.list_value(self.kind, self.value)
+            return attributes.list_value(kind, value)
         except ValueError as exc:
-            raise ValueError(f"value: not a {self.kind} value: {exc}") from None
-        return self
+            raise ValueError(f"is not a valid {kind} value: it {exc}") from None
 
     def until_time(self) -> datetime:
         return datetime.fromtimestamp(int(self.until) / 1000, UTC)
