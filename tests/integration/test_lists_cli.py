@@ -147,3 +147,16 @@ def test_import_then_export_round_trips_and_a_second_import_changes_nothing(
     code, out, _ = txguard(capsys, "lists", "import", "ips", str(exported), "--no-progress")
     assert "3,000 unchanged; version 2" in out
     assert database.query("SELECT version FROM lists") == [(2,)]
+
+
+def test_a_spreadsheet_csv_with_a_byte_order_mark_and_crlf_line_ends_imports(
+    database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # "CSV UTF-8" as spreadsheets save it: a byte-order mark, then CRLF line ends.
+    txguard(capsys, "lists", "create", "vip", "--kind", "account", "--action", "allow")
+    source = tmp_path / "vip.csv"
+    source.write_bytes(b"\xef\xbb\xbfvalue,note\r\n42,regular\r\n43,\r\n")
+    code, out, err = txguard(capsys, "lists", "import", "vip", str(source), "--no-progress")
+    assert code == 0, err
+    assert "2 added" in out
+    assert database.query("SELECT value, note FROM list_items ORDER BY value") == [("42", "regular"), ("43", None)]

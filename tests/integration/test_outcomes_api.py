@@ -257,6 +257,7 @@ def test_a_snoozed_rule_does_not_fire_for_its_entity_until_lifted_and_every_chan
         ("big", {"kind": "account", "value": "21", "by": "ana", "until": 1000}, 422, "until"),
         ("big", {"kind": "account", "value": "21", "until": 1000, "by": "ana", "extra": 1}, 422, "extra"),
         ("big", {"kind": "account", "value": "21", "until": 1, "by": "ana", "note": "a\u0000b"}, 422, "note"),
+        ("big", {"kind": "account", "value": "21", "by": "ana", "for_days": 367}, 422, "for_days"),
     ],
 )
 def test_a_bad_snooze_is_refused_and_nothing_is_stored(
@@ -324,3 +325,22 @@ def test_the_cli_snoozes_lists_and_lifts_and_refuses_a_bad_snooze_with_exit_2(
         ("lifted", "bo"),
         ("snoozed", "ana"),
     ]
+
+
+def test_the_sample_snooze_events_snooze_list_and_lift_as_the_local_banner_shows_them(
+    runner: FunctionRunner, database: Database
+) -> None:
+    # `make run` prints a curl per route from events/: these three must work against the default rule set.
+    def send(name: str) -> tuple[int, Any]:
+        result = runner.call("IngestFunction", load_event(name))
+        assert not result.failed, result.output
+        response = json.loads(result.output)
+        return response["statusCode"], json.loads(response["body"])
+
+    status, created = send("rule_snooze.json")
+    assert status == 201, created
+    status, listed = send("rule_snoozes.json")
+    assert status == 200 and [(s["kind"], s["value"]) for s in listed["snoozes"]] == [("account", "42")]
+    status, lifted = send("rule_snooze_lift.json")
+    assert status == 200, lifted
+    assert database.query("SELECT count(*) FROM rule_snoozes") == [(0,)]

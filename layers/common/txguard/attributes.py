@@ -150,13 +150,23 @@ def merchant_category(value: Any) -> str:
 
 
 def ip_address(value: Any) -> str:
-    """An IPv4 or IPv6 address in its canonical text ("2001:DB8::0001" -> "2001:db8::1")."""
+    """An IPv4 or IPv6 address in its canonical text ("2001:DB8::0001" -> "2001:db8::1"; an IPv4-mapped IPv6
+    address as its IPv4 address, "::ffff:192.0.2.7" -> "192.0.2.7"); an address with a zone is refused."""
     if not isinstance(value, str):
         raise ValueError("must be an IPv4 or IPv6 address (a string)")
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        address = ipaddress.ip_address(value.strip())
     except ValueError:
         raise ValueError("is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            # A zone (fe80::1%eth0) names an interface of the machine that saw it: it is not part of the address
+            # that lists and history match.
+            raise ValueError("has a zone (%...); send the address alone")
+        if address.ipv4_mapped is not None:
+            # ::ffff:192.0.2.7 is how a dual-stack server reports an IPv4 client: the same client as 192.0.2.7.
+            return str(address.ipv4_mapped)
+    return str(address)
 
 
 def channel(value: Any) -> str:

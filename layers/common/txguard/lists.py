@@ -106,7 +106,12 @@ class ListExists(Conflict):
 
     def __init__(self, name: str, differences: Sequence[str]) -> None:
         super().__init__(
-            f"list {name!r} exists with another {', '.join(differences)}; change it with PATCH /lists/{name}",
+            f"list {name!r} exists with another {', '.join(differences)}; "
+            + (
+                "a list's kind never changes: create the list under another name"
+                if "kind" in differences
+                else f"change it with PATCH /lists/{name} (txguard lists set)"
+            ),
             [
                 {"index": None, "field": field, "value": None, "reason": "differs from the stored list"}
                 for field in differences

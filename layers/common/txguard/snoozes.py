@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
 from txguard import attributes, literals
 from txguard.db import run_in_transaction
@@ -68,15 +68,31 @@ class SnoozeIn(BaseModel):
     )
     value: Annotated[str, Field(min_length=1, max_length=64, description="the entity, in the kind's canonical form")]
     until: Annotated[
-        int | str, Field(description="epoch milliseconds or an RFC 3339 date-time with a zone; in the future")
-    ]
+        int | str | None,
+        Field(
+            description="epoch milliseconds or an RFC 3339 date-time with a zone; in the future, at most "
+            f"{MAX_SNOOZE_DAYS} days ahead (give this or for_days)"
+        ),
+    ] = None
+    for_days: Annotated[
+        StrictInt | None,
+        Field(ge=1, le=MAX_SNOOZE_DAYS, description="the snooze's length in days from now (give this or until)"),
+    ] = None
     note: Annotated[str | None, Field(max_length=MAX_NOTE_LENGTH)] = None
     by: Annotated[str, Field(pattern=ACTOR, description="who snoozes (an analyst's or a system's name)")]
 
     @field_validator("until")
     @classmethod
-    def _until(cls, value: int | str) -> int:
-        return until_ms(value)
+    def _until(cls, value: int | str | None) -> int | None:
+        return None if value is None else until_ms(value)
+
+    @model_validator(mode="after")
+    def _one_end(self) -> SnoozeIn:
+        if (self.until is None) == (self.for_days is None):
+            raise ValueError("give the snooze's end as until (a time) or for_days (a number of days), one of them")
+        if self.for_days is not None:
+            self.until = int(time.time() * 1000) + self.for_days * 86_400_000
+        return self
 
     @field_validator("note")
     @classmethod
@@ -97,6 +113,7 @@ class SnoozeIn(BaseModel):
             raise ValueError(f"is not a valid {kind} value: it {exc}") from None
 
     def until_time(self) -> datetime:
+        assert self.until is not None  # _one_end has set it
         return datetime.fromtimestamp(int(self.until) / 1000, UTC)
 
 

@@ -39,10 +39,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def open_text(path: Path) -> IO[str]:
-    """A text file, gunzipped when its name ends in .gz. Raises OSError."""
+    """A UTF-8 text file, gunzipped when its name ends in .gz. A byte-order mark is skipped: spreadsheets write
+    one ("CSV UTF-8"), and it would otherwise become part of the header's first column name. Raises OSError."""
     if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open(encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return path.open(encoding="utf-8-sig", newline="")
 
 
 def is_csv_name(path: Path) -> bool:

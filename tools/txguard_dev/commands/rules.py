@@ -1,6 +1,6 @@
 """`txguard rules list | apply FILE | disable ID | history`: rule sets are versioned data in PostgreSQL.
 
-`txguard rules snooze RULE --kind account --value 42 --until 2026-12-01T00:00:00Z --note "..." [--by NAME]`,
+`txguard rules snooze RULE --kind account --value 42 --until TIME|--for-days 7 --note "..." [--by NAME]`,
 `txguard rules snoozes RULE [--expired]` and `txguard rules unsnooze RULE --kind account --value 42`: a rule
 snoozed for one entity (txguard.snoozes), as POST/GET/DELETE /rules/{rule_id}/snoozes do."""
 
@@ -54,7 +54,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         parser_.add_argument("--kind", required=True, choices=sorted(LIST_KINDS), help="the entity's kind")
         parser_.add_argument("--value", required=True, help="the entity (e.g. an account id, a card token)")
         parser_.add_argument("--by", default=getpass.getuser(), help="who (default: the operating-system user)")
-    snooze.add_argument("--until", required=True, help="epoch ms or an RFC 3339 date-time, in the future")
+    end = snooze.add_mutually_exclusive_group(required=True)
+    end.add_argument("--until", help="epoch ms or an RFC 3339 date-time, in the future")
+    end.add_argument("--for-days", type=int, help="the snooze's length in days from now")
     snooze.add_argument("--note", default=None, help="why")
     snoozes = sub.add_parser("snoozes", help="a rule's snoozes in force and its snooze changes")
     add_database_argument(snoozes)
@@ -65,7 +67,14 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _snooze_request(args: argparse.Namespace) -> SnoozeIn:
     try:
         return SnoozeIn.model_validate(
-            {"kind": args.kind, "value": args.value, "until": args.until, "note": args.note, "by": args.by}
+            {
+                "kind": args.kind,
+                "value": args.value,
+                "until": args.until,
+                "for_days": args.for_days,
+                "note": args.note,
+                "by": args.by,
+            }
         )
     except ValidationError as exc:
         problems = "; ".join(
