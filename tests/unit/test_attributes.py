@@ -121,3 +121,9 @@ def test_a_refused_value_is_shown_back_with_its_card_number_masked() -> None:
     assert echo("4111-1111-1111-1111") == "4111-11**-****-1111"
     assert "1111111" not in echo({"note": "4111 1111 1111 1111"})
     assert echo("order 12345678901234") == "order 12345678901234"  # fails the Luhn check: not a card number
+
+
+def test_the_list_kind_the_schemas_declare_is_every_list_kind() -> None:
+    from typing import get_args
+
+    assert list(get_args(attributes.ListKind)) == list(attributes.LIST_KINDS)

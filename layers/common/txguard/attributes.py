@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from txguard import literals
 
@@ -51,6 +51,10 @@ MAX_METADATA_KEYS = 20
 METADATA_KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 MAX_METADATA_VALUE_LENGTH = 256
 MAX_METADATA_BYTES = 4096  # the keys and values together, UTF-8
+
+# The kinds of value a list (or a snooze) holds, as the API's schemas declare them; LIST_KINDS has the same keys
+# (tests/unit/test_attributes.py checks it).
+ListKind = Literal["account", "merchant", "card", "country", "ip", "device", "merchant_category"]
 
 # What each kind of list holds, and the transaction field its values are matched against.
 LIST_KINDS: dict[str, str] = {

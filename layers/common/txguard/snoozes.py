@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
@@ -63,7 +63,7 @@ class SnoozeIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["account", "merchant", "card", "country", "ip", "device", "merchant_category"] = Field(
+    kind: attributes.ListKind = Field(
         description="the entity's kind: which field of the transaction its value is matched against"
     )
     value: Annotated[str, Field(min_length=1, max_length=64, description="the entity, in the kind's canonical form")]

@@ -20,6 +20,7 @@ from txguard import lists
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import json_response
 from txguard.api.schemas import integer_text
+from txguard.attributes import ListKind
 from txguard.intake import TIMESTAMP_SCHEMA
 
 router = Router()
@@ -27,7 +28,7 @@ router = Router()
 ListName = Annotated[
     str, Path(pattern=lists.LIST_NAME_PATTERN, max_length=63, description="the list's name (as a rule id)")
 ]
-KINDS = Literal["account", "merchant", "card", "country", "ip", "device", "merchant_category"]
+KINDS = ListKind
 
 
 def actor_of(event: Any) -> str:

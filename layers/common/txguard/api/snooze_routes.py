@@ -13,12 +13,13 @@ from pydantic import BaseModel, BeforeValidator, Field
 from txguard import literals, snoozes
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import json_response
+from txguard.attributes import ListKind
 from txguard.rule_language import RULE_ID
 from txguard.snoozes import ACTOR, SnoozeIn
 
 router = Router()
 
-Kind = Literal["account", "merchant", "card", "country", "ip", "device", "merchant_category"]
+Kind = ListKind
 
 
 class SnoozeOut(BaseModel):
