@@ -177,6 +177,8 @@ def test_a_bad_candidate_lists_file_is_refused_whole_naming_each_problem(
     for expected in (
         "lists[0].name = 'Bad Name': must be 1-63 lower-case letters",
         "lists[1].action = 'deny': must be allow, block or null",
+        "lists[1].items[0].value = 'ZZ'",  # checked although the definition is refused
+        "lists[1].items[1].x = 1: unknown field",
         "lists[2].kind = 'merchant': list cards holds card values: a kind never changes",
         "lists[3].name = 'gone': is not a stored list: there is nothing to remove",
         "lists[4].items_csv = 'bad.csv':",

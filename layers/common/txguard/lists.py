@@ -495,13 +495,16 @@ def _check_candidate(
             problems.append(ListProblem(index, "description", entry["description"], str(exc)))
     if "items" in entry and "items_csv" in entry:
         problems.append(ListProblem(index, "items_csv", entry["items_csv"], "give items or items_csv, not both"))
-    if problems or kind is None:
+    if kind is None:  # items cannot be checked without their kind
         return problems
     found: list[ListItem] | None = None
     if "items" in entry:
         raw = entry["items"]
         if not isinstance(raw, list):
-            return [ListProblem(index, "items", raw, "must be an array of items {value, expires_at?, note?}")]
+            return [
+                *problems,
+                ListProblem(index, "items", raw, "must be an array of items {value, expires_at?, note?}"),
+            ]
         checker = ItemChecker(kind, now_ms)
         found = []
         for at, raw_item in enumerate(raw):
@@ -515,7 +518,7 @@ def _check_candidate(
     elif "items_csv" in entry:
         path = entry["items_csv"]
         if not isinstance(path, str) or not path:
-            return [ListProblem(index, "items_csv", path, "must be the path of a CSV file")]
+            return [*problems, ListProblem(index, "items_csv", path, "must be the path of a CSV file")]
         try:
             found = read_csv(path, kind)
         except ValueError as exc:
