@@ -1,8 +1,9 @@
-"""Lists: `txguard lists import` of 1,000,000 items (CSV file to committed version, through the command's own code),
-and the cost of storage.lists.memberships for a batch of 1,000 transactions against a list of 1,000 items and
-one of 1,000,000 in the same run. A membership costs one primary-key probe per value asked, so the two batches
-cost about the same: a B-tree of a million entries is one or two levels deeper than one of a thousand, and its
-pages are less often in the CPU's caches, nothing grows with the list's size beyond that (ratio target <= 2); the
+"""Lists: `txguard lists import` of 1,000,000 items into a new list, then of 100,000 into that list (CSV file to
+committed version, through the command's own code; both held to issue #18's 50,000 items/s), and the cost of
+storage.lists.memberships for a batch of 1,000 transactions against a list of 1,000 items and one of 1,000,000 in
+the same run. A membership costs one primary-key probe per value asked, so the two batches cost about the same: a
+B-tree of a million entries is one or two levels deeper than one of a thousand, and its pages are less often in
+the CPU's caches, nothing grows with the list's size beyond that (ratio target <= 2); the
 plan (EXPLAIN) holds probes of list_items' primary key and no sequential scan.
 
 Baselines: the import against a bare COPY of the same file into a table without indexes (what the database does
@@ -128,11 +129,13 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
             "met": imported >= IMPORT_TARGET,
         },
         {
-            "name": f"reference: txguard lists import of {extra:,} items into that list of {count:,} (each row looked "
-            "up: half new, half listed with another note) vs the same bare COPY",
+            "name": f"txguard lists import of {extra:,} items into that list of {count:,} (each row looked up: half "
+            "new, half listed with another note) vs the same bare COPY",
             "baseline_rows_per_s": round(bare),
             "measured_rows_per_s": round(into_full),
             "ratio": round(into_full / bare, 3),
+            "target": f">= {IMPORT_TARGET:,} items/s",
+            "met": into_full >= IMPORT_TARGET,
         },
         {
             "name": f"storage.lists.memberships of a {BATCH:,}-transaction batch (half of its cards listed): a list "

@@ -233,6 +233,43 @@ def test_import_copies_a_large_batch_as_one_version_and_audits_each_item(conn: A
     assert sorted(audit(database, "fresh_ips")[1:]) == sorted((2, "add", i.value, i.note, "bob") for i in items)
 
 
+def test_an_import_that_changes_items_keeps_who_added_them_and_when_and_readers_never_miss_them(
+    conn: Any, database: Database
+) -> None:
+    batch = [ListItem(f"tok_{i}", None, "first") for i in range(300)]
+    for name in ("cards", "other_cards"):
+        run(conn, lambda cur, n=name: lists.create(cur, n, "card", "block", None, "alice"))
+        run(conn, lambda cur, n=name: lists.import_items(cur, n, iter(batch), "alice"))
+    before = database.query("SELECT list_name, value, added_at, added_by FROM list_items ORDER BY 1, 2")
+    changed = [ListItem(f"tok_{i}", None, "second") for i in range(0, 300, 2)] + [ListItem("tok_new")]
+    values = [item.value for item in batch]
+
+    writer = psycopg2.connect(database.service_url)
+    try:
+        with writer, writer.cursor() as cur:
+            result = lists.import_items(cur, "cards", iter(changed), "bob")
+            # Not committed yet: a reader sees every item as it was, none missing.
+            seen = run(conn, lambda c: lists.memberships(c, {"cards": values}))
+            assert seen == {"cards": frozenset(values)}
+    finally:
+        writer.close()
+
+    assert result == lists.ItemsChanged(3, added=1, changed=150)
+    after = database.query(
+        "SELECT list_name, value, added_at, added_by FROM list_items WHERE value <> 'tok_new' ORDER BY 1, 2"
+    )
+    assert after == before
+    assert database.query("SELECT list_name, count(*) FROM list_items WHERE note = 'second' GROUP BY 1") == [
+        ("cards", 150)
+    ]
+    assert database.query("SELECT count(*) FROM list_items WHERE list_name = 'other_cards' AND note = 'first'") == [
+        (300,)
+    ]
+    assert sorted(row for row in audit(database, "cards") if row[0] == 3) == sorted(
+        [(3, "add", "tok_new", None, "bob")] + [(3, "change", i.value, "second", "bob") for i in changed[:-1]]
+    )
+
+
 def test_a_membership_lookup_probes_the_primary_key_and_never_scans_the_list(conn: Any, database: Database) -> None:
     run(conn, lambda cur: lists.create(cur, "big", "account", None, None, "alice"))
     run(conn, lambda cur: lists.import_items(cur, "big", (ListItem(str(i)) for i in range(1, 50_001)), "alice"))

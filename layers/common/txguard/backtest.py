@@ -9,8 +9,10 @@ Two ways, the same decisions:
   candidate reads a feature the stored decisions did not.
 Either way the candidate reads the champion score stored with each decision as `model_score`, and is combined
 with it as serving combines them (models/serving.py): the models are not run again. The allow and block lists and
-the rule snoozes are applied as they stand now (txguard.outcomes, read once per chunk), so a backtest also shows
-what a list change or a snooze would have changed on stored history. Nothing is written.
+the rule snoozes are applied as they stand now (txguard.outcomes, read once per chunk), or, given `candidates`
+(lists.CandidateLists: `txguard backtest --lists FILE`), with candidate lists in place of the stored ones, both
+where a list decides by itself and where a rule reads it (`IN LIST`): a backtest shows what a list change, a rule
+change or a snooze would have changed on stored history. Nothing is written.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from txguard.features import (
     Timeline,
 )
 from txguard.labels import GENUINE
+from txguard.lists import CandidateLists
 from txguard.models.serving import stored_model_feature, with_stored_model
 from txguard.rule_engine import CompiledRuleSet
 from txguard.scoring import Confusion, ranking_score
@@ -62,12 +65,32 @@ class BacktestReport:
     outcome_changes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stored, candidate) when they differ
     method: str = ""  # "stored features" or "replay"
     ranking: Evaluation | None = None  # the candidate's scores against the labels (ROC AUC, AP, CP@k), given labels
+    stored_ranking: Evaluation | None = None  # the stored decisions against the same labels, to compare
+
+
+def _memberships(
+    cur: psycopg2.extensions.cursor,
+    chunk: list[Transaction],
+    rules: CompiledRuleSet,
+    candidates: CandidateLists | None,
+) -> dict[str, frozenset[str]]:
+    """detection.list_memberships of the lists `rules` read, those the candidate gives read from it instead."""
+    found = list_memberships(cur, chunk, rules)
+    if candidates is not None:
+        for name, field in rules.list_fields.items():
+            if candidates.holds(name):
+                found[name] = candidates.members(name, {v for t in chunk if (v := t.text_value(field)) is not None})
+    return found
 
 
 def replay(
-    cur: psycopg2.extensions.cursor, rules: CompiledRuleSet, until_ms: int | None = None
+    cur: psycopg2.extensions.cursor,
+    rules: CompiledRuleSet,
+    until_ms: int | None = None,
+    candidates: CandidateLists | None = None,
 ) -> Iterator[tuple[Transaction, Decision, Decision]]:
-    """(transaction, stored decision, decision with `rules`) for the stored history in time order."""
+    """(transaction, stored decision, decision with `rules` and the `candidates` lists, else the stored ones) for
+    the stored history in time order."""
     histories: dict[int, AccountHistory] = {}
     merchants: dict[str, Timeline] = {}
     after: tuple[int, int] | None = None
@@ -86,8 +109,8 @@ def replay(
         # A chunk may end inside a group of equal timestamps; the next chunk continues after the last row,
         # and rows sharing a timestamp never see each other, so splitting a group changes nothing.
         model_scores = {s.transaction.transaction_id: stored_model_feature(s.decision) for s in stored}
-        in_lists = list_memberships(cur, chunk, rules)
-        judged = outcomes.for_batch(cur, chunk)
+        in_lists = _memberships(cur, chunk, rules, candidates)
+        judged = outcomes.for_batch(cur, chunk, candidates=candidates)
         decisions = decide_in_time_order(chunk, histories, merchants, rules, model_scores, in_lists, judged.snoozed)
         for s in stored:
             candidate = with_stored_model(decisions[s.transaction.transaction_id], s.decision, rules)
@@ -146,18 +169,23 @@ def stored_features_cover(
 
 
 def on_stored_features(
-    cur: psycopg2.extensions.cursor, rules: CompiledRuleSet, from_ms: int | None, to_ms: int | None
+    cur: psycopg2.extensions.cursor,
+    rules: CompiledRuleSet,
+    from_ms: int | None,
+    to_ms: int | None,
+    candidates: CandidateLists | None = None,
 ) -> Iterator[tuple[Transaction, Decision, Decision]]:
-    """(transaction, stored decision, decision with `rules` on the features stored with it) for [from_ms, to_ms)
-    in time order; only valid where `stored_features_cover` holds."""
+    """(transaction, stored decision, decision with `rules` on the features stored with it, and the `candidates`
+    lists, else the stored ones) for [from_ms, to_ms) in time order; only valid where `stored_features_cover`
+    holds."""
     after: tuple[int, int] | None = None
     while True:
         rows = transactions.decided_with_features(cur, from_ms, to_ms, after, _CHUNK)
         if not rows:
             return
         chunk = [row.transaction for row in rows]
-        text_reads = TextReads(rules, list_memberships(cur, chunk, rules))
-        judged = outcomes.for_batch(cur, chunk)
+        text_reads = TextReads(rules, _memberships(cur, chunk, rules, candidates))
+        judged = outcomes.for_batch(cur, chunk, candidates=candidates)
         snoozed = judged.snoozed
         for row in rows:
             t = row.transaction
@@ -170,6 +198,20 @@ def on_stored_features(
         after = (rows[-1].transaction.ts, rows[-1].transaction.transaction_id)
 
 
+def _judged(t: Transaction, decision: Decision, actual: bool, pattern: str) -> Judged:
+    return Judged(
+        t.transaction_id,
+        t.account_id,
+        t.ts,
+        ranking_score(float(decision.score), decision.model_score),
+        decision.fraud,
+        decision.rule_set_version,
+        actual,
+        pattern if actual else None,
+        decision.outcome,
+    )
+
+
 def backtest(
     cur: psycopg2.extensions.cursor,
     rules: CompiledRuleSet,
@@ -177,20 +219,23 @@ def backtest(
     to_ms: int | None = None,
     labels: dict[int, str] | None = None,
     replay_all: bool = False,
+    candidates: CandidateLists | None = None,
 ) -> BacktestReport:
     """What `rules` would have decided on the stored history from `from_ms` to `to_ms` (epoch ms, exclusive),
-    against the stored decisions and, given `labels` (transaction id -> pattern, read by txguard.labels), scored
-    overall and per rule. From the stored features when they cover the candidate (`report.method` says which),
-    by replaying the history otherwise or when `replay_all`."""
+    with the `candidates` lists in place of the stored ones when given (lists.check_candidates), against the
+    stored decisions and, given `labels` (transaction id -> pattern, read by txguard.labels), scored overall and
+    per rule, the stored decisions scored beside (`stored_ranking`). From the stored features when they cover the
+    candidate (`report.method` says which), by replaying the history otherwise or when `replay_all`."""
     report = BacktestReport()
     if labels is not None:
         report.ranking = Evaluation("labels in force")
+        report.stored_ranking = Evaluation("labels in force")
     if not replay_all and stored_features_cover(cur, rules, from_ms, to_ms):
         report.method = "stored features"
-        judged = on_stored_features(cur, rules, from_ms, to_ms)
+        judged = on_stored_features(cur, rules, from_ms, to_ms, candidates)
     else:
         report.method = "replay"
-        judged = replay(cur, rules, to_ms)
+        judged = replay(cur, rules, to_ms, candidates)
     for t, stored, candidate in judged:
         if from_ms is not None and t.ts < from_ms:
             continue
@@ -211,20 +256,9 @@ def backtest(
             continue
         pattern = labels.get(t.transaction_id, GENUINE)
         actual = pattern != GENUINE
-        assert report.ranking is not None
-        report.ranking.add(
-            Judged(
-                t.transaction_id,
-                t.account_id,
-                t.ts,
-                ranking_score(float(candidate.score), candidate.model_score),
-                candidate.fraud,
-                candidate.rule_set_version,
-                actual,
-                pattern if actual else None,
-                candidate.outcome,
-            )
-        )
+        assert report.ranking is not None and report.stored_ranking is not None
+        report.ranking.add(_judged(t, candidate, actual, pattern))
+        report.stored_ranking.add(_judged(t, stored, actual, pattern))
         report.labelled += 1
         report.overall.add(candidate.fraud, actual)
         for rule_id in {r.id for r in rules.rule_set.rules}:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -363,3 +363,169 @@ def csv_rows(lines: Iterable[str], problems: list[ListProblem]) -> Iterator[tupl
             (row[at_expiry] or None) if at_expiry is not None else None,
             (row[at_note] or None) if at_note is not None else None,
         )
+
+
+# Candidate lists: `txguard backtest --lists FILE` re-judges stored history as if these lists stood instead of the
+# stored ones, without writing anything. The file is {"lists": [entry, ...]}; an entry is a list's definition in
+# the shape of POST /lists (name, kind, action, description), and either
+# - "items": [...] (the shape of POST /lists/{name}/items' batch), or "items_csv": "FILE" (a CSV file as
+#   `txguard lists import` reads and `txguard lists export` writes, relative to the JSON file): the list would
+#   hold exactly these items;
+# - neither: the list keeps its stored items (a stored list whose action or description would change);
+# or {"name": ..., "removed": true}: the list would not exist.
+# For a stored list, an omitted action or description keeps the stored one and a kind, when given, must be its own
+# (a list's kind never changes); a new list needs its kind, and its action defaults to null.
+CANDIDATE_FIELDS = ("name", "kind", "action", "description", "items", "items_csv", "removed")
+
+
+@dataclass(frozen=True)
+class CandidateLists:
+    """Lists as a backtest sees them instead of the stored ones. `definitions`: the definition of each list the
+    candidate names (None: removed); `items`: the items (by canonical value) of each list whose items it gives; a
+    list it names without items keeps its stored items, one it does not name stays as stored. Every candidate item
+    applies: its expiry, if any, was in the future when the file was read."""
+
+    definitions: Mapping[str, ListDefinition | None]
+    items: Mapping[str, Mapping[str, ListItem]]
+
+    def over(self, stored: Mapping[str, ListDefinition]) -> dict[str, ListDefinition]:
+        """The definitions by name with the candidate's in place of `stored` (removed lists left out)."""
+        merged = {name: d for name, d in stored.items() if name not in self.definitions}
+        merged.update({name: d for name, d in self.definitions.items() if d is not None})
+        return dict(sorted(merged.items()))
+
+    def holds(self, name: str) -> bool:
+        """Whether the candidate decides what list `name` holds (its items given, or the list removed)."""
+        return name in self.items or (name in self.definitions and self.definitions[name] is None)
+
+    def members(self, name: str, values: Iterable[str]) -> frozenset[str]:
+        """Those of `values` (canonical text) that are items of candidate list `name` (`holds(name)`)."""
+        items = self.items.get(name, {})
+        return frozenset(v for v in values if v in items)
+
+
+def check_candidates(
+    document: Any,
+    stored: Mapping[str, ListDefinition],
+    read_csv: Callable[[str, str], list[ListItem]],
+    now_ms: int | None = None,
+) -> CandidateLists:
+    """A decoded candidate-lists document (the comment above CANDIDATE_FIELDS) validated against the `stored`
+    definitions by the checks of every other path (list_name, list_kind, list_action, description, ItemChecker).
+    `read_csv(path, kind)` reads an "items_csv" file's items (raising ValueError saying why not). Raises
+    InvalidList naming every problem (index: the entry's, field: e.g. "items[3].value")."""
+    if not isinstance(document, Mapping) or set(document) != {"lists"} or not isinstance(document["lists"], list):
+        raise InvalidList(
+            'a candidate lists file is an object {"lists": [...]}',
+            [ListProblem(None, None, document, 'must be an object {"lists": [{name, kind, action, ...}, ...]}')],
+        )
+    problems: list[ListProblem] = []
+    definitions: dict[str, ListDefinition | None] = {}
+    items: dict[str, dict[str, ListItem]] = {}
+    named: set[str] = set()
+    for index, entry in enumerate(document["lists"]):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if isinstance(name, str):
+            if name in named:
+                problems.append(ListProblem(index, "name", name, "is named by another entry too"))
+                continue
+            named.add(name)
+        problems.extend(_check_candidate(index, entry, stored, read_csv, now_ms, definitions, items))
+    if not document["lists"]:
+        problems.append(ListProblem(None, "lists", [], "is empty: name at least one list"))
+    if problems:
+        raise InvalidList(f"the candidate lists are refused ({len(problems)} problem(s)); nothing was read", problems)
+    return CandidateLists(definitions, items)
+
+
+def _check_candidate(
+    index: int,
+    entry: Any,
+    stored: Mapping[str, ListDefinition],
+    read_csv: Callable[[str, str], list[ListItem]],
+    now_ms: int | None,
+    definitions: dict[str, ListDefinition | None],
+    items: dict[str, dict[str, ListItem]],
+) -> list[ListProblem]:
+    """One entry checked and, when valid, recorded in `definitions` and `items`; its problems."""
+    if not isinstance(entry, Mapping):
+        return [ListProblem(index, None, entry, "must be an object: {name, kind, action, description, items, ...}")]
+    problems = [
+        ListProblem(index, shorten(str(field)), raw, f"unknown field; an entry has {', '.join(CANDIDATE_FIELDS)}")
+        for field, raw in entry.items()
+        if field not in CANDIDATE_FIELDS
+    ]
+    try:
+        name = list_name(entry.get("name"))
+    except ValueError as exc:
+        return [*problems, ListProblem(index, "name", entry.get("name"), str(exc))]
+    current = stored.get(name)
+    if "removed" in entry:
+        if entry["removed"] is not True:
+            problems.append(ListProblem(index, "removed", entry["removed"], "must be true (or omitted)"))
+        others = sorted(set(entry) & set(CANDIDATE_FIELDS) - {"name", "removed"})
+        if others:
+            problems.append(ListProblem(index, others[0], entry[others[0]], "a removed list has only a name"))
+        if current is None:
+            problems.append(ListProblem(index, "name", name, "is not a stored list: there is nothing to remove"))
+        if not problems:
+            definitions[name] = None
+        return problems
+    kind = current.kind if current is not None else None
+    if "kind" in entry or current is None:
+        try:
+            kind = list_kind(entry.get("kind"))
+        except ValueError as exc:
+            problems.append(ListProblem(index, "kind", entry.get("kind"), str(exc)))
+        else:
+            if current is not None and kind != current.kind:
+                problems.append(
+                    ListProblem(index, "kind", kind, f"list {name} holds {current.kind} values: a kind never changes")
+                )
+    action = current.action if current is not None else None
+    if "action" in entry:
+        try:
+            action = list_action(entry["action"])
+        except ValueError as exc:
+            problems.append(ListProblem(index, "action", entry["action"], str(exc)))
+    if "description" in entry:
+        try:
+            description(entry["description"])
+        except ValueError as exc:
+            problems.append(ListProblem(index, "description", entry["description"], str(exc)))
+    if "items" in entry and "items_csv" in entry:
+        problems.append(ListProblem(index, "items_csv", entry["items_csv"], "give items or items_csv, not both"))
+    if kind is None:  # items cannot be checked without their kind
+        return problems
+    found: list[ListItem] | None = None
+    if "items" in entry:
+        raw = entry["items"]
+        if not isinstance(raw, list):
+            return [
+                *problems,
+                ListProblem(index, "items", raw, "must be an array of items {value, expires_at?, note?}"),
+            ]
+        checker = ItemChecker(kind, now_ms)
+        found = []
+        for at, raw_item in enumerate(raw):
+            item, item_problems = checker.check_object(at, raw_item)
+            problems.extend(
+                ListProblem(index, f"items[{at}]" + (f".{p.field}" if p.field else ""), p.value, p.reason)
+                for p in item_problems
+            )
+            if item is not None:
+                found.append(item)
+    elif "items_csv" in entry:
+        path = entry["items_csv"]
+        if not isinstance(path, str) or not path:
+            return [*problems, ListProblem(index, "items_csv", path, "must be the path of a CSV file")]
+        try:
+            found = read_csv(path, kind)
+        except ValueError as exc:
+            problems.append(ListProblem(index, "items_csv", path, str(exc)))
+    if problems:
+        return problems
+    definitions[name] = ListDefinition(name, kind, action, current.version if current is not None else 0)
+    if found is not None or current is None:  # a new list given no items holds none
+        items[name] = {item.value: item for item in found or ()}
+    return []

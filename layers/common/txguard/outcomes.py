@@ -26,7 +26,7 @@ import psycopg2.extensions
 
 from txguard.attributes import LIST_KINDS
 from txguard.domain import Decision, Outcome, Reason, Transaction
-from txguard.lists import ListDefinition
+from txguard.lists import CandidateLists, ListDefinition
 from txguard.rule_engine import Snoozed
 from txguard.snoozes import entity_values, snoozed_by_transaction
 from txguard.storage import lists as list_storage
@@ -107,23 +107,32 @@ def for_batch(
     cur: psycopg2.extensions.cursor,
     batch: Sequence[Transaction],
     definitions: Mapping[str, ListDefinition] | None = None,
+    candidates: CandidateLists | None = None,
 ) -> BatchOutcomes:
     """Read what lists and snoozes say about `batch` (see the module docstring): one query for the snoozes, one
     for the list memberships when a list decides, and one per list item matched (for its expiry).
-    `definitions` (storage.lists.list_definitions; the detector cache keeps them): None reads them now."""
+    `definitions` (storage.lists.list_definitions; the detector cache keeps them): None reads them now.
+    `candidates` (a backtest's --lists): the lists as they would stand instead, read from it where it gives them."""
     values: dict[str, set[str]] = defaultdict(set)
     for t in batch:
         for kind, value in entity_values(t).items():
             values[kind].add(value)
     snoozes = rule_snoozes.in_force(cur, values)
-    deciding = decisive_lists(list_storage.list_definitions(cur) if definitions is None else definitions)
+    stored = list_storage.list_definitions(cur) if definitions is None else definitions
+    deciding = decisive_lists(stored if candidates is None else candidates.over(stored))
     matches: dict[tuple[str, str], list[ListMatch]] = {}
     wanted = {d.name: values[d.kind] for d in deciding if values.get(d.kind)}
     if wanted:
-        found = list_storage.memberships(cur, wanted)
+        found: dict[str, frozenset[str]] = {}
+        if candidates is not None:
+            found = {name: candidates.members(name, asked) for name, asked in wanted.items() if candidates.holds(name)}
+        found.update(list_storage.memberships(cur, {n: asked for n, asked in wanted.items() if n not in found}))
         for d in deciding:
             for value in sorted(found.get(d.name, ())):
-                item = list_storage.items(cur, d.name, None, value, 1)
-                expires = item[0].expires_at_ms if item else None
+                if candidates is not None and candidates.holds(d.name):
+                    expires = candidates.items[d.name][value].expires_at_ms
+                else:
+                    item = list_storage.items(cur, d.name, None, value, 1)
+                    expires = item[0].expires_at_ms if item else None
                 matches.setdefault((d.kind, value), []).append(ListMatch(d.name, d.kind, str(d.action), value, expires))
     return BatchOutcomes(snoozed_by_transaction(snoozes) if snoozes else None, matches)

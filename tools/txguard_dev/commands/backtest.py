@@ -1,11 +1,31 @@
-"""`txguard backtest --rules FILE [--from T] [--to T]`: what a candidate rule set would have done."""
+"""`txguard backtest [--rules FILE] [--lists FILE] [--from T] [--to T]`: what a candidate rule set, candidate lists,
+or both would have done on stored history (txguard.backtest). Without --rules the candidate is the newest stored
+rule set; without --lists, the lists as stored. Nothing is written.
+
+--lists FILE is JSON, {"lists": [...]}, each entry a list as it would stand (txguard.lists.check_candidates):
+
+    {"lists": [
+      {"name": "stolen_cards", "kind": "card", "action": "block", "items": [{"value": "tok_1", "note": "x"}]},
+      {"name": "vip_accounts", "action": "allow", "items_csv": "vip.csv"},
+      {"name": "high_risk_mcc", "action": "block"},
+      {"name": "old_watchlist", "removed": true}
+    ]}
+
+"items" takes the items of POST /lists/{name}/items, "items_csv" a CSV file as `txguard lists import` reads and
+`txguard lists export` writes (relative to the JSON file); neither keeps the stored list's items. Every value is
+validated as `txguard lists` validates it; any problem refuses the whole file (exit 2).
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+from txguard import lists
 from txguard.backtest import backtest
 from txguard.domain import OUTCOMES
 from txguard.intake import parse_timestamp_ms
@@ -13,14 +33,31 @@ from txguard.labels import GENUINE, UNSPECIFIED_FRAUD, labels_in_force
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
 from txguard.scoring import Confusion
+from txguard.storage import lists as list_storage
 from txguard.storage import rule_sets
-from txguard_dev.commands.common import add_database_argument, database_url, open_database, read_json_file
+from txguard_dev.commands.common import (
+    EXIT_USAGE,
+    CommandError,
+    add_database_argument,
+    database_url,
+    open_database,
+    read_json_file,
+)
 from txguard_dev.commands.evaluate import outcome_line
+from txguard_dev.commands.lists import MAX_PROBLEMS_SHOWN, validated_items
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_database_argument(parser)
-    parser.add_argument("--rules", type=Path, required=True, help="candidate rule set (JSON)")
+    parser.add_argument(
+        "--rules", type=Path, default=None, help="candidate rule set (JSON; default: the newest stored)"
+    )
+    parser.add_argument(
+        "--lists",
+        type=Path,
+        default=None,
+        help='candidate lists (JSON {"lists": [...]}: added, changed or removed lists; the stored ones are untouched)',
+    )
     parser.add_argument("--from", dest="from_", default=None, help="first timestamp evaluated (epoch ms or RFC 3339)")
     parser.add_argument("--to", default=None, help="end of the evaluated period, exclusive (epoch ms or RFC 3339)")
     parser.add_argument(
@@ -28,6 +65,17 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replay the history from its start even when the stored decisions kept every feature the rules read",
     )
+
+
+def _describe(candidates: lists.CandidateLists) -> str:
+    parts = []
+    for name, d in sorted(candidates.definitions.items()):
+        if d is None:
+            parts.append(f"{name} removed")
+            continue
+        held = f"{len(candidates.items[name]):,} items" if name in candidates.items else "stored items"
+        parts.append(f"{name} ({d.kind}, action {d.action or 'none'}, {held})")
+    return "; ".join(parts)
 
 
 def _time(value: str | None) -> int | None:
@@ -42,9 +90,46 @@ def _ratio(value: float) -> str:
     return f"{value:6.3f}"
 
 
-def run(args: argparse.Namespace) -> int:
+def _candidate_lists(cur: Any, path: Path) -> lists.CandidateLists:
+    """The --lists file checked against the stored lists (lists.check_candidates). Raises CommandError (exit 2)."""
+    document = read_json_file(path)  # ValueError: the caller's "cannot backtest"
+    now_ms = int(time.time() * 1000)
+
+    def read_csv(name: str, kind: str) -> list[lists.ListItem]:
+        problems: list[str] = []
+        try:
+            found = list(validated_items(path.parent / name, kind, now_ms, problems))
+        except CommandError as exc:  # a bad header
+            raise ValueError(str(exc)) from None
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"cannot read {path.parent / name}: {exc}") from None
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ValueError("; ".join(problems[:3]) + more)
+        return found
+
     try:
-        rule_set = validate_rule_set(read_json_file(args.rules))
+        return lists.check_candidates(document, list_storage.list_definitions(cur), read_csv, now_ms)
+    except lists.InvalidList as exc:
+        shown = [
+            (".".join(([] if p.index is None else [f"lists[{p.index}]"]) + ([p.field] if p.field else [])) or "file")
+            + f" = {p.value!r}: {p.reason}"
+            for p in exc.problems[:MAX_PROBLEMS_SHOWN]
+        ]
+        more = len(exc.problems) - len(shown)
+        raise CommandError(
+            f"{path}: candidate lists refused; nothing was backtested\n  "
+            + "\n  ".join(shown)
+            + (f"\n  ... and {more} more" if more > 0 else ""),
+            exit_code=EXIT_USAGE,
+        ) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.rules is None and args.lists is None:
+        raise CommandError("give --rules FILE, --lists FILE or both", exit_code=EXIT_USAGE)
+    try:
+        rule_set = None if args.rules is None else validate_rule_set(read_json_file(args.rules))
         from_ms, to_ms = _time(args.from_), _time(args.to)
         if from_ms is not None and to_ms is not None and from_ms > to_ms:
             raise ValueError(f"--from {args.from_[:40]} is after --to {args.to[:40]}; the period would be empty")
@@ -54,19 +139,35 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cannot backtest: {exc}", file=sys.stderr)
         return 2
-    rules = CompiledRuleSet(0, rule_set)
     with open_database(database_url(args)) as conn, conn, conn.cursor() as cur:
         try:
-            rule_sets.check_lists(cur, rule_set)
+            candidates = None if args.lists is None else _candidate_lists(cur, args.lists)
+        except ValueError as exc:
+            print(f"cannot backtest: {exc}", file=sys.stderr)
+            return 2
+        if rule_set is None:
+            newest = rule_sets.latest(cur)
+            if newest is None:
+                raise CommandError("no rule set is stored; give --rules FILE (or run `txguard db migrate`)")
+            rule_set = newest.rule_set
+        try:
+            if candidates is None:
+                rule_sets.check_lists(cur, rule_set)
+            elif rule_set.list_fields():
+                stored = list_storage.list_definitions(cur)
+                rule_set.check_lists({name: d.kind for name, d in candidates.over(stored).items()})
         except RuleSetError as exc:
             print("rule set rejected:", *[f"  - {p}" for p in exc.problems], sep="\n", file=sys.stderr)
             return 1
+        rules = CompiledRuleSet(0, rule_set)
         # Only the period's labels: a window of a long history does not hold every label in memory.
         labels = {
             tid: (label.reason or UNSPECIFIED_FRAUD) if label.fraud else GENUINE
             for tid, label in labels_in_force(cur, from_ms=from_ms, to_ms=to_ms).items()
         } or None
-        report = backtest(cur, rules, from_ms, to_ms, labels, args.replay_all)
+        report = backtest(cur, rules, from_ms, to_ms, labels, args.replay_all, candidates)
+    if candidates is not None:
+        print("candidate lists          " + _describe(candidates))
     print(f"transactions evaluated   {report.evaluated}   (from {report.method})")
     print(f"flagged (candidate)      {report.flagged}   (stored decisions: {report.stored_flagged})")
     print(
@@ -117,4 +218,6 @@ def run(args: argparse.Namespace) -> int:
                 f"{_metric(r.average_precision)}  {card}"
             )
             print(outcome_line(r.outcomes))
+            if report.stored_ranking is not None:
+                print("stored decisions " + outcome_line(report.stored_ranking.report().outcomes))
     return 0

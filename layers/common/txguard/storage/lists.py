@@ -339,18 +339,26 @@ def get_locked(cur: psycopg2.extensions.cursor, name: str) -> StoredList:
 
 # Items from a source (an unnest of arrays, or the staged temporary table) merged into the list in one statement:
 # each item is classified against the list once (new: add; present with another expiry or note: change; present
-# as given: left alone), then the adds are inserted, the changes updated and both audited with the new version.
-# Plain INSERT and UPDATE rather than INSERT ... ON CONFLICT, which costs twice as much per row: no other writer
-# can add the same value meanwhile, since every writer of the list holds its row's lock (`lock`). Each item is
-# looked up by the primary key (LATERAL ... LIMIT 1, as in MEMBERSHIPS_SQL): a hash join would read the whole list
-# for every chunk of an import, and an import's chunks would cost more and more as the list grows.
+# as given: left alone), then the adds are inserted, the changes written and both audited with the new version.
+# Plain INSERT rather than INSERT ... ON CONFLICT, which costs twice as much per row: no other writer can add the
+# same value meanwhile, since every writer of the list holds its row's lock (`lock`). Each item is looked up by the
+# primary key (LATERAL ... LIMIT 1, as in MEMBERSHIPS_SQL): a hash join would read the whole list for every chunk
+# of an import, and an import's chunks would cost more and more as the list grows.
+#
+# A changed item is deleted and inserted again with its `added_at` and `added_by`, rather than updated: in a list
+# filled by an import the heap pages are full, so an UPDATE is never HOT and writes a new index entry anyway, after
+# a second probe of the key to find the row; the DELETE finds it by the ctid the classification read (a TID scan),
+# and the whole merge of a chunk into a 1,000,000-item list took about a tenth less of the backend's CPU (perf
+# stat, README "Tests and benchmarks"). The insert reads the DELETE's output, so each item's old row is gone before
+# its new one is checked against the primary key. The list's lock keeps the ctids valid: no other writer touches
+# the list's rows meanwhile. Readers see the old row until the transaction commits, then the new one.
 _CLASSIFIED = """
         SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note,
-               CASE WHEN i.value IS NULL THEN 'add' ELSE 'change' END AS operation,
+               CASE WHEN i.value IS NULL THEN 'add' ELSE 'change' END AS operation, i.row_id,
                row_number() OVER () AS n
         FROM {source}
         LEFT JOIN LATERAL (
-            SELECT i.value, i.expires_at, i.note FROM list_items i
+            SELECT i.value, i.expires_at, i.note, i.ctid AS row_id FROM list_items i
             WHERE i.list_name = %(name)s AND i.value = s.value LIMIT 1
         ) AS i ON true
         WHERE i.value IS NULL OR (i.expires_at, i.note) IS DISTINCT FROM (txguard_ms_to_ts(s.expires_at), s.note)"""
@@ -373,10 +381,14 @@ _MERGE = """
     ), added AS (
         INSERT INTO list_items (list_name, value, expires_at, note, added_by)
         SELECT %(name)s, value, expires_at, note, %(actor)s FROM classified WHERE operation = 'add'
+    ), replaced AS (
+        DELETE FROM list_items i
+        WHERE i.ctid = ANY (ARRAY(SELECT row_id FROM classified WHERE operation = 'change'))
+        RETURNING i.value, i.added_at, i.added_by
     ), changed AS (
-        UPDATE list_items i SET expires_at = c.expires_at, note = c.note
-        FROM classified c
-        WHERE c.operation = 'change' AND i.list_name = %(name)s AND i.value = c.value
+        INSERT INTO list_items (list_name, value, expires_at, note, added_at, added_by)
+        SELECT %(name)s, c.value, c.expires_at, c.note, r.added_at, r.added_by
+        FROM replaced r JOIN classified c ON c.value = r.value AND c.operation = 'change'
     ), audited AS (
         -- The three aggregates of a group see its rows in one order: the arrays stay parallel.
         INSERT INTO list_changes (list_name, version, operation, item_values, expiries, notes, actor)
@@ -389,7 +401,7 @@ _FROM_ARRAYS = sql.SQL(
     "unnest(%(values)s::text[], %(expiries)s::bigint[], %(notes)s::text[]) AS s(value, expires_at, note)"
 )
 _STAGED = "list_items_staged"
-_COPY_CHUNK = 50_000  # items per COPY: the progress bar moves, memory stays bounded
+_COPY_CHUNK = 20_000  # items per COPY: the progress bar moves, memory stays bounded, the first merge starts soon
 
 
 def _merge(
@@ -466,16 +478,23 @@ def import_items(
     into a temporary table and merged by the same set-based statement, on a second thread, while this one reads
     the next chunk from `items` (which may validate as it goes: reading and the database then work at once). The
     caller's database transaction holds every chunk: roll it back to store nothing. Items must be validated and
-    each value given once; `on_copied` is told how many more items were merged after each chunk. Raises
-    ListNotFound."""
+    each value given once; `on_copied` is told how many more items were merged after each chunk. Sets `jit` off
+    and `work_mem` to 32MB for the rest of the caller's database transaction. Raises ListNotFound."""
     stored = lock(cur, name).version  # before any upload: a concurrent writer waits here
     cur.execute("SELECT NOT EXISTS (SELECT 1 FROM list_items WHERE list_name = %s)", (name,))
     row = cur.fetchone()
     all_new = bool(row and row[0])  # a first import: nothing to look up
+    # A chunk's merge into a stored list is costed above jit_above_cost (its 50,000 lookups), and compiling it took
+    # 40-100 ms a chunk, for a statement of index probes and writes that compiled expressions do not speed up.
+    # The audit's grouping sorts the chunk: with the default 4MB it spilled to disk.
+    cur.execute("SELECT set_config('jit', 'off', true), set_config('work_mem', '32MB', true)")
     cur.execute(f"CREATE TEMPORARY TABLE {_STAGED} (value text, expires_at bigint, note text) ON COMMIT DROP")
     totals = [0, 0, 0]  # items, added, changed
 
     def merge(lines: list[str]) -> None:
+        # In the order of the primary key (a line is the value, then a tab: lines sort as their values do under
+        # byte order), consecutive lookups and insertions touch neighbouring index and heap pages, not random ones.
+        lines.sort()
         cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", io.StringIO("".join(lines)))
         added, changed = _merge_as(cur, name, stored + 1, sql.SQL(f"{_STAGED} AS s"), {}, actor, all_new)
         cur.execute(f"TRUNCATE {_STAGED}")
