@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import psycopg2.extensions
 
 from txguard import outcomes
-from txguard.detection import Decided, Detector, decisions_in_time_order, list_memberships
+from txguard.detection import Decided, Detector, decisions_in_time_order, list_values
 from txguard.domain import Decision, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
 from txguard.features import (
@@ -155,8 +155,8 @@ def _store(
         merchants.attach_history(cur, new, at_merchants, needed, detector.feature_settings)
         # The lists the rules read, the rules snoozed for the batch's entities and its values in the allow and
         # block lists: each read once per batch (the last two only when a snooze or a list that decides exists).
-        in_lists = list_memberships(cur, new, detector)
-        judged = outcomes.for_batch(cur, new, lists)
+        judged = outcomes.for_batch(cur, new, lists, list_values(new, detector))
+        in_lists = judged.in_lists
         # Positional: no stored model scores (the champion scores), then the lists' memberships and the snoozes.
         decided = decisions_in_time_order(new, stats, at_merchants, detector, None, in_lists, judged.snoozed)
         if judged.matches:

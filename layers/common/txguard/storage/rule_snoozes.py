@@ -15,6 +15,7 @@ from typing import Literal
 import psycopg2.extensions
 
 from txguard.errors import NotFound
+from txguard.storage.lists import MEMBERSHIPS_SQL, membership_arguments
 
 _COLUMNS = "rule_id, kind, value, until, note, created_by, created_at"
 
@@ -63,18 +64,40 @@ class SnoozeNotFound(NotFound):
 def in_force(cur: psycopg2.extensions.cursor, entities: Mapping[str, Collection[str]]) -> list[Snooze]:
     """The snoozes in force now (until ahead of the database's clock) of the given entities (kind -> values): one
     statement, an index probe per (kind, value)."""
-    kinds = [kind for kind, values in entities.items() for _ in values]
-    values = [value for items in entities.values() for value in items]
-    if not values:
-        return []
-    cur.execute(
-        """SELECT s.rule_id, s.kind, s.value, s.until, s.note, s.created_by, s.created_at
+    return in_force_with_list_items(cur, entities, {})[0]
+
+
+# A snooze's row, or (rule_id NULL) a list item found (storage.lists.MEMBERSHIPS_SQL), with its expiry last.
+_IN_FORCE_WITH_ITEMS = f"""SELECT s.rule_id, s.kind, s.value, s.until, s.note, s.created_by, s.created_at, NULL::bigint
            FROM unnest(%s::text[], %s::text[]) AS e(kind, value)
            JOIN rule_snoozes s ON s.kind = e.kind AND s.value = e.value
-           WHERE s.until > clock_timestamp()""",
-        (kinds, values),
-    )
-    return [Snooze(*row) for row in cur.fetchall()]
+           WHERE s.until > clock_timestamp()
+           UNION ALL
+           SELECT NULL, m.list_name, m.value, NULL, NULL, NULL, NULL, m.expires_ms FROM ({MEMBERSHIPS_SQL}) AS m"""  # noqa: S608 (constants)
+
+
+def in_force_with_list_items(
+    cur: psycopg2.extensions.cursor,
+    entities: Mapping[str, Collection[str]],
+    wanted: Mapping[str, Collection[str]],
+) -> tuple[list[Snooze], dict[str, dict[str, int | None]]]:
+    """in_force, and in the same statement (one round trip, none when nothing is asked) storage.lists.current_items
+    of `wanted` (list name -> values): the snoozes, and per list asked its current items among the values asked,
+    each with its expiry (epoch ms; None: never)."""
+    kinds = [kind for kind, values in entities.items() for _ in values]
+    values = [value for items in entities.values() for value in items]
+    names, asked = membership_arguments(wanted)
+    items: dict[str, dict[str, int | None]] = {name: {} for name in wanted}
+    if not values and not names:
+        return [], items
+    cur.execute(_IN_FORCE_WITH_ITEMS, (kinds, values, names, asked))
+    snoozes = []
+    for rule_id, kind, value, until, note, created_by, created_at, expires_ms in cur.fetchall():
+        if rule_id is None:
+            items[kind][value] = expires_ms  # kind holds the list's name
+        else:
+            snoozes.append(Snooze(rule_id, kind, value, until, note, created_by, created_at))
+    return snoozes, items
 
 
 def snooze(
