@@ -34,7 +34,7 @@ from txguard.features import (
     spans_before,
 )
 from txguard.lists import ListDefinition
-from txguard.storage import account_stats, labels, merchants, transactions
+from txguard.storage import account_stats, labels, merchants, rule_snoozes, transactions
 
 
 class DuplicateIdConflict(Conflict):
@@ -122,8 +122,11 @@ def _store(
             accounts = [a for a in accounts if a not in busy]
         # Under the locks, in the same round trip: which of the rest are stored by now (a batch for the same
         # accounts may have stored them meanwhile), and the per-day totals the day windows read.
+        # And what the lists and snoozes say about them (outcomes.for_batch's question, asked in the same statement).
         reach_days = _window_days(pending) if needs_account_days(detector.needed_features) else {}
-        locked = account_stats.lock_accounts(cur, accounts, [t.transaction_id for t in pending], reach_days)
+        asked = outcomes.ask(cur, pending, lists, list_values(pending, detector))
+        also = rule_snoozes.in_force_with_list_items_as_json(cur, asked.values, asked.wanted)
+        locked = account_stats.lock_accounts(cur, accounts, [t.transaction_id for t in pending], reach_days, also)
         stats = locked.histories
         window_days = locked.window_days
         transactions.lock_merchants(cur, {t.merchant_id for t in pending if t.merchant_id is not None})
@@ -154,8 +157,8 @@ def _store(
         )
         merchants.attach_history(cur, new, at_merchants, needed, detector.feature_settings)
         # The lists the rules read, the rules snoozed for the batch's entities and its values in the allow and
-        # block lists: each read once per batch (the last two only when a snooze or a list that decides exists).
-        judged = outcomes.for_batch(cur, new, lists, list_values(new, detector))
+        # block lists, as read under the locks.
+        judged = outcomes.answer(asked, rule_snoozes.snoozes_and_items_from_json(locked.also, asked.wanted))
         in_lists = judged.in_lists
         # Positional: no stored model scores (the champion scores), then the lists' memberships and the snoozes.
         decided = decisions_in_time_order(new, stats, at_merchants, detector, None, in_lists, judged.snoozed)

@@ -106,6 +106,53 @@ def decisive_lists(definitions: Mapping[str, ListDefinition]) -> list[ListDefini
     )
 
 
+@dataclass(frozen=True)
+class Asked:
+    """What for_batch asks the database about a batch: its entities' values (kind -> values: their snoozes and
+    their memberships in the lists that decide), those lists (allow lists first), and the values each list asks
+    for (the deciding lists' and `rule_lists`')."""
+
+    values: Mapping[str, set[str]]
+    deciding: Sequence[ListDefinition]
+    wanted: Mapping[str, set[str]]
+    rule_lists: tuple[str, ...]
+
+
+def ask(
+    cur: psycopg2.extensions.cursor,
+    batch: Sequence[Transaction],
+    definitions: Mapping[str, ListDefinition] | None = None,
+    rule_lists: Mapping[str, Collection[str]] | None = None,
+) -> Asked:
+    """What for_batch reads about `batch` (arguments as for_batch's), for rule_snoozes.in_force_with_list_items
+    or its json form; `answer` turns what it read into the BatchOutcomes."""
+    values: dict[str, set[str]] = defaultdict(set)
+    for t in batch:
+        for kind, value in entity_values(t).items():
+            values[kind].add(value)
+    deciding = decisive_lists(list_storage.list_definitions(cur) if definitions is None else definitions)
+    wanted: dict[str, set[str]] = {name: set(asked) for name, asked in (rule_lists or {}).items()}
+    for d in deciding:
+        if values.get(d.kind):
+            wanted.setdefault(d.name, set()).update(values[d.kind])
+    return Asked(values, deciding, wanted, tuple(rule_lists or ()))
+
+
+def answer(asked: Asked, read: rule_snoozes.SnoozesAndItems) -> BatchOutcomes:
+    """The BatchOutcomes of what was read for `asked` (the snoozes, and per list the items found with their
+    expiry)."""
+    snoozes, items = read
+    matches: dict[tuple[str, str], list[ListMatch]] = {}
+    for d in asked.deciding:
+        found = items.get(d.name, {})
+        for value in sorted(v for v in asked.values.get(d.kind, ()) if v in found):
+            matches.setdefault((d.kind, value), []).append(
+                ListMatch(d.name, d.kind, str(d.action), value, found[value])
+            )
+    in_lists = {name: frozenset(items[name]) for name in asked.rule_lists}
+    return BatchOutcomes(snoozed_by_transaction(snoozes) if snoozes else None, matches, in_lists)
+
+
 def for_batch(
     cur: psycopg2.extensions.cursor,
     batch: Sequence[Transaction],
@@ -116,23 +163,6 @@ def for_batch(
     force of its entities and the current items, with their expiries, among its values in the lists that decide
     and in `rule_lists` (list name -> the values the rules look up: detection.list_values), whose memberships
     come back as `in_lists`. `definitions` (storage.lists.list_definitions; the detector cache keeps them): None
-    reads them now."""
-    values: dict[str, set[str]] = defaultdict(set)
-    for t in batch:
-        for kind, value in entity_values(t).items():
-            values[kind].add(value)
-    deciding = decisive_lists(list_storage.list_definitions(cur) if definitions is None else definitions)
-    wanted: dict[str, set[str]] = {name: set(asked) for name, asked in (rule_lists or {}).items()}
-    for d in deciding:
-        if values.get(d.kind):
-            wanted.setdefault(d.name, set()).update(values[d.kind])
-    snoozes, items = rule_snoozes.in_force_with_list_items(cur, values, wanted)
-    matches: dict[tuple[str, str], list[ListMatch]] = {}
-    for d in deciding:
-        found = items.get(d.name, {})
-        for value in sorted(v for v in values.get(d.kind, ()) if v in found):
-            matches.setdefault((d.kind, value), []).append(
-                ListMatch(d.name, d.kind, str(d.action), value, found[value])
-            )
-    in_lists = {name: frozenset(items[name]) for name in rule_lists or {}}
-    return BatchOutcomes(snoozed_by_transaction(snoozes) if snoozes else None, matches, in_lists)
+    reads them now. Ingest asks the same inside its lock statement (ask, then answer)."""
+    asked = ask(cur, batch, definitions, rule_lists)
+    return answer(asked, rule_snoozes.in_force_with_list_items(cur, asked.values, asked.wanted))

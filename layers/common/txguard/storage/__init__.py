@@ -1,6 +1,7 @@
 """Storage by table: each module owns its table's SQL and row mappers, and the read and write paths both import
 from here, never from each other. Every function runs on the caller's unit of work (a cursor from
-db.run_in_transaction): none commits.
+db.run_in_transaction): none commits. Writes whose result nobody reads go through `execute_later`, which sends
+them with the unit of work's next statement or its COMMIT instead of in a round trip of their own.
 
 | module | tables |
 | --- | --- |

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg2.errors
 import psycopg2.extensions
@@ -30,19 +30,22 @@ _LOCK_AND_READ = (
            SELECT FROM account_stats WHERE account_id = ANY(%(a)s::bigint[]) ORDER BY account_id FOR UPDATE;
            SELECT 's', a.account_id, a.tx_count, txguard_ts_to_ms(a.first_ts), txguard_ts_to_ms(a.last_ts),
                   c.currency, c.tx_count, c.amount_sum, c.amount_sum_sq, c.amount_max,
-                  txguard_ts_to_ms(c.amount_max_ts), NULL::integer
+                  txguard_ts_to_ms(c.amount_max_ts), NULL::integer, NULL::json
            FROM account_stats a
            LEFT JOIN account_currency_stats c ON c.account_id = a.account_id
            WHERE a.account_id = ANY(%(a)s::bigint[])
            UNION ALL
-           SELECT 'd', d.account_id, NULL, NULL, NULL, d.currency, d.tx_count, d.amount_sum, NULL, NULL, NULL, d.day
+           SELECT 'd', d.account_id, NULL, NULL, NULL, d.currency, d.tx_count, d.amount_sum, NULL, NULL, NULL,
+                  d.day, NULL
            """  # noqa: S608 (constants only)
     + _WINDOW_DAYS
     + """
            UNION ALL
-           SELECT 't', transaction_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+           SELECT 't', transaction_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
            FROM transactions WHERE transaction_id = ANY(%(ids)s::bigint[])"""
 )
+# lock_accounts' `also`: one more row, its value in the last column.
+_ALSO = "\n           UNION ALL SELECT 'x', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
 
 
 class Locked(NamedTuple):
@@ -53,6 +56,7 @@ class Locked(NamedTuple):
     histories: dict[int, AccountHistory]
     stored_ids: list[int]
     window_days: dict[int, dict[str, dict[int, list[int]]]]
+    also: Any = None
 
 
 def lock_accounts(
@@ -60,25 +64,31 @@ def lock_accounts(
     accounts: list[int],
     ids: Sequence[int] = (),
     window_days: Mapping[int, tuple[int, int]] | None = None,
+    also: str | None = None,
 ) -> Locked:
     """Lock the accounts' running totals (creating empty ones) and read them with their per-currency amount totals;
     and, under the same locks and in the same round trip, which of `ids` are stored by now (a writer that held an
-    account may have stored them meanwhile) and the per-day totals of `window_days` (as day_totals_for_windows).
-    Every writer locks in account order: no deadlock."""
+    account may have stored them meanwhile) and the per-day totals of `window_days` (as day_totals_for_windows);
+    `also`, an SQL expression of one json value (parameters already bound, as cursor.mogrify gives it), is read
+    in the same statement too, into Locked.also. Every writer locks in account order: no deadlock."""
     # One round trip: create, lock, then read. The read is a statement of its own so that it sees (READ COMMITTED:
     # a new snapshot per statement) what a writer that held a lock committed, its new currencies included. Its
-    # three parts are told apart by the first column: s (an account's totals, per currency), d (a day's totals),
-    # t (a stored id).
+    # parts are told apart by the first column: s (an account's totals, per currency), d (a day's totals),
+    # t (a stored id), x (`also`).
     accounts_array = array_literal(accounts)
     days = window_days or {}
     cur.execute(
-        _LOCK_AND_READ,
+        _LOCK_AND_READ if also is None else _LOCK_AND_READ + _ALSO + also.replace("%", "%%"),
         {"a": accounts_array, "ids": array_literal(ids), **_window_days_arguments(days)},
     )
     histories: dict[int, AccountHistory] = {}
     stored: list[int] = []
     by_day: dict[int, dict[str, dict[int, list[int]]]] = {a: {} for a in days}
-    for part, account_id, count, first, last, currency, n, total, total_sq, max_amount, max_ts, day in cur.fetchall():
+    read_also = None
+    for part, account_id, count, first, last, currency, n, total, total_sq, max_amount, max_ts, day, json in cur:
+        if part == "x":
+            read_also = json
+            continue
         if part == "t":
             stored.append(account_id)  # the transaction id
             continue
@@ -103,7 +113,7 @@ def lock_accounts(
                 None if max_amount is None else to_units(max_amount),
                 max_ts,
             )
-    return Locked(histories, stored, by_day)
+    return Locked(histories, stored, by_day, read_also)
 
 
 def _nothing_loaded(t: int, currency: str) -> tuple[Prior, Prior]:
