@@ -244,7 +244,7 @@ def test_a_few_rows_are_stored_by_insert_exactly_as_copy_stores_many(database: D
     from txguard.storage.transactions import INSERT_AT_MOST
 
     apply_rules(database, SEED)
-    odd = {"note": "tab\there\nnew line \\ back'slash \"quoted\"", "campaign": "é\\n\\t"}
+    odd = {"note": 'tab\there\nnew line \\ back\'slash "quoted"', "campaign": "é\\n\\t"}
 
     def batch(account: int, size: int) -> list:
         return [
@@ -263,3 +263,31 @@ def test_a_few_rows_are_stored_by_insert_exactly_as_copy_stores_many(database: D
     }
     assert rows[1] == rows[2][:2]
     assert rows[1][0][7] == odd and rows[1][1][0] is True  # the second one fires below_account_mean
+
+
+def test_a_transaction_stored_alone_costs_three_round_trips_and_a_replay_one(database: Database) -> None:
+    """BEGIN travels with the existing-id check; every read under the locks is one statement; the row, the totals
+    and COMMIT one message. Counted client-side, as the benchmark counts them (bench/roundtrips.py)."""
+    from bench import roundtrips
+    from txguard import service
+    from txguard.storage.transactions import INSERT_AT_MOST
+
+    apply_rules(database, SEED)
+    store([tx(1, T0, "100.00")])
+    with roundtrips.counting() as log:
+        db.reset_connection()  # a connection opened inside counts
+        service.store([tx(1, T0 + 1000, "10.00")])  # warm: the detector is read once, then kept
+        log.clear()
+        service.store([tx(1, T0 + 2000, "10.00", tid=9_001)])
+        alone = list(log)
+        log.clear()
+        service.store([tx(1, T0 + 2000, "10.00", tid=9_001)])
+        replay = list(log)
+        log.clear()
+        service.store([tx(2, T0 + 1000 * i, "10.00") for i in range(INSERT_AT_MOST + 1)])
+        batch = list(log)
+    db.reset_connection()
+    assert len(alone) == 3, alone
+    assert alone[0].startswith("BEGIN") and alone[-1].endswith("COMMIT"), alone
+    assert len(replay) == 2, replay  # the check, then COMMIT of a transaction that wrote nothing
+    assert len(batch) == 4 and batch[2].startswith("SELECT set_config") and "COPY" in batch[2], batch
