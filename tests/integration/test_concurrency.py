@@ -82,6 +82,9 @@ def open_writer(batch: list[Transaction]) -> Iterator[None]:
     try:
         with holder.transaction() as cur:
             store_transactions(cur, batch, RuleCache().current(cur, 0))
+            # A few rows are written with the unit of work's next statement or its COMMIT: send them now, so
+            # that they are in the table, uncommitted, while the block runs.
+            cur.execute("SELECT 1")
             yield
     finally:
         holder.reset()

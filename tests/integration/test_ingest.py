@@ -236,3 +236,58 @@ def test_the_features_reader_returns_each_decision_with_the_features_it_was_take
         {"count": 2, "count_7d": 2, "merchant_used_before": 1},
     ]
     assert [r.decision.fraud for r in rows] == [False, True]
+
+
+def test_a_few_rows_are_stored_by_insert_exactly_as_copy_stores_many(database: Database) -> None:
+    """Up to INSERT_AT_MOST new rows are written by an INSERT sent with the commit, more by COPY: the stored rows
+    are the same, whatever their text holds (tabs, newlines, backslashes and quotes in metadata)."""
+    from txguard.storage.transactions import INSERT_AT_MOST
+
+    apply_rules(database, SEED)
+    odd = {"note": 'tab\there\nnew line \\ back\'slash "quoted"', "campaign": "é\\n\\t"}
+
+    def batch(account: int, size: int) -> list:
+        return [
+            tx(account, T0 + 1000 * i, f"{100 // (i + 1)}.25", "m-1")._replace(channel="web", metadata=odd)
+            for i in range(size)
+        ]
+
+    alone, many = batch(1, 2), batch(2, INSERT_AT_MOST + 1)
+    for t in alone:
+        store([t])  # one at a time: INSERT
+    store(many)  # COPY
+    columns = "fraud, score, reasons, features::text, outcome, merchant_id, channel, metadata, amount, ts"
+    rows = {
+        account: database.query(f"SELECT {columns} FROM transactions WHERE account_id = %s ORDER BY ts", (account,))
+        for account in (1, 2)
+    }
+    assert rows[1] == rows[2][:2]
+    assert rows[1][0][7] == odd and rows[1][1][0] is True  # the second one fires below_account_mean
+
+
+def test_a_transaction_stored_alone_costs_three_round_trips_and_a_replay_one(database: Database) -> None:
+    """BEGIN travels with the existing-id check; every read under the locks is one statement; the row, the totals
+    and COMMIT one message. Counted client-side, as the benchmark counts them (bench/roundtrips.py)."""
+    from bench import roundtrips
+    from txguard import service
+    from txguard.storage.transactions import INSERT_AT_MOST
+
+    apply_rules(database, SEED)
+    store([tx(1, T0, "100.00")])
+    with roundtrips.counting() as log:
+        db.reset_connection()  # a connection opened inside counts
+        service.store([tx(1, T0 + 1000, "10.00")])  # warm: the detector is read once, then kept
+        log.clear()
+        service.store([tx(1, T0 + 2000, "10.00", tid=9_001)])
+        alone = list(log)
+        log.clear()
+        service.store([tx(1, T0 + 2000, "10.00", tid=9_001)])
+        replay = list(log)
+        log.clear()
+        service.store([tx(2, T0 + 1000 * i, "10.00") for i in range(INSERT_AT_MOST + 1)])
+        batch = list(log)
+    db.reset_connection()
+    assert len(alone) == 3, alone
+    assert alone[0].startswith("BEGIN") and alone[-1].endswith("COMMIT"), alone
+    assert len(replay) == 2, replay  # the check, then COMMIT of a transaction that wrote nothing
+    assert len(batch) == 4 and batch[2].startswith("SELECT set_config") and "COPY" in batch[2], batch

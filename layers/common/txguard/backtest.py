@@ -149,7 +149,7 @@ def stored_features_cover(
     # The amount is the transaction's own, the model score the decision's.
     needed = sorted((rules.rule_features | {"count"}) - {"amount", MODEL_SCORE})
     cur.execute(
-        """SELECT count(*) FILTER (WHERE features IS NULL OR NOT features ?& %s::text[]),
+        """SELECT count(*) FILTER (WHERE features IS NULL OR NOT features::jsonb ?& %s::text[]),
                   coalesce(array_agg(DISTINCT rule_set_version), '{}')
            FROM transactions
            WHERE (%s::bigint IS NULL OR ts >= txguard_ms_to_ts(%s))

@@ -2,7 +2,9 @@
 
 Created lazily on first use, reused across invocations (a new connection costs ~1.3 ms plus a secret
 fetch in AWS), dropped and re-established after any connection-level failure. Every unit of work runs
-in one database transaction: it commits whole or not at all.
+in one database transaction: it commits whole or not at all. Its BEGIN and settings travel with its first
+statement, and writes whose result is not read with its next statement or its COMMIT (UnitOfWorkCursor), so
+that one transaction ingested alone costs few round trips.
 """
 
 from __future__ import annotations
@@ -169,43 +171,76 @@ def transaction_settings(settings: DatabaseSettings) -> str:
 
 
 class UnitOfWorkCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
-    """A cursor whose first statement also sends the transaction's SET LOCAL settings, in the same round trip.
+    """A cursor that opens its unit of work with its first statement and sends result-less writes with the next
+    statement or with COMMIT, each message one round trip.
 
-    psycopg2 sends a query string as one simple-protocol message, so "SET LOCAL ...; <statement>" costs no
-    extra round trip, and the statement's result is the one the cursor returns.
+    The connection is in autocommit mode, so psycopg2 sends no BEGIN of its own: the first statement carries
+    "BEGIN; SET LOCAL ...;" (`prelude`) in front of it. A write whose result nobody reads (`execute_later`) waits
+    for the next statement, or for COMMIT, and travels in front of it. psycopg2 sends a query string as one
+    simple-protocol message: one round trip, whose result is the last statement's; the server runs the statements
+    in order and stops at the first error, which the message reports, so nothing after a failed write runs.
     """
 
     prelude: str = ""
     # The unit of work's statement timeout (ms, 0: none), from the settings read when the connection was opened:
     # a statement allowed longer (the COPY that decides its rows) sets it back to this.
     statement_timeout_ms: int = 0
+    # Whether BEGIN has been sent (then the unit of work ends with COMMIT or ROLLBACK).
+    begun: bool = False
+
+    def execute_later(self, query: Any, vars: Any = None) -> None:
+        """Send `query` (a statement with no result to read) in front of the next statement or with COMMIT."""
+        self._later = [*getattr(self, "_later", []), self.mogrify(query, vars).decode()]
+
+    def _front(self) -> str:
+        """What goes in front of the next statement: the prelude, then the writes waiting; clears both."""
+        later = getattr(self, "_later", None)
+        front = self.prelude + ("".join(f"{q}; " for q in later) if later else "")
+        if self.prelude:
+            self.begun = True
+        self.prelude, self._later = "", []
+        return front
 
     def execute(self, query: Any, vars: Any = None) -> None:
-        if self.prelude:
-            prelude, self.prelude = self.prelude, ""
+        front = self._front()
+        if front:
             if not isinstance(query, str | bytes):  # a psycopg2.sql.Composable
                 query = query.as_string(self)
+            if vars is not None:  # the front is already mogrified: "%" in it must not be read as a placeholder
+                query = self.mogrify(query, vars)
+                vars = None
             if isinstance(query, bytes):
                 query = query.decode()
-            query = prelude + query  # the prelude holds no "%": safe with parameters
+            query = front + query
         super().execute(query, vars)
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
-        self._send_prelude()
-        super().copy_expert(sql, file, size)
+        front = self._front()
+        if not isinstance(sql, str):
+            sql = sql.decode() if isinstance(sql, bytes) else sql.as_string(self)
+        # The statements in front run first, then the server answers COPY's start: still one round trip.
+        super().copy_expert(front + sql, file, size)
 
     def executemany(self, query: Any, vars_list: Any) -> None:
-        self._send_prelude()
+        self._send_front()
         super().executemany(query, vars_list)
 
     def callproc(self, procname: Any, parameters: Any = None) -> Any:
-        self._send_prelude()
+        self._send_front()
         return super().callproc(procname, parameters)
 
-    def _send_prelude(self) -> None:
-        if self.prelude:
-            prelude, self.prelude = self.prelude, ""
-            super().execute(prelude)
+    def _send_front(self) -> None:
+        front = self._front()
+        if front:
+            super().execute(front)
+
+    def finish(self) -> None:
+        """COMMIT the unit of work, with the writes still waiting, in one round trip (nothing when nothing was
+        sent)."""
+        front = self._front()
+        if self.begun:
+            super().execute(front + "COMMIT")
+            self.begun = False
 
 
 def _first_line(exc: BaseException) -> str:
@@ -238,32 +273,42 @@ class ConnectionHolder:
             if self._conn is None or self._conn.closed:
                 settings = DatabaseSettings.from_env()
                 self._conn = connect(dsn_from_settings(settings), settings)
-                self._prelude = transaction_settings(settings)
+                # BEGIN travels with the unit of work's first statement (UnitOfWorkCursor), not on its own.
+                self._conn.autocommit = True
+                self._prelude = "BEGIN; " + transaction_settings(settings)
                 self._statement_timeout_ms = settings.statement_timeout_ms
             conn = self._conn
+            cur: UnitOfWorkCursor | None = None
             try:
                 with conn.cursor(cursor_factory=UnitOfWorkCursor) as cur:
                     cur.prelude = self._prelude
                     cur.statement_timeout_ms = self._statement_timeout_ms
                     yield cur
-                conn.commit()
+                    cur.finish()
             except psycopg2.Error as exc:
                 failure = database_failure(exc)
                 if not failure.connection_lost:
-                    _rollback_quietly(conn)
+                    _rollback_quietly(conn, cur)
                 if failure.connection_lost or conn.closed:
                     self.reset()
                 raise failure from exc
             except BaseException:
-                _rollback_quietly(conn)
+                _rollback_quietly(conn, cur)
                 if conn.closed:
                     self.reset()
                 raise
 
 
-def _rollback_quietly(conn: psycopg2.extensions.connection) -> None:
+def _rollback_quietly(conn: psycopg2.extensions.connection, cur: UnitOfWorkCursor | None = None) -> None:
     try:
-        conn.rollback()
+        if conn.autocommit:
+            # The unit of work sent its own BEGIN: psycopg2 knows of no transaction to roll back.
+            if cur is not None and cur.begun:
+                cur.begun = False
+                with conn.cursor() as plain:
+                    plain.execute("ROLLBACK")
+        else:
+            conn.rollback()
     except Exception:  # the connection is gone; the server has rolled back for us
         pass
 

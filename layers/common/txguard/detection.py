@@ -205,16 +205,21 @@ def list_memberships(
 ) -> dict[str, frozenset[str]]:
     """For each list the detector's rules read, which of these transactions' values are its current items: one
     query (storage.lists.memberships) for the whole batch, none when no rule reads a list."""
+    wanted = list_values(transactions, detector)
+    return lists.memberships(cur, wanted) if wanted else {}
+
+
+def list_values(transactions: Iterable[Transaction], detector: Detector) -> dict[str, set[str]]:
+    """For each list the detector's rules read (its `list_fields`), the values of these transactions they would
+    look up in it (every such list is a key); empty when no rule reads a list."""
     list_fields: Mapping[str, str] = getattr(detector, "list_fields", {})
-    if not list_fields:
-        return {}
     wanted: dict[str, set[str]] = {name: set() for name in list_fields}
     for t in transactions:
         for name, field in list_fields.items():
             value = t.text_value(field)
             if value is not None:
                 wanted[name].add(value)
-    return lists.memberships(cur, wanted)
+    return wanted
 
 
 def _decided(

@@ -10,12 +10,12 @@ Cost per transaction does not grow with the account's history; see features.py.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import psycopg2.extensions
 
 from txguard import outcomes
-from txguard.detection import Decided, Detector, decisions_in_time_order, list_memberships
+from txguard.detection import Decided, Detector, decisions_in_time_order, list_values
 from txguard.domain import Decision, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
 from txguard.features import (
@@ -34,7 +34,7 @@ from txguard.features import (
     spans_before,
 )
 from txguard.lists import ListDefinition
-from txguard.storage import account_stats, labels, merchants, transactions
+from txguard.storage import account_stats, labels, merchants, rule_snoozes, transactions
 
 
 class DuplicateIdConflict(Conflict):
@@ -111,6 +111,7 @@ def _store(
     stored = transactions.stored_by_id(cur, list(first_index))
     _refuse_conflicts(batch, stored)
     stats: dict[int, AccountHistory] = {}
+    window_days: dict[int, dict[str, dict[int, list[int]]]] | None = None
     busy: set[int] = set()
     if len(stored) < len(first_index):
         pending = [batch[i] for i in first_index.values() if batch[i].transaction_id not in stored]
@@ -119,11 +120,20 @@ def _store(
             busy = set(accounts) - account_stats.lock_accounts_now(cur, accounts)
             pending = [t for t in pending if t.account_id not in busy]
             accounts = [a for a in accounts if a not in busy]
-        stats = account_stats.lock_accounts(cur, accounts)
+        # Under the locks, in the same round trip: which of the rest are stored by now (a batch for the same
+        # accounts may have stored them meanwhile), and the per-day totals the day windows read.
+        # And what the lists and snoozes say about them (outcomes.for_batch's question, asked in the same statement).
+        reach_days = _window_days(pending) if needs_account_days(detector.needed_features) else {}
+        asked = outcomes.ask(cur, pending, lists, list_values(pending, detector))
+        also = rule_snoozes.in_force_with_list_items_as_json(cur, asked.values, asked.wanted)
+        locked = account_stats.lock_accounts(cur, accounts, [t.transaction_id for t in pending], reach_days, also)
+        stats = locked.histories
+        window_days = locked.window_days
         transactions.lock_merchants(cur, {t.merchant_id for t in pending if t.merchant_id is not None})
-        # Under the locks, look again for the rest: a batch for the same accounts may have stored them meanwhile.
-        stored.update(transactions.stored_by_id(cur, [t.transaction_id for t in pending]))
-        _refuse_conflicts(batch, stored)
+        if locked.stored_ids:
+            stored.update(transactions.stored_by_id(cur, locked.stored_ids))
+            _refuse_conflicts(batch, stored)
+            window_days = None  # read again for the transactions left
 
     new = sorted(
         (t for i in first_index.values() if (t := batch[i]).transaction_id not in stored and t.account_id not in busy),
@@ -133,7 +143,7 @@ def _store(
     if new:
         needed = detector.needed_features
         with_values = not needed.isdisjoint(ATTRIBUTE_FEATURES)
-        _load_histories(cur, new, stats, detector.window_reach_ms, needs_account_days(needed), with_values)
+        _load_histories(cur, new, stats, detector.window_reach_ms, needs_account_days(needed), with_values, window_days)
         if "merchant_used_before" in needed:
             pairs = {(t.account_id, t.merchant_id) for t in new if t.merchant_id is not None}
             for account_id, used in account_stats.merchants_first_used(cur, pairs).items():
@@ -147,9 +157,9 @@ def _store(
         )
         merchants.attach_history(cur, new, at_merchants, needed, detector.feature_settings)
         # The lists the rules read, the rules snoozed for the batch's entities and its values in the allow and
-        # block lists: each read once per batch (the last two only when a snooze or a list that decides exists).
-        in_lists = list_memberships(cur, new, detector)
-        judged = outcomes.for_batch(cur, new, lists)
+        # block lists, as read under the locks.
+        judged = outcomes.answer(asked, rule_snoozes.snoozes_and_items_from_json(locked.also, asked.wanted))
+        in_lists = judged.in_lists
         # Positional: no stored model scores (the champion scores), then the lists' memberships and the snoozes.
         decided = decisions_in_time_order(new, stats, at_merchants, detector, None, in_lists, judged.snoozed)
         if judged.matches:
@@ -215,6 +225,7 @@ def _load_histories(
     reach_ms: int,
     with_days: bool = False,
     with_values: bool = False,
+    window_days: dict[int, dict[str, dict[int, list[int]]]] | None = None,
 ) -> None:
     """Load what deciding each account's new transactions needs, whatever their timestamps.
 
@@ -227,6 +238,7 @@ def _load_histories(
     `with_days` (the 7- and 30-day windows): the tails also reach back to the start of each new transaction's day,
     and carry the per-day totals of the 29 days before the earliest one's day up to the latest one's day.
     `with_values` (the attribute features): the attribute values of the same stored transactions as the tails.
+    `window_days`: those per-day totals, when lock_accounts has read them already (for _window_days(new)).
     """
     times: dict[int, list[int]] = defaultdict(list)
     for t in new:  # sorted by time
@@ -259,7 +271,18 @@ def _load_histories(
             history.stored_before = CurrencyDailyTotals(*days[account_id], timeline.copy()).before
         history.tail = timeline
     if with_days:
-        reach_days = {a: (ts[0] // DAY_MS - LONGEST_DAY_WINDOW + 1, ts[-1] // DAY_MS) for a, ts in times.items()}
-        window_days = account_stats.day_totals_for_windows(cur, reach_days)
+        reach_days = _window_days(new)
+        if window_days is None:
+            window_days = account_stats.day_totals_for_windows(cur, reach_days)
         for account_id, (first, _) in reach_days.items():
             histories[account_id].tail.use_days(first, window_days[account_id])
+
+
+def _window_days(transactions: Iterable[Transaction]) -> dict[int, tuple[int, int]]:
+    """Per account, the UTC days (first, until) whose totals the day windows of its transactions read: the 29 days
+    before the earliest one's day up to the latest one's day."""
+    spans: dict[int, tuple[int, int]] = {}
+    for t in transactions:
+        low, high = spans.get(t.account_id, (t.ts, t.ts))
+        spans[t.account_id] = (min(low, t.ts), max(high, t.ts))
+    return {a: (low // DAY_MS - LONGEST_DAY_WINDOW + 1, high // DAY_MS) for a, (low, high) in spans.items()}

@@ -1,9 +1,10 @@
 """What allow and block lists and rule snoozes do to a batch's decisions: steps 1 and 2 of the precedence
 (rule_engine's docstring), and the snoozes the rules are decided with.
 
-`for_batch` reads, once per batch, the snoozes in force of the batch's entities (storage.rule_snoozes) and the
-memberships of their values in the lists that decide by themselves (`action` allow or block:
-storage.lists.memberships, one query, one index probe per value asked), then answers per transaction:
+`for_batch` reads, once per batch and in one statement (storage.rule_snoozes.in_force_with_list_items), the
+snoozes in force of the batch's entities and the memberships of their values, with each item's expiry, in the lists
+that decide by themselves (`action` allow or block) and in the lists the rules read (one index probe per value
+asked), then answers per transaction:
 - `snoozed(t)`: the rules snoozed for its entities (rule id -> the snooze in words), or None;
 - `judge(t, decision)`: the decision after the lists: an allow-list match allows ("allowed by list vip_accounts:
   account_id 42 is in allow list vip_accounts; without it: block (score 0.9700)"), and each block-list match it
@@ -17,8 +18,8 @@ An item applies while it has no expiry or its expiry is ahead of the decision's 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -61,6 +62,8 @@ class BatchOutcomes:
 
     snoozed: Callable[[Transaction], Snoozed | None] | None
     matches: Mapping[tuple[str, str], Sequence[ListMatch]]  # (kind, value) -> its matches, allow lists first
+    # For each list the rules read (for_batch's `rule_lists`), which of the values asked are its current items.
+    in_lists: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def judge(self, t: Transaction, decision: Decision) -> Decision:
         """The decision after steps 1 and 2 of the precedence (an allow list, then a block list)."""
@@ -103,36 +106,76 @@ def decisive_lists(definitions: Mapping[str, ListDefinition]) -> list[ListDefini
     )
 
 
-def for_batch(
+@dataclass(frozen=True)
+class Asked:
+    """What for_batch asks the database about a batch: its entities' values (kind -> values: their snoozes and
+    their memberships in the lists that decide), those lists (allow lists first), and the values each list asks
+    for (the deciding lists' and `rule_lists`')."""
+
+    values: Mapping[str, set[str]]
+    deciding: Sequence[ListDefinition]
+    wanted: Mapping[str, set[str]]
+    rule_lists: tuple[str, ...]
+
+
+def ask(
     cur: psycopg2.extensions.cursor,
     batch: Sequence[Transaction],
     definitions: Mapping[str, ListDefinition] | None = None,
+    rule_lists: Mapping[str, Collection[str]] | None = None,
     candidates: CandidateLists | None = None,
-) -> BatchOutcomes:
-    """Read what lists and snoozes say about `batch` (see the module docstring): one query for the snoozes, one
-    for the list memberships when a list decides, and one per list item matched (for its expiry).
-    `definitions` (storage.lists.list_definitions; the detector cache keeps them): None reads them now.
-    `candidates` (a backtest's --lists): the lists as they would stand instead, read from it where it gives them."""
+) -> Asked:
+    """What for_batch reads about `batch` (arguments as for_batch's), for rule_snoozes.in_force_with_list_items
+    or its json form; `answer` turns what it read into the BatchOutcomes."""
     values: dict[str, set[str]] = defaultdict(set)
     for t in batch:
         for kind, value in entity_values(t).items():
             values[kind].add(value)
-    snoozes = rule_snoozes.in_force(cur, values)
     stored = list_storage.list_definitions(cur) if definitions is None else definitions
     deciding = decisive_lists(stored if candidates is None else candidates.over(stored))
+    wanted: dict[str, set[str]] = {name: set(asked) for name, asked in (rule_lists or {}).items()}
+    for d in deciding:
+        if values.get(d.kind):
+            wanted.setdefault(d.name, set()).update(values[d.kind])
+    return Asked(values, deciding, wanted, tuple(rule_lists or ()))
+
+
+def answer(asked: Asked, read: rule_snoozes.SnoozesAndItems) -> BatchOutcomes:
+    """The BatchOutcomes of what was read for `asked` (the snoozes, and per list the items found with their
+    expiry)."""
+    snoozes, items = read
     matches: dict[tuple[str, str], list[ListMatch]] = {}
-    wanted = {d.name: values[d.kind] for d in deciding if values.get(d.kind)}
-    if wanted:
-        found: dict[str, frozenset[str]] = {}
-        if candidates is not None:
-            found = {name: candidates.members(name, asked) for name, asked in wanted.items() if candidates.holds(name)}
-        found.update(list_storage.memberships(cur, {n: asked for n, asked in wanted.items() if n not in found}))
-        for d in deciding:
-            for value in sorted(found.get(d.name, ())):
-                if candidates is not None and candidates.holds(d.name):
-                    expires = candidates.items[d.name][value].expires_at_ms
-                else:
-                    item = list_storage.items(cur, d.name, None, value, 1)
-                    expires = item[0].expires_at_ms if item else None
-                matches.setdefault((d.kind, value), []).append(ListMatch(d.name, d.kind, str(d.action), value, expires))
-    return BatchOutcomes(snoozed_by_transaction(snoozes) if snoozes else None, matches)
+    for d in asked.deciding:
+        found = items.get(d.name, {})
+        for value in sorted(v for v in asked.values.get(d.kind, ()) if v in found):
+            matches.setdefault((d.kind, value), []).append(
+                ListMatch(d.name, d.kind, str(d.action), value, found[value])
+            )
+    in_lists = {name: frozenset(items.get(name, {})) for name in asked.rule_lists}
+    return BatchOutcomes(snoozed_by_transaction(snoozes) if snoozes else None, matches, in_lists)
+
+
+def for_batch(
+    cur: psycopg2.extensions.cursor,
+    batch: Sequence[Transaction],
+    definitions: Mapping[str, ListDefinition] | None = None,
+    rule_lists: Mapping[str, Collection[str]] | None = None,
+    candidates: CandidateLists | None = None,
+) -> BatchOutcomes:
+    """Read what lists and snoozes say about `batch` (see the module docstring) in one statement: the snoozes in
+    force of its entities and the current items, with their expiries, among its values in the lists that decide
+    and in `rule_lists` (list name -> the values the rules look up: detection.list_values), whose memberships
+    come back as `in_lists`. `definitions` (storage.lists.list_definitions; the detector cache keeps them): None
+    reads them now. `candidates` (a backtest's --lists): the lists as they would stand instead, their items read
+    from it where it gives them. Ingest asks the same inside its lock statement (ask, then answer)."""
+    asked = ask(cur, batch, definitions, rule_lists, candidates)
+    held = {name for name in asked.wanted if candidates is not None and candidates.holds(name)}
+    snoozes, items = rule_snoozes.in_force_with_list_items(
+        cur, asked.values, {name: v for name, v in asked.wanted.items() if name not in held}
+    )
+    if candidates is not None:
+        items = dict(items)
+        for name in held:
+            found = candidates.members(name, asked.wanted[name])
+            items[name] = {value: candidates.items[name][value].expires_at_ms for value in found}
+    return answer(asked, (snoozes, items))

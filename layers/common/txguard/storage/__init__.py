@@ -1,6 +1,7 @@
 """Storage by table: each module owns its table's SQL and row mappers, and the read and write paths both import
 from here, never from each other. Every function runs on the caller's unit of work (a cursor from
-db.run_in_transaction): none commits.
+db.run_in_transaction): none commits. Writes whose result nobody reads go through `execute_later`, which sends
+them with the unit of work's next statement or its COMMIT instead of in a round trip of their own.
 
 | module | tables |
 | --- | --- |
@@ -19,6 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Context
+from typing import Any
+
+import psycopg2.extensions
 
 # Totals exceed the default 28 significant digits (a sum of squared amounts in 1/10^8 units): read them exactly.
 WIDE = Context(prec=100)
@@ -28,3 +32,14 @@ def array_literal(values: Iterable[int | bool | None]) -> str:
     """An array parameter as one literal ("{1,2,NULL}") the server parses at once; a Python list would be sent as
     an ARRAY[...] expression of one constant per element, costly to adapt here and to parse there."""
     return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+
+
+def execute_later(cur: psycopg2.extensions.cursor, query: str, vars: Any = None) -> None:
+    """Run a write whose result nobody reads: on a unit of work's cursor (db.UnitOfWorkCursor), in front of its next
+    statement or with its COMMIT, in the same round trip; on any other cursor, now. Its errors are raised where it
+    is sent, before the unit of work commits."""
+    later = getattr(cur, "execute_later", None)
+    if later is None:
+        cur.execute(query, vars)
+    else:
+        later(query, vars)

@@ -9,36 +9,92 @@ All are updated in the database transaction that stores the account's new transa
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import psycopg2.errors
 import psycopg2.extensions
 
 from txguard.domain import Transaction
 from txguard.features import DAY_MS, FIRST_USE_FIELDS, AccountHistory, Amounts, Prior, Timeline, to_units
-from txguard.storage import WIDE, array_literal
+from txguard.storage import WIDE, array_literal, execute_later
+
+# The per-day totals of each account's days in [first, until), for the day-aligned windows.
+_WINDOW_DAYS = """FROM unnest(%(da)s::bigint[], %(df)s::int[], %(du)s::int[]) AS b(account_id, first_day, until_day)
+           JOIN account_daily d ON d.account_id = b.account_id AND d.day >= b.first_day AND d.day < b.until_day"""
 
 
-def lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict[int, AccountHistory]:
-    """Lock the accounts' running totals (creating empty ones) and read them with their per-currency amount totals;
-    the history's tail and its `stored_before` are for the caller to load. Every writer locks in account order:
-    no deadlock."""
-    # One round trip: create, lock, then read. The read is a statement of its own so that it sees (READ COMMITTED:
-    # a new snapshot per statement) what a writer that held a lock committed, its new currencies included.
-    accounts_array = array_literal(accounts)
-    cur.execute(
-        """INSERT INTO account_stats (account_id) SELECT unnest(%(a)s::bigint[]) ON CONFLICT DO NOTHING;
+# lock_accounts: create, lock, then read (see there).
+_LOCK_AND_READ = (
+    """INSERT INTO account_stats (account_id) SELECT unnest(%(a)s::bigint[]) ON CONFLICT DO NOTHING;
            SELECT FROM account_stats WHERE account_id = ANY(%(a)s::bigint[]) ORDER BY account_id FOR UPDATE;
-           SELECT a.account_id, a.tx_count, txguard_ts_to_ms(a.first_ts), txguard_ts_to_ms(a.last_ts),
+           SELECT 's', a.account_id, a.tx_count, txguard_ts_to_ms(a.first_ts), txguard_ts_to_ms(a.last_ts),
                   c.currency, c.tx_count, c.amount_sum, c.amount_sum_sq, c.amount_max,
-                  txguard_ts_to_ms(c.amount_max_ts)
+                  txguard_ts_to_ms(c.amount_max_ts), NULL::integer, NULL::json
            FROM account_stats a
            LEFT JOIN account_currency_stats c ON c.account_id = a.account_id
-           WHERE a.account_id = ANY(%(a)s::bigint[])""",
-        {"a": accounts_array},
+           WHERE a.account_id = ANY(%(a)s::bigint[])
+           UNION ALL
+           SELECT 'd', d.account_id, NULL, NULL, NULL, d.currency, d.tx_count, d.amount_sum, NULL, NULL, NULL,
+                  d.day, NULL
+           """  # noqa: S608 (constants only)
+    + _WINDOW_DAYS
+    + """
+           UNION ALL
+           SELECT 't', transaction_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+           FROM transactions WHERE transaction_id = ANY(%(ids)s::bigint[])"""
+)
+# lock_accounts' `also`: one more row, its value in the last column.
+_ALSO = "\n           UNION ALL SELECT 'x', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+
+
+class Locked(NamedTuple):
+    """What lock_accounts read under the accounts' locks: each account's history (running totals; the tail and its
+    `stored_before` are for the caller to load), the ids among those asked that are stored by now, and the
+    per-day totals asked for (day_totals_for_windows' shape)."""
+
+    histories: dict[int, AccountHistory]
+    stored_ids: list[int]
+    window_days: dict[int, dict[str, dict[int, list[int]]]]
+    also: Any = None
+
+
+def lock_accounts(
+    cur: psycopg2.extensions.cursor,
+    accounts: list[int],
+    ids: Sequence[int] = (),
+    window_days: Mapping[int, tuple[int, int]] | None = None,
+    also: str | None = None,
+) -> Locked:
+    """Lock the accounts' running totals (creating empty ones) and read them with their per-currency amount totals;
+    and, under the same locks and in the same round trip, which of `ids` are stored by now (a writer that held an
+    account may have stored them meanwhile) and the per-day totals of `window_days` (as day_totals_for_windows);
+    `also`, an SQL expression of one json value (parameters already bound, as cursor.mogrify gives it), is read
+    in the same statement too, into Locked.also. Every writer locks in account order: no deadlock."""
+    # One round trip: create, lock, then read. The read is a statement of its own so that it sees (READ COMMITTED:
+    # a new snapshot per statement) what a writer that held a lock committed, its new currencies included. Its
+    # parts are told apart by the first column: s (an account's totals, per currency), d (a day's totals),
+    # t (a stored id), x (`also`).
+    accounts_array = array_literal(accounts)
+    days = window_days or {}
+    cur.execute(
+        _LOCK_AND_READ if also is None else _LOCK_AND_READ + _ALSO + also.replace("%", "%%"),
+        {"a": accounts_array, "ids": array_literal(ids), **_window_days_arguments(days)},
     )
     histories: dict[int, AccountHistory] = {}
-    for account_id, count, first, last, currency, n, total, total_sq, max_amount, max_ts in cur.fetchall():
+    stored: list[int] = []
+    by_day: dict[int, dict[str, dict[int, list[int]]]] = {a: {} for a in days}
+    read_also = None
+    for part, account_id, count, first, last, currency, n, total, total_sq, max_amount, max_ts, day, json in cur:
+        if part == "x":
+            read_also = json
+            continue
+        if part == "t":
+            stored.append(account_id)  # the transaction id
+            continue
+        if part == "d":
+            by_day[account_id].setdefault(currency, {})[day] = [int(n), to_units(total)]
+            continue
         history = histories.get(account_id)
         if history is None:
             history = histories[account_id] = AccountHistory(
@@ -57,7 +113,7 @@ def lock_accounts(cur: psycopg2.extensions.cursor, accounts: list[int]) -> dict[
                 None if max_amount is None else to_units(max_amount),
                 max_ts,
             )
-    return histories
+    return Locked(histories, stored, by_day, read_also)
 
 
 def _nothing_loaded(t: int, currency: str) -> tuple[Prior, Prior]:
@@ -71,7 +127,8 @@ def write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountHi
     h = [histories[a] for a in accounts]
     pairs = [(a, c) for a in accounts for c in sorted(histories[a].added)]
     totals = [histories[a].amounts[c] for a, c in pairs]
-    cur.execute(
+    execute_later(
+        cur,
         """UPDATE account_stats AS a SET
                tx_count = v.tx_count, first_ts = txguard_ms_to_ts(v.first_ts), last_ts = txguard_ms_to_ts(v.last_ts)
            FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
@@ -177,7 +234,8 @@ def add_to_daily_totals(cur: psycopg2.extensions.cursor, new: Iterable[Transacti
         return
     keys = sorted(days)
     totals = [Prior(*days[k]) for k in keys]
-    cur.execute(
+    execute_later(
+        cur,
         """INSERT INTO account_daily AS d
                (account_id, day, currency, tx_count, amount_sum, amount_sum_sq, amount_max, last_ts)
            SELECT account_id, day, currency, n, s * 0.0001, s2 * 0.00000001, m * 0.0001, txguard_ms_to_ts(l)
@@ -233,7 +291,8 @@ def add_to_merchants_used(cur: psycopg2.extensions.cursor, new: Iterable[Transac
     if not first:
         return
     keys = sorted(first)
-    cur.execute(
+    execute_later(
+        cur,
         """INSERT INTO account_merchants AS m (account_id, merchant_id, first_ts)
            SELECT a, mid, txguard_ms_to_ts(f) FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS v(a, mid, f)
            ON CONFLICT (account_id, merchant_id) DO UPDATE SET first_ts = least(m.first_ts, excluded.first_ts)""",
@@ -285,7 +344,8 @@ def add_to_values_used(cur: psycopg2.extensions.cursor, new: Iterable[Transactio
     if not first:
         return
     keys = sorted(first)
-    cur.execute(
+    execute_later(
+        cur,
         """INSERT INTO account_values AS v (account_id, attribute, value, first_ts)
            SELECT a, f, x, txguard_ms_to_ts(ms)
            FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[]) AS n(a, f, x, ms)
@@ -299,6 +359,15 @@ def add_to_values_used(cur: psycopg2.extensions.cursor, new: Iterable[Transactio
     )
 
 
+def _window_days_arguments(days: Mapping[int, tuple[int, int]]) -> dict[str, str]:
+    accounts = list(days)
+    return {
+        "da": array_literal(accounts),
+        "df": array_literal(days[a][0] for a in accounts),
+        "du": array_literal(days[a][1] for a in accounts),
+    }
+
+
 def day_totals_for_windows(
     cur: psycopg2.extensions.cursor, days: dict[int, tuple[int, int]]
 ) -> dict[int, dict[str, dict[int, list[int]]]]:
@@ -307,16 +376,9 @@ def day_totals_for_windows(
     result: dict[int, dict[str, dict[int, list[int]]]] = {a: {} for a in days}
     if not days:
         return result
-    accounts = list(days)
     cur.execute(
-        """SELECT d.account_id, d.currency, d.day, d.tx_count, d.amount_sum
-           FROM unnest(%s::bigint[], %s::int[], %s::int[]) AS b(account_id, first_day, until_day)
-           JOIN account_daily d ON d.account_id = b.account_id AND d.day >= b.first_day AND d.day < b.until_day""",
-        (
-            array_literal(accounts),
-            array_literal(days[a][0] for a in accounts),
-            array_literal(days[a][1] for a in accounts),
-        ),
+        "SELECT d.account_id, d.currency, d.day, d.tx_count, d.amount_sum " + _WINDOW_DAYS,
+        _window_days_arguments(days),
     )
     for account_id, currency, day, count, total in cur.fetchall():
         result[account_id].setdefault(currency, {})[day] = [int(count), to_units(total)]

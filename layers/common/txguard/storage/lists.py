@@ -193,10 +193,10 @@ def _decoded(cursor: str, kind: str) -> str:
 # tests/integration/test_list_storage.py). A plain join would be planned as a hash join over a whole list when the
 # list is small next to the values asked; the LIMIT keeps the subquery a parameterised index scan, whatever the
 # statistics say, so the cost never depends on a list's size.
-MEMBERSHIPS_SQL = """SELECT w.list_name, w.value
+MEMBERSHIPS_SQL = """SELECT w.list_name, w.value, found.expires_ms
     FROM unnest(%s::text[], %s::text[]) AS w(list_name, value)
     CROSS JOIN LATERAL (
-        SELECT 1 FROM list_items i
+        SELECT txguard_ts_to_ms(i.expires_at) AS expires_ms FROM list_items i
         WHERE i.list_name = w.list_name AND i.value = w.value
           AND (i.expires_at IS NULL OR i.expires_at > statement_timestamp())
         LIMIT 1
@@ -214,13 +214,20 @@ def memberships(cur: psycopg2.extensions.cursor, wanted: Mapping[str, Collection
     are items of the list in force now: no expiry, or one later than the statement's time. Every name asked is a
     key (an unknown list holds nothing). One query for the whole batch; one primary-key probe per (list, value)
     asked, so the cost grows with the values asked, never with the lists' sizes. Raises psycopg2.Error."""
+    return {name: frozenset(items) for name, items in current_items(cur, wanted).items()}
+
+
+def current_items(
+    cur: psycopg2.extensions.cursor, wanted: Mapping[str, Collection[str]]
+) -> dict[str, dict[str, int | None]]:
+    """memberships, each value found with its item's expiry (epoch ms; None: never). Raises psycopg2.Error."""
     names, values = membership_arguments(wanted)
-    found: dict[str, set[str]] = {name: set() for name in wanted}
+    found: dict[str, dict[str, int | None]] = {name: {} for name in wanted}
     if names:
         cur.execute(MEMBERSHIPS_SQL, (names, values))
-        for name, value in cur.fetchall():
-            found[name].add(value)
-    return {name: frozenset(values) for name, values in found.items()}
+        for name, value, expires_ms in cur.fetchall():
+            found[name][value] = expires_ms
+    return found
 
 
 def list_definitions(cur: psycopg2.extensions.cursor) -> dict[str, ListDefinition]:

@@ -14,7 +14,7 @@ import psycopg2.extensions
 
 from txguard.domain import Transaction
 from txguard.features import DAY_MS, RISK_FEATURES, RISK_WINDOWS, FeatureSettings, Timeline, merchant_days_back
-from txguard.storage import array_literal
+from txguard.storage import array_literal, execute_later
 
 
 def daily_counts(cur: psycopg2.extensions.cursor, days: dict[str, tuple[int, int]]) -> dict[str, dict[int, list[int]]]:
@@ -67,7 +67,8 @@ def add_to_daily_counts(cur: psycopg2.extensions.cursor, new: Iterable[Transacti
     if not counts:
         return
     keys = sorted(counts)
-    cur.execute(
+    execute_later(
+        cur,
         """INSERT INTO merchant_daily AS d (merchant_id, day, tx_count)
            SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])
            ON CONFLICT (merchant_id, day) DO UPDATE SET tx_count = d.tx_count + excluded.tx_count""",

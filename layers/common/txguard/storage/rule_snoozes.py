@@ -7,14 +7,15 @@ snoozes of a batch's entities once (`in_force`), through the (kind, value) index
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg2.extensions
 
 from txguard.errors import NotFound
+from txguard.storage.lists import MEMBERSHIPS_SQL, membership_arguments
 
 _COLUMNS = "rule_id, kind, value, until, note, created_by, created_at"
 
@@ -63,18 +64,90 @@ class SnoozeNotFound(NotFound):
 def in_force(cur: psycopg2.extensions.cursor, entities: Mapping[str, Collection[str]]) -> list[Snooze]:
     """The snoozes in force now (until ahead of the database's clock) of the given entities (kind -> values): one
     statement, an index probe per (kind, value)."""
-    kinds = [kind for kind, values in entities.items() for _ in values]
-    values = [value for items in entities.values() for value in items]
-    if not values:
-        return []
-    cur.execute(
-        """SELECT s.rule_id, s.kind, s.value, s.until, s.note, s.created_by, s.created_at
+    return in_force_with_list_items(cur, entities, {})[0]
+
+
+# A snooze's row, or (rule_id NULL) a list item found (storage.lists.MEMBERSHIPS_SQL), with its expiry last.
+_IN_FORCE_WITH_ITEMS = f"""SELECT s.rule_id, s.kind, s.value, s.until, s.note, s.created_by, s.created_at,
+                  NULL::bigint AS expires_ms
            FROM unnest(%s::text[], %s::text[]) AS e(kind, value)
            JOIN rule_snoozes s ON s.kind = e.kind AND s.value = e.value
-           WHERE s.until > clock_timestamp()""",
-        (kinds, values),
-    )
-    return [Snooze(*row) for row in cur.fetchall()]
+           WHERE s.until > clock_timestamp()
+           UNION ALL
+           SELECT NULL, m.list_name, m.value, NULL, NULL, NULL, NULL, m.expires_ms FROM ({MEMBERSHIPS_SQL}) AS m"""  # noqa: S608 (constants)
+
+SnoozesAndItems = tuple[list[Snooze], dict[str, dict[str, int | None]]]
+
+
+def in_force_with_list_items(
+    cur: psycopg2.extensions.cursor,
+    entities: Mapping[str, Collection[str]],
+    wanted: Mapping[str, Collection[str]],
+) -> SnoozesAndItems:
+    """in_force, and in the same statement (one round trip, none when nothing is asked) storage.lists.current_items
+    of `wanted` (list name -> values): the snoozes, and per list asked its current items among the values asked,
+    each with its expiry (epoch ms; None: never)."""
+    arguments = _arguments(entities, wanted)
+    if arguments is None:
+        return [], {name: {} for name in wanted}
+    cur.execute(_IN_FORCE_WITH_ITEMS, arguments)
+    return _snoozes_and_items(cur.fetchall(), wanted)
+
+
+def in_force_with_list_items_as_json(
+    cur: psycopg2.extensions.cursor,
+    entities: Mapping[str, Collection[str]],
+    wanted: Mapping[str, Collection[str]],
+) -> str | None:
+    """in_force_with_list_items as an SQL expression of one json value (its rows as objects), for another
+    statement to read in the same round trip (account_stats.lock_accounts' `also`; snoozes_and_items_from_json
+    reads the value back); None when nothing is asked."""
+    arguments = _arguments(entities, wanted)
+    if arguments is None:
+        return None
+    text: bytes = cur.mogrify(f"(SELECT json_agg(r) FROM ({_IN_FORCE_WITH_ITEMS}) AS r)", arguments)  # noqa: S608
+    return text.decode()
+
+
+def snoozes_and_items_from_json(
+    value: list[dict[str, Any]] | None, wanted: Mapping[str, Collection[str]]
+) -> SnoozesAndItems:
+    """What in_force_with_list_items_as_json's value says (json_agg's rows, None for no row), as
+    in_force_with_list_items gives it."""
+    rows = [
+        (
+            r["rule_id"],
+            r["kind"],
+            r["value"],
+            None if r["until"] is None else datetime.fromisoformat(r["until"]),
+            r["note"],
+            r["created_by"],
+            None if r["created_at"] is None else datetime.fromisoformat(r["created_at"]),
+            r["expires_ms"],
+        )
+        for r in value or ()
+    ]
+    return _snoozes_and_items(rows, wanted)
+
+
+def _arguments(
+    entities: Mapping[str, Collection[str]], wanted: Mapping[str, Collection[str]]
+) -> tuple[list[str], list[str], list[str], list[str]] | None:
+    kinds = [kind for kind, values in entities.items() for _ in values]
+    values = [value for items in entities.values() for value in items]
+    names, asked = membership_arguments(wanted)
+    return (kinds, values, names, asked) if values or names else None
+
+
+def _snoozes_and_items(rows: Iterable[Sequence[Any]], wanted: Mapping[str, Collection[str]]) -> SnoozesAndItems:
+    items: dict[str, dict[str, int | None]] = {name: {} for name in wanted}
+    snoozes = []
+    for rule_id, kind, value, until, note, created_by, created_at, expires_ms in rows:
+        if rule_id is None:
+            items[kind][value] = expires_ms  # kind holds the list's name
+        else:
+            snoozes.append(Snooze(rule_id, kind, value, until, note, created_by, created_at))
+    return snoozes, items
 
 
 def snooze(

@@ -35,7 +35,7 @@ def window_counts(cur: psycopg2.extensions.cursor, from_ms: int, to_ms: int) -> 
     row = cur.fetchone()
     assert row is not None
     cur.execute(
-        """SELECT name, count(*) FROM transactions, jsonb_object_keys(features) AS name
+        """SELECT name, count(*) FROM transactions, jsonb_object_keys(features::jsonb) AS name
            WHERE ts >= txguard_ms_to_ts(%(from)s) AND ts < txguard_ms_to_ts(%(to)s) AND features IS NOT NULL
            GROUP BY name ORDER BY name""",
         {"from": from_ms, "to": to_ms},
@@ -76,10 +76,11 @@ def labelled_rows(
     of `features` (feature names: identifiers) and its label in force among those with labelled_at <
     label_cutoff_ms (epoch ms). Runs in the connection's current transaction (a named cursor needs one); the
     caller commits or rolls back."""
-    columns = sql.SQL(", ").join(sql.SQL("(t.features ->> {})::float8").format(sql.Literal(name)) for name in features)
+    columns = sql.SQL(", ").join(sql.SQL("(f.features ->> {})::float8").format(sql.Literal(name)) for name in features)
     query = sql.SQL(
         """SELECT t.transaction_id, t.account_id, txguard_ts_to_ms(t.ts), t.score::float8, l.fraud, {columns}
            FROM transactions t
+           CROSS JOIN LATERAL (SELECT t.features::jsonb AS features) f  -- stored as json: parsed once per row
            LEFT JOIN LATERAL (
                SELECT fraud FROM labels
                WHERE labels.transaction_id = t.transaction_id AND labelled_at < txguard_ms_to_ts(%(cutoff)s)

@@ -9,6 +9,7 @@ through the (account_id, ts) and (merchant_id, ts) indexes: never by the length 
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,7 +24,7 @@ import psycopg2.extensions
 
 from txguard.domain import ATTRIBUTES, DecidedTransaction, Decision, Reason, Transaction
 from txguard.features import ATTRIBUTE_FIELDS, RecentValues, Span, Timeline, features_json, spans_before
-from txguard.storage import array_literal
+from txguard.storage import array_literal, execute_later
 
 if TYPE_CHECKING:
     from txguard.detection import Decided
@@ -123,11 +124,13 @@ def lock_merchants(cur: psycopg2.extensions.cursor, merchants: set[str]) -> None
     """Merchant windows span accounts: writers touching the same merchant take turns.
 
     Merchants are hashed onto a fixed set of slots, taken in slot order by every writer (no deadlock); two
-    merchants sharing a slot only make their writers take turns.
+    merchants sharing a slot only make their writers take turns. The locks are taken in front of the caller's next
+    statement (execute_later): no round trip of their own.
     """
     if merchants:
         slots = sorted({merchant_lock_slot(m) for m in merchants})
-        cur.execute(
+        execute_later(
+            cur,
             """SELECT pg_advisory_xact_lock(%s, slot) FROM (
                    SELECT slot FROM unnest(%s::int[]) AS slot ORDER BY slot) AS slots""",
             (_MERCHANT_LOCK_SPACE, array_literal(slots)),
@@ -243,12 +246,20 @@ def copy_in(
 
     The deciding happens inside the COPY statement, and statement_timeout is there to bound the database's
     own work. So this one statement gets the unit of work's timeout (`timeout_ms`, 0 for none) plus an
-    allowance per row decided, and the timeout is set back afterwards. lock_timeout still bounds every wait
+    allowance per row decided, and the timeout is set back afterwards; on a unit of work's cursor both settings
+    travel with other statements (execute_later), costing no round trip. lock_timeout still bounds every wait
     on another transaction. A failure while deciding is raised as itself, not as a database error.
+
+    Up to INSERT_AT_MOST rows are decided first and written by one INSERT of the same rows, in the same text
+    (each value read by its column's input function, as COPY reads it), sent with the unit of work's next
+    statement or its COMMIT (execute_later): a transaction decided alone costs no round trip of its own to write.
     """
+    rows = _DecidedRows(decided, decisions, feature_names)
+    if count <= INSERT_AT_MOST:
+        _insert_later(cur, rows.read())
+        return
     if timeout_ms > 0:
         _set_statement_timeout(cur, timeout_ms + ceil(count * DECIDING_ALLOWANCE_MS_PER_ROW))
-    rows = _DecidedRows(decided, decisions, feature_names)
     try:
         cur.copy_expert(f"COPY transactions ({', '.join(_COLUMNS)}) FROM STDIN", rows, size=_COPY_CHUNK)
     except psycopg2.Error:
@@ -260,8 +271,28 @@ def copy_in(
         _set_statement_timeout(cur, timeout_ms)
 
 
+# The largest batch written by INSERT rather than COPY (see copy_in): COPY's own round trip matters only when its
+# rows are few; past that, COPY stores the first rows while the next ones are decided.
+INSERT_AT_MOST = 16
+
+_INSERT = f"INSERT INTO transactions ({', '.join(_COLUMNS)}) VALUES "  # noqa: S608 (constants)
+_ROW = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+_COPY_ESCAPE = re.compile(r"\\(.)")
+_COPY_ESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+def _insert_later(cur: psycopg2.extensions.cursor, text: str) -> None:
+    """INSERT the rows of `text` (COPY's text format, as copy_line writes them), with the next statement."""
+    values: list[str | None] = []
+    for line in text.split("\n")[:-1]:
+        for field in line.split("\t"):
+            values.append(None if field == _NULL else _COPY_ESCAPE.sub(lambda m: _COPY_ESCAPES.get(m[1], m[1]), field))
+    rows = len(values) // len(_COLUMNS)
+    execute_later(cur, _INSERT + ", ".join([_ROW] * rows), values)
+
+
 def _set_statement_timeout(cur: psycopg2.extensions.cursor, milliseconds: int) -> None:
-    cur.execute("SELECT set_config('statement_timeout', %s, true)", (f"{milliseconds}ms",))
+    execute_later(cur, "SELECT set_config('statement_timeout', %s, true)", (f"{milliseconds}ms",))
 
 
 # About ten times what deciding a transaction takes on one full vCPU: room for a small function's share of one.
@@ -277,13 +308,14 @@ _ROWS_IN_SPANS = """
            CASE WHEN rows.currency <> rows.last_currency THEN rows.currencies END
     FROM unnest(%s::{key_type}[], %s::bigint[], %s::bigint[]) AS b(key, low, high)
     CROSS JOIN LATERAL (
-        SELECT array_agg(txguard_ts_to_ms(t.ts) ORDER BY t.ts) AS ts,
-               array_agg((t.amount * 10000)::bigint ORDER BY t.ts) AS units,
-               min(t.currency) AS currency, max(t.currency) AS last_currency,
-               array_agg(t.currency ORDER BY t.ts) AS currencies
-        FROM transactions t
-        WHERE t.{key_column} = b.key AND t.ts >= txguard_ms_to_ts(b.low) AND t.ts < txguard_ms_to_ts(b.high)
-              {extra}) AS rows"""
+        SELECT array_agg(s.ms) AS ts, array_agg(s.units) AS units,
+               min(s.currency) AS currency, max(s.currency) AS last_currency, array_agg(s.currency) AS currencies
+        -- Aggregated in the order the subquery gives (the index's): one ordered scan, no sort per aggregate.
+        FROM (SELECT txguard_ts_to_ms(t.ts) AS ms, (t.amount * 10000)::bigint AS units, t.currency
+              FROM transactions t
+              WHERE t.{key_column} = b.key AND t.ts >= txguard_ms_to_ts(b.low) AND t.ts < txguard_ms_to_ts(b.high)
+                    {extra}
+              ORDER BY t.ts) AS s) AS rows"""
 _ACCOUNT_ROWS = _ROWS_IN_SPANS.format(key_type="bigint", key_column="account_id", extra="")
 # An account being re-decided adds its own transactions from `since` on as it goes: leave those out.
 _MERCHANT_ROWS = _ROWS_IN_SPANS.format(
