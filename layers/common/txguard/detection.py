@@ -34,13 +34,14 @@ from txguard.features import (
     Prior,
     Timeline,
     constant_totals,
+    list_feature,
     local_time_features,
     merchant_features,
     to_units,
 )
 from txguard.lists import ListDefinition
 from txguard.models.serving import load_detector
-from txguard.rule_engine import CompiledRuleSet, Snoozed, list_feature
+from txguard.rule_engine import CompiledRuleSet, Snoozed
 from txguard.rule_language import RuleSetError
 from txguard.storage import detector_versions, lists
 from txguard.storage.lists import list_definitions

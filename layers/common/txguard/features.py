@@ -202,6 +202,11 @@ TAIL_FEATURES = (
 )
 
 
+def list_feature(name: str) -> str:
+    """The features' key of whether the transaction's value is an item of the list `name` (1 or 0; rule_engine)."""
+    return f"in list {name}"
+
+
 def to_units(amount: Decimal) -> int:
     """Exact conversion; amounts are validated to at most four decimal places before they get here."""
     scaled = amount.scaleb(4)
@@ -555,9 +560,21 @@ StoredBefore = Callable[[int, str], tuple[Prior, Prior]]
 _NOTHING = Prior()
 
 
+@dataclass(frozen=True, slots=True)
+class ConstantTotals:
+    """StoredBefore giving the same totals before every time asked about: for accounts whose stored transactions
+    are all older than those to decide (which the columnar feature step, feature_columns, relies on)."""
+
+    whole: Prior
+    by_currency: Mapping[str, Prior]
+
+    def __call__(self, t: int, currency: str) -> tuple[Prior, Prior]:
+        return self.whole, self.by_currency.get(currency, _NOTHING)
+
+
 def constant_totals(whole: Prior, by_currency: Mapping[str, Prior]) -> StoredBefore:
     """The same totals before every time asked about: for accounts whose stored transactions are all older."""
-    return lambda _t, currency: (whole, by_currency.get(currency, _NOTHING))
+    return ConstantTotals(whole, by_currency)
 
 
 class CurrencyDailyTotals:
