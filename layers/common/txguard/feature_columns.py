@@ -131,7 +131,7 @@ _WINDOW_NAMES = tuple(name for name, _ in WINDOWS)
 
 
 class Column(NamedTuple):
-    scaled: IntArray
+    scaled: IntArray  # int64; Python ints (dtype object) where a value may leave int64's range
     places: int
     present: npt.NDArray[np.bool_] | None = None
 
@@ -496,10 +496,10 @@ def columnar_features(
                     amount_units, numbers["count_30d"].scaled.tolist(), numbers["sum_30d"].scaled.tolist(), strict=True
                 )
             ]
-            if max(map(abs, ratio), default=0) >= _SAFE:
-                return None
+            # A ratio to a tiny mean can leave int64's range: then the column holds Python ints (exact still).
+            exact_ratio = array(ratio) if max(map(abs, ratio), default=0) < _SAFE else np.array(ratio, dtype=object)
             sums = numbers["sum_30d"].scaled
-            numbers["amount_to_mean_30d"] = Column(array(ratio), 6, (numbers["count_30d"].scaled > 0) & (sums > 0))
+            numbers["amount_to_mean_30d"] = Column(exact_ratio, 6, (numbers["count_30d"].scaled > 0) & (sums > 0))
             window_names.append("amount_to_mean_30d")
     if "merchant_used_before" in needed:
         pair_codes, pairs = _codes([(t.account_id, t.merchant_id) for t in transactions])
@@ -595,7 +595,10 @@ def _merchant_columns(
         timeline = merchants.get(m) if m is not None else None
         if timeline is None:
             continue
-        low = first_ts[m] - (reach if not wants_days else max(reach, first_ts[m] % DAY_MS + 1)) + 1
+        # As Timeline.window refuses a window the merchant's loaded transactions do not cover (the day windows
+        # read from the start of the transaction's day; merchant risk reads per-day totals alone).
+        from_day_start = first_ts[m] % DAY_MS + 1 if not needed.isdisjoint(MERCHANT_DAY_FEATURES) else 0
+        low = first_ts[m] - max(reach, from_day_start) + 1
         if timeline.complete_from > low:
             return None
         stored_groups.extend([code] * len(timeline.ts))
