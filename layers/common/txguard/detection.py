@@ -126,21 +126,28 @@ def decisions_in_time_order(
     model_scores: Mapping[int, Decimal | None] | None = None,
     memberships: Mapping[str, frozenset[str]] | None = None,
     snoozes: Callable[[Transaction], Snoozed | None] | None = None,
+    *,
+    as_columns: bool = True,
 ) -> Iterator[Decided]:
     """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
 
     Transactions sharing a timestamp are not "before" each other: the whole group is decided first.
-    Decisions come out as they are taken (a chunk at a time), so a caller can write them while the rest are still
-    being decided. `model_scores` (by transaction id; backtests): the stored champion scores that rules read as
-    `model_score`, instead of a champion's. `memberships` (list_memberships): the values of the transactions
-    that are current items of each list the detector reads (none when not given). `snoozes` (ingest): the rules
-    snoozed for a transaction's entities.
+    Decisions come out as they are taken (a chunk at a time; all at once as columns), so a caller can write them
+    while the rest are still being decided. `model_scores` (by transaction id; backtests): the stored champion
+    scores that rules read as `model_score`, instead of a champion's. `memberships` (list_memberships): the
+    values of the transactions that are current items of each list the detector reads (none when not given).
+    `snoozes` (ingest): the rules snoozed for a transaction's entities.
+
+    From rule_engine.COLUMN_ROWS transactions on, a detector with `decide_columns` (the rule set, the model
+    detector) decides them as columns when feature_columns.columnar_features computes their features (the common
+    case: one currency, no late arrivals, no attribute feature): the same features, decisions and histories as
+    one by one, which `as_columns=False` asks for (benchmarks, parity tests).
     """
     text_reads = TextReads(detector, memberships)
     needed = detector.needed_features
     settings = detector.feature_settings
     decide_columns = getattr(detector, "decide_columns", None)
-    if decide_columns is not None and len(transactions) >= COLUMN_ROWS:
+    if as_columns and decide_columns is not None and len(transactions) >= COLUMN_ROWS:
         columns = columnar_features(transactions, histories, merchants, needed, settings)
         if columns is not None:
             yield from _decided_as_columns(
