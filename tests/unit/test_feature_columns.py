@@ -85,14 +85,20 @@ def assert_same(transactions: list[Transaction], detector: Any, steps: dict[str,
             other.last_ts,
             other.amounts,
         )
-        assert (history.tail.ts, history.tail.units, history.tail.days) == (
+        assert (history.tail.ts, history.tail.units, history.tail._prefix, history.tail.days) == (
             other.tail.ts,
             other.tail.units,
+            other.tail._prefix,
             other.tail.days,
         )
+        assert (history.added_count, history.added_last_ts, history.added) == (
+            other.added_count,
+            other.added_last_ts,
+            other.added,
+        )
         assert history.merchant_first == other.merchant_first
-    assert {m: (t.ts, t.units, t.days) for m, t in row_merchants.items()} == {
-        m: (t.ts, t.units, t.days) for m, t in column_merchants.items()
+    assert {m: (t.ts, t.units, t._prefix, t.days, t.currency) for m, t in row_merchants.items()} == {
+        m: (t.ts, t.units, t._prefix, t.days, t.currency) for m, t in column_merchants.items()
     }
 
 

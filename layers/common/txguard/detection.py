@@ -212,11 +212,24 @@ def _decided_as_columns(
     if snoozed is not None and not any(snoozed):
         snoozed = None
     decisions = decide_columns(columns, items, snoozed)
-    for t in transactions:
-        units = to_units(t.amount)
-        histories[t.account_id].add(t.ts, units, t.currency, t.merchant_id)
+    # The histories as adding each transaction in turn leaves them: per account and per merchant, in time order.
+    units = columns.numbers["amount"].scaled.tolist()
+    currency = transactions[0].currency  # columnar_features: one currency
+    by_account: dict[int, list[int]] = {}
+    by_merchant: dict[str, list[int]] = {}
+    for i, t in enumerate(transactions):
+        by_account.setdefault(t.account_id, []).append(i)
         if t.merchant_id is not None:
-            merchants[t.merchant_id].add(t.ts, units, t.currency)
+            by_merchant.setdefault(t.merchant_id, []).append(i)
+    for account_id, indexes in by_account.items():
+        histories[account_id].add_all(
+            [transactions[i].ts for i in indexes],
+            [units[i] for i in indexes],
+            currency,
+            [transactions[i].merchant_id for i in indexes],
+        )
+    for merchant_id, indexes in by_merchant.items():
+        merchants[merchant_id].add_all([transactions[i].ts for i in indexes], [units[i] for i in indexes], currency)
     for t, features, decision in zip(transactions, rows, decisions, strict=True):
         yield Decided(t, features, decision)
 

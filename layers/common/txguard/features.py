@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from functools import lru_cache
-from itertools import accumulate
+from itertools import accumulate, islice
 from math import isqrt
 from zoneinfo import ZoneInfo
 
@@ -371,6 +371,33 @@ class Timeline:
         for value in self.units[position:]:
             self._prefix.append(self._prefix[-1] + value)
 
+    def add_all(self, ts: Sequence[int], units: Sequence[int], currency: str) -> None:
+        """add() each entry, in this order (ts ascending), in one currency: the same timeline, built in bulk when
+        they all come after its entries in its own currency."""
+        if (self.by_currency is not None or self.currency not in (None, currency)) or (self.ts and ts[0] < self.ts[-1]):
+            for t, u in zip(ts, units, strict=True):
+                self.add(t, u, currency)
+            return
+        self.currency = currency
+        if self.days is not None:
+            days = self.days
+            for t, u in zip(ts, units, strict=True):
+                day = t // DAY_MS
+                totals = days.get(day)
+                if totals is None:
+                    days[day] = [1, u]
+                else:
+                    totals[0] += 1
+                    totals[1] += u
+            first_day = ts[0] // DAY_MS
+            if first_day < self._cached_until:  # as add() does for its first entry before the cached windows' end
+                self._day_cache.clear()
+                self._risk_cache.clear()
+                self._cached_until = first_day
+        self.ts.extend(ts)
+        self.units.extend(units)
+        self._prefix.extend(islice(accumulate(units, initial=self._prefix[-1]), 1, None))
+
     def before(self, t: int) -> int:
         """Index one past the last entry strictly before t."""
         return bisect_left(self.ts, t)
@@ -642,6 +669,20 @@ class Amounts:
     def prior(self, last_ts: int | None = None) -> Prior:
         return Prior(self.count, self.sum_units, self.sum_sq_units, self.max_units, last_ts)
 
+    def add_all(self, ts: Sequence[int], units: Sequence[int]) -> None:
+        """add() each, in this order (ts ascending)."""
+        self.count += len(units)
+        self.sum_units += sum(units)
+        self.sum_sq_units += sum(u * u for u in units)
+        largest = max(units)
+        at = ts[units.index(largest)]  # its earliest timestamp
+        if (
+            self.max_units is None
+            or largest > self.max_units
+            or (largest == self.max_units and at < (self.max_ts or at))
+        ):
+            self.max_units, self.max_ts = largest, at
+
     def add(self, t: int, units: int) -> None:
         self.count += 1
         self.sum_units += units
@@ -817,6 +858,30 @@ class AccountHistory:
                 first = self.merchant_first.get(merchant_id)
                 result["merchant_used_before"] = 1 if first is not None and first < t else 0
         return result
+
+    def add_all(
+        self, ts: Sequence[int], units: Sequence[int], currency: str, merchant_ids: Sequence[str | None]
+    ) -> None:
+        """add() each transaction, in this order (ts ascending, all after the added ones), in one currency."""
+        if not ts:
+            return
+        self.tail.add_all(ts, units, currency)
+        firsts = self.merchant_first
+        for t, merchant_id in zip(ts, merchant_ids, strict=True):
+            if merchant_id is not None:
+                first = firsts.get(merchant_id)
+                if first is None or t < first:
+                    firsts[merchant_id] = t
+        self.added_count += len(ts)
+        self.added_last_ts = ts[-1]
+        for amounts in (self.added, self.amounts):
+            found = amounts.get(currency)
+            if found is None:
+                found = amounts[currency] = Amounts()
+            found.add_all(ts, units)
+        self.count += len(ts)
+        self.first_ts = ts[0] if self.first_ts is None else min(self.first_ts, ts[0])
+        self.last_ts = ts[-1] if self.last_ts is None else max(self.last_ts, ts[-1])
 
     def add(self, t: int, units: int, currency: str, merchant_id: str | None = None) -> None:
         self.tail.add(t, units, currency)
