@@ -202,8 +202,11 @@ class FeatureColumns:
         if column.places == 0:
             values = list(column.scaled.tolist())
         else:
+            # Each distinct value is built once (Decimals are immutable): zeros, equal amounts and risks repeat.
             places = -column.places
-            values = [Decimal(v).scaleb(places) for v in column.scaled.tolist()]
+            distinct, position = np.unique(column.scaled, return_inverse=True)
+            built = [Decimal(v).scaleb(places) for v in distinct.tolist()]
+            values = [built[i] for i in position.tolist()]
         if column.present is not None:
             for i in np.flatnonzero(~column.present).tolist():
                 values[i] = None
@@ -211,18 +214,15 @@ class FeatureColumns:
 
     def rows(self) -> list[Features]:
         """Each transaction's features dict (see the class)."""
-        later = {name: self.python_values(name) for name in self._names_later}
-        first_values = {name: later[name] if name in later else self.python_values(name) for name in self._names_first}
+        names_first, names_later = self._names_first, self._names_later
+        later = {name: self.python_values(name) for name in names_later}
+        first_values = {name: later[name] if name in later else self.python_values(name) for name in names_first}
         # A first transaction's account age is Decimal(0) (features.AccountHistory.features), not 0.000.
         first_values["account_age_seconds"] = [_ZERO] * self.size
-        rows: list[Features] = []
-        first = self._first.tolist()
-        names_first, names_later = self._names_first, self._names_later
-        for i in range(self.size):
-            if first[i]:
-                rows.append({name: first_values[name][i] for name in names_first})
-            else:
-                rows.append({name: later[name][i] for name in names_later})
+        columns = zip(*later.values(), strict=True)
+        rows: list[Features] = [dict(zip(names_later, values, strict=True)) for values in columns]
+        for i in np.flatnonzero(self._first).tolist():
+            rows[i] = {name: first_values[name][i] for name in names_first}
         return rows
 
 
