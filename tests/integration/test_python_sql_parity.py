@@ -163,14 +163,17 @@ def beyond_the_limits(constant: str) -> bool:
 
 @st.composite
 def comparisons(
-    draw: st.DrawFn, constants: st.SearchStrategy[str] = constants, factors: st.SearchStrategy[str] = factors
+    draw: st.DrawFn,
+    constants: st.SearchStrategy[str] = constants,
+    factors: st.SearchStrategy[str] = factors,
+    features: list[str] = comparable,
 ) -> str:
     if draw(st.integers(0, 3)) == 0:
         return draw(text_comparisons)
-    left = draw(st.sampled_from(["amount", *comparable]))
+    left = draw(st.sampled_from(["amount", *features]))
     if draw(st.booleans()):
         return f"{left} {draw(operators)} {draw(constants)}"
-    return f"{left} {draw(operators)} {draw(factors)} * {draw(st.sampled_from(comparable))}"
+    return f"{left} {draw(operators)} {draw(factors)} * {draw(st.sampled_from(features))}"
 
 
 @st.composite
@@ -705,22 +708,12 @@ columnar_comparable = sorted(set(FEATURES) - ATTRIBUTE_FEATURES - {"amount"})
 
 
 @st.composite
-def columnar_comparisons(draw: st.DrawFn) -> str:
-    if draw(st.integers(0, 4)) == 0:
-        return draw(text_comparisons)
-    left = draw(st.sampled_from(["amount", *columnar_comparable]))
-    if draw(st.booleans()):
-        return f"{left} {draw(operators)} {draw(constants)}"
-    return f"{left} {draw(operators)} {draw(factors)} * {draw(st.sampled_from(columnar_comparable))}"
-
-
-@st.composite
 def columnar_rule_sets(draw: st.DrawFn) -> list[dict[str, object]]:
     return [
         {
             "id": f"r{index}",
             "description": "generated",
-            "when": " OR ".join(draw(st.lists(columnar_comparisons(), min_size=1, max_size=3))),
+            "when": " OR ".join(draw(st.lists(comparisons(features=columnar_comparable), min_size=1, max_size=3))),
             "score": draw(st.sampled_from(["0.2", "0.5", "1"])),
             "mode": draw(st.sampled_from(["active", "active", "shadow"])),
         }

@@ -35,6 +35,7 @@ from txguard.features import (
     FeatureValue,
     Prior,
     Timeline,
+    known_frauds,
     local_time_features,
     merchant_days_back,
     merchant_reach_ms,
@@ -679,10 +680,6 @@ def _frauds(
         key = (m, day)
         frauds = found.get(key)
         if frauds is None:
-            end = day - delay
-            frauds = found[key] = tuple(
-                sum(f for tx_day, known, f in timeline.label_steps if end - width <= tx_day < end and known < day)
-                for _, width in RISK_WINDOWS
-            )
+            frauds = found[key] = known_frauds(timeline.label_steps, day, delay)
         result.append(frauds)
     return result

@@ -483,9 +483,8 @@ class Timeline:
         if cached is None:
             end = day - delay_days
             values = []
-            for _, width in RISK_WINDOWS:
+            for (_, width), frauds in zip(RISK_WINDOWS, known_frauds(self.label_steps, day, delay_days), strict=True):
                 count, _ = self.whole_days(end - width, end)
-                frauds = sum(f for tx_day, known, f in self.label_steps if end - width <= tx_day < end and known < day)
                 values.append(_six_places(frauds * 1_000_000, count) if count else _ZERO_RISK)
             if len(self._risk_cache) > 16:
                 self._risk_cache.clear()
@@ -495,6 +494,17 @@ class Timeline:
 
 
 _ZERO_RISK = Decimal("0.000000")
+
+
+def known_frauds(label_steps: Sequence[tuple[int, int, int]], day: int, delay_days: int) -> tuple[int, ...]:
+    """For a transaction on UTC `day`, per RISK_WINDOWS (width w): the signed frauds among the (tx day, known day,
+    signed frauds) label steps of the days [day - delay - w, day - delay) known before `day` (merchant risk's
+    numerator)."""
+    end = day - delay_days
+    return tuple(
+        sum(f for tx_day, known, f in label_steps if end - width <= tx_day < end and known < day)
+        for _, width in RISK_WINDOWS
+    )
 
 
 @dataclass(frozen=True, slots=True)
