@@ -1,7 +1,15 @@
-"""Where a chunk's features are held as columns: what rule predicates (rule_columns) and models read at once.
+"""Where a batch's features are computed as columns, and held as what rule predicates (rule_columns) and models
+read at once.
+
+`columnar_features` computes a batch's account, merchant and local-time features (features.py defines them) with
+vectorised group-by-account and group-by-merchant operations, for the common case (one currency, no late
+arrivals, no attribute feature): each window's count and sum is two binary searches on an (entity, time) int64
+key over the batch's transactions, the stored tails and the stored per-day totals, with prefix sums of amounts in
+ten-thousandths. The result, `FeatureColumns`, holds exact integers (value × 10^places); `rows()` gives the same
+features dicts as the row engine, bit for bit. detection.decisions_in_time_order takes this path when it can.
 
 `RowColumns` reads the columns from per-transaction feature dicts (features.Features), lazily, one column per
-feature asked for, each read once per chunk.
+feature asked for, each read once per chunk: what a detector's decide_batch uses.
 """
 
 from __future__ import annotations
@@ -127,8 +135,6 @@ IntArray = npt.NDArray[np.int64]
 # Integer arithmetic on int64 is exact; the step refuses a chunk (None) where a sum could leave int64's range.
 _SAFE = 2**62
 _HOURS = 3_600_000
-# Money features: a sum of amounts in ten-thousandths; the count-like ones and the six-place ones.
-_WINDOW_NAMES = tuple(name for name, _ in WINDOWS)
 
 
 class Column(NamedTuple):
