@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from txguard.detection import Decided, Detector, decisions_in_time_order, empty_history, empty_timeline
 from txguard.domain import Transaction
 from txguard.feature_columns import columnar_features
-from txguard.features import ATTRIBUTE_FEATURES, DAY_MS, FEATURES, Timeline
+from txguard.features import ATTRIBUTE_FEATURES, DAY_MS, FEATURES, Timeline, features_json
 from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet
 from txguard.rule_language import validate_rule_set
 from txguard.storage.rule_sets import default_rule_set
@@ -70,7 +70,13 @@ def assert_same(transactions: list[Transaction], detector: Any, steps: dict[str,
     # The columns are computed for this history (the columnar path is taken, not the row path's fallback).
     histories: dict[int, Any] = defaultdict(empty_history)
     merchants: dict[str, Timeline] = defaultdict(empty_timeline)
-    assert columnar_features(transactions, histories, merchants, detector.needed_features, detector.feature_settings)
+    computed = columnar_features(
+        transactions, histories, merchants, detector.needed_features, detector.feature_settings
+    )
+    assert computed is not None
+    # The stored features' JSON written from the columns is what features_json writes of each row.
+    names = sorted(detector.needed_features)
+    assert computed.json_rows(names) == [features_json(row, names) for row in computed.rows()]
     rows, row_histories, row_merchants = replay(transactions, RowByRow(detector), steps)
     columns, column_histories, column_merchants = replay(transactions, detector, steps)
     for by_row, by_column in zip(rows, columns, strict=True):

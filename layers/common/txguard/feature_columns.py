@@ -43,6 +43,7 @@ from txguard.features import (
     FeatureValue,
     Prior,
     Timeline,
+    features_json,
     known_frauds,
     local_time_features,
     merchant_days_back,
@@ -231,6 +232,46 @@ class FeatureColumns:
         for i in np.flatnonzero(self._first).tolist():
             rows[i] = {name: first_values[name][i] for name in names_first}
         return rows
+
+    def json_rows(self, names: Sequence[str]) -> list[str]:
+        """Each row's features.features_json(row, names) (the stored `features` column), byte for byte, written
+        from the integer columns without building a Decimal: what storage could write instead of formatting each
+        features dict (a value of at most six places prints in plain notation, as str(Decimal) does)."""
+        texts: dict[str, list[str]] = {}
+        for name in names:
+            texts[name] = self._json_values(name)
+        first = self._first
+        if "account_age_seconds" in texts and first.any():
+            ages = texts["account_age_seconds"]
+            for i in np.flatnonzero(first).tolist():
+                ages[i] = "0"  # Decimal(0), not 0.000
+        later_keys, first_keys = set(self._names_later), set(self._names_first)
+        # Each column's '"name":value' parts, then each row's parts joined (zip and join run in C).
+        later = [
+            [f'"{name}":{v}' for v in texts[name]] if name in later_keys else [f'"{name}":null'] * self.size
+            for name in names
+        ]
+        rows = ["{" + ",".join(parts) + "}" for parts in zip(*later, strict=True)] if names else ["{}"] * self.size
+        firsts = np.flatnonzero(first).tolist()
+        for i in firsts:
+            rows[i] = "{" + ",".join(f'"{n}":{texts[n][i] if n in first_keys else "null"}' for n in names) + "}"
+        return rows
+
+    def _json_values(self, name: str) -> list[str]:
+        if name in self._given:
+            return [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self.python_values(name)]
+        column = self.numbers[name]
+        values = column.scaled.tolist()
+        if column.places == 0:
+            texts = [str(v) for v in values]
+        else:
+            unit = 10**column.places
+            width = column.places
+            texts = [f"{'-' if v < 0 else ''}{abs(v) // unit}.{abs(v) % unit:0{width}d}" for v in values]
+        if column.present is not None:
+            for i in np.flatnonzero(~column.present).tolist():
+                texts[i] = "null"
+        return texts
 
 
 class _Entries:
