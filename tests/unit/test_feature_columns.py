@@ -9,7 +9,6 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -174,7 +173,6 @@ def test_columns_decide_5_000_generated_transactions_as_the_row_engine() -> None
     assert_same(transactions, every_feature_rules(), steps)
 
 
-@pytest.mark.slow  # about 80 s
 def test_columns_decide_100_000_generated_transactions_as_the_row_engine() -> None:
     transactions, steps = generated(100_000, seed=4)
     assert_same(transactions, every_feature_rules("Europe/Paris", 7), steps)
