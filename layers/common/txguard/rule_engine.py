@@ -1,4 +1,7 @@
 """Where rules are evaluated: a rule set compiled once into predicates, applied to a transaction's features.
+A chunk of COLUMN_ROWS transactions or more is first read by the same rules compiled into vectorised predicates
+(rule_columns): only the transactions where a rule may fire are decided here one by one, the others share the
+decision where nothing fires.
 
 score = 1 - product(1 - weight) over the active rules of action `score` that fire, rounded to four places.
 Shadow rules are evaluated and explained but never count, and never change the outcome.
@@ -153,7 +156,11 @@ class CompiledRuleSet:
         self._nothing_found = Decision(False, Decimal(0).quantize(_FOUR_PLACES), (), version, detector_version)
         # The same rules as vectorised predicates, which find the rows of a chunk where some rule may fire.
         self.predicates = RulePredicates(
-            [rule.condition for rule in sorted(rule_set.rules, key=lambda r: r.id) if rule.enabled and rule.condition]
+            [
+                rule.condition
+                for rule in sorted(rule_set.rules, key=lambda r: r.id)
+                if rule.enabled and rule.condition is not None
+            ]
         )
         # The rules that may fire on a row, by the bit mask of their positions in `_rules`.
         self._subsets: dict[int, tuple[_CompiledRule, ...]] = {}
