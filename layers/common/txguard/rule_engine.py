@@ -177,11 +177,6 @@ class CompiledRuleSet:
 
         From COLUMN_ROWS transactions on, the rule predicates (rule_columns) first find those where some rule may
         fire; only those are decided one by one, the others share the decision where nothing fires."""
-        decide = self.decide
-        if len(items) < COLUMN_ROWS:
-            if snoozed is None:
-                return [decide(features, merchant_id, currency) for features, merchant_id, currency in items]
-            return [decide(f, m, c, s) for (f, m, c), s in zip(items, snoozed, strict=True)]
         return self.decide_columns(RowColumns([f for f, _, _ in items]), items, snoozed)
 
     def decide_columns(
@@ -191,6 +186,11 @@ class CompiledRuleSet:
         snoozed: Sequence[Snoozed | None] | None = None,
     ) -> list[Decision]:
         """decide_batch for a chunk whose features are also given as `columns` (the same rows, in order)."""
+        if len(items) < COLUMN_ROWS:
+            decide_one = self.decide
+            if snoozed is None:
+                return [decide_one(features, merchant_id, currency) for features, merchant_id, currency in items]
+            return [decide_one(f, m, c, s) for (f, m, c), s in zip(items, snoozed, strict=True)]
         decisions = [self._nothing_found] * len(items)
         decide = self._decide
         rows, masks = self.predicates.rules_to_explain(columns)
