@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg2
 import pytest
@@ -21,6 +21,7 @@ from txguard import db
 from txguard.backtest import backtest
 from txguard.detection import detector_cache
 from txguard.domain import Decision
+from txguard.feature_columns import FeatureSource
 from txguard.features import Features
 from txguard.models import serving
 from txguard.models.artifact import artifact_sha256, decode_artifact
@@ -131,13 +132,16 @@ def test_the_stored_scores_equal_the_training_library_s_predictions_on_the_store
     import numpy as np
 
     live: list[list[float | None]] = []
-    decide_batch = serving.ModelDetector.decide_batch
+    decide_columns = serving.ModelDetector.decide_columns
 
-    def recording(self: serving.ModelDetector, items: list[tuple[Features, str | None, str]]) -> list[Decision]:
-        live.extend(serving.feature_row(features, FEATURES) for features, _, _ in items)
-        return decide_batch(self, items)
+    def recording(
+        self: serving.ModelDetector, columns: FeatureSource, items: list[tuple[Features, str | None, str]], snoozed: Any
+    ) -> list[Decision]:
+        # What the champion scores: the matrix of the chunk's columns (NaN where missing).
+        live.extend([None if v != v else v for v in row] for row in columns.matrix(FEATURES).tolist())
+        return decide_columns(self, columns, items, snoozed)
 
-    monkeypatch.setattr(serving.ModelDetector, "decide_batch", recording)
+    monkeypatch.setattr(serving.ModelDetector, "decide_columns", recording)
     data, text = trained_model(threshold=0.5, seed=13)
     champion(database, model_dir, data)
     amounts = ["5.00", "450.00", "120.00", "999.99", "0.00", "401.00", "0.07", "123456.78"]

@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -40,17 +41,18 @@ from tests.integration.helpers import (
     store,
 )
 from tests.model_fixtures import register, trained_artifact
-from txguard import db
+from txguard import db, detection
 from txguard.backtest import on_stored_features, replay
 from txguard.currencies import MINOR_UNITS
 from txguard.detection import detector_cache
 from txguard.domain import Transaction
-from txguard.features import FEATURES
+from txguard.feature_columns import columnar_features
+from txguard.features import ATTRIBUTE_FEATURES, FEATURES
 from txguard.lists import ListItem
 from txguard.models import serving
 from txguard.models.artifact_store import DirectoryStore
 from txguard.queries import recompute_window
-from txguard.rule_engine import CompiledRuleSet
+from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet
 from txguard.rule_language import MAX_DECIMAL_PLACES, MAX_INTEGER_DIGITS, RuleSetError
 from txguard.storage import lists, models
 
@@ -161,14 +163,17 @@ def beyond_the_limits(constant: str) -> bool:
 
 @st.composite
 def comparisons(
-    draw: st.DrawFn, constants: st.SearchStrategy[str] = constants, factors: st.SearchStrategy[str] = factors
+    draw: st.DrawFn,
+    constants: st.SearchStrategy[str] = constants,
+    factors: st.SearchStrategy[str] = factors,
+    features: list[str] = comparable,
 ) -> str:
     if draw(st.integers(0, 3)) == 0:
         return draw(text_comparisons)
-    left = draw(st.sampled_from(["amount", *comparable]))
+    left = draw(st.sampled_from(["amount", *features]))
     if draw(st.booleans()):
         return f"{left} {draw(operators)} {draw(constants)}"
-    return f"{left} {draw(operators)} {draw(factors)} * {draw(st.sampled_from(comparable))}"
+    return f"{left} {draw(operators)} {draw(factors)} * {draw(st.sampled_from(features))}"
 
 
 @st.composite
@@ -696,3 +701,78 @@ def test_outcomes_agree_in_ingest_recomputation_and_sql_with_actions_snoozes_and
             cur.execute("DELETE FROM list_items")
             cur.execute("UPDATE lists SET action = NULL")
         admin.close()
+
+
+# What the columnar feature step computes (feature_columns: attribute features take the row path).
+columnar_comparable = sorted(set(FEATURES) - ATTRIBUTE_FEATURES - {"amount"})
+
+
+@st.composite
+def columnar_rule_sets(draw: st.DrawFn) -> list[dict[str, object]]:
+    return [
+        {
+            "id": f"r{index}",
+            "description": "generated",
+            "when": " OR ".join(draw(st.lists(comparisons(features=columnar_comparable), min_size=1, max_size=3))),
+            "score": draw(st.sampled_from(["0.2", "0.5", "1"])),
+            "mode": draw(st.sampled_from(["active", "active", "shadow"])),
+        }
+        for index in range(draw(st.integers(1, 4)))
+    ]
+
+
+@st.composite
+def one_currency_histories(draw: st.DrawFn) -> list[Row]:
+    """Histories in EUR alone, long enough for a chunk to be decided as columns (rule_engine.COLUMN_ROWS)."""
+    ts = T0
+    rows = []
+    for _ in range(draw(st.integers(COLUMN_ROWS, 40))):
+        ts += draw(gaps)
+        merchant = draw(st.sampled_from([None, "a", "b"]))
+        rows.append((draw(st.integers(0, 2)), ts, draw(amounts("EUR")), "EUR", merchant, draw(attribute_values)))
+    return rows
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=one_currency_histories(),
+    rules=columnar_rule_sets(),
+    cut=st.integers(COLUMN_ROWS, 40),
+    options=feature_options(),
+)
+def test_batches_decided_as_columns_store_what_sql_and_the_recomputation_decide(
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: list[Row],
+    rules: list[dict[str, object]],
+    cut: int,
+    options: dict[str, object],
+) -> None:
+    # Given one-currency histories stored in two batches (the second over a stored history), with rules
+    # reading the features the columns compute,
+    taken: list[bool] = []
+
+    def recording(*args: Any) -> Any:
+        columns = columnar_features(*args)
+        taken.append(columns is not None)
+        return columns
+
+    monkeypatch.setattr(detection, "columnar_features", recording)
+    apply_rules(database, rules, threshold="0.5", features=options)
+    batch, accounts = materialise(rows)
+    stored = {}
+    for part in (batch[:cut], batch[cut:]):
+        for result in store(part) if part else []:
+            stored[result.transaction.transaction_id] = result.decision
+    # then the first batch (at least COLUMN_ROWS transactions of new accounts) was decided as columns,
+    assert taken and taken[0]
+    event("second batch as columns" if len(taken) > 1 and taken[1] else "one batch as columns")
+    # and what was stored is what SQL and the recomputation decide.
+    for account in accounts:
+        in_python = python_decisions(recompute(account))
+        assert in_python == sql_decisions(database, account)
+        for tid, (fraud, score, active, shadow) in in_python.items():
+            decision = stored[tid]
+            assert (decision.fraud, decision.score) == (fraud, score)
+            assert sorted(r.rule_id for r in decision.reasons if r.mode == "active") == active
+            assert sorted(r.rule_id for r in decision.reasons if r.mode == "shadow") == shadow

@@ -4,7 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from txguard.rule_engine import CompiledRuleSet, list_feature
+from txguard.features import list_feature
+from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import (
     MAX_IN_VALUES,
     MAX_SET_VALUES,

@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txguard.domain import Decision
+from txguard.feature_columns import RowColumns
 from txguard.features import Features
 from txguard.models.serving import combined_score, with_stored_model
-from txguard.rule_engine import CompiledRuleSet
+from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
 
 
@@ -174,6 +175,9 @@ def test_without_lists_actions_or_review_thresholds_every_decision_is_what_it_wa
             keep *= 1 - Decimal(w)
     expected_score = (1 - keep).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
     by_rules = rules.decide(values, None, "EUR")
+    # The columnar engine (rule_columns) decides a chunk of such transactions alike.
+    chunk = [(values, None, "EUR")] * COLUMN_ROWS
+    assert rules.decide_columns(RowColumns([values] * COLUMN_ROWS), chunk) == [by_rules] * COLUMN_ROWS
     assert by_rules.score == expected_score
     assert by_rules.fraud == (expected_score >= Decimal(threshold))
     assert by_rules.outcome == ("block" if by_rules.fraud else "allow")

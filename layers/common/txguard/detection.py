@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from itertools import groupby
 from typing import Any, NamedTuple, Protocol
@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Protocol
 import psycopg2.extensions
 
 from txguard.domain import Decision, Transaction
+from txguard.feature_columns import FeatureColumns, columnar_features
 from txguard.features import (
     ATTRIBUTE_FEATURES,
     ATTRIBUTE_FIELDS,
@@ -31,16 +32,18 @@ from txguard.features import (
     AccountHistory,
     Features,
     FeatureSettings,
+    FeatureValue,
     Prior,
     Timeline,
     constant_totals,
+    list_feature,
     local_time_features,
     merchant_features,
     to_units,
 )
 from txguard.lists import ListDefinition
 from txguard.models.serving import load_detector
-from txguard.rule_engine import CompiledRuleSet, Snoozed, list_feature
+from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet, Snoozed
 from txguard.rule_language import RuleSetError
 from txguard.storage import detector_versions, lists
 from txguard.storage.lists import list_definitions
@@ -123,19 +126,34 @@ def decisions_in_time_order(
     model_scores: Mapping[int, Decimal | None] | None = None,
     memberships: Mapping[str, frozenset[str]] | None = None,
     snoozes: Callable[[Transaction], Snoozed | None] | None = None,
+    *,
+    as_columns: bool = True,
 ) -> Iterator[Decided]:
     """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
 
     Transactions sharing a timestamp are not "before" each other: the whole group is decided first.
-    Decisions come out as they are taken (a chunk at a time), so a caller can write them while the rest are still
-    being decided. `model_scores` (by transaction id; backtests): the stored champion scores that rules read as
-    `model_score`, instead of a champion's. `memberships` (list_memberships): the values of the transactions
-    that are current items of each list the detector reads (none when not given). `snoozes` (ingest): the rules
-    snoozed for a transaction's entities.
+    Decisions come out as they are taken (a chunk at a time; all at once as columns), so a caller can write them
+    while the rest are still being decided. `model_scores` (by transaction id; backtests): the stored champion
+    scores that rules read as `model_score`, instead of a champion's. `memberships` (list_memberships): the
+    values of the transactions that are current items of each list the detector reads (none when not given).
+    `snoozes` (ingest): the rules snoozed for a transaction's entities.
+
+    From rule_engine.COLUMN_ROWS transactions on, a detector with `decide_columns` (the rule set, the model
+    detector) decides them as columns when feature_columns.columnar_features computes their features (the common
+    case: one currency, no late arrivals, no attribute feature): the same features, decisions and histories as
+    one by one, which `as_columns=False` asks for (benchmarks, parity tests).
     """
     text_reads = TextReads(detector, memberships)
     needed = detector.needed_features
     settings = detector.feature_settings
+    decide_columns = getattr(detector, "decide_columns", None)
+    if as_columns and decide_columns is not None and len(transactions) >= COLUMN_ROWS:
+        columns = columnar_features(transactions, histories, merchants, needed, settings)
+        if columns is not None:
+            yield from _decided_as_columns(
+                transactions, columns, histories, merchants, decide_columns, model_scores, text_reads, snoozes
+            )
+            return
     wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
     wants_local_time = not needed.isdisjoint(LOCAL_TIME_FEATURES)
     wants_attributes = not needed.isdisjoint(ATTRIBUTE_FEATURES)
@@ -171,6 +189,51 @@ def decisions_in_time_order(
         yield from _decided(pending, detector, decide_batch, snoozes)
 
 
+def _decided_as_columns(
+    transactions: list[Transaction],
+    columns: FeatureColumns,
+    histories: dict[int, AccountHistory],
+    merchants: dict[str, Timeline],
+    decide_columns: Any,
+    model_scores: Mapping[int, Decimal | None] | None,
+    text_reads: TextReads,
+    snoozes: Callable[[Transaction], Snoozed | None] | None,
+) -> Iterator[Decided]:
+    """decisions_in_time_order for features computed as columns (feature_columns.columnar_features): the same
+    features dicts and decisions, then the same histories."""
+    if model_scores is not None:
+        columns.add_values(MODEL_SCORE, [model_scores.get(t.transaction_id) for t in transactions])
+    if text_reads:
+        for name, values in text_reads.columns(transactions).items():
+            columns.add_values(name, values)
+    rows = columns.rows()
+    items = [(features, t.merchant_id, t.currency) for t, features in zip(transactions, rows, strict=True)]
+    snoozed = None if snoozes is None else [snoozes(t) for t in transactions]
+    if snoozed is not None and not any(snoozed):
+        snoozed = None
+    decisions = decide_columns(columns, items, snoozed)
+    # The histories as adding each transaction in turn leaves them: per account and per merchant, in time order.
+    units = columns.numbers["amount"].scaled.tolist()
+    currency = transactions[0].currency  # columnar_features: one currency
+    by_account: dict[int, list[int]] = {}
+    by_merchant: dict[str, list[int]] = {}
+    for i, t in enumerate(transactions):
+        by_account.setdefault(t.account_id, []).append(i)
+        if t.merchant_id is not None:
+            by_merchant.setdefault(t.merchant_id, []).append(i)
+    for account_id, indexes in by_account.items():
+        histories[account_id].add_all(
+            [transactions[i].ts for i in indexes],
+            [units[i] for i in indexes],
+            currency,
+            [transactions[i].merchant_id for i in indexes],
+        )
+    for merchant_id, indexes in by_merchant.items():
+        merchants[merchant_id].add_all([transactions[i].ts for i in indexes], [units[i] for i in indexes], currency)
+    for t, features, decision in zip(transactions, rows, decisions, strict=True):
+        yield Decided(t, features, decision)
+
+
 class TextReads:
     """What the detector's rules read of a transaction's text fields, added to its features: each field's value
     (None when it has none) and, for each list read, rule_engine.list_feature(list): 1 when the value is among the
@@ -186,6 +249,15 @@ class TextReads:
 
     def __bool__(self) -> bool:
         return bool(self.fields)
+
+    def columns(self, transactions: Sequence[Transaction]) -> dict[str, list[FeatureValue]]:
+        """What `add` adds, as one column per key (in `add`'s order)."""
+        found: dict[str, list[FeatureValue]] = {}
+        for field in self.fields:
+            found[field] = [t.text_value(field) for t in transactions]
+        for key, field, items in self.lists:
+            found[key] = [None if value is None else int(value in items) for value in found[field]]
+        return found
 
     def add(self, features: Features, t: Transaction) -> None:
         for field in self.fields:

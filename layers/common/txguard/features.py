@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from functools import lru_cache
-from itertools import accumulate
+from itertools import accumulate, islice
 from math import isqrt
 from zoneinfo import ZoneInfo
 
@@ -200,6 +200,11 @@ TAIL_FEATURES = (
     - ATTRIBUTE_FEATURES
     - {"merchant_used_before"}
 )
+
+
+def list_feature(name: str) -> str:
+    """The features' key of whether the transaction's value is an item of the list `name` (1 or 0; rule_engine)."""
+    return f"in list {name}"
 
 
 def to_units(amount: Decimal) -> int:
@@ -366,6 +371,33 @@ class Timeline:
         for value in self.units[position:]:
             self._prefix.append(self._prefix[-1] + value)
 
+    def add_all(self, ts: Sequence[int], units: Sequence[int], currency: str) -> None:
+        """add() each entry, in this order (ts ascending), in one currency: the same timeline, built in bulk when
+        they all come after its entries in its own currency."""
+        if (self.by_currency is not None or self.currency not in (None, currency)) or (self.ts and ts[0] < self.ts[-1]):
+            for t, u in zip(ts, units, strict=True):
+                self.add(t, u, currency)
+            return
+        self.currency = currency
+        if self.days is not None:
+            days = self.days
+            for t, u in zip(ts, units, strict=True):
+                day = t // DAY_MS
+                totals = days.get(day)
+                if totals is None:
+                    days[day] = [1, u]
+                else:
+                    totals[0] += 1
+                    totals[1] += u
+            first_day = ts[0] // DAY_MS
+            if first_day < self._cached_until:  # as add() does for its first entry before the cached windows' end
+                self._day_cache.clear()
+                self._risk_cache.clear()
+                self._cached_until = first_day
+        self.ts.extend(ts)
+        self.units.extend(units)
+        self._prefix.extend(islice(accumulate(units, initial=self._prefix[-1]), 1, None))
+
     def before(self, t: int) -> int:
         """Index one past the last entry strictly before t."""
         return bisect_left(self.ts, t)
@@ -451,9 +483,8 @@ class Timeline:
         if cached is None:
             end = day - delay_days
             values = []
-            for _, width in RISK_WINDOWS:
+            for (_, width), frauds in zip(RISK_WINDOWS, known_frauds(self.label_steps, day, delay_days), strict=True):
                 count, _ = self.whole_days(end - width, end)
-                frauds = sum(f for tx_day, known, f in self.label_steps if end - width <= tx_day < end and known < day)
                 values.append(_six_places(frauds * 1_000_000, count) if count else _ZERO_RISK)
             if len(self._risk_cache) > 16:
                 self._risk_cache.clear()
@@ -463,6 +494,17 @@ class Timeline:
 
 
 _ZERO_RISK = Decimal("0.000000")
+
+
+def known_frauds(label_steps: Sequence[tuple[int, int, int]], day: int, delay_days: int) -> tuple[int, ...]:
+    """For a transaction on UTC `day`, per RISK_WINDOWS (width w): the signed frauds among the (tx day, known day,
+    signed frauds) label steps of the days [day - delay - w, day - delay) known before `day` (merchant risk's
+    numerator)."""
+    end = day - delay_days
+    return tuple(
+        sum(f for tx_day, known, f in label_steps if end - width <= tx_day < end and known < day)
+        for _, width in RISK_WINDOWS
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,9 +597,21 @@ StoredBefore = Callable[[int, str], tuple[Prior, Prior]]
 _NOTHING = Prior()
 
 
+@dataclass(frozen=True, slots=True)
+class ConstantTotals:
+    """StoredBefore giving the same totals before every time asked about: for accounts whose stored transactions
+    are all older than those to decide (which the columnar feature step, feature_columns, relies on)."""
+
+    whole: Prior
+    by_currency: Mapping[str, Prior]
+
+    def __call__(self, t: int, currency: str) -> tuple[Prior, Prior]:
+        return self.whole, self.by_currency.get(currency, _NOTHING)
+
+
 def constant_totals(whole: Prior, by_currency: Mapping[str, Prior]) -> StoredBefore:
     """The same totals before every time asked about: for accounts whose stored transactions are all older."""
-    return lambda _t, currency: (whole, by_currency.get(currency, _NOTHING))
+    return ConstantTotals(whole, by_currency)
 
 
 class CurrencyDailyTotals:
@@ -624,6 +678,20 @@ class Amounts:
 
     def prior(self, last_ts: int | None = None) -> Prior:
         return Prior(self.count, self.sum_units, self.sum_sq_units, self.max_units, last_ts)
+
+    def add_all(self, ts: Sequence[int], units: Sequence[int]) -> None:
+        """add() each, in this order (ts ascending)."""
+        self.count += len(units)
+        self.sum_units += sum(units)
+        self.sum_sq_units += sum(u * u for u in units)
+        largest = max(units)
+        at = ts[units.index(largest)]  # its earliest timestamp
+        if (
+            self.max_units is None
+            or largest > self.max_units
+            or (largest == self.max_units and at < (self.max_ts or at))
+        ):
+            self.max_units, self.max_ts = largest, at
 
     def add(self, t: int, units: int) -> None:
         self.count += 1
@@ -800,6 +868,30 @@ class AccountHistory:
                 first = self.merchant_first.get(merchant_id)
                 result["merchant_used_before"] = 1 if first is not None and first < t else 0
         return result
+
+    def add_all(
+        self, ts: Sequence[int], units: Sequence[int], currency: str, merchant_ids: Sequence[str | None]
+    ) -> None:
+        """add() each transaction, in this order (ts ascending, all after the added ones), in one currency."""
+        if not ts:
+            return
+        self.tail.add_all(ts, units, currency)
+        firsts = self.merchant_first
+        for t, merchant_id in zip(ts, merchant_ids, strict=True):
+            if merchant_id is not None:
+                first = firsts.get(merchant_id)
+                if first is None or t < first:
+                    firsts[merchant_id] = t
+        self.added_count += len(ts)
+        self.added_last_ts = ts[-1]
+        for amounts in (self.added, self.amounts):
+            found = amounts.get(currency)
+            if found is None:
+                found = amounts[currency] = Amounts()
+            found.add_all(ts, units)
+        self.count += len(ts)
+        self.first_ts = ts[0] if self.first_ts is None else min(self.first_ts, ts[0])
+        self.last_ts = ts[-1] if self.last_ts is None else max(self.last_ts, ts[-1])
 
     def add(self, t: int, units: int, currency: str, merchant_id: str | None = None) -> None:
         self.tail.add(t, units, currency)

@@ -1,4 +1,7 @@
 """Where rules are evaluated: a rule set compiled once into predicates, applied to a transaction's features.
+A chunk of COLUMN_ROWS transactions or more is first read by the same rules compiled into vectorised predicates
+(rule_columns): only the transactions where a rule may fire are decided here one by one, the others share the
+decision where nothing fires.
 
 score = 1 - product(1 - weight) over the active rules of action `score` that fire, rounded to four places.
 Shadow rules are evaluated and explained but never count, and never change the outcome.
@@ -35,7 +38,17 @@ from typing import Any
 
 from txguard.currencies import money
 from txguard.domain import Decision, Outcome, Reason
-from txguard.features import COUNT_IN_CURRENCY, MODEL_SCORE, RULE_FEATURES, Features, FeatureValue, window_reach_ms
+from txguard.feature_columns import RowColumns
+from txguard.features import (
+    COUNT_IN_CURRENCY,
+    MODEL_SCORE,
+    RULE_FEATURES,
+    Features,
+    FeatureValue,
+    list_feature,
+    window_reach_ms,
+)
+from txguard.rule_columns import ColumnSource, RulePredicates
 from txguard.rule_language import (
     MAX_DECIMAL_PLACES,
     MAX_INTEGER_DIGITS,
@@ -68,6 +81,10 @@ _FOUR_PLACES = Decimal("0.0001")
 # (rule_language's limits) and a feature far fewer than 40 (amounts up to 10^12 with four places, sums of
 # them, six-place means), so their product always fits; the default 28 digits would round it.
 _EXACT = Context(prec=MAX_INTEGER_DIGITS + MAX_DECIMAL_PLACES + 40)
+
+# From this many transactions on, a chunk is decided through the rule predicates (rule_columns); fewer are decided
+# one by one (the predicates' fixed cost, a few µs per comparison, outweighs their gain on a handful of rows).
+COLUMN_ROWS = 8
 
 # A compiled condition returns None when it does not hold, else the sentences explaining why it does;
 # it is given the features, the merchant id and the currency of the transaction.
@@ -137,15 +154,54 @@ class CompiledRuleSet:
         self._actions = {rule.id: rule.action for rule in self._rules if rule.action != "score"}
         # Most transactions meet no rule: they all share this one decision (and its serialised forms).
         self._nothing_found = Decision(False, Decimal(0).quantize(_FOUR_PLACES), (), version, detector_version)
+        # The same rules as vectorised predicates, which find the rows of a chunk where some rule may fire.
+        self.predicates = RulePredicates(
+            [
+                rule.condition
+                for rule in sorted(rule_set.rules, key=lambda r: r.id)
+                if rule.enabled and rule.condition is not None
+            ]
+        )
+        # The rules that may fire on a row, by the bit mask of their positions in `_rules`.
+        self._subsets: dict[int, tuple[_CompiledRule, ...]] = {}
+
+    @property
+    def nothing_found(self) -> Decision:
+        """The decision on a transaction where no rule fires (shared by all of them)."""
+        return self._nothing_found
 
     def decide_batch(
         self, items: Sequence[tuple[Features, str | None, str]], snoozed: Sequence[Snoozed | None] | None = None
     ) -> list[Decision]:
-        """decide() for each (features, merchant id, currency), in order; `snoozed`: each one's snoozed rules."""
-        decide = self.decide
-        if snoozed is None:
-            return [decide(features, merchant_id, currency) for features, merchant_id, currency in items]
-        return [decide(f, m, c, s) for (f, m, c), s in zip(items, snoozed, strict=True)]
+        """decide() for each (features, merchant id, currency), in order; `snoozed`: each one's snoozed rules.
+
+        From COLUMN_ROWS transactions on, the rule predicates (rule_columns) first find those where some rule may
+        fire; only those are decided one by one, the others share the decision where nothing fires."""
+        return self.decide_columns(RowColumns([f for f, _, _ in items]), items, snoozed)
+
+    def decide_columns(
+        self,
+        columns: ColumnSource,
+        items: Sequence[tuple[Features, str | None, str]],
+        snoozed: Sequence[Snoozed | None] | None = None,
+    ) -> list[Decision]:
+        """decide_batch for a chunk whose features are also given as `columns` (the same rows, in order)."""
+        if len(items) < COLUMN_ROWS:
+            decide_one = self.decide
+            if snoozed is None:
+                return [decide_one(features, merchant_id, currency) for features, merchant_id, currency in items]
+            return [decide_one(f, m, c, s) for (f, m, c), s in zip(items, snoozed, strict=True)]
+        decisions = [self._nothing_found] * len(items)
+        decide = self._decide
+        rows, masks = self.predicates.rules_to_explain(columns)
+        subsets = self._subsets
+        for i, mask in zip(rows.tolist(), masks.tolist(), strict=True):
+            rules = subsets.get(mask)
+            if rules is None:
+                rules = subsets[mask] = tuple(rule for j, rule in enumerate(self._rules) if mask >> j & 1)
+            features, merchant_id, currency = items[i]
+            decisions[i] = decide(rules, features, merchant_id, currency, None if snoozed is None else snoozed[i])
+        return decisions
 
     def decide(
         self, features: Features, merchant_id: str | None, currency: str, snoozed: Snoozed | None = None
@@ -153,9 +209,20 @@ class CompiledRuleSet:
         """The decision for one transaction's features (steps 3-6 of the precedence, without a champion); amounts
         in its explanations in `currency`'s minor units. A rule in `snoozed` (rule id -> the snooze in words)
         does not fire: it is recorded as a `snoozed` reason when it would have."""
+        return self._decide(self._rules, features, merchant_id, currency, snoozed)
+
+    def _decide(
+        self,
+        rules: Sequence[_CompiledRule],
+        features: Features,
+        merchant_id: str | None,
+        currency: str,
+        snoozed: Snoozed | None = None,
+    ) -> Decision:
+        """decide() knowing that no rule but `rules` (in the rule set's order) can fire."""
         reasons: list[Reason] = []
         keep = Decimal(1)  # product of (1 - weight) over the active rules of action `score` that fired
-        for rule in self._rules:
+        for rule in rules:
             sentences = rule.explain(features, merchant_id, currency)
             if sentences is None:
                 continue
@@ -211,11 +278,6 @@ class CompiledRuleSet:
 
 def _features_of(comparison: Comparison) -> set[str]:
     return {comparison.feature} | ({comparison.other} if comparison.other else set())
-
-
-def list_feature(name: str) -> str:
-    """The features' key of whether the transaction's value is an item of the list `name` (1 or 0)."""
-    return f"in list {name}"
 
 
 def _compile(condition: Condition) -> Explainer:

@@ -27,10 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal
 
+import numpy as np
 import psycopg2.extensions
 
 from txguard.currencies import money
-from txguard.domain import Decision, Reason
+from txguard.domain import Decision, Outcome, Reason
+from txguard.feature_columns import FeatureSource, RowColumns, WithModelScore
 from txguard.features import COUNT_IN_CURRENCY, FEATURES, MODEL_SCORE, Features, FeatureValue, window_reach_ms
 from txguard.models import artifact_store
 from txguard.models.artifact import CorruptArtifact, decode_artifact
@@ -42,6 +44,9 @@ from txguard.storage import models
 from txguard.storage.detector_versions import DetectorVersion
 
 _FOUR_PLACES = Decimal("0.0001")
+# Every four-place score 0.0000 … 1.0000, by its number of ten-thousandths.
+_STEPS = [Decimal(k).scaleb(-4) for k in range(10_001)]
+_ZERO_SCORE = _STEPS[0]
 # 1 − (1 − p)(1 − r) exactly: p has at most 17 significant digits, r four places.
 _EXACT = Context(prec=60)
 EXPLAINED_FEATURES = 3  # how many of the champion's top contributions an explanation names
@@ -163,53 +168,65 @@ class ModelDetector:
         """Each (features, merchant id, currency)'s decision, in order: the models score all rows at once, then
         the rules decide each with `model_score` among its features (which this adds to each features dict);
         `snoozed`: each one's snoozed rules (rule_engine.CompiledRuleSet.decide)."""
-        no_snoozes: list[Snoozed | None] = [None] * len(items)
-        each_snoozed = no_snoozes if snoozed is None else snoozed
+        return self.decide_columns(RowColumns([f for f, _, _ in items]), items, snoozed)
+
+    def decide_columns(
+        self,
+        columns: FeatureSource,
+        items: Sequence[tuple[Features, str | None, str]],
+        snoozed: Sequence[Snoozed | None] | None = None,
+    ) -> list[Decision]:
+        """decide_batch for a chunk whose features are also given as `columns` (the same rows, in order): the
+        models score the columns' matrix; the rules' predicates read them (rule_engine.decide_columns)."""
         shadow_scores: list[dict[int, float]] | None = None
         if self.shadows:
             shadow_scores = [{} for _ in items]
             for shadow in self.shadows:
-                names = shadow.features
-                scores = shadow.model.score_matrix([feature_row(f, names) for f, _, _ in items])
-                for row, score in zip(shadow_scores, scores, strict=True):
-                    row[shadow.version] = float(score)
+                scores = shadow.model.score_matrix(columns.matrix(shadow.features))
+                for row, shadow_score in zip(shadow_scores, scores, strict=True):
+                    row[shadow.version] = float(shadow_score)
         if self.champion is None:
+            alone = self.rules.decide_columns(columns, items, snoozed)
+            if self.fallback is None and shadow_scores is None:
+                return alone  # they carry the detector version already
             return [
-                self._rules_alone(
-                    features,
-                    merchant_id,
-                    currency,
-                    None if shadow_scores is None else shadow_scores[i],
-                    each_snoozed[i],
-                )
-                for i, (features, merchant_id, currency) in enumerate(items)
+                self._rules_alone(decision, None if shadow_scores is None else shadow_scores[i])
+                for i, decision in enumerate(alone)
             ]
         champion = self.champion
         rules = self.rules
         block_at = rules.model_block_threshold_for(champion.threshold)
         # The champion explains what it blocks and what it sends to review.
         explain_at = block_at if rules.model_review_threshold is None else min(block_at, rules.model_review_threshold)
-        names = champion.features
-        matrix = [feature_row(f, names) for f, _, _ in items]
+        matrix = columns.matrix(champion.features)
         probabilities = champion.model.score_matrix(matrix)
+        for (features, _, _), p in zip(items, probabilities, strict=True):
+            features[MODEL_SCORE] = model_score_feature(p)
+        by_rules_all = rules.decide_columns(WithModelScore(columns, probabilities), items, snoozed)
         # The decisions the champion flags are explained together: one TreeSHAP call for the chunk.
         flagged = [i for i, p in enumerate(probabilities) if p >= explain_at]
-        contributions = champion.model.contributions_matrix([matrix[i] for i in flagged])
+        contributions = champion.model.contributions_matrix(matrix[flagged])
         explained = dict(zip(flagged, contributions.tolist(), strict=True))
+        # Where no rule fired and the champion explains nothing, the score and the outcome follow from p alone.
+        quiet_scores, quiet_outcomes = self._quiet(probabilities, block_at)
+        nothing_found = rules.nothing_found
         decisions = []
         for i, (features, merchant_id, currency) in enumerate(items):
-            p = float(probabilities[i])
-            features[MODEL_SCORE] = model_score_feature(p)
-            by_rules = rules.decide(features, merchant_id, currency, each_snoozed[i])
-            outcome = rules.outcome(by_rules.score, rules.actions_fired(by_rules.reasons), p, block_at)
+            p = probabilities[i]
+            by_rules = by_rules_all[i]
             reasons = by_rules.reasons
-            if p >= explain_at:
-                reason = self._model_reason(champion, p, block_at, explained[i], features, merchant_id, currency)
-                reasons = (*reasons, reason)
+            if by_rules is nothing_found and p < explain_at:
+                score, outcome = quiet_scores[i], quiet_outcomes[i]
+            else:
+                score = combined_score(by_rules.score, p)
+                outcome = rules.outcome(by_rules.score, rules.actions_fired(reasons), p, block_at)
+                if p >= explain_at:
+                    reason = self._model_reason(champion, p, block_at, explained[i], features, merchant_id, currency)
+                    reasons = (*reasons, reason)
             decisions.append(
                 Decision(
                     outcome == "block",
-                    combined_score(by_rules.score, p),
+                    score,
                     reasons,
                     self.version,
                     self.detector_version,
@@ -223,17 +240,32 @@ class ModelDetector:
             )
         return decisions
 
-    def _rules_alone(
-        self,
-        features: Features,
-        merchant_id: str | None,
-        currency: str,
-        shadow_scores: Mapping[int, float] | None,
-        snoozed: Snoozed | None = None,
-    ) -> Decision:
-        decision = self.rules.decide(features, merchant_id, currency, snoozed)
-        if self.fallback is None and shadow_scores is None:
-            return decision  # carries the detector version already
+    def _quiet(self, probabilities: Sequence[float], block_at: float) -> tuple[list[Decimal], list[Outcome]]:
+        """For each p, the decision's score and outcome when no rule fired: round4(p) half up (combined_score with
+        r = 0: 1 − (1 − p) is p exactly) and rule_engine's outcome for r = 0 and no action. The score is read off
+        p × 10⁴ in float64 unless that lies within 1e-6 of a rounding tie, where Decimal decides (p × 10⁴ in
+        float64 is within 3e-12 of the exact product of the decimal that reads as p)."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        scaled = p * 10_000
+        near_tie = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6
+        steps = np.floor(scaled + 0.5).astype(np.int64).tolist()
+        scores = [_STEPS[k] for k in steps]
+        for i in np.flatnonzero(near_tie).tolist():
+            scores[i] = combined_score(_ZERO_SCORE, probabilities[i])
+        rules = self.rules
+        zero_blocks = rules.threshold <= _ZERO_SCORE
+        zero_reviews = rules.review_threshold is not None and rules.review_threshold <= _ZERO_SCORE
+        blocks = p >= block_at
+        reviews = (
+            np.zeros(len(p), dtype=bool) if rules.model_review_threshold is None else p >= rules.model_review_threshold
+        )
+        outcomes: list[Outcome] = [
+            "block" if zero_blocks or b else "review" if zero_reviews or r else "allow"
+            for b, r in zip(blocks.tolist(), reviews.tolist(), strict=True)
+        ]
+        return scores, outcomes
+
+    def _rules_alone(self, decision: Decision, shadow_scores: Mapping[int, float] | None) -> Decision:
         return Decision(
             decision.fraud,
             decision.score,

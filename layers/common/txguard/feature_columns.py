@@ -1,0 +1,732 @@
+"""Where a batch's features are computed as columns, and held as what rule predicates (rule_columns) and models
+read at once.
+
+`columnar_features` computes a batch's account, merchant and local-time features (features.py defines them) with
+vectorised group-by-account and group-by-merchant operations, for the common case (one currency, no late
+arrivals, no attribute feature): each window's count and sum is two binary searches on an (entity, time) int64
+key over the batch's transactions, the stored tails and the stored per-day totals, with prefix sums of amounts in
+ten-thousandths. The result, `FeatureColumns`, holds exact integers (value × 10^places); `rows()` gives the same
+features dicts as the row engine, bit for bit. detection.decisions_in_time_order takes this path when it can.
+
+`RowColumns` reads the columns from per-transaction feature dicts (features.Features), lazily, one column per
+feature asked for, each read once per chunk: what a detector's decide_batch uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from math import isqrt
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from txguard.domain import Transaction
+from txguard.features import (
+    ACCOUNT_DAY_FEATURES,
+    ATTRIBUTE_FEATURES,
+    DAY_MS,
+    DAY_WINDOWS,
+    LOCAL_TIME_FEATURES,
+    LONGEST_DAY_WINDOW,
+    MERCHANT_DAY_FEATURES,
+    MODEL_SCORE,
+    NIGHT_UNTIL_HOUR,
+    RISK_FEATURES,
+    RISK_WINDOWS,
+    WINDOWS,
+    AccountHistory,
+    ConstantTotals,
+    Features,
+    FeatureSettings,
+    FeatureValue,
+    Prior,
+    Timeline,
+    features_json,
+    known_frauds,
+    local_time_features,
+    merchant_days_back,
+    merchant_reach_ms,
+    to_units,
+    window_reach_ms,
+)
+
+FloatArray = npt.NDArray[np.float64]
+
+# Integers up to this magnitude are exactly float64.
+EXACT_INT = 2**53
+
+
+class FeatureSource(Protocol):
+    """A chunk's features as columns: what rule predicates read (rule_columns.ColumnSource) and models score."""
+
+    size: int
+
+    def number(self, name: str) -> tuple[FloatArray, bool]:
+        """The feature as float64 (NaN where missing) and whether every present value is exactly that float64."""
+        ...
+
+    def text(self, name: str) -> Sequence[str | int | None]:
+        """A text field's values (or a list membership's 1, 0, None), one per row."""
+        ...
+
+    def matrix(self, names: Sequence[str]) -> FloatArray:
+        """The features `names` as a model's input: shape (size, len(names)), NaN where missing."""
+        ...
+
+
+def matrix_of(source: FeatureSource, names: Sequence[str]) -> FloatArray:
+    """The columns `names` side by side (FeatureSource.matrix)."""
+    if not names:
+        return np.empty((source.size, 0), dtype=np.float64)
+    return np.column_stack([source.number(name)[0] for name in names])
+
+
+class WithModelScore:
+    """A chunk's columns with `model_score` (the champion's probabilities, as rules read it) added."""
+
+    def __init__(self, source: FeatureSource, probabilities: Sequence[float]) -> None:
+        self.source = source
+        self.size = source.size
+        # Rules read the shortest decimal that gives back p, not p itself: not exact in float64.
+        self._score = (np.asarray(probabilities, dtype=np.float64), False)
+
+    def number(self, name: str) -> tuple[FloatArray, bool]:
+        return self._score if name == MODEL_SCORE else self.source.number(name)
+
+    def text(self, name: str) -> Sequence[str | int | None]:
+        return self.source.text(name)
+
+    def matrix(self, names: Sequence[str]) -> FloatArray:
+        return self.source.matrix(names)
+
+
+class RowColumns:
+    """The columns of `size` per-transaction feature dicts (rule_columns.ColumnSource)."""
+
+    def __init__(self, rows: Sequence[Features]) -> None:
+        self.rows = rows
+        self.size = len(rows)
+        self._numbers: dict[str, tuple[FloatArray, bool]] = {}
+
+    def number(self, name: str) -> tuple[FloatArray, bool]:
+        """The feature as float64 (NaN where missing) and whether every present value is exactly that float64
+        (ints below 2**53)."""
+        found = self._numbers.get(name)
+        if found is None:
+            values = [row.get(name) for row in self.rows]
+            exact = all(v is None or (type(v) is int and -EXACT_INT <= v <= EXACT_INT) for v in values)
+            column = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+            found = self._numbers[name] = (column, exact)
+        return found
+
+    def text(self, name: str) -> list[str | int | None]:
+        """A text field's values (or a list membership's 1, 0, None), one per row."""
+        return [row.get(name) for row in self.rows]  # type: ignore[misc]
+
+    def matrix(self, names: Sequence[str]) -> FloatArray:
+        """The features `names` as a model's input (FeatureSource.matrix)."""
+        return matrix_of(self, names)
+
+
+# ----------------------------------------------------------------------------------------- the feature step --
+IntArray = npt.NDArray[np.int64]
+# A column of exact numbers: each value is `scaled` × 10^-places; `present` False where the feature is missing.
+# Integer arithmetic on int64 is exact; the step refuses a chunk (None) where a sum could leave int64's range.
+_SAFE = 2**62
+_HOURS = 3_600_000
+
+
+class Column(NamedTuple):
+    scaled: IntArray  # int64; Python ints (dtype object) where a value may leave int64's range
+    places: int
+    present: npt.NDArray[np.bool_] | None = None
+
+
+class FeatureColumns:
+    """A chunk's features as columns of exact numbers (Column), with values given per row (add_values); see
+    `columnar_features`. `rows()` gives each transaction's features dict, equal (keys, values and key order) to
+    the row engine's (features.AccountHistory.features and the rest, detection.decisions_in_time_order)."""
+
+    def __init__(
+        self,
+        size: int,
+        numbers: dict[str, Column],
+        names_first: Sequence[str],
+        names_later: Sequence[str],
+        first: npt.NDArray[np.bool_],
+    ) -> None:
+        self.size = size
+        self.numbers = numbers
+        # The keys of a row, in the row engine's order: for an account's first transaction, and the others.
+        self._names_first = tuple(names_first)
+        self._names_later = tuple(names_later)
+        self._first = first
+        self._floats: dict[str, tuple[FloatArray, bool]] = {}
+        self._given: dict[str, list[FeatureValue]] = {}
+
+    def add_values(self, name: str, values: list[FeatureValue]) -> None:
+        """Add a feature given as one value per row (the stored model scores, a text field, a list membership),
+        after the others in each row."""
+        self._given[name] = values
+        self._names_first += (name,)
+        self._names_later += (name,)
+
+    def number(self, name: str) -> tuple[FloatArray, bool]:
+        """The feature as float64 (NaN where missing): the exact value correctly rounded, as float(Decimal) gives
+        it; exact for integers up to 2**53."""
+        found = self._floats.get(name)
+        if found is None and name in self._given:
+            found = self._floats[name] = RowColumns([{name: v} for v in self._given[name]]).number(name)
+        if found is None:
+            column = self.numbers[name]
+            values = column.scaled.astype(np.float64)
+            if column.places:
+                values /= 10.0**column.places
+                # Beyond 2**53 the division would round a second time: those few are converted from the exact
+                # decimal, as float(Decimal) (the row engine's model input, and PostgreSQL's ::float8) does.
+                for i in np.flatnonzero(np.abs(column.scaled) > EXACT_INT).tolist():
+                    values[i] = float(Decimal(int(column.scaled[i])).scaleb(-column.places))
+            if column.present is not None:
+                values[~column.present] = np.nan
+            exact = column.places == 0 and (len(values) == 0 or int(np.abs(column.scaled).max()) <= EXACT_INT)
+            found = self._floats[name] = (values, exact)
+        return found
+
+    def text(self, name: str) -> Sequence[str | int | None]:
+        return self._given[name]  # type: ignore[return-value]
+
+    def matrix(self, names: Sequence[str]) -> FloatArray:
+        return matrix_of(self, names)
+
+    def python_values(self, name: str) -> list[FeatureValue]:
+        """The column as the row engine's values: ints, Decimals (scaled × 10^-places, as from_units, _mean and
+        the others build them), None where missing."""
+        if name in self._given:
+            return self._given[name]
+        column = self.numbers[name]
+        values: list[FeatureValue]
+        if column.places == 0:
+            values = list(column.scaled.tolist())
+        else:
+            # Each distinct value is built once (Decimals are immutable): zeros, equal amounts and risks repeat.
+            places = -column.places
+            distinct, position = np.unique(column.scaled, return_inverse=True)
+            built = [Decimal(v).scaleb(places) for v in distinct.tolist()]
+            values = [built[i] for i in position.tolist()]
+        if column.present is not None:
+            for i in np.flatnonzero(~column.present).tolist():
+                values[i] = None
+        return values
+
+    def rows(self) -> list[Features]:
+        """Each transaction's features dict (see the class)."""
+        names_first, names_later = self._names_first, self._names_later
+        later = {name: self.python_values(name) for name in names_later}
+        first_values = {name: later[name] if name in later else self.python_values(name) for name in names_first}
+        # A first transaction's account age is Decimal(0) (features.AccountHistory.features), not 0.000.
+        first_values["account_age_seconds"] = [_ZERO] * self.size
+        columns = zip(*later.values(), strict=True)
+        rows: list[Features] = [dict(zip(names_later, values, strict=True)) for values in columns]
+        for i in np.flatnonzero(self._first).tolist():
+            rows[i] = {name: first_values[name][i] for name in names_first}
+        return rows
+
+    def json_rows(self, names: Sequence[str]) -> list[str]:
+        """Each row's features.features_json(row, names) (the stored `features` column), byte for byte, written
+        from the integer columns without building a Decimal: what storage could write instead of formatting each
+        features dict (a value of at most six places prints in plain notation, as str(Decimal) does)."""
+        texts: dict[str, list[str]] = {}
+        for name in names:
+            texts[name] = self._json_values(name)
+        first = self._first
+        if "account_age_seconds" in texts and first.any():
+            ages = texts["account_age_seconds"]
+            for i in np.flatnonzero(first).tolist():
+                ages[i] = "0"  # Decimal(0), not 0.000
+        later_keys, first_keys = set(self._names_later), set(self._names_first)
+        # Each column's '"name":value' parts, then each row's parts joined (zip and join run in C).
+        later = [
+            [f'"{name}":{v}' for v in texts[name]] if name in later_keys else [f'"{name}":null'] * self.size
+            for name in names
+        ]
+        rows = ["{" + ",".join(parts) + "}" for parts in zip(*later, strict=True)] if names else ["{}"] * self.size
+        firsts = np.flatnonzero(first).tolist()
+        for i in firsts:
+            rows[i] = "{" + ",".join(f'"{n}":{texts[n][i] if n in first_keys else "null"}' for n in names) + "}"
+        return rows
+
+    def _json_values(self, name: str) -> list[str]:
+        if name in self._given:
+            return [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self.python_values(name)]
+        column = self.numbers[name]
+        values = column.scaled.tolist()
+        if column.places == 0:
+            texts = [str(v) for v in values]
+        else:
+            unit = 10**column.places
+            width = column.places
+            texts = [f"{'-' if v < 0 else ''}{abs(v) // unit}.{abs(v) % unit:0{width}d}" for v in values]
+        if column.present is not None:
+            for i in np.flatnonzero(~column.present).tolist():
+                texts[i] = "null"
+        return texts
+
+
+class _Entries:
+    """Entries (group, time, count, units), sorted by (group, time): sums over [low, high) of a group's, by two
+    binary searches per query on one int64 key (group × span + time)."""
+
+    def __init__(self, groups: IntArray, times: IntArray, counts: IntArray, units: IntArray, span: int) -> None:
+        keys = groups * span + times
+        order = np.argsort(keys, kind="stable")
+        self.keys = keys[order]
+        self.span = span
+        self.count_prefix = np.concatenate(([0], np.cumsum(counts[order])))
+        self.unit_prefix = np.concatenate(([0], np.cumsum(units[order])))
+
+    def between(self, groups: IntArray, low: IntArray, high: IntArray) -> tuple[IntArray, IntArray]:
+        """Count and sum of units of each query's group's entries with low <= time < high."""
+        base = groups * self.span
+        start = np.searchsorted(self.keys, base + np.clip(low, 0, self.span), side="left")
+        end = np.searchsorted(self.keys, base + np.clip(high, 0, self.span), side="left")
+        end = np.maximum(end, start)
+        return self.count_prefix[end] - self.count_prefix[start], self.unit_prefix[end] - self.unit_prefix[start]
+
+
+def _entries(groups: list[int], times: list[int], units: list[int], low_time: int, span: int) -> _Entries:
+    """Stored transactions as _Entries, those outside [low_time, low_time + span) left out (no query reaches
+    them, and their keys would fall among another group's)."""
+    relative = np.array(times, dtype=np.int64) - low_time
+    inside = (relative >= 0) & (relative < span)
+    return _Entries(
+        np.array(groups, dtype=np.int64)[inside],
+        relative[inside],
+        np.ones(int(inside.sum()), dtype=np.int64),
+        np.array(units, dtype=np.int64)[inside],
+        span,
+    )
+
+
+def _codes(values: Sequence[Any]) -> tuple[IntArray, list[Any]]:
+    """Each value's index among the distinct values (in order of appearance), and those values."""
+    index: dict[Any, int] = {}
+    codes = [index.setdefault(v, len(index)) for v in values]
+    return np.array(codes, dtype=np.int64), list(index)
+
+
+def _running_max(groups: IntArray, values: IntArray) -> IntArray:
+    """Inclusive running maximum within each run of equal `groups` (sorted), by doubling steps (Hillis–Steele)."""
+    result = values.copy()
+    step = 1
+    while step < len(result):
+        previous = result.copy()
+        same = groups[step:] == groups[:-step]
+        result[step:] = np.where(same, np.maximum(previous[step:], previous[:-step]), previous[step:])
+        step *= 2
+    return result
+
+
+def _mean_millionths(total: IntArray, count: IntArray) -> IntArray:
+    """features._mean in int64: |total| × 100 ÷ count rounded half up, with total's sign (count > 0)."""
+    millionths = (2 * np.abs(total) * 100 + count) // (2 * count)
+    return np.where(total < 0, -millionths, millionths)
+
+
+def _simple_timeline(timeline: Timeline | None, currency: str) -> bool:
+    return timeline is None or (timeline.by_currency is None and timeline.currency in (None, currency))
+
+
+def columnar_features(
+    transactions: Sequence[Transaction],
+    histories: Mapping[int, AccountHistory],
+    merchants: Mapping[str, Timeline],
+    needed: frozenset[str],
+    settings: FeatureSettings,
+) -> FeatureColumns | None:
+    """The features of `transactions` (sorted by time) as detection.decisions_in_time_order computes them one by
+    one, computed as columns with vectorised group-by-account and group-by-merchant operations: counts and sums
+    over windows by binary searches on (entity, time) keys and prefix sums of int64 amounts in ten-thousandths,
+    "before" being a strictly earlier time (equal times: side='left'). Histories and merchants are not changed.
+
+    None (the caller then takes the row path) unless the chunk is the common case: one currency (in the chunk, the
+    accounts' stored totals and tails, the merchants' timelines), every account's stored transactions older than
+    its first one in the chunk (features.ConstantTotals, nothing added yet), no attribute feature, and sums
+    within int64's range. Per row (Python ints): std_amount and amount_to_mean_30d, whose intermediate products
+    may exceed int64; local-time features outside UTC; merchant risk's frauds, once per merchant and day.
+    """
+    n = len(transactions)
+    if n == 0 or not needed.isdisjoint(ATTRIBUTE_FEATURES):
+        return None
+    currency = transactions[0].currency
+    if any(t.currency != currency for t in transactions):
+        return None
+    account_codes, accounts = _codes([t.account_id for t in transactions])
+    stored: list[tuple[Prior, Prior]] = []
+    for account_id in accounts:
+        history = histories[account_id]
+        totals = history.stored_before
+        if (
+            not isinstance(totals, ConstantTotals)
+            or history.added_count
+            or not _simple_timeline(history.tail, currency)
+            or any(c != currency for c in totals.by_currency)
+            or totals.by_currency.get(currency, Prior()).count != totals.whole.count
+        ):
+            return None
+        stored.append((totals.whole, totals.by_currency.get(currency, Prior())))
+    wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
+    merchant_ids = [t.merchant_id for t in transactions]
+    if wants_merchant and not all(_simple_timeline(merchants.get(m), currency) for m in set(merchant_ids) if m):
+        return None
+
+    ts = np.fromiter((t.ts for t in transactions), dtype=np.int64, count=n)
+    amount_units = [to_units(t.amount) for t in transactions]
+    largest = max(abs(u) for u in amount_units)
+    units = np.array(amount_units, dtype=np.int64) if largest < _SAFE else None
+    if units is None:
+        return None
+    wants_days = not needed.isdisjoint(ACCOUNT_DAY_FEATURES)
+    days_back = merchant_days_back(needed, settings) if wants_merchant else 0
+    reach = window_reach_ms(needed)
+    low_time = int(ts[0]) - max(reach, (max(days_back, LONGEST_DAY_WINDOW) + 1) * DAY_MS)
+    span = int(ts[-1]) - low_time + 1
+    day_low = low_time // DAY_MS
+    day_span = int(ts[-1]) // DAY_MS - day_low + 1
+
+    # The stored entries of each account: its tail, and its per-day totals (for the day windows).
+    bound = largest * n
+    tail_groups: list[int] = []
+    tail_ts: list[int] = []
+    tail_units: list[int] = []
+    day_groups: list[int] = []
+    day_numbers: list[int] = []
+    day_counts: list[int] = []
+    day_units: list[int] = []
+    first_new: dict[int, int] = {}
+    for t in transactions:
+        first_new.setdefault(t.account_id, t.ts)
+    for code, account_id in enumerate(accounts):
+        tail = histories[account_id].tail
+        earliest = first_new[account_id]
+        # As Timeline.window and whole_days refuse a window the history loaded does not cover.
+        if tail.complete_from > earliest - max(reach, earliest % DAY_MS + 1 if wants_days else 0) + 1:
+            return None
+        first_day = earliest // DAY_MS - (LONGEST_DAY_WINDOW - 1)
+        tail_groups.extend([code] * len(tail.ts))
+        tail_ts.extend(tail.ts)
+        tail_units.extend(tail.units)
+        bound += sum(abs(u) for u in tail.units) + abs(stored[code][1].sum_units)
+        if wants_days:
+            if tail.days is None or tail.days_from > first_day:
+                return None
+            for day_number, (day_count, day_total) in tail.days.items():
+                if day_low <= day_number:
+                    day_groups.append(code)
+                    day_numbers.append(day_number)
+                    day_counts.append(day_count)
+                    day_units.append(day_total)
+                    bound += abs(day_total)
+    if bound * 200 >= _SAFE or len(accounts) * max(span, day_span) >= _SAFE:
+        return None
+
+    def array(values: list[int]) -> IntArray:
+        return np.array(values, dtype=np.int64)
+
+    ones = np.ones(n, dtype=np.int64)
+    relative = ts - low_time
+    new = _Entries(account_codes, relative, ones, units, span)
+    tail_entries = _entries(tail_groups, tail_ts, tail_units, low_time, span)
+
+    numbers: dict[str, Column] = {"amount": Column(units, 4)}
+    # The account's new transactions strictly before each one, and their sums.
+    before, before_sum = new.between(account_codes, np.zeros(n, np.int64), relative)
+    whole_count = array([w.count for w, _ in stored])[account_codes]
+    count = whole_count + before
+    numbers["count"] = Column(count, 0)
+    first = count == 0
+    later = ~first
+    total = array([c.sum_units for _, c in stored])[account_codes] + before_sum
+    safe_count = np.where(later, count, 1)
+    if "mean_amount" in needed:
+        numbers["mean_amount"] = Column(_mean_millionths(total, safe_count), 6, later)
+    order = np.argsort(account_codes, kind="stable")  # by account, then time
+    sorted_codes = account_codes[order]
+    group_start = np.searchsorted(sorted_codes, account_codes, side="left")
+    last_before = group_start + before - 1  # in `order`: the latest new transaction of the account before
+    has_new_before = before > 0
+    at = np.where(has_new_before, last_before, 0)
+    if "std_amount" in needed:
+        squares = [u * u for u in units[order].tolist()]
+        square_prefix = [0]
+        for sq in squares:
+            square_prefix.append(square_prefix[-1] + sq)
+        starts = group_start.tolist()
+        stored_squares = [c.sum_sq_units for _, c in stored]
+        std = []
+        for i, (code, k, c, s) in enumerate(
+            zip(account_codes.tolist(), before.tolist(), count.tolist(), total.tolist(), strict=True)
+        ):
+            if c == 0:
+                std.append(0)
+                continue
+            q = stored_squares[code] + square_prefix[starts[i] + k] - square_prefix[starts[i]]
+            spread = max(c * q - s * s, 0)
+            std.append((isqrt(40_000 * spread) + c) // (2 * c))
+        numbers["std_amount"] = Column(array(std), 6, later)
+    if "max_amount" in needed:
+        running = _running_max(sorted_codes, units[order])
+        stored_max = array([(_SENTINEL if c.max_units is None else c.max_units) for _, c in stored])[account_codes]
+        new_max = np.where(has_new_before, running[at], _SENTINEL)
+        numbers["max_amount"] = Column(np.maximum(stored_max, new_max), 4, later)
+    sorted_ts = ts[order]
+    if "seconds_since_previous" in needed:
+        stored_last = array([(_SENTINEL if w.last_ts is None else w.last_ts) for w, _ in stored])[account_codes]
+        previous = np.maximum(stored_last, np.where(has_new_before, sorted_ts[at], _SENTINEL))
+        numbers["seconds_since_previous"] = Column(np.where(later, ts - previous, 0), 3, later)
+    # account_age_seconds is always there for a first transaction (Decimal 0, set in rows()).
+    stored_first = [histories[a].first_ts for a in accounts]
+    first_ts = array(
+        [
+            (int(sorted_ts[s]) if f is None else f)
+            for f, s in zip(stored_first, np.searchsorted(sorted_codes, np.arange(len(accounts))).tolist(), strict=True)
+        ]
+    )
+    numbers["account_age_seconds"] = Column(np.where(later, ts - first_ts[account_codes], 0), 3)
+    numbers["is_first_transaction"] = Column(first.astype(np.int64), 0)
+    names_later = ["amount", "count"] + [
+        name for name in ("mean_amount", "std_amount", "max_amount", "seconds_since_previous") if name in needed
+    ]
+    if "account_age_seconds" in needed:
+        names_later.append("account_age_seconds")
+    names_later.append("is_first_transaction")
+    names_first = ["amount", "count", "account_age_seconds", "is_first_transaction"]
+    window_names: list[str] = []
+
+    def window(width: int, groups: IntArray, entries: Sequence[_Entries]) -> tuple[IntArray, IntArray]:
+        counts = np.zeros(n, np.int64)
+        sums = np.zeros(n, np.int64)
+        for found in entries:
+            c, s = found.between(groups, relative - width + 1, relative)
+            counts += c
+            sums += s
+        return counts, sums
+
+    for name, width in WINDOWS:
+        if f"count_{name}" in needed or f"sum_{name}" in needed or (name == "24h" and "mean_amount_24h" in needed):
+            c, s = window(width, account_codes, (new, tail_entries))
+            if f"count_{name}" in needed or f"sum_{name}" in needed:
+                numbers[f"count_{name}"] = Column(c, 0)
+                numbers[f"sum_{name}"] = Column(s, 4)
+                window_names += [f"count_{name}", f"sum_{name}"]
+            if name == "24h" and "mean_amount_24h" in needed:
+                numbers["mean_amount_24h"] = Column(_mean_millionths(s, np.maximum(c, 1)), 6, c > 0)
+                window_names.append("mean_amount_24h")
+    if wants_days:
+        days = _Entries(array(day_groups), array(day_numbers) - day_low, array(day_counts), array(day_units), day_span)
+        day = ts // DAY_MS
+        day_start = day * DAY_MS - low_time
+        today_count, today_sum = tail_entries.between(account_codes, day_start, relative)
+        for name, width in DAY_WINDOWS:
+            whole_count_, whole_sum = days.between(account_codes, day - width + 1 - day_low, day - day_low)
+            new_count, new_sum = new.between(account_codes, day_start - (width - 1) * DAY_MS, relative)
+            c = whole_count_ + new_count + today_count
+            s = whole_sum + new_sum + today_sum
+            numbers[f"count_{name}"] = Column(c, 0)
+            numbers[f"sum_{name}"] = Column(s, 4)
+            numbers[f"mean_amount_{name}"] = Column(_mean_millionths(s, np.maximum(c, 1)), 6, c > 0)
+            window_names += [f"count_{name}", f"sum_{name}", f"mean_amount_{name}"]
+        if "amount_to_mean_30d" in needed:
+            ratio = [
+                ((2 * u * c * 1_000_000 + s) // (2 * s)) if c and s > 0 else 0
+                for u, c, s in zip(
+                    amount_units, numbers["count_30d"].scaled.tolist(), numbers["sum_30d"].scaled.tolist(), strict=True
+                )
+            ]
+            # A ratio to a tiny mean can leave int64's range: then the column holds Python ints (exact still).
+            exact_ratio = array(ratio) if max(map(abs, ratio), default=0) < _SAFE else np.array(ratio, dtype=object)
+            sums = numbers["sum_30d"].scaled
+            numbers["amount_to_mean_30d"] = Column(exact_ratio, 6, (numbers["count_30d"].scaled > 0) & (sums > 0))
+            window_names.append("amount_to_mean_30d")
+    if "merchant_used_before" in needed:
+        pair_codes, pairs = _codes([(t.account_id, t.merchant_id) for t in transactions])
+        pair_entries = _Entries(pair_codes, relative, ones, units, span)
+        used_new, _ = pair_entries.between(pair_codes, np.zeros(n, np.int64), relative)
+        stored_used = array(
+            [_SENTINEL_HIGH if m is None or (f := histories[a].merchant_first.get(m)) is None else f for a, m in pairs]
+        )[pair_codes]
+        numbers["merchant_used_before"] = Column(
+            ((used_new > 0) | (stored_used < ts)).astype(np.int64), 0, np.array([m is not None for m in merchant_ids])
+        )
+        window_names.append("merchant_used_before")
+    names_first += window_names
+    names_later += window_names
+
+    if wants_merchant:
+        merchant_names = _merchant_columns(
+            transactions, merchants, needed, settings, numbers, ts, units, relative, low_time, span, day_low, day_span
+        )
+        if merchant_names is None:
+            return None
+        names_first += merchant_names
+        names_later += merchant_names
+    if not needed.isdisjoint(LOCAL_TIME_FEATURES):
+        if settings.time_zone == "UTC":
+            hour = (ts // _HOURS) % 24
+            weekday = (ts // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
+        else:
+            local = [local_time_features(t, LOCAL_TIME_FEATURES, settings.time_zone) for t in ts.tolist()]
+            hour = array([int(f["hour_of_day"]) for f in local])  # type: ignore[arg-type]
+            weekday = array([5 if f["is_weekend"] else 0 for f in local])
+        local_names = []
+        if "hour_of_day" in needed:
+            numbers["hour_of_day"] = Column(hour, 0)
+            local_names.append("hour_of_day")
+        if "is_night" in needed:
+            numbers["is_night"] = Column((hour <= NIGHT_UNTIL_HOUR).astype(np.int64), 0)
+            local_names.append("is_night")
+        if "is_weekend" in needed:
+            numbers["is_weekend"] = Column((weekday >= 5).astype(np.int64), 0)
+            local_names.append("is_weekend")
+        names_first += local_names
+        names_later += local_names
+    return FeatureColumns(n, numbers, names_first, names_later, first)
+
+
+_ZERO = Decimal(0)
+_SENTINEL = -(2**62)
+_SENTINEL_HIGH = 2**62
+
+
+def _merchant_columns(
+    transactions: Sequence[Transaction],
+    merchants: Mapping[str, Timeline],
+    needed: frozenset[str],
+    settings: FeatureSettings,
+    numbers: dict[str, Column],
+    ts: IntArray,
+    units: IntArray,
+    relative: IntArray,
+    low_time: int,
+    span: int,
+    day_low: int,
+    day_span: int,
+) -> list[str] | None:
+    """features.merchant_features as columns, added to `numbers`; their names in the row engine's order, or None
+    when a merchant's timeline does not reach back far enough (the row path then raises as it does)."""
+    n = len(transactions)
+    merchant_ids = [t.merchant_id for t in transactions]
+    codes, distinct = _codes(merchant_ids)
+    ones = np.ones(n, dtype=np.int64)
+    known = np.array([m is not None for m in merchant_ids])
+    new_groups = np.where(known, codes, len(distinct))  # transactions without a merchant in a group of their own
+    new = _Entries(new_groups, relative, ones, units, span)
+    # A merchant is there when deciding a transaction if it was given, or an earlier transaction added it.
+    earlier, _ = new.between(new_groups, np.zeros(n, np.int64), relative)
+    given = np.array([m is not None and m in merchants for m in distinct] + [False])[new_groups]
+    present = known & (given | (earlier > 0))
+    stored_groups: list[int] = []
+    stored_ts: list[int] = []
+    stored_units: list[int] = []
+    day_groups: list[int] = []
+    day_numbers: list[int] = []
+    day_counts: list[int] = []
+    wants_days = not needed.isdisjoint(MERCHANT_DAY_FEATURES | RISK_FEATURES)
+    reach = merchant_reach_ms(needed)
+    first_ts = {}
+    for i, m in enumerate(merchant_ids):
+        if m is not None and m not in first_ts:
+            first_ts[m] = int(ts[i])
+    back = merchant_days_back(needed, settings)
+    for code, m in enumerate(distinct):
+        timeline = merchants.get(m) if m is not None else None
+        if timeline is None:
+            continue
+        # As Timeline.window refuses a window the merchant's loaded transactions do not cover (the day windows
+        # read from the start of the transaction's day; merchant risk reads per-day totals alone).
+        from_day_start = first_ts[m] % DAY_MS + 1 if not needed.isdisjoint(MERCHANT_DAY_FEATURES) else 0
+        low = first_ts[m] - max(reach, from_day_start) + 1
+        if timeline.complete_from > low:
+            return None
+        stored_groups.extend([code] * len(timeline.ts))
+        stored_ts.extend(timeline.ts)
+        stored_units.extend(timeline.units)
+        if wants_days:
+            if timeline.days is None or timeline.days_from > first_ts[m] // DAY_MS - back:
+                return None
+            for day_number, (day_count, _) in timeline.days.items():
+                if day_number >= day_low:
+                    day_groups.append(code)
+                    day_numbers.append(day_number)
+                    day_counts.append(day_count)
+    if sum(abs(u) for u in stored_units) + int(np.abs(units).sum()) >= _SAFE:
+        return None
+
+    def array(values: list[int]) -> IntArray:
+        return np.array(values, dtype=np.int64)
+
+    stored = _entries(stored_groups, stored_ts, stored_units, low_time, span)
+    names: list[str] = []
+    day = ts // DAY_MS
+    day_start = day * DAY_MS - low_time
+    if wants_days:
+        day_totals = _Entries(
+            array(day_groups),
+            array(day_numbers) - day_low,
+            array(day_counts),
+            np.zeros(len(day_counts), np.int64),
+            day_span,
+        )
+
+        def whole_days(first: IntArray, until: IntArray) -> IntArray:
+            """features.Timeline.whole_days' count: stored per-day counts plus the new transactions."""
+            c, _ = day_totals.between(new_groups, first - day_low, until - day_low)
+            added, _ = new.between(new_groups, first * DAY_MS - low_time, until * DAY_MS - low_time)
+            return c + added
+
+    if not needed.isdisjoint(MERCHANT_DAY_FEATURES):
+        today = stored.between(new_groups, day_start, relative)[0] + new.between(new_groups, day_start, relative)[0]
+        for name, width in DAY_WINDOWS:
+            numbers[f"merchant_count_{name}"] = Column(whole_days(day - width + 1, day) + today, 0, present)
+            names.append(f"merchant_count_{name}")
+    if not needed.isdisjoint(RISK_FEATURES):
+        end = day - settings.label_delay_days
+        frauds = _frauds(merchant_ids, day.tolist(), merchants, settings.label_delay_days)
+        for w, (name, width) in enumerate(RISK_WINDOWS):
+            count = whole_days(end - width, end)
+            fraud = array([f[w] for f in frauds])
+            risk = (2 * fraud * 1_000_000 + count) // (2 * np.maximum(count, 1))
+            numbers[f"merchant_risk_{name}"] = Column(np.where(count > 0, risk, 0), 6, present)
+            names.append(f"merchant_risk_{name}")
+    for name, width in WINDOWS:
+        if f"merchant_count_{name}" not in needed and f"merchant_sum_{name}" not in needed:
+            continue
+        c1, s1 = stored.between(new_groups, relative - width + 1, relative)
+        c2, s2 = new.between(new_groups, relative - width + 1, relative)
+        numbers[f"merchant_count_{name}"] = Column(c1 + c2, 0, present)
+        numbers[f"merchant_sum_{name}"] = Column(s1 + s2, 4, present)
+        names += [f"merchant_count_{name}", f"merchant_sum_{name}"]
+    return names
+
+
+def _frauds(
+    merchant_ids: Sequence[str | None], days: Sequence[int], merchants: Mapping[str, Timeline], delay: int
+) -> list[tuple[int, ...]]:
+    """For each transaction, the frauds features.Timeline.risk counts per RISK_WINDOWS (0 without a merchant):
+    once per merchant and day."""
+    found: dict[tuple[str, int], tuple[int, ...]] = {}
+    result = []
+    zero = (0,) * len(RISK_WINDOWS)
+    for m, day in zip(merchant_ids, days, strict=True):
+        timeline = merchants.get(m) if m is not None else None
+        if timeline is None or not timeline.label_steps:
+            result.append(zero)
+            continue
+        assert m is not None
+        key = (m, day)
+        frauds = found.get(key)
+        if frauds is None:
+            frauds = found[key] = known_frauds(timeline.label_steps, day, delay)
+        result.append(frauds)
+    return result

@@ -1,0 +1,178 @@
+"""Features computed as columns (feature_columns) are the row engine's: the same features dicts (keys, values,
+order), decisions and explanations, and the same histories afterwards, whatever the timestamps (equal ones
+included), merchants, labels and rules."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from txguard.detection import Decided, Detector, decisions_in_time_order, empty_history, empty_timeline
+from txguard.domain import Transaction
+from txguard.feature_columns import columnar_features
+from txguard.features import ATTRIBUTE_FEATURES, DAY_MS, FEATURES, Timeline, features_json
+from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet
+from txguard.rule_language import validate_rule_set
+from txguard.storage.rule_sets import default_rule_set
+from txguard_generator import GenerateParams, generate
+
+D0 = 19_800 * DAY_MS
+# Every feature a rule can read that the columns compute (attribute features take the row path).
+COLUMN_FEATURES = sorted(set(FEATURES) - ATTRIBUTE_FEATURES)
+
+
+class RowByRow:
+    """A detector deciding as the given one does, offering no `decide_columns`: the row-by-row engine."""
+
+    def __init__(self, detector: Any) -> None:
+        self._detector = detector
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "decide_columns":
+            raise AttributeError(name)
+        return getattr(self._detector, name)
+
+
+def every_feature_rules(time_zone: str = "UTC", delay: int = 7) -> CompiledRuleSet:
+    """The default rules, and a shadow rule reading every feature (so each is computed and explained)."""
+    document = default_rule_set().model_dump(mode="json", exclude={"rules": {"__all__": {"condition"}}})
+    document["features"] = {"time_zone": time_zone, "label_delay_days": delay, "record": COLUMN_FEATURES}
+    document["rules"].append(
+        {
+            "id": "every_feature",
+            "description": "reads every feature",
+            "when": " OR ".join(f"{name} > 0.5" for name in COLUMN_FEATURES),
+            "score": "0.1",
+            "mode": "shadow",
+        }
+    )
+    return CompiledRuleSet(1, validate_rule_set(document))
+
+
+def replay(
+    transactions: list[Transaction], detector: Detector, steps: dict[str, list[tuple[int, int, int]]]
+) -> tuple[list[Decided], dict[int, Any], dict[str, Timeline]]:
+    """Decide a history from nothing, as backtests do, with each merchant's label steps."""
+    histories: dict[int, Any] = defaultdict(empty_history)
+    merchants: dict[str, Timeline] = defaultdict(empty_timeline)
+    for merchant, merchant_steps in steps.items():
+        merchants[merchant].use_label_steps(merchant_steps)
+    return list(decisions_in_time_order(transactions, histories, merchants, detector)), histories, merchants
+
+
+def assert_same(transactions: list[Transaction], detector: Any, steps: dict[str, list[tuple[int, int, int]]]) -> None:
+    # The columns are computed for this history (the columnar path is taken, not the row path's fallback).
+    histories: dict[int, Any] = defaultdict(empty_history)
+    merchants: dict[str, Timeline] = defaultdict(empty_timeline)
+    computed = columnar_features(
+        transactions, histories, merchants, detector.needed_features, detector.feature_settings
+    )
+    assert computed is not None
+    # The stored features' JSON written from the columns is what features_json writes of each row.
+    names = sorted(detector.needed_features)
+    assert computed.json_rows(names) == [features_json(row, names) for row in computed.rows()]
+    rows, row_histories, row_merchants = replay(transactions, RowByRow(detector), steps)
+    columns, column_histories, column_merchants = replay(transactions, detector, steps)
+    for by_row, by_column in zip(rows, columns, strict=True):
+        # str(): the exact decimals as stored (features_json), 0 and 0.000 differ
+        assert [(k, str(v)) for k, v in by_row.features.items()] == [(k, str(v)) for k, v in by_column.features.items()]
+        assert by_row.decision == by_column.decision
+    for account_id, history in row_histories.items():
+        other = column_histories[account_id]
+        assert (history.count, history.first_ts, history.last_ts, history.amounts) == (
+            other.count,
+            other.first_ts,
+            other.last_ts,
+            other.amounts,
+        )
+        assert (history.tail.ts, history.tail.units, history.tail._prefix, history.tail.days) == (
+            other.tail.ts,
+            other.tail.units,
+            other.tail._prefix,
+            other.tail.days,
+        )
+        assert (history.added_count, history.added_last_ts, history.added) == (
+            other.added_count,
+            other.added_last_ts,
+            other.added,
+        )
+        assert history.merchant_first == other.merchant_first
+    assert {m: (t.ts, t.units, t._prefix, t.days, t.currency) for m, t in row_merchants.items()} == {
+        m: (t.ts, t.units, t._prefix, t.days, t.currency) for m, t in column_merchants.items()
+    }
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[Transaction], dict[str, list[tuple[int, int, int]]]]:
+    size = draw(st.integers(COLUMN_ROWS, 60))
+    # Steps from a millisecond to days, and many zero steps: equal timestamps, windows' edges.
+    steps = st.sampled_from([0, 0, 0, 1, 999, 59_999, 60_000, 3_599_999, 3_600_000, 86_399_999, DAY_MS, 7 * DAY_MS])
+    ts = D0
+    transactions = []
+    for tid in range(size):
+        ts += draw(steps)
+        amount = draw(st.sampled_from(["0", "0.01", "1", "41.2", "912.00", "0.0001", "99999.9999", "5000000000"]))
+        merchant = draw(st.sampled_from([None, "m1", "m2", "m3"]))
+        transactions.append(Transaction(tid, draw(st.integers(1, 4)), ts, Decimal(amount), "EUR", merchant))
+    label_steps = {
+        merchant: sorted(
+            draw(
+                st.lists(
+                    st.tuples(st.integers(19_760, 19_900), st.integers(19_760, 19_910), st.sampled_from([1, 1, -1])),
+                    max_size=8,
+                )
+            )
+        )
+        for merchant in draw(st.sets(st.sampled_from(["m1", "m2"])))
+    }
+    return transactions, label_steps
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    history=histories(),
+    time_zone=st.sampled_from(["UTC", "Europe/Paris", "Asia/Kolkata"]),
+    delay=st.sampled_from([0, 1, 7]),
+)
+def test_columns_give_the_row_engine_s_features_decisions_and_histories(
+    history: tuple[list[Transaction], dict[str, list[tuple[int, int, int]]]], time_zone: str, delay: int
+) -> None:
+    # Given any history (equal timestamps, windows' edges, labels), replayed by both engines with every feature,
+    transactions, steps = history
+    # then every feature, decision and history is the same.
+    assert_same(transactions, every_feature_rules(time_zone, delay), steps)
+
+
+def generated(count: int, seed: int) -> tuple[list[Transaction], dict[str, list[tuple[int, int, int]]]]:
+    """Generated traffic with timestamps cut to the second (many equal ones) and its frauds labelled, each known
+    0-10 days after its day."""
+    run = generate(GenerateParams(num_transactions=count, num_accounts=max(count // 40, 10), seed=seed))
+    draw = random.Random(seed)
+    transactions = sorted(
+        (
+            labelled.transaction._replace(ts=labelled.transaction.ts - labelled.transaction.ts % 1000)
+            for labelled in run
+        ),
+        key=lambda t: (t.ts, t.transaction_id),
+    )
+    steps: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    for labelled in run:
+        t = labelled.transaction
+        if labelled.pattern != "genuine" and t.merchant_id is not None:
+            steps[t.merchant_id].append((t.ts // DAY_MS, t.ts // DAY_MS + draw.randint(0, 10), 1))
+    return transactions, {m: sorted(s) for m, s in steps.items()}
+
+
+def test_columns_decide_5_000_generated_transactions_as_the_row_engine() -> None:
+    transactions, steps = generated(5_000, seed=3)
+    assert_same(transactions, every_feature_rules(), steps)
+
+
+def test_columns_decide_100_000_generated_transactions_as_the_row_engine() -> None:
+    transactions, steps = generated(100_000, seed=4)
+    assert_same(transactions, every_feature_rules("Europe/Paris", 7), steps)
