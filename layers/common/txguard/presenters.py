@@ -75,6 +75,20 @@ def store_results_json(results: list[StoreResult]) -> list[dict[str, Any]]:
     return items
 
 
+def store_decisions_json(results: list[StoreResult]) -> orjson.Fragment:
+    """The compact form of a stored batch's results (`response=decisions`), as JSON text: per result, in order,
+    its transaction_id, status, outcome and score (0-1, four places, as text). Written as text, each distinct
+    decision once: a batch's rows are thousands, its distinct decisions few."""
+    tails: dict[int, str] = {}
+    rows = []
+    for r in results:
+        tail = tails.get(id(r.decision))
+        if tail is None:
+            tail = tails[id(r.decision)] = f',"outcome":"{r.decision.outcome}","score":"{r.decision.score}"}}'
+        rows.append(f'{{"transaction_id":{r.transaction.transaction_id},"status":"{r.status}"{tail}')
+    return orjson.Fragment("[" + ",".join(rows) + "]")
+
+
 def listed_json(j: DecidedTransaction) -> dict[str, Any]:
     return {**transaction_json(j.transaction), "decision": decision_json(j.decision)}
 
