@@ -375,16 +375,23 @@ def _columns(document: Any) -> list[Transaction]:
         items = [document]
     if set(map(type, items)) != {dict}:
         raise _NotPlain
-    for keys in set(map(frozenset, items)):
-        if not _REQUIRED <= keys <= _FIELDS:
+    given: set[str] = set()
+    for keys in set(map(tuple, items)):  # the distinct lists of keys: a batch's items are mostly alike
+        if not _REQUIRED <= set(keys) <= _FIELDS:
             raise _NotPlain
+        given.update(keys)
     accounts = _integers(list(map(itemgetter("account_id"), items)), 1, INT64_MAX)
     ids = _integers(list(map(itemgetter("transaction_id"), items)), INT64_MIN, INT64_MAX)
     timestamps = _timestamps(list(map(itemgetter("timestamp"), items)))
-    currencies = _currencies(_column(items, "currency"))
+    currencies = (
+        _currencies(_column(items, "currency"))
+        if "currency" in given
+        else [service_settings().default_currency] * len(items)
+    )
     amounts = _amounts(list(map(itemgetter("amount"), items)), currencies)
-    merchants = _merchants(_column(items, "merchant_id"))
-    attributes = [_attribute(name, _column(items, name)) for name in ATTRIBUTES]
+    # An optional field no item has is None throughout, without a look at any item.
+    merchants = _merchants(_column(items, "merchant_id")) if "merchant_id" in given else repeat(None)
+    attributes = [_attribute(name, _column(items, name)) if name in given else repeat(None) for name in ATTRIBUTES]
     # Repeated None stands for an attribute no item has: zip ends with the batch's own columns.
     columns = zip(ids, accounts, timestamps, amounts, currencies, merchants, *attributes, strict=False)
     # tuple.__new__ builds each named tuple without a Python call per transaction.
@@ -392,6 +399,7 @@ def _columns(document: Any) -> list[Transaction]:
 
 
 def _column(items: list[dict[str, Any]], name: str) -> list[Any]:
+    """An optional field's values, None where absent."""
     return list(map(dict.get, items, repeat(name)))
 
 
