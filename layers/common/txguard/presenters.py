@@ -15,6 +15,9 @@ from txguard.features import FEATURES, features_json
 
 
 def transaction_json(t: Transaction) -> dict[str, Any]:
+    """A transaction as stored, its optional attributes (ATTRIBUTES, in order) null when absent."""
+    # One dict literal, not a merge of attributes_json: a batch's response builds one per transaction.
+    channel, country, merchant_category, card_id, ip_address, device_id, metadata = t.attributes()
     return {
         "account_id": t.account_id,
         "transaction_id": t.transaction_id,
@@ -22,7 +25,13 @@ def transaction_json(t: Transaction) -> dict[str, Any]:
         "amount": money(t.amount, t.currency),
         "currency": t.currency,
         "merchant_id": t.merchant_id,
-        **attributes_json(t),
+        "channel": channel,
+        "country": country,
+        "merchant_category": merchant_category,
+        "card_id": card_id,
+        "ip_address": ip_address,
+        "device_id": device_id,
+        "metadata": metadata,
     }
 
 
