@@ -86,16 +86,22 @@ def store_results_json(results: list[StoreResult]) -> list[dict[str, Any]]:
 
 def store_decisions_json(results: list[StoreResult]) -> orjson.Fragment:
     """The compact form of a stored batch's results (`response=decisions`), as JSON text: per result, in order,
-    its transaction_id, status, outcome and score (0-1, four places, as text). Written as text, each distinct
-    decision once: a batch's rows are thousands, its distinct decisions few."""
+    `{"transaction_id", "status", "outcome", "score"}` (score 0-1, four places, as text)."""
+    return orjson.Fragment("[" + ",".join([f"{{{members}}}" for members in decision_members(results)]) + "]")
+
+
+def decision_members(results: list[StoreResult]) -> list[str]:
+    """Each result's members in the compact form, as JSON text without the braces (so that a per-item answer can
+    put its `index` first). Written as text, each distinct decision's part once: a batch's rows are thousands,
+    its distinct decisions few."""
     tails: dict[int, str] = {}
-    rows = []
+    members = []
     for r in results:
         tail = tails.get(id(r.decision))
         if tail is None:
-            tail = tails[id(r.decision)] = f',"outcome":"{r.decision.outcome}","score":"{r.decision.score}"}}'
-        rows.append(f'{{"transaction_id":{r.transaction.transaction_id},"status":"{r.status}"{tail}')
-    return orjson.Fragment("[" + ",".join(rows) + "]")
+            tail = tails[id(r.decision)] = f',"outcome":"{r.decision.outcome}","score":"{r.decision.score}"'
+        members.append(f'"transaction_id":{r.transaction.transaction_id},"status":"{r.status}"{tail}')
+    return members
 
 
 def listed_json(j: DecidedTransaction) -> dict[str, Any]:

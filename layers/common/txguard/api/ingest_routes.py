@@ -5,14 +5,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import orjson
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
-from pydantic import BeforeValidator, Discriminator, GetCoreSchemaHandler, Tag, ValidatorFunctionWrapHandler
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    GetCoreSchemaHandler,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+)
 from pydantic_core import core_schema
 
 from txguard import literals, service
-from txguard.api.errors import COMMON_ERRORS, MAX_DETAILS, ApiError, documented_errors, error_response
+from txguard.api.errors import (
+    COMMON_ERRORS,
+    MAX_DETAILS,
+    ApiError,
+    documented_errors,
+    error_response,
+    validation_details,
+)
 from txguard.api.presenters import json_response
 from txguard.api.resolver import PER_ITEM_PATH, BodyRejected, parse_json
 from txguard.api.schemas import (
@@ -27,7 +43,7 @@ from txguard.domain import Transaction
 from txguard.errors import shorten
 from txguard.intake import INT64_MAX, TransactionIn, batch_transactions, parse_timestamp_ms
 from txguard.observability import logger
-from txguard.presenters import listed_json, store_decisions_json, store_results_json
+from txguard.presenters import decision_members, listed_json, store_decisions_json, store_results_json
 from txguard.settings import service_settings
 
 router = Router()
@@ -154,22 +170,30 @@ def _check_batch_size(size: int) -> None:
 
 
 @router.post(PER_ITEM_PATH, include_in_schema=False, enable_validation=False)
-def store_data_per_item() -> Response[str]:
-    """POST /store_data?atomic=false: each item validated and stored on its own (service.store_each)."""
+def store_data_per_item(response: Annotated[ResponseForm, Query()] = "full") -> Response[str]:
+    """POST /store_data?atomic=false: each item validated and stored on its own (service.store_each). `response`
+    is declared so that it is a known parameter; this route validates nothing before its code runs, so its value
+    is read from the request here."""
     try:
         document = parse_json(router.current_event.body or "")
     except BodyRejected as rejected:
         return error_response(rejected.status, rejected.code, rejected.msg, rejected.details)
+    response = _response_form(router.current_event.get_query_string_value("response"))
     items = _per_item_items(document)
     _check_batch_size(len(items))
     remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
     outcomes = service.store_each(items, remaining_ms)
-    stored = [o for o in outcomes if o.result is not None]
-    stored_json = iter(store_results_json([o.result for o in stored if o.result is not None]))
-    results: list[dict[str, Any]] = []
+    stored = [o.result for o in outcomes if o.result is not None]
+    full = iter(store_results_json(stored) if response == "full" else ())
+    compact = iter(decision_members(stored) if response == "decisions" else ())
+    results: list[Any] = []
     for outcome in outcomes:
         if outcome.result is not None:
-            results.append({"index": outcome.index, **next(stored_json)})
+            results.append(
+                {"index": outcome.index, **next(full)}
+                if response == "full"
+                else orjson.Fragment(f'{{"index":{outcome.index},{next(compact)}}}')
+            )
             continue
         details = [
             {"index": outcome.index, "field": p.field, "value": p.value, "reason": p.reason}
@@ -183,6 +207,20 @@ def store_data_per_item() -> Response[str]:
     refused = len(outcomes) - len(stored)
     logger.info("per-item batch", extra={"items": len(outcomes), "refused": refused})
     return json_response(207 if refused else 201, {"results": results})
+
+
+_RESPONSE_FORM: TypeAdapter[ResponseForm] = TypeAdapter(ResponseForm)
+
+
+def _response_form(value: str | None) -> ResponseForm:
+    """The `response` query parameter read as the atomic route's validation reads it (the same 422 when unknown)."""
+    if value is None:
+        return "full"
+    try:
+        return _RESPONSE_FORM.validate_python(value)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("query", "response", *error["loc"])} for error in exc.errors()]
+        raise ApiError(422, "validation_error", "the request is invalid", validation_details(errors)) from None
 
 
 def _per_item_items(document: dict[str, Any]) -> list[Any]:
