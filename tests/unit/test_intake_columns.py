@@ -161,3 +161,13 @@ def test_an_envelope_that_is_not_plain_is_left_to_transactionin() -> None:
         "x",
     ):
         assert batch_transactions(document) is None
+
+
+def test_a_validated_body_is_shown_by_its_size_not_its_transactions() -> None:
+    """Powertools formats a route's arguments into a debug message on every request, whatever the log level."""
+    from pydantic import TypeAdapter
+
+    from txguard.api.ingest_routes import StoreBody
+
+    body = TypeAdapter(StoreBody).validate_python({"transactions": [dict(PLAIN)] * 3})
+    assert len(body.transactions) == 3 and repr(body) == "StoreBody(<3 transactions>)"

@@ -70,6 +70,11 @@ class StoreBody:
 
     transactions: list[Transaction]
 
+    def __repr__(self) -> str:
+        # Powertools formats the route's arguments into a debug message whatever the log level: a batch of
+        # thousands would be rendered whole on every request.
+        return f"StoreBody(<{len(self.transactions)} transactions>)"
+
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         return core_schema.no_info_wrap_validator_function(cls._validate, handler.generate_schema(_StoreBodyIn))
