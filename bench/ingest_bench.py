@@ -104,13 +104,16 @@ def handler_rate(
 
 def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float]:
     """Microseconds of Python per transaction in each stage of a batch's ingest (no database involved)."""
+    from pydantic import TypeAdapter
+
+    from txguard.api.ingest_routes import StoreBody
     from txguard.api.presenters import json_response
     from txguard.api.resolver import parse_json
     from txguard.api.schemas import TransactionBatch
     from txguard.detection import decide_in_time_order, decisions_in_time_order, empty_history, empty_timeline
     from txguard.domain import StoreResult, Transaction
     from txguard.features import features_json
-    from txguard.presenters import store_results_json
+    from txguard.presenters import store_decisions_json, store_results_json
     from txguard.rule_engine import CompiledRuleSet
     from txguard.rule_language import validate_rule_set
     from txguard.storage.rule_sets import default_rule_set
@@ -143,9 +146,11 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     }
     history_rules = CompiledRuleSet(1, validate_rule_set(history_rule_set()))
     at_merchants = [t._replace(merchant_id=f"m{t.transaction_id % 500}") for t in txs]
+    store_body = TypeAdapter(StoreBody)  # what the handler validates its body with (item by item when not plain)
     stages = {
         "parse JSON": lambda: parse_json(body),
         "validate (pydantic)": lambda: TransactionBatch.model_validate(parsed),
+        "validate as the handler does (columns, Transactions built)": lambda: store_body.validate_python(parsed),
         "features + rules (default rule set)": lambda: decide_in_time_order(
             txs, {a: empty_history() for a in accounts}, {}, rules
         ),
@@ -159,6 +164,7 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
             copy_line(t, decisions[t.transaction_id], features_json(features[t.transaction_id], names)) for t in txs
         ),
         "response JSON": lambda: json_response(201, {"results": store_results_json(results)}),
+        "response JSON (?response=decisions)": lambda: json_response(201, {"results": store_decisions_json(results)}),
     }
     return {name: round(min(timed(work) for _ in range(3)) * 1e6 / len(data), 2) for name, work in stages.items()}
 

@@ -188,6 +188,31 @@ def test_atomic_false_with_every_item_valid_is_201_and_the_default_stays_all_or_
     assert count_rows(e2e_database_url, "account_id = 5906") == 1
 
 
+def test_atomic_false_answers_the_compact_form_for_stored_items_and_the_error_for_refused_ones(
+    local_service: LocalService, e2e_database_url: str
+) -> None:
+    batch = [item(account_id=5907), item(account_id=5907, amount="-1"), item(account_id=5907)]
+    response = local_service.request("POST", "/store_data?atomic=false&response=decisions", {"transactions": batch})
+    assert response.status == 207, response.body
+    stored, refused, second = response.body["results"]
+    assert set(stored) == {"index", "transaction_id", "status", "outcome", "score"}
+    assert (stored["index"], stored["transaction_id"], stored["status"]) == (0, batch[0]["transaction_id"], "stored")
+    assert (second["index"], second["status"]) == (2, "stored") and second["outcome"] in ("allow", "review", "block")
+    assert (refused["index"], refused["status"], refused["error"]["code"]) == (1, "refused", "validation_error")
+    assert count_rows(e2e_database_url, "account_id = 5907") == 2
+
+
+@pytest.mark.parametrize("atomic", ["true", "false"])
+def test_an_unknown_response_form_is_422_naming_it_in_either_mode(
+    local_service: LocalService, e2e_database_url: str, atomic: str
+) -> None:
+    body = {"transactions": [item(account_id=5908)]}
+    response = local_service.request("POST", f"/store_data?atomic={atomic}&response=ids", body)
+    error = assert_error(response, 422, "validation_error")
+    assert [(d["field"], d["value"]) for d in error["details"]] == [("response", "ids")]
+    assert count_rows(e2e_database_url, "account_id = 5908") == 0
+
+
 @pytest.mark.parametrize("atomic", ["true", "false"])
 def test_an_id_beyond_64_bits_is_refused_and_shown_back_as_its_digits_in_either_mode(
     local_service: LocalService, atomic: str

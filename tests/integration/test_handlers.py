@@ -104,6 +104,41 @@ def test_the_sample_invalid_event_is_422_counts_a_validation_error_and_stores_no
     assert metrics["ValidationErrors"] == 1
 
 
+def with_query(event: dict[str, Any], **parameters: str) -> dict[str, Any]:
+    return {
+        **event,
+        "queryStringParameters": parameters,
+        "multiValueQueryStringParameters": {name: [value] for name, value in parameters.items()},
+    }
+
+
+def test_the_compact_form_answers_each_transaction_s_id_status_outcome_and_score_only(
+    runner: FunctionRunner, database: Database
+) -> None:
+    event = load_event("store_data_batch.json")
+    compact = invoke(runner, "IngestFunction", with_query(event, response="decisions"))
+    assert compact["statusCode"] == 201
+    results = json.loads(compact["body"])["results"]
+    full = json.loads(invoke(runner, "IngestFunction", event)["body"])["results"]  # the replay, in full
+    assert [set(r) for r in results] == [{"transaction_id", "status", "outcome", "score"}] * len(full)
+    assert [(r["transaction_id"], r["status"]) for r in results] == [(r["transaction_id"], "stored") for r in full]
+    assert [(r["outcome"], r["score"]) for r in results] == [
+        (r["decision"]["outcome"], r["decision"]["score"]) for r in full
+    ]
+    assert database.query("SELECT count(*) FROM transactions") == [(len(full),)]
+
+
+def test_an_unknown_response_form_is_422_naming_the_parameter_and_stores_nothing(
+    runner: FunctionRunner, database: Database
+) -> None:
+    response = invoke(runner, "IngestFunction", with_query(load_event("store_data_batch.json"), response="short"))
+    assert response["statusCode"] == 422
+    details = json.loads(response["body"])["error"]["details"]
+    assert [(d["field"], d["value"]) for d in details] == [("response", "short")]
+    assert "decisions" in details[0]["reason"]
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]
+
+
 def test_the_sample_list_and_is_fraud_events_read_what_was_stored(runner: FunctionRunner) -> None:
     invoke(runner, "IngestFunction", load_event("store_data_batch.json"))
     listing = json.loads(invoke(runner, "IngestFunction", load_event("store_data_list.json"))["body"])

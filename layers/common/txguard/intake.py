@@ -8,17 +8,20 @@ any sequence of decoded JSON items one by one, giving each a valid `Transaction`
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import repeat
+from operator import itemgetter
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator
 
 from txguard import attributes, literals
 from txguard.currencies import MINOR_UNITS
-from txguard.domain import Transaction
+from txguard.domain import ATTRIBUTES, Transaction
 from txguard.errors import echo, shorten
 from txguard.settings import service_settings
 
@@ -331,3 +334,173 @@ def check_items(items: Sequence[Any]) -> list[Checked]:
             problems = tuple(problem(error, error["loc"]) for error in exc.errors())
             checked.append(Checked(index, None, problems))
     return checked
+
+
+# Columns: a batch's fields checked a column at a time (batch_transactions).
+_FIELDS = frozenset(TransactionIn.model_fields)
+_REQUIRED = frozenset(name for name, info in TransactionIn.model_fields.items() if info.is_required())
+_QUANTUM = {currency: Decimal(1).scaleb(-places) for currency, places in MINOR_UNITS.items()}
+# A column of strings joined by newlines, each a decimal (literals.DECIMAL_PATTERN) or an identifier (MERCHANT_ID):
+# one regular expression run over a whole column instead of one per value.
+_DECIMAL_LINES = re.compile(f"(?:{literals.DECIMAL_PATTERN}\n)*\\Z")
+_IDENTIFIER_LINES = re.compile(f"(?:{MERCHANT_ID.pattern.removeprefix('^').removesuffix('$')}\n)*\\Z")
+_DECIMAL_TYPES = frozenset({str, int, Decimal})
+
+
+class _NotPlain(Exception):
+    """A column holds a value that is not in its plain form: TransactionIn decides, and words any problem."""
+
+
+def batch_transactions(document: Any) -> list[Transaction] | None:
+    """The transactions of a POST /store_data body (one transaction, or `{"transactions": [...]}`) validated as
+    columns, in request order; None when any value is not in the plain form the columns check (wrong type, out of
+    range, text to trim, an unknown field...), and then the caller validates with TransactionIn, which words each
+    problem. Every field follows the rule TransactionIn applies (the same functions where a value needs more than a
+    type and a range), so a batch taken here gives exactly the transactions TransactionIn gives, and a batch it
+    would refuse is never taken: tests/unit/test_intake_columns.py compares the two on generated batches."""
+    try:
+        return _columns(document)
+    except _NotPlain:
+        return None
+
+
+def _columns(document: Any) -> list[Transaction]:
+    if type(document) is not dict:
+        raise _NotPlain
+    if "transactions" in document:
+        items = document["transactions"]
+        if len(document) != 1 or type(items) is not list or not items:
+            raise _NotPlain
+    else:
+        items = [document]
+    if set(map(type, items)) != {dict}:
+        raise _NotPlain
+    given: set[str] = set()
+    for keys in set(map(tuple, items)):  # the distinct lists of keys: a batch's items are mostly alike
+        if not _REQUIRED <= set(keys) <= _FIELDS:
+            raise _NotPlain
+        given.update(keys)
+    accounts = _integers(list(map(itemgetter("account_id"), items)), 1, INT64_MAX)
+    ids = _integers(list(map(itemgetter("transaction_id"), items)), INT64_MIN, INT64_MAX)
+    timestamps = _timestamps(list(map(itemgetter("timestamp"), items)))
+    currencies = (
+        _currencies(_column(items, "currency"))
+        if "currency" in given
+        else [service_settings().default_currency] * len(items)
+    )
+    amounts = _amounts(list(map(itemgetter("amount"), items)), currencies)
+    # An optional field no item has is None throughout, without a look at any item.
+    merchants = _merchants(_column(items, "merchant_id")) if "merchant_id" in given else repeat(None)
+    attributes = [_attribute(name, _column(items, name)) if name in given else repeat(None) for name in ATTRIBUTES]
+    # Repeated None stands for an attribute no item has: zip ends with the batch's own columns.
+    columns = zip(ids, accounts, timestamps, amounts, currencies, merchants, *attributes, strict=False)
+    # tuple.__new__ builds each named tuple without a Python call per transaction.
+    return list(map(tuple.__new__, repeat(Transaction), columns))
+
+
+def _column(items: list[dict[str, Any]], name: str) -> list[Any]:
+    """An optional field's values, None where absent."""
+    return list(map(dict.get, items, repeat(name)))
+
+
+def _integers(column: list[Any], minimum: int, maximum: int) -> list[int]:
+    if set(map(type, column)) != {int} or min(column) < minimum or max(column) > maximum:
+        raise _NotPlain
+    return column
+
+
+def _timestamps(column: list[Any]) -> list[int]:
+    types = set(map(type, column))
+    if str in types:
+        if not types <= {int, str}:
+            raise _NotPlain
+        try:
+            column = [parse_timestamp_ms(value) if type(value) is str else value for value in column]
+        except ValueError:
+            raise _NotPlain from None
+    latest = int(time.time() * 1000) + service_settings().max_future_skew_s * 1000
+    return _integers(column, EARLIEST_TIMESTAMP_MS, latest)
+
+
+def _currencies(column: list[Any]) -> list[str]:
+    codes: dict[Any, str] = {}
+    try:
+        distinct = set(column)
+    except TypeError:  # an object or array where a code belongs
+        raise _NotPlain from None
+    for value in distinct:
+        if value is None:
+            codes[value] = service_settings().default_currency
+        elif type(value) is str and value.upper() in MINOR_UNITS:
+            codes[value] = value.upper()
+        else:
+            raise _NotPlain
+    return list(map(codes.__getitem__, column))
+
+
+def _amounts(column: list[Any], currencies: list[str]) -> list[Decimal]:
+    """parse_amount as columns: exact decimals >= 0 (a signed zero made plain), at most MAX_AMOUNT, with no more
+    places than the currency has (quantizing to them changes nothing), returned at the currency's places."""
+    types = set(map(type, column))
+    if not types <= _DECIMAL_TYPES:
+        raise _NotPlain
+    if str in types:
+        texts = column if types == {str} else [value for value in column if type(value) is str]
+        joined = "\n".join(texts) + "\n"
+        if joined.count("\n") != len(texts) or not _DECIMAL_LINES.match(joined):
+            raise _NotPlain
+    try:
+        amounts = list(map(Decimal, column))
+        if min(amounts) < 0 or max(amounts) > MAX_AMOUNT or not all(map(Decimal.is_finite, amounts)):
+            raise _NotPlain
+        amounts = list(map(Decimal.copy_abs, amounts))
+        quantized = list(map(Decimal.quantize, amounts, map(_QUANTUM.__getitem__, currencies)))
+    except ArithmeticError:
+        raise _NotPlain from None
+    if quantized != amounts:
+        raise _NotPlain
+    return quantized
+
+
+def _merchants(column: list[Any]) -> Iterable[str | None]:
+    types = set(map(type, column))
+    if types == {type(None)}:
+        return repeat(None)
+    if not types <= {str, int, type(None)}:
+        raise _NotPlain
+    texts = [value if type(value) is str else str(value) for value in column if value is not None]
+    joined = "\n".join(texts) + "\n"
+    if joined.count("\n") != len(texts) or not _IDENTIFIER_LINES.match(joined):
+        raise _NotPlain
+    return column if types <= {str, type(None)} else [None if v is None else str(v) for v in column]
+
+
+def _attribute(name: str, column: list[Any]) -> Iterable[Any]:
+    """An optional attribute's column read by its ATTRIBUTE_CHECKS function, each distinct text read once; a value
+    TransactionIn would then trim (str_strip_whitespace) is left to it."""
+    if set(map(type, column)) == {type(None)}:
+        return repeat(None)
+    check = ATTRIBUTE_CHECKS[name]
+    read: dict[str, Any] = {}
+    values: list[Any] = []
+    try:
+        for value in column:
+            if value is None:
+                values.append(None)
+            elif type(value) is str:
+                known = read.get(value)
+                if known is None:
+                    known = read[value] = _untrimmed(check(value))
+                values.append(known)
+            else:
+                values.append(_untrimmed(check(value)))
+    except ValueError:
+        raise _NotPlain from None
+    return values
+
+
+def _untrimmed(value: Any) -> Any:
+    texts = [*value, *value.values()] if isinstance(value, dict) else [value]
+    if any(text != text.strip() for text in texts):
+        raise _NotPlain
+    return value

@@ -15,6 +15,9 @@ from txguard.features import FEATURES, features_json
 
 
 def transaction_json(t: Transaction) -> dict[str, Any]:
+    """A transaction as stored, its optional attributes (ATTRIBUTES, in order) null when absent."""
+    # One dict literal, not a merge of attributes_json: a batch's response builds one per transaction.
+    channel, country, merchant_category, card_id, ip_address, device_id, metadata = t.attributes()
     return {
         "account_id": t.account_id,
         "transaction_id": t.transaction_id,
@@ -22,7 +25,13 @@ def transaction_json(t: Transaction) -> dict[str, Any]:
         "amount": money(t.amount, t.currency),
         "currency": t.currency,
         "merchant_id": t.merchant_id,
-        **attributes_json(t),
+        "channel": channel,
+        "country": country,
+        "merchant_category": merchant_category,
+        "card_id": card_id,
+        "ip_address": ip_address,
+        "device_id": device_id,
+        "metadata": metadata,
     }
 
 
@@ -73,6 +82,26 @@ def store_results_json(results: list[StoreResult]) -> list[dict[str, Any]]:
             }
         )
     return items
+
+
+def store_decisions_json(results: list[StoreResult]) -> orjson.Fragment:
+    """The compact form of a stored batch's results (`response=decisions`), as JSON text: per result, in order,
+    `{"transaction_id", "status", "outcome", "score"}` (score 0-1, four places, as text)."""
+    return orjson.Fragment("[" + ",".join([f"{{{members}}}" for members in decision_members(results)]) + "]")
+
+
+def decision_members(results: list[StoreResult]) -> list[str]:
+    """Each result's members in the compact form, as JSON text without the braces (so that a per-item answer can
+    put its `index` first). Written as text, each distinct decision's part once: a batch's rows are thousands,
+    its distinct decisions few."""
+    tails: dict[int, str] = {}
+    members = []
+    for r in results:
+        tail = tails.get(id(r.decision))
+        if tail is None:
+            tail = tails[id(r.decision)] = f',"outcome":"{r.decision.outcome}","score":"{r.decision.score}"'
+        members.append(f'"transaction_id":{r.transaction.transaction_id},"status":"{r.status}"{tail}')
+    return members
 
 
 def listed_json(j: DecidedTransaction) -> dict[str, Any]:

@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
+import orjson
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
-from pydantic import BeforeValidator, Discriminator, Tag
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    GetCoreSchemaHandler,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+)
+from pydantic_core import core_schema
 
 from txguard import literals, service
-from txguard.api.errors import COMMON_ERRORS, MAX_DETAILS, ApiError, documented_errors, error_response
+from txguard.api.errors import (
+    COMMON_ERRORS,
+    MAX_DETAILS,
+    ApiError,
+    documented_errors,
+    error_response,
+    validation_details,
+)
 from txguard.api.presenters import json_response
 from txguard.api.resolver import PER_ITEM_PATH, BodyRejected, parse_json
-from txguard.api.schemas import ListResponse, PartialStoreResponse, StoreResponse, TransactionBatch, integer_text
+from txguard.api.schemas import (
+    DecisionsResponse,
+    ListResponse,
+    PartialStoreResponse,
+    StoreResponse,
+    TransactionBatch,
+    integer_text,
+)
+from txguard.domain import Transaction
 from txguard.errors import shorten
-from txguard.intake import INT64_MAX, TransactionIn, parse_timestamp_ms
+from txguard.intake import INT64_MAX, TransactionIn, batch_transactions, parse_timestamp_ms
 from txguard.observability import logger
-from txguard.presenters import listed_json, store_results_json
+from txguard.presenters import decision_members, listed_json, store_decisions_json, store_results_json
 from txguard.settings import service_settings
 
 router = Router()
@@ -27,10 +53,44 @@ def _kind(value: Any) -> str:
     return "batch" if isinstance(value, dict) and "transactions" in value else "transaction"
 
 
-StoreBody = Annotated[
+_StoreBodyIn = Annotated[
     Annotated[TransactionIn, Tag("transaction")] | Annotated[TransactionBatch, Tag("batch")],
     Discriminator(_kind),
 ]
+
+
+@dataclass(frozen=True)
+class StoreBody:
+    """A POST /store_data body, validated: its transactions in request order (one for a single transaction).
+
+    The body is read as columns first (intake.batch_transactions); one that is not plain there is validated item
+    by item by TransactionIn, which words every problem, so the errors and the transactions are those of
+    TransactionIn either way. The OpenAPI document shows the body as TransactionIn and TransactionBatch describe
+    it."""
+
+    transactions: list[Transaction]
+
+    def __repr__(self) -> str:
+        # Powertools formats the route's arguments into a debug message whatever the log level: a batch of
+        # thousands would be rendered whole on every request.
+        return f"StoreBody(<{len(self.transactions)} transactions>)"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_wrap_validator_function(cls._validate, handler.generate_schema(_StoreBodyIn))
+
+    @classmethod
+    def _validate(cls, value: Any, item_by_item: ValidatorFunctionWrapHandler) -> StoreBody:
+        columns = batch_transactions(value)
+        if columns is not None:
+            return cls(columns)
+        body = item_by_item(value)
+        items = body.transactions if isinstance(body, TransactionBatch) else [body]
+        return cls([item.transaction() for item in items])
+
+
+# What POST /store_data answers for each transaction (the `response` query parameter).
+ResponseForm = Literal["full", "decisions"]
 
 _STORE_ERRORS = documented_errors(
     {
@@ -54,12 +114,18 @@ _LIST_ERRORS = documented_errors({**COMMON_ERRORS, 422: "a query parameter is in
         "is safe: a transaction_id already stored with the same content is answered as `duplicate` with its "
         "original decision; with different content the request is refused with 409. The media type is "
         "`application/json` (any case, `application/*+json` too; a charset, if given, must be UTF-8); anything "
-        "else is refused with 415. With `?atomic=false` items are taken one by one: the valid ones are stored, each "
+        "else is refused with 415. With `?response=decisions` each result is only the transaction's id, status, "
+        "outcome and score (no transaction echoed back, no reasons): the compact form for high-volume clients. "
+        "With `?atomic=false` items are taken one by one: the valid ones are stored, each "
         "invalid or conflicting one is refused with its own error (the one error shape), and the answer is 207 "
         "when any item was refused (201 when none was)."
     ),
     responses={
-        201: {"description": "stored", "content": {"application/json": {"model": StoreResponse}}},
+        201: {
+            "description": "stored: one result per transaction, in request order (the compact form with "
+            "`response=decisions`)",
+            "content": {"application/json": {"model": StoreResponse | DecisionsResponse}},
+        },
         207: {
             "description": "atomic=false and at least one item refused: one result per item, stored or refused",
             "content": {"application/json": {"model": PartialStoreResponse}},
@@ -77,14 +143,23 @@ def store_data(
             "stored, invalid ones refused each with its error (207). Exactly `true` or `false`"
         ),
     ] = True,
+    response: Annotated[
+        ResponseForm,
+        Query(
+            description="`full` (the default): each result with the transaction as stored and its whole decision, "
+            "reasons included. `decisions`: each result only `transaction_id`, `status`, `outcome` and `score`"
+        ),
+    ] = "full",
 ) -> Response[str]:
-    items = body.transactions if isinstance(body, TransactionBatch) else [body]
-    _check_batch_size(len(items))
-    accounts = sorted({t.account_id for t in items})
+    transactions = body.transactions
+    _check_batch_size(len(transactions))
+    accounts = sorted({t.account_id for t in transactions})
     logger.append_keys(account_id=accounts[0] if len(accounts) == 1 else accounts[:20])
     # Publishing alerts after the commit stops short of the invocation's end (None outside Lambda).
     remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
-    results = service.store([t.transaction() for t in items], remaining_ms)
+    results = service.store(transactions, remaining_ms)
+    if response == "decisions":
+        return json_response(201, {"results": store_decisions_json(results)})
     return json_response(201, {"results": store_results_json(results)})
 
 
@@ -100,22 +175,30 @@ def _check_batch_size(size: int) -> None:
 
 
 @router.post(PER_ITEM_PATH, include_in_schema=False, enable_validation=False)
-def store_data_per_item() -> Response[str]:
-    """POST /store_data?atomic=false: each item validated and stored on its own (service.store_each)."""
+def store_data_per_item(response: Annotated[ResponseForm, Query()] = "full") -> Response[str]:
+    """POST /store_data?atomic=false: each item validated and stored on its own (service.store_each). `response`
+    is declared so that it is a known parameter; this route validates nothing before its code runs, so its value
+    is read from the request here."""
     try:
         document = parse_json(router.current_event.body or "")
     except BodyRejected as rejected:
         return error_response(rejected.status, rejected.code, rejected.msg, rejected.details)
+    response = _response_form(router.current_event.get_query_string_value("response"))
     items = _per_item_items(document)
     _check_batch_size(len(items))
     remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
     outcomes = service.store_each(items, remaining_ms)
-    stored = [o for o in outcomes if o.result is not None]
-    stored_json = iter(store_results_json([o.result for o in stored if o.result is not None]))
-    results: list[dict[str, Any]] = []
+    stored = [o.result for o in outcomes if o.result is not None]
+    full = iter(store_results_json(stored) if response == "full" else ())
+    compact = iter(decision_members(stored) if response == "decisions" else ())
+    results: list[Any] = []
     for outcome in outcomes:
         if outcome.result is not None:
-            results.append({"index": outcome.index, **next(stored_json)})
+            results.append(
+                {"index": outcome.index, **next(full)}
+                if response == "full"
+                else orjson.Fragment(f'{{"index":{outcome.index},{next(compact)}}}')
+            )
             continue
         details = [
             {"index": outcome.index, "field": p.field, "value": p.value, "reason": p.reason}
@@ -129,6 +212,20 @@ def store_data_per_item() -> Response[str]:
     refused = len(outcomes) - len(stored)
     logger.info("per-item batch", extra={"items": len(outcomes), "refused": refused})
     return json_response(207 if refused else 201, {"results": results})
+
+
+_RESPONSE_FORM: TypeAdapter[ResponseForm] = TypeAdapter(ResponseForm)
+
+
+def _response_form(value: str | None) -> ResponseForm:
+    """The `response` query parameter read as the atomic route's validation reads it (the same 422 when unknown)."""
+    if value is None:
+        return "full"
+    try:
+        return _RESPONSE_FORM.validate_python(value)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("query", "response", *error["loc"])} for error in exc.errors()]
+        raise ApiError(422, "validation_error", "the request is invalid", validation_details(errors)) from None
 
 
 def _per_item_items(document: dict[str, Any]) -> list[Any]:

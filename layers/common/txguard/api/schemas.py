@@ -108,6 +108,19 @@ class StoreResponse(BaseModel):
     results: list[StoreResultOut]
 
 
+class DecisionOfResultOut(BaseModel):
+    """A transaction's result in the compact form (`response=decisions`)."""
+
+    transaction_id: int
+    status: Literal["stored", "duplicate"]
+    outcome: Literal["allow", "review", "block"] = Field(description=OUTCOME_DESCRIPTION)
+    score: str = Field(description="0 to 1, four decimal places")
+
+
+class DecisionsResponse(BaseModel):
+    results: list[DecisionOfResultOut] = Field(description="one per transaction, in request order")
+
+
 class ListedTransactionOut(StoredTransactionOut):
     decision: DecisionOut
 
