@@ -2,7 +2,8 @@
 
 One row per (rule, kind, value) holds the snooze in force or expired; snoozing again replaces it and lifting it
 deletes it. `rule_snooze_changes` records each change (snoozed, changed, lifted: who, when, what). Ingest reads the
-snoozes of a batch's entities once (`in_force`), through the (kind, value) index.
+snoozes of a batch's entities once, with the list items its values are in (`in_force_with_list_items`, or its json
+form inside ingest's lock statement), through the (kind, value) index.
 """
 
 from __future__ import annotations
@@ -61,12 +62,6 @@ class SnoozeNotFound(NotFound):
         super().__init__(f"rule {rule_id} is not snoozed for {kind} {value}")
 
 
-def in_force(cur: psycopg2.extensions.cursor, entities: Mapping[str, Collection[str]]) -> list[Snooze]:
-    """The snoozes in force now (until ahead of the database's clock) of the given entities (kind -> values): one
-    statement, an index probe per (kind, value)."""
-    return in_force_with_list_items(cur, entities, {})[0]
-
-
 # A snooze's row, or (rule_id NULL) a list item found (storage.lists.MEMBERSHIPS_SQL), with its expiry last.
 _IN_FORCE_WITH_ITEMS = f"""SELECT s.rule_id, s.kind, s.value, s.until, s.note, s.created_by, s.created_at,
                   NULL::bigint AS expires_ms
@@ -84,9 +79,10 @@ def in_force_with_list_items(
     entities: Mapping[str, Collection[str]],
     wanted: Mapping[str, Collection[str]],
 ) -> SnoozesAndItems:
-    """in_force, and in the same statement (one round trip, none when nothing is asked) storage.lists.current_items
-    of `wanted` (list name -> values): the snoozes, and per list asked its current items among the values asked,
-    each with its expiry (epoch ms; None: never)."""
+    """The snoozes in force now (until ahead of the database's clock) of `entities` (kind -> values: an index
+    probe per (kind, value)), and in the same statement (one round trip, none when nothing is asked)
+    storage.lists.current_items of `wanted` (list name -> values): the snoozes, and per list asked its current
+    items among the values asked, each with its expiry (epoch ms; None: never)."""
     arguments = _arguments(entities, wanted)
     if arguments is None:
         return [], {name: {} for name in wanted}
