@@ -181,13 +181,19 @@ def test_deciding_inside_copy_is_not_cut_short_by_the_statement_timeout(
     from txguard import db
     from txguard.detection import detector_cache as rule_cache
 
-    monkeypatch.setenv("TXGUARD_STATEMENT_TIMEOUT_MS", "100")
+    import txguard.storage.transactions
+
+    # 300 ms for each statement: room for the other statements of the unit of work on a loaded machine. The
+    # allowance per row is raised tenfold so that, however slow this machine is, the deciding below (0.5 s of sleep,
+    # past the statement timeout) stays well inside it: without the allowance, COPY would be cancelled.
+    monkeypatch.setenv("TXGUARD_STATEMENT_TIMEOUT_MS", "300")
+    monkeypatch.setattr(txguard.storage.transactions, "DECIDING_ALLOWANCE_MS_PER_ROW", 5.0)
     db.reset_connection()
     real = txguard.ingest.decisions_in_time_order
 
     def slow(*args: object) -> object:
         for decided in real(*args):  # type: ignore[arg-type]
-            time.sleep(0.0002)  # 1,000 rows: 0.2 s of deciding, twice the statement timeout
+            time.sleep(0.0005)  # 1,000 rows: 0.5 s of deciding, past the statement timeout
             yield decided
 
     monkeypatch.setattr(txguard.ingest, "decisions_in_time_order", slow)
@@ -198,7 +204,7 @@ def test_deciding_inside_copy_is_not_cut_short_by_the_statement_timeout(
         cur.execute("SELECT current_setting('statement_timeout')")
         return len(results), cur.fetchone()[0]
 
-    assert db.run_in_transaction(store_then_read_timeout) == (1000, "100ms")
+    assert db.run_in_transaction(store_then_read_timeout) == (1000, "300ms")
     assert database.query("SELECT count(*) FROM transactions") == [(1000,)]
 
 
