@@ -16,11 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import admin_query
+from tests.conftest import admin_query, project_template
 from tests.e2e.conftest import ROOT, TXGUARD, LocalService, alive, start_local, stop_local
 from txguard.migrate import service_login_role
 from txguard_dev.local.postgres import Server, drop_database
-from txguard_dev.local.runner import Template
 from txguard_generator.accounts import SYNTHETIC_ACCOUNT_BASE
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +35,7 @@ def _assert_error_shape(body: object, code: str) -> None:
 
 
 def test_every_route_of_the_template_answers_over_http(local_service: LocalService) -> None:
-    routes = Template(ROOT / "template.yaml").api().routes
+    routes = project_template().api().routes
     assert routes, "the template has API routes"
 
     for route in routes:

@@ -16,14 +16,14 @@ import psycopg2
 import pytest
 from moto import mock_aws
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import Database, load_event, project_template
 from tests.integration.helpers import T0, apply_rules, rule, tx
 from txguard import alerts, outbox, service
 from txguard.currencies import money
 from txguard.db import DatabaseUnavailable, run_in_transaction
 from txguard.domain import Transaction
 from txguard.settings import reload_settings
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ def delivered(aws: Any, queue_url: str) -> list[int]:
 
 
 def scheduled_drain(database: Database) -> dict[str, Any]:
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    runner = FunctionRunner(project_template(), database_url=database.service_url)
     result = runner.call("IngestFunction", load_event("scheduled.json"))
     assert not result.failed, result.output
     answer: dict[str, Any] = json.loads(result.output)
@@ -218,7 +218,7 @@ def test_an_alert_is_committed_with_its_transaction_and_removed_once_published(d
 def test_an_eventbridge_that_never_answers_costs_one_bounded_call_and_a_later_drain_publishes(
     database: Database, silent_endpoint: list[socket.socket], aws: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    runner = FunctionRunner(project_template(), database_url=database.service_url)
     event = load_event("store_data.json")
     event["body"] = json.dumps({"account_id": 7, "transaction_id": 701, "timestamp": T0, "amount": "900.00"})
     started = time.monotonic()

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import Database, load_event, project_template
 from tests.integration.helpers import apply_rules, python_decisions, recompute, rule, sql_decisions
 from txguard import db
 from txguard.backtest import backtest
@@ -24,7 +24,7 @@ from txguard.rule_language import RuleSetError, validate_rule_set
 from txguard.storage import lists
 from txguard_dev.cli import main
 from txguard_dev.commands.replay import FIELDS, read_replay
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ T = 1714564800000
 
 @pytest.fixture
 def runner(database: Database) -> Iterator[FunctionRunner]:
-    yield FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    yield FunctionRunner(project_template(), database_url=database.service_url)
 
 
 def post(runner: FunctionRunner, items: list[dict[str, Any]]) -> tuple[int, Any]:

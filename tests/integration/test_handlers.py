@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import ROOT, Database, load_event, project_template
 from tests.integration.helpers import apply_rules, rule
 from txguard.observability import metrics
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def log_lines(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
 def runner(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[FunctionRunner]:
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     metrics.clear_metrics()  # what earlier tests' direct calls buffered is not this function's
-    yield FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    yield FunctionRunner(project_template(), database_url=database.service_url)
 
 
 def invoke(runner: FunctionRunner, function: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def test_the_sample_list_and_is_fraud_events_read_what_was_stored(runner: Functi
 
 
 def test_an_unreachable_database_is_a_503_with_retry_after(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    closed = FunctionRunner(Template(ROOT / "template.yaml"), database_url="postgresql://nobody@127.0.0.1:1/none")
+    closed = FunctionRunner(project_template(), database_url="postgresql://nobody@127.0.0.1:1/none")
     from txguard import db
 
     db.reset_connection()

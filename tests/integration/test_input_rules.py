@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DECISION_FIELDS, ROOT, Database, load_event
+from tests.conftest import DECISION_FIELDS, ROOT, Database, load_event, project_template
 from txguard_dev.cli import main
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ HANG_S = 2.0  # generous: a refusal takes milliseconds; this catches a superline
 
 @pytest.fixture
 def runner(database: Database) -> FunctionRunner:
-    return FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    return FunctionRunner(project_template(), database_url=database.service_url)
 
 
 def transaction(tid: int = 1, **fields: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import Database, load_event, project_template
 from tests.integration.helpers import T0, store, tx
 from txguard import db
 from txguard.detection import detector_cache
@@ -17,7 +17,7 @@ from txguard.domain import FraudLabel
 from txguard.ingest import store_transactions
 from txguard.labels import LabelInForce, labels_in_force
 from txguard.storage.labels import write_labels
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
@@ -29,7 +29,7 @@ def current(cur: Any) -> Any:
 
 @pytest.fixture
 def runner(database: Database) -> FunctionRunner:
-    return FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    return FunctionRunner(project_template(), database_url=database.service_url)
 
 
 def post(runner: FunctionRunner, body: Any) -> tuple[int, dict[str, Any]]:

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Database, load_event
-from txguard_dev.local.runner import FunctionRunner, Template
+from tests.conftest import Database, load_event, project_template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def runner(database: Database) -> FunctionRunner:
-    return FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    return FunctionRunner(project_template(), database_url=database.service_url)
 
 
 def call(
@@ -237,7 +237,7 @@ class _Output:
 
 
 def test_the_local_runtime_records_the_key_that_let_the_request_through(database: Database) -> None:
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url, api_key="k3y")
+    runner = FunctionRunner(project_template(), database_url=database.service_url, api_key="k3y")
     event = load_event("lists_create.json")
     del event["requestContext"]["identity"]["apiKeyId"]  # the SAM emulator's events name no key
     answers = []

@@ -11,11 +11,11 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.conftest import ROOT, Database
+from tests.conftest import ROOT, Database, project_template
 from txguard import db, stream
 from txguard_dev.cli import main
 from txguard_dev.local import streams
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 T0 = 1_714_564_800_000
@@ -47,7 +47,7 @@ def test_a_kinesis_shard_resumes_at_the_first_failed_record_until_every_record_i
         StreamName=local.stream_name,
         Records=[{"Data": json.dumps(r).encode(), "PartitionKey": str(r["account_id"])} for r in records],
     )
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    runner = FunctionRunner(project_template(), database_url=database.service_url)
     (reader,) = streams.kinesis_readers(local)
     invoke = streams.runner_invoke(runner)
     batches: list[list[Any]] = []
@@ -113,7 +113,7 @@ def test_replay_feeds_the_queue_its_labels_go_to_the_store_and_the_stream_functi
     sqs = streams.client("sqs", local.endpoint_url)
     queued = sqs.get_queue_attributes(QueueUrl=local.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
     assert queued["Attributes"]["ApproximateNumberOfMessages"] == "30"
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    runner = FunctionRunner(project_template(), database_url=database.service_url)
     invoke = streams.runner_invoke(runner)
     assert streams.wait_until(lambda: streams.poll_sqs_once(local, invoke) == 0 and _stored(database) == 30, 60)
     # Each waiting label applied when its transaction arrived: the maintained merchant fraud counts equal the view.

@@ -9,11 +9,11 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import Database, load_event, project_template
 from tests.integration.test_model_registry import new_model, tiny_artifact
 from txguard.models.artifact_store import DirectoryStore
 from txguard.storage import models
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 KEY = "local-development-key"  # the sample events carry it
@@ -37,7 +37,7 @@ def request(runner: FunctionRunner, event: dict[str, Any]) -> tuple[int, dict[st
 
 @pytest.fixture
 def runner(database: Database) -> FunctionRunner:
-    return FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url, api_key=KEY)
+    return FunctionRunner(project_template(), database_url=database.service_url, api_key=KEY)
 
 
 def test_the_registry_is_listed_and_shown_and_unknown_versions_are_404(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import psycopg2
 import pytest
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import Database, load_event, project_template
 from tests.integration.helpers import T0, apply_rules, python_decisions, recompute, rule, sql_decisions, store, tx
 from tests.integration.test_handlers import emitted, invoke
 from tests.model_fixtures import FEATURES, artifact_path, register, trained_artifact, trained_model
@@ -31,7 +31,7 @@ from txguard.observability import metrics
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import validate_rule_set
 from txguard.storage import detector_versions, models, training_data
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -232,7 +232,7 @@ def test_a_backtest_of_a_candidate_reads_the_stored_model_scores(
 def runner(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[FunctionRunner]:
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     metrics.clear_metrics()
-    yield FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    yield FunctionRunner(project_template(), database_url=database.service_url)
 
 
 def _corrupt(directory: Path, sha: str, database: Database, version: int) -> None:

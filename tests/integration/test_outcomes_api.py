@@ -12,11 +12,11 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import Database, load_event, project_template
 from tests.integration.helpers import apply_rules, rule
 from txguard.lists import ListItem
 from txguard.storage import lists as list_storage
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ HOUR = 3_600_000
 
 @pytest.fixture
 def runner(database: Database) -> Iterator[FunctionRunner]:
-    yield FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    yield FunctionRunner(project_template(), database_url=database.service_url)
 
 
 def call(

@@ -16,10 +16,10 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from tests.conftest import ROOT, Database, Pooler, load_event
+from tests.conftest import Database, Pooler, load_event, project_template
 from tests.integration.helpers import T0, tx
 from txguard import db, service
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_the_pooler_refuses_startup_options_as_rds_proxy_does(through_pooler: st
 
 
 def test_ingest_and_detect_answer_through_the_pooler(through_pooler: str, database: Database) -> None:
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=through_pooler)
+    runner = FunctionRunner(project_template(), database_url=through_pooler)
 
     def call(function: str, event_name: str) -> dict[str, Any]:
         result = runner.call(function, load_event(event_name))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import ROOT, Database, load_event, project_template
 from tests.integration.helpers import T0, apply_rules, rule, store, tx
 from txguard import db
 from txguard.backtest import BacktestReport, backtest, on_stored_features, replay, stored_features_cover
@@ -17,7 +17,7 @@ from txguard.queries import flagged_transactions
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import MAX_COMPARISONS, MAX_NESTING_DEPTH, MAX_RULES, RuleSetError, validate_rule_set
 from txguard_dev.cli import main
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def test_the_seed_rule_file_applied_through_the_cli_shows_in_the_reasons(
     assert flagged.decision.reasons[0].rule_id == "below_account_mean"
     # ... and through the API, as GET /is_fraud/5 answers it
     event = load_event("is_fraud.json") | {"path": "/is_fraud/5", "pathParameters": {"account": "5"}}
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    runner = FunctionRunner(project_template(), database_url=database.service_url)
     answer = json.loads(json.loads(runner.call("DetectFunction", event).output)["body"])
     (reason,) = answer["events"][0]["reasons"]
     assert answer["fraud"] is True and reason["rule_id"] == "below_account_mean"
@@ -259,7 +259,7 @@ def test_a_stored_version_beyond_the_limits_is_refused_by_the_loader_and_the_api
         f"stored version {version}: rule set: rules: 120 comparisons in all, at most {MAX_COMPARISONS} "
         "(the largest rules: 'big2' 60, 'big' 60)"
     ]
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    runner = FunctionRunner(project_template(), database_url=database.service_url)
     answer = json.loads(runner.call("IngestFunction", load_event("store_data.json")).output)
     assert answer["statusCode"] == 503
     assert json.loads(answer["body"])["error"]["code"] == "rules_unavailable"

@@ -18,10 +18,10 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.conftest import ROOT, Database, admin_query
+from tests.conftest import Database, admin_query, project_template
 from txguard import db, stream
 from txguard_dev.local import streams
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def test_transactions_through_the_queue_are_stored_exactly_once_with_invalid_one
 ) -> None:
     monkeypatch.setenv("TXGUARD_LOCK_TIMEOUT_MS", "200")
     db.reset_connection()
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    runner = FunctionRunner(project_template(), database_url=database.service_url)
     sqs = streams.client("sqs", local_queue.endpoint_url)
 
     # Given: every valid transaction once, 20% of them again later (a producer's retry: a new message), and 50

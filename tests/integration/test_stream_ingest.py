@@ -16,9 +16,9 @@ import psycopg2
 import pytest
 from moto import mock_aws
 
-from tests.conftest import ROOT, Database, load_event
+from tests.conftest import Database, load_event, project_template
 from txguard import db, service, stream
-from txguard_dev.local.runner import FunctionRunner, Template
+from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def dlq(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def runner(database: Database, monkeypatch: pytest.MonkeyPatch) -> FunctionRunner:
     monkeypatch.setenv("TXGUARD_LOCK_TIMEOUT_MS", "200")  # a held account lock fails fast
     db.reset_connection()
-    return FunctionRunner(Template(ROOT / "template.yaml"), database_url=database.service_url)
+    return FunctionRunner(project_template(), database_url=database.service_url)
 
 
 def invoke(runner: FunctionRunner, event: dict[str, Any]) -> list[Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.conftest import Database
+from tests.conftest import Database, project_template
 from tests.integration.helpers import apply_rules, rule, store
 from txguard import db
 from txguard.domain import FraudLabel, Transaction
@@ -331,13 +331,10 @@ def test_the_train_functions_event_is_validated() -> None:
 def test_the_train_function_runs_as_lambda_runs_it(
     history: Any, database: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from tests.conftest import ROOT
-    from txguard_dev.local.runner import FunctionRunner, Template
+    from txguard_dev.local.runner import FunctionRunner
 
     monkeypatch.setenv("TXGUARD_MODEL_DIR", str(tmp_path / "local-models"))
-    runner = FunctionRunner(
-        Template(ROOT / "template.yaml", {"AutoPromote": "true"}), database_url=database.service_url
-    )
+    runner = FunctionRunner(project_template(AutoPromote="true"), database_url=database.service_url)
     event = {"until": "2023-12-25", "gap_days": 3, "rounds": 20, "name": "invoked"}
     result = runner.call("TrainFunction", event)
     assert not result.failed, result.output

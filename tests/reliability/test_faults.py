@@ -24,12 +24,12 @@ import psycopg2
 import pytest
 from moto import mock_aws
 
-from tests.conftest import ROOT, EmbeddedPostgres, admin_query, load_event
+from tests.conftest import ROOT, EmbeddedPostgres, admin_query, load_event, project_template
 from tests.e2e.conftest import LocalService
 from tests.reliability.conftest import NOW_MS, serve, stop
 from txguard import db
 from txguard.settings import reload_settings
-from txguard_dev.local.runner import LambdaContext, Template, load_module
+from txguard_dev.local.runner import LambdaContext, load_module
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
@@ -317,7 +317,7 @@ def aws_ingest_handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[di
         monkeypatch.setenv(name, value)
     reload_settings()
     db.reset_connection()
-    module = load_module(Template(ROOT / "template.yaml").function("IngestFunction"))
+    module = load_module(project_template().function("IngestFunction"))
     yield lambda event: module.lambda_handler(event, LambdaContext("IngestFunction", 512, 30))
     db.reset_connection()
     reload_settings()
@@ -370,7 +370,7 @@ UNANSWERED_FETCH_BUDGET_S = 5.0  # the database itself gets TXGUARD_CONNECT_TIME
 
 
 def test_a_secret_endpoint_that_never_answers_is_a_503_within_the_connect_budget(tmp_path: Path) -> None:
-    function = Template(ROOT / "template.yaml").function("IngestFunction")
+    function = project_template().function("IngestFunction")
     script = _UNANSWERED_FETCH.format(
         layer=str(function.layer_dirs[0]),
         code=str(function.code_dir),

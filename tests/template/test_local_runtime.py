@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import project_template
 from tests.template.stack import ROOT, TEMPLATE
 
 # SAM CLI's providers validate with aws-sam-translator, which still uses deprecated jsonschema APIs.
@@ -129,12 +130,11 @@ def test_a_deployment_sends_the_generators_key_over_https_only(url: str, allowed
 
 
 def test_a_disabled_schedule_never_fires_locally_and_train_runs_only_when_enabled() -> None:
-    from txguard_dev.local.runner import Template
     from txguard_dev.local.schedule import scheduled_jobs
 
-    by_default = {job.function_name for job in scheduled_jobs(Template(ROOT / "template.yaml"), every_s=5)}
+    by_default = {job.function_name for job in scheduled_jobs(project_template(), every_s=5)}
     assert "TrainFunction" not in by_default and "GenerateFunction" in by_default
-    enabled = Template(ROOT / "template.yaml", {"TrainScheduleState": "ENABLED"})
+    enabled = project_template(TrainScheduleState="ENABLED")
     assert "TrainFunction" in {job.function_name for job in scheduled_jobs(enabled, every_s=5)}
     # cron(...) has no local rate: without --schedule-every it is not fired at all.
     assert "TrainFunction" not in {job.function_name for job in scheduled_jobs(enabled)}
@@ -145,10 +145,10 @@ def test_locally_the_functions_read_model_artifacts_from_a_directory_not_the_buc
 ) -> None:
     import os
 
-    from txguard_dev.local.runner import FunctionRunner, Template
+    from txguard_dev.local.runner import FunctionRunner
 
     monkeypatch.setenv("TXGUARD_MODEL_DIR", str(tmp_path))
-    runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=None)
+    runner = FunctionRunner(project_template(), database_url=None)
     with runner._runtime(runner.template.function("DetectFunction")):
         assert os.environ["TXGUARD_MODEL_DIR"] == str(tmp_path)
         assert "TXGUARD_MODEL_BUCKET" not in os.environ
@@ -157,9 +157,9 @@ def test_locally_the_functions_read_model_artifacts_from_a_directory_not_the_buc
 def test_locally_the_console_trains_in_the_request_rather_than_invoke_train_function() -> None:
     import os
 
-    from txguard_dev.local.runner import FunctionRunner, Template
+    from txguard_dev.local.runner import FunctionRunner
 
-    template = Template(ROOT / "template.yaml")
+    template = project_template()
     assert template.function("ConsoleFunction").environment["TXGUARD_TRAIN_FUNCTION"] == "TrainFunction"
     runner = FunctionRunner(template, database_url=None)
     with runner._runtime(template.function("ConsoleFunction")):
