@@ -564,11 +564,10 @@ _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
 
 def _copy_line(item: ListItem) -> str:
     value, expires_at_ms, note = item
-    if expires_at_ms is None and note is None and not _NEEDS_ESCAPE.search(value):
-        return value + "\t\\N\t\\N\n"  # most items of an import: a value alone
     expires = "\\N" if expires_at_ms is None else str(expires_at_ms)
-    note_text = "\\N" if note is None else _copy_escape(note)
-    return f"{_copy_escape(value)}\t{expires}\t{note_text}\n"
+    if _NEEDS_ESCAPE.search(value) or (note is not None and _NEEDS_ESCAPE.search(note)):
+        return _copy_escape(value) + "\t" + expires + "\t" + ("\\N" if note is None else _copy_escape(note)) + "\n"
+    return value + "\t" + expires + "\t" + ("\\N" if note is None else note) + "\n"  # most items: nothing to escape
 
 
 def remove_items(cur: psycopg2.extensions.cursor, name: str, values: Sequence[str], actor: str) -> ItemsChanged:
