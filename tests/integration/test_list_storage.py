@@ -322,3 +322,59 @@ def test_the_same_batch_sent_concurrently_is_stored_once_in_one_version(database
     assert sorted(audit(database, "devices")[1:]) == sorted(
         (2, "add", item.value, "ring", "retrying-client") for item in batch
     )
+
+
+def test_an_import_into_a_stored_list_adds_changes_and_leaves_items_in_one_audited_version(
+    conn: Any, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a list of 1,000 cards, every tenth with a note
+    run(conn, lambda cur: lists.create(cur, "cards", "card", "block", None, "alice"))
+    stored = [ListItem(f"tok_{i:04d}", None, "old" if i % 10 == 0 else None) for i in range(1000)]
+    assert run(conn, lambda cur: lists.import_items(cur, "cards", iter(stored), "alice")) == lists.ItemsChanged(
+        2, added=1000
+    )
+    before = dict(database.query("SELECT value, (added_at, added_by)::text FROM list_items"))
+    expiry = now_ms() + HOUR
+    # When an import in chunks of 7 items gives 60 new cards, 100 with another note or expiry (every tenth: a new
+    # note, an expiry, or the note dropped), and 140 as they are
+    monkeypatch.setattr(lists, "_COPY_CHUNK", 7)
+    changes = {
+        i: ListItem(f"tok_{i:04d}", *((None, "new"), (expiry, "old"), (None, None))[i // 10 % 3])
+        for i in range(0, 1000, 10)
+    }
+    same = [stored[i] for i in range(1, 281, 2)]
+    new = [ListItem(f"tok_{i:04d}", expiry if i % 2 else None, "fresh" if i % 3 else None) for i in range(1000, 1060)]
+    batch = sorted([*changes.values(), *same, *new], key=lambda item: hash(item.value))  # any order
+
+    def work(cur: Any) -> tuple[lists.ItemsChanged, Any]:
+        result = lists.import_items(cur, "cards", iter(batch), "bob")
+        # Every change was an update in place: a new version beside the old one, no new index entry.
+        cur.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_xact_user_tables WHERE relname = 'list_items'"
+        )
+        return result, cur.fetchone()
+
+    result, writes = run(conn, work)
+
+    # Then one version holds them all, with the counts of each
+    assert result == lists.ItemsChanged(3, added=60, changed=100, unchanged=140)
+    assert writes == (100, 100, 0)
+    assert run(conn, lambda cur: lists.definition(cur, "cards")) == ListDefinition("cards", "card", "block", 3)
+    # the items are as given, the changed ones still added when and by whom they first were
+    rows = database.query("SELECT value, txguard_ts_to_ms(expires_at), note, added_by FROM list_items ORDER BY 1")
+    expected = {item.value: (*item, "alice") for item in stored}
+    expected |= {item.value: (*item, "alice") for item in changes.values()}
+    expected |= {item.value: (*item, "bob") for item in new}
+    assert rows == sorted(expected.values())
+    after = dict(database.query("SELECT value, (added_at, added_by)::text FROM list_items"))
+    assert {value: after[value] for value in before} == before
+    # and the audit names each added and changed item once, with its expiry and note after the change
+    audited = database.query(
+        """SELECT operation, v, txguard_ts_to_ms(e), n, actor
+           FROM list_changes, unnest(item_values, expiries, notes) AS i(v, e, n) WHERE version = 3"""
+    )
+    assert sorted(audited) == sorted(
+        [("add", *item, "bob") for item in new] + [("change", *item, "bob") for item in changes.values()]
+    )
+    with pytest.raises(ListNotFound):
+        run(conn, lambda cur: lists.definition(cur, "no_such_list"))

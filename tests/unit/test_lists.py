@@ -105,3 +105,30 @@ def test_values_to_remove_are_canonical_and_checked() -> None:
     with pytest.raises(InvalidList) as refused:
         lists.check_values("account", ["12", "-3", "abc"])
     assert [(p.index, p.value) for p in refused.value.problems] == [(1, "-3"), (2, "abc")]
+
+
+def test_csv_rows_with_notes_and_expiries_are_checked_as_items_are() -> None:
+    rows = [
+        (2, "fr", None, None),
+        (3, " de ", "2027-01-15T10:00:00+01:00", "  sanctions  "),
+        (4, "IT", str(NOW + 1), None),
+        (5, "FR", None, None),  # the same item again: kept once
+        (6, "DE", None, "other note"),
+        (7, "ES", None, "\x07bell"),
+        (8, "PT", "yesterday", None),
+        (9, lists.MISSING, None, "a note"),
+        (10, "XX", str(NOW + 1), "a note"),
+    ]
+    found: list[lists.ListProblem] = []
+
+    items = list(lists.ItemChecker("country", NOW, position="line").check_rows(rows, found, 100))
+
+    assert items == [ListItem("FR"), ListItem("DE", NOW + 3_600_000, "sanctions"), ListItem("IT", NOW + 1)]
+    assert [(p.index, p.field, p.value) for p in found] == [
+        (6, "value", "DE"),
+        (7, "note", "\x07bell"),
+        (8, "expires_at", "yesterday"),
+        (9, "value", None),
+        (10, "value", "XX"),
+    ]
+    assert found[0].reason == "repeats line 3 with another expires_at or note"

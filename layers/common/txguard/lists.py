@@ -240,18 +240,22 @@ class ItemChecker:
     ) -> Iterator[ListItem]:
         """`check` of (index, value, expires_at, note) rows, yielding the items (each value once) and appending
         every problem to `problems`; stops after `max_problems`. The same checks as `check`, with the work of a
-        row that has only a value done inline: an import checks a million of them."""
+        valid row done inline: an import checks a million of them. A row with any problem goes through `check`,
+        which words each one."""
         value_check = attributes.list_value_check(self.kind)
+        expiry_of = self._expiry
         seen = self._seen
         new_item = tuple.__new__
         for index, value, expires_at, note_text in rows:
-            if expires_at is None and note_text is None and value is not MISSING:
+            if value is not MISSING:
                 try:
                     canonical = value_check(value)
+                    expiry = None if expires_at is None else expiry_of(expires_at)
+                    checked_note = None if note_text is None else note(note_text)
                 except ValueError:
                     pass  # `check` words the problem
                 else:
-                    item = new_item(ListItem, (canonical, None, None))  # NamedTuple's own __new__ is slower
+                    item = new_item(ListItem, (canonical, expiry, checked_note))  # NamedTuple's __new__ is slower
                     first = seen.setdefault(canonical, (index, item))
                     if first[0] == index:
                         yield item

@@ -304,7 +304,7 @@ def _import(conn: Any, args: argparse.Namespace) -> int:
     who = actor(args)
     started = time.monotonic()
     with conn, conn.cursor() as cur:
-        kind = storage.get(cur, args.name).kind  # a list's kind never changes
+        kind = storage.definition(cur, args.name).kind  # a list's kind never changes
     problems: list[str] = []
     # A million rows leave a million tuples in the checker's index of values: the cyclic garbage collector would
     # walk them again and again (a third of the time) for cycles the import never makes.
@@ -360,7 +360,7 @@ def _changes(conn: Any, args: argparse.Namespace) -> int:
     with conn, conn.cursor() as cur:
         value = None
         if args.value is not None:
-            (value,) = lists.check_values(storage.get(cur, args.name).kind, [args.value])
+            (value,) = lists.check_values(storage.definition(cur, args.name).kind, [args.value])
         rows = storage.changes(cur, args.name, None, value, args.limit)
     for c in rows:
         head = f"v{c.version:<6} {_ms_text(c.changed_at_ms)} {c.actor:<24} {c.operation:<7}"

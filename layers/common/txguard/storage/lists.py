@@ -255,10 +255,20 @@ def all_lists(cur: psycopg2.extensions.cursor) -> list[StoredList]:
     return [_stored_list(row) for row in cur.fetchall()]
 
 
+def definition(cur: psycopg2.extensions.cursor, name: str) -> ListDefinition:
+    """One list's definition (name, kind, action, version): `get` without counting the items, which reads the
+    whole list (about 150 ms for 1,000,000 items). Raises ListNotFound."""
+    return _definition(cur, name, "")
+
+
 def lock(cur: psycopg2.extensions.cursor, name: str) -> ListDefinition:
     """Lock the list's row until the caller's database transaction ends (every writer of the list takes it
     first), and return its definition. Raises ListNotFound."""
-    cur.execute("SELECT name, kind, action, version FROM lists WHERE name = %s FOR UPDATE", (name,))
+    return _definition(cur, name, " FOR UPDATE")
+
+
+def _definition(cur: psycopg2.extensions.cursor, name: str, locking: str) -> ListDefinition:
+    cur.execute(f"SELECT name, kind, action, version FROM lists WHERE name = %s{locking}", (name,))  # noqa: S608
     row = cur.fetchone()
     if row is None:
         raise ListNotFound(name)
@@ -352,13 +362,17 @@ def get_locked(cur: psycopg2.extensions.cursor, name: str) -> StoredList:
 # primary key (LATERAL ... LIMIT 1, as in MEMBERSHIPS_SQL): a hash join would read the whole list for every chunk
 # of an import, and an import's chunks would cost more and more as the list grows.
 #
-# A changed item is deleted and inserted again with its `added_at` and `added_by`, rather than updated: in a list
-# filled by an import the heap pages are full, so an UPDATE is never HOT and writes a new index entry anyway, after
-# a second probe of the key to find the row; the DELETE finds it by the ctid the classification read (a TID scan),
-# and the whole merge of a chunk into a 1,000,000-item list took about a tenth less of the backend's CPU (perf
-# stat, README "Tests and benchmarks"). The insert reads the DELETE's output, so each item's old row is gone before
-# its new one is checked against the primary key. The list's lock keeps the ctids valid: no other writer touches
-# the list's rows meanwhile. Readers see the old row until the transaction commits, then the new one.
+# A changed item is updated in place, found by the ctid the classification read (a TID scan: no second probe of
+# the key); `added_at` and `added_by` stay as they were. list_items keeps a fifth of each heap page free (migration
+# 0021), so the new version goes on the old one's page as a HOT update, without a new entry in the primary key.
+# That entry was most of a change's cost: with full heap pages (before 0021) an UPDATE, or a DELETE and an INSERT
+# (which had been a tenth cheaper), wrote one into a leaf that already held the key, and the unique check and the
+# index's bottom-up deletion then visited the heap for the old version; the merge of a 20,000-item chunk, half
+# new and half changed, into a 1,000,000-item list took about 40% more time that way (EXPLAIN ANALYZE: 8 µs per
+# changed item against 3 µs; README "Tests and benchmarks"). The list's lock keeps the ctids valid: no other
+# writer touches the list's rows meanwhile. Readers see the old version until the transaction commits, then the
+# new one. The TID scan over the array (rather than a join on ctid) keeps the plan one lookup per changed item,
+# whatever the estimates: a hash join could scan the whole list.
 _CLASSIFIED = """
         SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note,
                CASE WHEN i.value IS NULL THEN 'add' ELSE 'change' END AS operation, i.row_id,
@@ -388,14 +402,11 @@ _MERGE = """
     ), added AS (
         INSERT INTO list_items (list_name, value, expires_at, note, added_by)
         SELECT %(name)s, value, expires_at, note, %(actor)s FROM classified WHERE operation = 'add'
-    ), replaced AS (
-        DELETE FROM list_items i
-        WHERE i.ctid = ANY (ARRAY(SELECT row_id FROM classified WHERE operation = 'change'))
-        RETURNING i.value, i.added_at, i.added_by
     ), changed AS (
-        INSERT INTO list_items (list_name, value, expires_at, note, added_at, added_by)
-        SELECT %(name)s, c.value, c.expires_at, c.note, r.added_at, r.added_by
-        FROM replaced r JOIN classified c ON c.value = r.value AND c.operation = 'change'
+        UPDATE list_items i SET expires_at = c.expires_at, note = c.note
+        FROM classified c
+        WHERE i.ctid = ANY (ARRAY(SELECT row_id FROM classified WHERE operation = 'change'))
+          AND c.row_id = i.ctid AND c.operation = 'change'
     ), audited AS (
         -- The three aggregates of a group see its rows in one order: the arrays stay parallel.
         INSERT INTO list_changes (list_name, version, operation, item_values, expiries, notes, actor)
@@ -553,11 +564,10 @@ _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
 
 def _copy_line(item: ListItem) -> str:
     value, expires_at_ms, note = item
-    if expires_at_ms is None and note is None and not _NEEDS_ESCAPE.search(value):
-        return value + "\t\\N\t\\N\n"  # most items of an import: a value alone
     expires = "\\N" if expires_at_ms is None else str(expires_at_ms)
-    note_text = "\\N" if note is None else _copy_escape(note)
-    return f"{_copy_escape(value)}\t{expires}\t{note_text}\n"
+    if _NEEDS_ESCAPE.search(value) or (note is not None and _NEEDS_ESCAPE.search(note)):
+        return _copy_escape(value) + "\t" + expires + "\t" + ("\\N" if note is None else _copy_escape(note)) + "\n"
+    return value + "\t" + expires + "\t" + ("\\N" if note is None else note) + "\n"  # most items: nothing to escape
 
 
 def remove_items(cur: psycopg2.extensions.cursor, name: str, values: Sequence[str], actor: str) -> ItemsChanged:
