@@ -10,7 +10,9 @@ loads the champion pays for it once.
 Then the whole decision step, features + rules (+ the champion), as Python CPU µs per transaction (process time,
 median of paired rounds): the row-by-row engine (`decisions_in_time_order(..., as_columns=False)`) against the
 columnar one (feature_columns, rule_columns), on generated traffic replayed from nothing with the default rule
-set, each transaction's features dict and its decision built as ingest needs them (issue #19's target: ≤ 10 µs).
+set, each transaction's features dict, the JSON of its stored features and its decision built as ingest needs them
+(issue #19's target: ≤ 10 µs); the columnar stages also give the stored JSON written from the features dicts
+(features_json, what the columnar path wrote before) beside the JSON written from the columns (json_rows).
 The champion is the model above with a threshold no score reaches: TreeSHAP explanations (about 1 ms a flagged
 decision, the same in both engines) are left out.
 """
@@ -95,16 +97,18 @@ def engines_us_per_transaction(detector: Any, count: int, rounds: int = 3) -> tu
 
     from txguard.detection import decisions_in_time_order, empty_history, empty_timeline
     from txguard.feature_columns import columnar_features
+    from txguard.features import features_json
     from txguard_generator import GenerateParams, generate
 
     run = generate(GenerateParams(num_transactions=count, num_accounts=max(count // 40, 10), seed=11))
     txs = sorted((labelled.transaction for labelled in run), key=lambda t: (t.ts, t.transaction_id))
+    names = tuple(sorted(detector.needed_features))  # what ingest stores with each decision
 
     def cpu_us(as_columns: bool) -> float:
         histories: Any = defaultdict(empty_history)
         merchants: Any = defaultdict(empty_timeline)
         started = time.process_time()
-        for _ in decisions_in_time_order(txs, histories, merchants, detector, as_columns=as_columns):
+        for _ in decisions_in_time_order(txs, histories, merchants, detector, as_columns=as_columns, record=names):
             pass
         return (time.process_time() - started) * 1e6 / len(txs)
 
@@ -122,10 +126,17 @@ def engines_us_per_transaction(detector: Any, count: int, rounds: int = 3) -> tu
     materialised = time.process_time()
     detector.decide_columns(computed, [(f, t.merchant_id, t.currency) for t, f in zip(txs, dicts, strict=True)])
     decided = time.process_time()
+    computed.json_rows(names)
+    from_columns = time.process_time()
+    for features in dicts:
+        features_json(features, names)
+    from_dicts = time.process_time()
     stages = {
         "feature columns": (featured - started) * 1e6 / len(txs),
         "features dicts": (materialised - featured) * 1e6 / len(txs),
         "rules (+ model) on the columns": (decided - materialised) * 1e6 / len(txs),
+        "stored features JSON from the columns": (from_columns - decided) * 1e6 / len(txs),
+        "(before: stored features JSON from the dicts)": (from_dicts - from_columns) * 1e6 / len(txs),
     }
     return statistics.median(rows), statistics.median(columns), {k: round(v, 2) for k, v in stages.items()}
 

@@ -767,9 +767,18 @@ def test_batches_decided_as_columns_store_what_sql_and_the_recomputation_decide(
     # then the first batch (at least COLUMN_ROWS transactions of new accounts) was decided as columns,
     assert taken and taken[0]
     event("second batch as columns" if len(taken) > 1 and taken[1] else "one batch as columns")
-    # and what was stored is what SQL and the recomputation decide.
+    # and what was stored is what SQL and the recomputation decide, with the features the recomputation gives
+    # (stored as the columns wrote them: the same decimals, 0 and 0.000 told apart).
+    features = {
+        tid: {name: str(value) for name, value in json.loads(text, parse_float=Decimal).items()}
+        for tid, text in database.query("SELECT transaction_id, features::text FROM transactions")
+    }
     for account in accounts:
-        in_python = python_decisions(recompute(account))
+        recomputed = recompute(account)
+        for j in recomputed:
+            stored_features = features[j.transaction.transaction_id]
+            assert stored_features == {name: str((j.features or {}).get(name)) for name in stored_features}
+        in_python = python_decisions(recomputed)
         assert in_python == sql_decisions(database, account)
         for tid, (fraud, score, active, shadow) in in_python.items():
             decision = stored[tid]

@@ -1,6 +1,6 @@
 """Features computed as columns (feature_columns) are the row engine's: the same features dicts (keys, values,
-order), decisions and explanations, and the same histories afterwards, whatever the timestamps (equal ones
-included), merchants, labels and rules."""
+order), stored JSON, decisions and explanations, and the same histories afterwards, whatever the timestamps (equal
+ones included), merchants, labels and rules."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txguard.detection import Decided, Detector, decisions_in_time_order, empty_history, empty_timeline
 from txguard.domain import Transaction
-from txguard.feature_columns import columnar_features
+from txguard.feature_columns import Column, FeatureColumns, columnar_features
 from txguard.features import ATTRIBUTE_FEATURES, DAY_MS, FEATURES, Timeline, features_json
 from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet
 from txguard.rule_language import validate_rule_set
@@ -55,17 +56,26 @@ def every_feature_rules(time_zone: str = "UTC", delay: int = 7) -> CompiledRuleS
 
 
 def replay(
-    transactions: list[Transaction], detector: Detector, steps: dict[str, list[tuple[int, int, int]]]
+    transactions: list[Transaction],
+    detector: Detector,
+    steps: dict[str, list[tuple[int, int, int]]],
+    record: list[str] | None = None,
 ) -> tuple[list[Decided], dict[int, Any], dict[str, Timeline]]:
     """Decide a history from nothing, as backtests do, with each merchant's label steps."""
     histories: dict[int, Any] = defaultdict(empty_history)
     merchants: dict[str, Timeline] = defaultdict(empty_timeline)
     for merchant, merchant_steps in steps.items():
         merchants[merchant].use_label_steps(merchant_steps)
-    return list(decisions_in_time_order(transactions, histories, merchants, detector)), histories, merchants
+    decided = list(decisions_in_time_order(transactions, histories, merchants, detector, record=record))
+    return decided, histories, merchants
 
 
-def assert_same(transactions: list[Transaction], detector: Any, steps: dict[str, list[tuple[int, int, int]]]) -> None:
+def assert_same(
+    transactions: list[Transaction],
+    detector: Any,
+    steps: dict[str, list[tuple[int, int, int]]],
+    record: bool = True,
+) -> None:
     # The columns are computed for this history (the columnar path is taken, not the row path's fallback).
     histories: dict[int, Any] = defaultdict(empty_history)
     merchants: dict[str, Timeline] = defaultdict(empty_timeline)
@@ -76,12 +86,17 @@ def assert_same(transactions: list[Transaction], detector: Any, steps: dict[str,
     # The stored features' JSON written from the columns is what features_json writes of each row.
     names = sorted(detector.needed_features)
     assert computed.json_rows(names) == [features_json(row, names) for row in computed.rows()]
-    rows, row_histories, row_merchants = replay(transactions, RowByRow(detector), steps)
-    columns, column_histories, column_merchants = replay(transactions, detector, steps)
+    # Each decided row also carries the JSON storage writes of the features the detector reads (`record`).
+    recorded = names if record else None
+    rows, row_histories, row_merchants = replay(transactions, RowByRow(detector), steps, recorded)
+    columns, column_histories, column_merchants = replay(transactions, detector, steps, recorded)
     for by_row, by_column in zip(rows, columns, strict=True):
         # str(): the exact decimals as stored (features_json), 0 and 0.000 differ
         assert [(k, str(v)) for k, v in by_row.features.items()] == [(k, str(v)) for k, v in by_column.features.items()]
         assert by_row.decision == by_column.decision
+        # The stored JSON, written from the columns, is byte for byte what the row engine's dict gives.
+        if record:
+            assert by_row.recorded == by_column.recorded == features_json(by_row.features, names)
     for account_id, history in row_histories.items():
         other = column_histories[account_id]
         assert (history.count, history.first_ts, history.last_ts, history.amounts) == (
@@ -175,4 +190,38 @@ def test_columns_decide_5_000_generated_transactions_as_the_row_engine() -> None
 
 def test_columns_decide_100_000_generated_transactions_as_the_row_engine() -> None:
     transactions, steps = generated(100_000, seed=4)
-    assert_same(transactions, every_feature_rules("Europe/Paris", 7), steps)
+    assert_same(transactions, every_feature_rules("Europe/Paris", 7), steps, record=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(
+            st.one_of(
+                st.integers(-(2**53), 2**53),
+                st.integers(0, 10**7),
+                st.sampled_from([0, 1, 5, 999_999, 2**52 - 1, 2**52, 2**53 - 1, -(2**52) + 1, 10**15 + 5]),
+            ),
+            st.booleans(),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_stored_json_written_from_columns_is_the_row_dicts_json_at_every_magnitude(
+    values: list[tuple[int, bool, bool]],
+) -> None:
+    # Given exact columns of 0 to 6 places (values up to 2**53, missing ones, accounts' first rows),
+    scaled = np.array([v for v, _, _ in values], dtype=np.int64)
+    present = np.array([p for _, p, _ in values])
+    first = np.array([f for _, _, f in values])
+    numbers = {
+        f"p{places}{'_missing' if missing else ''}": Column(scaled, places, present if missing else None)
+        for places in (0, 3, 4, 6)
+        for missing in (False, True)
+    }
+    names = sorted(numbers)
+    columns = FeatureColumns(len(values), numbers, names[:3], names, first)
+    # then the JSON written from the columns is features_json of each row's dict, byte for byte.
+    assert columns.json_rows([*names, "absent"]) == [features_json(row, [*names, "absent"]) for row in columns.rows()]

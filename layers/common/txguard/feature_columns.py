@@ -235,43 +235,77 @@ class FeatureColumns:
 
     def json_rows(self, names: Sequence[str]) -> list[str]:
         """Each row's features.features_json(row, names) (the stored `features` column), byte for byte, written
-        from the integer columns without building a Decimal: what storage could write instead of formatting each
-        features dict (a value of at most six places prints in plain notation, as str(Decimal) does)."""
-        texts: dict[str, list[str]] = {}
+        from the integer columns without building a Decimal or a dict: one %-template per chunk, filled per row in
+        one call. A column of at most six places whose values are below 2**52 in magnitude is given as float64
+        and printed with its places ('%.4f'): the float nearest an exact n-place decimal below 2**52 units of
+        10^-n prints back as that decimal, in the plain notation str(Decimal) writes; others are printed exactly
+        from the integers. An account's first transaction (other keys, account age Decimal(0)) is written alone."""
+        if not names:
+            return ["{}"] * self.size
+        later_keys = set(self._names_later)
+        later = ~self._first
+        fields: list[str] = []
+        columns: list[list[Any]] = []
         for name in names:
-            texts[name] = self._json_values(name)
-        first = self._first
-        if "account_age_seconds" in texts and first.any():
-            ages = texts["account_age_seconds"]
-            for i in np.flatnonzero(first).tolist():
-                ages[i] = "0"  # Decimal(0), not 0.000
-        later_keys, first_keys = set(self._names_later), set(self._names_first)
-        # Each column's '"name":value' parts, then each row's parts joined (zip and join run in C).
-        later = [
-            [f'"{name}":{v}' for v in texts[name]] if name in later_keys else [f'"{name}":null'] * self.size
-            for name in names
-        ]
-        rows = ["{" + ",".join(parts) + "}" for parts in zip(*later, strict=True)] if names else ["{}"] * self.size
-        firsts = np.flatnonzero(first).tolist()
-        for i in firsts:
-            rows[i] = "{" + ",".join(f'"{n}":{texts[n][i] if n in first_keys else "null"}' for n in names) + "}"
+            key = '"' + name.replace("%", "%%") + '":'
+            if name not in later_keys:
+                fields.append(key + "null")
+                continue
+            conversion, values = self._json_column(name, later)
+            fields.append(key + conversion)
+            columns.append(values)
+        template = "{" + ",".join(fields) + "}"
+        rows = list(map(template.__mod__, zip(*columns, strict=True))) if columns else [template % ()] * self.size
+        first_keys = set(self._names_first)
+        for i in np.flatnonzero(self._first).tolist():
+            parts = []
+            for name in names:
+                if name not in first_keys:
+                    text = "null"
+                elif name == "account_age_seconds":
+                    text = "0"  # Decimal(0), not 0.000
+                else:
+                    text = self._json_value(name, i)
+                parts.append(f'"{name}":{text}')
+            rows[i] = "{" + ",".join(parts) + "}"
         return rows
 
-    def _json_values(self, name: str) -> list[str]:
+    def _json_column(self, name: str, rows: npt.NDArray[np.bool_]) -> tuple[str, list[Any]]:
+        """A %-conversion and the values it prints as features_json does, for the rows `rows` (the others'
+        values are printed too, whatever they are, and written over)."""
         if name in self._given:
-            return [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self.python_values(name)]
+            return "%s", [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self._given[name]]
         column = self.numbers[name]
-        values = column.scaled.tolist()
+        scaled = column.scaled
+        if scaled.dtype == np.int64:
+            if column.places == 0:
+                conversion, values = "%d", scaled.tolist()
+            elif column.places <= 6 and int(np.abs(scaled[rows]).max(initial=0)) < 2**52:
+                conversion, values = f"%.{column.places}f", (scaled / 10.0**column.places).tolist()
+            else:
+                conversion = ""
+            if conversion and column.present is not None and not column.present[rows].all():
+                # Missing values print as null: the column is printed here, then its missing values replaced.
+                values = list(map(conversion.__mod__, values))
+                for i in np.flatnonzero(~column.present).tolist():
+                    values[i] = "null"
+                conversion = "%s"
+            if conversion:
+                return conversion, values
+        return "%s", [self._json_value(name, i) for i in range(self.size)]
+
+    def _json_value(self, name: str, i: int) -> str:
+        """Row i's value as features_json prints it."""
+        if name in self._given:
+            return features_json({name: self._given[name][i]}, (name,))[len(name) + 4 : -1]
+        column = self.numbers[name]
+        if column.present is not None and not column.present[i]:
+            return "null"
+        v = int(column.scaled[i])
         if column.places == 0:
-            texts = [str(v) for v in values]
-        else:
-            unit = 10**column.places
-            width = column.places
-            texts = [f"{'-' if v < 0 else ''}{abs(v) // unit}.{abs(v) % unit:0{width}d}" for v in values]
-        if column.present is not None:
-            for i in np.flatnonzero(~column.present).tolist():
-                texts[i] = "null"
-        return texts
+            return str(v)
+        unit = 10**column.places
+        return f"{'-' if v < 0 else ''}{abs(v) // unit}.{abs(v) % unit:0{column.places}d}"
 
 
 class _Entries:
