@@ -29,7 +29,30 @@ from txguard.features import FEATURES
 from txguard.models.artifact import decode_artifact, encode_artifact
 from txguard.models.scoring import TreeModel
 from txguard.rule_engine import CompiledRuleSet
+from txguard.rule_language import validate_rule_set
 from txguard.storage.rule_sets import default_rule_set
+
+# Rules reading every attribute feature (the generated transactions carry countries, devices and cards).
+ATTRIBUTE_RULES = [
+    {
+        "id": "new_device_abroad",
+        "description": "a device the account never used, in a second country within a day",
+        "when": "new_device = 1 AND distinct_countries_24h >= 2",
+        "score": "0.4",
+    },
+    {
+        "id": "new_country_large",
+        "description": "a large amount in a country the account never paid in",
+        "when": "new_country = 1 AND amount > 500",
+        "score": "0.3",
+    },
+    {
+        "id": "many_devices_or_cards",
+        "description": "three devices or two cards within a day",
+        "when": "distinct_devices_24h >= 3 OR distinct_cards_24h >= 2",
+        "score": "0.3",
+    },
+]
 
 TREES = 500
 LEAVES = 31
@@ -185,10 +208,16 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
 
     count = max(2000, round(20_000 * scale))
     rules = CompiledRuleSet(1, default_rule_set())
+    with_attributes = default_rule_set().document()
+    with_attributes["rules"] = [*with_attributes["rules"], *ATTRIBUTE_RULES]
     engines = []
     for what, detector in (
         ("features + rules (default rule set)", rules),
         ("features + rules + champion", ModelDetector(1, rules, ServedModel(1, model, 2.0))),
+        (
+            "features + rules (default rule set and rules on every attribute feature)",
+            CompiledRuleSet(1, validate_rule_set(with_attributes)),
+        ),
     ):
         row_us, column_us, stages = engines_us_per_transaction(detector, count)
         engines.append(

@@ -47,7 +47,7 @@ from txguard.currencies import MINOR_UNITS
 from txguard.detection import detector_cache
 from txguard.domain import Transaction
 from txguard.feature_columns import columnar_features
-from txguard.features import ATTRIBUTE_FEATURES, FEATURES
+from txguard.features import FEATURES
 from txguard.lists import ListItem
 from txguard.models import serving
 from txguard.models.artifact_store import DirectoryStore
@@ -703,17 +703,13 @@ def test_outcomes_agree_in_ingest_recomputation_and_sql_with_actions_snoozes_and
         admin.close()
 
 
-# What the columnar feature step computes (feature_columns: attribute features take the row path).
-columnar_comparable = sorted(set(FEATURES) - ATTRIBUTE_FEATURES - {"amount"})
-
-
 @st.composite
 def columnar_rule_sets(draw: st.DrawFn) -> list[dict[str, object]]:
     return [
         {
             "id": f"r{index}",
             "description": "generated",
-            "when": " OR ".join(draw(st.lists(comparisons(features=columnar_comparable), min_size=1, max_size=3))),
+            "when": " OR ".join(draw(st.lists(comparisons(features=comparable), min_size=1, max_size=3))),
             "score": draw(st.sampled_from(["0.2", "0.5", "1"])),
             "mode": draw(st.sampled_from(["active", "active", "shadow"])),
         }

@@ -147,7 +147,7 @@ def decisions_in_time_order(
 
     From rule_engine.COLUMN_ROWS transactions on, a detector with `decide_columns` (the rule set, the model
     detector) decides them as columns when feature_columns.columnar_features computes their features (the common
-    case: one currency, no late arrivals, no attribute feature): the same features, decisions and histories as
+    case: one currency, no late arrivals): the same features, decisions and histories as
     one by one, which `as_columns=False` asks for (benchmarks, parity tests).
     """
     text_reads = TextReads(detector, memberships)
@@ -157,8 +157,18 @@ def decisions_in_time_order(
     if as_columns and decide_columns is not None and len(transactions) >= COLUMN_ROWS:
         columns = columnar_features(transactions, histories, merchants, needed, settings)
         if columns is not None:
+            wants_attributes = not needed.isdisjoint(ATTRIBUTE_FEATURES)
             yield from _decided_as_columns(
-                transactions, columns, histories, merchants, decide_columns, model_scores, text_reads, snoozes, record
+                transactions,
+                columns,
+                histories,
+                merchants,
+                decide_columns,
+                model_scores,
+                text_reads,
+                snoozes,
+                record,
+                wants_attributes,
             )
             return
     wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
@@ -206,6 +216,7 @@ def _decided_as_columns(
     text_reads: TextReads,
     snoozes: Callable[[Transaction], Snoozed | None] | None,
     record: Sequence[str] | None,
+    wants_attributes: bool,
 ) -> Iterator[Decided]:
     """decisions_in_time_order for features computed as columns (feature_columns.columnar_features): the same
     features dicts, decisions and recorded JSON, then the same histories."""
@@ -238,6 +249,12 @@ def _decided_as_columns(
         )
     for merchant_id, indexes in by_merchant.items():
         merchants[merchant_id].add_all([transactions[i].ts for i in indexes], [units[i] for i in indexes], currency)
+    if wants_attributes:
+        for account_id, indexes in by_account.items():
+            histories[account_id].add_all_values(
+                [transactions[i].ts for i in indexes],
+                {name: [getattr(transactions[i], name) for i in indexes] for name in ATTRIBUTE_FIELDS},
+            )
     if record is None:
         for t, features, decision in zip(transactions, rows, decisions, strict=True):
             yield Decided(t, features, decision)

@@ -1,11 +1,12 @@
 """Where a batch's features are computed as columns, and held as what rule predicates (rule_columns) and models
 read at once.
 
-`columnar_features` computes a batch's account, merchant and local-time features (features.py defines them) with
-vectorised group-by-account and group-by-merchant operations, for the common case (one currency, no late
-arrivals, no attribute feature): each window's count and sum is two binary searches on an (entity, time) int64
-key over the batch's transactions, the stored tails and the stored per-day totals, with prefix sums of amounts in
-ten-thousandths. The result, `FeatureColumns`, holds exact integers (value × 10^places); `rows()` gives the same
+`columnar_features` computes a batch's account, merchant, local-time and attribute features (features.py defines
+them) with vectorised group-by-account and group-by-merchant operations, for the common case (one currency, no
+late arrivals): each window's count and sum is two binary searches on an (entity, time) int64 key over the
+batch's transactions, the stored tails and the stored per-day totals, with prefix sums of amounts in
+ten-thousandths; the distinct attribute values of a window are counted from pieces of time per (account, value),
+by binary searches too. The result, `FeatureColumns`, holds exact integers (value × 10^places); `rows()` gives the same
 features dicts as the row engine, bit for bit. detection.decisions_in_time_order takes this path when it can.
 
 `RowColumns` reads the columns from per-transaction feature dicts (features.Features), lazily, one column per
@@ -28,10 +29,12 @@ from txguard.features import (
     ATTRIBUTE_FEATURES,
     DAY_MS,
     DAY_WINDOWS,
+    DISTINCT_FEATURES,
     LOCAL_TIME_FEATURES,
     LONGEST_DAY_WINDOW,
     MERCHANT_DAY_FEATURES,
     MODEL_SCORE,
+    NEW_VALUE_FEATURES,
     NIGHT_UNTIL_HOUR,
     RISK_FEATURES,
     RISK_WINDOWS,
@@ -386,12 +389,13 @@ def columnar_features(
 
     None (the caller then takes the row path) unless the chunk is the common case: one currency (in the chunk, the
     accounts' stored totals and tails, the merchants' timelines), every account's stored transactions older than
-    its first one in the chunk (features.ConstantTotals, nothing added yet), no attribute feature, and sums
-    within int64's range. Per row (Python ints): std_amount and amount_to_mean_30d, whose intermediate products
+    its first one in the chunk (features.ConstantTotals, nothing added yet), and sums within int64's range. The
+    attribute features read the accounts' recent values and first uses (AccountHistory.recent_values, first_use)
+    as the row engine does. Per row (Python ints): std_amount and amount_to_mean_30d, whose intermediate products
     may exceed int64; local-time features outside UTC; merchant risk's frauds, once per merchant and day.
     """
     n = len(transactions)
-    if n == 0 or not needed.isdisjoint(ATTRIBUTE_FEATURES):
+    if n == 0:
         return None
     currency = transactions[0].currency
     if any(t.currency != currency for t in transactions):
@@ -625,7 +629,116 @@ def columnar_features(
             local_names.append("is_weekend")
         names_first += local_names
         names_later += local_names
+    if not needed.isdisjoint(ATTRIBUTE_FEATURES):
+        attribute_names = _attribute_columns(transactions, histories, accounts, account_codes, needed, numbers)
+        if attribute_names is None:
+            return None
+        names_first += attribute_names
+        names_later += attribute_names
     return FeatureColumns(n, numbers, names_first, names_later, first)
+
+
+def _attribute_columns(
+    transactions: Sequence[Transaction],
+    histories: Mapping[int, AccountHistory],
+    accounts: Sequence[int],
+    account_codes: IntArray,
+    needed: frozenset[str],
+    numbers: dict[str, Column],
+) -> list[str] | None:
+    """features.AccountHistory.attribute_features as columns, added to `numbers`; their names in the row engine's
+    order, or None when a key could leave int64's range.
+
+    distinct_*_24h: a value of the account is in (t - 24 h, t) when one of its uses s (stored, in the account's
+    recent values, or new) has s < t <= s + 24 h - 1. Per (account, value), in time order, each use covers
+    (max(s, the previous use's end), s + 24 h - 1]: disjoint pieces whose union is where the value is in the
+    window. The distinct values before t are then the pieces of the account starting before t less those ending
+    before t (two binary searches), plus the transaction's own value unless its latest use before t is in the
+    window. new_country and new_device: 1 unless the account's first use of the value (stored, or a new
+    transaction's) is strictly before t; missing without a value.
+    """
+    n = len(transactions)
+    ts = np.fromiter((t.ts for t in transactions), dtype=np.int64, count=n)
+    names: list[str] = []
+    for name, attribute in DISTINCT_FEATURES.items():
+        if name not in needed:
+            continue
+        own = [getattr(t, attribute) for t in transactions]
+        entry_accounts: list[int] = []
+        entry_ts: list[int] = []
+        entry_values: list[str] = []
+        for code, account_id in enumerate(accounts):
+            recent = histories[account_id].recent_values.get(attribute)
+            if recent is not None and recent.ts:
+                entry_accounts.extend([code] * len(recent.ts))
+                entry_ts.extend(recent.ts)
+                entry_values.extend(recent.values)
+        stored_count = len(entry_ts)
+        with_value = [i for i, value in enumerate(own) if value is not None]
+        codes, times_list = account_codes.tolist(), ts.tolist()
+        for i in with_value:
+            entry_accounts.append(codes[i])
+            entry_ts.append(times_list[i])
+            entry_values.append(own[i])
+        pair_codes, _ = _codes(list(zip(entry_accounts, entry_values, strict=True)))
+        times = np.array(entry_ts, dtype=np.int64)
+        width = DAY_MS - 1
+        low = min(int(times.min(initial=ts[0])), int(ts[0]))
+        span = max(int(times.max(initial=ts[-1])), int(ts[-1])) + width - low + 1
+        if (len(accounts) + len(pair_codes) + 1) * span >= _SAFE:
+            return None
+        times -= low
+        query = ts - low
+        # Each use's piece (start, end], in (value, time) order.
+        order = np.lexsort((times, pair_codes))
+        pairs, starts = pair_codes[order], times[order]
+        ends = starts + width
+        previous_end = np.concatenate(([_SENTINEL], ends[:-1]))
+        same = np.concatenate(([False], pairs[1:] == pairs[:-1]))
+        starts = np.where(same, np.maximum(starts, previous_end), starts)
+        groups = np.array(entry_accounts, dtype=np.int64)[order]
+        count = _before(groups, starts, account_codes, query, span) - _before(groups, ends, account_codes, query, span)
+        # The transaction's own value, unless its latest use before t (of the same value) is within the window.
+        keys = pairs * span + times[order]
+        own_pairs = np.full(n, -1, dtype=np.int64)
+        own_pairs[with_value] = pair_codes[stored_count:]
+        base = own_pairs * span
+        latest = np.searchsorted(keys, base + query, side="left") - 1
+        latest_key = keys[np.maximum(latest, 0)] if len(keys) else np.zeros(n, np.int64)
+        within = (latest >= 0) & (latest_key >= base) & (latest_key - base >= query - width)
+        count += (own_pairs >= 0) & ~within
+        numbers[name] = Column(count, 0)
+        names.append(name)
+    for name, attribute in NEW_VALUE_FEATURES.items():
+        if name not in needed:
+            continue
+        own = [getattr(t, attribute) for t in transactions]
+        present = np.array([v is not None for v in own])
+        pair_codes, pairs = _codes(list(zip(account_codes.tolist(), own, strict=True)))
+        span = int(ts[-1]) - int(ts[0]) + 1
+        if (len(pairs) + 1) * span >= _SAFE:
+            return None
+        used_new = _before(pair_codes, ts - ts[0], pair_codes, ts - ts[0], span)
+        stored_first = np.array(
+            [
+                _SENTINEL_HIGH
+                if v is None or (f := histories[accounts[a]].first_use.get(attribute, {}).get(v)) is None
+                else f
+                for a, v in pairs
+            ],
+            dtype=np.int64,
+        )[pair_codes]
+        used = (used_new > 0) | (stored_first < ts)
+        numbers[name] = Column((~used).astype(np.int64), 0, present)
+        names.append(name)
+    return names
+
+
+def _before(groups: IntArray, times: IntArray, query_groups: IntArray, query_times: IntArray, span: int) -> IntArray:
+    """For each query, how many entries of its group have a time strictly before its time (times in [0, span))."""
+    keys = np.sort(groups * span + times)
+    base = query_groups * span
+    return np.searchsorted(keys, base + query_times, side="left") - np.searchsorted(keys, base, side="left")
 
 
 _ZERO = Decimal(0)
