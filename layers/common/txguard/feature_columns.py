@@ -256,7 +256,8 @@ class FeatureColumns:
                 continue
             conversion, values = self._json_column(name, later)
             fields.append(key + conversion)
-            columns.append(values)
+            if values is not None:
+                columns.append(values)
         template = "{" + ",".join(fields) + "}"
         rows = list(map(template.__mod__, zip(*columns, strict=True))) if columns else [template % ()] * self.size
         first_keys = set(self._names_first)
@@ -273,12 +274,15 @@ class FeatureColumns:
             rows[i] = "{" + ",".join(parts) + "}"
         return rows
 
-    def _json_column(self, name: str, rows: npt.NDArray[np.bool_]) -> tuple[str, list[Any]]:
+    def _json_column(self, name: str, rows: npt.NDArray[np.bool_]) -> tuple[str, list[Any] | None]:
         """A %-conversion and the values it prints as features_json does, for the rows `rows` (the others'
-        values are printed too, whatever they are, and written over)."""
+        values are printed too, whatever they are, and written over); ("null", None) when the column is missing
+        in all of those rows (a merchant's features in a batch without merchants)."""
         if name in self._given:
             return "%s", [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self._given[name]]
         column = self.numbers[name]
+        if column.present is not None and not column.present[rows].any():
+            return "null", None
         scaled = column.scaled
         if scaled.dtype == np.int64:
             if column.places == 0:
