@@ -6,8 +6,9 @@ them) with vectorised group-by-account and group-by-merchant operations, for the
 late arrivals): each window's count and sum is two binary searches on an (entity, time) int64 key over the
 batch's transactions, the stored tails and the stored per-day totals, with prefix sums of amounts in
 ten-thousandths; the distinct attribute values of a window are counted from pieces of time per (account, value),
-by binary searches too. The result, `FeatureColumns`, holds exact integers (value × 10^places); `rows()` gives the same
-features dicts as the row engine, bit for bit. detection.decisions_in_time_order takes this path when it can.
+by binary searches too. The result, `FeatureColumns`, holds exact integers (value × 10^places); `rows()` gives the
+same features dicts as the row engine, bit for bit, and `json_rows()` the stored features JSON, byte for byte.
+detection.decisions_in_time_order takes this path when it can.
 
 `RowColumns` reads the columns from per-transaction feature dicts (features.Features), lazily, one column per
 feature asked for, each read once per chunk: what a detector's decide_batch uses.
