@@ -112,7 +112,6 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     from txguard.api.schemas import TransactionBatch
     from txguard.detection import decide_in_time_order, decisions_in_time_order, empty_history, empty_timeline
     from txguard.domain import StoreResult, Transaction
-    from txguard.features import features_json
     from txguard.presenters import store_decisions_json, store_results_json
     from txguard.rule_engine import CompiledRuleSet
     from txguard.rule_language import validate_rule_set
@@ -140,9 +139,10 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     decisions = decide_in_time_order(txs, {a: empty_history() for a in accounts}, {}, rules)
     results = [StoreResult(t, "stored", decisions[t.transaction_id]) for t in txs]
     names = tuple(sorted(rules.needed_features))
-    features = {
-        d.transaction.transaction_id: d.features
-        for d in decisions_in_time_order(txs, {a: empty_history() for a in accounts}, {}, rules)
+    # Each row's stored features JSON as ingest gets it (decisions_in_time_order's `record`).
+    recorded = {
+        d.transaction.transaction_id: d.recorded
+        for d in decisions_in_time_order(txs, {a: empty_history() for a in accounts}, {}, rules, record=names)
     }
     history_rules = CompiledRuleSet(1, validate_rule_set(history_rule_set()))
     at_merchants = [t._replace(merchant_id=f"m{t.transaction_id % 500}") for t in txs]
@@ -154,14 +154,17 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
         "features + rules (default rule set)": lambda: decide_in_time_order(
             txs, {a: empty_history() for a in accounts}, {}, rules
         ),
+        "features + rules + the stored features JSON (as ingest decides)": lambda: list(
+            decisions_in_time_order(txs, {a: empty_history() for a in accounts}, {}, rules, record=names)
+        ),
         "features + rules (default rules and the history features, 500 merchants)": lambda: decide_in_time_order(
             at_merchants,
             {a: empty_history() for a in accounts},
             {f"m{i}": empty_timeline() for i in range(500)},
             history_rules,
         ),
-        "COPY text (with the features stored)": lambda: "".join(
-            copy_line(t, decisions[t.transaction_id], features_json(features[t.transaction_id], names)) for t in txs
+        "COPY text (with the stored features JSON)": lambda: "".join(
+            copy_line(t, decisions[t.transaction_id], recorded[t.transaction_id] or "{}") for t in txs
         ),
         "response JSON": lambda: json_response(201, {"results": store_results_json(results)}),
         "response JSON (?response=decisions)": lambda: json_response(201, {"results": store_decisions_json(results)}),

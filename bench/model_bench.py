@@ -10,7 +10,9 @@ loads the champion pays for it once.
 Then the whole decision step, features + rules (+ the champion), as Python CPU µs per transaction (process time,
 median of paired rounds): the row-by-row engine (`decisions_in_time_order(..., as_columns=False)`) against the
 columnar one (feature_columns, rule_columns), on generated traffic replayed from nothing with the default rule
-set, each transaction's features dict and its decision built as ingest needs them (issue #19's target: ≤ 10 µs).
+set, each transaction's features dict, the JSON of its stored features and its decision built as ingest needs them
+(issue #19's target: ≤ 10 µs); the columnar stages also give the stored JSON written from the features dicts
+(features_json, what the columnar path wrote before) beside the JSON written from the columns (json_rows).
 The champion is the model above with a threshold no score reaches: TreeSHAP explanations (about 1 ms a flagged
 decision, the same in both engines) are left out.
 """
@@ -27,7 +29,30 @@ from txguard.features import FEATURES
 from txguard.models.artifact import decode_artifact, encode_artifact
 from txguard.models.scoring import TreeModel
 from txguard.rule_engine import CompiledRuleSet
+from txguard.rule_language import validate_rule_set
 from txguard.storage.rule_sets import default_rule_set
+
+# Rules reading every attribute feature (the generated transactions carry countries, devices and cards).
+ATTRIBUTE_RULES = [
+    {
+        "id": "new_device_abroad",
+        "description": "a device the account never used, in a second country within a day",
+        "when": "new_device = 1 AND distinct_countries_24h >= 2",
+        "score": "0.4",
+    },
+    {
+        "id": "new_country_large",
+        "description": "a large amount in a country the account never paid in",
+        "when": "new_country = 1 AND amount > 500",
+        "score": "0.3",
+    },
+    {
+        "id": "many_devices_or_cards",
+        "description": "three devices or two cards within a day",
+        "when": "distinct_devices_24h >= 3 OR distinct_cards_24h >= 2",
+        "score": "0.3",
+    },
+]
 
 TREES = 500
 LEAVES = 31
@@ -95,16 +120,18 @@ def engines_us_per_transaction(detector: Any, count: int, rounds: int = 3) -> tu
 
     from txguard.detection import decisions_in_time_order, empty_history, empty_timeline
     from txguard.feature_columns import columnar_features
+    from txguard.features import features_json
     from txguard_generator import GenerateParams, generate
 
     run = generate(GenerateParams(num_transactions=count, num_accounts=max(count // 40, 10), seed=11))
     txs = sorted((labelled.transaction for labelled in run), key=lambda t: (t.ts, t.transaction_id))
+    names = tuple(sorted(detector.needed_features))  # what ingest stores with each decision
 
     def cpu_us(as_columns: bool) -> float:
         histories: Any = defaultdict(empty_history)
         merchants: Any = defaultdict(empty_timeline)
         started = time.process_time()
-        for _ in decisions_in_time_order(txs, histories, merchants, detector, as_columns=as_columns):
+        for _ in decisions_in_time_order(txs, histories, merchants, detector, as_columns=as_columns, record=names):
             pass
         return (time.process_time() - started) * 1e6 / len(txs)
 
@@ -122,10 +149,17 @@ def engines_us_per_transaction(detector: Any, count: int, rounds: int = 3) -> tu
     materialised = time.process_time()
     detector.decide_columns(computed, [(f, t.merchant_id, t.currency) for t, f in zip(txs, dicts, strict=True)])
     decided = time.process_time()
+    computed.json_rows(names)
+    from_columns = time.process_time()
+    for features in dicts:
+        features_json(features, names)
+    from_dicts = time.process_time()
     stages = {
         "feature columns": (featured - started) * 1e6 / len(txs),
         "features dicts": (materialised - featured) * 1e6 / len(txs),
         "rules (+ model) on the columns": (decided - materialised) * 1e6 / len(txs),
+        "stored features JSON from the columns": (from_columns - decided) * 1e6 / len(txs),
+        "(before: stored features JSON from the dicts)": (from_dicts - from_columns) * 1e6 / len(txs),
     }
     return statistics.median(rows), statistics.median(columns), {k: round(v, 2) for k, v in stages.items()}
 
@@ -174,10 +208,16 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
 
     count = max(2000, round(20_000 * scale))
     rules = CompiledRuleSet(1, default_rule_set())
+    with_attributes = default_rule_set().document()
+    with_attributes["rules"] = [*with_attributes["rules"], *ATTRIBUTE_RULES]
     engines = []
     for what, detector in (
         ("features + rules (default rule set)", rules),
         ("features + rules + champion", ModelDetector(1, rules, ServedModel(1, model, 2.0))),
+        (
+            "features + rules (default rule set and rules on every attribute feature)",
+            CompiledRuleSet(1, validate_rule_set(with_attributes)),
+        ),
     ):
         row_us, column_us, stages = engines_us_per_transaction(detector, count)
         engines.append(

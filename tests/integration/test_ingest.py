@@ -148,8 +148,8 @@ def test_a_failure_while_rows_stream_in_is_raised_as_itself_and_stores_nothing(
 
     real = txguard.ingest.decisions_in_time_order
 
-    def fails_after_the_first(*args: object) -> object:
-        decided = real(*args)  # type: ignore[arg-type]
+    def fails_after_the_first(*args: object, **options: object) -> object:
+        decided = real(*args, **options)  # type: ignore[arg-type]
         yield next(decided)
         raise RuntimeError("deciding failed")
 
@@ -191,8 +191,8 @@ def test_deciding_inside_copy_is_not_cut_short_by_the_statement_timeout(
     db.reset_connection()
     real = txguard.ingest.decisions_in_time_order
 
-    def slow(*args: object) -> object:
-        for decided in real(*args):  # type: ignore[arg-type]
+    def slow(*args: object, **options: object) -> object:
+        for decided in real(*args, **options):  # type: ignore[arg-type]
             time.sleep(0.0005)  # 1,000 rows: 0.5 s of deciding, past the statement timeout
             yield decided
 

@@ -47,7 +47,7 @@ from txguard.currencies import MINOR_UNITS
 from txguard.detection import detector_cache
 from txguard.domain import Transaction
 from txguard.feature_columns import columnar_features
-from txguard.features import ATTRIBUTE_FEATURES, FEATURES
+from txguard.features import FEATURES
 from txguard.lists import ListItem
 from txguard.models import serving
 from txguard.models.artifact_store import DirectoryStore
@@ -703,17 +703,13 @@ def test_outcomes_agree_in_ingest_recomputation_and_sql_with_actions_snoozes_and
         admin.close()
 
 
-# What the columnar feature step computes (feature_columns: attribute features take the row path).
-columnar_comparable = sorted(set(FEATURES) - ATTRIBUTE_FEATURES - {"amount"})
-
-
 @st.composite
 def columnar_rule_sets(draw: st.DrawFn) -> list[dict[str, object]]:
     return [
         {
             "id": f"r{index}",
             "description": "generated",
-            "when": " OR ".join(draw(st.lists(comparisons(features=columnar_comparable), min_size=1, max_size=3))),
+            "when": " OR ".join(draw(st.lists(comparisons(features=comparable), min_size=1, max_size=3))),
             "score": draw(st.sampled_from(["0.2", "0.5", "1"])),
             "mode": draw(st.sampled_from(["active", "active", "shadow"])),
         }
@@ -767,9 +763,18 @@ def test_batches_decided_as_columns_store_what_sql_and_the_recomputation_decide(
     # then the first batch (at least COLUMN_ROWS transactions of new accounts) was decided as columns,
     assert taken and taken[0]
     event("second batch as columns" if len(taken) > 1 and taken[1] else "one batch as columns")
-    # and what was stored is what SQL and the recomputation decide.
+    # and what was stored is what SQL and the recomputation decide, with the features the recomputation gives
+    # (stored as the columns wrote them: the same decimals, 0 and 0.000 told apart).
+    features = {
+        tid: {name: str(value) for name, value in json.loads(text, parse_float=Decimal).items()}
+        for tid, text in database.query("SELECT transaction_id, features::text FROM transactions")
+    }
     for account in accounts:
-        in_python = python_decisions(recompute(account))
+        recomputed = recompute(account)
+        for j in recomputed:
+            stored_features = features[j.transaction.transaction_id]
+            assert stored_features == {name: str((j.features or {}).get(name)) for name in stored_features}
+        in_python = python_decisions(recomputed)
         assert in_python == sql_decisions(database, account)
         for tid, (fraud, score, active, shadow) in in_python.items():
             decision = stored[tid]

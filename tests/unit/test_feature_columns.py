@@ -1,29 +1,31 @@
 """Features computed as columns (feature_columns) are the row engine's: the same features dicts (keys, values,
-order), decisions and explanations, and the same histories afterwards, whatever the timestamps (equal ones
-included), merchants, labels and rules."""
+order), stored JSON, decisions and explanations, and the same histories afterwards, whatever the timestamps (equal
+ones included), merchants, attributes, labels and rules, from nothing or over a stored history."""
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txguard.detection import Decided, Detector, decisions_in_time_order, empty_history, empty_timeline
 from txguard.domain import Transaction
-from txguard.feature_columns import columnar_features
-from txguard.features import ATTRIBUTE_FEATURES, DAY_MS, FEATURES, Timeline, features_json
+from txguard.feature_columns import Column, FeatureColumns, columnar_features
+from txguard.features import DAY_MS, FEATURES, Prior, Timeline, constant_totals, features_json
 from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet
 from txguard.rule_language import validate_rule_set
 from txguard.storage.rule_sets import default_rule_set
 from txguard_generator import GenerateParams, generate
 
 D0 = 19_800 * DAY_MS
-# Every feature a rule can read that the columns compute (attribute features take the row path).
-COLUMN_FEATURES = sorted(set(FEATURES) - ATTRIBUTE_FEATURES)
+# Every feature a rule can read (the columns compute each one).
+COLUMN_FEATURES = sorted(FEATURES)
 
 
 class RowByRow:
@@ -55,20 +57,49 @@ def every_feature_rules(time_zone: str = "UTC", delay: int = 7) -> CompiledRuleS
 
 
 def replay(
-    transactions: list[Transaction], detector: Detector, steps: dict[str, list[tuple[int, int, int]]]
+    transactions: list[Transaction],
+    detector: Detector,
+    steps: dict[str, list[tuple[int, int, int]]],
+    record: list[str] | None = None,
+    stored: tuple[dict[int, Any], dict[str, Timeline]] | None = None,
 ) -> tuple[list[Decided], dict[int, Any], dict[str, Timeline]]:
-    """Decide a history from nothing, as backtests do, with each merchant's label steps."""
-    histories: dict[int, Any] = defaultdict(empty_history)
-    merchants: dict[str, Timeline] = defaultdict(empty_timeline)
-    for merchant, merchant_steps in steps.items():
-        merchants[merchant].use_label_steps(merchant_steps)
-    return list(decisions_in_time_order(transactions, histories, merchants, detector)), histories, merchants
+    """Decide a history from nothing, as backtests do, with each merchant's label steps; or over `stored`
+    histories (copied, not changed)."""
+    if stored is None:
+        histories: dict[int, Any] = defaultdict(empty_history)
+        merchants: dict[str, Timeline] = defaultdict(empty_timeline)
+        for merchant, merchant_steps in steps.items():
+            merchants[merchant].use_label_steps(merchant_steps)
+    else:
+        histories, merchants = copy.deepcopy(stored)
+    decided = list(decisions_in_time_order(transactions, histories, merchants, detector, record=record))
+    return decided, histories, merchants
 
 
-def assert_same(transactions: list[Transaction], detector: Any, steps: dict[str, list[tuple[int, int, int]]]) -> None:
+def as_stored(
+    transactions: list[Transaction], detector: Any, steps: dict[str, list[tuple[int, int, int]]]
+) -> tuple[dict[int, Any], dict[str, Timeline]]:
+    """The histories and merchants after `transactions`, as ingest loads them once those are stored: running
+    totals before every new transaction (nothing added since), the tails, recent values and first uses."""
+    _, histories, merchants = replay(transactions, RowByRow(detector), steps)
+    for history in histories.values():
+        whole = Prior(history.count, 0, 0, None, history.last_ts)
+        history.stored_before = constant_totals(whole, {c: a.prior() for c, a in history.amounts.items()})
+        history.added_count, history.added_last_ts, history.added = 0, None, {}
+    return histories, merchants
+
+
+def assert_same(
+    transactions: list[Transaction],
+    detector: Any,
+    steps: dict[str, list[tuple[int, int, int]]],
+    record: bool = True,
+    stored: tuple[dict[int, Any], dict[str, Timeline]] | None = None,
+) -> None:
     # The columns are computed for this history (the columnar path is taken, not the row path's fallback).
-    histories: dict[int, Any] = defaultdict(empty_history)
-    merchants: dict[str, Timeline] = defaultdict(empty_timeline)
+    histories, merchants = (
+        (defaultdict(empty_history), defaultdict(empty_timeline)) if stored is None else copy.deepcopy(stored)
+    )
     computed = columnar_features(
         transactions, histories, merchants, detector.needed_features, detector.feature_settings
     )
@@ -76,12 +107,17 @@ def assert_same(transactions: list[Transaction], detector: Any, steps: dict[str,
     # The stored features' JSON written from the columns is what features_json writes of each row.
     names = sorted(detector.needed_features)
     assert computed.json_rows(names) == [features_json(row, names) for row in computed.rows()]
-    rows, row_histories, row_merchants = replay(transactions, RowByRow(detector), steps)
-    columns, column_histories, column_merchants = replay(transactions, detector, steps)
+    # Each decided row also carries the JSON storage writes of the features the detector reads (`record`).
+    recorded = names if record else None
+    rows, row_histories, row_merchants = replay(transactions, RowByRow(detector), steps, recorded, stored)
+    columns, column_histories, column_merchants = replay(transactions, detector, steps, recorded, stored)
     for by_row, by_column in zip(rows, columns, strict=True):
         # str(): the exact decimals as stored (features_json), 0 and 0.000 differ
         assert [(k, str(v)) for k, v in by_row.features.items()] == [(k, str(v)) for k, v in by_column.features.items()]
         assert by_row.decision == by_column.decision
+        # The stored JSON, written from the columns, is byte for byte what the row engine's dict gives.
+        if record:
+            assert by_row.recorded == by_column.recorded == features_json(by_row.features, names)
     for account_id, history in row_histories.items():
         other = column_histories[account_id]
         assert (history.count, history.first_ts, history.last_ts, history.amounts) == (
@@ -102,6 +138,7 @@ def assert_same(transactions: list[Transaction], detector: Any, steps: dict[str,
             other.added,
         )
         assert history.merchant_first == other.merchant_first
+        assert (history.recent_values, history.first_use) == (other.recent_values, other.first_use)
     assert {m: (t.ts, t.units, t._prefix, t.days, t.currency) for m, t in row_merchants.items()} == {
         m: (t.ts, t.units, t._prefix, t.days, t.currency) for m, t in column_merchants.items()
     }
@@ -118,7 +155,14 @@ def histories(draw: st.DrawFn) -> tuple[list[Transaction], dict[str, list[tuple[
         ts += draw(steps)
         amount = draw(st.sampled_from(["0", "0.01", "1", "41.2", "912.00", "0.0001", "99999.9999", "5000000000"]))
         merchant = draw(st.sampled_from([None, "m1", "m2", "m3"]))
-        transactions.append(Transaction(tid, draw(st.integers(1, 4)), ts, Decimal(amount), "EUR", merchant))
+        transaction = Transaction(tid, draw(st.integers(1, 4)), ts, Decimal(amount), "EUR", merchant)
+        # Few values per attribute (the same ones again within and across windows), or none.
+        attributes = {
+            "country": draw(st.sampled_from([None, "FR", "FR", "DE", "US"])),
+            "device_id": draw(st.sampled_from([None, "d1", "d1", "d2", "d3"])),
+            "card_id": draw(st.sampled_from([None, "c1", "c2"])),
+        }
+        transactions.append(transaction._replace(**attributes))
     label_steps = {
         merchant: sorted(
             draw(
@@ -148,6 +192,24 @@ def test_columns_give_the_row_engine_s_features_decisions_and_histories(
     assert_same(transactions, every_feature_rules(time_zone, delay), steps)
 
 
+@settings(max_examples=40, deadline=None)
+@given(history=histories(), cut=st.integers(0, 60), time_zone=st.sampled_from(["UTC", "Asia/Kolkata"]))
+def test_columns_continue_a_stored_history_as_the_row_engine(
+    history: tuple[list[Transaction], dict[str, list[tuple[int, int, int]]]], cut: int, time_zone: str
+) -> None:
+    # Given a history whose first part is stored (its tails, recent attribute values and first uses loaded as
+    # ingest loads them),
+    transactions, steps = history
+    detector = every_feature_rules(time_zone)
+    stored = as_stored(transactions[:cut], detector, steps)
+    new = transactions[cut:]
+    if len(new) < COLUMN_ROWS:
+        new = transactions[-COLUMN_ROWS:]
+        stored = as_stored(transactions[:-COLUMN_ROWS], detector, steps)
+    # then the rest is decided as columns with the row engine's features, decisions and histories.
+    assert_same(new, detector, steps, stored=stored)
+
+
 def generated(count: int, seed: int) -> tuple[list[Transaction], dict[str, list[tuple[int, int, int]]]]:
     """Generated traffic with timestamps cut to the second (many equal ones) and its frauds labelled, each known
     0-10 days after its day."""
@@ -175,4 +237,38 @@ def test_columns_decide_5_000_generated_transactions_as_the_row_engine() -> None
 
 def test_columns_decide_100_000_generated_transactions_as_the_row_engine() -> None:
     transactions, steps = generated(100_000, seed=4)
-    assert_same(transactions, every_feature_rules("Europe/Paris", 7), steps)
+    assert_same(transactions, every_feature_rules("Europe/Paris", 7), steps, record=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(
+            st.one_of(
+                st.integers(-(2**53), 2**53),
+                st.integers(0, 10**7),
+                st.sampled_from([0, 1, 5, 999_999, 2**52 - 1, 2**52, 2**53 - 1, -(2**52) + 1, 10**15 + 5]),
+            ),
+            st.booleans(),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_stored_json_written_from_columns_is_the_row_dicts_json_at_every_magnitude(
+    values: list[tuple[int, bool, bool]],
+) -> None:
+    # Given exact columns of 0 to 6 places (values up to 2**53, missing ones, accounts' first rows),
+    scaled = np.array([v for v, _, _ in values], dtype=np.int64)
+    present = np.array([p for _, p, _ in values])
+    first = np.array([f for _, _, f in values])
+    numbers = {
+        f"p{places}{'_missing' if missing else ''}": Column(scaled, places, present if missing else None)
+        for places in (0, 3, 4, 6)
+        for missing in (False, True)
+    }
+    names = sorted(numbers)
+    columns = FeatureColumns(len(values), numbers, names[:3], names, first)
+    # then the JSON written from the columns is features_json of each row's dict, byte for byte.
+    assert columns.json_rows([*names, "absent"]) == [features_json(row, [*names, "absent"]) for row in columns.rows()]

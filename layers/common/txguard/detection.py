@@ -36,6 +36,7 @@ from txguard.features import (
     Prior,
     Timeline,
     constant_totals,
+    features_json,
     list_feature,
     local_time_features,
     merchant_features,
@@ -79,11 +80,14 @@ DECIDE_CHUNK = 256
 
 
 class Decided(NamedTuple):
-    """A transaction, the features it was decided on, and the decision."""
+    """A transaction, the features it was decided on, and the decision; `recorded`: the JSON object of the
+    features decisions_in_time_order was asked to `record` (features.features_json, what storage writes), None
+    when it was not asked."""
 
     transaction: Transaction
     features: Features
     decision: Decision
+    recorded: str | None = None
 
 
 def empty_history() -> AccountHistory:
@@ -115,7 +119,7 @@ def decide_in_time_order(
 ) -> dict[int, Decision]:
     """Each transaction's decision, by transaction id; see decisions_in_time_order."""
     decided = decisions_in_time_order(transactions, histories, merchants, detector, model_scores, memberships, snoozes)
-    return {t.transaction_id: d for t, _, d in decided}
+    return {d.transaction.transaction_id: d.decision for d in decided}
 
 
 def decisions_in_time_order(
@@ -128,6 +132,7 @@ def decisions_in_time_order(
     snoozes: Callable[[Transaction], Snoozed | None] | None = None,
     *,
     as_columns: bool = True,
+    record: Sequence[str] | None = None,
 ) -> Iterator[Decided]:
     """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
 
@@ -136,11 +141,13 @@ def decisions_in_time_order(
     while the rest are still being decided. `model_scores` (by transaction id; backtests): the stored champion
     scores that rules read as `model_score`, instead of a champion's. `memberships` (list_memberships): the
     values of the transactions that are current items of each list the detector reads (none when not given).
-    `snoozes` (ingest): the rules snoozed for a transaction's entities.
+    `snoozes` (ingest): the rules snoozed for a transaction's entities. `record` (ingest): the features whose
+    JSON object each Decided carries as `recorded` (features.features_json; written from the columns on the
+    columnar path, byte for byte the same).
 
     From rule_engine.COLUMN_ROWS transactions on, a detector with `decide_columns` (the rule set, the model
     detector) decides them as columns when feature_columns.columnar_features computes their features (the common
-    case: one currency, no late arrivals, no attribute feature): the same features, decisions and histories as
+    case: one currency, no late arrivals): the same features, decisions and histories as
     one by one, which `as_columns=False` asks for (benchmarks, parity tests).
     """
     text_reads = TextReads(detector, memberships)
@@ -150,8 +157,18 @@ def decisions_in_time_order(
     if as_columns and decide_columns is not None and len(transactions) >= COLUMN_ROWS:
         columns = columnar_features(transactions, histories, merchants, needed, settings)
         if columns is not None:
+            wants_attributes = not needed.isdisjoint(ATTRIBUTE_FEATURES)
             yield from _decided_as_columns(
-                transactions, columns, histories, merchants, decide_columns, model_scores, text_reads, snoozes
+                transactions,
+                columns,
+                histories,
+                merchants,
+                decide_columns,
+                model_scores,
+                text_reads,
+                snoozes,
+                record,
+                wants_attributes,
             )
             return
     wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
@@ -183,10 +200,10 @@ def decisions_in_time_order(
                 merchants[t.merchant_id].add(t.ts, units, t.currency)
         # Features never depend on decisions, so deciding after the group was added changes nothing.
         if len(pending) >= DECIDE_CHUNK:
-            yield from _decided(pending, detector, decide_batch, snoozes)
+            yield from _decided(pending, detector, decide_batch, snoozes, record)
             pending = []
     if pending:
-        yield from _decided(pending, detector, decide_batch, snoozes)
+        yield from _decided(pending, detector, decide_batch, snoozes, record)
 
 
 def _decided_as_columns(
@@ -198,9 +215,11 @@ def _decided_as_columns(
     model_scores: Mapping[int, Decimal | None] | None,
     text_reads: TextReads,
     snoozes: Callable[[Transaction], Snoozed | None] | None,
+    record: Sequence[str] | None,
+    wants_attributes: bool,
 ) -> Iterator[Decided]:
     """decisions_in_time_order for features computed as columns (feature_columns.columnar_features): the same
-    features dicts and decisions, then the same histories."""
+    features dicts, decisions and recorded JSON, then the same histories."""
     if model_scores is not None:
         columns.add_values(MODEL_SCORE, [model_scores.get(t.transaction_id) for t in transactions])
     if text_reads:
@@ -230,8 +249,19 @@ def _decided_as_columns(
         )
     for merchant_id, indexes in by_merchant.items():
         merchants[merchant_id].add_all([transactions[i].ts for i in indexes], [units[i] for i in indexes], currency)
-    for t, features, decision in zip(transactions, rows, decisions, strict=True):
-        yield Decided(t, features, decision)
+    if wants_attributes:
+        for account_id, indexes in by_account.items():
+            histories[account_id].add_all_values(
+                [transactions[i].ts for i in indexes],
+                {name: [getattr(transactions[i], name) for i in indexes] for name in ATTRIBUTE_FIELDS},
+            )
+    if record is None:
+        for t, features, decision in zip(transactions, rows, decisions, strict=True):
+            yield Decided(t, features, decision)
+        return
+    recorded = columns.json_rows(record)
+    for t, features, decision, text in zip(transactions, rows, decisions, recorded, strict=True):
+        yield Decided(t, features, decision, text)
 
 
 class TextReads:
@@ -295,6 +325,21 @@ def list_values(transactions: Iterable[Transaction], detector: Detector) -> dict
 
 
 def _decided(
+    pending: list[tuple[Transaction, Features]],
+    detector: Detector,
+    decide_batch: Any,
+    snoozes: Callable[[Transaction], Snoozed | None] | None = None,
+    record: Sequence[str] | None = None,
+) -> Iterator[Decided]:
+    decided = _decided_rows(pending, detector, decide_batch, snoozes)
+    if record is None:
+        yield from decided
+    else:
+        for t, features, decision, _ in decided:
+            yield Decided(t, features, decision, features_json(features, record))
+
+
+def _decided_rows(
     pending: list[tuple[Transaction, Features]],
     detector: Detector,
     decide_batch: Any,

@@ -1,12 +1,14 @@
 """Where a batch's features are computed as columns, and held as what rule predicates (rule_columns) and models
 read at once.
 
-`columnar_features` computes a batch's account, merchant and local-time features (features.py defines them) with
-vectorised group-by-account and group-by-merchant operations, for the common case (one currency, no late
-arrivals, no attribute feature): each window's count and sum is two binary searches on an (entity, time) int64
-key over the batch's transactions, the stored tails and the stored per-day totals, with prefix sums of amounts in
-ten-thousandths. The result, `FeatureColumns`, holds exact integers (value × 10^places); `rows()` gives the same
-features dicts as the row engine, bit for bit. detection.decisions_in_time_order takes this path when it can.
+`columnar_features` computes a batch's account, merchant, local-time and attribute features (features.py defines
+them) with vectorised group-by-account and group-by-merchant operations, for the common case (one currency, no
+late arrivals): each window's count and sum is two binary searches on an (entity, time) int64 key over the
+batch's transactions, the stored tails and the stored per-day totals, with prefix sums of amounts in
+ten-thousandths; the distinct attribute values of a window are counted from pieces of time per (account, value),
+by binary searches too. The result, `FeatureColumns`, holds exact integers (value × 10^places); `rows()` gives the
+same features dicts as the row engine, bit for bit, and `json_rows()` the stored features JSON, byte for byte.
+detection.decisions_in_time_order takes this path when it can.
 
 `RowColumns` reads the columns from per-transaction feature dicts (features.Features), lazily, one column per
 feature asked for, each read once per chunk: what a detector's decide_batch uses.
@@ -28,10 +30,12 @@ from txguard.features import (
     ATTRIBUTE_FEATURES,
     DAY_MS,
     DAY_WINDOWS,
+    DISTINCT_FEATURES,
     LOCAL_TIME_FEATURES,
     LONGEST_DAY_WINDOW,
     MERCHANT_DAY_FEATURES,
     MODEL_SCORE,
+    NEW_VALUE_FEATURES,
     NIGHT_UNTIL_HOUR,
     RISK_FEATURES,
     RISK_WINDOWS,
@@ -235,43 +239,81 @@ class FeatureColumns:
 
     def json_rows(self, names: Sequence[str]) -> list[str]:
         """Each row's features.features_json(row, names) (the stored `features` column), byte for byte, written
-        from the integer columns without building a Decimal: what storage could write instead of formatting each
-        features dict (a value of at most six places prints in plain notation, as str(Decimal) does)."""
-        texts: dict[str, list[str]] = {}
+        from the integer columns without building a Decimal or a dict: one %-template per chunk, filled per row in
+        one call. A column of at most six places whose values are below 2**52 in magnitude is given as float64
+        and printed with its places ('%.4f'): the float nearest an exact n-place decimal below 2**52 units of
+        10^-n prints back as that decimal, in the plain notation str(Decimal) writes; others are printed exactly
+        from the integers. An account's first transaction (other keys, account age Decimal(0)) is written alone."""
+        if not names:
+            return ["{}"] * self.size
+        later_keys = set(self._names_later)
+        later = ~self._first
+        fields: list[str] = []
+        columns: list[list[Any]] = []
         for name in names:
-            texts[name] = self._json_values(name)
-        first = self._first
-        if "account_age_seconds" in texts and first.any():
-            ages = texts["account_age_seconds"]
-            for i in np.flatnonzero(first).tolist():
-                ages[i] = "0"  # Decimal(0), not 0.000
-        later_keys, first_keys = set(self._names_later), set(self._names_first)
-        # Each column's '"name":value' parts, then each row's parts joined (zip and join run in C).
-        later = [
-            [f'"{name}":{v}' for v in texts[name]] if name in later_keys else [f'"{name}":null'] * self.size
-            for name in names
-        ]
-        rows = ["{" + ",".join(parts) + "}" for parts in zip(*later, strict=True)] if names else ["{}"] * self.size
-        firsts = np.flatnonzero(first).tolist()
-        for i in firsts:
-            rows[i] = "{" + ",".join(f'"{n}":{texts[n][i] if n in first_keys else "null"}' for n in names) + "}"
+            key = '"' + name.replace("%", "%%") + '":'
+            if name not in later_keys:
+                fields.append(key + "null")
+                continue
+            conversion, values = self._json_column(name, later)
+            fields.append(key + conversion)
+            if values is not None:
+                columns.append(values)
+        template = "{" + ",".join(fields) + "}"
+        rows = list(map(template.__mod__, zip(*columns, strict=True))) if columns else [template % ()] * self.size
+        first_keys = set(self._names_first)
+        for i in np.flatnonzero(self._first).tolist():
+            parts = []
+            for name in names:
+                if name not in first_keys:
+                    text = "null"
+                elif name == "account_age_seconds":
+                    text = "0"  # Decimal(0), not 0.000
+                else:
+                    text = self._json_value(name, i)
+                parts.append(f'"{name}":{text}')
+            rows[i] = "{" + ",".join(parts) + "}"
         return rows
 
-    def _json_values(self, name: str) -> list[str]:
+    def _json_column(self, name: str, rows: npt.NDArray[np.bool_]) -> tuple[str, list[Any] | None]:
+        """A %-conversion and the values it prints as features_json does, for the rows `rows` (the others'
+        values are printed too, whatever they are, and written over); ("null", None) when the column is missing
+        in all of those rows (a merchant's features in a batch without merchants)."""
         if name in self._given:
-            return [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self.python_values(name)]
+            return "%s", [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self._given[name]]
         column = self.numbers[name]
-        values = column.scaled.tolist()
+        if column.present is not None and not column.present[rows].any():
+            return "null", None
+        scaled = column.scaled
+        if scaled.dtype == np.int64:
+            if column.places == 0:
+                conversion, values = "%d", scaled.tolist()
+            elif column.places <= 6 and int(np.abs(scaled[rows]).max(initial=0)) < 2**52:
+                conversion, values = f"%.{column.places}f", (scaled / 10.0**column.places).tolist()
+            else:
+                conversion = ""
+            if conversion and column.present is not None and not column.present[rows].all():
+                # Missing values print as null: the column is printed here, then its missing values replaced.
+                values = list(map(conversion.__mod__, values))
+                for i in np.flatnonzero(~column.present).tolist():
+                    values[i] = "null"
+                conversion = "%s"
+            if conversion:
+                return conversion, values
+        return "%s", [self._json_value(name, i) for i in range(self.size)]
+
+    def _json_value(self, name: str, i: int) -> str:
+        """Row i's value as features_json prints it."""
+        if name in self._given:
+            return features_json({name: self._given[name][i]}, (name,))[len(name) + 4 : -1]
+        column = self.numbers[name]
+        if column.present is not None and not column.present[i]:
+            return "null"
+        v = int(column.scaled[i])
         if column.places == 0:
-            texts = [str(v) for v in values]
-        else:
-            unit = 10**column.places
-            width = column.places
-            texts = [f"{'-' if v < 0 else ''}{abs(v) // unit}.{abs(v) % unit:0{width}d}" for v in values]
-        if column.present is not None:
-            for i in np.flatnonzero(~column.present).tolist():
-                texts[i] = "null"
-        return texts
+            return str(v)
+        unit = 10**column.places
+        return f"{'-' if v < 0 else ''}{abs(v) // unit}.{abs(v) % unit:0{column.places}d}"
 
 
 class _Entries:
@@ -352,12 +394,13 @@ def columnar_features(
 
     None (the caller then takes the row path) unless the chunk is the common case: one currency (in the chunk, the
     accounts' stored totals and tails, the merchants' timelines), every account's stored transactions older than
-    its first one in the chunk (features.ConstantTotals, nothing added yet), no attribute feature, and sums
-    within int64's range. Per row (Python ints): std_amount and amount_to_mean_30d, whose intermediate products
+    its first one in the chunk (features.ConstantTotals, nothing added yet), and sums within int64's range. The
+    attribute features read the accounts' recent values and first uses (AccountHistory.recent_values, first_use)
+    as the row engine does. Per row (Python ints): std_amount and amount_to_mean_30d, whose intermediate products
     may exceed int64; local-time features outside UTC; merchant risk's frauds, once per merchant and day.
     """
     n = len(transactions)
-    if n == 0 or not needed.isdisjoint(ATTRIBUTE_FEATURES):
+    if n == 0:
         return None
     currency = transactions[0].currency
     if any(t.currency != currency for t in transactions):
@@ -591,7 +634,116 @@ def columnar_features(
             local_names.append("is_weekend")
         names_first += local_names
         names_later += local_names
+    if not needed.isdisjoint(ATTRIBUTE_FEATURES):
+        attribute_names = _attribute_columns(transactions, histories, accounts, account_codes, needed, numbers)
+        if attribute_names is None:
+            return None
+        names_first += attribute_names
+        names_later += attribute_names
     return FeatureColumns(n, numbers, names_first, names_later, first)
+
+
+def _attribute_columns(
+    transactions: Sequence[Transaction],
+    histories: Mapping[int, AccountHistory],
+    accounts: Sequence[int],
+    account_codes: IntArray,
+    needed: frozenset[str],
+    numbers: dict[str, Column],
+) -> list[str] | None:
+    """features.AccountHistory.attribute_features as columns, added to `numbers`; their names in the row engine's
+    order, or None when a key could leave int64's range.
+
+    distinct_*_24h: a value of the account is in (t - 24 h, t) when one of its uses s (stored, in the account's
+    recent values, or new) has s < t <= s + 24 h - 1. Per (account, value), in time order, each use covers
+    (max(s, the previous use's end), s + 24 h - 1]: disjoint pieces whose union is where the value is in the
+    window. The distinct values before t are then the pieces of the account starting before t less those ending
+    before t (two binary searches), plus the transaction's own value unless its latest use before t is in the
+    window. new_country and new_device: 1 unless the account's first use of the value (stored, or a new
+    transaction's) is strictly before t; missing without a value.
+    """
+    n = len(transactions)
+    ts = np.fromiter((t.ts for t in transactions), dtype=np.int64, count=n)
+    names: list[str] = []
+    for name, attribute in DISTINCT_FEATURES.items():
+        if name not in needed:
+            continue
+        own = [getattr(t, attribute) for t in transactions]
+        entry_accounts: list[int] = []
+        entry_ts: list[int] = []
+        entry_values: list[str] = []
+        for code, account_id in enumerate(accounts):
+            recent = histories[account_id].recent_values.get(attribute)
+            if recent is not None and recent.ts:
+                entry_accounts.extend([code] * len(recent.ts))
+                entry_ts.extend(recent.ts)
+                entry_values.extend(recent.values)
+        stored_count = len(entry_ts)
+        with_value = [i for i, value in enumerate(own) if value is not None]
+        codes, times_list = account_codes.tolist(), ts.tolist()
+        for i in with_value:
+            entry_accounts.append(codes[i])
+            entry_ts.append(times_list[i])
+            entry_values.append(own[i])
+        pair_codes, _ = _codes(list(zip(entry_accounts, entry_values, strict=True)))
+        times = np.array(entry_ts, dtype=np.int64)
+        width = DAY_MS - 1
+        low = min(int(times.min(initial=ts[0])), int(ts[0]))
+        span = max(int(times.max(initial=ts[-1])), int(ts[-1])) + width - low + 1
+        if (len(accounts) + len(pair_codes) + 1) * span >= _SAFE:
+            return None
+        times -= low
+        query = ts - low
+        # Each use's piece (start, end], in (value, time) order.
+        order = np.lexsort((times, pair_codes))
+        pairs, starts = pair_codes[order], times[order]
+        ends = starts + width
+        previous_end = np.concatenate(([_SENTINEL], ends[:-1]))
+        same = np.concatenate(([False], pairs[1:] == pairs[:-1]))
+        starts = np.where(same, np.maximum(starts, previous_end), starts)
+        groups = np.array(entry_accounts, dtype=np.int64)[order]
+        count = _before(groups, starts, account_codes, query, span) - _before(groups, ends, account_codes, query, span)
+        # The transaction's own value, unless its latest use before t (of the same value) is within the window.
+        keys = pairs * span + times[order]
+        own_pairs = np.full(n, -1, dtype=np.int64)
+        own_pairs[with_value] = pair_codes[stored_count:]
+        base = own_pairs * span
+        latest = np.searchsorted(keys, base + query, side="left") - 1
+        latest_key = keys[np.maximum(latest, 0)] if len(keys) else np.zeros(n, np.int64)
+        within = (latest >= 0) & (latest_key >= base) & (latest_key - base >= query - width)
+        count += (own_pairs >= 0) & ~within
+        numbers[name] = Column(count, 0)
+        names.append(name)
+    for name, attribute in NEW_VALUE_FEATURES.items():
+        if name not in needed:
+            continue
+        own = [getattr(t, attribute) for t in transactions]
+        present = np.array([v is not None for v in own])
+        pair_codes, pairs = _codes(list(zip(account_codes.tolist(), own, strict=True)))
+        span = int(ts[-1]) - int(ts[0]) + 1
+        if (len(pairs) + 1) * span >= _SAFE:
+            return None
+        used_new = _before(pair_codes, ts - ts[0], pair_codes, ts - ts[0], span)
+        stored_first = np.array(
+            [
+                _SENTINEL_HIGH
+                if v is None or (f := histories[accounts[a]].first_use.get(attribute, {}).get(v)) is None
+                else f
+                for a, v in pairs
+            ],
+            dtype=np.int64,
+        )[pair_codes]
+        used = (used_new > 0) | (stored_first < ts)
+        numbers[name] = Column((~used).astype(np.int64), 0, present)
+        names.append(name)
+    return names
+
+
+def _before(groups: IntArray, times: IntArray, query_groups: IntArray, query_times: IntArray, span: int) -> IntArray:
+    """For each query, how many entries of its group have a time strictly before its time (times in [0, span))."""
+    keys = np.sort(groups * span + times)
+    base = query_groups * span
+    return np.searchsorted(keys, base + query_times, side="left") - np.searchsorted(keys, base, side="left")
 
 
 _ZERO = Decimal(0)

@@ -713,6 +713,15 @@ class RecentValues:
         self.ts.insert(position, t)
         self.values.insert(position, value)
 
+    def add_all(self, ts: Sequence[int], values: Sequence[str]) -> None:
+        """add() each value at its time, in this order (ts ascending)."""
+        if not self.ts or (ts and self.ts[-1] <= ts[0]):
+            self.ts.extend(ts)
+            self.values.extend(values)
+        else:
+            for t, value in zip(ts, values, strict=True):
+                self.add(t, value)
+
     def distinct(self, t: int, width_ms: int, own: str | None) -> int:
         """The number of distinct values in (t - width, t), `own` (the transaction's, None: none) included."""
         found = set(self.values[bisect_left(self.ts, t - width_ms + 1) : bisect_left(self.ts, t)])
@@ -789,6 +798,24 @@ class AccountHistory:
                 firsts = self.first_use.setdefault(attribute, {})
                 if value not in firsts or t < firsts[value]:
                     firsts[value] = t
+
+    def add_all_values(self, ts: Sequence[int], values: Mapping[str, Sequence[str | None]]) -> None:
+        """add_values() each transaction, in this order (ts ascending): `values` holds each attribute's values, one
+        per transaction."""
+        for attribute in DISTINCT_FEATURES.values():
+            column = values[attribute]
+            present = [i for i, value in enumerate(column) if value is not None]
+            if present:
+                recent = self.recent_values.get(attribute)
+                if recent is None:
+                    recent = self.recent_values[attribute] = RecentValues()
+                recent.add_all([ts[i] for i in present], [column[i] for i in present])  # type: ignore[misc]
+        for attribute in FIRST_USE_FIELDS:
+            for t, value in zip(ts, values[attribute], strict=True):
+                if value is not None:
+                    firsts = self.first_use.setdefault(attribute, {})
+                    if value not in firsts or t < firsts[value]:
+                        firsts[value] = t
 
     def features(
         self,

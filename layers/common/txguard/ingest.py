@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import psycopg2.extensions
 
 from txguard import outcomes
-from txguard.detection import Decided, Detector, decisions_in_time_order, list_values
+from txguard.detection import Detector, decisions_in_time_order, list_values
 from txguard.domain import Decision, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
 from txguard.features import (
@@ -161,12 +161,15 @@ def _store(
         judged = outcomes.answer(asked, rule_snoozes.snoozes_and_items_from_json(locked.also, asked.wanted))
         in_lists = judged.in_lists
         # Positional: no stored model scores (the champion scores), then the lists' memberships and the snoozes.
-        decided = decisions_in_time_order(new, stats, at_merchants, detector, None, in_lists, judged.snoozed)
+        # Each decided row carries the JSON of the features stored with it (those the detector read).
+        decided = decisions_in_time_order(
+            new, stats, at_merchants, detector, None, in_lists, judged.snoozed, record=tuple(sorted(needed))
+        )
         if judged.matches:
-            decided = (Decided(d.transaction, d.features, judged.judge(d.transaction, d.decision)) for d in decided)
+            decided = (d._replace(decision=judged.judge(d.transaction, d.decision)) for d in decided)
         # The unit of work's statement timeout, from the settings read when its connection was opened.
         timeout_ms = getattr(cur, "statement_timeout_ms", 0)
-        transactions.copy_in(cur, decided, len(new), decisions, timeout_ms, tuple(sorted(needed)))
+        transactions.copy_in(cur, decided, len(new), decisions, timeout_ms)
         account_stats.write_totals(cur, stats, {t.account_id for t in new})
         account_stats.add_to_daily_totals(cur, new)
         account_stats.add_to_merchants_used(cur, new)

@@ -23,7 +23,7 @@ import psycopg2
 import psycopg2.extensions
 
 from txguard.domain import ATTRIBUTES, DecidedTransaction, Decision, Reason, Transaction
-from txguard.features import ATTRIBUTE_FIELDS, RecentValues, Span, Timeline, features_json, spans_before
+from txguard.features import ATTRIBUTE_FIELDS, RecentValues, Span, Timeline, spans_before
 from txguard.storage import array_literal, execute_later
 
 if TYPE_CHECKING:
@@ -209,20 +209,18 @@ def _copy_text(text: str) -> str:
 class _DecidedRows:
     """What COPY reads: rows decided on demand, a chunk per read, each decision also kept in `decisions`."""
 
-    def __init__(self, decided: Iterator[Decided], decisions: dict[int, Decision], names: Sequence[str]) -> None:
+    def __init__(self, decided: Iterator[Decided], decisions: dict[int, Decision]) -> None:
         self._decided = decided
         self._decisions = decisions
-        self._names = names
         self.failure: BaseException | None = None
 
     def read(self, size: int = -1) -> str:
         lines = []
         length = 0
         try:
-            names = self._names
-            for t, features, d in self._decided:
+            for t, _, d, recorded in self._decided:
                 self._decisions[t.transaction_id] = d
-                line = copy_line(t, d, features_json(features, names))
+                line = copy_line(t, d, "{}" if recorded is None else recorded)
                 lines.append(line)
                 length += len(line)
                 if 0 < size <= length:
@@ -239,10 +237,10 @@ def copy_in(
     count: int,
     decisions: dict[int, Decision],
     timeout_ms: int,
-    feature_names: Sequence[str] = (),
 ) -> None:
     """COPY the `count` rows in as they are decided, keeping each decision in `decisions` (by transaction id),
-    each row with the values of `feature_names` (those its detector read) in its `features` column.
+    each row with its `recorded` features JSON (detection.decisions_in_time_order's `record`: the features its
+    detector read; {} when none was recorded) in its `features` column.
 
     The deciding happens inside the COPY statement, and statement_timeout is there to bound the database's
     own work. So this one statement gets the unit of work's timeout (`timeout_ms`, 0 for none) plus an
@@ -254,7 +252,7 @@ def copy_in(
     (each value read by its column's input function, as COPY reads it), sent with the unit of work's next
     statement or its COMMIT (execute_later): a transaction decided alone costs no round trip of its own to write.
     """
-    rows = _DecidedRows(decided, decisions, feature_names)
+    rows = _DecidedRows(decided, decisions)
     if count <= INSERT_AT_MOST:
         _insert_later(cur, rows.read())
         return
