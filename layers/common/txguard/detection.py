@@ -80,12 +80,12 @@ DECIDE_CHUNK = 256
 
 
 class Decided(NamedTuple):
-    """A transaction, the features it was decided on, and the decision; `recorded`: the JSON object of the
-    features decisions_in_time_order was asked to `record` (features.features_json, what storage writes), None
-    when it was not asked."""
+    """A transaction, the features it was decided on (None when decisions_in_time_order was asked not to keep
+    them), and the decision; `recorded`: the JSON object of the features decisions_in_time_order was asked to
+    `record` (features.features_json, what storage writes), None when it was not asked."""
 
     transaction: Transaction
-    features: Features
+    features: Features | None
     decision: Decision
     recorded: str | None = None
 
@@ -133,6 +133,7 @@ def decisions_in_time_order(
     *,
     as_columns: bool = True,
     record: Sequence[str] | None = None,
+    keep_features: bool = True,
 ) -> Iterator[Decided]:
     """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
 
@@ -143,7 +144,9 @@ def decisions_in_time_order(
     values of the transactions that are current items of each list the detector reads (none when not given).
     `snoozes` (ingest): the rules snoozed for a transaction's entities. `record` (ingest): the features whose
     JSON object each Decided carries as `recorded` (features.features_json; written from the columns on the
-    columnar path, byte for byte the same).
+    columnar path, byte for byte the same). `keep_features=False` (ingest, which stores `recorded`): each
+    Decided's `features` is None, and the columnar path builds no features dict (the rules read the few rows they
+    explain from the columns).
 
     From rule_engine.COLUMN_ROWS transactions on, a detector with `decide_columns` (the rule set, the model
     detector) decides them as columns when feature_columns.columnar_features computes their features (the common
@@ -169,6 +172,7 @@ def decisions_in_time_order(
                 snoozes,
                 record,
                 wants_attributes,
+                keep_features,
             )
             return
     wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
@@ -200,10 +204,10 @@ def decisions_in_time_order(
                 merchants[t.merchant_id].add(t.ts, units, t.currency)
         # Features never depend on decisions, so deciding after the group was added changes nothing.
         if len(pending) >= DECIDE_CHUNK:
-            yield from _decided(pending, detector, decide_batch, snoozes, record)
+            yield from _decided(pending, detector, decide_batch, snoozes, record, keep_features)
             pending = []
     if pending:
-        yield from _decided(pending, detector, decide_batch, snoozes, record)
+        yield from _decided(pending, detector, decide_batch, snoozes, record, keep_features)
 
 
 def _decided_as_columns(
@@ -217,23 +221,25 @@ def _decided_as_columns(
     snoozes: Callable[[Transaction], Snoozed | None] | None,
     record: Sequence[str] | None,
     wants_attributes: bool,
+    keep_features: bool,
 ) -> Iterator[Decided]:
     """decisions_in_time_order for features computed as columns (feature_columns.columnar_features): the same
-    features dicts, decisions and recorded JSON, then the same histories."""
+    features dicts (built after deciding, when kept), decisions and recorded JSON, then the same histories."""
     if model_scores is not None:
         columns.add_values(MODEL_SCORE, [model_scores.get(t.transaction_id) for t in transactions])
     if text_reads:
         for name, values in text_reads.columns(transactions).items():
             columns.add_values(name, values)
-    rows = columns.rows()
-    items = [(features, t.merchant_id, t.currency) for t, features in zip(transactions, rows, strict=True)]
+    currency = transactions[0].currency  # columnar_features: one currency
+    items = columns.items([t.merchant_id for t in transactions], currency)
     snoozed = None if snoozes is None else [snoozes(t) for t in transactions]
     if snoozed is not None and not any(snoozed):
         snoozed = None
     decisions = decide_columns(columns, items, snoozed)
+    # After deciding: a champion adds its scores to the columns (model_score).
+    rows: Sequence[Features | None] = columns.rows() if keep_features else [None] * len(transactions)
     # The histories as adding each transaction in turn leaves them: per account and per merchant, in time order.
     units = columns.numbers["amount"].scaled.tolist()
-    currency = transactions[0].currency  # columnar_features: one currency
     by_account: dict[int, list[int]] = {}
     by_merchant: dict[str, list[int]] = {}
     for i, t in enumerate(transactions):
@@ -330,13 +336,16 @@ def _decided(
     decide_batch: Any,
     snoozes: Callable[[Transaction], Snoozed | None] | None = None,
     record: Sequence[str] | None = None,
+    keep_features: bool = True,
 ) -> Iterator[Decided]:
     decided = _decided_rows(pending, detector, decide_batch, snoozes)
-    if record is None:
+    if record is None and keep_features:
         yield from decided
-    else:
-        for t, features, decision, _ in decided:
-            yield Decided(t, features, decision, features_json(features, record))
+        return
+    for t, features, decision, _ in decided:
+        assert features is not None  # _decided_rows keeps them
+        recorded = None if record is None else features_json(features, record)
+        yield Decided(t, features if keep_features else None, decision, recorded)
 
 
 def _decided_rows(
