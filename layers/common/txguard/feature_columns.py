@@ -705,16 +705,21 @@ def columnar_features(
             numbers[f"mean_amount_{name}"] = Column(_mean_millionths(s, np.maximum(c, 1)), 6, c > 0)
             window_names += [f"count_{name}", f"sum_{name}", f"mean_amount_{name}"]
         if "amount_to_mean_30d" in needed:
-            ratio = [
-                ((2 * u * c * 1_000_000 + s) // (2 * s)) if c and s > 0 else 0
-                for u, c, s in zip(
-                    amount_units, numbers["count_30d"].scaled.tolist(), numbers["sum_30d"].scaled.tolist(), strict=True
-                )
-            ]
-            # A ratio to a tiny mean can leave int64's range: then the column holds Python ints (exact still).
-            exact_ratio = array(ratio) if max(map(abs, ratio), default=0) < _SAFE else np.array(ratio, dtype=object)
-            sums = numbers["sum_30d"].scaled
-            numbers["amount_to_mean_30d"] = Column(exact_ratio, 6, (numbers["count_30d"].scaled > 0) & (sums > 0))
+            counts, sums = numbers["count_30d"].scaled, numbers["sum_30d"].scaled
+            with_mean = (counts > 0) & (sums > 0)
+            exact_ratio: npt.NDArray[Any]
+            if largest * (int(counts.max()) * 2_000_000 + 1) + int(np.abs(sums).max()) < _SAFE:
+                # Every numerator fits int64 (the usual case): the same floor division, vectorised.
+                divisor = 2 * np.where(with_mean, sums, 1)
+                exact_ratio = np.where(with_mean, (2 * units * counts * 1_000_000 + divisor // 2) // divisor, 0)
+            else:
+                ratio = [
+                    ((2 * u * c * 1_000_000 + s) // (2 * s)) if c and s > 0 else 0
+                    for u, c, s in zip(amount_units, counts.tolist(), sums.tolist(), strict=True)
+                ]
+                # A ratio to a tiny mean can leave int64's range: then the column holds Python ints (exact still).
+                exact_ratio = array(ratio) if max(map(abs, ratio), default=0) < _SAFE else np.array(ratio, dtype=object)
+            numbers["amount_to_mean_30d"] = Column(exact_ratio, 6, with_mean)
             window_names.append("amount_to_mean_30d")
     if "merchant_used_before" in needed:
         pair_codes, pairs = _codes([(t.account_id, t.merchant_id) for t in transactions])
