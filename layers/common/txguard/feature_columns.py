@@ -452,13 +452,27 @@ class _Entries:
         self.count_prefix = np.concatenate(([0], np.cumsum(counts[order])))
         self.unit_prefix = np.concatenate(([0], np.cumsum(units[order])))
 
-    def between(self, groups: IntArray, low: IntArray, high: IntArray) -> tuple[IntArray, IntArray]:
-        """Count and sum of units of each query's group's entries with low <= time < high."""
+    def between(
+        self, groups: IntArray, low: IntArray, high: IntArray, order: npt.NDArray[np.intp] | None = None
+    ) -> tuple[IntArray, IntArray]:
+        """Count and sum of units of each query's group's entries with low <= time < high. `order`: a permutation
+        of the queries by group, then time (the same results): NumPy's binary searches start from the previous
+        one's result when the queries come in increasing order, about 5 times faster than in random order."""
+        if order is not None:
+            groups, low, high = groups[order], low[order], high[order]
         base = groups * self.span
         start = np.searchsorted(self.keys, base + np.clip(low, 0, self.span), side="left")
         end = np.searchsorted(self.keys, base + np.clip(high, 0, self.span), side="left")
         end = np.maximum(end, start)
-        return self.count_prefix[end] - self.count_prefix[start], self.unit_prefix[end] - self.unit_prefix[start]
+        count, units = (
+            self.count_prefix[end] - self.count_prefix[start],
+            self.unit_prefix[end] - self.unit_prefix[start],
+        )
+        if order is None:
+            return count, units
+        in_place_count, in_place_units = np.empty_like(count), np.empty_like(units)
+        in_place_count[order], in_place_units[order] = count, units
+        return in_place_count, in_place_units
 
 
 def _entries(groups: list[int], times: list[int], units: list[int], low_time: int, span: int) -> _Entries:
@@ -608,7 +622,8 @@ def columnar_features(
 
     numbers: dict[str, Column] = {"amount": Column(units, 4)}
     # The account's new transactions strictly before each one, and their sums.
-    before, before_sum = new.between(account_codes, np.zeros(n, np.int64), relative)
+    order = np.argsort(account_codes, kind="stable")  # by account, then time
+    before, before_sum = new.between(account_codes, np.zeros(n, np.int64), relative, order)
     whole_count = array([w.count for w, _ in stored])[account_codes]
     count = whole_count + before
     numbers["count"] = Column(count, 0)
@@ -618,7 +633,6 @@ def columnar_features(
     safe_count = np.where(later, count, 1)
     if "mean_amount" in needed:
         numbers["mean_amount"] = Column(_mean_millionths(total, safe_count), 6, later)
-    order = np.argsort(account_codes, kind="stable")  # by account, then time
     sorted_codes = account_codes[order]
     group_start = np.searchsorted(sorted_codes, account_codes, side="left")
     last_before = group_start + before - 1  # in `order`: the latest new transaction of the account before
@@ -675,7 +689,7 @@ def columnar_features(
         counts = np.zeros(n, np.int64)
         sums = np.zeros(n, np.int64)
         for found in entries:
-            c, s = found.between(groups, relative - width + 1, relative)
+            c, s = found.between(groups, relative - width + 1, relative, order)
             counts += c
             sums += s
         return counts, sums
@@ -694,10 +708,10 @@ def columnar_features(
         days = _Entries(array(day_groups), array(day_numbers) - day_low, array(day_counts), array(day_units), day_span)
         day = ts // DAY_MS
         day_start = day * DAY_MS - low_time
-        today_count, today_sum = tail_entries.between(account_codes, day_start, relative)
+        today_count, today_sum = tail_entries.between(account_codes, day_start, relative, order)
         for name, width in DAY_WINDOWS:
-            whole_count_, whole_sum = days.between(account_codes, day - width + 1 - day_low, day - day_low)
-            new_count, new_sum = new.between(account_codes, day_start - (width - 1) * DAY_MS, relative)
+            whole_count_, whole_sum = days.between(account_codes, day - width + 1 - day_low, day - day_low, order)
+            new_count, new_sum = new.between(account_codes, day_start - (width - 1) * DAY_MS, relative, order)
             c = whole_count_ + new_count + today_count
             s = whole_sum + new_sum + today_sum
             numbers[f"count_{name}"] = Column(c, 0)
@@ -904,7 +918,8 @@ def _merchant_columns(
     new_groups = np.where(known, codes, len(distinct))  # transactions without a merchant in a group of their own
     new = _Entries(new_groups, relative, ones, units, span)
     # A merchant is there when deciding a transaction if it was given, or an earlier transaction added it.
-    earlier, _ = new.between(new_groups, np.zeros(n, np.int64), relative)
+    order = np.argsort(new_groups, kind="stable")  # by merchant, then time (_Entries.between)
+    earlier, _ = new.between(new_groups, np.zeros(n, np.int64), relative, order)
     given = np.array([m is not None and m in merchants for m in distinct] + [False])[new_groups]
     present = known & (given | (earlier > 0))
     stored_groups: list[int] = []
@@ -962,12 +977,15 @@ def _merchant_columns(
 
         def whole_days(first: IntArray, until: IntArray) -> IntArray:
             """features.Timeline.whole_days' count: stored per-day counts plus the new transactions."""
-            c, _ = day_totals.between(new_groups, first - day_low, until - day_low)
-            added, _ = new.between(new_groups, first * DAY_MS - low_time, until * DAY_MS - low_time)
+            c, _ = day_totals.between(new_groups, first - day_low, until - day_low, order)
+            added, _ = new.between(new_groups, first * DAY_MS - low_time, until * DAY_MS - low_time, order)
             return c + added
 
     if not needed.isdisjoint(MERCHANT_DAY_FEATURES):
-        today = stored.between(new_groups, day_start, relative)[0] + new.between(new_groups, day_start, relative)[0]
+        today = (
+            stored.between(new_groups, day_start, relative, order)[0]
+            + new.between(new_groups, day_start, relative, order)[0]
+        )
         for name, width in DAY_WINDOWS:
             numbers[f"merchant_count_{name}"] = Column(whole_days(day - width + 1, day) + today, 0, present)
             names.append(f"merchant_count_{name}")
@@ -983,8 +1001,8 @@ def _merchant_columns(
     for name, width in WINDOWS:
         if f"merchant_count_{name}" not in needed and f"merchant_sum_{name}" not in needed:
             continue
-        c1, s1 = stored.between(new_groups, relative - width + 1, relative)
-        c2, s2 = new.between(new_groups, relative - width + 1, relative)
+        c1, s1 = stored.between(new_groups, relative - width + 1, relative, order)
+        c2, s2 = new.between(new_groups, relative - width + 1, relative, order)
         numbers[f"merchant_count_{name}"] = Column(c1 + c2, 0, present)
         numbers[f"merchant_sum_{name}"] = Column(s1 + s2, 4, present)
         names += [f"merchant_count_{name}", f"merchant_sum_{name}"]
