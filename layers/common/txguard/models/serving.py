@@ -185,7 +185,7 @@ class ModelDetector:
         (rule_engine.decide_columns). An item's features are read only where a rule or the champion explains."""
         shadow_scores: list[dict[int, float]] | None = None
         if self.shadows:
-            shadow_scores = [{} for _ in items]
+            shadow_scores = [{} for _ in range(len(items))]  # items may make each row when read
             for shadow in self.shadows:
                 scores = shadow.model.score_matrix(columns.matrix(shadow.features))
                 for row, shadow_score in zip(shadow_scores, scores, strict=True):
