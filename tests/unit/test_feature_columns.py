@@ -18,6 +18,9 @@ from txguard.detection import Decided, Detector, decisions_in_time_order, empty_
 from txguard.domain import Transaction
 from txguard.feature_columns import Column, FeatureColumns, columnar_features
 from txguard.features import DAY_MS, FEATURES, Prior, Timeline, constant_totals, features_json
+from txguard.models.artifact import decode_artifact
+from txguard.models.scoring import TreeModel
+from txguard.models.serving import ModelDetector, ServedModel
 from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet
 from txguard.rule_language import validate_rule_set
 from txguard.storage.rule_sets import default_rule_set
@@ -62,6 +65,7 @@ def replay(
     steps: dict[str, list[tuple[int, int, int]]],
     record: list[str] | None = None,
     stored: tuple[dict[int, Any], dict[str, Timeline]] | None = None,
+    keep_features: bool = True,
 ) -> tuple[list[Decided], dict[int, Any], dict[str, Timeline]]:
     """Decide a history from nothing, as backtests do, with each merchant's label steps; or over `stored`
     histories (copied, not changed)."""
@@ -72,7 +76,11 @@ def replay(
             merchants[merchant].use_label_steps(merchant_steps)
     else:
         histories, merchants = copy.deepcopy(stored)
-    decided = list(decisions_in_time_order(transactions, histories, merchants, detector, record=record))
+    decided = list(
+        decisions_in_time_order(
+            transactions, histories, merchants, detector, record=record, keep_features=keep_features
+        )
+    )
     return decided, histories, merchants
 
 
@@ -107,10 +115,20 @@ def assert_same(
     # The stored features' JSON written from the columns is what features_json writes of each row.
     names = sorted(detector.needed_features)
     assert computed.json_rows(names) == [features_json(row, names) for row in computed.rows()]
+    # Each row read from the columns on demand (what rules and the champion explain) is the row's dict.
+    for i, row in enumerate(computed.rows()):
+        read = computed.row(i)
+        assert [(k, type(v), str(v)) for k, v in read.items()] == [(k, type(v), str(v)) for k, v in row.items()]
+        assert len(read) == len(row) and "absent" not in read and read.get("absent", 7) == 7
     # Each decided row also carries the JSON storage writes of the features the detector reads (`record`).
     recorded = names if record else None
     rows, row_histories, row_merchants = replay(transactions, RowByRow(detector), steps, recorded, stored)
     columns, column_histories, column_merchants = replay(transactions, detector, steps, recorded, stored)
+    if record:
+        # As ingest asks: no features dicts kept, the same decisions and stored JSON.
+        without, _, _ = replay(transactions, detector, steps, recorded, stored, keep_features=False)
+        kept = [(None, d.decision, d.recorded) for d in columns]
+        assert [(d.features, d.decision, d.recorded) for d in without] == kept
     for by_row, by_column in zip(rows, columns, strict=True):
         # str(): the exact decimals as stored (features_json), 0 and 0.000 differ
         assert [(k, str(v)) for k, v in by_row.features.items()] == [(k, str(v)) for k, v in by_column.features.items()]
@@ -233,6 +251,23 @@ def generated(count: int, seed: int) -> tuple[list[Transaction], dict[str, list[
 def test_columns_decide_5_000_generated_transactions_as_the_row_engine() -> None:
     transactions, steps = generated(5_000, seed=3)
     assert_same(transactions, every_feature_rules(), steps)
+
+
+def test_columns_decide_with_a_champion_as_the_row_engine() -> None:
+    # Given a champion that flags some transactions (explained from the columns' rows) and rules reading its score,
+    from tests.model_fixtures import trained_artifact
+
+    artifact = decode_artifact(trained_artifact(threshold=0.5))
+    document = every_feature_rules().rule_set.document()
+    document["rules"].append({"id": "scored", "description": "model", "when": "model_score > 0.3", "score": "0.2"})
+    rules = CompiledRuleSet(1, validate_rule_set(document))
+    detector = ModelDetector(2, rules, ServedModel(1, TreeModel.from_artifact(artifact), 0.5))
+    transactions, steps = generated(2_000, seed=5)
+    # then features (model_score included), decisions and explanations are the row engine's.
+    assert_same(transactions, detector, steps)
+    decided, _, _ = replay(transactions, detector, steps)
+    assert any(r.mode == "model" for d in decided for r in d.decision.reasons)
+    assert all(d.features is not None and "model_score" in d.features for d in decided)
 
 
 def test_columns_decide_100_000_generated_transactions_as_the_row_engine() -> None:

@@ -16,10 +16,10 @@ feature asked for, each read once per chunk: what a detector's decide_batch uses
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from math import isqrt
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,7 @@ from txguard.features import (
     WINDOWS,
     AccountHistory,
     ConstantTotals,
+    FeatureReader,
     Features,
     FeatureSettings,
     FeatureValue,
@@ -52,11 +53,13 @@ from txguard.features import (
     local_time_features,
     merchant_days_back,
     merchant_reach_ms,
+    model_score_feature,
     to_units,
     window_reach_ms,
 )
 
 FloatArray = npt.NDArray[np.float64]
+T = TypeVar("T")
 
 # Integers up to this magnitude are exactly float64.
 EXACT_INT = 2**53
@@ -79,31 +82,17 @@ class FeatureSource(Protocol):
         """The features `names` as a model's input: shape (size, len(names)), NaN where missing."""
         ...
 
+    def add_model_scores(self, probabilities: Sequence[float]) -> None:
+        """Add `model_score` (the champion's probabilities 0-1, one per row, read as
+        features.model_score_feature gives them) after the other features of each row."""
+        ...
+
 
 def matrix_of(source: FeatureSource, names: Sequence[str]) -> FloatArray:
     """The columns `names` side by side (FeatureSource.matrix)."""
     if not names:
         return np.empty((source.size, 0), dtype=np.float64)
     return np.column_stack([source.number(name)[0] for name in names])
-
-
-class WithModelScore:
-    """A chunk's columns with `model_score` (the champion's probabilities, as rules read it) added."""
-
-    def __init__(self, source: FeatureSource, probabilities: Sequence[float]) -> None:
-        self.source = source
-        self.size = source.size
-        # Rules read the shortest decimal that gives back p, not p itself: not exact in float64.
-        self._score = (np.asarray(probabilities, dtype=np.float64), False)
-
-    def number(self, name: str) -> tuple[FloatArray, bool]:
-        return self._score if name == MODEL_SCORE else self.source.number(name)
-
-    def text(self, name: str) -> Sequence[str | int | None]:
-        return self.source.text(name)
-
-    def matrix(self, names: Sequence[str]) -> FloatArray:
-        return self.source.matrix(names)
 
 
 class RowColumns:
@@ -133,6 +122,13 @@ class RowColumns:
         """The features `names` as a model's input (FeatureSource.matrix)."""
         return matrix_of(self, names)
 
+    def add_model_scores(self, probabilities: Sequence[float]) -> None:
+        """Write `model_score` into each row's dict (FeatureSource.add_model_scores)."""
+        for row, p in zip(self.rows, probabilities, strict=True):
+            row[MODEL_SCORE] = model_score_feature(p)
+        # Rules read the shortest decimal that gives back p: p itself in float64, not exact.
+        self._numbers[MODEL_SCORE] = (np.asarray(probabilities, dtype=np.float64), False)
+
 
 # ----------------------------------------------------------------------------------------- the feature step --
 IntArray = npt.NDArray[np.int64]
@@ -149,9 +145,11 @@ class Column(NamedTuple):
 
 
 class FeatureColumns:
-    """A chunk's features as columns of exact numbers (Column), with values given per row (add_values); see
-    `columnar_features`. `rows()` gives each transaction's features dict, equal (keys, values and key order) to
-    the row engine's (features.AccountHistory.features and the rest, detection.decisions_in_time_order)."""
+    """A chunk's features as columns of exact numbers (Column), with values given per row (add_values,
+    add_model_scores); see `columnar_features`. `rows()` gives each transaction's features dict, equal (keys,
+    values and key order) to the row engine's (features.AccountHistory.features and the rest,
+    detection.decisions_in_time_order); `row(i)` reads one of them from the columns on demand (FeatureRow), which
+    is all deciding needs for the few rows a rule explains."""
 
     def __init__(
         self,
@@ -169,13 +167,69 @@ class FeatureColumns:
         self._first = first
         self._floats: dict[str, tuple[FloatArray, bool]] = {}
         self._given: dict[str, list[FeatureValue]] = {}
+        self._scores: list[float] | None = None  # the champion's probabilities, read as model_score
+        # Per column read by FeatureRow: its integers and presence as Python lists, and its places (negative).
+        self._lists: dict[str, tuple[list[int], list[bool] | None, int]] = {}
+        self._keys_first = frozenset(self._names_first)
+        self._keys_later = frozenset(self._names_later)
 
     def add_values(self, name: str, values: list[FeatureValue]) -> None:
         """Add a feature given as one value per row (the stored model scores, a text field, a list membership),
         after the others in each row."""
         self._given[name] = values
-        self._names_first += (name,)
-        self._names_later += (name,)
+        self._add_name(name)
+
+    def add_model_scores(self, probabilities: Sequence[float]) -> None:
+        """Add `model_score`: the champion's probabilities 0-1, one per row, each read as
+        features.model_score_feature gives it (built only for the rows read) after the other features of each row
+        (in place of a `model_score` given by add_values, as a dict's key is written over)."""
+        self._scores = list(probabilities)
+        # Rules read the shortest decimal that gives back p: p itself in float64, not exact.
+        self._floats[MODEL_SCORE] = (np.asarray(probabilities, dtype=np.float64), False)
+        self._add_name(MODEL_SCORE)
+
+    def _add_name(self, name: str) -> None:
+        if name not in self._keys_later:
+            self._names_first += (name,)
+            self._names_later += (name,)
+            self._keys_first = frozenset(self._names_first)
+            self._keys_later = frozenset(self._names_later)
+
+    def _is_given(self, name: str) -> bool:
+        return name in self._given or (name == MODEL_SCORE and self._scores is not None)
+
+    def row_names(self, first: bool) -> tuple[str, ...]:
+        """The keys of a row, in the row engine's order: an account's first transaction's, or the others'."""
+        return self._names_first if first else self._names_later
+
+    def row(self, i: int) -> FeatureRow:
+        """Row i's features dict as a mapping read from the columns on demand (the same keys and values)."""
+        first = bool(self._first[i])
+        return FeatureRow(self, i, first, self._keys_first if first else self._keys_later)
+
+    def items(self, merchant_ids: Sequence[str | None], currency: str) -> ColumnItems:
+        """(features, merchant id, currency) per row, as a detector's decide_columns reads them: each row's
+        features a FeatureRow built when read."""
+        return ColumnItems(self, merchant_ids, currency)
+
+    def value(self, name: str, i: int, first: bool) -> FeatureValue:
+        """Row i's value of the feature `name` (a key of the row: see FeatureRow), as rows() gives it."""
+        if name == MODEL_SCORE and self._scores is not None:
+            return model_score_feature(self._scores[i])
+        given = self._given.get(name)
+        if given is not None:
+            return given[i]
+        if first and name == "account_age_seconds":
+            return _ZERO
+        found = self._lists.get(name)
+        if found is None:
+            column = self.numbers[name]
+            present = None if column.present is None else column.present.tolist()
+            found = self._lists[name] = (column.scaled.tolist(), present, -column.places)
+        values, present, places = found
+        if present is not None and not present[i]:
+            return None
+        return Decimal(values[i]).scaleb(places) if places else values[i]
 
     def number(self, name: str) -> tuple[FloatArray, bool]:
         """The feature as float64 (NaN where missing): the exact value correctly rounded, as float(Decimal) gives
@@ -207,6 +261,8 @@ class FeatureColumns:
     def python_values(self, name: str) -> list[FeatureValue]:
         """The column as the row engine's values: ints, Decimals (scaled × 10^-places, as from_units, _mean and
         the others build them), None where missing."""
+        if name == MODEL_SCORE and self._scores is not None:
+            return [model_score_feature(p) for p in self._scores]
         if name in self._given:
             return self._given[name]
         column = self.numbers[name]
@@ -279,8 +335,8 @@ class FeatureColumns:
         """A %-conversion and the values it prints as features_json does, for the rows `rows` (the others'
         values are printed too, whatever they are, and written over); ("null", None) when the column is missing
         in all of those rows (a merchant's features in a batch without merchants)."""
-        if name in self._given:
-            return "%s", [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self._given[name]]
+        if self._is_given(name):
+            return "%s", [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self.python_values(name)]
         column = self.numbers[name]
         if column.present is not None and not column.present[rows].any():
             return "null", None
@@ -304,8 +360,8 @@ class FeatureColumns:
 
     def _json_value(self, name: str, i: int) -> str:
         """Row i's value as features_json prints it."""
-        if name in self._given:
-            return features_json({name: self._given[name][i]}, (name,))[len(name) + 4 : -1]
+        if self._is_given(name):
+            return features_json({name: self.value(name, i, False)}, (name,))[len(name) + 4 : -1]
         column = self.numbers[name]
         if column.present is not None and not column.present[i]:
             return "null"
@@ -314,6 +370,74 @@ class FeatureColumns:
             return str(v)
         unit = 10**column.places
         return f"{'-' if v < 0 else ''}{abs(v) // unit}.{abs(v) % unit:0{column.places}d}"
+
+
+class FeatureRow(Mapping[str, FeatureValue]):
+    """One row of a FeatureColumns as a read-only mapping: the keys of the row's features dict (FeatureColumns.rows),
+    each value read from the columns when asked for (rules read a few features of the rows they explain)."""
+
+    __slots__ = ("_columns", "_first", "_i", "_keys")
+
+    def __init__(self, columns: FeatureColumns, i: int, first: bool, keys: frozenset[str]) -> None:
+        self._columns = columns
+        self._i = i
+        self._first = first
+        self._keys = keys
+
+    def __getitem__(self, name: str) -> FeatureValue:
+        if name not in self._keys:
+            raise KeyError(name)
+        return self._columns.value(name, self._i, self._first)
+
+    @overload
+    def get(self, name: str, /) -> FeatureValue: ...
+
+    @overload
+    def get(self, name: str, /, default: FeatureValue | T) -> FeatureValue | T: ...
+
+    def get(self, name: str, /, default: Any = None) -> Any:
+        if name not in self._keys:
+            return default
+        return self._columns.value(name, self._i, self._first)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns.row_names(self._first))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+Item = tuple[FeatureReader, str | None, str]
+
+
+class ColumnItems(Sequence[Item]):
+    """The (features, merchant id, currency) of each row of a FeatureColumns, each row's features a FeatureRow
+    made when the item is read (FeatureColumns.items)."""
+
+    def __init__(self, columns: FeatureColumns, merchant_ids: Sequence[str | None], currency: str) -> None:
+        self._columns = columns
+        self._merchant_ids = merchant_ids
+        self._currency = currency
+
+    def __len__(self) -> int:
+        return self._columns.size
+
+    @overload
+    def __getitem__(self, i: int) -> Item: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Item]: ...
+
+    def __getitem__(self, i: int | slice) -> Item | Sequence[Item]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self._columns.row(i), self._merchant_ids[i], self._currency
 
 
 class _Entries:
@@ -328,13 +452,27 @@ class _Entries:
         self.count_prefix = np.concatenate(([0], np.cumsum(counts[order])))
         self.unit_prefix = np.concatenate(([0], np.cumsum(units[order])))
 
-    def between(self, groups: IntArray, low: IntArray, high: IntArray) -> tuple[IntArray, IntArray]:
-        """Count and sum of units of each query's group's entries with low <= time < high."""
+    def between(
+        self, groups: IntArray, low: IntArray, high: IntArray, order: npt.NDArray[np.intp] | None = None
+    ) -> tuple[IntArray, IntArray]:
+        """Count and sum of units of each query's group's entries with low <= time < high. `order`: a permutation
+        of the queries by group, then time (the same results): NumPy's binary searches start from the previous
+        one's result when the queries come in increasing order, about 5 times faster than in random order."""
+        if order is not None:
+            groups, low, high = groups[order], low[order], high[order]
         base = groups * self.span
         start = np.searchsorted(self.keys, base + np.clip(low, 0, self.span), side="left")
         end = np.searchsorted(self.keys, base + np.clip(high, 0, self.span), side="left")
         end = np.maximum(end, start)
-        return self.count_prefix[end] - self.count_prefix[start], self.unit_prefix[end] - self.unit_prefix[start]
+        count, units = (
+            self.count_prefix[end] - self.count_prefix[start],
+            self.unit_prefix[end] - self.unit_prefix[start],
+        )
+        if order is None:
+            return count, units
+        in_place_count, in_place_units = np.empty_like(count), np.empty_like(units)
+        in_place_count[order], in_place_units[order] = count, units
+        return in_place_count, in_place_units
 
 
 def _entries(groups: list[int], times: list[int], units: list[int], low_time: int, span: int) -> _Entries:
@@ -484,7 +622,8 @@ def columnar_features(
 
     numbers: dict[str, Column] = {"amount": Column(units, 4)}
     # The account's new transactions strictly before each one, and their sums.
-    before, before_sum = new.between(account_codes, np.zeros(n, np.int64), relative)
+    order = np.argsort(account_codes, kind="stable")  # by account, then time
+    before, before_sum = new.between(account_codes, np.zeros(n, np.int64), relative, order)
     whole_count = array([w.count for w, _ in stored])[account_codes]
     count = whole_count + before
     numbers["count"] = Column(count, 0)
@@ -494,7 +633,6 @@ def columnar_features(
     safe_count = np.where(later, count, 1)
     if "mean_amount" in needed:
         numbers["mean_amount"] = Column(_mean_millionths(total, safe_count), 6, later)
-    order = np.argsort(account_codes, kind="stable")  # by account, then time
     sorted_codes = account_codes[order]
     group_start = np.searchsorted(sorted_codes, account_codes, side="left")
     last_before = group_start + before - 1  # in `order`: the latest new transaction of the account before
@@ -551,7 +689,7 @@ def columnar_features(
         counts = np.zeros(n, np.int64)
         sums = np.zeros(n, np.int64)
         for found in entries:
-            c, s = found.between(groups, relative - width + 1, relative)
+            c, s = found.between(groups, relative - width + 1, relative, order)
             counts += c
             sums += s
         return counts, sums
@@ -570,10 +708,10 @@ def columnar_features(
         days = _Entries(array(day_groups), array(day_numbers) - day_low, array(day_counts), array(day_units), day_span)
         day = ts // DAY_MS
         day_start = day * DAY_MS - low_time
-        today_count, today_sum = tail_entries.between(account_codes, day_start, relative)
+        today_count, today_sum = tail_entries.between(account_codes, day_start, relative, order)
         for name, width in DAY_WINDOWS:
-            whole_count_, whole_sum = days.between(account_codes, day - width + 1 - day_low, day - day_low)
-            new_count, new_sum = new.between(account_codes, day_start - (width - 1) * DAY_MS, relative)
+            whole_count_, whole_sum = days.between(account_codes, day - width + 1 - day_low, day - day_low, order)
+            new_count, new_sum = new.between(account_codes, day_start - (width - 1) * DAY_MS, relative, order)
             c = whole_count_ + new_count + today_count
             s = whole_sum + new_sum + today_sum
             numbers[f"count_{name}"] = Column(c, 0)
@@ -581,16 +719,21 @@ def columnar_features(
             numbers[f"mean_amount_{name}"] = Column(_mean_millionths(s, np.maximum(c, 1)), 6, c > 0)
             window_names += [f"count_{name}", f"sum_{name}", f"mean_amount_{name}"]
         if "amount_to_mean_30d" in needed:
-            ratio = [
-                ((2 * u * c * 1_000_000 + s) // (2 * s)) if c and s > 0 else 0
-                for u, c, s in zip(
-                    amount_units, numbers["count_30d"].scaled.tolist(), numbers["sum_30d"].scaled.tolist(), strict=True
-                )
-            ]
-            # A ratio to a tiny mean can leave int64's range: then the column holds Python ints (exact still).
-            exact_ratio = array(ratio) if max(map(abs, ratio), default=0) < _SAFE else np.array(ratio, dtype=object)
-            sums = numbers["sum_30d"].scaled
-            numbers["amount_to_mean_30d"] = Column(exact_ratio, 6, (numbers["count_30d"].scaled > 0) & (sums > 0))
+            counts, sums = numbers["count_30d"].scaled, numbers["sum_30d"].scaled
+            with_mean = (counts > 0) & (sums > 0)
+            exact_ratio: npt.NDArray[Any]
+            if largest * (int(counts.max()) * 2_000_000 + 1) + int(np.abs(sums).max()) < _SAFE:
+                # Every numerator fits int64 (the usual case): the same floor division, vectorised.
+                divisor = 2 * np.where(with_mean, sums, 1)
+                exact_ratio = np.where(with_mean, (2 * units * counts * 1_000_000 + divisor // 2) // divisor, 0)
+            else:
+                ratio = [
+                    ((2 * u * c * 1_000_000 + s) // (2 * s)) if c and s > 0 else 0
+                    for u, c, s in zip(amount_units, counts.tolist(), sums.tolist(), strict=True)
+                ]
+                # A ratio to a tiny mean can leave int64's range: then the column holds Python ints (exact still).
+                exact_ratio = array(ratio) if max(map(abs, ratio), default=0) < _SAFE else np.array(ratio, dtype=object)
+            numbers["amount_to_mean_30d"] = Column(exact_ratio, 6, with_mean)
             window_names.append("amount_to_mean_30d")
     if "merchant_used_before" in needed:
         pair_codes, pairs = _codes([(t.account_id, t.merchant_id) for t in transactions])
@@ -775,7 +918,8 @@ def _merchant_columns(
     new_groups = np.where(known, codes, len(distinct))  # transactions without a merchant in a group of their own
     new = _Entries(new_groups, relative, ones, units, span)
     # A merchant is there when deciding a transaction if it was given, or an earlier transaction added it.
-    earlier, _ = new.between(new_groups, np.zeros(n, np.int64), relative)
+    order = np.argsort(new_groups, kind="stable")  # by merchant, then time (_Entries.between)
+    earlier, _ = new.between(new_groups, np.zeros(n, np.int64), relative, order)
     given = np.array([m is not None and m in merchants for m in distinct] + [False])[new_groups]
     present = known & (given | (earlier > 0))
     stored_groups: list[int] = []
@@ -833,12 +977,15 @@ def _merchant_columns(
 
         def whole_days(first: IntArray, until: IntArray) -> IntArray:
             """features.Timeline.whole_days' count: stored per-day counts plus the new transactions."""
-            c, _ = day_totals.between(new_groups, first - day_low, until - day_low)
-            added, _ = new.between(new_groups, first * DAY_MS - low_time, until * DAY_MS - low_time)
+            c, _ = day_totals.between(new_groups, first - day_low, until - day_low, order)
+            added, _ = new.between(new_groups, first * DAY_MS - low_time, until * DAY_MS - low_time, order)
             return c + added
 
     if not needed.isdisjoint(MERCHANT_DAY_FEATURES):
-        today = stored.between(new_groups, day_start, relative)[0] + new.between(new_groups, day_start, relative)[0]
+        today = (
+            stored.between(new_groups, day_start, relative, order)[0]
+            + new.between(new_groups, day_start, relative, order)[0]
+        )
         for name, width in DAY_WINDOWS:
             numbers[f"merchant_count_{name}"] = Column(whole_days(day - width + 1, day) + today, 0, present)
             names.append(f"merchant_count_{name}")
@@ -854,8 +1001,8 @@ def _merchant_columns(
     for name, width in WINDOWS:
         if f"merchant_count_{name}" not in needed and f"merchant_sum_{name}" not in needed:
             continue
-        c1, s1 = stored.between(new_groups, relative - width + 1, relative)
-        c2, s2 = new.between(new_groups, relative - width + 1, relative)
+        c1, s1 = stored.between(new_groups, relative - width + 1, relative, order)
+        c2, s2 = new.between(new_groups, relative - width + 1, relative, order)
         numbers[f"merchant_count_{name}"] = Column(c1 + c2, 0, present)
         numbers[f"merchant_sum_{name}"] = Column(s1 + s2, 4, present)
         names += [f"merchant_count_{name}", f"merchant_sum_{name}"]

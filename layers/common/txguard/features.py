@@ -108,6 +108,14 @@ def merchant_reach_ms(needed: frozenset[str]) -> int:
 # A feature is a number (None: missing); a str is a text field's value (rule_engine), read by rules, never stored.
 FeatureValue = Decimal | int | str | None
 Features = dict[str, FeatureValue]
+# What deciding reads of one transaction's features: a Features dict, or a row read from a chunk's columns on
+# demand (feature_columns.FeatureRow), with the same keys and values.
+FeatureReader = Mapping[str, FeatureValue]
+
+
+def model_score_feature(model_score: float) -> Decimal:
+    """`model_score` as rules read it: the shortest decimal that gives back the same double (repr)."""
+    return Decimal(repr(model_score))
 
 
 @dataclass(frozen=True)

@@ -161,9 +161,18 @@ def _store(
         judged = outcomes.answer(asked, rule_snoozes.snoozes_and_items_from_json(locked.also, asked.wanted))
         in_lists = judged.in_lists
         # Positional: no stored model scores (the champion scores), then the lists' memberships and the snoozes.
-        # Each decided row carries the JSON of the features stored with it (those the detector read).
+        # Each decided row carries the JSON of the features stored with it (those the detector read), and no
+        # features dict: only the decision and that JSON are stored.
         decided = decisions_in_time_order(
-            new, stats, at_merchants, detector, None, in_lists, judged.snoozed, record=tuple(sorted(needed))
+            new,
+            stats,
+            at_merchants,
+            detector,
+            None,
+            in_lists,
+            judged.snoozed,
+            record=tuple(sorted(needed)),
+            keep_features=False,
         )
         if judged.matches:
             decided = (d._replace(decision=judged.judge(d.transaction, d.decision)) for d in decided)

@@ -43,6 +43,7 @@ from txguard.features import (
     COUNT_IN_CURRENCY,
     MODEL_SCORE,
     RULE_FEATURES,
+    FeatureReader,
     Features,
     FeatureValue,
     list_feature,
@@ -88,7 +89,7 @@ COLUMN_ROWS = 8
 
 # A compiled condition returns None when it does not hold, else the sentences explaining why it does;
 # it is given the features, the merchant id and the currency of the transaction.
-Explainer = Callable[[Features, str | None, str], list[str] | None]
+Explainer = Callable[[FeatureReader, str | None, str], list[str] | None]
 
 
 # What an explanation of a rule of each action starts with (a rule of action `score` explains its finding only).
@@ -182,10 +183,12 @@ class CompiledRuleSet:
     def decide_columns(
         self,
         columns: ColumnSource,
-        items: Sequence[tuple[Features, str | None, str]],
+        items: Sequence[tuple[FeatureReader, str | None, str]],
         snoozed: Sequence[Snoozed | None] | None = None,
     ) -> list[Decision]:
-        """decide_batch for a chunk whose features are also given as `columns` (the same rows, in order)."""
+        """decide_batch for a chunk whose features are also given as `columns` (the same rows, in order): an
+        item's features are read only where some rule may fire (items may make them when read:
+        feature_columns.ColumnItems)."""
         if len(items) < COLUMN_ROWS:
             decide_one = self.decide
             if snoozed is None:
@@ -204,7 +207,7 @@ class CompiledRuleSet:
         return decisions
 
     def decide(
-        self, features: Features, merchant_id: str | None, currency: str, snoozed: Snoozed | None = None
+        self, features: FeatureReader, merchant_id: str | None, currency: str, snoozed: Snoozed | None = None
     ) -> Decision:
         """The decision for one transaction's features (steps 3-6 of the precedence, without a champion); amounts
         in its explanations in `currency`'s minor units. A rule in `snoozed` (rule id -> the snooze in words)
@@ -214,7 +217,7 @@ class CompiledRuleSet:
     def _decide(
         self,
         rules: Sequence[_CompiledRule],
-        features: Features,
+        features: FeatureReader,
         merchant_id: str | None,
         currency: str,
         snoozed: Snoozed | None = None,
@@ -284,7 +287,7 @@ def _compile(condition: Condition) -> Explainer:
     if isinstance(condition, AllOf):
         parts = [_compile(c) for c in condition.all]
 
-        def all_hold(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
+        def all_hold(features: FeatureReader, merchant_id: str | None, currency: str) -> list[str] | None:
             sentences: list[str] = []
             for part in parts:
                 found = part(features, merchant_id, currency)
@@ -297,7 +300,7 @@ def _compile(condition: Condition) -> Explainer:
     if isinstance(condition, AnyOf):
         choices = [_compile(c) for c in condition.any]
 
-        def any_holds(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
+        def any_holds(features: FeatureReader, merchant_id: str | None, currency: str) -> list[str] | None:
             for choice in choices:
                 found = choice(features, merchant_id, currency)
                 if found is not None:
@@ -315,7 +318,7 @@ def _compile_text(comparison: Comparison) -> Explainer:
         key, member = list_feature(comparison.list_name), comparison.op == "in list"
         words = f"is in list {comparison.list_name}" if member else f"is not in list {comparison.list_name}"
 
-        def in_list(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
+        def in_list(features: FeatureReader, merchant_id: str | None, currency: str) -> list[str] | None:
             found = features.get(key)
             if found is None or bool(found) != member:
                 return None
@@ -326,7 +329,7 @@ def _compile_text(comparison: Comparison) -> Explainer:
         values, member = frozenset(comparison.values), comparison.op == "in"
         words = f"{'is in' if member else 'is not in'} {', '.join(comparison.values)}"
 
-        def among(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
+        def among(features: FeatureReader, merchant_id: str | None, currency: str) -> list[str] | None:
             value = features.get(field)
             if value is None or (value in values) != member:
                 return None
@@ -336,7 +339,7 @@ def _compile_text(comparison: Comparison) -> Explainer:
     text, equal = comparison.text, comparison.op == "="
     words = f"{'is' if equal else 'is not'} {text}"
 
-    def matches(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
+    def matches(features: FeatureReader, merchant_id: str | None, currency: str) -> list[str] | None:
         value = features.get(field)
         if value is None or (value == text) != equal:
             return None
@@ -361,7 +364,7 @@ def _compile_comparison(comparison: Comparison) -> Explainer:
         tail = f" {_OPERATOR_WORDS[comparison.op]} {times}"
         describe_right = _describer(other, left=False)
 
-    def holds(features: Features, merchant_id: str | None, currency: str) -> list[str] | None:
+    def holds(features: FeatureReader, merchant_id: str | None, currency: str) -> list[str] | None:
         left = features.get(feature)
         if left is None:
             return None
@@ -383,7 +386,7 @@ def _compile_comparison(comparison: Comparison) -> Explainer:
     return holds
 
 
-def _describer(name: str, left: bool = True) -> Callable[[Features, str | None, str], str]:
+def _describer(name: str, left: bool = True) -> Callable[[FeatureReader, str | None, str], str]:
     """How a feature and its value read: "amount 912.00" on the left, "the mean of the 48 previous
     transactions (41.20)" on either side, e.g. "amount 912.00 is more than 3 × the mean of ... (41.20)";
     amounts in the currency's minor units."""
@@ -394,7 +397,7 @@ def _describer(name: str, left: bool = True) -> Callable[[Features, str | None, 
     if name == "amount" and left:
         return lambda features, merchant_id, currency: f"amount {show(features.get(name), currency)}"
 
-    def describe(features: Features, merchant_id: str | None, currency: str) -> str:
+    def describe(features: FeatureReader, merchant_id: str | None, currency: str) -> str:
         if needs_format:
             count = features.get(COUNT_IN_CURRENCY, features.get("count")) if info.money else features.get("count")
             text = label.format(count=count, merchant_id=merchant_id)

@@ -32,8 +32,16 @@ import psycopg2.extensions
 
 from txguard.currencies import money
 from txguard.domain import Decision, Outcome, Reason
-from txguard.feature_columns import FeatureSource, RowColumns, WithModelScore
-from txguard.features import COUNT_IN_CURRENCY, FEATURES, MODEL_SCORE, Features, FeatureValue, window_reach_ms
+from txguard.feature_columns import FeatureSource, RowColumns
+from txguard.features import (
+    COUNT_IN_CURRENCY,
+    FEATURES,
+    FeatureReader,
+    Features,
+    FeatureValue,
+    model_score_feature,
+    window_reach_ms,
+)
 from txguard.models import artifact_store
 from txguard.models.artifact import CorruptArtifact, decode_artifact
 from txguard.models.artifact_store import ArtifactUnavailable
@@ -77,11 +85,6 @@ def combined_score(rules_score: Decimal, model_score: float | None) -> Decimal:
     p = Decimal(repr(model_score))
     keep = _EXACT.multiply(1 - p, 1 - rules_score)
     return (1 - keep).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
-
-
-def model_score_feature(model_score: float) -> Decimal:
-    """`model_score` as rules read it: the shortest decimal that gives back the same double."""
-    return Decimal(repr(model_score))
 
 
 def with_stored_model(by_rules: Decision, stored: Decision, rules: CompiledRuleSet) -> Decision:
@@ -173,14 +176,16 @@ class ModelDetector:
     def decide_columns(
         self,
         columns: FeatureSource,
-        items: Sequence[tuple[Features, str | None, str]],
+        items: Sequence[tuple[FeatureReader, str | None, str]],
         snoozed: Sequence[Snoozed | None] | None = None,
     ) -> list[Decision]:
         """decide_batch for a chunk whose features are also given as `columns` (the same rows, in order): the
-        models score the columns' matrix; the rules' predicates read them (rule_engine.decide_columns)."""
+        models score the columns' matrix, the champion's scores are added to the columns as `model_score`
+        (FeatureSource.add_model_scores: in each dict of RowColumns), and the rules' predicates read them
+        (rule_engine.decide_columns). An item's features are read only where a rule or the champion explains."""
         shadow_scores: list[dict[int, float]] | None = None
         if self.shadows:
-            shadow_scores = [{} for _ in items]
+            shadow_scores = [{} for _ in range(len(items))]  # items may make each row when read
             for shadow in self.shadows:
                 scores = shadow.model.score_matrix(columns.matrix(shadow.features))
                 for row, shadow_score in zip(shadow_scores, scores, strict=True):
@@ -200,9 +205,8 @@ class ModelDetector:
         explain_at = block_at if rules.model_review_threshold is None else min(block_at, rules.model_review_threshold)
         matrix = columns.matrix(champion.features)
         probabilities = champion.model.score_matrix(matrix)
-        for (features, _, _), p in zip(items, probabilities, strict=True):
-            features[MODEL_SCORE] = model_score_feature(p)
-        by_rules_all = rules.decide_columns(WithModelScore(columns, probabilities), items, snoozed)
+        columns.add_model_scores(probabilities)
+        by_rules_all = rules.decide_columns(columns, items, snoozed)
         # The decisions the champion flags are explained together: one TreeSHAP call for the chunk.
         flagged = [i for i, p in enumerate(probabilities) if p >= explain_at]
         contributions = champion.model.contributions_matrix(matrix[flagged])
@@ -211,9 +215,7 @@ class ModelDetector:
         quiet_scores, quiet_outcomes = self._quiet(probabilities, block_at)
         nothing_found = rules.nothing_found
         decisions = []
-        for i, (features, merchant_id, currency) in enumerate(items):
-            p = probabilities[i]
-            by_rules = by_rules_all[i]
+        for i, (p, by_rules) in enumerate(zip(probabilities, by_rules_all, strict=True)):
             reasons = by_rules.reasons
             if by_rules is nothing_found and p < explain_at:
                 score, outcome = quiet_scores[i], quiet_outcomes[i]
@@ -221,6 +223,7 @@ class ModelDetector:
                 score = combined_score(by_rules.score, p)
                 outcome = rules.outcome(by_rules.score, rules.actions_fired(reasons), p, block_at)
                 if p >= explain_at:
+                    features, merchant_id, currency = items[i]
                     reason = self._model_reason(champion, p, block_at, explained[i], features, merchant_id, currency)
                     reasons = (*reasons, reason)
             decisions.append(
@@ -286,7 +289,7 @@ class ModelDetector:
         p: float,
         block_at: float,
         contributions: Sequence[float],
-        features: Features,
+        features: FeatureReader,
         merchant_id: str | None,
         currency: str,
     ) -> Reason:
@@ -315,7 +318,7 @@ class ModelDetector:
         return Reason(model_reason_id(champion.version), "model", weight, sentence)
 
 
-def describe_value(name: str, features: Features, merchant_id: str | None, currency: str) -> str:
+def describe_value(name: str, features: FeatureReader, merchant_id: str | None, currency: str) -> str:
     """A feature and its value in words, as explanations write them: "amount 312.00 EUR", "the number of
     transactions in the previous 24 hours (7)"; money in the currency's decimal places."""
     info = FEATURES[name]
