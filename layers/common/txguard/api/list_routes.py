@@ -19,9 +19,11 @@ from txguard import list_service as service
 from txguard import lists
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import json_response
+from txguard.api.response_size import page_response
 from txguard.api.schemas import integer_text
 from txguard.attributes import ListKind
 from txguard.intake import TIMESTAMP_SCHEMA
+from txguard.storage.lists import encode_cursor
 
 router = Router()
 
@@ -326,7 +328,9 @@ def list_items(
     cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:
     page = service.list_item_page(name, value, limit, cursor)
-    return json_response(200, {"items": [i.as_json() for i in page.items], "next_cursor": page.next_cursor})
+    return page_response(
+        "items", page.items, lambda i: i.as_json(), page.next_cursor, lambda i: encode_cursor("i", i.value)
+    )
 
 
 @router.get(
@@ -346,7 +350,9 @@ def list_changes(
     cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:
     page = service.list_change_page(name, value, limit, cursor)
-    return json_response(200, {"changes": [c.as_json() for c in page.items], "next_cursor": page.next_cursor})
+    return page_response(
+        "changes", page.items, lambda c: c.as_json(), page.next_cursor, lambda c: encode_cursor("c", c.change_id)
+    )
 
 
 def _bounded(items: list[Any], field: str) -> None:
