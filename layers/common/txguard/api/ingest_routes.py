@@ -30,7 +30,7 @@ from txguard.api.errors import (
     validation_details,
 )
 from txguard.api.resolver import PER_ITEM_PATH, BodyRejected, parse_json
-from txguard.api.response_size import downgraded, fits, page_response, write_response
+from txguard.api.response_size import PAGE_DESCRIPTION, downgraded, fits, page_response, write_response
 from txguard.api.schemas import (
     DecisionsResponse,
     ListResponse,
@@ -292,7 +292,7 @@ def _per_item_items(document: dict[str, Any]) -> list[Any]:
     "/store_data",
     summary="List stored transactions with their decisions, oldest first",
     responses={
-        200: {"description": "a page", "content": {"application/json": {"model": ListResponse}}},
+        200: {"description": PAGE_DESCRIPTION, "content": {"application/json": {"model": ListResponse}}},
         **_LIST_ERRORS,
     },
 )

@@ -32,6 +32,12 @@ FORM_HEADER = "Txguard-Response-Form"
 # On a page cut by bytes before `limit` items: `size`.
 PAGE_CUT_HEADER = "Txguard-Page-Cut"
 
+# The OpenAPI description of a page's 200 answer.
+PAGE_DESCRIPTION = (
+    "a page: at most `limit` items, and at most what fits in Lambda's response limit (then fewer, with the header "
+    "Txguard-Page-Cut: size); next_cursor continues right after the last item sent, null on the last page"
+)
+
 T = TypeVar("T")
 
 
@@ -42,8 +48,14 @@ def wire_size(text: str) -> int:
 
 
 def result_size(result: dict[str, Any]) -> int:
-    """Bytes of a whole proxy result as the runtime sends it (what Lambda compares with LAMBDA_RESPONSE_LIMIT)."""
-    return len(json.dumps(result, default=str))
+    """Bytes of a whole proxy result as the runtime sends it (what Lambda compares with LAMBDA_RESPONSE_LIMIT); for
+    a result that cannot be near the limit, an upper bound of them (no character takes more than 12 bytes)."""
+    body = result.get("body")
+    text = body if isinstance(body, str) else ""
+    envelope = len(json.dumps({**result, "body": ""}, default=str))
+    if envelope + 12 * len(text) <= LAMBDA_RESPONSE_LIMIT:
+        return envelope + 12 * len(text)
+    return envelope + wire_size(text) if isinstance(body, str) else len(json.dumps(result, default=str))
 
 
 def fits(text: str) -> bool:
