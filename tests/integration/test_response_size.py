@@ -33,12 +33,18 @@ def runner(database: Database) -> Iterator[FunctionRunner]:
     yield FunctionRunner(project_template(), database_url=database.service_url)
 
 
-def documented(method: str, path: str, status: int, body: Any) -> None:
-    """`body` validates against the document's schema of this operation's answer."""
-    content = DOCUMENT["paths"][path][method.lower()]["responses"][str(status)]["content"]
-    schema = {**content["application/json"]["schema"], "components": DOCUMENT["components"]}
+def documented(method: str, path: str, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    """`body` validates against the document's schema of this operation's answer, and `headers` (when given)
+    hold every header it says is required, each of a documented value."""
+    answer = DOCUMENT["paths"][path][method.lower()]["responses"][str(status)]
+    schema = {**answer["content"]["application/json"]["schema"], "components": DOCUMENT["components"]}
     errors = sorted(Draft202012Validator(schema).iter_errors(body), key=lambda e: list(e.path))
     assert not errors, f"{method} {path} {status}: {errors[0].message} at {list(errors[0].path)[:4]}"
+    for name, header in answer.get("headers", {}).items() if headers is not None else ():
+        if header.get("required"):
+            assert name in headers, (method, path, status, name)
+        if name in headers:
+            assert headers[name] in header["schema"]["enum"], (method, path, status, name, headers[name])
 
 
 def send(
@@ -102,7 +108,7 @@ def test_a_batch_whose_full_answer_would_not_fit_is_stored_once_and_answered_in_
     assert notice["full_bytes"] > LAMBDA_RESPONSE_LIMIT == notice["limit_bytes"] > size
     assert [r["transaction_id"] for r in body["results"]] == list(range(1, BIG_BATCH + 1))
     assert {(r["status"], r["outcome"]) for r in body["results"]} == {("stored", "block")}
-    documented("POST", "/store_data", 201, body)
+    documented("POST", "/store_data", 201, body, headers)
     assert database.query("SELECT count(*) FROM transactions") == [(BIG_BATCH,)]
 
     # A retry: the same answer, as duplicates; nothing stored twice.
@@ -115,7 +121,7 @@ def test_a_batch_whose_full_answer_would_not_fit_is_stored_once_and_answered_in_
     # Asked for, the decisions form is not a downgrade.
     status, headers, asked, _ = send(runner, "IngestFunction", "store_data.json", batch, {"response": "decisions"})
     assert (status, headers[FORM_HEADER], "downgraded" in asked) == (201, "decisions", False)
-    documented("POST", "/store_data", 201, asked)
+    documented("POST", "/store_data", 201, asked, headers)
 
     # A batch that fits is answered in full, and says so.
     status, headers, small, _ = send(
@@ -123,7 +129,7 @@ def test_a_batch_whose_full_answer_would_not_fit_is_stored_once_and_answered_in_
     )
     assert (status, headers[FORM_HEADER], "downgraded" in small) == (201, "full", False)
     assert small["results"][0]["transaction"]["metadata"] == batch["transactions"][0]["metadata"]
-    documented("POST", "/store_data", 201, small)
+    documented("POST", "/store_data", 201, small, headers)
 
     # The listing and the account view: pages cut by bytes, the cursor reading the rest, every item once.
     for function, event_name, route, key, query, path in (
@@ -145,7 +151,7 @@ def test_a_batch_whose_full_answer_would_not_fit_is_stored_once_and_answered_in_
             page_query = {**query, "limit": "1000", **({"cursor": cursor} if cursor else {})}
             status, headers, page, size = send(runner, function, event_name, query=page_query, path=path)
             assert status == 200, page
-            documented("GET", route, 200, page)
+            documented("GET", route, 200, page, headers)
             pages += 1
             seen += [item["transaction_id"] for item in page[key]]
             cursor = page["next_cursor"]
@@ -175,7 +181,7 @@ def test_a_per_item_batch_whose_full_answer_would_not_fit_answers_207_in_the_dec
         "outcome": body["results"][0]["outcome"],
         "score": body["results"][0]["score"],
     }
-    documented("POST", "/store_data", 207, body)
+    documented("POST", "/store_data", 207, body, headers)
     assert database.query("SELECT count(*) FROM transactions") == [(BIG_BATCH,)]
 
     status, headers, again, _ = send(runner, "IngestFunction", "store_data.json", {"transactions": items}, query)
@@ -194,7 +200,7 @@ def test_the_compact_and_full_207_answers_match_the_document(runner: FunctionRun
         )
         assert (status, headers[FORM_HEADER], "downgraded" in body) == (207, form, False)
         assert [r["status"] for r in body["results"]] in (["stored", "refused"], ["duplicate", "refused"])
-        documented("POST", "/store_data", 207, body)
+        documented("POST", "/store_data", 207, body, headers)
     compact = {"index": 0, "transaction_id": 9202, "status": "stored", "outcome": "allow", "score": "0.0500"}
     documented("POST", "/store_data", 207, {"results": [compact]})
     with pytest.raises(AssertionError):  # the document is strict enough to tell a wrong shape
@@ -217,7 +223,7 @@ def test_refused_items_whose_details_would_not_fit_are_listed_with_their_first_p
     assert len(refused) == 60
     assert all(len(r["error"]["details"]) == 1 and r["error"]["details_total"] == 100 for r in refused)
     assert body["results"][-1]["status"] == "stored"
-    documented("POST", "/store_data", 207, body)
+    documented("POST", "/store_data", 207, body, headers)
     assert database.query("SELECT transaction_id FROM transactions") == [(1000,)]
 
 
@@ -244,7 +250,7 @@ def test_labels_whose_full_answer_would_not_fit_are_stored_once_and_answered_by_
     assert body["downgraded"]["full_bytes"] > LAMBDA_RESPONSE_LIMIT
     assert {r["status"] for r in body["results"]} == {"stored"}
     assert [r["in_force"] for r in body["results"]] == [False] * (LABEL_BATCH - 1) + [True]
-    documented("POST", "/labels", 201, body)
+    documented("POST", "/labels", 201, body, headers)
     assert database.query("SELECT count(*) FROM labels") == [(LABEL_BATCH,)]
 
     status, headers, again, _ = send(runner, "IngestFunction", "labels.json", {"labels": labels})
@@ -255,17 +261,17 @@ def test_labels_whose_full_answer_would_not_fit_are_stored_once_and_answered_by_
 
     status, headers, small, _ = send(runner, "IngestFunction", "labels.json", {"labels": labels[:2]})
     assert (status, headers[FORM_HEADER], small["results"][0]["label"]["reason"]) == (201, "full", EMOJI * 200)
-    documented("POST", "/labels", 201, small)
+    documented("POST", "/labels", 201, small, headers)
     status, headers, ids, _ = send(runner, "IngestFunction", "labels.json", {"labels": labels[:2]}, {"response": "ids"})
     assert (status, headers[FORM_HEADER], "downgraded" in ids) == (201, "ids", False)
-    documented("POST", "/labels", 201, ids)
+    documented("POST", "/labels", 201, ids, headers)
 
     # The largest page of one transaction's labels fits whole (1,000 of the longest reasons).
     status, headers, page, _ = send(
         runner, "IngestFunction", "labels_list.json", query={"transaction_id": "1", "limit": "1000"}
     )
     assert status == 200 and len(page["labels"]) == 1000 and PAGE_CUT_HEADER not in headers
-    documented("GET", "/labels", 200, page)
+    documented("GET", "/labels", 200, page, headers)
 
 
 def test_a_list_audit_page_is_cut_by_bytes_and_the_largest_items_page_fits(
@@ -289,7 +295,7 @@ def test_a_list_audit_page_is_cut_by_bytes_and_the_largest_items_page_fits(
             runner, "ListsFunction", "list_changes.json", query=query, path={"name": "devices"}
         )
         assert status == 200, page
-        documented("GET", "/lists/{name}/changes", 200, page)
+        documented("GET", "/lists/{name}/changes", 200, page, headers)
         changes += page["changes"]
         cut.append(headers.get(PAGE_CUT_HEADER))
         cursor = page["next_cursor"]
@@ -304,7 +310,7 @@ def test_a_list_audit_page_is_cut_by_bytes_and_the_largest_items_page_fits(
         runner, "ListsFunction", "list_items.json", query={"limit": "1000"}, path={"name": "devices"}
     )
     assert status == 200 and len(page["items"]) == 1000 and PAGE_CUT_HEADER not in headers
-    documented("GET", "/lists/{name}/items", 200, page)
+    documented("GET", "/lists/{name}/items", 200, page, headers)
 
 
 def test_the_local_runner_turns_a_result_over_the_limit_into_lambdas_error(tmp_path: Any) -> None:

@@ -11,7 +11,7 @@ from pydantic import BeforeValidator
 
 from txguard import literals, service
 from txguard.api.errors import COMMON_ERRORS, documented_errors
-from txguard.api.response_size import PAGE_DESCRIPTION, page_response
+from txguard.api.response_size import PAGE_DESCRIPTION, PAGE_HEADERS, page_response
 from txguard.api.schemas import IsFraudResponse, integer_text
 from txguard.domain import Outcome
 from txguard.intake import INT64_MAX
@@ -26,7 +26,11 @@ router = Router()
     "/is_fraud/<account>",
     summary="An account's flagged (or reviewed, or allowed) transactions, newest first, with scores and reasons",
     responses={
-        200: {"description": PAGE_DESCRIPTION, "content": {"application/json": {"model": IsFraudResponse}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": IsFraudResponse}},
+        },
         **documented_errors(
             {
                 **COMMON_ERRORS,

@@ -30,7 +30,15 @@ from txguard.api.errors import (
     validation_details,
 )
 from txguard.api.resolver import PER_ITEM_PATH, BodyRejected, parse_json
-from txguard.api.response_size import PAGE_DESCRIPTION, downgraded, fits, page_response, write_response
+from txguard.api.response_size import (
+    PAGE_DESCRIPTION,
+    PAGE_HEADERS,
+    downgraded,
+    fits,
+    form_headers,
+    page_response,
+    write_response,
+)
 from txguard.api.schemas import (
     DecisionsResponse,
     ListResponse,
@@ -129,11 +137,13 @@ _LIST_ERRORS = documented_errors({**COMMON_ERRORS, 422: "a query parameter is in
             "description": "stored: one result per transaction, in request order (the compact form with "
             "`response=decisions`, or with `downgraded` when the full form would not fit)",
             "content": {"application/json": {"model": StoreResponse | DecisionsResponse}},
+            "headers": form_headers("full", "decisions"),
         },
         207: {
             "description": "atomic=false and at least one item refused: one result per item, stored (in the form "
             "asked, or the decisions form with `downgraded` when that would not fit) or refused",
             "content": {"application/json": {"model": PartialStoreResponse}},
+            "headers": form_headers("full", "decisions"),
         },
         **_STORE_ERRORS,
     },
@@ -292,7 +302,11 @@ def _per_item_items(document: dict[str, Any]) -> list[Any]:
     "/store_data",
     summary="List stored transactions with their decisions, oldest first",
     responses={
-        200: {"description": PAGE_DESCRIPTION, "content": {"application/json": {"model": ListResponse}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": ListResponse}},
+        },
         **_LIST_ERRORS,
     },
 )

@@ -13,7 +13,15 @@ from pydantic import BaseModel, Discriminator, Field, Tag
 
 from txguard import service
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
-from txguard.api.response_size import PAGE_DESCRIPTION, downgraded, fits, page_response, write_response
+from txguard.api.response_size import (
+    PAGE_DESCRIPTION,
+    PAGE_HEADERS,
+    downgraded,
+    fits,
+    form_headers,
+    page_response,
+    write_response,
+)
 from txguard.api.schemas import Downgraded, integer_text
 from txguard.intake import INT64_MAX, INT64_MIN
 from txguard.label_intake import MAX_LABEL_BATCH, LabelBatch, LabelIn
@@ -96,6 +104,7 @@ class LabelListResponse(BaseModel):
             "or when the full form would pass the response limit: see `downgraded`; the Txguard-Response-Form "
             "header names the form)",
             "content": {"application/json": {"model": LabelStoreResponse | LabelIdsResponse}},
+            "headers": form_headers("full", "ids"),
         },
         **documented_errors(
             {
@@ -142,7 +151,11 @@ def store_labels(
     "/labels",
     summary="A transaction's or an account's labels, in order of receipt, each saying whether it is in force",
     responses={
-        200: {"description": PAGE_DESCRIPTION, "content": {"application/json": {"model": LabelListResponse}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": LabelListResponse}},
+        },
         **documented_errors(
             {**COMMON_ERRORS, 422: "a query parameter is invalid, or neither or both of transaction_id and account_id"}
         ),

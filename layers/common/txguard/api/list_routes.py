@@ -19,7 +19,7 @@ from txguard import list_service as service
 from txguard import lists
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import json_response
-from txguard.api.response_size import PAGE_DESCRIPTION, page_response
+from txguard.api.response_size import PAGE_DESCRIPTION, PAGE_HEADERS, page_response
 from txguard.api.schemas import integer_text
 from txguard.attributes import ListKind
 from txguard.intake import TIMESTAMP_SCHEMA
@@ -317,7 +317,11 @@ def remove_item(
     "/lists/<name>/items",
     summary="A list's items in order of value (expired ones included, marked inactive)",
     responses={
-        200: {"description": PAGE_DESCRIPTION, "content": {"application/json": {"model": ItemsPage}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": ItemsPage}},
+        },
         **documented_errors({**COMMON_ERRORS, **_NOT_FOUND, 422: "a query parameter is invalid"}),
     },
 )
@@ -337,7 +341,11 @@ def list_items(
     "/lists/<name>/changes",
     summary="A list's audit: every change, in order, with who and when",
     responses={
-        200: {"description": PAGE_DESCRIPTION, "content": {"application/json": {"model": ChangesPage}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": ChangesPage}},
+        },
         **documented_errors({**COMMON_ERRORS, **_NOT_FOUND, 422: "a query parameter is invalid"}),
     },
 )

@@ -38,6 +38,25 @@ PAGE_DESCRIPTION = (
     "Txguard-Page-Cut: size); next_cursor continues right after the last item sent, null on the last page"
 )
 
+PAGE_HEADERS: dict[str, Any] = {
+    PAGE_CUT_HEADER: {
+        "description": "`size` when the page holds fewer than `limit` items because more would not fit",
+        "schema": {"type": "string", "enum": ["size"]},
+    }
+}
+
+
+def form_headers(*forms: str) -> dict[str, Any]:
+    """The OpenAPI `headers` of a write's answer: FORM_HEADER, one of `forms`."""
+    return {
+        FORM_HEADER: {
+            "description": "the form of the results: the one asked for, or a more compact one (see `downgraded`)",
+            "required": True,
+            "schema": {"type": "string", "enum": list(forms)},
+        }
+    }
+
+
 T = TypeVar("T")
 
 
