@@ -40,3 +40,26 @@ def test_a_page_is_cut_where_the_next_item_would_pass_the_budget(monkeypatch: py
     monkeypatch.setattr(response_size, "BODY_BUDGET", 10**6)
     whole = page_response("items", items, dict, "the-end", lambda item: f"after-{item['id']}")
     assert json.loads(whole.body)["next_cursor"] == "the-end" and PAGE_CUT_HEADER not in whole.headers
+
+
+def test_the_generators_sink_counts_flagged_transactions_in_either_form_of_the_answer() -> None:
+    from txguard_generator.sinks import _outcome
+
+    full = {
+        "results": [
+            {"transaction_id": 1, "status": "stored", "decision": {"fraud": True, "outcome": "block"}},
+            {"transaction_id": 2, "status": "stored", "decision": {"fraud": False, "outcome": "review"}},
+            {"transaction_id": 3, "status": "duplicate", "decision": {"fraud": True, "outcome": "block"}},
+        ]
+    }
+    compact = {
+        "results": [
+            {"transaction_id": 1, "status": "stored", "outcome": "block", "score": "0.9000"},
+            {"transaction_id": 2, "status": "stored", "outcome": "review", "score": "0.6000"},
+            {"transaction_id": 3, "status": "duplicate", "outcome": "block", "score": "0.9000"},
+        ],
+        "downgraded": {"code": "response_too_large"},
+    }
+    for answer in (full, compact):
+        counted = _outcome(answer, 3)
+        assert (counted.stored, counted.duplicates, counted.flagged) == (2, 1, 1)
