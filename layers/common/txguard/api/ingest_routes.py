@@ -33,6 +33,7 @@ from txguard.api.resolver import PER_ITEM_PATH, BodyRejected, parse_json
 from txguard.api.response_size import (
     PAGE_DESCRIPTION,
     PAGE_HEADERS,
+    committed_answer,
     downgraded,
     fits,
     form_headers,
@@ -173,18 +174,13 @@ def store_data(
     # Publishing alerts after the commit stops short of the invocation's end (None outside Lambda).
     remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
     results = service.store(transactions, remaining_ms)
-    if response == "decisions":
-        return write_response(201, orjson.dumps({"results": store_decisions_json(results)}).decode(), "decisions")
-    full = orjson.dumps({"results": store_results_json(results)}).decode()
-    if fits(full):
-        return write_response(201, full, "full")
-    # Stored and committed: the answer must still arrive, so in the form that fits (a retry would get the same).
-    notice = downgraded("full", "decisions", full)
-    logger.warning(
-        "the full answer is too large; answered in the decisions form", extra={"bytes": notice["full_bytes"]}
+    return committed_answer(
+        201,
+        response,
+        "decisions",
+        lambda: {"results": store_results_json(results)},
+        lambda: {"results": store_decisions_json(results)},
     )
-    compact = {"results": store_decisions_json(results), "downgraded": notice}
-    return write_response(201, orjson.dumps(compact).decode(), "decisions")
 
 
 def _check_batch_size(size: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
@@ -16,16 +15,13 @@ from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.response_size import (
     PAGE_DESCRIPTION,
     PAGE_HEADERS,
-    downgraded,
-    fits,
+    committed_answer,
     form_headers,
     page_response,
-    write_response,
 )
 from txguard.api.schemas import Downgraded, integer_text
 from txguard.intake import INT64_MAX, INT64_MIN
 from txguard.label_intake import MAX_LABEL_BATCH, LabelBatch, LabelIn
-from txguard.observability import logger
 from txguard.presenters import label_ids_json, label_json, label_results_json
 from txguard.storage.labels import encode_cursor
 
@@ -136,15 +132,13 @@ def store_labels(
             [{"index": None, "field": "labels", "value": len(items), "reason": f"at most {MAX_LABEL_BATCH} items"}],
         )
     results = service.store_labels([item.label() for item in items])
-    if response == "ids":
-        return write_response(201, orjson.dumps({"results": label_ids_json(results)}).decode(), "ids")
-    full = orjson.dumps({"results": label_results_json(results)}).decode()
-    if fits(full):
-        return write_response(201, full, "full")
-    # Stored and committed: the answer must still arrive, so in the form that fits (a retry would get the same).
-    notice = downgraded("full", "ids", full)
-    logger.warning("the full answer is too large; answered in the ids form", extra={"bytes": notice["full_bytes"]})
-    return write_response(201, orjson.dumps({"results": label_ids_json(results), "downgraded": notice}).decode(), "ids")
+    return committed_answer(
+        201,
+        response,
+        "ids",
+        lambda: {"results": label_results_json(results)},
+        lambda: {"results": label_ids_json(results)},
+    )
 
 
 @router.get(

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import orjson
 from aws_lambda_powertools.event_handler import Response, content_types
 
+from txguard.observability import logger
+
 LAMBDA_RESPONSE_LIMIT = 6_291_556  # bytes of the invocation result, envelope included
 # Left for the envelope around the body: status, the headers (ours and Powertools'), isBase64Encoded. A proxy
 # result's envelope is a few hundred bytes; the rest is margin.
@@ -106,6 +108,26 @@ def write_response(status: int, text: str, form: str, headers: dict[str, str] | 
         body=text,
         headers={FORM_HEADER: form, **(headers or {})},
     )
+
+
+def committed_answer(
+    status: int,
+    asked: str,
+    compact_form: str,
+    full_body: Callable[[], dict[str, Any]],
+    compact_body: Callable[[], dict[str, Any]],
+) -> Response[str]:
+    """The answer to a write already committed, in the form `asked`; when that is the full form and it would not
+    fit, in `compact_form` with `downgraded` (the write is done: failing its answer would only make the client
+    retry into the same wall). The bodies are built only when needed."""
+    if asked == compact_form:
+        return write_response(status, orjson.dumps(compact_body()).decode(), compact_form)
+    full = orjson.dumps(full_body()).decode()
+    if fits(full):
+        return write_response(status, full, asked)
+    notice = downgraded(asked, compact_form, full)
+    logger.warning("the answer is too large in the form asked", extra={"bytes": notice["full_bytes"]})
+    return write_response(status, orjson.dumps({**compact_body(), "downgraded": notice}).decode(), compact_form)
 
 
 def page_response(
