@@ -173,8 +173,8 @@ class IsFraudResponse(BaseModel):
         description="transactions of the outcome asked for (flagged ones by default), newest first"
     )
     next_cursor: str | None = Field(
-        description="pass as `cursor` for the next page; null on the last. With recompute=true a page may hold fewer "
-        "events than `limit`, even none, while this is set"
+        description="pass as `cursor` for the next page; null on the last. A page may hold fewer events than `limit` "
+        "while this is set: cut by bytes (Txguard-Page-Cut: size), or with recompute=true, even none"
     )
     recomputed: bool = False
 
