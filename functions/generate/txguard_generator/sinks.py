@@ -241,7 +241,11 @@ def _outcome(answer: Any, expected: int) -> Outcome:
     for result in results:
         if result.get("status") == "stored":
             outcome.stored += 1
-            outcome.flagged += bool(result.get("decision", {}).get("fraud"))
+            # The full form's decision, or the decisions form's outcome (the answer to a batch whose full form would
+            # pass Lambda's response limit): flagged is blocked.
+            decision = result.get("decision")
+            flagged = decision.get("fraud") if isinstance(decision, dict) else result.get("outcome") == "block"
+            outcome.flagged += bool(flagged)
         else:
             outcome.duplicates += 1
     return outcome

@@ -161,3 +161,17 @@ def label_results_json(results: list[LabelResult]) -> list[dict[str, Any]]:
     return [
         {"transaction_id": r.label.transaction_id, "status": r.status, "label": label_json(r.label)} for r in results
     ]
+
+
+def label_ids_json(results: list[LabelResult]) -> list[dict[str, Any]]:
+    """The compact form of POST /labels' results (`response=ids`): per label sent, in request order,
+    `{"transaction_id", "status", "label_id", "in_force"}`."""
+    return [
+        {
+            "transaction_id": r.label.transaction_id,
+            "status": r.status,
+            "label_id": r.label.label_id,
+            "in_force": r.label.in_force,
+        }
+        for r in results
+    ]

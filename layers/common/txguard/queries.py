@@ -93,8 +93,12 @@ def list_transactions(
 def _page(items: list[DecidedTransaction], limit: int) -> Page:
     if len(items) <= limit:
         return Page(items, None)
-    last = items[limit - 1].transaction
-    return Page(items[:limit], encode_cursor(last.ts, last.transaction_id))
+    return Page(items[:limit], cursor_after(items[limit - 1]))
+
+
+def cursor_after(item: DecidedTransaction) -> str:
+    """The cursor of the page that continues after `item` (in the page's own order, either way in time)."""
+    return encode_cursor(item.transaction.ts, item.transaction.transaction_id)
 
 
 # GET /is_fraud?recompute=true re-decides at most this many of the account's transactions per request (plus any

@@ -179,6 +179,22 @@ class Invocation:
         return json.loads(self.output)
 
 
+# Lambda's limit on a synchronous invocation's result, counted as the runtime serialises it (python3.11: JSON with
+# every non-ASCII character escaped, which json.dumps does too). Over it, Lambda answers its own error instead of the
+# result, and API Gateway a 502, whatever the function did before returning: enforced here so that local runs and
+# tests meet the same wall.
+RESPONSE_LIMIT_BYTES = 6_291_556
+
+
+def too_large_error(size: int) -> dict[str, Any]:
+    """The payload Lambda returns instead of a result of `size` bytes, over RESPONSE_LIMIT_BYTES."""
+    return {
+        "errorMessage": f"Response payload size ({size} bytes) exceeded maximum allowed payload size "
+        f"({RESPONSE_LIMIT_BYTES} bytes).",
+        "errorType": "Function.ResponseSizeTooLarge",
+    }
+
+
 def lambda_error(exc: BaseException) -> dict[str, Any]:
     """The payload Lambda returns for an unhandled exception; the API emulator answers 502 for it."""
     return {
@@ -281,6 +297,9 @@ class FunctionRunner:
                 log.error("%s failed: %s: %s", function.name, type(exc).__name__, exc, exc_info=exc)
                 output, failed = json.dumps(lambda_error(exc)), True
             duration_ms = (time.perf_counter() - started) * 1000
+        if len(output) > RESPONSE_LIMIT_BYTES:  # json.dumps writes ASCII only: characters are bytes
+            log.error("%s returned %d bytes, over Lambda's response limit", function.name, len(output))
+            output, failed = json.dumps(too_large_error(len(output))), True
         log.info(
             "%s request %s: %.1f ms%s",
             function.name,

@@ -11,12 +11,13 @@ from pydantic import BeforeValidator
 
 from txguard import literals, service
 from txguard.api.errors import COMMON_ERRORS, documented_errors
-from txguard.api.presenters import json_response
+from txguard.api.response_size import PAGE_DESCRIPTION, PAGE_HEADERS, page_response
 from txguard.api.schemas import IsFraudResponse, integer_text
 from txguard.domain import Outcome
 from txguard.intake import INT64_MAX
 from txguard.observability import logger
 from txguard.presenters import fraud_event_json
+from txguard.queries import cursor_after
 
 router = Router()
 
@@ -25,7 +26,11 @@ router = Router()
     "/is_fraud/<account>",
     summary="An account's flagged (or reviewed, or allowed) transactions, newest first, with scores and reasons",
     responses={
-        200: {"description": "the account", "content": {"application/json": {"model": IsFraudResponse}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": IsFraudResponse}},
+        },
         **documented_errors(
             {
                 **COMMON_ERRORS,
@@ -65,13 +70,12 @@ def is_fraud(
 ) -> Response[str]:
     logger.append_keys(account_id=account)
     view = service.account_view(account, limit, cursor, recompute, features, outcome)
-    return json_response(
-        200,
-        {
-            "account_id": account,
-            "fraud": view.fraud,
-            "events": [fraud_event_json(j, features) for j in view.page.items],
-            "next_cursor": view.page.next_cursor,
-            "recomputed": recompute,
-        },
+    return page_response(
+        "events",
+        view.page.items,
+        lambda j: fraud_event_json(j, features),
+        view.page.next_cursor,
+        cursor_after,
+        extra={"account_id": account, "fraud": view.fraud},
+        after={"recomputed": recompute},
     )

@@ -29,8 +29,17 @@ from txguard.api.errors import (
     error_response,
     validation_details,
 )
-from txguard.api.presenters import json_response
 from txguard.api.resolver import PER_ITEM_PATH, BodyRejected, parse_json
+from txguard.api.response_size import (
+    PAGE_DESCRIPTION,
+    PAGE_HEADERS,
+    committed_answer,
+    downgraded,
+    fits,
+    form_headers,
+    page_response,
+    write_response,
+)
 from txguard.api.schemas import (
     DecisionsResponse,
     ListResponse,
@@ -44,6 +53,7 @@ from txguard.errors import shorten
 from txguard.intake import INT64_MAX, TransactionIn, batch_transactions, parse_timestamp_ms
 from txguard.observability import logger
 from txguard.presenters import decision_members, listed_json, store_decisions_json, store_results_json
+from txguard.queries import cursor_after
 from txguard.settings import service_settings
 
 router = Router()
@@ -118,17 +128,23 @@ _LIST_ERRORS = documented_errors({**COMMON_ERRORS, 422: "a query parameter is in
         "outcome and score (no transaction echoed back, no reasons): the compact form for high-volume clients. "
         "With `?atomic=false` items are taken one by one: the valid ones are stored, each "
         "invalid or conflicting one is refused with its own error (the one error shape), and the answer is 207 "
-        "when any item was refused (201 when none was)."
+        "when any item was refused (201 when none was). An answer never passes Lambda's 6,291,556-byte response "
+        "limit: when the full form would, the results are in the decisions form, with `downgraded` saying why "
+        "(the transactions are stored all the same; GET /store_data lists them in full). Every answer names its "
+        "results' form in the Txguard-Response-Form header (`full` or `decisions`)."
     ),
     responses={
         201: {
             "description": "stored: one result per transaction, in request order (the compact form with "
-            "`response=decisions`)",
+            "`response=decisions`, or with `downgraded` when the full form would not fit)",
             "content": {"application/json": {"model": StoreResponse | DecisionsResponse}},
+            "headers": form_headers("full", "decisions"),
         },
         207: {
-            "description": "atomic=false and at least one item refused: one result per item, stored or refused",
+            "description": "atomic=false and at least one item refused: one result per item, stored (in the form "
+            "asked, or the decisions form with `downgraded` when that would not fit) or refused",
             "content": {"application/json": {"model": PartialStoreResponse}},
+            "headers": form_headers("full", "decisions"),
         },
         **_STORE_ERRORS,
     },
@@ -158,9 +174,13 @@ def store_data(
     # Publishing alerts after the commit stops short of the invocation's end (None outside Lambda).
     remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
     results = service.store(transactions, remaining_ms)
-    if response == "decisions":
-        return json_response(201, {"results": store_decisions_json(results)})
-    return json_response(201, {"results": store_results_json(results)})
+    return committed_answer(
+        201,
+        response,
+        "decisions",
+        lambda: {"results": store_results_json(results)},
+        lambda: {"results": store_decisions_json(results)},
+    )
 
 
 def _check_batch_size(size: int) -> None:
@@ -188,30 +208,58 @@ def store_data_per_item(response: Annotated[ResponseForm, Query()] = "full") -> 
     _check_batch_size(len(items))
     remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
     outcomes = service.store_each(items, remaining_ms)
+    refused = sum(1 for o in outcomes if o.result is None)
+    logger.info("per-item batch", extra={"items": len(outcomes), "refused": refused})
+    status = 207 if refused else 201
+    # The answer in the form asked, else ever more compact until it fits: stored items in the decisions form,
+    # then each refused item's details cut to its first (details_total counts them all), then to none.
+    tries: list[tuple[ResponseForm, int]] = [("full", MAX_DETAILS)] if response == "full" else []
+    tries += [("decisions", MAX_DETAILS), ("decisions", 1), ("decisions", 0)]
+    first = ""
+    for form, max_details in tries:
+        text = orjson.dumps({"results": _per_item_results(outcomes, form, max_details)}).decode()
+        if fits(text):
+            break
+        first = first or text
+    if not first:
+        return write_response(status, text, form)
+    notice = downgraded(response, form, first)
+    if max_details < MAX_DETAILS:
+        notice["message"] += (
+            f"; each refused item lists at most {max_details} of its problems (details_total counts them)"
+        )
+    logger.warning("the answer is too large; answered more compactly", extra={"bytes": notice["full_bytes"]})
+    body = {"results": _per_item_results(outcomes, form, max_details), "downgraded": notice}
+    return write_response(status, orjson.dumps(body).decode(), form)
+
+
+def _per_item_results(outcomes: list[service.ItemOutcome], form: ResponseForm, max_details: int) -> list[Any]:
+    """A per-item answer's results, in request order: each stored item in `form` with its index first, each
+    refused one with its error listing at most `max_details` of its problems (`details_total` when more)."""
     stored = [o.result for o in outcomes if o.result is not None]
-    full = iter(store_results_json(stored) if response == "full" else ())
-    compact = iter(decision_members(stored) if response == "decisions" else ())
+    full = iter(store_results_json(stored) if form == "full" else ())
+    compact = iter(decision_members(stored) if form == "decisions" else ())
     results: list[Any] = []
     for outcome in outcomes:
         if outcome.result is not None:
             results.append(
                 {"index": outcome.index, **next(full)}
-                if response == "full"
+                if form == "full"
                 else orjson.Fragment(f'{{"index":{outcome.index},{next(compact)}}}')
             )
             continue
         details = [
             {"index": outcome.index, "field": p.field, "value": p.value, "reason": p.reason}
-            for p in outcome.problems[:MAX_DETAILS]
+            for p in outcome.problems[:max_details]
         ]
         message = "the item is invalid; it was not stored"
         if outcome.code == "transaction_id_conflict":
             message = "the item's transaction_id is already stored with different content; it was not stored"
-        error = {"code": outcome.code, "message": message, "details": details}
+        error: dict[str, Any] = {"code": outcome.code, "message": message, "details": details}
+        if len(outcome.problems) > len(details):
+            error["details_total"] = len(outcome.problems)
         results.append({"index": outcome.index, "status": "refused", "error": error})
-    refused = len(outcomes) - len(stored)
-    logger.info("per-item batch", extra={"items": len(outcomes), "refused": refused})
-    return json_response(207 if refused else 201, {"results": results})
+    return results
 
 
 _RESPONSE_FORM: TypeAdapter[ResponseForm] = TypeAdapter(ResponseForm)
@@ -250,7 +298,11 @@ def _per_item_items(document: dict[str, Any]) -> list[Any]:
     "/store_data",
     summary="List stored transactions with their decisions, oldest first",
     responses={
-        200: {"description": "a page", "content": {"application/json": {"model": ListResponse}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": ListResponse}},
+        },
         **_LIST_ERRORS,
     },
 )
@@ -278,7 +330,7 @@ def list_data(
             ],
         )
     page = service.listing(account_id, bounds["from"], bounds["to"], limit, cursor)
-    return json_response(200, {"transactions": [listed_json(j) for j in page.items], "next_cursor": page.next_cursor})
+    return page_response("transactions", page.items, listed_json, page.next_cursor, cursor_after)
 
 
 def _time_param(name: str, value: str | None) -> int | None:

@@ -3,7 +3,7 @@ ingest function."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -12,11 +12,18 @@ from pydantic import BaseModel, Discriminator, Field, Tag
 
 from txguard import service
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
-from txguard.api.presenters import json_response
-from txguard.api.schemas import integer_text
+from txguard.api.response_size import (
+    PAGE_DESCRIPTION,
+    PAGE_HEADERS,
+    committed_answer,
+    form_headers,
+    page_response,
+)
+from txguard.api.schemas import Downgraded, integer_text
 from txguard.intake import INT64_MAX, INT64_MIN
 from txguard.label_intake import MAX_LABEL_BATCH, LabelBatch, LabelIn
-from txguard.presenters import label_json, label_results_json
+from txguard.presenters import label_ids_json, label_json, label_results_json
+from txguard.storage.labels import encode_cursor
 
 router = Router()
 
@@ -48,8 +55,28 @@ class LabelResultOut(BaseModel):
     label: LabelOut
 
 
+class LabelIdsResultOut(BaseModel):
+    """A label's result in the compact form (`response=ids`)."""
+
+    transaction_id: int
+    status: str = Field(description="stored, or duplicate (the label already stored is meant)")
+    label_id: int
+    in_force: bool
+
+
 class LabelStoreResponse(BaseModel):
     results: list[LabelResultOut]
+
+
+class LabelIdsResponse(BaseModel):
+    results: list[LabelIdsResultOut] = Field(description="one per label sent, in request order")
+    downgraded: Downgraded | None = Field(
+        default=None, description="present when `full` was asked but did not fit: why the results are in this form"
+    )
+
+
+# What POST /labels answers for each label (the `response` query parameter).
+LabelForm = Literal["full", "ids"]
 
 
 class LabelListResponse(BaseModel):
@@ -68,7 +95,13 @@ class LabelListResponse(BaseModel):
         "transaction not stored yet is kept and applies when the transaction arrives."
     ),
     responses={
-        201: {"description": "stored", "content": {"application/json": {"model": LabelStoreResponse}}},
+        201: {
+            "description": "stored: one result per label, in request order (the compact form with `response=ids`, "
+            "or when the full form would pass the response limit: see `downgraded`; the Txguard-Response-Form "
+            "header names the form)",
+            "content": {"application/json": {"model": LabelStoreResponse | LabelIdsResponse}},
+            "headers": form_headers("full", "ids"),
+        },
         **documented_errors(
             {
                 **COMMON_ERRORS,
@@ -80,7 +113,16 @@ class LabelListResponse(BaseModel):
         ),
     },
 )
-def store_labels(body: Annotated[LabelBody, Body()]) -> Response[str]:
+def store_labels(
+    body: Annotated[LabelBody, Body()],
+    response: Annotated[
+        LabelForm,
+        Query(
+            description="`full` (the default): each result with the label as stored. `ids`: each result only "
+            "`transaction_id`, `status`, `label_id` and `in_force`"
+        ),
+    ] = "full",
+) -> Response[str]:
     items = body.labels if isinstance(body, LabelBatch) else [body]
     if len(items) > MAX_LABEL_BATCH:
         raise ApiError(
@@ -90,14 +132,24 @@ def store_labels(body: Annotated[LabelBody, Body()]) -> Response[str]:
             [{"index": None, "field": "labels", "value": len(items), "reason": f"at most {MAX_LABEL_BATCH} items"}],
         )
     results = service.store_labels([item.label() for item in items])
-    return json_response(201, {"results": label_results_json(results)})
+    return committed_answer(
+        201,
+        response,
+        "ids",
+        lambda: {"results": label_results_json(results)},
+        lambda: {"results": label_ids_json(results)},
+    )
 
 
 @router.get(
     "/labels",
     summary="A transaction's or an account's labels, in order of receipt, each saying whether it is in force",
     responses={
-        200: {"description": "a page", "content": {"application/json": {"model": LabelListResponse}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": LabelListResponse}},
+        },
         **documented_errors(
             {**COMMON_ERRORS, 422: "a query parameter is invalid, or neither or both of transaction_id and account_id"}
         ),
@@ -129,4 +181,4 @@ def list_labels(
             ],
         )
     page = service.label_listing(transaction_id, account_id, limit, cursor)
-    return json_response(200, {"labels": [label_json(s) for s in page.items], "next_cursor": page.next_cursor})
+    return page_response("labels", page.items, label_json, page.next_cursor, lambda s: encode_cursor(s.label_id))

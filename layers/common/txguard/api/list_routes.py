@@ -19,9 +19,11 @@ from txguard import list_service as service
 from txguard import lists
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import json_response
+from txguard.api.response_size import PAGE_DESCRIPTION, PAGE_HEADERS, page_response
 from txguard.api.schemas import integer_text
 from txguard.attributes import ListKind
 from txguard.intake import TIMESTAMP_SCHEMA
+from txguard.storage.lists import encode_cursor
 
 router = Router()
 
@@ -315,7 +317,11 @@ def remove_item(
     "/lists/<name>/items",
     summary="A list's items in order of value (expired ones included, marked inactive)",
     responses={
-        200: {"description": "a page", "content": {"application/json": {"model": ItemsPage}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": ItemsPage}},
+        },
         **documented_errors({**COMMON_ERRORS, **_NOT_FOUND, 422: "a query parameter is invalid"}),
     },
 )
@@ -326,14 +332,20 @@ def list_items(
     cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:
     page = service.list_item_page(name, value, limit, cursor)
-    return json_response(200, {"items": [i.as_json() for i in page.items], "next_cursor": page.next_cursor})
+    return page_response(
+        "items", page.items, lambda i: i.as_json(), page.next_cursor, lambda i: encode_cursor("i", i.value)
+    )
 
 
 @router.get(
     "/lists/<name>/changes",
     summary="A list's audit: every change, in order, with who and when",
     responses={
-        200: {"description": "a page", "content": {"application/json": {"model": ChangesPage}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": ChangesPage}},
+        },
         **documented_errors({**COMMON_ERRORS, **_NOT_FOUND, 422: "a query parameter is invalid"}),
     },
 )
@@ -346,7 +358,9 @@ def list_changes(
     cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:
     page = service.list_change_page(name, value, limit, cursor)
-    return json_response(200, {"changes": [c.as_json() for c in page.items], "next_cursor": page.next_cursor})
+    return page_response(
+        "changes", page.items, lambda c: c.as_json(), page.next_cursor, lambda c: encode_cursor("c", c.change_id)
+    )
 
 
 def _bounded(items: list[Any], field: str) -> None:

@@ -20,6 +20,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from txguard import literals
 from txguard.api.errors import ApiError, error_response, validation_details
+from txguard.api.response_size import LAMBDA_RESPONSE_LIMIT, result_size
 from txguard.errors import BadInput, Conflict, Malformed, NotFound, TxguardError, Unavailable, echo, shorten
 from txguard.observability import logger, metrics
 from txguard.rule_language import RuleSetError
@@ -82,7 +83,19 @@ class TxguardResolver(APIGatewayRestResolver):
             logger.info("request refused", extra={"code": refused.code})
             return refused.as_proxy_response()
         _route_per_item_mode(event)
-        return super().resolve(event, context)
+        result = super().resolve(event, context)
+        size = result_size(result)
+        if size > LAMBDA_RESPONSE_LIMIT:
+            # The routes keep their answers under the limit (txguard.api.response_size); one that did not would
+            # otherwise be Lambda's error. Ours at least says what happened; the log says where.
+            logger.error("response over Lambda's limit", extra={"bytes": size, "path": event.get("path")})
+            return ApiError(
+                500,
+                "response_too_large",
+                f"the answer would be {size} bytes, over the {LAMBDA_RESPONSE_LIMIT}-byte response limit; ask for "
+                "less (a smaller limit, a narrower filter); it has been logged",
+            ).as_proxy_response()
+        return result
 
 
 def _route_per_item_mode(event: dict[str, Any]) -> None:

@@ -117,8 +117,24 @@ class DecisionOfResultOut(BaseModel):
     score: str = Field(description="0 to 1, four decimal places")
 
 
+class Downgraded(BaseModel):
+    """Why a write's results are in a more compact form than asked: the form asked would pass Lambda's response
+    limit. Everything the answer says was done is done; a retry is answered the same way."""
+
+    code: Literal["response_too_large"]
+    asked: str = Field(description="the form asked for (the `response` query parameter)")
+    served: str = Field(description="the form of the results; the Txguard-Response-Form header says it too")
+    full_bytes: int = Field(description="bytes the answer in the form asked would have taken")
+    limit_bytes: int = Field(description="Lambda's response limit, 6,291,556 bytes, envelope included")
+    message: str
+
+
+DOWNGRADED_DESCRIPTION = "present when the form asked for did not fit: why the results are in this form"
+
+
 class DecisionsResponse(BaseModel):
     results: list[DecisionOfResultOut] = Field(description="one per transaction, in request order")
+    downgraded: Downgraded | None = Field(default=None, description=DOWNGRADED_DESCRIPTION)
 
 
 class ListedTransactionOut(StoredTransactionOut):
@@ -157,8 +173,8 @@ class IsFraudResponse(BaseModel):
         description="transactions of the outcome asked for (flagged ones by default), newest first"
     )
     next_cursor: str | None = Field(
-        description="pass as `cursor` for the next page; null on the last. With recompute=true a page may hold fewer "
-        "events than `limit`, even none, while this is set"
+        description="pass as `cursor` for the next page; null on the last. A page may hold fewer events than `limit` "
+        "while this is set: cut by bytes (Txguard-Page-Cut: size), or with recompute=true, even none"
     )
     recomputed: bool = False
 
@@ -193,10 +209,18 @@ class PartialStoreResultOut(StoreResultOut):
     index: int = Field(description="the item's position in the request")
 
 
+class PartialDecisionOut(DecisionOfResultOut):
+    """A stored item's result in the compact form (`response=decisions`)."""
+
+    index: int = Field(description="the item's position in the request")
+
+
 class PartialStoreResponse(BaseModel):
-    results: list[PartialStoreResultOut | ItemRefusedOut] = Field(
-        description="one per item, in request order: stored or duplicate with its decision, or refused with its error"
+    results: list[PartialStoreResultOut | PartialDecisionOut | ItemRefusedOut] = Field(
+        description="one per item, in request order: stored or duplicate with its decision (the compact form with "
+        "`response=decisions`, or when the full form did not fit), or refused with its error"
     )
+    downgraded: Downgraded | None = Field(default=None, description=DOWNGRADED_DESCRIPTION)
 
 
 class ModelWindowsOut(BaseModel):
