@@ -120,7 +120,9 @@ def test_a_backtest_reports_how_many_stored_decisions_would_change_outcome_from_
     assert (outcomes.block_precision, outcomes.recall_block_review, outcomes.review_share) == (1.0, 1.0, 0.25)
 
 
-def test_a_backtest_shows_what_a_block_list_and_a_snooze_would_have_changed(database: Database) -> None:
+def test_a_block_list_and_a_snooze_added_since_the_decisions_are_drift_not_the_candidates_effect(
+    database: Database,
+) -> None:
     import psycopg2
 
     from txguard.lists import ListItem
@@ -144,7 +146,16 @@ def test_a_backtest_shows_what_a_block_list_and_a_snooze_would_have_changed(data
     candidate = CompiledRuleSet(0, validate_rule_set({"rules": [rule("spike", "amount > 3 * mean_amount")]}))
     for replay_all in (False, True):
         report = db.run_in_transaction(lambda cur, r=replay_all: backtest(cur, candidate, replay_all=r))
-        assert report.outcome_changes == {("allow", "block"): 1, ("block", "allow"): 1}, replay_all
+        # The newest rules with the lists and snoozes as they stand now decide as the candidate does ...
+        assert report.outcome_changes == {} and report.changed == 0, replay_all
+        assert report.baseline_outcomes == report.outcomes == {"allow": 3, "block": 1}, replay_all
+        # ... and otherwise than the stored decisions did: the block list and the snooze, since.
+        assert report.drift == {("allow", "block"): 1, ("block", "allow"): 1}, replay_all
+        # A candidate with another rule set is compared with the same baseline.
+        other = CompiledRuleSet(0, validate_rule_set({"rules": [rule("tiny", "amount < 50")]}))
+        report = db.run_in_transaction(lambda cur, r=replay_all, o=other: backtest(cur, o, replay_all=r))
+        assert report.outcome_changes == {}, replay_all  # m-bad's payment: blocked by the list either way
+        assert report.fired["tiny"] == 1 and report.drift == {("allow", "block"): 1, ("block", "allow"): 1}
 
 
 def test_the_backtest_command_prints_per_rule_counts_and_scores(
