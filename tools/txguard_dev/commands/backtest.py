@@ -2,6 +2,10 @@
 or both would have done on stored history (txguard.backtest). Without --rules the candidate is the newest stored
 rule set; without --lists, the lists as stored. Nothing is written.
 
+The candidate's effect is counted against the baseline, the same window decided by the newest stored rule set with
+the lists as stored now: a candidate that changes nothing reports no change. How the baseline differs from the
+stored decisions (rule sets applied, lists edited since they were taken) is printed apart, as drift.
+
 --lists FILE is JSON, {"lists": [...]}, each entry a list as it would stand (txguard.lists.check_candidates):
 
     {"lists": [
@@ -51,7 +55,11 @@ from txguard_dev.commands.lists import MAX_PROBLEMS_SHOWN, validated_items
 def register(parser: argparse.ArgumentParser) -> None:
     add_database_argument(parser)
     parser.add_argument(
-        "--rules", type=Path, default=None, help="candidate rule set (JSON; default: the newest stored)"
+        "--rules",
+        type=Path,
+        default=None,
+        help="candidate rule set (JSON; default: the newest stored). Changes are counted against the newest stored "
+        "rule set with the stored lists (the baseline)",
     )
     parser.add_argument(
         "--lists",
