@@ -314,3 +314,29 @@ def test_a_candidate_reports_exactly_the_decisions_it_changes_beside_the_drift(
             out = capsys.readouterr().out
             for line in [*expected, DRIFT]:
                 assert line in out, (case, how, line, out)
+
+
+def test_candidate_items_of_a_list_the_newest_rules_read_change_only_what_they_match(
+    database: Database,
+    history: list[Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert lists_cli(database, monkeypatch, "create", "risky", "--kind", "merchant") == 0
+    assert lists_cli(database, monkeypatch, "add", "risky", "m-ok") == 0
+    apply_rules(
+        database, [rule("spike", "amount > 3 * mean_amount"), rule("risky_merchant", "merchant_id IN LIST risky")]
+    )
+    # Since the decisions, the rules block m-ok's payment (drift); the candidate moves the list to m-bad.
+    moved = candidate(tmp_path, [{"name": "risky", "items": [{"value": "m-bad"}]}])
+    for how in ([], ["--replay-all"]):
+        assert cli(database, "backtest", "--lists", str(moved), *how) == 0
+        out = capsys.readouterr().out
+        for expected in (
+            "outcomes that change     2   (allow -> block 1, block -> allow 1)",
+            "  with list risky          2   (allow -> block 1, block -> allow 1)",
+            "  baseline differs on    1   (allow -> block 1)",
+            "from replay" if how else "from stored features",
+        ):
+            assert expected in out, (how, expected, out)

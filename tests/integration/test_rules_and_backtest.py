@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from txguard.detection import detector_cache as rule_cache
 from txguard.queries import flagged_transactions
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import MAX_COMPARISONS, MAX_NESTING_DEPTH, MAX_RULES, RuleSetError, validate_rule_set
+from txguard.storage.rule_sets import latest
 from txguard_dev.cli import main
 from txguard_dev.local.runner import FunctionRunner
 
@@ -307,3 +309,19 @@ def test_a_window_is_backtested_on_the_stored_features_with_the_decisions_a_repl
     assert db.run_in_transaction(lambda cur: backtest(cur, uncovered, *window)).method == "replay"
     forced = db.run_in_transaction(lambda cur: backtest(cur, covered, *window, replay_all=True))
     assert forced.method == "replay" and forced.flagged == report.flagged and forced.fired == report.fired
+    assert forced.outcome_changes == report.outcome_changes and forced.drift == report.drift == {}
+    # One replay computes the features of both sides (the baseline reads merchant_count_1m, the candidate
+    # max_amount): each side decides as its own replay does.
+    for candidate in (covered, uncovered):
+
+        def sides(cur: Any, rules: CompiledRuleSet = candidate) -> tuple[BacktestReport, list[Any], list[Any]]:
+            stored = latest(cur)
+            assert stored is not None
+            newest = CompiledRuleSet(stored.version, stored.rule_set)
+            alone = [d.outcome for t, _, d in replay(cur, rules, window[1]) if t.ts >= window[0]]
+            now = [d.outcome for t, _, d in replay(cur, newest, window[1]) if t.ts >= window[0]]
+            return backtest(cur, rules, *window, replay_all=True), alone, now
+
+        both_sides, alone, now = db.run_in_transaction(sides)
+        assert both_sides.outcomes == Counter(alone) and both_sides.baseline_outcomes == Counter(now)
+        assert sum(both_sides.outcome_changes.values()) == sum(a != b for a, b in zip(now, alone, strict=True)) > 0

@@ -31,7 +31,13 @@ from typing import NamedTuple
 import psycopg2.extensions
 
 from txguard import outcomes
-from txguard.detection import TextReads, decide_in_time_order, empty_history, empty_timeline, list_memberships
+from txguard.detection import (
+    TextReads,
+    decisions_in_time_order,
+    empty_history,
+    empty_timeline,
+    list_memberships,
+)
 from txguard.domain import Decision, Outcome, Transaction
 from txguard.evaluation import Evaluation, Judged
 from txguard.features import (
@@ -43,6 +49,7 @@ from txguard.features import (
     AccountHistory,
     FeatureSettings,
     Timeline,
+    window_reach_ms,
 )
 from txguard.labels import GENUINE
 from txguard.lists import CandidateLists
@@ -128,6 +135,19 @@ def replay(
 ) -> Iterator[tuple[Transaction, Decision, Decision]]:
     """(transaction, stored decision, decision with `rules` and the `candidates` lists, else the stored ones) for
     the stored history in time order."""
+    for t, stored, (decision,) in _replayed_once(cur, [Arm(rules, candidates)], until_ms):
+        yield t, stored, decision
+
+
+def _replayed_once(
+    cur: psycopg2.extensions.cursor, arms: Sequence[Arm], until_ms: int | None
+) -> Iterator[tuple[Transaction, Decision, tuple[Decision, ...]]]:
+    """(transaction, stored decision, each arm's decision) for the stored history in time order, the arms' rule
+    sets sharing their feature settings: the history is replayed once, with the features every arm reads, decided
+    by the first arm; an arm with other rules, or whose lists give other items to a list its rules read, is decided
+    again on the same features with its own text reads and memberships."""
+    rules = arms[0].rules
+    detector = _FeaturesForAll(rules, [arm.rules for arm in arms])
     histories: dict[int, AccountHistory] = {}
     merchants: dict[str, Timeline] = {}
     after: tuple[int, int] | None = None
@@ -141,19 +161,62 @@ def replay(
                 histories[t.account_id] = empty_history()
             if t.merchant_id is not None and t.merchant_id not in merchants:
                 merchants[t.merchant_id] = empty_timeline()
-        if not rules.needed_features.isdisjoint(RISK_FEATURES):
+        if not detector.needed_features.isdisjoint(RISK_FEATURES):
             _attach_label_steps(cur, chunk, merchants, rules.feature_settings)
         # A chunk may end inside a group of equal timestamps; the next chunk continues after the last row,
         # and rows sharing a timestamp never see each other, so splitting a group changes nothing.
         model_scores = {s.transaction.transaction_id: stored_model_feature(s.decision) for s in stored}
-        in_lists = _memberships(cur, chunk, rules, candidates)
-        judged = outcomes.for_batch(cur, chunk, candidates=candidates)
-        decisions = decide_in_time_order(chunk, histories, merchants, rules, model_scores, in_lists, judged.snoozed)
+        in_lists = _memberships(cur, chunk, rules, arms[0].candidates)
+        reads = [
+            None
+            if arm.rules is rules and _same_memberships(arm, arms[0])
+            else TextReads(arm.rules, _memberships(cur, chunk, arm.rules, arm.candidates))
+            for arm in arms[1:]
+        ]
+        judged = [outcomes.for_batch(cur, chunk, candidates=arm.candidates) for arm in arms]
+        snoozed = judged[0].snoozed  # snoozes do not depend on the lists
+        decided = {
+            d.transaction.transaction_id: d
+            for d in decisions_in_time_order(chunk, histories, merchants, detector, model_scores, in_lists, snoozed)
+        }
         for s in stored:
-            candidate = with_stored_model(decisions[s.transaction.transaction_id], s.decision, rules)
-            yield s.transaction, s.decision, judged.judge(s.transaction, candidate)
+            t = s.transaction
+            first = decided[t.transaction_id]
+            by_rules = [first.decision]
+            for arm, text_reads in zip(arms[1:], reads, strict=True):
+                if text_reads is None:
+                    by_rules.append(first.decision)
+                    continue
+                features = dict(first.features)
+                text_reads.add(features, t)
+                snooze = None if snoozed is None else snoozed(t)
+                by_rules.append(arm.rules.decide(features, t.merchant_id, t.currency, snooze))
+            yield (
+                t,
+                s.decision,
+                tuple(
+                    judge.judge(t, with_stored_model(decision, s.decision, arm.rules))
+                    for arm, decision, judge in zip(arms, by_rules, judged, strict=True)
+                ),
+            )
         last = chunk[-1]
         after = (last.ts, last.transaction_id)
+
+
+class _FeaturesForAll:
+    """A detector computing the features every one of `all_rules` reads (sharing `rules`' feature settings) and
+    deciding with `rules`: the one feature pass of a replay that decides by several rule sets."""
+
+    def __init__(self, rules: CompiledRuleSet, all_rules: Sequence[CompiledRuleSet]) -> None:
+        self.version = rules.version
+        self.needed_features: frozenset[str] = frozenset().union(*(r.needed_features for r in all_rules))
+        self.window_reach_ms = window_reach_ms(self.needed_features)
+        self.feature_settings = rules.feature_settings
+        self.text_fields = rules.text_fields
+        self.list_fields = rules.list_fields
+        self.decide = rules.decide
+        self.decide_batch = rules.decide_batch
+        self.decide_columns = rules.decide_columns
 
 
 def _attach_label_steps(
@@ -269,8 +332,11 @@ def _same_memberships(arm: Arm, previous: Arm) -> bool:
 def arms_replayed(
     cur: psycopg2.extensions.cursor, arms: Sequence[Arm], until_ms: int | None
 ) -> Iterator[tuple[Transaction, Decision, tuple[Decision, ...]]]:
-    """(transaction, stored decision, each arm's decision) for the stored history in time order, each arm replayed
-    on its own (its rules may read other features, with another time zone or label delay), in step."""
+    """(transaction, stored decision, each arm's decision) for the stored history in time order: replayed once when
+    the arms' rule sets share their feature settings (time zone, label delay), else each arm on its own, in step."""
+    if all(arm.rules.feature_settings == arms[0].rules.feature_settings for arm in arms):
+        yield from _replayed_once(cur, arms, until_ms)
+        return
     replays = [replay(cur, arm.rules, until_ms, arm.candidates) for arm in arms]
     for found in zip(*replays, strict=True):
         t, stored, _ = found[0]
@@ -345,7 +411,10 @@ def backtest(
         report.baseline_version = None if baseline is None else baseline.version
     else:
         report.baseline_version = baseline.version
-    arms = [Arm(baseline or rules), Arm(rules, candidates)]
+    if baseline is None or baseline.rule_set == rules.rule_set:
+        baseline = rules if baseline is None else baseline
+        rules = baseline  # one rule set: its decisions are shared where the lists do not differ
+    arms = [Arm(baseline), Arm(rules, candidates)]
     if labels is not None:
         report.ranking = Evaluation("labels in force")
         report.baseline_ranking = Evaluation("labels in force")
