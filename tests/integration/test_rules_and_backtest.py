@@ -325,3 +325,18 @@ def test_a_window_is_backtested_on_the_stored_features_with_the_decisions_a_repl
         both_sides, alone, now = db.run_in_transaction(sides)
         assert both_sides.outcomes == Counter(alone) and both_sides.baseline_outcomes == Counter(now)
         assert sum(both_sides.outcome_changes.values()) == sum(a != b for a, b in zip(now, alone, strict=True)) > 0
+    # Another time zone: the candidate's features are its own, replayed beside the baseline's.
+    elsewhere = CompiledRuleSet(
+        0,
+        validate_rule_set(
+            {
+                "features": {"time_zone": "Pacific/Kiritimati"},  # T0 is 22:13 UTC, 12:13 there
+                "rules": [rule("daytime", "hour_of_day < 20", None, action="review")],
+            }
+        ),
+    )
+    assert elsewhere.feature_settings != covered.feature_settings
+    both_sides, alone, now = db.run_in_transaction(lambda cur: sides(cur, elsewhere))
+    assert both_sides.method == "replay" and both_sides.outcomes == Counter(alone) == {"review": 30}
+    assert both_sides.baseline_outcomes == Counter(now)
+    assert sum(both_sides.outcome_changes.values()) == sum(a != b for a, b in zip(now, alone, strict=True)) > 0
