@@ -11,14 +11,15 @@ Either way the candidate reads the champion score stored with each decision as `
 with it as serving combines them (models/serving.py): the models are not run again. The allow and block lists and
 the rule snoozes are applied as they stand now (txguard.outcomes, read once per chunk), or, given `candidates`
 (lists.CandidateLists: `txguard backtest --lists FILE`), with candidate lists in place of the stored ones, both
-where a list decides by itself and where a rule reads it (`IN LIST`): a backtest shows what a list change, a rule
-change or a snooze would have changed on stored history. Nothing is written.
+where a list decides by itself and where a rule reads it (`IN LIST`): a backtest shows what a list change or a
+rule change (a threshold included) would have changed on stored history. Nothing is written.
 
 A candidate's effect is isolated from what changed since the stored decisions were taken: `backtest` decides the
 window twice on the same features and champion scores, once as things stand now (the **baseline**: the newest
-stored rule set, the stored lists) and once with the candidate (its rule set, its lists), and counts the
-differences between those two. How the baseline differs from the stored decisions (rule sets applied and lists
-edited since) is reported apart, as drift: it is not the candidate's doing.
+stored rule set, the stored lists, the snoozes in force) and once with the candidate (its rule set, its lists,
+the same snoozes), and counts the differences between those two (`arms_on_stored_features`, `arms_replayed`: the
+rows read and the features computed once for both). How the baseline differs from the stored decisions (rule
+sets applied, lists edited, snoozes set since) is reported apart, as drift: it is not the candidate's doing.
 """
 
 from __future__ import annotations
