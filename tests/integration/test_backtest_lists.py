@@ -106,20 +106,26 @@ def test_a_stored_list_changed_removed_or_refilled_from_an_exported_csv(
     before = stored_lists_state(database)
     # The stored allow list (added after the decisions) overrides the stored block of account 40's spike, in every
     # case but the one that removes it.
+    # The stored allow list (added after the decisions) overrides the stored block of account 40's spike: drift,
+    # the same in every case, and never counted as the candidate's effect.
+    drift = "  baseline differs on    1   (block -> allow 1)"
     cases = {
         # the stored items, the action changed: m-ok's genuine payment would be blocked
-        "action": ([{"name": "watched", "action": "block"}], "(allow -> block 1, block -> allow 1)"),
+        "action": ([{"name": "watched", "action": "block"}], "outcomes that change     1   (allow -> block 1)"),
         # the exported file with one more row: both payments blocked
         "csv": (
             [{"name": "watched", "action": "block", "items_csv": "watched.csv"}],
-            "(allow -> block 2, block -> allow 1)",
+            "outcomes that change     2   (allow -> block 2)\n  with list watched        2   (allow -> block 2)",
         ),
-        "removed": ([{"name": "vip", "removed": True}], "outcomes that change     0\n"),
-        "as_stored": ([{"name": "vip", "action": "allow"}], "outcomes that change     1   (block -> allow 1)"),
+        # without the allow list, the spike is blocked again
+        "removed": ([{"name": "vip", "removed": True}], "outcomes that change     1   (allow -> block 1)"),
+        "as_stored": ([{"name": "vip", "action": "allow"}], "outcomes that change     0\n"),
     }
     for case, (entries, expected) in cases.items():
         assert cli(database, "backtest", "--lists", str(candidate(tmp_path, entries, f"{case}.json"))) == 0, case
-        assert expected in capsys.readouterr().out, case
+        out = capsys.readouterr().out
+        assert expected in out, case
+        assert drift in out, case
     assert stored_lists_state(database) == before
 
 
@@ -213,3 +219,124 @@ def test_a_malformed_candidate_lists_file_is_refused(
 def test_backtest_needs_rules_or_lists(database: Database, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(database, "backtest") == 2
     assert "give --rules FILE, --lists FILE or both" in capsys.readouterr().err
+
+
+def drifted(database: Database, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Changes since `history`'s decisions: a rule set that reviews small payments (41, 42 and 43's), and an allow
+    list holding account 40 (whose spike was blocked). Returns the rule set's document as applied."""
+    document = {
+        "threshold": "0.5",
+        "review_threshold": "0.2",
+        "rules": [rule("spike", "amount > 3 * mean_amount"), rule("small", "amount < 50", "0.3")],
+    }
+    apply_rules(database, document["rules"], document["threshold"], review_threshold=document["review_threshold"])
+    assert lists_cli(database, monkeypatch, "create", "vip", "--kind", "account", "--action", "allow") == 0
+    assert lists_cli(database, monkeypatch, "add", "vip", "40") == 0
+    return document
+
+
+DRIFT = "  baseline differs on    4   (allow -> review 3, block -> allow 1)"
+
+
+def test_a_no_op_candidate_changes_nothing_after_rule_set_and_list_changes_since_the_decisions(
+    database: Database,
+    history: list[Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    newest = drifted(database, monkeypatch)
+    rules = tmp_path / "newest.json"
+    rules.write_text(json.dumps(newest))
+    no_op = candidate(tmp_path, [{"name": "vip", "description": "x"}])
+    for args in (
+        ["--lists", str(no_op)],
+        ["--lists", str(no_op), "--replay-all"],
+        ["--rules", str(rules)],  # the newest rule set itself
+        ["--rules", str(rules), "--lists", str(no_op)],
+    ):
+        assert cli(database, "backtest", *args) == 0, args
+        out = capsys.readouterr().out
+        for expected in (
+            "decisions that change    0   (+0 flagged, -0 cleared",
+            "outcomes that change     0\n",
+            "labelled frauds changing 0   caught 0, lost 0",
+            "outcomes (candidate)     allow 3   review 3   block 0   (baseline: allow 3, review 3, block 0)",
+            DRIFT,
+            "stored outcomes        allow 5, review 0, block 1",
+        ):
+            assert expected in out, (args, expected, out)
+        assert "  with list" not in out
+
+
+def test_a_candidate_reports_exactly_the_decisions_it_changes_beside_the_drift(
+    database: Database,
+    history: list[Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    newest = drifted(database, monkeypatch)
+    # A block list of m-bad: 41's payment (fraud, in review now) is blocked; nothing else moves.
+    blocking = candidate(
+        tmp_path, [{"name": "bad", "kind": "merchant", "action": "block", "items": [{"value": "m-bad"}]}]
+    )
+    # A threshold only: small payments (0.3) no longer reach review (0.4): 41 (fraud), 42 (genuine) and 43 allowed.
+    threshold = tmp_path / "threshold.json"
+    threshold.write_text(json.dumps(newest | {"review_threshold": "0.4"}))
+    cases = {
+        "list": (
+            ["--lists", str(blocking)],
+            [
+                "outcomes that change     1   (review -> block 1)",
+                "  with list bad            1   (review -> block 1)",
+                "labelled frauds changing 1   (review -> block 1)   caught 0, lost 0",
+                "decisions that change    1   (+1 flagged, -0 cleared",
+            ],
+        ),
+        "threshold": (
+            ["--rules", str(threshold)],
+            [
+                "outcomes that change     3   (review -> allow 3)",
+                "labelled frauds changing 1   (review -> allow 1)   caught 0, lost 1",
+                "decisions that change    0   (+0 flagged, -0 cleared",
+            ],
+        ),
+        # The allow list removed: account 40's spike is blocked again, as the newest rules decide it.
+        "removed": (
+            ["--lists", str(candidate(tmp_path, [{"name": "vip", "removed": True}], "removed.json"))],
+            ["outcomes that change     1   (allow -> block 1)", "  with list vip            1   (allow -> block 1)"],
+        ),
+    }
+    for case, (args, expected) in cases.items():
+        for how in ([], ["--replay-all"]):
+            assert cli(database, "backtest", *args, *how) == 0, case
+            out = capsys.readouterr().out
+            for line in [*expected, DRIFT]:
+                assert line in out, (case, how, line, out)
+
+
+def test_candidate_items_of_a_list_the_newest_rules_read_change_only_what_they_match(
+    database: Database,
+    history: list[Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert lists_cli(database, monkeypatch, "create", "risky", "--kind", "merchant") == 0
+    assert lists_cli(database, monkeypatch, "add", "risky", "m-ok") == 0
+    apply_rules(
+        database, [rule("spike", "amount > 3 * mean_amount"), rule("risky_merchant", "merchant_id IN LIST risky")]
+    )
+    # Since the decisions, the rules block m-ok's payment (drift); the candidate moves the list to m-bad.
+    moved = candidate(tmp_path, [{"name": "risky", "items": [{"value": "m-bad"}]}])
+    for how in ([], ["--replay-all"]):
+        assert cli(database, "backtest", "--lists", str(moved), *how) == 0
+        out = capsys.readouterr().out
+        for expected in (
+            "outcomes that change     2   (allow -> block 1, block -> allow 1)",
+            "  with list risky          2   (allow -> block 1, block -> allow 1)",
+            "  baseline differs on    1   (allow -> block 1)",
+            "from replay" if how else "from stored features",
+        ):
+            assert expected in out, (how, expected, out)

@@ -289,6 +289,9 @@ def test_pages_change_nothing_and_what_if_decides_without_storing(database: Any)
     )
     assert backtest.status == 200 and "Backtest result" in str(backtest.body)
     assert re.search(r"flagged by the candidate</th><td>1<", str(backtest.body))
+    # against the newest rule set with the stored lists, which decides as the stored decisions did (no drift)
+    assert re.search(r"flagged now \(baseline: rule set v\d+, the lists as stored\)</th><td>1<", str(backtest.body))
+    assert re.search(r"not the candidate.{1,6}s effect\)</th><td>0<", str(backtest.body))
     after = count(database, "SELECT count(*) FROM transactions"), count(database, "SELECT count(*) FROM labels")
     assert before == after
 

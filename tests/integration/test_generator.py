@@ -124,6 +124,41 @@ def test_evaluate_reads_a_labels_file_the_same_way(database: Database, tmp_path:
     assert text.startswith("Evaluated 500 stored decisions (")
     assert text.splitlines()[0].endswith(f"against the labels in the file {labels}")
     assert "generated" not in text.splitlines()[0]
+    # The form `txguard labels import` reads (the README's), CSV and JSON lines, gives the same evaluation.
+    stored = database.query(
+        "SELECT transaction_id, fraud, source, (extract(epoch FROM labelled_at) * 1000)::bigint, coalesce(reason, '') "
+        "FROM labels ORDER BY transaction_id"
+    )
+    imported = tmp_path / "chargebacks.csv"
+    imported.write_text(
+        "transaction_id,fraud,source,labelled_at,reason\n"
+        + "".join(f"{t},{str(f).lower()},{s},{at},{r}\n" for t, f, s, at, r in stored)
+    )
+    as_lines = tmp_path / "chargebacks.jsonl"
+    as_lines.write_text(
+        "".join(
+            json.dumps({"transaction_id": t, "fraud": f, "source": s, "labelled_at": at} | ({"reason": r} if r else {}))
+            + "\n"
+            for t, f, s, at, r in stored
+        )
+    )
+    for path in (imported, as_lines):
+        status, output = txguard("evaluate", "--format", "json", "--labels", str(path))
+        assert status == 0, output
+        report = json.loads(output)
+        assert report["confusion_matrix"] == from_table["confusion_matrix"] and report["evaluated"] == 500, path
+        assert report["reasons"] == from_table["reasons"], path
+    # A later label of a fraud says genuine: the file's label in force is the later one.
+    fraud = next(row for row in stored if row[1])
+    imported.write_text(imported.read_text() + f"{fraud[0]},false,analyst,{fraud[3] + 1},\n")
+    relabelled = json.loads(txguard("evaluate", "--format", "json", "--labels", str(imported))[1])
+    assert relabelled["labelled_fraud"] == from_table["labelled_fraud"] - 1
+    imported.write_text(imported.read_text() + "1,perhaps,analyst,,\n")
+    err = io.StringIO()
+    with redirect_stderr(err):
+        status, _ = txguard("evaluate", "--labels", str(imported))
+    assert status == 2 and f"line {len(stored) + 3}: fraud = 'perhaps'" in err.getvalue()
+    assert "nothing was evaluated" in err.getvalue()
 
 
 def test_evaluate_leaves_out_labels_whose_transactions_are_not_stored(database: Database) -> None:

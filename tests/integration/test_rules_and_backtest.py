@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from txguard.detection import detector_cache as rule_cache
 from txguard.queries import flagged_transactions
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import MAX_COMPARISONS, MAX_NESTING_DEPTH, MAX_RULES, RuleSetError, validate_rule_set
+from txguard.storage.rule_sets import latest
 from txguard_dev.cli import main
 from txguard_dev.local.runner import FunctionRunner
 
@@ -120,7 +122,9 @@ def test_a_backtest_reports_how_many_stored_decisions_would_change_outcome_from_
     assert (outcomes.block_precision, outcomes.recall_block_review, outcomes.review_share) == (1.0, 1.0, 0.25)
 
 
-def test_a_backtest_shows_what_a_block_list_and_a_snooze_would_have_changed(database: Database) -> None:
+def test_a_block_list_and_a_snooze_added_since_the_decisions_are_drift_not_the_candidates_effect(
+    database: Database,
+) -> None:
     import psycopg2
 
     from txguard.lists import ListItem
@@ -144,7 +148,16 @@ def test_a_backtest_shows_what_a_block_list_and_a_snooze_would_have_changed(data
     candidate = CompiledRuleSet(0, validate_rule_set({"rules": [rule("spike", "amount > 3 * mean_amount")]}))
     for replay_all in (False, True):
         report = db.run_in_transaction(lambda cur, r=replay_all: backtest(cur, candidate, replay_all=r))
-        assert report.outcome_changes == {("allow", "block"): 1, ("block", "allow"): 1}, replay_all
+        # The newest rules with the lists and snoozes as they stand now decide as the candidate does ...
+        assert report.outcome_changes == {} and report.changed == 0, replay_all
+        assert report.baseline_outcomes == report.outcomes == {"allow": 3, "block": 1}, replay_all
+        # ... and otherwise than the stored decisions did: the block list and the snooze, since.
+        assert report.drift == {("allow", "block"): 1, ("block", "allow"): 1}, replay_all
+        # A candidate with another rule set is compared with the same baseline.
+        other = CompiledRuleSet(0, validate_rule_set({"rules": [rule("tiny", "amount < 50")]}))
+        report = db.run_in_transaction(lambda cur, r=replay_all, o=other: backtest(cur, o, replay_all=r))
+        assert report.outcome_changes == {}, replay_all  # m-bad's payment: blocked by the list either way
+        assert report.fired["tiny"] == 1 and report.drift == {("allow", "block"): 1, ("block", "allow"): 1}
 
 
 def test_the_backtest_command_prints_per_rule_counts_and_scores(
@@ -296,3 +309,34 @@ def test_a_window_is_backtested_on_the_stored_features_with_the_decisions_a_repl
     assert db.run_in_transaction(lambda cur: backtest(cur, uncovered, *window)).method == "replay"
     forced = db.run_in_transaction(lambda cur: backtest(cur, covered, *window, replay_all=True))
     assert forced.method == "replay" and forced.flagged == report.flagged and forced.fired == report.fired
+    assert forced.outcome_changes == report.outcome_changes and forced.drift == report.drift == {}
+    # One replay computes the features of both sides (the baseline reads merchant_count_1m, the candidate
+    # max_amount): each side decides as its own replay does.
+    for candidate in (covered, uncovered):
+
+        def sides(cur: Any, rules: CompiledRuleSet = candidate) -> tuple[BacktestReport, list[Any], list[Any]]:
+            stored = latest(cur)
+            assert stored is not None
+            newest = CompiledRuleSet(stored.version, stored.rule_set)
+            alone = [d.outcome for t, _, d in replay(cur, rules, window[1]) if t.ts >= window[0]]
+            now = [d.outcome for t, _, d in replay(cur, newest, window[1]) if t.ts >= window[0]]
+            return backtest(cur, rules, *window, replay_all=True), alone, now
+
+        both_sides, alone, now = db.run_in_transaction(sides)
+        assert both_sides.outcomes == Counter(alone) and both_sides.baseline_outcomes == Counter(now)
+        assert sum(both_sides.outcome_changes.values()) == sum(a != b for a, b in zip(now, alone, strict=True)) > 0
+    # Another time zone: the candidate's features are its own, replayed beside the baseline's.
+    elsewhere = CompiledRuleSet(
+        0,
+        validate_rule_set(
+            {
+                "features": {"time_zone": "Pacific/Kiritimati"},  # T0 is 22:13 UTC, 12:13 there
+                "rules": [rule("daytime", "hour_of_day < 20", None, action="review")],
+            }
+        ),
+    )
+    assert elsewhere.feature_settings != covered.feature_settings
+    both_sides, alone, now = db.run_in_transaction(lambda cur: sides(cur, elsewhere))
+    assert both_sides.method == "replay" and both_sides.outcomes == Counter(alone) == {"review": 30}
+    assert both_sides.baseline_outcomes == Counter(now)
+    assert sum(both_sides.outcome_changes.values()) == sum(a != b for a, b in zip(now, alone, strict=True)) > 0

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg2.extensions
 
@@ -72,9 +72,15 @@ def read_labels(path: str | Path) -> dict[int, Label]:
         else:
             rows = (json.loads(line) for line in file if line.strip())
         for number, row in enumerate(rows, start=1):
-            try:
-                label = Label(int(str(row["transaction_id"])), str(row["pattern"]), int(str(row["run_id"])))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}: label {number} is not {{transaction_id, pattern, run_id}}: {exc}") from None
+            label = label_of(row, f"{path}: label {number}")
             labels[label.transaction_id] = label
     return labels
+
+
+def label_of(row: Any, where: str) -> Label:
+    """A labels file's row (a dict of LABEL_FIELDS: CSV text cells or JSON values) as a Label. Raises ValueError
+    starting with `where` (the file and the row) when it is not one."""
+    try:
+        return Label(int(str(row["transaction_id"])), str(row["pattern"]), int(str(row["run_id"])))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where} is not {{transaction_id, pattern, run_id}}: {exc}") from None

@@ -2,6 +2,10 @@
 or both would have done on stored history (txguard.backtest). Without --rules the candidate is the newest stored
 rule set; without --lists, the lists as stored. Nothing is written.
 
+The candidate's effect is counted against the baseline, the same window decided by the newest stored rule set with
+the lists as stored now: a candidate that changes nothing reports no change. How the baseline differs from the
+stored decisions (rule sets applied, lists edited since they were taken) is printed apart, as drift.
+
 --lists FILE is JSON, {"lists": [...]}, each entry a list as it would stand (txguard.lists.check_candidates):
 
     {"lists": [
@@ -22,11 +26,12 @@ import argparse
 import csv
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from txguard import lists
-from txguard.backtest import backtest
+from txguard.backtest import BacktestReport, backtest
 from txguard.domain import OUTCOMES
 from txguard.intake import parse_timestamp_ms
 from txguard.labels import GENUINE, UNSPECIFIED_FRAUD, labels_in_force
@@ -50,7 +55,11 @@ from txguard_dev.commands.lists import MAX_PROBLEMS_SHOWN, validated_items
 def register(parser: argparse.ArgumentParser) -> None:
     add_database_argument(parser)
     parser.add_argument(
-        "--rules", type=Path, default=None, help="candidate rule set (JSON; default: the newest stored)"
+        "--rules",
+        type=Path,
+        default=None,
+        help="candidate rule set (JSON; default: the newest stored). Changes are counted against the newest stored "
+        "rule set with the stored lists (the baseline)",
     )
     parser.add_argument(
         "--lists",
@@ -166,27 +175,8 @@ def run(args: argparse.Namespace) -> int:
             for tid, label in labels_in_force(cur, from_ms=from_ms, to_ms=to_ms).items()
         } or None
         report = backtest(cur, rules, from_ms, to_ms, labels, args.replay_all, candidates)
-    if candidates is not None:
-        print("candidate lists          " + _describe(candidates))
-    print(f"transactions evaluated   {report.evaluated}   (from {report.method})")
-    print(f"flagged (candidate)      {report.flagged}   (stored decisions: {report.stored_flagged})")
-    print(
-        f"decisions that change    {report.changed}   (+{report.newly_flagged} flagged, "
-        f"-{report.no_longer_flagged} cleared)"
-    )
-    print(
-        "outcomes (candidate)     "
-        + "   ".join(f"{o} {report.outcomes[o]}" for o in OUTCOMES)
-        + "   (stored: "
-        + ", ".join(f"{o} {report.stored_outcomes[o]}" for o in OUTCOMES)
-        + ")"
-    )
-    changed = sum(report.outcome_changes.values())
-    print(f"outcomes that change     {changed}", end="")
-    if changed:
-        print("   (" + ", ".join(f"{a} -> {b} {n}" for (a, b), n in sorted(report.outcome_changes.items())) + ")")
-    else:
-        print()
+    _print_effect(report, candidates, labels is not None)
+    _print_drift(report)
     print()
     header = f"{'rule':<28} {'mode':<7} {'fires':>7}"
     if labels is not None:
@@ -218,6 +208,66 @@ def run(args: argparse.Namespace) -> int:
                 f"{_metric(r.average_precision)}  {card}"
             )
             print(outcome_line(r.outcomes))
+            if report.baseline_ranking is not None:
+                print("baseline " + outcome_line(report.baseline_ranking.report().outcomes))
             if report.stored_ranking is not None:
                 print("stored decisions " + outcome_line(report.stored_ranking.report().outcomes))
     return 0
+
+
+def _transitions(changes: Counter[tuple[str, str]]) -> str:
+    """`allow -> block 12, block -> review 3`: outcome changes (from, to) -> decisions, in order."""
+    return ", ".join(f"{a} -> {b} {n}" for (a, b), n in sorted(changes.items()))
+
+
+def _counted(total: int, changes: Counter[tuple[str, str]]) -> str:
+    return f"{total}" + (f"   ({_transitions(changes)})" if total else "")
+
+
+def _print_effect(report: BacktestReport, candidates: lists.CandidateLists | None, labelled: bool) -> None:
+    """The candidate against the baseline (the same window, decided now with the newest rules and stored lists):
+    the candidate's effect alone."""
+    if candidates is not None:
+        print("candidate lists          " + _describe(candidates))
+    baseline = "the candidate's rule set (no rule set is stored)"
+    if report.baseline_version is not None:
+        baseline = f"rule set v{report.baseline_version} (the newest)"
+    print(f"baseline                 {baseline} with the lists as stored now, on the same window")
+    print(f"transactions evaluated   {report.evaluated}   (from {report.method})")
+    print(f"flagged (candidate)      {report.flagged}   (baseline: {report.baseline_flagged})")
+    print(
+        f"decisions that change    {report.changed}   (+{report.newly_flagged} flagged, "
+        f"-{report.no_longer_flagged} cleared; candidate against baseline)"
+    )
+    print(
+        "outcomes (candidate)     "
+        + "   ".join(f"{o} {report.outcomes[o]}" for o in OUTCOMES)
+        + "   (baseline: "
+        + ", ".join(f"{o} {report.baseline_outcomes[o]}" for o in OUTCOMES)
+        + ")"
+    )
+    print(f"outcomes that change     {_counted(sum(report.outcome_changes.values()), report.outcome_changes)}")
+    for name in sorted(report.list_changes):
+        changes = report.list_changes[name]
+        print(f"  with list {name:<14} {_counted(sum(changes.values()), changes)}")
+    if labelled:
+        caught = sum(n for (a, b), n in report.fraud_changes.items() if a == "allow")
+        lost = sum(n for (a, b), n in report.fraud_changes.items() if b == "allow")
+        print(
+            f"labelled frauds changing {_counted(sum(report.fraud_changes.values()), report.fraud_changes)}"
+            f"   caught {caught}, lost {lost} (out of allow / back to allow)"
+        )
+
+
+def _print_drift(report: BacktestReport) -> None:
+    """How the baseline differs from the stored decisions: rule sets applied and lists edited since they were
+    taken, which the comparison above leaves out."""
+    versions = ", ".join(f"v{v} ({n})" for v, n in sorted(report.stored_versions.items()))
+    print()
+    print("drift since the stored decisions (not the candidate's effect: rule sets applied, lists edited since)")
+    print(
+        "  stored outcomes        "
+        + ", ".join(f"{o} {report.stored_outcomes[o]}" for o in OUTCOMES)
+        + f"   (taken by rule set {versions or '-'}; flagged {report.stored_flagged})"
+    )
+    print(f"  baseline differs on    {_counted(sum(report.drift.values()), report.drift)}")

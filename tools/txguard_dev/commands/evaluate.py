@@ -3,6 +3,7 @@
     txguard evaluate --from 2018-07-01 --to 2018-08-01     # a period (transaction time, UTC; --to exclusive)
     txguard evaluate --run-id 1234 --run-id 1240           # generated runs only (their id ranges)
     txguard evaluate --labels run.labels.csv               # labels from a file instead of the labels store
+    txguard evaluate --labels chargebacks.csv              # (either `labels import`'s form or the generator's)
     txguard evaluate --json                                # or --format markdown
 
 Reads DATABASE_URL. Reports ROC AUC and average precision of the scores, precision, recall and F1 of the fraud
@@ -16,10 +17,13 @@ txguard/evaluation.py for the definitions. A transaction with no label in force 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
 from txguard.evaluation import OutcomeReport, Report
 from txguard.features import DAY_MS
@@ -32,6 +36,7 @@ from txguard_dev.commands.common import (
     period_argument,
     service_database_url,
 )
+from txguard_dev.commands.labels import labels_in_file
 
 
 def _day(day: int) -> str:
@@ -147,7 +152,13 @@ RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_js
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="from_", type=period_argument, help="first transaction time (inclusive)")
     parser.add_argument("--to", type=period_argument, help="end of the period (exclusive)")
-    parser.add_argument("--labels", metavar="FILE", help="labels file (CSV or JSON lines) instead of the labels store")
+    parser.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="labels file instead of the labels store, CSV (.csv, .csv.gz) or JSON lines: as `txguard labels "
+        "import` reads it (transaction_id, fraud, source, labelled_at, reason) or as `txguard generate "
+        "--labels-out` writes it (transaction_id, pattern, run_id)",
+    )
     parser.add_argument(
         "--run-id",
         type=integer_argument(0, 2**40 - 1),
@@ -170,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     import psycopg2
 
     from txguard.evaluation import Evaluation, Truth, judge
-    from txguard.labels import GENUINE, LabelInForce, labels_in_force, read_labels
+    from txguard.labels import labels_in_force
     from txguard.storage.transactions import ScoredRow, scored_in_period
     from txguard_generator.delivery import database_configured
 
@@ -179,19 +190,9 @@ def run(args: argparse.Namespace) -> int:
     if args.from_ is not None and args.to is not None and args.from_ >= args.to:
         raise CommandError("--from must be before --to: the period would be empty", exit_code=EXIT_USAGE)
     try:
-        # A labels file (txguard generate --labels-out) names each transaction's pattern, "genuine" included.
-        from_file = (
-            {
-                tid: LabelInForce(
-                    label.pattern != GENUINE, "file", None if label.pattern == GENUINE else label.pattern, 0
-                )
-                for tid, label in read_labels(args.labels).items()
-                for fraud in [label.pattern != GENUINE]
-            }
-            if args.labels
-            else None
-        )
-    except (OSError, ValueError) as exc:
+        # A labels file as `txguard labels import` reads it, or as `txguard generate --labels-out` writes it.
+        from_file = labels_in_file(Path(args.labels), int(time.time() * 1000)) if args.labels else None
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
         raise CommandError(str(exc), exit_code=EXIT_USAGE) from None
 
     ranges = [(run << RUN_ID_SHIFT, (run + 1) << RUN_ID_SHIFT) for run in args.run_id]

@@ -17,14 +17,16 @@ import argparse
 import csv
 import gzip
 import io
+import itertools
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from txguard import literals
 from txguard.domain import FraudLabel
+from txguard.labels import LabelInForce
 from txguard_dev.commands.common import EXIT_USAGE, CommandError, open_database, service_database_url
 
 MAX_PROBLEMS_SHOWN = 20
@@ -95,14 +97,19 @@ def label_item(row: Any, from_csv: bool) -> Any:
     return item
 
 
-def read_label_file(path: Path) -> list[FraudLabel]:
-    """Every label of the file, validated; raises ValueError listing the bad rows (line, field, value, reason)."""
+def read_label_file(path: Path, refused: str = "nothing was stored") -> list[FraudLabel]:
+    """Every label of the file, validated; raises ValueError listing the bad rows (line, field, value, reason)
+    and ending its first line with `refused` (what was not done)."""
+    return _checked_labels(path, rows(path), refused)
+
+
+def _checked_labels(path: Path, found: Iterable[tuple[int, Any]], refused: str) -> list[FraudLabel]:
     from txguard.label_intake import check_labels
 
     labels: list[FraudLabel] = []
     problems: list[str] = []
     from_csv = is_csv_name(path)
-    for number, row in rows(path):
+    for number, row in found:
         (checked,) = check_labels([label_item(row, from_csv)])
         if checked.label is not None:
             labels.append(checked.label)
@@ -112,7 +119,38 @@ def read_label_file(path: Path) -> list[FraudLabel]:
     if problems:
         shown = problems[:MAX_PROBLEMS_SHOWN]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise ValueError(f"{path}: {len(problems)} problem(s); nothing was stored\n  " + "\n  ".join(shown) + more)
+        raise ValueError(f"{path}: {len(problems)} problem(s); {refused}\n  " + "\n  ".join(shown) + more)
+    return labels
+
+
+def labels_in_file(path: Path, now_ms: int) -> dict[int, LabelInForce]:
+    """The label in force of each transaction a labels file names (`txguard evaluate --labels`), the file in
+    either form, told by its first row (CSV or JSON lines, gzip too):
+    - the labels import's (transaction_id, fraud, source, labelled_at, reason), every row validated as `labels
+      import` validates it: a transaction's label in force is its latest by labelled_at (epoch ms; omitted: now,
+      `now_ms`), a later line winning a tie;
+    - the generator's `--labels-out` (transaction_id, pattern, run_id): "genuine" or a fraud pattern, which is the
+      label's reason; the last line of a transaction wins, labelled_at 0.
+    Raises ValueError naming the bad rows (nothing is evaluated), OSError when the file cannot be read."""
+    from txguard.labels import GENUINE, label_of
+
+    found = rows(path)
+    first = next(found, None)
+    if first is None:
+        return {}
+    every = itertools.chain([first], found)
+    labels: dict[int, LabelInForce] = {}
+    if isinstance(first[1], dict) and "pattern" in first[1]:
+        for number, row in every:
+            label = label_of(row, f"{path}: line {number}")
+            fraud = label.pattern != GENUINE
+            labels[label.transaction_id] = LabelInForce(fraud, "file", label.pattern if fraud else None, 0)
+        return labels
+    for checked in _checked_labels(path, every, "nothing was evaluated"):
+        at = now_ms if checked.labelled_at_ms is None else checked.labelled_at_ms
+        held = labels.get(checked.transaction_id)
+        if held is None or at >= held.labelled_at_ms:
+            labels[checked.transaction_id] = LabelInForce(checked.fraud, checked.source, checked.reason, at)
     return labels
 
 
