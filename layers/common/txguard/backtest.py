@@ -188,6 +188,7 @@ def _replayed_once(
                 if text_reads is None:
                     by_rules.append(first.decision)
                     continue
+                assert first.features is not None  # decided with keep_features (the default)
                 features = dict(first.features)
                 text_reads.add(features, t)
                 snooze = None if snoozed is None else snoozed(t)
