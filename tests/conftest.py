@@ -86,10 +86,20 @@ class Database:
         self.query(statement, params)
 
 
+def _create_database(server: Server, prefix: str) -> str:
+    """A new empty database of this run's own, whose commits do not wait for their WAL to reach the disk: what
+    every other session sees is the same, and only a crash of the shared server (which no test causes; tests that
+    stop a server start their own) could lose its last commits. tests/integration/test_label_steps.py took 20 s
+    instead of 28 s, measured under load."""
+    name = create_database(server, prefix=prefix)
+    admin_query(server.database_url(name), f"ALTER DATABASE {name} SET synchronous_commit = off")
+    return name
+
+
 @contextmanager
 def scratch_database(server: Server, prefix: str) -> Iterator[str]:
     """The administrative URL of an empty database of this run's own, dropped afterwards."""
-    name = create_database(server, prefix=prefix)
+    name = _create_database(server, prefix=prefix)
     try:
         yield server.database_url(name)
     finally:
@@ -104,7 +114,7 @@ def pg_server() -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def migrated_database(pg_server: Server) -> Iterator[Database]:
-    name = create_database(pg_server, prefix="txguard_test")
+    name = _create_database(pg_server, prefix="txguard_test")
     admin_url = pg_server.database_url(name)
     try:
         migrate(admin_url, service_login_role(name))

@@ -178,10 +178,9 @@ def test_deciding_inside_copy_is_not_cut_short_by_the_statement_timeout(
     import time
 
     import txguard.ingest
+    import txguard.storage.transactions
     from txguard import db
     from txguard.detection import detector_cache as rule_cache
-
-    import txguard.storage.transactions
 
     # 300 ms for each statement: room for the other statements of the unit of work on a loaded machine. The
     # allowance per row is raised tenfold so that, however slow this machine is, the deciding below (0.5 s of sleep,

@@ -49,7 +49,11 @@ def _table(database: Database, source: str) -> list[tuple[Any, ...]]:
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 def test_maintained_sums_equal_the_view(database: Database, ops: list[Any]) -> None:
-    database.execute("TRUNCATE labels, merchant_label_daily, transactions, account_stats, account_daily")
+    # DELETE, not TRUNCATE: a few rows per table, and TRUNCATE's new files cost 0.1-0.2 s an example.
+    database.execute(
+        "DELETE FROM labels; DELETE FROM merchant_label_daily; DELETE FROM transactions; DELETE FROM account_stats; "
+        "DELETE FROM account_daily"
+    )
     sent: list[tuple[list[FraudLabel], int]] = []
     for op in ops:
         if op[0] == "store":
