@@ -325,7 +325,8 @@ def _describe(error: Any, data: Any) -> str:
         where = f"rule {rule_id!r} (#{index + 1})" if rule_id else f"rule #{index + 1}"
         loc = loc[2:]
     field = ".".join(str(part) for part in loc if not str(part).startswith("function-"))
-    message = str(error["msg"]).removeprefix("Value error, ")
+    # A rule's text may hold a card number (a constant compared with card_id): masked, as every echoed value is.
+    message = attributes.mask_card_numbers(str(error["msg"]).removeprefix("Value error, "))
     return f"{where}: {field + ': ' if field else ''}{message}"
 
 
