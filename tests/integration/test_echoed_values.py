@@ -144,7 +144,7 @@ def test_labels_are_refused_in_the_words_of_labels(runner: FunctionRunner, datab
     assert answer["error"]["message"] == "1 of the labels are invalid; nothing was stored"
     assert answer["error"]["details"] == [{"index": 1, "field": None, "value": 5, "reason": "must be a JSON object"}]
     status, answer = call(runner, "IngestFunction", "labels.json", {"labels": []})
-    assert answer["error"]["details"][0]["reason"] == "must hold at least 1 item(s); it holds 0"
+    assert answer["error"]["details"][0]["reason"] == "must hold at least 1 item; it holds 0"
     status, answer = call(runner, "IngestFunction", "store_data.json", [TRANSACTION])
     assert answer["error"]["message"].startswith("the body is an array; send one transaction as an object")
     assert database.query("SELECT count(*) FROM labels") == [(0,)]

@@ -63,7 +63,7 @@ def test_a_card_number_sent_as_a_json_integer_is_masked_in_the_problem() -> None
 
 
 def test_pydantic_wording_is_replaced_by_txguards() -> None:
-    assert problems_of(LabelBatch, {"labels": []}) == [("labels", "[]", "must hold at least 1 item(s); it holds 0")]
+    assert problems_of(LabelBatch, {"labels": []}) == [("labels", "[]", "must hold at least 1 item; it holds 0")]
     assert problems_of(LabelBatch, {"labels": 5}) == [("labels", 5, "must be an array")]
     label = {"transaction_id": 1, "fraud": True, "source": "analyst"}
     assert problems_of(LabelBatch, {"labels": [label, 5]}) == [("labels.1", 5, "must be a JSON object")]

@@ -307,13 +307,17 @@ def problem(error: Any, loc: Sequence[Any]) -> Problem:
     """A pydantic (or Powertools) error as a Problem, its field named by `loc` (the error's location within the
     item). Every transport words problems this way."""
     field = ".".join(str(part) for part in loc if not str(part).startswith("function-")) or None
-    reason = _reason(error)
+    reason = reason_of(error)
     value = error.get("input")
     if error.get("type") == "missing":
         value = None
     elif error.get("type") == "extra_forbidden":
         reason = f"unknown field {shorten(field or '')!r}"
     return Problem(None if field is None else shorten(field), echo(value), shorten(reason))
+
+
+def _items(count: Any) -> str:
+    return f"{count} item" if count == 1 else f"{count} items"
 
 
 # pydantic's own wording of the checks its types make, in txguard's ("must be ..."); the checks txguard writes
@@ -327,8 +331,8 @@ _PYDANTIC_REASONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "string_type": lambda ctx: "must be a string",
     "bool_type": lambda ctx: "must be a JSON boolean: true or false",
     "int_type": lambda ctx: "must be an integer",
-    "too_short": lambda ctx: f"must hold at least {ctx.get('min_length')} item(s); it holds {ctx.get('actual_length')}",
-    "too_long": lambda ctx: f"must hold at most {ctx.get('max_length')} item(s); it holds {ctx.get('actual_length')}",
+    "too_short": lambda ctx: f"must hold at least {_items(ctx.get('min_length'))}; it holds {ctx.get('actual_length')}",
+    "too_long": lambda ctx: f"must hold at most {_items(ctx.get('max_length'))}; it holds {ctx.get('actual_length')}",
     "string_too_short": lambda ctx: f"must be at least {ctx.get('min_length')} character(s)",
     "string_too_long": lambda ctx: f"must be at most {ctx.get('max_length')} characters",
     "string_pattern_mismatch": lambda ctx: f"must match {ctx.get('pattern')}",
@@ -341,7 +345,7 @@ _PYDANTIC_REASONS: dict[str, Callable[[dict[str, Any]], str]] = {
 _PYDANTIC_SUBJECT = re.compile(r"^(?:Input|List|String|Value|Dictionary|Object|Tuple|Set) should ")
 
 
-def _reason(error: Any) -> str:
+def reason_of(error: Any) -> str:
     """An error's reason in txguard's words: a ValueError's message as raised, pydantic's known checks reworded
     (_PYDANTIC_REASONS), any other "Input should be ..." as "must be ..."."""
     worded = _PYDANTIC_REASONS.get(str(error.get("type")))

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from txguard import snoozes
 from txguard.attributes import LIST_KINDS, list_value
 from txguard.errors import TxguardError, said
-from txguard.intake import problem
+from txguard.intake import reason_of
 from txguard.rule_language import RuleSetError
 from txguard.settings import service_settings
 from txguard.snoozes import SnoozeIn
@@ -79,7 +79,7 @@ def _snooze_request(args: argparse.Namespace) -> SnoozeIn:
         )
     except ValidationError as exc:
         problems = "; ".join(
-            said("--" + (".".join(str(p) for p in e["loc"]) or "value"), e.get("input"), problem(e, ()).reason)
+            said("--" + (".".join(str(p) for p in e["loc"]) or "value"), e.get("input"), reason_of(e))
             for e in exc.errors()
         )
         raise CommandError(f"snooze refused, nothing stored: {problems}", exit_code=EXIT_USAGE) from None
