@@ -73,6 +73,8 @@ def test_an_upload_is_one_audited_version_and_a_bad_one_stores_nothing(database:
     assert answer.status == 422
     assert "Nothing was stored: 3 problem(s)." in answer.body
     assert "card number" in answer.body and "yesterday" in answer.body and "the row has 1 cells" in answer.body
+    # The problem shows the value masked, as every refusal does (the pasted text is given back as it was).
+    assert '<td class="value">411111******1111</td>' in answer.body
     for headerless in ("card_4\n", ""):
         answer = handle(
             event("POST", "/lists/blocked_cards/upload", form={"csrf": csrf, "csv": headerless}, cookie=cookie), KEYS

@@ -127,6 +127,19 @@ def test_replay_with_a_column_map_reads_json_lines(
     ]
 
 
+def test_replay_reports_every_unreadable_json_line_and_masks_a_card_number(
+    database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "tx.jsonl"
+    good = '{"transaction_id": 1, "account_id": 5, "timestamp": 1714521600000, "amount": "1.00"'
+    path.write_text(f'{good}}}\n{{bad\n{good}\n{good}, "card_id": 4111111111111111}}\n')
+    status, _, err = txguard(capsys, "replay", "--no-progress", str(path))
+    assert status == 2, err
+    assert "line 2: malformed JSON" in err and "line 3: malformed JSON" in err
+    assert "line 4: card_id = '411111******1111'" in err and "4111111111111111" not in err
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]
+
+
 def test_replay_refuses_a_bad_row_by_line_and_sends_nothing(
     database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

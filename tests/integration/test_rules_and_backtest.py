@@ -193,7 +193,7 @@ _COSTLY = {
     ),
     "rules": (
         {"rules": [rule(f"r{i}", "amount > 1") for i in range(MAX_RULES + 1)]},
-        f"rule set: rules: List should have at most {MAX_RULES} items",
+        f"rule set: rules: must hold at most {MAX_RULES} items",
     ),
     "constant": (
         {"rules": [rule("third", "amount > 0." + "3" * 41 + " * mean_amount")]},

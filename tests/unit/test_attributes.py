@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from decimal import Decimal
+
 import pytest
 
 from txguard import attributes
+from txguard.intake import TransactionIn
 
 
 @pytest.mark.parametrize(
@@ -101,12 +105,47 @@ def test_a_metadata_value_the_database_could_not_store_is_refused(value: str) ->
         ("card", "tok:4111111111111111"),
         ("card", "4111111111111111x"),
         ("device", "4111111111111111"),
-        ("merchant", "m-5500000000000004"),
+        ("device", 4111111111111111),
+        ("card", 4111111111111111),
     ],
 )
-def test_a_card_number_is_refused_however_it_is_written_in_any_token(kind: str, raw: str) -> None:
+def test_a_card_number_is_refused_however_it_is_written_in_any_token(kind: str, raw: object) -> None:
     with pytest.raises(ValueError, match="card number"):
         attributes.list_value(kind, raw)
+
+
+@pytest.mark.parametrize(
+    "raw", ["4111111111111111", 4111111111111111, "m-5500000000000004", "m1", 42, "x" * 65, "a b", 1.5, True]
+)
+def test_a_merchant_list_value_and_a_rule_constant_accept_what_a_transaction_accepts_as_merchant_id(
+    raw: object,
+) -> None:
+    # One validator for one field: a merchant id that looks like a card number (a tenth of random numeric ids
+    # of 16 digits pass the Luhn check) is stored with its transaction, so a list and a rule must take it too.
+    def outcome(read: Callable[[], object]) -> object:
+        try:
+            return read()
+        except ValueError:  # pydantic's ValidationError is one
+            return "refused"
+
+    body = {"account_id": 1, "transaction_id": 1, "timestamp": 1714700000000, "amount": "1.00", "merchant_id": raw}
+    stored = outcome(lambda: TransactionIn.model_validate(body).merchant_id)
+    assert stored == outcome(lambda: attributes.list_value("merchant", raw))
+    assert stored == outcome(lambda: attributes.field_value("merchant_id", raw))
+    if isinstance(raw, str) and raw.isdigit():
+        assert stored == raw
+
+
+@pytest.mark.parametrize("raw", [1.5, Decimal("1.5"), True, {"a": 1}])
+def test_a_token_of_the_wrong_type_is_told_what_is_accepted(raw: object) -> None:
+    for kind in ("merchant", "card", "device"):
+        with pytest.raises(ValueError, match="must be a string or an integer of 1-64 letters"):
+            attributes.list_value(kind, raw)
+
+
+def test_a_long_metadata_key_is_reported_with_its_real_length() -> None:
+    with pytest.raises(ValueError, match=r"\(41 characters\) must be 1-40"):
+        attributes.metadata({"a" * 41: "v"})
 
 
 def test_a_card_number_in_a_metadata_value_is_refused() -> None:

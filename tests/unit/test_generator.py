@@ -135,6 +135,16 @@ def test_without_a_start_the_run_ends_in_the_day_before_now_and_stays_in_the_api
     assert min(timestamps) >= EARLIEST_START_MS
 
 
+def test_the_help_of_start_says_where_a_run_without_one_ends(capsys: pytest.CaptureFixture[str]) -> None:
+    # What the test above checks, as `txguard generate --help` tells it (it once said the run ends now).
+    from txguard_dev.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "moved by whole days to end within the 24 hours before now" in help_text
+
+
 @pytest.mark.parametrize("later_ms", [61_000, 3_600_000 + 17, 5 * DAY_MS + 12_345_678, 400 * DAY_MS + 1])
 def test_the_same_seed_without_a_start_gives_the_same_run_whatever_the_clock(later_ms: int) -> None:
     # `txguard generate --num-transactions 3000 --seed 7` run now and again later: only a whole-day shift.

@@ -164,7 +164,7 @@ def test_a_rule_set_over_the_comparison_budget_is_refused_naming_the_largest_rul
 
 def test_more_rules_than_the_limit_are_refused() -> None:
     assert len(validate_rule_set({"rules": [rule(f"r{i}") for i in range(MAX_RULES)]}).rules) == MAX_RULES
-    with pytest.raises(RuleSetError, match=f"rule set: rules: List should have at most {MAX_RULES} items"):
+    with pytest.raises(RuleSetError, match=f"rule set: rules: must hold at most {MAX_RULES} items"):
         validate_rule_set({"rules": [rule(f"r{i}") for i in range(MAX_RULES + 1)]})
 
 

@@ -40,7 +40,7 @@ class GenerateParams:
     num_transactions: int = 20_000
     num_accounts: int = 500
     fraud_rate: float = 0.02  # share of the transactions that belong to a fraud pattern
-    start: int | None = None  # epoch ms of the first transaction; None: the run ends at the current time
+    start: int | None = None  # epoch ms of the first one; None: the run ends within the day before now
     mean_gap: float = 28_800.0  # mean seconds between two transactions of one account (8 h: 3 a day)
     seed: int | None = None  # None: a fresh seed, reported with the run
     batch_size: int = 500

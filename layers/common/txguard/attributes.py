@@ -78,12 +78,38 @@ def _luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _card_number_spans(text: str) -> list[tuple[int, int]]:
+_GROUP = re.compile(r"[0-9]+")
+
+
+def _card_number_spans(text: str, thorough: bool = False) -> list[tuple[int, int]]:
+    """Where `text` holds card numbers: each run of digits and single separators that passes the Luhn check and,
+    when `thorough` (masking, where showing too little is harmless), the first card number within a run that
+    fails it."""
     spans = []
     for match in _CARD_NUMBER.finditer(text):
         digits = "".join(char for char in match.group() if char.isdigit())
         if _luhn_valid(digits):
             spans.append(match.span())
+            continue
+        if not thorough:
+            continue
+        # The run may hold a card number with more around it, cut off by a separator ("4111111111111111.0", a
+        # JSON number with a fraction; "12 4111 1111 1111 1111"): its consecutive groups of 13-19 digits.
+        groups = [(group.start(), group.end()) for group in _GROUP.finditer(match.group())]
+        if len(groups) < 2:
+            continue
+        found = next(
+            (
+                (match.start() + groups[first][0], match.start() + groups[last][1])
+                for first in range(len(groups))
+                for last in range(len(groups) - 1, first - 1, -1)
+                if 13 <= sum(end - start for start, end in groups[first : last + 1]) <= 19
+                and _luhn_valid("".join(_GROUP.findall(match.group()[groups[first][0] : groups[last][1]])))
+            ),
+            None,
+        )
+        if found is not None:
+            spans.append(found)
     return spans
 
 
@@ -95,8 +121,8 @@ def holds_card_number(text: str) -> bool:
 
 def mask_card_numbers(text: str) -> str:
     """`text` with each card number's digits masked but its first six and last four (as PCI DSS allows a PAN
-    to be displayed): "4111111111111111" -> "411111******1111"."""
-    spans = _card_number_spans(text)
+    to be displayed): "4111111111111111" -> "411111******1111", "4111111111111111.0" -> "411111******1111.0"."""
+    spans = _card_number_spans(text, thorough=True)
     for start, end in reversed(spans):
         part = text[start:end]
         positions = [i for i, char in enumerate(part) if char.isdigit()]
@@ -106,17 +132,28 @@ def mask_card_numbers(text: str) -> str:
     return text
 
 
-def identifier(value: Any) -> str:
-    """A merchant, card, device or account-side token as sent: 1-64 letters, digits, '_', '.', ':' or '-', from
-    a letter or digit, and never a card number (holds_card_number)."""
+_IDENTIFIER_FORM = "1-64 letters, digits, '_', '.', ':' or '-', starting with a letter or digit"
+
+
+def merchant_id(value: Any) -> str:
+    """A merchant's id as sent: 1-64 letters, digits, '_', '.', ':' or '-', from a letter or digit, given as a
+    string or as a JSON integer (42 is "42"). Unlike a card or device token, an id of digits that passes the Luhn
+    check is a merchant id like any other: merchants are not cards, and their ids are often numbers."""
     if type(value) is str:  # the common case first: a million-item list import checks every value
         text = value
     elif isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError("must be a string")
+        raise ValueError(f"must be a string or an integer of {_IDENTIFIER_FORM}")
     else:
         text = str(value)
     if not IDENTIFIER.match(text):
-        raise ValueError("must be 1-64 letters, digits, '_', '.', ':' or '-', starting with a letter or digit")
+        raise ValueError(f"must be {_IDENTIFIER_FORM}")
+    return text
+
+
+def identifier(value: Any) -> str:
+    """A card or device token as sent: merchant_id's form (a string or a JSON integer of 1-64 letters, digits,
+    '_', '.', ':' or '-'), and never a card number (holds_card_number)."""
+    text = merchant_id(value)
     # Thirteen digits at least, or it cannot hold a card number (a million-item import checks every value).
     if sum(map(str.isdigit, text)) >= 13 and holds_card_number(text):
         raise ValueError(_CARD_NUMBER_REFUSED)
@@ -205,7 +242,9 @@ def metadata(value: Any) -> dict[str, str]:
     size = 0
     for key, item in value.items():
         if not isinstance(key, str) or not METADATA_KEY.match(key):
-            raise ValueError(f"key {str(key)[:40]!r} must be 1-40 lower-case letters, digits or '_', from a letter")
+            text = str(key)
+            shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}… ({len(text)} characters)"
+            raise ValueError(f"key {shown} must be 1-40 lower-case letters, digits or '_', from a letter")
         if not isinstance(item, str):
             raise ValueError(f"value of {key!r} must be a string")
         if len(item) > MAX_METADATA_VALUE_LENGTH:
@@ -222,7 +261,7 @@ def metadata(value: Any) -> dict[str, str]:
 
 _LIST_VALUE = {
     "account": account,
-    "merchant": identifier,
+    "merchant": merchant_id,
     "card": card_id,
     "country": country,
     "ip": ip_address,
@@ -253,7 +292,7 @@ def list_value(kind: str, value: Any) -> str:
 # `metadata.KEY` (METADATA_FIELD) reads one metadata value.
 TEXT_FIELDS: dict[str, Callable[[Any], str]] = {
     "account_id": account,
-    "merchant_id": identifier,
+    "merchant_id": merchant_id,
     "channel": channel,
     "country": country,
     "merchant_category": merchant_category,

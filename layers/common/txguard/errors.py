@@ -58,17 +58,28 @@ class Unavailable(TxguardError):
 
 
 def shorten(text: str) -> str:
+    """A text that may hold a refused value (a field name, a reason) as it may be shown or logged: any card number
+    in it masked (attributes.mask_card_numbers), at most MAX_ECHOED_VALUE characters."""
+    text = mask_card_numbers(text)
     return text if len(text) <= MAX_ECHOED_VALUE else text[:MAX_ECHOED_VALUE] + "…"
 
 
 def echo(value: Any) -> Any:
-    """A rejected value as it may be shown back: JSON-safe and short."""
+    """A rejected value as it may be shown back (an HTTP error's details, a log line, a CLI message): JSON-safe,
+    short, and with any card number masked whatever its JSON type (a number of 13-19 digits that passes the Luhn
+    check is shown as the masked text "411111******1111", a string or an object holding one likewise)."""
     if isinstance(value, Decimal):
         value = str(value)
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-        # JSON has no integer limit but the response encoder (orjson) has: a refused id of 30 digits is shown back
-        # as its digits.
-        value = str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**64:
+            # JSON has no integer limit but the response encoder (orjson) has: a refused id of 30 digits is shown
+            # back as its digits.
+            value = str(value)
+        elif not -(10**12) < value < 10**12:  # 13 digits at least, or it cannot be a card number
+            digits = str(value)
+            masked = mask_card_numbers(digits)
+            if masked != digits:
+                return masked
     if isinstance(value, (dict, list)):
         value = json.dumps(value, default=str)
     if isinstance(value, str):
@@ -77,3 +88,16 @@ def echo(value: Any) -> Any:
         if len(value) > MAX_ECHOED_VALUE:
             return value[:MAX_ECHOED_VALUE] + "…"
     return value
+
+
+def quoted(value: Any) -> str:
+    """A refused value as a message quotes it (the CLI's problems): echo's masked, short value, strings in quotes
+    ('FR'), numbers as written (42)."""
+    shown = echo(value)
+    return repr(shown) if isinstance(shown, str) else json.dumps(shown, default=str)
+
+
+def said(field: str, value: Any, reason: str) -> str:
+    """A problem as one line of a message: `field = 'value': reason`, or `field: reason` when no value was given
+    (None: the field was missing or null), the value quoted and the reason shortened (both masked)."""
+    return f"{field}: {shorten(reason)}" if value is None else f"{field} = {quoted(value)}: {shorten(reason)}"

@@ -140,7 +140,11 @@ class TransactionIn(BaseModel):
         ),
     ]
     merchant_id: Annotated[
-        str | None, Field(description="optional merchant identifier: letters, digits, _ . : - (at most 64)")
+        str | None,
+        Field(
+            description="optional merchant identifier: 1-64 letters, digits, _ . : - (a string, or a JSON integer "
+            "stored as its digits); unlike card_id, a number that passes the Luhn check is a merchant id like any other"
+        ),
     ] = None
 
     channel: Annotated[
@@ -237,14 +241,7 @@ class TransactionIn(BaseModel):
     @field_validator("merchant_id", mode="before")
     @classmethod
     def _merchant(cls, value: Any) -> str | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ValueError("merchant_id must be a string")
-        text = str(value)
-        if not MERCHANT_ID.match(text):
-            raise ValueError("merchant_id must be 1-64 letters, digits, '_', '.', ':' or '-'")
-        return text
+        return None if value is None else attributes.merchant_id(value)
 
     @field_validator(
         "channel", "country", "merchant_category", "card_id", "ip_address", "device_id", "metadata", mode="before"
@@ -310,14 +307,52 @@ def problem(error: Any, loc: Sequence[Any]) -> Problem:
     """A pydantic (or Powertools) error as a Problem, its field named by `loc` (the error's location within the
     item). Every transport words problems this way."""
     field = ".".join(str(part) for part in loc if not str(part).startswith("function-")) or None
-    reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    reason = reason_of(error)
     value = error.get("input")
     if error.get("type") == "missing":
         value = None
-        reason = "is required"
     elif error.get("type") == "extra_forbidden":
         reason = f"unknown field {shorten(field or '')!r}"
     return Problem(None if field is None else shorten(field), echo(value), shorten(reason))
+
+
+def _items(count: Any) -> str:
+    return f"{count} item" if count == 1 else f"{count} items"
+
+
+# pydantic's own wording of the checks its types make, in txguard's ("must be ..."); the checks txguard writes
+# raise ValueError with their reason, which is kept as it is.
+_PYDANTIC_REASONS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "missing": lambda ctx: "is required",
+    "model_type": lambda ctx: "must be a JSON object",
+    "model_attributes_type": lambda ctx: "must be a JSON object",
+    "dict_type": lambda ctx: "must be a JSON object",
+    "list_type": lambda ctx: "must be an array",
+    "string_type": lambda ctx: "must be a string",
+    "bool_type": lambda ctx: "must be a JSON boolean: true or false",
+    "int_type": lambda ctx: "must be an integer",
+    "too_short": lambda ctx: f"must hold at least {_items(ctx.get('min_length'))}; it holds {ctx.get('actual_length')}",
+    "too_long": lambda ctx: f"must hold at most {_items(ctx.get('max_length'))}; it holds {ctx.get('actual_length')}",
+    "string_too_short": lambda ctx: f"must be at least {ctx.get('min_length')} character(s)",
+    "string_too_long": lambda ctx: f"must be at most {ctx.get('max_length')} characters",
+    "string_pattern_mismatch": lambda ctx: f"must match {ctx.get('pattern')}",
+    "greater_than_equal": lambda ctx: f"must be at least {ctx.get('ge')}",
+    "less_than_equal": lambda ctx: f"must be at most {ctx.get('le')}",
+    "greater_than": lambda ctx: f"must be more than {ctx.get('gt')}",
+    "less_than": lambda ctx: f"must be less than {ctx.get('lt')}",
+    "literal_error": lambda ctx: f"must be {ctx.get('expected')}",
+}
+_PYDANTIC_SUBJECT = re.compile(r"^(?:Input|List|String|Value|Dictionary|Object|Tuple|Set) should ")
+
+
+def reason_of(error: Any) -> str:
+    """An error's reason in txguard's words: a ValueError's message as raised, pydantic's known checks reworded
+    (_PYDANTIC_REASONS), any other "Input should be ..." as "must be ..."."""
+    worded = _PYDANTIC_REASONS.get(str(error.get("type")))
+    if worded is not None:
+        return worded(error.get("ctx") or {})
+    reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return _PYDANTIC_SUBJECT.sub("must ", reason)
 
 
 def check_items(items: Sequence[Any]) -> list[Checked]:

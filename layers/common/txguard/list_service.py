@@ -113,7 +113,7 @@ def _read(name: str, raw_value: Any, read: Callable[[Any, str | None], list[Any]
     def work(cur: Any) -> list[Any]:
         value = None
         if raw_value is not None:
-            (value,) = lists.check_values(list_storage.definition(cur, name).kind, [raw_value])
+            value = lists.lookup_value(list_storage.definition(cur, name).kind, raw_value)
         return read(cur, value)
 
     return run_in_transaction(work)

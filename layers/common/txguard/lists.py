@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from txguard import attributes, literals
-from txguard.errors import BadInput, Conflict, Malformed, NotFound, echo, shorten
+from txguard.errors import BadInput, Conflict, Malformed, NotFound, echo, quoted, shorten
 from txguard.intake import instant_ms
 
 LIST_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -104,17 +104,19 @@ class ListExists(Conflict):
 
     code = "list_exists"
 
-    def __init__(self, name: str, differences: Sequence[str]) -> None:
+    def __init__(self, name: str, differences: Sequence[tuple[str, Any, Any]]) -> None:
+        """`differences`: (field, the value sent, the value stored) of each field that differs."""
+        fields = [field for field, _, _ in differences]
         super().__init__(
-            f"list {name!r} exists with another {', '.join(differences)}; "
+            f"list {name!r} exists with another {', '.join(fields)}; "
             + (
                 "a list's kind never changes: create the list under another name"
-                if "kind" in differences
+                if "kind" in fields
                 else f"change it with PATCH /lists/{name} (txguard lists set)"
             ),
             [
-                {"index": None, "field": field, "value": None, "reason": "differs from the stored list"}
-                for field in differences
+                {"index": None, "field": field, "value": sent, "reason": f"list {name!r} has {field} {quoted(stored)}"}
+                for field, sent, stored in differences
             ],
         )
 
@@ -325,6 +327,18 @@ def check_values(kind: str, values: Sequence[Any]) -> list[str]:
     if problems:
         raise InvalidList(f"{len(problems)} of the values are invalid; nothing was removed", problems)
     return list(result)
+
+
+def lookup_value(kind: str, value: Any) -> str:
+    """A value looked up in a list of `kind` (GET /lists/{name}/items?value=, /changes?value=, `txguard lists
+    changes --value`), in canonical text. Raises InvalidList: the value can be no item of the list (a read: nothing
+    was changed either way)."""
+    try:
+        return attributes.list_value(kind, value)
+    except ValueError as exc:
+        raise InvalidList(
+            f"value is not a value of a {kind} list, so no item holds it", [ListProblem(None, "value", value, str(exc))]
+        ) from None
 
 
 class BadCsvHeader(BadInput):

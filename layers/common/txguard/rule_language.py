@@ -64,6 +64,7 @@ from txguard.features import (
     RULE_FEATURES,
     FeatureSettings,
 )
+from txguard.intake import reason_of
 from txguard.lists import LIST_NAME_PATTERN
 
 Operator = Literal["<", "<=", ">", ">=", "=", "!=", "in", "not in", "in list", "not in list"]
@@ -325,7 +326,8 @@ def _describe(error: Any, data: Any) -> str:
         where = f"rule {rule_id!r} (#{index + 1})" if rule_id else f"rule #{index + 1}"
         loc = loc[2:]
     field = ".".join(str(part) for part in loc if not str(part).startswith("function-"))
-    message = str(error["msg"]).removeprefix("Value error, ")
+    # A rule's text may hold a card number (a constant compared with card_id): masked, as every echoed value is.
+    message = attributes.mask_card_numbers(reason_of(error))
     return f"{where}: {field + ': ' if field else ''}{message}"
 
 

@@ -44,7 +44,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from txguard import literals, service
 from txguard.db import DatabaseUnavailable
 from txguard.domain import StoreResult
-from txguard.errors import echo
+from txguard.errors import echo, shorten
 from txguard.intake import Checked, Problem, check_items
 from txguard.observability import logger, metrics
 from txguard.presenters import store_results_json
@@ -147,7 +147,7 @@ def decide(records: Sequence[Record], remaining_ms: Callable[[], int] | None = N
         try:
             document = literals.loads(record.body)
         except literals.JsonRefused as exc:
-            problem = Problem(None, echo(record.body), str(exc))
+            problem = Problem(None, echo(record.body), shorten(str(exc)))
             outcomes[record.identifier] = Outcome("refused", "malformed_json", (problem,))
             continue
         # Validated before the database is asked anything: an invalid record is refused even while it is down.

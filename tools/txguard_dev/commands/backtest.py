@@ -33,6 +33,7 @@ from typing import Any
 from txguard import lists
 from txguard.backtest import BacktestReport, backtest
 from txguard.domain import OUTCOMES
+from txguard.errors import said
 from txguard.intake import parse_timestamp_ms
 from txguard.labels import GENUINE, UNSPECIFIED_FRAUD, labels_in_force
 from txguard.rule_engine import CompiledRuleSet
@@ -121,8 +122,11 @@ def _candidate_lists(cur: Any, path: Path) -> lists.CandidateLists:
         return lists.check_candidates(document, list_storage.list_definitions(cur), read_csv, now_ms)
     except lists.InvalidList as exc:
         shown = [
-            (".".join(([] if p.index is None else [f"lists[{p.index}]"]) + ([p.field] if p.field else [])) or "file")
-            + f" = {p.value!r}: {p.reason}"
+            said(
+                ".".join(([] if p.index is None else [f"lists[{p.index}]"]) + ([p.field] if p.field else [])) or "file",
+                p.value,
+                p.reason,
+            )
             for p in exc.problems[:MAX_PROBLEMS_SHOWN]
         ]
         more = len(exc.problems) - len(shown)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from txguard import literals
+from txguard.errors import quoted
 
 if TYPE_CHECKING:
     import psycopg2.extensions
@@ -162,7 +163,7 @@ def integer_argument(minimum: int, maximum: int) -> Callable[[str], int]:
         try:
             return literals.integer_from_text(text, minimum, maximum)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text[:40]!r} {exc}") from None
+            raise argparse.ArgumentTypeError(f"{quoted(text)} {exc}") from None
 
     return parse
 
@@ -174,10 +175,10 @@ def decimal_argument(minimum_exclusive: Decimal, maximum: Decimal) -> Callable[[
         try:
             number = literals.decimal(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text[:40]!r} {exc}") from None
+            raise argparse.ArgumentTypeError(f"{quoted(text)} {exc}") from None
         if not minimum_exclusive < number <= maximum:
             raise argparse.ArgumentTypeError(
-                f"{text[:40]!r} must be more than {minimum_exclusive} and at most {maximum}"
+                f"{quoted(text)} must be more than {minimum_exclusive} and at most {maximum}"
             )
         return number
 
@@ -197,4 +198,4 @@ def period_argument(text: str) -> int:
             return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1000
         return parse_timestamp_ms(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: {exc}") from None

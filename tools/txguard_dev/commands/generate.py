@@ -33,7 +33,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         help=f"accounts 1..N, with the reserved ids 9000000000000000000 + n (default {defaults.num_accounts})",
     )
     what.add_argument("--fraud-rate", help=f"share of transactions from fraud patterns (default {defaults.fraud_rate})")
-    what.add_argument("--start", help="first timestamp: epoch ms or RFC 3339 with a zone (default: the run ends now)")
+    what.add_argument(
+        "--start",
+        help="first timestamp: epoch ms or RFC 3339 with a zone (default: the run is moved by whole days to end "
+        "within the 24 hours before now, so the same seed gives the same hours on any day)",
+    )
     what.add_argument(
         "--mean-gap",
         help=f"mean seconds between one account's transactions (default {defaults.mean_gap:g})",

@@ -22,10 +22,11 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from txguard import literals
 from txguard.domain import FraudLabel
+from txguard.errors import said, shorten
 from txguard.labels import LabelInForce
 from txguard_dev.commands.common import EXIT_USAGE, CommandError, open_database, service_database_url
 
@@ -52,12 +53,26 @@ def is_csv_name(path: Path) -> bool:
     return path.name.lower().removesuffix(".gz").endswith(".csv")
 
 
+class Unreadable(NamedTuple):
+    """A line of a JSON-lines file that is not JSON: `reason` says why."""
+
+    reason: str
+
+
 def rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Any]]:
     """(line number, row) of a CSV (a dict of text cells, header on line 1) or JSON-lines file (each line's JSON
-    value by the one JSON rule; blank lines skipped). Raises ValueError naming the line of unreadable JSON."""
+    value by the one JSON rule, or Unreadable for a line that is not JSON; blank lines skipped). Raises ValueError
+    for a CSV header naming a column twice (csv.DictReader would keep the last cell of the two)."""
     with open_text(path) as file:
         if is_csv_name(path):
             reader = csv.DictReader(file)
+            header = reader.fieldnames or []
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                raise ValueError(
+                    f"{path}: header {list(header)!r}: {', '.join(map(repr, repeated))} named more than once; "
+                    "name each column once"
+                )
             for row in reader:
                 yield reader.line_num, row
             return
@@ -66,7 +81,7 @@ def rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Any]]:
                 try:
                     yield number, literals.loads(line)
                 except literals.JsonRefused as exc:
-                    raise ValueError(f"line {number}: {exc}") from None
+                    yield number, Unreadable(str(exc))
 
 
 def _text_cell(row: dict[str, Any], name: str, convert: Any) -> None:
@@ -98,8 +113,9 @@ def label_item(row: Any, from_csv: bool) -> Any:
 
 
 def read_label_file(path: Path, refused: str = "nothing was stored") -> list[FraudLabel]:
-    """Every label of the file, validated; raises ValueError listing the bad rows (line, field, value, reason)
-    and ending its first line with `refused` (what was not done)."""
+    """Every label of the file, validated; raises ValueError naming the file and listing the bad rows (line, field,
+    value, reason; a JSON line that is not JSON), ending its first line with `refused` (what was not done), or the
+    CSV header naming a column twice."""
     return _checked_labels(path, rows(path), refused)
 
 
@@ -110,12 +126,14 @@ def _checked_labels(path: Path, found: Iterable[tuple[int, Any]], refused: str) 
     problems: list[str] = []
     from_csv = is_csv_name(path)
     for number, row in found:
+        if isinstance(row, Unreadable):
+            problems.append(f"line {number}: {shorten(row.reason)}")
+            continue
         (checked,) = check_labels([label_item(row, from_csv)])
         if checked.label is not None:
             labels.append(checked.label)
             continue
-        for p in checked.problems:
-            problems.append(f"line {number}: {p.field or 'the row'} = {p.value!r}: {p.reason}")
+        problems.extend(f"line {number}: {said(p.field or 'the row', p.value, p.reason)}" for p in checked.problems)
     if problems:
         shown = problems[:MAX_PROBLEMS_SHOWN]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
@@ -162,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         labels = read_label_file(args.file)
-    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CommandError(f"{args.file}: {exc}", exit_code=EXIT_USAGE) from None
+    except (OSError, ValueError) as exc:  # OSError names the file, read_label_file's ValueError too
         raise CommandError(str(exc), exit_code=EXIT_USAGE) from None
     started = time.monotonic()
     stored = duplicates = 0

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from txguard.errors import said, shorten
 from txguard_dev.commands.common import (
     EXIT_USAGE,
     CommandError,
@@ -110,12 +111,14 @@ def _action(text: str) -> str | None:
 
 
 def _refused(problems: list[str], what: str) -> CommandError:
+    return _problem_list(f"{what}: {len(problems)} problem(s); nothing was stored", problems)
+
+
+def _problem_list(head: str, problems: list[str]) -> CommandError:
+    """`head`, then the first MAX_PROBLEMS_SHOWN problems one a line (exit 2)."""
     shown = problems[:MAX_PROBLEMS_SHOWN]
     more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-    return CommandError(
-        f"{what}: {len(problems)} problem(s); nothing was stored\n  " + "\n  ".join(shown) + more,
-        exit_code=EXIT_USAGE,
-    )
+    return CommandError(head + "\n  " + "\n  ".join(shown) + more, exit_code=EXIT_USAGE)
 
 
 def _ms_text(ms: int | None) -> str:
@@ -134,13 +137,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             lists.list_name(args.name)
         except ValueError as exc:
-            raise CommandError(f"name = {args.name!r}: {exc}", exit_code=EXIT_USAGE) from None
+            raise CommandError(said("name", args.name, str(exc)), exit_code=EXIT_USAGE) from None
     try:
         with open_database(service_database_url()) as conn:
             return int(_COMMANDS[args.lists_command](conn, args))
     except InvalidList as exc:
-        problems = [f"{p.field or 'the item'} = {p.value!r}: {p.reason}" for p in exc.problems]
-        raise _refused(problems, "refused") from None
+        # The exception's message says what was refused and what became of it (nothing stored, removed or read).
+        problems = [said(p.field or "the item", p.value, p.reason) for p in exc.problems]
+        raise _problem_list(exc.message, problems) from None
     except (ListNotFound, ListExists) as exc:
         raise CommandError(exc.message) from None
     except psycopg2.Error as exc:
@@ -161,7 +165,7 @@ def _create(conn: Any, args: argparse.Namespace) -> int:
         try:
             checked[field] = check(value)
         except ValueError as exc:
-            problems.append(f"{field} = {value!r}: {exc}")
+            problems.append(said(field, value, str(exc)))
     if problems:
         raise _refused(problems, f"list {args.name!r}")
     who = actor(args)
@@ -220,7 +224,7 @@ def _set(conn: Any, args: argparse.Namespace) -> int:
         try:
             changes["description"] = lists.description(args.description or None)
         except ValueError as exc:
-            raise _refused([f"description = {args.description!r}: {exc}"], f"list {args.name!r}") from None
+            raise _refused([said("description", args.description, str(exc))], f"list {args.name!r}") from None
     if not changes:
         raise CommandError("give --action and/or --description", exit_code=EXIT_USAGE)
     who = actor(args)
@@ -284,7 +288,7 @@ def validated_items(path: Path, kind: str, now_ms: int, problems: list[str]) -> 
 def problem_lines(found: list[Any]) -> list[str]:
     """ListProblems of a CSV file as `line N: field = value: reason`, in line order."""
     return [
-        f"line {p.index}: {p.field + ' = ' + repr(p.value) + ': ' if p.field else ''}{p.reason}"
+        f"line {p.index}: {said(p.field, p.value, p.reason) if p.field else shorten(p.reason)}"
         for p in sorted(found, key=lambda p: p.index or 0)
     ]
 
@@ -360,7 +364,7 @@ def _changes(conn: Any, args: argparse.Namespace) -> int:
     with conn, conn.cursor() as cur:
         value = None
         if args.value is not None:
-            (value,) = lists.check_values(storage.definition(cur, args.name).kind, [args.value])
+            value = lists.lookup_value(storage.definition(cur, args.name).kind, args.value)
         rows = storage.changes(cur, args.name, None, value, args.limit)
     for c in rows:
         head = f"v{c.version:<6} {_ms_text(c.changed_at_ms)} {c.actor:<24} {c.operation:<7}"

@@ -53,6 +53,7 @@ from typing import Any
 
 from txguard import literals
 from txguard.domain import ATTRIBUTES, FraudLabel, Transaction
+from txguard.errors import said, shorten
 from txguard_dev.commands.common import (
     EXIT_USAGE,
     CommandError,
@@ -60,7 +61,7 @@ from txguard_dev.commands.common import (
     period_argument,
     use_local_model_store,
 )
-from txguard_dev.commands.labels import is_csv_name, rows
+from txguard_dev.commands.labels import Unreadable, is_csv_name, rows
 
 DAY_MS = 86_400_000
 LABEL_CHUNK = 10_000
@@ -267,6 +268,9 @@ def read_replay(
     problems: list[str] = []
     from_csv = is_csv_name(path)
     for number, row in rows(path):
+        if isinstance(row, Unreadable):
+            problems.append(f"line {number}: {shorten(row.reason)}")
+            continue
         if not isinstance(row, dict):
             problems.append(f"line {number}: the row is not an object")
             continue
@@ -288,14 +292,16 @@ def read_replay(
         fraud = mapping["fraud"](row)
         reason = mapping["reason"](row) or None
         if checked.transaction is None:
-            problems += [f"line {number}: {p.field} = {p.value!r}: {p.reason}" for p in checked.problems]
+            problems += [f"line {number}: {said(p.field or 'the row', p.value, p.reason)}" for p in checked.problems]
         elif fraud not in (None, ""):
             label = {"transaction_id": checked.transaction.transaction_id, "fraud": _fraud(fraud), "source": source}
             if reason is not None:
                 label["reason"] = reason
             (checked_label,) = check_labels([label])
             if checked_label.label is None:
-                problems += [f"line {number}: {p.field} = {p.value!r}: {p.reason}" for p in checked_label.problems]
+                problems += [
+                    f"line {number}: {said(p.field or 'the row', p.value, p.reason)}" for p in checked_label.problems
+                ]
             else:
                 found.append((checked.transaction, checked_label.label.fraud, checked_label.label.reason))
         else:

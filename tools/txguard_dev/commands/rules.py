@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from txguard import snoozes
 from txguard.attributes import LIST_KINDS, list_value
-from txguard.errors import TxguardError
+from txguard.errors import TxguardError, said
+from txguard.intake import reason_of
 from txguard.rule_language import RuleSetError
 from txguard.settings import service_settings
 from txguard.snoozes import SnoozeIn
@@ -78,8 +79,7 @@ def _snooze_request(args: argparse.Namespace) -> SnoozeIn:
         )
     except ValidationError as exc:
         problems = "; ".join(
-            f"--{'.'.join(str(p) for p in e['loc']) or 'value'} {e.get('input')!r}: "
-            + e["msg"].removeprefix("Value error, ")
+            said("--" + (".".join(str(p) for p in e["loc"]) or "value"), e.get("input"), reason_of(e))
             for e in exc.errors()
         )
         raise CommandError(f"snooze refused, nothing stored: {problems}", exit_code=EXIT_USAGE) from None
@@ -92,7 +92,7 @@ def _run_snoozes(args: argparse.Namespace) -> int:
             list_value(args.kind, args.value)
         except ValueError as exc:
             raise CommandError(
-                f"--value {args.value!r}: not a {args.kind} value: {exc}", exit_code=EXIT_USAGE
+                said("--value", args.value, f"not a {args.kind} value: {exc}"), exit_code=EXIT_USAGE
             ) from None
     with open_database(database_url(args)) as conn:
         try:

@@ -11,12 +11,15 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
 
+from txguard.attributes import mask_card_numbers
 from txguard.errors import echo
 from txguard.intake import problem
 
 # Details listed in one error body: a batch of bad items or megabytes of unknown keys would otherwise make a body
 # beyond Lambda's 6 MB response limit (a 5xx); the rest are counted in `details_total` and the message.
 MAX_DETAILS = 100
+# The keys of a request's batch ({"transactions": [...]}, ...): an error located in one names its item's index.
+BATCH_KEYS = ("transactions", "labels", "items", "values")
 
 
 class ApiError(Exception):
@@ -51,9 +54,14 @@ class ApiError(Exception):
 
 def error_body(code: str, message: str, details: list[dict[str, Any]]) -> str:
     """The one error body. Past MAX_DETAILS details only the first are listed, with `details_total` (the count of
-    all problems) and the count in the message; each detail's `value` is echoed short (see `echo`)."""
-    listed = [{**detail, "value": echo(detail.get("value"))} for detail in details[:MAX_DETAILS]]
-    error: dict[str, Any] = {"code": code, "message": message, "details": listed}
+    all problems) and the count in the message; each detail's `value` is echoed short (see `echo`), and a card
+    number anywhere is masked."""
+    listed = [
+        {**detail, "value": echo(detail.get("value")), "reason": mask_card_numbers(str(detail.get("reason")))}
+        for detail in details[:MAX_DETAILS]
+    ]
+    # A message or a reason may quote a value: a card number in one is masked as the values are.
+    error: dict[str, Any] = {"code": code, "message": mask_card_numbers(message), "details": listed}
     if len(details) > MAX_DETAILS:
         error["message"] = f"{message} ({len(details)} problems; the first {MAX_DETAILS} are listed)"
         error["details_total"] = len(details)
@@ -88,7 +96,7 @@ def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
         if source:
             loc = loc[1:]
         index = None
-        if len(loc) >= 2 and loc[0] in ("transactions", "labels", "items", "values") and isinstance(loc[1], int):
+        if len(loc) >= 2 and loc[0] in BATCH_KEYS and isinstance(loc[1], int):
             index = loc[1]
             loc = loc[2:]
         found = problem(error, loc)

@@ -19,7 +19,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
 from aws_lambda_powertools.metrics import MetricUnit
 
 from txguard import literals
-from txguard.api.errors import ApiError, error_response, validation_details
+from txguard.api.errors import BATCH_KEYS, ApiError, error_response, validation_details
 from txguard.api.response_size import LAMBDA_RESPONSE_LIMIT, result_size
 from txguard.errors import BadInput, Conflict, Malformed, NotFound, TxguardError, Unavailable, echo, shorten
 from txguard.observability import logger, metrics
@@ -31,14 +31,47 @@ MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 PER_ITEM_PATH = "/store_data/per-item"
 
 
-class BodyRejected(json.JSONDecodeError):
-    """Raised by the deserializer; Powertools wraps it, the handler unwraps it."""
+# The routes whose body is one item or a batch {"KEY": [...]}: resource -> (what an item is, KEY), for messages.
+BATCH_BODIES = {
+    "/store_data": ("a transaction", "transactions"),
+    PER_ITEM_PATH: ("a transaction", "transactions"),
+    "/labels": ("a label", "labels"),
+    "/lists/{name}/items": ("an item", "items"),
+}
+# What a refused batch leaves undone, by its key (every other batch stores).
+_UNDONE = {"values": "nothing was removed"}
 
-    def __init__(self, code: str, message: str, status: int = 400, details: list[dict[str, Any]] | None = None) -> None:
+
+class BodyRejected(json.JSONDecodeError):
+    """Raised by the deserializer; Powertools wraps it, the handler unwraps it. `found` (a body that is JSON
+    but not an object: "an array", "not an object") lets the handler word the refusal for the route."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int = 400,
+        details: list[dict[str, Any]] | None = None,
+        found: str | None = None,
+    ) -> None:
         super().__init__(message, "", 0)
         self.code = code
         self.status = status
         self.details = details or []
+        self.found = found
+
+
+def not_an_object(found: str, resource: str | None) -> tuple[str, str]:
+    """(message, reason) refusing a body that is `found` ("an array", "not an object") on `resource`: what the
+    route takes, one item or a batch, in its own words."""
+    if resource in BATCH_BODIES:
+        item, key = BATCH_BODIES[resource]
+        one = item.split(" ", 1)[1]
+        return (
+            f'the body is {found}; send one {one} as an object, or a batch as {{"{key}": [...]}}',
+            f'must be a JSON object: {item}, or {{"{key}": [...]}} for a batch',
+        )
+    return f"the body is {found}; send a JSON object", "must be a JSON object"
 
 
 def parse_json(text: str) -> Any:
@@ -53,20 +86,11 @@ def parse_json(text: str) -> Any:
     except literals.JsonRefused as exc:
         raise BodyRejected("malformed_json", str(exc)) from None
     if not isinstance(document, dict):
-        kind = "an array" if isinstance(document, list) else "not an object"
-        raise BodyRejected(
-            "validation_error",
-            f'the body is {kind}; send one transaction as an object, or a batch as {{"transactions": [...]}}',
-            422,
-            [
-                {
-                    "index": None,
-                    "field": None,
-                    "value": echo(document),
-                    "reason": 'must be a JSON object: a transaction, or {"transactions": [...]} for a batch',
-                }
-            ],
-        )
+        # Worded for the route by the handler (invalid_request), which knows it.
+        found = "an array" if isinstance(document, list) else "not an object"
+        message, reason = not_an_object(found, None)
+        details = [{"index": None, "field": None, "value": echo(document), "reason": reason}]
+        raise BodyRejected("validation_error", message, 422, details, found)
     return document
 
 
@@ -213,6 +237,16 @@ def _refuse_unknown_query_parameters(app: APIGatewayRestResolver, next_middlewar
     return next_middleware(app)
 
 
+def _batch_key(errors: list[Any]) -> str:
+    """The key of the batch ("transactions", "labels", "items", "values") whose items `errors` locate."""
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        for at, part in enumerate(loc[:-1]):
+            if part in BATCH_KEYS and isinstance(loc[at + 1], int):
+                return str(part)
+    return "items"
+
+
 # Each error category's status, the one place they are mapped for REST; the most specific category wins.
 STATUS_BY_CATEGORY: dict[type[TxguardError], int] = {
     Malformed: 400,
@@ -246,11 +280,18 @@ def _register_error_handlers(app: TxguardResolver) -> None:
         cause = error.__cause__
         metrics.add_metric(name="ValidationErrors", unit=MetricUnit.Count, value=1)
         if isinstance(cause, BodyRejected):
-            return error_response(cause.status, cause.code, cause.msg, cause.details)
-        details = validation_details(list(error.errors()))
+            if cause.found is None:
+                return error_response(cause.status, cause.code, cause.msg, cause.details)
+            message, reason = not_an_object(cause.found, app.current_event.resource)
+            return error_response(cause.status, cause.code, message, [{**cause.details[0], "reason": reason}])
+        errors = list(error.errors())
+        details = validation_details(errors)
         items = sorted({d["index"] for d in details if d["index"] is not None})
+        key = _batch_key(errors)
         message = (
-            f"{len(items)} of the transactions are invalid; nothing was stored" if items else "the request is invalid"
+            f"{len(items)} of the {key} are invalid; {_UNDONE.get(key, 'nothing was stored')}"
+            if items
+            else "the request is invalid"
         )
         logger.info("invalid request", extra={"details": details[:20]})
         return error_response(422, "validation_error", message, details)

@@ -50,7 +50,7 @@ def list_page(
     value = None
     if raw_value:
         try:
-            (value,) = lists.check_values(stored.kind, [raw_value])
+            value = lists.lookup_value(stored.kind, raw_value)
         except InvalidList as exc:
             raise BadInput(f"query parameter 'value' = {shorten(raw_value)!r}: {exc.problems[0].reason}") from None
     changes = storage.changes(cur, name, None, value, 10 * CHANGES_SHOWN)[-CHANGES_SHOWN:]

@@ -302,7 +302,7 @@ def create(
     stored = get(cur, name)
     if not created:
         differences = [
-            field
+            (field, mine, theirs)
             for field, mine, theirs in (
                 ("kind", kind, stored.kind),
                 ("action", action, stored.action),
