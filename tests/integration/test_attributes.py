@@ -324,6 +324,39 @@ def test_attribute_features_count_distinct_values_and_first_uses_late_arrivals_i
     assert in_sql == recomputed
 
 
+def test_the_default_attribute_rules_flag_new_devices_and_countries_not_an_own_second_device(
+    runner: FunctionRunner, database: Database
+) -> None:
+    """The default rule set (as migrated): a payment from the account's own second device is not flagged; one from
+    a device and a country it never used is, as are a third device in a day and a new country within a minute."""
+    hour = 3_600_000
+    history = [item(tid, country="FR", device_id="own-1") | {"timestamp": T + tid * hour} for tid in (1, 2, 3)]
+    day = 30 * hour  # a day after transactions 1-4: out of their 24-hour window
+    later = [
+        item(4, country="FR", device_id="own-2") | {"timestamp": T + 4 * hour},  # its own second device, at home
+        item(5, country="US", device_id="new-1") | {"timestamp": T + day},  # a new device in a new country
+        item(6, country="US", device_id="new-2") | {"timestamp": T + day + 600_000},  # two in a day: not yet
+        item(7, country="US", device_id="new-3") | {"timestamp": T + day + 660_000},  # three in a day
+        item(8, country="BR", device_id="own-1") | {"timestamp": T + day + 680_000},  # a new country, 20 s later
+    ]
+    assert post(runner, history + later)[0] == 201
+    fired = {
+        tid: (fraud, {r["rule_id"] for r in reasons})
+        for tid, fraud, reasons in database.query("SELECT transaction_id, fraud, reasons FROM transactions")
+    }
+    active = {tid: (flag, ids - {"below_account_mean"}) for tid, (flag, ids) in fired.items()}  # a shadow rule
+    assert active == {
+        1: (False, set()),
+        2: (False, set()),
+        3: (False, set()),
+        4: (False, set()),
+        5: (True, {"new_device_new_country"}),
+        6: (False, set()),
+        7: (True, {"new_device_many"}),
+        8: (True, {"new_country_rush"}),
+    }
+
+
 @pytest.mark.parametrize("command", ["rules apply", "backtest"])
 def test_the_cli_refuses_a_rule_set_naming_a_list_that_does_not_exist(
     database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
