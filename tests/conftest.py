@@ -22,6 +22,7 @@ import psycopg2
 import pytest
 
 from txguard import db
+from txguard.detection import detector_cache
 from txguard.migrate import migrate, service_login_role
 from txguard_dev.local.postgres import Server, create_database, drop_database, find_or_start_server
 from txguard_dev.local.runner import Template
@@ -316,5 +317,8 @@ def database(migrated_database: Database, monkeypatch: pytest.MonkeyPatch) -> It
     migrate(migrated_database.admin_url, service_login_role(migrated_database.name))  # re-seeds the default rule set
     monkeypatch.setenv("DATABASE_URL", migrated_database.service_url)
     db.reset_connection()
+    # The detector read by an earlier test would otherwise serve for the rules cache period: a test that relies on
+    # the migrated default rule set would be decided by the rules an earlier one applied.
+    detector_cache.clear()
     yield migrated_database
     db.reset_connection()
