@@ -272,6 +272,12 @@ class TransactionIn(BaseModel):
         )
 
 
+def _metadata(value: Any) -> dict[str, str] | None:
+    """attributes.metadata, with an empty object read as no metadata: `{}` and an absent field are the same
+    transaction (a retry of one as the other is a duplicate), stored the same way (NULL)."""
+    return attributes.metadata(value) or None
+
+
 # How each optional attribute is read (txguard/attributes.py: the one definition every path uses).
 ATTRIBUTE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "channel": attributes.channel,
@@ -280,7 +286,7 @@ ATTRIBUTE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "card_id": attributes.card_id,
     "ip_address": attributes.ip_address,
     "device_id": attributes.identifier,
-    "metadata": attributes.metadata,
+    "metadata": _metadata,
 }
 
 
@@ -535,6 +541,8 @@ def _attribute(name: str, column: list[Any]) -> Iterable[Any]:
 
 
 def _untrimmed(value: Any) -> Any:
+    if value is None:  # empty metadata, read as none (_metadata)
+        return None
     texts = [*value, *value.values()] if isinstance(value, dict) else [value]
     if any(text != text.strip() for text in texts):
         raise _NotPlain

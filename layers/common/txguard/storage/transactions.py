@@ -34,7 +34,9 @@ K = TypeVar("K", int, str)
 SELECT_TRANSACTIONS = """SELECT transaction_id, account_id, txguard_ts_to_ms(ts), amount, currency, merchant_id,
                     fraud, score, reasons, rule_set_version, detector_version, model_version, model_score,
                     model_threshold, model_fallback, shadow_scores, outcome, channel, country, merchant_category,
-                    card_id, ip_address, device_id, metadata FROM transactions"""
+                    card_id, ip_address, device_id, NULLIF(metadata, '{}'::jsonb) FROM transactions"""
+# Empty metadata is no metadata (intake reads `{}` as absent); a row stored with `{}` before that reads as absent too,
+# so that a retry of it is the duplicate it is.
 # Where the decision's and the attributes' columns start and end in a row of SELECT_TRANSACTIONS.
 _DECISION = slice(6, 17)
 _ATTRIBUTES = slice(17, 24)
