@@ -4,14 +4,18 @@ route by one check."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import time
 from typing import Any
 
 import pytest
 
-from tests.conftest import Database, load_event, project_template
+from tests.conftest import ROOT, Database, load_event, project_template
 from txguard.intake import batch_transactions, check_items
+from txguard_dev.cli import COMMANDS
+from txguard_dev.commands.common import period_argument
 from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
@@ -91,3 +95,63 @@ def test_a_row_stored_with_empty_metadata_before_is_a_duplicate_of_its_retry(
 def test_an_empty_string_attribute_stays_refused_not_read_as_absent(runner: FunctionRunner, field: str) -> None:
     answer = post(runner, transaction(7, **{field: ""}))
     assert answer["statusCode"] == 422 and [d["field"] for d in answer["json"]["error"]["details"]] == [field]
+
+
+# --- 2. one parser for every time window's bound ------------------------------------------------------------------
+
+# --until of `rules snooze` is when a snooze ends (an instant, in the future), not a window's bound.
+NOT_A_WINDOW = {("rules", "snooze", "--until")}
+
+
+def _bound_actions() -> list[tuple[tuple[str, ...], argparse.Action]]:
+    found = []
+
+    def walk(path: tuple[str, ...], parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk((*path, name), child)
+            for option in {"--from", "--to", "--until"} & set(action.option_strings):
+                if (*path, option) not in NOT_A_WINDOW:
+                    found.append(((*path, option), action))
+
+    for name, (module_name, _) in COMMANDS.items():
+        parser = argparse.ArgumentParser(prog=name)
+        importlib.import_module(module_name).register(parser)
+        walk((name,), parser)
+    return found
+
+
+def test_every_cli_window_bound_is_read_by_the_one_parser() -> None:
+    actions = _bound_actions()
+    commands = {path[0] for path, _ in actions}
+    assert {"backtest", "evaluate", "models", "replay", "train"} <= commands, commands
+    assert [path for path, action in actions if action.type is not period_argument] == []
+    assert period_argument("2024-05-01") == period_argument("2024-05-01T00:00:00Z") == MAY_1_2024_MS
+    with pytest.raises(argparse.ArgumentTypeError, match="not a calendar date"):
+        period_argument("2024-13-01")
+
+
+def test_backtest_takes_a_bare_date_as_evaluate_does(database: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    from txguard_dev.cli import main
+
+    rules = str(ROOT / "rules" / "seed.json")
+    period = ["--from", "2024-05-02", "--to", "2024-05-01"]
+    # Both dates are read (as their midnights): the period is refused as reversed, naming both.
+    assert main(["backtest", "--rules", rules, *period, "--database-url", database.admin_url]) == 2
+    assert "--from 2024-05-02T00:00:00.000Z is after --to 2024-05-01T00:00:00.000Z" in capsys.readouterr().err
+
+
+def test_store_data_reads_a_bare_date_bound_as_its_midnight_utc(runner: FunctionRunner) -> None:
+    before, after = MAY_1_2024_MS - 1, MAY_1_2024_MS
+    stored = post(runner, {"transactions": [transaction(1, timestamp=before), transaction(2, timestamp=after)]})
+    assert stored["statusCode"] == 201
+    event = with_query(load_event("store_data_list.json"), {"from": "2024-05-01", "to": "2024-05-02"})
+    answer = call(runner, "IngestFunction", event)
+    assert answer["statusCode"] == 200, answer["body"][:500]
+    assert [t["transaction_id"] for t in answer["json"]["transactions"]] == [2]
+    event = with_query(load_event("store_data_list.json"), {"to": "2024-05-01"})
+    assert [t["transaction_id"] for t in call(runner, "IngestFunction", event)["json"]["transactions"]] == [1]
+    event = with_query(load_event("store_data_list.json"), {"from": "2024-02-30"})
+    answer = call(runner, "IngestFunction", event)
+    assert answer["statusCode"] == 422 and answer["json"]["error"]["details"][0]["field"] == "from"

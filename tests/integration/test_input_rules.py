@@ -387,9 +387,11 @@ def test_backtest_refuses_a_period_bound_outside_the_rule(
 ) -> None:
     rules = tmp_path / "rules.json"
     rules.write_text((ROOT / "rules" / "seed.json").read_text())
-    assert main(["backtest", "--rules", str(rules), "--from", when, "--database-url", database.admin_url]) == 2
+    with pytest.raises(SystemExit) as exited:  # argparse refuses it, as every command's --from
+        main(["backtest", "--rules", str(rules), "--from", when, "--database-url", database.admin_url])
+    assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert (err.startswith("cannot backtest:") and when[:20] in err) or "timestamp must be" in err, err
+    assert "--from" in err and when[:20] in err, err
 
 
 @pytest.mark.parametrize(
@@ -495,7 +497,7 @@ def test_backtest_refuses_a_reversed_period(
     period = ["--from", "2024-05-02T00:00:00Z", "--to", "2024-05-01T00:00:00Z"]
     assert main(["backtest", "--rules", str(rules), *period, "--database-url", database.admin_url]) == 2
     err = capsys.readouterr().err
-    assert "--from 2024-05-02T00:00:00Z is after --to 2024-05-01T00:00:00Z" in err, err
+    assert "--from 2024-05-02T00:00:00.000Z is after --to 2024-05-01T00:00:00.000Z" in err, err
 
 
 @pytest.mark.parametrize("constant", ["\u0661\u0662", "007", ".5", "1e18"])

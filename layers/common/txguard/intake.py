@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import repeat
 from operator import itemgetter
@@ -62,6 +63,30 @@ def parse_timestamp_ms(value: Any) -> int:
             f"to {service_settings().max_future_skew_s} seconds from now"
         )
     return ms
+
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def window_bound_ms(value: Any) -> int:
+    """A time window's bound (the query's `from`/`to`, every CLI command's `--from`/`--to`/`--until`, a training
+    cutoff) in epoch ms: a UTC date YYYY-MM-DD (its 00:00 UTC), or a timestamp as parse_timestamp_ms reads it
+    (epoch ms, an RFC 3339 date-time with a zone) and within its range. The one reading of a bound, so that every
+    command and route takes the same forms. Raises ValueError naming the accepted forms."""
+    if isinstance(value, str) and _DATE.match(value):
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value} is not a calendar date (YYYY-MM-DD)") from None
+        return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1000
+    try:
+        return parse_timestamp_ms(value)
+    except ValueError as exc:
+        if "outside the accepted range" in str(exc):
+            raise
+        raise ValueError(
+            "must be a UTC date (YYYY-MM-DD, its midnight), epoch milliseconds or an RFC 3339 date-time with a zone"
+        ) from None
 
 
 def parse_amount(value: Any, currency: str | None = None) -> Decimal:

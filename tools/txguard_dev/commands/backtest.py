@@ -27,6 +27,7 @@ import csv
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from txguard import lists
 from txguard.backtest import BacktestReport, backtest
 from txguard.domain import OUTCOMES
 from txguard.errors import said
-from txguard.intake import parse_timestamp_ms
 from txguard.labels import GENUINE, UNSPECIFIED_FRAUD, labels_in_force
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
@@ -47,6 +47,7 @@ from txguard_dev.commands.common import (
     add_database_argument,
     database_url,
     open_database,
+    period_argument,
     read_json_file,
 )
 from txguard_dev.commands.evaluate import outcome_line
@@ -68,8 +69,19 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=None,
         help='candidate lists (JSON {"lists": [...]}: added, changed or removed lists; the stored ones are untouched)',
     )
-    parser.add_argument("--from", dest="from_", default=None, help="first timestamp evaluated (epoch ms or RFC 3339)")
-    parser.add_argument("--to", default=None, help="end of the evaluated period, exclusive (epoch ms or RFC 3339)")
+    parser.add_argument(
+        "--from",
+        dest="from_",
+        type=period_argument,
+        default=None,
+        help="first time evaluated (a UTC date, its midnight, epoch ms or RFC 3339)",
+    )
+    parser.add_argument(
+        "--to",
+        type=period_argument,
+        default=None,
+        help="end of the evaluated period, exclusive (a UTC date, its midnight, epoch ms or RFC 3339)",
+    )
     parser.add_argument(
         "--replay-all",
         action="store_true",
@@ -88,8 +100,9 @@ def _describe(candidates: lists.CandidateLists) -> str:
     return "; ".join(parts)
 
 
-def _time(value: str | None) -> int | None:
-    return None if value is None else parse_timestamp_ms(value)
+def _shown(ms: int) -> str:
+    """A bound read by period_argument, in RFC 3339 (UTC, milliseconds), whichever form it was given in."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _metric(value: float | None) -> str:
@@ -143,9 +156,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("give --rules FILE, --lists FILE or both", exit_code=EXIT_USAGE)
     try:
         rule_set = None if args.rules is None else validate_rule_set(read_json_file(args.rules))
-        from_ms, to_ms = _time(args.from_), _time(args.to)
+        from_ms, to_ms = args.from_, args.to
         if from_ms is not None and to_ms is not None and from_ms > to_ms:
-            raise ValueError(f"--from {args.from_[:40]} is after --to {args.to[:40]}; the period would be empty")
+            raise ValueError(f"--from {_shown(from_ms)} is after --to {_shown(to_ms)}; the period would be empty")
     except RuleSetError as exc:
         print("rule set rejected:", *[f"  - {p}" for p in exc.problems], sep="\n", file=sys.stderr)
         return 1

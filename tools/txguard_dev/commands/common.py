@@ -186,16 +186,11 @@ def decimal_argument(minimum_exclusive: Decimal, maximum: Decimal) -> Callable[[
 
 
 def period_argument(text: str) -> int:
-    """An argparse `type` for a period's bound, in epoch ms: a UTC date (YYYY-MM-DD, its midnight), or what a
-    transaction's timestamp accepts (epoch milliseconds, an RFC 3339 date-time with a zone)."""
-    from datetime import UTC, date, datetime
-
-    from txguard.intake import parse_timestamp_ms
+    """An argparse `type` for a time window's bound, in epoch ms, read by txguard.intake.window_bound_ms (a UTC date
+    YYYY-MM-DD, its midnight; epoch milliseconds; an RFC 3339 date-time with a zone), as the API reads `from`/`to`."""
+    from txguard.intake import window_bound_ms
 
     try:
-        if len(text) == 10 and text[4] == "-" and text[7] == "-":
-            day = date.fromisoformat(text)
-            return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1000
-        return parse_timestamp_ms(text)
+        return window_bound_ms(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{quoted(text)}: {exc}") from None

@@ -50,7 +50,7 @@ from txguard.api.schemas import (
 )
 from txguard.domain import Transaction
 from txguard.errors import shorten
-from txguard.intake import INT64_MAX, TransactionIn, batch_transactions, parse_timestamp_ms
+from txguard.intake import INT64_MAX, TransactionIn, batch_transactions, window_bound_ms
 from txguard.observability import logger
 from txguard.presenters import decision_members, listed_json, store_decisions_json, store_results_json
 from txguard.queries import cursor_after
@@ -294,6 +294,10 @@ def _per_item_items(document: dict[str, Any]) -> list[Any]:
     return list(batch)
 
 
+# How a window's bound may be written (intake.window_bound_ms), as the CLI's --from/--to take it.
+_BOUND_FORMS = "a UTC date YYYY-MM-DD (its 00:00 UTC), epoch ms or an RFC 3339 date-time with a zone"
+
+
 @router.get(
     "/store_data",
     summary="List stored transactions with their decisions, oldest first",
@@ -310,10 +314,8 @@ def list_data(
     account_id: Annotated[
         int | None, integer_text(1, INT64_MAX), Query(gt=0, le=INT64_MAX, description="only this account")
     ] = None,
-    from_: Annotated[
-        str | None, Query(alias="from", max_length=40, description="epoch ms or RFC 3339, inclusive")
-    ] = None,
-    to: Annotated[str | None, Query(max_length=40, description="epoch ms or RFC 3339, exclusive")] = None,
+    from_: Annotated[str | None, Query(alias="from", max_length=40, description=f"{_BOUND_FORMS}, inclusive")] = None,
+    to: Annotated[str | None, Query(max_length=40, description=f"{_BOUND_FORMS}, exclusive")] = None,
     limit: Annotated[int, integer_text(1, 1000), Query(ge=1, le=1000, description="page size")] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:
@@ -337,7 +339,7 @@ def _time_param(name: str, value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        return parse_timestamp_ms(value)
+        return window_bound_ms(value)
     except ValueError as exc:
         raise ApiError(
             422,

@@ -149,21 +149,15 @@ def _problem(field: str | None, value: Any, reason: str) -> dict[str, Any]:
 
 
 def _until(value: Any) -> int:
-    """A cutoff: a UTC date (its midnight), epoch ms, or an RFC 3339 date-time with a zone."""
-    from datetime import UTC, date, datetime
+    """A cutoff, read as every time window's bound is (intake.window_bound_ms): a UTC date (its midnight), epoch
+    ms, or an RFC 3339 date-time with a zone."""
+    from txguard.intake import window_bound_ms
 
-    from txguard.intake import parse_timestamp_ms
-
-    try:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return parse_timestamp_ms(value)
-        if isinstance(value, str):
-            if len(value) == 10:
-                day = date.fromisoformat(value)
-                return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1000
-            return parse_timestamp_ms(value)
-    except ValueError as exc:
-        raise _Refused("until", value, str(exc)) from None
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            return window_bound_ms(value)
+        except ValueError as exc:
+            raise _Refused("until", value, str(exc)) from None
     raise _Refused("until", value, "must be a date (YYYY-MM-DD), epoch milliseconds or an RFC 3339 date-time")
 
 
