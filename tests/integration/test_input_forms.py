@@ -155,3 +155,40 @@ def test_store_data_reads_a_bare_date_bound_as_its_midnight_utc(runner: Function
     event = with_query(load_event("store_data_list.json"), {"from": "2024-02-30"})
     answer = call(runner, "IngestFunction", event)
     assert answer["statusCode"] == 422 and answer["json"]["error"]["details"][0]["field"] == "from"
+
+
+# --- 3. an empty query value is refused on every route ------------------------------------------------------------
+
+FUNCTION_OF = {"/store_data": "IngestFunction", "/labels": "IngestFunction", "/rules": "IngestFunction"}
+FUNCTION_OF |= {"/is_fraud": "DetectFunction", "/models": "DetectFunction", "/lists": "ListsFunction"}
+
+
+def _query_parameters() -> list[tuple[str, str, str]]:
+    document = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    return [
+        (method.upper(), path, parameter["name"])
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "query"
+    ]
+
+
+@pytest.mark.parametrize(("method", "path", "name"), _query_parameters())
+def test_an_empty_query_value_is_422_naming_the_parameter_on_every_route(
+    runner: FunctionRunner, database: Database, method: str, path: str, name: str
+) -> None:
+    event = with_query(load_event("store_data_list.json"), {name: ""})
+    event["httpMethod"], event["resource"] = method, path
+    event["pathParameters"] = {segment[1:-1]: "x1" for segment in path.split("/") if segment.startswith("{")} or None
+    event["path"] = path.replace("{", "").replace("}", "")
+    if method != "GET":
+        event["body"] = json.dumps(transaction(9))
+        event["headers"] = {**event["headers"], "Content-Type": "application/json"}
+    function = next(f for prefix, f in FUNCTION_OF.items() if path.startswith(prefix))
+    answer = call(runner, function, event)
+    assert answer["statusCode"] == 422, answer["body"][:500]
+    assert answer["json"]["error"]["details"] == [
+        {"index": None, "field": name, "value": "", "reason": "is empty; give a value or leave the parameter out"}
+    ]
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]

@@ -28,7 +28,8 @@ def openapi_document(resolver: TxguardResolver) -> str:
         description=(
             "Transaction fraud detection: store transactions (each decided when stored, with a score and the "
             "reasons), and ask which of an account's transactions are fraud. Every error has the shape "
-            '{"error": {"code", "message", "details": [{"index", "field", "value", "reason"}]}}.'
+            '{"error": {"code", "message", "details": [{"index", "field", "value", "reason"}]}}. A query '
+            "parameter given empty (`?cursor=`) is refused with a 422 naming it, on every route: leave it out instead."
         ),
         security_schemes={"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header, description="API key")},
         security=[{"apiKey": []}],

@@ -137,7 +137,26 @@ def _route_per_item_mode(event: dict[str, Any]) -> None:
 
 
 def _check_query(event: dict[str, Any]) -> None:
-    """A query parameter given more than once is refused by name: Powertools would keep one of its values."""
+    """A query parameter given more than once is refused by name: Powertools would keep one of its values. So is
+    one given empty (`?cursor=`, `?outcome=`), for every parameter of every route: no parameter gives an empty
+    value a meaning, and reading it as absent would answer a question the client did not ask."""
+    single = event.get("queryStringParameters") or {}
+    empty = sorted(name for name, value in single.items() if isinstance(value, str) and not value.strip())
+    if empty:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{len(empty)} query parameter(s) given empty; nothing was done",
+            [
+                {
+                    "index": None,
+                    "field": shorten(name),
+                    "value": single[name],
+                    "reason": "is empty; give a value or leave the parameter out",
+                }
+                for name in empty[:20]
+            ],
+        )
     given = event.get("multiValueQueryStringParameters") or {}
     repeated = sorted(name for name, values in given.items() if isinstance(values, list) and len(values) > 1)
     if repeated:
