@@ -74,10 +74,7 @@ def window_bound_ms(value: Any) -> int:
     (epoch ms, an RFC 3339 date-time with a zone) and within its range. The one reading of a bound, so that every
     command and route takes the same forms. Raises ValueError naming the accepted forms."""
     if isinstance(value, str) and _DATE.match(value):
-        try:
-            day = date.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"{value} is not a calendar date (YYYY-MM-DD)") from None
+        day = date.fromisoformat(value)  # its ValueError says what is wrong: "month must be in 1..12"
         return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1000
     try:
         return parse_timestamp_ms(value)
