@@ -66,8 +66,8 @@ def shorten(text: str) -> str:
 
 def echo(value: Any) -> Any:
     """A rejected value as it may be shown back (an HTTP error's details, a log line, a CLI message): JSON-safe,
-    short, and with any card number masked whatever its JSON type (a number of 13-19 digits that passes the Luhn
-    check is shown as the masked text "411111******1111", a string or an object holding one likewise)."""
+    short, and with any card number masked whatever its JSON type (an integer of 14-19 digits or a string of 13-19
+    that passes the Luhn check is shown as the masked text "411111******1111", an object holding one likewise)."""
     if isinstance(value, Decimal):
         value = str(value)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -75,7 +75,10 @@ def echo(value: Any) -> Any:
             # JSON has no integer limit but the response encoder (orjson) has: a refused id of 30 digits is shown
             # back as its digits.
             value = str(value)
-        elif not -(10**12) < value < 10**12:  # 13 digits at least, or it cannot be a card number
+        elif not -(10**13) < value < 10**13:
+            # 14 digits at least: a card number of 13 digits (a long-retired Visa length) as a JSON integer is
+            # left as it is, since every epoch-millisecond timestamp of 2001-2286 has 13 digits, and one in ten
+            # passes the Luhn check: a refused timestamp or expiry must be shown back as the client sent it.
             digits = str(value)
             masked = mask_card_numbers(digits)
             if masked != digits:
