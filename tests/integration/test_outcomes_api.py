@@ -364,6 +364,7 @@ def read_snoozes(runner: FunctionRunner, rule_id: str, query: dict[str, str]) ->
         assert changes is None or page["changes"] == changes
         changes = page["changes"]
         pages.append([(s["kind"], s["value"]) for s in page["snoozes"]])
+        assert len(pages) <= 20, pages  # a cursor that does not move on would loop for ever
         cursor = page["next_cursor"]
         if cursor is None:
             return pages
