@@ -250,3 +250,94 @@ def test_the_local_runtime_records_the_key_that_let_the_request_through(database
     assert answers[1]["statusCode"] == 201
     assert json.loads(answers[1]["body"])["created_by"] == "api_key:local"
     assert database.query("SELECT actor FROM list_changes") == [("api_key:local",)]
+
+
+def read_lists(runner: FunctionRunner, limit: str | None) -> list[list[str]]:
+    """The names of every page of GET /lists, following next_cursor."""
+    pages, cursor = [], None
+    while True:
+        query = ({"limit": limit} if limit else {}) | ({"cursor": cursor} if cursor else {})
+        status, page = call(runner, "lists.json", query=query)
+        assert status == 200, page
+        assert set(page) == {"lists", "next_cursor"}
+        pages.append([s["name"] for s in page["lists"]])
+        assert len(pages) <= 20, pages  # a cursor that does not move on would loop for ever
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return pages
+
+
+def test_the_lists_are_paged_by_name_each_once_and_a_bad_limit_or_cursor_is_refused(
+    runner: FunctionRunner, database: Database
+) -> None:
+    names = ["zeta", "alpha", "mid_1", "mid_10", "mid_2"]
+    for name in names:
+        create(runner, name, "card")
+
+    # Without parameters: every list (fewer than the default 100) on one page, in the shape it always had
+    assert read_lists(runner, None) == [sorted(names)]
+    # By two: every list exactly once, in order of name, the last page's cursor null
+    assert read_lists(runner, "2") == [["alpha", "mid_1"], ["mid_10", "mid_2"], ["zeta"]]
+    # A list created between pages is read when its name comes after the cursor
+    status, first = call(runner, "lists.json", query={"limit": "2"})
+    create(runner, "beta", "card")  # before the cursor: not on the next pages
+    create(runner, "mid_3", "card")
+    status, rest = call(runner, "lists.json", query={"limit": "10", "cursor": first["next_cursor"]})
+    assert [s["name"] for s in rest["lists"]] == ["mid_10", "mid_2", "mid_3", "zeta"] and rest["next_cursor"] is None
+
+    for query, field in (
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"cursor": "x" * 301}, "cursor"),
+    ):
+        status, refused = call(runner, "lists.json", query=query)
+        assert status == 422, (query, refused)
+        assert field in [d["field"] for d in refused["error"]["details"]], refused
+    # A cursor we did not issue, or one of another read (a list's items), is the one invalid_cursor answer
+    assert (
+        call(runner, "list_items_add.json", {"items": [{"value": "c1"}, {"value": "c2"}]}, {"name": "alpha"})[0] == 200
+    )
+    status, items = call(runner, "list_items.json", path={"name": "alpha"}, query={"limit": "1"})
+    for forged in ("bm9wZQ", items["next_cursor"]):
+        status, refused = call(runner, "lists.json", query={"cursor": forged})
+        assert (status, refused["error"]["code"]) == (400, "invalid_cursor"), refused
+        assert [d["field"] for d in refused["error"]["details"]] == ["cursor"]
+
+
+def test_a_lists_page_is_cut_by_bytes_and_its_cursor_reads_the_rest(
+    runner: FunctionRunner, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A page over the real budget takes about 1,000 lists with the longest names, descriptions and actors (6 kB
+    # each on the wire): the cut is shown on 12 of them against a smaller budget, the same code path.
+    from txguard.api import response_size
+
+    monkeypatch.setattr(response_size, "BODY_BUDGET", 20_000)
+    names = [f"list_{i:02d}" for i in range(12)]
+    for name in names:
+        status, body = call(
+            runner, "lists_create.json", {"name": name, "kind": "card", "description": "\U0001f4b3" * 500}
+        )
+        assert status == 201, body
+    seen, cursor, cut = [], None, []
+    while True:
+        event = load_event("lists.json")
+        query = {"limit": "1000"} | ({"cursor": cursor} if cursor else {})
+        event["queryStringParameters"] = query
+        event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()}
+        response = json.loads(runner.call("ListsFunction", event).output)
+        assert response["statusCode"] == 200
+        page = json.loads(response["body"])
+        assert len(json.dumps(page)) <= 20_000
+        seen += [s["name"] for s in page["lists"]]
+        assert len(seen) <= len(names), seen
+        headers = {
+            **response.get("headers", {}),
+            **{k: v[-1] for k, v in response.get("multiValueHeaders", {}).items()},
+        }
+        cut.append(headers.get("Txguard-Page-Cut"))
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == names
+    assert len(cut) >= 4 and set(cut[:-1]) == {"size"} and cut[-1] is None

@@ -344,3 +344,86 @@ def test_the_sample_snooze_events_snooze_list_and_lift_as_the_local_banner_shows
     status, lifted = send("rule_snooze_lift.json")
     assert status == 200, lifted
     assert database.query("SELECT count(*) FROM rule_snoozes") == [(0,)]
+
+
+def read_snoozes(runner: FunctionRunner, rule_id: str, query: dict[str, str]) -> list[list[tuple[str, str]]]:
+    """The (kind, value) of every page of GET /rules/{rule_id}/snoozes, following next_cursor; every page carries
+    the same changes."""
+    pages, cursor, changes = [], None, None
+    while True:
+        status, page = call(
+            runner,
+            "IngestFunction",
+            "GET",
+            f"/rules/{rule_id}/snoozes",
+            query=query | ({"cursor": cursor} if cursor else {}),
+            path_parameters={"rule_id": rule_id},
+        )
+        assert status == 200, page
+        assert set(page) == {"snoozes", "next_cursor", "changes"}
+        assert changes is None or page["changes"] == changes
+        changes = page["changes"]
+        pages.append([(s["kind"], s["value"]) for s in page["snoozes"]])
+        assert len(pages) <= 20, pages  # a cursor that does not move on would loop for ever
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return pages
+
+
+def flat(pages: list[list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    return [entry for page in pages for entry in page]
+
+
+def test_a_rules_snoozes_are_paged_soonest_end_first_each_once_and_a_bad_limit_or_cursor_is_refused(
+    runner: FunctionRunner, database: Database
+) -> None:
+    apply_rules(database, [rule("big", "amount > 100")])
+    soon, later = in_a_day(), in_a_day() + HOUR
+    for kind, value, until in (
+        ("country", "FR", soon),
+        ("account", "21", later),
+        ("card", "tok_1", soon),
+        ("account", "22", soon),
+        ("account", "9", later),
+    ):
+        assert snooze(runner, "big", {"kind": kind, "value": value, "until": until, "by": "ana"})[0] == 201
+    # Two ending a microsecond apart (the API takes milliseconds; the table holds microseconds): the cursor
+    # keeps the microsecond, so neither is skipped nor read twice.
+    database.execute(
+        """INSERT INTO rule_snoozes (rule_id, kind, value, until, created_by) VALUES
+           ('big', 'device', 'd1', to_timestamp(%s / 1000.0) + interval '2 hours 1 microsecond', 'ana'),
+           ('big', 'device', 'd0', to_timestamp(%s / 1000.0) + interval '2 hours 2 microseconds', 'ana')""",
+        (soon, soon),
+    )
+    expected = [
+        ("account", "22"),
+        ("card", "tok_1"),
+        ("country", "FR"),
+        ("account", "21"),
+        ("account", "9"),
+        ("device", "d1"),
+        ("device", "d0"),
+    ]
+    assert read_snoozes(runner, "big", {}) == [expected]  # the first page without parameters, as before
+    assert flat(read_snoozes(runner, "big", {"limit": "1"})) == expected
+    pages = read_snoozes(runner, "big", {"limit": "3"})
+    assert [len(p) for p in pages] == [3, 3, 1] and flat(pages) == expected
+    # An ended snooze is read only with expired=true, in its place in the order
+    database.execute("UPDATE rule_snoozes SET until = now() - interval '1 hour' WHERE value = 'FR'")
+    assert flat(read_snoozes(runner, "big", {"limit": "2"})) == [e for e in expected if e[1] != "FR"]
+    ended_first = [("country", "FR")] + [e for e in expected if e[1] != "FR"]
+    assert flat(read_snoozes(runner, "big", {"limit": "2", "expired": "true"})) == ended_first
+
+    path = {"rule_id": "big"}
+    for query, status, field in (
+        ({"limit": "0"}, 422, "limit"),
+        ({"limit": "1001"}, 422, "limit"),
+        ({"limit": "2.5"}, 422, "limit"),
+        ({"cursor": "x" * 301}, 422, "cursor"),
+        ({"cursor": "bm9wZQ"}, 400, "cursor"),
+        ({"cursor": "czE3OmFjY291bnQ"}, 400, "cursor"),  # "s17:account": no value
+        ({"cursor": "bGJpZw"}, 400, "cursor"),  # "lbig": a cursor of GET /lists
+    ):
+        got, refused = call(runner, "IngestFunction", "GET", "/rules/big/snoozes", query=query, path_parameters=path)
+        assert got == status, (query, refused)
+        assert field in [d["field"] for d in refused["error"]["details"]], refused

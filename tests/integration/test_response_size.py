@@ -327,3 +327,41 @@ def test_the_local_runner_turns_a_result_over_the_limit_into_lambdas_error(tmp_p
     assert not fits.failed and len(fits.output) == RESPONSE_LIMIT_BYTES
     over = runner.call("Big", {"size": RESPONSE_LIMIT_BYTES - envelope + 1})
     assert over.failed and over.payload["errorType"] == "Function.ResponseSizeTooLarge"
+
+
+def test_a_rules_snoozes_page_is_cut_by_bytes_and_its_cursor_reads_the_rest(
+    runner: FunctionRunner, database: Database
+) -> None:
+    apply_rules(database, [rule("big", "amount > 100")])
+    # 1,000 snoozes (the largest page) and the 100 last changes every page carries, each with the longest note:
+    # about 6.8 MB in one answer. Stored directly: a thousand POSTs would only slow the test.
+    database.execute(
+        """INSERT INTO rule_snoozes (rule_id, kind, value, until, note, created_by)
+           SELECT 'big', 'account', n::text, now() + interval '1 day' + n * interval '1 second', %s, 'ana'
+           FROM generate_series(1, 1000) AS n""",
+        (EMOJI * 500,),
+    )
+    database.execute(
+        """INSERT INTO rule_snooze_changes (change, rule_id, kind, value, until, note, changed_by)
+           SELECT 'snoozed', rule_id, kind, value, until, note, created_by FROM rule_snoozes
+           WHERE value::int <= 100""",
+    )
+    seen: list[str] = []
+    cursor = None
+    cut = []
+    while True:
+        query = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+        status, headers, page, _ = send(
+            runner, "IngestFunction", "rule_snoozes.json", query=query, path={"rule_id": "big"}
+        )
+        assert status == 200, page
+        documented("GET", "/rules/{rule_id}/snoozes", 200, page, headers)
+        assert len(page["changes"]) == 100
+        seen += [s["value"] for s in page["snoozes"]]
+        assert len(seen) <= 1000
+        cut.append(headers.get(PAGE_CUT_HEADER))
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert cut == ["size", None]
+    assert seen == [str(n) for n in range(1, 1001)]  # soonest end first, each once

@@ -41,11 +41,6 @@ def redefine_list(name: str, changes: dict[str, Any], actor: str) -> list_storag
     return stored
 
 
-def stored_lists() -> list[list_storage.StoredList]:
-    """Every list, by name. Raises DatabaseUnavailable."""
-    return run_in_transaction(list_storage.all_lists)
-
-
 def stored_list(name: str) -> list_storage.StoredList:
     """One list. Raises ListNotFound, DatabaseUnavailable."""
     return run_in_transaction(lambda cur: list_storage.get(cur, name))
@@ -83,8 +78,18 @@ def remove_list_items(name: str, raw_values: Sequence[Any], actor: str) -> list_
 
 @dataclass(frozen=True)
 class ListPage:
-    items: list[Any]  # StoredItem or ListChange
+    items: list[Any]  # StoredList, StoredItem or ListChange
     next_cursor: str | None
+
+
+def list_page(limit: int, cursor: str | None) -> ListPage:
+    """A page of the lists in order of name: at most `limit`, after the cursor's list. Raises InvalidListCursor,
+    DatabaseUnavailable."""
+    after = list_storage.decode_cursor(cursor, "l") if cursor else None
+    rows = run_in_transaction(lambda cur: list_storage.all_lists(cur, after, limit + 1))
+    if len(rows) <= limit:
+        return ListPage(rows, None)
+    return ListPage(rows[:limit], list_storage.encode_cursor("l", rows[limit - 1].name))
 
 
 def list_item_page(name: str, raw_value: Any, limit: int, cursor: str | None) -> ListPage:

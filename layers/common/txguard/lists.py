@@ -81,7 +81,7 @@ class InvalidList(BadInput):
 
 
 class InvalidListCursor(Malformed, ValueError):
-    """A cursor GET /lists/{name}/items or /changes did not issue."""
+    """A cursor the paged reads of lists (GET /lists, /lists/{name}/items, /changes) or snoozes did not issue."""
 
     code = "invalid_cursor"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -131,14 +132,30 @@ def snooze_with(cur: Any, rule_id: str, request: SnoozeIn) -> tuple[Snooze, str]
     return storage.snooze(cur, rule_id, request.kind, request.value, request.until_time(), request.note, request.by)
 
 
-def snoozes_with(cur: Any, rule_id: str, expired: bool = False) -> tuple[list[Snooze], list[SnoozeChange]]:
-    """In the caller's database transaction: the rule's snoozes (in force; with `expired` the ended ones too) and
-    its last changes. Raises RuleNotFound for a rule neither in the newest rule set nor ever snoozed."""
-    found = storage.of_rule(cur, rule_id, expired)
+@dataclass(frozen=True)
+class SnoozePage:
+    """A page of a rule's snoozes (storage.rule_snoozes.of_rule's order), the cursor of the next page (None: the
+    last), and the rule's last 100 snooze changes (on every page)."""
+
+    snoozes: list[Snooze]
+    next_cursor: str | None
+    changes: list[SnoozeChange]
+
+
+def snoozes_with(
+    cur: Any, rule_id: str, expired: bool = False, limit: int | None = None, cursor: str | None = None
+) -> SnoozePage:
+    """In the caller's database transaction: the rule's snoozes (in force; with `expired` the ended ones too), at
+    most `limit` (None: all) after `cursor` (a next_cursor this returned; None: from the first), and its last
+    changes. Raises RuleNotFound for a rule neither in the newest rule set nor ever snoozed, InvalidListCursor."""
+    after = storage.snooze_key(cursor) if cursor else None
+    found = storage.of_rule(cur, rule_id, expired, after, None if limit is None else limit + 1)
     recorded = storage.changes(cur, rule_id)
     if not found and not recorded:
         _require_rule(cur, rule_id)
-    return found, recorded
+    if limit is None or len(found) <= limit:
+        return SnoozePage(found, None, recorded)
+    return SnoozePage(found[:limit], storage.snooze_cursor(found[limit - 1]), recorded)
 
 
 def unsnooze_with(cur: Any, rule_id: str, kind: str, value: str, by: str) -> Snooze:
@@ -152,9 +169,9 @@ def snooze_rule(rule_id: str, request: SnoozeIn) -> tuple[Snooze, str]:
     return run_in_transaction(lambda cur: snooze_with(cur, rule_id, request))
 
 
-def rule_snoozes(rule_id: str, expired: bool = False) -> tuple[list[Snooze], list[SnoozeChange]]:
+def rule_snoozes(rule_id: str, expired: bool, limit: int, cursor: str | None) -> SnoozePage:
     """snoozes_with in a unit of work of its own; also raises DatabaseUnavailable."""
-    return run_in_transaction(lambda cur: snoozes_with(cur, rule_id, expired))
+    return run_in_transaction(lambda cur: snoozes_with(cur, rule_id, expired, limit, cursor))
 
 
 def unsnooze(rule_id: str, kind: str, value: str, by: str) -> Snooze:

@@ -104,7 +104,8 @@ def _run_snoozes(args: argparse.Namespace) -> int:
                     lifted = snoozes.unsnooze_with(cur, args.rule_id, args.kind, args.value, args.by)
                     print(f"lifted: {lifted.rule_id} no longer {lifted.describe()}")
                 else:
-                    found, changes = snoozes.snoozes_with(cur, args.rule_id, args.expired)
+                    page = snoozes.snoozes_with(cur, args.rule_id, args.expired)
+                    found, changes = page.snoozes, page.changes
                     for s in found:
                         print(f"{s.rule_id} {s.describe()}")
                     if not found:

@@ -154,8 +154,9 @@ class ListOut(BaseModel):
     updated_by: str
 
 
-class ListsResponse(BaseModel):
+class ListsPage(BaseModel):
     lists: list[ListOut]
+    next_cursor: str | None
 
 
 class ItemOut(BaseModel):
@@ -228,14 +229,24 @@ def create_list(body: Annotated[ListIn, Body()]) -> Response[str]:
 
 @router.get(
     "/lists",
-    summary="Every list, by name",
+    summary="The lists, in order of name",
     responses={
-        200: {"description": "the lists", "content": {"application/json": {"model": ListsResponse}}},
-        **documented_errors(COMMON_ERRORS),
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": ListsPage}},
+        },
+        **documented_errors({**COMMON_ERRORS, 422: "a query parameter is invalid"}),
     },
 )
-def all_lists() -> Response[str]:
-    return json_response(200, {"lists": [s.as_json() for s in service.stored_lists()]})
+def all_lists(
+    limit: Annotated[int, integer_text(1, 1000), Query(ge=1, le=1000, description="page size")] = 100,
+    cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page")] = None,
+) -> Response[str]:
+    page = service.list_page(limit, cursor)
+    return page_response(
+        "lists", page.items, lambda s: s.as_json(), page.next_cursor, lambda s: encode_cursor("l", s.name)
+    )
 
 
 @router.get(

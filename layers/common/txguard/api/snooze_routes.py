@@ -13,9 +13,12 @@ from pydantic import BaseModel, BeforeValidator, Field
 from txguard import literals, snoozes
 from txguard.api.errors import COMMON_ERRORS, ApiError, documented_errors
 from txguard.api.presenters import json_response
+from txguard.api.response_size import PAGE_DESCRIPTION, PAGE_HEADERS, page_response
+from txguard.api.schemas import integer_text
 from txguard.attributes import ListKind
 from txguard.rule_language import RULE_ID
 from txguard.snoozes import ACTOR, SnoozeIn
+from txguard.storage.rule_snoozes import snooze_cursor
 
 router = Router()
 
@@ -52,7 +55,10 @@ class SnoozeChangeOut(BaseModel):
 
 
 class SnoozeListResponse(BaseModel):
-    snoozes: list[SnoozeOut] = Field(description="in force (with expired=true, ended ones too), soonest end first")
+    snoozes: list[SnoozeOut] = Field(
+        description="in force (with expired=true, ended ones too), soonest end first, then by kind and value"
+    )
+    next_cursor: str | None
     changes: list[SnoozeChangeOut] = Field(description="the rule's last 100 snooze changes, oldest first")
 
 
@@ -90,9 +96,14 @@ def snooze_rule(rule_id: RuleIdPath, body: Annotated[SnoozeIn, Body()]) -> Respo
 
 @router.get(
     "/rules/<rule_id>/snoozes",
-    summary="A rule's snoozes in force, and its snooze changes",
+    summary="A rule's snoozes in force, a page at a time, and its snooze changes",
+    description="`changes` (the last 100) is the same on every page.",
     responses={
-        200: {"description": "the snoozes", "content": {"application/json": {"model": SnoozeListResponse}}},
+        200: {
+            "description": PAGE_DESCRIPTION,
+            "headers": PAGE_HEADERS,
+            "content": {"application/json": {"model": SnoozeListResponse}},
+        },
         **documented_errors({**COMMON_ERRORS, 404: "no such rule", 422: "a bad parameter"}),
     },
 )
@@ -103,11 +114,17 @@ def list_snoozes(
         BeforeValidator(literals.boolean_from_text),
         Query(description="also the snoozes that ended (exactly `true` or `false`)"),
     ] = False,
+    limit: Annotated[int, integer_text(1, 1000), Query(ge=1, le=1000, description="page size")] = 100,
+    cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page")] = None,
 ) -> Response[str]:
-    found, changes = snoozes.rule_snoozes(rule_id, expired)
-    return json_response(
-        200,
-        {"snoozes": [snoozes.snooze_json(s) for s in found], "changes": [snoozes.change_json(c) for c in changes]},
+    page = snoozes.rule_snoozes(rule_id, expired, limit, cursor)
+    return page_response(
+        "snoozes",
+        page.snoozes,
+        snoozes.snooze_json,
+        page.next_cursor,
+        snooze_cursor,
+        after={"changes": [snoozes.change_json(c) for c in page.changes]},
     )
 
 

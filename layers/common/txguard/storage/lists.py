@@ -159,16 +159,24 @@ class ItemsChanged:
 
 
 def encode_cursor(kind: str, last: str | int) -> str:
-    """An opaque cursor of a page of items (`kind` "i", after value `last`) or changes ("c", after change id)."""
+    """An opaque cursor: `kind` (one letter naming what it pages) and where the next page starts after (text).
+    "i": a list's items, after value `last`; "c": its changes, after change id; "l": the lists, after name;
+    "s": a rule's snoozes (storage.rule_snoozes). Read back by decode_cursor."""
     return base64.urlsafe_b64encode(f"{kind}{last}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: str) -> str:
+    """The text after which a page of `kind` starts, from a cursor encode_cursor(kind, ...) issued. Raises
+    InvalidListCursor for any other cursor (another kind's included), or one that carries nothing."""
+    text = _decoded(cursor, kind)
+    if not text:
+        raise InvalidListCursor(cursor)
+    return text
 
 
 def decode_item_cursor(cursor: str) -> str:
     """The value after which a page of items starts. Raises InvalidListCursor."""
-    text = _decoded(cursor, "i")
-    if not text:
-        raise InvalidListCursor(cursor)
-    return text
+    return decode_cursor(cursor, "i")
 
 
 def decode_change_cursor(cursor: str) -> int:
@@ -249,9 +257,15 @@ def get(cur: psycopg2.extensions.cursor, name: str) -> StoredList:
     return _stored_list(row)
 
 
-def all_lists(cur: psycopg2.extensions.cursor) -> list[StoredList]:
-    """Every list, by name."""
-    cur.execute(f"SELECT {_LIST_COLUMNS} FROM lists l ORDER BY l.name")  # noqa: S608
+def all_lists(
+    cur: psycopg2.extensions.cursor, after_name: str | None = None, limit: int | None = None
+) -> list[StoredList]:
+    """The lists by name, after `after_name` (None: from the first), at most `limit` (None: all of them)."""
+    cur.execute(
+        f"""SELECT {_LIST_COLUMNS} FROM lists l WHERE %(after)s::text IS NULL OR l.name > %(after)s::text
+            ORDER BY l.name LIMIT %(limit)s""",  # noqa: S608
+        {"after": after_name, "limit": limit},
+    )
     return [_stored_list(row) for row in cur.fetchall()]
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import psycopg2.extensions
 
+from txguard import literals
 from txguard.errors import NotFound
-from txguard.storage.lists import MEMBERSHIPS_SQL, membership_arguments
+from txguard.lists import InvalidListCursor
+from txguard.storage.lists import MEMBERSHIPS_SQL, decode_cursor, encode_cursor, membership_arguments
 
 _COLUMNS = "rule_id, kind, value, until, note, created_by, created_at"
 
@@ -194,14 +196,58 @@ def lift(cur: psycopg2.extensions.cursor, rule_id: str, kind: str, value: str, b
     return lifted
 
 
-def of_rule(cur: psycopg2.extensions.cursor, rule_id: str, expired: bool = False) -> list[Snooze]:
-    """The rule's snoozes, soonest to end first: those in force, and with `expired` those past their `until` too."""
+# Where a page of a rule's snoozes continues: after this (until, kind, value), the order of of_rule.
+SnoozeKey = tuple[datetime, str, str]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def of_rule(
+    cur: psycopg2.extensions.cursor,
+    rule_id: str,
+    expired: bool = False,
+    after: SnoozeKey | None = None,
+    limit: int | None = None,
+) -> list[Snooze]:
+    """The rule's snoozes, soonest to end first (then by kind and value: one order, however many end together):
+    those in force, and with `expired` those past their `until` too; after `after` (None: from the first), at
+    most `limit` (None: all)."""
+    after_until, after_kind, after_value = after or (None, None, None)
     cur.execute(
-        f"""SELECT {_COLUMNS} FROM rule_snoozes WHERE rule_id = %s AND (%s OR until > clock_timestamp())
-            ORDER BY until, kind, value""",  # noqa: S608
-        (rule_id, expired),
+        f"""SELECT {_COLUMNS} FROM rule_snoozes
+            WHERE rule_id = %(rule)s AND (%(expired)s OR until > clock_timestamp())
+              AND (%(until)s::timestamptz IS NULL
+                   OR (until, kind, value) > (%(until)s::timestamptz, %(kind)s::text, %(value)s::text))
+            ORDER BY until, kind, value LIMIT %(limit)s""",  # noqa: S608
+        {
+            "rule": rule_id,
+            "expired": expired,
+            "until": after_until,
+            "kind": after_kind,
+            "value": after_value,
+            "limit": limit,
+        },
     )
     return [Snooze(*row) for row in cur.fetchall()]
+
+
+def snooze_cursor(s: Snooze) -> str:
+    """The opaque cursor of the page of_rule continues after `s` (storage.lists.encode_cursor, kind "s"): its
+    until to the microsecond the database holds, its kind and value."""
+    return encode_cursor("s", f"{(s.until - _EPOCH) // _MICROSECOND}:{s.kind}:{s.value}")
+
+
+def snooze_key(cursor: str) -> SnoozeKey:
+    """What snooze_cursor encoded: (until, kind, value). Raises InvalidListCursor for a cursor it did not issue."""
+    parts = decode_cursor(cursor, "s").split(":", 2)  # a value may hold ':', an epoch or a kind never does
+    try:
+        until_text, kind, value = parts
+        until = _EPOCH + literals.integer_from_text(until_text, 0, 10**17) * _MICROSECOND
+    except ValueError:
+        raise InvalidListCursor(cursor) from None
+    if not kind or not value:
+        raise InvalidListCursor(cursor)
+    return until, kind, value
 
 
 def changes(cur: psycopg2.extensions.cursor, rule_id: str, limit: int = 100) -> list[SnoozeChange]:
