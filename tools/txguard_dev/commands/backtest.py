@@ -67,7 +67,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--lists",
         type=Path,
         default=None,
-        help='candidate lists (JSON {"lists": [...]}: added, changed or removed lists; the stored ones are untouched)',
+        help='candidate lists (JSON {"lists": [...]}: added, changed or removed lists; the stored ones are untouched). '
+        "Changes are counted against the baseline decided with the stored lists, not against the stored decisions",
     )
     parser.add_argument(
         "--from",
