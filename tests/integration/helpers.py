@@ -14,6 +14,7 @@ from txguard.domain import StoreResult, Transaction
 from txguard.ingest import store_transactions
 from txguard.queries import recompute_window
 from txguard.storage.rule_sets import apply_rule_set
+from txguard_dev.local.runner import FunctionRunner
 
 T0 = 1_700_000_000_000
 _ids = itertools.count(1)
@@ -108,3 +109,13 @@ def rebuild_merchant_label_daily(database: Any) -> None:
         "DELETE FROM merchant_label_daily; INSERT INTO merchant_label_daily "
         "SELECT merchant_id, tx_day, known_day, frauds FROM merchant_label_steps"
     )
+
+
+def invoke(runner: FunctionRunner, function: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Call a function with an API Gateway event; its response, the body parsed under "json". Fails the test when
+    the function raised."""
+    result = runner.call(function, event)
+    assert not result.failed, result.output
+    response: dict[str, Any] = json.loads(result.output)
+    response["json"] = json.loads(response["body"])
+    return response

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, Database, load_event, project_template
+from tests.integration.helpers import invoke
 from txguard.intake import batch_transactions, check_items
 from txguard_dev.cli import COMMANDS
 from txguard_dev.commands.common import period_argument
@@ -29,14 +30,6 @@ def runner(database: Database) -> FunctionRunner:
     return FunctionRunner(project_template(), database_url=database.service_url)
 
 
-def call(runner: FunctionRunner, function: str, event: dict[str, Any]) -> dict[str, Any]:
-    result = runner.call(function, event)
-    assert not result.failed, result.output
-    response: dict[str, Any] = json.loads(result.output)
-    response["json"] = json.loads(response["body"])
-    return response
-
-
 def with_query(event: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
     event["queryStringParameters"] = query or None
     event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()} or None
@@ -46,7 +39,7 @@ def with_query(event: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
 def post(runner: FunctionRunner, body: Any, query: dict[str, str] | None = None) -> dict[str, Any]:
     event = load_event("store_data.json")
     event["body"] = json.dumps(body)
-    return call(runner, "IngestFunction", with_query(event, query or {}))
+    return invoke(runner, "IngestFunction", with_query(event, query or {}))
 
 
 def transaction(tid: int, **fields: Any) -> dict[str, Any]:
@@ -147,13 +140,13 @@ def test_store_data_reads_a_bare_date_bound_as_its_midnight_utc(runner: Function
     stored = post(runner, {"transactions": [transaction(1, timestamp=before), transaction(2, timestamp=after)]})
     assert stored["statusCode"] == 201
     event = with_query(load_event("store_data_list.json"), {"from": "2024-05-01", "to": "2024-05-02"})
-    answer = call(runner, "IngestFunction", event)
+    answer = invoke(runner, "IngestFunction", event)
     assert answer["statusCode"] == 200, answer["body"][:500]
     assert [t["transaction_id"] for t in answer["json"]["transactions"]] == [2]
     event = with_query(load_event("store_data_list.json"), {"to": "2024-05-01"})
-    assert [t["transaction_id"] for t in call(runner, "IngestFunction", event)["json"]["transactions"]] == [1]
+    assert [t["transaction_id"] for t in invoke(runner, "IngestFunction", event)["json"]["transactions"]] == [1]
     event = with_query(load_event("store_data_list.json"), {"from": "2024-02-30"})
-    answer = call(runner, "IngestFunction", event)
+    answer = invoke(runner, "IngestFunction", event)
     assert answer["statusCode"] == 422 and answer["json"]["error"]["details"][0]["field"] == "from"
 
 
@@ -186,7 +179,7 @@ def test_an_empty_query_value_is_422_naming_the_parameter_on_every_route(
         event["body"] = json.dumps(transaction(9))
         event["headers"] = {**event["headers"], "Content-Type": "application/json"}
     function = next(f for prefix, f in FUNCTION_OF.items() if path.startswith(prefix))
-    answer = call(runner, function, event)
+    answer = invoke(runner, function, event)
     assert answer["statusCode"] == 422, answer["body"][:500]
     assert answer["json"]["error"]["details"] == [
         {"index": None, "field": name, "value": "", "reason": "is empty; give a value or leave the parameter out"}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import DECISION_FIELDS, ROOT, Database, load_event, project_template
+from tests.integration.helpers import invoke
 from txguard_dev.cli import main
 from txguard_dev.local.runner import FunctionRunner
 
@@ -37,7 +38,7 @@ def post(runner: FunctionRunner, body: str, content_type: str | None = "applicat
         headers.pop("Content-Type")
         if content_type is not None:
             headers["Content-Type"] = content_type if headers is event["headers"] else [content_type]
-    return call(runner, "IngestFunction", event)
+    return invoke(runner, "IngestFunction", event)
 
 
 def get(runner: FunctionRunner, function: str, event_name: str, **changes: Any) -> dict[str, Any]:
@@ -46,15 +47,7 @@ def get(runner: FunctionRunner, function: str, event_name: str, **changes: Any) 
     if "queryStringParameters" in changes:
         query = changes["queryStringParameters"] or {}
         event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()} or None
-    return call(runner, function, event)
-
-
-def call(runner: FunctionRunner, function: str, event: dict[str, Any]) -> dict[str, Any]:
-    result = runner.call(function, event)
-    assert not result.failed, result.output
-    response: dict[str, Any] = json.loads(result.output)
-    response["json"] = json.loads(response["body"])
-    return response
+    return invoke(runner, function, event)
 
 
 def refused(response: dict[str, Any], status: int, code: str) -> dict[str, Any]:
@@ -446,7 +439,7 @@ def test_a_query_parameter_given_twice_is_refused_naming_it(
     event = load_event(event_name)
     event["queryStringParameters"] = {"limit": "2"}  # API Gateway's single-value map keeps the last
     event["multiValueQueryStringParameters"] = {"limit": ["1", "2"]}
-    error = refused(call(runner, function, event), 422, "validation_error")
+    error = refused(invoke(runner, function, event), 422, "validation_error")
     assert error["details"] == [
         {"index": None, "field": "limit", "value": '["1", "2"]', "reason": "given more than once; give it once"}
     ]
