@@ -357,6 +357,52 @@ def test_the_default_attribute_rules_flag_new_devices_and_countries_not_an_own_s
     }
 
 
+def test_the_default_short_history_rules_flag_spikes_and_tests_on_a_second_transaction_and_rushes_at_new_merchants(
+    runner: FunctionRunner, database: Database
+) -> None:
+    """The default rule set (as migrated), on accounts with one earlier transaction: over 220 and six times the mean
+    is flagged, ten times the mean under 220 is not; a tiny amount from a new device abroad is flagged, from the
+    account's own device at home it is not; twice the mean within a minute of another payment at the merchant is
+    flagged at a merchant the account never used, not at one it did."""
+    hour = 3_600_000
+
+    def pay(
+        tid: int, account: int, amount: str, at: int, merchant: str, country: str = "FR", device: str = "own"
+    ) -> dict[str, Any]:
+        return item(tid, country=country, device_id=device) | {
+            "account_id": account,
+            "amount": amount,
+            "timestamp": T + at,
+            "merchant_id": merchant,
+        }
+
+    items = [
+        *(pay(tid, tid, "20.00", 0, f"home-{tid}") for tid in (1, 2, 3, 4, 5, 6)),  # each account's first
+        pay(11, 1, "230.00", hour, "m1"),  # 11.5 times the mean, over 220
+        pay(12, 2, "200.00", hour, "m2"),  # 10 times the mean, under 220
+        pay(13, 3, "1.50", 2 * hour, "m3", country="US", device="new"),  # tiny, new device, new country
+        pay(14, 4, "1.50", 2 * hour, "m4"),  # tiny, the account's own device at home
+        pay(15, 7, "10.00", 3 * hour, "home-5"),  # another account at account 5's merchant
+        pay(16, 5, "60.00", 3 * hour + 30_000, "home-5"),  # 30 s later, three times the mean, a merchant it used
+        pay(17, 8, "10.00", 4 * hour, "shop"),
+        pay(18, 6, "60.00", 4 * hour + 30_000, "shop"),  # 30 s later, three times the mean, a merchant it never used
+    ]
+    assert post(runner, items)[0] == 201
+    rows = database.query("SELECT transaction_id, fraud, reasons FROM transactions WHERE transaction_id > 10")
+    shadow = {"below_account_mean", "large_amount"}  # a shadow rule, and one that only ranks
+    active = {tid: (fraud, {r["rule_id"] for r in reasons} - shadow) for tid, fraud, reasons in rows}
+    assert active == {
+        11: (True, {"amount_spike_large"}),
+        12: (False, set()),
+        13: (True, {"card_testing_short_history"}),
+        14: (False, set()),
+        15: (False, set()),
+        16: (False, set()),
+        17: (False, set()),
+        18: (True, {"merchant_rush_large"}),
+    }
+
+
 @pytest.mark.parametrize("command", ["rules apply", "backtest"])
 def test_the_cli_refuses_a_rule_set_naming_a_list_that_does_not_exist(
     database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
