@@ -364,3 +364,16 @@ def test_an_exported_list_holding_an_expired_item_previews_as_stored_and_the_exp
     out = capsys.readouterr().out
     assert "outcomes that change     0\n" in out  # the expired item blocks m-bad's payment on neither side
     assert stored_lists_state(database) == before
+
+
+def test_the_overall_line_counts_the_labelled_decisions_apart_from_those_without_a_label(
+    database: Database, history: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Six decisions, three of them labelled (two frauds, one genuine); the other three count as genuine.
+    file = candidate(tmp_path, [{"name": "bad_merchants", "kind": "merchant", "action": "block", "items": []}])
+
+    assert cli(database, "backtest", "--lists", str(file)) == 0
+
+    out = capsys.readouterr().out
+    assert "overall on 6 decisions (3 labelled, 3 without a label, counted as genuine): precision" in out
+    assert "(tp 1, fp 0, fn 1, tn 4)" in out
