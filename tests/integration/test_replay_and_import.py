@@ -127,6 +127,23 @@ def test_replay_with_a_column_map_reads_json_lines(
     ]
 
 
+def test_replay_refuses_a_map_naming_a_column_the_file_does_not_have_and_sends_nothing(
+    database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A misspelt column would otherwise read as empty cells: a fraud column nobody reads sends no label at all.
+    csv_path = tmp_path / "tx.csv"
+    csv_path.write_text("transaction_id,account_id,timestamp,amount,is_fraud\n1,5,2024-05-01T00:00:00Z,7.00,1\n")
+    jsonl_path = tmp_path / "tx.jsonl"
+    jsonl_path.write_text('{"transaction_id": 1, "account_id": 5, "timestamp": 1714521600000, "amount": 7, "bad": 1}\n')
+    for path, maps in ((csv_path, ["fraud=isfraud"]), (jsonl_path, ["fraud=bad", "country=cc"])):
+        status, _, err = txguard(capsys, "replay", *[a for m in maps for a in ("--map", m)], "--no-progress", str(path))
+        assert status == 2, err
+        missing = maps[-1]
+        assert f"--map {missing!r}: no row of {path} has a column {missing.split('=')[1]!r}" in err
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]
+    assert database.query("SELECT count(*) FROM labels") == [(0,)]
+
+
 def test_replay_reports_every_unreadable_json_line_and_masks_a_card_number(
     database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
