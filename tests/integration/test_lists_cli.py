@@ -191,3 +191,18 @@ def test_an_export_holding_an_expired_item_imports_again_changing_nothing(
     assert code == 0, err
     assert "1 changed, 2 unchanged; version 3" in out
     assert database.query("SELECT value FROM list_items WHERE expires_at > now() OR expires_at IS NULL") == [("tok_c",)]
+
+
+def test_an_import_cut_short_inside_a_quoted_note_is_refused_and_stores_nothing(
+    database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    txguard(capsys, "lists", "create", "countries", "--kind", "country")
+    before = state(database)
+    source = tmp_path / "countries.csv"
+    source.write_text('value,note\nFR,fine\nDE,"sanctions list, since\n')
+
+    code, _, err = txguard(capsys, "lists", "import", "countries", str(source), "--no-progress")
+
+    assert code == 2
+    assert "line 3: not CSV as written: unexpected end of data" in err and "nothing was stored" in err
+    assert state(database) == before

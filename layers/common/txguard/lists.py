@@ -365,9 +365,14 @@ def csv_rows(lines: Iterable[str], problems: list[ListProblem]) -> Iterator[tupl
     """The rows of CSV text of items (`txguard lists import`, the console's upload): a header naming `value` and
     optionally `expires_at` and `note`, in any order; then (line, value or MISSING, expires_at, note) per row, an
     empty cell None (as an omitted field), for ItemChecker.check_rows. A row of the wrong number of cells is
-    appended to `problems` and skipped; blank lines are skipped. Raises BadCsvHeader."""
-    reader = csv.reader(lines)
-    header = next(reader, None)
+    appended to `problems` and skipped; blank lines are skipped. Text that is not CSV as written (a quoted cell the
+    text ends in, as in a file cut short, or text after a closing quote) is a problem of its line that ends the
+    rows, rather than a cell holding the rest of the text. Raises BadCsvHeader."""
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        raise BadCsvHeader(None) from None
     if header is None or "value" not in header or any(name not in ITEM_FIELDS for name in header):
         raise BadCsvHeader(header)
     if len(set(header)) != len(header):
@@ -376,7 +381,14 @@ def csv_rows(lines: Iterable[str], problems: list[ListProblem]) -> Iterator[tupl
     at_value = header.index("value")
     at_expiry = header.index("expires_at") if "expires_at" in header else None
     at_note = header.index("note") if "note" in header else None
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.append(ListProblem(reader.line_num, None, None, f"not CSV as written: {exc}"))
+            return
         if len(row) != width:
             if row:
                 problems.append(

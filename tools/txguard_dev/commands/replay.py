@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from txguard import literals
 from txguard.domain import ATTRIBUTES, FraudLabel, Transaction
@@ -284,6 +284,10 @@ def read_replay(
             continue
         if not isinstance(row, dict):
             problems.append(f"line {number}: the row is not an object")
+            continue
+        extra = cast(dict[Any, Any], row).get(None)  # csv.DictReader's key for the cells past the header's
+        if extra is not None:
+            problems.append(f"line {number}: {said('(extra cells)', extra, 'the row has more cells than the header')}")
             continue
         if unseen:
             unseen.difference_update(row)
