@@ -340,3 +340,40 @@ def test_candidate_items_of_a_list_the_newest_rules_read_change_only_what_they_m
             "from replay" if how else "from stored features",
         ):
             assert expected in out, (how, expected, out)
+
+
+def test_an_exported_list_holding_an_expired_item_previews_as_stored_and_the_expired_item_never_applies(
+    database: Database,
+    history: list[Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert lists_cli(database, monkeypatch, "create", "watched", "--kind", "merchant", "--action", "block") == 0
+    assert lists_cli(database, monkeypatch, "add", "watched", "m-bad", "--expires-at", "2099-01-01T00:00:00Z") == 0
+    # m-bad's item has expired
+    database.execute("UPDATE list_items SET expires_at = date_trunc('milliseconds', now()) - interval '1 hour'")
+    exported = tmp_path / "watched.csv"
+    assert lists_cli(database, monkeypatch, "export", "watched", "--out", str(exported)) == 0
+    assert exported.read_text().splitlines()[1].startswith("m-bad,20")  # the expired item is exported
+    before = stored_lists_state(database)
+
+    as_exported = candidate(tmp_path, [{"name": "watched", "items_csv": "watched.csv"}])
+    assert cli(database, "backtest", "--lists", str(as_exported)) == 0
+
+    out = capsys.readouterr().out
+    assert "outcomes that change     0\n" in out  # the expired item blocks m-bad's payment on neither side
+    assert stored_lists_state(database) == before
+
+
+def test_the_overall_line_counts_the_labelled_decisions_apart_from_those_without_a_label(
+    database: Database, history: list[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Six decisions, three of them labelled (two frauds, one genuine); the other three count as genuine.
+    file = candidate(tmp_path, [{"name": "bad_merchants", "kind": "merchant", "action": "block", "items": []}])
+
+    assert cli(database, "backtest", "--lists", str(file)) == 0
+
+    out = capsys.readouterr().out
+    assert "overall on 6 decisions (3 labelled, 3 without a label, counted as genuine): precision" in out
+    assert "(tp 1, fp 0, fn 1, tn 4)" in out

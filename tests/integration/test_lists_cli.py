@@ -160,3 +160,49 @@ def test_a_spreadsheet_csv_with_a_byte_order_mark_and_crlf_line_ends_imports(
     assert code == 0, err
     assert "2 added" in out
     assert database.query("SELECT value, note FROM list_items ORDER BY value") == [("42", "regular"), ("43", None)]
+
+
+def test_an_export_holding_an_expired_item_imports_again_changing_nothing(
+    database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Export writes the expired items too; the file it wrote is one import reads back, unchanged, and an expiry
+    # edited into the past (to end an item) is taken as the item's new, past, expiry.
+    txguard(capsys, "lists", "create", "cards", "--kind", "card", "--action", "block")
+    source = tmp_path / "cards.csv"
+    source.write_text(f"value,expires_at,note\ntok_a,{future(1)},stolen\ntok_b,{future(2)},\ntok_c,,\n")
+    assert txguard(capsys, "lists", "import", "cards", str(source), "--no-progress")[0] == 0
+    database.execute(
+        "UPDATE list_items SET expires_at = date_trunc('milliseconds', now()) - interval '1 hour' WHERE value = 'tok_a'"
+    )
+    exported = tmp_path / "out.csv"
+    assert txguard(capsys, "lists", "export", "cards", "--out", str(exported))[0] == 0
+    before = state(database)
+
+    code, out, err = txguard(capsys, "lists", "import", "cards", str(exported), "--no-progress")
+
+    assert code == 0, err
+    assert "3 unchanged; version 2" in out
+    assert state(database) == before
+    lines = exported.read_text().splitlines()
+    assert lines[2].startswith("tok_b,")
+    lines[2] = "tok_b,2020-01-01T00:00:00.000Z,"  # tok_b ended by editing its expiry
+    exported.write_text("\n".join(lines) + "\n")
+    code, out, err = txguard(capsys, "lists", "import", "cards", str(exported), "--no-progress")
+    assert code == 0, err
+    assert "1 changed, 2 unchanged; version 3" in out
+    assert database.query("SELECT value FROM list_items WHERE expires_at > now() OR expires_at IS NULL") == [("tok_c",)]
+
+
+def test_an_import_cut_short_inside_a_quoted_note_is_refused_and_stores_nothing(
+    database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    txguard(capsys, "lists", "create", "countries", "--kind", "country")
+    before = state(database)
+    source = tmp_path / "countries.csv"
+    source.write_text('value,note\nFR,fine\nDE,"sanctions list, since\n')
+
+    code, _, err = txguard(capsys, "lists", "import", "countries", str(source), "--no-progress")
+
+    assert code == 2
+    assert "line 3: not CSV as written: unexpected end of data" in err and "nothing was stored" in err
+    assert state(database) == before

@@ -258,6 +258,9 @@ def test_a_snoozed_rule_does_not_fire_for_its_entity_until_lifted_and_every_chan
         ("big", {"kind": "account", "value": "21", "until": 1000, "by": "ana", "extra": 1}, 422, "extra"),
         ("big", {"kind": "account", "value": "21", "until": 1, "by": "ana", "note": "a\u0000b"}, 422, "note"),
         ("big", {"kind": "account", "value": "21", "by": "ana", "for_days": 367}, 422, "for_days"),
+        # no end, or two: the refused field is named (not the whole body)
+        ("big", {"kind": "account", "value": "21", "by": "ana"}, 422, "for_days"),
+        ("big", {"kind": "account", "value": "21", "by": "ana", "until": 1, "for_days": 2}, 422, "for_days"),
     ],
 )
 def test_a_bad_snooze_is_refused_and_nothing_is_stored(

@@ -127,6 +127,23 @@ def test_replay_with_a_column_map_reads_json_lines(
     ]
 
 
+def test_replay_refuses_a_map_naming_a_column_the_file_does_not_have_and_sends_nothing(
+    database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A misspelt column would otherwise read as empty cells: a fraud column nobody reads sends no label at all.
+    csv_path = tmp_path / "tx.csv"
+    csv_path.write_text("transaction_id,account_id,timestamp,amount,is_fraud\n1,5,2024-05-01T00:00:00Z,7.00,1\n")
+    jsonl_path = tmp_path / "tx.jsonl"
+    jsonl_path.write_text('{"transaction_id": 1, "account_id": 5, "timestamp": 1714521600000, "amount": 7, "bad": 1}\n')
+    for path, maps in ((csv_path, ["fraud=isfraud"]), (jsonl_path, ["fraud=bad", "country=cc"])):
+        status, _, err = txguard(capsys, "replay", *[a for m in maps for a in ("--map", m)], "--no-progress", str(path))
+        assert status == 2, err
+        missing = maps[-1]
+        assert f"--map {missing!r}: no row of {path} has a column {missing.split('=')[1]!r}" in err
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]
+    assert database.query("SELECT count(*) FROM labels") == [(0,)]
+
+
 def test_replay_reports_every_unreadable_json_line_and_masks_a_card_number(
     database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -190,6 +207,9 @@ def test_labels_import_stores_a_csv_and_a_json_lines_file_exactly_once(
         ("14,true,chargeback,2024-13-01T00:00:00Z,", "line 3: labelled_at = '2024-13-01T00:00:00Z'"),
         ("x14,true,chargeback,,", "line 3: transaction_id = 'x14'"),
         ("14,true,chargeback,,,extra", "line 3: (extra cells)"),
+        # a file cut short inside a quoted cell, or text after a closing quote: not CSV as written
+        ('14,true,chargeback,,"card reported', "line 3: not CSV as written: unexpected end of data"),
+        ('14,true,chargeback,,"stolen"card', "line 3: not CSV as written: ',' expected after '\"'"),
     ],
 )
 def test_labels_import_refuses_a_bad_row_by_line_and_stores_nothing(
@@ -200,4 +220,23 @@ def test_labels_import_refuses_a_bad_row_by_line_and_stores_nothing(
     status, _, err = txguard(capsys, "labels", "import", "--no-progress", str(path))
     assert status == 2
     assert expected in err and "nothing was stored" in err
+    assert database.query("SELECT count(*) FROM labels") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('6,2,2024-05-01T00:00:00Z,7.00,"1', "line 3: not CSV as written: unexpected end of data"),
+        ("6,2,2024-05-01T00:00:00Z,7.00,1,m-1", "line 3: (extra cells) = '[\"m-1\"]': the row has more cells than"),
+    ],
+)
+def test_replay_refuses_a_csv_row_that_is_not_csv_as_written_and_sends_nothing(
+    database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path, line: str, expected: str
+) -> None:
+    path = tmp_path / "tx.csv"
+    path.write_text("account_id,transaction_id,timestamp,amount,fraud\n6,1,2024-05-01T00:00:00Z,7.00,0\n" + line + "\n")
+    status, _, err = txguard(capsys, "replay", "--no-progress", str(path))
+    assert status == 2, err
+    assert expected in err and "nothing was sent" in err
+    assert database.query("SELECT count(*) FROM transactions") == [(0,)]
     assert database.query("SELECT count(*) FROM labels") == [(0,)]

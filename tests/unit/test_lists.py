@@ -132,3 +132,12 @@ def test_csv_rows_with_notes_and_expiries_are_checked_as_items_are() -> None:
         (10, "value", "XX"),
     ]
     assert found[0].reason == "repeats line 3 with another expires_at or note"
+
+
+def test_csv_rows_refuse_text_that_is_not_csv_as_written() -> None:
+    for text, line in (('value,note\nFR,"cut short', 2), ('value,note\nFR,ok\nDE,"a"b\n', 3)):
+        found: list[lists.ListProblem] = []
+        rows = list(lists.csv_rows(text.splitlines(keepends=True), found))
+        assert [(p.index, p.field) for p in found] == [(line, None)], text
+        assert found[0].reason.startswith("not CSV as written: "), found[0].reason
+        assert len(rows) == line - 2, text

@@ -86,7 +86,7 @@ class BacktestReport:
     newly_flagged: int = 0
     no_longer_flagged: int = 0
     fired: Counter[str] = field(default_factory=Counter)  # per rule id, active and shadow alike
-    labelled: int = 0
+    labelled: int = 0  # the decisions of the window with a label; `overall` counts the others as genuine
     overall: Confusion = field(default_factory=Confusion)
     per_rule: dict[str, Confusion] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)  # the candidate's decisions by outcome
@@ -468,7 +468,7 @@ def backtest(
         report.ranking.add(_judged(t, candidate, actual, pattern))
         report.baseline_ranking.add(_judged(t, now, actual, pattern))
         report.stored_ranking.add(_judged(t, stored, actual, pattern))
-        report.labelled += 1
+        report.labelled += t.transaction_id in labels
         report.overall.add(candidate.fraud, actual)
         for rule_id in rule_ids:
             report.per_rule.setdefault(rule_id, Confusion()).add(rule_id in fired, actual)

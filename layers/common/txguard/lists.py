@@ -6,8 +6,9 @@ of attributes.LIST_KINDS: the transaction field its values match), an `action` (
 `allow` or `block`: a match also decides by itself) and an optional `description` (1-500 characters).
 
 An item has a `value` in the canonical text of attributes.list_value(kind, ...) ("fr" in a country list is "FR"),
-an optional `expires_at` (epoch ms; in the forms of a transaction's timestamp, and in the future when it is sent)
-and an optional `note` (1-200 characters). An item applies while it has no expiry or its expiry is later than now.
+an optional `expires_at` (epoch ms; in the forms of a transaction's timestamp; in the future when an item is sent on
+its own, past ones taken from CSV files: ItemChecker's `past_expiries`) and an optional `note` (1-200
+characters). An item applies while it has no expiry or its expiry is later than now.
 
 A batch of items is refused whole when any item is invalid: `check_items` returns every problem, by index, field,
 value and reason, and stores nothing is the caller's part (it raises InvalidListItems before any write).
@@ -152,16 +153,16 @@ def note(value: Any) -> str | None:
     return None if value is None else literals.short_text(value, MAX_NOTE_LENGTH)
 
 
-def expires_at_ms(value: Any, now_ms: int) -> int | None:
+def expires_at_ms(value: Any, now_ms: int | None) -> int | None:
     """None (never expires), or epoch ms in a timestamp's forms (epoch ms, RFC 3339 with a zone), later than
-    `now_ms` (epoch ms) and not after 9999-12-31. Raises ValueError."""
+    `now_ms` (epoch ms; None: any time, past ones included) and not after 9999-12-31. Raises ValueError."""
     if value is None:
         return None
     try:
         ms = instant_ms(value)
     except ValueError as exc:
         raise ValueError(str(exc).replace("timestamp", "expires_at")) from None
-    if ms <= now_ms:
+    if now_ms is not None and ms <= now_ms:
         raise ValueError("is not in the future: an item that has expired already would never apply")
     if ms > LATEST_EXPIRY_MS:
         raise ValueError("is later than 9999-12-31T23:59:59.999Z; omit it for an item that never expires")
@@ -180,13 +181,20 @@ MISSING: Any = object()  # a field not given (None is a given null)
 class ItemChecker:
     """Validates items of a list of one `kind` at `now_ms` (epoch ms), one at a time (`check`) or as a batch
     (`check_all`): the one check of an item, whether it came as a JSON object or a CSV row. An expiry's text is
-    read once however many items carry it (an import of a million rows often has a handful of expiries)."""
+    read once however many items carry it (an import of a million rows often has a handful of expiries).
 
-    def __init__(self, kind: str, now_ms: int | None = None, position: str = "item") -> None:
+    `past_expiries`: an expiry already past is taken (the item is stored, or previewed, as expired: it never
+    matches). CSV files take them, because `txguard lists export` writes the expired items it lists and an import of
+    its file must read them back; an item sent on its own (the API, `lists add`) must expire in the future."""
+
+    def __init__(
+        self, kind: str, now_ms: int | None = None, position: str = "item", past_expiries: bool = False
+    ) -> None:
         list_kind(kind)
         self.kind = kind
         self.position = position  # what an index counts, for the reason of a repeat: item, line
         self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        self._earliest_ms = None if past_expiries else self.now_ms
         self._expiries: dict[Any, int | None] = {}
         self._seen: dict[str, tuple[int, ListItem]] = {}
 
@@ -273,10 +281,10 @@ class ItemChecker:
 
     def _expiry(self, raw: Any) -> int | None:
         if not isinstance(raw, str | int):  # a JSON number with a fraction, an object, ...: never cached
-            return expires_at_ms(raw, self.now_ms)
+            return expires_at_ms(raw, self._earliest_ms)
         key = (type(raw), raw)  # True == 1: the type keeps a boolean apart from an integer
         if key not in self._expiries:
-            self._expiries[key] = expires_at_ms(raw, self.now_ms)
+            self._expiries[key] = expires_at_ms(raw, self._earliest_ms)
         return self._expiries[key]
 
     def check_object(self, index: int, item: Any) -> tuple[ListItem | None, list[ListProblem]]:
@@ -357,9 +365,14 @@ def csv_rows(lines: Iterable[str], problems: list[ListProblem]) -> Iterator[tupl
     """The rows of CSV text of items (`txguard lists import`, the console's upload): a header naming `value` and
     optionally `expires_at` and `note`, in any order; then (line, value or MISSING, expires_at, note) per row, an
     empty cell None (as an omitted field), for ItemChecker.check_rows. A row of the wrong number of cells is
-    appended to `problems` and skipped; blank lines are skipped. Raises BadCsvHeader."""
-    reader = csv.reader(lines)
-    header = next(reader, None)
+    appended to `problems` and skipped; blank lines are skipped. Text that is not CSV as written (a quoted cell the
+    text ends in, as in a file cut short, or text after a closing quote) is a problem of its line that ends the
+    rows, rather than a cell holding the rest of the text. Raises BadCsvHeader."""
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error:
+        raise BadCsvHeader(None) from None
     if header is None or "value" not in header or any(name not in ITEM_FIELDS for name in header):
         raise BadCsvHeader(header)
     if len(set(header)) != len(header):
@@ -368,7 +381,14 @@ def csv_rows(lines: Iterable[str], problems: list[ListProblem]) -> Iterator[tupl
     at_value = header.index("value")
     at_expiry = header.index("expires_at") if "expires_at" in header else None
     at_note = header.index("note") if "note" in header else None
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.append(ListProblem(reader.line_num, None, None, f"not CSV as written: {exc}"))
+            return
         if len(row) != width:
             if row:
                 problems.append(
@@ -400,11 +420,13 @@ CANDIDATE_FIELDS = ("name", "kind", "action", "description", "items", "items_csv
 class CandidateLists:
     """Lists as a backtest sees them instead of the stored ones. `definitions`: the definition of each list the
     candidate names (None: removed); `items`: the items (by canonical value) of each list whose items it gives; a
-    list it names without items keeps its stored items, one it does not name stays as stored. Every candidate item
-    applies: its expiry, if any, was in the future when the file was read."""
+    list it names without items keeps its stored items, one it does not name stays as stored. A candidate item
+    applies while it has no expiry or its expiry is later than `now_ms` (epoch ms: when the file was read), as a
+    stored item applies while its expiry is ahead of the decision's wall-clock time."""
 
     definitions: Mapping[str, ListDefinition | None]
     items: Mapping[str, Mapping[str, ListItem]]
+    now_ms: int
 
     def over(self, stored: Mapping[str, ListDefinition]) -> dict[str, ListDefinition]:
         """The definitions by name with the candidate's in place of `stored` (removed lists left out)."""
@@ -417,9 +439,14 @@ class CandidateLists:
         return name in self.items or (name in self.definitions and self.definitions[name] is None)
 
     def members(self, name: str, values: Iterable[str]) -> frozenset[str]:
-        """Those of `values` (canonical text) that are items of candidate list `name` (`holds(name)`)."""
+        """Those of `values` (canonical text) that are items in force of candidate list `name` (`holds(name)`)."""
         items = self.items.get(name, {})
-        return frozenset(v for v in values if v in items)
+        now_ms = self.now_ms
+        return frozenset(
+            v
+            for v in values
+            if (item := items.get(v)) is not None and (item.expires_at_ms is None or item.expires_at_ms > now_ms)
+        )
 
 
 def check_candidates(
@@ -453,7 +480,7 @@ def check_candidates(
         problems.append(ListProblem(None, "lists", [], "is empty: name at least one list"))
     if problems:
         raise InvalidList(f"the candidate lists are refused ({len(problems)} problem(s)); nothing was read", problems)
-    return CandidateLists(definitions, items)
+    return CandidateLists(definitions, items, int(time.time() * 1000) if now_ms is None else now_ms)
 
 
 def _check_candidate(

@@ -77,7 +77,12 @@ class SnoozeIn(BaseModel):
     ] = None
     for_days: Annotated[
         StrictInt | None,
-        Field(ge=1, le=MAX_SNOOZE_DAYS, description="the snooze's length in days from now (give this or until)"),
+        Field(
+            ge=1,
+            le=MAX_SNOOZE_DAYS,
+            validate_default=True,
+            description="the snooze's length in days from now (give this or until)",
+        ),
     ] = None
     note: Annotated[str | None, Field(max_length=MAX_NOTE_LENGTH)] = None
     by: Annotated[str, Field(pattern=ACTOR, description="who snoozes (an analyst's or a system's name)")]
@@ -87,10 +92,17 @@ class SnoozeIn(BaseModel):
     def _until(cls, value: int | str | None) -> int | None:
         return None if value is None else until_ms(value)
 
-    @model_validator(mode="after")
-    def _one_end(self) -> SnoozeIn:
-        if (self.until is None) == (self.for_days is None):
+    @field_validator("for_days")
+    @classmethod
+    def _one_end(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # Checked here rather than on the whole model so that the problem names a field; an invalid `until` is
+        # absent from info.data and refused on its own.
+        if "until" in info.data and (info.data["until"] is None) == (value is None):
             raise ValueError("give the snooze's end as until (a time) or for_days (a number of days), one of them")
+        return value
+
+    @model_validator(mode="after")
+    def _end(self) -> SnoozeIn:
         if self.for_days is not None:
             self.until = int(time.time() * 1000) + self.for_days * 86_400_000
         return self

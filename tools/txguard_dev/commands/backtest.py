@@ -213,9 +213,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         o, m = report.overall, report.overall.metrics
         print(
-            f"\noverall on {report.labelled} labelled: precision {_ratio(m.precision)}  recall {_ratio(m.recall)}"
-            f"  F1 {_ratio(m.f1)}  (tp {o.true_positive}, fp {o.false_positive}, fn {o.false_negative}, "
-            f"tn {o.true_negative})"
+            f"\noverall on {report.evaluated:,} decisions ({report.labelled:,} labelled, "
+            f"{report.evaluated - report.labelled:,} without a label, counted as genuine): precision "
+            f"{_ratio(m.precision)}  recall {_ratio(m.recall)}  F1 {_ratio(m.f1)}  (tp {o.true_positive}, "
+            f"fp {o.false_positive}, fn {o.false_negative}, tn {o.true_negative})"
         )
         if report.ranking is not None and report.ranking.evaluated:
             r = report.ranking.report()

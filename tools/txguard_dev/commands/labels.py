@@ -53,6 +53,9 @@ def is_csv_name(path: Path) -> bool:
     return path.name.lower().removesuffix(".gz").endswith(".csv")
 
 
+NOT_CSV = "not CSV as written"  # the reason's start for text Python's strict CSV reader refuses
+
+
 class Unreadable(NamedTuple):
     """A line of a JSON-lines file that is not JSON: `reason` says why."""
 
@@ -61,20 +64,29 @@ class Unreadable(NamedTuple):
 
 def rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Any]]:
     """(line number, row) of a CSV (a dict of text cells, header on line 1) or JSON-lines file (each line's JSON
-    value by the one JSON rule, or Unreadable for a line that is not JSON; blank lines skipped). Raises ValueError
-    for a CSV header naming a column twice (csv.DictReader would keep the last cell of the two)."""
+    value by the one JSON rule, or Unreadable for a line that is not JSON; blank lines skipped). CSV is read
+    strictly: a quoted cell the file ends in (a file cut short) or text after a closing quote is an Unreadable
+    row, the last one, rather than a cell holding the rest of the file. Raises ValueError for a CSV header naming
+    a column twice (csv.DictReader would keep the last cell of the two)."""
     with open_text(path) as file:
         if is_csv_name(path):
-            reader = csv.DictReader(file)
-            header = reader.fieldnames or []
+            reader = csv.DictReader(file, strict=True)
+            try:
+                header = reader.fieldnames or []
+            except csv.Error as exc:
+                yield reader.reader.line_num, Unreadable(f"{NOT_CSV}: {exc}")
+                return
             repeated = sorted({name for name in header if header.count(name) > 1})
             if repeated:
                 raise ValueError(
                     f"{path}: header {list(header)!r}: {', '.join(map(repr, repeated))} named more than once; "
                     "name each column once"
                 )
-            for row in reader:
-                yield reader.line_num, row
+            try:
+                for row in reader:
+                    yield reader.line_num, row
+            except csv.Error as exc:  # DictReader's own line_num is set only by a row read whole
+                yield reader.reader.line_num, Unreadable(f"{NOT_CSV}: {exc}")
             return
         for number, line in enumerate(file, start=1):
             if line.strip():

@@ -268,12 +268,13 @@ def _summary(name: str, result: Any) -> str:
 
 def validated_items(path: Path, kind: str, now_ms: int, problems: list[str]) -> Iterator[Any]:
     """A CSV file's items (header `value` and optionally `expires_at`, `note`; an empty cell is an omitted field),
-    validated against `kind` by txguard.lists as they are read, each value once. The bad rows are appended to
+    validated against `kind` by txguard.lists as they are read, each value once (an expiry already past is taken,
+    as `lists export` writes it: lists.ItemChecker's `past_expiries`). The bad rows are appended to
     `problems` (line, field, value and reason) and left out; reading stops after 10 x MAX_PROBLEMS_SHOWN of them.
     Raises CommandError (exit 2) for a bad header; OSError when the file cannot be read."""
     from txguard import lists
 
-    checker = lists.ItemChecker(kind, now_ms, position="line")
+    checker = lists.ItemChecker(kind, now_ms, position="line", past_expiries=True)
     found: list[lists.ListProblem] = []
     try:
         with open_text(path) as file:

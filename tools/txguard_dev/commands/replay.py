@@ -23,7 +23,8 @@ answered as duplicates.
 
 Columns: `--map FIELD=COLUMN` names the column of a field (account_id, transaction_id, timestamp, amount, currency,
 merchant_id, the optional attributes channel, country, merchant_category, card_id, ip_address, device_id and
-metadata, fraud, reason); by default each field is read from the column of its own name. Cells are read as the
+metadata, fraud, reason); by default each field is read from the column of its own name. A column --map names
+that no row has is refused (a misspelt fraud column would send no label at all). Cells are read as the
 API reads JSON, with text forms allowed: integers in digits, `fraud` as true/false or 1/0, `timestamp` as epoch ms,
 RFC 3339, or "YYYY-MM-DD HH:MM:SS[.fff]" taken as UTC, `metadata` as an object or its JSON text (in a CSV cell).
 An empty cell is an absent attribute. A row without a fraud cell has no label.
@@ -49,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from txguard import literals
 from txguard.domain import ATTRIBUTES, FraudLabel, Transaction
@@ -250,6 +251,11 @@ def cells(args: argparse.Namespace) -> dict[str, Cell]:
     return mapping
 
 
+def mapped_columns(args: argparse.Namespace) -> dict[str, str]:
+    """The columns --map names, each with its option as given (`fraud=is_fraud`), for read_replay to find."""
+    return {item.partition("=")[2]: item for item in args.map}
+
+
 def read_replay(
     path: Path,
     mapping: dict[str, Cell],
@@ -258,15 +264,20 @@ def read_replay(
     frauds_only: bool,
     from_ms: int | None,
     until_ms: int | None,
+    mapped: dict[str, str] | None = None,
 ) -> Replay:
-    """Every row of the file validated (transaction and label by the API's rules) and sorted by time. Raises
-    ValueError naming the first bad rows (line, field, value, reason)."""
+    """Every row of the file validated (transaction and label by the API's rules) and sorted by time. `mapped`
+    (column -> its --map option): columns that some row must have, since a column named in no row would read as
+    empty cells everywhere (a misspelt fraud column: no label sent at all). Raises ValueError naming the first bad
+    rows (line, field, value, reason), or each mapped column no row has."""
     from txguard.intake import check_items
     from txguard.label_intake import check_labels
 
     found: list[tuple[Transaction, bool | None, str | None]] = []
     problems: list[str] = []
     from_csv = is_csv_name(path)
+    unseen = set(mapped or ())
+    columns: set[str] = set()
     for number, row in rows(path):
         if isinstance(row, Unreadable):
             problems.append(f"line {number}: {shorten(row.reason)}")
@@ -274,6 +285,13 @@ def read_replay(
         if not isinstance(row, dict):
             problems.append(f"line {number}: the row is not an object")
             continue
+        extra = cast(dict[Any, Any], row).get(None)  # csv.DictReader's key for the cells past the header's
+        if extra is not None:
+            problems.append(f"line {number}: {said('(extra cells)', extra, 'the row has more cells than the header')}")
+            continue
+        if unseen:
+            unseen.difference_update(row)
+            columns.update(row)
         item = {
             "account_id": _integer(mapping["account_id"](row)),
             "transaction_id": _integer(mapping["transaction_id"](row)),
@@ -308,6 +326,15 @@ def read_replay(
             found.append((checked.transaction, None, None))
         if len(problems) >= 20:
             break
+    if unseen and mapped and len(problems) < 20:  # every row read: no row has them (they explain bad rows too)
+        have = ", ".join(sorted(columns)) or "none"
+        raise ValueError(
+            "; ".join(
+                f"--map {mapped[c]!r}: no row of {path} has a column {c!r} (the columns read: {shorten(have)})"
+                for c in sorted(unseen)
+            )
+            + "; nothing was sent"
+        )
     if problems:
         raise ValueError(f"{path}: bad rows; nothing was sent\n  " + "\n  ".join(problems[:20]))
     found = [f for f in found if (from_ms is None or f[0].ts >= from_ms) and (until_ms is None or f[0].ts < until_ms)]
@@ -437,7 +464,14 @@ def run(args: argparse.Namespace) -> int:
     read_started = time.monotonic()
     try:
         replayed = read_replay(
-            args.file, mapping, source, args.label_delay_days * DAY_MS, args.frauds_only, from_ms, until_ms
+            args.file,
+            mapping,
+            source,
+            args.label_delay_days * DAY_MS,
+            args.frauds_only,
+            from_ms,
+            until_ms,
+            mapped_columns(args),
         )
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CommandError(str(exc), exit_code=EXIT_USAGE) from None

@@ -84,7 +84,7 @@ def upload_action(ctx: Context, cur: psycopg2.extensions.cursor, name: str) -> R
         )
         return list_page(ctx, cur, name, problems, text)
     try:
-        checker = lists.ItemChecker(kind, position="line")
+        checker = lists.ItemChecker(kind, position="line", past_expiries=True)  # as `lists import` reads CSV
         items = list(checker.check_rows(lists.csv_rows(lines, problems), problems, 100))
     except lists.BadCsvHeader as exc:
         problems.append(ListProblem(1, None, None, exc.message))
