@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -322,3 +324,17 @@ def database(migrated_database: Database, monkeypatch: pytest.MonkeyPatch) -> It
     detector_cache.clear()
     yield migrated_database
     db.reset_connection()
+
+
+@pytest.fixture
+def log_lines(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """What the service's Powertools Logger writes during the test.
+
+    The logger keeps the stdout it was created with, which under pytest is the capture of whichever test first
+    imported it: `capsys` sees its lines only when that was the same test.
+    """
+    buffer = io.StringIO()
+    for handler in logging.getLogger("txguard").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            monkeypatch.setattr(handler, "stream", buffer)
+    return buffer

@@ -3,6 +3,7 @@ was sent, the route's own words, the real lengths and names; and a merchant id t
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,8 @@ def txguard(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def test_a_card_number_sent_as_a_json_integer_is_masked_in_the_answer_and_the_log(
-    runner: FunctionRunner, database: Database, capsys: pytest.CaptureFixture[str]
+    runner: FunctionRunner, database: Database, log_lines: io.StringIO
 ) -> None:
-    capsys.readouterr()
     for body in (
         {**TRANSACTION, "card_id": PAN},
         {"transactions": [{**TRANSACTION, "card_id": PAN}]},
@@ -73,7 +73,7 @@ def test_a_card_number_sent_as_a_json_integer_is_masked_in_the_answer_and_the_lo
     status, answer = call(runner, "ListsFunction", "list_items_add.json", {"value": PAN}, path={"name": "bl_cards"})
     assert status == 422 and answer["error"]["details"][0]["value"] == MASKED, answer
     status, answer = call(runner, "ListsFunction", "list_items_add.json", {"items": [{"value": PAN}]}, {"name": "x"})
-    logged = capsys.readouterr().out
+    logged = log_lines.getvalue()
     assert "invalid request" in logged and MASKED in logged
     assert str(PAN) not in logged
     assert database.query("SELECT count(*) FROM transactions") == [(0,)]

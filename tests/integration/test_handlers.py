@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,16 +15,6 @@ from txguard.observability import metrics
 from txguard_dev.local.runner import FunctionRunner
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def log_lines(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
-    """What the service's Powertools Logger writes (it keeps the stdout it was created with)."""
-    buffer = io.StringIO()
-    for handler in logging.getLogger("txguard").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            monkeypatch.setattr(handler, "stream", buffer)
-    return buffer
 
 
 @pytest.fixture

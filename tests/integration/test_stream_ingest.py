@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -117,16 +118,15 @@ def test_a_fifo_batch_stores_the_valid_messages_and_dead_letters_the_invalid_one
 
 
 def test_a_card_number_sent_as_a_json_integer_is_masked_in_the_dead_letters_error_and_the_log(
-    runner: FunctionRunner, database: Database, dlq: Any, capsys: pytest.CaptureFixture[str]
+    runner: FunctionRunner, database: Database, dlq: Any, log_lines: io.StringIO
 ) -> None:
     event = copy.deepcopy(load_event("sqs.json"))
     record = event["Records"][1]
     record["body"] = json.dumps({**json.loads(record["body"]), "amount": "5.00", "card_id": 4111111111111111})
-    capsys.readouterr()
     assert invoke(runner, event) == []
     (letter,) = dead_letters(dlq, dlq.get_queue_url(QueueName="dlq.fifo")["QueueUrl"])
     assert letter["error"]["error"]["details"][0]["value"] == "411111******1111"
-    logged = capsys.readouterr().out
+    logged = log_lines.getvalue()
     assert "message refused" in logged and "411111******1111" in logged and "4111111111111111" not in logged
 
 
