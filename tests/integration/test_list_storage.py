@@ -443,3 +443,28 @@ def test_an_import_refuses_a_reader_of_another_database(conn: Any, database: Dat
     finally:
         elsewhere.close()
     assert database.query("SELECT value FROM list_items ORDER BY 1") == [("tok_1",)]
+
+
+def test_an_import_takes_a_reader_in_autocommit_mode_and_puts_the_mode_back_but_refuses_a_busy_one(
+    conn: Any, reader: Any, database: Database
+) -> None:
+    run(conn, lambda cur: lists.create(cur, "cards", "card", "block", None, "alice"))
+    run(conn, lambda cur: lists.import_items(cur, "cards", iter([ListItem("tok_1")]), "alice"))
+    reader.autocommit = True
+
+    result = run(
+        conn,
+        lambda cur: lists.import_items(
+            cur, "cards", iter([ListItem("tok_1", None, "n"), ListItem("tok_2")]), "b", reader=reader
+        ),
+    )
+
+    assert result == lists.ItemsChanged(3, added=1, changed=1)
+    assert reader.autocommit is True
+    reader.autocommit = False
+    with reader.cursor() as cur:
+        cur.execute("SELECT 1")  # a transaction open on the reader: its work is not the import's to end
+    with pytest.raises(ValueError, match="idle"):
+        run(conn, lambda cur: lists.import_items(cur, "cards", iter([ListItem("tok_3")]), "b", reader=reader))
+    assert reader.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+    assert database.query("SELECT value, note FROM list_items ORDER BY 1") == [("tok_1", "n"), ("tok_2", None)]

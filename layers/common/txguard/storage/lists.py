@@ -539,11 +539,13 @@ def import_items(
     each value given once; `on_copied` is told how many more items were merged after each chunk. Sets `jit` off
     and `work_mem` to 32MB for the rest of the caller's database transaction.
 
-    `reader`: another connection to the same database, idle, that looks each chunk's items up in the stored list
-    (about half of the database's work of an import into a stored list) while `cur` writes the chunk before: the
-    two sessions run on two CPUs. Its work runs in a transaction of its own, rolled back at the end; it writes
-    nothing. Raises ListNotFound; ListItemsMoved (see _merge_as); ValueError when `reader` is connected to
-    another database."""
+    `reader`: another connection to the same database, idle (no transaction open), that looks each chunk's items
+    up in the stored list (about half of the database's work of an import into a stored list) while `cur` writes
+    the chunk before: the two sessions run on two CPUs. Its work runs in a transaction of its own, rolled back at
+    the end (its autocommit mode is put back); it writes nothing.
+
+    Raises ListNotFound; ListItemsMoved (see _merge_as); ValueError when `reader` is connected to another
+    database or has a transaction open."""
     stored = lock(cur, name).version  # before any upload: a concurrent writer waits here
     cur.execute("SELECT NOT EXISTS (SELECT 1 FROM list_items WHERE list_name = %s), current_database()", (name,))
     row = cur.fetchone()
@@ -634,9 +636,12 @@ class _Lookups:
     writing session holds a lock on list_items (its first read) that VACUUM FULL and CLUSTER wait for."""
 
     def __init__(self, reader: psycopg2.extensions.connection, name: str, database: str) -> None:
+        if reader.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            raise ValueError("the reader must be idle: its transaction would be rolled back with the lookups'")
         self._reader = reader
+        self._autocommit = reader.autocommit  # put back by close
+        reader.autocommit = False  # the staging table lives as long as the lookups' transaction
         self._cur = reader.cursor()
-        self._name = name
         self._cur.execute("SELECT current_database(), set_config('jit', 'off', true)")
         row = self._cur.fetchone()
         if row is None or row[0] != database:
@@ -661,6 +666,7 @@ class _Lookups:
         self._cur.close()
         if not self._reader.closed:  # a session that ended has no transaction left to end
             self._reader.rollback()
+            self._reader.autocommit = self._autocommit
 
 
 def export_items(cur: psycopg2.extensions.cursor, name: str, out: IO[str]) -> None:
