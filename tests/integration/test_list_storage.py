@@ -23,13 +23,17 @@ T = TypeVar("T")
 HOUR = 3_600_000
 
 
-@pytest.fixture
-def conn(database: Database) -> Iterator[Any]:
+def service_connection(database: Database) -> Iterator[Any]:
     connection = psycopg2.connect(database.service_url)
     try:
         yield connection
     finally:
         connection.close()
+
+
+@pytest.fixture
+def conn(database: Database) -> Iterator[Any]:
+    yield from service_connection(database)
 
 
 def run(conn: Any, work: Callable[[Any], T]) -> T:
@@ -327,12 +331,8 @@ def test_the_same_batch_sent_concurrently_is_stored_once_in_one_version(database
 
 @pytest.fixture
 def reader(database: Database) -> Iterator[Any]:
-    """A second connection for import_items' lookups."""
-    connection = psycopg2.connect(database.service_url)
-    try:
-        yield connection
-    finally:
-        connection.close()
+    """A second connection for import_items' lookups, as the service's role like `conn`."""
+    yield from service_connection(database)
 
 
 @pytest.mark.parametrize("lookups", ["in the writing session", "in a reader session"])
