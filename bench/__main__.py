@@ -65,7 +65,8 @@ def markdown(results: list[dict[str, Any]], about: dict[str, Any]) -> str:
         target = r.get("target", "")
         if "met" in r:
             target += " ✔" if r["met"] else " ✘"
-        lines.append(f"| {r['name']} | {base} {unit} | {got} {unit} | {r['ratio']} | {target} |")
+        name = r["name"] + (f" ({r['detail']})" if "detail" in r else "")  # rounds, when a bench reports them
+        lines.append(f"| {name} | {base} {unit} | {got} {unit} | {r['ratio']} | {target} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,19 +16,24 @@ import pytest
 from tests.conftest import Database
 from txguard.lists import ListDefinition, ListExists, ListItem, ListNotFound
 from txguard.storage import lists
+from txguard_dev.local.postgres import with_database
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
 HOUR = 3_600_000
 
 
-@pytest.fixture
-def conn(database: Database) -> Iterator[Any]:
+def service_connection(database: Database) -> Iterator[Any]:
     connection = psycopg2.connect(database.service_url)
     try:
         yield connection
     finally:
         connection.close()
+
+
+@pytest.fixture
+def conn(database: Database) -> Iterator[Any]:
+    yield from service_connection(database)
 
 
 def run(conn: Any, work: Callable[[Any], T]) -> T:
@@ -324,9 +329,17 @@ def test_the_same_batch_sent_concurrently_is_stored_once_in_one_version(database
     )
 
 
+@pytest.fixture
+def reader(database: Database) -> Iterator[Any]:
+    """A second connection for import_items' lookups, as the service's role like `conn`."""
+    yield from service_connection(database)
+
+
+@pytest.mark.parametrize("lookups", ["in the writing session", "in a reader session"])
 def test_an_import_into_a_stored_list_adds_changes_and_leaves_items_in_one_audited_version(
-    conn: Any, database: Database, monkeypatch: pytest.MonkeyPatch
+    conn: Any, reader: Any, database: Database, monkeypatch: pytest.MonkeyPatch, lookups: str
 ) -> None:
+    looker = reader if lookups == "in a reader session" else None
     # Given a list of 1,000 cards, every tenth with a note
     run(conn, lambda cur: lists.create(cur, "cards", "card", "block", None, "alice"))
     stored = [ListItem(f"tok_{i:04d}", None, "old" if i % 10 == 0 else None) for i in range(1000)]
@@ -347,7 +360,7 @@ def test_an_import_into_a_stored_list_adds_changes_and_leaves_items_in_one_audit
     batch = sorted([*changes.values(), *same, *new], key=lambda item: hash(item.value))  # any order
 
     def work(cur: Any) -> tuple[lists.ItemsChanged, Any]:
-        result = lists.import_items(cur, "cards", iter(batch), "bob")
+        result = lists.import_items(cur, "cards", iter(batch), "bob", reader=looker)
         # Every change was an update in place: a new version beside the old one, no new index entry.
         cur.execute(
             "SELECT n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_xact_user_tables WHERE relname = 'list_items'"
@@ -378,3 +391,80 @@ def test_an_import_into_a_stored_list_adds_changes_and_leaves_items_in_one_audit
     )
     with pytest.raises(ListNotFound):
         run(conn, lambda cur: lists.definition(cur, "no_such_list"))
+    # and the reader's session is left as it was: no transaction open, no staging table
+    assert reader.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    assert (
+        run(reader, lambda cur: cur.execute("SELECT to_regclass('pg_temp.list_items_asked')") or cur.fetchone())[0]
+        is None
+    )
+
+
+def test_an_import_whose_reader_fails_stores_nothing(
+    conn: Any, reader: Any, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a list of 50 cards
+    run(conn, lambda cur: lists.create(cur, "cards", "card", "block", None, "alice"))
+    run(conn, lambda cur: lists.import_items(cur, "cards", (ListItem(f"tok_{i}") for i in range(50)), "alice"))
+    before = database.query("SELECT value, expires_at, note FROM list_items ORDER BY 1")
+    batch = [ListItem(f"tok_{i}", None, "changed") for i in range(0, 100, 2)]
+    # When the reader's session ends during the import's second chunk, after the first was written
+    monkeypatch.setattr(lists, "_COPY_CHUNK", 20)
+    original = lists._Lookups.classified
+    calls: list[int] = []
+
+    def classified_then_gone(self: Any, lines: list[str]) -> str:
+        calls.append(len(lines))
+        if len(calls) == 2:
+            with reader.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return original(self, lines)
+
+    monkeypatch.setattr(lists._Lookups, "classified", classified_then_gone)
+
+    def failing(cur: Any) -> Any:
+        return lists.import_items(cur, "cards", iter(batch), "bob", reader=reader)
+
+    with pytest.raises(psycopg2.Error):
+        run(conn, failing)
+
+    # Then nothing was stored: the items, the version and the audit are as they were
+    assert database.query("SELECT value, expires_at, note FROM list_items ORDER BY 1") == before
+    assert run(conn, lambda cur: lists.definition(cur, "cards")).version == 2
+    assert database.query("SELECT count(*) FROM list_changes WHERE version > 2") == [(0,)]
+
+
+def test_an_import_refuses_a_reader_of_another_database(conn: Any, database: Database) -> None:
+    run(conn, lambda cur: lists.create(cur, "cards", "card", "block", None, "alice"))
+    run(conn, lambda cur: lists.import_items(cur, "cards", iter([ListItem("tok_1")]), "alice"))
+    elsewhere = psycopg2.connect(with_database(database.admin_url, "postgres"))
+    try:
+        with pytest.raises(ValueError, match="not to"):
+            run(conn, lambda cur: lists.import_items(cur, "cards", iter([ListItem("tok_2")]), "bob", reader=elsewhere))
+    finally:
+        elsewhere.close()
+    assert database.query("SELECT value FROM list_items ORDER BY 1") == [("tok_1",)]
+
+
+def test_an_import_takes_a_reader_in_autocommit_mode_and_puts_the_mode_back_but_refuses_a_busy_one(
+    conn: Any, reader: Any, database: Database
+) -> None:
+    run(conn, lambda cur: lists.create(cur, "cards", "card", "block", None, "alice"))
+    run(conn, lambda cur: lists.import_items(cur, "cards", iter([ListItem("tok_1")]), "alice"))
+    reader.autocommit = True
+
+    result = run(
+        conn,
+        lambda cur: lists.import_items(
+            cur, "cards", iter([ListItem("tok_1", None, "n"), ListItem("tok_2")]), "b", reader=reader
+        ),
+    )
+
+    assert result == lists.ItemsChanged(3, added=1, changed=1)
+    assert reader.autocommit is True
+    reader.autocommit = False
+    with reader.cursor() as cur:
+        cur.execute("SELECT 1")  # a transaction open on the reader: its work is not the import's to end
+    with pytest.raises(ValueError, match="idle"):
+        run(conn, lambda cur: lists.import_items(cur, "cards", iter([ListItem("tok_3")]), "b", reader=reader))
+    assert reader.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+    assert database.query("SELECT value, note FROM list_items ORDER BY 1") == [("tok_1", "n"), ("tok_2", None)]

@@ -12,8 +12,9 @@
 
 Every value, expiry and note is validated as the API validates them (txguard.lists). `import` is all or nothing:
 rows are validated as they are read while the database merges the previous chunk (COPY into a temporary table,
-one set-based statement), all in one database transaction that any bad row rolls back (problems by line, field,
-value and reason, exit 2): one new version, each change audited. Rows already in the list as given change
+one set-based statement; into a stored list, a second session looks the next chunk up meanwhile), all in one
+database transaction that any bad row rolls back (problems by line, field, value and reason, exit 2): one new
+version, each change audited. Rows already in the list as given change
 nothing. Changes are recorded as made by `cli:<user>` (the operating-system
 user, or --actor).
 """
@@ -132,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     from txguard import lists
     from txguard.lists import InvalidList, ListExists, ListNotFound
+    from txguard.storage.lists import ListItemsMoved
 
     if getattr(args, "name", None) is not None:
         try:
@@ -147,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         raise _problem_list(exc.message, problems) from None
     except (ListNotFound, ListExists) as exc:
         raise CommandError(exc.message) from None
+    except ListItemsMoved as exc:
+        raise CommandError(f"{exc}; nothing was stored") from None
     except psycopg2.Error as exc:
         raise CommandError(f"{str(exc).strip()}; nothing was stored") from None
 
@@ -319,13 +323,15 @@ def _import(conn: Any, args: argparse.Namespace) -> int:
         total = _line_count(args.file)
         # Rows are validated as they are read while the database merges the previous chunk; any problem rolls
         # the whole import back, so nothing is stored unless every row is valid.
+        # A second session looks up each chunk's items in the stored list while the first writes the chunk before.
         with (
+            open_database(service_database_url(), migrated=False) as reader,
             conn,
             conn.cursor() as cur,
             tqdm(total=total, unit="item", disable=args.no_progress, file=sys.stderr) as bar,
         ):
             items = validated_items(args.file, kind, int(time.time() * 1000), problems)
-            result = storage.import_items(cur, args.name, items, who, on_copied=bar.update)
+            result = storage.import_items(cur, args.name, items, who, on_copied=bar.update, reader=reader)
             bar.total = bar.n  # the items read, whatever the line count guessed
             bar.refresh()
             if problems:

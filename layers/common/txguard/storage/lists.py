@@ -16,6 +16,7 @@ import base64
 import binascii
 import io
 import re
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -387,16 +388,30 @@ def get_locked(cur: psycopg2.extensions.cursor, name: str) -> StoredList:
 # writer touches the list's rows meanwhile. Readers see the old version until the transaction commits, then the
 # new one. The TID scan over the array (rather than a join on ctid) keeps the plan one lookup per changed item,
 # whatever the estimates: a hash join could scan the whole list.
-_CLASSIFIED = """
-        SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note,
-               CASE WHEN i.value IS NULL THEN 'add' ELSE 'change' END AS operation, i.row_id,
-               row_number() OVER () AS n
+_LOOKED_UP = """
         FROM {source}
         LEFT JOIN LATERAL (
             SELECT i.value, i.expires_at, i.note, i.ctid AS row_id FROM list_items i
             WHERE i.list_name = %(name)s AND i.value = s.value LIMIT 1
         ) AS i ON true
         WHERE i.value IS NULL OR (i.expires_at, i.note) IS DISTINCT FROM (txguard_ms_to_ts(s.expires_at), s.note)"""
+_CLASSIFIED = (
+    """
+        SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note,
+               CASE WHEN i.value IS NULL THEN 'add' ELSE 'change' END AS operation, i.row_id,
+               row_number() OVER () AS n"""
+    + _LOOKED_UP
+)
+# An import's lookups on a second session (`import_items` with a `reader`): the staged chunk's items to add or
+# change, each with the row id of the item it changes (none: an add), as COPY text for the writing session's
+# _CLASSIFIED_STAGED table, where _PRECLASSIFIED reads them as _CLASSIFIED gives them.
+_LOOK_UP_ELSEWHERE = "COPY (SELECT s.value, s.expires_at, s.note, i.row_id" + _LOOKED_UP + ") TO STDOUT"
+_CLASSIFIED_STAGED = "list_items_classified"
+_PRECLASSIFIED = f"""
+        SELECT s.value, txguard_ms_to_ts(s.expires_at) AS expires_at, s.note,
+               CASE WHEN s.row_id IS NULL THEN 'add' ELSE 'change' END AS operation, s.row_id,
+               row_number() OVER () AS n
+        FROM {_CLASSIFIED_STAGED} AS s"""  # noqa: S608 (constants)
 # A list that held no item when its import began: every item of the import is new (each value comes once), so
 # the source is inserted and audited as it is, without classifying it first.
 _MERGE_NEW = """
@@ -409,7 +424,7 @@ _MERGE_NEW = """
                array_agg(note), %(actor)s
         FROM (SELECT s.*, row_number() OVER () AS n FROM {source}) AS numbered GROUP BY (n - 1) / %(chunk)s
     )
-    SELECT count(*), 0 FROM {source}
+    SELECT count(*), 0, 0 FROM {source}
 """
 _MERGE = """
     WITH classified AS MATERIALIZED ({classified}
@@ -421,18 +436,22 @@ _MERGE = """
         FROM classified c
         WHERE i.ctid = ANY (ARRAY(SELECT row_id FROM classified WHERE operation = 'change'))
           AND c.row_id = i.ctid AND c.operation = 'change'
+        RETURNING i.list_name = %(name)s AND i.value = c.value AS as_looked_up
     ), audited AS (
         -- The three aggregates of a group see its rows in one order: the arrays stay parallel.
         INSERT INTO list_changes (list_name, version, operation, item_values, expiries, notes, actor)
         SELECT %(name)s, %(version)s, operation, array_agg(value), array_agg(expires_at), array_agg(note), %(actor)s
         FROM classified GROUP BY operation, (n - 1) / %(chunk)s
     )
-    SELECT count(*) FILTER (WHERE operation = 'add'), count(*) FILTER (WHERE operation = 'change') FROM classified
+    SELECT count(*) FILTER (WHERE operation = 'add'), count(*) FILTER (WHERE operation = 'change'),
+           (SELECT count(*) FILTER (WHERE as_looked_up) FROM changed)
+    FROM classified
 """
 _FROM_ARRAYS = sql.SQL(
     "unnest(%(values)s::text[], %(expiries)s::bigint[], %(notes)s::text[]) AS s(value, expires_at, note)"
 )
 _STAGED = "list_items_staged"
+_ASKED = "list_items_asked"  # the reader's staging table (import_items' `reader`)
 _COPY_CHUNK = 20_000  # items per COPY: the progress bar moves, memory stays bounded, the first merge starts soon
 
 
@@ -452,21 +471,27 @@ def _merge_as(
     params: dict[str, Any],
     actor: str,
     all_new: bool = False,
+    classified: bool = False,
 ) -> tuple[int, int]:
     """Merge `source` into the list as `version` (the caller holds the list's lock); (added, changed). `all_new`:
-    the source's values are known not to be in the list (no lookups)."""
-    statement = (
-        sql.SQL(_MERGE_NEW).format(source=source)
-        if all_new
-        else sql.SQL(_MERGE).format(classified=sql.SQL(_CLASSIFIED).format(source=source))
-    )
+    the source's values are known not to be in the list (no lookups). `classified`: the source is
+    _CLASSIFIED_STAGED, looked up already (_LOOK_UP_ELSEWHERE). Raises ListItemsMoved when a changed item's row
+    no longer holds it (nothing of the caller's transaction may then be committed)."""
+    if all_new:
+        statement = sql.SQL(_MERGE_NEW).format(source=source)
+    else:
+        looked_up = sql.SQL(_PRECLASSIFIED) if classified else sql.SQL(_CLASSIFIED).format(source=source)
+        statement = sql.SQL(_MERGE).format(classified=looked_up)
     cur.execute(
         statement,
         {**params, "name": name, "version": version, "actor": actor, "chunk": AUDIT_CHUNK},
     )
     row = cur.fetchone()
     assert row is not None
-    return int(row[0]), int(row[1])
+    added, changed, as_looked_up = (int(n) for n in row)
+    if not all_new and as_looked_up != changed:
+        raise ListItemsMoved(name, changed - as_looked_up)
+    return added, changed
 
 
 def _finish(
@@ -505,54 +530,143 @@ def import_items(
     items: Iterable[ListItem],
     actor: str,
     on_copied: Callable[[int], object] | None = None,
+    reader: psycopg2.extensions.connection | None = None,
 ) -> ItemsChanged:
     """`add_items` for any number of items, one version and its audit: each chunk of _COPY_CHUNK items is COPYed
     into a temporary table and merged by the same set-based statement, on a second thread, while this one reads
     the next chunk from `items` (which may validate as it goes: reading and the database then work at once). The
     caller's database transaction holds every chunk: roll it back to store nothing. Items must be validated and
     each value given once; `on_copied` is told how many more items were merged after each chunk. Sets `jit` off
-    and `work_mem` to 32MB for the rest of the caller's database transaction. Raises ListNotFound."""
+    and `work_mem` to 32MB for the rest of the caller's database transaction.
+
+    `reader`: another connection to the same database, idle (no transaction open), that looks each chunk's items
+    up in the stored list (about half of the database's work of an import into a stored list) while `cur` writes
+    the chunk before: the two sessions run on two CPUs. Its work runs in a transaction of its own, rolled back at
+    the end (its autocommit mode is put back); it writes nothing.
+
+    Raises ListNotFound; ListItemsMoved (see _merge_as); ValueError when `reader` is connected to another
+    database or has a transaction open."""
     stored = lock(cur, name).version  # before any upload: a concurrent writer waits here
-    cur.execute("SELECT NOT EXISTS (SELECT 1 FROM list_items WHERE list_name = %s)", (name,))
+    cur.execute("SELECT NOT EXISTS (SELECT 1 FROM list_items WHERE list_name = %s), current_database()", (name,))
     row = cur.fetchone()
-    all_new = bool(row and row[0])  # a first import: nothing to look up
+    assert row is not None
+    all_new = bool(row[0])  # a first import: nothing to look up
     # A chunk's merge into a stored list is costed above jit_above_cost (its 50,000 lookups), and compiling it took
     # 40-100 ms a chunk, for a statement of index probes and writes that compiled expressions do not speed up.
     # The audit's grouping sorts the chunk: with the default 4MB it spilled to disk.
     cur.execute("SELECT set_config('jit', 'off', true), set_config('work_mem', '32MB', true)")
     cur.execute(f"CREATE TEMPORARY TABLE {_STAGED} (value text, expires_at bigint, note text) ON COMMIT DROP")
+    lookups = None if all_new or reader is None else _Lookups(reader, name, database=row[1])
+    if lookups is not None:
+        cur.execute(
+            f"""CREATE TEMPORARY TABLE {_CLASSIFIED_STAGED} (value text, expires_at bigint, note text, row_id tid)
+                ON COMMIT DROP"""
+        )
     totals = [0, 0, 0]  # items, added, changed
 
-    def merge(lines: list[str]) -> None:
-        # In the order of the primary key (a line is the value, then a tab: lines sort as their values do under
-        # byte order), consecutive lookups and insertions touch neighbouring index and heap pages, not random ones.
-        lines.sort()
-        cur.copy_expert(f"COPY {_STAGED} (value, expires_at, note) FROM STDIN", io.StringIO("".join(lines)))
-        added, changed = _merge_as(cur, name, stored + 1, sql.SQL(f"{_STAGED} AS s"), {}, actor, all_new)
-        cur.execute(f"TRUNCATE {_STAGED}")
+    def merge(lines: list[str], looked_up: Future[str] | None) -> None:
+        if looked_up is None:
+            # In the order of the primary key (a line is the value, then a tab: lines sort as their values do
+            # under byte order), consecutive lookups and insertions touch neighbouring index and heap pages.
+            lines.sort()
+            staged, text = _STAGED, "".join(lines)
+        else:
+            staged, text = _CLASSIFIED_STAGED, looked_up.result()  # sorted by the reader
+        cur.copy_expert(f"COPY {staged} FROM STDIN", io.StringIO(text))
+        added, changed = _merge_as(
+            cur, name, stored + 1, sql.SQL(f"{_STAGED} AS s"), {}, actor, all_new, classified=looked_up is not None
+        )
+        cur.execute(f"TRUNCATE {staged}")
         totals[0] += len(lines)
         totals[1] += added
         totals[2] += changed
         if on_copied is not None:
             on_copied(len(lines))
 
-    # One chunk in flight: the connection serves one statement at a time, and psycopg2 lets go of the GIL while
-    # it waits for the server, so reading the next chunk overlaps the database's work on this one.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="list-import") as worker:
-        pending: Future[None] | None = None
-        chunk: list[str] = []
-        for item in items:
-            chunk.append(_copy_line(item))
-            if len(chunk) == _COPY_CHUNK:
-                if pending is not None:
-                    pending.result()
-                pending, chunk = worker.submit(merge, chunk), []
-        if pending is not None:
-            pending.result()
-        if chunk:
-            merge(chunk)
+    # A connection serves one statement at a time, and psycopg2 lets go of the GIL while it waits for the server:
+    # reading the next chunk overlaps the database's work on this one. Without a reader, one chunk is in flight;
+    # with one, two: the reader looks up chunk k + 1 while `cur` writes chunk k.
+    in_flight = 1 if lookups is None else 2
+    try:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="list-import") as writer,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="list-lookups") as looker,
+        ):
+            pending: deque[Future[None]] = deque()
+
+            def submit(lines: list[str]) -> None:
+                while len(pending) >= in_flight:
+                    pending.popleft().result()
+                looked_up = None if lookups is None else looker.submit(lookups.classified, lines)
+                pending.append(writer.submit(merge, lines, looked_up))
+
+            chunk: list[str] = []
+            for item in items:
+                chunk.append(_copy_line(item))
+                if len(chunk) == _COPY_CHUNK:
+                    submit(chunk)
+                    chunk = []
+            if chunk:
+                submit(chunk)
+            while pending:
+                pending.popleft().result()
+    finally:
+        if lookups is not None:
+            lookups.close()
     cur.execute(f"DROP TABLE {_STAGED}")
+    if lookups is not None:
+        cur.execute(f"DROP TABLE {_CLASSIFIED_STAGED}")
     return _finish(cur, name, stored, actor, *totals)
+
+
+class ListItemsMoved(RuntimeError):
+    """A changed item's row no longer held the item when an import wrote the change: something changed the list
+    without its lock, or rewrote list_items, between the lookup and the write. Nothing may be committed."""
+
+    def __init__(self, name: str, count: int) -> None:
+        super().__init__(f"list {name}: {count} item(s) moved while the import wrote them; try again")
+
+
+class _Lookups:
+    """An import's lookups on a session of their own (import_items' `reader`): each chunk's lines COPYed into a
+    temporary table there and classified against the stored list (_LOOK_UP_ELSEWHERE). The writing session holds
+    the list's lock before the first lookup and until it commits, and every writer of a list takes that lock, so
+    what the reader sees of the list (committed rows) is what the writer changes: an import's values are each
+    given once, so no chunk looks up a value an earlier chunk of the same import wrote. Row ids stay valid: the
+    writing session holds a lock on list_items (its first read) that VACUUM FULL and CLUSTER wait for."""
+
+    def __init__(self, reader: psycopg2.extensions.connection, name: str, database: str) -> None:
+        if reader.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            raise ValueError("the reader must be idle: its transaction would be rolled back with the lookups'")
+        self._reader = reader
+        self._autocommit = reader.autocommit  # put back by close
+        reader.autocommit = False  # the staging table lives as long as the lookups' transaction
+        self._cur = reader.cursor()
+        self._cur.execute("SELECT current_database(), set_config('jit', 'off', true)")
+        row = self._cur.fetchone()
+        if row is None or row[0] != database:
+            self.close()
+            raise ValueError(f"the reader is connected to {row and row[0]!r}, not to {database!r}")
+        self._cur.execute(f"CREATE TEMPORARY TABLE {_ASKED} (value text, expires_at bigint, note text) ON COMMIT DROP")
+        self._statement = self._cur.mogrify(
+            sql.SQL(_LOOK_UP_ELSEWHERE).format(source=sql.SQL(f"{_ASKED} AS s")), {"name": name}
+        ).decode()
+
+    def classified(self, lines: list[str]) -> str:
+        """The chunk's lines to add or change, as COPY text of (value, expires_at, note, row_id), sorted."""
+        lines.sort()  # as `merge` sorts a chunk it looks up itself
+        self._cur.copy_expert(f"COPY {_ASKED} FROM STDIN", io.StringIO("".join(lines)))
+        out = io.StringIO()
+        self._cur.copy_expert(self._statement, out)
+        self._cur.execute(f"TRUNCATE {_ASKED}")
+        return out.getvalue()
+
+    def close(self) -> None:
+        """End the reader's transaction (it wrote nothing but its temporary table) and its cursor."""
+        self._cur.close()
+        if not self._reader.closed:  # a session that ended has no transaction left to end
+            self._reader.rollback()
+            self._reader.autocommit = self._autocommit
 
 
 def export_items(cur: psycopg2.extensions.cursor, name: str, out: IO[str]) -> None:
