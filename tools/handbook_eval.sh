@@ -7,7 +7,9 @@
 #   4. July replayed through ingest, decided live by that champion and the rules (labels still 7 days late);
 #   5. txguard evaluate on July (ranked by the decision score, ties broken by the model's score).
 #   6. graded outcomes: rules/handbook-outcomes.json (thresholds chosen on April-June, docs/evaluation.md) backtested
-#      on April-June and on July (decisions per outcome, precision of block, recall within block + review).
+#      on April-June and on July (decisions per outcome, precision of block, recall within block + review);
+#      then rules/handbook-outcomes-lower-bound.json (blocks kept only where April-June shows 0.9 precision at a 95 %
+#      lower bound: docs/evaluation.md, "The block policy from lower confidence bounds") on July.
 # Every figure printed comes from these commands; nothing is written into the docs by this script.
 #
 # Settings (environment): HANDBOOK_DATA (the file), HANDBOOK_DB (database name, default txguard_handbook),
@@ -57,3 +59,6 @@ $TXGUARD evaluate --from 2018-07-01 --to 2018-08-01
 step "graded outcomes: rules/handbook-outcomes.json on April-June, then July"
 $TXGUARD backtest --rules rules/handbook-outcomes.json --from 2018-04-01T00:00:00Z --to "$CUTOFF"
 $TXGUARD backtest --rules rules/handbook-outcomes.json --from "$CUTOFF" --to 2018-08-01T00:00:00Z
+
+step "graded outcomes: rules/handbook-outcomes-lower-bound.json on July"
+$TXGUARD backtest --rules rules/handbook-outcomes-lower-bound.json --from "$CUTOFF" --to 2018-08-01T00:00:00Z
