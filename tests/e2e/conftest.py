@@ -136,7 +136,8 @@ def local_service(e2e_database_url: str, tmp_path_factory: pytest.TempPathFactor
     """The project's template served by `txguard local` as `make run` starts it (schedules off), with an API key."""
     log_path = tmp_path_factory.mktemp("txguard-local") / "local.log"
     api_key = secrets.token_urlsafe(16)
-    service = start_local(["--api-key", api_key], e2e_database_url, log_path)
+    # One "--api-key=..." argument: a random key starts with "-" one time in 64, which argparse reads as an option.
+    service = start_local([f"--api-key={api_key}"], e2e_database_url, log_path)
     yield service
     assert stop_local(service) == 0, service.log()
 

@@ -32,7 +32,7 @@ CACHE_SECONDS = 10
 def lifecycle(pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LocalService, str]]:
     monkeypatch.setenv("TXGUARD_MODEL_DIR", str(tmp_path / "artifacts"))
     with scratch_database(pg_server, "txguard_lifecycle") as url:
-        service = start_local(["--api-key", secrets.token_urlsafe(16)], url, tmp_path / "local.log")
+        service = start_local([f"--api-key={secrets.token_urlsafe(16)}"], url, tmp_path / "local.log")
         try:
             yield service, url
         finally:

@@ -33,7 +33,7 @@ def test_a_replay_over_http_stores_each_transaction_and_label_once(
     path = tmp_path / "sample.csv"
     path.write_text("\n".join([header, *shifted]) + "\n")
     argv = ["replay", "--preset", "handbook", "--no-progress", "--batch-size", "7", str(path),
-            "--post-url", local_service.url + "/store_data", "--api-key", str(local_service.api_key)]  # fmt: skip
+            "--post-url", local_service.url + "/store_data", f"--api-key={local_service.api_key}"]  # fmt: skip
 
     for expected in ("30 stored, 0 duplicates", "0 stored, 30 duplicates"):
         out, err = io.StringIO(), io.StringIO()

@@ -123,7 +123,7 @@ def take(out: Path, transactions: int) -> None:
         env |= {"DATABASE_URL": url, "TXGUARD_MODEL_DIR": str(Path(tmp) / "models")}
         with log.open("wb") as sink:
             process = subprocess.Popen(
-                [str(binary), "local", "--port", "0", "--api-key", key],
+                [str(binary), "local", "--port", "0", f"--api-key={key}"],
                 cwd=ROOT,
                 env=env,
                 stdout=sink,
@@ -144,8 +144,7 @@ def take(out: Path, transactions: int) -> None:
                     "16",
                     "--post-url",
                     f"{base}/store_data",
-                    "--api-key",
-                    key,
+                    f"--api-key={key}",  # a random key may start with "-", which argparse would read as an option
                     "--labels-out",
                     str(labels),
                     "--no-progress",
