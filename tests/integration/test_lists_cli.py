@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import Database
 from txguard import db
+from txguard.migrate import service_login_role
 from txguard_dev.cli import main
 
 pytestmark = pytest.mark.integration
@@ -206,3 +207,28 @@ def test_an_import_cut_short_inside_a_quoted_note_is_refused_and_stores_nothing(
     assert code == 2
     assert "line 3: not CSV as written: unexpected end of data" in err and "nothing was stored" in err
     assert state(database) == before
+
+
+def test_an_import_into_a_stored_list_runs_in_one_session_when_the_database_allows_no_second(
+    database: Database, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The second session only speeds the lookups up: a connection limit that leaves the import one session must
+    # not turn a valid import into a refused one.
+    txguard(capsys, "lists", "create", "cards", "--kind", "card", "--action", "block")
+    assert txguard(capsys, "lists", "add", "cards", "tok_a", "--note", "old")[0] == 0
+    source = tmp_path / "cards.csv"
+    source.write_text("value,note\ntok_a,new\ntok_b,\n")
+    role = service_login_role(database.name)
+    database.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT 1')
+    try:
+        code, out, err = txguard(capsys, "lists", "import", "cards", str(source), "--no-progress")
+    finally:
+        database.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+    assert code == 0, err
+    assert "1 added, 1 changed; version 3" in out
+    assert "in one session" in err
+    assert database.query("SELECT value, note FROM list_items ORDER BY value") == [("tok_a", "new"), ("tok_b", None)]
+    assert sorted(database.query("SELECT version, operation FROM list_changes WHERE version = 3")) == [
+        (3, "add"),
+        (3, "change"),
+    ]

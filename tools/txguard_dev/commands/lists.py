@@ -12,11 +12,10 @@
 
 Every value, expiry and note is validated as the API validates them (txguard.lists). `import` is all or nothing:
 rows are validated as they are read while the database merges the previous chunk (COPY into a temporary table,
-one set-based statement; into a stored list, a second session looks the next chunk up meanwhile), all in one
-database transaction that any bad row rolls back (problems by line, field, value and reason, exit 2): one new
-version, each change audited. Rows already in the list as given change
-nothing. Changes are recorded as made by `cli:<user>` (the operating-system
-user, or --actor).
+one set-based statement; into a stored list, a second session looks the next chunk up meanwhile when the database
+allows one more connection), all in one database transaction that any bad row rolls back (problems by line, field,
+value and reason, exit 2): one new version, each change audited. Rows already in the list as given change nothing.
+Changes are recorded as made by `cli:<user>` (the operating-system user, or --actor).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import gzip
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -305,6 +305,20 @@ def _line_count(path: Path) -> int:
         return max(sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b"")) - 1, 0)
 
 
+@contextmanager
+def _lookup_session() -> Iterator[Any]:
+    """A second connection for an import's lookups (storage.lists.import_items' `reader`), closed on exit; None,
+    said on standard error, when the database refuses it (a connection limit reached): the second session only
+    speeds an import into a stored list up, and the import's own session does the lookups without it."""
+    with ExitStack() as stack:
+        try:
+            reader = stack.enter_context(open_database(service_database_url(), migrated=False))
+        except CommandError as exc:  # raised only for a connection open_database could not open
+            print(f"the import runs in one session: {exc}", file=sys.stderr)
+            reader = None
+        yield reader
+
+
 def _import(conn: Any, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -325,7 +339,7 @@ def _import(conn: Any, args: argparse.Namespace) -> int:
         # the whole import back, so nothing is stored unless every row is valid.
         # A second session looks up each chunk's items in the stored list while the first writes the chunk before.
         with (
-            open_database(service_database_url(), migrated=False) as reader,
+            _lookup_session() as reader,
             conn,
             conn.cursor() as cur,
             tqdm(total=total, unit="item", disable=args.no_progress, file=sys.stderr) as bar,
