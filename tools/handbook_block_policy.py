@@ -258,7 +258,7 @@ def _bound_text(successes: int, n: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from txguard.rule_language import validate_rule_set
-    from txguard_dev.commands.common import period_argument, read_json_file
+    from txguard_dev.commands.common import CommandError, decimal_argument, period_argument, read_json_file
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rules", type=Path, required=True, help="the candidate rule set (JSON)")
@@ -266,12 +266,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", type=period_argument, required=True)
     parser.add_argument("--cutoff", type=period_argument, required=True, help="labels labelled before it count")
     parser.add_argument("--model", type=int, default=None, help="a registered model version to score the window")
-    parser.add_argument("--target", type=float, default=0.9, help="the precision every source of blocks must reach")
+    parser.add_argument(
+        "--target",
+        type=decimal_argument(Decimal(0), Decimal(1)),
+        default=Decimal("0.9"),
+        help="the precision every source of blocks must reach (more than 0, at most 1)",
+    )
     args = parser.parse_args(argv)
-    rule_set = validate_rule_set(read_json_file(args.rules))
+    if args.from_ >= args.to:
+        parser.error("--from must be before --to")
+    target = float(args.target)
+    try:
+        rule_set = validate_rule_set(read_json_file(args.rules))
+    except ValueError as exc:  # unreadable, not JSON, or not a valid rule set (RuleSetError)
+        parser.error(f"--rules {str(args.rules)!r}: {exc}")
     policy = policy_of(rule_set)
     url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/txguard")
-    rows = _read_rows(url, rule_set, args.from_, args.to, args.cutoff, args.model)
+    try:
+        rows = _read_rows(url, rule_set, args.from_, args.to, args.cutoff, args.model)
+    except CommandError as exc:  # the database cannot be reached, or is not migrated
+        raise SystemExit(str(exc)) from None
+    if not rows:
+        raise SystemExit("no decision is stored in the window: nothing to judge")
     frauds = sum(row.fraud for row in rows)
     ruled = [row for row in rows if rules_block(row, policy)]
     ruled_frauds = sum(row.fraud for row in ruled)
@@ -283,11 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'rule':<28} {'needed blocks':>13} {'frauds':>7} {'precision':>9} {'bound':>5}")
     for rule, (blocks, caught) in sorted(needed_blocks(rows, policy).items()):
         print(f"{rule:<28} {blocks:13,} {caught:7,} {caught / blocks:9.3f} {_bound_text(caught, blocks)}")
-    short = rules_short_of(rows, policy, args.target)
+    short = rules_short_of(rows, policy, target)
     for rule, blocks, caught, bound in short:
-        print(f"to review: {rule} ({blocks:,} needed blocks, {caught:,} frauds, bound {bound:.3f} < {args.target})")
+        print(f"to review: {rule} ({blocks:,} needed blocks, {caught:,} frauds, bound {bound:.3f} < {target})")
     if not short:
-        print(f"every rule's needed blocks reach {args.target} at their lower bound")
+        print(f"every rule's needed blocks reach {target} at their lower bound")
     if args.model is None:
         return 0
     table = model_levels(rows, policy)
@@ -305,11 +321,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{level.block_frauds / max(level.blocks, 1):9.3f} {level.caught / max(frauds, 1):10.3f} "
             f"{level.review / len(rows):9.2%}"
         )
-    chosen = lowest_level_holding(table, args.target)
+    chosen = lowest_level_holding(table, target)
     if chosen is None:
-        print(f"no level's model blocks reach {args.target} at their lower bound")
+        print(f"no level's model blocks reach {target} at their lower bound")
         return 1
-    print(f"model_block_threshold: {chosen:.2f} (the lowest level from which every level up reaches {args.target})")
+    print(f"model_block_threshold: {chosen:.2f} (the lowest level from which every level up reaches {target})")
     return 0
 
 

@@ -101,3 +101,32 @@ def test_the_chosen_level_is_the_lowest_from_which_every_level_up_holds() -> Non
 
     assert tool.lowest_level_holding(table, 0.9) == 0.92
     assert tool.lowest_level_holding([level(0.99, 10, 5)], 0.9) is None
+
+
+CANDIDATE = str(ROOT / "rules" / "handbook-outcomes-lower-bound.json")
+WINDOW = ["--from", "2018-04-01", "--to", "2018-06-24", "--cutoff", "2018-07-01"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--rules", "/nonexistent/rules.json", *WINDOW], "--rules '/nonexistent/rules.json': cannot read"),
+        (["--rules", "{bad}", *WINDOW], "rule set: rules: is required"),
+        (["--rules", CANDIDATE, "--from", "2018-06-24", "--to", "2018-04-01", "--cutoff", "2018-07-01"], "--from"),
+        (["--rules", CANDIDATE, "--from", "2018-04-01", "--to", "2018-04-01", "--cutoff", "2018-07-01"], "--from"),
+        (["--rules", CANDIDATE, "--from", "2018-13-01", "--to", "2018-06-24", "--cutoff", "2018-07-01"], "--from"),
+        (["--rules", CANDIDATE, *WINDOW, "--target", "7"], "--target: '7' must be more than 0 and at most 1"),
+        (["--rules", CANDIDATE, *WINDOW, "--target", "0"], "--target: '0' must be more than 0 and at most 1"),
+        (["--rules", CANDIDATE, *WINDOW, "--model", "x"], "--model"),
+    ],
+)
+def test_bad_input_is_a_usage_error_naming_the_argument(
+    argv: list[str], said: str, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"  # type: ignore[operator]
+    bad.write_text('{"threshold": "0.9"}')
+    argv = [str(bad) if a == "{bad}" else a for a in argv]
+    with pytest.raises(SystemExit) as exited:
+        tool.main(argv)
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
