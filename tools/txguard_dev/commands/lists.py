@@ -345,7 +345,18 @@ def _import(conn: Any, args: argparse.Namespace) -> int:
             tqdm(total=total, unit="item", disable=args.no_progress, file=sys.stderr) as bar,
         ):
             items = validated_items(args.file, kind, int(time.time() * 1000), problems)
-            result = storage.import_items(cur, args.name, items, who, on_copied=bar.update, reader=reader)
+            result = storage.import_items(
+                cur,
+                args.name,
+                items,
+                who,
+                on_copied=bar.update,
+                reader=reader,
+                on_reader_lost=lambda exc: print(
+                    f"the import goes on in one session: its lookups' session failed: {str(exc).strip()}",
+                    file=sys.stderr,
+                ),
+            )
             bar.total = bar.n  # the items read, whatever the line count guessed
             bar.refresh()
             if problems:

@@ -531,6 +531,7 @@ def import_items(
     actor: str,
     on_copied: Callable[[int], object] | None = None,
     reader: psycopg2.extensions.connection | None = None,
+    on_reader_lost: Callable[[psycopg2.Error], object] | None = None,
 ) -> ItemsChanged:
     """`add_items` for any number of items, one version and its audit: each chunk of _COPY_CHUNK items is COPYed
     into a temporary table and merged by the same set-based statement, on a second thread, while this one reads
@@ -542,7 +543,10 @@ def import_items(
     `reader`: another connection to the same database, idle (no transaction open), that looks each chunk's items
     up in the stored list (about half of the database's work of an import into a stored list) while `cur` writes
     the chunk before: the two sessions run on two CPUs. Its work runs in a transaction of its own, rolled back at
-    the end (its autocommit mode is put back); it writes nothing.
+    the end (its autocommit mode is put back); it writes nothing. When the reader's session fails (it ended, or a
+    transaction-mode pooler gave it no server connection within its wait timeout, the writer holding the last
+    one), `cur` looks the rest of the chunks up itself and `on_reader_lost` is told why, once: the second session only
+    speeds the import up.
 
     Raises ListNotFound; ListItemsMoved (see _merge_as); ValueError when `reader` is connected to another
     database or has a transaction open."""
@@ -563,18 +567,27 @@ def import_items(
                 ON COMMIT DROP"""
         )
     totals = [0, 0, 0]  # items, added, changed
+    reader_lost: list[psycopg2.Error] = []  # once the reader fails, `cur` looks every chunk up
 
     def merge(lines: list[str], looked_up: Future[str] | None) -> None:
-        if looked_up is None:
+        text = None
+        if looked_up is not None:
+            try:
+                text = looked_up.result()  # sorted by the reader
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:  # a lost session, a closed one
+                if not reader_lost and on_reader_lost is not None:
+                    on_reader_lost(exc)
+                reader_lost.append(exc)
+        if text is None:
             # In the order of the primary key (a line is the value, then a tab: lines sort as their values do
             # under byte order), consecutive lookups and insertions touch neighbouring index and heap pages.
             lines.sort()
             staged, text = _STAGED, "".join(lines)
         else:
-            staged, text = _CLASSIFIED_STAGED, looked_up.result()  # sorted by the reader
+            staged = _CLASSIFIED_STAGED
         cur.copy_expert(f"COPY {staged} FROM STDIN", io.StringIO(text))
         added, changed = _merge_as(
-            cur, name, stored + 1, sql.SQL(f"{_STAGED} AS s"), {}, actor, all_new, classified=looked_up is not None
+            cur, name, stored + 1, sql.SQL(f"{_STAGED} AS s"), {}, actor, all_new, classified=staged != _STAGED
         )
         cur.execute(f"TRUNCATE {staged}")
         totals[0] += len(lines)
@@ -597,7 +610,7 @@ def import_items(
             def submit(lines: list[str]) -> None:
                 while len(pending) >= in_flight:
                     pending.popleft().result()
-                looked_up = None if lookups is None else looker.submit(lookups.classified, lines)
+                looked_up = None if lookups is None or reader_lost else looker.submit(lookups.classified, lines)
                 pending.append(writer.submit(merge, lines, looked_up))
 
             chunk: list[str] = []
