@@ -272,10 +272,12 @@ def _load_histories(
             # Every stored transaction is older than the earliest new one: only those within reach of it matter.
             if history.last_ts is not None and history.last_ts >= low:
                 spans[account_id] = [(low, earliest)]
-    near = transactions.account_rows(cur, spans)
     if with_values:
-        for account_id, recent in transactions.account_values(cur, spans).items():
+        near, values = transactions.account_rows_and_values(cur, spans)
+        for account_id, recent in values.items():
             histories[account_id].recent_values = recent
+    else:
+        near = transactions.account_rows(cur, spans)
     days = account_stats.daily_totals(cur, late)
     for account_id, timeline in near.items():
         history = histories[account_id]
