@@ -17,11 +17,12 @@ from tests.integration.helpers import apply_rules, python_decisions, recompute, 
 from txguard import db
 from txguard.backtest import backtest
 from txguard.detection import detector_cache
+from txguard.features import RecentValues
 from txguard.intake import check_items
 from txguard.lists import ListItem
 from txguard.rule_engine import CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
-from txguard.storage import lists
+from txguard.storage import lists, transactions
 from txguard_dev.cli import main
 from txguard_dev.commands.replay import FIELDS, read_replay
 from txguard_dev.local.runner import FunctionRunner
@@ -322,6 +323,31 @@ def test_attribute_features_count_distinct_values_and_first_uses_late_arrivals_i
         for tid, features in database.query("SELECT transaction_id, features FROM transaction_features(5)")
     }
     assert in_sql == recomputed
+
+
+def test_the_windows_and_their_attribute_values_read_in_one_scan_are_what_two_reads_give(
+    runner: FunctionRunner, database: Database
+) -> None:
+    """Ingest reads an account's rows and their attribute values in one statement (account_rows_and_values):
+    the same timelines and values as account_rows and account_values, over several spans, two currencies,
+    rows with some attributes, rows with none, and an account with nothing in its span."""
+    apply_rules(database, [rule("any", "count >= 0", "0.1", mode="shadow")])
+    minute = 60_000
+    items = [
+        item(i, currency="EUR" if i % 4 else "USD", amount=f"{i}.50")
+        | ({"country": "FR", "device_id": f"d{i % 3}"} if i % 2 else {})
+        | ({"card_id": f"c{i % 7}"} if i % 5 == 0 else {})
+        | {"timestamp": T + i * 10 * minute}
+        for i in range(1, 61)
+    ]
+    assert post(runner, items)[0] == 201
+    spans = {5: [(T, T + 95 * minute), (T + 200 * minute, T + 450 * minute)], 6: [(T, T + 10**8)]}
+    timelines, values = db.run_in_transaction(lambda cur: transactions.account_rows_and_values(cur, spans))
+    assert timelines == db.run_in_transaction(lambda cur: transactions.account_rows(cur, spans))
+    assert values == db.run_in_transaction(lambda cur: transactions.account_values(cur, spans))
+    assert len(timelines[5].ts) == 34 and timelines[5].by_currency is not None  # both spans, both currencies
+    assert [len(values[5][name].ts) for name in ("card_id", "country", "device_id")] == [6, 17, 17]
+    assert values[6] == {name: RecentValues() for name in ("card_id", "country", "device_id")}
 
 
 def test_the_default_attribute_rules_flag_new_devices_and_countries_not_an_own_second_device(

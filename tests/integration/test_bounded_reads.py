@@ -8,6 +8,7 @@ than the bound it asserts, and checks the decisions against a replay of the whol
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import txguard.service
 from tests.conftest import Database
 from tests.integration.helpers import T0, apply_rules, recompute, rule, store, tx
 from txguard import db, queries, service
+from txguard.storage import transactions
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +181,23 @@ def test_a_merchant_is_read_only_as_far_back_as_the_merchant_rules_look(database
     assert reads[-1] <= 5, f"{reads[-1]} rows read"  # the merchant's last minute: two or three
     assert "merchant m-busy in the previous minute (2)" in " ".join(r.explanation for r in results[0].decision.reasons)
     assert_decided_like_a_replay(results, 2)
+
+
+def test_the_windows_read_give_back_every_stored_timestamp_to_the_millisecond(database: Database) -> None:
+    """Tail reads turn timestamps into epoch ms through date_part's float8 epoch (cheaper than numeric): exact for
+    timestamps stored as whole milliseconds, from the earliest accepted to decades ahead."""
+    now = int(time.time() * 1000)
+    stamps = sorted(
+        {946_684_800_000, 946_684_800_001, 946_684_800_999, 1_700_000_000_123, now - 1, now, now + 999}
+        | {random.Random(7).randrange(946_684_800_000, 4_102_444_800_000) for _ in range(200)}
+    )
+    store([tx(77, ms, "1.00", merchant_id="m-77") for ms in stamps])
+    spans = {77: [(stamps[0], stamps[-1] + 1)]}
+    read = db.run_in_transaction(lambda cur: transactions.account_rows(cur, spans))
+    assert read[77].ts == stamps
+    _, values = db.run_in_transaction(lambda cur: transactions.account_rows_and_values(cur, spans))
+    assert values[77]["card_id"].ts == []
+    merchant = db.run_in_transaction(
+        lambda cur: transactions.merchant_windows(cur, [tx(78, stamps[-1] + 1, "1.00", "m-77")], 10**13)
+    )
+    assert merchant["m-77"].ts == stamps

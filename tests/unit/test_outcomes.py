@@ -7,12 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from txguard.domain import Decision
+from txguard.domain import Decision, Transaction
 from txguard.feature_columns import RowColumns
 from txguard.features import Features
 from txguard.models.serving import combined_score, with_stored_model
 from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet
 from txguard.rule_language import RuleSetError, validate_rule_set
+from txguard.snoozes import batch_entity_values, entity_values
 
 
 def compiled(*rules: dict[str, object], threshold: str = "0.5", **options: object) -> CompiledRuleSet:
@@ -200,3 +201,32 @@ def test_the_fraud_detected_detail_and_the_api_s_decision_carry_the_outcome() ->
     assert (decision_json(reviewed)["outcome"], decision_json(reviewed)["fraud"]) == ("review", False)
     with pytest.raises(ValueError, match="fraud means block"):
         Decision(True, Decimal(1), (), 1, outcome="review")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 4),
+            st.sampled_from([None, "m1", "m2"]),
+            st.sampled_from([None, "c1"]),
+            st.sampled_from([None, "FR", "DE"]),
+            st.sampled_from([None, "10.0.0.1"]),
+            st.sampled_from([None, "d1", "d2"]),
+            st.sampled_from([None, "0742"]),
+        ),
+        max_size=12,
+    )
+)
+def test_a_batch_s_entity_values_read_by_field_are_those_of_its_transactions_merged(
+    drawn: list[tuple[object, ...]],
+) -> None:
+    batch = [
+        Transaction(i, account, 0, Decimal(1), "EUR", merchant, None, country, category, card, ip, device)
+        for i, (account, merchant, card, country, ip, device, category) in enumerate(drawn)  # type: ignore[arg-type]
+    ]
+    merged: dict[str, set[str]] = {}
+    for t in batch:
+        for kind, value in entity_values(t).items():
+            merged.setdefault(kind, set()).add(value)
+    assert batch_entity_values(batch) == merged

@@ -13,11 +13,9 @@ no detector version is recorded. Each decision records its rule set's version an
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from decimal import Decimal
 from itertools import groupby
 from typing import Any, NamedTuple, Protocol
@@ -45,6 +43,7 @@ from txguard.features import (
     to_units,
 )
 from txguard.lists import ListDefinition
+from txguard.memory import collection_paused
 from txguard.models.serving import load_detector
 from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet, Snoozed
 from txguard.rule_language import RuleSetError
@@ -160,7 +159,7 @@ def decisions_in_time_order(
     settings = detector.feature_settings
     decide_columns = getattr(detector, "decide_columns", None)
     if as_columns and decide_columns is not None and len(transactions) >= COLUMN_ROWS:
-        with _collection_paused():
+        with collection_paused():
             columns = columnar_features(transactions, histories, merchants, needed, settings)
             decided = (
                 None
@@ -270,21 +269,6 @@ def _decided_as_columns(
             )
     recorded: Sequence[str | None] = [None] * len(transactions) if record is None else columns.json_rows(record)
     return list(map(Decided, transactions, rows, decisions, recorded))
-
-
-@contextmanager
-def _collection_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused (as it was after): deciding a batch as columns allocates tens of
-    thousands of objects that form no cycles (decisions, reasons, rows), and each collection those allocations set
-    off walks every tracked object of the process; about a sixth of the CPU of deciding 20,000 transactions
-    (`make bench ARGS='--only model'`). The batch's memory is bounded by the batch, as without the pause."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class TextReads:

@@ -111,7 +111,8 @@ def _store(
     stored = transactions.stored_by_id(cur, list(first_index))
     _refuse_conflicts(batch, stored)
     stats: dict[int, AccountHistory] = {}
-    window_days: dict[int, dict[str, dict[int, list[int]]]] | None = None
+    # The days the day windows read and their per-day totals, as lock_accounts read them (None: to be read).
+    window: tuple[dict[int, tuple[int, int]], dict[int, dict[str, dict[int, list[int]]]]] | None = None
     busy: set[int] = set()
     if len(stored) < len(first_index):
         pending = [batch[i] for i in first_index.values() if batch[i].transaction_id not in stored]
@@ -128,12 +129,12 @@ def _store(
         also = rule_snoozes.in_force_with_list_items_as_json(cur, asked.values, asked.wanted)
         locked = account_stats.lock_accounts(cur, accounts, [t.transaction_id for t in pending], reach_days, also)
         stats = locked.histories
-        window_days = locked.window_days
+        window = (reach_days, locked.window_days)
         transactions.lock_merchants(cur, {t.merchant_id for t in pending if t.merchant_id is not None})
         if locked.stored_ids:
             stored.update(transactions.stored_by_id(cur, locked.stored_ids))
             _refuse_conflicts(batch, stored)
-            window_days = None  # read again for the transactions left
+            window = None  # read again for the transactions left
 
     new = sorted(
         (t for i in first_index.values() if (t := batch[i]).transaction_id not in stored and t.account_id not in busy),
@@ -143,7 +144,7 @@ def _store(
     if new:
         needed = detector.needed_features
         with_values = not needed.isdisjoint(ATTRIBUTE_FEATURES)
-        _load_histories(cur, new, stats, detector.window_reach_ms, needs_account_days(needed), with_values, window_days)
+        _load_histories(cur, new, stats, detector.window_reach_ms, needs_account_days(needed), with_values, window)
         if "merchant_used_before" in needed:
             pairs = {(t.account_id, t.merchant_id) for t in new if t.merchant_id is not None}
             for account_id, used in account_stats.merchants_first_used(cur, pairs).items():
@@ -237,7 +238,7 @@ def _load_histories(
     reach_ms: int,
     with_days: bool = False,
     with_values: bool = False,
-    window_days: dict[int, dict[str, dict[int, list[int]]]] | None = None,
+    window: tuple[dict[int, tuple[int, int]], dict[int, dict[str, dict[int, list[int]]]]] | None = None,
 ) -> None:
     """Load what deciding each account's new transactions needs, whatever their timestamps.
 
@@ -250,7 +251,7 @@ def _load_histories(
     `with_days` (the 7- and 30-day windows): the tails also reach back to the start of each new transaction's day,
     and carry the per-day totals of the 29 days before the earliest one's day up to the latest one's day.
     `with_values` (the attribute features): the attribute values of the same stored transactions as the tails.
-    `window_days`: those per-day totals, when lock_accounts has read them already (for _window_days(new)).
+    `window`: _window_days(new) and those per-day totals, when lock_accounts has read them already.
     """
     times: dict[int, list[int]] = defaultdict(list)
     for t in new:  # sorted by time
@@ -272,10 +273,12 @@ def _load_histories(
             # Every stored transaction is older than the earliest new one: only those within reach of it matter.
             if history.last_ts is not None and history.last_ts >= low:
                 spans[account_id] = [(low, earliest)]
-    near = transactions.account_rows(cur, spans)
     if with_values:
-        for account_id, recent in transactions.account_values(cur, spans).items():
+        near, values = transactions.account_rows_and_values(cur, spans)
+        for account_id, recent in values.items():
             histories[account_id].recent_values = recent
+    else:
+        near = transactions.account_rows(cur, spans)
     days = account_stats.daily_totals(cur, late)
     for account_id, timeline in near.items():
         history = histories[account_id]
@@ -283,9 +286,11 @@ def _load_histories(
             history.stored_before = CurrencyDailyTotals(*days[account_id], timeline.copy()).before
         history.tail = timeline
     if with_days:
-        reach_days = _window_days(new)
-        if window_days is None:
+        if window is None:
+            reach_days = _window_days(new)
             window_days = account_stats.day_totals_for_windows(cur, reach_days)
+        else:
+            reach_days, window_days = window
         for account_id, (first, _) in reach_days.items():
             histories[account_id].tail.use_days(first, window_days[account_id])
 

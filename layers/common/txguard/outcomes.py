@@ -17,7 +17,6 @@ An item applies while it has no expiry or its expiry is ahead of the decision's 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from txguard.attributes import LIST_KINDS
 from txguard.domain import Decision, Outcome, Reason, Transaction
 from txguard.lists import CandidateLists, ListDefinition
 from txguard.rule_engine import Snoozed
-from txguard.snoozes import entity_values, snoozed_by_transaction
+from txguard.snoozes import batch_entity_values, entity_values, snoozed_by_transaction
 from txguard.storage import lists as list_storage
 from txguard.storage import rule_snoozes
 
@@ -127,10 +126,7 @@ def ask(
 ) -> Asked:
     """What for_batch reads about `batch` (arguments as for_batch's), for rule_snoozes.in_force_with_list_items
     or its json form; `answer` turns what it read into the BatchOutcomes."""
-    values: dict[str, set[str]] = defaultdict(set)
-    for t in batch:
-        for kind, value in entity_values(t).items():
-            values[kind].add(value)
+    values = batch_entity_values(batch)
     stored = list_storage.list_definitions(cur) if definitions is None else definitions
     deciding = decisive_lists(stored if candidates is None else candidates.over(stored))
     wanted: dict[str, set[str]] = {name: set(asked) for name, asked in (rule_lists or {}).items()}

@@ -10,9 +10,10 @@ that entity; the decision records a `snoozed` reason instead (rule_engine).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
@@ -200,6 +201,20 @@ def entity_values(t: Transaction) -> dict[str, str]:
         value = t.text_value(field)
         if value is not None:
             values[kind] = value
+    return values
+
+
+def batch_entity_values(batch: Iterable[Transaction]) -> dict[str, set[str]]:
+    """The entity_values of every transaction of `batch`, merged: each list kind some transaction has a value of,
+    with their distinct values; read a field at a time (a batch's accounts repeat, its missing fields are many)."""
+    batch = list(batch)
+    values: dict[str, set[str]] = {}
+    for kind, field in attributes.LIST_KINDS.items():
+        found = set(map(attrgetter(field), batch))
+        found.discard(None)
+        if found:
+            # text_value's reading of each (an account id in digits).
+            values[kind] = set(map(str, found)) if field == "account_id" else found
     return values
 
 

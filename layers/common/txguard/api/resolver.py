@@ -22,6 +22,7 @@ from txguard import literals
 from txguard.api.errors import BATCH_KEYS, ApiError, error_response, validation_details
 from txguard.api.response_size import LAMBDA_RESPONSE_LIMIT, result_size
 from txguard.errors import BadInput, Conflict, Malformed, NotFound, TxguardError, Unavailable, echo, shorten
+from txguard.memory import collection_paused
 from txguard.observability import logger, metrics
 from txguard.rule_language import RuleSetError
 
@@ -107,7 +108,9 @@ class TxguardResolver(APIGatewayRestResolver):
             logger.info("request refused", extra={"code": refused.code})
             return refused.as_proxy_response()
         _route_per_item_mode(event)
-        result = super().resolve(event, context)
+        # A request's objects (a batch's items, transactions, decisions, answer) are many and acyclic.
+        with collection_paused():
+            result = super().resolve(event, context)
         size = result_size(result)
         if size > LAMBDA_RESPONSE_LIMIT:
             # The routes keep their answers under the limit (txguard.api.response_size); one that did not would

@@ -305,21 +305,47 @@ _COPY_CHUNK = 32_768
 
 _ROWS_IN_SPANS = """
     SELECT b.key, b.low, rows.ts, rows.units, rows.currency,
-           CASE WHEN rows.currency <> rows.last_currency THEN rows.currencies END
+           CASE WHEN rows.currency <> rows.last_currency THEN rows.currencies END{values}
     FROM unnest(%s::{key_type}[], %s::bigint[], %s::bigint[]) AS b(key, low, high)
     CROSS JOIN LATERAL (
         SELECT array_agg(s.ms) AS ts, array_agg(s.units) AS units,
-               min(s.currency) AS currency, max(s.currency) AS last_currency, array_agg(s.currency) AS currencies
+               min(s.currency) AS currency, max(s.currency) AS last_currency,
+               array_agg(s.currency) AS currencies{value_arrays}
         -- Aggregated in the order the subquery gives (the index's): one ordered scan, no sort per aggregate.
-        FROM (SELECT txguard_ts_to_ms(t.ts) AS ms, (t.amount * 10000)::bigint AS units, t.currency
+        FROM (SELECT {ms} AS ms, (t.amount * 10000)::bigint AS units, t.currency{value_columns}
               FROM transactions t
               WHERE t.{key_column} = b.key AND t.ts >= txguard_ms_to_ts(b.low) AND t.ts < txguard_ms_to_ts(b.high)
                     {extra}
               ORDER BY t.ts) AS s) AS rows"""
-_ACCOUNT_ROWS = _ROWS_IN_SPANS.format(key_type="bigint", key_column="account_id", extra="")
+# A stored timestamp in epoch ms, as txguard_ts_to_ms gives it, for reads of many rows: date_part's float8 epoch
+# (the µs count / 10^6, correctly rounded) times 1000, rounded to the nearest integer, is exactly the millisecond
+# of a timestamp stored as whole milliseconds (txguard_ms_to_ts, COPY's text), as far as the year 70,000; the
+# numeric arithmetic of extract(epoch ...) cost the server about as much as the rest of a tail read (1.5 µs a row).
+_MS = "(date_part('epoch', t.ts) * 1000)::bigint"
+_NO_VALUES = {"values": "", "value_arrays": "", "value_columns": "", "ms": _MS}
+_ACCOUNT_ROWS = _ROWS_IN_SPANS.format(key_type="bigint", key_column="account_id", extra="", **_NO_VALUES)
+# The same rows' attribute values (features.ATTRIBUTE_FIELDS) as well, in the same scan: the timestamps of the rows
+# that have any, and each attribute's value (NULL when absent) in the same order.
+_ACCOUNT_ROWS_AND_VALUES = _ROWS_IN_SPANS.format(
+    key_type="bigint",
+    key_column="account_id",
+    extra="",
+    ms=_MS,
+    values=", rows.valued_ts, rows.card_ids, rows.countries, rows.device_ids",
+    value_arrays=""",
+               array_agg(s.ms) FILTER (WHERE s.valued) AS valued_ts,
+               array_agg(s.card_id) FILTER (WHERE s.valued) AS card_ids,
+               array_agg(s.country) FILTER (WHERE s.valued) AS countries,
+               array_agg(s.device_id) FILTER (WHERE s.valued) AS device_ids""",
+    value_columns=""", t.card_id, t.country, t.device_id,
+                     (t.card_id IS NOT NULL OR t.country IS NOT NULL OR t.device_id IS NOT NULL) AS valued""",
+)
 # An account being re-decided adds its own transactions from `since` on as it goes: leave those out.
 _MERCHANT_ROWS = _ROWS_IN_SPANS.format(
-    key_type="text", key_column="merchant_id", extra="AND (t.account_id <> %s OR t.ts < txguard_ms_to_ts(%s))"
+    key_type="text",
+    key_column="merchant_id",
+    extra="AND (t.account_id <> %s OR t.ts < txguard_ms_to_ts(%s))",
+    **_NO_VALUES,
 )
 
 
@@ -333,12 +359,43 @@ def account_rows(cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]) 
     return _timelines(cur.fetchall(), spans)
 
 
-_ACCOUNT_VALUES = """
-    SELECT b.key, t.card_id, t.country, t.device_id, txguard_ts_to_ms(t.ts)
+def account_rows_and_values(
+    cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]
+) -> tuple[dict[int, Timeline], dict[int, dict[str, RecentValues]]]:
+    """account_rows and account_values of the same spans, read in one scan of the rows (one statement): the
+    attribute features read the same stored transactions as the windows."""
+    values: dict[int, dict[str, RecentValues]] = {
+        account: {name: RecentValues() for name in ATTRIBUTE_FIELDS} for account in spans
+    }
+    keys, lows, highs = _flatten(spans)
+    if not keys:
+        return {}, values
+    cur.execute(_ACCOUNT_ROWS_AND_VALUES, (array_literal(keys), array_literal(lows), array_literal(highs)))
+    rows = cur.fetchall()
+    # Spans are disjoint: taken in order of their start, each one's rows in time order are the account's.
+    for row in sorted((row for row in rows if row[6]), key=lambda row: (row[0], row[1])):
+        _add_values(values[row[0]], zip(row[7], row[8], row[9], row[6], strict=True))
+    return _timelines((row[:6] for row in rows), spans), values
+
+
+def _add_values(
+    recent: dict[str, RecentValues], rows: Iterable[tuple[str | None, str | None, str | None, int]]
+) -> None:
+    """Rows of (card_id, country, device_id, ms) in time order, added to each attribute's RecentValues."""
+    for *found, ts in rows:
+        for name, value in zip(ATTRIBUTE_FIELDS, found, strict=True):
+            if value is not None:
+                values = recent[name]
+                values.ts.append(ts)
+                values.values.append(value)
+
+
+_ACCOUNT_VALUES = f"""
+    SELECT b.key, t.card_id, t.country, t.device_id, {_MS}
     FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS b(key, low, high)
     JOIN transactions t ON t.account_id = b.key AND t.ts >= txguard_ms_to_ts(b.low) AND t.ts < txguard_ms_to_ts(b.high)
     WHERE t.card_id IS NOT NULL OR t.country IS NOT NULL OR t.device_id IS NOT NULL
-    ORDER BY t.ts"""
+    ORDER BY t.ts"""  # noqa: S608 (constants)
 
 
 def account_values(cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]) -> dict[int, dict[str, RecentValues]]:
@@ -352,11 +409,7 @@ def account_values(cur: psycopg2.extensions.cursor, spans: dict[int, list[Span]]
         return result
     cur.execute(_ACCOUNT_VALUES, (array_literal(keys), array_literal(lows), array_literal(highs)))
     for account, card_id, country, device_id, ts in cur.fetchall():
-        for name, value in zip(ATTRIBUTE_FIELDS, (card_id, country, device_id), strict=True):
-            if value is not None:
-                recent = result[account][name]
-                recent.ts.append(ts)
-                recent.values.append(value)
+        _add_values(result[account], [(card_id, country, device_id, ts)])
     return result
 
 
