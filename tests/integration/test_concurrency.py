@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 import psycopg2
@@ -171,6 +172,38 @@ def test_a_batch_of_replays_is_answered_while_another_writer_holds_its_accounts(
             (t.transaction_id, "duplicate") for t in batch
         ]
     assert database.query("SELECT count(*) FROM transactions") == [(20,)]
+
+
+def test_an_id_reused_with_other_content_is_refused_while_another_writer_holds_its_account(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lock statement takes no lock for a stored id: the conflict is answered without waiting for the writer.
+    stored = tx(1, T0, "10.00", tid=800)
+    store([stored])
+    monkeypatch.setenv("TXGUARD_STATEMENT_TIMEOUT_MS", "300")
+    blocker = psycopg2.connect(database.admin_url)
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("SELECT * FROM account_stats FOR UPDATE")
+        with pytest.raises(DuplicateIdConflict) as refused:
+            store_on_own_connection([stored._replace(amount=Decimal("11.00"))])
+    finally:
+        blocker.close()
+    assert refused.value.conflicts == [(0, 800, ["amount"])]
+    assert stored_ids(database) == [(800, 1)]
+
+
+def test_one_transaction_sent_again_while_its_first_send_is_uncommitted_is_a_duplicate(database: Database) -> None:
+    # The second send waits on the account's lock, then finds the id stored under it: stored once, answered with
+    # the decision stored.
+    alone = tx(1, T0, "10.00", tid=900)
+    with open_writer([alone]):
+        racing = Outcome(lambda: store_on_own_connection([alone]))
+        wait_until_a_writer_waits_on_a_lock(database)
+    results = racing.result()
+    assert [(r.transaction.transaction_id, r.status) for r in results] == [(900, "duplicate")]
+    assert stored_ids(database) == [(900, 1)]
+    assert database.query("SELECT tx_count FROM account_stats WHERE account_id = 1") == [(1,)]
 
 
 def test_a_batch_of_5000_merchants_takes_a_bounded_number_of_locks(own_postgres: EmbeddedPostgres) -> None:

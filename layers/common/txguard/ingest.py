@@ -1,7 +1,8 @@
 """Storing transactions, each with the decision taken on what came before it, in one database transaction.
 
-For a batch: lock the accounts' running totals (and the merchants), find which ids are already stored,
-read only the recent tail of each account and merchant, then decide every new transaction in time order
+For a batch: lock the running totals of the accounts with a transaction not stored yet (and the merchants),
+finding which ids are already stored in the same statement, read only the recent tail of each account and
+merchant, then decide every new transaction in time order
 in memory while COPY streams the decided rows in (PostgreSQL stores one chunk while the next is being
 decided), and write the new totals. Nothing is written if anything conflicts.
 Cost per transaction does not grow with the account's history; see features.py.
@@ -106,9 +107,11 @@ def _store(
     if in_request_conflicts:
         raise DuplicateIdInRequest(in_request_conflicts)
 
-    # Stored transactions never change, so what this read finds needs no lock: a batch of replays is answered
-    # without waiting for any writer, and a conflict is refused before taking any lock.
-    stored = transactions.stored_by_id(cur, list(first_index))
+    # Which ids are stored already is asked under the locks, in the lock statement (lock_accounts), which takes no
+    # lock for a stored transaction: a replay waits for no writer, and a transaction stored alone costs no round
+    # trip of its own for the question. The stream path (skip_busy) asks first, on its own: it tries the accounts'
+    # locks before that statement, and an account held elsewhere must not hold up an answer for a replay.
+    stored = transactions.stored_by_id(cur, list(first_index)) if skip_busy else {}
     _refuse_conflicts(batch, stored)
     stats: dict[int, AccountHistory] = {}
     # The days the day windows read and their per-day totals, as lock_accounts read them (None: to be read).
@@ -116,21 +119,19 @@ def _store(
     busy: set[int] = set()
     if len(stored) < len(first_index):
         pending = [batch[i] for i in first_index.values() if batch[i].transaction_id not in stored]
-        accounts = sorted({t.account_id for t in pending})
         if skip_busy:
+            accounts = sorted({t.account_id for t in pending})
             busy = set(accounts) - account_stats.lock_accounts_now(cur, accounts)
             pending = [t for t in pending if t.account_id not in busy]
-            accounts = [a for a in accounts if a not in busy]
-        # Under the locks, in the same round trip: which of the rest are stored by now (a batch for the same
-        # accounts may have stored them meanwhile), and the per-day totals the day windows read.
-        # And what the lists and snoozes say about them (outcomes.for_batch's question, asked in the same statement).
+        # Under the locks, in the same round trip: which of them are stored (a batch for the same accounts may
+        # have stored them meanwhile), and the per-day totals the day windows read. And what the lists and snoozes
+        # say about them (outcomes.for_batch's question, asked in the same statement).
         reach_days = _window_days(pending) if needs_account_days(detector.needed_features) else {}
         asked = outcomes.ask(cur, pending, lists, list_values(pending, detector))
         also = rule_snoozes.in_force_with_list_items_as_json(cur, asked.values, asked.wanted)
-        locked = account_stats.lock_accounts(cur, accounts, [t.transaction_id for t in pending], reach_days, also)
+        locked = account_stats.lock_accounts(cur, pending, reach_days, also)
         stats = locked.histories
         window = (reach_days, locked.window_days)
-        transactions.lock_merchants(cur, {t.merchant_id for t in pending if t.merchant_id is not None})
         if locked.stored_ids:
             stored.update(transactions.stored_by_id(cur, locked.stored_ids))
             _refuse_conflicts(batch, stored)
@@ -142,6 +143,7 @@ def _store(
     )
     decisions: dict[int, Decision] = {}
     if new:
+        transactions.lock_merchants(cur, {t.merchant_id for t in new if t.merchant_id is not None})
         needed = detector.needed_features
         with_values = not needed.isdisjoint(ATTRIBUTE_FEATURES)
         _load_histories(cur, new, stats, detector.window_reach_ms, needs_account_days(needed), with_values, window)

@@ -24,10 +24,13 @@ _WINDOW_DAYS = """FROM unnest(%(da)s::bigint[], %(df)s::int[], %(du)s::int[]) AS
            JOIN account_daily d ON d.account_id = b.account_id AND d.day >= b.first_day AND d.day < b.until_day"""
 
 
-# lock_accounts: create, lock, then read (see there).
+# lock_accounts: create, lock the accounts with a transaction not stored yet, then read (see there).
 _LOCK_AND_READ = (
     """INSERT INTO account_stats (account_id) SELECT unnest(%(a)s::bigint[]) ON CONFLICT DO NOTHING;
-           SELECT FROM account_stats WHERE account_id = ANY(%(a)s::bigint[]) ORDER BY account_id FOR UPDATE;
+           SELECT FROM account_stats WHERE account_id IN (
+               SELECT p.account_id FROM unnest(%(pa)s::bigint[], %(ids)s::bigint[]) AS p(account_id, id)
+               WHERE NOT EXISTS (SELECT FROM transactions t WHERE t.transaction_id = p.id))
+           ORDER BY account_id FOR UPDATE;
            SELECT 's', a.account_id, a.tx_count, txguard_ts_to_ms(a.first_ts), txguard_ts_to_ms(a.last_ts),
                   c.currency, c.tx_count, c.amount_sum, c.amount_sum_sq, c.amount_max,
                   txguard_ts_to_ms(c.amount_max_ts), NULL::integer, NULL::json
@@ -61,25 +64,37 @@ class Locked(NamedTuple):
 
 def lock_accounts(
     cur: psycopg2.extensions.cursor,
-    accounts: list[int],
-    ids: Sequence[int] = (),
+    transactions: Sequence[Transaction],
     window_days: Mapping[int, tuple[int, int]] | None = None,
     also: str | None = None,
 ) -> Locked:
-    """Lock the accounts' running totals (creating empty ones) and read them with their per-currency amount totals;
-    and, under the same locks and in the same round trip, which of `ids` are stored by now (a writer that held an
-    account may have stored them meanwhile) and the per-day totals of `window_days` (as day_totals_for_windows);
-    `also`, an SQL expression of one json value (parameters already bound, as cursor.mogrify gives it), is read
-    in the same statement too, into Locked.also. Every writer locks in account order: no deadlock."""
+    """Lock the running totals of the accounts of those `transactions` that are not stored yet (creating empty
+    totals for every account of `transactions`) and read every one's totals with its per-currency amount totals;
+    and, under the same locks and in the same round trip, which of the transactions' ids are stored by now (a
+    writer that held an account may have stored them meanwhile) and the per-day totals of `window_days` (as
+    day_totals_for_windows); `also`, an SQL expression of one json value (parameters already bound, as
+    cursor.mogrify gives it), is read in the same statement too, into Locked.also. Every writer locks in account
+    order: no deadlock.
+
+    A transaction already stored takes no lock: a batch of replays is answered without waiting for a writer that
+    holds its accounts, and an id stored with different content is refused (by the caller, from
+    Locked.stored_ids) without waiting for one either. Stored rows never change, so a transaction found stored
+    when the locks are taken is still stored when the read under them runs."""
     # One round trip: create, lock, then read. The read is a statement of its own so that it sees (READ COMMITTED:
     # a new snapshot per statement) what a writer that held a lock committed, its new currencies included. Its
     # parts are told apart by the first column: s (an account's totals, per currency), d (a day's totals),
     # t (a stored id), x (`also`).
-    accounts_array = array_literal(accounts)
+    # Creating an account's totals waits only for a writer creating the same account (ON CONFLICT DO NOTHING
+    # takes no lock on a committed row), never for one holding it.
     days = window_days or {}
     cur.execute(
         _LOCK_AND_READ if also is None else _LOCK_AND_READ + _ALSO + also.replace("%", "%%"),
-        {"a": accounts_array, "ids": array_literal(ids), **_window_days_arguments(days)},
+        {
+            "a": array_literal(sorted({t.account_id for t in transactions})),
+            "pa": array_literal(t.account_id for t in transactions),
+            "ids": array_literal(t.transaction_id for t in transactions),
+            **_window_days_arguments(days),
+        },
     )
     histories: dict[int, AccountHistory] = {}
     stored: list[int] = []
