@@ -29,7 +29,8 @@ _LOCK_AND_READ = (
     """INSERT INTO account_stats (account_id) SELECT unnest(%(a)s::bigint[]) ON CONFLICT DO NOTHING;
            SELECT FROM account_stats WHERE account_id IN (
                SELECT p.account_id FROM unnest(%(pa)s::bigint[], %(ids)s::bigint[]) AS p(account_id, id)
-               WHERE NOT EXISTS (SELECT FROM transactions t WHERE t.transaction_id = p.id))
+               WHERE NOT EXISTS (SELECT FROM transactions t
+                                 WHERE t.transaction_id = p.id AND t.transaction_id = ANY(%(ids)s::bigint[])))
            ORDER BY account_id FOR UPDATE;
            SELECT 's', a.account_id, a.tx_count, txguard_ts_to_ms(a.first_ts), txguard_ts_to_ms(a.last_ts),
                   c.currency, c.tx_count, c.amount_sum, c.amount_sum_sq, c.amount_max,
@@ -84,6 +85,8 @@ def lock_accounts(
     # a new snapshot per statement) what a writer that held a lock committed, its new currencies included. Its
     # parts are told apart by the first column: s (an account's totals, per currency), d (a day's totals),
     # t (a stored id), x (`also`).
+    # The id probe names the ids twice: an anti join the planner may hash reads only the rows of those ids
+    # (through the primary key), never the whole table.
     # Creating an account's totals waits only for a writer creating the same account (ON CONFLICT DO NOTHING
     # takes no lock on a committed row), never for one holding it.
     days = window_days or {}
