@@ -5,18 +5,17 @@ Work is done on floats and integer cents; Decimal amounts and Transaction object
 
 from __future__ import annotations
 
-import gc
 import math
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import NamedTuple
 
 from txguard.domain import Transaction
 from txguard.labels import GENUINE
+from txguard.memory import collection_paused
 from txguard_generator.accounts import (
     DAY_MS,
     FAVOURITE_SHARE,
@@ -78,21 +77,10 @@ def generate(params: GenerateParams, run_id: int | None = None, now_ms: int | No
     the current time): two runs at different times differ only by that whole-day shift, which keeps every
     account's daily rhythm at its hour.
     """
-    with _collector_paused():
+    # Millions of small acyclic objects would trigger the cyclic collector over and over for nothing (it halves
+    # the generation rate); nothing made here can form a cycle.
+    with collection_paused():
         return _generate(params, run_id, now_ms)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    # Millions of small acyclic objects would trigger the cyclic collector over and over for nothing
-    # (it halves the generation rate); nothing made here can form a cycle.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _generate(params: GenerateParams, run_id: int | None, now_ms: int | None) -> GeneratedRun:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import getpass
 import gzip
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from txguard.errors import said, shorten
+from txguard.memory import collection_paused
 from txguard_dev.commands.common import (
     EXIT_USAGE,
     CommandError,
@@ -331,14 +331,13 @@ def _import(conn: Any, args: argparse.Namespace) -> int:
     problems: list[str] = []
     # A million rows leave a million tuples in the checker's index of values: the cyclic garbage collector would
     # walk them again and again (a third of the time) for cycles the import never makes.
-    collecting = gc.isenabled()
-    gc.disable()
     try:
         total = _line_count(args.file)
         # Rows are validated as they are read while the database merges the previous chunk; any problem rolls
         # the whole import back, so nothing is stored unless every row is valid.
         # A second session looks up each chunk's items in the stored list while the first writes the chunk before.
         with (
+            collection_paused(),
             _lookup_session() as reader,
             conn,
             conn.cursor() as cur,
@@ -363,9 +362,6 @@ def _import(conn: Any, args: argparse.Namespace) -> int:
                 raise _refused(problems, str(args.file))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CommandError(f"{args.file}: {exc}", exit_code=EXIT_USAGE) from None
-    finally:
-        if collecting:
-            gc.enable()
     count = result.added + result.changed + result.unchanged
     elapsed = max(time.monotonic() - started, 1e-9)
     print(
