@@ -67,12 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 2
+    subcommand = getattr(args, f"{args.command}_command", None)  # `db reset`, `rules apply`
+    command = f"txguard {args.command}{' ' + subcommand if subcommand else ''}"
     try:
         return int(module.run(args) or 0)  # type: ignore[attr-defined]
     except CommandError as exc:
-        subcommand = getattr(args, f"{args.command}_command", None)  # `db reset`, `rules apply`
-        print(f"txguard {args.command}{' ' + subcommand if subcommand else ''}: {exc}", file=sys.stderr)
+        print(f"{command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C: the `with` blocks it unwound rolled an open database transaction back
+        print(
+            f"{command}: interrupted (an open database transaction was rolled back; what was committed stays)",
+            file=sys.stderr,
+        )
+        return 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
     except BrokenPipeError:  # `txguard ... | head`: the reader is gone, nothing to report
         sys.stderr.close()
         return 0
