@@ -15,6 +15,9 @@ from typing import Any
 from txguard.attributes import mask_card_numbers
 
 MAX_ECHOED_VALUE = 200  # characters of a rejected value echoed back in `details`
+# The start of the reason for a line Python's strict CSV reader refuses (a quoted cell a file cut short ends in,
+# text after a closing quote), in every file of lists and labels.
+NOT_CSV = "not CSV as written"
 
 
 class TxguardError(Exception):

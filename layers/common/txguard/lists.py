@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from txguard import attributes, literals
-from txguard.errors import BadInput, Conflict, Malformed, NotFound, echo, quoted, shorten
+from txguard.errors import NOT_CSV, BadInput, Conflict, Malformed, NotFound, echo, quoted, shorten
 from txguard.intake import instant_ms
 
 LIST_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -387,7 +387,7 @@ def csv_rows(lines: Iterable[str], problems: list[ListProblem]) -> Iterator[tupl
         except StopIteration:
             return
         except csv.Error as exc:
-            problems.append(ListProblem(reader.line_num, None, None, f"not CSV as written: {exc}"))
+            problems.append(ListProblem(reader.line_num, None, None, f"{NOT_CSV}: {exc}"))
             return
         if len(row) != width:
             if row:

@@ -26,7 +26,7 @@ from typing import IO, Any, NamedTuple
 
 from txguard import literals
 from txguard.domain import FraudLabel
-from txguard.errors import said, shorten
+from txguard.errors import NOT_CSV, said, shorten
 from txguard.labels import LabelInForce
 from txguard_dev.commands.common import EXIT_USAGE, CommandError, open_database, service_database_url
 
@@ -51,9 +51,6 @@ def open_text(path: Path) -> IO[str]:
 
 def is_csv_name(path: Path) -> bool:
     return path.name.lower().removesuffix(".gz").endswith(".csv")
-
-
-NOT_CSV = "not CSV as written"  # the reason's start for text Python's strict CSV reader refuses
 
 
 class Unreadable(NamedTuple):
