@@ -7,6 +7,7 @@ serves.
 
 from __future__ import annotations
 
+import gc
 from functools import cache
 from typing import Any
 
@@ -69,19 +70,44 @@ def openapi_json() -> str:
     )
 
 
+_warm = False
+
+
+def _freeze_what_the_first_request_built() -> None:
+    """Move every object alive after the execution environment's first request (modules, the resolver and its
+    schemas, the connection, the detector) to the collector's permanent generation, once: a full collection then
+    walks only what later requests left, not the ~170,000 objects of a warm function (one took 0.4 s here under
+    load, landing on one single POST in about a thousand). The price, paid once: a frozen object that later
+    becomes part of unreachable cycles (the first detector, once the cache replaces it) is freed by reference
+    counting only, never by the collector."""
+    global _warm
+    if not _warm:
+        _warm = True
+        gc.freeze()
+
+
 def serve_ingest(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """IngestFunction: an API Gateway request, or on the DrainAlerts schedule a drain of the alert outbox
     (returns its counts; raises DatabaseUnavailable so that the schedule retries)."""
-    if is_scheduled_event(event):
-        return drain_alerts(context)
-    return ingest_api().resolve(event, context)
+    try:
+        if is_scheduled_event(event):
+            return drain_alerts(context)
+        return ingest_api().resolve(event, context)
+    finally:
+        _freeze_what_the_first_request_built()
 
 
 def serve_detect(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """DetectFunction: an API Gateway request."""
-    return detect_api().resolve(event, context)
+    try:
+        return detect_api().resolve(event, context)
+    finally:
+        _freeze_what_the_first_request_built()
 
 
 def serve_lists(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """ListsFunction: an API Gateway request."""
-    return lists_api().resolve(event, context)
+    try:
+        return lists_api().resolve(event, context)
+    finally:
+        _freeze_what_the_first_request_built()
