@@ -259,7 +259,8 @@ def _copy_text(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-# Rows decided and written at a time by _DecidedRows: about 50 kB of text, read by COPY's chunk (_COPY_CHUNK).
+# Rows decided and written at a time by _DecidedRows: enough for numpy's conversion of their timestamps to pay, few
+# enough that COPY gets its first rows early (some 60 kB of text with the features JSON ingest stores).
 _LINES_PER_BUILD = 64
 
 
