@@ -110,13 +110,13 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     from txguard.api.presenters import json_response
     from txguard.api.resolver import parse_json
     from txguard.api.schemas import TransactionBatch
-    from txguard.detection import decide_in_time_order, decisions_in_time_order, empty_history, empty_timeline
+    from txguard.detection import Decided, decide_in_time_order, decisions_in_time_order, empty_history, empty_timeline
     from txguard.domain import StoreResult, Transaction
     from txguard.presenters import store_decisions_json, store_results_json
     from txguard.rule_engine import CompiledRuleSet
     from txguard.rule_language import validate_rule_set
     from txguard.storage.rule_sets import default_rule_set
-    from txguard.storage.transactions import copy_line
+    from txguard.storage.transactions import _LINES_PER_BUILD, copy_lines
 
     body = json.dumps(
         {
@@ -144,6 +144,8 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
         d.transaction.transaction_id: d.recorded
         for d in decisions_in_time_order(txs, {a: empty_history() for a in accounts}, {}, rules, record=names)
     }
+    # The rows as COPY writes them, a chunk at a time (transactions._DecidedRows).
+    decided = [Decided(t, None, decisions[t.transaction_id], recorded[t.transaction_id]) for t in txs]
     history_rules = CompiledRuleSet(1, validate_rule_set(history_rule_set()))
     at_merchants = [t._replace(merchant_id=f"m{t.transaction_id % 500}") for t in txs]
     store_body = TypeAdapter(StoreBody)  # what the handler validates its body with (item by item when not plain)
@@ -164,7 +166,7 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
             history_rules,
         ),
         "COPY text (with the stored features JSON)": lambda: "".join(
-            copy_line(t, decisions[t.transaction_id], recorded[t.transaction_id] or "{}") for t in txs
+            copy_lines(decided[i : i + _LINES_PER_BUILD]) for i in range(0, len(decided), _LINES_PER_BUILD)
         ),
         "response JSON": lambda: json_response(201, {"results": store_results_json(results)}),
         "response JSON (?response=decisions)": lambda: json_response(201, {"results": store_decisions_json(results)}),
