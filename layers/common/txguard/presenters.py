@@ -84,10 +84,87 @@ def store_results_json(results: list[StoreResult]) -> list[dict[str, Any]]:
     return items
 
 
+def store_results_text(results: list[StoreResult]) -> orjson.Fragment:
+    """A stored batch's results in the full form, as JSON text: the bytes orjson writes for
+    store_results_json(results), built without the per-row dicts (see result_members)."""
+    return _objects(result_members(results))
+
+
+def result_members(results: list[StoreResult]) -> list[str]:
+    """Each result's members in the full form, as JSON text without the braces (so that a per-item answer can put
+    its `index` first): the text orjson writes for a store_results_json item, byte for byte.
+
+    A batch's answer is built per row thousands of times: each distinct decision (by identity) is written once,
+    the fields a row always has are written as text, and what can hold any text (merchant_id, the attributes)
+    goes through orjson, written as a constant when the row has none of it."""
+    decisions: dict[int, str] = {}
+    currencies: dict[str, str] = {}
+    members: list[str] = []
+    append = members.append
+    for r in results:
+        t = r.transaction
+        decision = decisions.get(id(r.decision))
+        if decision is None:
+            decision = decisions[id(r.decision)] = decision_text(r.decision)
+        currency = currencies.get(t.currency)
+        if currency is None:
+            currency = currencies[t.currency] = orjson.dumps(t.currency).decode()
+        tail = _NO_TAIL_TEXT if t[5:] == _NO_TAIL else _tail_text(t)
+        # The ids and the timestamp are int64 (intake), which str writes as orjson does; money() is digits.
+        append(
+            f'"transaction_id":{t.transaction_id},"status":"{r.status}","transaction":{{"account_id":{t.account_id},'
+            f'"transaction_id":{t.transaction_id},"timestamp":{t.ts},"amount":"{money(t.amount, t.currency)}",'
+            f'"currency":{currency}{tail}}},"decision":{decision}'
+        )
+    return members
+
+
+# A transaction's fields from merchant_id on (Transaction's order, as transaction_json shows them), and their text
+# when all are absent: most rows of a batch have none, or the same few.
+_TAIL_FIELDS = ("merchant_id", *ATTRIBUTES)
+_NO_TAIL = (None,) * len(_TAIL_FIELDS)
+_NO_TAIL_TEXT = "".join(f',"{name}":null' for name in _TAIL_FIELDS)
+
+
+def _tail_text(t: Transaction) -> str:
+    return "," + orjson.dumps(dict(zip(_TAIL_FIELDS, t[5:], strict=True)))[1:-1].decode()
+
+
+# What model_json writes for a decision of rules alone (no model fields, no shadows), after its detector version.
+_RULES_ONLY_MODEL = "".join(
+    f',"{name}":null' for name in ("model_version", "model_score", "model_threshold", "model_fallback", "shadow_scores")
+)
+
+
+def decision_text(d: Decision) -> str:
+    """decision_json(d) as orjson writes it, byte for byte (reasons as the stored JSON text)."""
+    if (
+        d.model_version is None
+        and d.model_score is None
+        and d.model_threshold is None
+        and d.model_fallback is None
+        and d.shadow_scores is None
+        and (d.detector_version is None or type(d.detector_version) is int)
+    ):
+        model = f'"detector_version":{"null" if d.detector_version is None else d.detector_version}{_RULES_ONLY_MODEL}'
+    else:
+        model = orjson.dumps(model_json(d))[1:-1].decode()
+    return (
+        f'{{"fraud":{orjson.dumps(d.fraud).decode()},"outcome":{orjson.dumps(d.outcome).decode()},'
+        f'"score":{orjson.dumps(str(d.score)).decode()},"reasons":{d.reasons_text},'
+        f'"rule_set_version":{orjson.dumps(d.rule_set_version).decode()},{model}}}'
+    )
+
+
 def store_decisions_json(results: list[StoreResult]) -> orjson.Fragment:
     """The compact form of a stored batch's results (`response=decisions`), as JSON text: per result, in order,
     `{"transaction_id", "status", "outcome", "score"}` (score 0-1, four places, as text)."""
-    return orjson.Fragment("[" + ",".join([f"{{{members}}}" for members in decision_members(results)]) + "]")
+    return _objects(decision_members(results))
+
+
+def _objects(members: list[str]) -> orjson.Fragment:
+    """A JSON array of objects, from each object's members."""
+    return orjson.Fragment("[{" + "},{".join(members) + "}]" if members else "[]")
 
 
 def decision_members(results: list[StoreResult]) -> list[str]:
