@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -90,7 +91,7 @@ _TRANSACTIONS = st.builds(
     st.integers(-(2**63), 2**63 - 1),
     st.integers(1, 2**63 - 1),
     st.integers(0, 2**53),
-    st.decimals(0, 10**9, places=4) | st.decimals(0, 10**6, places=0),
+    st.decimals(0, 10**9, places=4) | st.decimals(0, 10**6, places=0) | st.decimals(0, 10**9, allow_nan=False),
     st.sampled_from(["EUR", "JPY", "BHD", "CLF", "XXX"]),
     *[_OPTIONAL] * 7,
     st.none() | st.dictionaries(_TEXT, _TEXT, max_size=3),
@@ -145,3 +146,41 @@ def test_the_full_form_as_text_of_rows_without_attributes_and_of_a_decision_of_r
     assert shown[1]["decision"]["shadow_scores"] == {"1": 1.0, "2": 0.25}
     assert orjson.dumps(store_results_text([])) == orjson.dumps(store_results_json([])) == b"[]"
     assert orjson.dumps(store_decisions_json([])) == b"[]"
+
+
+@pytest.mark.parametrize("currency", ["JPY", "EUR", "BHD", "CLF", "XXX"])
+@pytest.mark.parametrize(
+    "amount",
+    [
+        "0",
+        "7",
+        "-0",
+        "0.00",
+        "-0.00",
+        "12.5",
+        "12.50",
+        "12.505",
+        "0.125",
+        "1.0000",
+        "100.00000",
+        "1E+2",
+        "1.20E+3",
+        "1.2E+5",
+        "0E-8",
+        "1.5E-7",
+        "0.0000001",
+        "Infinity",
+        "NaN",
+    ],
+)
+def test_an_amount_in_the_full_form_as_text_is_money_s_text(amount: str, currency: str) -> None:
+    results = [
+        StoreResult(Transaction(1, 2, 3, Decimal(amount), currency), "stored", Decision(False, Decimal(0), (), 1))
+    ]
+    try:
+        expected = orjson.dumps(store_results_json(results))
+    except Exception as refused:  # money() refuses an infinite amount: so must the text
+        with pytest.raises(type(refused)):
+            store_results_text(results)
+        return
+    assert orjson.dumps(store_results_text(results)) == expected

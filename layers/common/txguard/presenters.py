@@ -5,12 +5,22 @@ agree field for field). Amounts have the transaction currency's decimal places; 
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from txguard.currencies import money
-from txguard.domain import ATTRIBUTES, DecidedTransaction, Decision, LabelResult, StoredLabel, StoreResult, Transaction
+from txguard.currencies import MINOR_UNITS, money
+from txguard.domain import (
+    ATTRIBUTES,
+    OUTCOMES,
+    DecidedTransaction,
+    Decision,
+    LabelResult,
+    StoredLabel,
+    StoreResult,
+    Transaction,
+)
 from txguard.features import FEATURES, features_json
 
 
@@ -98,7 +108,7 @@ def result_members(results: list[StoreResult]) -> list[str]:
     the fields a row always has are written as text, and what can hold any text (merchant_id, the attributes)
     goes through orjson, written as a constant when the row has none of it."""
     decisions: dict[int, str] = {}
-    currencies: dict[str, str] = {}
+    currencies: dict[str, tuple[str, int]] = {}
     members: list[str] = []
     append = members.append
     for r in results:
@@ -106,14 +116,24 @@ def result_members(results: list[StoreResult]) -> list[str]:
         decision = decisions.get(id(r.decision))
         if decision is None:
             decision = decisions[id(r.decision)] = decision_text(r.decision)
-        currency = currencies.get(t.currency)
-        if currency is None:
-            currency = currencies[t.currency] = orjson.dumps(t.currency).decode()
+        known = currencies.get(t.currency)
+        if known is None:
+            known = currencies[t.currency] = (orjson.dumps(t.currency).decode(), MINOR_UNITS.get(t.currency, 4))
+        currency, places = known
+        # An amount that already has its currency's places (intake quantizes them) is money()'s text as it is:
+        # plain digits, with `places` of them after the point (no exponent).
+        amount = str(t.amount)
+        if not (
+            amount.isdigit()
+            if places == 0
+            else len(amount) > places and amount[-places - 1] == "." and "E" not in amount and "e" not in amount
+        ):
+            amount = money(t.amount, t.currency)
         tail = _NO_TAIL_TEXT if t[5:] == _NO_TAIL else _tail_text(t)
-        # The ids and the timestamp are int64 (intake), which str writes as orjson does; money() is digits.
+        # The ids and the timestamp are int64 (intake), which str writes as orjson does; an amount is digits.
         append(
             f'"transaction_id":{t.transaction_id},"status":"{r.status}","transaction":{{"account_id":{t.account_id},'
-            f'"transaction_id":{t.transaction_id},"timestamp":{t.ts},"amount":"{money(t.amount, t.currency)}",'
+            f'"transaction_id":{t.transaction_id},"timestamp":{t.ts},"amount":"{amount}",'
             f'"currency":{currency}{tail}}},"decision":{decision}'
         )
     return members
@@ -149,11 +169,22 @@ def decision_text(d: Decision) -> str:
         model = f'"detector_version":{"null" if d.detector_version is None else d.detector_version}{_RULES_ONLY_MODEL}'
     else:
         model = orjson.dumps(model_json(d))[1:-1].decode()
+    fraud = "true" if d.fraud is True else "false" if d.fraud is False else _json_text(d.fraud)
+    outcome = _QUOTED_OUTCOMES.get(d.outcome) or _json_text(d.outcome)
+    # A Decimal's text is digits, point, sign and exponent: nothing JSON escapes.
+    score = '"' + str(d.score) + '"' if type(d.score) is Decimal else _json_text(str(d.score))
+    version = d.rule_set_version if type(d.rule_set_version) is int else _json_text(d.rule_set_version)
     return (
-        f'{{"fraud":{orjson.dumps(d.fraud).decode()},"outcome":{orjson.dumps(d.outcome).decode()},'
-        f'"score":{orjson.dumps(str(d.score)).decode()},"reasons":{d.reasons_text},'
-        f'"rule_set_version":{orjson.dumps(d.rule_set_version).decode()},{model}}}'
+        f'{{"fraud":{fraud},"outcome":{outcome},"score":{score},"reasons":{d.reasons_text},'
+        f'"rule_set_version":{version},{model}}}'
     )
+
+
+_QUOTED_OUTCOMES = {o: f'"{o}"' for o in OUTCOMES}
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def store_decisions_json(results: list[StoreResult]) -> orjson.Fragment:
