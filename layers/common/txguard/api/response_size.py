@@ -119,12 +119,6 @@ def result_size(result: dict[str, Any]) -> int:
     return size
 
 
-def fits(text: str) -> bool:
-    """Whether a body of this JSON text stays within BODY_BUDGET on the wire."""
-    # No character takes more than 12 bytes on the wire: most bodies are far under and are not scanned twice.
-    return len(text) <= BODY_BUDGET // 12 or wire_size(text) <= BODY_BUDGET
-
-
 def downgraded(asked: str, served: str, full_text: str) -> dict[str, Any]:
     """The body member saying a write answered in its compact form because the full one would not fit:
     `{"code": "response_too_large", "asked", "served", "full_bytes", "limit_bytes", "message"}`."""
