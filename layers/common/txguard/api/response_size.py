@@ -93,8 +93,8 @@ _last_measured: tuple[str | None, int] = (None, 0)
 
 
 def fitting_text(data: bytes) -> tuple[str, bool]:
-    """orjson's `data` as a body's text, and whether it fits in BODY_BUDGET on the wire (fits, measured once: the
-    size is remembered for result_size)."""
+    """orjson's `data` as a body's text, and whether it fits in BODY_BUDGET on the wire. A body near the budget is
+    measured once: its size is remembered for result_size."""
     global _last_measured
     text = data.decode()
     # No UTF-8 byte takes more than 6 bytes on the wire (a control character; other characters 3 at most).
