@@ -4,17 +4,67 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from txguard.api import response_size
-from txguard.api.response_size import LAMBDA_RESPONSE_LIMIT, PAGE_CUT_HEADER, page_response, result_size, wire_size
+from txguard.api.response_size import (
+    BODY_BUDGET,
+    LAMBDA_RESPONSE_LIMIT,
+    PAGE_CUT_HEADER,
+    fitting_text,
+    page_response,
+    result_size,
+    wire_size,
+)
 
-TEXTS = ["plain", 'a "quoted" \\ path', "line\nbreak\ttab\x01", "café ünïcode", "カード" * 50, "\U0001f4b3 card", ""]
+TEXTS = [
+    "plain",
+    'a "quoted" \\ path',
+    "line\nbreak\ttab\x01\x7f\x1f",
+    "café ünïcode",
+    "カード" * 50,
+    "\U0001f4b3 card",
+    "lone \ud800 and paired \ud83d\ude00",
+    "",
+]
+
+
+def runtime_size(text: str) -> int:
+    return len(json.dumps({"body": text})) - len(json.dumps({"body": ""}))
 
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_wire_size_is_what_the_runtime_encoder_writes(text: str) -> None:
-    assert wire_size(text) == len(json.dumps({"body": text})) - len(json.dumps({"body": ""}))
+    assert wire_size(text) == runtime_size(text)
+
+
+@given(st.text(st.characters(codec=None)) | st.text(st.characters(max_codepoint=0x7F)))
+def test_wire_size_of_any_text_is_what_the_runtime_encoder_writes(text: str) -> None:
+    assert wire_size(text) == runtime_size(text)
+
+
+@pytest.mark.parametrize("text", [t for t in TEXTS if "\ud800" not in t])
+def test_a_body_fits_up_to_its_last_byte_and_its_size_is_measured_once(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = orjson.dumps({"results": [text] * 50})
+    exact = runtime_size(data.decode())
+    for budget, fit in ((exact, True), (exact - 1, False), (6 * len(data), True), (BODY_BUDGET, True)):
+        monkeypatch.setattr(response_size, "BODY_BUDGET", budget)
+        body, fits = fitting_text(data)
+        assert (body, fits) == (data.decode(), fit)
+    # What was measured is read back by identity only: an equal text built apart is measured on its own, and a
+    # different one of the same length gets its own size.
+    monkeypatch.setattr(response_size, "BODY_BUDGET", exact - 1)
+    body, _ = fitting_text(data)
+    assert wire_size(body) == exact and wire_size("x" * len(body)) == len(body)
+    near = {"statusCode": 201, "headers": {"a": "b"}, "body": body}
+    monkeypatch.setattr(response_size, "LAMBDA_RESPONSE_LIMIT", 0)  # so that result_size measures the body
+    assert result_size(near) == len(json.dumps(near))
+    assert response_size._last_measured[0] is None  # not held past the answer
 
 
 def test_result_size_is_exact_near_the_limit_and_an_upper_bound_below_it() -> None:

@@ -35,7 +35,7 @@ from txguard.api.response_size import (
     PAGE_HEADERS,
     committed_answer,
     downgraded,
-    fits,
+    fitting_text,
     form_headers,
     page_response,
     write_response,
@@ -52,7 +52,7 @@ from txguard.domain import Transaction
 from txguard.errors import shorten
 from txguard.intake import INT64_MAX, TransactionIn, batch_transactions, window_bound_ms
 from txguard.observability import logger
-from txguard.presenters import decision_members, listed_json, store_decisions_json, store_results_json
+from txguard.presenters import decision_members, listed_json, result_members, store_decisions_json, store_results_text
 from txguard.queries import cursor_after
 from txguard.settings import service_settings
 
@@ -178,7 +178,7 @@ def store_data(
         201,
         response,
         "decisions",
-        lambda: {"results": store_results_json(results)},
+        lambda: {"results": store_results_text(results)},
         lambda: {"results": store_decisions_json(results)},
     )
 
@@ -217,8 +217,8 @@ def store_data_per_item(response: Annotated[ResponseForm, Query()] = "full") -> 
     tries += [("decisions", MAX_DETAILS), ("decisions", 1), ("decisions", 0)]
     first = ""
     for form, max_details in tries:
-        text = orjson.dumps({"results": _per_item_results(outcomes, form, max_details)}).decode()
-        if fits(text):
+        text, fit = fitting_text(orjson.dumps({"results": _per_item_results(outcomes, form, max_details)}))
+        if fit:
             break
         first = first or text
     if not first:
@@ -237,16 +237,11 @@ def _per_item_results(outcomes: list[service.ItemOutcome], form: ResponseForm, m
     """A per-item answer's results, in request order: each stored item in `form` with its index first, each
     refused one with its error listing at most `max_details` of its problems (`details_total` when more)."""
     stored = [o.result for o in outcomes if o.result is not None]
-    full = iter(store_results_json(stored) if form == "full" else ())
-    compact = iter(decision_members(stored) if form == "decisions" else ())
+    members = iter(result_members(stored) if form == "full" else decision_members(stored))
     results: list[Any] = []
     for outcome in outcomes:
         if outcome.result is not None:
-            results.append(
-                {"index": outcome.index, **next(full)}
-                if form == "full"
-                else orjson.Fragment(f'{{"index":{outcome.index},{next(compact)}}}')
-            )
+            results.append(orjson.Fragment(f'{{"index":{outcome.index},{next(members)}}}'))
             continue
         details = [
             {"index": outcome.index, "field": p.field, "value": p.value, "reason": p.reason}

@@ -65,24 +65,58 @@ T = TypeVar("T")
 def wire_size(text: str) -> int:
     """Bytes `text` takes inside the invocation result as the python3.11 runtime encodes it (ensure_ascii JSON),
     its two quotes excluded."""
-    return len(json.dumps(text)) - 2
+    last_text, last_size = _last_measured
+    if text is last_text:
+        return last_size
+    return utf8_wire_size(text.encode("utf-8", "surrogatepass"))
+
+
+def utf8_wire_size(data: bytes) -> int:
+    """wire_size of the text whose UTF-8 is `data` (lone surrogates as "surrogatepass" writes them).
+
+    The encoder's cost is per character: 1 for printable ASCII but `"` and `\\`, 2 for those two, and json.dumps
+    says what the rest costs (a control character 2 or 6, a character outside ASCII 6, or 12 beyond the BMP). Most
+    of a body is the first kind, counted without building the body's escaped copy."""
+    rest = data.translate(None, _PLAIN_ASCII)
+    if not rest:
+        return len(data)
+    others = rest.translate(None, b'"\\')
+    escaped = len(json.dumps(others.decode("utf-8", "surrogatepass"))) - 2 if others else 0
+    return len(data) - len(rest) + 2 * (len(rest) - len(others)) + escaped
+
+
+_PLAIN_ASCII = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+
+# The body measured last, and its wire size: the resolver's last check (result_size) reads it back rather than
+# measuring a body of megabytes again. Held by identity, so a text is never taken for another.
+_last_measured: tuple[str | None, int] = (None, 0)
+
+
+def fitting_text(data: bytes) -> tuple[str, bool]:
+    """orjson's `data` as a body's text, and whether it fits in BODY_BUDGET on the wire. A body near the budget is
+    measured once: its size is remembered for result_size."""
+    global _last_measured
+    text = data.decode()
+    # No UTF-8 byte takes more than 6 bytes on the wire (a control character; other characters 3 at most).
+    if 6 * len(data) <= BODY_BUDGET:
+        return text, True
+    size = utf8_wire_size(data)
+    _last_measured = (text, size)
+    return text, size <= BODY_BUDGET
 
 
 def result_size(result: dict[str, Any]) -> int:
     """Bytes of a whole proxy result as the runtime sends it (what Lambda compares with LAMBDA_RESPONSE_LIMIT); for
     a result that cannot be near the limit, an upper bound of them (no character takes more than 12 bytes)."""
+    global _last_measured
     body = result.get("body")
     text = body if isinstance(body, str) else ""
     envelope = len(json.dumps({**result, "body": ""}, default=str))
     if envelope + 12 * len(text) <= LAMBDA_RESPONSE_LIMIT:
         return envelope + 12 * len(text)
-    return envelope + wire_size(text) if isinstance(body, str) else len(json.dumps(result, default=str))
-
-
-def fits(text: str) -> bool:
-    """Whether a body of this JSON text stays within BODY_BUDGET on the wire."""
-    # No character takes more than 12 bytes on the wire: most bodies are far under and are not scanned twice.
-    return len(text) <= BODY_BUDGET // 12 or wire_size(text) <= BODY_BUDGET
+    size = envelope + wire_size(text) if isinstance(body, str) else len(json.dumps(result, default=str))
+    _last_measured = (None, 0)  # the last reader of the body measured: not held past its answer
+    return size
 
 
 def downgraded(asked: str, served: str, full_text: str) -> dict[str, Any]:
@@ -122,8 +156,8 @@ def committed_answer(
     retry into the same wall). The bodies are built only when needed."""
     if asked == compact_form:
         return write_response(status, orjson.dumps(compact_body()).decode(), compact_form)
-    full = orjson.dumps(full_body()).decode()
-    if fits(full):
+    full, fit = fitting_text(orjson.dumps(full_body()))
+    if fit:
         return write_response(status, full, asked)
     notice = downgraded(asked, compact_form, full)
     logger.warning("the answer is too large in the form asked", extra={"bytes": notice["full_bytes"]})
