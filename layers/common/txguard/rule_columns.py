@@ -69,51 +69,84 @@ class ColumnSource(Protocol):
 # A compiled predicate gives, per row, (surely holds, surely does not hold); neither means too close to call.
 Predicate = Callable[[ColumnSource], tuple[BoolArray, BoolArray]]
 
+# Each comparison's (surely holds, surely does not hold) over a chunk, by the comparison's id(): what the rule
+# engine reads to explain the rows column-wise (exact for text comparisons and where "surely" holds).
+Leaves = dict[int, tuple[BoolArray, BoolArray]]
+
 
 class RulePredicates:
     """A rule set's enabled rules compiled into vectorised predicates (rule_engine.CompiledRuleSet's `_rules`)."""
 
     def __init__(self, conditions: Sequence[Condition]) -> None:
-        self._predicates = tuple(_compile(condition) for condition in conditions)
+        # Each comparison's predicate writes its result here while a chunk is read (rules_to_explain's `leaves`).
+        self._leaves: Leaves | None = None
+        self._predicates = tuple(self._compile(condition) for condition in conditions)
 
-    def rules_to_explain(self, source: ColumnSource) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+    def rules_to_explain(
+        self, source: ColumnSource, leaves: Leaves | None = None
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
         """The rows where some rule may fire (it fires, or a comparison is too close to call), which the row engine
         must decide, and for each the bit mask of those rules (bit j: the j-th predicate). No rule fires on the
-        other rows. At most 63 rules (rule_language allows 50)."""
+        other rows. At most 63 rules (rule_language allows 50). `leaves`, when given, receives each comparison's
+        (surely holds, surely does not hold), each a bool array of `source.size`, by id(comparison)."""
         masks = np.zeros(source.size, dtype=np.int64)
-        for j, predicate in enumerate(self._predicates):
-            _, fails = predicate(source)
-            masks |= (~fails).astype(np.int64) << j
+        self._leaves = leaves
+        try:
+            for j, predicate in enumerate(self._predicates):
+                _, fails = predicate(source)
+                masks |= (~fails).astype(np.int64) << j
+        finally:
+            self._leaves = None
         rows = np.flatnonzero(masks)
         return rows, masks[rows]
+
+    def _compile(self, condition: Condition) -> Predicate:
+        if isinstance(condition, Comparison):
+            predicate = _compile(condition)
+            key = id(condition)
+
+            def recorded(source: ColumnSource) -> tuple[BoolArray, BoolArray]:
+                found = predicate(source)
+                if self._leaves is not None:
+                    self._leaves[key] = found
+                return found
+
+            return recorded
+        if isinstance(condition, AllOf):
+            return _all_hold([self._compile(c) for c in condition.all])
+        return _any_holds([self._compile(c) for c in condition.any])
 
 
 def _compile(condition: Condition) -> Predicate:
     if isinstance(condition, AllOf):
-        parts = [_compile(c) for c in condition.all]
-
-        def all_hold(source: ColumnSource) -> tuple[BoolArray, BoolArray]:
-            holds, fails = parts[0](source)
-            for part in parts[1:]:
-                h, f = part(source)
-                holds, fails = holds & h, fails | f
-            return holds, fails
-
-        return all_hold
+        return _all_hold([_compile(c) for c in condition.all])
     if isinstance(condition, AnyOf):
-        choices = [_compile(c) for c in condition.any]
-
-        def any_holds(source: ColumnSource) -> tuple[BoolArray, BoolArray]:
-            holds, fails = choices[0](source)
-            for choice in choices[1:]:
-                h, f = choice(source)
-                holds, fails = holds | h, fails & f
-            return holds, fails
-
-        return any_holds
+        return _any_holds([_compile(c) for c in condition.any])
     if condition.on_text:
         return _compile_text(condition)
     return _compile_number(condition)
+
+
+def _all_hold(parts: Sequence[Predicate]) -> Predicate:
+    def all_hold(source: ColumnSource) -> tuple[BoolArray, BoolArray]:
+        holds, fails = parts[0](source)
+        for part in parts[1:]:
+            h, f = part(source)
+            holds, fails = holds & h, fails | f
+        return holds, fails
+
+    return all_hold
+
+
+def _any_holds(choices: Sequence[Predicate]) -> Predicate:
+    def any_holds(source: ColumnSource) -> tuple[BoolArray, BoolArray]:
+        holds, fails = choices[0](source)
+        for choice in choices[1:]:
+            h, f = choice(source)
+            holds, fails = holds | h, fails & f
+        return holds, fails
+
+    return any_holds
 
 
 def _compile_text(comparison: Comparison) -> Predicate:
