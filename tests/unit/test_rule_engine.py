@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from txguard.domain import Decision
 from txguard.feature_columns import RowColumns
 from txguard.features import COUNT_IN_CURRENCY, Features, list_feature
 from txguard.rule_engine import COLUMN_ROWS, CompiledRuleSet
@@ -221,7 +222,7 @@ class NoValuesAt:
         self.text = self._columns.text
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(
     rules=random_rule_sets(),
     chunk=st.lists(random_rows(), min_size=COLUMN_ROWS, max_size=40),
@@ -244,10 +245,24 @@ def test_a_chunk_explained_column_wise_is_decided_as_row_by_row(
     by_rows = [rules.decide(f, m, c, None if snoozed is None else snoozed[i]) for i, (f, m, c) in enumerate(items)]
     # when the chunk is decided at once (its values read from the columns, or through the items),
     for columns in (RowColumns(chunk), NoValuesAt(chunk)):
-        decisions = rules.decide_columns(columns, items, snoozed)
-        # then every decision is the row engine's: reasons' text and order, weights, score, outcome, versions,
-        assert decisions == by_rows
-        assert [str(d.score) for d in decisions] == [str(d.score) for d in by_rows]
-        assert [d.reasons_text for d in decisions] == [d.reasons_text for d in by_rows]
-        # and a row where nothing fired shares the one decision of nothing found.
-        assert [d is rules.nothing_found for d in decisions] == [d is rules.nothing_found for d in by_rows]
+        assert_same_decisions(rules, rules.decide_columns(columns, items, snoozed), by_rows)
+    # or its items say they are all in one currency, with their merchant ids (as feature_columns.ColumnItems),
+    in_one = ItemsInOneCurrency([(f, m, currencies[0]) for f, m, _ in items])
+    by_rows = [rules.decide(f, m, c, None if snoozed is None else snoozed[i]) for i, (f, m, c) in enumerate(in_one)]
+    assert_same_decisions(rules, rules.decide_columns(RowColumns(chunk), in_one, snoozed), by_rows)
+
+
+class ItemsInOneCurrency(list[tuple[Features, str | None, str]]):
+    def __init__(self, items: list[tuple[Features, str | None, str]]) -> None:
+        super().__init__(items)
+        self.currency = items[0][2]
+        self.merchant_ids = [m for _, m, _ in items]
+
+
+def assert_same_decisions(rules: CompiledRuleSet, decisions: list[Decision], by_rows: list[Decision]) -> None:
+    # Every decision is the row engine's: reasons' text and order, weights, score, outcome, versions,
+    assert decisions == by_rows
+    assert [str(d.score) for d in decisions] == [str(d.score) for d in by_rows]
+    assert [d.reasons_text for d in decisions] == [d.reasons_text for d in by_rows]
+    # and a row where nothing fired shares the one decision of nothing found.
+    assert [d is rules.nothing_found for d in decisions] == [d is rules.nothing_found for d in by_rows]

@@ -34,7 +34,7 @@ import operator
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal
-from functools import partial
+from functools import cache, partial
 from itertools import compress, repeat
 from typing import Any
 
@@ -43,7 +43,7 @@ import numpy.typing as npt
 
 from txguard.currencies import money
 from txguard.domain import Decision, Outcome, Reason
-from txguard.feature_columns import ColumnItems, RowColumns
+from txguard.feature_columns import RowColumns
 from txguard.features import (
     COUNT_IN_CURRENCY,
     MODEL_SCORE,
@@ -244,22 +244,24 @@ class CompiledRuleSet:
         starts = np.flatnonzero(np.concatenate(([True], every[1:] != every[:-1])))
         ends = np.append(starts[1:], every.size)
         at = every[starts]
-        # The score and outcome of each distinct set of active rules that fired, computed once.
-        verdicts: dict[int, tuple[Decimal, Outcome]] = {}
-        version, detector_version = self.version, self.detector_version
+        # The score and outcome of each distinct set of active rules that fired, computed once, as a decision
+        # without reasons whose fields each row's decision copies (the constructor's checks were made on it).
+        verdicts: dict[int, dict[str, Any]] = {}
+        new = object.__new__
         for i, start, end, bits in zip(at.tolist(), starts.tolist(), ends.tolist(), counted[at].tolist(), strict=True):
-            verdict = verdicts.get(bits)
-            if verdict is None:
-                verdict = verdicts[bits] = self._verdict(bits)
-            score, outcome = verdict
-            decisions[i] = Decision(
-                outcome == "block", score, tuple(in_order[start:end]), version, detector_version, outcome=outcome
-            )
+            fields = verdicts.get(bits)
+            if fields is None:
+                fields = verdicts[bits] = vars(self._verdict(bits))
+            decision = new(Decision)
+            state = vars(decision)
+            state.update(fields)
+            state["reasons"] = tuple(in_order[start:end])
+            decisions[i] = decision
         return decisions
 
-    def _verdict(self, bits: int) -> tuple[Decimal, Outcome]:
-        """The score and outcome where the active rules at the positions of `bits` (in `_rules`) fire, as _decide
-        computes them (the product in the rule set's order)."""
+    def _verdict(self, bits: int) -> Decision:
+        """The decision, without reasons, where the active rules at the positions of `bits` (in `_rules`) fire,
+        its score and outcome as _decide computes them (the product in the rule set's order)."""
         keep = Decimal(1)
         actions = set()
         for j, rule in enumerate(self._rules):
@@ -269,7 +271,8 @@ class CompiledRuleSet:
                 else:
                     actions.add(rule.action)
         score = (1 - keep).quantize(_FOUR_PLACES, rounding=ROUND_HALF_UP)
-        return score, self.outcome(score, frozenset(actions))
+        outcome = self.outcome(score, frozenset(actions))
+        return Decision(outcome == "block", score, (), self.version, self.detector_version, outcome=outcome)
 
     def decide(
         self, features: FeatureReader, merchant_id: str | None, currency: str, snoozed: Snoozed | None = None
@@ -504,14 +507,18 @@ _ABSENT = object()  # a row without the key (a value None is another thing: get'
 
 class _Chunk:
     """What the column explainers read of a chunk: its features at given rows, through the columns' `values_at`
-    (feature_columns) when they have it, else through the items; merchant ids and currencies per row; and each
-    comparison's predicate result (rule_columns.Leaves)."""
+    (feature_columns) when they have it, else through the items; merchant ids and currencies per row (the items'
+    `merchant_ids` and `currency` when they have them, as feature_columns.ColumnItems); and each comparison's
+    predicate result (rule_columns.Leaves)."""
 
     def __init__(self, columns: ColumnSource, items: Sequence[tuple[FeatureReader, str | None, str]], leaves: Leaves):
         self.items = items
         self.leaves = leaves
         self._values_at: Callable[[str, Sequence[int], Any], list[Any]] | None = getattr(columns, "values_at", None)
-        self._one = isinstance(items, ColumnItems)
+        # Items of one currency say so, with their merchant ids (feature_columns.ColumnItems): read at once.
+        currency = getattr(items, "currency", None)
+        self.currency: str | None = currency if isinstance(currency, str) else None
+        self._merchant_ids: Sequence[str | None] | None = getattr(items, "merchant_ids", None)
 
     def values(self, name: str, rows: list[int], default: Any = None) -> list[Any]:
         """Each row's features.get(name, default)."""
@@ -521,16 +528,16 @@ class _Chunk:
         return [items[i][0].get(name, default) for i in rows]
 
     def currencies(self, rows: list[int]) -> list[str]:
+        if self.currency is not None:
+            return [self.currency] * len(rows)
         items = self.items
-        if isinstance(items, ColumnItems):
-            return [items.currency] * len(rows)
         return [items[i][2] for i in rows]
 
     def merchant_ids(self, rows: list[int]) -> list[str | None]:
-        items = self.items
-        if isinstance(items, ColumnItems):
-            merchant_ids = items.merchant_ids
+        merchant_ids = self._merchant_ids
+        if merchant_ids is not None:
             return [merchant_ids[i] for i in rows]
+        items = self.items
         return [items[i][1] for i in rows]
 
 
@@ -540,6 +547,12 @@ ColumnExplainer = Callable[[_Chunk, IndexArray], tuple[IndexArray, list[str]]]
 _NONE: IndexArray = np.empty(0, dtype=np.intp)
 # Reason(*fields) without NamedTuple's Python-level __new__: the same tuple subclass, built in C.
 _new_reason: Callable[[tuple[str, str, Decimal, str]], Reason] = partial(tuple.__new__, Reason)
+
+
+@cache
+def _quantum(currency: str) -> Decimal:
+    """The Decimal whose exponent currencies.money quantizes an amount in `currency` to."""
+    return Decimal(money(Decimal(0), currency))
 
 
 def _compile_columns(condition: Condition) -> ColumnExplainer:
@@ -697,6 +710,12 @@ def _column_describer(name: str, left: bool = True) -> Callable[[_Chunk, list[in
         if show is _number:
             return [_plain(v) for v in values]
         if show is _amount:
+            if chunk.currency is not None:
+                # money(v, currency) for every v: the currency's quantum (the exponent of its zero) found once.
+                quantum, half_up = _quantum(chunk.currency), ROUND_HALF_UP
+                return [
+                    str(v.quantize(quantum, rounding=half_up)) if isinstance(v, Decimal) else _plain(v) for v in values
+                ]
             return [
                 money(v, currency) if isinstance(v, Decimal) else _plain(v)
                 for v, currency in zip(values, chunk.currencies(rows), strict=True)
