@@ -1,7 +1,10 @@
 """Where rules are evaluated: a rule set compiled once into predicates, applied to a transaction's features.
 A chunk of COLUMN_ROWS transactions or more is first read by the same rules compiled into vectorised predicates
-(rule_columns): only the transactions where a rule may fire are decided here one by one, the others share the
-decision where nothing fires.
+(rule_columns): the transactions where no rule may fire share the decision where nothing fires; the others are
+explained a rule at a time over all the rows where it may fire (decide_columns): the predicates' sure answers,
+the exact comparison of the Decimal values where one is too close to call, each rule's sentences written for
+all its rows at once, the score and outcome computed once per set of active rules that fired. `decide`, one
+transaction at a time, is the reference those decisions equal, bit for bit (tests/unit/test_rule_engine.py).
 
 score = 1 - product(1 - weight) over the active rules of action `score` that fire, rounded to four places.
 Shadow rules are evaluated and explained but never count, and never change the outcome.
@@ -182,7 +185,8 @@ class CompiledRuleSet:
         """decide() for each (features, merchant id, currency), in order; `snoozed`: each one's snoozed rules.
 
         From COLUMN_ROWS transactions on, the rule predicates (rule_columns) first find those where some rule may
-        fire; only those are decided one by one, the others share the decision where nothing fires."""
+        fire; only those are explained (column-wise: decide_columns), the others share the decision where nothing
+        fires."""
         return self.decide_columns(RowColumns([f for f, _, _ in items]), items, snoozed)
 
     def decide_columns(
@@ -191,9 +195,10 @@ class CompiledRuleSet:
         items: Sequence[tuple[FeatureReader, str | None, str]],
         snoozed: Sequence[Snoozed | None] | None = None,
     ) -> list[Decision]:
-        """decide_batch for a chunk whose features are also given as `columns` (the same rows, in order): an
-        item's features are read only where some rule may fire (items may make them when read:
-        feature_columns.ColumnItems)."""
+        """decide_batch for a chunk whose features are also given as `columns` (the same rows, in order): each
+        rule explains the rows where it may fire at once, reading their values through the columns' `values_at`
+        (else through the items' features, which items may make when read: feature_columns.ColumnItems). The
+        decisions equal decide()'s, bit for bit; a row where nothing fires gets `nothing_found` itself."""
         if len(items) < COLUMN_ROWS:
             decide_one = self.decide
             if snoozed is None:
