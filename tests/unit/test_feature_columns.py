@@ -120,6 +120,13 @@ def assert_same(
         read = computed.row(i)
         assert [(k, type(v), str(v)) for k, v in read.items()] == [(k, type(v), str(v)) for k, v in row.items()]
         assert len(read) == len(row) and "absent" not in read and read.get("absent", 7) == 7
+    # Read at many rows at once (rules explain the rows they fire on column-wise), in any order: each row's value,
+    # the default where the row has no such key.
+    picked = list(range(0, computed.size, 2)) + list(range(computed.size - 1, 0, -2))
+    for name in {*computed.row_names(True), *computed.row_names(False), "absent"}:
+        expected = [computed.row(i).get(name, "no key") for i in picked]
+        found = computed.values_at(name, picked, "no key")
+        assert [(type(v), str(v)) for v in found] == [(type(v), str(v)) for v in expected]
     # Each decided row also carries the JSON storage writes of the features the detector reads (`record`).
     recorded = names if record else None
     rows, row_histories, row_merchants = replay(transactions, RowByRow(detector), steps, recorded, stored)
