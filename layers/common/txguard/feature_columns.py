@@ -295,68 +295,81 @@ class FeatureColumns:
 
     def json_rows(self, names: Sequence[str]) -> list[str]:
         """Each row's features.features_json(row, names) (the stored `features` column), byte for byte, written
-        from the integer columns without building a Decimal or a dict: one %-template per chunk, filled per row in
-        one call. A column of at most six places whose values are below 2**52 in magnitude is given as float64
-        and printed with its places ('%.4f'): the float nearest an exact n-place decimal below 2**52 units of
-        10^-n prints back as that decimal, in the plain notation str(Decimal) writes; others are printed exactly
-        from the integers. An account's first transaction (other keys, account age Decimal(0)) is written alone."""
+        from the integer columns without building a Decimal, a dict or a str per value (_json_text): accounts'
+        first transactions (other keys, account age Decimal(0)) apart from the others."""
         if not names:
             return ["{}"] * self.size
-        later_keys = set(self._names_later)
-        later = ~self._first
-        fields: list[str] = []
-        columns: list[list[Any]] = []
+        first = np.flatnonzero(self._first)
+        if not len(first):
+            return self._json_text(names, None, False)
+        later = np.flatnonzero(~self._first)
+        rows = np.empty(self.size, dtype=object)
+        rows[later] = self._json_text(names, later, False)
+        rows[first] = self._json_text(names, first, True)
+        return rows.tolist()  # type: ignore[no-any-return]
+
+    def _json_text(self, names: Sequence[str], chosen: npt.NDArray[np.intp] | None, first: bool) -> list[str]:
+        """features_json of the rows `chosen` (all: None), all accounts' first transactions or none. Every row
+        is laid out in one (rows, width) byte matrix written four bytes at a time: each key with its punctuation a
+        constant span between the values, each value a few groups of four characters looked up from its digits
+        (_decimal_groups), NUL bytes standing for what a shorter value leaves out (leading zeros, the sign of a
+        positive value) and padding the keys to whole groups. The matrix is read as one byte string, its NULs
+        deleted, and cut into rows at their newlines."""
+        n = self.size if chosen is None else len(chosen)
+        keys = self._keys_first if first else self._keys_later
+        spans: list[bytes | Groups] = []
+        pending = "{"
         for name in names:
-            key = '"' + name.replace("%", "%%") + '":'
-            if name not in later_keys:
-                fields.append(key + "null")
+            pending += ("," if pending != "{" else "") + '"' + name + '":'
+            if name not in keys:
+                pending += "null"
                 continue
-            conversion, values = self._json_column(name, later)
-            fields.append(key + conversion)
-            if values is not None:
-                columns.append(values)
-        template = "{" + ",".join(fields) + "}"
-        rows = list(map(template.__mod__, zip(*columns, strict=True))) if columns else [template % ()] * self.size
-        first_keys = set(self._names_first)
-        for i in np.flatnonzero(self._first).tolist():
-            parts = []
-            for name in names:
-                if name not in first_keys:
-                    text = "null"
-                elif name == "account_age_seconds":
-                    text = "0"  # Decimal(0), not 0.000
-                else:
-                    text = self._json_value(name, i)
-                parts.append(f'"{name}":{text}')
-            rows[i] = "{" + ",".join(parts) + "}"
+            if name == "account_age_seconds" and first:
+                pending += "0"  # Decimal(0), not 0.000
+                continue
+            groups = self._text_groups(name, chosen)
+            if groups is None:
+                pending += "null"
+                continue
+            spans.append(pending.encode())
+            spans.append(groups)
+            pending = ""
+        spans.append((pending + "}\n").encode())
+        # Laid out a group of every row at a time (the writes contiguous), then transposed to a row at a time.
+        laid_out = [_as_groups(span)[:, None] if isinstance(span, bytes) else span for span in spans]
+        by_group = np.empty((sum(len(span) for span in laid_out), n), dtype=np.uint32)
+        at = 0
+        for span in laid_out:
+            by_group[at : at + len(span)] = span
+            at += len(span)
+        text = np.ascontiguousarray(by_group.T)
+        written = text.tobytes().translate(None, b"\0")
+        rows = written.decode().split("\n")
+        rows.pop()  # after the last row's newline
+        if len(rows) != n:  # a newline within a key: cut the rows at their lengths instead
+            ends = np.cumsum((text.view(np.uint8) != 0).sum(axis=1)).tolist()
+            rows = [written[a : b - 1].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         return rows
 
-    def _json_column(self, name: str, rows: npt.NDArray[np.bool_]) -> tuple[str, list[Any] | None]:
-        """A %-conversion and the values it prints as features_json does, for the rows `rows` (the others'
-        values are printed too, whatever they are, and written over); ("null", None) when the column is missing
-        in all of those rows (a merchant's features in a batch without merchants)."""
+    def _text_groups(self, name: str, chosen: npt.NDArray[np.intp] | None) -> Groups | None:
+        """The column `name` as features_json prints it, for the rows `chosen` (all: None): (k, rows) groups of
+        four characters (uint32), NUL where a value's text has nothing; None when the column is missing in all of
+        them (a merchant's features in a batch without merchants)."""
+        every = range(self.size) if chosen is None else chosen
         if self._is_given(name):
-            return "%s", [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self.python_values(name)]
+            values = self.python_values(name)
+            return _text_rows([features_json({name: values[i]}, (name,))[len(name) + 4 : -1] for i in every])
         column = self.numbers[name]
-        if column.present is not None and not column.present[rows].any():
-            return "null", None
-        scaled = column.scaled
-        if scaled.dtype == np.int64:
-            if column.places == 0:
-                conversion, values = "%d", scaled.tolist()
-            elif column.places <= 6 and int(np.abs(scaled[rows]).max(initial=0)) < 2**52:
-                conversion, values = f"%.{column.places}f", (scaled / 10.0**column.places).tolist()
-            else:
-                conversion = ""
-            if conversion and column.present is not None and not column.present[rows].all():
-                # Missing values print as null: the column is printed here, then its missing values replaced.
-                values = list(map(conversion.__mod__, values))
-                for i in np.flatnonzero(~column.present).tolist():
-                    values[i] = "null"
-                conversion = "%s"
-            if conversion:
-                return conversion, values
-        return "%s", [self._json_value(name, i) for i in range(self.size)]
+        scaled, present = column.scaled, column.present
+        if chosen is not None:
+            scaled = scaled[chosen]
+            present = None if present is None else present[chosen]
+        if present is not None and not present.any():
+            return None
+        shown = scaled if present is None else scaled[present]
+        if scaled.dtype != np.int64 or int(shown.min(initial=0)) == -(2**63):
+            return _text_rows([self._json_value(name, int(i)) for i in every])
+        return _decimal_groups(scaled, column.places, present)
 
     def _json_value(self, name: str, i: int) -> str:
         """Row i's value as features_json prints it."""
@@ -370,6 +383,87 @@ class FeatureColumns:
             return str(v)
         unit = 10**column.places
         return f"{'-' if v < 0 else ''}{abs(v) // unit}.{abs(v) % unit:0{column.places}d}"
+
+
+# The stored JSON is written four characters at a time (json_rows): a group is a uint32 of four bytes.
+Groups = npt.NDArray[np.uint32]
+
+
+def _as_groups(text: bytes) -> Groups:
+    """`text` NUL-padded in front to whole groups, as groups."""
+    return np.frombuffer(text.rjust(-(-len(text) // 4) * 4, b"\0"), dtype=np.uint32)
+
+
+def _digit_table(count: int, places: int, least: int, prefix: bytes = b"") -> Groups:
+    """The group of each of 0 .. count-1: `prefix` then its `places` digits with the leading zeros beyond the
+    last `least` digits left out (NUL), right-aligned (NULs in front)."""
+    values = np.arange(count)
+    chars = np.zeros((count, 4), dtype=np.uint8)
+    chars[:, 4 - places :] = _ZERO_CHAR + values[:, None] // 10 ** np.arange(places - 1, -1, -1) % 10
+    if least < places:
+        shown = np.maximum(np.searchsorted(_POWERS_OF_TEN[1:], values, side="right") + 1, least)
+        shown[values == 0] = least
+        chars[np.arange(4) < (4 - shown)[:, None]] = 0
+    if prefix:
+        chars[:, 4 - places - len(prefix) : 4 - places] = np.frombuffer(prefix, dtype=np.uint8)
+    return chars.view(np.uint32).ravel()
+
+
+_POWERS_OF_TEN = np.array([10**k for k in range(19)], dtype=np.int64)
+_ZERO_CHAR = ord("0")
+# A group of an integer's digits, from 0 to 9999 plus 10000 × (whether no higher digit follows): all four digits
+# when a higher group is written, else without leading zeros; the lowest group writes "0" for 0, a higher one
+# nothing.
+_HIGHER = np.concatenate((_digit_table(10_000, 4, 4), _digit_table(10_000, 4, 0)))
+_LOWEST = np.concatenate((_digit_table(10_000, 4, 4), _digit_table(10_000, 4, 1)))
+# The point and the first 0-3 decimal places (places mod 4), then whole groups of four.
+_POINTED = {k: _digit_table(10**k, k, k, b".") for k in range(4)}
+_MINUS = _as_groups(b"-")[0]
+_NULL = _as_groups(b"null")[0]
+
+
+def _decimal_groups(scaled: IntArray, places: int, present: npt.NDArray[np.bool_] | None) -> Groups:
+    """Each value scaled × 10^-places written as features_json writes the Decimal (plain notation: sign, the
+    integer part without leading zeros, then `places` digits; "null" where not present), as groups (json_rows):
+    the sign, the integer part's groups, the point with the first places, the other places. Values not present
+    may be anything (int64's minimum, whose magnitude is no int64, only there)."""
+    shown = scaled if present is None else scaled[present]
+    # As many integer groups and a sign as the values shown need: the others' are cut, then written over.
+    integer_groups = -(-len(str(int(np.abs(shown).max(initial=0)))) // 4)
+    signed = bool((shown < 0).any())
+    magnitude = np.abs(scaled)
+    whole, fraction = np.divmod(magnitude, 10**places) if places else (magnitude, magnitude)
+    fraction_groups = (places + 3) // 4 + (places % 4 == 0 and places > 0)  # the point with places mod 4, 4 each
+    groups = np.empty((signed + integer_groups + fraction_groups, len(scaled)), dtype=np.uint32)
+    at = len(groups)
+    if places:
+        for _ in range(places // 4):
+            fraction, last = np.divmod(fraction, 10_000)
+            at -= 1
+            _HIGHER.take(last, out=groups[at])
+        at -= 1
+        _POINTED[places % 4].take(fraction, out=groups[at])
+    rest = whole
+    for k in range(integer_groups):
+        rest, last = np.divmod(rest, 10_000)
+        at -= 1
+        (_LOWEST if k == 0 else _HIGHER).take(last + 10_000 * (rest == 0), out=groups[at])
+    if signed:
+        groups[0] = np.where(scaled < 0, _MINUS, 0)
+    if present is not None and not present.all():
+        missing = ~present
+        groups[:, missing] = 0
+        groups[-1, missing] = _NULL
+    return groups
+
+
+def _text_rows(texts: Sequence[str]) -> Groups:
+    """Texts (without NUL) as (k, len) groups, each NUL-padded after it to the longest one's whole groups
+    (json_rows)."""
+    encoded = [t.encode() for t in texts]
+    width = -(-max(map(len, encoded), default=1) // 4) * 4 or 4
+    by_row = np.frombuffer(np.array(encoded, dtype=f"S{width}").tobytes(), dtype=np.uint32).reshape(len(texts), -1)
+    return by_row.T
 
 
 class FeatureRow(Mapping[str, FeatureValue]):
