@@ -306,7 +306,7 @@ class FeatureColumns:
         rows = np.empty(self.size, dtype=object)
         rows[later] = self._json_text(names, later, False)
         rows[first] = self._json_text(names, first, True)
-        return rows.tolist()  # type: ignore[no-any-return]
+        return rows.tolist()
 
     def _json_text(self, names: Sequence[str], chosen: npt.NDArray[np.intp] | None, first: bool) -> list[str]:
         """features_json of the rows `chosen` (all: None), all accounts' first transactions or none. Every row
@@ -316,6 +316,8 @@ class FeatureColumns:
         positive value) and padding the keys to whole groups. The matrix is read as one byte string, its NULs
         deleted, and cut into rows at their newlines."""
         n = self.size if chosen is None else len(chosen)
+        if not n:
+            return []
         keys = self._keys_first if first else self._keys_later
         spans: list[bytes | Groups] = []
         pending = "{"
@@ -608,6 +610,70 @@ def _mean_millionths(total: IntArray, count: IntArray) -> IntArray:
     return np.where(total < 0, -millionths, millionths)
 
 
+_WRAP = 2**64
+_WRAPPED = 2**64 - 1
+
+
+def _std_millionths(
+    count: IntArray,
+    total: IntArray,
+    stored_squares: Sequence[int],
+    account_codes: IntArray,
+    sorted_units: IntArray,
+    group_start: IntArray,
+    before: IntArray,
+) -> IntArray:
+    """features._std per row in millionths (0 where count is 0): count × sum of squares - total², its square
+    root and the rounding, exactly. Row i's sum of squares is its account's stored one (stored_squares, per
+    account code) plus the squares of sorted_units[group_start[i] : group_start[i] + before[i]].
+
+    The spread S = count × squares - total² can leave int64's range: it is computed modulo 2^64 (uint64 products
+    wrap, exactly) and in float64, whose error is bounded; the float says how many times 2^64 to add. Then
+    floor(sqrt(40,000 × S)) is the float square root corrected by comparing squares, again modulo 2^64: m² -
+    40,000 × S is small, so its int64 residue is its value. Rows whose bounds do not hold (amounts near 10^12)
+    are computed as features._std computes them, in Python integers."""
+    n = len(count)
+    # Squares and their prefix sums modulo 2^64 (two's complement: the residues of the integers'), and in float64.
+    wrapped_units = sorted_units.astype(np.uint64)
+    square_prefix = np.concatenate((np.zeros(1, np.uint64), np.cumsum(wrapped_units * wrapped_units)))
+    float_units = sorted_units.astype(np.float64)
+    float_prefix = np.concatenate(([0.0], np.cumsum(float_units * float_units)))
+    low, high = group_start, group_start + before
+    stored_wrapped = np.array([q & _WRAPPED for q in stored_squares], dtype=np.uint64)[account_codes]
+    stored_float = np.array([float(q) for q in stored_squares], dtype=np.float64)[account_codes]
+    squares = stored_wrapped + square_prefix[high] - square_prefix[low]
+    wrapped_count, wrapped_total = count.astype(np.uint64), total.astype(np.uint64)
+    spread = wrapped_count * squares - wrapped_total * wrapped_total  # S mod 2^64
+    float_count, float_total = count.astype(np.float64), total.astype(np.float64)
+    estimate = float_count * (stored_float + float_prefix[high] - float_prefix[low]) - float_total * float_total
+    # Each float64 operation errs by at most 2^-53 of its result; the prefix sums by n × 2^-53 of the largest.
+    error = (float_count * (stored_float + 2 * float_prefix[-1]) + float_total * float_total) * ((n + 16) * 2.0**-51)
+    wraps = np.rint((estimate - spread.astype(np.float64)) / _WRAP)
+    whole = wraps * _WRAP + spread.astype(np.float64)  # S, within about 2^-52 of it
+    root = np.sqrt(40_000 * np.maximum(whole, 0.0))
+    exact = (error < 2.0**60) & (root < 2.0**50) & (count > 0)
+    m = np.where(exact, np.floor(root), 0).astype(np.int64)
+    m[exact & (wraps < 0)] = 0  # max(S, 0)
+    target = np.where(exact & (wraps >= 0), spread * np.uint64(40_000), 0).astype(np.uint64)  # 40,000 S mod 2^64
+
+    def above(candidate: IntArray) -> npt.NDArray[np.bool_]:
+        """candidate² > 40,000 S: |candidate² - 40,000 S| < 2^63, so its residue is it."""
+        wrapped = candidate.astype(np.uint64)
+        return (wrapped * wrapped - target).view(np.int64) > 0
+
+    while (lower := above(m)).any():
+        m -= lower
+    while (higher := ~above(m + 1) & exact).any():
+        m += higher
+    std: IntArray = (m + count) // (2 * np.maximum(count, 1))
+    for i in np.flatnonzero(~exact & (count > 0)).tolist():
+        c, k = int(count[i]), int(group_start[i])
+        q = stored_squares[account_codes[i]] + sum(u * u for u in sorted_units[k : k + int(before[i])].tolist())
+        s = int(total[i])
+        std[i] = (isqrt(40_000 * max(c * q - s * s, 0)) + c) // (2 * c)
+    return std
+
+
 def _simple_timeline(timeline: Timeline | None, currency: str) -> bool:
     return timeline is None or (timeline.by_currency is None and timeline.currency in (None, currency))
 
@@ -733,23 +799,10 @@ def columnar_features(
     has_new_before = before > 0
     at = np.where(has_new_before, last_before, 0)
     if "std_amount" in needed:
-        squares = [u * u for u in units[order].tolist()]
-        square_prefix = [0]
-        for sq in squares:
-            square_prefix.append(square_prefix[-1] + sq)
-        starts = group_start.tolist()
         stored_squares = [c.sum_sq_units for _, c in stored]
-        std = []
-        for i, (code, k, c, s) in enumerate(
-            zip(account_codes.tolist(), before.tolist(), count.tolist(), total.tolist(), strict=True)
-        ):
-            if c == 0:
-                std.append(0)
-                continue
-            q = stored_squares[code] + square_prefix[starts[i] + k] - square_prefix[starts[i]]
-            spread = max(c * q - s * s, 0)
-            std.append((isqrt(40_000 * spread) + c) // (2 * c))
-        numbers["std_amount"] = Column(array(std), 6, later)
+        numbers["std_amount"] = Column(
+            _std_millionths(count, total, stored_squares, account_codes, units[order], group_start, before), 6, later
+        )
     if "max_amount" in needed:
         running = _running_max(sorted_codes, units[order])
         stored_max = array([(_SENTINEL if c.max_units is None else c.max_units) for _, c in stored])[account_codes]
