@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -424,3 +426,37 @@ def test_columns_continue_a_history_with_a_huge_amount_as_the_row_engine(
     stored = as_stored(stored_part, detector, steps)
     # then the new transactions are decided as columns with the row engine's features, JSON and decisions.
     assert_same(transactions[cut:], detector, steps, stored=stored)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    amounts=st.lists(
+        st.one_of(
+            st.decimals(min_value=-(10**15), max_value=10**15, places=4),
+            st.decimals(allow_nan=False, allow_infinity=False),
+            st.sampled_from(["0", "-0", "0.0000", "0E-8", "1E+3", "5E+15", "1.00000", "912.00", "0.0001", "-41.2"]),
+            st.sampled_from(["1000000000000.0000", "999999999999.9999", "99999999999999.9999", "100000000000000"]),
+            st.sampled_from(["461168601842738", "461168601842737.9999", "1E+14", "123456789012345678"]),
+        ).map(Decimal),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_amounts_read_at_once_are_to_units_of_each(amounts: list[Decimal]) -> None:
+    # Given amounts in any notation str(Decimal) writes (exponents, trailing zeros, -0, more than four places,
+    # beyond int64's range),
+    from txguard.feature_columns import _amount_units
+    from txguard.features import to_units
+
+    transactions = [Transaction(i, 1, D0 + i, amount, "EUR", None) for i, amount in enumerate(amounts)]
+    try:
+        expected: list[int] | None = [to_units(amount) for amount in amounts]
+    except ValueError as refused:
+        # then those to_units refuses are refused with its error,
+        with pytest.raises(ValueError, match=re.escape(str(refused))):
+            _amount_units(transactions)
+        return
+    units = _amount_units(transactions)
+    # and the others are its units, or None when one reaches 2^62 (the columns then refuse the batch).
+    assert expected is not None
+    assert (None if max(abs(u) for u in expected) >= 2**62 else expected) == (None if units is None else units.tolist())

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from math import isqrt
+from operator import attrgetter
 from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
 import numpy as np
@@ -168,8 +169,9 @@ class FeatureColumns:
         self._floats: dict[str, tuple[FloatArray, bool]] = {}
         self._given: dict[str, list[FeatureValue]] = {}
         self._scores: list[float] | None = None  # the champion's probabilities, read as model_score
-        # Per column read by FeatureRow: its integers and presence as Python lists, and its places (negative).
-        self._lists: dict[str, tuple[list[int], list[bool] | None, int]] = {}
+        # Per column read by FeatureRow: its integers and presence as Python lists, its places (negative), and the
+        # Decimals built of its rows (rules read a row's feature again to explain it).
+        self._lists: dict[str, tuple[list[int], list[bool] | None, int, dict[int, Decimal]]] = {}
         self._keys_first = frozenset(self._names_first)
         self._keys_later = frozenset(self._names_later)
 
@@ -225,11 +227,16 @@ class FeatureColumns:
         if found is None:
             column = self.numbers[name]
             present = None if column.present is None else column.present.tolist()
-            found = self._lists[name] = (column.scaled.tolist(), present, -column.places)
-        values, present, places = found
+            found = self._lists[name] = (column.scaled.tolist(), present, -column.places, {})
+        values, present, places, built = found
         if present is not None and not present[i]:
             return None
-        return Decimal(values[i]).scaleb(places) if places else values[i]
+        if not places:
+            return values[i]
+        value = built.get(i)
+        if value is None:
+            value = built[i] = Decimal(values[i]).scaleb(places)
+        return value
 
     def number(self, name: str) -> tuple[FloatArray, bool]:
         """The feature as float64 (NaN where missing): the exact value correctly rounded, as float(Decimal) gives
@@ -587,9 +594,9 @@ def _entries(groups: list[int], times: list[int], units: list[int], low_time: in
 
 def _codes(values: Sequence[Any]) -> tuple[IntArray, list[Any]]:
     """Each value's index among the distinct values (in order of appearance), and those values."""
-    index: dict[Any, int] = {}
-    codes = [index.setdefault(v, len(index)) for v in values]
-    return np.array(codes, dtype=np.int64), list(index)
+    distinct = list(dict.fromkeys(values))
+    index = {value: code for code, value in enumerate(distinct)}
+    return np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values)), distinct
 
 
 def _running_max(groups: IntArray, values: IntArray) -> IntArray:
@@ -608,6 +615,45 @@ def _mean_millionths(total: IntArray, count: IntArray) -> IntArray:
     """features._mean in int64: |total| × 100 ÷ count rounded half up, with total's sign (count > 0)."""
     millionths = (2 * np.abs(total) * 100 + count) // (2 * count)
     return np.where(total < 0, -millionths, millionths)
+
+
+def _amount_units(transactions: Sequence[Transaction]) -> IntArray | None:
+    """features.to_units of each transaction's amount, as int64; None when one is 2^62 or more in magnitude.
+
+    The amounts' plain notation (str(Decimal): an optional minus, digits, an optional point and digits) is read
+    at once: the text of all of them in one byte string, cut into a (rows, width) matrix, whose digits are
+    summed column by column. An amount written otherwise (an exponent), with more than four places or more than
+    14 integer digits is converted by to_units (which raises as it does for more than four places)."""
+    n = len(transactions)
+    joined = np.frombuffer(("\n".join([str(t.amount) for t in transactions]) + "\n").encode(), dtype=np.uint8)
+    ends = np.flatnonzero(joined == _NEWLINE)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    length = ends - starts
+    column = np.arange(int(length.max()))
+    chars = joined[np.minimum(starts[:, None] + column, len(joined) - 1)]
+    chars[column >= length[:, None]] = 0
+    digit = (chars >= _ZERO_CHAR) & (chars <= _ZERO_CHAR + 9)
+    point = chars == _POINT_CHAR
+    negative = chars[:, 0] == _MINUS_CHAR
+    digits, points = digit.sum(axis=1), point.sum(axis=1)
+    places = np.where(points > 0, length - 1 - point.argmax(axis=1), 0)
+    plain = (digits + points + negative == length) & (points <= 1) & (digits > 0) & (places <= 4)
+    plain &= digits - places <= 14  # below 10^14 × 10^4 units: int64 throughout
+    value: IntArray = np.zeros(n, dtype=np.int64)
+    numerals = chars.astype(np.int64) - _ZERO_CHAR
+    for j in column.tolist():
+        value = np.where(digit[:, j], value * 10 + numerals[:, j], value)
+    magnitude = value * 10 ** (4 - np.where(plain, places, 4))
+    units: IntArray = np.where(negative, -magnitude, magnitude)
+    others = np.flatnonzero(~plain).tolist()
+    exact = [to_units(transactions[i].amount) for i in others]  # each, as the row path converts every one
+    if any(abs(u) >= _SAFE for u in exact):
+        return None
+    units[others] = exact
+    return units
+
+
+_NEWLINE, _POINT_CHAR, _MINUS_CHAR = ord("\n"), ord("."), ord("-")
 
 
 _WRAP = 2**64
@@ -703,7 +749,8 @@ def columnar_features(
     currency = transactions[0].currency
     if any(t.currency != currency for t in transactions):
         return None
-    account_codes, accounts = _codes([t.account_id for t in transactions])
+    account_ids = [t.account_id for t in transactions]
+    account_codes, accounts = _codes(account_ids)
     stored: list[tuple[Prior, Prior]] = []
     for account_id in accounts:
         history = histories[account_id]
@@ -723,11 +770,10 @@ def columnar_features(
         return None
 
     ts = np.fromiter((t.ts for t in transactions), dtype=np.int64, count=n)
-    amount_units = [to_units(t.amount) for t in transactions]
-    largest = max(abs(u) for u in amount_units)
-    units = np.array(amount_units, dtype=np.int64) if largest < _SAFE else None
+    units = _amount_units(transactions)
     if units is None:
         return None
+    largest = int(np.abs(units).max())
     wants_days = not needed.isdisjoint(ACCOUNT_DAY_FEATURES)
     days_back = merchant_days_back(needed, settings) if wants_merchant else 0
     reach = window_reach_ms(needed)
@@ -876,14 +922,14 @@ def columnar_features(
             else:
                 ratio = [
                     ((2 * u * c * 1_000_000 + s) // (2 * s)) if c and s > 0 else 0
-                    for u, c, s in zip(amount_units, counts.tolist(), sums.tolist(), strict=True)
+                    for u, c, s in zip(units.tolist(), counts.tolist(), sums.tolist(), strict=True)
                 ]
                 # A ratio to a tiny mean can leave int64's range: then the column holds Python ints (exact still).
                 exact_ratio = array(ratio) if max(map(abs, ratio), default=0) < _SAFE else np.array(ratio, dtype=object)
             numbers["amount_to_mean_30d"] = Column(exact_ratio, 6, with_mean)
             window_names.append("amount_to_mean_30d")
     if "merchant_used_before" in needed:
-        pair_codes, pairs = _codes([(t.account_id, t.merchant_id) for t in transactions])
+        pair_codes, pairs = _codes(list(zip(account_ids, merchant_ids, strict=True)))
         pair_entries = _Entries(pair_codes, relative, ones, units, span)
         used_new, _ = pair_entries.between(pair_codes, np.zeros(n, np.int64), relative)
         stored_used = array(
@@ -958,7 +1004,7 @@ def _attribute_columns(
     for name, attribute in DISTINCT_FEATURES.items():
         if name not in needed:
             continue
-        own = [getattr(t, attribute) for t in transactions]
+        own = list(map(attrgetter(attribute), transactions))
         entry_accounts: list[int] = []
         entry_ts: list[int] = []
         entry_values: list[str] = []
@@ -1007,7 +1053,7 @@ def _attribute_columns(
     for name, attribute in NEW_VALUE_FEATURES.items():
         if name not in needed:
             continue
-        own = [getattr(t, attribute) for t in transactions]
+        own = list(map(attrgetter(attribute), transactions))
         present = np.array([v is not None for v in own])
         pair_codes, pairs = _codes(list(zip(account_codes.tolist(), own, strict=True)))
         span = int(ts[-1]) - int(ts[0]) + 1
