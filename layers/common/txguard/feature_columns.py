@@ -740,8 +740,10 @@ def columnar_features(
     accounts' stored totals and tails, the merchants' timelines), every account's stored transactions older than
     its first one in the chunk (features.ConstantTotals, nothing added yet), and sums within int64's range. The
     attribute features read the accounts' recent values and first uses (AccountHistory.recent_values, first_use)
-    as the row engine does. Per row (Python ints): std_amount and amount_to_mean_30d, whose intermediate products
-    may exceed int64; local-time features outside UTC; merchant risk's frauds, once per merchant and day.
+    as the row engine does. std_amount's products, which may exceed int64, are exact modulo 2^64 with a float64
+    estimate (_std_millionths); amounts are read from their text at once (_amount_units). Per row (Python ints):
+    std_amount and the amounts beyond those bounds (near 10^12), amount_to_mean_30d when a numerator may exceed
+    int64; local-time features outside UTC; merchant risk's frauds, once per merchant and day.
     """
     n = len(transactions)
     if n == 0:
