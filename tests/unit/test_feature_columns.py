@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from txguard.detection import Decided, Detector, decisions_in_time_order, empty_history, empty_timeline
@@ -282,35 +284,186 @@ def test_columns_decide_100_000_generated_transactions_as_the_row_engine() -> No
     assert_same(transactions, every_feature_rules("Europe/Paris", 7), steps, record=False)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     values=st.lists(
         st.tuples(
             st.one_of(
                 st.integers(-(2**53), 2**53),
                 st.integers(0, 10**7),
-                st.sampled_from([0, 1, 5, 999_999, 2**52 - 1, 2**52, 2**53 - 1, -(2**52) + 1, 10**15 + 5]),
+                st.integers(-(2**63), 2**63 - 1),
+                st.sampled_from([0, 1, 5, 999_999, 2**52 - 1, 2**52, 2**53 - 1, -(2**52) + 1, 10**15 + 5, 10**16]),
+                st.sampled_from([9_999, 10_000, 99_999_999, 10**8, 10**18, 2**63 - 1, -(2**63) + 1, -(2**63), -1]),
             ),
             st.booleans(),
             st.booleans(),
+            st.one_of(st.none(), st.integers(-(2**70), 2**70), st.decimals(allow_nan=False, allow_infinity=False)),
         ),
         min_size=1,
         max_size=20,
     )
 )
 def test_the_stored_json_written_from_columns_is_the_row_dicts_json_at_every_magnitude(
-    values: list[tuple[int, bool, bool]],
+    values: list[tuple[int, bool, bool, int | Decimal | None]],
 ) -> None:
-    # Given exact columns of 0 to 6 places (values up to 2**53, missing ones, accounts' first rows),
-    scaled = np.array([v for v, _, _ in values], dtype=np.int64)
-    present = np.array([p for _, p, _ in values])
-    first = np.array([f for _, _, f in values])
+    # Given exact columns of 0 to 12 places (values over int64's range, missing ones, accounts' first rows, an
+    # account age), one of Python integers beyond int64 and one given per row (ints, Decimals, None),
+    scaled = np.array([v for v, _, _, _ in values], dtype=np.int64)
+    present = np.array([p for _, p, _, _ in values])
+    first = np.array([f for _, _, f, _ in values])
     numbers = {
         f"p{places}{'_missing' if missing else ''}": Column(scaled, places, present if missing else None)
-        for places in (0, 3, 4, 6)
+        for places in (0, 1, 2, 3, 4, 5, 6, 7, 8, 12)
         for missing in (False, True)
     }
+    numbers["account_age_seconds"] = Column(scaled, 3)
+    wide = [v * 2**20 + 1 for v, _, _, _ in values]  # beyond int64, within Decimal's 28 digits
+    numbers["wide"] = Column(np.array(wide, dtype=object), 4, present)
     names = sorted(numbers)
-    columns = FeatureColumns(len(values), numbers, names[:3], names, first)
+    columns = FeatureColumns(len(values), numbers, ["account_age_seconds", *names[:3]], names, first)
+    columns.add_values("given", [g for _, _, _, g in values])
+    keys = [*names, "given", "absent"]
     # then the JSON written from the columns is features_json of each row's dict, byte for byte.
-    assert columns.json_rows([*names, "absent"]) == [features_json(row, [*names, "absent"]) for row in columns.rows()]
+    assert columns.json_rows(keys) == [features_json(row, keys) for row in columns.rows()]
+
+
+# Sums of squares q such that, with count 1 and total 0 (S = q), 40,000 × q is at or just beside a square m² for m
+# near 10^15, where float64's square root lands on the wrong side of an integer. The last six also change the
+# rounded millionths: float64's floor is one too low (first three) or one too high (last three).
+NEAR_SQUARES = [
+    q
+    for j in (10**10 + 3, 11_609_337_231, 13_280_387_012, 27_756_959_221)
+    for q in (j * (40_000 * j + 2), 40_000 * j * j, 40_000 * j * j - 1, 40_000 * j * j + 1)
+] + [
+    6_710_067_940_840_411_516_497_766,
+    6_076_342_933_146_384_628_139_593,
+    6_544_054_577_119_805_204_167_080,
+    3_697_713_520_207_372_959_907_105,
+    11_833_245_711_280_223_823_499_794,
+    5_566_029_787_988_137_181_544_372,
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    accounts=st.lists(
+        st.tuples(
+            # The stored count, total and sum of squares (any: the spread may be negative, then 0, as in _std),
+            st.one_of(st.integers(0, 10**6), st.just(1)),
+            st.one_of(st.integers(-(10**16), 10**17), st.just(0)),
+            st.one_of(
+                st.integers(0, 10**20),
+                st.integers(0, 10**34),
+                st.sampled_from([0, 1, 10**32, 2**64 - 1, 2**64]),
+                # With count 1 and total 0, 40,000 × these are m² - 1, m², m² - 40,000 and m² + 40,000 for m near
+                # 10^15 (m = 40,000 j + 1, or 40,000 j), where the float square root rounds to the wrong side.
+                st.sampled_from(NEAR_SQUARES),
+            ),
+            # then the new transactions' amounts in ten-thousandths: zeros, equal ones, up to 10^12 (four places).
+            st.lists(
+                st.one_of(
+                    st.integers(0, 10**8),
+                    st.sampled_from([0, 0, 1, 9_999, 10**16, 10**16 - 1, 2 * 10**15 + 1]),
+                    st.integers(-(10**8), 0),
+                ),
+                max_size=12,
+            ),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    seed=st.integers(0, 2**16),
+)
+@example(accounts=[(1, 0, q, [7]) for q in NEAR_SQUARES], seed=0)
+def test_the_vectorised_standard_deviation_is_features_std_exactly(
+    accounts: list[tuple[int, int, int, list[int]]], seed: int
+) -> None:
+    # Given accounts with stored totals and new transactions (rows in any order), each row's count, total and
+    # sum of squares being its account's stored ones plus its earlier new transactions',
+    from txguard.feature_columns import _std_millionths
+    from txguard.features import _std
+
+    sorted_units = [u for *_, units in accounts for u in units]
+    starts = np.cumsum([0] + [len(units) for *_, units in accounts])
+    rows = [(a, k) for a, (*_, units) in enumerate(accounts) for k in range(len(units))]
+    random.Random(seed).shuffle(rows)
+    codes = np.array([a for a, _ in rows], dtype=np.int64)
+    before = np.array([k for _, k in rows], dtype=np.int64)
+    count = np.array([accounts[a][0] + k for a, k in rows], dtype=np.int64)
+    total = np.array([accounts[a][1] + sum(accounts[a][3][:k]) for a, k in rows], dtype=np.int64)
+    std = _std_millionths(
+        count,
+        total,
+        [squares for _, _, squares, _ in accounts],
+        codes,
+        np.array(sorted_units, dtype=np.int64),
+        starts[codes],
+        before,
+    )
+    # then each is features._std of those, in millionths (0 without a previous transaction).
+    expected = [
+        int(_std(int(s), accounts[a][2] + sum(u * u for u in accounts[a][3][:k]), int(c)).scaleb(6)) if c else 0
+        for (a, k), c, s in zip(rows, count, total, strict=True)
+    ]
+    assert std.tolist() == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    history=histories(),
+    huge=st.sampled_from(["500000000000", "499999999999.9999", "500000000000.0000", "0"]),
+    at=st.integers(0, 10**6),
+    cut=st.integers(COLUMN_ROWS, 60),
+)
+def test_columns_continue_a_history_with_a_huge_amount_as_the_row_engine(
+    history: tuple[list[Transaction], dict[str, list[tuple[int, int, int]]]], huge: str, at: int, cut: int
+) -> None:
+    # Given a stored history with one amount of 5·10^11 (four places: its square and the spread beyond 10^31,
+    # left to Python integers; the columns refuse a batch whose sums could leave int64, as with 10^12 in the
+    # tail, the day's total and the stored total) among small, zero and equal ones,
+    transactions, steps = history
+    transactions = list(transactions)
+    if len(transactions) - cut < COLUMN_ROWS:
+        cut = len(transactions) - COLUMN_ROWS
+    stored_part = transactions[:cut]
+    if stored_part:
+        i = at % len(stored_part)
+        stored_part[i] = stored_part[i]._replace(amount=Decimal(huge))
+    detector = every_feature_rules()
+    stored = as_stored(stored_part, detector, steps)
+    # then the new transactions are decided as columns with the row engine's features, JSON and decisions.
+    assert_same(transactions[cut:], detector, steps, stored=stored)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    amounts=st.lists(
+        st.one_of(
+            st.decimals(min_value=-(10**15), max_value=10**15, places=4),
+            st.decimals(allow_nan=False, allow_infinity=False),
+            st.sampled_from(["0", "-0", "0.0000", "0E-8", "1E+3", "5E+15", "1.00000", "912.00", "0.0001", "-41.2"]),
+            st.sampled_from(["1000000000000.0000", "999999999999.9999", "99999999999999.9999", "100000000000000"]),
+            st.sampled_from(["461168601842738", "461168601842737.9999", "1E+14", "123456789012345678"]),
+        ).map(Decimal),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_amounts_read_at_once_are_to_units_of_each(amounts: list[Decimal]) -> None:
+    # Given amounts in any notation str(Decimal) writes (exponents, trailing zeros, -0, more than four places,
+    # beyond int64's range),
+    from txguard.feature_columns import _amount_units
+    from txguard.features import to_units
+
+    transactions = [Transaction(i, 1, D0 + i, amount, "EUR", None) for i, amount in enumerate(amounts)]
+    try:
+        expected: list[int] | None = [to_units(amount) for amount in amounts]
+    except ValueError as refused:
+        # then those to_units refuses are refused with its error,
+        with pytest.raises(ValueError, match=re.escape(str(refused))):
+            _amount_units(transactions)
+        return
+    units = _amount_units(transactions)
+    # and the others are its units, or None when one reaches 2^62 (the columns then refuse the batch).
+    assert expected is not None
+    assert (None if max(abs(u) for u in expected) >= 2**62 else expected) == (None if units is None else units.tolist())

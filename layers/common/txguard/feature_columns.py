@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from math import isqrt
+from operator import attrgetter
 from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
 import numpy as np
@@ -173,8 +174,9 @@ class FeatureColumns:
         self._floats: dict[str, tuple[FloatArray, bool]] = {}
         self._given: dict[str, list[FeatureValue]] = {}
         self._scores: list[float] | None = None  # the champion's probabilities, read as model_score
-        # Per column read by FeatureRow: its integers and presence as Python lists, and its places (negative).
-        self._lists: dict[str, tuple[list[int], list[bool] | None, int]] = {}
+        # Per column read by FeatureRow: its integers and presence as Python lists, its places (negative), and the
+        # Decimals built of its rows (rules read a row's feature again to explain it).
+        self._lists: dict[str, tuple[list[int], list[bool] | None, int, dict[int, Decimal]]] = {}
         self._keys_first = frozenset(self._names_first)
         self._keys_later = frozenset(self._names_later)
 
@@ -230,11 +232,16 @@ class FeatureColumns:
         if found is None:
             column = self.numbers[name]
             present = None if column.present is None else column.present.tolist()
-            found = self._lists[name] = (column.scaled.tolist(), present, -column.places)
-        values, present, places = found
+            found = self._lists[name] = (column.scaled.tolist(), present, -column.places, {})
+        values, present, places, built = found
         if present is not None and not present[i]:
             return None
-        return Decimal(values[i]).scaleb(places) if places else values[i]
+        if not places:
+            return values[i]
+        value = built.get(i)
+        if value is None:
+            value = built[i] = Decimal(values[i]).scaleb(places)
+        return value
 
     def values_at(self, name: str, rows: Sequence[int], default: Any = None) -> list[Any]:
         """row(i).get(name, default) for each position i of `rows`, read from the columns at once (the rule engine
@@ -331,68 +338,83 @@ class FeatureColumns:
 
     def json_rows(self, names: Sequence[str]) -> list[str]:
         """Each row's features.features_json(row, names) (the stored `features` column), byte for byte, written
-        from the integer columns without building a Decimal or a dict: one %-template per chunk, filled per row in
-        one call. A column of at most six places whose values are below 2**52 in magnitude is given as float64
-        and printed with its places ('%.4f'): the float nearest an exact n-place decimal below 2**52 units of
-        10^-n prints back as that decimal, in the plain notation str(Decimal) writes; others are printed exactly
-        from the integers. An account's first transaction (other keys, account age Decimal(0)) is written alone."""
+        from the integer columns without building a Decimal, a dict or a str per value (_json_text): accounts'
+        first transactions (other keys, account age Decimal(0)) apart from the others."""
         if not names:
             return ["{}"] * self.size
-        later_keys = set(self._names_later)
-        later = ~self._first
-        fields: list[str] = []
-        columns: list[list[Any]] = []
+        first = np.flatnonzero(self._first)
+        if not len(first):
+            return self._json_text(names, None, False)
+        later = np.flatnonzero(~self._first)
+        rows = np.empty(self.size, dtype=object)
+        rows[later] = self._json_text(names, later, False)
+        rows[first] = self._json_text(names, first, True)
+        return rows.tolist()
+
+    def _json_text(self, names: Sequence[str], chosen: npt.NDArray[np.intp] | None, first: bool) -> list[str]:
+        """features_json of the rows `chosen` (all: None), all accounts' first transactions or none. Every row
+        is laid out in one (rows, width) byte matrix written four bytes at a time: each key with its punctuation a
+        constant span between the values, each value a few groups of four characters looked up from its digits
+        (_decimal_groups), NUL bytes standing for what a shorter value leaves out (leading zeros, the sign of a
+        positive value) and padding the keys to whole groups. The matrix is read as one byte string, its NULs
+        deleted, and cut into rows at their newlines."""
+        n = self.size if chosen is None else len(chosen)
+        if not n:
+            return []
+        keys = self._keys_first if first else self._keys_later
+        spans: list[bytes | Groups] = []
+        pending = "{"
         for name in names:
-            key = '"' + name.replace("%", "%%") + '":'
-            if name not in later_keys:
-                fields.append(key + "null")
+            pending += ("," if pending != "{" else "") + '"' + name + '":'
+            if name not in keys:
+                pending += "null"
                 continue
-            conversion, values = self._json_column(name, later)
-            fields.append(key + conversion)
-            if values is not None:
-                columns.append(values)
-        template = "{" + ",".join(fields) + "}"
-        rows = list(map(template.__mod__, zip(*columns, strict=True))) if columns else [template % ()] * self.size
-        first_keys = set(self._names_first)
-        for i in np.flatnonzero(self._first).tolist():
-            parts = []
-            for name in names:
-                if name not in first_keys:
-                    text = "null"
-                elif name == "account_age_seconds":
-                    text = "0"  # Decimal(0), not 0.000
-                else:
-                    text = self._json_value(name, i)
-                parts.append(f'"{name}":{text}')
-            rows[i] = "{" + ",".join(parts) + "}"
+            if name == "account_age_seconds" and first:
+                pending += "0"  # Decimal(0), not 0.000
+                continue
+            groups = self._text_groups(name, chosen)
+            if groups is None:
+                pending += "null"
+                continue
+            spans.append(pending.encode())
+            spans.append(groups)
+            pending = ""
+        spans.append((pending + "}\n").encode())
+        # Laid out a group of every row at a time (the writes contiguous), then transposed to a row at a time.
+        laid_out = [_as_groups(span)[:, None] if isinstance(span, bytes) else span for span in spans]
+        by_group = np.empty((sum(len(span) for span in laid_out), n), dtype=np.uint32)
+        at = 0
+        for span in laid_out:
+            by_group[at : at + len(span)] = span
+            at += len(span)
+        text = np.ascontiguousarray(by_group.T)
+        written = text.tobytes().translate(None, b"\0")
+        rows = written.decode().split("\n")
+        rows.pop()  # after the last row's newline
+        if len(rows) != n:  # a newline within a key: cut the rows at their lengths instead
+            ends = np.cumsum((text.view(np.uint8) != 0).sum(axis=1)).tolist()
+            rows = [written[a : b - 1].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         return rows
 
-    def _json_column(self, name: str, rows: npt.NDArray[np.bool_]) -> tuple[str, list[Any] | None]:
-        """A %-conversion and the values it prints as features_json does, for the rows `rows` (the others'
-        values are printed too, whatever they are, and written over); ("null", None) when the column is missing
-        in all of those rows (a merchant's features in a batch without merchants)."""
+    def _text_groups(self, name: str, chosen: npt.NDArray[np.intp] | None) -> Groups | None:
+        """The column `name` as features_json prints it, for the rows `chosen` (all: None): (k, rows) groups of
+        four characters (uint32), NUL where a value's text has nothing; None when the column is missing in all of
+        them (a merchant's features in a batch without merchants)."""
+        every = range(self.size) if chosen is None else chosen
         if self._is_given(name):
-            return "%s", [features_json({name: v}, (name,))[len(name) + 4 : -1] for v in self.python_values(name)]
+            values = self.python_values(name)
+            return _text_rows([features_json({name: values[i]}, (name,))[len(name) + 4 : -1] for i in every])
         column = self.numbers[name]
-        if column.present is not None and not column.present[rows].any():
-            return "null", None
-        scaled = column.scaled
-        if scaled.dtype == np.int64:
-            if column.places == 0:
-                conversion, values = "%d", scaled.tolist()
-            elif column.places <= 6 and int(np.abs(scaled[rows]).max(initial=0)) < 2**52:
-                conversion, values = f"%.{column.places}f", (scaled / 10.0**column.places).tolist()
-            else:
-                conversion = ""
-            if conversion and column.present is not None and not column.present[rows].all():
-                # Missing values print as null: the column is printed here, then its missing values replaced.
-                values = list(map(conversion.__mod__, values))
-                for i in np.flatnonzero(~column.present).tolist():
-                    values[i] = "null"
-                conversion = "%s"
-            if conversion:
-                return conversion, values
-        return "%s", [self._json_value(name, i) for i in range(self.size)]
+        scaled, present = column.scaled, column.present
+        if chosen is not None:
+            scaled = scaled[chosen]
+            present = None if present is None else present[chosen]
+        if present is not None and not present.any():
+            return None
+        shown = scaled if present is None else scaled[present]
+        if scaled.dtype != np.int64 or int(shown.min(initial=0)) == -(2**63):
+            return _text_rows([self._json_value(name, int(i)) for i in every])
+        return _decimal_groups(scaled, column.places, present)
 
     def _json_value(self, name: str, i: int) -> str:
         """Row i's value as features_json prints it."""
@@ -406,6 +428,87 @@ class FeatureColumns:
             return str(v)
         unit = 10**column.places
         return f"{'-' if v < 0 else ''}{abs(v) // unit}.{abs(v) % unit:0{column.places}d}"
+
+
+# The stored JSON is written four characters at a time (json_rows): a group is a uint32 of four bytes.
+Groups = npt.NDArray[np.uint32]
+
+
+def _as_groups(text: bytes) -> Groups:
+    """`text` NUL-padded in front to whole groups, as groups."""
+    return np.frombuffer(text.rjust(-(-len(text) // 4) * 4, b"\0"), dtype=np.uint32)
+
+
+def _digit_table(count: int, places: int, least: int, prefix: bytes = b"") -> Groups:
+    """The group of each of 0 .. count-1: `prefix` then its `places` digits with the leading zeros beyond the
+    last `least` digits left out (NUL), right-aligned (NULs in front)."""
+    values = np.arange(count)
+    chars = np.zeros((count, 4), dtype=np.uint8)
+    chars[:, 4 - places :] = _ZERO_CHAR + values[:, None] // 10 ** np.arange(places - 1, -1, -1) % 10
+    if least < places:
+        shown = np.maximum(np.searchsorted(_POWERS_OF_TEN[1:], values, side="right") + 1, least)
+        shown[values == 0] = least
+        chars[np.arange(4) < (4 - shown)[:, None]] = 0
+    if prefix:
+        chars[:, 4 - places - len(prefix) : 4 - places] = np.frombuffer(prefix, dtype=np.uint8)
+    return chars.view(np.uint32).ravel()
+
+
+_POWERS_OF_TEN = np.array([10**k for k in range(19)], dtype=np.int64)
+_ZERO_CHAR = ord("0")
+# A group of an integer's digits, from 0 to 9999 plus 10000 × (whether no higher digit follows): all four digits
+# when a higher group is written, else without leading zeros; the lowest group writes "0" for 0, a higher one
+# nothing.
+_HIGHER = np.concatenate((_digit_table(10_000, 4, 4), _digit_table(10_000, 4, 0)))
+_LOWEST = np.concatenate((_digit_table(10_000, 4, 4), _digit_table(10_000, 4, 1)))
+# The point and the first 0-3 decimal places (places mod 4), then whole groups of four.
+_POINTED = {k: _digit_table(10**k, k, k, b".") for k in range(4)}
+_MINUS = _as_groups(b"-")[0]
+_NULL = _as_groups(b"null")[0]
+
+
+def _decimal_groups(scaled: IntArray, places: int, present: npt.NDArray[np.bool_] | None) -> Groups:
+    """Each value scaled × 10^-places written as features_json writes the Decimal (plain notation: sign, the
+    integer part without leading zeros, then `places` digits; "null" where not present), as groups (json_rows):
+    the sign, the integer part's groups, the point with the first places, the other places. Values not present
+    may be anything (int64's minimum, whose magnitude is no int64, only there)."""
+    shown = scaled if present is None else scaled[present]
+    # As many integer groups and a sign as the values shown need: the others' are cut, then written over.
+    integer_groups = -(-len(str(int(np.abs(shown).max(initial=0)))) // 4)
+    signed = bool((shown < 0).any())
+    magnitude = np.abs(scaled)
+    whole, fraction = np.divmod(magnitude, 10**places) if places else (magnitude, magnitude)
+    fraction_groups = (places + 3) // 4 + (places % 4 == 0 and places > 0)  # the point with places mod 4, 4 each
+    groups = np.empty((signed + integer_groups + fraction_groups, len(scaled)), dtype=np.uint32)
+    at = len(groups)
+    if places:
+        for _ in range(places // 4):
+            fraction, last = np.divmod(fraction, 10_000)
+            at -= 1
+            _HIGHER.take(last, out=groups[at])
+        at -= 1
+        _POINTED[places % 4].take(fraction, out=groups[at])
+    rest = whole
+    for k in range(integer_groups):
+        rest, last = np.divmod(rest, 10_000)
+        at -= 1
+        (_LOWEST if k == 0 else _HIGHER).take(last + 10_000 * (rest == 0), out=groups[at])
+    if signed:
+        groups[0] = np.where(scaled < 0, _MINUS, 0)
+    if present is not None and not present.all():
+        missing = ~present
+        groups[:, missing] = 0
+        groups[-1, missing] = _NULL
+    return groups
+
+
+def _text_rows(texts: Sequence[str]) -> Groups:
+    """Texts (without NUL) as (k, len) groups, each NUL-padded after it to the longest one's whole groups
+    (json_rows)."""
+    encoded = [t.encode() for t in texts]
+    width = -(-max(map(len, encoded), default=1) // 4) * 4 or 4
+    by_row = np.frombuffer(np.array(encoded, dtype=f"S{width}").tobytes(), dtype=np.uint32).reshape(len(texts), -1)
+    return by_row.T
 
 
 class FeatureRow(Mapping[str, FeatureValue]):
@@ -527,9 +630,9 @@ def _entries(groups: list[int], times: list[int], units: list[int], low_time: in
 
 def _codes(values: Sequence[Any]) -> tuple[IntArray, list[Any]]:
     """Each value's index among the distinct values (in order of appearance), and those values."""
-    index: dict[Any, int] = {}
-    codes = [index.setdefault(v, len(index)) for v in values]
-    return np.array(codes, dtype=np.int64), list(index)
+    distinct = list(dict.fromkeys(values))
+    index = {value: code for code, value in enumerate(distinct)}
+    return np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values)), distinct
 
 
 def _running_max(groups: IntArray, values: IntArray) -> IntArray:
@@ -548,6 +651,109 @@ def _mean_millionths(total: IntArray, count: IntArray) -> IntArray:
     """features._mean in int64: |total| × 100 ÷ count rounded half up, with total's sign (count > 0)."""
     millionths = (2 * np.abs(total) * 100 + count) // (2 * count)
     return np.where(total < 0, -millionths, millionths)
+
+
+def _amount_units(transactions: Sequence[Transaction]) -> IntArray | None:
+    """features.to_units of each transaction's amount, as int64; None when one is 2^62 or more in magnitude.
+
+    The amounts' plain notation (str(Decimal): an optional minus, digits, an optional point and digits) is read
+    at once: the text of all of them in one byte string, cut into a (rows, width) matrix, whose digits are
+    summed column by column. An amount written otherwise (an exponent), with more than four places or more than
+    14 integer digits is converted by to_units (which raises as it does for more than four places)."""
+    n = len(transactions)
+    joined = np.frombuffer(("\n".join([str(t.amount) for t in transactions]) + "\n").encode(), dtype=np.uint8)
+    ends = np.flatnonzero(joined == _NEWLINE)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    length = ends - starts
+    column = np.arange(int(length.max()))
+    chars = joined[np.minimum(starts[:, None] + column, len(joined) - 1)]
+    chars[column >= length[:, None]] = 0
+    digit = (chars >= _ZERO_CHAR) & (chars <= _ZERO_CHAR + 9)
+    point = chars == _POINT_CHAR
+    negative = chars[:, 0] == _MINUS_CHAR
+    digits, points = digit.sum(axis=1), point.sum(axis=1)
+    places = np.where(points > 0, length - 1 - point.argmax(axis=1), 0)
+    plain = (digits + points + negative == length) & (points <= 1) & (digits > 0) & (places <= 4)
+    plain &= digits - places <= 14  # below 10^14 × 10^4 units: int64 throughout
+    value: IntArray = np.zeros(n, dtype=np.int64)
+    numerals = chars.astype(np.int64) - _ZERO_CHAR
+    for j in column.tolist():
+        value = np.where(digit[:, j], value * 10 + numerals[:, j], value)
+    magnitude = value * 10 ** (4 - np.where(plain, places, 4))
+    units: IntArray = np.where(negative, -magnitude, magnitude)
+    others = np.flatnonzero(~plain).tolist()
+    exact = [to_units(transactions[i].amount) for i in others]  # each, as the row path converts every one
+    if any(abs(u) >= _SAFE for u in exact):
+        return None
+    units[others] = exact
+    return units
+
+
+_NEWLINE, _POINT_CHAR, _MINUS_CHAR = ord("\n"), ord("."), ord("-")
+
+
+_WRAP = 2**64
+_WRAPPED = 2**64 - 1
+
+
+def _std_millionths(
+    count: IntArray,
+    total: IntArray,
+    stored_squares: Sequence[int],
+    account_codes: IntArray,
+    sorted_units: IntArray,
+    group_start: IntArray,
+    before: IntArray,
+) -> IntArray:
+    """features._std per row in millionths (0 where count is 0): count × sum of squares - total², its square
+    root and the rounding, exactly. Row i's sum of squares is its account's stored one (stored_squares, per
+    account code) plus the squares of sorted_units[group_start[i] : group_start[i] + before[i]].
+
+    The spread S = count × squares - total² can leave int64's range: it is computed modulo 2^64 (uint64 products
+    wrap, exactly) and in float64, whose error is bounded; the float says how many times 2^64 to add. Then
+    floor(sqrt(40,000 × S)) is the float square root corrected by comparing squares, again modulo 2^64: m² -
+    40,000 × S is small, so its int64 residue is its value. Rows whose bounds do not hold (amounts near 10^12)
+    are computed as features._std computes them, in Python integers."""
+    n = len(count)
+    # Squares and their prefix sums modulo 2^64 (two's complement: the residues of the integers'), and in float64.
+    wrapped_units = sorted_units.astype(np.uint64)
+    square_prefix = np.concatenate((np.zeros(1, np.uint64), np.cumsum(wrapped_units * wrapped_units)))
+    float_units = sorted_units.astype(np.float64)
+    float_prefix = np.concatenate(([0.0], np.cumsum(float_units * float_units)))
+    low, high = group_start, group_start + before
+    stored_wrapped = np.array([q & _WRAPPED for q in stored_squares], dtype=np.uint64)[account_codes]
+    stored_float = np.array([float(q) for q in stored_squares], dtype=np.float64)[account_codes]
+    squares = stored_wrapped + square_prefix[high] - square_prefix[low]
+    wrapped_count, wrapped_total = count.astype(np.uint64), total.astype(np.uint64)
+    spread = wrapped_count * squares - wrapped_total * wrapped_total  # S mod 2^64
+    float_count, float_total = count.astype(np.float64), total.astype(np.float64)
+    estimate = float_count * (stored_float + float_prefix[high] - float_prefix[low]) - float_total * float_total
+    # Each float64 operation errs by at most 2^-53 of its result; the prefix sums by n × 2^-53 of the largest.
+    error = (float_count * (stored_float + 2 * float_prefix[-1]) + float_total * float_total) * ((n + 16) * 2.0**-51)
+    wraps = np.rint((estimate - spread.astype(np.float64)) / _WRAP)
+    whole = wraps * _WRAP + spread.astype(np.float64)  # S, within about 2^-52 of it
+    root = np.sqrt(40_000 * np.maximum(whole, 0.0))
+    exact = (error < 2.0**60) & (root < 2.0**50) & (count > 0)
+    m = np.where(exact, np.floor(root), 0).astype(np.int64)
+    m[exact & (wraps < 0)] = 0  # max(S, 0)
+    target = np.where(exact & (wraps >= 0), spread * np.uint64(40_000), 0).astype(np.uint64)  # 40,000 S mod 2^64
+
+    def above(candidate: IntArray) -> npt.NDArray[np.bool_]:
+        """candidate² > 40,000 S: |candidate² - 40,000 S| < 2^63, so its residue is it."""
+        wrapped = candidate.astype(np.uint64)
+        return (wrapped * wrapped - target).view(np.int64) > 0
+
+    while (lower := above(m)).any():
+        m -= lower
+    while (higher := ~above(m + 1) & exact).any():
+        m += higher
+    std: IntArray = (m + count) // (2 * np.maximum(count, 1))
+    for i in np.flatnonzero(~exact & (count > 0)).tolist():
+        c, k = int(count[i]), int(group_start[i])
+        q = stored_squares[account_codes[i]] + sum(u * u for u in sorted_units[k : k + int(before[i])].tolist())
+        s = int(total[i])
+        std[i] = (isqrt(40_000 * max(c * q - s * s, 0)) + c) // (2 * c)
+    return std
 
 
 def _simple_timeline(timeline: Timeline | None, currency: str) -> bool:
@@ -570,8 +776,10 @@ def columnar_features(
     accounts' stored totals and tails, the merchants' timelines), every account's stored transactions older than
     its first one in the chunk (features.ConstantTotals, nothing added yet), and sums within int64's range. The
     attribute features read the accounts' recent values and first uses (AccountHistory.recent_values, first_use)
-    as the row engine does. Per row (Python ints): std_amount and amount_to_mean_30d, whose intermediate products
-    may exceed int64; local-time features outside UTC; merchant risk's frauds, once per merchant and day.
+    as the row engine does. std_amount's products, which may exceed int64, are exact modulo 2^64 with a float64
+    estimate (_std_millionths); amounts are read from their text at once (_amount_units). Per row (Python ints):
+    std_amount and the amounts beyond those bounds (near 10^12), amount_to_mean_30d when a numerator may exceed
+    int64; local-time features outside UTC; merchant risk's frauds, once per merchant and day.
     """
     n = len(transactions)
     if n == 0:
@@ -579,7 +787,8 @@ def columnar_features(
     currency = transactions[0].currency
     if any(t.currency != currency for t in transactions):
         return None
-    account_codes, accounts = _codes([t.account_id for t in transactions])
+    account_ids = [t.account_id for t in transactions]
+    account_codes, accounts = _codes(account_ids)
     stored: list[tuple[Prior, Prior]] = []
     for account_id in accounts:
         history = histories[account_id]
@@ -599,11 +808,10 @@ def columnar_features(
         return None
 
     ts = np.fromiter((t.ts for t in transactions), dtype=np.int64, count=n)
-    amount_units = [to_units(t.amount) for t in transactions]
-    largest = max(abs(u) for u in amount_units)
-    units = np.array(amount_units, dtype=np.int64) if largest < _SAFE else None
+    units = _amount_units(transactions)
     if units is None:
         return None
+    largest = int(np.abs(units).max())
     wants_days = not needed.isdisjoint(ACCOUNT_DAY_FEATURES)
     days_back = merchant_days_back(needed, settings) if wants_merchant else 0
     reach = window_reach_ms(needed)
@@ -675,23 +883,10 @@ def columnar_features(
     has_new_before = before > 0
     at = np.where(has_new_before, last_before, 0)
     if "std_amount" in needed:
-        squares = [u * u for u in units[order].tolist()]
-        square_prefix = [0]
-        for sq in squares:
-            square_prefix.append(square_prefix[-1] + sq)
-        starts = group_start.tolist()
         stored_squares = [c.sum_sq_units for _, c in stored]
-        std = []
-        for i, (code, k, c, s) in enumerate(
-            zip(account_codes.tolist(), before.tolist(), count.tolist(), total.tolist(), strict=True)
-        ):
-            if c == 0:
-                std.append(0)
-                continue
-            q = stored_squares[code] + square_prefix[starts[i] + k] - square_prefix[starts[i]]
-            spread = max(c * q - s * s, 0)
-            std.append((isqrt(40_000 * spread) + c) // (2 * c))
-        numbers["std_amount"] = Column(array(std), 6, later)
+        numbers["std_amount"] = Column(
+            _std_millionths(count, total, stored_squares, account_codes, units[order], group_start, before), 6, later
+        )
     if "max_amount" in needed:
         running = _running_max(sorted_codes, units[order])
         stored_max = array([(_SENTINEL if c.max_units is None else c.max_units) for _, c in stored])[account_codes]
@@ -765,14 +960,14 @@ def columnar_features(
             else:
                 ratio = [
                     ((2 * u * c * 1_000_000 + s) // (2 * s)) if c and s > 0 else 0
-                    for u, c, s in zip(amount_units, counts.tolist(), sums.tolist(), strict=True)
+                    for u, c, s in zip(units.tolist(), counts.tolist(), sums.tolist(), strict=True)
                 ]
                 # A ratio to a tiny mean can leave int64's range: then the column holds Python ints (exact still).
                 exact_ratio = array(ratio) if max(map(abs, ratio), default=0) < _SAFE else np.array(ratio, dtype=object)
             numbers["amount_to_mean_30d"] = Column(exact_ratio, 6, with_mean)
             window_names.append("amount_to_mean_30d")
     if "merchant_used_before" in needed:
-        pair_codes, pairs = _codes([(t.account_id, t.merchant_id) for t in transactions])
+        pair_codes, pairs = _codes(list(zip(account_ids, merchant_ids, strict=True)))
         pair_entries = _Entries(pair_codes, relative, ones, units, span)
         used_new, _ = pair_entries.between(pair_codes, np.zeros(n, np.int64), relative)
         stored_used = array(
@@ -847,7 +1042,7 @@ def _attribute_columns(
     for name, attribute in DISTINCT_FEATURES.items():
         if name not in needed:
             continue
-        own = [getattr(t, attribute) for t in transactions]
+        own = list(map(attrgetter(attribute), transactions))
         entry_accounts: list[int] = []
         entry_ts: list[int] = []
         entry_values: list[str] = []
@@ -896,7 +1091,7 @@ def _attribute_columns(
     for name, attribute in NEW_VALUE_FEATURES.items():
         if name not in needed:
             continue
-        own = [getattr(t, attribute) for t in transactions]
+        own = list(map(attrgetter(attribute), transactions))
         present = np.array([v is not None for v in own])
         pair_codes, pairs = _codes(list(zip(account_codes.tolist(), own, strict=True)))
         span = int(ts[-1]) - int(ts[0]) + 1
