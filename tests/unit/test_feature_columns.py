@@ -383,6 +383,9 @@ def test_the_vectorised_standard_deviation_is_features_std_exactly(
     from txguard.feature_columns import _std_millionths
     from txguard.features import _std
 
+    # (a stored sum of squares is at most count × (10^16)²: every amount is below 10^12 with four places, so a
+    # standard deviation, at most 100 × the largest amount in millionths, stays within int64)
+    accounts = [(c, s, min(q, max(c, 1) * 10**32), units) for c, s, q, units in accounts]
     sorted_units = [u for *_, units in accounts for u in units]
     starts = np.cumsum([0] + [len(units) for *_, units in accounts])
     rows = [(a, k) for a, (*_, units) in enumerate(accounts) for k in range(len(units))]

@@ -713,7 +713,9 @@ def _std_millionths(
     wrap, exactly) and in float64, whose error is bounded; the float says how many times 2^64 to add. Then
     floor(sqrt(40,000 × S)) is the float square root corrected by comparing squares, again modulo 2^64: m² -
     40,000 × S is small, so its int64 residue is its value. Rows whose bounds do not hold (amounts near 10^12)
-    are computed as features._std computes them, in Python integers."""
+    are computed as features._std computes them, in Python integers. A stored sum of squares is at most its count
+    × (10^16)² (amounts below 10^12 with four places), so each result, at most 100 × the largest amount in
+    millionths, fits int64."""
     n = len(count)
     # Squares and their prefix sums modulo 2^64 (two's complement: the residues of the integers'), and in float64.
     wrapped_units = sorted_units.astype(np.uint64)
