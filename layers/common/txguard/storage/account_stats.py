@@ -301,7 +301,8 @@ def merchants_first_used(cur: psycopg2.extensions.cursor, pairs: set[tuple[int, 
 def add_to_merchants_used(cur: psycopg2.extensions.cursor, new: Iterable[Transaction]) -> None:
     """Record (or move back) when each account first transacted at each merchant, for newly stored transactions.
 
-    Callers hold the accounts' account_stats row locks."""
+    Callers hold the accounts' account_stats row locks. A pair already recorded as early or earlier is left as it
+    is, not rewritten with the same value (a new row version, and its WAL, for nothing)."""
     first: dict[tuple[int, str], int] = {}
     for t in new:
         if t.merchant_id is not None:
@@ -315,7 +316,8 @@ def add_to_merchants_used(cur: psycopg2.extensions.cursor, new: Iterable[Transac
         cur,
         """INSERT INTO account_merchants AS m (account_id, merchant_id, first_ts)
            SELECT a, mid, txguard_ms_to_ts(f) FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS v(a, mid, f)
-           ON CONFLICT (account_id, merchant_id) DO UPDATE SET first_ts = least(m.first_ts, excluded.first_ts)""",
+           ON CONFLICT (account_id, merchant_id) DO UPDATE SET first_ts = excluded.first_ts
+           WHERE excluded.first_ts < m.first_ts""",
         (array_literal(a for a, _ in keys), [m for _, m in keys], array_literal(first[k] for k in keys)),
     )
 
@@ -353,7 +355,8 @@ def first_use_wanted(transactions: Iterable[Transaction]) -> set[tuple[int, str,
 def add_to_values_used(cur: psycopg2.extensions.cursor, new: Iterable[Transaction]) -> None:
     """Record (or move back) when each account first used each country and device, for newly stored transactions.
 
-    Callers hold the accounts' account_stats row locks."""
+    Callers hold the accounts' account_stats row locks. A value already recorded as early or earlier is left as it
+    is (as add_to_merchants_used)."""
     first: dict[tuple[int, str, str], int] = {}
     for t in new:
         if t.country is None and t.device_id is None:
@@ -369,7 +372,8 @@ def add_to_values_used(cur: psycopg2.extensions.cursor, new: Iterable[Transactio
         """INSERT INTO account_values AS v (account_id, attribute, value, first_ts)
            SELECT a, f, x, txguard_ms_to_ts(ms)
            FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[]) AS n(a, f, x, ms)
-           ON CONFLICT (account_id, attribute, value) DO UPDATE SET first_ts = least(v.first_ts, excluded.first_ts)""",
+           ON CONFLICT (account_id, attribute, value) DO UPDATE SET first_ts = excluded.first_ts
+           WHERE excluded.first_ts < v.first_ts""",
         (
             array_literal(a for a, _, _ in keys),
             [f for _, f, _ in keys],
