@@ -301,3 +301,23 @@ def test_a_transaction_stored_alone_costs_two_round_trips_and_a_replay_three(dat
     # wrote nothing.
     assert len(replay) == 3 and replay[1].startswith("SELECT transaction_id"), replay
     assert len(batch) == 3 and batch[1].startswith("SELECT set_config") and "COPY" in batch[1], batch
+
+
+def test_first_uses_move_back_for_a_late_arrival_and_stay_for_a_later_one(database: Database) -> None:
+    day = 86_400_000
+    first_uses = """SELECT 'merchant', merchant_id, txguard_ts_to_ms(first_ts) FROM account_merchants
+                    UNION ALL SELECT attribute, value, txguard_ts_to_ms(first_ts) FROM account_values ORDER BY 1, 2"""
+    store([tx(1, T0 + day, "10.00", "m-1")._replace(country="DE", device_id="d1")])
+    # A later use changes nothing (the row is not rewritten either: its version stays the same)
+    row_versions = "SELECT xmin::text FROM account_merchants UNION ALL SELECT xmin::text FROM account_values"
+    versions = database.query(row_versions)
+    store([tx(1, T0 + 2 * day, "10.00", "m-1")._replace(country="DE", device_id="d1")])
+    assert database.query(first_uses) == [
+        ("country", "DE", T0 + day),
+        ("device_id", "d1", T0 + day),
+        ("merchant", "m-1", T0 + day),
+    ]
+    assert database.query(row_versions) == versions
+    # and an earlier one, arriving late, moves each first use back to it
+    store([tx(1, T0, "10.00", "m-1")._replace(country="DE", device_id="d1")])
+    assert database.query(first_uses) == [("country", "DE", T0), ("device_id", "d1", T0), ("merchant", "m-1", T0)]

@@ -491,3 +491,62 @@ def test_0012_keeps_amount_totals_per_currency_rebuilt_from_the_stored_transacti
         admin_query(url, again.sql)
         assert admin_query(url, totals_query) == expected_totals
         assert admin_query(url, daily_query) == expected_daily
+
+
+# 0001's definitions of the millisecond <-> timestamptz functions, which 0022 replaces.
+_TIME_FUNCTIONS_0001 = """
+    CREATE FUNCTION pg_temp.ms_to_ts_0001(ms bigint) RETURNS timestamptz
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+        RETURN timestamptz 'epoch' + ms * interval '1 millisecond';
+    CREATE FUNCTION pg_temp.ts_to_ms_0001(ts timestamptz) RETURNS bigint
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+        RETURN (extract(epoch FROM ts) * 1000)::bigint;
+"""
+
+
+def test_0022_time_functions_give_0001s_values_in_every_time_zone_and_are_inlined(pg_server: Server) -> None:
+    with _migrated(pg_server, "txguard_time") as url:
+        conn = psycopg2.connect(url)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(_TIME_FUNCTIONS_0001)
+                for zone in ("UTC", "Europe/Berlin", "America/St_Johns", "Pacific/Chatham", "Asia/Kathmandu"):
+                    cur.execute("SET LOCAL TimeZone = %s", (zone,))
+                    # Milliseconds around the epoch, across DST changes and far out; timestamps with microseconds
+                    # (rounded to the millisecond alike) and both ends of the range 0001 can convert.
+                    cur.execute(
+                        """WITH ms(v) AS (
+                               SELECT unnest(ARRAY[0, 1, -1, 999, -999, 1000, 86399999, 86400000, -86400001,
+                                                   1700000000000, 1711846799999, 1711846800000, 1729990800001,
+                                                   253402300799999, -62135596800000, 9223372036854])
+                               UNION ALL SELECT (random() * 4e12 - 1e12)::bigint FROM generate_series(1, 20000)),
+                           ts(v) AS (
+                               SELECT pg_temp.ms_to_ts_0001(v) + (random() * 2000 - 1000)::int * interval '1 us'
+                               FROM ms)
+                           SELECT (SELECT count(*) FROM ms),
+                                  (SELECT count(*) FROM ms
+                                   WHERE txguard_ms_to_ts(v) IS DISTINCT FROM pg_temp.ms_to_ts_0001(v)
+                                      OR txguard_ms_to_ts(v)::text IS DISTINCT FROM pg_temp.ms_to_ts_0001(v)::text),
+                                  (SELECT count(*) FROM ts
+                                   WHERE txguard_ts_to_ms(v) IS DISTINCT FROM pg_temp.ts_to_ms_0001(v)),
+                                  (SELECT count(*) FROM ms
+                                   WHERE txguard_day(txguard_ms_to_ts(v))
+                                         IS DISTINCT FROM div(pg_temp.ts_to_ms_0001(pg_temp.ms_to_ts_0001(v)),
+                                                              86400000)::integer),
+                                  txguard_ms_to_ts(NULL) IS NULL AND txguard_ts_to_ms(NULL) IS NULL"""
+                    )
+                    assert cur.fetchone() == (20016, 0, 0, 0, True), zone
+                # Inlined: the plan computes the expressions itself, no call of a SQL function per row.
+                cur.execute(
+                    """EXPLAIN (VERBOSE, COSTS OFF)
+                       SELECT txguard_ts_to_ms(txguard_ms_to_ts(g)), txguard_day(txguard_day_start(g::integer))
+                       FROM generate_series(1, 3) g"""
+                )
+                plan = " ".join(row[0] for row in cur.fetchall())
+                assert "txguard_" not in plan and "AT TIME ZONE" in plan
+        finally:
+            conn.close()
+        # Running the file again changes nothing.
+        again = next(m for m in available_migrations() if m.version == 22)
+        admin_query(url, again.sql)
+        assert admin_query(url, "SELECT txguard_ts_to_ms(txguard_ms_to_ts(1700000000123))") == [(1700000000123,)]
