@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml requirements-dev.txt layers/common/requirements.txt
 run: $(STAMP)
 	$(BIN)/txguard local $(ARGS)
 
+# Two test processes (pytest-xdist), each with its own databases; a file's tests stay in one process, so that its
+# module fixtures (a served console, a browser) start once. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: lint typecheck template-checks pgbouncer chromium
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

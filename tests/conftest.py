@@ -331,8 +331,11 @@ def log_lines(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     """What the service's Powertools Logger writes during the test.
 
     The logger keeps the stdout it was created with, which under pytest is the capture of whichever test first
-    imported it: `capsys` sees its lines only when that was the same test.
+    imported it: `capsys` sees its lines only when that was the same test. Imported here first, so that its
+    handler exists to be redirected whichever tests ran before in this process.
     """
+    import txguard.observability  # noqa: F401
+
     buffer = io.StringIO()
     for handler in logging.getLogger("txguard").handlers:
         if isinstance(handler, logging.StreamHandler):

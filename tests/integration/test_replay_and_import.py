@@ -74,6 +74,22 @@ def test_replay_of_the_handbook_preset_stores_every_transaction_and_its_label_a_
     assert database.query("SELECT count(*) FROM labels") == [(30,)]
 
 
+def test_a_direct_replay_leaves_the_service_s_log_level_as_it_found_it(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the service's logger at INFO in a process that goes on serving after a direct replay (a test run, a
+    # notebook),
+    import logging
+
+    from txguard.observability import logger
+
+    logger.setLevel(logging.INFO)
+    status, _, err = txguard(capsys, "replay", "--preset", "handbook", "--no-progress", str(SAMPLE))
+    assert status == 0, err
+    # then its INFO lines still come afterwards (the replay quiets it only while it stores).
+    assert logger.log_level == logging.INFO
+
+
 def test_replay_with_frauds_only_and_a_window_sends_only_those(
     database: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:

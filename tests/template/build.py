@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -38,12 +39,20 @@ def build_is_current() -> bool:
 
 
 def built() -> Path:
-    """The build directory, brought up to date with `sam build --cached` when stale."""
+    """The build directory, brought up to date with `sam build --cached` when stale: by one test process at a time
+    (make test runs two), the others waiting for it and finding it current."""
+    BUILD_DIR.parent.mkdir(exist_ok=True)
+    with (BUILD_DIR.parent / "tests-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_when_stale()
+    assert build_is_current(), "sam build did not bring the artifacts up to date"
+    return BUILD_DIR
+
+
+def _build_when_stale() -> None:
     if not build_is_current():
         subprocess.run(
             [str(Path(sys.executable).with_name("sam")), "build", "--template", "template.yaml",
              "--build-dir", ".aws-sam/build", "--cached", "--cache-dir", ".aws-sam/cache"],
             cwd=ROOT, check=True, env={**os.environ, "SAM_CLI_TELEMETRY": "0"}, capture_output=True,
         )  # fmt: skip
-    assert build_is_current(), "sam build did not bring the artifacts up to date"
-    return BUILD_DIR

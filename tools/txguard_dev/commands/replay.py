@@ -47,6 +47,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -362,9 +363,6 @@ class Destination:
             self._labels_url = base + "/labels"
             self.description = post_url
         else:
-            from txguard.observability import logger
-
-            logger.setLevel(logging.WARNING)  # one INFO line per batch would drown the progress bar
             self.description = "database (direct)"
         if stream is not None:
             self.description = f"{stream.description} (labels: {self.description})"
@@ -380,7 +378,8 @@ class Destination:
         from txguard import service
         from txguard.observability import metrics
 
-        results = service.store(batch)
+        with _service_quiet():
+            results = service.store(batch)
         metrics.clear_metrics()  # nothing flushes them outside Lambda
         stored = [r for r in results if r.status == "stored"]
         return len(stored), len(results) - len(stored), sum(1 for r in stored if r.decision.fraud)
@@ -396,10 +395,25 @@ class Destination:
         from txguard import service
         from txguard.observability import metrics
 
-        results = service.store_labels(batch)
+        with _service_quiet():
+            results = service.store_labels(batch)
         metrics.clear_metrics()
         stored_count = sum(1 for r in results if r.status == "stored")
         return stored_count, len(results) - stored_count
+
+
+@contextmanager
+def _service_quiet() -> Iterator[None]:
+    """The service's logger at WARNING while a batch is stored directly (one INFO line per batch would drown the
+    progress bar), and as it was afterwards: the process may go on to serve, as under test or in a notebook."""
+    from txguard.observability import logger
+
+    level = logger.log_level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _label_record(label: FraudLabel) -> dict[str, Any]:
