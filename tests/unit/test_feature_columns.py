@@ -9,6 +9,7 @@ import random
 import re
 from collections import defaultdict
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from txguard.detection import Decided, Detector, decisions_in_time_order, empty_history, empty_timeline
+from txguard.detection import (
+    COLUMN_CHUNK,
+    Decided,
+    Detector,
+    column_chunks,
+    decisions_in_time_order,
+    empty_history,
+    empty_timeline,
+)
 from txguard.domain import Transaction
 from txguard.feature_columns import Column, FeatureColumns, columnar_features
 from txguard.features import DAY_MS, FEATURES, Prior, Timeline, constant_totals, features_json
@@ -260,6 +269,40 @@ def generated(count: int, seed: int) -> tuple[list[Transaction], dict[str, list[
 def test_columns_decide_5_000_generated_transactions_as_the_row_engine() -> None:
     transactions, steps = generated(5_000, seed=3)
     assert_same(transactions, every_feature_rules(), steps)
+
+
+def test_chunks_cover_the_rows_in_order_and_a_part_reads_as_the_whole_does() -> None:
+    # Chunks of about COLUMN_CHUNK rows, in order, covering every row once (one chunk below 1.5 chunks' worth).
+    for count in (8, 1_000, 1_535, 1_536, 5_000, 100_003):
+        chunks = column_chunks(count)
+        assert chunks[0][0] == 0 and chunks[-1][1] == count
+        assert all(a[1] == b[0] for a, b in pairwise(chunks))
+        assert len(chunks) == 1 or all(abs(b - a - COLUMN_CHUNK) <= COLUMN_CHUNK // 4 + 1 for a, b in chunks)
+        assert (len(chunks) == 1) == (count < 1.5 * COLUMN_CHUNK)
+    # Given the columns of generated traffic, with values given per row and a champion's scores added,
+    transactions, _ = generated(3_000, seed=6)
+    detector = every_feature_rules()
+    whole = columnar_features(
+        transactions, defaultdict(empty_history), defaultdict(empty_timeline), detector.needed_features,
+        detector.feature_settings,
+    )  # fmt: skip
+    assert whole is not None
+    whole.add_values("country", [t.country for t in transactions])
+    whole.add_model_scores([random.Random(i).random() for i in range(whole.size)])
+    names = sorted({*whole.row_names(True), *whole.row_names(False)})
+    recorded = [name for name in names if name != "country"]  # the stored JSON holds numbers only
+    rows, texts = whole.rows(), whole.json_rows(recorded)
+    # then each part reads its rows as the whole does: dicts, stored JSON, floats and values at any rows.
+    for start, stop in column_chunks(whole.size):
+        part = whole.part(start, stop)
+        assert part.size == stop - start
+        assert part.rows() == rows[start:stop]
+        assert part.json_rows(recorded) == texts[start:stop]
+        for name in names:
+            if name != "country":
+                assert np.array_equal(part.number(name)[0], whole.number(name)[0][start:stop], equal_nan=True)
+            assert part.values_at(name, [0, part.size - 1]) == whole.values_at(name, [start, stop - 1])
+    assert whole.part(0, whole.size) is whole
 
 
 def test_columns_decide_with_a_champion_as_the_row_engine() -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from itertools import groupby
+from itertools import groupby, pairwise
 from typing import Any, NamedTuple, Protocol
 
 import psycopg2.extensions
@@ -139,7 +139,7 @@ def decisions_in_time_order(
     """Decide each transaction (sorted by time) on what came strictly before it, then add it to the history.
 
     Transactions sharing a timestamp are not "before" each other: the whole group is decided first.
-    Decisions come out as they are taken (a chunk at a time; all at once as columns), so a caller can write them
+    Decisions come out as they are taken (a chunk at a time, as columns too: COLUMN_CHUNK), so a caller can write them
     while the rest are still being decided. `model_scores` (by transaction id; backtests): the stored champion
     scores that rules read as `model_score`, instead of a champion's. `memberships` (list_memberships): the
     values of the transactions that are current items of each list the detector reads (none when not given).
@@ -161,25 +161,20 @@ def decisions_in_time_order(
     if as_columns and decide_columns is not None and len(transactions) >= COLUMN_ROWS:
         with collection_paused():
             columns = columnar_features(transactions, histories, merchants, needed, settings)
-            decided = (
-                None
-                if columns is None
-                else _decided_as_columns(
-                    transactions,
-                    columns,
-                    histories,
-                    merchants,
-                    decide_columns,
-                    model_scores,
-                    text_reads,
-                    snoozes,
-                    record,
-                    not needed.isdisjoint(ATTRIBUTE_FEATURES),
-                    keep_features,
-                )
+        if columns is not None:
+            yield from _decided_as_columns(
+                transactions,
+                columns,
+                histories,
+                merchants,
+                decide_columns,
+                model_scores,
+                text_reads,
+                snoozes,
+                record,
+                not needed.isdisjoint(ATTRIBUTE_FEATURES),
+                keep_features,
             )
-        if decided is not None:
-            yield from decided
             return
     wants_merchant = any(name.startswith("merchant_") and name != "merchant_used_before" for name in needed)
     wants_local_time = not needed.isdisjoint(LOCAL_TIME_FEATURES)
@@ -228,23 +223,58 @@ def _decided_as_columns(
     record: Sequence[str] | None,
     wants_attributes: bool,
     keep_features: bool,
-) -> list[Decided]:
+) -> Iterator[Decided]:
     """decisions_in_time_order for features computed as columns (feature_columns.columnar_features): the same
-    features dicts (built after deciding, when kept), decisions and recorded JSON, then the same histories."""
+    features dicts (built after deciding, when kept), decisions and recorded JSON, COLUMN_CHUNK rows at a time
+    (column_chunks), then the same histories once the last chunk is taken."""
     if model_scores is not None:
         columns.add_values(MODEL_SCORE, [model_scores.get(t.transaction_id) for t in transactions])
     if text_reads:
         for name, values in text_reads.columns(transactions).items():
             columns.add_values(name, values)
     currency = transactions[0].currency  # columnar_features: one currency
-    items = columns.items([t.merchant_id for t in transactions], currency)
+    merchant_ids = [t.merchant_id for t in transactions]
     snoozed = None if snoozes is None else [snoozes(t) for t in transactions]
     if snoozed is not None and not any(snoozed):
         snoozed = None
-    decisions = decide_columns(columns, items, snoozed)
-    # After deciding: a champion adds its scores to the columns (model_score).
-    rows: Sequence[Features | None] = columns.rows() if keep_features else [None] * len(transactions)
-    # The histories as adding each transaction in turn leaves them: per account and per merchant, in time order.
+    for start, stop in column_chunks(len(transactions)):
+        with collection_paused():
+            part = columns.part(start, stop)
+            decisions = decide_columns(
+                part, part.items(merchant_ids[start:stop], currency), None if snoozed is None else snoozed[start:stop]
+            )
+            # After deciding: a champion adds its scores to the part's columns (model_score).
+            rows: Sequence[Features | None] = part.rows() if keep_features else [None] * (stop - start)
+            recorded: Sequence[str | None] = [None] * (stop - start) if record is None else part.json_rows(record)
+            decided = list(map(Decided, transactions[start:stop], rows, decisions, recorded))
+        yield from decided
+    with collection_paused():
+        _add_to_histories(transactions, columns, histories, merchants, currency, wants_attributes)
+
+
+# How many transactions decided as columns are decided (and their features JSON written) at a time: COPY gets the
+# first chunk's rows, and the database stores them, while the next chunk is being decided. Large enough that the
+# predicates' fixed cost per chunk stays small beside the rows' own.
+COLUMN_CHUNK = 1_024
+
+
+def column_chunks(count: int) -> list[tuple[int, int]]:
+    """[start, stop) of each chunk of `count` rows decided as columns: about COLUMN_CHUNK rows each (all in one
+    up to 1.5 × COLUMN_CHUNK), in order, covering 0..count."""
+    parts = max(1, round(count / COLUMN_CHUNK))
+    bounds = [count * k // parts for k in range(parts + 1)]
+    return list(pairwise(bounds))
+
+
+def _add_to_histories(
+    transactions: list[Transaction],
+    columns: FeatureColumns,
+    histories: dict[int, AccountHistory],
+    merchants: dict[str, Timeline],
+    currency: str,
+    wants_attributes: bool,
+) -> None:
+    """The histories as adding each transaction in turn leaves them: per account and per merchant, in time order."""
     units = columns.numbers["amount"].scaled.tolist()
     by_account: dict[int, list[int]] = {}
     by_merchant: dict[str, list[int]] = {}
@@ -267,8 +297,6 @@ def _decided_as_columns(
                 [transactions[i].ts for i in indexes],
                 {name: [getattr(transactions[i], name) for i in indexes] for name in ATTRIBUTE_FIELDS},
             )
-    recorded: Sequence[str | None] = [None] * len(transactions) if record is None else columns.json_rows(record)
-    return list(map(Decided, transactions, rows, decisions, recorded))
 
 
 class TextReads:

@@ -180,6 +180,21 @@ class FeatureColumns:
         self._keys_first = frozenset(self._names_first)
         self._keys_later = frozenset(self._names_later)
 
+    def part(self, start: int, stop: int) -> FeatureColumns:
+        """Rows start..stop-1 as columns of their own (views of these arrays, the values given so far included):
+        what a chunk of them is decided on. The whole when it is asked for."""
+        if (start, stop) == (0, self.size):
+            return self
+        numbers = {
+            name: Column(c.scaled[start:stop], c.places, None if c.present is None else c.present[start:stop])
+            for name, c in self.numbers.items()
+        }
+        part = FeatureColumns(stop - start, numbers, self._names_first, self._names_later, self._first[start:stop])
+        part._given = {name: values[start:stop] for name, values in self._given.items()}
+        if self._scores is not None:
+            part.add_model_scores(self._scores[start:stop])
+        return part
+
     def add_values(self, name: str, values: list[FeatureValue]) -> None:
         """Add a feature given as one value per row (the stored model scores, a text field, a list membership),
         after the others in each row."""
