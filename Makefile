@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+# Independent steps run two at a time: the two venvs (the project's and checkov's) install side by side, and lint,
+# types, the template checks and the system packages of `make test` overlap (apt-get waits for a lock of its own).
+MAKEFLAGS += --jobs=2
 
 .PHONY: run test lint typecheck template-checks pgbouncer chromium unit integration e2e bench build wheel openapi screenshots clean handbook-eval
 
@@ -22,9 +25,19 @@ run: $(STAMP)
 # Two test processes (pytest-xdist), each with its own databases; a file's tests stay in one process, so that its
 # module fixtures (a served console, a browser) start once. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
+# schemathesis gives the fuzz test of every API operation the same node id, and pytest-xdist would run only one of
+# them (tests/conftest.py refuses that): the fuzz test runs in a process of its own beside the two, its output
+# printed after theirs.
+FUZZ_TEST := tests/reliability/test_hostile_input.py::test_fuzzed_requests_get_no_5xx_and_answers_that_match_the_document
 
 test: lint typecheck template-checks pgbouncer chromium
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
+	@fuzz_log=$$(mktemp); \
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(FUZZ_TEST) $(PYTEST_ARGS) > $$fuzz_log 2>&1 & fuzz=$$!; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --deselect $(FUZZ_TEST) \
+		tests $(PYTEST_ARGS); status=$$?; \
+	wait $$fuzz; fuzz_status=$$?; \
+	echo "$(FUZZ_TEST), in a process of its own:"; cat $$fuzz_log; rm -f $$fuzz_log; \
+	[ $$status -eq 0 ] && [ $$fuzz_status -eq 0 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -39,11 +52,15 @@ CHECKOV_VENV := $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 LAYER_BUILD := .aws-sam/build/CommonLayer/python
 
-template-checks: $(STAMP)
+$(CHECKOV_STAMP): requirements-checkov.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	@touch $@
+
+template-checks: $(STAMP) $(CHECKOV_STAMP)
 	AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 $(BIN)/sam validate --lint --template template.yaml
 	$(BIN)/cfn-lint template.yaml && echo "cfn-lint: 0 findings"
-	@[ $(CHECKOV_STAMP) -nt requirements-checkov.txt ] || { $(PYTHON) -m venv $(CHECKOV_VENV) \
-		&& $(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt && touch $(CHECKOV_STAMP); }
 	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml
 	SAM_CLI_TELEMETRY=0 $(BIN)/sam build --template template.yaml --build-dir .aws-sam/build --cached --cache-dir .aws-sam/cache
 	$(BIN)/python -c "import sys; sys.path.insert(0, '$(LAYER_BUILD)'); import txguard, psycopg2, pydantic, orjson, aws_lambda_powertools; \
@@ -56,14 +73,14 @@ template-checks: $(STAMP)
 pgbouncer:
 	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
 		echo "installing pgbouncer (Debian package)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
+		flock /tmp/txguard-apt.lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null'; }
 
 # The console's end-to-end tests and `make screenshots` drive Debian's chromium through Playwright (no browser
 # download). Debian's package, installed once when missing.
 chromium:
 	@command -v chromium >/dev/null || { \
 		echo "installing chromium (Debian package)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+		flock /tmp/txguard-apt.lock sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null'; }
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

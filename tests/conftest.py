@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,21 @@ def scratch_database(server: Server, prefix: str) -> Iterator[str]:
         yield server.database_url(name)
     finally:
         drop_database(server, name)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Under pytest-xdist (make test), refuse tests that share a node id: it would run only one of them, silently.
+    schemathesis names every operation's fuzz test alike (pytest 9 leaves no way to rename a collected test), so
+    make test runs that one in a process of its own."""
+    counts = Counter(ids)
+    repeated = sorted(nodeid for nodeid, count in counts.items() if count > 1)
+    if repeated:
+        raise pytest.UsageError(
+            "pytest-xdist runs each node id once, and these name several tests: "
+            + ", ".join(f"{nodeid} ({counts[nodeid]})" for nodeid in repeated)
+            + "; run them in a process of their own (see FUZZ_TEST in the Makefile)"
+        )
 
 
 @pytest.fixture(scope="session")

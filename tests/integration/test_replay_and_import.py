@@ -83,11 +83,15 @@ def test_a_direct_replay_leaves_the_service_s_log_level_as_it_found_it(
 
     from txguard.observability import logger
 
+    level = logger.log_level
     logger.setLevel(logging.INFO)
-    status, _, err = txguard(capsys, "replay", "--preset", "handbook", "--no-progress", str(SAMPLE))
-    assert status == 0, err
-    # then its INFO lines still come afterwards (the replay quiets it only while it stores).
-    assert logger.log_level == logging.INFO
+    try:
+        status, _, err = txguard(capsys, "replay", "--preset", "handbook", "--no-progress", str(SAMPLE))
+        assert status == 0, err
+        # then its INFO lines still come afterwards (the replay quiets it only while it stores).
+        assert logger.log_level == logging.INFO
+    finally:
+        logger.setLevel(level)
 
 
 def test_replay_with_frauds_only_and_a_window_sends_only_those(

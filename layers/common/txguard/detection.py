@@ -140,7 +140,8 @@ def decisions_in_time_order(
 
     Transactions sharing a timestamp are not "before" each other: the whole group is decided first.
     Decisions come out as they are taken (a chunk at a time, as columns too: COLUMN_CHUNK), so a caller can write them
-    while the rest are still being decided. `model_scores` (by transaction id; backtests): the stored champion
+    while the rest are still being decided; the histories are complete only once every decision has been taken
+    (every caller takes them all). `model_scores` (by transaction id; backtests): the stored champion
     scores that rules read as `model_score`, instead of a champion's. `memberships` (list_memberships): the
     values of the transactions that are current items of each list the detector reads (none when not given).
     `snoozes` (ingest): the rules snoozed for a transaction's entities. `record` (ingest): the features whose
@@ -227,16 +228,17 @@ def _decided_as_columns(
     """decisions_in_time_order for features computed as columns (feature_columns.columnar_features): the same
     features dicts (built after deciding, when kept), decisions and recorded JSON, COLUMN_CHUNK rows at a time
     (column_chunks), then the same histories once the last chunk is taken."""
-    if model_scores is not None:
-        columns.add_values(MODEL_SCORE, [model_scores.get(t.transaction_id) for t in transactions])
-    if text_reads:
-        for name, values in text_reads.columns(transactions).items():
-            columns.add_values(name, values)
-    currency = transactions[0].currency  # columnar_features: one currency
-    merchant_ids = [t.merchant_id for t in transactions]
-    snoozed = None if snoozes is None else [snoozes(t) for t in transactions]
-    if snoozed is not None and not any(snoozed):
-        snoozed = None
+    with collection_paused():
+        if model_scores is not None:
+            columns.add_values(MODEL_SCORE, [model_scores.get(t.transaction_id) for t in transactions])
+        if text_reads:
+            for name, values in text_reads.columns(transactions).items():
+                columns.add_values(name, values)
+        currency = transactions[0].currency  # columnar_features: one currency
+        merchant_ids = [t.merchant_id for t in transactions]
+        snoozed = None if snoozes is None else [snoozes(t) for t in transactions]
+        if snoozed is not None and not any(snoozed):
+            snoozed = None
     for start, stop in column_chunks(len(transactions)):
         with collection_paused():
             part = columns.part(start, stop)
