@@ -106,13 +106,11 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     """Microseconds of Python per transaction in each stage of a batch's ingest (no database involved)."""
     from pydantic import TypeAdapter
 
-    from txguard.api.ingest_routes import StoreBody
+    from txguard.api.ingest_routes import StoreBody, stored_answer
     from txguard.api.resolver import parse_json
-    from txguard.api.response_size import committed_answer
     from txguard.api.schemas import TransactionBatch
     from txguard.detection import Decided, decide_in_time_order, decisions_in_time_order, empty_history, empty_timeline
     from txguard.domain import StoreResult, Transaction
-    from txguard.presenters import store_decisions_json, store_results_text
     from txguard.rule_engine import CompiledRuleSet
     from txguard.rule_language import validate_rule_set
     from txguard.storage.rule_sets import default_rule_set
@@ -150,15 +148,6 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
     at_merchants = [t._replace(merchant_id=f"m{t.transaction_id % 500}") for t in txs]
     store_body = TypeAdapter(StoreBody)
 
-    def answer(form: str) -> object:
-        return committed_answer(
-            201,
-            form,
-            "decisions",
-            lambda: {"results": store_results_text(results)},
-            lambda: {"results": store_decisions_json(results)},
-        )
-
     # what the handler validates its body with (item by item when not plain)
     stages = {
         "parse JSON": lambda: parse_json(body),
@@ -180,8 +169,8 @@ def python_stage_costs(data: list[tuple[int, int, int, str]]) -> dict[str, float
             copy_lines(decided[i : i + _LINES_PER_BUILD]) for i in range(0, len(decided), _LINES_PER_BUILD)
         ),
         # As the route answers (api.ingest_routes.store_data): the body built, measured against the size limits.
-        "response JSON": lambda: answer("full"),
-        "response JSON (?response=decisions)": lambda: answer("decisions"),
+        "response JSON": lambda: stored_answer(results, "full"),
+        "response JSON (?response=decisions)": lambda: stored_answer(results, "decisions"),
     }
     return {name: round(min(timed(work) for _ in range(3)) * 1e6 / len(data), 2) for name, work in stages.items()}
 

@@ -48,7 +48,7 @@ from txguard.api.schemas import (
     TransactionBatch,
     integer_text,
 )
-from txguard.domain import Transaction
+from txguard.domain import StoreResult, Transaction
 from txguard.errors import shorten
 from txguard.intake import INT64_MAX, TransactionIn, batch_transactions, window_bound_ms
 from txguard.observability import logger
@@ -174,9 +174,15 @@ def store_data(
     # Publishing alerts after the commit stops short of the invocation's end (None outside Lambda).
     remaining_ms = getattr(router.lambda_context, "get_remaining_time_in_millis", None)
     results = service.store(transactions, remaining_ms)
+    return stored_answer(results, response)
+
+
+def stored_answer(results: list[StoreResult], form: ResponseForm) -> Response[str]:
+    """The 201 answer to a stored batch, in the `form` asked for (`full` falls back to `decisions` when its body
+    would not fit Lambda's limits: response_size.committed_answer). What `make bench` times as the response."""
     return committed_answer(
         201,
-        response,
+        form,
         "decisions",
         lambda: {"results": store_results_text(results)},
         lambda: {"results": store_decisions_json(results)},
