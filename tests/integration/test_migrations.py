@@ -469,7 +469,7 @@ def test_0012_keeps_amount_totals_per_currency_rebuilt_from_the_stored_transacti
             url,
             """SELECT column_name FROM information_schema.columns
                WHERE table_name = 'account_stats' ORDER BY ordinal_position""",
-        ) == [("account_id",), ("tx_count",), ("first_ts",), ("last_ts",)]
+        ) == [("account_id",), ("tx_count",), ("first_ts",), ("last_ts",), ("written_by",)]  # 0024's last
         daily_query = "SELECT account_id, day, currency, tx_count, amount_sum FROM account_daily ORDER BY 1, 2, 3"
         expected_daily = [
             (1, 20454, "EUR", 2, Decimal("40")),

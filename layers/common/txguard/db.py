@@ -234,13 +234,20 @@ class UnitOfWorkCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
         if front:
             super().execute(front)
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (which must not raise) once this unit of work has committed; never if it does not."""
+        self._committed = [*getattr(self, "_committed", []), callback]
+
     def finish(self) -> None:
         """COMMIT the unit of work, with the writes still waiting, in one round trip (nothing when nothing was
-        sent)."""
+        sent), then call what after_commit asked for."""
         front = self._front()
+        callbacks, self._committed = getattr(self, "_committed", []), []
         if self.begun:
             super().execute(front + "COMMIT")
             self.begun = False
+            for callback in callbacks:
+                callback()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import psycopg2.extensions
 
-from txguard import outcomes
+from txguard import account_tails, outcomes
 from txguard.detection import Detector, decisions_in_time_order, list_values
 from txguard.domain import Decision, StoreResult, Transaction
 from txguard.errors import BadInput, Conflict
@@ -117,6 +117,7 @@ def _store(
     # The days the day windows read and their per-day totals, as lock_accounts read them (None: to be read).
     window: tuple[dict[int, tuple[int, int]], dict[int, dict[str, dict[int, list[int]]]]] | None = None
     busy: set[int] = set()
+    written_by: dict[int, int | None] = {}
     if len(stored) < len(first_index):
         pending = [batch[i] for i in first_index.values() if batch[i].transaction_id not in stored]
         if skip_busy:
@@ -131,6 +132,7 @@ def _store(
         also = rule_snoozes.in_force_with_list_items_as_json(cur, asked.values, asked.wanted)
         locked = account_stats.lock_accounts(cur, pending, reach_days, also)
         stats = locked.histories
+        written_by = locked.written_by
         window = (reach_days, locked.window_days)
         if locked.stored_ids:
             stored.update(transactions.stored_by_id(cur, locked.stored_ids))
@@ -146,7 +148,9 @@ def _store(
         transactions.lock_merchants(cur, {t.merchant_id for t in new if t.merchant_id is not None})
         needed = detector.needed_features
         with_values = not needed.isdisjoint(ATTRIBUTE_FEATURES)
-        _load_histories(cur, new, stats, detector.window_reach_ms, needs_account_days(needed), with_values, window)
+        in_order = _load_histories(
+            cur, new, stats, detector.window_reach_ms, needs_account_days(needed), with_values, window, written_by
+        )
         if "merchant_used_before" in needed:
             pairs = {(t.account_id, t.merchant_id) for t in new if t.merchant_id is not None}
             for account_id, used in account_stats.merchants_first_used(cur, pairs).items():
@@ -182,7 +186,11 @@ def _store(
         # The unit of work's statement timeout, from the settings read when its connection was opened.
         timeout_ms = getattr(cur, "statement_timeout_ms", 0)
         transactions.copy_in(cur, decided, len(new), decisions, timeout_ms)
-        account_stats.write_totals(cur, stats, {t.account_id for t in new})
+        writer = account_tails.new_writer()
+        account_stats.write_totals(cur, stats, {t.account_id for t in new}, writer)
+        after_commit = getattr(cur, "after_commit", None)
+        if after_commit is not None:
+            after_commit(lambda: account_tails.keep(writer, stats, in_order, with_values))
         account_stats.add_to_daily_totals(cur, new)
         account_stats.add_to_merchants_used(cur, new)
         account_stats.add_to_values_used(cur, new)
@@ -241,7 +249,8 @@ def _load_histories(
     with_days: bool = False,
     with_values: bool = False,
     window: tuple[dict[int, tuple[int, int]], dict[int, dict[str, dict[int, list[int]]]]] | None = None,
-) -> None:
+    written_by: Mapping[int, int | None] | None = None,
+) -> set[int]:
     """Load what deciding each account's new transactions needs, whatever their timestamps.
 
     An account whose new transactions are all newer than everything stored (the usual case) is decided on its
@@ -254,12 +263,18 @@ def _load_histories(
     and carry the per-day totals of the 29 days before the earliest one's day up to the latest one's day.
     `with_values` (the attribute features): the attribute values of the same stored transactions as the tails.
     `window`: _window_days(new) and those per-day totals, when lock_accounts has read them already.
+    `written_by`: each account's account_stats.written_by as lock_accounts read it under the lock; an account's tail
+    kept in memory (account_tails) is used instead of reading it when it is still the account's.
+
+    Returns the accounts whose new transactions all come after their stored ones: their tails, as deciding leaves
+    them, may be kept once the unit of work commits (account_tails.keep).
     """
     times: dict[int, list[int]] = defaultdict(list)
     for t in new:  # sorted by time
         times[t.account_id].append(t.ts)
     spans: dict[int, list[Span]] = {}
     late: dict[int, tuple[int, int]] = {}
+    in_order: set[int] = set()
     for account_id, account_times in times.items():
         history, earliest = histories[account_id], account_times[0]
         if history.last_ts is not None and history.last_ts >= earliest:
@@ -271,8 +286,19 @@ def _load_histories(
             low = earliest - reach_ms + 1
             if with_days:
                 low = min(low, earliest - earliest % DAY_MS)
-            history.tail = Timeline(complete_from=low)
+            in_order.add(account_id)
             # Every stored transaction is older than the earliest new one: only those within reach of it matter.
+            taken = (
+                None
+                if written_by is None
+                else account_tails.take(account_id, written_by.get(account_id), low, with_values)
+            )
+            if taken is not None:
+                history.tail = taken.tail
+                if taken.values is not None:
+                    history.recent_values = taken.values
+                continue
+            history.tail = Timeline(complete_from=low)
             if history.last_ts is not None and history.last_ts >= low:
                 spans[account_id] = [(low, earliest)]
     if with_values:
@@ -295,6 +321,7 @@ def _load_histories(
             reach_days, window_days = window
         for account_id, (first, _) in reach_days.items():
             histories[account_id].tail.use_days(first, window_days[account_id])
+    return in_order
 
 
 def _window_days(transactions: Iterable[Transaction]) -> dict[int, tuple[int, int]]:

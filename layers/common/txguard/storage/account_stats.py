@@ -33,7 +33,7 @@ _LOCK_AND_READ = (
            ORDER BY account_id FOR UPDATE;
            SELECT 's', a.account_id, a.tx_count, txguard_ts_to_ms(a.first_ts), txguard_ts_to_ms(a.last_ts),
                   c.currency, c.tx_count, c.amount_sum, c.amount_sum_sq, c.amount_max,
-                  txguard_ts_to_ms(c.amount_max_ts), NULL::integer, NULL::json
+                  txguard_ts_to_ms(c.amount_max_ts), a.written_by, NULL::json
            FROM account_stats a
            LEFT JOIN account_currency_stats c ON c.account_id = a.account_id
            WHERE a.account_id = ANY(%(a)s::bigint[])
@@ -54,12 +54,14 @@ _ALSO = "\n           UNION ALL SELECT 'x', NULL, NULL, NULL, NULL, NULL, NULL, 
 
 class Locked(NamedTuple):
     """What lock_accounts read under the accounts' locks: each account's history (running totals; the tail and its
-    `stored_before` are for the caller to load), the ids among those asked that are stored by now, and the
-    per-day totals asked for (day_totals_for_windows' shape)."""
+    `stored_before` are for the caller to load), the ids among those asked that are stored by now, the
+    per-day totals asked for (day_totals_for_windows' shape), and which unit of work last wrote each account
+    (`account_stats.written_by`, None when none has since migration 0024: see txguard.account_tails)."""
 
     histories: dict[int, AccountHistory]
     stored_ids: list[int]
     window_days: dict[int, dict[str, dict[int, list[int]]]]
+    written_by: dict[int, int | None]
     also: Any = None
 
 
@@ -102,6 +104,7 @@ def lock_accounts(
         },
     )
     histories: dict[int, AccountHistory] = {}
+    written_by: dict[int, int | None] = {}
     stored: list[int] = []
     by_day: dict[int, dict[str, dict[int, list[int]]]] = {a: {} for a in days}
     read_also = None
@@ -117,6 +120,7 @@ def lock_accounts(
             continue
         history = histories.get(account_id)
         if history is None:
+            written_by[account_id] = day  # an 's' row's account_stats.written_by
             history = histories[account_id] = AccountHistory(
                 count=count,
                 first_ts=first,
@@ -133,16 +137,20 @@ def lock_accounts(
                 None if max_amount is None else to_units(max_amount),
                 max_ts,
             )
-    return Locked(histories, stored, by_day, read_also)
+    return Locked(histories, stored, by_day, written_by, read_also)
 
 
 def _nothing_loaded(t: int, currency: str) -> tuple[Prior, Prior]:
     raise ValueError("the account's history was not loaded")
 
 
-def write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountHistory], changed: set[int]) -> None:
+def write_totals(
+    cur: psycopg2.extensions.cursor, histories: dict[int, AccountHistory], changed: set[int], written_by: int
+) -> None:
     """Write back the running totals of the `changed` accounts (locked by lock_accounts): counts and times to
-    account_stats, the amount totals of each currency they added transactions in to account_currency_stats."""
+    account_stats, the amount totals of each currency they added transactions in to account_currency_stats.
+    `written_by` (account_tails.new_writer) marks the accounts as written by this unit of work: whoever stores an
+    account's transactions writes its totals, and with them a number of its own (see txguard.account_tails)."""
     accounts = sorted(changed)
     h = [histories[a] for a in accounts]
     pairs = [(a, c) for a in accounts for c in sorted(histories[a].added)]
@@ -150,7 +158,8 @@ def write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountHi
     execute_later(
         cur,
         """UPDATE account_stats AS a SET
-               tx_count = v.tx_count, first_ts = txguard_ms_to_ts(v.first_ts), last_ts = txguard_ms_to_ts(v.last_ts)
+               tx_count = v.tx_count, first_ts = txguard_ms_to_ts(v.first_ts), last_ts = txguard_ms_to_ts(v.last_ts),
+               written_by = %s
            FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
                 AS v(account_id, tx_count, first_ts, last_ts)
            WHERE a.account_id = v.account_id;
@@ -164,6 +173,7 @@ def write_totals(cur: psycopg2.extensions.cursor, histories: dict[int, AccountHi
                amount_sum_sq = excluded.amount_sum_sq, amount_max = excluded.amount_max,
                amount_max_ts = excluded.amount_max_ts""",
         (
+            written_by,
             array_literal(accounts),
             array_literal(x.count for x in h),
             array_literal(x.first_ts for x in h),

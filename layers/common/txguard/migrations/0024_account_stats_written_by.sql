@@ -1,0 +1,12 @@
+-- Which unit of work last stored transactions for the account: a random 63-bit number that write_totals sets in
+-- the statement that writes the running totals, in the same database transaction as the transactions themselves
+-- (NULL: not written since this migration, or by nothing yet).
+--
+-- An ingest function keeps each account's tail (its stored transactions within the rules' reach) in memory after
+-- a batch commits (txguard.account_tails). The tail it kept is the account's stored rows exactly when the number
+-- it reads under the account's lock is the one it wrote: any other writer, in this function or another, through
+-- any transport, writes a number of its own. A database restored to a copy holds the number of the unit of work
+-- that left it so, and the same rows with it.
+--
+-- Adding a nullable column without a default rewrites nothing and takes a brief lock.
+ALTER TABLE account_stats ADD COLUMN written_by bigint;
