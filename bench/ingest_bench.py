@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,6 +227,90 @@ def summary(name: str, count: int, batch_size: int, baselines: list[float], meas
     }
 
 
+# The code whose full `make bench` run (2026-11-21) measured the share that issue #14 asks batch ingest to keep:
+# 0.076 of raw idempotent COPY, on that day's machine. Its own bench runs here again beside this code's.
+CODE_THEN = "db12506"
+# Run in a tree's own bench: its first ingest measure (default rules, 5,000-row batches), paired with raw COPY.
+_PAIRED_ROUNDS = """
+import json, sys
+from bench import ingest_bench
+from bench.harness import bench_database
+with bench_database() as database:
+    raw, handler = ingest_bench.paired_rounds(database, int(sys.argv[1]), 5000, first_round=0)
+print(json.dumps({"raw": raw, "handler": handler}))
+"""
+
+
+def _paired_rounds_in(tree: Path, count: int, server_url: str) -> tuple[list[float], list[float]]:
+    """paired_rounds as the code in `tree` runs it, in a process of its own, on the server of `server_url`."""
+    path = os.pathsep.join(str(tree / part) for part in ("", "layers/common", "tools"))
+    done = subprocess.run(
+        [sys.executable, "-c", _PAIRED_ROUNDS, str(count)],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": path, "DATABASE_URL": server_url, "POWERTOOLS_LOG_LEVEL": "WARNING"},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith('{"raw"'):
+            found = json.loads(line)
+            return found["raw"], found["handler"]
+    raise RuntimeError(f"the bench in {tree} failed: {(done.stderr or done.stdout)[-600:]}")
+
+
+def against_the_code_then(database: BenchDatabase, count: int, alternations: int = 3) -> dict[str, Any]:
+    """The first ingest measure run by this code and by CODE_THEN's, alternately, each in a process of its own:
+    each one's share of raw idempotent COPY (medians of its rounds' ratios), and this code's share ÷ that code's.
+
+    CODE_THEN's files come from git (`git archive`), so this needs the repository's history; without it the result
+    says why it was not measured."""
+    name = f"batch ingest (default rules) vs the same bench on the code that measured #14's 0.076 ({CODE_THEN})"
+    with tempfile.TemporaryDirectory(prefix="txguard-then-") as directory:
+        then = Path(directory)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", CODE_THEN],
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            return {
+                "name": name,
+                "baseline_rows_per_s": 0,
+                "measured_rows_per_s": 0,
+                "ratio": None,
+                "target": f"not measured: git archive {CODE_THEN} failed ({archive.stderr.decode()[:200].strip()})",
+            }
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(then, filter="data")
+        sides: dict[str, tuple[list[float], list[float]]] = {"now": ([], []), "then": ([], [])}
+        for _ in range(alternations):
+            for side, tree in (("now", ROOT), ("then", then)):
+                raw, handler = _paired_rounds_in(tree, count, database.server.admin_url)
+                sides[side][0].extend(raw)
+                sides[side][1].extend(handler)
+    share = {
+        side: statistics.median([m / b for m, b in zip(handler, raw, strict=True)])
+        for side, (raw, handler) in sides.items()
+    }
+    rate = {side: statistics.median(handler) for side, (_, handler) in sides.items()}
+    ratio = share["now"] / share["then"]
+    return {
+        "name": name,
+        "detail": f"share of raw COPY {share['now']:.3f} now, {share['then']:.3f} then; "
+        f"{alternations} alternations of {ROUNDS} paired rounds each",
+        "rows": count,
+        "baseline_rows_per_s": round(rate["then"]),
+        "measured_rows_per_s": round(rate["now"]),
+        "share_now": round(share["now"], 4),
+        "share_then": round(share["then"], 4),
+        "ratio": round(ratio, 3),
+        "target": ">= 1 (share now ÷ share then)",
+        "met": ratio >= 1,
+    }
+
+
 def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
     count = int(50_000 * scale)
     batch_size = 5000
@@ -261,4 +350,5 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
         batch_size,
         *paired_rounds(database, count, batch_size, first_round=2 * ROUNDS, merchants=500),
     )
-    return [with_rules, without_recording, without_rules, with_history]
+    then_and_now = against_the_code_then(database, count)
+    return [with_rules, without_recording, without_rules, with_history, then_and_now]
