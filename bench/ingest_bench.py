@@ -227,9 +227,14 @@ def summary(name: str, count: int, batch_size: int, baselines: list[float], meas
     }
 
 
-# The code whose full `make bench` run (2026-11-21) measured the share that issue #14 asks batch ingest to keep:
-# 0.076 of raw idempotent COPY, on that day's machine. Its own bench runs here again beside this code's.
-CODE_THEN = "db12506"
+# Earlier code whose own bench runs here again, alternately with this code's: issue #14 asks batch ingest with the
+# new features to keep "today's share of raw idempotent COPY (0.076)", a figure read off another day's machine.
+EARLIER_CODE = {
+    # The code whose full `make bench` run of 2026-11-21 measured that 0.076.
+    "db12506": "the code that measured #14's 0.076 (2026-11-21)",
+    # The code as it was when #14 was filed (2026-11-29), before any of its work.
+    "5ac09b0": "the code #14 was filed against (2026-11-29)",
+}
 # Run in a tree's own bench: its first ingest measure (default rules, 5,000-row batches), paired with raw COPY.
 _PAIRED_ROUNDS = """
 import json, sys
@@ -260,55 +265,74 @@ def _paired_rounds_in(tree: Path, count: int, server_url: str) -> tuple[list[flo
     raise RuntimeError(f"the bench in {tree} failed: {(done.stderr or done.stdout)[-600:]}")
 
 
-def against_the_code_then(database: BenchDatabase, count: int, alternations: int = 3) -> dict[str, Any]:
-    """The first ingest measure run by this code and by CODE_THEN's, alternately, each in a process of its own:
-    each one's share of raw idempotent COPY (medians of its rounds' ratios), and this code's share ÷ that code's.
+def _checkout(commit: str, into: Path) -> str | None:
+    """Write `commit`'s files into `into` (git archive); None, or why it could not."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        return f"git archive {commit} failed: {archive.stderr.decode()[:200].strip()}"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return None
 
-    CODE_THEN's files come from git (`git archive`), so this needs the repository's history; without it the result
-    says why it was not measured."""
-    name = f"batch ingest (default rules) vs the same bench on the code that measured #14's 0.076 ({CODE_THEN})"
-    with tempfile.TemporaryDirectory(prefix="txguard-then-") as directory:
-        then = Path(directory)
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", CODE_THEN],
-            capture_output=True,
-            check=False,
-        )
-        if archive.returncode != 0:
-            return {
-                "name": name,
-                "baseline_rows_per_s": 0,
-                "measured_rows_per_s": 0,
-                "ratio": None,
-                "target": f"not measured: git archive {CODE_THEN} failed ({archive.stderr.decode()[:200].strip()})",
-            }
-        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            tar.extractall(then, filter="data")
-        sides: dict[str, tuple[list[float], list[float]]] = {"now": ([], []), "then": ([], [])}
+
+def against_earlier_code(database: BenchDatabase, count: int, alternations: int = 3) -> list[dict[str, Any]]:
+    """The first ingest measure (paired_rounds: raw COPY, then the handler, ROUNDS times) run by this code and by
+    each of EARLIER_CODE's, in turn, `alternations` times over, each run in a process of its own. One result per
+    earlier code: the handler's median rows/s then and now, and their ratio, which is the ratio of their shares of
+    raw idempotent COPY: every run's raw COPY is the same load, so each share is taken against the median of all
+    of them (each side's own rounds swung 20-30 % between runs minutes apart).
+
+    The earlier files come from git, so this needs the repository's history; without it the results say why they
+    were not measured."""
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="txguard-earlier-") as directory:
+        trees: dict[str, Path] = {"now": ROOT}
+        for commit, about in EARLIER_CODE.items():
+            why_not = _checkout(commit, Path(directory) / commit)
+            if why_not is None:
+                trees[commit] = Path(directory) / commit
+            else:
+                results.append(
+                    {
+                        "name": f"batch ingest (default rules) vs the same bench on {about}",
+                        "baseline_rows_per_s": 0,
+                        "measured_rows_per_s": 0,
+                        "ratio": None,
+                        "target": f"not measured: {why_not}",
+                    }
+                )
+        raw: list[float] = []
+        handler: dict[str, list[float]] = {side: [] for side in trees}
         for _ in range(alternations):
-            for side, tree in (("now", ROOT), ("then", then)):
-                raw, handler = _paired_rounds_in(tree, count, database.server.admin_url)
-                sides[side][0].extend(raw)
-                sides[side][1].extend(handler)
-    share = {
-        side: statistics.median([m / b for m, b in zip(handler, raw, strict=True)])
-        for side, (raw, handler) in sides.items()
-    }
-    rate = {side: statistics.median(handler) for side, (_, handler) in sides.items()}
-    ratio = share["now"] / share["then"]
-    return {
-        "name": name,
-        "detail": f"share of raw COPY {share['now']:.3f} now, {share['then']:.3f} then; "
-        f"{alternations} alternations of {ROUNDS} paired rounds each",
-        "rows": count,
-        "baseline_rows_per_s": round(rate["then"]),
-        "measured_rows_per_s": round(rate["now"]),
-        "share_now": round(share["now"], 4),
-        "share_then": round(share["then"], 4),
-        "ratio": round(ratio, 3),
-        "target": ">= 1 (share now ÷ share then)",
-        "met": ratio >= 1,
-    }
+            for side, tree in trees.items():
+                side_raw, side_handler = _paired_rounds_in(tree, count, database.server.admin_url)
+                raw.extend(side_raw)
+                handler[side].extend(side_handler)
+    raw_median = statistics.median(raw)
+    now = statistics.median(handler["now"])
+    for commit in (c for c in EARLIER_CODE if c in trees):
+        then = statistics.median(handler[commit])
+        results.append(
+            {
+                "name": f"batch ingest (default rules) vs the same bench on {EARLIER_CODE[commit]}, {commit}",
+                "detail": f"share of raw idempotent COPY {now / raw_median:.3f} now, {then / raw_median:.3f} then; "
+                f"{alternations} alternations of {ROUNDS} paired rounds",
+                "rows": count,
+                "baseline_rows_per_s": round(then),
+                "measured_rows_per_s": round(now),
+                "raw_copy_rows_per_s": round(raw_median),
+                "handler_rows_per_s_by_round": {
+                    "now": [round(x) for x in handler["now"]],
+                    "then": [round(x) for x in handler[commit]],
+                },
+                "ratio": round(now / then, 3),
+                "target": ">= 1 (the share now ÷ the share then)",
+                "met": now >= then,
+            }
+        )
+    return results
 
 
 def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
@@ -350,5 +374,5 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
         batch_size,
         *paired_rounds(database, count, batch_size, first_round=2 * ROUNDS, merchants=500),
     )
-    then_and_now = against_the_code_then(database, count)
-    return [with_rules, without_recording, without_rules, with_history, then_and_now]
+    earlier = against_earlier_code(database, count)
+    return [with_rules, without_recording, without_rules, with_history, *earlier]
