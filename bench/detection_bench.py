@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import BenchDatabase, amount_text, history_rule_set, p50, p99, samples
-from txguard import service
+from txguard import account_tails, service
 from txguard.domain import Transaction
 from txguard_dev.local.runner import FunctionRunner, Template
 
@@ -49,6 +49,9 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
     rng = random.Random(3)
 
     def one(account_id: int) -> None:
+        # Every tail read from the database, as by a function that did not write the account last: a warm
+        # function's kept tail (txguard.account_tails) would leave the read out of what this measures.
+        account_tails.clear()
         last[account_id] += 60_000
         amount = Decimal(amount_text(rng, 0.6))
         merchant = f"m{rng.randrange(MERCHANTS)}"
@@ -62,8 +65,8 @@ def run(database: BenchDatabase, scale: float) -> list[dict[str, Any]]:
         "baseline_p50_ms": round(p50(normal) * 1000, 3),
         "measured_p50_ms": round(p50(hot) * 1000, 3),
         "ratio": round(p50(hot) / p50(normal), 3),
-        "target": "<= 2",
-        "met": p50(hot) / p50(normal) <= 2,
+        "target": "<= 1.5",
+        "met": p50(hot) / p50(normal) <= 1.5,
     }
 
     runner = FunctionRunner(Template(ROOT / "template.yaml"), database_url=None)
