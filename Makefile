@@ -13,6 +13,8 @@ MAKEFLAGS += --jobs=2
 
 $(STAMP): pyproject.toml requirements-dev.txt layers/common/requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (the Lambda runtime is python3.11)"; exit 1; }
+	@# Made first, here and for checkov's venv inside it: two venvs each creating it at once, one failed (File exists).
+	@mkdir -p $(VENV)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
@@ -54,6 +56,7 @@ LAYER_BUILD := .aws-sam/build/CommonLayer/python
 
 $(CHECKOV_STAMP): requirements-checkov.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
+	@mkdir -p $(VENV)
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	@touch $@
