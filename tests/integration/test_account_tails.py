@@ -155,7 +155,7 @@ def _as_another_function(monkeypatch: pytest.MonkeyPatch, work: Callable[[], obj
     """Run `work` as another function would: with a memory of its own, which it leaves behind."""
     with monkeypatch.context() as other:
         other.setattr(account_tails, "_kept", {})
-        other.setattr(account_tails, "_rows", 0)
+        other.setattr(account_tails, "_entries", 0)
         work()
 
 
@@ -197,7 +197,7 @@ def test_a_batch_that_rolls_back_keeps_no_tail_and_the_next_reads_the_stored_row
             store([_one(3, T0 + 2000), _one(4, T0 + 3000)])
 
     # Then nothing of it is kept, and the next batch is decided on the two stored transactions alone
-    assert taken == [1] and account_tails.kept_rows() == 0
+    assert taken == [1] and account_tails.kept_entries() == 0
     store([_one(5, T0 + 4000, "30.00")])
     assert tail_rules.query("SELECT count(*) FROM transactions") == [(3,)]
     recorded = _recorded(tail_rules, 5)
@@ -225,3 +225,47 @@ def test_a_database_restored_under_a_warm_function_is_read_again(tail_rules: Dat
     recorded = _recorded(tail_rules, 5)
     assert (recorded["count_1h"], recorded["sum_1h"]) == (2, 20)
     assert taken == [1]  # the second batch used the first one's tail; the third, after the restore, read it
+
+
+def test_a_writer_that_leaves_written_by_alone_turns_the_kept_tail_off(tail_rules: Database, taken: list[int]) -> None:
+    # Given a function that stored two transactions for an account and kept its tail
+    store([_one(1, T0, country="FR"), _one(2, T0 + 1000, country="FR")])
+    # and a writer that knows nothing of account_stats.written_by (code from before migration 0024, still serving
+    # while a deploy rolls out) storing two more for it, and its running totals with them
+    tail_rules.execute(
+        """INSERT INTO transactions (transaction_id, account_id, ts, amount, currency, fraud, score, reasons,
+                                     rule_set_version, country)
+           VALUES (3, 1, txguard_ms_to_ts(%s), 10, 'EUR', false, 0, '[]', 1, 'DE'),
+                  (4, 1, txguard_ms_to_ts(%s), 10, 'EUR', false, 0, '[]', 1, 'ES')""",
+        (T0 + 2000, T0 + 3000),
+    )
+    tail_rules.execute(
+        "UPDATE account_stats SET tx_count = tx_count + 2, last_ts = txguard_ms_to_ts(%s) WHERE account_id = 1",
+        (T0 + 3000,),
+    )
+    tail_rules.execute(
+        """UPDATE account_currency_stats SET tx_count = tx_count + 2, amount_sum = amount_sum + 20,
+                  amount_sum_sq = amount_sum_sq + 200 WHERE account_id = 1"""
+    )
+
+    # When the function stores the account's next transaction
+    store([_one(5, T0 + 4000, country="FR")])
+
+    # Then the update cleared the number the function wrote, and the transaction was decided on all four before it
+    assert taken == []
+    recorded = _recorded(tail_rules, 5)
+    assert (recorded["count"], recorded["count_1h"], recorded["distinct_countries_24h"]) == (4, 4, 3)
+
+
+def test_a_step_after_commit_that_fails_is_logged_and_the_batch_stands(
+    tail_rules: Database, monkeypatch: pytest.MonkeyPatch, log_lines: Any
+) -> None:
+    def failing(*args: Any) -> None:
+        raise MemoryError("no room to keep the tails")
+
+    monkeypatch.setattr(account_tails, "keep", failing)
+    results = store([_one(1, T0), _one(2, T0 + 1000)])
+    assert [r.status for r in results] == ["stored", "stored"]
+    assert tail_rules.query("SELECT count(*) FROM transactions") == [(2,)]
+    assert "a step after COMMIT failed; the unit of work is committed" in log_lines.getvalue()
+    assert "no room to keep the tails" in log_lines.getvalue()

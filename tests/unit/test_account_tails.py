@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -42,7 +44,7 @@ def test_a_kept_tail_comes_back_from_low_on_once_and_only_for_its_writer() -> No
         "EUR",
     )
     assert taken.tail.window(41, 16) == (2, 7000)
-    assert account_tails.take(1, 7, 25, False) is None and account_tails.kept_rows() == 0
+    assert account_tails.take(1, 7, 25, False) is None and account_tails.kept_entries() == 0
 
 
 def test_a_kept_tail_that_does_not_reach_back_far_enough_or_lacks_the_values_is_not_given() -> None:
@@ -73,18 +75,60 @@ def test_a_tail_in_several_currencies_is_not_kept() -> None:
     mixed = history([10, 20])
     mixed.tail.add(30, 5, "JPY")
     account_tails.keep(1, {1: mixed, 2: history([10])}, [1, 2], with_values=False)
-    assert account_tails.kept_rows() == 1
+    assert account_tails.kept_entries() == 1
     assert account_tails.take(1, 1, 10, False) is None
 
 
-def test_the_oldest_kept_tails_go_first_beyond_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(account_tails, "MAX_ROWS", 10)
+def test_the_oldest_kept_tails_go_first_beyond_the_bound_on_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(account_tails, "MAX_ENTRIES", 10)
     histories = {a: history([1, 2, 3, 4]) for a in range(1, 5)}
     account_tails.keep(9, histories, [1, 2], with_values=False)
-    account_tails.keep(9, histories, [3, 4], with_values=False)  # 16 rows: account 1 goes, then 2
-    assert account_tails.kept_rows() == 8
+    account_tails.keep(9, histories, [3, 4], with_values=False)  # 16 timestamps: account 1 goes, then 2
+    assert account_tails.kept_entries() == 8
     assert [account_tails.take(a, 9, 1, False) is not None for a in range(1, 5)] == [False, False, True, True]
-    assert account_tails.kept_rows() == 0
+    assert account_tails.kept_entries() == 0
+
+
+def test_attribute_values_count_against_the_bound_and_so_do_accounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    account_tails.keep(1, {1: history([1, 2, 3], countries=["FR", "DE", "ES"])}, [1], with_values=True)
+    assert account_tails.kept_entries() == 6  # three timestamps, three countries
+
+    account_tails.clear()
+    monkeypatch.setattr(account_tails, "MAX_ACCOUNTS", 3)
+    account_tails.keep(2, {a: history([5]) for a in range(1, 6)}, range(1, 6), with_values=False)
+    assert (account_tails.kept_accounts(), account_tails.kept_entries()) == (3, 3)
+    assert [account_tails.take(a, 2, 5, False) is not None for a in range(1, 6)] == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize(("rows", "with_values"), [(1, True), (4, True), (200, True)])
+def test_a_full_memory_holds_less_than_40_mib(rows: int, with_values: bool) -> None:
+    # Kept to the bounds with tails of every shape: many accounts of one row (each account's own lists and
+    # records), or long tails; each row with three attribute values, each value a string of its own.
+    def shaped(a: int) -> AccountHistory:
+        ts = [1_700_000_000_000 + a * 1_000 + i for i in range(rows)]
+        found = history(ts)
+        if with_values:
+            found.recent_values = {
+                name: RecentValues(list(ts), [f"{name}-{a:08d}-{i}" for i in range(rows)])
+                for name in ("card_id", "country", "device_id")
+            }
+        return found
+
+    accounts = min(account_tails.MAX_ACCOUNTS, account_tails.MAX_ENTRIES // rows) + 100
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for first in range(0, accounts, 5_000):
+            histories = {a: shaped(a) for a in range(first, min(first + 5_000, accounts))}
+            account_tails.keep(1, histories, list(histories), with_values)
+            del histories
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert account_tails.kept_accounts() <= account_tails.MAX_ACCOUNTS
+    assert account_tails.kept_entries() <= account_tails.MAX_ENTRIES
+    assert held < 40 * 2**20, f"{held / 2**20:.1f} MiB held"
 
 
 def test_a_writer_is_a_positive_63_bit_number_drawn_anew_each_time() -> None:

@@ -17,12 +17,13 @@ back, fails or is retried leaves nothing behind, and its next attempt reads from
 to a copy holds, for each account, the number of the unit of work that left it so, with the same rows.
 
 A tail is kept only for an account whose batch came in time order (every new transaction after every stored one:
-the in-order path of ingest) and in one currency. Late arrivals read their tails as before. The kept rows are
-bounded (MAX_ROWS in all; the oldest-kept accounts go first), so that a function's memory holds a few megabytes at
-most.
+the in-order path of ingest) and in one currency. Late arrivals read their tails as before. What is kept is
+bounded: MAX_ENTRIES timestamps and attribute values in all, and MAX_ACCOUNTS accounts; the oldest-kept accounts
+go first.
 
 Any code that writes an account's stored transactions must write a new `written_by` with them
-(account_stats.write_totals does): this module relies on it.
+(account_stats.write_totals does). A writer that does not (code from before migration 0024, still serving while a
+deploy rolls out) clears it instead, by the migration's trigger: its accounts' tails are then read again.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ from typing import NamedTuple
 
 from txguard.features import ATTRIBUTE_FIELDS, AccountHistory, RecentValues, Timeline
 
-# At most this many kept rows (timestamps) in all: about 80 bytes a row with its amount, 16 MB.
-MAX_ROWS = 200_000
+# What a function keeps at most: timestamps and attribute values (about 80-100 bytes each, with the amount or the
+# value), and accounts (about 0.4 kB each, 1.4 kB with the attribute values' lists). Full, it held 17-28 MiB by
+# tracemalloc for every shape of tail tried (tests/unit/test_account_tails.py keeps it under 40), of the ingest
+# function's 512 MB.
+MAX_ENTRIES = 200_000
+MAX_ACCOUNTS = 20_000
 
 
 class _Kept(NamedTuple):
@@ -50,6 +55,11 @@ class _Kept(NamedTuple):
     values: dict[str, tuple[list[int], list[str]]] | None
 
 
+def _size(kept: _Kept) -> int:
+    """What a kept tail counts against MAX_ENTRIES: its timestamps and its attribute values."""
+    return len(kept.ts) + (0 if kept.values is None else sum(len(ts) for ts, _ in kept.values.values()))
+
+
 class Taken(NamedTuple):
     """A kept tail, as the database would have given it: the rows from `low` on."""
 
@@ -58,7 +68,7 @@ class Taken(NamedTuple):
 
 
 _kept: dict[int, _Kept] = {}
-_rows = 0
+_entries = 0
 _lock = threading.Lock()
 
 
@@ -71,11 +81,11 @@ def take(account_id: int, written_by: int | None, low: int, with_values: bool) -
     """The kept tail of `account_id` from `low` (epoch ms) on, taken out of the memory, when it is still the
     account's (`written_by` is the number read under the account's lock) and reaches back to `low`, with the
     attribute values when `with_values`; None otherwise (read the tail from the database). Never raises."""
-    global _rows
+    global _entries
     with _lock:
         kept = _kept.pop(account_id, None)
         if kept is not None:
-            _rows -= len(kept.ts)
+            _entries -= _size(kept)
     if kept is None or written_by is None or kept.written_by != written_by or kept.complete_from > low:
         return None
     if with_values and kept.values is None:
@@ -98,7 +108,7 @@ def take(account_id: int, written_by: int | None, low: int, with_values: bool) -
 def keep(written_by: int, histories: Mapping[int, AccountHistory], accounts: Iterable[int], with_values: bool) -> None:
     """Keep the tails of `accounts` as deciding left them in `histories`, written with `written_by`: called once the
     unit of work that wrote them has committed. A tail in several currencies is not kept. Never raises."""
-    global _rows
+    global _entries
     found = []
     for account_id in accounts:
         tail = histories[account_id].tail
@@ -115,21 +125,26 @@ def keep(written_by: int, histories: Mapping[int, AccountHistory], accounts: Ite
         for account_id, kept in found:
             replaced = _kept.pop(account_id, None)
             if replaced is not None:
-                _rows -= len(replaced.ts)
+                _entries -= _size(replaced)
             _kept[account_id] = kept
-            _rows += len(kept.ts)
-        while _rows > MAX_ROWS and _kept:
-            _rows -= len(_kept.pop(next(iter(_kept))).ts)
+            _entries += _size(kept)
+        while (_entries > MAX_ENTRIES or len(_kept) > MAX_ACCOUNTS) and _kept:
+            _entries -= _size(_kept.pop(next(iter(_kept))))
 
 
 def clear() -> None:
     """Forget every kept tail (tests; a function that switches databases need not: see the module's docstring)."""
-    global _rows
+    global _entries
     with _lock:
         _kept.clear()
-        _rows = 0
+        _entries = 0
 
 
-def kept_rows() -> int:
-    """How many rows are kept in all (at most MAX_ROWS)."""
-    return _rows
+def kept_entries() -> int:
+    """How many timestamps and attribute values are kept in all (at most MAX_ENTRIES)."""
+    return _entries
+
+
+def kept_accounts() -> int:
+    """How many accounts have a kept tail (at most MAX_ACCOUNTS)."""
+    return len(_kept)

@@ -23,7 +23,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from txguard.errors import Unavailable
-from txguard.observability import tracer
+from txguard.observability import logger, tracer
 from txguard.settings import DatabaseSettings
 
 T = TypeVar("T")
@@ -235,7 +235,8 @@ class UnitOfWorkCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
             super().execute(front)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (which must not raise) once this unit of work has committed; never if it does not."""
+        """Call `callback` once this unit of work has committed; never if it does not. What it raises is logged and
+        goes no further: the unit of work is committed whatever its callbacks do."""
         self._committed = [*getattr(self, "_committed", []), callback]
 
     def finish(self) -> None:
@@ -247,7 +248,10 @@ class UnitOfWorkCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
             super().execute(front + "COMMIT")
             self.begun = False
             for callback in callbacks:
-                callback()
+                try:
+                    callback()
+                except Exception:  # committed already: a failure here must not turn it into an error
+                    logger.exception("a step after COMMIT failed; the unit of work is committed")
 
 
 def _first_line(exc: BaseException) -> str:
