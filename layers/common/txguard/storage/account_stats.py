@@ -56,7 +56,7 @@ class Locked(NamedTuple):
     """What lock_accounts read under the accounts' locks: each account's history (running totals; the tail and its
     `stored_before` are for the caller to load), the ids among those asked that are stored by now, the
     per-day totals asked for (day_totals_for_windows' shape), and which unit of work last wrote each account
-    (`account_stats.written_by`, None when none has since migration 0024: see txguard.account_tails)."""
+    (`account_stats.written_by`, None when not known: see txguard.account_tails)."""
 
     histories: dict[int, AccountHistory]
     stored_ids: list[int]
